@@ -1,0 +1,92 @@
+"""Uploaded files: project-scoped lookups, listing, validation outcome, and the validation dispatch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from db import outbox
+from db.pagination import Page, fetch_page
+from db.states import FileStatus
+from db.tables import File
+
+#: Purposes whose uploads are validated as training data before use.
+VALIDATED_PURPOSES = frozenset({"fine-tune"})
+
+
+def insert(session: Session, file: File) -> File:
+    """Register a stored object. Fine-tune uploads start `uploaded` and get a validation task."""
+    session.add(file)
+    if file.status == FileStatus.UPLOADED:
+        file.dispatched_at = time.time()
+        outbox.add(session, outbox.VALIDATE_FILE, file.id)
+    session.flush()
+    return file
+
+
+def get(session: Session, project_id: str, file_id: str) -> File | None:
+    return session.scalar(select(File).where(File.id == file_id, File.project_id == project_id))
+
+
+def get_any_project(session: Session, file_id: str) -> File | None:
+    """For workers, which act on ids they were handed by the database itself."""
+    return session.get(File, file_id)
+
+
+def list_page(session: Session, project_id: str, *, after: str | None, limit: int, newest_first: bool,
+              purpose: str | None) -> Page[File]:
+    stmt = select(File).where(File.project_id == project_id)
+    if purpose is not None:
+        stmt = stmt.where(File.purpose == purpose)
+    return fetch_page(session, stmt, File.id, after=after, limit=limit, newest_first=newest_first)
+
+
+def delete(session: Session, file: File) -> None:
+    session.delete(file)
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    ok: bool
+    data_format: str | None
+    example_count: int
+    errors: list[dict[str, Any]]
+    error_count: int
+    summary: str | None
+
+
+def record_validation(session: Session, file_id: str, outcome: ValidationOutcome) -> bool:
+    """Store the outcome on a file still `uploaded`. False if it was already decided (a duplicate run)."""
+    result = session.execute(
+        update(File)
+        .where(File.id == file_id, File.status == FileStatus.UPLOADED)
+        .values(
+            status=FileStatus.PROCESSED if outcome.ok else FileStatus.ERROR,
+            status_details=outcome.summary,
+            data_format=outcome.data_format,
+            example_count=outcome.example_count,
+            validation_errors=outcome.errors or None,
+            error_count=outcome.error_count,
+        )
+    )
+    return result.rowcount == 1
+
+
+def redispatch_stale(session: Session, *, older_than: float, limit: int = 100) -> list[str]:
+    """Re-announce validation for uploads whose task has not run for a long time (lost message)."""
+    stale = list(
+        session.scalars(
+            select(File.id)
+            .where(File.status == FileStatus.UPLOADED, File.dispatched_at < older_than)
+            .limit(limit)
+        )
+    )
+    now = time.time()
+    for file_id in stale:
+        session.execute(update(File).where(File.id == file_id).values(dispatched_at=now))
+        outbox.add(session, outbox.VALIDATE_FILE, file_id)
+    return stale

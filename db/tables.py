@@ -1,0 +1,228 @@
+"""ORM tables. Every user-visible row carries `project_id`; repositories filter on it in every query.
+
+Times shown to clients (`created_at`, `finished_at`, ...) are integer Unix seconds, as the OpenAI API uses.
+Lease and dispatch bookkeeping uses float Unix seconds. Ids are time-ordered (see `db.ids`), so lists
+order and paginate on the primary key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from db.base import Base
+from db.states import FileStatus, JobStatus
+
+ID = String(40)
+
+
+def _in(column: str, values: list[str]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApiKey(Base):
+    """An API key, stored only as the SHA-256 of its plaintext (keys are 256-bit random, so no slow KDF)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class File(Base):
+    __tablename__ = "files"
+    __table_args__ = (
+        CheckConstraint(_in("status", [s.value for s in FileStatus]), name="status"),
+        Index("ix_files_project_id_id", "project_id", "id"),
+        # The reaper looks for uploads whose validation never ran.
+        Index("ix_files_status_dispatched_at", "status", "dispatched_at"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16))
+    status_details: Mapped[str | None] = mapped_column(Text)
+    #: chat | preference | prompt_completion, known once validation has run.
+    data_format: Mapped[str | None] = mapped_column(String(32))
+    example_count: Mapped[int | None] = mapped_column(Integer)
+    #: [{"line": int|None, "code": str, "message": str}, ...], capped; `error_count` is exact.
+    validation_errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    error_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    dispatched_at: Mapped[float | None] = mapped_column(Float)
+
+
+class FineTuningJob(Base):
+    __tablename__ = "fine_tuning_jobs"
+    __table_args__ = (
+        CheckConstraint(_in("status", [s.value for s in JobStatus]), name="status"),
+        CheckConstraint("attempt >= 0 AND max_attempts >= 1", name="attempts"),
+        Index("ix_fine_tuning_jobs_project_id_id", "project_id", "id"),
+        # The reaper scans running jobs by lease expiry.
+        Index("ix_fine_tuning_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    base_model: Mapped[str] = mapped_column(String(128))
+    training_file_id: Mapped[str] = mapped_column(ID)
+    validation_file_id: Mapped[str | None] = mapped_column(ID)
+    status: Mapped[str] = mapped_column(String(24))
+    #: The normalised training request: {"type": ..., "<type>": {"hyperparameters": {...}, ...}}.
+    method: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: Resolved hyperparameters (concrete numbers) once the files are validated; until then as requested.
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    user_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
+    #: Random 8-character segment of the fine-tuned model name, fixed at creation.
+    model_name_id: Mapped[str] = mapped_column(String(8))
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(300))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result_files: Mapped[list[str]] = mapped_column(JSON)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    estimated_finish: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    #: When the files passed validation and the job first became `queued` (None until then).
+    validated_at: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[int | None] = mapped_column(BigInteger)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    # Execution bookkeeping (never shown as-is to clients).
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    #: Incremented by every claim; every write a worker makes is conditional on it.
+    fencing_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    dispatched_at: Mapped[float | None] = mapped_column(Float)
+
+
+class JobStatusTransition(Base):
+    """The legal (from, to) status pairs, consulted by a trigger on `fine_tuning_jobs`."""
+
+    __tablename__ = "job_status_transitions"
+
+    from_status: Mapped[str] = mapped_column(String(24), primary_key=True)
+    to_status: Mapped[str] = mapped_column(String(24), primary_key=True)
+
+
+class JobEvent(Base):
+    __tablename__ = "fine_tuning_job_events"
+    __table_args__ = (
+        CheckConstraint(_in("level", ["info", "warn", "error"]), name="level"),
+        Index("ix_fine_tuning_job_events_job_id_id", "job_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ID)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    level: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Checkpoint(Base):
+    __tablename__ = "fine_tuning_checkpoints"
+    __table_args__ = (
+        UniqueConstraint("job_id", "step_number", name="uq_fine_tuning_checkpoints_job_step"),
+        Index("ix_fine_tuning_checkpoints_job_id_id", "job_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ID)
+    step_number: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    model_name: Mapped[str] = mapped_column(String(320), unique=True)
+    storage_prefix: Mapped[str] = mapped_column(String(512))
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Model(Base):
+    """A fine-tuned model owned by a project. Base models come from settings, not from this table."""
+
+    __tablename__ = "models"
+    __table_args__ = (Index("ix_models_project_id_created_at", "project_id", "created_at"),)
+
+    #: The public name, `ft:{base}:{project}:{suffix}:{id}`.
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    #: Internal id used in storage keys (names contain ':').
+    uid: Mapped[str] = mapped_column(ID, unique=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="SET NULL"))
+    base_model: Mapped[str] = mapped_column(String(128))
+    storage_prefix: Mapped[str] = mapped_column(String(512))
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class OutboxMessage(Base):
+    """A task message to publish, written in the same transaction as the state change it announces."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index(
+            "ix_outbox_unpublished",
+            "id",
+            sqlite_where=text("published_at IS NULL"),
+            postgresql_where=text("published_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(128))
+    args: Mapped[list[Any]] = mapped_column(JSON)
+    queue: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Float)
+    published_at: Mapped[float | None] = mapped_column(Float)
+    publish_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class IdempotencyKey(Base):
+    """Remembers the object an `Idempotency-Key` created, with a hash of the request that created it."""
+
+    __tablename__ = "idempotency_keys"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(ID)
+    created_at: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,3 @@
+"""ftaas: a self-hosted, OpenAI-compatible fine-tuning service."""
+
+__version__ = "0.1.0"

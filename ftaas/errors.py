@@ -1,0 +1,140 @@
+"""The one error taxonomy of ftaas.
+
+Every failure a user or operator can see is an `FTaaSError` with a stable machine-readable `code`.
+Two families matter for behaviour:
+
+* `UserError` subclasses describe bad input or an illegal request. They are reported and never retried.
+* `InfrastructureError` subclasses describe a dependency that failed (storage, database, broker). Work that
+  hits one is retried (requeued) and the HTTP layer marks the response retryable.
+
+The API maps these classes to HTTP statuses and the OpenAI error envelope in exactly one place
+(`api.errors`); workers map them to job failures or requeues in `worker.jobs.service`.
+"""
+
+from __future__ import annotations
+
+
+class FTaaSError(Exception):
+    """Base class. `code` is stable and documented; `message` may be shown to the client."""
+
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+
+
+# ----------------------------------------------------------------------------------------- user errors
+class UserError(FTaaSError):
+    """The request or the data is wrong; retrying the same thing fails the same way."""
+
+    code = "invalid_request"
+
+
+class InvalidRequest(UserError):
+    """A parameter is malformed, out of range or inconsistent (HTTP 400)."""
+
+    code = "invalid_request"
+
+
+class InvalidFile(UserError):
+    """A dataset file failed validation; `errors` holds line-numbered details."""
+
+    code = "invalid_file"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
+                 errors: list[dict] | None = None) -> None:
+        super().__init__(message, code=code, param=param)
+        self.errors = errors or []
+
+
+class AuthenticationFailed(UserError):
+    """No API key, or one that is unknown or revoked (HTTP 401)."""
+
+    code = "invalid_api_key"
+
+
+class PermissionDenied(UserError):
+    """The caller is known but may not do this (HTTP 403)."""
+
+    code = "permission_denied"
+
+
+class NotFound(UserError):
+    """No such object in the caller's project (HTTP 404). Other projects' objects are reported the same way."""
+
+    code = "not_found"
+
+
+class Conflict(UserError):
+    """The request conflicts with the object's current state (HTTP 409)."""
+
+    code = "conflict"
+
+
+class IllegalTransition(Conflict):
+    """A job status change that the state machine does not allow."""
+
+    code = "invalid_state_transition"
+
+
+class PayloadTooLarge(UserError):
+    """The request body exceeds its limit (HTTP 413)."""
+
+    code = "payload_too_large"
+
+
+class QuotaExceeded(UserError):
+    """A per-project quota is exhausted (HTTP 429). `retry_after` is in seconds."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int = 30, code: str | None = None,
+                 param: str | None = None) -> None:
+        super().__init__(message, code=code, param=param)
+        self.retry_after = retry_after
+
+
+# ------------------------------------------------------------------------------- infrastructure errors
+class InfrastructureError(FTaaSError):
+    """A dependency failed. The same request may succeed later; work is requeued, not failed."""
+
+    code = "infrastructure_error"
+
+
+class StorageUnavailable(InfrastructureError):
+    code = "storage_unavailable"
+
+
+class BrokerUnavailable(InfrastructureError):
+    code = "broker_unavailable"
+
+
+class DatabaseUnavailable(InfrastructureError):
+    code = "database_unavailable"
+
+
+# ------------------------------------------------------------------------------------ integrity errors
+class IntegrityFailure(FTaaSError):
+    """Stored bytes do not match their recorded SHA-256 or size. Never retried: the data is bad."""
+
+    code = "checksum_mismatch"
+
+
+class ObjectMissing(IntegrityFailure):
+    """A row points at an artifact that is not in the store."""
+
+    code = "artifact_missing"
+
+
+# ------------------------------------------------------------------------------------- worker-internal
+class LeaseLost(FTaaSError):
+    """The worker no longer owns the job (fencing token changed, or the job left `running`).
+
+    Not an error of the job: the worker must stop writing and return quietly.
+    """
+
+    code = "lease_lost"

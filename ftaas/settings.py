@@ -1,0 +1,192 @@
+"""Process configuration: read once at each entrypoint, then passed down as a typed object.
+
+Every variable is `FTAAS_<FIELD>` (upper case). Nothing else in the code base reads the environment;
+components receive the `Settings` object (or the values they need) through their constructors.
+The README's configuration table is generated from `Settings.model_fields` (see `settings_table`), and a
+test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Name of the tiny offline demo base model that every installation lists unless disabled.
+DEMO_BASE_MODEL = "ftaas-tiny"
+DEMO_BASE_MODEL_SOURCE = "builtin://tiny-chat"
+
+#: Prefix of the URL that selects the embedded broker: a kombu SQLAlchemy transport on a SQLite file,
+#: registered by worker.broker. It needs no server process.
+EMBEDDED_BROKER_SCHEME = "ftaas-embedded"
+
+
+def default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "ftaas"
+
+
+class Settings(BaseSettings):
+    """All configuration of every ftaas process (api, worker, relay, up)."""
+
+    model_config = SettingsConfigDict(env_prefix="FTAAS_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Directory for the embedded default: SQLite database, broker file, artifacts, model cache.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Default: sqlite:///<data_dir>/ftaas.db. Cluster: postgresql+psycopg://...",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker URL. Default: the embedded serverless broker in <data_dir>. Cluster: redis://...",
+    )
+    artifact_uri: str | None = Field(
+        default=None,
+        description="Artifact store: file:///path or s3://bucket/prefix. Default: file://<data_dir>/artifacts.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, Ceph, moto). Unset: AWS S3."
+    )
+    s3_region: str = Field(default="us-east-1", description="S3 region name.")
+    s3_access_key_id: str | None = Field(default=None, description="S3 access key id (unset: boto3 default chain).")
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret access key.")
+    s3_addressing_style: str = Field(default="path", description="S3 addressing style: path or virtual.")
+    s3_multipart_chunk_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Part size for multipart uploads to S3."
+    )
+
+    base_models: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description='Extra base models as JSON {"name": "source"}; source is an HF id, file:///dir or s3://bucket/dir.',
+    )
+    demo_model: bool = Field(default=True, description=f"List the offline demo base model `{DEMO_BASE_MODEL}`.")
+    hf_offline: bool = Field(default=True, description="Never download from the Hugging Face hub at run time.")
+
+    host: str = Field(default="127.0.0.1", description="Address the API binds to.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port the API binds to.")
+    bootstrap_api_key: SecretStr | None = Field(
+        default=None, description="`ftaas up` registers this key for the default project (idempotent)."
+    )
+    default_project: str = Field(default="default", description="Project that `ftaas up` bootstraps.")
+
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024, description="Largest accepted file upload.")
+    max_json_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest accepted JSON body.")
+    min_training_examples: int = Field(default=10, ge=1, description="Fewest examples a fine-tune file may hold.")
+    max_reported_validation_errors: int = Field(
+        default=100, ge=1, description="Validation errors listed per file (the count is always exact)."
+    )
+    max_active_jobs_per_project: int = Field(
+        default=16, ge=1, description="Non-terminal fine-tuning jobs a project may have (429 beyond)."
+    )
+
+    lease_ttl_seconds: float = Field(default=60.0, gt=0, description="A worker's lease on a job lasts this long.")
+    maintenance_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often the reaper looks for expired leases and stale dispatches."
+    )
+    relay_poll_seconds: float = Field(default=0.2, gt=0, description="How often the outbox relay polls.")
+    redispatch_after_seconds: float = Field(
+        default=300.0, gt=0, description="Re-send the wake-up message of work not picked up for this long."
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Attempts per job before a lost worker fails it.")
+    keep_checkpoints: int = Field(default=3, ge=1, description="Checkpoints kept per job (newest).")
+    broker_visibility_timeout_seconds: int = Field(
+        default=3600, ge=10, description="Redis broker visibility timeout (the dispatch window, not job length)."
+    )
+    worker_concurrency: int = Field(default=1, ge=1, description="Processes per worker (gpu: number of GPU sets).")
+
+    log_level: str = Field(default="INFO", description="Python log level.")
+
+    @field_validator("base_models", mode="before")
+    @classmethod
+    def _parse_base_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return {}
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"FTAAS_BASE_MODELS must be a JSON object: {exc}") from exc
+        return value
+
+    @field_validator("base_models")
+    @classmethod
+    def _check_base_model_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not name or ":" in name or "/" in name or len(name) > 64:
+                raise ValueError(f"base model name {name!r}: 1-64 characters, no ':' or '/'")
+        return value
+
+    @field_validator("s3_addressing_style")
+    @classmethod
+    def _check_addressing(cls, value: str) -> str:
+        if value not in {"path", "virtual", "auto"}:
+            raise ValueError("s3_addressing_style must be path, virtual or auto")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.data_dir / 'ftaas.db'}"
+        if self.broker_url is None:
+            self.broker_url = f"{EMBEDDED_BROKER_SCHEME}+sqlite:///{self.data_dir / 'broker.sqlite'}"
+        if self.artifact_uri is None:
+            self.artifact_uri = (self.data_dir / "artifacts").as_uri()
+        return self
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.broker_url is not None and self.broker_url.startswith(EMBEDDED_BROKER_SCHEME + "+")
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def base_model_sources(self) -> dict[str, str]:
+        """Name -> source for every base model this installation offers, demo model first."""
+        sources: dict[str, str] = {}
+        if self.demo_model:
+            sources[DEMO_BASE_MODEL] = DEMO_BASE_MODEL_SOURCE
+        sources.update(self.base_models)
+        return sources
+
+    def child_environment(self) -> dict[str, str]:
+        """Environment that reproduces these settings in a child process (used by `ftaas up`)."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, dict):
+                value = json.dumps(value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"FTAAS_{name.upper()}"] = str(value)
+        return env
+
+
+def settings_table() -> str:
+    """The README configuration table, generated from the fields above."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=False)
+        if name == "data_dir":
+            shown = "`~/.local/share/ftaas`"
+        elif field.default_factory is not None:
+            shown = "`{}`" if name == "base_models" else "(computed)"
+        elif default is None:
+            shown = "(unset)"
+        else:
+            shown = f"`{default}`"
+        rows.append(f"| `FTAAS_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows)
