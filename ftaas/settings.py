@@ -66,6 +66,9 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Extra base models as JSON {"name": "source"}; source is an HF id, file:///dir or s3://bucket/dir.',
     )
+    model_cache_dir: Path | None = Field(
+        default=None, description="Where base models are materialised and cached. Default: <data_dir>/models."
+    )
     demo_model: bool = Field(default=True, description=f"List the offline demo base model `{DEMO_BASE_MODEL}`.")
     hf_offline: bool = Field(default=True, description="Never download from the Hugging Face hub at run time.")
 
@@ -140,15 +143,14 @@ class Settings(BaseSettings):
             self.broker_url = f"{EMBEDDED_BROKER_SCHEME}+sqlite:///{self.data_dir / 'broker.sqlite'}"
         if self.artifact_uri is None:
             self.artifact_uri = (self.data_dir / "artifacts").as_uri()
+        if self.model_cache_dir is None:
+            self.model_cache_dir = self.data_dir / "models"
+        self.model_cache_dir = self.model_cache_dir.expanduser().resolve()
         return self
 
     @property
     def uses_embedded_broker(self) -> bool:
         return self.broker_url is not None and self.broker_url.startswith(EMBEDDED_BROKER_SCHEME + "+")
-
-    @property
-    def model_cache_dir(self) -> Path:
-        return self.data_dir / "models"
 
     def base_model_sources(self) -> dict[str, str]:
         """Name -> source for every base model this installation offers, demo model first."""

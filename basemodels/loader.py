@@ -1,0 +1,91 @@
+"""Resolve a registered base model to local files and load it safely.
+
+Safety rules (reliability.md §3): weights only from safetensors (`use_safetensors=True` makes loading
+fail rather than fall back to pickle), `trust_remote_code=False` always, and with `hf_offline` the hub is
+never contacted (the model must already be in the local Hugging Face cache).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+from basemodels import tiny
+from basemodels.registry import BaseModelRegistry
+from ftaas.errors import InvalidRequest, NotFound
+
+if TYPE_CHECKING:
+    from storage.base import ArtifactStore
+
+#: Files copied from an s3:// model directory; anything else (pickles, code) is ignored.
+_MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".tiktoken")
+
+
+class BaseModelLoader:
+    def __init__(self, registry: BaseModelRegistry, cache_dir: Path, *, hf_offline: bool = True,
+                 open_store: Any = None) -> None:
+        """`open_store(uri) -> ArtifactStore` is needed only for s3:// sources."""
+        self.registry = registry
+        self.cache_dir = cache_dir
+        self.hf_offline = hf_offline
+        self._open_store = open_store
+
+    def resolve(self, name: str) -> tuple[str, str | None]:
+        """(path or hub id, revision) for `from_pretrained`."""
+        model = self.registry.get(name)
+        if model is None:
+            raise NotFound(f"base model {name!r} is not registered", code="model_not_found", param="model")
+        source = model.source
+        if source == tiny.BUILTIN_SOURCE:
+            return str(tiny.ensure_built(self.cache_dir)), None
+        parsed = urlparse(source)
+        if parsed.scheme == "file":
+            return unquote(parsed.path), None
+        if parsed.scheme == "s3":
+            return str(self._fetch_s3(source)), None
+        if parsed.scheme:
+            raise InvalidRequest(f"unsupported base model source {source!r}", param="model")
+        hub_id, _, revision = source.partition("@")
+        return hub_id, revision or None
+
+    def _fetch_s3(self, source: str) -> Path:
+        if self._open_store is None:
+            raise InvalidRequest("s3:// base models need S3 settings", param="model")
+        parsed = urlparse(source)
+        target = self.cache_dir / "s3" / parsed.netloc / parsed.path.strip("/")
+        if (target / "config.json").exists():
+            return target
+        store: ArtifactStore = self._open_store(f"s3://{parsed.netloc}")
+        prefix = parsed.path.strip("/") + "/"
+        for key in store.list_keys(prefix):
+            name = key[len(prefix):]
+            if "/" not in name and name.endswith(_MODEL_FILE_SUFFIXES):
+                store.copy_unrecorded(key, target / name)
+        return target
+
+    def load_tokenizer(self, name: str) -> Any:
+        from transformers import AutoTokenizer
+
+        path, revision = self.resolve(name)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=revision, trust_remote_code=False, local_files_only=self.hf_offline
+        )
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def load_model(self, name: str, *, dtype: Any = None, device: str = "cpu") -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        path, revision = self.resolve(name)
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            revision=revision,
+            dtype=dtype or torch.float32,
+            use_safetensors=True,
+            trust_remote_code=False,
+            local_files_only=self.hf_offline,
+        )
+        return model.to(device)

@@ -1,0 +1,183 @@
+"""`s3://bucket/prefix` artifact store on any S3-compatible endpoint (AWS, MinIO, Ceph, moto).
+
+Checksum behaviour is pinned explicitly: boto3 >= 1.36 computes CRC checksums on every request by default,
+which several S3-compatible stores reject (reliability.md §3). ftaas keeps its own SHA-256 in the
+database and verifies it on every read, so SDK checksums are only sent where the API requires them.
+Multipart uploads that fail are aborted; the chart also installs an AbortIncompleteMultipartUpload rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ftaas.errors import FTaaSError, ObjectMissing, StorageUnavailable
+from storage.base import ArtifactStore, ObjectWriter, check_key
+
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+@dataclass(frozen=True)
+class S3Options:
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    addressing_style: str = "path"
+    multipart_chunk_bytes: int = 8 * 1024 * 1024
+
+
+def _translate(exc: Exception, what: str) -> FTaaSError:
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _MISSING_CODES:
+            return ObjectMissing(f"no object at {what}")
+        return StorageUnavailable(f"S3 error on {what}: {code} {exc}")
+    return StorageUnavailable(f"S3 unreachable on {what}: {exc}")
+
+
+class S3ObjectWriter(ObjectWriter):
+    """Buffers one part; small objects become one PUT, large ones a multipart upload."""
+
+    def __init__(self, store: S3ArtifactStore, key: str) -> None:
+        super().__init__(key)
+        self._store = store
+        self._object_key = store.object_key(key)
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict] = []
+
+    def _write(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= self._store.options.multipart_chunk_bytes:
+            self._flush_part()
+
+    def _flush_part(self) -> None:
+        client, bucket = self._store.client, self._store.bucket
+        try:
+            if self._upload_id is None:
+                self._upload_id = client.create_multipart_upload(Bucket=bucket, Key=self._object_key)["UploadId"]
+            number = len(self._parts) + 1
+            response = client.upload_part(Bucket=bucket, Key=self._object_key, UploadId=self._upload_id,
+                                          PartNumber=number, Body=bytes(self._buffer))
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, self.key) from exc
+        self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
+        self._buffer.clear()
+
+    def _commit(self) -> None:
+        client, bucket = self._store.client, self._store.bucket
+        try:
+            if self._upload_id is None:
+                client.put_object(Bucket=bucket, Key=self._object_key, Body=bytes(self._buffer))
+            else:
+                if self._buffer:
+                    self._flush_part()
+                client.complete_multipart_upload(Bucket=bucket, Key=self._object_key, UploadId=self._upload_id,
+                                                 MultipartUpload={"Parts": self._parts})
+            # Commit-then-verify: the object the database will point at must have the size we sent.
+            stored = client.head_object(Bucket=bucket, Key=self._object_key)["ContentLength"]
+        except (ClientError, BotoCoreError) as exc:
+            self._abort()
+            raise _translate(exc, self.key) from exc
+        if stored != self.size:
+            raise StorageUnavailable(f"S3 stored {stored} bytes for {self.key}, {self.size} were sent")
+
+    def _abort(self) -> None:
+        self._buffer.clear()
+        if self._upload_id is not None:
+            try:
+                self._store.client.abort_multipart_upload(Bucket=self._store.bucket, Key=self._object_key,
+                                                          UploadId=self._upload_id)
+            except (ClientError, BotoCoreError):
+                pass  # the bucket lifecycle rule removes what an abort could not
+            self._upload_id = None
+
+
+class S3ArtifactStore(ArtifactStore):
+    def __init__(self, uri: str, options: S3Options) -> None:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(f"not an s3://bucket[/prefix] URI: {uri!r}")
+        self.uri = uri
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.options = options
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": options.addressing_style},
+            retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self.client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=options.endpoint_url,
+            region_name=options.region,
+            aws_access_key_id=options.access_key_id,
+            aws_secret_access_key=options.secret_access_key,
+            config=config,
+        )
+
+    def object_key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _store_key(self, object_key: str) -> str:
+        return object_key[len(self.prefix) + 1:] if self.prefix else object_key
+
+    def open_writer(self, key: str) -> ObjectWriter:
+        return S3ObjectWriter(self, key)
+
+    def _read_chunks(self, key: str, chunk_size: int) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))["Body"]
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, key) from exc
+        try:
+            while chunk := body.read(chunk_size):
+                yield chunk
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, key) from exc
+        finally:
+            body.close()
+
+    def size_of(self, key: str) -> int | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))["ContentLength"]
+        except (ClientError, BotoCoreError) as exc:
+            error = _translate(exc, key)
+            if isinstance(error, ObjectMissing):
+                return None
+            raise error from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+        except (ClientError, BotoCoreError) as exc:
+            error = _translate(exc, key)
+            if not isinstance(error, ObjectMissing):
+                raise error from exc
+
+    def list_keys(self, prefix: str) -> list[str]:
+        full = (f"{self.prefix}/{prefix}" if self.prefix else prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        keys: list[str] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                keys.extend(self._store_key(item["Key"]) for item in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, prefix or "/") from exc
+        return sorted(keys)
+
+    def check_available(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(f"bucket {self.bucket} is not reachable: {exc}") from exc
