@@ -57,15 +57,22 @@ def read_manifest(store: ArtifactStore, prefix: str, manifest_sha256: str) -> di
 
 
 def download_artifact(store: ArtifactStore, prefix: str, manifest_sha256: str, destination: Path,
-                      *, allowed_suffixes: tuple[str, ...] | None = None) -> dict[str, Any]:
+                      *, allowed_suffixes: tuple[str, ...] | None = None,
+                      only: set[str] | None = None) -> dict[str, Any]:
     """Copy a verified artifact into `destination`; returns its manifest.
 
     `allowed_suffixes` restricts which files may be present (e.g. only .safetensors and .json for
-    weights that will be loaded): anything else fails the download instead of being loaded.
+    weights that will be loaded): anything else fails the download instead of being loaded. `only` copies
+    just the named files (which must be in the manifest), e.g. the adapter of a full trainer checkpoint.
     """
     manifest = read_manifest(store, prefix, manifest_sha256)
+    missing = (only or set()) - set(manifest["files"])
+    if missing:
+        raise IntegrityFailure(f"artifact {prefix} lacks {', '.join(sorted(missing))}")
     destination.mkdir(parents=True, exist_ok=True)
     for name, entry in manifest["files"].items():
+        if only is not None and name not in only:
+            continue
         if allowed_suffixes is not None and not name.endswith(allowed_suffixes):
             raise IntegrityFailure(f"artifact {prefix} contains {name!r}, which is not an allowed file type")
         store.download_file(prefix + name, destination / name, sha256=entry["sha256"], size=entry["bytes"])

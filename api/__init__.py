@@ -1,0 +1,1 @@
+"""The OpenAI-compatible control plane: one package per resource (router, schemas, service)."""

@@ -1,0 +1,63 @@
+"""The FastAPI application factory: `create_app(settings)` wires every collaborator once per process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+import ftaas
+from api import errors
+from api.dependencies import ApiServices
+from api.files.router import router as files_router
+from api.files.service import FileService
+from api.fine_tuning.router import router as jobs_router
+from api.fine_tuning.service import JobService
+from api.health.router import router as health_router
+from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from api.models.router import router as models_router
+from api.models.service import ModelService
+from basemodels.registry import BaseModelRegistry
+from db.session import Database
+from ftaas.settings import Settings
+from storage import open_store
+
+UPLOAD_PATHS = frozenset({"/v1/files"})
+
+
+def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) -> ApiServices:
+    assert settings.database_url and settings.artifact_uri
+    db = Database(settings.database_url)
+    store = open_store(settings.artifact_uri, settings)
+    registry = BaseModelRegistry(settings.base_model_sources())
+    return ApiServices(
+        settings=settings, db=db, store=store, registry=registry,
+        files=FileService(db, store, max_upload_bytes=settings.max_upload_bytes),
+        jobs=JobService(db, registry, max_active_jobs=settings.max_active_jobs_per_project,
+                        max_attempts=settings.max_attempts),
+        models=ModelService(db, store, registry),
+        extras=extras or {},
+    )
+
+
+def create_app(settings: Settings, *, services: ApiServices | None = None,
+               extra_routers: Iterable[APIRouter] = ()) -> FastAPI:
+    services = services or build_services(settings)
+    app = FastAPI(
+        title="ftaas",
+        version=ftaas.__version__,
+        summary="Self-hosted, OpenAI-compatible fine-tuning: files, fine-tuning jobs, models.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.services = services
+    app.state.draining = False
+    errors.install(app)
+    for router in (health_router, files_router, jobs_router, models_router, *extra_routers):
+        app.include_router(router)
+    # Added last = outermost: the request id wraps everything, including 413s from the body limit.
+    app.add_middleware(BodyLimitMiddleware, json_limit=settings.max_json_body_bytes,
+                       upload_limit=settings.max_upload_bytes, upload_paths=UPLOAD_PATHS)
+    app.add_middleware(RequestContextMiddleware)
+    return app

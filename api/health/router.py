@@ -1,0 +1,46 @@
+"""Liveness and readiness probes (no authentication)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from api.dependencies import Services
+from db.migrate import is_at_head
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live")
+def live() -> dict:
+    """The process is up and serving HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request, services: Services) -> JSONResponse:
+    """Ready to take traffic: not draining; database reachable and migrated; artifact store and broker
+    reachable. 503 with the failing checks otherwise."""
+    checks: dict[str, str] = {}
+    if getattr(request.app.state, "draining", False):
+        checks["draining"] = "shutting down"
+
+    def database() -> None:
+        with services.db.read() as session:
+            session.execute(text("SELECT 1"))
+        if not is_at_head(services.db):
+            raise RuntimeError("schema is not at the latest migration; run `ftaas migrate`")
+
+    probes = {"database": database, "artifact_store": services.store.check_available,
+              **services.extras.get("readiness_checks", {})}
+    for name, probe in probes.items():
+        try:
+            await run_in_threadpool(probe)
+            checks[name] = "ok"
+        except Exception as exc:  # a probe reports, it never raises
+            checks[name] = f"failed: {exc}"
+    healthy = all(value == "ok" for value in checks.values())
+    return JSONResponse({"status": "ok" if healthy else "unavailable", "checks": checks},
+                        status_code=200 if healthy else 503)

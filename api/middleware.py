@@ -1,0 +1,125 @@
+"""Pure-ASGI middleware: request ids and access logs, and request body limits.
+
+Body limits are enforced here, before any route parses anything (reliability.md §4: Starlette would spool
+a whole multipart body to disk before the handler runs). A declared Content-Length over the limit is
+answered with 413 at once, without reading the body; a chunked body is counted as it streams and the
+request fails with 413 the moment it passes the limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import envelope
+from ftaas.errors import PayloadTooLarge
+
+log = logging.getLogger("ftaas.access")
+
+#: Multipart framing around an uploaded file (boundaries, part headers, the purpose field).
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+class RequestContextMiddleware:
+    """Adds `x-request-id` to every response and logs one access line per request (never headers)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + secrets.token_hex(16)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                MutableHeaders(scope=message).append("x-request-id", request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error in %s %s (%s)", scope["method"], scope["path"], request_id)
+            if response_started:
+                raise
+            body = json.dumps(envelope("The server had an error while processing your request.",
+                                       type="server_error", code="internal_error", param=None)).encode()
+            await send({"type": "http.response.start", "status": 500, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()), (b"x-should-retry", b"false")]})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            log.info("%s %s %s %.1fms %s", scope["method"], scope["path"], status,
+                     (time.perf_counter() - started) * 1000, request_id)
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit: `upload_limit` (+ framing) on upload paths, `json_limit` elsewhere."""
+
+    def __init__(self, app: ASGIApp, *, json_limit: int, upload_limit: int, upload_paths: frozenset[str]) -> None:
+        self.app = app
+        self.json_limit = json_limit
+        self.upload_limit = upload_limit + MULTIPART_OVERHEAD
+        self.upload_paths = upload_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.upload_limit if scope["path"] in self.upload_paths else self.json_limit
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await _reject(send, declared, limit)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(_too_large_message(limit), code="request_too_large")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _too_large_message(limit: int) -> str:
+    return f"The request body is larger than the limit of {limit} bytes."
+
+
+async def _reject(send: Send, declared: int, limit: int) -> None:
+    body = json.dumps(envelope(_too_large_message(limit), type="invalid_request_error",
+                               code="request_too_large", param=None)).encode()
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        # The client is still sending; closing tells it not to reuse this connection.
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+

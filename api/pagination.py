@@ -1,0 +1,31 @@
+"""List envelopes and cursor checks shared by every paginated route (openai-api.md §3.10, §4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from db.ids import has_shape
+from ftaas.errors import InvalidRequest
+
+
+def check_limit(limit: int, *, maximum: int) -> int:
+    if not 1 <= limit <= maximum:
+        raise InvalidRequest(f"limit must be between 1 and {maximum}", param="limit")
+    return limit
+
+
+def check_cursor(after: str | None, prefix: str) -> str | None:
+    """`after` must look like an id of the listed kind (it need not exist any more)."""
+    if after is not None and not has_shape(after, prefix):
+        raise InvalidRequest(f"after must be an id returned by this list (starting with {prefix!r})", param="after")
+    return after
+
+
+def list_envelope(items: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": items,
+        "has_more": has_more,
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+    }

@@ -1,0 +1,170 @@
+"""The `ftaas` command: every process entrypoint reads its settings here, once, and passes them down."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ftaas.settings import Settings
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "botocore", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """ftaas: self-hosted, OpenAI-compatible fine-tuning as a service."""
+    # Library switches, set before those libraries load: Hugging Face tokenizers' thread pool does not
+    # survive fork (Celery's prefork pool), so it stays off in every ftaas process.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1, FTAAS_HOST).")
+@click.option("--port", type=int, default=None, help="Port to bind (default 8000, FTAAS_PORT).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Data directory (default ~/.local/share/ftaas, FTAAS_DATA_DIR).")
+def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """API + workers + serving + relay in one command, on the embedded default (no servers needed)."""
+    from ftaas.launcher import run_embedded
+
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    _configure_logging(settings)
+    sys.exit(run_embedded(settings))
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (FTAAS_HOST).")
+@click.option("--port", type=int, default=None, help="Port to bind (FTAAS_PORT).")
+@click.option("--with-relay/--without-relay", default=False,
+              help="Also run the outbox relay and reaper in this process.")
+def api(host: str | None, port: int | None, with_relay: bool) -> None:
+    """The API server alone (cluster mode: the schema must already be migrated)."""
+    from ftaas.launcher import run_api
+
+    settings = _settings(host=host, port=port)
+    _configure_logging(settings)
+    sys.exit(run_api(settings, with_relay=with_relay))
+
+
+@main.command()
+@click.option("--queues", default="default,gpu", show_default=True, help="Comma-separated queues to consume.")
+@click.option("--concurrency", type=int, default=None, help="Worker processes (FTAAS_WORKER_CONCURRENCY).")
+def worker(queues: str, concurrency: int | None) -> None:
+    """A Celery worker for the given queues."""
+    from ftaas.launcher import run_worker
+
+    settings = _settings(worker_concurrency=concurrency)
+    _configure_logging(settings)
+    sys.exit(run_worker(settings, [q.strip() for q in queues.split(",") if q.strip()]))
+
+
+@main.command()
+def relay() -> None:
+    """The outbox relay and the reaper (run one or more per cluster)."""
+    from ftaas.launcher import run_relay
+
+    settings = _settings()
+    _configure_logging(settings)
+    sys.exit(run_relay(settings))
+
+
+@main.command()
+def migrate() -> None:
+    """Upgrade the database schema to the latest migration."""
+    from db import migrate as migrations
+    from db.session import Database
+
+    settings = _settings()
+    _configure_logging(settings)
+    database = _database(settings)
+    try:
+        migrations.upgrade(database)
+        click.echo(f"database at revision {migrations.current_revision(database)}")
+    finally:
+        database.dispose()
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("create")
+@click.option("--project", default=None, help="Project name (created if missing; default FTAAS_DEFAULT_PROJECT).")
+@click.option("--name", default=None, help="A label for the key.")
+def keys_create(project: str | None, name: str | None) -> None:
+    """Create a key and print it. It is shown once; only its hash is stored."""
+    from db import projects
+
+    settings = _settings()
+    database = _database(settings, require_schema=True)
+    with database.write() as session:
+        row = projects.ensure_project(session, project or settings.default_project)
+        key, plaintext = projects.create_api_key(session, row, name=name)
+        key_id, project_name = key.id, row.name
+    database.dispose()
+    click.echo(plaintext)
+    click.echo(f"(key {key_id} for project {project_name}; it will not be shown again)", err=True)
+
+
+@keys.command("list")
+@click.option("--project", default=None, help="Only this project.")
+def keys_list(project: str | None) -> None:
+    """List keys (hints only; keys themselves are never stored)."""
+    from db import projects
+
+    database = _database(_settings(), require_schema=True)
+    with database.read() as session:
+        for key, project_name in projects.list_keys(session, project):
+            state = "revoked" if key.revoked_at else "active"
+            click.echo(f"{key.id}  {project_name:<20} {key.hint:<20} {state:<8} {key.name or ''}")
+    database.dispose()
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by id; requests with it get 401 from then on."""
+    from db import projects
+    from ftaas.errors import NotFound
+
+    database = _database(_settings(), require_schema=True)
+    try:
+        with database.write() as session:
+            projects.revoke_key(session, key_id)
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        database.dispose()
+    click.echo(f"revoked {key_id}")
+
+
+def _database(settings: Settings, *, require_schema: bool = False):  # type: ignore[no-untyped-def]
+    from db import migrate as migrations
+    from db.session import Database
+
+    if settings.database_url and settings.database_url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    assert settings.database_url is not None
+    database = Database(settings.database_url, pool_size=1)
+    if require_schema and not migrations.is_at_head(database):
+        database.dispose()
+        raise click.ClickException("the database schema is not up to date: run `ftaas migrate` (or `ftaas up`)")
+    return database
+
+
+if __name__ == "__main__":
+    main()

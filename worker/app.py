@@ -1,0 +1,56 @@
+"""The Celery application: queues, reliability settings, task registration.
+
+Settings follow reliability.md §1.3: late acks with requeue on worker loss (duplicates are harmless
+because every task checks the database and jobs are claimed with a lease), prefetch 1 so a busy training
+worker never holds a second job, the same visibility timeout in all three places it must be set for
+Redis, and cancellation of long tasks on broker connection loss. Results are never stored: the database
+is where outcomes live.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+import worker.broker  # noqa: F401  (registers the embedded transport)
+from db.outbox import ALL_ROUTES
+from ftaas.settings import Settings
+
+QUEUES = ("default", "gpu")
+
+
+def celery_config(settings: Settings) -> dict:
+    config: dict = {
+        "broker_url": settings.broker_url,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_store_errors_even_if_ignored": False,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": "default",
+        "task_queues": tuple(Queue(name) for name in QUEUES),
+        "task_routes": {route.name: {"queue": route.queue} for route in ALL_ROUTES},
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+    }
+    if not settings.uses_embedded_broker:
+        timeout = settings.broker_visibility_timeout_seconds
+        config["broker_transport_options"] = {"visibility_timeout": timeout}
+        config["result_backend_transport_options"] = {"visibility_timeout": timeout}
+        config["visibility_timeout"] = timeout
+    return config
+
+
+def create_celery_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
+    """A Celery app for these settings. Publishers (the relay) need no tasks registered."""
+    app = Celery("ftaas", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    if with_tasks:
+        from worker.tasks import register_tasks
+
+        register_tasks(app, settings)
+    return app

@@ -1,0 +1,48 @@
+"""validating_files -> queued: check the job's files once they are validated and resolve "auto"."""
+
+from __future__ import annotations
+
+from db import files, jobs
+from db.states import FileStatus, JobStatus
+from worker.context import WorkerContext
+from worker.training.spec import FORMATS_FOR_METHOD, Method, resolve_hyperparameters
+
+
+def advance_job(ctx: WorkerContext, job_id: str) -> str:
+    """Idempotent. Waits (returns "waiting") while a file is still being validated; the file's
+    validation task wakes the job again when it finishes."""
+    with ctx.db.write() as session:
+        job = jobs.get_any_project(session, job_id)
+        if job is None or job.status != JobStatus.VALIDATING_FILES:
+            return "skipped"
+        checked = []
+        for param, file_id in (("training_file", job.training_file_id), ("validation_file", job.validation_file_id)):
+            if file_id is None:
+                continue
+            file = files.get(session, job.project_id, file_id)
+            if file is None:
+                jobs.fail_validation(session, job, jobs.error_object(
+                    "file_not_found", f"The {param.replace('_', ' ')} {file_id} was deleted.", param))
+                return "failed"
+            if file.status == FileStatus.UPLOADED:
+                return "waiting"
+            if file.status == FileStatus.ERROR:
+                jobs.fail_validation(session, job, jobs.error_object(
+                    f"invalid_{param}", f"The {param.replace('_', ' ')} {file_id} is invalid: {file.status_details}",
+                    param))
+                return "failed"
+            checked.append((param, file))
+        method = Method.model_validate(job.method)
+        for param, file in checked:
+            if file.data_format not in FORMATS_FOR_METHOD[method.type]:
+                jobs.fail_validation(session, job, jobs.error_object(
+                    f"invalid_{param}",
+                    f"The {param.replace('_', ' ')} {file.id} is in the {file.data_format} format, which "
+                    f"{method.type} fine-tuning cannot use (it needs {' or '.join(FORMATS_FOR_METHOD[method.type])}).",
+                    param))
+                return "failed"
+        training = checked[0][1]
+        resolved = resolve_hyperparameters(method, training.example_count or 0)
+        job.method = {"type": method.type, method.type: {"hyperparameters": resolved}}
+        jobs.mark_validated(session, job, resolved)
+    return "queued"

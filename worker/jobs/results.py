@@ -1,0 +1,36 @@
+"""The results file of a job: one CSV row per optimizer step (openai-api.md §9)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
+           "full_valid_loss", "full_valid_mean_token_accuracy"]
+
+
+def metrics_csv(rows: list[dict[str, Any]]) -> bytes:
+    """CSV from metrics event data, oldest first. A step reported twice (a resumed attempt re-ran it after
+    its last checkpoint) keeps its latest report, so every step appears exactly once.
+
+    Served as plain CSV text (not base64 as some OpenAI cookbook code expects; see README).
+    """
+    by_step: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        by_step[int(row["step"])] = row
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for step in sorted(by_step):
+        row = by_step[step]
+        writer.writerow([
+            step,
+            row.get("train_loss", ""),
+            row.get("train_mean_token_accuracy", ""),
+            row.get("valid_loss", ""),
+            row.get("valid_mean_token_accuracy", ""),
+            row.get("full_valid_loss", ""),
+            row.get("full_valid_mean_token_accuracy", ""),
+        ])
+    return out.getvalue().encode()

@@ -1,0 +1,98 @@
+"""The outbox relay and the reaper: the loop that keeps the database and the broker in step.
+
+* Relay: publishes committed outbox messages to the broker, then marks them. At-least-once: a crash
+  between publish and mark re-publishes, which idempotent tasks absorb.
+* Reaper: jobs whose lease expired (their worker died) are re-queued to resume from the last checkpoint,
+  up to `max_attempts`, then failed with `worker_lost`; a job lost while pausing is parked. Work whose
+  wake-up message seems lost (waiting far longer than a dispatch takes) is announced again.
+
+Runs in the API process under `ftaas up` and as its own Deployment (`ftaas relay`) in a cluster. Several
+instances may run at once: claims are conditional (SKIP LOCKED on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from db import files, jobs, outbox
+from db.session import Database
+from ftaas.errors import FTaaSError
+from ftaas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+OUTBOX_RETENTION_SECONDS = 24 * 3600
+
+
+@dataclass
+class MaintenanceReport:
+    published: int = 0
+    requeued: int = 0
+    failed: int = 0
+    parked: int = 0
+    redispatched: int = 0
+
+
+class Maintenance:
+    def __init__(self, db: Database, publisher: Any, settings: Settings) -> None:
+        """`publisher` is a Celery app (only `send_task` is used)."""
+        self.db = db
+        self.publisher = publisher
+        self.settings = settings
+
+    def relay_once(self, batch: int = 100) -> int:
+        published: list[int] = []
+        with self.db.write() as session:
+            for message in outbox.claim_unpublished(session, batch):
+                try:
+                    self.publisher.send_task(message.task, args=message.args, queue=message.queue)
+                except Exception as exc:  # the broker is down: record, stop this round, retry next round
+                    log.warning("outbox: publishing %s failed: %s", message.task, exc)
+                    outbox.record_failure(session, message.id, repr(exc))
+                    break
+                published.append(message.id)
+            outbox.mark_published(session, published)
+        return len(published)
+
+    def reap_once(self, now: float | None = None) -> MaintenanceReport:
+        now = time.time() if now is None else now
+        report = MaintenanceReport()
+        with self.db.write() as session:
+            for reaped in jobs.reap_expired_leases(session, now=now):
+                log.warning("reaper: job %s %s", reaped.job_id, reaped.outcome)
+                if reaped.outcome == "requeued":
+                    report.requeued += 1
+                elif reaped.outcome == "failed":
+                    report.failed += 1
+                else:
+                    report.parked += 1
+            stale_before = now - self.settings.redispatch_after_seconds
+            report.redispatched += len(jobs.redispatch_stale(session, older_than=stale_before))
+            report.redispatched += len(files.redispatch_stale(session, older_than=stale_before))
+            outbox.purge_published(session, older_than=now - OUTBOX_RETENTION_SECONDS)
+        return report
+
+    def run(self, stop: threading.Event) -> None:
+        """Relay every `relay_poll_seconds` and reap every `maintenance_interval_seconds` until `stop`."""
+        next_reap = 0.0
+        while not stop.is_set():
+            try:
+                self.relay_once()
+                if time.monotonic() >= next_reap:
+                    self.reap_once()
+                    next_reap = time.monotonic() + self.settings.maintenance_interval_seconds
+            except FTaaSError as exc:
+                log.warning("maintenance round failed, will retry: %s", exc)
+            except Exception:
+                log.exception("maintenance round failed, will retry")
+            stop.wait(self.settings.relay_poll_seconds)
+
+    def start_thread(self) -> tuple[threading.Thread, threading.Event]:
+        stop = threading.Event()
+        thread = threading.Thread(target=self.run, args=(stop,), name="ftaas-maintenance", daemon=True)
+        thread.start()
+        return thread, stop
