@@ -66,6 +66,9 @@ class BaseModelLoader:
 
     def load_tokenizer(self, name: str) -> Any:
         from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         path, revision = self.resolve(name)
         tokenizer = AutoTokenizer.from_pretrained(
@@ -78,6 +81,9 @@ class BaseModelLoader:
     def load_model(self, name: str, *, dtype: Any = None, device: str = "cpu") -> Any:
         import torch
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         path, revision = self.resolve(name)
         model = AutoModelForCausalLM.from_pretrained(

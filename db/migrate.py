@@ -35,9 +35,12 @@ def downgrade(database: Database, revision: str) -> None:
         command.downgrade(config, revision)
 
 
+def script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(Config(str(MIGRATIONS_DIR / "alembic.ini")))
+
+
 def head_revision() -> str:
-    script = ScriptDirectory.from_config(Config(str(MIGRATIONS_DIR / "alembic.ini")))
-    head = script.get_current_head()
+    head = script_directory().get_current_head()
     assert head is not None, "no migrations found"
     return head
 

@@ -19,7 +19,7 @@ def _settings(**overrides: object) -> Settings:
 def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "botocore", "urllib3", "filelock"):
+    for noisy in ("httpx", "botocore", "urllib3", "filelock", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
