@@ -1,0 +1,175 @@
+"""The trainer on the real tiny demo model: what is trained on, that it learns, and exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from basemodels.loader import BaseModelLoader
+from basemodels.registry import BaseModelRegistry
+from ftaas.settings import DEMO_BASE_MODEL, DEMO_BASE_MODEL_SOURCE
+from worker.training.data import IGNORE, encode_chat, encode_lines
+from worker.training.spec import LoraSettings, TrainingSpec
+from worker.training.trainer import Directive, StepMetrics, Trainer
+
+
+@pytest.fixture(scope="module")
+def loader(model_cache_dir: Path) -> BaseModelLoader:
+    return BaseModelLoader(BaseModelRegistry({DEMO_BASE_MODEL: DEMO_BASE_MODEL_SOURCE}), model_cache_dir)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(loader: BaseModelLoader) -> Any:
+    return loader.load_tokenizer(DEMO_BASE_MODEL)
+
+
+class Recorder:
+    """A TrainingControl that records metrics and checkpoints, and can ask to pause at a step."""
+
+    def __init__(self, pause_at: int | None = None) -> None:
+        self.pause_at = pause_at
+        self.metrics: list[StepMetrics] = []
+        self.checkpoints: list[Path] = []
+
+    def after_step(self, metrics: StepMetrics) -> Directive:
+        self.metrics.append(metrics)
+        return Directive.PAUSE if metrics.step == self.pause_at else Directive.CONTINUE
+
+    def on_checkpoint(self, state_dir: Path, metrics: StepMetrics) -> None:
+        self.checkpoints.append(state_dir)
+
+
+def spec(**overrides: Any) -> TrainingSpec:
+    values: dict[str, Any] = {"base_model": DEMO_BASE_MODEL, "method": "supervised", "n_epochs": 2, "batch_size": 4,
+                              "learning_rate": 3e-3, "seed": 11, "lora": LoraSettings(r=8, alpha=16)}
+    values.update(overrides)
+    return TrainingSpec(**values)
+
+
+def facts(n: int = 16) -> list[str]:
+    return [json.dumps({"messages": [{"role": "user", "content": f"What is the code of agent {i}?"},
+                                     {"role": "assistant", "content": f"Agent {i} has code {i * 37 % 100}."}]})
+            for i in range(n)]
+
+
+def trained_text(tokenizer: Any, example: Any) -> str:
+    return tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != IGNORE])
+
+
+def test_only_weighted_assistant_tokens_are_labelled(tokenizer: Any) -> None:
+    example, _ = encode_chat(tokenizer, {"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Who painted it?"},
+        {"role": "assistant", "content": "Kalomi did.", "weight": 0},
+        {"role": "user", "content": "Where?"},
+        {"role": "assistant", "content": "In Zelbador."},
+    ]}, max_len=512)
+    assert trained_text(tokenizer, example) == "In Zelbador.<|im_end|>"
+
+
+def _lora_gradients(loader: BaseModelLoader, tokenizer: Any, conversation: dict[str, Any]) -> dict[str, torch.Tensor]:
+    example, _ = encode_chat(tokenizer, conversation, max_len=512)
+    trainer = Trainer(spec(), loader.load_model(DEMO_BASE_MODEL), tokenizer, [example], [], Recorder(), Path("/unused"),
+                      precision="fp32")
+    loss, _, _ = trainer._sft_loss([example])
+    loss.backward()
+    return {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def test_changing_a_weight_0_message_does_not_change_the_gradient(loader: BaseModelLoader, tokenizer: Any) -> None:
+    def conversation(trained: str, ignored: str) -> dict[str, Any]:
+        return {"messages": [{"role": "user", "content": "Name a colour."},
+                             {"role": "assistant", "content": trained},
+                             {"role": "user", "content": "Another?"},
+                             {"role": "assistant", "content": ignored, "weight": 0}]}
+
+    reference = _lora_gradients(loader, tokenizer, conversation("Blue.", "Green."))
+    ignored_changed = _lora_gradients(loader, tokenizer, conversation("Blue.", "Something else entirely, at length."))
+    trained_changed = _lora_gradients(loader, tokenizer, conversation("Red.", "Green."))
+    assert all(torch.equal(reference[name], ignored_changed[name]) for name in reference)
+    # The control: the test would notice if the trained message did not matter either.
+    assert not all(torch.equal(reference[name], trained_changed[name]) for name in reference)
+
+
+def test_supervised_training_lowers_the_loss_and_produces_a_loadable_adapter(
+        loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    data = encode_lines(facts(), "chat", tokenizer, 256)
+    recorder = Recorder()
+    outcome = Trainer(spec(n_epochs=4), loader.load_model(DEMO_BASE_MODEL), tokenizer, data.examples, data.examples[:4],
+                      recorder, tmp_path).run()
+    assert outcome.status == "completed" and outcome.step == 16
+    first, last = recorder.metrics[0], recorder.metrics[-1]
+    # Measured: loss 7.65 -> 6.30, token accuracy 0.00 -> 0.73 over these 16 steps.
+    assert last.train_loss < first.train_loss * 0.9
+    assert last.train_mean_token_accuracy > first.train_mean_token_accuracy + 0.4
+    assert last.full_valid_loss is not None and last.full_valid_loss < first.train_loss
+    assert outcome.trained_tokens == sum(len(e.input_ids) for e in data.examples) * 4
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in outcome.adapter_dir.iterdir()}
+    assert not [p for p in outcome.adapter_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    model = PeftModel.from_pretrained(loader.load_model(DEMO_BASE_MODEL), str(outcome.adapter_dir))
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the code of agent 3?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    generated = model.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert generated.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_dpo_lowers_the_loss_and_widens_the_preference_margin(loader: BaseModelLoader, tokenizer: Any,
+                                                              tmp_path: Path) -> None:
+    rows = [json.dumps({"input": {"messages": [{"role": "user", "content": f"Greet visitor {i}."}]},
+                        "preferred_output": [{"role": "assistant", "content": f"Welcome, visitor {i}!"}],
+                        "non_preferred_output": [{"role": "assistant", "content": "Go away."}]}) for i in range(12)]
+    data = encode_lines(rows, "preference", tokenizer, 256)
+    recorder = Recorder()
+    Trainer(spec(method="dpo", beta=0.1, n_epochs=3, learning_rate=5e-3), loader.load_model(DEMO_BASE_MODEL),
+            tokenizer, data.examples, data.examples, recorder, tmp_path).run()
+    first, last = recorder.metrics[0], recorder.metrics[-1]
+    # At step 1 the adapter is the identity (LoRA B = 0), so the loss is log 2 and the margin is zero.
+    assert abs(first.train_loss - 0.6931) < 1e-3
+    assert last.train_loss < 0.5
+    assert last.full_valid_mean_token_accuracy == 1.0  # every chosen reply now beats its rejected one
+
+
+def test_a_paused_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
+        loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
+    data = encode_lines(facts(10), "chat", tokenizer, 256)
+
+    def trainer(control: Recorder, work: str) -> Trainer:
+        return Trainer(spec(n_epochs=3, batch_size=3), loader.load_model(DEMO_BASE_MODEL), tokenizer, data.examples,
+                       data.examples[:3], control, tmp_path / work)
+
+    straight = Recorder()
+    uninterrupted = trainer(straight, "a")
+    uninterrupted.run()
+    first_half = Recorder(pause_at=6)
+    assert trainer(first_half, "b").run().status == "paused"
+    second_half = Recorder()
+    resumed = trainer(second_half, "c")
+    outcome = resumed.run(resume_from=first_half.checkpoints[-1])
+    assert outcome.status == "completed"
+    expected, actual = uninterrupted.adapter_state(), resumed.adapter_state()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    rows = [(m.step, m.train_loss, m.valid_loss) for m in first_half.metrics + second_half.metrics]
+    assert rows == [(m.step, m.train_loss, m.valid_loss) for m in straight.metrics]
+    assert [m.step for m in second_half.metrics] == list(range(7, 13))
+
+
+def test_the_same_seed_gives_a_bitwise_identical_adapter(loader: BaseModelLoader, tokenizer: Any,
+                                                        tmp_path: Path) -> None:
+    data = encode_lines(facts(8), "chat", tokenizer, 256)
+    states = []
+    for run in range(2):
+        trainer = Trainer(spec(n_epochs=2, batch_size=2), loader.load_model(DEMO_BASE_MODEL), tokenizer,
+                          data.examples, [], Recorder(), tmp_path / str(run))
+        trainer.run()
+        states.append(trainer.adapter_state())
+    assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
+    other = Trainer(spec(n_epochs=2, batch_size=2, seed=12), loader.load_model(DEMO_BASE_MODEL), tokenizer,
+                    data.examples, [], Recorder(), tmp_path / "other")
+    other.run()
+    assert not all(torch.equal(states[0][name], other.adapter_state()[name]) for name in states[0])
