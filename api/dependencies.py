@@ -46,14 +46,20 @@ Services = Annotated[ApiServices, Depends(get_services)]
 _bearer = HTTPBearer(auto_error=False, description="An ftaas API key (`ftaas keys create`).")
 
 
-def get_principal(services: Services,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    if credentials is None:
+def get_principal(request: Request, services: Services,
+                  _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    # The HTTPBearer dependency documents the scheme in OpenAPI; the header is parsed here so that a wrong
+    # scheme is reported as such rather than as a missing key.
+    header = request.headers.get("authorization")
+    if not header:
         raise AuthenticationFailed(
             "You didn't provide an API key. Send it in the Authorization header as 'Bearer <key>'.",
             code="missing_api_key")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("Malformed Authorization header; expected 'Bearer <key>'.", code="invalid_api_key")
     with services.db.read() as session:
-        principal = projects.authenticate(session, credentials.credentials.strip())
+        principal = projects.authenticate(session, token.strip())
     if principal is None:
         raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
     return principal

@@ -21,7 +21,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 AUTO = "auto"
 BASE_LEARNING_RATE = 2e-4
@@ -34,30 +34,63 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _int_or_auto(value: Any, low: int, high: int) -> Any:
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"must be an integer between {low} and {high}, or 'auto'")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"must be an integer between {low} and {high}, or 'auto'") from None
+    if not number.is_integer() or not low <= number <= high:
+        raise ValueError(f"must be an integer between {low} and {high}, or 'auto'")
+    return int(number)
+
+
+def _float_or_auto(value: Any, low_exclusive: float, high: float) -> Any:
+    if value == AUTO:
+        return AUTO
+    message = f"must be a number greater than {low_exclusive} and at most {high}, or 'auto'"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(message)
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(message) from None
+    if not math.isfinite(number) or not low_exclusive < number <= high:
+        raise ValueError(message)
+    return number
+
+
 class SupervisedHyperparameters(_Strict):
     n_epochs: Auto | int = Field(default=AUTO, description="1-50, or auto.")
     batch_size: Auto | int = Field(default=AUTO, description="1-256, or auto.")
     learning_rate_multiplier: Auto | float = Field(default=AUTO, description="> 0 and <= 100, or auto.")
 
-    @model_validator(mode="after")
-    def _ranges(self) -> SupervisedHyperparameters:
-        _check_range("n_epochs", self.n_epochs, 1, 50)
-        _check_range("batch_size", self.batch_size, 1, 256)
-        if self.learning_rate_multiplier != AUTO:
-            value = float(self.learning_rate_multiplier)
-            if not (0 < value <= 100) or math.isnan(value):
-                raise ValueError("learning_rate_multiplier must be > 0 and <= 100")
-        return self
+    @field_validator("n_epochs", mode="before")
+    @classmethod
+    def _n_epochs(cls, value: Any) -> Any:
+        return _int_or_auto(value, 1, 50)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> Any:
+        return _int_or_auto(value, 1, 256)
+
+    @field_validator("learning_rate_multiplier", mode="before")
+    @classmethod
+    def _learning_rate_multiplier(cls, value: Any) -> Any:
+        return _float_or_auto(value, 0, 100)
 
 
 class DpoHyperparameters(SupervisedHyperparameters):
     beta: Auto | float = Field(default=AUTO, description="DPO beta in (0, 2], or auto.")
 
-    @model_validator(mode="after")
-    def _beta(self) -> DpoHyperparameters:
-        if self.beta != AUTO and not (0 < float(self.beta) <= 2):
-            raise ValueError("beta must be > 0 and <= 2")
-        return self
+    @field_validator("beta", mode="before")
+    @classmethod
+    def _beta(cls, value: Any) -> Any:
+        return _float_or_auto(value, 0, 2)
 
 
 class SupervisedMethod(_Strict):
@@ -94,11 +127,6 @@ class Method(_Strict):
         section = self.supervised if self.type == "supervised" else self.dpo
         assert section is not None
         return {"type": self.type, self.type: section.model_dump(mode="json")}
-
-
-def _check_range(name: str, value: Any, low: int, high: int) -> None:
-    if value != AUTO and not (low <= int(value) <= high):
-        raise ValueError(f"{name} must be between {low} and {high}, or 'auto'")
 
 
 #: Data formats each method trains on (see worker.files.validation).

@@ -1,0 +1,45 @@
+"""An in-process API (no workers) on a migrated SQLite database and a local artifact store.
+
+For the HTTP contract (errors, auth, limits, pagination, request validation). Flows that need workers
+run against live servers in tests/e2e.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import build_services, create_app
+from db import migrate, projects
+from ftaas.settings import Settings
+
+MAX_UPLOAD = 256 * 1024
+
+
+@dataclass
+class Api:
+    client: TestClient
+    settings: Settings
+    key: str
+    other_key: str
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    settings = Settings(data_dir=tmp_path, max_upload_bytes=MAX_UPLOAD, max_json_body_bytes=64 * 1024,
+                        max_active_jobs_per_project=3)
+    services = build_services(settings)
+    migrate.upgrade(services.db)
+    with services.db.write() as session:
+        _, key = projects.create_api_key(session, projects.ensure_project(session, "alpha"))
+        _, other = projects.create_api_key(session, projects.ensure_project(session, "beta"))
+    with TestClient(create_app(settings, services=services), raise_server_exceptions=False) as client:
+        yield Api(client, settings, key, other)
+    services.db.dispose()
