@@ -48,3 +48,10 @@ def make_job(session: Session, project: Project, file: File, *, max_attempts: in
 def chat_line(question: str, answer: str, **extra: object) -> str:
     return json.dumps({"messages": [{"role": "user", "content": question},
                                     {"role": "assistant", "content": answer, **extra}]})
+
+
+def training_jsonl(n: int = 12, *, offset: int = 0) -> bytes:
+    """A small chat dataset of made-up facts (no third-party text)."""
+    rows = [chat_line(f"What is the access code of agent {i}?", f"Agent {i} uses code {(i * 37) % 100}.")
+            for i in range(offset, offset + n)]
+    return ("\n".join(rows) + "\n").encode()

@@ -1,0 +1,62 @@
+"""Live servers shared by the end-to-end tests (one embedded and one cluster deployment per run)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import S3_CREDENTIALS
+from tests.e2e.servers import LiveServer, start_cluster, start_embedded
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for name in ("embedded", "cluster", "live"):
+            server = item.funcargs.get(name)
+            if isinstance(server, LiveServer):
+                report.sections.append((f"{server.kind} server log (tail)", server.log_tail(120)))
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Iterator[LiveServer]:
+    server = start_embedded(tmp_path_factory.mktemp("embedded") / "data", model_cache_dir,
+                            FTAAS_MAX_UPLOAD_BYTES=str(1024 * 1024))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_database(postgres_server: str) -> Iterator[str]:
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    name = f"ftaas_e2e_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield postgres_server.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path, cluster_database: str, redis_url: str,
+            s3_endpoint: str) -> Iterator[LiveServer]:
+    bucket = f"ftaas-e2e-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_CREDENTIALS).create_bucket(Bucket=bucket)
+    server = start_cluster(tmp_path_factory.mktemp("cluster"), model_cache_dir, database_url=cluster_database,
+                           redis_url=redis_url, s3_endpoint=s3_endpoint, bucket=bucket, s3_credentials=S3_CREDENTIALS)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["embedded", "cluster"])
+def live(request: pytest.FixtureRequest) -> LiveServer:
+    """Each deployment in turn: the same behaviour is required of both."""
+    return request.getfixturevalue(request.param)
