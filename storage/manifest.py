@@ -74,6 +74,7 @@ def download_artifact(store: ArtifactStore, prefix: str, manifest_sha256: str, d
         if only is not None and name not in only:
             continue
         if allowed_suffixes is not None and not name.endswith(allowed_suffixes):
-            raise IntegrityFailure(f"artifact {prefix} contains {name!r}, which is not an allowed file type")
+            raise IntegrityFailure(f"artifact {prefix} contains {name!r}, which is not an allowed file type",
+                                   code="artifact_rejected")
         store.download_file(prefix + name, destination / name, sha256=entry["sha256"], size=entry["bytes"])
     return manifest

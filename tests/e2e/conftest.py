@@ -60,3 +60,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path, clu
 def live(request: pytest.FixtureRequest) -> LiveServer:
     """Each deployment in turn: the same behaviour is required of both."""
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="session")
+def finished_job(embedded: LiveServer):  # type: ignore[no-untyped-def]
+    """A succeeded fine-tune on the embedded server (with events, checkpoints, results and a model)."""
+    from tests.e2e.servers import wait_for
+    from tests.factories import training_jsonl
+
+    client = embedded.client()
+    file = client.files.wait_for_processing(
+        client.files.create(file=("owned.jsonl", training_jsonl(10)), purpose="fine-tune").id, poll_interval=0.2)
+    job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, suffix="owned", method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 5}}})
+    job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+                   what="the owned job")
+    assert job.status == "succeeded", job.error
+    return job

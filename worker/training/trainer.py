@@ -272,6 +272,9 @@ class Trainer:
     def _save_adapter(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory, safe_serialization=True)
+        # peft adds a generated model card; provenance lives in the artifact manifest instead, and
+        # artifacts hold only weights (safetensors) and configuration (JSON).
+        (directory / "README.md").unlink(missing_ok=True)
 
     def _save_state(self, position: _Position) -> Path:
         directory = self.work_dir / f"state-step-{position.step}"

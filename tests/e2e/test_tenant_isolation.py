@@ -1,0 +1,58 @@
+"""Another project's key gets 404 for every object route, changes nothing, and never sees foreign ids."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from tests.e2e.servers import LiveServer
+
+pytestmark = pytest.mark.slow
+
+
+def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, finished_job) -> None:  # type: ignore[no-untyped-def]
+    owner = embedded.client()
+    job = finished_job
+    checkpoint = next(iter(owner.fine_tuning.jobs.checkpoints.list(job.id))).fine_tuned_model_checkpoint
+    stranger_key = embedded.create_key("intruders")
+    ids_of_a = {
+        "file_id": [job.training_file, job.result_files[0]],
+        "fine_tuning_job_id": [job.id],
+        "model": [job.fine_tuned_model, checkpoint],
+    }
+
+    paths = httpx.get(f"http://127.0.0.1:{embedded.port}/openapi.json").json()["paths"]
+    tested = set()
+    with embedded.http(stranger_key) as stranger:
+        for path, operations in paths.items():
+            params = re.findall(r"{(\w+)}", path)
+            if not params:
+                continue
+            assert len(params) == 1 and params[0] in ids_of_a, f"no tenant test for {path}; add its ids"
+            for method in operations:
+                for value in ids_of_a[params[0]]:
+                    url = path.replace("/v1", "", 1).replace("{" + params[0] + "}", value)
+                    response = stranger.request(method.upper(), url, json={} if method == "post" else None)
+                    assert response.status_code == 404, (method, url, response.text)
+                    assert response.json()["error"]["code"].endswith("not_found"), response.text
+                    tested.add((method, path))
+        # Inference by name and using A's file in a job of B's are refused too.
+        chat = stranger.post("/chat/completions", json={"model": job.fine_tuned_model,
+                                                        "messages": [{"role": "user", "content": "hi"}]})
+        assert chat.status_code == 404 and chat.json()["error"]["code"] == "model_not_found"
+        create = stranger.post("/fine_tuning/jobs", json={"model": "ftaas-tiny", "training_file": job.training_file})
+        assert create.status_code == 400 and create.json()["error"]["code"] == "file_not_found"
+        # Lists show none of A's ids.
+        listed = " ".join(stranger.get(p).text for p in ("/files", "/fine_tuning/jobs", "/models"))
+        for value in [v for values in ids_of_a.values() for v in values]:
+            assert value not in listed
+
+    every_object_operation = {(m, p) for p, ops in paths.items() if "{" in p for m in ops}
+    assert tested == every_object_operation and len(tested) == 11
+    # Nothing of A's changed.
+    after = owner.fine_tuning.jobs.retrieve(job.id)
+    assert (after.status, after.fine_tuned_model) == ("succeeded", job.fine_tuned_model)
+    assert owner.files.retrieve(job.training_file).id == job.training_file
+    assert owner.models.retrieve(job.fine_tuned_model).id == job.fine_tuned_model
