@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from db import outbox
@@ -28,8 +28,13 @@ def insert(session: Session, file: File) -> File:
     return file
 
 
+def _not_expired(now: float | None = None) -> Any:
+    return or_(File.expires_at.is_(None), File.expires_at > int(time.time() if now is None else now))
+
+
 def get(session: Session, project_id: str, file_id: str) -> File | None:
-    return session.scalar(select(File).where(File.id == file_id, File.project_id == project_id))
+    """The file, if it belongs to the project and has not expired."""
+    return session.scalar(select(File).where(File.id == file_id, File.project_id == project_id, _not_expired()))
 
 
 def get_any_project(session: Session, file_id: str) -> File | None:
@@ -39,7 +44,7 @@ def get_any_project(session: Session, file_id: str) -> File | None:
 
 def list_page(session: Session, project_id: str, *, after: str | None, limit: int, newest_first: bool,
               purpose: str | None) -> Page[File]:
-    stmt = select(File).where(File.project_id == project_id)
+    stmt = select(File).where(File.project_id == project_id, _not_expired())
     if purpose is not None:
         stmt = stmt.where(File.purpose == purpose)
     return fetch_page(session, stmt, File.id, after=after, limit=limit, newest_first=newest_first)
@@ -74,6 +79,22 @@ def record_validation(session: Session, file_id: str, outcome: ValidationOutcome
         )
     )
     return result.rowcount == 1
+
+
+def take_expired(session: Session, *, now: float | None = None, limit: int = 100) -> list[str]:
+    """Delete the rows of expired files that no unfinished job reads; returns their storage keys, to be
+    deleted from the store after commit. Files still in use expire once their jobs finish."""
+    from db import jobs
+
+    now = time.time() if now is None else now
+    expired = session.scalars(
+        select(File).where(File.expires_at.is_not(None), File.expires_at <= int(now)).order_by(File.expires_at).limit(limit))
+    keys = []
+    for row in list(expired):
+        if jobs.file_in_use(session, row.id) is None:
+            keys.append(row.storage_key)
+            session.delete(row)
+    return keys
 
 
 def redispatch_stale(session: Session, *, older_than: float, limit: int = 100) -> list[str]:

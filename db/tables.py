@@ -63,6 +63,8 @@ class File(Base):
         Index("ix_files_project_id_id", "project_id", "id"),
         # The reaper looks for uploads whose validation never ran.
         Index("ix_files_status_dispatched_at", "status", "dispatched_at"),
+        # The reaper deletes expired files.
+        Index("ix_files_expires_at", "expires_at"),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)

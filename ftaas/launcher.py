@@ -140,7 +140,7 @@ def run_embedded(settings: Settings) -> int:
 
     supervisor = WorkerSupervisor(settings)
     supervisor.start()
-    maintenance = Maintenance(services.db, create_celery_app(settings, with_tasks=False), settings)
+    maintenance = Maintenance(services.db, services.store, create_celery_app(settings, with_tasks=False), settings)
     _, stop_maintenance = maintenance.start_thread()
 
     base_url = f"http://{settings.host}:{settings.port}/v1"
@@ -176,7 +176,7 @@ def run_api(settings: Settings, *, with_relay: bool) -> int:
     app = create_app(settings, services=services)
     stop = None
     if with_relay:
-        _, stop = Maintenance(services.db, publisher, settings).start_thread()
+        _, stop = Maintenance(services.db, services.store, publisher, settings).start_thread()
     try:
         uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                       timeout_graceful_shutdown=30)).run()
@@ -225,8 +225,12 @@ def run_relay(settings: Settings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    from storage import open_store
+
+    assert settings.artifact_uri
     log.info("relay and reaper running")
-    Maintenance(database, create_celery_app(settings, with_tasks=False), settings).run(stop)
+    Maintenance(database, open_store(settings.artifact_uri, settings), create_celery_app(settings, with_tasks=False),
+                settings).run(stop)
     return 0
 
 

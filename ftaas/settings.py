@@ -192,3 +192,7 @@ def settings_table() -> str:
             shown = f"`{default}`"
         rows.append(f"| `FTAAS_{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -4,7 +4,8 @@
   between publish and mark re-publishes, which idempotent tasks absorb.
 * Reaper: jobs whose lease expired (their worker died) are re-queued to resume from the last checkpoint,
   up to `max_attempts`, then failed with `worker_lost`; a job lost while pausing is parked. Work whose
-  wake-up message seems lost (waiting far longer than a dispatch takes) is announced again.
+  wake-up message seems lost (waiting far longer than a dispatch takes) is announced again. Expired
+  files are deleted.
 
 Runs in the API process under `ftaas up` and as its own Deployment (`ftaas relay`) in a cluster. Several
 instances may run at once: claims are conditional (SKIP LOCKED on PostgreSQL).
@@ -22,6 +23,7 @@ from db import files, jobs, outbox
 from db.session import Database
 from ftaas.errors import FTaaSError
 from ftaas.settings import Settings
+from storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,14 @@ class MaintenanceReport:
     failed: int = 0
     parked: int = 0
     redispatched: int = 0
+    expired_files: int = 0
 
 
 class Maintenance:
-    def __init__(self, db: Database, publisher: Any, settings: Settings) -> None:
+    def __init__(self, db: Database, store: ArtifactStore, publisher: Any, settings: Settings) -> None:
         """`publisher` is a Celery app (only `send_task` is used)."""
         self.db = db
+        self.store = store
         self.publisher = publisher
         self.settings = settings
 
@@ -74,6 +78,11 @@ class Maintenance:
             report.redispatched += len(jobs.redispatch_stale(session, older_than=stale_before))
             report.redispatched += len(files.redispatch_stale(session, older_than=stale_before))
             outbox.purge_published(session, older_than=now - OUTBOX_RETENTION_SECONDS)
+            expired_keys = files.take_expired(session, now=now)
+        # After commit: a crash here leaves orphaned objects, never rows without their objects.
+        for key in expired_keys:
+            self.store.delete(key)
+        report.expired_files = len(expired_keys)
         return report
 
     def run(self, stop: threading.Event) -> None:

@@ -138,6 +138,7 @@ def upgrade() -> None:
     )
     op.create_index('ix_files_project_id_id', 'files', ['project_id', 'id'], unique=False)
     op.create_index('ix_files_status_dispatched_at', 'files', ['status', 'dispatched_at'], unique=False)
+    op.create_index('ix_files_expires_at', 'files', ['expires_at'], unique=False)
 
     op.create_table('fine_tuning_jobs',
     sa.Column('id', sa.String(length=40), nullable=False),

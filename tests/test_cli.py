@@ -1,0 +1,92 @@
+"""The `ftaas` command line, run as a user would run it (subprocesses, real ports and files)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.servers import free_port, stop_process_group
+
+
+def ftaas(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ftaas.cli", *args], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=120, check=check)
+
+
+def test_keys_are_created_listed_and_revoked(tmp_path: Path) -> None:
+    env = {"FTAAS_DATA_DIR": str(tmp_path)}
+    refused = ftaas("keys", "create", env=env, check=False)
+    assert refused.returncode != 0 and "ftaas migrate" in refused.stderr
+    assert "database at revision" in ftaas("migrate", env=env).stdout
+    key = ftaas("keys", "create", "--project", "team-a", "--name", "ci", env=env).stdout.strip()
+    assert key.startswith("sk-ftaas-") and len(key) > 40
+    listing = ftaas("keys", "list", env=env).stdout
+    assert "team-a" in listing and "active" in listing and key not in listing and key[-4:] in listing
+    key_id = listing.split()[0]
+    assert "revoked" in ftaas("keys", "revoke", key_id, env=env).stdout
+    assert "revoked" in ftaas("keys", "list", "--project", "team-a", env=env).stdout
+    bad = ftaas("keys", "create", "--project", "Not Valid!", env=env, check=False)
+    assert bad.returncode != 0
+
+
+def _start_up(data_dir: Path, port: int, model_cache_dir: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    log = data_dir.parent / f"up-{port}.log"
+    process = subprocess.Popen([sys.executable, "-m", "ftaas.cli", "up", "--data-dir", str(data_dir), "--port", str(port)],
+                               env={**os.environ, "FTAAS_MODEL_CACHE_DIR": str(model_cache_dir), **env},
+                               stdout=subprocess.DEVNULL, stderr=open(log, "wb"), start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+                return process, log.read_text()
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    stop_process_group(process)
+    raise TimeoutError(log.read_text())
+
+
+def test_up_prints_a_generated_key_once_and_honours_a_bootstrap_key(tmp_path: Path, model_cache_dir: Path) -> None:
+    data_dir, port = tmp_path / "data", free_port()
+    process, output = _start_up(data_dir, port, model_cache_dir)
+    try:
+        key = output.split("store it now):\n", 1)[1].split()[0]
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"}).json()
+        assert [m["id"] for m in models["data"]] == ["ftaas-tiny"]
+    finally:
+        stop_process_group(process)
+    bootstrap = "sk-ftaas-bootstrap-" + "x" * 30
+    process, output = _start_up(data_dir, port, model_cache_dir, FTAAS_BOOTSTRAP_API_KEY=bootstrap)
+    try:
+        assert "store it now" not in output  # the first key stays valid and is not shown again
+        for valid in (key, bootstrap):
+            assert httpx.get(f"http://127.0.0.1:{port}/v1/models",
+                             headers={"Authorization": f"Bearer {valid}"}).status_code == 200
+    finally:
+        stop_process_group(process)
+
+
+def test_a_worker_refuses_an_unknown_queue_and_an_evicting_redis(tmp_path: Path) -> None:
+    env = {"FTAAS_DATA_DIR": str(tmp_path)}
+    ftaas("migrate", env=env)
+    unknown = ftaas("worker", "--queues", "cpu", env=env, check=False)
+    assert unknown.returncode == 2 and "unknown queue" in unknown.stderr
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is needed for this test (it is installed with the Redis service)")
+    port = free_port()
+    evicting = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--maxmemory-policy", "allkeys-lru"],
+                                stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        time.sleep(0.5)
+        refused = ftaas("worker", "--queues", "default", env={**env, "FTAAS_BROKER_URL": f"redis://127.0.0.1:{port}/0"},
+                        check=False)
+        assert refused.returncode == 2 and "noeviction" in refused.stderr
+    finally:
+        stop_process_group(evicting)
