@@ -1,9 +1,19 @@
-"""Request-scoped dependencies: the services container and the authenticated principal."""
+"""Request-scoped dependencies: the services container and the authenticated caller.
+
+Threading model (measured in docs/benchmarks.md): route handlers are `async`; every piece of blocking
+work of a request (authentication and the service call, both on the database) runs in **one** hop to a
+small dedicated thread pool, via `Caller.run`. Blocking calls never run on the event loop (a slow database
+would stall every request, health probes included), and FastAPI's per-dependency and per-response
+thread hops, which cost more than the queries themselves under load, are avoided.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,6 +31,8 @@ if TYPE_CHECKING:
     from basemodels.registry import BaseModelRegistry
     from storage import ArtifactStore
 
+T = TypeVar("T")
+
 
 @dataclass
 class ApiServices:
@@ -33,21 +45,61 @@ class ApiServices:
     files: FileService
     jobs: JobService
     models: ModelService
+    #: Runs the blocking part of each request (see the module docstring).
+    executor: ThreadPoolExecutor
     #: Optional extras mounted by `ftaas up` (e.g. the in-process inference engine).
     extras: dict[str, Any]
 
+    async def run_blocking(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, work)
 
-def get_services(request: Request) -> ApiServices:
+
+async def get_services(request: Request) -> ApiServices:
     return request.app.state.services
 
 
 Services = Annotated[ApiServices, Depends(get_services)]
 
+
+@dataclass(frozen=True)
+class Caller:
+    """A request's bearer key; checked against the database in the same hop as the request's work, unless
+    a dependency already did (`known`)."""
+
+    services: ApiServices
+    key: str
+    known: Principal | None = None
+
+    def authenticate(self) -> Principal:
+        """Blocking: look the key up (call from the worker thread, or use `run`)."""
+        if self.known is not None:
+            return self.known
+        with self.services.db.read() as session:
+            principal = projects.authenticate(session, self.key)
+        if principal is None:
+            raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+        return principal
+
+    async def run(self, work: Callable[[Principal], T]) -> T:
+        """Authenticate, then `work(principal)`, in one thread-pool hop and one read transaction (which
+        the service's own reads join; its writes open their own transactions)."""
+
+        def in_thread() -> T:
+            with self.services.db.read():
+                return work(self.authenticate())
+
+        return await self.services.run_blocking(in_thread)
+
+    async def principal(self) -> Principal:
+        """Authenticate alone (for handlers whose work is async, such as streamed uploads)."""
+        return await self.services.run_blocking(self.authenticate)
+
+
 _bearer = HTTPBearer(auto_error=False, description="An ftaas API key (`ftaas keys create`).")
 
 
-def get_principal(request: Request, services: Services,
-                  _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+async def get_caller(request: Request, services: Services,
+                     _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
     # The HTTPBearer dependency documents the scheme in OpenAPI; the header is parsed here so that a wrong
     # scheme is reported as such rather than as a missing key.
     header = request.headers.get("authorization")
@@ -55,14 +107,19 @@ def get_principal(request: Request, services: Services,
         raise AuthenticationFailed(
             "You didn't provide an API key. Send it in the Authorization header as 'Bearer <key>'.",
             code="missing_api_key")
-    scheme, _, token = header.partition(" ")
+    scheme, _sep, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("Malformed Authorization header; expected 'Bearer <key>'.", code="invalid_api_key")
-    with services.db.read() as session:
-        principal = projects.authenticate(session, token.strip())
-    if principal is None:
-        raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
-    return principal
+    return Caller(services, token.strip())
 
 
-CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+CurrentCaller = Annotated[Caller, Depends(get_caller)]
+
+
+async def get_authenticated_caller(caller: CurrentCaller) -> Caller:
+    """For routes with a request body: FastAPI validates bodies before the handler runs, and an
+    unauthenticated client must get 401, not a lesson in the body schema. Costs these routes a second hop."""
+    return replace(caller, known=await caller.principal())
+
+
+AuthenticatedCaller = Annotated[Caller, Depends(get_authenticated_caller)]

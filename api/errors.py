@@ -64,6 +64,8 @@ def _validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
     if error.get("type") == "json_invalid":
         return "The request body is not valid JSON.", None
     if error.get("type") == "missing":
+        if param is None:
+            return "The request needs a JSON body.", None
         return f"Missing required parameter: '{param}'.", param
     detail = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     if error.get("type") == "extra_forbidden":

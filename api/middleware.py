@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
+import random
 import time
 
 from starlette.datastructures import MutableHeaders
@@ -35,7 +35,9 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = "req_" + secrets.token_hex(16)
+        # Identifies a request in logs and support tickets; it grants nothing, so the OS CSPRNG (a syscall
+        # per request, measurable under load) is not needed.
+        request_id = f"req_{random.getrandbits(128):032x}"
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from db.ids import has_shape
 from ftaas.errors import InvalidRequest
 
@@ -19,13 +17,3 @@ def check_cursor(after: str | None, prefix: str) -> str | None:
     if after is not None and not has_shape(after, prefix):
         raise InvalidRequest(f"after must be an id returned by this list (starting with {prefix!r})", param="after")
     return after
-
-
-def list_envelope(items: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": items,
-        "has_more": has_more,
-        "first_id": items[0]["id"] if items else None,
-        "last_id": items[-1]["id"] if items else None,
-    }

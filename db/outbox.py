@@ -46,6 +46,12 @@ def add(session: Session, route: TaskRoute, *args: Any) -> None:
     session.add(OutboxMessage(task=route.name, args=list(args), queue=route.queue, created_at=time.time()))
 
 
+def unpublished(session: Session, limit: int = 100) -> list[TaskMessage]:
+    """Unpublished messages, oldest first, without locking them."""
+    stmt = select(OutboxMessage).where(OutboxMessage.published_at.is_(None)).order_by(OutboxMessage.id).limit(limit)
+    return [TaskMessage(m.id, m.task, list(m.args), m.queue) for m in session.scalars(stmt)]
+
+
 def claim_unpublished(session: Session, limit: int = 100) -> list[TaskMessage]:
     """Unpublished messages, oldest first, locked for this transaction where the database can.
 

@@ -86,19 +86,20 @@ def create_api_key(session: Session, project: Project, *, name: str | None = Non
 def authenticate(session: Session, plaintext: str) -> Principal | None:
     """The principal for an active key, or None for an unknown or revoked one."""
     digest = hash_key(plaintext)
+    # Columns, not entities: this runs on every request.
     row = session.execute(
-        select(ApiKey, Project.name)
+        select(ApiKey.id, ApiKey.project_id, ApiKey.key_hash, ApiKey.revoked_at, Project.name)
         .join(Project, Project.id == ApiKey.project_id)
         .where(ApiKey.key_hash == digest)
     ).first()
     if row is None:
         return None
-    key, project_name = row
+    key_id, project_id, key_hash, revoked_at, project_name = row
     # The lookup is by hash already; the constant-time comparison guards against a future change to a
     # prefix or partial-index lookup turning this into a timing oracle.
-    if not hmac.compare_digest(key.key_hash, digest) or key.revoked_at is not None:
+    if not hmac.compare_digest(key_hash, digest) or revoked_at is not None:
         return None
-    return Principal(project_id=key.project_id, project_name=project_name, api_key_id=key.id)
+    return Principal(project_id=project_id, project_name=project_name, api_key_id=key_id)
 
 
 def list_keys(session: Session, project_name: str | None = None) -> list[tuple[ApiKey, str]]:

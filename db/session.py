@@ -9,8 +9,9 @@ stay deferred so that readers never queue behind writers (WAL lets them run conc
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -34,9 +35,15 @@ class Database:
 
     `write()` and `read()` commit on success and roll back on error. Connection failures surface as
     `DatabaseUnavailable` (an infrastructure error: retryable); constraint violations surface unchanged.
+
+    `read()` is reentrant per thread: a read scope opened inside another one on the same thread joins it,
+    so the API can run a whole request (authentication and the service's reads) in one transaction and one
+    consistent snapshot. `write()` always opens its own transaction.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int | None = None) -> None:
+        """`pool_size` should cover the threads that use the database at once (for the API, the request
+        thread pool): connections beyond it are opened and closed per use, which is costly under load."""
         self.url = normalise_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
@@ -44,14 +51,23 @@ class Database:
                 self.url,
                 connect_args={"check_same_thread": False, "timeout": 30},
                 pool_size=pool_size,
-                max_overflow=2 * pool_size,
+                max_overflow=pool_size if max_overflow is None else max_overflow,
             )
             _configure_sqlite(self.engine)
         else:
             self.engine = create_engine(
-                self.url, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True
+                self.url, pool_size=pool_size, max_overflow=pool_size if max_overflow is None else max_overflow,
+                # No pre-ping (a round trip per checkout): a dropped connection fails one request with a
+                # retryable 503, and SQLAlchemy then invalidates the whole pool.
+                pool_recycle=1800
             )
-        self._reader = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self._reader = sessionmaker(bind=self.engine, expire_on_commit=False, autoflush=False)
+        self._current_read = threading.local()
+        # SQLite has one writer at a time. Writers of this process queue here, handing the lock over at once,
+        # instead of in SQLite's busy handler, which sleeps (up to 100 ms per retry) and made the p99 of
+        # job creation over a second under load (docs/benchmarks.md). Other processes still meet the busy
+        # timeout.
+        self._write_lock = threading.Lock() if self.is_sqlite else None
         self._writer = sessionmaker(
             bind=self.engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"}), expire_on_commit=False
         )
@@ -62,13 +78,21 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        with _translated(), self._writer.begin() as session:
+        with self._write_lock or nullcontext(), _translated(), self._writer.begin() as session:
             yield session
 
     @contextmanager
     def read(self) -> Iterator[Session]:
+        current = getattr(self._current_read, "session", None)
+        if current is not None:
+            yield current
+            return
         with _translated(), self._reader.begin() as session:
-            yield session
+            self._current_read.session = session
+            try:
+                yield session
+            finally:
+                self._current_read.session = None
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -98,4 +122,6 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
         mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
-        connection.exec_driver_sql(f"BEGIN {mode}")
+        # Straight to the driver: this runs for every transaction, and SQLAlchemy's statement machinery
+        # would cost more than the statement (pysqlite then knows it is in a transaction and commits it).
+        connection.connection.driver_connection.execute(f"BEGIN {mode}")

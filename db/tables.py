@@ -93,6 +93,8 @@ class FineTuningJob(Base):
         CheckConstraint(_in("status", [s.value for s in JobStatus]), name="status"),
         CheckConstraint("attempt >= 0 AND max_attempts >= 1", name="attempts"),
         Index("ix_fine_tuning_jobs_project_id_id", "project_id", "id"),
+        # The active-job quota check on every job creation.
+        Index("ix_fine_tuning_jobs_project_id_status", "project_id", "status"),
         # The reaper scans running jobs by lease expiry.
         Index("ix_fine_tuning_jobs_status_lease_expires_at", "status", "lease_expires_at"),
     )

@@ -62,10 +62,14 @@ def api(host: str | None, port: int | None, with_relay: bool) -> None:
 @main.command()
 @click.option("--queues", default="default,gpu", show_default=True, help="Comma-separated queues to consume.")
 @click.option("--concurrency", type=int, default=None, help="Worker processes (FTAAS_WORKER_CONCURRENCY).")
-def worker(queues: str, concurrency: int | None) -> None:
+@click.option("--parent-pid", type=int, default=None, hidden=True,
+              help="Exit when this process exits (used by `ftaas up` for its workers).")
+def worker(queues: str, concurrency: int | None, parent_pid: int | None) -> None:
     """A Celery worker for the given queues."""
-    from ftaas.launcher import run_worker
+    from ftaas.launcher import exit_with_parent, run_worker
 
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     settings = _settings(worker_concurrency=concurrency)
     _configure_logging(settings)
     sys.exit(run_worker(settings, [q.strip() for q in queues.split(",") if q.strip()]))

@@ -45,6 +45,19 @@ def bootstrap_default_project(db: Database, settings: Settings) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------- workers
+def exit_with_parent(parent_pid: int) -> None:
+    """Make the kernel send SIGTERM to this process when its parent dies (Linux), so that workers of an
+    `ftaas up` that was killed outright do not live on as orphans. Exits at once if that already happened."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import ctypes.util
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        sys.exit(0)
+
+
 @dataclass
 class WorkerProcess:
     queues: list[str]
@@ -54,7 +67,8 @@ class WorkerProcess:
     started_at: float = field(default_factory=time.monotonic)
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "ftaas.cli", "worker", "--queues", ",".join(self.queues)]
+        command = [sys.executable, "-m", "ftaas.cli", "worker", "--queues", ",".join(self.queues),
+                   "--parent-pid", str(os.getpid())]
         # A session of its own: stopping `ftaas up` stops the worker's whole process group, pool included.
         self.process = subprocess.Popen(command, env=self.env, start_new_session=True)
         self.started_at = time.monotonic()

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="Address the API binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the API binds to.")
+    api_threads: int = Field(
+        default=4, ge=1, le=256, description="Threads running the blocking part of API requests (per process)."
+    )
     bootstrap_api_key: SecretStr | None = Field(
         default=None, description="`ftaas up` registers this key for the default project (idempotent)."
     )

@@ -8,11 +8,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from api.dependencies import CurrentPrincipal, Services
+from api.dependencies import AuthenticatedCaller, Services
 from serving.schemas import ChatCompletionRequest
 from serving.service import Generation, InferenceService
 
@@ -24,13 +24,14 @@ def _engine(services: Services) -> InferenceService:
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request, services: Services,
-                           principal: CurrentPrincipal) -> Any:
+async def chat_completions(body: ChatCompletionRequest, services: Services, caller: AuthenticatedCaller) -> Any:
     engine = _engine(services)
-    resolved = await run_in_threadpool(engine.resolve, principal, body.model)
+    resolved = await caller.run(lambda principal: engine.resolve(principal, body.model))
     completion_id = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
     if not body.stream:
+        # Generation runs on Starlette's thread pool, never the API's small one: a long completion must not
+        # hold a thread that short database work is waiting for.
         result = await run_in_threadpool(engine.complete, resolved, body)
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,

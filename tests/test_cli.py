@@ -90,3 +90,16 @@ def test_a_worker_refuses_an_unknown_queue_and_an_evicting_redis(tmp_path: Path)
         assert refused.returncode == 2 and "noeviction" in refused.stderr
     finally:
         stop_process_group(evicting)
+
+
+def test_workers_of_up_do_not_outlive_it_even_when_it_is_killed(tmp_path: Path, model_cache_dir: Path) -> None:
+    import psutil
+
+    process, _ = _start_up(tmp_path / "data", free_port(), model_cache_dir)
+    up = psutil.Process(process.pid)
+    workers = [p for p in up.children() if "worker" in p.cmdline()]
+    assert len(workers) == 2
+    os.kill(process.pid, 9)  # no chance to clean up
+    process.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == []

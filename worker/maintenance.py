@@ -49,18 +49,40 @@ class Maintenance:
         self.settings = settings
 
     def relay_once(self, batch: int = 100) -> int:
-        published: list[int] = []
+        if self.db.is_sqlite:
+            # One relay per embedded installation, and SQLite has a single writer: publishing inside a write
+            # transaction would hold every API write back for the broker's round trips (measured: -27 %
+            # create throughput, twice the p99). Read, publish, then mark in a short write.
+            with self.db.read() as session:
+                messages = outbox.unpublished(session, batch)
+            if not messages:
+                return 0
+            published, failure = self._publish(messages)
+            with self.db.write() as session:
+                outbox.mark_published(session, published)
+                if failure is not None:
+                    outbox.record_failure(session, *failure)
+            return len(published)
+        # PostgreSQL: SKIP LOCKED claims rows (not the table) for this transaction, so several relays
+        # publish disjoint messages without waiting for each other.
         with self.db.write() as session:
-            for message in outbox.claim_unpublished(session, batch):
-                try:
-                    self.publisher.send_task(message.task, args=message.args, queue=message.queue)
-                except Exception as exc:  # the broker is down: record, stop this round, retry next round
-                    log.warning("outbox: publishing %s failed: %s", message.task, exc)
-                    outbox.record_failure(session, message.id, repr(exc))
-                    break
-                published.append(message.id)
+            published, failure = self._publish(outbox.claim_unpublished(session, batch))
             outbox.mark_published(session, published)
+            if failure is not None:
+                outbox.record_failure(session, *failure)
         return len(published)
+
+    def _publish(self, messages: list[outbox.TaskMessage]) -> tuple[list[int], tuple[int, str] | None]:
+        """Publish in order; stop at the first failure (the broker is down: retry next round)."""
+        published: list[int] = []
+        for message in messages:
+            try:
+                self.publisher.send_task(message.task, args=message.args, queue=message.queue)
+            except Exception as exc:
+                log.warning("outbox: publishing %s failed: %s", message.task, exc)
+                return published, (message.id, repr(exc))
+            published.append(message.id)
+        return published, None
 
     def reap_once(self, now: float | None = None) -> MaintenanceReport:
         now = time.time() if now is None else now

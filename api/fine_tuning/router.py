@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Request, Response
 
-from api.dependencies import CurrentPrincipal, Services
+from api.dependencies import AuthenticatedCaller, CurrentCaller, Services
 from api.fine_tuning.schemas import (
     CheckpointList,
     CheckpointObject,
@@ -17,7 +17,8 @@ from api.fine_tuning.schemas import (
     JobEventList,
     JobEventObject,
 )
-from api.pagination import check_cursor, check_limit, list_envelope
+from api.pagination import check_cursor, check_limit
+from api.responses import list_response, model_response
 from db import ids
 from ftaas.errors import InvalidRequest
 
@@ -27,56 +28,73 @@ _METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
 
 
 @router.post("", response_model=FineTuningJobObject)
-def create_job(body: JobCreateRequest, services: Services, principal: CurrentPrincipal,
-               idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> FineTuningJobObject:
-    return FineTuningJobObject.of(services.jobs.create(principal, body, idempotency_key))
+async def create_job(body: JobCreateRequest, services: Services, caller: AuthenticatedCaller,
+                     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> Response:
+    return await caller.run(lambda principal: model_response(
+        FineTuningJobObject.of(services.jobs.create(principal, body, idempotency_key))))
 
 
 @router.get("", response_model=FineTuningJobList)
-def list_jobs(request: Request, services: Services, principal: CurrentPrincipal,
-              after: str | None = None, limit: int = 20) -> dict:
+async def list_jobs(request: Request, services: Services, caller: CurrentCaller,
+                    after: str | None = None, limit: int = 20) -> Response:
     metadata = {}
     for name, value in request.query_params.multi_items():
         if match := _METADATA_PARAM.match(name):
             metadata[match.group(1)] = value
         elif name.startswith("metadata"):
             raise InvalidRequest("Filter on metadata as metadata[key]=value.", param=name)
-    page = services.jobs.list(principal, after=check_cursor(after, ids.JOB), limit=check_limit(limit, maximum=100),
-                              metadata=metadata)
-    return list_envelope([FineTuningJobObject.of(job).model_dump() for job in page.items], has_more=page.has_more)
+    after, limit = check_cursor(after, ids.JOB), check_limit(limit, maximum=100)
+
+    def work(principal):  # type: ignore[no-untyped-def]
+        page = services.jobs.list(principal, after=after, limit=limit, metadata=metadata)
+        return list_response([FineTuningJobObject.of(job) for job in page.items], has_more=page.has_more)
+
+    return await caller.run(work)
 
 
 @router.get("/{fine_tuning_job_id}", response_model=FineTuningJobObject)
-def retrieve_job(fine_tuning_job_id: str, services: Services, principal: CurrentPrincipal) -> FineTuningJobObject:
-    return FineTuningJobObject.of(services.jobs.get(principal, fine_tuning_job_id))
+async def retrieve_job(fine_tuning_job_id: str, services: Services, caller: CurrentCaller) -> Response:
+    return await caller.run(lambda principal: model_response(
+        FineTuningJobObject.of(services.jobs.get(principal, fine_tuning_job_id))))
 
 
 @router.post("/{fine_tuning_job_id}/cancel", response_model=FineTuningJobObject)
-def cancel_job(fine_tuning_job_id: str, services: Services, principal: CurrentPrincipal) -> FineTuningJobObject:
-    return FineTuningJobObject.of(services.jobs.cancel(principal, fine_tuning_job_id))
+async def cancel_job(fine_tuning_job_id: str, services: Services, caller: CurrentCaller) -> Response:
+    return await caller.run(lambda principal: model_response(
+        FineTuningJobObject.of(services.jobs.cancel(principal, fine_tuning_job_id))))
 
 
 @router.post("/{fine_tuning_job_id}/pause", response_model=FineTuningJobObject)
-def pause_job(fine_tuning_job_id: str, services: Services, principal: CurrentPrincipal) -> FineTuningJobObject:
-    return FineTuningJobObject.of(services.jobs.pause(principal, fine_tuning_job_id))
+async def pause_job(fine_tuning_job_id: str, services: Services, caller: CurrentCaller) -> Response:
+    return await caller.run(lambda principal: model_response(
+        FineTuningJobObject.of(services.jobs.pause(principal, fine_tuning_job_id))))
 
 
 @router.post("/{fine_tuning_job_id}/resume", response_model=FineTuningJobObject)
-def resume_job(fine_tuning_job_id: str, services: Services, principal: CurrentPrincipal) -> FineTuningJobObject:
-    return FineTuningJobObject.of(services.jobs.resume(principal, fine_tuning_job_id))
+async def resume_job(fine_tuning_job_id: str, services: Services, caller: CurrentCaller) -> Response:
+    return await caller.run(lambda principal: model_response(
+        FineTuningJobObject.of(services.jobs.resume(principal, fine_tuning_job_id))))
 
 
 @router.get("/{fine_tuning_job_id}/events", response_model=JobEventList)
-def list_events(fine_tuning_job_id: str, services: Services, principal: CurrentPrincipal,
-                after: str | None = None, limit: int = 20) -> dict:
-    page = services.jobs.events(principal, fine_tuning_job_id, after=check_cursor(after, ids.EVENT),
-                                limit=check_limit(limit, maximum=100))
-    return list_envelope([JobEventObject.of(e).model_dump() for e in page.items], has_more=page.has_more)
+async def list_events(fine_tuning_job_id: str, services: Services, caller: CurrentCaller,
+                      after: str | None = None, limit: int = 20) -> Response:
+    after, limit = check_cursor(after, ids.EVENT), check_limit(limit, maximum=100)
+
+    def work(principal):  # type: ignore[no-untyped-def]
+        page = services.jobs.events(principal, fine_tuning_job_id, after=after, limit=limit)
+        return list_response([JobEventObject.of(e) for e in page.items], has_more=page.has_more)
+
+    return await caller.run(work)
 
 
 @router.get("/{fine_tuning_job_id}/checkpoints", response_model=CheckpointList)
-def list_checkpoints(fine_tuning_job_id: str, services: Services, principal: CurrentPrincipal,
-                     after: str | None = None, limit: int = 10) -> dict:
-    page = services.jobs.checkpoints(principal, fine_tuning_job_id, after=check_cursor(after, ids.CHECKPOINT),
-                                     limit=check_limit(limit, maximum=100))
-    return list_envelope([CheckpointObject.of(c).model_dump() for c in page.items], has_more=page.has_more)
+async def list_checkpoints(fine_tuning_job_id: str, services: Services, caller: CurrentCaller,
+                           after: str | None = None, limit: int = 10) -> Response:
+    after, limit = check_cursor(after, ids.CHECKPOINT), check_limit(limit, maximum=100)
+
+    def work(principal):  # type: ignore[no-untyped-def]
+        page = services.jobs.checkpoints(principal, fine_tuning_job_id, after=after, limit=limit)
+        return list_response([CheckpointObject.of(c) for c in page.items], has_more=page.has_more)
+
+    return await caller.run(work)

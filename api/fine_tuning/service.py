@@ -89,7 +89,7 @@ class JobService:
         training = self._usable_file(session, principal, request.training_file, "training_file", method)
         if request.validation_file is not None:
             self._usable_file(session, principal, request.validation_file, "validation_file", method)
-        if jobs.count_active(session, principal.project_id) >= self.max_active_jobs:
+        if jobs.count_active(session, principal.project_id, at_most=self.max_active_jobs) >= self.max_active_jobs:
             raise QuotaExceeded(f"This project already has {self.max_active_jobs} unfinished fine-tuning jobs; "
                                 "wait for one to finish or cancel one.", retry_after=60)
         job = FineTuningJob(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from starlette.concurrency import run_in_threadpool
 
 from api.dependencies import Services
 from db.migrate import is_at_head
@@ -14,7 +13,7 @@ router = APIRouter(prefix="/health", tags=["health"])
 
 
 @router.get("/live")
-def live() -> dict:
+async def live() -> dict:
     """The process is up and serving HTTP."""
     return {"status": "ok"}
 
@@ -37,7 +36,7 @@ async def ready(request: Request, services: Services) -> JSONResponse:
               **services.extras.get("readiness_checks", {})}
     for name, probe in probes.items():
         try:
-            await run_in_threadpool(probe)
+            await services.run_blocking(probe)
             checks[name] = "ok"
         except Exception as exc:  # a probe reports, it never raises
             checks[name] = f"failed: {exc}"

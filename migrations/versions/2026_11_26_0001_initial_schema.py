@@ -174,6 +174,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_fine_tuning_jobs'))
     )
     op.create_index('ix_fine_tuning_jobs_project_id_id', 'fine_tuning_jobs', ['project_id', 'id'], unique=False)
+    op.create_index('ix_fine_tuning_jobs_project_id_status', 'fine_tuning_jobs', ['project_id', 'status'], unique=False)
     op.create_index('ix_fine_tuning_jobs_status_lease_expires_at', 'fine_tuning_jobs', ['status', 'lease_expires_at'], unique=False)
 
     op.create_table('idempotency_keys',

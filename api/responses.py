@@ -1,0 +1,29 @@
+"""JSON responses built from the wire models directly.
+
+Route handlers return these instead of the models: FastAPI would otherwise validate the returned model a
+second time, in a thread-pool hop of its own for sync handlers (measured: one of four hops per request,
+see docs/benchmarks.md). Routes still declare `response_model=` so the OpenAPI schema is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from fastapi import Response
+from pydantic import BaseModel
+
+JSON = "application/json"
+
+
+def model_response(model: BaseModel) -> Response:
+    return Response(content=model.model_dump_json(), media_type=JSON)
+
+
+def list_response(items: Sequence[BaseModel], *, has_more: bool) -> Response:
+    """The cursor-list envelope (openai-api.md §3.10)."""
+    body = ",".join(item.model_dump_json() for item in items)
+    first = json.dumps(items[0].id if items else None)  # type: ignore[attr-defined]
+    last = json.dumps(items[-1].id if items else None)  # type: ignore[attr-defined]
+    return Response(content=f'{{"object":"list","data":[{body}],"has_more":{"true" if has_more else "false"},'
+                            f'"first_id":{first},"last_id":{last}}}', media_type=JSON)
