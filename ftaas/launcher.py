@@ -73,18 +73,22 @@ class WorkerProcess:
         self.process = subprocess.Popen(command, env=self.env, start_new_session=True)
         self.started_at = time.monotonic()
 
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def wait_or_kill(self, deadline: float) -> None:
+        if self.process is None:
             return
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=WORKER_STOP_GRACE_SECONDS)
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             # A training task still running: its lease expires and the reaper resumes it next time.
-            os.killpg(self.process.pid, signal.SIGKILL)
+            self.signal(signal.SIGKILL)
             self.process.wait()
-        except ProcessLookupError:
-            pass
 
 
 class WorkerSupervisor:
@@ -103,10 +107,14 @@ class WorkerSupervisor:
         self._thread.start()
 
     def stop(self) -> None:
+        """Warm-stop every worker at once (they stop in parallel), then kill what outlives the grace."""
         self._stop.set()
         self._thread.join(timeout=5)
         for worker in self.workers:
-            worker.stop()
+            worker.signal(signal.SIGTERM)
+        deadline = time.monotonic() + WORKER_STOP_GRACE_SECONDS
+        for worker in self.workers:
+            worker.wait_or_kill(deadline)
 
     def _watch(self) -> None:
         while not self._stop.wait(1.0):

@@ -21,6 +21,12 @@ from ftaas.settings import EMBEDDED_BROKER_SCHEME
 class EmbeddedTransport(kombu_sqlalchemy.Transport):
     polling_interval = 0.1
 
+    def drain_events(self, connection, timeout=None):  # type: ignore[no-untyped-def]
+        # Celery drives transports without file descriptors with a blocking loop that checks for shutdown
+        # only between drains of up to 2 s, which an idle virtual transport sleeps out entirely. A short
+        # drain lets a worker stop promptly (measured: 6-7 s to exit on SIGTERM before, see tests).
+        return super().drain_events(connection, timeout=0.25 if timeout is None else min(timeout, 0.25))
+
 
 TRANSPORT_ALIASES[EMBEDDED_BROKER_SCHEME] = "worker.broker:EmbeddedTransport"
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from openai import OpenAI
 
 from db.session import Database
@@ -113,8 +114,20 @@ class LiveServer:
         raise TimeoutError(f"{self.kind} server not ready after {timeout}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
+        """Stop every process and check that nothing they started outlives them (a leak is an error)."""
+        descendants = []
+        for process in self.processes:
+            try:
+                descendants += psutil.Process(process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
         for process in reversed(self.processes):
             stop_process_group(process)
+        _, alive = psutil.wait_procs(descendants, timeout=20)
+        for leftover in alive:
+            leftover.kill()
+        if alive:
+            raise RuntimeError(f"{self.kind} deployment left processes behind: {[p.pid for p in alive]}")
 
 
 def stop_process_group(process: subprocess.Popen, grace: float = 15) -> None:
