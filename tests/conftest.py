@@ -14,6 +14,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 
 from db import migrate
@@ -24,6 +25,11 @@ REDIS_URL = os.environ.get("FTAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 S3_CREDENTIALS = {"aws_access_key_id": "ftaas-test", "aws_secret_access_key": "ftaas-test-secret"}
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# CI replays the same examples every run, so a red build is reproducible; local runs keep exploring.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 # ------------------------------------------------------------------------------------------ postgres
