@@ -67,7 +67,3 @@ def prune(session: Session, job_id: str, *, keep: int) -> list[str]:
         prefixes.append(stale.storage_prefix)
         session.delete(stale)
     return prefixes
-
-
-def all_prefixes(session: Session, job_id: str) -> list[str]:
-    return list(session.scalars(select(Checkpoint.storage_prefix).where(Checkpoint.job_id == job_id)))

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from db import events, outbox
 from db.pagination import Page, fetch_page
-from db.states import ACTIVE, TERMINAL, JobStatus, sources_of
+from db.states import ACTIVE, JobStatus, sources_of
 from db.tables import FineTuningJob
 from ftaas.errors import IllegalTransition, LeaseLost
 
@@ -375,7 +375,3 @@ def redispatch_stale(session: Session, *, older_than: float, limit: int = 100) -
         session.execute(update(FineTuningJob).where(FineTuningJob.id == job.id).values(dispatched_at=now))
         outbox.add(session, outbox.RUN_JOB if job.status == S.QUEUED else outbox.ADVANCE_JOB, job.id)
     return [job.id for job in stale]
-
-
-def is_terminal(status: str) -> bool:
-    return JobStatus(status) in TERMINAL

@@ -55,10 +55,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 del S
 
 
-def can_transition(current: JobStatus | str, target: JobStatus | str) -> bool:
-    return JobStatus(target) in TRANSITIONS[JobStatus(current)]
-
-
 def sources_of(target: JobStatus) -> list[str]:
     """Every status from which `target` may be reached (for conditional UPDATEs)."""
     return sorted(s.value for s, targets in TRANSITIONS.items() if target in targets)

@@ -89,7 +89,6 @@ def relay() -> None:
 def migrate() -> None:
     """Upgrade the database schema to the latest migration."""
     from db import migrate as migrations
-    from db.session import Database
 
     settings = _settings()
     _configure_logging(settings)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -187,7 +186,3 @@ class ArtifactStore(ABC):
         finally:
             partial.unlink(missing_ok=True)
         return destination
-
-
-def join_key(*parts: str) -> str:
-    return posixpath.join(*parts)

@@ -11,10 +11,6 @@ def checkpoint_prefix(job_id: str, step: int) -> str:
     return f"jobs/{job_id}/checkpoints/step-{step}/"
 
 
-def job_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/"
-
-
 def model_prefix(model_uid: str) -> str:
     return f"models/{model_uid}/"
 

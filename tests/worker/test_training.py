@@ -57,7 +57,7 @@ def facts(n: int = 16) -> list[str]:
 
 
 def trained_text(tokenizer: Any, example: Any) -> str:
-    return tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != IGNORE])
+    return tokenizer.decode([t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE])
 
 
 def test_only_weighted_assistant_tokens_are_labelled(tokenizer: Any) -> None:

@@ -257,8 +257,8 @@ class Trainer:
                 accuracies.append(accuracy)
                 weights.append(len(chunk))
             total = sum(weights)
-            return (sum(l * w for l, w in zip(losses, weights)) / total,
-                    sum(a * w for a, w in zip(accuracies, weights)) / total)
+            return (sum(loss * n for loss, n in zip(losses, weights, strict=True)) / total,
+                    sum(accuracy * n for accuracy, n in zip(accuracies, weights, strict=True)) / total)
         finally:
             self.model.train()
 
