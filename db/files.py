@@ -32,9 +32,13 @@ def _not_expired(now: float | None = None) -> Any:
     return or_(File.expires_at.is_(None), File.expires_at > int(time.time() if now is None else now))
 
 
-def get(session: Session, project_id: str, file_id: str) -> File | None:
-    """The file, if it belongs to the project and has not expired."""
-    return session.scalar(select(File).where(File.id == file_id, File.project_id == project_id, _not_expired()))
+def get(session: Session, project_id: str, file_id: str, *, include_expired: bool = False) -> File | None:
+    """The file, if it belongs to the project and has not expired. Workers pass `include_expired`: a file
+    an unfinished job reads is kept past its expiry until the job ends (see `take_expired`)."""
+    stmt = select(File).where(File.id == file_id, File.project_id == project_id)
+    if not include_expired:
+        stmt = stmt.where(_not_expired())
+    return session.scalar(stmt)
 
 
 def get_any_project(session: Session, file_id: str) -> File | None:

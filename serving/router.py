@@ -52,11 +52,17 @@ async def chat_completions(body: ChatCompletionRequest, services: Services, call
 
         yield chunk({"role": "assistant", "content": ""}, None)
         final: Generation | None = None
-        async for piece in iterate_in_threadpool(engine.stream(resolved, body)):
-            if isinstance(piece, Generation):
-                final = piece
-            elif piece:
-                yield chunk({"content": piece}, None)
+        pieces = engine.stream(resolved, body)
+        try:
+            async for piece in iterate_in_threadpool(pieces):
+                if isinstance(piece, Generation):
+                    final = piece
+                elif piece:
+                    yield chunk({"content": piece}, None)
+        finally:
+            # A client that went away stops the stream here: close the generator at once so that it stops
+            # generating and releases the engine, rather than whenever it is garbage-collected.
+            await run_in_threadpool(pieces.close)
         assert final is not None
         yield chunk({}, final.finish_reason)
         if include_usage:

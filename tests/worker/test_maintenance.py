@@ -11,7 +11,7 @@ import pytest
 import redis
 from sqlalchemy import select, update
 
-from db import migrate, outbox
+from db import files, migrate, outbox
 from db.session import Database
 from db.states import JobStatus
 from db.tables import File, FineTuningJob, OutboxMessage
@@ -95,6 +95,9 @@ def test_expired_files_are_deleted_unless_an_unfinished_job_reads_them(maintenan
     assert report.expired_files == 1
     with maintenance.db.read() as session:
         assert sorted(session.scalars(select(File.id))) == sorted([in_use.id, fresh.id])
+        # Expired for the API; still readable by the worker of the job that uses it.
+        assert files.get(session, project.id, in_use.id) is None
+        assert files.get(session, project.id, in_use.id, include_expired=True) is not None
     assert maintenance.store.size_of(f"files/{idle.id}") is None
     assert maintenance.store.size_of(f"files/{in_use.id}") == 4
 

@@ -19,7 +19,7 @@ def advance_job(ctx: WorkerContext, job_id: str) -> str:
         for param, file_id in (("training_file", job.training_file_id), ("validation_file", job.validation_file_id)):
             if file_id is None:
                 continue
-            file = files.get(session, job.project_id, file_id)
+            file = files.get(session, job.project_id, file_id, include_expired=True)
             if file is None:
                 jobs.fail_validation(session, job, jobs.error_object(
                     "file_not_found", f"The {param.replace('_', ' ')} {file_id} was deleted.", param))

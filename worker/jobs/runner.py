@@ -107,8 +107,9 @@ def _plan(ctx: WorkerContext, lease: Lease) -> JobPlan:
         job = jobs.get_any_project(session, lease.job_id)
         assert job is not None
         project_name = session.get(Project, job.project_id).name  # type: ignore[union-attr]
-        training = files.get(session, job.project_id, job.training_file_id)
-        validation = files.get(session, job.project_id, job.validation_file_id) if job.validation_file_id else None
+        training = files.get(session, job.project_id, job.training_file_id, include_expired=True)
+        validation = (files.get(session, job.project_id, job.validation_file_id, include_expired=True)
+                      if job.validation_file_id else None)
         if training is None or training.status != FileStatus.PROCESSED:
             raise UserError("the training file is no longer available", code="file_not_found", param="training_file")
         if job.validation_file_id and (validation is None or validation.status != FileStatus.PROCESSED):
