@@ -57,13 +57,21 @@ def by_model_name(session: Session, project_id: str, model_name: str) -> Checkpo
     )
 
 
-def prune(session: Session, job_id: str, *, keep: int) -> list[str]:
-    """Drop all but the newest `keep` checkpoints; returns the storage prefixes to delete after commit."""
+def prune(session: Session, job_id: str, *, keep: int, pin_best: bool = False) -> list[str]:
+    """Drop all but the newest `keep` checkpoints (and, with `pin_best`, the one with the lowest full
+    validation loss, which early stopping makes the model); returns the storage prefixes to delete after
+    commit."""
     rows = list(
         session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step_number.desc()))
     )
+    pinned = None
+    if pin_best:
+        scored = [r for r in rows if r.metrics.get("full_valid_loss") is not None]
+        pinned = min(scored, key=lambda r: (r.metrics["full_valid_loss"], r.step_number)) if scored else None
     prefixes = []
     for stale in rows[keep:]:
+        if stale is pinned:
+            continue
         prefixes.append(stale.storage_prefix)
         session.delete(stale)
     return prefixes

@@ -214,6 +214,7 @@ def fail_validation(session: Session, job: FineTuningJob, error: dict[str, Any])
 def claim(session: Session, job_id: str, *, owner: str, ttl: float, now: float | None = None) -> Lease | None:
     """queued -> running for exactly one caller. Returns its lease, or None (someone else has it / not queued)."""
     now = time.time() if now is None else now
+    first_start = session.scalar(select(FineTuningJob.started_at).where(FineTuningJob.id == job_id)) is None
     ok = _transition(
         session, job_id, S.RUNNING, only_from={S.QUEUED.value},
         values={
@@ -228,7 +229,7 @@ def claim(session: Session, job_id: str, *, owner: str, ttl: float, now: float |
         return None
     job = _reload(session, job_id)
     lease = Lease(job_id=job.id, project_id=job.project_id, owner=owner, token=job.fencing_token, attempt=job.attempt)
-    _event(session, job, "Fine-tuning job started" if job.attempt == 1 else f"Fine-tuning job resumed (attempt {job.attempt})")
+    _event(session, job, "Fine-tuning job started" if first_start else f"Fine-tuning job resumed (attempt {job.attempt})")
     return lease
 
 

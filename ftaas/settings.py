@@ -106,6 +106,9 @@ class Settings(BaseSettings):
         default=3600, ge=10, description="Redis broker visibility timeout (the dispatch window, not job length)."
     )
     worker_concurrency: int = Field(default=1, ge=1, description="Processes per worker (gpu: number of GPU sets).")
+    training_processes: int = Field(
+        default=1, ge=1, le=64, description="Data-parallel processes per training job (GPUs per job; gloo on CPU)."
+    )
 
     log_level: str = Field(default="INFO", description="Python log level.")
 

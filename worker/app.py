@@ -53,4 +53,22 @@ def create_celery_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
         from worker.tasks import register_tasks
 
         register_tasks(app, settings)
+        _connect_preemption()
     return app
+
+
+def _connect_preemption() -> None:
+    """A stopping worker asks its running jobs to checkpoint and requeue (see worker.preemption)."""
+    from celery.signals import worker_process_init, worker_shutting_down
+
+    from worker import preemption
+
+    def on_pool_process_start(**_: object) -> None:
+        preemption.install_in_pool_process()
+
+    def on_shutdown(**_: object) -> None:
+        preemption.notify_pool_processes()
+
+    # Celery's signals are process-wide: the uids keep one receiver each however many apps are created.
+    worker_process_init.connect(on_pool_process_start, weak=False, dispatch_uid="ftaas.preemption.install")
+    worker_shutting_down.connect(on_shutdown, weak=False, dispatch_uid="ftaas.preemption.notify")

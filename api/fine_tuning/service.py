@@ -86,6 +86,9 @@ class JobService:
         return job
 
     def _insert(self, session: Session, principal: Principal, request: JobCreateRequest, method: Method) -> FineTuningJob:
+        if method.section.early_stopping is not None and request.validation_file is None:
+            raise InvalidRequest("Early stopping watches the validation loss: give a validation_file.",
+                                 code="invalid_method", param=f"method.{method.type}.early_stopping")
         training = self._usable_file(session, principal, request.training_file, "training_file", method)
         if request.validation_file is not None:
             self._usable_file(session, principal, request.validation_file, "validation_file", method)

@@ -260,8 +260,13 @@ def test_a_created_job_echoes_every_field_the_sdk_reads(api: Api) -> None:
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}})).json()
     assert job["status"] == "validating_files" and job["object"] == "fine_tuning.job"
     assert job["hyperparameters"] == {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto"}
-    assert job["method"] == {"type": "supervised", "supervised": {"hyperparameters": {
-        "n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto"}}}
+    # The method is recorded with every default filled in: what the job will run is on the job.
+    assert job["method"] == {"type": "supervised", "supervised": {
+        "hyperparameters": {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto"},
+        "adapter": {"type": "lora", "r": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": "all-linear",
+                    "init": "default"},
+        "max_seq_len": 2048, "packing": True, "lr_scheduler": "linear", "warmup_ratio": 0.0, "n_checkpoints": None,
+        "eval_interval": 10, "early_stopping": None}}
     expected_keys = {"id", "object", "created_at", "model", "organization_id", "status", "training_file",
                      "validation_file", "hyperparameters", "method", "result_files", "fine_tuned_model", "finished_at",
                      "trained_tokens", "estimated_finish", "seed", "error", "integrations", "metadata",

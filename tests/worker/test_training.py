@@ -13,7 +13,7 @@ from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from ftaas.settings import DEMO_BASE_MODEL, DEMO_BASE_MODEL_SOURCE
 from worker.training.data import IGNORE, encode_chat, encode_lines
-from worker.training.spec import LoraSettings, TrainingSpec
+from worker.training.spec import AdapterSettings, TrainingSpec
 from worker.training.trainer import Directive, StepMetrics, Trainer
 
 
@@ -39,13 +39,13 @@ class Recorder:
         self.metrics.append(metrics)
         return Directive.PAUSE if metrics.step == self.pause_at else Directive.CONTINUE
 
-    def on_checkpoint(self, state_dir: Path, metrics: StepMetrics) -> None:
+    def on_checkpoint(self, state_dir: Path, metrics: StepMetrics, *, best: bool) -> None:
         self.checkpoints.append(state_dir)
 
 
 def spec(**overrides: Any) -> TrainingSpec:
     values: dict[str, Any] = {"base_model": DEMO_BASE_MODEL, "method": "supervised", "n_epochs": 2, "batch_size": 4,
-                              "learning_rate": 3e-3, "seed": 11, "lora": LoraSettings(r=8, alpha=16)}
+                              "learning_rate": 3e-3, "seed": 11, "adapter": AdapterSettings(r=8, alpha=16)}
     values.update(overrides)
     return TrainingSpec(**values)
 
@@ -71,25 +71,28 @@ def test_only_weighted_assistant_tokens_are_labelled(tokenizer: Any) -> None:
     assert trained_text(tokenizer, example) == "In Zelbador.<|im_end|>"
 
 
-def _lora_gradients(loader: BaseModelLoader, tokenizer: Any, conversation: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _lora_gradients(loader: BaseModelLoader, tokenizer: Any, conversation: dict[str, Any],
+                    work: Path) -> dict[str, torch.Tensor]:
     example, _ = encode_chat(tokenizer, conversation, max_len=512)
-    trainer = Trainer(spec(), loader.load_model(DEMO_BASE_MODEL), tokenizer, [example], [], Recorder(), Path("/unused"),
+    trainer = Trainer(spec(), loader.load_model(DEMO_BASE_MODEL), tokenizer, [example], [], Recorder(), work,
                       precision="fp32")
-    loss, _, _ = trainer._sft_loss([example])
-    loss.backward()
+    loss_sum, count, _, _ = trainer._sft_sums([example], trainer.network)
+    (loss_sum / count).backward()
     return {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
 
 
-def test_changing_a_weight_0_message_does_not_change_the_gradient(loader: BaseModelLoader, tokenizer: Any) -> None:
+def test_changing_a_weight_0_message_does_not_change_the_gradient(loader: BaseModelLoader, tokenizer: Any,
+                                                                   tmp_path: Path) -> None:
     def conversation(trained: str, ignored: str) -> dict[str, Any]:
         return {"messages": [{"role": "user", "content": "Name a colour."},
                              {"role": "assistant", "content": trained},
                              {"role": "user", "content": "Another?"},
                              {"role": "assistant", "content": ignored, "weight": 0}]}
 
-    reference = _lora_gradients(loader, tokenizer, conversation("Blue.", "Green."))
-    ignored_changed = _lora_gradients(loader, tokenizer, conversation("Blue.", "Something else entirely, at length."))
-    trained_changed = _lora_gradients(loader, tokenizer, conversation("Red.", "Green."))
+    reference = _lora_gradients(loader, tokenizer, conversation("Blue.", "Green."), tmp_path / "a")
+    ignored_changed = _lora_gradients(loader, tokenizer, conversation("Blue.", "Something else entirely, at length."),
+                                      tmp_path / "b")
+    trained_changed = _lora_gradients(loader, tokenizer, conversation("Red.", "Green."), tmp_path / "c")
     assert all(torch.equal(reference[name], ignored_changed[name]) for name in reference)
     # The control: the test would notice if the trained message did not matter either.
     assert not all(torch.equal(reference[name], trained_changed[name]) for name in reference)

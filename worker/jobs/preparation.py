@@ -43,6 +43,6 @@ def advance_job(ctx: WorkerContext, job_id: str) -> str:
                 return "failed"
         training = checked[0][1]
         resolved = resolve_hyperparameters(method, training.example_count or 0)
-        job.method = {"type": method.type, method.type: {"hyperparameters": resolved}}
+        job.method = method.to_json(resolved)
         jobs.mark_validated(session, job, resolved)
     return "queued"

@@ -1,68 +1,61 @@
-"""Run one fine-tuning job: claim it, train, publish checkpoints and the model, finish it.
+"""Run one fine-tuning job: claim it, prepare its inputs, train, then publish, park or hand it back.
 
-The database is the truth and the Celery message only a wake-up call. The claim is a conditional
-update that one delivery wins; every later write is fenced by the claim's token, so a duplicate or stale
-delivery does nothing, and a cancelled job's worker notices at its next step and stops.
+The database is the truth and the Celery message only a wake-up call. The claim is a conditional update
+that one delivery wins; every later write is fenced by the claim's token, so a duplicate or stale delivery
+does nothing, and a cancelled job's worker notices at its next step and stops.
 
-Failure handling follows the error taxonomy: a user error (bad data, unsupported template) fails the
-job at once; an infrastructure error releases it to the queue, counting an attempt; a lost lease means
-someone else owns the job now, so the worker stops quietly.
+Failure handling follows the error taxonomy: a user error (bad data, an adapter that does not fit the model)
+fails the job at once; an infrastructure error releases it to the queue, counting an attempt; a lost lease
+means someone else owns the job now, so the worker stops quietly. A worker that is shutting down checkpoints
+and releases the job without counting an attempt (worker.preemption).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import platform
 import shutil
+import subprocess
+import sys
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from db import checkpoints, events, files, ids, jobs, models
 from db.jobs import Lease
-from db.states import FileStatus, JobStatus
+from db.states import FileStatus
 from db.tables import File, Project
+from ftaas import errors
 from ftaas.errors import InfrastructureError, IntegrityFailure, LeaseLost, UserError
 from storage import layout
 from storage.manifest import download_artifact, publish_directory
+from worker import preemption
 from worker.context import WorkerContext
+from worker.jobs.execution import JobPlan, Workspace, execute, log_event, read_outcome
 from worker.jobs.lease import LeaseKeeper
 from worker.jobs.results import metrics_csv
+from worker.training.distributed import DistributedContext
 from worker.training.spec import TrainingSpec
+from worker.training.trainer import TrainingOutcome
 
 log = logging.getLogger(__name__)
 
 #: Files a checkpoint may contain when it is downloaded to resume from (no pickles, ever).
 CHECKPOINT_FILES = (".safetensors", ".json")
-ESTIMATE_EVERY_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class JobPlan:
-    """Everything read from the database before training starts."""
-
-    job_id: str
-    project_id: str
-    spec: TrainingSpec
-    fine_tuned_model: str
-    training_file: File
-    validation_file: File | None
-    data_format: str
-    resume_checkpoint: tuple[str, str, int] | None  # (prefix, manifest sha256, step)
 
 
 def run_job(ctx: WorkerContext, job_id: str) -> str:
-    """Returns what happened: not-claimed, succeeded, paused, stopped, failed, requeued or lease-lost."""
+    """Returns what happened: not-claimed, succeeded, paused, preempted, stopped, failed, requeued or lease-lost."""
     with ctx.db.write() as session:
         lease = jobs.claim(session, job_id, owner=ctx.owner, ttl=ctx.settings.lease_ttl_seconds)
     if lease is None:
         return "not-claimed"
-    work_dir = ctx.work_dir / f"{job_id}-{lease.token}-{uuid.uuid4().hex[:8]}"
+    workspace = Workspace(ctx.work_dir / f"{job_id}-{lease.token}-{uuid.uuid4().hex[:8]}")
     try:
-        with LeaseKeeper(ctx.db, lease, ctx.settings.lease_ttl_seconds) as keeper:
-            return _run_claimed(ctx, lease, keeper, work_dir)
+        with LeaseKeeper(ctx.db, lease, ctx.settings.lease_ttl_seconds) as keeper, preemption.preemptible() as preempt:
+            return _run_claimed(ctx, lease, keeper, workspace, preempt)
     except LeaseLost:
         log.info("job %s: lease lost (cancelled, reaped or re-claimed); stopping", job_id)
         return "lease-lost"
@@ -77,7 +70,7 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
         _finish_failed(ctx, lease, jobs.error_object("training_error", f"{type(exc).__name__}: {exc}"))
         return "failed"
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        shutil.rmtree(workspace.root, ignore_errors=True)
 
 
 def _finish_failed(ctx: WorkerContext, lease: Lease, error: dict[str, Any]) -> None:
@@ -102,11 +95,13 @@ def _release_or_fail(ctx: WorkerContext, lease: Lease, exc: InfrastructureError)
         return "lease-lost"
 
 
-def _plan(ctx: WorkerContext, lease: Lease) -> JobPlan:
+# ------------------------------------------------------------------------------------------ prepare
+def _plan(ctx: WorkerContext, lease: Lease) -> tuple[JobPlan, File, File | None, Any]:
     with ctx.db.read() as session:
         job = jobs.get_any_project(session, lease.job_id)
         assert job is not None
         project_name = session.get(Project, job.project_id).name  # type: ignore[union-attr]
+        # Files past their expiry stay readable for the jobs that use them (see db.files.take_expired).
         training = files.get(session, job.project_id, job.training_file_id, include_expired=True)
         validation = (files.get(session, job.project_id, job.validation_file_id, include_expired=True)
                       if job.validation_file_id else None)
@@ -116,160 +111,131 @@ def _plan(ctx: WorkerContext, lease: Lease) -> JobPlan:
             raise UserError("the validation file is no longer available", code="file_not_found",
                             param="validation_file")
         latest = checkpoints.latest(session, job.id)
-        name = models.fine_tuned_model_name(job.base_model, project_name, job.suffix, job.model_name_id)
         assert training.data_format is not None
-        return JobPlan(
+        plan = JobPlan(
             job_id=job.id,
             project_id=job.project_id,
+            fine_tuned_model=models.fine_tuned_model_name(job.base_model, project_name, job.suffix, job.model_name_id),
             spec=TrainingSpec.for_job(base_model=job.base_model, method=job.method,
                                       hyperparameters=job.hyperparameters, seed=job.seed),
-            fine_tuned_model=name,
-            training_file=training,
-            validation_file=validation,
             data_format=training.data_format,
-            resume_checkpoint=(latest.storage_prefix, latest.manifest_sha256, latest.step_number) if latest else None,
+            training_file_id=training.id,
+            training_file_sha256=training.sha256,
+            has_validation=validation is not None,
+            resume_step=latest.step_number if latest else None,
         )
+        resume = (latest.storage_prefix, latest.manifest_sha256) if latest else None
+        return plan, training, validation, resume
 
 
-def _read_lines(ctx: WorkerContext, file: File) -> list[str]:
-    data = ctx.store.get_bytes(file.storage_key, sha256=file.sha256, size=file.bytes)
-    return data.decode("utf-8-sig").splitlines()
+def _prepare(ctx: WorkerContext, workspace: Workspace, training: File, validation: File | None, resume: Any) -> None:
+    """Download the verified inputs into the workspace, shared by every process of the attempt."""
+    for file, target in ((training, workspace.training_data), (validation, workspace.validation_data)):
+        if file is not None:
+            ctx.store.download_file(file.storage_key, target, sha256=file.sha256, size=file.bytes)
+    if resume is not None:
+        prefix, manifest_sha256 = resume
+        download_artifact(ctx.store, prefix, manifest_sha256, workspace.resume_dir, allowed_suffixes=CHECKPOINT_FILES)
 
 
-def _event(ctx: WorkerContext, lease: Lease, message: str, *, level: str = "info") -> None:
-    with ctx.db.write() as session:
-        jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
-        jobs.add_event(session, lease, message, level=level)
-
-
-def _run_claimed(ctx: WorkerContext, lease: Lease, keeper: LeaseKeeper, work_dir: Path) -> str:
-    # Imported here so that the default-queue worker (file validation) never loads torch.
-    from worker.training.data import encode_lines
-    from worker.training.trainer import Trainer
-
-    plan = _plan(ctx, lease)
-    tokenizer = ctx.loader.load_tokenizer(plan.spec.base_model)
-    train = encode_lines(_read_lines(ctx, plan.training_file), plan.data_format, tokenizer, plan.spec.max_seq_len)
-    for warning in train.warnings:
-        _event(ctx, lease, f"Training file: {warning}", level="warn")
-    valid_examples: list[Any] = []
-    if plan.validation_file is not None:
-        valid = encode_lines(_read_lines(ctx, plan.validation_file), plan.data_format, tokenizer, plan.spec.max_seq_len)
-        for warning in valid.warnings:
-            _event(ctx, lease, f"Validation file: {warning}", level="warn")
-        valid_examples = valid.examples
-    if not train.examples:
-        raise UserError("no training example has any trainable token left after truncation",
-                        code="invalid_training_file", param="training_file")
+# ------------------------------------------------------------------------------------------- train
+def _run_claimed(ctx: WorkerContext, lease: Lease, keeper: LeaseKeeper, workspace: Workspace, preempt: Any) -> str:
+    plan, training, validation, resume = _plan(ctx, lease)
+    _prepare(ctx, workspace, training, validation, resume)
     keeper.check()
-
-    resume_dir = None
-    if plan.resume_checkpoint is not None:
-        prefix, manifest_sha256, step = plan.resume_checkpoint
-        resume_dir = work_dir / f"resume-step-{step}"
-        download_artifact(ctx.store, prefix, manifest_sha256, resume_dir, allowed_suffixes=CHECKPOINT_FILES)
-        _event(ctx, lease, f"Resuming from the checkpoint at step {step}")
-
-    model = ctx.loader.load_model(plan.spec.base_model)
-    control = JobControl(ctx, lease, keeper, plan)
-    trainer = Trainer(plan.spec, model, tokenizer, train.examples, valid_examples, control, work_dir / "trainer")
-    outcome = trainer.run(resume_dir)
-    if outcome.status == "stopped":
+    if ctx.settings.training_processes > 1:
+        outcome = _train_in_group(ctx, lease, plan, workspace, keeper, preempt)
+    else:
+        outcome = execute(ctx, lease, plan, workspace, DistributedContext.single(), preempt=preempt.is_set,
+                          lease_alive=lambda: not keeper.lost.is_set(), device=_device())
+    if outcome.status in ("stopped", "lease-lost"):
         return "stopped"
     if outcome.status == "paused":
         with ctx.db.write() as session:
             jobs.park(session, lease, step=outcome.step)
         return "paused"
+    if outcome.status == "preempted":
+        with ctx.db.write() as session:
+            jobs.release(session, lease, reason=f"the worker is shutting down; checkpoint saved at step "
+                         f"{outcome.step}, another worker will resume from it", counts_as_attempt=False)
+        return "preempted"
+    if outcome.stopped_early_at is not None:
+        log_event(ctx, lease, f"Early stopping at step {outcome.stopped_early_at}: validation loss stopped "
+                  f"improving; the model is the checkpoint at step {outcome.best_step}")
+    elif outcome.best_step is not None:
+        log_event(ctx, lease, f"The model is the checkpoint at step {outcome.best_step} (best validation loss)")
     assert outcome.adapter_dir is not None
-    _publish_model(ctx, lease, plan, outcome.adapter_dir, outcome.trained_tokens)
+    _publish_model(ctx, lease, plan, outcome)
     return "succeeded"
 
 
-class JobControl:
-    """The trainer's view of the job: metrics events, pause/cancel, checkpoints, estimated finish."""
+def _device() -> str:
+    import torch
 
-    def __init__(self, ctx: WorkerContext, lease: Lease, keeper: LeaseKeeper, plan: JobPlan) -> None:
-        self.ctx = ctx
-        self.lease = lease
-        self.keeper = keeper
-        self.plan = plan
-        self._started = time.monotonic()
-        self._first_step: int | None = None
-        self._last_estimate = 0.0
-
-    def after_step(self, metrics: Any) -> Any:
-        from worker.training.trainer import Directive
-
-        self.keeper.check()
-        now = time.monotonic()
-        if self._first_step is None:
-            self._first_step = metrics.step - 1
-        values: dict[str, Any] = {}
-        if now - self._last_estimate >= ESTIMATE_EVERY_SECONDS or metrics.step == self._first_step + 1:
-            per_step = (now - self._started) / max(1, metrics.step - self._first_step)
-            values["estimated_finish"] = int(time.time() + per_step * (metrics.total_steps - metrics.step))
-            self._last_estimate = now
-        data = metrics.as_event_data()
-        message = f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
-        if metrics.valid_loss is not None:
-            message += f", validation loss={metrics.valid_loss:.4f}"
-        if metrics.full_valid_loss is not None:
-            message += f", full validation loss={metrics.full_valid_loss:.4f}"
-        with self.ctx.db.write() as session:
-            status = jobs.heartbeat(session, self.lease, ttl=self.ctx.settings.lease_ttl_seconds, values=values)
-            jobs.add_event(session, self.lease, message, type="metrics", data=data)
-        return Directive.PAUSE if status == JobStatus.PAUSING else Directive.CONTINUE
-
-    def on_checkpoint(self, state_dir: Path, metrics: Any) -> None:
-        step = metrics.step
-        prefix = layout.checkpoint_prefix(self.lease.job_id, step)
-        published = publish_directory(self.ctx.store, prefix, state_dir, {
-            "kind": "checkpoint",
-            "job_id": self.lease.job_id,
-            "base_model": self.plan.spec.base_model,
-            "step": step,
-            "training_spec": self.plan.spec.to_json(),
-            "metrics": metrics.as_event_data(),
-        })
-        with self.ctx.db.write() as session:
-            jobs.heartbeat(session, self.lease, ttl=self.ctx.settings.lease_ttl_seconds)
-            existing = checkpoints.by_step(session, self.lease.job_id, step)
-            if existing is None:
-                checkpoints.add(session, job_id=self.lease.job_id, project_id=self.lease.project_id, step_number=step,
-                                metrics=metrics.as_event_data(),
-                                model_name=checkpoints.checkpoint_model_name(self.plan.fine_tuned_model, step),
-                                storage_prefix=prefix, manifest_sha256=published.manifest_sha256)
-            else:
-                # A resumed attempt re-saved this step: identical state, keep pointing at the new manifest.
-                existing.manifest_sha256 = published.manifest_sha256
-            stale = checkpoints.prune(session, self.lease.job_id, keep=self.ctx.settings.keep_checkpoints)
-        for stale_prefix in stale:
-            self.ctx.store.delete_prefix(stale_prefix)
-        shutil.rmtree(state_dir, ignore_errors=True)
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-def _publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, adapter_dir: Path, trained_tokens: int) -> None:
+def _train_in_group(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspace, keeper: LeaseKeeper,
+                    preempt: Any) -> TrainingOutcome:
+    """Data-parallel training over `training_processes` processes started with torchrun."""
+    launch_file = workspace.root / "launch.json"
+    launch_file.write_text(json.dumps({
+        "lease": {"job_id": lease.job_id, "project_id": lease.project_id, "owner": lease.owner, "token": lease.token,
+                  "attempt": lease.attempt},
+        "plan": plan.to_json(),
+        "workspace": str(workspace.root),
+    }))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={ctx.settings.training_processes}", "-m", "worker.jobs.launch", str(launch_file)]
+    env = {**os.environ, **ctx.settings.child_environment()}
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        while process.poll() is None:
+            if preempt.is_set() and not workspace.preempt_flag.exists():
+                workspace.preempt_flag.touch()  # the group's main process reads it after each step
+            if keeper.lost.is_set():
+                break  # the main process notices at its next fenced write and stops the group
+            time.sleep(0.2)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    outcome, error = read_outcome(workspace)
+    if error is not None:
+        error_class = getattr(errors, error["class"], errors.FTaaSError)
+        raise error_class(error["message"], code=error["code"], param=error["param"])
+    if outcome is None:
+        raise RuntimeError(f"the training processes exited with {process.returncode} without an outcome")
+    return outcome
+
+
+# ----------------------------------------------------------------------------------------- publish
+def _publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: TrainingOutcome) -> None:
     import peft
     import torch
     import transformers
 
+    from worker.training.adapters import servable_summary
+
+    assert outcome.adapter_dir is not None
     uid = ids.new_id(ids.MODEL_UID)
     prefix = layout.model_prefix(uid)
-    published = publish_directory(ctx.store, prefix, adapter_dir, {
+    published = publish_directory(ctx.store, prefix, outcome.adapter_dir, {
         "kind": "adapter",
         "model": plan.fine_tuned_model,
         "job_id": plan.job_id,
         "base_model": plan.spec.base_model,
+        "adapter": servable_summary(outcome.adapter_dir),
         "training_spec": plan.spec.to_json(),
-        "training_file": {"id": plan.training_file.id, "sha256": plan.training_file.sha256},
+        "training_file": {"id": plan.training_file_id, "sha256": plan.training_file_sha256},
+        "best_step": outcome.best_step,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "peft": peft.__version__, "python": platform.python_version()},
     })
     with ctx.db.read() as session:
         rows = events.metrics_rows(session, plan.job_id)
-    csv_bytes = metrics_csv(rows)
     results_key = layout.results_key(plan.job_id)
-    stored = ctx.store.put_bytes(results_key, csv_bytes)
+    stored = ctx.store.put_bytes(results_key, metrics_csv(rows))
     results_id = ids.new_id(ids.FILE)
     try:
         with ctx.db.write() as session:
@@ -281,7 +247,7 @@ def _publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, adapter_dir:
             models.add(session, name=plan.fine_tuned_model, uid=uid, project_id=plan.project_id, job_id=plan.job_id,
                        base_model=plan.spec.base_model, storage_prefix=prefix,
                        manifest_sha256=published.manifest_sha256)
-            jobs.complete(session, lease, fine_tuned_model=plan.fine_tuned_model, trained_tokens=trained_tokens,
+            jobs.complete(session, lease, fine_tuned_model=plan.fine_tuned_model, trained_tokens=outcome.trained_tokens,
                           result_files=[results_id])
     except LeaseLost:
         # Cancelled during publication: nothing points at these objects, so remove them now.

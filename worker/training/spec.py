@@ -1,8 +1,27 @@
-"""What a fine-tuning job asks for, and how `"auto"` hyperparameters resolve.
+"""What a fine-tuning job asks for, how `"auto"` resolves, and which combinations are refused.
 
 This module is the contract between the API (which parses and validates requests with these models,
-rejecting bad values with a 400 before anything is stored) and the trainer (which runs the resolved
-`TrainingSpec`). It imports no ML libraries.
+rejecting bad values and impossible combinations with a 400 before anything is stored) and the trainer
+(which runs the resolved `TrainingSpec`). It imports no ML libraries.
+
+The OpenAI request shape is `method: {type, supervised|dpo: {hyperparameters}}`. ftaas accepts extension
+fields in the same section (the SDK sends them with `extra_body`, or as extra keys of the `method` dict):
+
+    "supervised": {
+      "hyperparameters": {"n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": "auto"},
+      "adapter": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear",
+                  "init": "default"},
+      "max_seq_len": 2048, "packing": true, "lr_scheduler": "linear", "warmup_ratio": 0.0,
+      "n_checkpoints": null, "eval_interval": 10, "early_stopping": {"patience": 3, "min_delta": 0.0}
+    }
+
+Adapter types: `lora` (default), `dora`, `rslora`, `ia3`, `prompt_tuning`, `prefix_tuning`; LoRA-family
+initialisations: `default`, `gaussian`, `orthogonal`, `pissa`, `olora`, `corda` (CorDA calibrates on the
+first training examples). Refused combinations (400): LoRA knobs on other types, `num_virtual_tokens` on
+non-prompt types, `target_modules` on prompt types, DoRA with pissa/olora/corda (such an adapter cannot be
+converted back onto the unmodified base model), packing with prompt/prefix tuning (their virtual tokens
+belong to one sequence) or with DPO, DPO with pissa/olora/corda (they change the base weights, and DPO's
+reference model is the base with the adapter disabled), early stopping without a validation file.
 
 Resolution of `"auto"` (recorded on the job once its files are validated, like the hosted API):
 
@@ -10,24 +29,41 @@ Resolution of `"auto"` (recorded on the job once its files are validated, like t
   `3 n < 100`) and lowered so that huge files stay under ~25,000 (`max(1, 25000 // n)` when `3 n > 25000`),
   the rule of OpenAI's cookbook cost estimator.
 * `batch_size`: about 0.2 % of the examples, rounded up, between 1 and 256.
-* `learning_rate_multiplier`: 1.0. The learning rate is `BASE_LEARNING_RATE * multiplier`, with the base a
-  usual LoRA learning rate.
+* `learning_rate_multiplier`: 1.0. The learning rate is a base rate for the adapter type times the
+  multiplier: 2e-4 for the LoRA family, 3e-3 for IA3, 1e-2 for prefix tuning, 3e-2 for prompt tuning (the
+  rates those methods' papers and peft's examples use).
 * DPO `beta`: 0.1.
+
+Other defaults: `max_seq_len` 2048 (capped at the model's context), packing on for supervised jobs (off for
+prompt learning and DPO), a checkpoint at the end of every epoch (`n_checkpoints` spreads that many evenly
+over the run instead), a validation batch every 10 steps, full validation at every checkpoint.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 AUTO = "auto"
-BASE_LEARNING_RATE = 2e-4
 DEFAULT_BETA = 0.1
+DEFAULT_MAX_SEQ_LEN = 2048
+DEFAULT_EVAL_INTERVAL = 10
 
 Auto = Literal["auto"]
+AdapterType = Literal["lora", "dora", "rslora", "ia3", "prompt_tuning", "prefix_tuning"]
+LoraInit = Literal["default", "gaussian", "orthogonal", "pissa", "olora", "corda"]
+
+LORA_FAMILY = frozenset({"lora", "dora", "rslora"})
+PROMPT_LEARNING = frozenset({"prompt_tuning", "prefix_tuning"})
+#: Initialisations that move part of each base weight into the adapter (the base is modified).
+BASE_MODIFYING_INITS = frozenset({"pissa", "olora", "corda"})
+BASE_LEARNING_RATES = {"lora": 2e-4, "dora": 2e-4, "rslora": 2e-4, "ia3": 3e-3, "prefix_tuning": 1e-2,
+                       "prompt_tuning": 3e-2}
+_MODULE_NAME = re.compile(r"^[A-Za-z0-9_.]{1,128}$")
 
 
 class _Strict(BaseModel):
@@ -63,9 +99,10 @@ def _float_or_auto(value: Any, low_exclusive: float, high: float) -> Any:
     return number
 
 
+# ----------------------------------------------------------------------------------- hyperparameters
 class SupervisedHyperparameters(_Strict):
     n_epochs: Auto | int = Field(default=AUTO, description="1-50, or auto.")
-    batch_size: Auto | int = Field(default=AUTO, description="1-256, or auto.")
+    batch_size: Auto | int = Field(default=AUTO, description="Examples per optimizer step, 1-256, or auto.")
     learning_rate_multiplier: Auto | float = Field(default=AUTO, description="> 0 and <= 100, or auto.")
 
     @field_validator("n_epochs", mode="before")
@@ -93,12 +130,95 @@ class DpoHyperparameters(SupervisedHyperparameters):
         return _float_or_auto(value, 0, 2)
 
 
-class SupervisedMethod(_Strict):
+# ------------------------------------------------------------------------------------ the adapter
+class AdapterOptions(_Strict):
+    """The PEFT method. Unset knobs take the defaults of `resolved()`."""
+
+    type: AdapterType = "lora"
+    r: int | None = Field(default=None, ge=1, le=512, description="LoRA rank (LoRA family; default 8).")
+    alpha: float | None = Field(default=None, gt=0, le=4096, description="LoRA alpha (LoRA family; default 2r).")
+    dropout: float | None = Field(default=None, ge=0, lt=1, description="LoRA dropout (LoRA family; default 0).")
+    target_modules: Literal["all-linear"] | list[str] | None = Field(
+        default=None, description="Modules to adapt: 'all-linear' (LoRA default) or names; IA3 defaults per model.")
+    init: LoraInit | None = Field(default=None, description="LoRA-family initialisation (default 'default').")
+    num_virtual_tokens: int | None = Field(
+        default=None, ge=1, le=256, description="Virtual tokens (prompt and prefix tuning; default 16).")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _target_modules(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not 1 <= len(value) <= 64 or not all(_MODULE_NAME.match(name) for name in value):
+                raise ValueError("must be 'all-linear' or 1-64 module names (letters, digits, '_', '.')")
+        return value
+
+    @model_validator(mode="after")
+    def _combinations(self) -> AdapterOptions:
+        if self.type not in LORA_FAMILY:
+            for knob in ("r", "alpha", "dropout", "init"):
+                if getattr(self, knob) is not None:
+                    raise ValueError(f"'{knob}' applies to LoRA-family adapters (lora, dora, rslora), not to {self.type}")
+        if self.type in PROMPT_LEARNING and self.target_modules is not None:
+            raise ValueError(f"{self.type} adds virtual tokens and adapts no modules: 'target_modules' does not apply")
+        if self.type not in PROMPT_LEARNING and self.num_virtual_tokens is not None:
+            raise ValueError("'num_virtual_tokens' applies to prompt_tuning and prefix_tuning only")
+        if self.type == "dora" and self.init in BASE_MODIFYING_INITS:
+            raise ValueError(f"dora cannot start from '{self.init}': the result could not be converted back onto "
+                             "the unmodified base model")
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        """The adapter with every default filled in (recorded on the job and in the manifest)."""
+        if self.type in LORA_FAMILY:
+            r = self.r or 8
+            return {"type": self.type, "r": r, "alpha": self.alpha if self.alpha is not None else 2.0 * r,
+                    "dropout": self.dropout or 0.0, "target_modules": self.target_modules or "all-linear",
+                    "init": self.init or "default"}
+        if self.type == "ia3":
+            return {"type": "ia3", "target_modules": self.target_modules}
+        return {"type": self.type, "num_virtual_tokens": self.num_virtual_tokens or 16}
+
+
+class EarlyStopping(_Strict):
+    patience: int = Field(default=3, ge=1, le=100, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(default=0.0, ge=0, le=100, description="Smallest decrease of validation loss that counts.")
+
+
+class _MethodOptions(_Strict):
+    adapter: AdapterOptions = Field(default_factory=AdapterOptions)
+    max_seq_len: int | None = Field(default=None, ge=16, le=131072, description="Longer examples are truncated.")
+    packing: bool | None = Field(default=None, description="Pack examples into rows (supervised default: on).")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(default=0.0, ge=0, le=0.5, description="Share of steps with a linear warm-up.")
+    n_checkpoints: int | None = Field(default=None, ge=1, le=100,
+                                      description="Checkpoints spread evenly over the run (default: one per epoch).")
+    eval_interval: int | None = Field(default=None, ge=1, le=1_000_000,
+                                      description="Steps between validation-batch metrics (default 10).")
+    early_stopping: EarlyStopping | None = Field(
+        default=None, description="Stop when full validation loss stops improving; the best checkpoint becomes the model.")
+
+
+class SupervisedMethod(_MethodOptions):
     hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
 
+    @model_validator(mode="after")
+    def _packing(self) -> SupervisedMethod:
+        if self.packing and self.adapter.type in PROMPT_LEARNING:
+            raise ValueError(f"packing cannot be used with {self.adapter.type}: its virtual tokens belong to one sequence")
+        return self
 
-class DpoMethod(_Strict):
+
+class DpoMethod(_MethodOptions):
     hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+    @model_validator(mode="after")
+    def _dpo(self) -> DpoMethod:
+        if self.packing:
+            raise ValueError("packing is not supported for dpo (chosen and rejected replies are scored per sequence)")
+        if self.adapter.init in BASE_MODIFYING_INITS:
+            raise ValueError(f"dpo cannot use the '{self.adapter.init}' initialisation: it changes the base weights, "
+                             "and DPO's reference model is the base with the adapter disabled")
+        return self
 
 
 class Method(_Strict):
@@ -118,15 +238,32 @@ class Method(_Strict):
         return self
 
     @property
-    def hyperparameters(self) -> SupervisedHyperparameters:
+    def section(self) -> SupervisedMethod | DpoMethod:
         section = self.supervised if self.type == "supervised" else self.dpo
         assert section is not None
-        return section.hyperparameters
+        return section
 
-    def to_json(self) -> dict[str, Any]:
-        section = self.supervised if self.type == "supervised" else self.dpo
-        assert section is not None
-        return {"type": self.type, self.type: section.model_dump(mode="json")}
+    @property
+    def hyperparameters(self) -> SupervisedHyperparameters:
+        return self.section.hyperparameters
+
+    def to_json(self, hyperparameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The method as recorded on the job: defaults filled in; `hyperparameters` once resolved."""
+        section = self.section
+        packing = section.packing if section.packing is not None else (
+            self.type == "supervised" and section.adapter.type not in PROMPT_LEARNING)
+        body: dict[str, Any] = {
+            "hyperparameters": hyperparameters or section.hyperparameters.model_dump(mode="json"),
+            "adapter": section.adapter.resolved(),
+            "max_seq_len": section.max_seq_len or DEFAULT_MAX_SEQ_LEN,
+            "packing": packing,
+            "lr_scheduler": section.lr_scheduler,
+            "warmup_ratio": section.warmup_ratio,
+            "n_checkpoints": section.n_checkpoints,
+            "eval_interval": section.eval_interval or DEFAULT_EVAL_INTERVAL,
+            "early_stopping": section.early_stopping.model_dump() if section.early_stopping else None,
+        }
+        return {"type": self.type, self.type: body}
 
 
 #: Data formats each method trains on (see worker.files.validation).
@@ -153,12 +290,39 @@ def resolve_hyperparameters(method: Method, example_count: int) -> dict[str, Any
     return resolved
 
 
+# ------------------------------------------------------------------------------ the resolved spec
 @dataclass(frozen=True)
-class LoraSettings:
+class AdapterSettings:
+    type: str = "lora"
     r: int = 8
-    alpha: int = 16
+    alpha: float = 16.0
     dropout: float = 0.0
-    target_modules: str | tuple[str, ...] = "all-linear"
+    target_modules: str | tuple[str, ...] | None = "all-linear"
+    init: str = "default"
+    num_virtual_tokens: int = 16
+
+    @property
+    def modifies_base(self) -> bool:
+        return self.type in LORA_FAMILY and self.init in BASE_MODIFYING_INITS
+
+    @property
+    def is_prompt_learning(self) -> bool:
+        return self.type in PROMPT_LEARNING
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AdapterSettings:
+        values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and v is not None}
+        if isinstance(values.get("target_modules"), list):
+            values["target_modules"] = tuple(values["target_modules"])
+        if data.get("type") == "ia3" and data.get("target_modules") is None:
+            values["target_modules"] = None
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class EarlyStoppingSettings:
+    patience: int = 3
+    min_delta: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -172,28 +336,51 @@ class TrainingSpec:
     learning_rate: float
     seed: int
     beta: float = DEFAULT_BETA
-    max_seq_len: int = 1024
+    adapter: AdapterSettings = field(default_factory=AdapterSettings)
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
+    packing: bool = False
+    lr_scheduler: str = "linear"
     warmup_ratio: float = 0.0
-    lora: LoraSettings = LoraSettings()
-    #: Validation metrics on one batch every this many steps.
-    eval_every_steps: int = 10
+    #: Checkpoints over the run; None means one at the end of every epoch.
+    n_checkpoints: int | None = None
+    eval_interval: int = DEFAULT_EVAL_INTERVAL
+    early_stopping: EarlyStoppingSettings | None = None
 
     @classmethod
     def for_job(cls, *, base_model: str, method: dict[str, Any], hyperparameters: dict[str, Any], seed: int) -> TrainingSpec:
+        """From the method JSON recorded on a job (see `Method.to_json`)."""
+        kind = method["type"]
+        options = method.get(kind) or {}
+        adapter = AdapterSettings.from_json(options.get("adapter") or {})
+        stopping = options.get("early_stopping")
         return cls(
             base_model=base_model,
-            method=method["type"],
+            method=kind,
             n_epochs=int(hyperparameters["n_epochs"]),
             batch_size=int(hyperparameters["batch_size"]),
-            learning_rate=BASE_LEARNING_RATE * float(hyperparameters["learning_rate_multiplier"]),
+            learning_rate=BASE_LEARNING_RATES[adapter.type] * float(hyperparameters["learning_rate_multiplier"]),
             seed=int(seed),
             beta=float(hyperparameters.get("beta", DEFAULT_BETA)),
+            adapter=adapter,
+            max_seq_len=int(options.get("max_seq_len") or DEFAULT_MAX_SEQ_LEN),
+            packing=bool(options.get("packing", kind == "supervised" and not adapter.is_prompt_learning)),
+            lr_scheduler=options.get("lr_scheduler", "linear"),
+            warmup_ratio=float(options.get("warmup_ratio", 0.0)),
+            n_checkpoints=options.get("n_checkpoints"),
+            eval_interval=int(options.get("eval_interval") or DEFAULT_EVAL_INTERVAL),
+            early_stopping=EarlyStoppingSettings(**stopping) if stopping else None,
         )
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["lora"]["target_modules"] = (
-            data["lora"]["target_modules"] if isinstance(data["lora"]["target_modules"], str)
-            else list(data["lora"]["target_modules"])
-        )
+        target = data["adapter"]["target_modules"]
+        data["adapter"]["target_modules"] = list(target) if isinstance(target, tuple) else target
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainingSpec:
+        values = dict(data)
+        values["adapter"] = AdapterSettings.from_json(values["adapter"])
+        if values.get("early_stopping"):
+            values["early_stopping"] = EarlyStoppingSettings(**values["early_stopping"])
+        return cls(**values)

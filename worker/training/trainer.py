@@ -1,44 +1,52 @@
-"""The training loop: LoRA adapters on a frozen base model, supervised (SFT) or preference (DPO) loss.
+"""The training loop: a PEFT adapter on a frozen base model, supervised (SFT) or preference (DPO) loss.
 
-It knows nothing of Celery or the database. It reports every optimizer step to a `TrainingControl`,
-which answers whether to go on, pause or stop, and hands it checkpoints to publish. A checkpoint holds the
-full trainer state (adapter, optimizer, scheduler, RNG, data position) as safetensors and JSON (never
-pickle), so a run resumed from one continues exactly where it stopped: batch order is a pure function of
-(seed, epoch), and the position is (epoch, batch within epoch).
+It knows nothing of Celery or the database. It reports every optimizer step to a `TrainingControl`, which
+answers whether to go on, pause, stop or yield the worker (preemption), and hands it checkpoints to publish.
+A checkpoint holds the full trainer state (adapter, optimizer, scheduler, RNG of every process, data
+position, early-stopping state) as safetensors and JSON, never pickle, so a run resumed from one continues
+exactly where it stopped: batch order is a pure function of (seed, epoch), and the position is (epoch,
+batch within epoch).
 
-DPO uses the base model with the adapter disabled as its reference model, so there is no second copy of
-the weights.
+Loss is the mean over every trained token of the step's examples (or over the examples, for DPO), however
+they are laid out: packed rows, padded rows, or split across data-parallel processes (each process divides
+its sum by the global count, so the averaged gradients equal the single-process gradient).
+DPO uses the base model with the adapter disabled as its reference, so there is no second copy of the weights.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from worker.training import adapters
+from worker.training.batching import Batch, pack, pad
 from worker.training.data import IGNORE, PreferenceExample, TokenizedExample
+from worker.training.distributed import DistributedContext
 from worker.training.spec import TrainingSpec
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 RNG_TENSORS = "rng_state.safetensors"
+BEST_PREFIX = "best_"
+CALIBRATION_EXAMPLES = 64
 
 
 class Directive(Enum):
     CONTINUE = "continue"
     PAUSE = "pause"
     STOP = "stop"
+    #: The worker is shutting down: checkpoint and hand the job back.
+    PREEMPT = "preempt"
 
 
 @dataclass
@@ -55,7 +63,7 @@ class StepMetrics:
     full_valid_mean_token_accuracy: float | None = None
 
     def as_event_data(self) -> dict[str, Any]:
-        data = {
+        data: dict[str, Any] = {
             "step": self.step,
             "total_steps": self.total_steps,
             "train_loss": round(self.train_loss, 6),
@@ -70,22 +78,26 @@ class StepMetrics:
 
 class TrainingControl(Protocol):
     def after_step(self, metrics: StepMetrics) -> Directive:
-        """Called after every optimizer step. May raise to abort (e.g. LeaseLost)."""
+        """Called after every optimizer step (on the main process). May raise to abort (e.g. LeaseLost)."""
 
-    def on_checkpoint(self, state_dir: Path, metrics: StepMetrics) -> None:
-        """A complete, resumable checkpoint is in `state_dir`; publish it before returning."""
+    def on_checkpoint(self, state_dir: Path, metrics: StepMetrics, *, best: bool) -> None:
+        """A complete, resumable checkpoint is in `state_dir`; publish it before returning. `best`: it holds
+        the best validation loss so far (early stopping), so it must be kept."""
 
 
 @dataclass
 class TrainingOutcome:
-    #: "completed", "paused" or "stopped".
+    #: "completed", "paused", "preempted" or "stopped".
     status: str
     step: int
     trained_tokens: int
-    #: Directory with adapter_model.safetensors and adapter_config.json (completed runs only).
+    #: Directory with the servable adapter (completed runs only).
     adapter_dir: Path | None = None
     final_metrics: StepMetrics | None = None
     history: list[StepMetrics] = field(default_factory=list)
+    #: Early stopping: the step it stopped at, and the step whose adapter became the model.
+    stopped_early_at: int | None = None
+    best_step: int | None = None
 
 
 @dataclass
@@ -94,6 +106,13 @@ class _Position:
     batch: int = 0  # next batch within the epoch
     step: int = 0
     trained_tokens: int = 0
+
+
+@dataclass
+class _EarlyStopping:
+    best_loss: float | None = None
+    best_step: int | None = None
+    evaluations_without_improvement: int = 0
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -107,10 +126,31 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
+def checkpoint_steps(total_steps: int, steps_per_epoch: int, n_checkpoints: int | None) -> set[int]:
+    """One at the end of every epoch by default; else `n_checkpoints` spread evenly (the last at the end)."""
+    if n_checkpoints is None:
+        return set(range(steps_per_epoch, total_steps + 1, steps_per_epoch)) | {total_steps}
+    count = min(n_checkpoints, total_steps)
+    return {math.ceil(total_steps * k / count) for k in range(1, count + 1)}
+
+
+def lr_factor(schedule: str, warmup: int, total: int) -> Any:
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 1.0 - progress)
+    return factor
+
+
 class Trainer:
     def __init__(self, spec: TrainingSpec, model: Any, tokenizer: Any, train: Sequence[Any],
-                 valid: Sequence[Any], control: TrainingControl, work_dir: Path,
-                 *, precision: str = "auto") -> None:
+                 valid: Sequence[Any], control: TrainingControl | None, work_dir: Path,
+                 *, precision: str = "auto", distributed: DistributedContext | None = None) -> None:
         if not train:
             raise ValueError("no training examples")
         self.spec = spec
@@ -119,33 +159,38 @@ class Trainer:
         self.valid_examples = list(valid)
         self.control = control
         self.work_dir = work_dir
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.dist = distributed or DistributedContext.single()
         self.device = next(model.parameters()).device
         self.dtype = None if precision == "fp32" else autocast_dtype(self.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.capacity = min(spec.max_seq_len, getattr(model.config, "max_position_embeddings", spec.max_seq_len))
+        self.packing = spec.packing and spec.method == "supervised" and not spec.adapter.is_prompt_learning
 
-        torch.manual_seed(spec.seed)  # LoRA initialisation depends on it
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        lora = spec.lora
-        self.model = get_peft_model(model, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
-            task_type="CAUSAL_LM",
-        ))
+        torch.manual_seed(spec.seed)  # adapter initialisation depends on it (identical on every process)
+        self.model = adapters.build(model, spec.adapter, calibrate=self._calibrate)
+        self.initial_dir = self.work_dir / "initial"
+        self.initial_dir.mkdir(exist_ok=True)
+        adapters.save_initial(self.model, spec.adapter, self.initial_dir)
+        self.network = self.dist.wrap(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=spec.learning_rate, weight_decay=0.0)
         self.steps_per_epoch = math.ceil(len(self.train_examples) / spec.batch_size)
         self.total_steps = self.steps_per_epoch * spec.n_epochs
-        warmup = int(self.total_steps * spec.warmup_ratio)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _linear_schedule(warmup, self.total_steps))
+        warmup = round(self.total_steps * spec.warmup_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor(spec.lr_scheduler, warmup, self.total_steps))
+        self.checkpoints = checkpoint_steps(self.total_steps, self.steps_per_epoch, spec.n_checkpoints)
         self._valid_cursor = 0
+        self._stopping = _EarlyStopping()
+        self.best_dir = self.work_dir / "best"
 
-    # ---------------------------------------------------------------------------------------- run
+    # -------------------------------------------------------------------------------------------- run
     def run(self, resume_from: Path | None = None) -> TrainingOutcome:
         position = self._load_state(resume_from) if resume_from else _Position()
         history: list[StepMetrics] = []
-        self.model.train()
         metrics: StepMetrics | None = None
+        self.network.train()
         for epoch in range(position.epoch, self.spec.n_epochs):
             order = self._epoch_order(epoch)
             first = position.batch if epoch == position.epoch else 0
@@ -157,30 +202,74 @@ class Trainer:
                 metrics = StepMetrics(step=position.step, total_steps=self.total_steps, epoch=epoch + 1,
                                       train_loss=loss, train_mean_token_accuracy=accuracy,
                                       trained_tokens=position.trained_tokens)
-                end_of_epoch = batch_index + 1 == self.steps_per_epoch
-                if self.valid_examples and (position.step % self.spec.eval_every_steps == 0 or end_of_epoch):
+                at_checkpoint = position.step in self.checkpoints
+                if self.valid_examples and position.step % self.spec.eval_interval == 0:
                     metrics.valid_loss, metrics.valid_mean_token_accuracy = self._evaluate(self._next_valid_batch())
-                if self.valid_examples and end_of_epoch:
+                if self.valid_examples and at_checkpoint:
                     metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = self._evaluate(self.valid_examples)
+                    if metrics.valid_loss is None:
+                        metrics.valid_loss = metrics.full_valid_loss
+                        metrics.valid_mean_token_accuracy = metrics.full_valid_mean_token_accuracy
+                best = self._track_best(metrics) if at_checkpoint else False
                 history.append(metrics)
-                directive = self.control.after_step(metrics)
+                directive = self._directive(metrics)
                 if directive is Directive.STOP:
                     return TrainingOutcome("stopped", position.step, position.trained_tokens, history=history)
-                if end_of_epoch:
+                if batch_index + 1 == self.steps_per_epoch:
                     # The position after the last batch of an epoch is the start of the next one.
                     position = _Position(epoch=epoch + 1, batch=0, step=position.step,
                                          trained_tokens=position.trained_tokens)
-                    self.control.on_checkpoint(self._save_state(position), metrics)
-                if directive is Directive.PAUSE and position.step < self.total_steps:
-                    if not end_of_epoch:
-                        self.control.on_checkpoint(self._save_state(position), metrics)
-                    return TrainingOutcome("paused", position.step, position.trained_tokens, history=history)
-        adapter_dir = self.work_dir / "final"
-        self._save_adapter(adapter_dir)
-        return TrainingOutcome("completed", position.step, position.trained_tokens, adapter_dir=adapter_dir,
-                               final_metrics=metrics, history=history)
+                if at_checkpoint:
+                    self._checkpoint(position, metrics, best=best)
+                if self._should_stop_early():
+                    return self._finish(position, metrics, history, stopped_early=True)
+                if directive in (Directive.PAUSE, Directive.PREEMPT) and position.step < self.total_steps:
+                    if not at_checkpoint:
+                        self._checkpoint(position, metrics, best=False)
+                    status = "paused" if directive is Directive.PAUSE else "preempted"
+                    return TrainingOutcome(status, position.step, position.trained_tokens, history=history)
+        return self._finish(position, metrics, history, stopped_early=False)
 
-    # ------------------------------------------------------------------------------------- steps
+    def _finish(self, position: _Position, metrics: StepMetrics | None, history: list[StepMetrics],
+                *, stopped_early: bool) -> TrainingOutcome:
+        adapter_dir = self.work_dir / "final"
+        if self.spec.early_stopping and self._stopping.best_step is not None:
+            # Best-checkpoint selection: the adapter with the lowest full validation loss is the model.
+            if self.dist.is_main:
+                shutil.copytree(self.best_dir, adapter_dir, dirs_exist_ok=True)
+        elif self.dist.is_main:
+            adapters.save(self.model, self.spec.adapter, adapter_dir, self.initial_dir)
+        self.dist.barrier()
+        return TrainingOutcome("completed", position.step, position.trained_tokens, adapter_dir=adapter_dir,
+                               final_metrics=metrics, history=history,
+                               stopped_early_at=position.step if stopped_early else None,
+                               best_step=self._stopping.best_step if self.spec.early_stopping else None)
+
+    def _directive(self, metrics: StepMetrics) -> Directive:
+        directive = self.control.after_step(metrics) if self.dist.is_main and self.control else Directive.CONTINUE
+        return Directive(self.dist.broadcast_from_main(directive.value))
+
+    # ---------------------------------------------------------------------------------- early stopping
+    def _track_best(self, metrics: StepMetrics) -> bool:
+        """At a checkpoint with full validation: is this the best adapter so far? (Keeps it if so.)"""
+        if self.spec.early_stopping is None or metrics.full_valid_loss is None:
+            return False
+        state = self._stopping
+        if state.best_loss is None or metrics.full_valid_loss < state.best_loss - self.spec.early_stopping.min_delta:
+            state.best_loss, state.best_step = metrics.full_valid_loss, metrics.step
+            state.evaluations_without_improvement = 0
+            if self.dist.is_main:
+                shutil.rmtree(self.best_dir, ignore_errors=True)
+                adapters.save(self.model, self.spec.adapter, self.best_dir, self.initial_dir)
+            return True
+        state.evaluations_without_improvement += 1
+        return False
+
+    def _should_stop_early(self) -> bool:
+        stopping = self.spec.early_stopping
+        return bool(stopping and self._stopping.evaluations_without_improvement >= stopping.patience)
+
+    # ------------------------------------------------------------------------------------------ steps
     def _epoch_order(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.spec.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.train_examples), generator=generator).tolist()
@@ -190,77 +279,90 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def _train_step(self, batch: list[Any]) -> tuple[float, float, int]:
+    def _train_step(self, examples: list[Any]) -> tuple[float, float, int]:
         self.optimizer.zero_grad(set_to_none=True)
+        local = self.dist.shard(examples)
         with self._autocast():
             if self.spec.method == "dpo":
-                loss, accuracy, tokens = self._dpo_loss(batch)
+                loss_sum, count, correct, tokens = self._dpo_sums(local or examples[:1], self.network)
+                if not local:
+                    loss_sum, count, correct, tokens = loss_sum * 0, 0, 0, 0
+                total = self.dist.sum_int(count)
             else:
-                loss, accuracy, tokens = self._sft_loss(batch)
-        loss.backward()
+                loss_sum, count, correct, tokens = self._sft_sums(local or examples[:1], self.network)
+                if not local:  # more processes than examples: take part in the collectives, contribute nothing
+                    loss_sum, count, correct, tokens = loss_sum * 0, 0, 0, 0
+                total = self.dist.sum_int(count)
+        # Each process divides its sum by the global count; the data-parallel wrapper averages gradients over
+        # the processes, so scaling by their number makes the result the single-process gradient.
+        (loss_sum * self.dist.world_size / max(1, total)).backward()
         torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
         self.optimizer.step()
         self.scheduler.step()
-        return float(loss.detach()), accuracy, tokens
+        loss_total, correct_total, tokens_total = self.dist.sum_floats(float(loss_sum.detach()), float(correct), float(tokens))
+        return loss_total / max(1, total), correct_total / max(1, total), int(tokens_total)
 
-    def _collate(self, examples: list[TokenizedExample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        width = max(len(e.input_ids) for e in examples)
-        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, example in enumerate(examples):
-            n = len(example.input_ids)
-            ids[row, :n] = torch.tensor(example.input_ids)
-            labels[row, :n] = torch.tensor(example.labels)
-            mask[row, :n] = 1
-        return ids.to(self.device), labels.to(self.device), mask.to(self.device)
+    def _batch(self, examples: list[TokenizedExample]) -> Batch:
+        if self.packing:
+            return pack(examples, self.pad_id, self.capacity).to(self.device)
+        return pad(examples, self.pad_id).to(self.device)
 
-    def _token_logits(self, examples: list[TokenizedExample]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        ids, labels, mask = self._collate(examples)
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        return logits, labels[:, 1:], int(mask.sum())
+    def _logits(self, network: Any, batch: Batch) -> torch.Tensor:
+        logits = network(**batch.model_inputs(), use_cache=False).logits
+        if logits.shape[1] > batch.input_ids.shape[1]:  # prompt tuning: outputs for the virtual tokens first
+            logits = logits[:, -batch.input_ids.shape[1]:]
+        return logits
 
-    def _sft_loss(self, batch: list[TokenizedExample]) -> tuple[torch.Tensor, float, int]:
-        logits, targets, tokens = self._token_logits(batch)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE)
+    def _sft_sums(self, examples: list[TokenizedExample], network: Any) -> tuple[torch.Tensor, int, int, int]:
+        """(sum of token losses, trained tokens, correctly predicted tokens, real tokens processed)."""
+        batch = self._batch(examples)
+        logits = self._logits(network, batch)[:, :-1].float()
+        targets = batch.labels[:, 1:]
         trained = targets != IGNORE
-        correct = (logits.argmax(-1) == targets) & trained
-        return loss, float(correct.sum()) / max(1, int(trained.sum())), tokens
+        loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE,
+                                   reduction="sum")
+        correct = int(((logits.argmax(-1) == targets) & trained).sum())
+        return loss_sum, int(trained.sum()), correct, batch.tokens
 
-    def _sequence_logps(self, examples: list[TokenizedExample]) -> tuple[torch.Tensor, int]:
-        logits, targets, tokens = self._token_logits(examples)
+    def _sequence_logps(self, network: Any, sequences: list[TokenizedExample]) -> tuple[torch.Tensor, int]:
+        batch = pad(sequences, self.pad_id).to(self.device)
+        logits = self._logits(network, batch)[:, :-1].float()
+        targets = batch.labels[:, 1:]
         trained = targets != IGNORE
         logps = torch.gather(logits.log_softmax(-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return (logps * trained).sum(-1), tokens
+        return (logps * trained).sum(-1), batch.tokens
 
-    def _dpo_loss(self, batch: list[PreferenceExample]) -> tuple[torch.Tensor, float, int]:
-        sequences = [e.chosen for e in batch] + [e.rejected for e in batch]
-        policy, tokens = self._sequence_logps(sequences)
+    def _dpo_sums(self, examples: list[PreferenceExample], network: Any) -> tuple[torch.Tensor, int, int, int]:
+        """(sum of example losses, examples, examples whose chosen reply wins, real tokens processed)."""
+        sequences = [e.chosen for e in examples] + [e.rejected for e in examples]
+        policy, tokens = self._sequence_logps(network, sequences)
         with torch.no_grad(), self.model.disable_adapter():
-            reference, _ = self._sequence_logps(sequences)
-        n = len(batch)
+            reference, _ = self._sequence_logps(self.model, sequences)
+        n = len(examples)
         margin = (policy[:n] - reference[:n]) - (policy[n:] - reference[n:])
-        loss = -F.logsigmoid(self.spec.beta * margin).mean()
-        accuracy = float((margin > 0).float().mean())
-        return loss, accuracy, tokens
+        loss_sum = -F.logsigmoid(self.spec.beta * margin).sum()
+        return loss_sum, n, int((margin > 0).sum()), tokens
 
     @torch.no_grad()
     def _evaluate(self, examples: list[Any]) -> tuple[float, float]:
-        self.model.eval()
+        """Loss and accuracy over `examples` (split across processes), in eval mode."""
+        self.network.eval()
         try:
-            losses, accuracies, weights = [], [], []
-            for start in range(0, len(examples), max(1, self.spec.batch_size)):
-                chunk = examples[start:start + max(1, self.spec.batch_size)]
+            loss_total = correct_total = count_total = 0.0
+            local = self.dist.shard(examples)
+            step = max(1, self.spec.batch_size)
+            for start in range(0, len(local), step):
+                chunk = local[start:start + step]
                 with self._autocast():
-                    loss, accuracy, _ = self._dpo_loss(chunk) if self.spec.method == "dpo" else self._sft_loss(chunk)
-                losses.append(float(loss))
-                accuracies.append(accuracy)
-                weights.append(len(chunk))
-            total = sum(weights)
-            return (sum(loss * n for loss, n in zip(losses, weights, strict=True)) / total,
-                    sum(accuracy * n for accuracy, n in zip(accuracies, weights, strict=True)) / total)
+                    sums = self._dpo_sums(chunk, self.model) if self.spec.method == "dpo" else \
+                        self._sft_sums(chunk, self.model)
+                loss_total += float(sums[0])
+                count_total += sums[1]
+                correct_total += sums[2]
+            loss_total, correct_total, count_total = self.dist.sum_floats(loss_total, correct_total, count_total)
+            return loss_total / max(1.0, count_total), correct_total / max(1.0, count_total)
         finally:
-            self.model.train()
+            self.network.train()
 
     def _next_valid_batch(self) -> list[Any]:
         size = max(1, self.spec.batch_size)
@@ -268,33 +370,45 @@ class Trainer:
         self._valid_cursor = (self._valid_cursor + size) % len(self.valid_examples)
         return batch
 
-    # ---------------------------------------------------------------------------------- persistence
-    def _save_adapter(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory, safe_serialization=True)
-        # peft adds a generated model card; provenance lives in the artifact manifest instead, and
-        # artifacts hold only weights (safetensors) and configuration (JSON).
-        (directory / "README.md").unlink(missing_ok=True)
+    def _calibrate(self, model: Any) -> None:
+        """CorDA calibration: forward passes over the first training examples (deterministic)."""
+        sample = [e for e in self.train_examples[:CALIBRATION_EXAMPLES] if isinstance(e, TokenizedExample)]
+        for start in range(0, len(sample), 8):
+            model(**pad(sample[start:start + 8], self.pad_id).to(self.device).model_inputs(), use_cache=False)
 
-    def _save_state(self, position: _Position) -> Path:
+    # ------------------------------------------------------------------------------------ persistence
+    def _checkpoint(self, position: _Position, metrics: StepMetrics, *, best: bool) -> None:
+        rng = self.dist.gather_objects(torch.random.get_rng_state())
+        if self.dist.is_main:
+            directory = self._save_state(position, rng)
+            if self.control is not None:
+                self.control.on_checkpoint(directory, metrics, best=best)
+        self.dist.barrier()
+
+    def _save_state(self, position: _Position, rng_states: list[torch.Tensor]) -> Path:
         directory = self.work_dir / f"state-step-{position.step}"
-        self._save_adapter(directory)
+        adapters.save(self.model, self.spec.adapter, directory, self.initial_dir)
         optimizer_state = self.optimizer.state_dict()
         tensors: dict[str, torch.Tensor] = {}
         for index, slots in optimizer_state["state"].items():
             for name, value in slots.items():
                 tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
         save_file(tensors, str(directory / OPTIMIZER_TENSORS))
-        rng = {"torch_cpu": torch.random.get_rng_state()}
+        rng = {f"torch_cpu_rank{rank}": state for rank, state in enumerate(rng_states)}
         if torch.cuda.is_available():
             for device_index, state in enumerate(torch.cuda.get_rng_state_all()):
                 rng[f"torch_cuda_{device_index}"] = state
         save_file(rng, str(directory / RNG_TENSORS))
+        if self.best_dir.exists():
+            for path in self.best_dir.iterdir():
+                shutil.copy(path, directory / (BEST_PREFIX + path.name))
         state = {
-            "position": position.__dict__,
+            "position": asdict(position),
             "optimizer_param_groups": optimizer_state["param_groups"],
             "scheduler": self.scheduler.state_dict(),
             "valid_cursor": self._valid_cursor,
+            "early_stopping": asdict(self._stopping),
+            "world_size": self.dist.world_size,
             "spec": self.spec.to_json(),
         }
         (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -302,7 +416,13 @@ class Trainer:
 
     def _load_state(self, directory: Path) -> _Position:
         state = json.loads((directory / STATE_FILE).read_text())
-        set_peft_model_state_dict(self.model, load_file(str(directory / ADAPTER_WEIGHTS)))
+        if state.get("world_size", 1) != self.dist.world_size:
+            raise ValueError(f"checkpoint written by {state.get('world_size')} processes, resuming with "
+                             f"{self.dist.world_size}: the data order would differ")
+        for name in (adapters.INITIAL_WEIGHTS, adapters.INITIAL_CONFIG):
+            if (directory / name).exists():
+                shutil.copy(directory / name, self.initial_dir / name)
+        adapters.load_raw(self.model, directory)
         tensors = load_file(str(directory / OPTIMIZER_TENSORS))
         slots: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
@@ -311,21 +431,21 @@ class Trainer:
         self.optimizer.load_state_dict({"state": slots, "param_groups": state["optimizer_param_groups"]})
         self.scheduler.load_state_dict(state["scheduler"])
         rng = load_file(str(directory / RNG_TENSORS))
-        torch.random.set_rng_state(rng["torch_cpu"])
+        torch.random.set_rng_state(rng[f"torch_cpu_rank{self.dist.rank}"])
         if torch.cuda.is_available():
             for device_index in range(torch.cuda.device_count()):
                 if f"torch_cuda_{device_index}" in rng:
                     torch.cuda.set_rng_state(rng[f"torch_cuda_{device_index}"], device_index)
         self._valid_cursor = int(state["valid_cursor"])
+        self._stopping = _EarlyStopping(**state.get("early_stopping", {}))
+        best_files = [p for p in directory.iterdir() if p.name.startswith(BEST_PREFIX)]
+        if best_files:
+            self.best_dir.mkdir(parents=True, exist_ok=True)
+            for path in best_files:
+                shutil.copy(path, self.best_dir / path.name[len(BEST_PREFIX):])
         return _Position(**state["position"])
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
         return get_peft_model_state_dict(self.model)
-
-
-def _linear_schedule(warmup: int, total: int) -> Any:
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-    return factor

@@ -1,0 +1,224 @@
+"""Training a claimed job: in the worker's process, or in every process of a data-parallel group.
+
+The runner (worker.jobs.runner) claims the job, reads its plan from the database and downloads its inputs
+into a workspace; `execute` then trains. With several processes (settings.training_processes), each one
+runs `execute` (see worker.jobs.launch) and only the main process talks to the database and the store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from db import checkpoints, jobs
+from db.jobs import Lease
+from db.states import JobStatus
+from ftaas.errors import LeaseLost
+from storage import layout
+from storage.manifest import publish_directory
+from worker.context import WorkerContext
+from worker.training.distributed import DistributedContext
+from worker.training.spec import TrainingSpec
+from worker.training.trainer import Directive, StepMetrics, Trainer, TrainingOutcome
+
+ESTIMATE_EVERY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What the runner read from the database before training (serialisable for other processes)."""
+
+    job_id: str
+    project_id: str
+    fine_tuned_model: str
+    spec: TrainingSpec
+    data_format: str
+    training_file_id: str
+    training_file_sha256: str
+    has_validation: bool
+    #: Step of the checkpoint to resume from (downloaded into the workspace), if any.
+    resume_step: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["spec"] = self.spec.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobPlan:
+        return cls(**{**data, "spec": TrainingSpec.from_json(data["spec"])})
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A job attempt's local directory, shared by every process of the attempt."""
+
+    root: Path
+
+    @property
+    def training_data(self) -> Path:
+        return self.root / "data" / "training.jsonl"
+
+    @property
+    def validation_data(self) -> Path:
+        return self.root / "data" / "validation.jsonl"
+
+    @property
+    def resume_dir(self) -> Path:
+        return self.root / "resume"
+
+    @property
+    def trainer_dir(self) -> Path:
+        return self.root / "trainer"
+
+    @property
+    def preempt_flag(self) -> Path:
+        return self.root / "preempt-requested"
+
+    @property
+    def outcome_file(self) -> Path:
+        return self.root / "outcome.json"
+
+
+class JobControl:
+    """The trainer's view of the job, on the main process: metrics events, pause/cancel/preemption,
+    checkpoint publication, estimated finish. Fenced writes that fail (the job was cancelled, reaped or
+    re-claimed) turn into STOP, so every process of the job stops together."""
+
+    def __init__(self, ctx: WorkerContext, lease: Lease, plan: JobPlan, *, preempt: Any, lease_alive: Any) -> None:
+        self.ctx = ctx
+        self.lease = lease
+        self.plan = plan
+        self.preempt = preempt
+        self.lease_alive = lease_alive
+        self.lost = False
+        self._started = time.monotonic()
+        self._first_step: int | None = None
+        self._last_estimate = 0.0
+
+    def after_step(self, metrics: StepMetrics) -> Directive:
+        if not self.lease_alive():
+            self.lost = True
+            return Directive.STOP
+        now = time.monotonic()
+        if self._first_step is None:
+            self._first_step = metrics.step - 1
+        values: dict[str, Any] = {}
+        if now - self._last_estimate >= ESTIMATE_EVERY_SECONDS or metrics.step == self._first_step + 1:
+            per_step = (now - self._started) / max(1, metrics.step - self._first_step)
+            values["estimated_finish"] = int(time.time() + per_step * (metrics.total_steps - metrics.step))
+            self._last_estimate = now
+        message = f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
+        if metrics.valid_loss is not None:
+            message += f", validation loss={metrics.valid_loss:.4f}"
+        if metrics.full_valid_loss is not None:
+            message += f", full validation loss={metrics.full_valid_loss:.4f}"
+        try:
+            with self.ctx.db.write() as session:
+                status = jobs.heartbeat(session, self.lease, ttl=self.ctx.settings.lease_ttl_seconds, values=values)
+                jobs.add_event(session, self.lease, message, type="metrics", data=metrics.as_event_data())
+        except LeaseLost:
+            self.lost = True
+            return Directive.STOP
+        if status == JobStatus.PAUSING:
+            return Directive.PAUSE
+        return Directive.PREEMPT if self.preempt() else Directive.CONTINUE
+
+    def on_checkpoint(self, state_dir: Path, metrics: StepMetrics, *, best: bool) -> None:
+        step = metrics.step
+        prefix = layout.checkpoint_prefix(self.lease.job_id, step)
+        published = publish_directory(self.ctx.store, prefix, state_dir, {
+            "kind": "checkpoint",
+            "job_id": self.lease.job_id,
+            "base_model": self.plan.spec.base_model,
+            "step": step,
+            "training_spec": self.plan.spec.to_json(),
+            "metrics": metrics.as_event_data(),
+        })
+        with self.ctx.db.write() as session:
+            jobs.heartbeat(session, self.lease, ttl=self.ctx.settings.lease_ttl_seconds)
+            existing = checkpoints.by_step(session, self.lease.job_id, step)
+            if existing is None:
+                checkpoints.add(session, job_id=self.lease.job_id, project_id=self.lease.project_id, step_number=step,
+                                metrics=metrics.as_event_data(),
+                                model_name=checkpoints.checkpoint_model_name(self.plan.fine_tuned_model, step),
+                                storage_prefix=prefix, manifest_sha256=published.manifest_sha256)
+            else:
+                # A resumed attempt re-saved this step (the same state): point at the new manifest.
+                existing.manifest_sha256 = published.manifest_sha256
+            stale = checkpoints.prune(session, self.lease.job_id, keep=self.ctx.settings.keep_checkpoints,
+                                      pin_best=self.plan.spec.early_stopping is not None)
+            if best:
+                jobs.add_event(session, self.lease, f"Checkpoint at step {step} has the best full validation loss "
+                               f"so far ({metrics.full_valid_loss:.4f})")
+        for stale_prefix in stale:
+            self.ctx.store.delete_prefix(stale_prefix)
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def log_event(ctx: WorkerContext, lease: Lease, message: str, *, level: str = "info") -> None:
+    with ctx.db.write() as session:
+        jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+        jobs.add_event(session, lease, message, level=level)
+
+
+def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspace, distributed: DistributedContext,
+            *, preempt: Any, lease_alive: Any, device: str = "cpu") -> TrainingOutcome:
+    """Encode the data, load the model, train. Returns the outcome (on every process)."""
+    from ftaas.errors import UserError
+    from worker.training.data import encode_lines
+
+    spec = plan.spec
+    tokenizer = ctx.loader.load_tokenizer(spec.base_model)
+    train = encode_lines(_lines(workspace.training_data), plan.data_format, tokenizer, spec.max_seq_len)
+    valid_examples: list[Any] = []
+    warnings = [f"Training file: {w}" for w in train.warnings]
+    if plan.has_validation:
+        valid = encode_lines(_lines(workspace.validation_data), plan.data_format, tokenizer, spec.max_seq_len)
+        valid_examples = valid.examples
+        warnings += [f"Validation file: {w}" for w in valid.warnings]
+    if distributed.is_main:
+        for warning in warnings:
+            log_event(ctx, lease, warning, level="warn")
+    if not train.examples:
+        raise UserError("no training example has any trainable token left after truncation",
+                        code="invalid_training_file", param="training_file")
+    model = ctx.loader.load_model(spec.base_model, device=device)
+    control = JobControl(ctx, lease, plan, preempt=preempt, lease_alive=lease_alive) if distributed.is_main else None
+    trainer = Trainer(spec, model, tokenizer, train.examples, valid_examples, control, workspace.trainer_dir,
+                      distributed=distributed)
+    resume = workspace.resume_dir if plan.resume_step is not None else None
+    if resume is not None and distributed.is_main:
+        log_event(ctx, lease, f"Resuming from the checkpoint at step {plan.resume_step}")
+    outcome = trainer.run(resume)
+    if control is not None and control.lost:
+        outcome.status = "lease-lost"
+    return outcome
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8-sig").splitlines()
+
+
+def write_outcome(workspace: Workspace, outcome: TrainingOutcome | None, error: dict[str, Any] | None = None) -> None:
+    data: dict[str, Any] = {"error": error}
+    if outcome is not None:
+        data.update(status=outcome.status, step=outcome.step, trained_tokens=outcome.trained_tokens,
+                    adapter_dir=str(outcome.adapter_dir) if outcome.adapter_dir else None,
+                    stopped_early_at=outcome.stopped_early_at, best_step=outcome.best_step)
+    workspace.outcome_file.write_text(json.dumps(data))
+
+
+def read_outcome(workspace: Workspace) -> tuple[TrainingOutcome | None, dict[str, Any] | None]:
+    if not workspace.outcome_file.exists():
+        return None, None
+    data = json.loads(workspace.outcome_file.read_text())
+    if data.get("error"):
+        return None, data["error"]
+    return TrainingOutcome(status=data["status"], step=data["step"], trained_tokens=data["trained_tokens"],
+                           adapter_dir=Path(data["adapter_dir"]) if data.get("adapter_dir") else None,
+                           stopped_early_at=data.get("stopped_early_at"), best_step=data.get("best_step")), None
