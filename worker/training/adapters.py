@@ -43,19 +43,24 @@ INITIAL_CONFIG = "initial_adapter_config.json"
 PARAM = "method.adapter"
 
 
-def peft_config(settings: AdapterSettings, model_type: str) -> Any:
+def peft_config(settings: AdapterSettings, model: Any) -> Any:
+    model_type = getattr(model.config, "model_type", "")
     if settings.type in ("lora", "dora", "rslora"):
         init: Any = True if settings.init == "default" else settings.init
-        config = LoraConfig(
-            r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, task_type="CAUSAL_LM",
-            target_modules=_targets(settings), init_lora_weights=init,
-            use_dora=settings.type == "dora", use_rslora=settings.type == "rslora",
-        )
+        targets = _targets(settings)
+        extra: dict[str, Any] = {}
         if settings.init == "corda":
             from peft.tuners.lora.config import CordaConfig
 
-            config.corda_config = CordaConfig(corda_method="kpm")
-        return config
+            # CorDA's calibration hooks named modules; it does not expand the "all-linear" shorthand.
+            if targets == "all-linear":
+                targets = linear_module_names(model)
+            extra["corda_config"] = CordaConfig(corda_method="kpm")
+        return LoraConfig(
+            r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, task_type="CAUSAL_LM",
+            target_modules=targets, init_lora_weights=init,
+            use_dora=settings.type == "dora", use_rslora=settings.type == "rslora", **extra,
+        )
     if settings.type == "ia3":
         from peft.utils import (
             TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
@@ -82,12 +87,20 @@ def _targets(settings: AdapterSettings) -> Any:
     return list(target) if isinstance(target, tuple) else target
 
 
+def linear_module_names(model: Any) -> list[str]:
+    """What "all-linear" means for this model: the names of its Linear layers, output head excluded."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and module is not output}
+    return sorted(names)
+
+
 def build(model: Any, settings: AdapterSettings, *, calibrate: Callable[[Any], None] | None = None) -> PeftModel:
     """Wrap `model` (frozen) in a fresh adapter. `calibrate(model)` runs forward passes on sample data; CorDA
     needs it. Deterministic given torch's seed (set by the caller)."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    config = peft_config(settings, getattr(model.config, "model_type", ""))
+    config = peft_config(settings, model)
     try:
         if settings.type in ("lora", "dora", "rslora") and settings.init == "corda":
             from peft.tuners.lora.corda import preprocess_corda

@@ -371,10 +371,11 @@ class Trainer:
         return batch
 
     def _calibrate(self, model: Any) -> None:
-        """CorDA calibration: forward passes over the first training examples (deterministic)."""
+        """CorDA calibration: forward passes over the first training examples (deterministic), one example
+        per pass, as peft's covariance hooks expect."""
         sample = [e for e in self.train_examples[:CALIBRATION_EXAMPLES] if isinstance(e, TokenizedExample)]
-        for start in range(0, len(sample), 8):
-            model(**pad(sample[start:start + 8], self.pad_id).to(self.device).model_inputs(), use_cache=False)
+        for example in sample:
+            model(**pad([example], self.pad_id).to(self.device).model_inputs(), use_cache=False)
 
     # ------------------------------------------------------------------------------------ persistence
     def _checkpoint(self, position: _Position, metrics: StepMetrics, *, best: bool) -> None:
