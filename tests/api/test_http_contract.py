@@ -347,3 +347,55 @@ def test_no_upload_produces_a_5xx(api: Api, data: bytes, name: str, purpose: str
     response = api.client.post("/v1/files", files={"file": (name, data)}, data={"purpose": purpose},
                                headers=api.headers())
     assert response.status_code < 500, response.text
+
+
+# ------------------------------------------------------------------------------------ training options
+@pytest.mark.parametrize("section, param", [
+    ({"adapter": {"type": "ia3", "r": 8}}, "method.supervised.adapter"),
+    ({"adapter": {"type": "prompt_tuning", "target_modules": ["q_proj"]}}, "method.supervised.adapter"),
+    ({"adapter": {"type": "lora", "num_virtual_tokens": 8}}, "method.supervised.adapter"),
+    ({"adapter": {"type": "dora", "init": "pissa"}}, "method.supervised.adapter"),
+    ({"adapter": {"type": "lora", "r": 0}}, "method.supervised.adapter.r"),
+    ({"adapter": {"type": "lora", "dropout": 1.0}}, "method.supervised.adapter.dropout"),
+    ({"adapter": {"type": "lora", "target_modules": ["q_proj; DROP TABLE"]}}, "method.supervised.adapter.target_modules"),
+    ({"adapter": {"type": "lora", "init": "magic"}}, "method.supervised.adapter.init"),
+    ({"adapter": {"type": "adalora"}}, "method.supervised.adapter.type"),
+    ({"adapter": {"type": "prefix_tuning"}, "packing": True}, "method.supervised"),
+    ({"max_seq_len": 8}, "method.supervised.max_seq_len"),
+    ({"lr_scheduler": "exponential"}, "method.supervised.lr_scheduler"),
+    ({"warmup_ratio": 0.9}, "method.supervised.warmup_ratio"),
+    ({"n_checkpoints": 0}, "method.supervised.n_checkpoints"),
+    ({"early_stopping": {"patience": 0}}, "method.supervised.early_stopping.patience"),
+    ({"early_stopping": {"patience": 2}}, "method.supervised.early_stopping"),  # no validation file
+])
+def test_impossible_training_options_are_refused_at_creation(api: Api, section: dict, param: str) -> None:
+    file_id = processed_file(api)
+    body = job_body(file_id, method={"type": "supervised", "supervised": section})
+    assert_error(api.client.post("/v1/fine_tuning/jobs", json=body, headers=api.headers()), 400, param=param)
+
+
+@pytest.mark.parametrize("section", [{"packing": True}, {"adapter": {"init": "olora"}}])
+def test_dpo_refuses_packing_and_base_modifying_initialisations(api: Api, section: dict) -> None:
+    preference = json.dumps({"input": {"messages": [{"role": "user", "content": "q"}]},
+                             "preferred_output": [{"role": "assistant", "content": "good"}],
+                             "non_preferred_output": [{"role": "assistant", "content": "bad"}]})
+    file_id = processed_file(api, ("\n".join([preference] * 10) + "\n").encode())
+    body = job_body(file_id, method={"type": "dpo", "dpo": section})
+    assert_error(api.client.post("/v1/fine_tuning/jobs", json=body, headers=api.headers()), 400, param="method.dpo")
+
+
+def test_training_options_are_recorded_with_their_defaults(api: Api) -> None:
+    file_id = processed_file(api)
+    body = job_body(file_id, validation_file=file_id, method={"type": "supervised", "supervised": {
+        "adapter": {"type": "rslora", "r": 16}, "max_seq_len": 512, "lr_scheduler": "cosine", "warmup_ratio": 0.1,
+        "n_checkpoints": 4, "eval_interval": 5, "early_stopping": {"patience": 2}}})
+    recorded = api.client.post("/v1/fine_tuning/jobs", json=body, headers=api.headers()).json()["method"]["supervised"]
+    assert recorded["adapter"] == {"type": "rslora", "r": 16, "alpha": 32.0, "dropout": 0.0,
+                                   "target_modules": "all-linear", "init": "default"}
+    assert (recorded["max_seq_len"], recorded["packing"], recorded["lr_scheduler"], recorded["warmup_ratio"],
+            recorded["n_checkpoints"], recorded["eval_interval"], recorded["early_stopping"]) == (
+        512, True, "cosine", 0.1, 4, 5, {"patience": 2, "min_delta": 0.0})
+    prompt = api.client.post("/v1/fine_tuning/jobs", headers=api.headers(), json=job_body(
+        file_id, method={"type": "supervised", "supervised": {"adapter": {"type": "prompt_tuning"}}})).json()
+    assert prompt["method"]["supervised"]["adapter"] == {"type": "prompt_tuning", "num_virtual_tokens": 16}
+    assert prompt["method"]["supervised"]["packing"] is False

@@ -93,6 +93,26 @@ class LiveServer:
         self.processes.append(process)
         return process
 
+    def adapter_of(self, model_name: str) -> dict[str, Any]:
+        """The published adapter tensors of a fine-tuned model, read (verified) from the store."""
+        import json as json_module
+
+        from safetensors.torch import load
+
+        from db.tables import Model
+
+        database = self.database()
+        try:
+            with database.read() as session:
+                row = session.get(Model, model_name)
+                prefix, manifest_sha256 = row.storage_prefix, row.manifest_sha256
+        finally:
+            database.dispose()
+        store = self.store()
+        manifest = json_module.loads(store.get_bytes(prefix + "manifest.json", sha256=manifest_sha256))
+        entry = manifest["files"]["adapter_model.safetensors"]
+        return load(store.get_bytes(prefix + "adapter_model.safetensors", sha256=entry["sha256"]))
+
     def log_tail(self, lines: int = 80) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -9,6 +9,7 @@ import signal
 
 import psutil
 import pytest
+import torch
 from sqlalchemy import select
 
 from db.outbox import RUN_JOB
@@ -38,8 +39,11 @@ def test_a_job_whose_worker_is_sigkilled_resumes_from_its_checkpoint(embedded: L
     client = embedded.client()
     file = client.files.wait_for_processing(
         client.files.create(file=("k.jsonl", training_jsonl(40)), purpose="fine-tune").id, poll_interval=0.2)
-    job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 1}}})
+    method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 1}}}
+    twin = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=31, method=method)
+    twin = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(twin.id)).status in ("succeeded", "failed") and j,
+                    timeout=180, what="the uninterrupted twin")
+    job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=31, method=method)
     wait_for(lambda: any(True for _ in client.fine_tuning.jobs.checkpoints.list(job.id)),
              what="the first epoch checkpoint")
     worker = gpu_worker_of(embedded)
@@ -58,6 +62,10 @@ def test_a_job_whose_worker_is_sigkilled_resumes_from_its_checkpoint(embedded: L
     assert (row.attempt, row.lease_owner) == (2, None)
     rows = list(csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).text)))
     assert [int(r["step"]) for r in rows] == list(range(1, 161))  # every step exactly once
+    # Killed at step k and resumed: the same adapter and the same metrics rows as the uninterrupted twin.
+    assert rows == list(csv.DictReader(io.StringIO(client.files.content(twin.result_files[0]).text)))
+    expected, actual = embedded.adapter_of(twin.fine_tuned_model), embedded.adapter_of(job.fine_tuned_model)
+    assert all(torch.allclose(expected[k], actual[k], atol=1e-6) for k in expected)
     assert gpu_worker_of(embedded).pid != worker.pid  # `ftaas up` restarted its worker
 
 

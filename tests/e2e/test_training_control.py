@@ -1,0 +1,135 @@
+"""Training options through the SDK, and pause/resume/preemption ending exactly like an uninterrupted run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import time
+
+import openai
+import psutil
+import pytest
+import torch
+from sqlalchemy import select
+
+from db.tables import FineTuningJob
+from tests.e2e.servers import LiveServer, stop_process_group, wait_for
+from tests.factories import training_jsonl
+
+pytestmark = pytest.mark.slow
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def finished(client: openai.OpenAI, job_id: str, timeout: float = 240):  # type: ignore[no-untyped-def]
+    return wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in TERMINAL and j,
+                    timeout=timeout, what=f"job {job_id} to finish")
+
+
+def metric_steps(client: openai.OpenAI, job_id: str) -> int:
+    return sum(1 for e in client.fine_tuning.jobs.list_events(job_id, limit=100) if e.type == "metrics")
+
+
+def results(client: openai.OpenAI, job) -> list[dict]:  # type: ignore[no-untyped-def]
+    return list(csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).text)))
+
+
+def same_adapter(server: LiveServer, first: str, second: str) -> bool:
+    a, b = server.adapter_of(first), server.adapter_of(second)
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_training_options_travel_in_extra_body(embedded: LiveServer) -> None:
+    client = embedded.client()
+    file = client.files.wait_for_processing(
+        client.files.create(file=("o.jsonl", training_jsonl(12)), purpose="fine-tune").id, poll_interval=0.2)
+    job = client.fine_tuning.jobs.create(
+        model="ftaas-tiny", training_file=file.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
+        extra_body={"method": {"type": "supervised", "supervised": {
+            "hyperparameters": {"n_epochs": 2, "batch_size": 4},
+            "adapter": {"type": "dora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
+            "lr_scheduler": "cosine", "warmup_ratio": 0.1, "n_checkpoints": 2}}})
+    recorded = job.model_dump()["method"]["supervised"]
+    assert recorded["adapter"]["type"] == "dora" and recorded["adapter"]["r"] == 4
+    job = finished(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)] == [6, 3]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, extra_body={"method": {
+            "type": "supervised", "supervised": {"adapter": {"type": "ia3", "r": 4}}}})
+    assert refused.value.param == "method.supervised.adapter"
+
+
+def test_pause_and_resume_end_exactly_like_an_uninterrupted_run(embedded: LiveServer) -> None:
+    client = embedded.client()
+    file = client.files.wait_for_processing(
+        client.files.create(file=("p.jsonl", training_jsonl(40, offset=200)), purpose="fine-tune").id,
+        poll_interval=0.2)
+    method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 2}}}
+    twin = finished(client, client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=77,
+                                                          method=method).id)
+    job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=77, method=method)
+    wait_for(lambda: metric_steps(client, job.id) >= 25, what="a few steps")
+    running = client.fine_tuning.jobs.retrieve(job.id)
+    assert running.status == "running" and running.estimated_finish > time.time() - 1
+
+    assert client.fine_tuning.jobs.pause(job.id).status == "pausing"
+    paused = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status == "paused" and j, what="paused")
+    assert paused.estimated_finish is None
+    parked_at = next(e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
+                     if e.message.startswith("Fine-tuning job paused at step"))
+    steps_when_paused = metric_steps(client, job.id)
+    time.sleep(1.0)
+    assert metric_steps(client, job.id) == steps_when_paused  # nothing trains while paused
+
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    job = finished(client, job.id)
+    assert job.status == "succeeded", job.error
+    step = int(parked_at.rsplit(" ", 1)[1])
+    assert f"Resuming from the checkpoint at step {step}" in [e.message for e in client.fine_tuning.jobs.list_events(
+        job.id, limit=100)]
+    assert same_adapter(embedded, twin.fine_tuned_model, job.fine_tuned_model)
+    assert results(client, job) == results(client, twin) and job.trained_tokens == twin.trained_tokens
+
+
+def test_sigterm_checkpoints_and_another_worker_resumes(cluster: LiveServer) -> None:
+    client = cluster.client()
+    second_worker = cluster.spawn("worker", "--queues", "gpu")
+    try:
+        file = client.files.wait_for_processing(
+            client.files.create(file=("s.jsonl", training_jsonl(40, offset=500)), purpose="fine-tune").id,
+            poll_interval=0.2)
+        method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 2}}}
+        twin = finished(client, client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=5,
+                                                              method=method).id)
+        job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=5, method=method)
+        wait_for(lambda: metric_steps(client, job.id) >= 15, what="a few steps")
+        database = cluster.database()
+        with database.read() as session:
+            owner = session.scalar(select(FineTuningJob.lease_owner).where(FineTuningJob.id == job.id))
+        database.dispose()
+        pool_process = psutil.Process(int(owner.rsplit(":", 1)[1]))
+        worker_main = pool_process.parent()
+        os.kill(worker_main.pid, signal.SIGTERM)  # as Kubernetes does: the container's main process only
+        worker_main.wait(timeout=60)  # it exits once the job is checkpointed and handed back
+
+        job = finished(client, job.id)
+        assert job.status == "succeeded", job.error
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+        requeued = next(m for m in messages if m.startswith("Job re-queued: the worker is shutting down"))
+        step = int(requeued.split("checkpoint saved at step ")[1].split(",")[0])
+        assert f"Resuming from the checkpoint at step {step}" in messages
+        assert "Fine-tuning job resumed (attempt 1)" in messages  # preemption costs no attempt
+        assert same_adapter(cluster, twin.fine_tuned_model, job.fine_tuned_model)
+        assert results(client, job) == results(client, twin)
+    finally:
+        # Leave the shared cluster with one live GPU worker, whichever of the two was stopped.
+        for process in [p for p in cluster.processes if p.poll() is not None]:
+            cluster.processes.remove(process)
+        gpu_workers = [p for p in cluster.processes if "gpu" in p.args]
+        if len(gpu_workers) > 1:
+            stop_process_group(second_worker)
+            cluster.processes.remove(second_worker)
