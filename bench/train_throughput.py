@@ -1,0 +1,209 @@
+"""Training throughput: the ftaas trainer vs a plain transformers.Trainer + peft baseline, side by side.
+
+Both train the same LoRA adapter (r=8, all linear layers) on the same ~28M-parameter Llama-style model
+(random initialisation, the demo tokenizer) and the same variable-length chat dataset, for the same number
+of optimizer steps of the same batch size, in one process, one after the other:
+
+* ftaas: `worker.training.trainer.Trainer`, packing on, bf16 autocast (this CPU supports it);
+* baseline: `transformers.Trainer` with peft, fp32, dynamic padding to the longest example of each batch
+  (DataCollatorForSeq2Seq), no packing.
+
+Throughput counts real (non-padding) tokens per second over the timed steps (after warm-up steps).
+MFU = useful model FLOPs per second / the bf16 matmul peak measured in this run. Useful FLOPs per token:
+4 x (parameters in matmuls) for a frozen base (forward 2N, activation gradients 2N; no weight gradients
+except the adapter's, counted too), plus causal attention within each example (3 x 2 x length x width per
+layer). Compute that padding or packing wastes is not counted as useful.
+
+    python bench/train_throughput.py [--examples 384] [--batch-size 16] [--steps 10] [--warmup 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from basemodels import tiny  # noqa: E402
+from worker.training.data import TokenizedExample, encode_lines  # noqa: E402
+from worker.training.spec import AdapterSettings, TrainingSpec  # noqa: E402
+from worker.training.trainer import Directive, StepMetrics, Trainer  # noqa: E402
+
+WORDS = ("the model learns what the data shows about agents cities rivers colours numbers and dates "
+         "while the baseline pads every batch to its longest example").split()
+
+
+def model_config(tokenizer: Any) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                       num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+
+
+def new_model(tokenizer: Any) -> Any:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(model_config(tokenizer))
+
+
+def chats(n: int, seed: int = 0) -> list[str]:
+    """Conversations from ~20 to ~900 tokens (a long-tailed mix, as real chat data is)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        length = int(min(900, rng.lognormvariate(4.6, 0.8)))
+        answer = " ".join(rng.choice(WORDS) for _ in range(max(3, length)))
+        rows.append(json.dumps({"messages": [{"role": "user", "content": f"Question {i}: tell me more."},
+                                             {"role": "assistant", "content": answer}]}))
+    return rows
+
+
+def matmul_peak(seconds: float = 3.0) -> float:
+    """bf16 matrix-multiply FLOP/s on this machine, now (best of several 2048^3 products)."""
+    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best, deadline = math.inf, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048 ** 3 / best
+
+
+def useful_flops(lengths: list[int], model: Any, adapter_params: int) -> float:
+    """Model FLOPs that the examples of these lengths need (see the module docstring)."""
+    matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    config = model.config
+    flops = 0.0
+    for n in lengths:
+        attention = 3 * 2 * n * config.hidden_size * config.num_hidden_layers  # causal: ~n/2 keys, fwd + 2 bwd
+        flops += n * (4 * matmul_params + 6 * adapter_params) + n * attention
+    return flops
+
+
+class Timer:
+    """Times the optimizer steps after the warm-up ones (the TrainingControl of the ftaas run)."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+        self.tokens: list[int] = []
+
+    def after_step(self, metrics: StepMetrics) -> Directive:
+        self.marks.append(time.perf_counter())
+        self.tokens.append(metrics.trained_tokens)  # cumulative real tokens
+        return Directive.CONTINUE
+
+    def on_checkpoint(self, state_dir: Path, metrics: StepMetrics, *, best: bool) -> None:
+        pass
+
+
+def run_ftaas(tokenizer: Any, examples: list[TokenizedExample], batch: int, steps: int, warmup: int,
+              work: Path) -> tuple[float, int, list[list[int]]]:
+    """(seconds, real tokens, per-step example lengths) of the timed steps."""
+    spec = TrainingSpec(base_model="bench", method="supervised", n_epochs=1, batch_size=batch,
+                        learning_rate=2e-4, seed=1, packing=True, max_seq_len=2048,
+                        adapter=AdapterSettings(type="lora", r=8, alpha=16))
+    timer = Timer()
+    subset = examples[:batch * (steps + warmup)]
+    trainer = Trainer(spec, new_model(tokenizer), tokenizer, subset, [], timer, work)
+    trainer.run()
+    order = trainer._epoch_order(0)
+    lengths = [[len(subset[order[s * batch + i]].input_ids) for i in range(batch)] for s in range(warmup, steps + warmup)]
+    return timer.marks[-1] - timer.marks[warmup - 1], timer.tokens[-1] - timer.tokens[warmup - 1], lengths
+
+
+def run_baseline(tokenizer: Any, examples: list[TokenizedExample], batch: int, steps: int, warmup: int,
+                 work: Path) -> tuple[float, int, list[list[int]]]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer as HFTrainer, TrainerCallback, TrainingArguments
+
+    model = get_peft_model(new_model(tokenizer), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
+                                                            task_type="CAUSAL_LM"))
+    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples[:batch * (steps + warmup)]]
+    marks: list[float] = []
+
+    class Marks(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            marks.append(time.perf_counter())
+
+    padding = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+    batches: list[list[int]] = []
+
+    def collate(features: list[dict[str, Any]]) -> Any:
+        batches.append([len(f["input_ids"]) for f in features])  # the real tokens of each step, in order
+        return padding(features)
+
+    arguments = TrainingArguments(output_dir=str(work), per_device_train_batch_size=batch, max_steps=steps + warmup,
+                                  learning_rate=2e-4, logging_strategy="no", save_strategy="no", report_to=[],
+                                  use_cpu=True, dataloader_num_workers=0, seed=1, remove_unused_columns=False)
+    trainer = HFTrainer(model=model, args=arguments, train_dataset=rows, callbacks=[Marks()], data_collator=collate)
+    trainer.train()
+    timed = batches[warmup:steps + warmup]
+    return marks[-1] - marks[warmup - 1], sum(sum(b) for b in timed), timed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--examples", type=int, default=384)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer_dir = tiny.ensure_built(Path(tmp) / "cache")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        examples = encode_lines(chats(args.examples), "chat", tokenizer, 2048).examples
+        probe = new_model(tokenizer)
+        params = sum(p.numel() for p in probe.parameters())
+        peak = matmul_peak()
+        results = {}
+        for name, runner in (("ftaas (packing, bf16 autocast)", run_ftaas),
+                             ("baseline (transformers.Trainer + peft, fp32, padding)", run_baseline)):
+            seconds, tokens, steps = runner(tokenizer, examples, args.batch_size, args.steps, args.warmup,
+                                            Path(tmp) / name[:5])
+            assert tokens == sum(sum(step) for step in steps)
+            adapter_params = 8 * sum(m.in_features + m.out_features for m in probe.modules()
+                                     if isinstance(m, torch.nn.Linear))
+            flops = useful_flops([n for step in steps for n in step], probe, adapter_params)
+            results[name] = {"seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds,
+                             "mfu": flops / seconds / peak}
+    ftaas, baseline = results.values()
+    lengths = [len(e.input_ids) for e in examples]
+    print(f"\nmodel: {params / 1e6:.1f}M parameters (Llama-style, 8 layers, width 512); LoRA r=8 on all linear layers")
+    print(f"data: {len(examples)} chats, {min(lengths)}-{max(lengths)} tokens (median {sorted(lengths)[len(lengths) // 2]}); "
+          f"batch {args.batch_size} examples, {args.steps} timed steps after {args.warmup} warm-up steps")
+    print(f"bf16 matmul peak measured now: {peak / 1e12:.3f} TFLOP/s ({torch.get_num_threads()} threads)\n")
+    print(f"{'trainer':<55} {'tokens/s':>10} {'MFU':>7}")
+    for name, r in results.items():
+        print(f"{name:<55} {r['tokens_per_second']:>10.0f} {100 * r['mfu']:>6.1f}%")
+    ratio = ftaas["tokens_per_second"] / baseline["tokens_per_second"]
+    print(f"\nratio ftaas / baseline = {ratio:.2f}x (goal >= 3x: {'met' if ratio >= 3 else 'NOT met'}); "
+          f"ftaas MFU {100 * ftaas['mfu']:.1f}% (goal >= 25%: {'met' if ftaas['mfu'] >= 0.25 else 'NOT met'})")
+    out = ROOT / ".bench-out"
+    out.mkdir(exist_ok=True)
+    (out / "train_throughput.json").write_text(json.dumps({"peak_flops": peak, "parameters": params, **results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
