@@ -23,7 +23,7 @@ def test_the_quickstart_runs_as_written(embedded: LiveServer, tmp_path) -> None:
     result = subprocess.run([sys.executable, str(script)], env={**os.environ, "FTAAS_API_KEY": embedded.api_key},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    # The reply itself is whatever a 1M-parameter model says (possibly nothing): check the line's shape.
-    assert re.match(r"ft:ftaas-tiny:default:agents:[A-Za-z0-9]{8} -> ", lines[-1]), lines[-1]
-    assert any("The job has successfully completed" in line for line in lines)
+    # The reply is whatever a 1M-parameter model says (possibly nothing, possibly several lines): check the
+    # shape of what the quickstart prints, not the words.
+    assert re.search(r"^ft:ftaas-tiny:default:agents:[A-Za-z0-9]{8} -> ", result.stdout, re.M), result.stdout
+    assert "The job has successfully completed" in result.stdout
