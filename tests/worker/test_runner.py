@@ -163,3 +163,25 @@ def test_a_preempted_job_resumes_to_the_same_adapter_as_an_uninterrupted_one(ben
                                                     .order_by(JobEvent.id))] for j in (twin, preempted)}
     by_step = {row["step"]: row for row in rows[preempted]}  # a re-run step keeps its latest report
     assert [by_step[s] for s in sorted(by_step)] == rows[twin]
+
+
+def test_validation_metrics_come_every_eval_interval_and_in_full_at_checkpoints(bench: Bench) -> None:
+    training, validation = bench.upload(varied_chats(12)), bench.upload(varied_chats(10, seed=9))
+    job_id = bench.create(training, validation, hyperparameters={"n_epochs": 2, "batch_size": 4}, eval_interval=2)
+    assert run_job(bench.ctx, job_id) == "succeeded"
+    with bench.ctx.db.read() as session:
+        rows = [e.data for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
+                                                                        JobEvent.type == "metrics").order_by(JobEvent.id))]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert [r["step"] for r in rows if "valid_loss" in r] == [2, 3, 4, 6]  # every 2 steps, and at checkpoints
+    assert [r["step"] for r in rows if "full_valid_loss" in r] == [3, 6]  # one checkpoint per epoch
+    assert all("train_loss" in r and "train_mean_token_accuracy" in r for r in rows)
+    job = bench.job(job_id)
+    with bench.ctx.db.read() as session:
+        results = files.get(session, bench.principal.project_id, job.result_files[0])
+    table = bench.ctx.store.get_bytes(results.storage_key, sha256=results.sha256).decode().splitlines()
+    assert table[0].split(",") == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                                   "full_valid_loss", "full_valid_mean_token_accuracy"]
+    third = table[3].split(",")
+    assert third[0] == "3" and all(third[1:])  # step 3 has every column
+    assert table[1].split(",")[3:] == ["", "", "", ""]  # step 1 has no validation columns
