@@ -193,6 +193,12 @@ def start_cluster(work_dir: Path, model_cache_dir: Path, *, database_url: str, r
     return server
 
 
+def upload_processed(client: OpenAI, name: str, data: bytes) -> Any:
+    """Upload a fine-tune file and wait until its validation finished."""
+    file = client.files.create(file=(name, data), purpose="fine-tune")
+    return client.files.wait_for_processing(file.id, poll_interval=0.2, max_wait_seconds=120)
+
+
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 120, interval: float = 0.2, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -15,7 +15,7 @@ import torch
 from sqlalchemy import select
 
 from db.tables import FineTuningJob
-from tests.e2e.servers import LiveServer, stop_process_group, wait_for
+from tests.e2e.servers import LiveServer, stop_process_group, upload_processed, wait_for
 from tests.factories import training_jsonl
 
 pytestmark = pytest.mark.slow
@@ -43,8 +43,7 @@ def same_adapter(server: LiveServer, first: str, second: str) -> bool:
 
 def test_training_options_travel_in_extra_body(embedded: LiveServer) -> None:
     client = embedded.client()
-    file = client.files.wait_for_processing(
-        client.files.create(file=("o.jsonl", training_jsonl(12)), purpose="fine-tune").id, poll_interval=0.2)
+    file = upload_processed(client, "o.jsonl", training_jsonl(12))
     job = client.fine_tuning.jobs.create(
         model="ftaas-tiny", training_file=file.id,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
@@ -65,9 +64,7 @@ def test_training_options_travel_in_extra_body(embedded: LiveServer) -> None:
 
 def test_pause_and_resume_end_exactly_like_an_uninterrupted_run(embedded: LiveServer) -> None:
     client = embedded.client()
-    file = client.files.wait_for_processing(
-        client.files.create(file=("p.jsonl", training_jsonl(40, offset=200)), purpose="fine-tune").id,
-        poll_interval=0.2)
+    file = upload_processed(client, "p.jsonl", training_jsonl(40, offset=200))
     method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 2}}}
     twin = finished(client, client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=77,
                                                           method=method).id)
@@ -99,9 +96,7 @@ def test_sigterm_checkpoints_and_another_worker_resumes(cluster: LiveServer) -> 
     client = cluster.client()
     second_worker = cluster.spawn("worker", "--queues", "gpu")
     try:
-        file = client.files.wait_for_processing(
-            client.files.create(file=("s.jsonl", training_jsonl(40, offset=500)), purpose="fine-tune").id,
-            poll_interval=0.2)
+        file = upload_processed(client, "s.jsonl", training_jsonl(40, offset=500))
         method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 2}}}
         twin = finished(client, client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=5,
                                                               method=method).id)

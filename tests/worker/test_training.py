@@ -6,25 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 from basemodels.loader import BaseModelLoader
-from basemodels.registry import BaseModelRegistry
-from ftaas.settings import DEMO_BASE_MODEL, DEMO_BASE_MODEL_SOURCE
+from ftaas.settings import DEMO_BASE_MODEL
 from worker.training.data import IGNORE, encode_chat, encode_lines
 from worker.training.spec import AdapterSettings, TrainingSpec
 from worker.training.trainer import Directive, StepMetrics, Trainer
 
 
-@pytest.fixture(scope="module")
-def loader(model_cache_dir: Path) -> BaseModelLoader:
-    return BaseModelLoader(BaseModelRegistry({DEMO_BASE_MODEL: DEMO_BASE_MODEL_SOURCE}), model_cache_dir)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(loader: BaseModelLoader) -> Any:
-    return loader.load_tokenizer(DEMO_BASE_MODEL)
 
 
 class Recorder:

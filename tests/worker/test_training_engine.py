@@ -12,8 +12,7 @@ import torch
 from peft import PeftModel
 
 from basemodels.loader import BaseModelLoader
-from basemodels.registry import BaseModelRegistry
-from ftaas.settings import DEMO_BASE_MODEL, DEMO_BASE_MODEL_SOURCE
+from ftaas.settings import DEMO_BASE_MODEL
 from worker.training import adapters
 from worker.training.batching import pack, pad
 from worker.training.data import encode_lines
@@ -21,14 +20,6 @@ from worker.training.spec import AdapterSettings, EarlyStoppingSettings, Trainin
 from worker.training.trainer import Directive, StepMetrics, Trainer, autocast_dtype, checkpoint_steps
 
 
-@pytest.fixture(scope="module")
-def loader(model_cache_dir: Path) -> BaseModelLoader:
-    return BaseModelLoader(BaseModelRegistry({DEMO_BASE_MODEL: DEMO_BASE_MODEL_SOURCE}), model_cache_dir)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(loader: BaseModelLoader) -> Any:
-    return loader.load_tokenizer(DEMO_BASE_MODEL)
 
 
 class Recorder:
