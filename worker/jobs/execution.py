@@ -17,10 +17,11 @@ from typing import Any
 from db import checkpoints, jobs
 from db.jobs import Lease
 from db.states import JobStatus
-from ftaas.errors import LeaseLost
+from ftaas.errors import LeaseLost, UserError
 from storage import layout
 from storage.manifest import publish_directory
 from worker.context import WorkerContext
+from worker.training.data import encode_lines
 from worker.training.distributed import DistributedContext
 from worker.training.spec import TrainingSpec
 from worker.training.trainer import Directive, StepMetrics, Trainer, TrainingOutcome
@@ -169,8 +170,6 @@ def log_event(ctx: WorkerContext, lease: Lease, message: str, *, level: str = "i
 def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspace, distributed: DistributedContext,
             *, preempt: Any, lease_alive: Any, device: str = "cpu") -> TrainingOutcome:
     """Encode the data, load the model, train. Returns the outcome (on every process)."""
-    from ftaas.errors import UserError
-    from worker.training.data import encode_lines
 
     spec = plan.spec
     tokenizer = ctx.loader.load_tokenizer(spec.base_model)
