@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
@@ -46,7 +48,8 @@ def _train(rank: int, world_size: int, port: int, out_dir: str, cache_dir: str) 
             "trained_tokens": outcome.trained_tokens}))
         save_file({k: v.contiguous() for k, v in trainer.adapter_state().items()},
                   str(Path(out_dir) / f"adapter-{world_size}.safetensors"))
-    distributed.close()
+    if distributed.active:
+        distributed.finish_and_exit(0)  # as worker.jobs.launch ends its processes
 
 
 def free_port() -> int:
@@ -57,7 +60,14 @@ def free_port() -> int:
 
 def test_two_processes_train_like_one(tmp_path: Path, model_cache_dir: Path) -> None:
     _train(0, 1, free_port(), str(tmp_path), str(model_cache_dir))
-    mp.spawn(_train, args=(2, free_port(), str(tmp_path), str(model_cache_dir)), nprocs=2, join=True)
+    group = mp.start_processes(_train, args=(2, free_port(), str(tmp_path), str(model_cache_dir)), nprocs=2,
+                               join=False, start_method="spawn")
+    deadline = time.monotonic() + 180
+    while not group.join(timeout=2):
+        if time.monotonic() > deadline:
+            for process in group.processes:
+                process.kill()
+            pytest.fail("the two training processes did not finish within 180 s")
     one: dict[str, Any] = json.loads((tmp_path / "curve-1.json").read_text())
     two: dict[str, Any] = json.loads((tmp_path / "curve-2.json").read_text())
     assert len(one["train_loss"]) == len(two["train_loss"]) == 8  # 20 examples / 6 per step * 2 epochs

@@ -42,14 +42,13 @@ def main(launch_file: str) -> int:
                           distributed, preempt=workspace.preempt_flag.exists, lease_alive=lambda: True, device=device)
         if distributed.is_main:
             write_outcome(workspace, outcome)
-        return 0
+        code = 0
     except FTaaSError as exc:
         if distributed.is_main:
             write_outcome(workspace, None, {"class": type(exc).__name__, "code": exc.code, "message": exc.message,
                                             "param": exc.param})
-        return 1
-    finally:
-        distributed.close()
+        code = 1
+    distributed.finish_and_exit(code)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ and the trainer reduces loss sums and counts so that metrics and gradients equal
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -86,6 +89,17 @@ class DistributedContext:
         if self.active:
             dist.barrier()
 
-    def close(self) -> None:
-        if self.active and dist.is_initialized():
-            dist.destroy_process_group()
+    def finish_and_exit(self, code: int) -> NoReturn:
+        """End a process of a data-parallel group: wait for the others, flush output, leave at once.
+
+        The group is not torn down through destructors on purpose: freeing DistributedDataParallel's reducer
+        destroys the gloo process group, whose destructor joins gloo's thread while holding the GIL; when
+        that thread still has a Python object to release, the process hangs for ever (seen in this
+        project's tests, roughly one run in three).
+        """
+        if self.active:
+            dist.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
