@@ -30,6 +30,8 @@ _STATUS: list[tuple[type[e.FTaaSError], int, str]] = [
     (e.PayloadTooLarge, 413, "invalid_request_error"),
     (e.QuotaExceeded, 429, "insufficient_quota"),
     (e.UserError, 400, "invalid_request_error"),
+    (e.Overloaded, 429, "rate_limit_exceeded"),
+    (e.DeadlineExceeded, 504, "server_error"),
     (e.InfrastructureError, 503, "server_error"),
     (e.FTaaSError, 500, "server_error"),
 ]
@@ -47,6 +49,8 @@ def error_response(exc: e.FTaaSError) -> JSONResponse:
         headers["x-should-retry"] = "false"
     elif isinstance(exc, e.Conflict):
         headers["x-should-retry"] = "false"
+    elif isinstance(exc, e.Overloaded):
+        headers["retry-after"] = str(exc.retry_after)
     elif isinstance(exc, e.InfrastructureError):
         headers["retry-after"] = "1"
     elif status == 500:

@@ -60,6 +60,19 @@ def api(host: str | None, port: int | None, with_relay: bool) -> None:
 
 
 @main.command()
+@click.option("--host", default=None, help="Address to bind (FTAAS_HOST).")
+@click.option("--port", type=int, default=None, help="Port to bind (FTAAS_PORT).")
+def serve(host: str | None, port: int | None) -> None:
+    """The inference server alone: chat/completions for base, ft: and checkpoint models, batched on one
+    copy of each base model (cluster mode: the schema must already be migrated)."""
+    from ftaas.launcher import run_serve
+
+    settings = _settings(host=host, port=port)
+    _configure_logging(settings)
+    sys.exit(run_serve(settings))
+
+
+@main.command()
 @click.option("--queues", default="default,gpu", show_default=True, help="Comma-separated queues to consume.")
 @click.option("--concurrency", type=int, default=None, help="Worker processes (FTAAS_WORKER_CONCURRENCY).")
 @click.option("--parent-pid", type=int, default=None, hidden=True,

@@ -117,6 +117,29 @@ class DatabaseUnavailable(InfrastructureError):
     code = "database_unavailable"
 
 
+class Overloaded(InfrastructureError):
+    """The server is at capacity right now (HTTP 429 with `Retry-After`; the SDK backs off and retries)."""
+
+    code = "server_overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None,
+                 param: str | None = None) -> None:
+        super().__init__(message, code=code, param=param)
+        self.retry_after = retry_after
+
+
+class Draining(InfrastructureError):
+    """This process is shutting down and takes no new work (HTTP 503; another replica can)."""
+
+    code = "server_draining"
+
+
+class DeadlineExceeded(InfrastructureError):
+    """The request did not finish within its deadline (HTTP 504)."""
+
+    code = "request_timeout"
+
+
 # ------------------------------------------------------------------------------------ integrity errors
 class IntegrityFailure(FTaaSError):
     """Stored bytes do not match their recorded SHA-256 or size. Never retried: the data is bad."""

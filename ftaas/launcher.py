@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from db import migrate, projects
 from db.session import Database
@@ -133,10 +134,7 @@ def run_embedded(settings: Settings) -> int:
     import uvicorn
 
     from api.app import build_services, create_app
-    from basemodels.loader import BaseModelLoader
     from serving.router import router as serving_router
-    from serving.service import InferenceService
-    from storage import open_store
     from worker.app import create_celery_app
     from worker.broker import prepare_embedded_broker
     from worker.maintenance import Maintenance
@@ -152,12 +150,7 @@ def run_embedded(settings: Settings) -> int:
         prepare_embedded_broker(settings.broker_url)
 
     services = build_services(settings)
-    loader = BaseModelLoader(services.registry, settings.model_cache_dir, hf_offline=settings.hf_offline,
-                             open_store=lambda uri: open_store(uri, settings))
-    inference = InferenceService(services.db, services.store, services.registry, loader,
-                                 settings.data_dir / "serving-cache")
-    services.extras["inference"] = inference
-    services.models.on_deleted.append(inference.evict)
+    inference = attach_inference(services, settings)
     app = create_app(settings, services=services, extra_routers=[serving_router])
 
     supervisor = WorkerSupervisor(settings)
@@ -172,12 +165,86 @@ def run_embedded(settings: Settings) -> int:
         print(f"API key for project '{settings.default_project}' (shown once, store it now):\n{new_key}",
               file=sys.stderr, flush=True)
     try:
-        uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                                      timeout_graceful_shutdown=30)).run()
+        DrainingServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                                      timeout_graceful_shutdown=30), app, inference, settings).run()
     finally:
         app.state.draining = True
         stop_maintenance.set()
         supervisor.stop()
+        inference.close()
+    return 0
+
+
+def attach_inference(services: Any, settings: Settings) -> Any:
+    """Build the serving engine's service over the API's collaborators; deleting a model evicts it."""
+    from basemodels.loader import BaseModelLoader
+    from serving.service import InferenceService
+    from storage import open_store
+
+    assert settings.model_cache_dir
+    loader = BaseModelLoader(services.registry, settings.model_cache_dir, hf_offline=settings.hf_offline,
+                             open_store=lambda uri: open_store(uri, settings))
+    inference = InferenceService(services.db, services.store, services.registry, loader, settings)
+    services.extras["inference"] = inference
+    services.models.on_deleted.append(inference.evict)
+    return inference
+
+
+class DrainingServer:
+    """uvicorn with a graceful drain: on SIGTERM/SIGINT readiness goes false first, running completions
+    finish (up to `serving_drain_seconds`), and only then does uvicorn stop (finishing in-flight requests)."""
+
+    def __init__(self, config: Any, app: Any, inference: Any, settings: Settings) -> None:
+        import uvicorn
+
+        server = self
+        self.app = app
+        self.inference = inference
+        self.settings = settings
+        self._drain_started = False
+
+        class _Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                if server._drain_started:
+                    super().handle_exit(sig, frame)  # a second signal: stop now
+                    return
+                server._drain_started = True
+                app.state.draining = True
+                log.warning("draining: readiness is false; waiting up to %.0fs for running completions",
+                            settings.serving_drain_seconds)
+
+                def drain() -> None:
+                    finished = inference.drain(settings.serving_drain_seconds)
+                    log.warning("drain %s; stopping", "complete" if finished else "timed out")
+                    uvicorn.Server.handle_exit(self, sig, None)
+
+                threading.Thread(target=drain, name="ftaas-drain", daemon=True).start()
+
+        self.server = _Server(config)
+
+    def run(self) -> None:
+        self.server.run()
+
+
+def run_serve(settings: Settings) -> int:
+    """The serving process of a cluster (the GPU Deployment): inference routes, health, metrics."""
+    import uvicorn
+
+    from api.app import build_services, create_app
+    from serving.router import router as serving_router
+
+    _library_environment(settings)
+    services = build_services(settings)
+    if not migrate.is_at_head(services.db):
+        log.error("the database schema is not at the latest migration: run `ftaas migrate` first")
+        return 2
+    inference = attach_inference(services, settings)
+    app = create_app(settings, services=services, extra_routers=[serving_router])
+    try:
+        DrainingServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                                      timeout_graceful_shutdown=30), app, inference, settings).run()
+    finally:
+        inference.close()
     return 0
 
 

@@ -110,6 +110,44 @@ class Settings(BaseSettings):
         default=1, ge=1, le=64, description="Data-parallel processes per training job (GPUs per job; gloo on CPU)."
     )
 
+    serving_max_batch: int = Field(
+        default=64, ge=1, le=1024, description="Sequences decoded together in one batch (KV cache slots per base model)."
+    )
+    serving_max_context: int = Field(
+        default=1024, ge=16, description="Longest prompt + completion, in tokens, a sequence may reach."
+    )
+    serving_tile_rows: int = Field(
+        default=64, ge=1, description="Rows per matrix-product tile: fixed shapes make a row's result independent "
+                                      "of its batch (token-identical greedy output alone or batched)."
+    )
+    serving_max_lora_rank: int = Field(
+        default=32, ge=1, le=1024, description="Highest adapter rank served (composed adapters: the sum of ranks)."
+    )
+    serving_max_queue: int = Field(
+        default=256, ge=0, description="Requests waiting for a batch slot before new ones get 429 with Retry-After."
+    )
+    serving_prefill_tokens: int = Field(
+        default=2048, ge=16, description="Prompt tokens admitted into one engine step (bounds decode stalls)."
+    )
+    serving_request_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Deadline of one completion request, queueing included."
+    )
+    serving_drain_seconds: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long running completions may take to finish."
+    )
+    serving_adapter_device_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=0, description="Adapter weights resident next to the base model (tier 1)."
+    )
+    serving_adapter_host_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=0, description="Adapter weights kept in host memory (tier 2)."
+    )
+    serving_adapter_disk_bytes: int = Field(
+        default=8 * 1024 * 1024 * 1024, ge=0, description="Adapter files cached on local disk (tier 3)."
+    )
+    serving_cache_dir: Path | None = Field(
+        default=None, description="Local adapter cache directory. Default: <data_dir>/serving-cache."
+    )
+
     log_level: str = Field(default="INFO", description="Python log level.")
 
     @field_validator("base_models", mode="before")
@@ -152,6 +190,9 @@ class Settings(BaseSettings):
         if self.model_cache_dir is None:
             self.model_cache_dir = self.data_dir / "models"
         self.model_cache_dir = self.model_cache_dir.expanduser().resolve()
+        if self.serving_cache_dir is None:
+            self.serving_cache_dir = self.data_dir / "serving-cache"
+        self.serving_cache_dir = self.serving_cache_dir.expanduser().resolve()
         return self
 
     @property

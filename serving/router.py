@@ -1,79 +1,191 @@
-"""Routes: POST /v1/chat/completions, for base models, fine-tuned models and checkpoints."""
+"""Routes: POST /v1/chat/completions, POST /v1/completions, GET /metrics.
+
+Handlers parse, resolve the model in the caller's project, start a `Generation` and shape its output in
+the OpenAI wire format (JSON, or SSE `data:` lines ending with `data: [DONE]`). A client that disconnects
+cancels its sequences: streaming through the generator's `finally`, non-streaming by a disconnect watch.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.concurrency import run_in_threadpool
 
 from api.dependencies import AuthenticatedCaller, Services
-from serving.schemas import ChatCompletionRequest
-from serving.service import Generation, InferenceService
+from ftaas.errors import FTaaSError
+from serving.metrics import CONTENT_TYPE
+from serving.schemas import ChatCompletionRequest, CompletionRequest
+from serving.service import ChoiceResult, Delta, Generation, InferenceService
 
-router = APIRouter(prefix="/v1", tags=["inference"])
+router = APIRouter(tags=["inference"])
 
 
-def _engine(services: Services) -> InferenceService:
+def _service(services: Services) -> InferenceService:
     return services.extras["inference"]
 
 
-@router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, services: Services, caller: AuthenticatedCaller) -> Any:
-    engine = _engine(services)
-    resolved = await caller.run(lambda principal: engine.resolve(principal, body.model))
-    completion_id = "chatcmpl-" + secrets.token_hex(12)
-    created = int(time.time())
-    if not body.stream:
-        # Generation runs on Starlette's thread pool, never the API's small one: a long completion must not
-        # hold a thread that short database work is waiting for.
-        result = await run_in_threadpool(engine.complete, resolved, body)
-        return JSONResponse({
-            "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                         "finish_reason": result.finish_reason, "logprobs": None}],
-            "usage": _usage(result), "system_fingerprint": None,
-        })
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request, services: Services,
+                           caller: AuthenticatedCaller) -> Any:
+    return await _complete(body, request, services, caller, chat=True)
 
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    async def events() -> AsyncIterator[str]:
-        def chunk(delta: dict[str, Any], finish: str | None) -> str:
-            return "data: " + json.dumps({
-                "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-                **({"usage": None} if include_usage else {}),
-            }) + "\n\n"
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request, services: Services,
+                      caller: AuthenticatedCaller) -> Any:
+    return await _complete(body, request, services, caller, chat=False)
 
-        yield chunk({"role": "assistant", "content": ""}, None)
-        final: Generation | None = None
-        pieces = engine.stream(resolved, body)
-        try:
-            async for piece in iterate_in_threadpool(pieces):
-                if isinstance(piece, Generation):
-                    final = piece
-                elif piece:
-                    yield chunk({"content": piece}, None)
-        finally:
-            # A client that went away stops the stream here: close the generator at once so that it stops
-            # generating and releases the engine, rather than whenever it is garbage-collected.
-            await run_in_threadpool(pieces.close)
-        assert final is not None
-        yield chunk({}, final.finish_reason)
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(services: Services) -> Response:
+    return Response(_service(services).metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def _complete(body: ChatCompletionRequest | CompletionRequest, request: Request, services: Services,
+                    caller: AuthenticatedCaller, *, chat: bool) -> Any:
+    service = _service(services)
+    resolved, parts = await caller.run(lambda principal: service.resolve_request(principal, body))
+    loop = asyncio.get_running_loop()
+    # Off the API's small thread pool: the first request for a model or adapter loads it (seconds).
+    generation = await run_in_threadpool(service.start, resolved, parts, body, loop)
+    shape = _ChatShape(body, generation) if chat else _CompletionShape(body, generation)
+    if body.stream:
+        return StreamingResponse(_sse(shape, generation, body.include_usage), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    collect = asyncio.ensure_future(generation.collect())
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({collect, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if collect not in done:
+            generation.cancel()
+            collect.cancel()
+            return Response(status_code=499)
+        results = collect.result()
+    finally:
+        watch.cancel()
+        if not collect.done():
+            collect.cancel()
+            generation.cancel()
+    return JSONResponse(shape.full(results, _usage(generation)))
+
+
+async def _disconnected(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.25)
+
+
+async def _sse(shape: _Shape, generation: Generation, include_usage: bool) -> AsyncIterator[str]:
+    def line(payload: dict[str, Any]) -> str:
+        return "data: " + json.dumps(payload, separators=(",", ":")) + "\n\n"
+
+    try:
+        for opening in shape.opening():
+            yield line(opening | ({"usage": None} if include_usage else {}))
+        async for delta in generation.deltas():
+            yield line(shape.chunk(delta) | ({"usage": None} if include_usage else {}))
         if include_usage:
-            yield "data: " + json.dumps({
-                "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                "choices": [], "usage": _usage(final)}) + "\n\n"
-        yield "data: [DONE]\n\n"
+            yield line(shape.usage_chunk(_usage(generation)))
+    except FTaaSError as exc:
+        # Headers are gone; the error travels in the stream, the way the SDK reads it (openai-api.md §5).
+        yield line({"error": {"message": exc.message, "type": "server_error", "param": exc.param, "code": exc.code}})
+    finally:
+        generation.cancel()
+    yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+
+def _usage(generation: Generation) -> dict[str, int]:
+    completion = generation.completion_tokens
+    return {"prompt_tokens": generation.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": generation.prompt_tokens + completion}
 
 
-def _usage(result: Generation) -> dict[str, int]:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}
+class _Shape:
+    object_name = ""
+    chunk_name = ""
+
+    def __init__(self, body: Any, generation: Generation) -> None:
+        self.body = body
+        self.generation = generation
+        self.id = self.prefix + secrets.token_hex(12)
+        self.created = int(time.time())
+
+    prefix = ""
+
+    def envelope(self, name: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.id, "object": name, "created": self.created, "model": self.body.model,
+                "system_fingerprint": None, "choices": choices}
+
+    def opening(self) -> list[dict[str, Any]]:
+        return []
+
+    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+        return self.envelope(self.chunk_name, []) | {"usage": usage}
+
+    def chunk(self, delta: Delta) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def full(self, results: list[ChoiceResult], usage: dict[str, int]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class _ChatShape(_Shape):
+    prefix = "chatcmpl-"
+    chunk_name = "chat.completion.chunk"
+
+    def opening(self) -> list[dict[str, Any]]:
+        return [self.envelope(self.chunk_name, [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                 "logprobs": None, "finish_reason": None}
+                                                for i in range(len(self.generation.results))])]
+
+    def chunk(self, delta: Delta) -> dict[str, Any]:
+        content: dict[str, Any] = {"content": delta.text} if delta.text or delta.finish_reason is None else {}
+        return self.envelope(self.chunk_name, [{
+            "index": delta.index, "delta": content, "finish_reason": delta.finish_reason,
+            "logprobs": {"content": _chat_logprobs(delta.logprobs)} if delta.logprobs else None}])
+
+    def full(self, results: list[ChoiceResult], usage: dict[str, int]) -> dict[str, Any]:
+        choices = [{"index": r.index, "message": {"role": "assistant", "content": r.text, "refusal": None},
+                    "finish_reason": r.finish_reason,
+                    "logprobs": {"content": _chat_logprobs(r.logprobs)} if self.body.logprobs else None}
+                   for r in results]
+        return self.envelope("chat.completion", choices) | {"usage": usage}
+
+
+class _CompletionShape(_Shape):
+    prefix = "cmpl-"
+    chunk_name = "text_completion"
+
+    def chunk(self, delta: Delta) -> dict[str, Any]:
+        return self.envelope(self.chunk_name, [{
+            "index": delta.index, "text": delta.text, "finish_reason": delta.finish_reason,
+            "logprobs": _completion_logprobs(delta.logprobs) if delta.logprobs else None}])
+
+    def full(self, results: list[ChoiceResult], usage: dict[str, int]) -> dict[str, Any]:
+        choices = [{"index": r.index, "text": r.text, "finish_reason": r.finish_reason,
+                    "logprobs": _completion_logprobs(r.logprobs) if self.body.logprobs is not None else None}
+                   for r in results]
+        return self.envelope("text_completion", choices) | {"usage": usage}
+
+
+def _chat_logprobs(entries: list[tuple[str, float, list[tuple[str, float]]]]) -> list[dict[str, Any]]:
+    def one(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return [one(token, logprob) | {"top_logprobs": [one(t, lp) for t, lp in top]} for token, logprob, top in entries]
+
+
+def _completion_logprobs(entries: list[tuple[str, float, list[tuple[str, float]]]]) -> dict[str, Any]:
+    offsets, position = [], 0
+    for token, _, _ in entries:
+        offsets.append(position)
+        position += len(token)
+    return {"tokens": [t for t, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
+            "top_logprobs": [{t: lp for t, lp in top} for _, _, top in entries], "text_offset": offsets}
+

@@ -1,10 +1,17 @@
-"""Wire shapes of POST /v1/chat/completions (openai-api.md §3.9, §5)."""
+"""Wire shapes of POST /v1/chat/completions and POST /v1/completions (openai-api.md §3.9, §5).
+
+Parameters ftaas does not implement are refused with a 400 that names them (never silently ignored) when
+they would change the output: non-zero penalties, `logit_bias`, tools, non-text response formats,
+`best_of`, `echo`, `suffix`. Purely informational ones (`user`, `metadata`, `store`) are accepted.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_CHOICES = 16
 
 
 class ChatMessage(BaseModel):
@@ -28,35 +35,129 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class AdapterWeight(BaseModel):
+    """One part of a per-request adapter composition (ftaas extension)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="An `ft:` model or checkpoint of the request's base model.")
+    weight: float = Field(default=1.0, ge=-4, le=4)
+
+
+class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=4096)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(default=1, ge=1, le=1, description="Only n=1 is supported so far.")
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    adapters: list[AdapterWeight] | None = Field(
+        default=None, max_length=8,
+        description="ftaas extension: serve a weighted sum of these adapters on `model` (a base model).")
 
     @model_validator(mode="after")
-    def _check(self) -> ChatCompletionRequest:
-        for message in self.messages:
-            message.text()
+    def _check_common(self) -> _Sampling:
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise ValueError("at most 4 stop sequences")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise ValueError(f"'{name}' is not supported by this server; send 0 or omit it")
+        if self.logit_bias:
+            raise ValueError("'logit_bias' is not supported by this server")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("'stream_options' is only allowed when 'stream' is true")
+        if self.adapters is not None and not self.adapters:
+            raise ValueError("'adapters' needs at least one entry")
         return self
-
-    @property
-    def max_new_tokens(self) -> int:
-        return self.max_completion_tokens or self.max_tokens or 256
 
     @property
     def stop_sequences(self) -> list[str]:
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ChatCompletionRequest:
+        for message in self.messages:
+            message.text()
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("'top_logprobs' requires 'logprobs': true")
+        if self.tools:
+            raise ValueError("'tools' (function calling) is not supported by this server")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise ValueError("only the 'text' response format is supported")
+        return self
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=1)
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("the prompt list is empty")
+        if isinstance(value, list) and len(value) > 64 and not all(isinstance(v, int) for v in value):
+            raise ValueError("at most 64 prompts per request")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> CompletionRequest:
+        if self.echo:
+            raise ValueError("'echo' is not supported by this server")
+        if self.suffix:
+            raise ValueError("'suffix' (insertion) is not supported by this server")
+        if self.best_of not in (None, 1):
+            raise ValueError("'best_of' other than 1 is not supported by this server")
+        return self
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def logprob_count(self) -> int | None:
+        return self.logprobs
+
+    def prompts(self) -> list[str | list[int]]:
+        """The request's prompts: text, or token ids."""
+        value = self.prompt
+        if isinstance(value, str):
+            return [value]
+        if all(isinstance(v, int) for v in value):
+            return [list(value)]  # type: ignore[arg-type]
+        return list(value)  # type: ignore[arg-type]

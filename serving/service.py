@@ -1,19 +1,24 @@
 """Inference for base models, fine-tuned models and checkpoints, scoped to the caller's project.
 
-This first engine is deliberately simple: one base model copy per base, adapters loaded into it with peft
-on first use (verified against their manifest, safetensors only) and kept in a small LRU, and one
-generation at a time under a lock. It is correct and complete for a laptop; the batched multi-adapter
-engine (continuous batching, byte-budgeted adapter tiers) replaces it behind the same interface.
+`InferenceService` turns a validated request into engine sequences and their results:
+
+    resolve the model name (project-scoped; 404 otherwise) -> the base model's engine (loaded once)
+    -> lease the adapter, or the weighted composition of adapters, through the tiered cache
+    -> tokenize (chat template, or the raw prompt) and check the context length
+    -> submit n sequences per prompt -> a `Generation` the router streams or collects
+
+Text is assembled here, not in the engine: incremental detokenization that never emits half a UTF-8
+character, and stop sequences that end the sequence (held back while they could still be forming).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
-import uuid
-from collections import OrderedDict
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from basemodels.loader import BaseModelLoader
@@ -21,211 +26,393 @@ from basemodels.registry import BaseModelRegistry
 from db import checkpoints, jobs, models
 from db.projects import Principal
 from db.session import Database
-from ftaas.errors import NotFound
-from serving.schemas import ChatCompletionRequest
+from ftaas.errors import DeadlineExceeded, Draining, FTaaSError, InvalidRequest, NotFound, Overloaded
+from ftaas.settings import Settings
+from serving.adapters import AdapterCache, AdapterLease, AdapterRef
+from serving.engine import Engine, Event, FinishEvent, SamplingParams, Sequence, TokenEvent
+from serving.lora import compose, read_adapter
+from serving.metrics import ServingMetrics
+from serving.model import LlamaForward
+from serving.schemas import ChatCompletionRequest, CompletionRequest
 from storage import ArtifactStore
-from storage.manifest import download_artifact
 
-ADAPTER_FILES = {"adapter_model.safetensors", "adapter_config.json"}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
     name: str
     base_model: str
-    #: (storage prefix, manifest sha256) of the adapter, or None for a base model.
-    adapter: tuple[str, str] | None
+    adapter: AdapterRef | None
 
 
 @dataclass
+class BaseEngine:
+    engine: Engine
+    tokenizer: Any
+    stop_token_ids: frozenset[int]
+
+
+@dataclass
+class ChoiceResult:
+    index: int
+    text: str = ""
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    #: (token text, logprob, [(alternative text, logprob)]) per generated token, when asked for
+    logprobs: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)
+
+
+@dataclass
+class Delta:
+    """A piece of one choice's output, as the stream reports it."""
+
+    index: int
+    text: str = ""
+    logprobs: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
 class Generation:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
+    """The running choices of one request. Iterate `deltas()` (streaming) or await `collect()`."""
+
+    def __init__(self, engine: Engine, tokenizer: Any, sequences: list[Sequence], choice_stops: list[list[str]],
+                 queue: asyncio.Queue[tuple[int, Event]], prompt_tokens: int, want_logprobs: bool) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.sequences = sequences
+        self.queue = queue
+        self.prompt_tokens = prompt_tokens
+        self.want_logprobs = want_logprobs
+        self.results = [ChoiceResult(i) for i in range(len(sequences))]
+        self._texts = [_TextAssembler(tokenizer, stops) for stops in choice_stops]
+        self._open = len(sequences)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(r.completion_tokens for r in self.results)
+
+    def cancel(self) -> None:
+        for sequence in self.sequences:
+            self.engine.cancel(sequence)
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        try:
+            while self._open:
+                index, event = await self.queue.get()
+                result = self.results[index]
+                if isinstance(event, TokenEvent):
+                    if result.finish_reason is not None:
+                        continue  # generated past a stop sequence before the cancel took effect
+                    delta = Delta(index)
+                    if self.want_logprobs and event.logprob is not None:
+                        entry = (self._token_text(event.token_id), event.logprob,
+                                 [(self._token_text(t), lp) for t, lp in event.top_logprobs])
+                        result.logprobs.append(entry)
+                        delta.logprobs.append(entry)
+                    piece, stopped = self._texts[index].add(event.token_id)
+                    result.text += piece
+                    delta.text = piece
+                    if stopped:
+                        result.finish_reason = "stop"
+                        self.engine.cancel(self.sequences[index])
+                    if delta.text or delta.logprobs:
+                        yield delta
+                    continue
+                assert isinstance(event, FinishEvent)
+                self._open -= 1
+                result.completion_tokens = event.completion_tokens
+                if event.reason == "timeout":
+                    raise DeadlineExceeded("The completion did not finish within the server's request deadline.")
+                if event.reason == "error":
+                    raise FTaaSError("The inference engine failed on this request.", code="engine_error")
+                if result.finish_reason is None:
+                    tail = self._texts[index].flush()
+                    result.text += tail
+                    result.finish_reason = "length" if event.reason == "length" else "stop"
+                    yield Delta(index, text=tail, finish_reason=result.finish_reason)
+                else:
+                    yield Delta(index, finish_reason=result.finish_reason)
+        finally:
+            if self._open:
+                self.cancel()  # the consumer went away: free the batch slots now
+
+    async def collect(self) -> list[ChoiceResult]:
+        async for _ in self.deltas():
+            pass
+        return self.results
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
 
 
-class _Cancelled:
-    """A stopping criterion that ends generation when the client has gone away."""
+class _TextAssembler:
+    """Token ids -> text deltas: whole characters only, stop sequences cut and held back."""
 
-    def __init__(self) -> None:
-        self.event = threading.Event()
+    def __init__(self, tokenizer: Any, stops: list[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.text = ""
 
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
+    def add(self, token_id: int) -> tuple[str, bool]:
+        self.ids.append(token_id)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        for stop in self.stops:
+            found = self.text.find(stop)
+            if found >= 0:
+                piece = self.text[self.emitted:found] if found > self.emitted else ""
+                self.emitted = max(self.emitted, found)
+                return piece, True
+        safe = len(self.text.rstrip("\ufffd"))
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, safe), 0, -1):
+                if self.text[:safe].endswith(stop[:size]):
+                    safe -= size
+                    break
+        if safe <= self.emitted:
+            return "", False
+        piece = self.text[self.emitted:safe]
+        self.emitted = safe
+        return piece, False
 
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+    def flush(self) -> str:
+        piece = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return piece
 
 
 class InferenceService:
     def __init__(self, db: Database, store: ArtifactStore, registry: BaseModelRegistry, loader: BaseModelLoader,
-                 cache_dir: Path, *, max_adapters: int = 16) -> None:
+                 settings: Settings, *, metrics: ServingMetrics | None = None) -> None:
+        assert settings.serving_cache_dir is not None
         self.db = db
         self.store = store
         self.registry = registry
         self.loader = loader
-        self.cache_dir = cache_dir
-        self.max_adapters = max_adapters
-        self._lock = threading.Lock()
-        self._bases: dict[str, tuple[Any, Any]] = {}
-        self._adapters: OrderedDict[str, str] = OrderedDict()  # storage prefix -> peft adapter name
-        self._names: dict[str, str] = {}  # model name -> storage prefix (for eviction on delete)
+        self.settings = settings
+        self.metrics = metrics or ServingMetrics()
+        self.adapters = AdapterCache(
+            store, settings.serving_cache_dir / "adapters", device_bytes=settings.serving_adapter_device_bytes,
+            host_bytes=settings.serving_adapter_host_bytes, disk_bytes=settings.serving_adapter_disk_bytes,
+            observer=self.metrics)
+        self._engines: dict[str, BaseEngine] = {}
+        self._engine_lock = threading.Lock()
+        self._prefix_by_name: dict[str, str] = {}
+        self._draining = False
 
-    def resolve(self, principal: Principal, name: str) -> ResolvedModel:
+    # ------------------------------------------------------------------------------- resolution
+    def resolve(self, principal: Principal, name: str, *, param: str = "model") -> ResolvedModel:
+        """The caller's model by name: a base model, an `ft:` model or a checkpoint. 404 otherwise."""
         if name in self.registry:
             return ResolvedModel(name, name, None)
         with self.db.read() as session:
             row = models.get(session, principal.project_id, name)
             if row is not None:
-                return ResolvedModel(name, row.base_model, (row.storage_prefix, row.manifest_sha256))
+                self._prefix_by_name[name] = row.storage_prefix
+                return ResolvedModel(name, row.base_model, AdapterRef(row.storage_prefix, row.manifest_sha256, name))
             checkpoint = checkpoints.by_model_name(session, principal.project_id, name)
             if checkpoint is not None:
                 job = jobs.get(session, principal.project_id, checkpoint.job_id)
                 assert job is not None
-                return ResolvedModel(name, job.base_model, (checkpoint.storage_prefix, checkpoint.manifest_sha256))
+                self._prefix_by_name[name] = checkpoint.storage_prefix
+                return ResolvedModel(name, job.base_model,
+                                     AdapterRef(checkpoint.storage_prefix, checkpoint.manifest_sha256, name))
         raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
-                       code="model_not_found", param="model")
+                       code="model_not_found", param=param)
+
+    def resolve_request(self, principal: Principal, request: ChatCompletionRequest | CompletionRequest
+                        ) -> tuple[ResolvedModel, list[tuple[ResolvedModel, float]]]:
+        resolved = self.resolve(principal, request.model)
+        parts: list[tuple[ResolvedModel, float]] = []
+        if request.adapters:
+            if resolved.adapter is not None:
+                raise InvalidRequest("With 'adapters', 'model' must be the base model the adapters share.",
+                                     param="model")
+            for index, part in enumerate(request.adapters):
+                model = self.resolve(principal, part.model, param=f"adapters.{index}.model")
+                if model.adapter is None:
+                    raise InvalidRequest("Each entry of 'adapters' must be a fine-tuned model or checkpoint.",
+                                         param=f"adapters.{index}.model")
+                if model.base_model != resolved.base_model:
+                    raise InvalidRequest(f"'{part.model}' was trained on '{model.base_model}', not "
+                                         f"'{resolved.base_model}'.", code="adapter_base_mismatch",
+                                         param=f"adapters.{index}.model")
+                parts.append((model, part.weight))
+        return resolved, parts
 
     def evict(self, name: str) -> None:
-        with self._lock:
-            prefix = self._names.pop(name, None)
-            adapter = self._adapters.pop(prefix, None) if prefix else None
-            if adapter is not None:
-                for model, _ in self._bases.values():
-                    if adapter in getattr(model, "peft_config", {}):
-                        model.delete_adapter(adapter)
+        """The model `name` was deleted: drop its adapter from every cache tier."""
+        prefix = self._prefix_by_name.pop(name, None)
+        if prefix is not None:
+            self.adapters.evict_prefix(prefix)
+
+    # ---------------------------------------------------------------------------------- engines
+    def engine_for(self, base_model: str) -> BaseEngine:
+        with self._engine_lock:
+            existing = self._engines.get(base_model)
+            if existing is not None:
+                return existing
+            model = self.loader.load_model(base_model)
+            model.eval()
+            tokenizer = self.loader.load_tokenizer(base_model)
+            limit = int(getattr(model.config, "max_position_embeddings", self.settings.serving_max_context))
+            forward = LlamaForward(model, max_slots=self.settings.serving_max_batch,
+                                   max_context=min(limit, self.settings.serving_max_context),
+                                   tile_rows=self.settings.serving_tile_rows)
+            engine = Engine(forward, name=base_model, max_queue=self.settings.serving_max_queue,
+                            prefill_tokens=self.settings.serving_prefill_tokens,
+                            max_rank=self.settings.serving_max_lora_rank,
+                            observer=self.metrics.engine_observer(base_model))
+            stops = {tokenizer.eos_token_id}
+            eos = getattr(model.generation_config, "eos_token_id", None)
+            stops.update(eos if isinstance(eos, list) else [eos])
+            entry = BaseEngine(engine, tokenizer, frozenset(t for t in stops if t is not None))
+            self._engines[base_model] = entry
+            return entry
+
+    def engines(self) -> list[Engine]:
+        with self._engine_lock:
+            return [e.engine for e in self._engines.values()]
 
     # ------------------------------------------------------------------------------- generation
-    def complete(self, resolved: ResolvedModel, request: ChatCompletionRequest) -> Generation:
-        chunks = list(self.stream(resolved, request))
-        return chunks[-1] if chunks and isinstance(chunks[-1], Generation) else Generation("", 0, 0, "stop")
+    def start(self, resolved: ResolvedModel, parts: list[tuple[ResolvedModel, float]],
+              request: ChatCompletionRequest | CompletionRequest, loop: asyncio.AbstractEventLoop) -> Generation:
+        """Blocking (loads the base model and adapters on first use): submit the request's sequences."""
+        if self._draining:
+            raise Draining("This server is shutting down; retry on another replica.")
+        deadline = time.monotonic() + self.settings.serving_request_timeout_seconds
+        base = self.engine_for(resolved.base_model)
+        prompts = self._prompts(base, request)
+        limit = base.engine.forward.max_context
+        wanted = request.max_new_tokens
+        for ids in prompts:
+            if len(ids) >= limit:
+                raise InvalidRequest(f"The prompt is {len(ids)} tokens; this model's context is {limit} tokens.",
+                                     code="context_length_exceeded", param="messages" if isinstance(
+                                         request, ChatCompletionRequest) else "prompt")
+            if wanted is not None and len(ids) + wanted > limit:
+                raise InvalidRequest(f"The prompt ({len(ids)} tokens) plus max_tokens ({wanted}) exceeds this "
+                                     f"model's context of {limit} tokens.", code="context_length_exceeded",
+                                     param="max_tokens")
+        lease = self._lease(base, resolved, parts, deadline)
+        count = len(prompts) * request.n
+        release = _SharedRelease(lease, count)
+        queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        sequences: list[Sequence] = []
+        label = resolved.name if not parts else f"{resolved.name}+{len(parts)}"
+        try:
+            for prompt_index, ids in enumerate(prompts):
+                for choice in range(request.n):
+                    index = prompt_index * request.n + choice
+                    seed = None if request.seed is None else request.seed + choice
+                    params = SamplingParams(
+                        max_new_tokens=wanted if wanted is not None else limit - len(ids),
+                        temperature=request.temperature, top_p=request.top_p, seed=seed,
+                        logprobs=request.logprob_count, stop_token_ids=base.stop_token_ids)
+                    sequences.append(Sequence(ids, params, _sink(loop, queue, index),
+                                              adapter=lease.weights if lease else None, deadline=deadline,
+                                              label=label, on_release=release))
+            base.engine.submit(sequences)
+        except (Overloaded, Draining) as exc:
+            if lease is not None:
+                lease.release()  # no sequence was queued, so none will release it
+            self.metrics.rejected.labels(resolved.base_model, exc.code).inc()
+            raise
+        stops = [request.stop_sequences] * count
+        return Generation(base.engine, base.tokenizer, sequences, stops, queue,
+                          prompt_tokens=sum(len(ids) for ids in prompts),
+                          want_logprobs=request.logprob_count is not None)
 
-    def stream(self, resolved: ResolvedModel, request: ChatCompletionRequest) -> Iterator[str | Generation]:
-        """Yields text pieces as they are generated, then one final `Generation` with the usage."""
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
-
-        with self._lock:
-            model, tokenizer = self._prepare(resolved)
+    def _prompts(self, base: BaseEngine, request: ChatCompletionRequest | CompletionRequest) -> list[list[int]]:
+        tokenizer = base.tokenizer
+        if isinstance(request, ChatCompletionRequest):
             messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-            inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                   return_dict=True)
-            streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
-            stop = _Cancelled()
-            options = _sampling(request)
-            result: dict[str, Any] = {}
-
-            def run() -> None:
-                import torch
-
-                try:
-                    if request.seed is not None:
-                        torch.manual_seed(request.seed)
-                    with torch.inference_mode():
-                        output = model.generate(
-                            **inputs, max_new_tokens=request.max_new_tokens, streamer=streamer,
-                            stopping_criteria=StoppingCriteriaList([stop]),
-                            stop_strings=request.stop_sequences or None, tokenizer=tokenizer,
-                            pad_token_id=tokenizer.pad_token_id, **options,
-                        )
-                    result["ids"] = output[0, inputs["input_ids"].shape[1]:].tolist()
-                except BaseException as exc:  # re-raised in the caller's thread
-                    result["error"] = exc
-                    streamer.end()
-
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            text = ""
-            emitted = 0
             try:
-                for piece in streamer:
-                    text += piece
-                    # Hold back anything that could be the start of a stop sequence.
-                    safe = _safe_prefix(text, request.stop_sequences)
-                    if len(safe) > emitted:
-                        yield text[emitted:len(safe)]
-                        emitted = len(safe)
-            finally:
-                # Normal end: the thread is done and this is a no-op. Early exit (the client went away and
-                # the response generator was closed): stop generating at the next token.
-                stop.event.set()
-                thread.join()
-            if "error" in result:
-                raise result["error"]
-            ids = result["ids"]
-            finish = "length" if len(ids) >= request.max_new_tokens else "stop"
-            for sequence in request.stop_sequences:
-                cut = text.find(sequence)
-                if cut >= 0:
-                    text, finish = text[:cut], "stop"
-            if tokenizer.eos_token_id in ids:
-                finish = "stop"
-            if len(text) > emitted:
-                yield text[emitted:]
-            yield Generation(text, int(inputs["input_ids"].shape[1]), len(ids), finish)
-
-    def _prepare(self, resolved: ResolvedModel) -> tuple[Any, Any]:
-        """The base model (with the right adapter active or adapters disabled) and its tokenizer."""
-        from peft import PeftModel
-
-        if resolved.base_model not in self._bases:
-            model = self.loader.load_model(resolved.base_model)
-            model.eval()
-            self._bases[resolved.base_model] = (model, self.loader.load_tokenizer(resolved.base_model))
-        model, tokenizer = self._bases[resolved.base_model]
-        if resolved.adapter is None:
-            if isinstance(model, PeftModel):
-                return _AdapterDisabled(model), tokenizer
-            return model, tokenizer
-        prefix, manifest_sha256 = resolved.adapter
-        adapter = self._adapters.get(prefix)
-        if adapter is None:
-            adapter = "a" + uuid.uuid4().hex[:12]
-            directory = self.cache_dir / "adapters" / adapter
-            download_artifact(self.store, prefix, manifest_sha256, directory, allowed_suffixes=(".safetensors", ".json"),
-                              only=ADAPTER_FILES)
-            if isinstance(model, PeftModel):
-                model.load_adapter(str(directory), adapter_name=adapter)
+                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=False)
+            except Exception as exc:  # the template rejects the conversation (roles, order)
+                raise InvalidRequest(f"The messages do not fit this model's chat template: {exc}",
+                                     param="messages") from exc
+            if isinstance(ids, dict):
+                ids = ids["input_ids"]
+            return [list(ids)]
+        prompts: list[list[int]] = []
+        vocabulary = len(tokenizer)
+        for index, prompt in enumerate(request.prompts()):
+            if isinstance(prompt, str):
+                ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
             else:
-                model = PeftModel.from_pretrained(model, str(directory), adapter_name=adapter)
-                model.eval()
-                self._bases[resolved.base_model] = (model, tokenizer)
-            self._adapters[prefix] = adapter
-            while len(self._adapters) > self.max_adapters:
-                _, oldest = self._adapters.popitem(last=False)
-                model.delete_adapter(oldest)
-        self._adapters.move_to_end(prefix)
-        self._names[resolved.name] = prefix
-        model.set_adapter(adapter)
-        return model, tokenizer
+                ids = list(prompt)
+                if any(not 0 <= t < vocabulary for t in ids):
+                    raise InvalidRequest(f"prompt {index} holds token ids outside the vocabulary (0..{vocabulary - 1})",
+                                         param="prompt")
+            if not ids:
+                raise InvalidRequest(f"prompt {index} is empty", param="prompt")
+            prompts.append(ids)
+        return prompts
+
+    def _lease(self, base: BaseEngine, resolved: ResolvedModel, parts: list[tuple[ResolvedModel, float]],
+               deadline: float) -> AdapterLease | None:
+        max_rank = self.settings.serving_max_lora_rank
+        forward = base.engine.forward
+
+        def convert(ref: AdapterRef) -> Any:
+            return lambda directory: read_adapter(directory, forward, key=ref.key, max_rank=max_rank)
+
+        if resolved.adapter is not None:
+            return self.adapters.lease(resolved.adapter, convert(resolved.adapter), deadline=deadline)
+        if not parts:
+            return None
+        refs = [(model.adapter, weight) for model, weight in parts]
+        key = "compose:" + "|".join(f"{ref.key}*{weight!r}" for ref, weight in refs if ref is not None)
+
+        def build() -> Any:
+            leases = [self.adapters.lease(ref, convert(ref), deadline=deadline) for ref, _ in refs if ref is not None]
+            try:
+                return compose([(lease.weights, weight) for lease, (_, weight) in zip(leases, refs, strict=True)],
+                               key=key, max_rank=max_rank)
+            finally:
+                for lease in leases:
+                    lease.release()
+
+        label = "+".join(model.name for model, _ in parts)
+        return self.adapters.lease_derived(key, label, build, deadline=deadline)
+
+    # ------------------------------------------------------------------------------------ drain
+    def drain(self, timeout: float) -> bool:
+        """Refuse new requests and wait for running ones; True if everything finished in time."""
+        self._draining = True
+        end = time.monotonic() + timeout
+        return all(engine.drain(max(0.0, end - time.monotonic())) for engine in self.engines())
+
+    def close(self) -> None:
+        for engine in self.engines():
+            engine.stop()
 
 
-class _AdapterDisabled:
-    """Runs a PeftModel's generate with every adapter disabled (a base-model request)."""
+class _SharedRelease:
+    """Releases a lease when the last of `count` sequences using it is done."""
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
+    def __init__(self, lease: AdapterLease | None, count: int) -> None:
+        self.lease = lease
+        self.count = count
+        self._lock = threading.Lock()
 
-    def generate(self, **kwargs: Any) -> Any:
-        with self.model.disable_adapter():
-            return self.model.generate(**kwargs)
+    def __call__(self) -> None:
+        with self._lock:
+            self.count -= 1
+            done = self.count == 0
+        if done and self.lease is not None:
+            self.lease.release()
 
 
-def _sampling(request: ChatCompletionRequest) -> dict[str, Any]:
-    if request.temperature == 0:
-        return {"do_sample": False}
-    return {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p}
+def _sink(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[int, Event]], index: int) -> Any:
+    def deliver(event: Event) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+        except RuntimeError:  # the request's event loop is gone (server shutting down)
+            pass
 
-
-def _safe_prefix(text: str, stops: list[str]) -> str:
-    cut = len(text)
-    for sequence in stops:
-        found = text.find(sequence)
-        if found >= 0:
-            cut = min(cut, found)
-            continue
-        for size in range(min(len(sequence) - 1, len(text)), 0, -1):
-            if text.endswith(sequence[:size]):
-                cut = min(cut, len(text) - size)
-                break
-    return text[:cut]
-
+    return deliver

@@ -1,0 +1,303 @@
+"""Continuous batching over one base model: sequences join and leave between decode steps.
+
+One `Engine` per base model runs a loop on its own thread:
+
+    admit waiting sequences into free KV slots (bounded by a prompt-token budget per step)
+    -> one forward pass: a decode row for every running sequence + the prompts of the joiners
+    -> pick each sequence's next token (greedy, or sampled from its own seeded generator)
+    -> emit it; finished, cancelled or expired sequences free their slot at once
+
+Sequences are independent of each other by construction (serving.model): the same request gives the same
+tokens whatever else is running. Callers receive events through a sink they provide (called on the engine
+thread; it must not block), and may cancel at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ftaas.errors import Draining, Overloaded
+from serving.lora import AdapterWeights, SlotLora
+from serving.model import LlamaForward, build_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    #: None: no log probabilities; k >= 0: the chosen token's and the k most likely alternatives'
+    logprobs: int | None = None
+    stop_token_ids: frozenset[int] = frozenset()
+
+
+@dataclass
+class TokenEvent:
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class FinishEvent:
+    #: stop | length | cancelled | timeout | error
+    reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    error: BaseException | None = None
+
+
+Event = TokenEvent | FinishEvent
+
+
+class Sequence:
+    """One completion choice: a prompt, its sampling parameters, its adapter, and where its events go."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Event], None], *,
+                 adapter: AdapterWeights | None = None, deadline: float | None = None, label: str = "",
+                 on_release: Callable[[], None] | None = None) -> None:
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.sink = sink
+        self.adapter = adapter
+        self.deadline = deadline
+        self.label = label
+        self.on_release = on_release
+        self.generated: list[int] = []
+        self.slot: int | None = None
+        self.cancelled = False
+        self.enqueued_at = time.monotonic()
+        self.first_token_at: float | None = None
+        self.finished_at: float | None = None
+        self.generator: torch.Generator | None = None
+        if params.temperature > 0:
+            self.generator = torch.Generator()
+            self.generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
+
+    @property
+    def position(self) -> int:
+        """Position of the newest token (the one the next decode step feeds in)."""
+        return len(self.prompt_ids) + len(self.generated) - 1
+
+
+class EngineObserver:
+    """What the engine reports (serving.metrics implements it); the default does nothing."""
+
+    def step(self, *, waiting: int, running: int) -> None: ...
+
+    def finished(self, sequence: Sequence, reason: str) -> None: ...
+
+
+class Engine:
+    def __init__(self, forward: LlamaForward, *, name: str, max_queue: int, prefill_tokens: int, max_rank: int,
+                 observer: EngineObserver | None = None) -> None:
+        self.forward = forward
+        self.name = name
+        self.max_queue = max_queue
+        self.prefill_tokens = prefill_tokens
+        self.slot_lora = SlotLora(forward, max_rank=max_rank)
+        self.observer = observer or EngineObserver()
+        self._free_slots = list(range(forward.max_slots - 1, -1, -1))
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._condition = threading.Condition()
+        self._stopping = False
+        self._draining = False
+        self._thread = threading.Thread(target=self._loop, name=f"ftaas-engine-{name}", daemon=True)
+        self._thread.start()
+        self.steps = 0
+
+    # ---------------------------------------------------------------------------------- callers
+    def submit(self, sequences: list[Sequence]) -> None:
+        """Queue sequences (all or none). Raises Overloaded when the queue is full, Draining when shutting down."""
+        with self._condition:
+            if self._draining or self._stopping:
+                raise Draining("This server is shutting down; retry on another replica.")
+            if len(self._waiting) + len(sequences) > self.max_queue + max(0, len(self._free_slots)):
+                raise Overloaded(f"The server is at capacity ({len(self._running)} running, "
+                                 f"{len(self._waiting)} waiting); retry shortly.", retry_after=self.retry_after())
+            self._waiting.extend(sequences)
+            self._condition.notify()
+
+    def cancel(self, sequence: Sequence) -> None:
+        """Stop a sequence at the next step boundary; its slot is freed then. Idempotent."""
+        with self._condition:
+            sequence.cancelled = True
+            self._condition.notify()
+
+    def retry_after(self) -> int:
+        return max(1, min(30, (len(self._waiting) + 1) // max(1, self.forward.max_slots)))
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def idle(self) -> bool:
+        with self._condition:
+            return not self._waiting and not self._running
+
+    def drain(self, timeout: float) -> bool:
+        """Refuse new work, let queued and running sequences finish; True if all did within `timeout`."""
+        with self._condition:
+            self._draining = True
+            end = time.monotonic() + timeout
+            while self._waiting or self._running:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._condition.wait(min(left, 0.1))
+        return True
+
+    def stop(self) -> None:
+        with self._condition:
+            self._stopping = True
+            for sequence in [*self._waiting, *self._running]:
+                sequence.cancelled = True
+            self._condition.notify_all()
+        self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------------------------------- loop
+    def _loop(self) -> None:
+        while True:
+            with self._condition:
+                while not self._stopping and not self._waiting and not self._running:
+                    self._condition.wait()
+                if self._stopping:
+                    self._finish_all("cancelled")
+                    return
+                joining = self._admit()
+                decoding = [s for s in self._running if s not in joining]
+            try:
+                self._step(decoding, joining)
+            except Exception as exc:  # a bug or OOM must not kill the loop silently; fail those sequences
+                log.exception("engine step failed")
+                with self._condition:
+                    for sequence in [*decoding, *joining]:
+                        self._finish(sequence, "error", error=exc)
+            self.steps += 1
+            self.observer.step(waiting=len(self._waiting), running=len(self._running))
+
+    def _admit(self) -> list[Sequence]:
+        """Move waiting sequences into free slots (caller holds the condition)."""
+        now = time.monotonic()
+        for sequence in list(self._running):
+            if sequence.cancelled:
+                self._finish(sequence, "cancelled")
+            elif sequence.deadline is not None and now > sequence.deadline:
+                self._finish(sequence, "timeout")
+        joining: list[Sequence] = []
+        budget = self.prefill_tokens
+        while self._waiting and self._free_slots:
+            sequence = self._waiting[0]
+            if sequence.cancelled or (sequence.deadline is not None and now > sequence.deadline):
+                self._waiting.popleft()
+                self._finish(sequence, "cancelled" if sequence.cancelled else "timeout")
+                continue
+            if joining and len(sequence.prompt_ids) > budget:
+                break
+            self._waiting.popleft()
+            budget -= len(sequence.prompt_ids)
+            sequence.slot = self._free_slots.pop()
+            self.slot_lora.assign(sequence.slot, sequence.adapter)
+            self._running.append(sequence)
+            joining.append(sequence)
+        return joining
+
+    def _step(self, decoding: list[Sequence], joining: list[Sequence]) -> None:
+        if not decoding and not joining:
+            return
+        decode_rows = [(s.slot, s.generated[-1], s.position) for s in decoding]
+        prefill_rows = [(s.slot, s.prompt_ids) for s in joining]
+        assert all(slot is not None for slot, _, _ in decode_rows)
+        batch = build_step(self.forward, decode_rows, prefill_rows, self.slot_lora)  # type: ignore[arg-type]
+        with torch.inference_mode():
+            logits = self.forward.forward(batch)
+        now = time.monotonic()
+        finished: list[tuple[Sequence, str]] = []
+        for row, sequence in enumerate([*decoding, *joining]):
+            event = _choose(logits[row], sequence)
+            sequence.generated.append(event.token_id)
+            if sequence.first_token_at is None:
+                sequence.first_token_at = now
+            stop = event.token_id in sequence.params.stop_token_ids
+            if not stop:
+                sequence.sink(event)
+            if stop:
+                finished.append((sequence, "stop"))
+            elif len(sequence.generated) >= sequence.params.max_new_tokens or \
+                    sequence.position + 1 >= self.forward.max_context:
+                finished.append((sequence, "length"))
+        if finished:
+            with self._condition:
+                for sequence, reason in finished:
+                    self._finish(sequence, reason)
+
+    def _finish(self, sequence: Sequence, reason: str, error: BaseException | None = None) -> None:
+        """Release the slot and report (caller holds the condition). Safe to call twice."""
+        if sequence.finished_at is not None:
+            return
+        sequence.finished_at = time.monotonic()
+        if sequence in self._running:
+            self._running.remove(sequence)
+        if sequence.slot is not None:
+            if sequence.adapter is not None:
+                self.slot_lora.assign(sequence.slot, None)
+            self._free_slots.append(sequence.slot)
+            sequence.slot = None
+        completion = len(sequence.generated) - (1 if reason == "stop" else 0)
+        try:
+            sequence.sink(FinishEvent(reason, len(sequence.prompt_ids), max(0, completion), error))
+        finally:
+            if sequence.on_release is not None:
+                sequence.on_release()
+            self.observer.finished(sequence, reason)
+            self._condition.notify_all()
+
+    def _finish_all(self, reason: str) -> None:
+        for sequence in [*self._waiting, *self._running]:
+            self._finish(sequence, reason)
+        self._waiting.clear()
+
+
+def _choose(logits: torch.Tensor, sequence: Sequence) -> TokenEvent:
+    params = sequence.params
+    if params.temperature == 0:
+        token = int(torch.argmax(logits))
+    else:
+        scaled = logits / params.temperature
+        probabilities = torch.softmax(scaled, dim=-1)
+        if params.top_p < 1.0:
+            sorted_p, order = torch.sort(probabilities, descending=True)
+            keep = torch.cumsum(sorted_p, 0) - sorted_p < params.top_p
+            filtered = torch.zeros_like(probabilities)
+            filtered[order[keep]] = sorted_p[keep]
+            probabilities = filtered
+        token = int(torch.multinomial(probabilities, 1, generator=sequence.generator))
+    event = TokenEvent(token)
+    if params.logprobs is not None:
+        logprobs = torch.log_softmax(logits, dim=-1)
+        event.logprob = float(logprobs[token])
+        if params.logprobs > 0:
+            values, ids = torch.topk(logprobs, params.logprobs)
+            event.top_logprobs = [(int(i), float(v)) for i, v in zip(ids, values, strict=True)]
+    return event
+
+
+def describe(engine: Engine) -> dict[str, Any]:
+    return {"name": engine.name, "running": engine.running, "waiting": engine.waiting, "steps": engine.steps}

@@ -1,0 +1,282 @@
+"""A batch-invariant forward pass for Llama-family decoders with per-row LoRA, over a slot KV cache.
+
+The weights are the Hugging Face model's own tensors (q/k/v and gate/up fused by concatenation, nothing
+copied twice); the computation is ours, because it has to meet a bar the stock forward does not:
+
+    A row's result depends only on that row: its token, its position, its sequence's KV cache and its
+    adapter. Never on which other rows share the batch, how many there are, or where the row sits.
+
+That is what makes a greedy completion token-identical alone or in any mixed batch. On CPU (and on GPU) a
+matrix product picks its kernel, and with it the order of its floating-point sums, from the shape of the
+operands: a 1-row product (gemv) and a 7-row product round differently (measured: up to 2e-5 apart). So:
+
+* every product over rows runs on a row count padded to a multiple of `tile_rows` (fixed-shape tiles give
+  per-row results independent of the batch; measured bitwise-equal across 64..512 rows);
+* LoRA runs as a batched product with one matrix pair per row (`bmm`: each row is its own problem), on a
+  fixed padded rank, because a product's result also depends on its inner and outer sizes;
+* decode attention is elementwise products and reductions over the KV length padded to a multiple of 64,
+  where a padded position contributes an exact zero (the matmul form was measured to round differently);
+* prefill attention runs per sequence, so its shape depends only on that sequence.
+
+Rows are ordered: decode rows (one per running sequence), then the prompt tokens of joining sequences,
+then padding. The padding rows write their keys and values into a scratch slot that nothing reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ftaas.errors import InvalidRequest
+
+#: Architectures whose decoder layers this forward reproduces (pre-norm, RoPE, GQA, SwiGLU MLP).
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
+#: Module groups that share an input and are computed as one product.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "o": ("o_proj",),
+    "gate_up": ("gate_proj", "up_proj"),
+    "down": ("down_proj",),
+}
+MODULE_GROUP = {module: group for group, modules in GROUPS.items() for module in modules}
+ATTENTION_PAD = 64
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    #: group -> (weight [out, in], bias [out] or None)
+    linear: dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class Geometry:
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    layers: int
+    vocab: int
+    eps: float
+    #: group -> (input features, output features of each member module)
+    groups: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+
+
+class LlamaForward:
+    """Owns the base weights of one model, a slot KV cache and a stack of resident adapters."""
+
+    def __init__(self, model: Any, *, max_slots: int, max_context: int, tile_rows: int) -> None:
+        config = model.config
+        if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+            raise InvalidRequest(f"serving supports {sorted(SUPPORTED_MODEL_TYPES)} models, not "
+                                 f"{getattr(config, 'model_type', None)!r}", code="unsupported_model", param="model")
+        if getattr(config, "hidden_act", "silu") != "silu":
+            raise InvalidRequest("serving supports SwiGLU (silu) models only", code="unsupported_model",
+                                 param="model")
+        inner = model.model
+        self.dtype = inner.embed_tokens.weight.dtype
+        self.device = inner.embed_tokens.weight.device
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.geometry = Geometry(
+            hidden=config.hidden_size, heads=config.num_attention_heads, kv_heads=config.num_key_value_heads,
+            head_dim=head_dim, layers=config.num_hidden_layers, vocab=config.vocab_size, eps=config.rms_norm_eps,
+        )
+        self.embed = inner.embed_tokens.weight.detach()
+        self.final_norm = inner.norm.weight.detach()
+        self.lm_head = model.get_output_embeddings().weight.detach()
+        self.layers: list[LayerWeights] = []
+        for layer in inner.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            modules = {"q_proj": attention.q_proj, "k_proj": attention.k_proj, "v_proj": attention.v_proj,
+                       "o_proj": attention.o_proj, "gate_proj": mlp.gate_proj, "up_proj": mlp.up_proj,
+                       "down_proj": mlp.down_proj}
+            linear: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+            for group, members in GROUPS.items():
+                weights = [modules[m].weight.detach() for m in members]
+                biases = [modules[m].bias for m in members]
+                weight = weights[0] if len(weights) == 1 else torch.cat(weights, 0)
+                bias = None
+                if any(b is not None for b in biases):
+                    bias = torch.cat([b.detach() if b is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+                                      for b, w in zip(biases, weights, strict=True)])
+                linear[group] = (weight, bias)
+                self.geometry.groups.setdefault(group, (weights[0].shape[1], tuple(w.shape[0] for w in weights)))
+            self.layers.append(LayerWeights(layer.input_layernorm.weight.detach(),
+                                            layer.post_attention_layernorm.weight.detach(), linear))
+        # RoPE tables for every position, computed the way the model's own rotary module does.
+        rotary = inner.rotary_emb
+        positions = torch.arange(max_context, dtype=torch.float32)
+        freqs = positions[:, None] * rotary.inv_freq.float()[None, :]
+        angles = torch.cat((freqs, freqs), dim=-1)
+        scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        self.cos = (angles.cos() * scaling).to(self.dtype)
+        self.sin = (angles.sin() * scaling).to(self.dtype)
+
+        self.max_slots = max_slots
+        self.max_context = max_context
+        self.tile_rows = tile_rows
+        g = self.geometry
+        # One extra slot (index max_slots) is scratch for padding rows.
+        shape = (g.layers, max_slots + 1, g.kv_heads, max_context, g.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.scratch_slot = max_slots
+
+    # ------------------------------------------------------------------------------------ sizes
+    def kv_cache_bytes(self) -> int:
+        return 2 * self.k_cache.numel() * self.k_cache.element_size()
+
+    def group_dims(self) -> dict[str, tuple[int, int]]:
+        """group -> (input features, total output features)."""
+        return {group: (fan_in, sum(outs)) for group, (fan_in, outs) in self.geometry.groups.items()}
+
+    # ---------------------------------------------------------------------------------- forward
+    def forward(self, batch: StepBatch) -> torch.Tensor:
+        """Run one engine step; returns float32 logits, one row per sequence in `batch.logit_rows`."""
+        g = self.geometry
+        rows = batch.padded_rows
+        x = self.embed[batch.tokens]
+        cos = self.cos[batch.positions].unsqueeze(1)
+        sin = self.sin[batch.positions].unsqueeze(1)
+        for index, layer in enumerate(self.layers):
+            h = _rms_norm(x, layer.input_norm, g.eps)
+            qkv = self._linear(h, layer, "qkv", index, batch)
+            q_size, kv_size = g.heads * g.head_dim, g.kv_heads * g.head_dim
+            q = qkv[:, :q_size].view(rows, g.heads, g.head_dim)
+            k = qkv[:, q_size:q_size + kv_size].view(rows, g.kv_heads, g.head_dim)
+            v = qkv[:, q_size + kv_size:].view(rows, g.kv_heads, g.head_dim)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            self.k_cache[index, batch.slots, :, batch.positions] = k
+            self.v_cache[index, batch.slots, :, batch.positions] = v
+            attended = torch.zeros(rows, g.heads, g.head_dim, dtype=self.dtype, device=self.device)
+            if batch.decode_count:
+                attended[:batch.decode_count] = self._decode_attention(index, q[:batch.decode_count], batch)
+            for start, length, slot in batch.prefills:
+                attended[start:start + length] = self._prefill_attention(q[start:start + length],
+                                                                         k[start:start + length],
+                                                                         v[start:start + length])
+            x = x + self._linear(attended.view(rows, -1), layer, "o", index, batch)
+            h = _rms_norm(x, layer.post_norm, g.eps)
+            gate_up = self._linear(h, layer, "gate_up", index, batch)
+            gate, up = gate_up.chunk(2, dim=-1)
+            x = x + self._linear(F.silu(gate) * up, layer, "down", index, batch)
+        last = x[batch.logit_rows]
+        last = _rms_norm(_pad_rows(last, self.tile_rows), self.final_norm, g.eps)
+        return F.linear(last, self.lm_head)[:len(batch.logit_rows)].float()
+
+    def _linear(self, x: torch.Tensor, layer: LayerWeights, group: str, index: int, batch: StepBatch) -> torch.Tensor:
+        weight, bias = layer.linear[group]
+        out = F.linear(x, weight)  # x already has a multiple of tile_rows rows
+        if batch.lora is not None and (batch.decode_lora or batch.lora_prefills):
+            out = batch.lora.apply(out, x, index, group, batch)
+        if bias is not None:
+            out = out + bias
+        return out
+
+    def _decode_attention(self, index: int, q: torch.Tensor, batch: StepBatch) -> torch.Tensor:
+        g = self.geometry
+        count = q.shape[0]
+        span = batch.attention_span
+        keys = self.k_cache[index, batch.decode_slots, :, :span]  # [B, kv_heads, span, head_dim]
+        values = self.v_cache[index, batch.decode_slots, :, :span]
+        group = g.heads // g.kv_heads
+        q = q.view(count, g.kv_heads, group, 1, g.head_dim)
+        scores = (q * keys.unsqueeze(2)).sum(-1) * (g.head_dim ** -0.5) + batch.decode_mask  # [B, kv, group, span]
+        probabilities = torch.softmax(scores.float(), dim=-1).to(self.dtype)
+        out = (probabilities.unsqueeze(-1) * values.unsqueeze(2)).sum(-2)  # [B, kv, group, head_dim]
+        return out.reshape(count, g.heads, g.head_dim)
+
+    def _prefill_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
+                                             v.transpose(0, 1).unsqueeze(0), is_causal=True, enable_gqa=True)
+        return out[0].transpose(0, 1)
+
+
+@dataclass
+class StepBatch:
+    """The rows of one engine step (see the module docstring for their order)."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    slots: torch.Tensor
+    padded_rows: int
+    decode_count: int
+    decode_slots: torch.Tensor
+    decode_mask: torch.Tensor
+    attention_span: int
+    #: (first row, length, slot) per joining sequence
+    prefills: list[tuple[int, int, int]]
+    logit_rows: torch.Tensor
+    #: the slot adapter buffers (serving.lora.SlotLora), or None when no adapter is loaded at all
+    lora: Any = None
+    decode_lora: bool = False
+    decode_dora: bool = False
+    lora_prefills: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]], prefill: list[tuple[int, list[int]]],
+               lora: Any = None) -> StepBatch:
+    """decode: (slot, last token, its position) per running sequence; prefill: (slot, prompt ids)."""
+    tokens: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    logit_rows: list[int] = []
+    for slot, token, position in decode:
+        logit_rows.append(len(tokens))
+        tokens.append(token)
+        positions.append(position)
+        slots.append(slot)
+    prefills = []
+    for slot, ids in prefill:
+        prefills.append((len(tokens), len(ids), slot))
+        tokens.extend(ids)
+        positions.extend(range(len(ids)))
+        slots.extend([slot] * len(ids))
+        logit_rows.append(len(tokens) - 1)
+    real = len(tokens)
+    padded = -(-real // forward.tile_rows) * forward.tile_rows
+    tokens.extend([0] * (padded - real))
+    positions.extend([0] * (padded - real))
+    slots.extend([forward.scratch_slot] * (padded - real))
+    device = forward.device
+    longest = max((position + 1 for _, _, position in decode), default=1)
+    span = min(-(-longest // ATTENTION_PAD) * ATTENTION_PAD, forward.max_context)
+    mask = torch.full((len(decode), 1, 1, span), float("-inf"), dtype=torch.float32)
+    for row, (_, _, position) in enumerate(decode):
+        mask[row, ..., :position + 1] = 0.0
+    batch = StepBatch(
+        tokens=torch.tensor(tokens, device=device), positions=torch.tensor(positions, device=device),
+        slots=torch.tensor(slots, device=device), padded_rows=padded, decode_count=len(decode),
+        decode_slots=torch.tensor([slot for slot, _, _ in decode], dtype=torch.long, device=device),
+        decode_mask=mask.to(device), attention_span=span, prefills=prefills,
+        logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=device), lora=lora,
+    )
+    if lora is not None:
+        batch.decode_lora = any(lora.has_adapter[slot] for slot, _, _ in decode)
+        batch.decode_dora = any(lora.has_dora[slot] for slot, _, _ in decode)
+        batch.lora_prefills = [p for p in prefills if lora.has_adapter[p[2]]]
+    return batch
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _pad_rows(x: torch.Tensor, tile: int) -> torch.Tensor:
+    padded = -(-x.shape[0] // tile) * tile
+    if padded == x.shape[0]:
+        return x
+    return torch.cat([x, x.new_zeros(padded - x.shape[0], *x.shape[1:])])
