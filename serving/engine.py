@@ -135,6 +135,9 @@ class Engine:
         """Stop a sequence at the next step boundary; its slot is freed then. Idempotent."""
         with self._condition:
             sequence.cancelled = True
+            if sequence in self._waiting:  # never admitted: report it now, it holds no slot
+                self._waiting.remove(sequence)
+                self._finish(sequence, "cancelled")
             self._condition.notify()
 
     def retry_after(self) -> int:

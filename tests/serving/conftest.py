@@ -1,0 +1,165 @@
+"""Serving fixtures: the demo base model, random LoRA-family adapters, and a live in-process server.
+
+Adapters are made with peft itself (random, non-zero factors, so every adapter visibly changes the
+output) and registered the way training registers them: published to the artifact store with a
+manifest, and a model row in the database.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import torch
+
+from basemodels.loader import BaseModelLoader
+from basemodels.registry import BaseModelRegistry
+from db import migrate, models, projects
+from ftaas.settings import DEMO_BASE_MODEL, DEMO_BASE_MODEL_SOURCE, Settings
+from serving.model import LlamaForward
+from storage.manifest import publish_directory
+
+
+@pytest.fixture(scope="session")
+def loader(model_cache_dir: Path) -> BaseModelLoader:
+    return BaseModelLoader(BaseModelRegistry({DEMO_BASE_MODEL: DEMO_BASE_MODEL_SOURCE}), model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(loader: BaseModelLoader) -> Any:
+    return loader.load_tokenizer(DEMO_BASE_MODEL)
+
+
+@pytest.fixture(scope="session")
+def base_model(loader: BaseModelLoader) -> Any:
+    model = loader.load_model(DEMO_BASE_MODEL)
+    model.eval()
+    return model
+
+
+def forward_for(model: Any, *, slots: int = 8, context: int = 256, tile_rows: int = 64) -> LlamaForward:
+    return LlamaForward(model, max_slots=slots, max_context=context, tile_rows=tile_rows)
+
+
+AdapterFactory = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def make_adapter(loader: BaseModelLoader, tmp_path_factory: pytest.TempPathFactory) -> AdapterFactory:
+    """make_adapter(seed, r=8, dora=False, rslora=False, targets="all-linear", **lora) -> adapter directory."""
+    from peft import LoraConfig, get_peft_model
+
+    made: dict[tuple[Any, ...], Path] = {}
+
+    def make(seed: int, *, r: int = 8, dora: bool = False, rslora: bool = False,
+             targets: Any = "all-linear", **options: Any) -> Path:
+        key = (seed, r, dora, rslora, str(targets), repr(sorted(options.items())))
+        if key in made:
+            return made[key]
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            model = loader.load_model(DEMO_BASE_MODEL)
+            config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False,
+                                use_dora=dora, use_rslora=rslora, **options)
+            peft_model = get_peft_model(model, config)
+            with torch.no_grad():  # make the adapter matter: larger B than peft's random init
+                for name, parameter in peft_model.named_parameters():
+                    if "lora_B" in name:
+                        parameter.mul_(4.0)
+            directory = tmp_path_factory.mktemp(f"adapter-{seed}")
+            peft_model.save_pretrained(directory)
+        finally:
+            torch.random.set_rng_state(state)
+        made[key] = directory
+        return directory
+
+    return make
+
+
+@dataclass
+class LiveServing:
+    """An in-process API with the serving engine, on SQLite and a local artifact store."""
+
+    base_url: str
+    key: str
+    other_key: str
+    settings: Settings
+    services: Any
+    project_id: str
+
+    def client(self, key: str | None = None, **options: Any) -> openai.OpenAI:
+        options.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key or self.key, **options)
+
+    @property
+    def inference(self) -> Any:
+        return self.services.extras["inference"]
+
+    def register(self, directory: Path, suffix: str = "a") -> str:
+        """Publish an adapter directory as a fine-tuned model of this project; returns its name."""
+        uid = uuid.uuid4().hex[:12]
+        published = publish_directory(self.services.store, f"models/{uid}/", directory, {"kind": "adapter"})
+        name = models.fine_tuned_model_name(DEMO_BASE_MODEL, "alpha", suffix, uid[:8])
+        with self.services.db.write() as session:
+            models.add(session, name=name, uid=uid, project_id=self.project_id, job_id=None,
+                       base_model=DEMO_BASE_MODEL, storage_prefix=published.prefix,
+                       manifest_sha256=published.manifest_sha256)
+        return name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def start_serving(tmp_path: Path, model_cache_dir: Path) -> Iterator[Callable[..., LiveServing]]:
+    """start_serving(**setting overrides) -> a running server; stopped (and drained) after the test."""
+    import uvicorn
+
+    from api.app import build_services, create_app
+    from ftaas.launcher import attach_inference
+    from serving.router import router as serving_router
+
+    started: list[tuple[Any, threading.Thread, Any]] = []
+
+    def start(**overrides: Any) -> LiveServing:
+        port = _free_port()
+        settings = Settings(data_dir=tmp_path / f"data-{len(started)}", model_cache_dir=model_cache_dir,
+                            port=port, **overrides)
+        settings.data_dir.mkdir(parents=True)
+        services = build_services(settings)
+        migrate.upgrade(services.db)
+        with services.db.write() as session:
+            project = projects.ensure_project(session, "alpha")
+            _, key = projects.create_api_key(session, project)
+            _, other = projects.create_api_key(session, projects.ensure_project(session, "beta"))
+            project_id = project.id
+        attach_inference(services, settings)
+        app = create_app(settings, services=services, extra_routers=[serving_router])
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        started.append((server, thread, services))
+        return LiveServing(f"http://127.0.0.1:{port}", key, other, settings, services, project_id)
+
+    yield start
+    for server, thread, services in started:
+        server.should_exit = True
+        thread.join(timeout=30)
+        services.extras["inference"].close()
+        services.db.dispose()
