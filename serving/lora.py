@@ -184,72 +184,99 @@ def _pattern_value(patterns: dict[str, float], name: str, default: float) -> flo
     return default
 
 
-class SlotLora:
-    """Per-KV-slot copies of each running sequence's adapter factors, padded to a fixed rank.
+def rank_classes(max_rank: int) -> list[int]:
+    """Slot ranks offered: powers of two from 8 up to `max_rank` (which is always one)."""
+    classes = [8]
+    while classes[-1] * 2 < max_rank:
+        classes.append(classes[-1] * 2)
+    return sorted({c for c in classes if c < max_rank} | {max_rank})
 
-    A decode step multiplies every slot's row by that slot's own factors in one batched product (`bmm`:
-    one small problem per slot, the same shapes every step), so rows with different adapters, or none,
-    share the pass. Filling a slot costs one copy when a sequence joins; steps copy nothing.
+
+class SlotLora:
+    """Per-KV-slot copies of each running sequence's adapter factors, padded to a fixed rank class.
+
+    A decode step multiplies every slot's row by that slot's own factors in one batched product per rank
+    class (`bmm`: one small problem per slot, the same shapes every step), so rows with different adapters,
+    or none, share the pass. An adapter's class (8, 16, 32, ... up to the served maximum) depends only on
+    the adapter, never on the batch: a row's numbers are the same alone or batched, and an r=8 adapter
+    does not pay for the largest rank served. Filling a slot costs one copy when a sequence joins.
     """
 
     def __init__(self, forward: LlamaForward, *, max_rank: int) -> None:
         self.forward = forward
+        self.classes = rank_classes(max_rank)
         slots = forward.max_slots + 1
         dtype, device = forward.dtype, forward.device
-        self.a: list[dict[str, torch.Tensor]] = []
-        self.b: list[dict[str, torch.Tensor]] = []
-        self.magnitude: list[dict[str, torch.Tensor]] = []
-        for _ in range(forward.geometry.layers):
-            a, b, m = {}, {}, {}
-            for group, (fan_in, fan_out) in forward.group_dims().items():
-                rank = max_rank * len(GROUPS[group])
-                a[group] = torch.zeros(slots, fan_in, rank, dtype=dtype, device=device)
-                b[group] = torch.zeros(slots, rank, fan_out, dtype=dtype, device=device)
-                m[group] = torch.ones(slots, fan_out, dtype=dtype, device=device)
-            self.a.append(a)
-            self.b.append(b)
-            self.magnitude.append(m)
-        self.has_adapter = [False] * slots
+        dims = forward.group_dims()
+        #: class -> layer -> group -> [slots, in, class x members] / [slots, class x members, out]
+        self.a: dict[int, list[dict[str, torch.Tensor]]] = {}
+        self.b: dict[int, list[dict[str, torch.Tensor]]] = {}
+        for rank in self.classes:
+            self.a[rank] = [{group: torch.zeros(slots, fan_in, rank * len(GROUPS[group]), dtype=dtype, device=device)
+                             for group, (fan_in, _) in dims.items()} for _ in range(forward.geometry.layers)]
+            self.b[rank] = [{group: torch.zeros(slots, rank * len(GROUPS[group]), fan_out, dtype=dtype, device=device)
+                             for group, (_, fan_out) in dims.items()} for _ in range(forward.geometry.layers)]
+        self.magnitude = [{group: torch.ones(slots, fan_out, dtype=dtype, device=device)
+                           for group, (_, fan_out) in dims.items()} for _ in range(forward.geometry.layers)]
+        self.slot_class: list[int | None] = [None] * slots
         self.has_dora = [False] * slots
 
+    @property
+    def has_adapter(self) -> list[bool]:
+        return [c is not None for c in self.slot_class]
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in (*self.a, *self.b, *self.magnitude)
-                   for t in layer.values())
+        tensors = [t for rank in self.classes for layer in (*self.a[rank], *self.b[rank]) for t in layer.values()]
+        tensors += [t for layer in self.magnitude for t in layer.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def class_of(self, adapter: AdapterWeights) -> int:
+        needed = max(-(-f.rank // len(GROUPS[group])) for layer in adapter.layers for group, f in layer.items())
+        return next(c for c in self.classes if c >= needed)
 
     def assign(self, slot: int, adapter: AdapterWeights | None) -> None:
-        for index in range(len(self.a)):
-            for group in GROUPS:
-                a, b, m = self.a[index][group][slot], self.b[index][group][slot], self.magnitude[index][group][slot]
-                factors = adapter.layers[index].get(group) if adapter is not None else None
-                a.zero_()
-                b.zero_()
-                m.fill_(1.0)
-                if factors is not None:
-                    a[:, :factors.rank] = factors.a
-                    b[:factors.rank] = factors.b
-                    if factors.magnitude is not None:
-                        m.copy_(factors.magnitude)
-        self.has_adapter[slot] = adapter is not None
-        self.has_dora[slot] = adapter is not None and adapter.uses_dora
+        previous = self.slot_class[slot]
+        if previous is not None:
+            for index in range(len(self.magnitude)):
+                for group in GROUPS:
+                    self.a[previous][index][group][slot].zero_()
+                    self.b[previous][index][group][slot].zero_()
+                    self.magnitude[index][group][slot].fill_(1.0)
+        self.slot_class[slot] = None
+        self.has_dora[slot] = False
+        if adapter is None:
+            return
+        rank = self.class_of(adapter)
+        for index, groups in enumerate(adapter.layers):
+            for group, factors in groups.items():
+                self.a[rank][index][group][slot, :, :factors.rank] = factors.a
+                self.b[rank][index][group][slot, :factors.rank] = factors.b
+                if factors.magnitude is not None:
+                    self.magnitude[index][group][slot].copy_(factors.magnitude)
+        self.slot_class[slot] = rank
+        self.has_dora[slot] = adapter.uses_dora
 
     def apply(self, out: torch.Tensor, x: torch.Tensor, layer: int, group: str, batch: StepBatch) -> torch.Tensor:
         """out: the base product for every row; returns it with each row's own adapter applied."""
-        a, b, m = self.a[layer][group], self.b[layer][group], self.magnitude[layer][group]
         if batch.decode_lora:
             count = batch.decode_count
             slots = batch.decode_slots
             # One row per slot (zeros where a slot has no decode row this step): same shapes every step.
-            per_slot = x.new_zeros(a.shape[0], 1, x.shape[1])
+            per_slot = x.new_zeros(self.forward.max_slots + 1, 1, x.shape[1])
             per_slot[slots] = x[:count].unsqueeze(1)
-            delta = torch.bmm(torch.bmm(per_slot, a), b)[slots, 0]
-            rows = out[:count] + delta
+            rows = out[:count]
+            for rank in batch.decode_lora:  # a slot's factors are zero in every class but its own
+                a, b = self.a[rank][layer][group], self.b[rank][layer][group]
+                rows = rows + torch.bmm(torch.bmm(per_slot, a), b)[slots, 0]
             if batch.decode_dora:
-                rows = rows * m[slots]
-            out = torch.cat([rows, out[count:]]) if count < out.shape[0] else rows
+                rows = rows * self.magnitude[layer][group][slots]
+            out[:count] = rows  # `out` is this step's own product: updating it in place is safe
         for start, length, slot in batch.lora_prefills:
-            segment = x[start:start + length]
-            rows = out[start:start + length] + (segment @ a[slot]) @ b[slot]
+            rank = self.slot_class[slot]
+            assert rank is not None
+            a, b = self.a[rank][layer][group][slot], self.b[rank][layer][group][slot]
+            rows = out[start:start + length] + (x[start:start + length] @ a) @ b
             if self.has_dora[slot]:
-                rows = rows * m[slot]
-            out = torch.cat([out[:start], rows, out[start + length:]])
+                rows = rows * self.magnitude[layer][group][slot]
+            out[start:start + length] = rows
         return out

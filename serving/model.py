@@ -42,7 +42,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "down": ("down_proj",),
 }
 MODULE_GROUP = {module: group for group, modules in GROUPS.items() for module in modules}
-ATTENTION_PAD = 64
+ATTENTION_PAD = 256
 
 
 @dataclass
@@ -179,17 +179,26 @@ class LlamaForward:
         return out
 
     def _decode_attention(self, index: int, q: torch.Tensor, batch: StepBatch) -> torch.Tensor:
+        """Each decode row attends over its own KV length rounded up to a multiple of 64 (its bucket).
+
+        Rows are grouped by bucket; a group is one batched product per (row, KV head), whose shape depends
+        only on the bucket, so a row's result does not depend on the other rows (measured bitwise-equal alone
+        and in any group). Padded positions get -inf scores, so they contribute exact zeros.
+        """
         g = self.geometry
-        count = q.shape[0]
-        span = batch.attention_span
-        keys = self.k_cache[index, batch.decode_slots, :, :span]  # [B, kv_heads, span, head_dim]
-        values = self.v_cache[index, batch.decode_slots, :, :span]
         group = g.heads // g.kv_heads
-        q = q.view(count, g.kv_heads, group, 1, g.head_dim)
-        scores = (q * keys.unsqueeze(2)).sum(-1) * (g.head_dim ** -0.5) + batch.decode_mask  # [B, kv, group, span]
-        probabilities = torch.softmax(scores.float(), dim=-1).to(self.dtype)
-        out = (probabilities.unsqueeze(-1) * values.unsqueeze(2)).sum(-2)  # [B, kv, group, head_dim]
-        return out.reshape(count, g.heads, g.head_dim)
+        out = torch.empty(q.shape[0], g.heads, g.head_dim, dtype=self.dtype, device=self.device)
+        for bucket, rows, slots, mask in batch.attention_groups:
+            n = slots.shape[0]
+            keys = self.k_cache[index, :, :, :bucket].index_select(0, slots).reshape(n * g.kv_heads, bucket, g.head_dim)
+            values = self.v_cache[index, :, :, :bucket].index_select(0, slots).reshape(n * g.kv_heads, bucket,
+                                                                                       g.head_dim)
+            queries = q.index_select(0, rows).reshape(n * g.kv_heads, group, g.head_dim)
+            scores = torch.bmm(queries, keys.transpose(1, 2)) * (g.head_dim ** -0.5)
+            scores = scores.view(n, g.heads, bucket).float() + mask
+            probabilities = torch.softmax(scores, dim=-1).to(self.dtype).view(n * g.kv_heads, group, bucket)
+            out[rows] = torch.bmm(probabilities, values).view(n, g.heads, g.head_dim)
+        return out
 
     def _prefill_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
@@ -207,14 +216,15 @@ class StepBatch:
     padded_rows: int
     decode_count: int
     decode_slots: torch.Tensor
-    decode_mask: torch.Tensor
-    attention_span: int
+    #: (bucket, decode rows, their slots, additive mask [rows, 1, bucket]) per KV-length bucket
+    attention_groups: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]
     #: (first row, length, slot) per joining sequence
     prefills: list[tuple[int, int, int]]
     logit_rows: torch.Tensor
     #: the slot adapter buffers (serving.lora.SlotLora), or None when no adapter is loaded at all
     lora: Any = None
-    decode_lora: bool = False
+    #: the rank classes of the decode rows' adapters (empty: no decode row has an adapter)
+    decode_lora: list[int] = field(default_factory=list)
     decode_dora: bool = False
     lora_prefills: list[tuple[int, int, int]] = field(default_factory=list)
 
@@ -244,22 +254,28 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]], prefil
     positions.extend([0] * (padded - real))
     slots.extend([forward.scratch_slot] * (padded - real))
     device = forward.device
-    longest = max((position + 1 for _, _, position in decode), default=1)
-    span = min(-(-longest // ATTENTION_PAD) * ATTENTION_PAD, forward.max_context)
-    mask = torch.full((len(decode), 1, 1, span), float("-inf"), dtype=torch.float32)
+    buckets: dict[int, list[int]] = {}
     for row, (_, _, position) in enumerate(decode):
-        mask[row, ..., :position + 1] = 0.0
+        bucket = min(-(-(position + 1) // ATTENTION_PAD) * ATTENTION_PAD, forward.max_context)
+        buckets.setdefault(bucket, []).append(row)
+    groups = []
+    for bucket, rows in sorted(buckets.items()):
+        lengths = torch.tensor([decode[r][2] + 1 for r in rows])
+        mask = torch.zeros(len(rows), 1, bucket, dtype=torch.float32)
+        mask.masked_fill_(torch.arange(bucket)[None, None, :] >= lengths[:, None, None], float("-inf"))
+        groups.append((bucket, torch.tensor(rows, device=device), torch.tensor([decode[r][0] for r in rows],
+                                                                                device=device), mask.to(device)))
     batch = StepBatch(
         tokens=torch.tensor(tokens, device=device), positions=torch.tensor(positions, device=device),
         slots=torch.tensor(slots, device=device), padded_rows=padded, decode_count=len(decode),
         decode_slots=torch.tensor([slot for slot, _, _ in decode], dtype=torch.long, device=device),
-        decode_mask=mask.to(device), attention_span=span, prefills=prefills,
+        attention_groups=groups, prefills=prefills,
         logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=device), lora=lora,
     )
     if lora is not None:
-        batch.decode_lora = any(lora.has_adapter[slot] for slot, _, _ in decode)
+        batch.decode_lora = sorted({lora.slot_class[slot] for slot, _, _ in decode} - {None})
         batch.decode_dora = any(lora.has_dora[slot] for slot, _, _ in decode)
-        batch.lora_prefills = [p for p in prefills if lora.has_adapter[p[2]]]
+        batch.lora_prefills = [p for p in prefills if lora.slot_class[p[2]] is not None]
     return batch
 
 
