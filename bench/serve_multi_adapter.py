@@ -211,7 +211,10 @@ def main() -> int:
     parser.add_argument("--max-rank", type=int, default=None, help="engine max LoRA rank (default: the setting's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    # Set-up runs single-threaded (as ftaas's request threads do: serving.engine.single_threaded_torch) so
+    # that the engine thread's OpenMP team is the only one; the baseline gets every thread back below.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     from ftaas.settings import Settings
 
     max_rank = args.max_rank or Settings.model_fields["serving_max_lora_rank"].default
@@ -223,13 +226,14 @@ def main() -> int:
         plan = workload(tokenizer, args.requests, args.adapters)
         print(f"{args.requests} requests: prompts {min(len(p) for p, _, _ in plan)}-{max(len(p) for p, _, _ in plan)} "
               f"tokens, outputs {min(o for _, o, _ in plan)}-{max(o for _, o, _ in plan)} tokens; "
-              f"{torch.get_num_threads()} threads; slot rank {max_rank}", file=sys.stderr)
+              f"{threads} threads; slot rank {max_rank}", file=sys.stderr)
 
         print("(a) ftaas engine, mixed adapters ...", file=sys.stderr)
         engine = run_engine(model, plan, adapters, args.slots, max_rank)
         print("(c) ftaas engine, bare base model ...", file=sys.stderr)
         base = run_engine(model, plan, None, args.slots, max_rank)
         print("(b) peft set_adapter + generate, one at a time ...", file=sys.stderr)
+        torch.set_num_threads(threads)
         baseline = run_baseline(model, plan, adapters)
         cold = s3_cold_load(model, adapters[0])
 

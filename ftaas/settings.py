@@ -117,7 +117,7 @@ class Settings(BaseSettings):
         default=1024, ge=16, description="Longest prompt + completion, in tokens, a sequence may reach."
     )
     serving_tile_rows: int = Field(
-        default=64, ge=1, description="Rows per matrix-product tile: fixed shapes make a row's result independent "
+        default=64, ge=8, description="Rows per matrix-product tile: fixed shapes make a row's result independent "
                                       "of its batch (token-identical greedy output alone or batched)."
     )
     serving_max_lora_rank: int = Field(

@@ -256,9 +256,36 @@ class SlotLora:
         self.slot_class[slot] = rank
         self.has_dora[slot] = adapter.uses_dora
 
+    def move(self, source: int, target: int) -> None:
+        """Give `target` the adapter of `source` (exact copies) and clear `source`."""
+        self.assign(target, None)
+        rank = self.slot_class[source]
+        if rank is not None:
+            for index in range(len(self.magnitude)):
+                for group in GROUPS:
+                    self.a[rank][index][group][target].copy_(self.a[rank][index][group][source])
+                    self.b[rank][index][group][target].copy_(self.b[rank][index][group][source])
+                    self.magnitude[index][group][target].copy_(self.magnitude[index][group][source])
+            self.slot_class[target] = rank
+            self.has_dora[target] = self.has_dora[source]
+        self.assign(source, None)
+
     def apply(self, out: torch.Tensor, x: torch.Tensor, layer: int, group: str, batch: StepBatch) -> torch.Tensor:
         """out: the base product for every row; returns it with each row's own adapter applied."""
-        if batch.decode_lora:
+        if batch.decode_lora and batch.decode_contiguous:
+            # Decode row i is slot i: plain views, no gathers.
+            count = batch.decode_count
+            rows = out[:count]
+            # At least two slots: a batch of one is computed differently (see batched_product).
+            width = max(count, 2)
+            per_slot = x[:width].unsqueeze(1)
+            for rank in batch.decode_lora:
+                a, b = self.a[rank][layer][group][:width], self.b[rank][layer][group][:width]
+                rows = rows + torch.bmm(torch.bmm(per_slot, a), b)[:count, 0]
+            if batch.decode_dora:
+                rows = rows * self.magnitude[layer][group][:count]
+            out[:count] = rows
+        elif batch.decode_lora:
             count = batch.decode_count
             slots = batch.decode_slots
             # One row per slot (zeros where a slot has no decode row this step): same shapes every step.

@@ -126,6 +126,11 @@ class LlamaForward:
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.scratch_slot = max_slots
 
+    def move_slot(self, source: int, target: int, *, length: int) -> None:
+        """Copy a sequence's cached keys and values (its first `length` positions) to another slot."""
+        self.k_cache[:, target, :, :length] = self.k_cache[:, source, :, :length]
+        self.v_cache[:, target, :, :length] = self.v_cache[:, source, :, :length]
+
     # ------------------------------------------------------------------------------------ sizes
     def kv_cache_bytes(self) -> int:
         return 2 * self.k_cache.numel() * self.k_cache.element_size()
@@ -194,10 +199,10 @@ class LlamaForward:
             values = self.v_cache[index, :, :, :bucket].index_select(0, slots).reshape(n * g.kv_heads, bucket,
                                                                                        g.head_dim)
             queries = q.index_select(0, rows).reshape(n * g.kv_heads, group, g.head_dim)
-            scores = torch.bmm(queries, keys.transpose(1, 2)) * (g.head_dim ** -0.5)
+            scores = batched_product(queries, keys.transpose(1, 2)) * (g.head_dim ** -0.5)
             scores = scores.view(n, g.heads, bucket).float() + mask
             probabilities = torch.softmax(scores, dim=-1).to(self.dtype).view(n * g.kv_heads, group, bucket)
-            out[rows] = torch.bmm(probabilities, values).view(n, g.heads, g.head_dim)
+            out[rows] = batched_product(probabilities, values).view(n, g.heads, g.head_dim)
         return out
 
     def _prefill_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -226,6 +231,8 @@ class StepBatch:
     #: the rank classes of the decode rows' adapters (empty: no decode row has an adapter)
     decode_lora: list[int] = field(default_factory=list)
     decode_dora: bool = False
+    #: decode row i uses slot i (the engine keeps slots compact), so per-slot data are views
+    decode_contiguous: bool = False
     lora_prefills: list[tuple[int, int, int]] = field(default_factory=list)
 
 
@@ -272,11 +279,21 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]], prefil
         attention_groups=groups, prefills=prefills,
         logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=device), lora=lora,
     )
+    batch.decode_contiguous = all(slot == row for row, (slot, _, _) in enumerate(decode))
     if lora is not None:
         batch.decode_lora = sorted({lora.slot_class[slot] for slot, _, _ in decode} - {None})
         batch.decode_dora = any(lora.has_dora[slot] for slot, _, _ in decode)
         batch.lora_prefills = [p for p in prefills if lora.slot_class[p[2]] is not None]
     return batch
+
+
+def batched_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """`torch.bmm`, but never with a batch of one: that case is dispatched to a plain matrix product,
+    which rounds differently for some shapes (measured), and a row's result must not depend on how many
+    rows share its batch."""
+    if left.shape[0] != 1:
+        return torch.bmm(left, right)
+    return torch.bmm(torch.cat([left, left]), torch.cat([right, right]))[:1]
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

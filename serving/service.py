@@ -29,7 +29,7 @@ from db.session import Database
 from ftaas.errors import DeadlineExceeded, Draining, FTaaSError, InvalidRequest, NotFound, Overloaded
 from ftaas.settings import Settings
 from serving.adapters import AdapterCache, AdapterLease, AdapterRef
-from serving.engine import Engine, Event, FinishEvent, SamplingParams, Sequence, TokenEvent
+from serving.engine import Engine, Event, FinishEvent, SamplingParams, Sequence, TokenEvent, single_threaded_torch
 from serving.lora import compose, read_adapter
 from serving.metrics import ServingMetrics
 from serving.model import LlamaForward
@@ -282,6 +282,7 @@ class InferenceService:
         """Blocking (loads the base model and adapters on first use): submit the request's sequences."""
         if self._draining:
             raise Draining("This server is shutting down; retry on another replica.")
+        single_threaded_torch()  # this request thread may load a model or convert an adapter
         deadline = time.monotonic() + self.settings.serving_request_timeout_seconds
         base = self.engine_for(resolved.base_model)
         prompts = self._prompts(base, request)
