@@ -275,16 +275,16 @@ class SlotLora:
         if batch.decode_lora and batch.decode_contiguous:
             # Decode row i is slot i: plain views, no gathers.
             count = batch.decode_count
-            rows = out[:count]
             # At least two slots: a batch of one is computed differently (see batched_product).
             width = max(count, 2)
             per_slot = x[:width].unsqueeze(1)
+            rows = out[:width].unsqueeze(1)
             for rank in batch.decode_lora:
                 a, b = self.a[rank][layer][group][:width], self.b[rank][layer][group][:width]
-                rows = rows + torch.bmm(torch.bmm(per_slot, a), b)[:count, 0]
+                rows = torch.baddbmm(rows, torch.bmm(per_slot, a), b)
             if batch.decode_dora:
-                rows = rows * self.magnitude[layer][group][:count]
-            out[:count] = rows
+                rows = rows * self.magnitude[layer][group][:width].unsqueeze(1)
+            out[:count] = rows[:count, 0]
         elif batch.decode_lora:
             count = batch.decode_count
             slots = batch.decode_slots
@@ -302,8 +302,8 @@ class SlotLora:
             rank = self.slot_class[slot]
             assert rank is not None
             a, b = self.a[rank][layer][group][slot], self.b[rank][layer][group][slot]
-            rows = out[start:start + length] + (x[start:start + length] @ a) @ b
+            rows = out[start:start + length]
+            rows.addmm_(x[start:start + length] @ a, b)  # in place: `out` is this step's own product
             if self.has_dora[slot]:
-                rows = rows * self.magnitude[layer][group][slot]
-            out[start:start + length] = rows
+                rows.mul_(self.magnitude[layer][group][slot])
         return out
