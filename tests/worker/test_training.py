@@ -83,9 +83,14 @@ def test_changing_a_weight_0_message_does_not_change_the_gradient(loader: BaseMo
     ignored_changed = _lora_gradients(loader, tokenizer, conversation("Blue.", "Something else entirely, at length."),
                                       tmp_path / "b")
     trained_changed = _lora_gradients(loader, tokenizer, conversation("Red.", "Green."), tmp_path / "c")
-    assert all(torch.equal(reference[name], ignored_changed[name]) for name in reference)
+    # Not bitwise: a longer sequence changes the shapes of the matrix products, and with them the rounding
+    # (serving/model.py measures this); the difference must stay at rounding level.
+    ignored_gap = max((reference[name] - ignored_changed[name]).abs().max().item() for name in reference)
+    trained_gap = max((reference[name] - trained_changed[name]).abs().max().item() for name in reference)
+    scale = max(reference[name].abs().max().item() for name in reference)
+    assert ignored_gap <= 1e-5 * scale, (ignored_gap, scale)
     # The control: the test would notice if the trained message did not matter either.
-    assert not all(torch.equal(reference[name], trained_changed[name]) for name in reference)
+    assert trained_gap > 1e-2 * scale, (trained_gap, scale)
 
 
 def test_supervised_training_lowers_the_loss_and_produces_a_loadable_adapter(
