@@ -68,6 +68,8 @@ def test_ftaas_serve_serves_cluster_models_and_drains_on_sigterm(cluster: LiveSe
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "server_draining"
         reader.join(timeout=120)
         assert finish == ["length"], "the running completion must finish during the drain"
-        assert process.wait(timeout=60) == 0
+        # uvicorn re-raises the signal it captured once shutdown is complete: the process ends by SIGTERM.
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert "drain complete" in serving.log_tail(40)
     finally:
         serving.stop()
