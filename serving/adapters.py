@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ftaas.errors import IntegrityFailure, InvalidRequest, Overloaded
+from ftaas.errors import InvalidRequest, Overloaded
 from serving.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterWeights
 from storage import ArtifactStore
 from storage.manifest import download_artifact

@@ -21,7 +21,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -334,6 +333,3 @@ def _choose(logits: torch.Tensor, sequence: Sequence) -> TokenEvent:
             event.top_logprobs = [(int(i), float(v)) for i, v in zip(ids, values, strict=True)]
     return event
 
-
-def describe(engine: Engine) -> dict[str, Any]:
-    return {"name": engine.name, "running": engine.running, "waiting": engine.waiting, "steps": engine.steps}

@@ -108,7 +108,7 @@ def read_adapter(directory: Path, forward: LlamaForward, *, key: str, max_rank: 
             parts = [(m, modules.get((layer, m))) for m in members]
             if all(p is None for _, p in parts):
                 continue
-            a_blocks, b_blocks, magnitudes = [], [], []
+            a_blocks, magnitudes = [], []
             any_magnitude = False
             offset = 0
             ranks = [int(p["lora_A"].shape[0]) if p else 0 for _, p in parts]
@@ -130,7 +130,8 @@ def read_adapter(directory: Path, forward: LlamaForward, *, key: str, max_rank: 
                     raise InvalidRequest(f"layer {layer} {module}: factor shapes {tuple(a.shape)}/{tuple(b.shape)} "
                                          f"do not fit the base model ({out}x{fan_in})",
                                          code="adapter_base_mismatch", param="model")
-                alpha = float(_pattern_value(alpha_pattern, f"layers.{layer}.{module}", alpha_default))
+                block = "self_attn" if MODULE_GROUP[module] in ("qkv", "o") else "mlp"
+                alpha = float(_pattern_value(alpha_pattern, f"model.layers.{layer}.{block}.{module}", alpha_default))
                 scale = alpha / math.sqrt(rank) if use_rslora else alpha / rank
                 a_blocks.append(a.T)
                 b_full[offset:offset + rank, out_offset:out_offset + out] = b.T * scale
@@ -220,15 +221,6 @@ class SlotLora:
                            for group, (_, fan_out) in dims.items()} for _ in range(forward.geometry.layers)]
         self.slot_class: list[int | None] = [None] * slots
         self.has_dora = [False] * slots
-
-    @property
-    def has_adapter(self) -> list[bool]:
-        return [c is not None for c in self.slot_class]
-
-    def nbytes(self) -> int:
-        tensors = [t for rank in self.classes for layer in (*self.a[rank], *self.b[rank]) for t in layer.values()]
-        tensors += [t for layer in self.magnitude for t in layer.values()]
-        return sum(t.numel() * t.element_size() for t in tensors)
 
     def class_of(self, adapter: AdapterWeights) -> int:
         needed = max(-(-f.rank // len(GROUPS[group])) for layer in adapter.layers for group, f in layer.items())

@@ -132,9 +132,6 @@ class LlamaForward:
         self.v_cache[:, target, :, :length] = self.v_cache[:, source, :, :length]
 
     # ------------------------------------------------------------------------------------ sizes
-    def kv_cache_bytes(self) -> int:
-        return 2 * self.k_cache.numel() * self.k_cache.element_size()
-
     def group_dims(self) -> dict[str, tuple[int, int]]:
         """group -> (input features, total output features)."""
         return {group: (fan_in, sum(outs)) for group, (fan_in, outs) in self.geometry.groups.items()}
