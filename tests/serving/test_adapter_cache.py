@@ -63,11 +63,8 @@ def test_a_budget_smaller_than_the_adapter_set_evicts_and_stays_correct(
         base_model: Any, published: tuple[Any, list[AdapterRef]], tmp_path: Path) -> None:
     store, refs = published
     forward = forward_for(base_model)
-
-    def convert(ref: AdapterRef) -> Any:
-        return lambda directory: read_adapter(directory, forward, key=ref.key, max_rank=16)
-
-    size = read_adapter(_any_dir(store, refs[0], tmp_path), forward, key="probe", max_rank=16).nbytes
+    convert = _converter(forward)
+    size = convert(refs[0])(_any_dir(store, refs[0], tmp_path)).nbytes
     budget = 3 * size + size // 2  # room for three of the eight
     cache, recorder = _cache(store, tmp_path, device=budget, host=2 * size, disk=9 * size)
     reference = {ref.key: read_adapter(_any_dir(store, ref, tmp_path), forward, key=ref.key, max_rank=16)
@@ -100,11 +97,8 @@ def test_a_pinned_adapter_is_never_evicted_and_a_full_device_tier_waits_then_ref
         base_model: Any, published: tuple[Any, list[AdapterRef]], tmp_path: Path) -> None:
     store, refs = published
     forward = forward_for(base_model)
-
-    def convert(ref: AdapterRef) -> Any:
-        return lambda directory: read_adapter(directory, forward, key=ref.key, max_rank=16)
-
-    size = read_adapter(_any_dir(store, refs[0], tmp_path), forward, key="probe", max_rank=16).nbytes
+    convert = _converter(forward)
+    size = convert(refs[0])(_any_dir(store, refs[0], tmp_path)).nbytes
     cache, _ = _cache(store, tmp_path, device=size + size // 2)
     held = cache.lease(refs[0], convert(refs[0]), deadline=time.monotonic() + 30)
     with pytest.raises(Overloaded):
@@ -175,6 +169,14 @@ def test_integrity_is_checked_on_every_load_and_deletion_evicts_every_tier(
 
     cache.evict_prefix(refs[3].prefix)
     assert refs[3].key not in cache.snapshot()["device"] and not cached.exists()
+
+
+def _converter(forward: Any) -> Any:
+    """convert(ref) -> the function the cache calls to turn ref's downloaded directory into weights."""
+    def convert(ref: AdapterRef) -> Any:
+        return lambda directory: read_adapter(directory, forward, key=ref.key, max_rank=16)
+
+    return convert
 
 
 def _any_dir(store: Any, ref: AdapterRef, tmp_path: Path) -> Path:
