@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -124,3 +125,20 @@ def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("model-cache")
     tiny.ensure_built(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def loader(model_cache_dir: Path) -> Any:
+    """The demo base model's loader (training and serving tests)."""
+    from basemodels.loader import BaseModelLoader
+    from basemodels.registry import BaseModelRegistry
+    from ftaas.settings import DEMO_BASE_MODEL, DEMO_BASE_MODEL_SOURCE
+
+    return BaseModelLoader(BaseModelRegistry({DEMO_BASE_MODEL: DEMO_BASE_MODEL_SOURCE}), model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(loader: Any) -> Any:
+    from ftaas.settings import DEMO_BASE_MODEL
+
+    return loader.load_tokenizer(DEMO_BASE_MODEL)

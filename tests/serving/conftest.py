@@ -1,4 +1,4 @@
-"""Serving fixtures: the demo base model, random LoRA-family adapters, and a live in-process server.
+"""Serving fixtures: the demo base model (its loader and tokenizer come from tests/conftest.py), random LoRA-family adapters, and a live in-process server.
 
 Adapters are made with peft itself (random, non-zero factors, so every adapter visibly changes the
 output) and registered the way training registers them: published to the artifact store with a
@@ -21,21 +21,10 @@ import pytest
 import torch
 
 from basemodels.loader import BaseModelLoader
-from basemodels.registry import BaseModelRegistry
 from db import migrate, models, projects
-from ftaas.settings import DEMO_BASE_MODEL, DEMO_BASE_MODEL_SOURCE, Settings
+from ftaas.settings import DEMO_BASE_MODEL, Settings
 from serving.model import LlamaForward
 from storage.manifest import publish_directory
-
-
-@pytest.fixture(scope="session")
-def loader(model_cache_dir: Path) -> BaseModelLoader:
-    return BaseModelLoader(BaseModelRegistry({DEMO_BASE_MODEL: DEMO_BASE_MODEL_SOURCE}), model_cache_dir)
-
-
-@pytest.fixture(scope="session")
-def tokenizer(loader: BaseModelLoader) -> Any:
-    return loader.load_tokenizer(DEMO_BASE_MODEL)
 
 
 @pytest.fixture(scope="session")
