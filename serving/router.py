@@ -107,7 +107,9 @@ def _usage(generation: Generation) -> dict[str, int]:
 
 
 class _Shape:
-    object_name = ""
+    """How one endpoint's results look on the wire (chat or legacy completions)."""
+
+    prefix = ""
     chunk_name = ""
 
     def __init__(self, body: Any, generation: Generation) -> None:
@@ -115,8 +117,6 @@ class _Shape:
         self.generation = generation
         self.id = self.prefix + secrets.token_hex(12)
         self.created = int(time.time())
-
-    prefix = ""
 
     def envelope(self, name: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.id, "object": name, "created": self.created, "model": self.body.model,

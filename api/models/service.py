@@ -18,7 +18,7 @@ class ModelService:
         self.db = db
         self.store = store
         self.registry = registry
-        #: Called with a model name after it was deleted (e.g. to evict it from an inference cache).
+        #: Called with the storage prefix of a deleted model (e.g. to evict it from an inference cache).
         self.on_deleted: list[Callable[[str], None]] = []
 
     def list(self, principal: Principal) -> list[ModelObject]:
@@ -57,7 +57,7 @@ class ModelService:
         # After commit: the row is gone, so nothing can resolve the artifacts any more.
         self.store.delete_prefix(prefix)
         for listener in self.on_deleted:
-            listener(name)
+            listener(prefix)
 
 
 def _not_found(name: str) -> NotFound:
