@@ -147,28 +147,47 @@ class Generation:
 
 
 class _TextAssembler:
-    """Token ids -> text deltas: whole characters only, stop sequences cut and held back."""
+    """Token ids -> text deltas: whole characters only, stop sequences cut and held back.
+
+    Incremental: each token decodes a short window of ids (from `prefix` on), not the whole completion,
+    and the text it adds is the window's growth. Decoding a window rather than the new token alone keeps
+    tokenizers that mark word starts (leading spaces) right; a window ending in half a UTF-8 character adds
+    nothing until the character is complete.
+    """
 
     def __init__(self, tokenizer: Any, stops: list[str]) -> None:
         self.tokenizer = tokenizer
         self.stops = stops
         self.ids: list[int] = []
+        self.prefix = 0  # window start
+        self.read = 0  # ids before this are in `text`
         self.emitted = 0
         self.text = ""
 
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _advance(self, *, final: bool = False) -> None:
+        known = self._decode(self.ids[self.prefix:self.read])
+        window = self._decode(self.ids[self.prefix:])
+        if len(window) > len(known) and (final or not window.endswith("\ufffd")):
+            self.text += window[len(known):]
+            self.prefix, self.read = self.read, len(self.ids)
+
     def add(self, token_id: int) -> tuple[str, bool]:
         self.ids.append(token_id)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        self._advance()
         for stop in self.stops:
-            found = self.text.find(stop)
+            # A stop cannot start inside emitted text: a suffix that could begin one is always held back.
+            found = self.text.find(stop, self.emitted)
             if found >= 0:
-                piece = self.text[self.emitted:found] if found > self.emitted else ""
-                self.emitted = max(self.emitted, found)
+                piece = self.text[self.emitted:found]
+                self.emitted = found
                 return piece, True
-        safe = len(self.text.rstrip("\ufffd"))
+        safe = len(self.text)
         for stop in self.stops:
-            for size in range(min(len(stop) - 1, safe), 0, -1):
-                if self.text[:safe].endswith(stop[:size]):
+            for size in range(min(len(stop) - 1, safe - self.emitted), 0, -1):
+                if self.text.endswith(stop[:size]):
                     safe -= size
                     break
         if safe <= self.emitted:
@@ -178,6 +197,7 @@ class _TextAssembler:
         return piece, False
 
     def flush(self) -> str:
+        self._advance(final=True)
         piece = self.text[self.emitted:]
         self.emitted = len(self.text)
         return piece
@@ -199,7 +219,6 @@ class InferenceService:
             observer=self.metrics)
         self._engines: dict[str, BaseEngine] = {}
         self._engine_lock = threading.Lock()
-        self._prefix_by_name: dict[str, str] = {}
         self._draining = False
 
     # ------------------------------------------------------------------------------- resolution
@@ -210,13 +229,11 @@ class InferenceService:
         with self.db.read() as session:
             row = models.get(session, principal.project_id, name)
             if row is not None:
-                self._prefix_by_name[name] = row.storage_prefix
                 return ResolvedModel(name, row.base_model, AdapterRef(row.storage_prefix, row.manifest_sha256, name))
             checkpoint = checkpoints.by_model_name(session, principal.project_id, name)
             if checkpoint is not None:
                 job = jobs.get(session, principal.project_id, checkpoint.job_id)
                 assert job is not None
-                self._prefix_by_name[name] = checkpoint.storage_prefix
                 return ResolvedModel(name, job.base_model,
                                      AdapterRef(checkpoint.storage_prefix, checkpoint.manifest_sha256, name))
         raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
@@ -242,11 +259,9 @@ class InferenceService:
                 parts.append((model, part.weight))
         return resolved, parts
 
-    def evict(self, name: str) -> None:
-        """The model `name` was deleted: drop its adapter from every cache tier."""
-        prefix = self._prefix_by_name.pop(name, None)
-        if prefix is not None:
-            self.adapters.evict_prefix(prefix)
+    def evict(self, storage_prefix: str) -> None:
+        """A model stored under `storage_prefix` was deleted: drop its adapter from every cache tier."""
+        self.adapters.evict_prefix(storage_prefix)
 
     # ---------------------------------------------------------------------------------- engines
     def engine_for(self, base_model: str) -> BaseEngine:
@@ -297,8 +312,12 @@ class InferenceService:
                 raise InvalidRequest(f"The prompt ({len(ids)} tokens) plus max_tokens ({wanted}) exceeds this "
                                      f"model's context of {limit} tokens.", code="context_length_exceeded",
                                      param="max_tokens")
-        lease = self._lease(base, resolved, parts, deadline)
         count = len(prompts) * request.n
+        capacity = self.settings.serving_max_batch + self.settings.serving_max_queue
+        if count > capacity:  # could never be queued: a 429 would invite retries that cannot succeed
+            raise InvalidRequest(f"The request asks for {count} completions (prompts x n); this server takes at "
+                                 f"most {capacity} at once.", param="n")
+        lease = self._lease(base, resolved, parts, deadline)
         release = _SharedRelease(lease, count)
         queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         sequences: list[Sequence] = []

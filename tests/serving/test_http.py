@@ -121,6 +121,9 @@ def test_errors_map_to_the_sdk_exception_classes(start_serving, make_adapter: Ad
     assert not_an_adapter.value.param == "model"
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=tuned, prompt=[[999_999]], max_tokens=2)
+    with pytest.raises(openai.BadRequestError) as never_fits:  # more choices than slots + queue: not a 429
+        client.completions.create(model=tuned, prompt=["a"] * 40, n=16, max_tokens=2)
+    assert never_fits.value.param == "n"
 
 
 def test_mixed_batch_over_http_equals_one_at_a_time(start_serving, make_adapter: AdapterFactory) -> None:  # type: ignore[no-untyped-def]
