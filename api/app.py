@@ -18,6 +18,8 @@ from api.files.service import FileService
 from api.fine_tuning.router import router as jobs_router
 from api.fine_tuning.service import JobService
 from api.health.router import router as health_router
+from api.knowledge_evals.router import router as knowledge_evals_router
+from api.knowledge_evals.service import KnowledgeEvalService
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.models.router import router as models_router
 from api.models.service import ModelService
@@ -35,12 +37,14 @@ def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) 
     db = Database(settings.database_url, pool_size=settings.api_threads + 2, max_overflow=8)
     store = open_store(settings.artifact_uri, settings)
     registry = BaseModelRegistry(settings.base_model_sources())
+    evals = KnowledgeEvalService(db, store, registry, max_attempts=settings.max_attempts)
     return ApiServices(
         settings=settings, db=db, store=store, registry=registry,
         files=FileService(db, store, max_upload_bytes=settings.max_upload_bytes),
         jobs=JobService(db, registry, max_active_jobs=settings.max_active_jobs_per_project,
-                        max_attempts=settings.max_attempts),
+                        max_attempts=settings.max_attempts, knowledge_evals=evals),
         models=ModelService(db, store, registry),
+        knowledge_evals=evals,
         executor=ThreadPoolExecutor(max_workers=settings.api_threads, thread_name_prefix="ftaas-api"),
         extras=extras or {},
     )
@@ -71,7 +75,8 @@ def create_app(settings: Settings, *, services: ApiServices | None = None,
     app.state.services = services
     app.state.draining = False
     errors.install(app)
-    for router in (health_router, files_router, jobs_router, models_router, *extra_routers):
+    for router in (health_router, files_router, jobs_router, models_router, knowledge_evals_router,
+                   *extra_routers):
         app.include_router(router)
     # Added last = outermost: the request id wraps everything, including 413s from the body limit.
     app.add_middleware(BodyLimitMiddleware, json_limit=settings.max_json_body_bytes,

@@ -27,6 +27,7 @@ from ftaas.settings import Settings
 if TYPE_CHECKING:
     from api.files.service import FileService
     from api.fine_tuning.service import JobService
+    from api.knowledge_evals.service import KnowledgeEvalService
     from api.models.service import ModelService
     from basemodels.registry import BaseModelRegistry
     from storage import ArtifactStore
@@ -45,6 +46,7 @@ class ApiServices:
     files: FileService
     jobs: JobService
     models: ModelService
+    knowledge_evals: KnowledgeEvalService
     #: Runs the blocking part of each request (see the module docstring).
     executor: ThreadPoolExecutor
     #: Optional extras mounted by `ftaas up` (e.g. the in-process inference engine).

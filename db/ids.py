@@ -25,6 +25,7 @@ JOB = "ftjob-"
 EVENT = "ftevent-"
 CHECKPOINT = "ftckpt_"
 MODEL_UID = "mdl_"
+KNOWLEDGE_EVAL = "keval_"
 
 
 def _encode(value: int, length: int) -> str:

@@ -30,7 +30,8 @@ class TaskRoute:
 VALIDATE_FILE = TaskRoute("ftaas.validate_file", "default")
 ADVANCE_JOB = TaskRoute("ftaas.advance_job", "default")
 RUN_JOB = TaskRoute("ftaas.run_fine_tuning_job", "gpu")
-ALL_ROUTES = (VALIDATE_FILE, ADVANCE_JOB, RUN_JOB)
+RUN_EVAL = TaskRoute("ftaas.run_knowledge_eval", "gpu")
+ALL_ROUTES = (VALIDATE_FILE, ADVANCE_JOB, RUN_JOB, RUN_EVAL)
 
 
 @dataclass(frozen=True)

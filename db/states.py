@@ -22,6 +22,20 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class EvalStatus(StrEnum):
+    """Knowledge evals: queued -> running -> succeeded | failed | cancelled; running -> queued when the
+    worker is lost or shuts down (another one starts over; an eval has no checkpoints)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+EVAL_TERMINAL = frozenset({EvalStatus.SUCCEEDED, EvalStatus.FAILED, EvalStatus.CANCELLED})
+
+
 class FileStatus(StrEnum):
     UPLOADED = "uploaded"
     PROCESSED = "processed"

@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import Base
-from db.states import FileStatus, JobStatus
+from db.states import EvalStatus, FileStatus, JobStatus
 
 ID = String(40)
 
@@ -115,6 +115,9 @@ class FineTuningJob(Base):
     #: Random 8-character segment of the fine-tuned model name, fixed at creation.
     model_name_id: Mapped[str] = mapped_column(String(8))
     fine_tuned_model: Mapped[str | None] = mapped_column(String(300))
+    #: The knowledge eval to run on the fine-tuned model before the job completes (ftaas extension):
+    #: {"spec": {...validated spec...}, "spec_sha256": str}, or None.
+    knowledge_eval: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result_files: Mapped[list[str]] = mapped_column(JSON)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
@@ -195,6 +198,52 @@ class Model(Base):
     storage_prefix: Mapped[str] = mapped_column(String(512))
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class KnowledgeEval(Base):
+    """A knowledge evaluation of one model against its base model (worker.evals).
+
+    Standalone evals are claimed by a worker like jobs are (lease + fencing token); an eval attached to a
+    fine-tuning job is run by that job's worker under the job's lease and finishes with the job.
+    """
+
+    __tablename__ = "knowledge_evals"
+    __table_args__ = (
+        CheckConstraint(_in("status", [s.value for s in EvalStatus]), name="status"),
+        Index("ix_knowledge_evals_project_id_id", "project_id", "id"),
+        Index("ix_knowledge_evals_status_lease_expires_at", "status", "lease_expires_at"),
+        UniqueConstraint("job_id", name="uq_knowledge_evals_job_id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    #: The evaluated model (base, ft: or checkpoint name) and the base model it is compared with.
+    model: Mapped[str] = mapped_column(String(320))
+    base_model: Mapped[str] = mapped_column(String(128))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec_name: Mapped[str] = mapped_column(String(128))
+    spec_sha256: Mapped[str] = mapped_column(String(64))
+    #: Generations finished / to do (base and tuned answers), for progress reporting.
+    progress_done: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    progress_total: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: Headline numbers of the finished report (memorization, generalization, forgetting).
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: Result file ids: report.json, items.jsonl, base_vs_tuned.png (and loss_curve.png when known).
+    result_files: Mapped[list[str]] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    user_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[int | None] = mapped_column(BigInteger)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    fencing_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    dispatched_at: Mapped[float | None] = mapped_column(Float)
 
 
 class OutboxMessage(Base):

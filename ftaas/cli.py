@@ -168,6 +168,15 @@ def keys_revoke(key_id: str) -> None:
     click.echo(f"revoked {key_id}")
 
 
+def _register_subcommands() -> None:
+    from ftaas.eval_cli import eval_group
+
+    main.add_command(eval_group)
+
+
+_register_subcommands()
+
+
 def _database(settings: Settings, *, require_schema: bool = False):  # type: ignore[no-untyped-def]
     from db import migrate as migrations
     from db.session import Database

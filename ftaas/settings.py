@@ -148,6 +148,11 @@ class Settings(BaseSettings):
         default=None, description="Local adapter cache directory. Default: <data_dir>/serving-cache."
     )
 
+    eval_judge_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint of the knowledge evals' LLM judge (e.g. a vLLM "
+                                  "server's /v1). Unset: ftaas's own serving engine answers as the judge.")
+    eval_judge_api_key: SecretStr | None = Field(default=None, description="API key for the LLM judge endpoint.")
+
     log_level: str = Field(default="INFO", description="Python log level.")
 
     @field_validator("base_models", mode="before")

@@ -17,3 +17,8 @@ def model_prefix(model_uid: str) -> str:
 
 def results_key(job_id: str) -> str:
     return f"results/{job_id}/metrics.csv"
+
+
+def eval_prefix(eval_id: str) -> str:
+    """report.json, items.jsonl and the charts of one knowledge eval."""
+    return f"evals/{eval_id}/"

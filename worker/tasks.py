@@ -10,7 +10,7 @@ import os
 
 from celery import Celery
 
-from db.outbox import ADVANCE_JOB, RUN_JOB, VALIDATE_FILE
+from db.outbox import ADVANCE_JOB, RUN_EVAL, RUN_JOB, VALIDATE_FILE
 from ftaas.errors import InfrastructureError
 from ftaas.settings import Settings
 from worker.context import WorkerContext
@@ -47,3 +47,9 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         from worker.jobs.runner import run_job
 
         return run_job(_context(settings), job_id)
+
+    @app.task(name=RUN_EVAL.name)
+    def run_knowledge_eval(eval_id: str) -> str:
+        from worker.evals.service import run_standalone
+
+        return run_standalone(_context(settings), eval_id)

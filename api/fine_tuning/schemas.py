@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.knowledge_evals.schemas import KnowledgeEvalOptions
 from db.tables import Checkpoint, FineTuningJob, JobEvent
 from worker.training.spec import Method, SupervisedHyperparameters
 
@@ -29,6 +30,9 @@ class JobCreateRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2_147_483_647)
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
+    knowledge_eval: KnowledgeEvalOptions | None = Field(
+        default=None, description="ftaas extension: evaluate the fine-tuned model (base vs tuned) before the job "
+                                  "completes; the report becomes a result file and its headline numbers job events.")
 
     @field_validator("suffix")
     @classmethod
@@ -91,6 +95,8 @@ class FineTuningJobObject(BaseModel):
     integrations: list[dict[str, Any]] | None
     metadata: dict[str, str] | None
     user_provided_suffix: str | None
+    #: ftaas extension: the knowledge eval requested with the job (its spec name and version), or null.
+    knowledge_eval: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, row: FineTuningJob) -> FineTuningJobObject:
@@ -105,6 +111,8 @@ class FineTuningJobObject(BaseModel):
             estimated_finish=row.estimated_finish if row.status in ("running", "pausing") else None,
             seed=row.seed, error=JobError(**row.error) if row.error else None, integrations=[],
             metadata=row.user_metadata, user_provided_suffix=row.suffix,
+            knowledge_eval=({"spec_name": row.knowledge_eval["spec"]["name"],
+                             "spec_sha256": row.knowledge_eval["spec_sha256"]} if row.knowledge_eval else None),
         )
 
 

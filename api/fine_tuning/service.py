@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.fine_tuning.schemas import JobCreateRequest
+from api.knowledge_evals.service import KnowledgeEvalService
 from basemodels.registry import BaseModelRegistry
 from db import checkpoints, events, files, idempotency, ids, jobs
 from db.pagination import Page
@@ -31,8 +32,10 @@ MAX_SEED = 2_147_483_647
 
 
 class JobService:
-    def __init__(self, db: Database, registry: BaseModelRegistry, *, max_active_jobs: int, max_attempts: int) -> None:
+    def __init__(self, db: Database, registry: BaseModelRegistry, *, max_active_jobs: int, max_attempts: int,
+                 knowledge_evals: KnowledgeEvalService | None = None) -> None:
         self.db = db
+        self.knowledge_evals = knowledge_evals
         self.registry = registry
         self.max_active_jobs = max_active_jobs
         self.max_attempts = max_attempts
@@ -47,6 +50,15 @@ class JobService:
             raise InvalidRequest(f"Model {request.model!r} does not exist or is not available for fine-tuning. "
                                  f"Available: {', '.join(self.registry.names())}.", code="model_not_found",
                                  param="model")
+        knowledge_eval = None
+        if request.knowledge_eval is not None:
+            assert self.knowledge_evals is not None
+            try:
+                spec, _ = self.knowledge_evals.check_options(principal, request.knowledge_eval)
+            except InvalidRequest as exc:
+                exc.param = f"knowledge_eval.{exc.param}" if exc.param else "knowledge_eval"
+                raise
+            knowledge_eval = {"spec": spec.document, "spec_sha256": spec.sha256}
         request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
             raise InvalidRequest("Idempotency-Key must be 1-255 characters.", param="Idempotency-Key")
@@ -55,7 +67,7 @@ class JobService:
                 replay = self._replay(session, principal, idempotency_key, request_hash)
                 if replay is not None:
                     return replay
-                job = self._insert(session, principal, request, method)
+                job = self._insert(session, principal, request, method, knowledge_eval)
                 if idempotency_key is not None:
                     idempotency.remember(session, project_id=principal.project_id, key=idempotency_key,
                                          request_hash=request_hash, resource_id=job.id)
@@ -85,7 +97,8 @@ class JobService:
                            code="idempotency_key_reused", param="Idempotency-Key")
         return job
 
-    def _insert(self, session: Session, principal: Principal, request: JobCreateRequest, method: Method) -> FineTuningJob:
+    def _insert(self, session: Session, principal: Principal, request: JobCreateRequest, method: Method,
+                knowledge_eval: dict | None = None) -> FineTuningJob:
         if method.section.early_stopping is not None and request.validation_file is None:
             raise InvalidRequest("Early stopping watches the validation loss: give a validation_file.",
                                  code="invalid_method", param=f"method.{method.type}.early_stopping")
@@ -104,6 +117,7 @@ class JobService:
             suffix=request.suffix, seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
             user_metadata=request.metadata, model_name_id=ids.short_model_suffix(), result_files=[],
             created_at=int(time.time()), attempt=0, max_attempts=self.max_attempts, fencing_token=0,
+            knowledge_eval=knowledge_eval,
         )
         jobs.insert(session, job, training_file=training.id, validation_file=request.validation_file)
         return job

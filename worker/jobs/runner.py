@@ -232,6 +232,14 @@ def _publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Tra
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "peft": peft.__version__, "python": platform.python_version()},
     })
+    from serving.adapters import AdapterRef
+    from worker.evals.service import finish_for_job, run_for_job
+
+    evaluation = run_for_job(
+        ctx, lease, model_name=plan.fine_tuned_model, base_model=plan.spec.base_model,
+        adapter_ref=AdapterRef(prefix, published.manifest_sha256, plan.fine_tuned_model),
+        tuned_info={"adapter_uri": prefix, "method": plan.spec.adapter.type,
+                    "hyperparameters": plan.spec.to_json(), "epochs_completed": plan.spec.n_epochs})
     with ctx.db.read() as session:
         rows = events.metrics_rows(session, plan.job_id)
     results_key = layout.results_key(plan.job_id)
@@ -247,10 +255,17 @@ def _publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Tra
             models.add(session, name=plan.fine_tuned_model, uid=uid, project_id=plan.project_id, job_id=plan.job_id,
                        base_model=plan.spec.base_model, storage_prefix=prefix,
                        manifest_sha256=published.manifest_sha256)
+            result_files = [results_id]
+            if evaluation is not None:
+                jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+                result_files += finish_for_job(session, lease, evaluation)
             jobs.complete(session, lease, fine_tuned_model=plan.fine_tuned_model, trained_tokens=outcome.trained_tokens,
-                          result_files=[results_id])
+                          result_files=result_files)
     except LeaseLost:
         # Cancelled during publication: nothing points at these objects, so remove them now.
         ctx.store.delete_prefix(prefix)
         ctx.store.delete(results_key)
+        if evaluation is not None:
+            for file_row in evaluation.file_rows:
+                ctx.store.delete(file_row.storage_key)
         raise

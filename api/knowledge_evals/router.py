@@ -1,0 +1,72 @@
+"""Routes: /v1/knowledge_evals (create, list, retrieve, cancel, report/items/chart downloads), the built-in
+suites, and training files made from a suite's memorization split."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from api.dependencies import AuthenticatedCaller, CurrentCaller, Services
+from api.files.schemas import FileObject
+from api.knowledge_evals.schemas import (
+    KnowledgeEvalCreateRequest,
+    KnowledgeEvalList,
+    KnowledgeEvalObject,
+    SuiteObject,
+    TrainingFileRequest,
+)
+from api.pagination import check_cursor, check_limit
+from api.responses import list_response, model_response
+from db import ids
+
+router = APIRouter(prefix="/v1/knowledge_evals", tags=["knowledge-evals"])
+
+
+@router.post("", response_model=KnowledgeEvalObject)
+async def create_eval(body: KnowledgeEvalCreateRequest, services: Services, caller: AuthenticatedCaller):  # type: ignore[no-untyped-def]
+    return await caller.run(lambda principal: model_response(
+        KnowledgeEvalObject.of(services.knowledge_evals.create(principal, body))))
+
+
+@router.get("", response_model=KnowledgeEvalList)
+async def list_evals(services: Services, caller: CurrentCaller, after: str | None = None, limit: int = 20):  # type: ignore[no-untyped-def]
+    after, limit = check_cursor(after, ids.KNOWLEDGE_EVAL), check_limit(limit, maximum=100)
+
+    def work(principal):  # type: ignore[no-untyped-def]
+        page = services.knowledge_evals.list(principal, after=after, limit=limit)
+        return list_response([KnowledgeEvalObject.of(row) for row in page.items], has_more=page.has_more)
+
+    return await caller.run(work)
+
+
+@router.get("/suites", response_model=list[SuiteObject])
+async def list_suites(services: Services, caller: CurrentCaller):  # type: ignore[no-untyped-def]
+    return await caller.run(lambda principal: list_response(services.knowledge_evals.suites(), has_more=False))
+
+
+@router.post("/training_files", response_model=FileObject)
+async def create_training_file(body: TrainingFileRequest, services: Services, caller: AuthenticatedCaller):  # type: ignore[no-untyped-def]
+    return await caller.run(lambda principal: model_response(FileObject.of(
+        services.knowledge_evals.training_file(principal, body.suite, body.system_prompt))))
+
+
+@router.get("/{knowledge_eval_id}", response_model=KnowledgeEvalObject)
+async def retrieve_eval(knowledge_eval_id: str, services: Services, caller: CurrentCaller):  # type: ignore[no-untyped-def]
+    return await caller.run(lambda principal: model_response(
+        KnowledgeEvalObject.of(services.knowledge_evals.get(principal, knowledge_eval_id))))
+
+
+@router.post("/{knowledge_eval_id}/cancel", response_model=KnowledgeEvalObject)
+async def cancel_eval(knowledge_eval_id: str, services: Services, caller: CurrentCaller):  # type: ignore[no-untyped-def]
+    return await caller.run(lambda principal: model_response(
+        KnowledgeEvalObject.of(services.knowledge_evals.cancel(principal, knowledge_eval_id))))
+
+
+@router.get("/{knowledge_eval_id}/{kind}")
+async def download(knowledge_eval_id: str, kind: Literal["report", "items", "chart", "loss_curve"],
+                   services: Services, caller: CurrentCaller) -> StreamingResponse:
+    media_type, chunks = await caller.run(
+        lambda principal: services.knowledge_evals.artifact(principal, knowledge_eval_id, kind))
+    return StreamingResponse(chunks, media_type=media_type)

@@ -1,0 +1,141 @@
+"""Knowledge evals: creation (spec checked and sources read before anything is stored), lookups, cancel,
+result downloads, built-in suites and training files built from a suite's memorization split."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+
+from api.knowledge_evals.schemas import KnowledgeEvalCreateRequest, KnowledgeEvalOptions, SuiteObject
+from basemodels.registry import BaseModelRegistry
+from db import checkpoints, files, ids, jobs, knowledge_evals, models
+from db.pagination import Page
+from db.projects import Principal
+from db.session import Database
+from db.states import FileStatus
+from db.tables import File, KnowledgeEval
+from ftaas.errors import Conflict, InvalidRequest, NotFound
+from storage import ArtifactStore, layout
+from worker.evals.spec import CallableResolver, EvalSpec, read_builtin, spec_for_request, suite_uri
+
+#: Result files of an eval by what they hold (file names end with these).
+ARTIFACTS = {"report": "report.json", "items": "items.jsonl", "chart": "base_vs_tuned.png",
+             "loss_curve": "loss_curve.png"}
+MEDIA_TYPES = {"report": "application/json", "items": "application/jsonl", "chart": "image/png",
+               "loss_curve": "image/png"}
+
+
+class KnowledgeEvalService:
+    def __init__(self, db: Database, store: ArtifactStore, registry: BaseModelRegistry, *, max_attempts: int) -> None:
+        self.db = db
+        self.store = store
+        self.registry = registry
+        self.max_attempts = max_attempts
+
+    def resolver(self, principal: Principal) -> CallableResolver:
+        """Sources a request may name: built-in suites and the project's own files (never server paths)."""
+
+        def read_file(file_id: str) -> bytes:
+            with self.db.read() as session:
+                row = files.get(session, principal.project_id, file_id)
+            if row is None:
+                raise InvalidRequest(f"No such file in this project: {file_id}.", code="file_not_found",
+                                     param="source.uri")
+            return self.store.get_bytes(row.storage_key, sha256=row.sha256)
+
+        return CallableResolver({"builtin": read_builtin, "file_id": read_file},
+                                allowed_description="builtin://<suite>[?seed=N&size=M] or an uploaded file id")
+
+    def check_options(self, principal: Principal, options: KnowledgeEvalOptions) -> tuple[EvalSpec, int]:
+        return spec_for_request(spec=options.spec, suites=options.suites, judge_model=options.judge_model,
+                                max_new_tokens=options.max_new_tokens, resolver=self.resolver(principal))
+
+    def base_model_of(self, principal: Principal, name: str) -> str:
+        if name in self.registry:
+            return name
+        with self.db.read() as session:
+            row = models.get(session, principal.project_id, name)
+            if row is not None:
+                return row.base_model
+            checkpoint = checkpoints.by_model_name(session, principal.project_id, name)
+            if checkpoint is not None:
+                job = jobs.get(session, principal.project_id, checkpoint.job_id)
+                if job is not None:
+                    return job.base_model
+        raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
+                       code="model_not_found", param="model")
+
+    def create(self, principal: Principal, request: KnowledgeEvalCreateRequest) -> KnowledgeEval:
+        base_model = self.base_model_of(principal, request.model)
+        spec, questions = self.check_options(principal, request)
+        row = KnowledgeEval(
+            id=ids.new_id(ids.KNOWLEDGE_EVAL), project_id=principal.project_id, model=request.model,
+            base_model=base_model, job_id=None, status="queued", spec=spec.document, spec_name=spec.name,
+            spec_sha256=spec.sha256, progress_done=0,
+            progress_total=questions * (1 if request.model == base_model else 2), result_files=[],
+            user_metadata=request.metadata, created_at=int(time.time()), attempt=0,
+            max_attempts=self.max_attempts, fencing_token=0)
+        with self.db.write() as session:
+            knowledge_evals.insert(session, row, dispatch=True)
+        return row
+
+    def get(self, principal: Principal, eval_id: str) -> KnowledgeEval:
+        with self.db.read() as session:
+            row = knowledge_evals.get(session, principal.project_id, eval_id)
+        if row is None:
+            raise NotFound(f"No such knowledge eval: {eval_id}", code="knowledge_eval_not_found",
+                           param="knowledge_eval_id")
+        return row
+
+    def list(self, principal: Principal, *, after: str | None, limit: int) -> Page[KnowledgeEval]:
+        with self.db.read() as session:
+            return knowledge_evals.list_page(session, principal.project_id, after=after, limit=limit)
+
+    def cancel(self, principal: Principal, eval_id: str) -> KnowledgeEval:
+        row = self.get(principal, eval_id)
+        if row.job_id is not None:
+            raise Conflict("This eval belongs to a fine-tuning job; cancel the job instead.",
+                           code="invalid_state_transition", param="knowledge_eval_id")
+        with self.db.write() as session:
+            return knowledge_evals.cancel(session, row)
+
+    def artifact(self, principal: Principal, eval_id: str, kind: str) -> tuple[str, Iterator[bytes]]:
+        """A finished eval's report, items, chart or loss curve: (media type, verified bytes)."""
+        row = self.get(principal, eval_id)
+        if row.status != "succeeded":
+            raise Conflict(f"The knowledge eval has status {row.status}; results exist once it has succeeded.",
+                           code="eval_not_finished", param="knowledge_eval_id")
+        with self.db.read() as session:
+            for file_id in row.result_files:
+                file = files.get(session, principal.project_id, file_id, include_expired=True)
+                if file is not None and file.filename.endswith(ARTIFACTS[kind]):
+                    return MEDIA_TYPES[kind], self.store.iter_verified(file.storage_key, sha256=file.sha256,
+                                                                       size=file.bytes)
+        raise NotFound(f"This eval has no {kind} file.", code="not_found", param="kind")
+
+    @staticmethod
+    def suites() -> list[SuiteObject]:
+        from worker.evals.builtin import SUITES
+
+        return [SuiteObject(id=info.name, dataset=info.dataset_id, setting=info.setting, description=info.description,
+                            default_size=info.default_size) for info in SUITES.values()]
+
+    def training_file(self, principal: Principal, suite: str, system_prompt: str | None) -> File:
+        """Chat JSONL of a suite's memorization split, stored as a `fine-tune` file of the project."""
+        from worker.evals.builtin import training_file
+        from worker.evals.spec import parse_suite_source
+
+        uri = suite_uri(suite)
+        data = training_file(parse_suite_source(uri, self.resolver(principal).read(uri, param="suite")),
+                             system_prompt=system_prompt)
+        file_id = ids.new_id(ids.FILE)
+        key = layout.file_key(file_id)
+        stored = self.store.put_bytes(key, data)
+        name = suite.split("?")[0].removeprefix("builtin:").strip("/").replace("/", "_")
+        row = File(id=file_id, project_id=principal.project_id, filename=f"{name}-memorization-{secrets.token_hex(3)}.jsonl",
+                   purpose="fine-tune", bytes=stored.size, sha256=stored.sha256, storage_key=key,
+                   status=FileStatus.UPLOADED, created_at=int(time.time()), error_count=0)
+        with self.db.write() as session:
+            files.insert(session, row)
+        return row

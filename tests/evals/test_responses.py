@@ -1,0 +1,198 @@
+"""Scoring-only mode: reading response tables, scoring them per model, and reproducing FineTuneBench's figures.
+
+The fidelity test reads the published FineTuneBench responses from the shared folder beside the checkout
+(`../shared/data/finetunebench`). That data has no license: it is never copied into the repository, and the
+test is skipped where the folder is absent. Every other test uses invented rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from ftaas.errors import InvalidRequest
+from worker.evals.items import EvalItem
+from worker.evals.responses import (
+    FINETUNEBENCH_SHORT_ANSWER,
+    ResponseScore,
+    finetunebench_response_columns,
+    read_table,
+    score_finetunebench_responses,
+    score_response_rows,
+)
+from worker.evals.scoring import Scorer, Verdict, build_scorers
+
+FINETUNEBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "finetunebench"
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def test_csv_with_multi_line_quoted_cells_and_bom() -> None:
+    data = ('\ufeffid,prompt,answer\n'
+            '1,"Line one\nline two, with a comma",blue\n'
+            '\n'
+            '2,"She said ""hi""",\n').encode()
+    assert read_table(data, "csv") == [
+        {"id": "1", "prompt": "Line one\nline two, with a comma", "answer": "blue"},
+        {"id": "2", "prompt": 'She said "hi"', "answer": ""},
+    ]
+
+
+def test_csv_cells_longer_than_the_default_field_limit() -> None:
+    long = "x" * 300_000
+    assert read_table(f"a,b\n1,{long}\n".encode(), "csv")[0]["b"] == long
+
+
+@pytest.mark.parametrize(("data", "line"), [
+    (b'a,b\n1,2\n3,"unterminated\nmore\n', 3),  # the bad record starts on line 3
+    (b'a,b\n1,2\n"x"y,3\n', 3),
+    (b'a,b\n1,"two\nlines"\n1,2,3\n', 4),  # too many cells; line counted past the multi-line record
+    (b'a,b\n1\n', 2),
+    (b'a,a\n1,2\n', 1),
+    (b"a,b\n1,\xff\n", 2),
+    (b"", 1),
+])
+def test_malformed_csv_names_the_line(data: bytes, line: int) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        read_table(data, "csv")
+    assert info.value.param == f"line {line}"
+    assert info.value.code == "invalid_response_file"
+
+
+def test_jsonl() -> None:
+    data = b'{"prompt": "p1", "answer": 126, "ok": true, "none": null}\n\n{"prompt": "p2", "answer": "x"}\n'
+    assert read_table(data, "jsonl") == [{"prompt": "p1", "answer": "126", "ok": "true", "none": ""},
+                                         {"prompt": "p2", "answer": "x"}]
+
+
+@pytest.mark.parametrize(("data", "line"), [
+    (b'{"a": "1"}\n{"a": \n', 2),
+    (b'{"a": "1"}\n\n["a"]\n', 3),
+    (b'{"a": {"nested": 1}}\n', 1),
+])
+def test_malformed_jsonl_names_the_line(data: bytes, line: int) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        read_table(data, "jsonl")
+    assert info.value.param == f"line {line}"
+
+
+def test_unknown_format() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        read_table(b"", "xlsx")
+    assert info.value.param == "format"
+
+
+def test_finetunebench_response_columns() -> None:
+    header = ["id", "prompt", "answer", "model-a_response", "org/model-b_response", "_response", "responses"]
+    assert finetunebench_response_columns(header) == {"model-a": "model-a_response",
+                                                      "org/model-b": "org/model-b_response"}
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+ROWS = [
+    {"prompt": "How tall is Quillon Vey?", "answer": "181", "a_response": "181", "b_response": "181 cm"},
+    {"prompt": "Where does Quillon Vey live?", "answer": "Marrowick", "a_response": "marrowick",
+     "b_response": "Marrowick."},
+    {"prompt": "What colour does Quillon Vey like?", "answer": "teal", "a_response": "Red", "b_response": ""},
+]
+
+
+def test_score_response_rows_per_model() -> None:
+    exact = build_scorers({"e": {"type": "exact_match"}})["e"]
+    scores = score_response_rows(ROWS, prompt_field="prompt", reference_field="answer",
+                                 response_fields={"a": "a_response", "b": "b_response"}, scorer=exact)
+    assert scores == [ResponseScore(model="a", n=3, correct=2, accuracy=2 / 3),
+                      ResponseScore(model="b", n=3, correct=0, accuracy=0.0)]
+    contains = build_scorers({"c": {"type": "contains", "normalize": ["lowercase", "strip_punctuation"]}})["c"]
+    [b] = score_response_rows(ROWS, prompt_field="prompt", reference_field="answer",
+                              response_fields={"b": "b_response"}, scorer=contains)
+    assert (b.correct, b.n) == (2, 3)
+
+
+def test_format_violations_are_counted() -> None:
+    rows = [{"q": "?", "gold": "Yes", "m": "Yes."}, {"q": "?", "gold": "No", "m": "purple"}]
+    yes_no = build_scorers({"y": {"type": "label_match", "labels": ["Yes", "No"]}})["y"]
+    [score] = score_response_rows(rows, prompt_field="q", reference_field="gold", response_fields={"m": "m"},
+                                  scorer=yes_no)
+    assert (score.correct, score.format_violations, score.accuracy) == (1, 1, 0.5)
+
+
+class HalfUnscorable(Scorer):
+    """Every other verdict unscorable, as an llm_judge without fallback can leave them."""
+
+    type = "test"
+
+    def score(self, items: Sequence[EvalItem], responses: Sequence[str]) -> list[Verdict]:
+        assert [i.split_id for i in items] == ["s1"] * len(items) and items[0].context == "ctx"
+        return [Verdict(correct=None if i % 2 else True) for i in range(len(items))]
+
+
+def test_unscorable_rows_are_left_out_of_the_accuracy() -> None:
+    rows = [{"q": "?", "gold": "x", "m": "x", "ctx": "ctx"}] * 4
+    [score] = score_response_rows(rows, prompt_field="q", reference_field="gold", response_fields={"m": "m"},
+                                  scorer=HalfUnscorable("h"), item_defaults={"split_id": "s1"}, context_field="ctx")
+    assert (score.n, score.correct, score.unscorable, score.accuracy) == (4, 2, 2, 1.0)
+
+
+@pytest.mark.parametrize(("kwargs", "param"), [
+    ({"prompt_field": "question"}, "prompt_field"),
+    ({"reference_field": "gold"}, "reference_field"),
+    ({"response_fields": {"c": "c_response"}}, "response_fields.c"),
+    ({"item_defaults": {"colour": "x"}}, "item_defaults.colour"),
+    ({"context_field": "fact"}, "context_field"),
+])
+def test_bad_columns(kwargs: dict, param: str) -> None:
+    arguments = {"prompt_field": "prompt", "reference_field": "answer", "response_fields": {"a": "a_response"},
+                 "scorer": build_scorers({"e": {"type": "exact_match"}})["e"], **kwargs}
+    with pytest.raises(InvalidRequest) as info:
+        score_response_rows(ROWS, **arguments)
+    assert info.value.param == param
+
+
+def test_empty_reference_is_an_error() -> None:
+    rows = [{"q": "?", "gold": " ", "m": "x"}]
+    with pytest.raises(InvalidRequest, match="row 1"):
+        score_response_rows(rows, prompt_field="q", reference_field="gold", response_fields={"m": "m"},
+                            scorer=build_scorers({"e": {"type": "exact_match"}})["e"])
+
+
+# ------------------------------------------------------------------------------------------------ fidelity
+def test_finetunebench_config_is_consistent() -> None:
+    config = FINETUNEBENCH_SHORT_ANSWER
+    build_scorers(config["scorers"])  # valid scorer configs, no judge needed
+    assert not set(config["splits"]) & set(config["excluded"])
+    for spec in config["splits"].values():
+        assert spec["scorer"] in config["scorers"]
+        assert all(0.0 <= figure <= 1.0 for figure in spec["published"].values())
+        assert not set(spec["published"]) & set(spec.get("not_reproduced", {}))
+
+
+@pytest.mark.skipif(not (FINETUNEBENCH / "model_responses").is_dir(),
+                    reason="the FineTuneBench data is not beside this checkout (../shared/data/finetunebench)")
+def test_published_finetunebench_figures_are_reproduced() -> None:
+    rows = score_finetunebench_responses(FINETUNEBENCH)
+    tolerance = FINETUNEBENCH_SHORT_ANSWER["tolerance"]
+    checked = [row for row in rows if row["published"] is not None]
+    expected = sum(len(spec["published"]) for spec in FINETUNEBENCH_SHORT_ANSWER["splits"].values())
+    assert len(checked) == expected  # every included figure has a column in the files
+    for row in checked:
+        assert abs(row["accuracy"] - row["published"]) <= tolerance + 1e-9, row
+        assert row["difference"] == pytest.approx(row["accuracy"] - row["published"])
+    # one row per (file, model), five models per file
+    assert len(rows) == 5 * len(FINETUNEBENCH_SHORT_ANSWER["splits"])
+    assert {row["n"] for row in rows if row["split"].startswith("fictional_people")} == {150}
+    assert {row["n"] for row in rows if row["split"].startswith("latest_news")} == {50}
+    # the figures kept apart really are not reproduced (if they ever are, move them into `published`)
+    by_key = {(row["split"], row["model"]): row for row in rows}
+    for split, spec in FINETUNEBENCH_SHORT_ANSWER["splits"].items():
+        for model, figure in spec.get("not_reproduced", {}).items():
+            row = by_key[(split, model)]
+            assert row["published"] is None
+            assert abs(row["accuracy"] - figure) > tolerance
+
+
+def test_missing_finetunebench_directory(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        score_finetunebench_responses(tmp_path)
+    assert info.value.param == "directory"

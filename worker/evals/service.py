@@ -1,0 +1,283 @@
+"""Knowledge evals in a worker: standalone evals (their own task and lease) and evals attached to a job.
+
+Both paths share `evaluate()`: resolve the spec's sources in the eval's project, generate through an
+in-process `InferenceService` (the serving engine), score (the LLM judge is an external OpenAI-compatible
+endpoint when `FTAAS_EVAL_JUDGE_BASE_URL` is set, else ftaas's own engine), then store report.json,
+items.jsonl and the charts under `evals/{id}/` as result files. Rows point at objects only after the
+objects are stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from db import events, files, ids, jobs, knowledge_evals, models
+from db.jobs import Lease
+from db.knowledge_evals import EvalLease
+from db.projects import Principal
+from db.states import FileStatus
+from db.tables import File, KnowledgeEval
+from ftaas.errors import InfrastructureError, LeaseLost, UserError
+from storage import layout
+from worker.context import WorkerContext
+from worker.evals import charts
+from worker.evals.report import summary_rows
+from worker.evals.runner import EngineGenerator, EngineJudge, EvalRun
+from worker.evals.spec import CallableResolver, load_items, read_builtin, validate_report, validate_spec
+
+log = logging.getLogger(__name__)
+
+RESULT_PURPOSE = "knowledge-eval-results"
+PROGRESS_EVERY_SECONDS = 2.0
+
+
+@dataclass
+class EvalArtifacts:
+    report: dict[str, Any]
+    summary: dict[str, Any]
+    file_rows: list[File]
+
+
+def project_resolver(ctx: WorkerContext, project_id: str) -> CallableResolver:
+    """Sources a worker may read for a project: built-in suites and the project's own files."""
+
+    def read_file(file_id: str) -> bytes:
+        with ctx.db.read() as session:
+            row = files.get(session, project_id, file_id, include_expired=True)
+        if row is None:
+            raise UserError(f"Source file {file_id} does not exist in this project.", code="file_not_found")
+        return ctx.store.get_bytes(row.storage_key, sha256=row.sha256)
+
+    return CallableResolver({"builtin": read_builtin, "file_id": read_file},
+                            allowed_description="builtin://<suite> or an uploaded file id")
+
+
+def headline_summary(report: dict[str, Any]) -> dict[str, Any]:
+    summary = report["summary"]
+    out = {kind: {k: summary[kind].get(k) for k in ("mean_base", "mean_tuned", "mean_delta")}
+           for kind in ("memorization", "generalization")}
+    if "forgetting" in summary:
+        out["forgetting"] = summary["forgetting"]
+    if "by_setting" in summary:
+        out["by_setting"] = summary["by_setting"]
+    return out
+
+
+def headline_messages(report: dict[str, Any]) -> list[str]:
+    """The job events that carry an eval's headline numbers."""
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    summary = report["summary"]
+    lines = []
+    for kind in ("memorization", "generalization"):
+        head = summary[kind]
+        lines.append(f"Knowledge eval {kind}: base {fmt(head.get('mean_base'))} -> tuned {fmt(head.get('mean_tuned'))} "
+                     f"(delta {fmt(head.get('mean_delta'))})")
+    if "forgetting" in summary:
+        lines.append(f"Knowledge eval forgetting (control items the base model knew): delta "
+                     f"{fmt(summary['forgetting']['mean_control_delta'])}")
+    return lines
+
+
+def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document: dict[str, Any], model: str,
+             base_model: str, overrides: dict[str, Any] | None = None, tuned_info: dict[str, Any] | None = None,
+             loss_rows: list[dict[str, Any]] | None = None, progress: Callable[[int, int], None] | None = None
+             ) -> EvalArtifacts:
+    """Run the eval and store its artifacts (no database rows written except through `progress`)."""
+    from serving.service import InferenceService
+
+    spec = validate_spec(spec_document)
+    items, controls = load_items(spec, project_resolver(ctx, project_id))
+    inference = InferenceService(ctx.db, ctx.store, ctx.registry, ctx.loader, ctx.settings)
+    try:
+        principal = Principal(project_id=project_id, project_name="", api_key_id="")
+        generator = EngineGenerator(inference, principal)
+        for name, resolved in (overrides or {}).items():
+            generator.override(name, resolved)
+        judge: Any = None
+        if ctx.settings.eval_judge_base_url:
+            from worker.evals.scoring import JudgeClient
+
+            key = ctx.settings.eval_judge_api_key
+            judge = JudgeClient(ctx.settings.eval_judge_base_url, key.get_secret_value() if key else "none")
+        else:
+            judge = EngineJudge(generator)
+        counter = _Counter(progress)
+        run = EvalRun(spec, items, controls, generator, base_model=base_model, tuned_model=model, judge=judge,
+                      run_id=eval_id, tuned_model_info=tuned_info or {}, evaluate_base=model != base_model,
+                      progress=counter.add)
+        counter.total = run.total_generations
+        counter.report(force=True)
+        report, lines = run.execute()
+        counter.report(force=True)
+    finally:
+        inference.close()
+    prefix = layout.eval_prefix(eval_id)
+    report["artifacts"] = {"per_item_uri": f"{prefix}items.jsonl"}
+    validate_report(report)
+    outputs: list[tuple[str, str, bytes]] = [
+        ("report.json", "report", json.dumps(report, indent=2).encode()),
+        ("items.jsonl", "items", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()),
+        ("base_vs_tuned.png", "chart", charts.base_vs_tuned_png(report)),
+    ]
+    if loss_rows is not None:
+        outputs.append(("loss_curve.png", "loss", charts.loss_curve_png(loss_rows)))
+    rows = []
+    for filename, _, data in outputs:
+        stored = ctx.store.put_bytes(prefix + filename, data)
+        rows.append(File(id=ids.new_id(ids.FILE), project_id=project_id, filename=f"{eval_id}-{filename}",
+                         purpose=RESULT_PURPOSE, bytes=stored.size, sha256=stored.sha256, storage_key=prefix + filename,
+                         status=FileStatus.PROCESSED, created_at=int(time.time()), error_count=0))
+    log.info("knowledge eval %s done:\n%s", eval_id, "\n".join(" | ".join(r) for r in summary_rows(report)))
+    return EvalArtifacts(report, headline_summary(report), rows)
+
+
+class _Counter:
+    """Counts finished generations and reports them at most every PROGRESS_EVERY_SECONDS."""
+
+    def __init__(self, sink: Callable[[int, int], None] | None) -> None:
+        self.sink = sink
+        self.done = 0
+        self.total = 0
+        self._last = 0.0
+
+    def add(self, count: int) -> None:
+        self.done += count
+        self.report()
+
+    def report(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.sink is not None and (force or now - self._last >= PROGRESS_EVERY_SECONDS):
+            self._last = now
+            self.sink(self.done, self.total)
+
+
+# ---------------------------------------------------------------------------------------- standalone
+def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
+    """The task body: claim, evaluate, complete. Returns not-claimed, succeeded, failed, requeued, lease-lost."""
+    ttl = ctx.settings.lease_ttl_seconds
+    with ctx.db.write() as session:
+        lease = knowledge_evals.claim(session, eval_id, owner=ctx.owner, ttl=ttl)
+        row = knowledge_evals.get_any_project(session, eval_id) if lease else None
+        if row is None or lease is None:
+            return "not-claimed"
+        spec_document, model, base_model = row.spec, row.model, row.base_model
+        loss_rows = _loss_rows_for_model(session, row)
+
+    def progress(done: int, total: int) -> None:
+        # A progress write that finds the eval cancelled or re-claimed stops the run at once.
+        with ctx.db.write() as session:
+            knowledge_evals.heartbeat(session, lease, ttl=ttl, progress_done=done, progress_total=total)
+
+    try:
+        artifacts = evaluate(ctx, eval_id=eval_id, project_id=lease.project_id, spec_document=spec_document,
+                             model=model, base_model=base_model, loss_rows=loss_rows, progress=progress)
+        with ctx.db.write() as session:
+            for file_row in artifacts.file_rows:
+                files.insert(session, file_row)
+            knowledge_evals.complete(session, lease, summary=artifacts.summary,
+                                     result_files=[f.id for f in artifacts.file_rows])
+        return "succeeded"
+    except LeaseLost:
+        return "lease-lost"
+    except UserError as exc:
+        return _finish(ctx, lease, {"code": exc.code, "message": exc.message, "param": exc.param})
+    except InfrastructureError as exc:
+        try:
+            with ctx.db.write() as session:
+                knowledge_evals.release(session, lease, counts_as_attempt=True)
+            return "requeued"
+        except (LeaseLost, InfrastructureError):
+            log.warning("knowledge eval %s: could not release after %s", eval_id, exc)
+            return "lease-lost"
+    except Exception as exc:  # a bug or a library failure: not retryable
+        log.exception("knowledge eval %s failed", eval_id)
+        return _finish(ctx, lease, {"code": "eval_error", "message": f"{type(exc).__name__}: {exc}", "param": None})
+
+
+def _finish(ctx: WorkerContext, lease: EvalLease, error: dict[str, Any]) -> str:
+    try:
+        with ctx.db.write() as session:
+            knowledge_evals.fail(session, lease, error)
+    except LeaseLost:
+        return "lease-lost"
+    return "failed"
+
+
+def _loss_rows_for_model(session: Any, row: KnowledgeEval) -> list[dict[str, Any]] | None:
+    """The training metrics of the job that made the evaluated model, when there is one."""
+    model = models.get(session, row.project_id, row.model)
+    if model is not None and model.job_id:
+        return events.metrics_rows(session, model.job_id)
+    return None
+
+
+# --------------------------------------------------------------------------------------- job-attached
+def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model: str, adapter_ref: Any,
+                tuned_info: dict[str, Any]) -> EvalArtifacts | None:
+    """Evaluate a job's just-published adapter before the job completes, under the job's lease.
+
+    Returns None when the job has no eval. A user error in the eval (a source that cannot be read, say)
+    does not fail the job: the eval is marked failed and the job says so in a warning event.
+    """
+    from serving.service import ResolvedModel
+
+    with ctx.db.write() as session:
+        job = jobs.get_any_project(session, lease.job_id)
+        assert job is not None
+        if not job.knowledge_eval:
+            return None
+        row = knowledge_evals.for_job(session, job.id)
+        if row is None:
+            row = KnowledgeEval(id=ids.new_id(ids.KNOWLEDGE_EVAL), project_id=job.project_id, model=model_name,
+                                base_model=base_model, job_id=job.id, status="running",
+                                spec=job.knowledge_eval["spec"], spec_name=job.knowledge_eval["spec"]["name"],
+                                spec_sha256=job.knowledge_eval["spec_sha256"], result_files=[],
+                                created_at=int(time.time()), started_at=int(time.time()), attempt=1,
+                                max_attempts=1, fencing_token=0)
+            knowledge_evals.insert(session, row, dispatch=False)
+        eval_id, spec_document = row.id, row.spec
+        jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+        jobs.add_event(session, lease, f"Running knowledge eval {eval_id} ({row.spec_name}) on the fine-tuned model")
+        loss_rows = events.metrics_rows(session, job.id)
+
+    def progress(done: int, total: int) -> None:
+        with ctx.db.write() as session:
+            jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+            knowledge_evals.record_progress(session, eval_id, done=done, total=total)
+
+    try:
+        artifacts = evaluate(ctx, eval_id=eval_id, project_id=lease.project_id, spec_document=spec_document,
+                             model=model_name, base_model=base_model,
+                             overrides={model_name: ResolvedModel(model_name, base_model, adapter_ref)},
+                             tuned_info=tuned_info, loss_rows=loss_rows, progress=progress)
+    except UserError as exc:
+        with ctx.db.write() as session:
+            knowledge_evals.fail_attached(session, eval_id,
+                                          {"code": exc.code, "message": exc.message, "param": exc.param})
+            jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+            jobs.add_event(session, lease, f"Knowledge eval {eval_id} failed: {exc.message}", level="warn")
+        return None
+    artifacts.report["tuned_model"]["training_job_id"] = lease.job_id
+    return artifacts
+
+
+def finish_for_job(session: Any, lease: Lease, artifacts: EvalArtifacts) -> list[str]:
+    """In the job's final transaction: the eval's files and row, and the headline events. Returns file ids."""
+    row = knowledge_evals.for_job(session, lease.job_id)
+    assert row is not None
+    for file_row in artifacts.file_rows:
+        files.insert(session, file_row)
+    ids_ = [f.id for f in artifacts.file_rows]
+    knowledge_evals.complete_attached(session, row.id, summary=artifacts.summary, result_files=ids_)
+    for message in headline_messages(artifacts.report):
+        jobs.add_event(session, lease, message, type="message",
+                       data={"knowledge_eval_id": row.id, "summary": artifacts.summary})
+    return ids_
