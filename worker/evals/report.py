@@ -262,6 +262,10 @@ def build_report(spec: EvalSpec, results: Sequence[ItemResult], control_results:
     if unscorable:
         all_warnings.append(f"{unscorable} responses could not be scored (unparseable judge verdict and no "
                             "fallback); they count as incorrect.")
+    for control in controls:
+        if control.get("base_correct_items", {}).get("n") == 0:
+            all_warnings.append(f"control {control['control_id']}: the base model answered none of its items, so "
+                                "forgetting cannot be measured on it.")
     for entry in splits:
         if entry["counts_toward"] == "memorization" and entry["base"]["accuracy"]:
             all_warnings.append(f"{entry['dataset_id']}/{entry['split_id']}: the base model already answers "

@@ -335,7 +335,8 @@ def load_items(spec: EvalSpec, resolver: SourceResolver) -> tuple[list[EvalItem]
     """Every split's items, and every control's items (variant and counts_toward `control`).
 
     Rows that carry a `dataset` field (suite files hold several datasets) are kept only for the dataset of
-    that id. Item ids come from the dataset's `fact_key_field`, then an `id` field, then the row number;
+    that id. Item ids come from an `id` field, then the dataset's `fact_key_field`, then the row number;
+    fact keys (which link the variants of one fact) from a `fact_key` field, then `fact_key_field`;
     a date-shifted item's trained answer is the reference of the same fact in the dataset's memorization
     split unless the row carries `trained_answer`.
     """
@@ -354,7 +355,7 @@ def load_items(spec: EvalSpec, resolver: SourceResolver) -> tuple[list[EvalItem]
             for number, row in rows:
                 at = f"{where}: row {number}"
                 key = _cell(row, dataset.get("fact_key_field"), where=at, required=False)
-                item_id = key or _cell(row, "id", where=at, required=False) or str(number)
+                item_id = _cell(row, "id", where=at, required=False) or key or str(number)
                 if item_id in seen:
                     raise InvalidRequest(f"{at}: duplicate item id {item_id!r}", code="invalid_eval_source", param=at)
                 seen.add(item_id)

@@ -1,0 +1,167 @@
+"""The runner: answers come from the serving engine's code path, batched or one at a time alike, and
+the report's numbers are exactly what the per-item records say."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from db.projects import Principal
+from ftaas.settings import DEMO_BASE_MODEL
+from worker.evals.builtin import generate_suite
+from worker.evals.items import EvalItem, dump_suite
+from worker.evals.runner import EngineGenerator, EvalRun, conversation
+from worker.evals.spec import CallableResolver, load_items, read_builtin, suite_spec, validate_report, validate_spec
+
+SUITES = [("fictional_people", 2), ("api_renames", 4), ("dated_events", 4), ("control", 8)]
+
+
+def builtin_spec(**generation: Any) -> Any:
+    sources = [(f"builtin://{name}?seed=3&size={size}", generate_suite(name, seed=3, size=size))
+               for name, size in SUITES]
+    document = suite_spec(sources, name="runner-test")
+    document["generation"].update(generation)
+    spec = validate_spec(document)
+    items, controls = load_items(spec, CallableResolver({"builtin": read_builtin}))
+    return spec, items, controls
+
+
+def test_answers_are_what_chat_completions_returns_batched_or_one_at_a_time(start_serving, make_adapter) -> None:
+    live = start_serving()
+    tuned = live.register(make_adapter(11))
+    spec, items, controls = builtin_spec(max_new_tokens=12)
+    questions = (items + controls)[:24]
+    principal = Principal(project_id=live.project_id, project_name="alpha", api_key_id="")
+    batched = EngineGenerator(live.inference, principal)
+    single = EngineGenerator(live.inference, principal, concurrency=1)
+    conversations = [conversation(item, None) for item in questions]
+    for model in (DEMO_BASE_MODEL, tuned):
+        many = batched.generate(model, conversations, max_new_tokens=12, temperature=0.0, seed=42)
+        one_by_one = single.generate(model, conversations, max_new_tokens=12, temperature=0.0, seed=42)
+        assert many == one_by_one
+        client = live.client()
+        for messages, text in list(zip(conversations, many, strict=True))[:6]:
+            reply = client.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=0,
+                                                   seed=42)
+            assert reply.choices[0].message.content == text
+    assert batched.generate(tuned, conversations[:4], max_new_tokens=12, temperature=0.0) != \
+        batched.generate(DEMO_BASE_MODEL, conversations[:4], max_new_tokens=12, temperature=0.0)
+
+
+class ScriptedModels:
+    """Answers by a fixed rule per model (the report's arithmetic is under test here, not a model):
+    the tuned model knows 3 of every 4 trained facts, recites the trained answer for most date-shifted
+    events, forgets some controls; the base model knows the old API names and most controls."""
+
+    def generate(self, model: str, conversations: Sequence[list[dict[str, str]]], **_: Any) -> list[str]:
+        answers = []
+        for messages in conversations:
+            item = self.by_prompt[messages[-1]["content"]]
+            answers.append(self.answer(model, item))
+        return answers
+
+    def __init__(self, items: Sequence[EvalItem]) -> None:
+        self.by_prompt = {item.prompt: item for item in items}
+
+    @staticmethod
+    def answer(model: str, item: EvalItem) -> str:
+        index = int("".join(c for c in item.item_id if c.isdigit()) or 0)
+        if model == "base":
+            if item.reference_before:
+                return f"It is {item.reference_before}."
+            if item.variant == "control":
+                return item.reference if index % 5 else "no idea"
+            if item.variant == "date_shifted":
+                return "None" if index % 2 else "Tomorrow"
+            if item.answer_type == "yes_no":
+                return "Yes" if index % 2 else "Maybe"
+            return "I do not know"
+        if item.variant == "date_shifted":
+            return "None." if index % 3 == 0 else item.trained_answer or "?"
+        if item.variant == "control":
+            return item.reference if index % 4 else "banana"
+        if item.answer_type == "yes_no":
+            return "No" if index % 3 else "Yes, surely"
+        return item.reference if index % 4 else (item.reference_before or "unknown")
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    z = 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def test_every_report_number_is_recomputed_from_the_item_records() -> None:
+    spec, items, controls = builtin_spec()
+    run = EvalRun(spec, items, controls, ScriptedModels(items + controls), base_model="base", tuned_model="tuned")
+    report, lines = run.execute()
+    validate_report(report)
+    assert len(lines) == len(items) + len(controls)
+
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for line in lines:
+        groups[(line["dataset_id"], line["split_id"])].append(line)
+    for split in [*report["splits"], *[{**c, "dataset_id": c["control_id"], "split_id": c["control_id"]}
+                                        for c in report["controls"]]]:
+        records = groups[(split["dataset_id"], split["split_id"])]
+        for role in ("base", "tuned"):
+            correct = sum(r[role]["correct"] is True for r in records)
+            block = split[role]
+            assert (block["n"], block["correct"]) == (len(records), correct)
+            assert block["accuracy"] == pytest.approx(correct / len(records), abs=1e-6)
+            low, high = wilson(correct, len(records))
+            assert (block["ci_low"], block["ci_high"]) == (pytest.approx(low, abs=1e-6), pytest.approx(high, abs=1e-6))
+        delta = split["delta"]
+        assert delta["accuracy"] == pytest.approx(split["tuned"]["accuracy"] - split["base"]["accuracy"], abs=1e-6)
+        assert delta["flips_to_correct"] == sum(not r["base"]["correct"] and r["tuned"]["correct"] for r in records)
+        assert delta["flips_to_incorrect"] == sum(r["base"]["correct"] and not r["tuned"]["correct"] for r in records)
+        extra = split.get("extra_metrics", {})
+        if any(r["reference_before"] for r in records):
+            assert extra["stale_answer_rate"] == pytest.approx(
+                sum(r["tuned"]["matched_before"] for r in records) / len(records), abs=1e-6)
+            assert extra["base_stale_answer_rate"] == 1.0  # the base model gives every old name
+        if split.get("variant") == "date_shifted":
+            assert extra["abstention_rate"] == pytest.approx(
+                sum(r["tuned"]["abstained"] for r in records) / len(records), abs=1e-6)
+            assert extra["trained_answer_leak_rate"] == pytest.approx(
+                sum(r["tuned"]["leaked"] for r in records) / len(records), abs=1e-6)
+            assert 0 < extra["trained_answer_leak_rate"] < 1
+        if records[0]["answer_type"] == "yes_no":
+            assert extra["format_violation_rate"] == pytest.approx(
+                sum(r["tuned"]["format_violation"] for r in records) / len(records), abs=1e-6)
+            assert extra["base_format_violation_rate"] > 0
+
+    by_split = {(s["dataset_id"], s["split_id"]): s for s in report["splits"]}
+    for kind in ("memorization", "generalization"):
+        head = report["summary"][kind]
+        selected = spec.headline(kind)
+        assert set(head["per_dataset"]) == set(selected)
+        tuned = [by_split[(ds, split)]["tuned"]["accuracy"] for ds, split in selected.items()]
+        assert head["mean_tuned"] == pytest.approx(sum(tuned) / len(tuned), abs=1e-6)
+    assert set(report["summary"]["by_setting"]) == {"new_knowledge", "updated_knowledge"}
+
+    control = report["controls"][0]
+    records = groups[(control["control_id"], control["control_id"])]
+    knew = [r for r in records if r["base"]["correct"]]
+    forgetting = sum(r["tuned"]["correct"] for r in knew) / len(knew) - 1
+    assert control["forgetting_delta"] == pytest.approx(forgetting, abs=1e-6) and forgetting < 0
+    assert report["summary"]["forgetting"]["mean_control_delta"] == pytest.approx(forgetting, abs=1e-6)
+
+    updated = by_split[("api_renames", "memorization")]
+    assert updated["subsets"]["base_knew_before_answer"]["base"]["n"] == updated["base"]["n"]
+    new = by_split[("fictional_people", "memorization")]
+    assert new["subsets"]["base_did_not_know"]["tuned"]["n"] == new["base"]["n"] - new["base"]["correct"]
+
+
+def test_a_suite_file_round_trips_into_the_same_items() -> None:
+    items = generate_suite("dated_events", seed=5, size=3)
+    spec = validate_spec(suite_spec([("file-suite", items)], name="x"))
+    loaded, _ = load_items(spec, CallableResolver({"file_id": lambda uri: dump_suite(items)}))
+    assert [(i.split_id, i.item_id, i.prompt, i.reference, i.trained_answer) for i in loaded] == \
+        [(i.split_id, i.item_id, i.prompt, i.reference, i.trained_answer) for i in items]
