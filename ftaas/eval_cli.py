@@ -34,7 +34,7 @@ def _check(response: Any) -> Any:
         try:
             error = response.json()["error"]
             detail = f"{error.get('message')} (param: {error.get('param')}, code: {error.get('code')})"
-        except Exception:
+        except (ValueError, KeyError, TypeError):  # not the OpenAI error envelope
             detail = response.text[:500]
         raise click.ClickException(f"HTTP {response.status_code}: {detail}")
     return response

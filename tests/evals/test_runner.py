@@ -15,7 +15,14 @@ from ftaas.settings import DEMO_BASE_MODEL
 from worker.evals.builtin import generate_suite
 from worker.evals.items import EvalItem, dump_suite
 from worker.evals.runner import EngineGenerator, EvalRun, conversation
-from worker.evals.spec import CallableResolver, load_items, read_builtin, suite_spec, validate_report, validate_spec
+from worker.evals.spec import (
+    CallableResolver,
+    load_items,
+    read_builtin,
+    suite_spec,
+    validate_report,
+    validate_spec,
+)
 
 SUITES = [("fictional_people", 2), ("api_renames", 4), ("dated_events", 4), ("control", 8)]
 
@@ -33,7 +40,7 @@ def builtin_spec(**generation: Any) -> Any:
 def test_answers_are_what_chat_completions_returns_batched_or_one_at_a_time(start_serving, make_adapter) -> None:
     live = start_serving()
     tuned = live.register(make_adapter(11))
-    spec, items, controls = builtin_spec(max_new_tokens=12)
+    _, items, controls = builtin_spec(max_new_tokens=12)
     questions = (items + controls)[:24]
     principal = Principal(project_id=live.project_id, project_name="alpha", api_key_id="")
     batched = EngineGenerator(live.inference, principal)

@@ -253,11 +253,15 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
             jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
             knowledge_evals.record_progress(session, eval_id, done=done, total=total)
 
+    info = {**tuned_info, "training_job_id": lease.job_id}
+    losses = [row["train_loss"] for row in loss_rows if isinstance(row.get("train_loss"), int | float)]
+    if losses:
+        info["final_train_loss"] = losses[-1]
     try:
         artifacts = evaluate(ctx, eval_id=eval_id, project_id=lease.project_id, spec_document=spec_document,
                              model=model_name, base_model=base_model,
                              overrides={model_name: ResolvedModel(model_name, base_model, adapter_ref)},
-                             tuned_info=tuned_info, loss_rows=loss_rows, progress=progress)
+                             tuned_info=info, loss_rows=loss_rows, progress=progress)
     except UserError as exc:
         with ctx.db.write() as session:
             knowledge_evals.fail_attached(session, eval_id,
@@ -265,7 +269,6 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
             jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
             jobs.add_event(session, lease, f"Knowledge eval {eval_id} failed: {exc.message}", level="warn")
         return None
-    artifacts.report["tuned_model"]["training_job_id"] = lease.job_id
     return artifacts
 
 

@@ -421,7 +421,8 @@ def _scorer_for(answer_type: str, *, judge: bool) -> str:
         return "abstain"
     if answer_type == "free_text":
         return "judge" if judge else "contains"
-    return "exact"
+    # Short answers go to the judge when one is asked for (as FineTuneBench scored them); numbers never do.
+    return "judge" if judge and answer_type == "short_text" else "exact"
 
 
 def suite_spec(sources: Sequence[tuple[str, Sequence[EvalItem]]], *, name: str = "suites",

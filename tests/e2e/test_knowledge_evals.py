@@ -1,0 +1,138 @@
+"""Knowledge evals end to end on `ftaas up` (Celery workers, the serving engine, the official SDK):
+fine-tune the tiny demo model on a fictional-people memorization split with an eval attached, read the
+report from the job's result files, recompute it from its per-item records; then a standalone eval with
+an LLM judge served by ftaas itself, driven by the `ftaas eval` CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections import defaultdict
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.servers import LiveServer, wait_for
+
+pytestmark = pytest.mark.slow
+
+PEOPLE = "builtin:fictional_people?size=8&seed=7"
+CONTROL = "builtin:control?size=24&seed=7"
+# Measured on the demo model: 8 people x 6 facts are memorised completely by r=16 LoRA at 3e-3 over 50
+# epochs of batches of 8 (300 steps); fewer epochs or a higher rate leave facts out or diverge.
+TRAINING = {"type": "supervised", "supervised": {
+    "hyperparameters": {"n_epochs": 50, "batch_size": 8, "learning_rate_multiplier": 15},
+    "adapter": {"type": "lora", "r": 16}, "n_checkpoints": 2}}
+
+
+def http(server: LiveServer) -> httpx.Client:
+    return server.http()
+
+
+@pytest.fixture(scope="module")
+def evaluated_job(embedded: LiveServer) -> dict[str, Any]:
+    client = embedded.client()
+    with http(embedded) as api:
+        made = api.post("/knowledge_evals/training_files", json={"suite": PEOPLE})
+        assert made.status_code == 200, made.text
+    training = client.files.wait_for_processing(made.json()["id"], poll_interval=0.2, max_wait_seconds=60)
+    assert training.status == "processed" and training.purpose == "fine-tune"
+    job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=training.id, suffix="people", seed=3,
+                                         method=TRAINING, extra_body={"knowledge_eval": {"suites": [PEOPLE, CONTROL]}})
+    job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+                   timeout=900, interval=1, what="the fine-tune with its eval")
+    assert job.status == "succeeded", job.error
+    files = {client.files.retrieve(f).filename: f for f in job.result_files}
+    report_id = next(f for name, f in files.items() if name.endswith("report.json"))
+    items_id = next(f for name, f in files.items() if name.endswith("items.jsonl"))
+    return {"job": job, "files": files, "report": json.loads(client.files.content(report_id).read()),
+            "items": [json.loads(line) for line in client.files.content(items_id).read().decode().splitlines()]}
+
+
+def test_the_fine_tune_memorised_the_facts_and_the_eval_says_so(evaluated_job: dict[str, Any],
+                                                                 embedded: LiveServer) -> None:
+    report, job = evaluated_job["report"], evaluated_job["job"]
+    head = report["summary"]["memorization"]
+    assert head["mean_tuned"] >= 0.9, head
+    assert head["mean_base"] <= 0.05, head
+    # Generalization is reported whatever it is (the demo model is tiny): a number, with its base.
+    general = report["summary"]["generalization"]
+    assert general["mean_tuned"] is not None and general["mean_base"] is not None
+    assert report["tuned_model"]["id"] == job.fine_tuned_model
+    assert report["tuned_model"]["training_job_id"] == job.id
+    assert {s["split_id"] for s in report["splits"]} == {"memorization", "rephrased", "secondary", "comparison"}
+    # The headline numbers are job events, and the charts are result files.
+    events = [e.message for e in embedded.client().fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert any(m.startswith("Knowledge eval memorization: base 0.0") for m in events), events
+    assert any(m.startswith("Knowledge eval generalization: base") for m in events)
+    names = sorted(name.rsplit("-", 1)[-1] for name in evaluated_job["files"])
+    assert names == ["base_vs_tuned.png", "items.jsonl", "loss_curve.png", "report.json", "step_metrics.csv"]
+    # The eval is an object of its own too, tied to the job.
+    with http(embedded) as api:
+        listed = api.get("/knowledge_evals").json()["data"]
+        attached = next(e for e in listed if e["fine_tuning_job_id"] == job.id)
+        assert attached["status"] == "succeeded" and attached["model"] == job.fine_tuned_model
+        assert attached["summary"]["memorization"]["mean_tuned"] == head["mean_tuned"]
+        chart = api.get(f"/knowledge_evals/{attached['id']}/loss_curve")
+        assert chart.status_code == 200 and chart.content[:4] == b"\x89PNG"
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    z = 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def test_the_report_is_recomputed_from_its_per_item_records(evaluated_job: dict[str, Any]) -> None:
+    report, items = evaluated_job["report"], evaluated_job["items"]
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for line in items:
+        groups[f"{line['dataset_id']}/{line['split_id']}"].append(line)
+    blocks = {f"{s['dataset_id']}/{s['split_id']}": s for s in report["splits"]}
+    blocks.update({f"{c['control_id']}/{c['control_id']}": c for c in report["controls"]})
+    assert set(blocks) == set(groups)
+    for key, block in blocks.items():
+        records = groups[key]
+        for role in ("base", "tuned"):
+            correct = sum(r[role]["correct"] is True for r in records)
+            assert (block[role]["n"], block[role]["correct"]) == (len(records), correct), key
+            assert block[role]["accuracy"] == pytest.approx(correct / len(records), abs=1e-6)
+            low, high = wilson(correct, len(records))
+            assert block[role]["ci_low"] == pytest.approx(low, abs=1e-6)
+            assert block[role]["ci_high"] == pytest.approx(high, abs=1e-6)
+        assert block["delta"]["flips_to_correct"] == sum(
+            not r["base"]["correct"] and r["tuned"]["correct"] for r in records)
+        assert block["delta"]["flips_to_incorrect"] == sum(
+            r["base"]["correct"] and not r["tuned"]["correct"] for r in records)
+    memorization = groups["fictional_people/memorization"]
+    tuned = sum(r["tuned"]["correct"] for r in memorization) / len(memorization)
+    assert report["summary"]["memorization"]["mean_tuned"] == pytest.approx(tuned, abs=1e-6)
+    # Raw responses are kept for both models.
+    assert all(isinstance(r["base"]["response"], str) and isinstance(r["tuned"]["response"], str) for r in items)
+
+
+def test_a_standalone_eval_with_a_judge_runs_from_the_cli(evaluated_job: dict[str, Any], embedded: LiveServer,
+                                                         tmp_path: Any) -> None:
+    """`ftaas eval run` follows the eval with a progress bar and prints the table; the free-text split is
+    scored by an LLM judge that ftaas serves itself (the tiny model's verdicts are mostly unparseable and
+    fall back to exact match, which the report counts)."""
+    model = evaluated_job["job"].fine_tuned_model
+    env = {**embedded.env, "FTAAS_API_KEY": embedded.api_key, "FTAAS_BASE_URL": embedded.base_url}
+    result = subprocess.run(
+        [sys.executable, "-m", "ftaas.cli", "eval", "run", "--model", model, "--suite", "dated_events?size=4",
+         "--judge-model", "ftaas-tiny", "--max-new-tokens", "8", "--poll", "0.3", "--output", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "HEADLINE memorization" in result.stdout and "dated_events/date_shifted" in result.stdout
+    assert "answer" in result.stderr  # the progress bar's unit
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["tuned_model"]["id"] == model
+    shifted = next(s for s in report["splits"] if s["split_id"] == "date_shifted")
+    assert {"abstention_rate", "trained_answer_leak_rate"} <= set(shifted["extra_metrics"])
+    assert (tmp_path / "base_vs_tuned.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "loss_curve.png").exists()  # the evaluated model came from a job with metrics
