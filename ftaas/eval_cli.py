@@ -66,7 +66,7 @@ def _download(client: Any, eval_id: str, output: Path | None) -> dict[str, Any]:
     report = _check(client.get(f"/knowledge_evals/{eval_id}/report")).json()
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        names = {"report": "report.json", "items": "items.jsonl", "chart": "base_vs_tuned.png",
+        names = {"report": "report.json", "items": "items.jsonl", "spec": "spec.json", "chart": "base_vs_tuned.png",
                  "loss_curve": "loss_curve.png"}
         for kind, name in names.items():
             response = client.get(f"/knowledge_evals/{eval_id}/{kind}")
@@ -224,13 +224,14 @@ def score_responses(directory: Path) -> None:
     from worker.evals.report import format_table
     from worker.evals.responses import score_finetunebench_responses
 
-    root = directory / "model_responses" if (directory / "model_responses").is_dir() else directory
-    rows = score_finetunebench_responses(root)
-    table = [(r["split"], r["model"], f"{r['accuracy']:.3f} ({r['correct']}/{r['n']})", f"{r['published']:.2f}",
-              f"{r['difference']:+.3f}") for r in rows]
+    rows = score_finetunebench_responses(directory)
+    table = [(r["split"], r["model"], f"{r['accuracy']:.3f} ({r['correct']}/{r['n']})",
+              "not reproduced" if r["published"] is None else f"{r['published']:.2f}",
+              "" if r["difference"] is None else f"{r['difference']:+.3f}") for r in rows]
     click.echo(format_table(table, header=("split", "model", "ftaas", "published", "difference")))
-    worst = max((abs(r["difference"]) for r in rows), default=0.0)
-    click.echo(f"largest difference {worst:.3f}", err=True)
+    compared = [abs(r["difference"]) for r in rows if r["difference"] is not None]
+    click.echo(f"{len(compared)} published figures compared; largest difference {max(compared, default=0.0):.3f}",
+               err=True)
 
 
 @eval_group.command("table")

@@ -65,7 +65,7 @@ async def cancel_eval(knowledge_eval_id: str, services: Services, caller: Curren
 
 
 @router.get("/{knowledge_eval_id}/{kind}")
-async def download(knowledge_eval_id: str, kind: Literal["report", "items", "chart", "loss_curve"],
+async def download(knowledge_eval_id: str, kind: Literal["report", "items", "spec", "chart", "loss_curve"],
                    services: Services, caller: CurrentCaller) -> StreamingResponse:
     media_type, chunks = await caller.run(
         lambda principal: services.knowledge_evals.artifact(principal, knowledge_eval_id, kind))

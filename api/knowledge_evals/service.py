@@ -20,10 +20,10 @@ from storage import ArtifactStore, layout
 from worker.evals.spec import CallableResolver, EvalSpec, read_builtin, spec_for_request, suite_uri
 
 #: Result files of an eval by what they hold (file names end with these).
-ARTIFACTS = {"report": "report.json", "items": "items.jsonl", "chart": "base_vs_tuned.png",
+ARTIFACTS = {"report": "report.json", "items": "items.jsonl", "spec": "spec.json", "chart": "base_vs_tuned.png",
              "loss_curve": "loss_curve.png"}
-MEDIA_TYPES = {"report": "application/json", "items": "application/jsonl", "chart": "image/png",
-               "loss_curve": "image/png"}
+MEDIA_TYPES = {"report": "application/json", "items": "application/jsonl", "spec": "application/json",
+               "chart": "image/png", "loss_curve": "image/png"}
 
 
 class KnowledgeEvalService:

@@ -69,7 +69,8 @@ def test_the_fine_tune_memorised_the_facts_and_the_eval_says_so(evaluated_job: d
     assert any(m.startswith("Knowledge eval memorization: base 0.0") for m in events), events
     assert any(m.startswith("Knowledge eval generalization: base") for m in events)
     names = sorted(name.rsplit("-", 1)[-1] for name in evaluated_job["files"])
-    assert names == ["base_vs_tuned.png", "items.jsonl", "loss_curve.png", "report.json", "step_metrics.csv"]
+    assert names == ["base_vs_tuned.png", "items.jsonl", "loss_curve.png", "report.json", "spec.json",
+                     "step_metrics.csv"]
     # The eval is an object of its own too, tied to the job.
     with http(embedded) as api:
         listed = api.get("/knowledge_evals").json()["data"]
@@ -136,3 +137,6 @@ def test_a_standalone_eval_with_a_judge_runs_from_the_cli(evaluated_job: dict[st
     assert {"abstention_rate", "trained_answer_leak_rate"} <= set(shifted["extra_metrics"])
     assert (tmp_path / "base_vs_tuned.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "loss_curve.png").exists()  # the evaluated model came from a job with metrics
+    spec = json.loads((tmp_path / "spec.json").read_text())  # the spec that was run, stored with the results
+    assert spec["name"] == report["spec"]["name"] and spec["scorers"]["judge"]["judge_model"] == "ftaas-tiny"
+    assert report["scorers_used"]["judge"]["type"] == "llm_judge"

@@ -153,7 +153,9 @@ def test_an_eval_runs_and_its_results_come_back(live: Any, make_adapter: Any) ->
         assert len(items_lines) == 12 and all(json.loads(line)["tuned"]["response"] is not None for line in items_lines)
         chart = client.get(f"/knowledge_evals/{created['id']}/chart")
         assert chart.headers["content-type"] == "image/png" and chart.content[:8] == b"\x89PNG\r\n\x1a\n"
-        assert len(done["result_files"]) == 3
+        assert len(done["result_files"]) == 4
+        stored_spec = client.get(f"/knowledge_evals/{created['id']}/spec").json()
+        assert stored_spec["name"] == report["spec"]["name"] and "datasets" in stored_spec
         listed = client.get("/knowledge_evals").json()
         assert listed["data"][0]["id"] == created["id"]
         assert error_of(client.post(f"/knowledge_evals/{created['id']}/cancel"), 409)["code"] == \

@@ -3,7 +3,7 @@
 Both paths share `evaluate()`: resolve the spec's sources in the eval's project, generate through an
 in-process `InferenceService` (the serving engine), score (the LLM judge is an external OpenAI-compatible
 endpoint when `FTAAS_EVAL_JUDGE_BASE_URL` is set, else ftaas's own engine), then store report.json,
-items.jsonl and the charts under `evals/{id}/` as result files. Rows point at objects only after the
+items.jsonl, the spec that was run and the charts under `evals/{id}/` as result files. Rows point at objects only after the
 objects are stored.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,7 +96,10 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
 
     spec = validate_spec(spec_document)
     items, controls = load_items(spec, project_resolver(ctx, project_id))
-    inference = InferenceService(ctx.db, ctx.store, ctx.registry, ctx.loader, ctx.settings)
+    # An adapter disk cache of this process's own: under `ftaas up` the API's serving engine uses the
+    # shared one, and two processes must not evict each other's files.
+    settings = ctx.settings.model_copy(update={"serving_cache_dir": ctx.work_dir / f"eval-serving-{os.getpid()}"})
+    inference = InferenceService(ctx.db, ctx.store, ctx.registry, ctx.loader, settings)
     try:
         principal = Principal(project_id=project_id, project_name="", api_key_id="")
         generator = EngineGenerator(inference, principal)
@@ -124,6 +128,7 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
     validate_report(report)
     outputs: list[tuple[str, str, bytes]] = [
         ("report.json", "report", json.dumps(report, indent=2).encode()),
+        ("spec.json", "spec", json.dumps(spec.document, indent=2).encode()),
         ("items.jsonl", "items", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()),
         ("base_vs_tuned.png", "chart", charts.base_vs_tuned_png(report)),
     ]
