@@ -6,16 +6,15 @@ an LLM judge served by ftaas itself, driven by the `ftaas eval` CLI."""
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
-from collections import defaultdict
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.servers import LiveServer, wait_for
+from tests.evals.recompute import assert_blocks_match_records
 
 pytestmark = pytest.mark.slow
 
@@ -81,35 +80,9 @@ def test_the_fine_tune_memorised_the_facts_and_the_eval_says_so(evaluated_job: d
         assert chart.status_code == 200 and chart.content[:4] == b"\x89PNG"
 
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    z = 1.959963984540054
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return centre - half, centre + half
-
-
 def test_the_report_is_recomputed_from_its_per_item_records(evaluated_job: dict[str, Any]) -> None:
     report, items = evaluated_job["report"], evaluated_job["items"]
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for line in items:
-        groups[f"{line['dataset_id']}/{line['split_id']}"].append(line)
-    blocks = {f"{s['dataset_id']}/{s['split_id']}": s for s in report["splits"]}
-    blocks.update({f"{c['control_id']}/{c['control_id']}": c for c in report["controls"]})
-    assert set(blocks) == set(groups)
-    for key, block in blocks.items():
-        records = groups[key]
-        for role in ("base", "tuned"):
-            correct = sum(r[role]["correct"] is True for r in records)
-            assert (block[role]["n"], block[role]["correct"]) == (len(records), correct), key
-            assert block[role]["accuracy"] == pytest.approx(correct / len(records), abs=1e-6)
-            low, high = wilson(correct, len(records))
-            assert block[role]["ci_low"] == pytest.approx(low, abs=1e-6)
-            assert block[role]["ci_high"] == pytest.approx(high, abs=1e-6)
-        assert block["delta"]["flips_to_correct"] == sum(
-            not r["base"]["correct"] and r["tuned"]["correct"] for r in records)
-        assert block["delta"]["flips_to_incorrect"] == sum(
-            r["base"]["correct"] and not r["tuned"]["correct"] for r in records)
+    groups = assert_blocks_match_records(report, items)
     memorization = groups["fictional_people/memorization"]
     tuned = sum(r["tuned"]["correct"] for r in memorization) / len(memorization)
     assert report["summary"]["memorization"]["mean_tuned"] == pytest.approx(tuned, abs=1e-6)

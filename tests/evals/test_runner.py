@@ -3,8 +3,6 @@ the report's numbers are exactly what the per-item records say."""
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +10,7 @@ import pytest
 
 from db.projects import Principal
 from ftaas.settings import DEMO_BASE_MODEL
+from tests.evals.recompute import assert_blocks_match_records
 from worker.evals.builtin import generate_suite
 from worker.evals.items import EvalItem, dump_suite
 from worker.evals.runner import EngineGenerator, EvalRun, conversation
@@ -96,14 +95,6 @@ class ScriptedModels:
         return item.reference if index % 4 else (item.reference_before or "unknown")
 
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    z = 1.959963984540054
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return centre - half, centre + half
-
-
 def test_every_report_number_is_recomputed_from_the_item_records() -> None:
     spec, items, controls = builtin_spec()
     run = EvalRun(spec, items, controls, ScriptedModels(items + controls), base_model="base", tuned_model="tuned")
@@ -111,23 +102,11 @@ def test_every_report_number_is_recomputed_from_the_item_records() -> None:
     validate_report(report)
     assert len(lines) == len(items) + len(controls)
 
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for line in lines:
-        groups[(line["dataset_id"], line["split_id"])].append(line)
+    by_key = assert_blocks_match_records(report, lines)
+    groups = {tuple(key.split("/")): records for key, records in by_key.items()}
     for split in [*report["splits"], *[{**c, "dataset_id": c["control_id"], "split_id": c["control_id"]}
                                         for c in report["controls"]]]:
         records = groups[(split["dataset_id"], split["split_id"])]
-        for role in ("base", "tuned"):
-            correct = sum(r[role]["correct"] is True for r in records)
-            block = split[role]
-            assert (block["n"], block["correct"]) == (len(records), correct)
-            assert block["accuracy"] == pytest.approx(correct / len(records), abs=1e-6)
-            low, high = wilson(correct, len(records))
-            assert (block["ci_low"], block["ci_high"]) == (pytest.approx(low, abs=1e-6), pytest.approx(high, abs=1e-6))
-        delta = split["delta"]
-        assert delta["accuracy"] == pytest.approx(split["tuned"]["accuracy"] - split["base"]["accuracy"], abs=1e-6)
-        assert delta["flips_to_correct"] == sum(not r["base"]["correct"] and r["tuned"]["correct"] for r in records)
-        assert delta["flips_to_incorrect"] == sum(r["base"]["correct"] and not r["tuned"]["correct"] for r in records)
         extra = split.get("extra_metrics", {})
         if any(r["reference_before"] for r in records):
             assert extra["stale_answer_rate"] == pytest.approx(

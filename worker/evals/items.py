@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from ftaas.errors import InvalidRequest
+from worker.evals.jsonl import json_lines
 
 SETTINGS = ("new_knowledge", "updated_knowledge")
 VARIANTS = ("original", "rephrased", "date_shifted", "single_hop_inference", "multi_entity_comparison",
@@ -114,14 +115,7 @@ def parse_suite(data: bytes | str) -> list[EvalItem]:
     text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
     items: list[EvalItem] = []
     seen: set[tuple[str, str, str]] = set()
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            parsed = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"line {number}: not valid JSON ({exc.msg})", code="invalid_suite_file",
-                                 param=f"line {number}") from None
+    for number, parsed in json_lines(text, code="invalid_suite_file", objects_only=False):
         item = item_from_suite_line(parsed, line=number)
         key = (item.dataset_id, item.split_id, item.item_id)
         if key in seen:

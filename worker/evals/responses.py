@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ftaas.errors import InvalidRequest
 from worker.evals.items import EvalItem
+from worker.evals.jsonl import json_lines
 from worker.evals.scoring import Scorer, build_scorers
 
 _CODE = "invalid_response_file"
@@ -87,18 +88,8 @@ def _cell(value: object, line: int, key: str) -> str:
 
 
 def _read_jsonl(text: str) -> list[dict[str, str]]:
-    rows: list[dict[str, str]] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            parsed = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise _bad(number, f"not valid JSON ({exc.msg})") from None
-        if not isinstance(parsed, dict):
-            raise _bad(number, "each line must be a JSON object")
-        rows.append({str(k): _cell(v, number, k) for k, v in parsed.items()})
-    return rows
+    return [{str(k): _cell(v, number, k) for k, v in parsed.items()}
+            for number, parsed in json_lines(text, code=_CODE)]
 
 
 def read_table(data: bytes, fmt: str) -> list[dict[str, str]]:

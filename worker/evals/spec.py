@@ -31,6 +31,7 @@ from typing import Any
 
 from ftaas.errors import InvalidRequest
 from worker.evals.items import EvalItem, parse_suite
+from worker.evals.jsonl import json_lines
 
 SPEC_VERSION = "1.0"
 #: Decoding used when a suite spec is built for the caller (FineTuneBench: temperature 0, seed 42).
@@ -273,20 +274,7 @@ def read_rows(data: bytes, fmt: str, *, where: str) -> list[dict[str, Any]]:
             raise InvalidRequest(f"{where}: the CSV has no header row", code="invalid_eval_source", param=where)
         return rows
     if fmt == "jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidRequest(f"{where}: line {number}: not valid JSON ({exc.msg})",
-                                     code="invalid_eval_source", param=f"{where}: line {number}") from None
-            if not isinstance(row, dict):
-                raise InvalidRequest(f"{where}: line {number}: each line must be a JSON object",
-                                     code="invalid_eval_source", param=f"{where}: line {number}")
-            rows.append(row)
-        return rows
+        return [row for _, row in json_lines(text, code="invalid_eval_source", where=where)]
     if fmt == "json":
         try:
             value = json.loads(text)
