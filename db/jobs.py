@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db import events, outbox
+from db import events, knowledge_evals, outbox
 from db.pagination import Page, fetch_page
-from db.states import ACTIVE, JobStatus, sources_of
+from db.states import ACTIVE, EvalStatus, JobStatus, sources_of
 from db.tables import FineTuningJob
 from ftaas.errors import IllegalTransition, LeaseLost
 
@@ -149,6 +149,7 @@ def cancel(session: Session, job: FineTuningJob) -> FineTuningJob:
     now = int(time.time())
     if _transition(session, job.id, S.CANCELLED, values={"finished_at": now, **_CLEAR_LEASE}):
         _event(session, job, "Fine-tuning job cancelled")
+        knowledge_evals.end_attached(session, job.id, EvalStatus.CANCELLED)
         return _reload(session, job.id)
     job = _reload(session, job.id)
     if job.status == S.CANCELLED:
@@ -280,6 +281,8 @@ def fail(session: Session, lease: Lease, error: dict[str, Any]) -> None:
     if not ok:
         raise LeaseLost(f"job {lease.job_id} left running before it could fail")
     _event(session, lease, f"Fine-tuning job failed: {error['message']}", level="error")
+    knowledge_evals.end_attached(session, lease.job_id, EvalStatus.FAILED,
+                                 {"code": "job_failed", "message": "The fine-tuning job failed.", "param": None})
 
 
 def park(session: Session, lease: Lease, *, step: int) -> None:
@@ -343,6 +346,7 @@ def reap_expired_leases(session: Session, *, now: float | None = None, limit: in
                                  "giving up.")
             if _reap(session, job, S.FAILED, guard, {"error": error, "finished_at": int(now)}):
                 _event(session, job, error["message"], level="error")
+                knowledge_evals.end_attached(session, job.id, EvalStatus.FAILED, error)
                 reaped.append(ReapedJob(job.id, "failed"))
     return reaped
 

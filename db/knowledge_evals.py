@@ -180,3 +180,17 @@ def complete_attached(session: Session, eval_id: str, *, summary: dict[str, Any]
 def fail_attached(session: Session, eval_id: str, error: dict[str, Any]) -> None:
     _update(session, eval_id, sources={S.RUNNING}, values={
         "status": S.FAILED.value, "error": error, "finished_at": int(time.time())})
+
+
+def restart_attached(session: Session, eval_id: str, *, model: str) -> None:
+    """A job's next attempt runs its eval again from the start (whatever the last attempt left)."""
+    session.execute(update(KnowledgeEval).where(KnowledgeEval.id == eval_id).values(
+        status=S.RUNNING.value, model=model, error=None, summary=None, result_files=[], progress_done=0,
+        started_at=int(time.time()), finished_at=None, attempt=KnowledgeEval.attempt + 1))
+
+
+def end_attached(session: Session, job_id: str, status: EvalStatus, error: dict[str, Any] | None = None) -> None:
+    """The job ended (cancelled or failed) while its eval was unfinished: the eval ends with it."""
+    session.execute(update(KnowledgeEval).where(
+        KnowledgeEval.job_id == job_id, KnowledgeEval.status.in_([S.QUEUED.value, S.RUNNING.value])
+    ).values(status=status.value, error=error, finished_at=int(time.time())))

@@ -94,3 +94,22 @@ def test_a_released_eval_goes_back_to_the_queue_with_a_new_message(migrated_data
         row = knowledge_evals.get_any_project(session, eval_id)
         assert row is not None and row.status == "queued" and row.attempt == 0
     assert messages(migrated_database, eval_id) == 2
+
+
+def test_an_attached_eval_ends_with_its_cancelled_job(migrated_database: Database) -> None:
+    from db import jobs
+    from tests.factories import make_file, make_job
+
+    with migrated_database.write() as session:
+        project = make_project(session)
+        job = make_job(session, project, make_file(session, project), to="running")
+        row = KnowledgeEval(id=ids.new_id(ids.KNOWLEDGE_EVAL), project_id=project.id, model="ft:x", job_id=job.id,
+                            base_model="ftaas-tiny", status="running", spec={"name": "x"}, spec_name="x",
+                            spec_sha256="0" * 64, result_files=[], created_at=int(time.time()), attempt=1,
+                            max_attempts=1, fencing_token=0)
+        knowledge_evals.insert(session, row, dispatch=False)
+    assert messages(migrated_database, row.id) == 0  # the job's worker runs it, no task of its own
+    with migrated_database.write() as session:
+        jobs.cancel(session, jobs.get_any_project(session, job.id))  # type: ignore[arg-type]
+    with migrated_database.read() as session:
+        assert knowledge_evals.get_any_project(session, row.id).status == "cancelled"  # type: ignore[union-attr]

@@ -62,6 +62,8 @@ def test_the_fine_tune_memorised_the_facts_and_the_eval_says_so(evaluated_job: d
     assert general["mean_tuned"] is not None and general["mean_base"] is not None
     assert report["tuned_model"]["id"] == job.fine_tuned_model
     assert report["tuned_model"]["training_job_id"] == job.id
+    # The job object names the eval it was created with (an extension field; the SDK keeps unknown fields).
+    assert job.knowledge_eval == {"spec_name": report["spec"]["name"], "spec_sha256": report["spec"]["sha256"]}
     assert {s["split_id"] for s in report["splits"]} == {"memorization", "rephrased", "secondary", "comparison"}
     # The headline numbers are job events, and the charts are result files.
     events = [e.message for e in embedded.client().fine_tuning.jobs.list_events(job.id, limit=100)]

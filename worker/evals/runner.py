@@ -51,8 +51,9 @@ class EngineGenerator:
     def __init__(self, inference: Any, principal: Any, *, concurrency: int | None = None) -> None:
         self.inference = inference
         self.principal = principal
-        settings = inference.settings
-        self.concurrency = concurrency or (settings.serving_max_batch + settings.serving_max_queue)
+        # Two batches in flight by default: the engine always has the next sequences waiting to join, and
+        # no request waits in the queue long enough to meet the serving request deadline.
+        self.concurrency = concurrency or 2 * inference.settings.serving_max_batch
         self._overrides: dict[str, Any] = {}
 
     def override(self, name: str, resolved: Any) -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from db import events, files, ids, jobs, knowledge_evals, models
 from db.jobs import Lease
@@ -176,14 +177,18 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
         spec_document, model, base_model = row.spec, row.model, row.base_model
         loss_rows = _loss_rows_for_model(session, row)
 
+    renewal = _LeaseRenewal(lambda: _renew(ctx, lease, ttl), interval=ttl / 3)
+
     def progress(done: int, total: int) -> None:
         # A progress write that finds the eval cancelled or re-claimed stops the run at once.
+        renewal.check()
         with ctx.db.write() as session:
             knowledge_evals.heartbeat(session, lease, ttl=ttl, progress_done=done, progress_total=total)
 
     try:
-        artifacts = evaluate(ctx, eval_id=eval_id, project_id=lease.project_id, spec_document=spec_document,
-                             model=model, base_model=base_model, loss_rows=loss_rows, progress=progress)
+        with renewal:
+            artifacts = evaluate(ctx, eval_id=eval_id, project_id=lease.project_id, spec_document=spec_document,
+                                 model=model, base_model=base_model, loss_rows=loss_rows, progress=progress)
         with ctx.db.write() as session:
             for file_row in artifacts.file_rows:
                 files.insert(session, file_row)
@@ -205,6 +210,46 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
     except Exception as exc:  # a bug or a library failure: not retryable
         log.exception("knowledge eval %s failed", eval_id)
         return _finish(ctx, lease, {"code": "eval_error", "message": f"{type(exc).__name__}: {exc}", "param": None})
+
+
+def _renew(ctx: WorkerContext, lease: EvalLease, ttl: float) -> None:
+    with ctx.db.write() as session:
+        knowledge_evals.heartbeat(session, lease, ttl=ttl)
+
+
+class _LeaseRenewal:
+    """Renews a standalone eval's lease every `interval` seconds while it runs, also when no answer has
+    finished for a while (a large model's first batch). A renewal that finds the lease gone marks it lost;
+    the next progress report then stops the run."""
+
+    def __init__(self, renew: Callable[[], None], *, interval: float) -> None:
+        self.renew = renew
+        self.interval = interval
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ftaas-eval-lease", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval)
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise LeaseLost("the eval's lease was lost (cancelled or re-claimed)")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.renew()
+            except LeaseLost:
+                self.lost.set()
+                return
+            except InfrastructureError as exc:  # transient: the next tick retries; the lease outlasts a few
+                log.warning("renewing an eval lease failed, will retry: %s", exc)
 
 
 def _finish(ctx: WorkerContext, lease: EvalLease, error: dict[str, Any]) -> str:
@@ -240,7 +285,9 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
         if not job.knowledge_eval:
             return None
         row = knowledge_evals.for_job(session, job.id)
-        if row is None:
+        if row is not None:
+            knowledge_evals.restart_attached(session, row.id, model=model_name)
+        else:
             row = KnowledgeEval(id=ids.new_id(ids.KNOWLEDGE_EVAL), project_id=job.project_id, model=model_name,
                                 base_model=base_model, job_id=job.id, status="running",
                                 spec=job.knowledge_eval["spec"], spec_name=job.knowledge_eval["spec"]["name"],
