@@ -101,6 +101,7 @@ def test_a_standalone_eval_with_a_judge_runs_from_the_cli(evaluated_job: dict[st
     env = {**embedded.env, "FTAAS_API_KEY": embedded.api_key, "FTAAS_BASE_URL": embedded.base_url}
     result = subprocess.run(
         [sys.executable, "-m", "ftaas.cli", "eval", "run", "--model", model, "--suite", "dated_events?size=4",
+         "--suite", "api_renames?size=3",
          "--judge-model", "ftaas-tiny", "--max-new-tokens", "8", "--poll", "0.3", "--output", str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr
@@ -115,3 +116,5 @@ def test_a_standalone_eval_with_a_judge_runs_from_the_cli(evaluated_job: dict[st
     spec = json.loads((tmp_path / "spec.json").read_text())  # the spec that was run, stored with the results
     assert spec["name"] == report["spec"]["name"] and spec["scorers"]["judge"]["judge_model"] == "ftaas-tiny"
     assert report["scorers_used"]["judge"]["type"] == "llm_judge"
+    renames = next(s for s in report["splits"] if s["dataset_id"] == "api_renames" and s["split_id"] == "memorization")
+    assert renames["scorer"] == "judge" and "stale_answer_rate" in renames["extra_metrics"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from ftaas.settings import DEMO_BASE_MODEL
 from worker.context import WorkerContext
@@ -185,3 +186,38 @@ def test_the_example_spec_shape_is_accepted_when_its_sources_are_allowed(live: A
         # One person: 6 memorization + 6 rephrased + 6 secondary questions (no pairs to compare), 3 controls;
         # the base model is the evaluated model, so each is answered once.
         assert created.json()["progress"]["total"] == 6 + 6 + 6 + 3
+
+
+def test_the_judge_is_any_openai_compatible_endpoint_here_ftaas_itself(live: Any, make_adapter: Any) -> None:
+    """FTAAS_EVAL_JUDGE_BASE_URL points the judge at an endpoint; here, this very server over HTTP. The demo
+    model's verdicts are rarely 'Correct' or 'Incorrect': those fall back to exact match, and are counted."""
+    tuned = live.register(make_adapter(9))
+    with http(live) as client:
+        created = client.post("/knowledge_evals", json={
+            "model": tuned, "suites": ["builtin:api_renames?size=2&seed=3"], "judge_model": DEMO_BASE_MODEL,
+            "max_new_tokens": 6}).json()
+        assert "id" in created, created
+        before = client.get(live.base_url + "/metrics").text
+        settings = live.settings.model_copy(update={"eval_judge_base_url": live.base_url + "/v1",
+                                                    "eval_judge_api_key": SecretStr(live.key)})
+        assert run_standalone(WorkerContext(settings), created["id"]) == "succeeded"
+        after = client.get(live.base_url + "/metrics").text
+        report = client.get(f"/knowledge_evals/{created['id']}/report").json()
+        lines = [json.loads(line) for line in client.get(f"/knowledge_evals/{created['id']}/items").text.splitlines()]
+    judged = [line for line in lines if line["split_id"] in ("memorization", "rephrased")
+              and line["answer_type"] == "short_text"]
+    assert judged, "the suite has short-text splits for the judge"
+    raw = [line[role]["judge_raw"] for line in judged for role in ("base", "tuned") if line[role]["response"].strip()]
+    assert raw and all(isinstance(text, str) for text in raw)  # every non-empty answer went to the judge
+    used = report["scorers_used"]["judge"]
+    assert used["type"] == "llm_judge" and used["judge_model"] == DEMO_BASE_MODEL
+    assert len(used["judge_prompt_sha256"]) == 64
+    unparseable = sum(not any(word in text.lower() for word in ("correct", "incorrect")) for text in raw)
+    assert used["unparseable_verdicts"] >= unparseable
+    assert all(line[role]["correct"] is not None for line in judged for role in ("base", "tuned"))  # fell back
+
+    def served(text: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("ftaas_serving_sequences_total{") and DEMO_BASE_MODEL in line)
+
+    assert served(after) - served(before) >= len(raw)  # the verdicts came over HTTP from this server
