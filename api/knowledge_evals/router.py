@@ -3,8 +3,6 @@ suites, and training files made from a suite's memorization split."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
@@ -64,9 +62,38 @@ async def cancel_eval(knowledge_eval_id: str, services: Services, caller: Curren
         KnowledgeEvalObject.of(services.knowledge_evals.cancel(principal, knowledge_eval_id))))
 
 
-@router.get("/{knowledge_eval_id}/{kind}")
-async def download(knowledge_eval_id: str, kind: Literal["report", "items", "spec", "chart", "loss_curve"],
-                   services: Services, caller: CurrentCaller) -> StreamingResponse:
+async def _download(knowledge_eval_id: str, kind: str, services: Services, caller: CurrentCaller
+                    ) -> StreamingResponse:
     media_type, chunks = await caller.run(
         lambda principal: services.knowledge_evals.artifact(principal, knowledge_eval_id, kind))
     return StreamingResponse(chunks, media_type=media_type)
+
+
+@router.get("/{knowledge_eval_id}/report", response_class=StreamingResponse)
+async def download_report(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> StreamingResponse:
+    """The report JSON (schema urn:ftservice:knowledge-eval-report:v1)."""
+    return await _download(knowledge_eval_id, "report", services, caller)
+
+
+@router.get("/{knowledge_eval_id}/items", response_class=StreamingResponse)
+async def download_items(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> StreamingResponse:
+    """Per-item JSONL: prompt, reference, both models' raw responses and verdicts."""
+    return await _download(knowledge_eval_id, "items", services, caller)
+
+
+@router.get("/{knowledge_eval_id}/spec", response_class=StreamingResponse)
+async def download_spec(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> StreamingResponse:
+    """The spec that was run."""
+    return await _download(knowledge_eval_id, "spec", services, caller)
+
+
+@router.get("/{knowledge_eval_id}/chart", response_class=StreamingResponse)
+async def download_chart(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> StreamingResponse:
+    """Base-vs-tuned accuracy per split (PNG)."""
+    return await _download(knowledge_eval_id, "chart", services, caller)
+
+
+@router.get("/{knowledge_eval_id}/loss_curve", response_class=StreamingResponse)
+async def download_loss_curve(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> StreamingResponse:
+    """The training loss of the job that made the evaluated model (PNG), when there is one."""
+    return await _download(knowledge_eval_id, "loss_curve", services, caller)

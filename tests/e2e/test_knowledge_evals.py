@@ -118,3 +118,26 @@ def test_a_standalone_eval_with_a_judge_runs_from_the_cli(evaluated_job: dict[st
     assert report["scorers_used"]["judge"]["type"] == "llm_judge"
     renames = next(s for s in report["splits"] if s["dataset_id"] == "api_renames" and s["split_id"] == "memorization")
     assert renames["scorer"] == "judge" and "stale_answer_rate" in renames["extra_metrics"]
+
+
+def test_a_standalone_eval_runs_on_the_cluster(cluster: LiveServer) -> None:
+    """The Helm topology: the API queues the eval (PostgreSQL outbox -> Redis), a `gpu` worker claims and runs
+    it, and the report, items and chart are stored in S3 and served back by the API."""
+    with http(cluster) as api:
+        created = api.post("/knowledge_evals", json={
+            "model": "ftaas-tiny", "suites": ["fictional_people?size=1&seed=2", "control?size=5"],
+            "max_new_tokens": 6})
+        assert created.status_code == 200, created.text
+        eval_id = created.json()["id"]
+        done = wait_for(lambda: (e := api.get(f"/knowledge_evals/{eval_id}").json())["status"] in
+                        ("succeeded", "failed") and e, timeout=300, interval=0.5, what="the cluster eval")
+        assert done["status"] == "succeeded", done["error"]
+        assert done["progress"] == {"done": 18 + 5, "total": 18 + 5}  # the base model is answered once
+        report = api.get(f"/knowledge_evals/{eval_id}/report").json()
+        assert report["base_model"]["id"] == report["tuned_model"]["id"] == "ftaas-tiny"
+        assert any("no separate baseline run" in w for w in report["warnings"])
+        items = api.get(f"/knowledge_evals/{eval_id}/items").text.splitlines()
+        assert len(items) == 23
+        keys = cluster.store().list_keys(f"evals/{eval_id}/")
+        assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["base_vs_tuned.png", "items.jsonl", "report.json",
+                                                             "spec.json"]

@@ -17,7 +17,12 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
     job = finished_job
     checkpoint = next(iter(owner.fine_tuning.jobs.checkpoints.list(job.id))).fine_tuned_model_checkpoint
     stranger_key = embedded.create_key("intruders")
+    with embedded.http() as owner_http:
+        evaluation = owner_http.post("/knowledge_evals", json={"model": job.fine_tuned_model,
+                                                               "suites": ["fictional_people?size=1"]}).json()
+        owner_http.post(f"/knowledge_evals/{evaluation['id']}/cancel")  # an id is all this test needs
     ids_of_a = {
+        "knowledge_eval_id": [evaluation["id"]],
         "file_id": [job.training_file, job.result_files[0]],
         "fine_tuning_job_id": [job.id],
         "model": [job.fine_tuned_model, checkpoint],
@@ -45,12 +50,12 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
         create = stranger.post("/fine_tuning/jobs", json={"model": "ftaas-tiny", "training_file": job.training_file})
         assert create.status_code == 400 and create.json()["error"]["code"] == "file_not_found"
         # Lists show none of A's ids.
-        listed = " ".join(stranger.get(p).text for p in ("/files", "/fine_tuning/jobs", "/models"))
+        listed = " ".join(stranger.get(p).text for p in ("/files", "/fine_tuning/jobs", "/models", "/knowledge_evals"))
         for value in [v for values in ids_of_a.values() for v in values]:
             assert value not in listed
 
     every_object_operation = {(m, p) for p, ops in paths.items() if "{" in p for m in ops}
-    assert tested == every_object_operation and len(tested) == 11
+    assert tested == every_object_operation and len(tested) == 11 + 7  # jobs, files, models; knowledge evals
     # Nothing of A's changed.
     after = owner.fine_tuning.jobs.retrieve(job.id)
     assert (after.status, after.fine_tuned_model) == ("succeeded", job.fine_tuned_model)
