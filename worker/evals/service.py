@@ -101,12 +101,12 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
     # shared one, and two processes must not evict each other's files.
     settings = ctx.settings.model_copy(update={"serving_cache_dir": ctx.work_dir / f"eval-serving-{os.getpid()}"})
     inference = InferenceService(ctx.db, ctx.store, ctx.registry, ctx.loader, settings)
+    judge: Any = None
     try:
         principal = Principal(project_id=project_id, project_name="", api_key_id="")
         generator = EngineGenerator(inference, principal)
         for name, resolved in (overrides or {}).items():
             generator.override(name, resolved)
-        judge: Any = None
         if ctx.settings.eval_judge_base_url:
             from worker.evals.scoring import JudgeClient
 
@@ -124,19 +124,21 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
         counter.report(force=True)
     finally:
         inference.close()
+        if hasattr(judge, "close"):
+            judge.close()
     prefix = layout.eval_prefix(eval_id)
     report["artifacts"] = {"per_item_uri": f"{prefix}items.jsonl"}
     validate_report(report)
-    outputs: list[tuple[str, str, bytes]] = [
-        ("report.json", "report", json.dumps(report, indent=2).encode()),
-        ("spec.json", "spec", json.dumps(spec.document, indent=2).encode()),
-        ("items.jsonl", "items", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()),
-        ("base_vs_tuned.png", "chart", charts.base_vs_tuned_png(report)),
+    outputs: list[tuple[str, bytes]] = [
+        ("report.json", json.dumps(report, indent=2).encode()),
+        ("spec.json", json.dumps(spec.document, indent=2).encode()),
+        ("items.jsonl", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()),
+        ("base_vs_tuned.png", charts.base_vs_tuned_png(report)),
     ]
     if loss_rows is not None:
-        outputs.append(("loss_curve.png", "loss", charts.loss_curve_png(loss_rows)))
+        outputs.append(("loss_curve.png", charts.loss_curve_png(loss_rows)))
     rows = []
-    for filename, _, data in outputs:
+    for filename, data in outputs:
         stored = ctx.store.put_bytes(prefix + filename, data)
         rows.append(File(id=ids.new_id(ids.FILE), project_id=project_id, filename=f"{eval_id}-{filename}",
                          purpose=RESULT_PURPOSE, bytes=stored.size, sha256=stored.sha256, storage_key=prefix + filename,
