@@ -37,7 +37,8 @@ def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) 
     db = Database(settings.database_url, pool_size=settings.api_threads + 2, max_overflow=8)
     store = open_store(settings.artifact_uri, settings)
     registry = BaseModelRegistry(settings.base_model_sources())
-    evals = KnowledgeEvalService(db, store, registry, max_attempts=settings.max_attempts)
+    evals = KnowledgeEvalService(db, store, registry, max_attempts=settings.max_attempts,
+                                 external_judge=settings.eval_judge_base_url is not None)
     return ApiServices(
         settings=settings, db=db, store=store, registry=registry,
         files=FileService(db, store, max_upload_bytes=settings.max_upload_bytes),

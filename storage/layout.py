@@ -15,10 +15,13 @@ def model_prefix(model_uid: str) -> str:
     return f"models/{model_uid}/"
 
 
-def results_key(job_id: str) -> str:
-    return f"results/{job_id}/metrics.csv"
+def results_key(job_id: str, model_uid: str) -> str:
+    """The results file of the attempt that publishes model `model_uid` (unique per attempt, like the
+    model's prefix: a stale attempt's clean-up never deletes the winner's file)."""
+    return f"results/{job_id}/{model_uid}/metrics.csv"
 
 
-def eval_prefix(eval_id: str) -> str:
-    """report.json, items.jsonl and the charts of one knowledge eval."""
-    return f"evals/{eval_id}/"
+def eval_prefix(eval_id: str, run: str) -> str:
+    """report.json, items.jsonl, spec.json and the charts of one run of a knowledge eval. `run` is unique
+    per attempt, so that a stale worker's objects never replace (or delete) those of the attempt that won."""
+    return f"evals/{eval_id}/{run}/"

@@ -27,11 +27,15 @@ MEDIA_TYPES = {"report": "application/json", "items": "application/jsonl", "spec
 
 
 class KnowledgeEvalService:
-    def __init__(self, db: Database, store: ArtifactStore, registry: BaseModelRegistry, *, max_attempts: int) -> None:
+    def __init__(self, db: Database, store: ArtifactStore, registry: BaseModelRegistry, *, max_attempts: int,
+                 external_judge: bool = False) -> None:
         self.db = db
         self.store = store
         self.registry = registry
         self.max_attempts = max_attempts
+        #: True when FTAAS_EVAL_JUDGE_BASE_URL names the judge's endpoint; else ftaas serves the judge model,
+        #: which must then be a model of the caller's project (checked at creation, not mid-run).
+        self.external_judge = external_judge
 
     def resolver(self, principal: Principal) -> CallableResolver:
         """Sources a request may name: built-in suites and the project's own files (never server paths)."""
@@ -48,8 +52,20 @@ class KnowledgeEvalService:
                                 allowed_description="builtin://<suite>[?seed=N&size=M] or an uploaded file id")
 
     def check_options(self, principal: Principal, options: KnowledgeEvalOptions) -> tuple[EvalSpec, int]:
-        return spec_for_request(spec=options.spec, suites=options.suites, judge_model=options.judge_model,
-                                max_new_tokens=options.max_new_tokens, resolver=self.resolver(principal))
+        spec, questions = spec_for_request(spec=options.spec, suites=options.suites, judge_model=options.judge_model,
+                                           max_new_tokens=options.max_new_tokens, resolver=self.resolver(principal))
+        if not self.external_judge:
+            for name, config in spec.scorers.items():
+                if config["type"] != "llm_judge":
+                    continue
+                try:
+                    self.base_model_of(principal, config["judge_model"])
+                except NotFound:
+                    param = "judge_model" if options.spec is None else f"spec.scorers.{name}.judge_model"
+                    raise InvalidRequest(f"The judge model {config['judge_model']!r} is not a model of this "
+                                         "project (the judge is served by ftaas itself: no judge endpoint is "
+                                         "configured).", code="model_not_found", param=param) from None
+        return spec, questions
 
     def base_model_of(self, principal: Principal, name: str) -> str:
         if name in self.registry:

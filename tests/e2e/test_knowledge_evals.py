@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.e2e.servers import LiveServer, wait_for
-from tests.evals.recompute import assert_blocks_match_records
+from tests.evals.recompute import assert_blocks_match_records, assert_summary_matches_splits
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +85,7 @@ def test_the_fine_tune_memorised_the_facts_and_the_eval_says_so(evaluated_job: d
 def test_the_report_is_recomputed_from_its_per_item_records(evaluated_job: dict[str, Any]) -> None:
     report, items = evaluated_job["report"], evaluated_job["items"]
     groups = assert_blocks_match_records(report, items)
+    assert_summary_matches_splits(report, {line["dataset_id"]: line["setting"] for line in items})
     memorization = groups["fictional_people/memorization"]
     tuned = sum(r["tuned"]["correct"] for r in memorization) / len(memorization)
     assert report["summary"]["memorization"]["mean_tuned"] == pytest.approx(tuned, abs=1e-6)

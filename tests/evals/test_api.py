@@ -77,8 +77,22 @@ def test_bad_specs_get_400_naming_the_field(live: Any) -> None:
     spec["datasets"][0]["splits"][0]["source"]["sha256"] = "0" * 64
     cases.append((spec, "spec.datasets.0.splits.0.source.sha256"))
     spec = good_spec()
+    spec["generation"]["temperature"] = 3  # the schema allows it; the serving engine does not
+    cases.append((spec, "spec.generation.temperature"))
+    spec = good_spec()
+    spec["name"] = "n" * 200
+    cases.append((spec, "spec.name"))
+    spec = good_spec()
+    spec["generation"]["chat_template"] = "alpaca"
+    cases.append((spec, "spec.generation.chat_template"))
+    spec = good_spec()
+    spec["scorers"]["judge"] = {"type": "llm_judge", "judge_model": "ft:not-mine", "judge_prompt_id":
+                                "ftaas.short_answer.v1", "verdict_map": {"Correct": True}}
+    spec["datasets"][0]["splits"][0]["scorer"] = "judge"
+    cases.append((spec, "spec.scorers.judge.judge_model"))
+    spec = good_spec()
     spec["datasets"][0]["splits"][0]["prompt_field"] = "question"
-    cases.append((spec, "spec.datasets.0.splits.0: row 1"))
+    cases.append((spec, "spec.datasets.0.splits.0: line 1"))
     with http(live) as client:
         for spec, param in cases:
             error = error_of(client.post("/knowledge_evals", json={"model": DEMO_BASE_MODEL, "spec": spec}))
@@ -109,6 +123,13 @@ def test_bad_suite_files_get_400_naming_the_line(live: Any) -> None:
             error = error_of(client.post("/knowledge_evals", json={"model": DEMO_BASE_MODEL, "suites": [file_id]}))
             expected = f"suites.0: line {line}" + (f": {field}" if field else "")
             assert error["param"] == expected and f"line {line}" in error["message"], error
+        not_utf8 = upload(client, lines[0].encode() + b"\n" + lines[1].encode().replace(b"?", b"\xff?"))
+        error = error_of(client.post("/knowledge_evals", json={"model": DEMO_BASE_MODEL, "suites": [not_utf8]}))
+        assert error["param"] == "suites.0: line 2" and "UTF-8" in error["message"]
+        error = error_of(client.post("/knowledge_evals", json={"model": DEMO_BASE_MODEL,
+                                                               "suites": ["api_renames?size=2"],
+                                                               "judge_model": "ft:nobody"}))
+        assert error["param"] == "judge_model" and error["code"] == "model_not_found"
         error = error_of(client.post("/knowledge_evals", json={"model": DEMO_BASE_MODEL,
                                                                "suites": ["builtin:no_such_suite"]}))
         assert error["param"] == "suites.0"
@@ -221,3 +242,41 @@ def test_the_judge_is_any_openai_compatible_endpoint_here_ftaas_itself(live: Any
                    if line.startswith("ftaas_serving_sequences_total{") and DEMO_BASE_MODEL in line)
 
     assert served(after) - served(before) >= len(raw)  # the verdicts came over HTTP from this server
+
+
+def test_a_judge_that_stays_down_fails_the_eval_after_its_attempts(live: Any) -> None:
+    """An unreachable judge is an infrastructure error: the eval goes back to the queue, and after
+    FTAAS_MAX_ATTEMPTS it fails with the reason (never requeued forever)."""
+    with http(live) as client:
+        created = client.post("/knowledge_evals", json={"model": DEMO_BASE_MODEL, "judge_model": DEMO_BASE_MODEL,
+                                                        "suites": ["api_renames?size=1"], "max_new_tokens": 4}).json()
+        settings = live.settings.model_copy(update={"eval_judge_base_url": "http://127.0.0.1:9/v1"})
+        outcomes = [run_standalone(WorkerContext(settings), created["id"]) for _ in range(live.settings.max_attempts + 1)]
+        assert outcomes == ["requeued"] * (live.settings.max_attempts - 1) + ["failed", "not-claimed"]
+        failed = client.get(f"/knowledge_evals/{created['id']}").json()
+    assert failed["status"] == "failed" and failed["error"]["code"] == "judge_unavailable"
+    assert f"after {live.settings.max_attempts} attempts" in failed["error"]["message"]
+
+
+def test_a_stale_workers_late_run_never_breaks_the_published_results(live: Any) -> None:
+    """Every run stores its objects under keys of its own: a worker that lost its lease and finishes late
+    writes beside the winner's files, not over them."""
+    from worker.evals.service import evaluate
+
+    with http(live) as client:
+        created = client.post("/knowledge_evals", json={"model": DEMO_BASE_MODEL, "max_new_tokens": 4,
+                                                        "suites": ["fictional_people?size=1"]}).json()
+        assert run_standalone(WorkerContext(live.settings), created["id"]) == "succeeded"
+        before = client.get(f"/knowledge_evals/{created['id']}/report").json()
+        with live.services.db.read() as session:
+            from db import knowledge_evals
+
+            row = knowledge_evals.get_any_project(session, created["id"])
+        published = set(live.services.store.list_keys(f"evals/{row.id}/"))
+        assert len(published) == 4
+        late = evaluate(WorkerContext(live.settings), eval_id=row.id, project_id=row.project_id,
+                        spec_document=row.spec, model=row.model, base_model=row.base_model)
+        assert {f.storage_key for f in late.file_rows}.isdisjoint(published)
+        assert published < set(live.services.store.list_keys(f"evals/{row.id}/"))
+        after = client.get(f"/knowledge_evals/{created['id']}/report")
+        assert after.status_code == 200 and after.json() == before

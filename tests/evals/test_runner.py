@@ -10,7 +10,7 @@ import pytest
 
 from db.projects import Principal
 from ftaas.settings import DEMO_BASE_MODEL
-from tests.evals.recompute import assert_blocks_match_records
+from tests.evals.recompute import assert_blocks_match_records, assert_summary_matches_splits
 from worker.evals.builtin import generate_suite
 from worker.evals.items import EvalItem, dump_suite
 from worker.evals.runner import EngineGenerator, EvalRun, conversation
@@ -108,21 +108,28 @@ def test_every_report_number_is_recomputed_from_the_item_records() -> None:
                                         for c in report["controls"]]]:
         records = groups[(split["dataset_id"], split["split_id"])]
         extra = split.get("extra_metrics", {})
+
+        def share(flag: Any, records: list[dict] = records) -> float:
+            return sum(bool(flag(r)) for r in records) / len(records)
+
+        # The rates, from the raw responses (the scripted answers are plain enough for a naive reading).
         if any(r["reference_before"] for r in records):
             assert extra["stale_answer_rate"] == pytest.approx(
-                sum(r["tuned"]["matched_before"] for r in records) / len(records), abs=1e-6)
+                share(lambda r: r["reference_before"].lower() in r["tuned"]["response"].lower()), abs=1e-6)
             assert extra["base_stale_answer_rate"] == 1.0  # the base model gives every old name
+            assert 0 < extra["stale_answer_rate"] < 1
         if split.get("variant") == "date_shifted":
             assert extra["abstention_rate"] == pytest.approx(
-                sum(r["tuned"]["abstained"] for r in records) / len(records), abs=1e-6)
+                share(lambda r: r["tuned"]["response"].lower().startswith("none")), abs=1e-6)
             assert extra["trained_answer_leak_rate"] == pytest.approx(
-                sum(r["tuned"]["leaked"] for r in records) / len(records), abs=1e-6)
+                share(lambda r: r["trained_answer"].lower() in r["tuned"]["response"].lower()), abs=1e-6)
             assert 0 < extra["trained_answer_leak_rate"] < 1
         if records[0]["answer_type"] == "yes_no":
             assert extra["format_violation_rate"] == pytest.approx(
                 sum(r["tuned"]["format_violation"] for r in records) / len(records), abs=1e-6)
             assert extra["base_format_violation_rate"] > 0
 
+    assert_summary_matches_splits(report, {d["id"]: d["setting"] for d in spec.datasets})
     by_split = {(s["dataset_id"], s["split_id"]): s for s in report["splits"]}
     for kind in ("memorization", "generalization"):
         head = report["summary"][kind]
@@ -151,3 +158,13 @@ def test_a_suite_file_round_trips_into_the_same_items() -> None:
     loaded, _ = load_items(spec, CallableResolver({"file_id": lambda uri: dump_suite(items)}))
     assert [(i.split_id, i.item_id, i.prompt, i.reference, i.trained_answer) for i in loaded] == \
         [(i.split_id, i.item_id, i.prompt, i.reference, i.trained_answer) for i in items]
+
+
+def test_suite_lines_may_hold_unicode_line_separators() -> None:
+    from dataclasses import replace
+
+    from worker.evals.items import parse_suite
+
+    items = [replace(item, prompt=item.prompt + " \u2028next\x85line\x0c") for item in
+             generate_suite("control", seed=1, size=3)]
+    assert parse_suite(dump_suite(items)) == items

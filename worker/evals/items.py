@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from ftaas.errors import InvalidRequest
-from worker.evals.jsonl import json_lines
+from worker.evals.jsonl import decode_text, json_lines
 
 SETTINGS = ("new_knowledge", "updated_knowledge")
 VARIANTS = ("original", "rephrased", "date_shifted", "single_hop_inference", "multi_entity_comparison",
@@ -112,7 +112,7 @@ def item_from_suite_line(data: object, *, line: int) -> EvalItem:
 
 def parse_suite(data: bytes | str) -> list[EvalItem]:
     """A whole suite file. Errors name the first bad line (1-based); ids must be unique per split."""
-    text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
+    text = decode_text(data, code="invalid_suite_file") if isinstance(data, bytes) else data
     items: list[EvalItem] = []
     seen: set[tuple[str, str, str]] = set()
     for number, parsed in json_lines(text, code="invalid_suite_file", objects_only=False):

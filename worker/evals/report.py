@@ -107,7 +107,8 @@ def accuracy_block(answers: Sequence[Answer | None], level: float | None) -> dic
     return block
 
 
-def delta_block(results: Sequence[ItemResult], base: Mapping[str, Any], tuned: Mapping[str, Any]) -> dict[str, Any]:
+def delta_block(results: Sequence[ItemResult], base: Mapping[str, Any], tuned: Mapping[str, Any],
+                level: float | None) -> dict[str, Any]:
     if base["accuracy"] is None or tuned["accuracy"] is None:
         return {"accuracy": None}
     paired = [r for r in results if r.base is not None]
@@ -116,11 +117,14 @@ def delta_block(results: Sequence[ItemResult], base: Mapping[str, Any], tuned: M
         "flips_to_correct": sum(not r.base.counted_correct and r.tuned.counted_correct for r in paired),  # type: ignore[union-attr]
         "flips_to_incorrect": sum(r.base.counted_correct and not r.tuned.counted_correct for r in paired),  # type: ignore[union-attr]
     }
-    if "ci_low" in base and "ci_low" in tuned:
-        # Newcombe's hybrid score interval for a difference of proportions, from the two Wilson intervals.
-        d, p1, p2 = tuned["accuracy"] - base["accuracy"], tuned["accuracy"], base["accuracy"]
-        low = d - math.sqrt((p1 - tuned["ci_low"]) ** 2 + (base["ci_high"] - p2) ** 2)
-        high = d + math.sqrt((tuned["ci_high"] - p1) ** 2 + (p2 - base["ci_low"]) ** 2)
+    if level is not None:
+        # Newcombe's hybrid score interval (his method 10) for a difference of proportions, from the two
+        # Wilson intervals. It treats the two runs as independent samples; they are paired on the same
+        # items, so the interval is conservative (wider than a paired one).
+        p1, p2 = tuned["correct"] / tuned["n"], base["correct"] / base["n"]
+        (l1, u1), (l2, u2) = wilson(tuned["correct"], tuned["n"], level), wilson(base["correct"], base["n"], level)
+        low = (p1 - p2) - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+        high = (p1 - p2) + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
         block["ci_low"], block["ci_high"] = round(max(-1.0, low), 6), round(min(1.0, high), 6)
     return block
 
@@ -164,7 +168,7 @@ def _split_result(spec: EvalSpec, dataset: Mapping[str, Any], split: Mapping[str
     entry: dict[str, Any] = {
         "dataset_id": dataset["id"], "setting": dataset["setting"], "split_id": split["id"],
         "variant": split["variant"], "counts_toward": split["counts_toward"], "scorer": split["scorer"],
-        "base": base, "tuned": tuned, "delta": delta_block(results, base, tuned),
+        "base": base, "tuned": tuned, "delta": delta_block(results, base, tuned, level),
     }
     subsets: dict[str, Any] = {}
     baseline = spec.baseline
@@ -190,7 +194,7 @@ def _control_result(control_id: str, results: Sequence[ItemResult], level: float
     base = accuracy_block([r.base for r in results], level)
     tuned = accuracy_block([r.tuned for r in results], level)
     entry: dict[str, Any] = {"control_id": control_id, "base": base, "tuned": tuned,
-                             "delta": delta_block(results, base, tuned)}
+                             "delta": delta_block(results, base, tuned, level)}
     known = [r for r in results if r.base is not None and r.base.counted_correct]
     if base["accuracy"] is not None:
         known_tuned = accuracy_block([r.tuned for r in known], level)

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
@@ -24,7 +25,7 @@ from db.knowledge_evals import EvalLease
 from db.projects import Principal
 from db.states import FileStatus
 from db.tables import File, KnowledgeEval
-from ftaas.errors import InfrastructureError, LeaseLost, UserError
+from ftaas.errors import FTaaSError, InfrastructureError, LeaseLost, UserError
 from storage import layout
 from worker.context import WorkerContext
 from worker.evals import charts
@@ -126,7 +127,7 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
         inference.close()
         if hasattr(judge, "close"):
             judge.close()
-    prefix = layout.eval_prefix(eval_id)
+    prefix = layout.eval_prefix(eval_id, uuid.uuid4().hex[:16])
     report["artifacts"] = {"per_item_uri": f"{prefix}items.jsonl"}
     validate_report(report)
     outputs: list[tuple[str, bytes]] = [
@@ -177,6 +178,7 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
         if row is None or lease is None:
             return "not-claimed"
         spec_document, model, base_model = row.spec, row.model, row.base_model
+        max_attempts = row.max_attempts
         loss_rows = _loss_rows_for_model(session, row)
 
     renewal = _LeaseRenewal(lambda: _renew(ctx, lease, ttl), interval=ttl / 3)
@@ -202,6 +204,9 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
     except UserError as exc:
         return _finish(ctx, lease, {"code": exc.code, "message": exc.message, "param": exc.param})
     except InfrastructureError as exc:
+        if lease.attempt >= max_attempts:
+            return _finish(ctx, lease, {"code": exc.code, "param": None,
+                                        "message": f"Gave up after {lease.attempt} attempts: {exc.message}"})
         try:
             with ctx.db.write() as session:
                 knowledge_evals.release(session, lease, counts_as_attempt=True)
@@ -316,12 +321,19 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
                              model=model_name, base_model=base_model,
                              overrides={model_name: ResolvedModel(model_name, base_model, adapter_ref)},
                              tuned_info=info, loss_rows=loss_rows, progress=progress)
-    except UserError as exc:
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        # The fine-tune itself succeeded: whatever went wrong with its eval (a judge that is down, a bug),
+        # the job keeps its model and says what happened; retraining would not help.
+        if not isinstance(exc, FTaaSError):
+            log.exception("knowledge eval %s of job %s failed", eval_id, lease.job_id)
+        error = ({"code": exc.code, "message": exc.message, "param": exc.param} if isinstance(exc, FTaaSError)
+                 else {"code": "eval_error", "message": f"{type(exc).__name__}: {exc}", "param": None})
         with ctx.db.write() as session:
-            knowledge_evals.fail_attached(session, eval_id,
-                                          {"code": exc.code, "message": exc.message, "param": exc.param})
+            knowledge_evals.fail_attached(session, eval_id, error)
             jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
-            jobs.add_event(session, lease, f"Knowledge eval {eval_id} failed: {exc.message}", level="warn")
+            jobs.add_event(session, lease, f"Knowledge eval {eval_id} failed: {error['message']}", level="warn")
         return None
     return artifacts
 

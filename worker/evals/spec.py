@@ -31,9 +31,11 @@ from typing import Any
 
 from ftaas.errors import InvalidRequest
 from worker.evals.items import EvalItem, parse_suite
-from worker.evals.jsonl import json_lines
+from worker.evals.jsonl import decode_text, json_lines
 
 SPEC_VERSION = "1.0"
+MAX_NAME = 128
+MAX_NEW_TOKENS = 4096
 #: Decoding used when a suite spec is built for the caller (FineTuneBench: temperature 0, seed 42).
 DEFAULT_GENERATION = {"temperature": 0, "max_new_tokens": 32, "seed": 42, "system_prompt": None,
                       "chat_template": "model_default"}
@@ -134,6 +136,18 @@ def validate_spec(document: Any, *, prefix: str = "spec") -> EvalSpec:
     if not isinstance(document, dict):
         raise InvalidRequest("The eval spec must be a JSON object.", code=code, param=prefix)
     _schema_errors(document, spec_schema(), prefix, code)
+    if len(document["name"]) > MAX_NAME:
+        raise InvalidRequest(f"The spec name is {len(document['name'])} characters; at most {MAX_NAME}.", code=code,
+                             param=f"{prefix}.name")
+    generation = document["generation"]
+    # The limits of the serving engine that answers (serving.schemas): refused here, not mid-run.
+    for key, top in (("temperature", 2.0), ("max_new_tokens", MAX_NEW_TOKENS)):
+        if key in generation and generation[key] > top:
+            raise InvalidRequest(f"generation.{key} is {generation[key]}; at most {top}.", code=code,
+                                 param=f"{prefix}.generation.{key}")
+    if generation.get("chat_template", "model_default") != "model_default":
+        raise InvalidRequest("Only the model's own chat template ('model_default') is supported.", code=code,
+                             param=f"{prefix}.generation.chat_template")
     interval = document["aggregation"].get("confidence_interval")
     if interval and interval["method"] == "bootstrap":
         raise InvalidRequest("Bootstrap intervals are not implemented; use 'wilson' or 'none'.", code=code,
@@ -261,20 +275,25 @@ def read_builtin(uri: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------- row reading
-def read_rows(data: bytes, fmt: str, *, where: str) -> list[dict[str, Any]]:
-    """Rows of a csv, jsonl or json (array of objects) source. Errors name the line."""
-    text = data.decode("utf-8-sig", errors="strict") if data else ""
+def read_rows(data: bytes, fmt: str, *, where: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) for each row of a csv, jsonl or json (array of objects) source. Errors name the line.
+
+    The line is where a person finds the row: a jsonl line, the line a CSV record ends on, the position
+    in a json array."""
+    text = decode_text(data, code="invalid_eval_source", where=where)
     if fmt == "csv":
+        rows = []
         try:
             reader = csv.DictReader(io.StringIO(text, newline=""))
-            rows = [dict(row) for row in reader]
+            for row in reader:
+                rows.append((reader.line_num, dict(row)))
         except csv.Error as exc:
             raise InvalidRequest(f"{where}: not valid CSV ({exc})", code="invalid_eval_source", param=where) from None
         if reader.fieldnames is None:
             raise InvalidRequest(f"{where}: the CSV has no header row", code="invalid_eval_source", param=where)
         return rows
     if fmt == "jsonl":
-        return [row for _, row in json_lines(text, code="invalid_eval_source", where=where)]
+        return list(json_lines(text, code="invalid_eval_source", where=where))
     if fmt == "json":
         try:
             value = json.loads(text)
@@ -284,7 +303,7 @@ def read_rows(data: bytes, fmt: str, *, where: str) -> list[dict[str, Any]]:
         if not isinstance(value, list) or not all(isinstance(row, dict) for row in value):
             raise InvalidRequest(f"{where}: a json source must be an array of objects", code="invalid_eval_source",
                                  param=where)
-        return value
+        return list(enumerate(value, start=1))
     raise InvalidRequest(f"{where}: the {fmt!r} source format is not supported here (csv, jsonl, json)",
                          code="invalid_eval_source", param=where)
 
@@ -309,9 +328,7 @@ def _source_rows(source: Mapping[str, Any], resolver: SourceResolver, *, where: 
     if expected and hashlib.sha256(data).hexdigest() != expected:
         raise InvalidRequest(f"{where}: the source's SHA-256 is {hashlib.sha256(data).hexdigest()}, not the "
                              f"{expected} the spec pins", code="invalid_eval_source", param=f"{where}.source.sha256")
-    rows = read_rows(data, source["format"], where=f"{where}.source")
-    # Row numbers as a person finds them in the file: the line for jsonl, the record for csv/json.
-    numbered = list(enumerate(rows, start=1))
+    numbered = read_rows(data, source["format"], where=f"{where}.source")
     selector = source.get("row_filter")
     if selector:
         wanted = str(selector["equals"])
@@ -341,13 +358,15 @@ def load_items(spec: EvalSpec, resolver: SourceResolver) -> tuple[list[EvalItem]
                                      code="invalid_eval_source", param=f"{where}.source")
             seen: set[str] = set()
             for number, row in rows:
-                at = f"{where}: row {number}"
+                at = f"{where}: line {number}"
                 key = _cell(row, dataset.get("fact_key_field"), where=at, required=False)
                 item_id = _cell(row, "id", where=at, required=False) or key or str(number)
                 if item_id in seen:
                     raise InvalidRequest(f"{at}: duplicate item id {item_id!r}", code="invalid_eval_source", param=at)
                 seen.add(item_id)
-                answer_type = split.get("answer_type") or row.get("answer_type") or "short_text"
+                # A suite row's own answer type wins (one split may mix numbers and words); a CSV source's
+                # rows have none and take the split's.
+                answer_type = row.get("answer_type") or split.get("answer_type") or "short_text"
                 item = EvalItem(
                     dataset_id=dataset["id"], setting=dataset["setting"], split_id=split["id"],
                     variant=split["variant"], counts_toward=split["counts_toward"], item_id=item_id,
@@ -372,7 +391,7 @@ def load_items(spec: EvalSpec, resolver: SourceResolver) -> tuple[list[EvalItem]
         if control.get("max_items"):
             rows = rows[:control["max_items"]]
         for number, row in rows:
-            at = f"{where}: row {number}"
+            at = f"{where}: line {number}"
             item_id = _cell(row, "id", where=at, required=False) or str(number)
             controls.append(EvalItem(
                 dataset_id=control["id"], setting="new_knowledge", split_id=control["id"], variant="control",
@@ -402,15 +421,17 @@ def default_scorers(judge_model: str | None = None) -> dict[str, Any]:
     return scorers
 
 
-def _scorer_for(answer_type: str, *, judge: bool) -> str:
-    if answer_type == "yes_no":
+def _scorer_for(answer_types: set[str], *, judge: bool) -> str:
+    """The scorer of a split holding items of these answer types."""
+    if answer_types == {"yes_no"}:
         return "yesno"
-    if answer_type == "abstain":
+    if answer_types == {"abstain"}:
         return "abstain"
-    if answer_type == "free_text":
+    if "free_text" in answer_types:
         return "judge" if judge else "contains"
-    # Short answers go to the judge when one is asked for (as FineTuneBench scored them); numbers never do.
-    return "judge" if judge and answer_type == "short_text" else "exact"
+    # Short answers go to the judge when one is asked for (as FineTuneBench scored them); a split of numbers
+    # alone never does. Mixed splits are scored by exact match, which also accepts a plain "Yes" or "None".
+    return "judge" if judge and "short_text" in answer_types else "exact"
 
 
 def suite_spec(sources: Sequence[tuple[str, Sequence[EvalItem]]], *, name: str = "suites",
@@ -426,6 +447,7 @@ def suite_spec(sources: Sequence[tuple[str, Sequence[EvalItem]]], *, name: str =
     controls: list[dict[str, Any]] = []
     memorization: dict[str, str] = {}
     generalization: dict[str, str] = {}
+    answer_types: dict[tuple[str, str], set[str]] = {}
     for uri, items in sources:
         for item in items:
             if item.counts_toward == "control":
@@ -434,10 +456,12 @@ def suite_spec(sources: Sequence[tuple[str, Sequence[EvalItem]]], *, name: str =
                                      "source": {"uri": uri, "format": "jsonl",
                                                 "row_filter": {"field": "split", "equals": item.split_id}},
                                      "prompt_field": "prompt", "reference_field": "reference",
-                                     "scorer": _scorer_for(item.answer_type, judge=bool(judge_model))})
+                                     "scorer": _scorer_for({item.answer_type}, judge=bool(judge_model))})
                 continue
             dataset = datasets.setdefault(item.dataset_id, {"id": item.dataset_id, "setting": item.setting,
                                                             "fact_key_field": "fact_key", "splits": []})
+            types = answer_types.setdefault((item.dataset_id, item.split_id), set())
+            types.add(item.answer_type)
             if any(s["id"] == item.split_id for s in dataset["splits"]):
                 continue
             split: dict[str, Any] = {
@@ -446,9 +470,8 @@ def suite_spec(sources: Sequence[tuple[str, Sequence[EvalItem]]], *, name: str =
                 "variant": item.variant,
                 "source": {"uri": uri, "format": "jsonl", "row_filter": {"field": "split", "equals": item.split_id}},
                 "prompt_field": "prompt", "reference_field": "reference", "context_field": "context",
-                "answer_type": item.answer_type,
                 "expected_behavior": "abstain" if item.answer_type == "abstain" else "answer",
-                "scorer": _scorer_for(item.answer_type, judge=bool(judge_model)),
+                "scorer": "",  # chosen below, once every item of the split was seen
                 "counts_toward": item.counts_toward,
             }
             if item.reference_before is not None:
@@ -461,6 +484,12 @@ def suite_spec(sources: Sequence[tuple[str, Sequence[EvalItem]]], *, name: str =
     if not datasets:
         raise InvalidRequest("The suites hold no dataset items (only controls); add a suite with questions.",
                              code="invalid_eval_spec", param="suites")
+    for dataset in datasets.values():
+        for split in dataset["splits"]:
+            types = answer_types[(dataset["id"], split["id"])]
+            split["scorer"] = _scorer_for(types, judge=bool(judge_model))
+            if len(types) == 1:  # else each item keeps its own (load_items reads it from the row)
+                split["answer_type"] = next(iter(types))
     headline = {"memorization": memorization or {}, "generalization": generalization or {}}
     for kind in ("memorization", "generalization"):
         if not headline[kind]:

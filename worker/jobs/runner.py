@@ -235,15 +235,21 @@ def _publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Tra
     from serving.adapters import AdapterRef
     from worker.evals.service import finish_for_job, run_for_job
 
-    evaluation = run_for_job(
-        ctx, lease, model_name=plan.fine_tuned_model, base_model=plan.spec.base_model,
-        adapter_ref=AdapterRef(prefix, published.manifest_sha256, plan.fine_tuned_model),
-        tuned_info={"adapter_uri": prefix, "method": plan.spec.adapter.type,
-                    "hyperparameters": plan.spec.to_json(), "epochs_completed": plan.spec.n_epochs})
-    with ctx.db.read() as session:
-        rows = events.metrics_rows(session, plan.job_id)
-    results_key = layout.results_key(plan.job_id)
-    stored = ctx.store.put_bytes(results_key, metrics_csv(rows))
+    results_key = layout.results_key(plan.job_id, uid)
+    evaluation = None
+    try:
+        evaluation = run_for_job(
+            ctx, lease, model_name=plan.fine_tuned_model, base_model=plan.spec.base_model,
+            adapter_ref=AdapterRef(prefix, published.manifest_sha256, plan.fine_tuned_model),
+            tuned_info={"adapter_uri": prefix, "method": plan.spec.adapter.type,
+                        "hyperparameters": plan.spec.to_json(), "epochs_completed": plan.spec.n_epochs})
+        with ctx.db.read() as session:
+            rows = events.metrics_rows(session, plan.job_id)
+        stored = ctx.store.put_bytes(results_key, metrics_csv(rows))
+    except BaseException:
+        # Nothing points at these objects yet (all under keys of this attempt's own): remove them.
+        _remove_unpublished(ctx, prefix, results_key, evaluation)
+        raise
     results_id = ids.new_id(ids.FILE)
     try:
         with ctx.db.write() as session:
@@ -262,10 +268,14 @@ def _publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Tra
             jobs.complete(session, lease, fine_tuned_model=plan.fine_tuned_model, trained_tokens=outcome.trained_tokens,
                           result_files=result_files)
     except LeaseLost:
-        # Cancelled during publication: nothing points at these objects, so remove them now.
-        ctx.store.delete_prefix(prefix)
-        ctx.store.delete(results_key)
-        if evaluation is not None:
-            for file_row in evaluation.file_rows:
-                ctx.store.delete(file_row.storage_key)
+        # Cancelled (or re-claimed) during publication: nothing points at these objects, so remove them now.
+        _remove_unpublished(ctx, prefix, results_key, evaluation)
         raise
+
+
+def _remove_unpublished(ctx: WorkerContext, prefix: str, results_key: str, evaluation: Any) -> None:
+    ctx.store.delete_prefix(prefix)
+    ctx.store.delete(results_key)
+    if evaluation is not None:
+        for file_row in evaluation.file_rows:
+            ctx.store.delete(file_row.storage_key)
