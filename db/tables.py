@@ -87,7 +87,20 @@ class File(Base):
     dispatched_at: Mapped[float | None] = mapped_column(Float)
 
 
-class FineTuningJob(Base):
+class LeasedWork:
+    """Execution bookkeeping of work a worker claims (jobs, knowledge evals); never shown as-is to clients."""
+
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    #: Incremented by every claim; every write a worker makes is conditional on it.
+    fencing_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    #: When the wake-up message was last sent (the reaper re-sends stale ones).
+    dispatched_at: Mapped[float | None] = mapped_column(Float)
+
+
+class FineTuningJob(LeasedWork, Base):
     __tablename__ = "fine_tuning_jobs"
     __table_args__ = (
         CheckConstraint(_in("status", [s.value for s in JobStatus]), name="status"),
@@ -128,14 +141,6 @@ class FineTuningJob(Base):
     started_at: Mapped[int | None] = mapped_column(BigInteger)
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
 
-    # Execution bookkeeping (never shown as-is to clients).
-    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    max_attempts: Mapped[int] = mapped_column(Integer)
-    lease_owner: Mapped[str | None] = mapped_column(String(200))
-    lease_expires_at: Mapped[float | None] = mapped_column(Float)
-    #: Incremented by every claim; every write a worker makes is conditional on it.
-    fencing_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
-    dispatched_at: Mapped[float | None] = mapped_column(Float)
 
 
 class JobStatusTransition(Base):
@@ -200,7 +205,7 @@ class Model(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
 
 
-class KnowledgeEval(Base):
+class KnowledgeEval(LeasedWork, Base):
     """A knowledge evaluation of one model against its base model (worker.evals).
 
     Standalone evals are claimed by a worker like jobs are (lease + fencing token); an eval attached to a
@@ -238,12 +243,6 @@ class KnowledgeEval(Base):
     started_at: Mapped[int | None] = mapped_column(BigInteger)
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
 
-    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    max_attempts: Mapped[int] = mapped_column(Integer)
-    lease_owner: Mapped[str | None] = mapped_column(String(200))
-    lease_expires_at: Mapped[float | None] = mapped_column(Float)
-    fencing_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
-    dispatched_at: Mapped[float | None] = mapped_column(Float)
 
 
 class OutboxMessage(Base):

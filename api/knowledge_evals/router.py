@@ -62,38 +62,26 @@ async def cancel_eval(knowledge_eval_id: str, services: Services, caller: Curren
         KnowledgeEvalObject.of(services.knowledge_evals.cancel(principal, knowledge_eval_id))))
 
 
-async def _download(knowledge_eval_id: str, kind: str, services: Services, caller: CurrentCaller
-                    ) -> StreamingResponse:
-    media_type, chunks = await caller.run(
-        lambda principal: services.knowledge_evals.artifact(principal, knowledge_eval_id, kind))
-    return StreamingResponse(chunks, media_type=media_type)
+#: The result files of an eval, each at a route of its own: kind -> what it holds.
+RESULTS = {
+    "report": "The report JSON (schema urn:ftservice:knowledge-eval-report:v1).",
+    "items": "Per-item JSONL: prompt, reference, both models' raw responses and verdicts.",
+    "spec": "The spec that was run.",
+    "chart": "Base-vs-tuned accuracy per split (PNG).",
+    "loss_curve": "The training loss of the job that made the evaluated model (PNG), when there is one.",
+}
 
 
-@router.get("/{knowledge_eval_id}/report", response_class=StreamingResponse)
-async def download_report(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> StreamingResponse:
-    """The report JSON (schema urn:ftservice:knowledge-eval-report:v1)."""
-    return await _download(knowledge_eval_id, "report", services, caller)
+def _download_route(kind: str):  # type: ignore[no-untyped-def]
+    async def download(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> StreamingResponse:
+        media_type, chunks = await caller.run(
+            lambda principal: services.knowledge_evals.artifact(principal, knowledge_eval_id, kind))
+        return StreamingResponse(chunks, media_type=media_type)
+
+    download.__name__ = f"download_{kind}"
+    return download
 
 
-@router.get("/{knowledge_eval_id}/items", response_class=StreamingResponse)
-async def download_items(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> StreamingResponse:
-    """Per-item JSONL: prompt, reference, both models' raw responses and verdicts."""
-    return await _download(knowledge_eval_id, "items", services, caller)
-
-
-@router.get("/{knowledge_eval_id}/spec", response_class=StreamingResponse)
-async def download_spec(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> StreamingResponse:
-    """The spec that was run."""
-    return await _download(knowledge_eval_id, "spec", services, caller)
-
-
-@router.get("/{knowledge_eval_id}/chart", response_class=StreamingResponse)
-async def download_chart(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> StreamingResponse:
-    """Base-vs-tuned accuracy per split (PNG)."""
-    return await _download(knowledge_eval_id, "chart", services, caller)
-
-
-@router.get("/{knowledge_eval_id}/loss_curve", response_class=StreamingResponse)
-async def download_loss_curve(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> StreamingResponse:
-    """The training loss of the job that made the evaluated model (PNG), when there is one."""
-    return await _download(knowledge_eval_id, "loss_curve", services, caller)
+for _kind, _summary in RESULTS.items():
+    router.add_api_route(f"/{{knowledge_eval_id}}/{_kind}", _download_route(_kind), methods=["GET"],
+                         response_class=StreamingResponse, description=_summary, name=f"download_{_kind}")
