@@ -1,0 +1,51 @@
+"""Compression: ternary quantisation by hand, bit packing, and the stored size of a rank-16 adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worker.adapters.compress import (
+    compress,
+    decompress,
+    dequantize,
+    from_safetensors,
+    pack_bits,
+    ternarize,
+    to_safetensors,
+    unpack_bits,
+    )
+
+
+def test_ternary_keeps_the_largest_entries_as_sign_times_their_mean_magnitude() -> None:
+    tensor = torch.tensor([0.1, -0.5, 0.3, -0.05])
+    ternary = ternarize(tensor, 0.5)
+    assert ternary.scale == pytest.approx(0.4)  # mean of 0.5 and 0.3
+    assert torch.allclose(dequantize(ternary), torch.tensor([0.0, -0.4, 0.4, 0.0]))
+
+
+def test_bits_pack_and_unpack_for_any_length() -> None:
+    for count in (1, 7, 8, 9, 123):
+        bits = torch.rand(count, generator=torch.Generator().manual_seed(count)) > 0.5
+        assert torch.equal(unpack_bits(pack_bits(bits), count), bits)
+        assert pack_bits(bits).numel() == (count + 7) // 8
+
+
+def test_a_rank_16_adapter_is_stored_at_least_8x_smaller_and_round_trips() -> None:
+    generator = torch.Generator().manual_seed(0)
+    # The demo model's attention and MLP shapes (hidden 128, intermediate 256), rank 16, 4 layers.
+    tensors = {}
+    for layer in range(4):
+        for module, (out, fan_in) in {"q_proj": (128, 128), "v_proj": (64, 128), "down_proj": (128, 256)}.items():
+            tensors[f"layers.{layer}.{module}.lora_A.weight"] = torch.randn(16, fan_in, generator=generator)
+            tensors[f"layers.{layer}.{module}.lora_B.weight"] = torch.randn(out, 16, generator=generator)
+    compressed, ratio = compress(tensors, density=0.1)
+    assert ratio >= 8
+    stored = to_safetensors(compressed)
+    assert sum(t.numel() * t.element_size() for t in stored.values()) * 8 <= sum(
+        t.numel() * t.element_size() for t in tensors.values())
+    restored = decompress(from_safetensors(stored))
+    for name, tensor in tensors.items():
+        kept = restored[name] != 0
+        assert kept.float().mean().item() == pytest.approx(0.1, abs=0.01)
+        assert torch.equal(restored[name][kept].sign(), tensor[kept].sign())

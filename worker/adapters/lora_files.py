@@ -1,0 +1,172 @@
+"""PEFT LoRA adapter directories in and out, and merges of whole adapters.
+
+`read_lora` reads `adapter_config.json` + `adapter_model.safetensors` (never a pickle) into per-module
+factors with each module's scale folded into B (alpha/r, alpha/sqrt(r) for rsLoRA, `alpha_pattern` and
+`rank_pattern` honoured). `write_lora` writes factors back as a plain LoRA adapter that PEFT loads and
+ftaas serves: scale 1 (`lora_alpha` = r, per module through the patterns when ranks differ).
+
+`merge_adapters` merges adapters of one base model module by module (`worker.adapters.merge`):
+
+* `linear` is exact: concatenated factors of the summed rank, truncated by SVD only when a `rank` is given;
+* `ties`, `dare_linear`, `dare_ties` work on dense task vectors and are factorised to `rank` (default: the
+  largest parent rank) by SVD, reporting each module's relative truncation error;
+* `lines` (alpha, beta) scales every layer's merged update by its LiNeS factor (alone: one parent).
+
+A module targeted by some parents only is merged with zero updates for the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ftaas.errors import InvalidRequest
+from worker.adapters.merge import Factors, combine, concat_factors, dense_svd, lines_factors, lowrank_svd
+
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def _invalid(message: str, param: str = "adapters") -> InvalidRequest:
+    return InvalidRequest(message, code="unsupported_adapter", param=param)
+
+
+@dataclass
+class LoraAdapter:
+    config: dict[str, Any]
+    #: module path (e.g. base_model.model.model.layers.0.self_attn.q_proj) -> factors, scale folded into b
+    modules: dict[str, Factors]
+
+    @property
+    def base_model(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+    @property
+    def max_rank(self) -> int:
+        return max(f.rank for f in self.modules.values())
+
+
+def _pattern(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's rank/alpha patterns: the value of the longest pattern that ends the module path."""
+    best = None
+    for pattern, value in patterns.items():
+        if re.search(rf"(^|\.){pattern}$", module) and (best is None or len(pattern) > len(best[0])):
+            best = (pattern, value)
+    return default if best is None else best[1]
+
+
+def read_lora(directory: Path, *, param: str = "adapters") -> LoraAdapter:
+    config = json.loads((directory / CONFIG).read_text())
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        raise _invalid(f"only LoRA-family adapters can be merged or compressed, not {config.get('peft_type')}", param)
+    if config.get("use_dora"):
+        raise _invalid("DoRA adapters cannot be merged: their magnitude rescaling is not additive", param)
+    if config.get("modules_to_save") or config.get("bias", "none") != "none":
+        raise _invalid("adapters with saved modules or trained biases cannot be merged", param)
+    tensors = load_file(str(directory / WEIGHTS))
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        match = _KEY.match(name)
+        if match is None:
+            raise _invalid(f"adapter tensor {name!r} is not a LoRA factor", param)
+        parts.setdefault(match["module"], {})[match["part"]] = tensor.float()
+    rank_default, alpha_default = int(config.get("r", 8)), config.get("lora_alpha")
+    modules = {}
+    for module, pair in parts.items():
+        if set(pair) != {"A", "B"}:
+            raise _invalid(f"module {module} lacks lora_A or lora_B", param)
+        rank = int(pair["A"].shape[0])
+        alpha = float(_pattern(config.get("alpha_pattern") or {}, module,
+                               alpha_default if alpha_default is not None else rank_default))
+        expected_rank = int(_pattern(config.get("rank_pattern") or {}, module, rank_default))
+        if rank != expected_rank or pair["B"].shape[1] != rank:
+            raise _invalid(f"module {module}: factor shapes do not match its rank {expected_rank}", param)
+        scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+        modules[module] = Factors(pair["B"] * scale, pair["A"])
+    if not modules:
+        raise _invalid("the adapter has no LoRA factors", param)
+    return LoraAdapter(config, modules)
+
+
+def write_lora(directory: Path, modules: dict[str, Factors], *, template: dict[str, Any]) -> None:
+    """A plain LoRA adapter (scale 1 everywhere) from factors, keeping the template's base model and task."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ranks = {module: factors.rank for module, factors in modules.items()}
+    default = max(set(ranks.values()), key=list(ranks.values()).count)
+    short = {module.removeprefix("base_model.model."): rank for module, rank in ranks.items() if rank != default}
+    config = {
+        "peft_type": "LORA", "task_type": template.get("task_type", "CAUSAL_LM"),
+        "base_model_name_or_path": template.get("base_model_name_or_path"),
+        "r": default, "lora_alpha": default, "rank_pattern": short, "alpha_pattern": dict(short),
+        "target_modules": sorted({module.rsplit(".", 1)[-1] for module in modules}),
+        "lora_dropout": 0.0, "bias": "none", "use_rslora": False, "use_dora": False, "fan_in_fan_out": False,
+        "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
+    }
+    tensors = {}
+    for module, factors in modules.items():
+        tensors[f"{module}.lora_A.weight"] = factors.a.contiguous()
+        tensors[f"{module}.lora_B.weight"] = factors.b.contiguous()
+    save_file(tensors, str(directory / WEIGHTS))
+    (directory / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+@dataclass
+class MergeResult:
+    modules: dict[str, Factors]
+    #: module -> relative Frobenius error of the rank truncation (0 for exact merges)
+    truncation_error: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def max_error(self) -> float:
+        return max(self.truncation_error.values(), default=0.0)
+
+
+def _layer_of(module: str) -> int:
+    match = _LAYER.search(module)
+    if match is None:
+        raise _invalid(f"module {module} belongs to no decoder layer; LiNeS needs layer indices")
+    return int(match.group(1))
+
+
+def merge_adapters(adapters: Sequence[LoraAdapter], weights: Sequence[float], *, method: str = "linear",
+                   density: float = 1.0, majority_sign: str = "total", seed: int = 0, rank: int | None = None,
+                   lines: tuple[float, float] | None = None, num_layers: int | None = None) -> MergeResult:
+    """The merged adapter's factors (see the module docstring)."""
+    if len(adapters) != len(weights):
+        raise InvalidRequest("give one weight per adapter", param="weights")
+    modules = sorted({module for adapter in adapters for module in adapter.modules})
+    target_rank = rank or max(adapter.max_rank for adapter in adapters)
+    generator = torch.Generator().manual_seed(seed)
+    result = MergeResult({})
+    for module in modules:
+        present = [(adapter.modules[module], weight) for adapter, weight in zip(adapters, weights, strict=True)
+                   if module in adapter.modules]
+        if method == "linear":
+            factors = concat_factors([(f.b, f.a, weight) for f, weight in present])
+            if rank is not None and factors.rank > rank:
+                factors = lowrank_svd(factors, rank)
+        else:
+            shape = (present[0][0].b.shape[0], present[0][0].a.shape[1])
+            deltas = [adapter.modules[module].b @ adapter.modules[module].a if module in adapter.modules
+                      else torch.zeros(shape) for adapter in adapters]
+            merged = combine(deltas, weights, method=method, density=density, majority_sign=majority_sign,
+                             generator=generator)
+            factors = dense_svd(merged, target_rank)
+        result.modules[module] = factors
+        result.truncation_error[module] = factors.error
+    if lines is not None:
+        layers = num_layers or 1 + max(_layer_of(module) for module in modules)
+        scale = lines_factors(layers, *lines)
+        result.modules = {module: Factors(f.b * scale[_layer_of(module)], f.a, f.error)
+                          for module, f in result.modules.items()}
+    return result
