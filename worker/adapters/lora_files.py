@@ -170,3 +170,33 @@ def merge_adapters(adapters: Sequence[LoraAdapter], weights: Sequence[float], *,
         result.modules = {module: Factors(f.b * scale[_layer_of(module)], f.a, f.error)
                           for module, f in result.modules.items()}
     return result
+
+
+_MODULE = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$")
+
+
+def check_fits_base(adapter: LoraAdapter, base_config: dict[str, Any], *, max_rank: int) -> None:
+    """Every module exists in the (Llama-family) base model and its factors have that module's shape; no
+    rank exceeds `max_rank`. Raises InvalidRequest (400) naming the first module that does not fit."""
+    hidden = int(base_config["hidden_size"])
+    heads = int(base_config["num_attention_heads"])
+    head_dim = int(base_config.get("head_dim") or hidden // heads)
+    kv = int(base_config.get("num_key_value_heads") or heads) * head_dim
+    inter = int(base_config["intermediate_size"])
+    layers = int(base_config["num_hidden_layers"])
+    shapes = {"q_proj": (heads * head_dim, hidden), "k_proj": (kv, hidden), "v_proj": (kv, hidden),
+              "o_proj": (hidden, heads * head_dim), "gate_proj": (inter, hidden), "up_proj": (inter, hidden),
+              "down_proj": (hidden, inter)}
+    for module, factors in adapter.modules.items():
+        match = _MODULE.search(module)
+        if match is None or int(match.group(1)) >= layers:
+            raise InvalidRequest(f"module {module} does not exist in the base model", code="adapter_base_mismatch",
+                                 param="file")
+        out, fan_in = shapes[match.group(3)]
+        if factors.b.shape[0] != out or factors.a.shape[1] != fan_in:
+            raise InvalidRequest(f"module {module}: the factors fit a {factors.b.shape[0]}x{factors.a.shape[1]} "
+                                 f"weight, the base model's is {out}x{fan_in}", code="adapter_base_mismatch",
+                                 param="file")
+        if factors.rank > max_rank:
+            raise InvalidRequest(f"module {module} has rank {factors.rank}; the limit is {max_rank}",
+                                 code="adapter_rank_too_high", param="file")
