@@ -1,3 +1,3 @@
-"""Adapter fixtures: the demo base model and random peft adapters (from the serving tests)."""
+"""Adapter fixtures: the demo base model, random peft adapters and a live server (from the serving tests)."""
 
-from tests.serving.conftest import base_model, make_adapter  # noqa: F401
+from tests.serving.conftest import base_model, make_adapter, start_serving  # noqa: F401
