@@ -32,11 +32,11 @@ from typing import Any, Protocol
 from ftaas.errors import InvalidRequest, Overloaded
 from serving.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterWeights
 from storage import ArtifactStore
-from storage.manifest import download_artifact
+from storage.manifest import download_artifact, read_manifest
+from worker.adapters.compress import COMPRESSED_WEIGHTS
 
 log = logging.getLogger(__name__)
 
-ADAPTER_FILES = {ADAPTER_WEIGHTS, ADAPTER_CONFIG}
 _VERIFIED = "verified.json"
 
 
@@ -227,10 +227,14 @@ class AdapterCache:
             shutil.rmtree(directory, ignore_errors=True)
         staging = directory.with_name(directory.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
+        # The weights are dense, or ComPEFT-compressed (worker.adapters.compress): fetch whichever it has.
+        listed = read_manifest(self.store, ref.prefix, ref.manifest_sha256)["files"]
+        files = {ADAPTER_CONFIG, ADAPTER_WEIGHTS if ADAPTER_WEIGHTS in listed or COMPRESSED_WEIGHTS not in listed
+                 else COMPRESSED_WEIGHTS}
         manifest = download_artifact(self.store, ref.prefix, ref.manifest_sha256, staging,
-                                     allowed_suffixes=(".safetensors", ".json"), only=ADAPTER_FILES)
+                                     allowed_suffixes=(".safetensors", ".json"), only=files)
         (staging / _VERIFIED).write_text(json.dumps(
-            {"prefix": ref.prefix, "files": {name: manifest["files"][name]["sha256"] for name in ADAPTER_FILES}}))
+            {"prefix": ref.prefix, "files": {name: manifest["files"][name]["sha256"] for name in files}}))
         shutil.rmtree(directory, ignore_errors=True)
         staging.rename(directory)
         self._trim_disk(keep=directory)

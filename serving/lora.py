@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file
 
 from ftaas.errors import InvalidRequest
+from worker.adapters.compress import load_adapter_tensors
 
 if TYPE_CHECKING:
     from serving.model import LlamaForward, StepBatch
@@ -83,7 +83,8 @@ def read_adapter(directory: Path, forward: LlamaForward, *, key: str, max_rank: 
         raise unsupported("adapters with trained biases cannot be batch-served")
     if config.get("fan_in_fan_out"):
         raise unsupported("fan_in_fan_out adapters (Conv1D models) are not supported")
-    tensors = load_file(str(directory / ADAPTER_WEIGHTS))
+    # Dense weights, or ComPEFT-compressed ones decompressed here (worker.adapters.compress).
+    tensors = load_adapter_tensors(directory)
     g = forward.geometry
     modules: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 
@@ -49,3 +52,32 @@ def test_a_rank_16_adapter_is_stored_at_least_8x_smaller_and_round_trips() -> No
         kept = restored[name] != 0
         assert kept.float().mean().item() == pytest.approx(0.1, abs=0.01)
         assert torch.equal(restored[name][kept].sign(), tensor[kept].sign())
+
+
+def test_a_compressed_adapter_directory_is_8x_smaller_and_serves(start_serving: Any, make_adapter: Any,
+                                                                 tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from ftaas.settings import DEMO_BASE_MODEL
+    from worker.adapters.compress import COMPRESSED_WEIGHTS, compress_adapter_dir, load_adapter_tensors
+
+    source = make_adapter(71, r=16)
+    ratio = compress_adapter_dir(source, tmp_path / "compact", density=0.1)
+    assert ratio >= 8
+    names = {p.name for p in (tmp_path / "compact").iterdir()}
+    assert {"adapter_config.json", COMPRESSED_WEIGHTS} <= names and "adapter_model.safetensors" not in names
+
+    # Served from the store through the adapter cache, decompressed at load: the same answers as the dense
+    # adapter holding exactly the decompressed weights.
+    dense = tmp_path / "dense-equivalent"
+    dense.mkdir()
+    save_file(load_adapter_tensors(tmp_path / "compact"), str(dense / "adapter_model.safetensors"))
+    (dense / "adapter_config.json").write_bytes((source / "adapter_config.json").read_bytes())
+    live = start_serving()
+    compact_model, dense_model = live.register(tmp_path / "compact", "compact"), live.register(dense, "dense")
+    client = live.client()
+    messages = [{"role": "user", "content": "Who lives in the town by the river?"}]
+    replies = [client.chat.completions.create(model=m, messages=messages, max_tokens=10, temperature=0)
+               .choices[0].message.content for m in (compact_model, dense_model, DEMO_BASE_MODEL)]
+    assert replies[0] == replies[1]
+    assert replies[0] != replies[2]

@@ -17,10 +17,14 @@ At 10 % density that is about 1.1 bits per entry against 32 (fp32) or 16 (bf16):
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from worker.adapters.merge import trim_to_density
 
@@ -106,3 +110,35 @@ def compress(tensors: Mapping[str, torch.Tensor], density: float) -> tuple[dict[
 
 def decompress(compressed: Mapping[str, Ternary], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     return {name: dequantize(ternary, dtype) for name, ternary in compressed.items()}
+
+
+#: The compressed weights file of an adapter directory (beside its unchanged adapter_config.json).
+COMPRESSED_WEIGHTS = "adapter_model.compeft.safetensors"
+DENSE_WEIGHTS = "adapter_model.safetensors"
+
+
+def compress_adapter_dir(source: Path, target: Path, *, density: float) -> float:
+    """Compress a peft adapter directory into `target` (created); returns the stored-size ratio of the
+    weights file (dense safetensors bytes / compressed safetensors bytes)."""
+    tensors = load_file(str(source / DENSE_WEIGHTS))
+    compressed, _ = compress(tensors, density)
+    target.mkdir(parents=True)
+    save_file(to_safetensors(compressed), str(target / COMPRESSED_WEIGHTS),
+              metadata={"format": "compeft", "density": repr(density)})
+    config = json.loads((source / "adapter_config.json").read_text())
+    config["ftaas_compression"] = {"method": "compeft", "density": density}
+    (target / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    for extra in ("README.md",):
+        if (source / extra).is_file():
+            shutil.copyfile(source / extra, target / extra)
+    return (source / DENSE_WEIGHTS).stat().st_size / (target / COMPRESSED_WEIGHTS).stat().st_size
+
+
+def load_adapter_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """An adapter directory's tensors, dense: from adapter_model.safetensors, or decompressed from the
+    compressed file when that is what the directory holds."""
+    if (directory / DENSE_WEIGHTS).is_file():
+        return load_file(str(directory / DENSE_WEIGHTS))
+    if (directory / COMPRESSED_WEIGHTS).is_file():
+        return decompress(from_safetensors(load_file(str(directory / COMPRESSED_WEIGHTS))))
+    raise FileNotFoundError(f"no adapter weights in {directory}")
