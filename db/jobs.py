@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from db import events, knowledge_evals, outbox
 from db.pagination import Page, fetch_page
-from db.states import ACTIVE, EvalStatus, JobStatus, sources_of
+from db.states import ACTIVE, JobStatus, WorkStatus, sources_of
 from db.tables import FineTuningJob
 from ftaas.errors import IllegalTransition, LeaseLost
 
@@ -149,7 +149,7 @@ def cancel(session: Session, job: FineTuningJob) -> FineTuningJob:
     now = int(time.time())
     if _transition(session, job.id, S.CANCELLED, values={"finished_at": now, **_CLEAR_LEASE}):
         _event(session, job, "Fine-tuning job cancelled")
-        knowledge_evals.end_attached(session, job.id, EvalStatus.CANCELLED)
+        knowledge_evals.end_attached(session, job.id, WorkStatus.CANCELLED)
         return _reload(session, job.id)
     job = _reload(session, job.id)
     if job.status == S.CANCELLED:
@@ -281,7 +281,7 @@ def fail(session: Session, lease: Lease, error: dict[str, Any]) -> None:
     if not ok:
         raise LeaseLost(f"job {lease.job_id} left running before it could fail")
     _event(session, lease, f"Fine-tuning job failed: {error['message']}", level="error")
-    knowledge_evals.end_attached(session, lease.job_id, EvalStatus.FAILED,
+    knowledge_evals.end_attached(session, lease.job_id, WorkStatus.FAILED,
                                  {"code": "job_failed", "message": "The fine-tuning job failed.", "param": None})
 
 
@@ -346,7 +346,7 @@ def reap_expired_leases(session: Session, *, now: float | None = None, limit: in
                                  "giving up.")
             if _reap(session, job, S.FAILED, guard, {"error": error, "finished_at": int(now)}):
                 _event(session, job, error["message"], level="error")
-                knowledge_evals.end_attached(session, job.id, EvalStatus.FAILED, error)
+                knowledge_evals.end_attached(session, job.id, WorkStatus.FAILED, error)
                 reaped.append(ReapedJob(job.id, "failed"))
     return reaped
 

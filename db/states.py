@@ -22,9 +22,9 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-class EvalStatus(StrEnum):
-    """Knowledge evals: queued -> running -> succeeded | failed | cancelled; running -> queued when the
-    worker is lost or shuts down (another one starts over; an eval has no checkpoints)."""
+class WorkStatus(StrEnum):
+    """Standalone work (knowledge evals, adapter operations; db.leased): queued -> running -> succeeded |
+    failed | cancelled; running -> queued when the worker is lost or shuts down (another one starts over)."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -33,7 +33,7 @@ class EvalStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-EVAL_TERMINAL = frozenset({EvalStatus.SUCCEEDED, EvalStatus.FAILED, EvalStatus.CANCELLED})
+WORK_TERMINAL = frozenset({WorkStatus.SUCCEEDED, WorkStatus.FAILED, WorkStatus.CANCELLED})
 
 
 class FileStatus(StrEnum):

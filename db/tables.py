@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import Base
-from db.states import EvalStatus, FileStatus, JobStatus
+from db.states import FileStatus, JobStatus, WorkStatus
 
 ID = String(40)
 
@@ -214,7 +214,7 @@ class KnowledgeEval(LeasedWork, Base):
 
     __tablename__ = "knowledge_evals"
     __table_args__ = (
-        CheckConstraint(_in("status", [s.value for s in EvalStatus]), name="status"),
+        CheckConstraint(_in("status", [s.value for s in WorkStatus]), name="status"),
         Index("ix_knowledge_evals_project_id_id", "project_id", "id"),
         Index("ix_knowledge_evals_status_lease_expires_at", "status", "lease_expires_at"),
         UniqueConstraint("job_id", name="uq_knowledge_evals_job_id"),

@@ -21,7 +21,7 @@ from typing import Any, Self
 
 from db import events, files, ids, jobs, knowledge_evals, models
 from db.jobs import Lease
-from db.knowledge_evals import EvalLease
+from db.leased import WorkLease
 from db.projects import Principal
 from db.states import FileStatus
 from db.tables import File, KnowledgeEval
@@ -219,7 +219,7 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
         return _finish(ctx, lease, {"code": "eval_error", "message": f"{type(exc).__name__}: {exc}", "param": None})
 
 
-def _renew(ctx: WorkerContext, lease: EvalLease, ttl: float) -> None:
+def _renew(ctx: WorkerContext, lease: WorkLease, ttl: float) -> None:
     with ctx.db.write() as session:
         knowledge_evals.heartbeat(session, lease, ttl=ttl)
 
@@ -259,7 +259,7 @@ class _LeaseRenewal:
                 log.warning("renewing an eval lease failed, will retry: %s", exc)
 
 
-def _finish(ctx: WorkerContext, lease: EvalLease, error: dict[str, Any]) -> str:
+def _finish(ctx: WorkerContext, lease: WorkLease, error: dict[str, Any]) -> str:
     try:
         with ctx.db.write() as session:
             knowledge_evals.fail(session, lease, error)
