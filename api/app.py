@@ -12,6 +12,8 @@ from fastapi import APIRouter, FastAPI
 
 import ftaas
 from api import errors
+from api.adapter_operations.router import router as adapter_operations_router
+from api.adapter_operations.service import AdapterOperationService
 from api.dependencies import ApiServices
 from api.files.router import router as files_router
 from api.files.service import FileService
@@ -23,6 +25,7 @@ from api.knowledge_evals.service import KnowledgeEvalService
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.models.router import router as models_router
 from api.models.service import ModelService
+from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from db.session import Database
 from ftaas.settings import Settings
@@ -46,6 +49,10 @@ def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) 
                         max_attempts=settings.max_attempts, knowledge_evals=evals),
         models=ModelService(db, store, registry),
         knowledge_evals=evals,
+        adapter_operations=AdapterOperationService(
+            db, store, registry, BaseModelLoader(registry, settings.model_cache_dir, hf_offline=settings.hf_offline,
+                                                 open_store=lambda uri: open_store(uri, settings)),
+            max_attempts=settings.max_attempts, max_rank=settings.serving_max_lora_rank),
         executor=ThreadPoolExecutor(max_workers=settings.api_threads, thread_name_prefix="ftaas-api"),
         extras=extras or {},
     )
@@ -77,7 +84,7 @@ def create_app(settings: Settings, *, services: ApiServices | None = None,
     app.state.draining = False
     errors.install(app)
     for router in (health_router, files_router, jobs_router, models_router, knowledge_evals_router,
-                   *extra_routers):
+                   adapter_operations_router, *extra_routers):
         app.include_router(router)
     # Added last = outermost: the request id wraps everything, including 413s from the body limit.
     app.add_middleware(BodyLimitMiddleware, json_limit=settings.max_json_body_bytes,

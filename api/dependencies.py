@@ -25,6 +25,7 @@ from ftaas.errors import AuthenticationFailed
 from ftaas.settings import Settings
 
 if TYPE_CHECKING:
+    from api.adapter_operations.service import AdapterOperationService
     from api.files.service import FileService
     from api.fine_tuning.service import JobService
     from api.knowledge_evals.service import KnowledgeEvalService
@@ -47,6 +48,7 @@ class ApiServices:
     jobs: JobService
     models: ModelService
     knowledge_evals: KnowledgeEvalService
+    adapter_operations: AdapterOperationService
     #: Runs the blocking part of each request (see the module docstring).
     executor: ThreadPoolExecutor
     #: Optional extras mounted by `ftaas up` (e.g. the in-process inference engine).

@@ -26,6 +26,7 @@ EVENT = "ftevent-"
 CHECKPOINT = "ftckpt_"
 MODEL_UID = "mdl_"
 KNOWLEDGE_EVAL = "keval_"
+ADAPTER_OPERATION = "adop_"
 
 
 def _encode(value: int, length: int) -> str:

@@ -31,7 +31,8 @@ VALIDATE_FILE = TaskRoute("ftaas.validate_file", "default")
 ADVANCE_JOB = TaskRoute("ftaas.advance_job", "default")
 RUN_JOB = TaskRoute("ftaas.run_fine_tuning_job", "gpu")
 RUN_EVAL = TaskRoute("ftaas.run_knowledge_eval", "gpu")
-ALL_ROUTES = (VALIDATE_FILE, ADVANCE_JOB, RUN_JOB, RUN_EVAL)
+RUN_ADAPTER_OPERATION = TaskRoute("ftaas.run_adapter_operation", "gpu")
+ALL_ROUTES = (VALIDATE_FILE, ADVANCE_JOB, RUN_JOB, RUN_EVAL, RUN_ADAPTER_OPERATION)
 
 
 @dataclass(frozen=True)

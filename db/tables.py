@@ -245,6 +245,37 @@ class KnowledgeEval(LeasedWork, Base):
 
 
 
+class AdapterOperation(LeasedWork, Base):
+    """A merge, LiNeS scaling, compression, export or import of adapters (worker.adapters): each makes a new
+    model (or, for exports, a file) of the project, run by a worker like a job (db.leased)."""
+
+    __tablename__ = "adapter_operations"
+    __table_args__ = (
+        CheckConstraint(_in("status", [s.value for s in WorkStatus]), name="status"),
+        CheckConstraint(_in("type", ["merge", "lines", "compress", "export", "import"]), name="type"),
+        Index("ix_adapter_operations_project_id_id", "project_id", "id"),
+        Index("ix_adapter_operations_status_lease_expires_at", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    base_model: Mapped[str] = mapped_column(String(128))
+    #: The validated request: parent models (with their manifest SHA-256), method and parameters.
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: The name the new model gets (fixed at creation, like a job's), or None for exports.
+    result_model: Mapped[str | None] = mapped_column(String(320))
+    result_file_id: Mapped[str | None] = mapped_column(ID)
+    #: What the operation measured: compression ratio, truncation errors, exported sizes.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    user_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[int | None] = mapped_column(BigInteger)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
 class OutboxMessage(Base):
     """A task message to publish, written in the same transaction as the state change it announces."""
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from db import files, jobs, knowledge_evals, outbox
+from db import adapter_operations, files, jobs, knowledge_evals, outbox
 from db.session import Database
 from ftaas.errors import FTaaSError
 from ftaas.settings import Settings
@@ -96,12 +96,14 @@ class Maintenance:
                     report.failed += 1
                 else:
                     report.parked += 1
-            for eval_id in knowledge_evals.reap_expired_leases(session, now=now):
-                log.warning("reaper: knowledge eval %s re-queued or failed (worker lost)", eval_id)
-                report.requeued += 1
+            for queue in (knowledge_evals.QUEUE, adapter_operations.QUEUE):
+                for work_id in queue.reap_expired_leases(session, now=now):
+                    log.warning("reaper: %s %s re-queued or failed (worker lost)", queue.noun, work_id)
+                    report.requeued += 1
             stale_before = now - self.settings.redispatch_after_seconds
             report.redispatched += len(jobs.redispatch_stale(session, older_than=stale_before))
             report.redispatched += len(knowledge_evals.redispatch_stale(session, older_than=stale_before))
+            report.redispatched += len(adapter_operations.QUEUE.redispatch_stale(session, older_than=stale_before))
             report.redispatched += len(files.redispatch_stale(session, older_than=stale_before))
             outbox.purge_published(session, older_than=now - OUTBOX_RETENTION_SECONDS)
             expired_keys = files.take_expired(session, now=now)

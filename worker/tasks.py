@@ -10,7 +10,7 @@ import os
 
 from celery import Celery
 
-from db.outbox import ADVANCE_JOB, RUN_EVAL, RUN_JOB, VALIDATE_FILE
+from db.outbox import ADVANCE_JOB, RUN_ADAPTER_OPERATION, RUN_EVAL, RUN_JOB, VALIDATE_FILE
 from ftaas.errors import InfrastructureError
 from ftaas.settings import Settings
 from worker.context import WorkerContext
@@ -53,3 +53,9 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         from worker.evals.service import run_standalone
 
         return run_standalone(_context(settings), eval_id)
+
+    @app.task(name=RUN_ADAPTER_OPERATION.name)
+    def run_adapter_operation(operation_id: str) -> str:
+        from worker.adapters.service import run_operation
+
+        return run_operation(_context(settings), operation_id)

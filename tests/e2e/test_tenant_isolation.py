@@ -21,8 +21,11 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
         evaluation = owner_http.post("/knowledge_evals", json={"model": job.fine_tuned_model,
                                                                "suites": ["fictional_people?size=1"]}).json()
         owner_http.post(f"/knowledge_evals/{evaluation['id']}/cancel")  # an id is all this test needs
+        operation = owner_http.post("/adapter_operations", json={"type": "compress", "model": job.fine_tuned_model}).json()
+        owner_http.post(f"/adapter_operations/{operation['id']}/cancel")
     ids_of_a = {
         "knowledge_eval_id": [evaluation["id"]],
+        "operation_id": [operation["id"]],
         "file_id": [job.training_file, job.result_files[0]],
         "fine_tuning_job_id": [job.id],
         "model": [job.fine_tuned_model, checkpoint],
@@ -50,12 +53,13 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
         create = stranger.post("/fine_tuning/jobs", json={"model": "ftaas-tiny", "training_file": job.training_file})
         assert create.status_code == 400 and create.json()["error"]["code"] == "file_not_found"
         # Lists show none of A's ids.
-        listed = " ".join(stranger.get(p).text for p in ("/files", "/fine_tuning/jobs", "/models", "/knowledge_evals"))
+        listed = " ".join(stranger.get(p).text for p in ("/files", "/fine_tuning/jobs", "/models", "/knowledge_evals",
+                                                               "/adapter_operations"))
         for value in [v for values in ids_of_a.values() for v in values]:
             assert value not in listed
 
     every_object_operation = {(m, p) for p, ops in paths.items() if "{" in p for m in ops}
-    assert tested == every_object_operation and len(tested) == 11 + 7  # jobs, files, models; knowledge evals
+    assert tested == every_object_operation and len(tested) == 11 + 7 + 2  # jobs, files, models; evals; adapter ops
     # Nothing of A's changed.
     after = owner.fine_tuning.jobs.retrieve(job.id)
     assert (after.status, after.fine_tuned_model) == ("succeeded", job.fine_tuned_model)

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ftaas.errors import InvalidRequest
+from worker.adapters.compress import load_adapter_tensors
 from worker.adapters.merge import Factors, combine, concat_factors, dense_svd, lines_factors, lowrank_svd
 
 WEIGHTS = "adapter_model.safetensors"
@@ -73,7 +74,7 @@ def read_lora(directory: Path, *, param: str = "adapters") -> LoraAdapter:
         raise _invalid("DoRA adapters cannot be merged: their magnitude rescaling is not additive", param)
     if config.get("modules_to_save") or config.get("bias", "none") != "none":
         raise _invalid("adapters with saved modules or trained biases cannot be merged", param)
-    tensors = load_file(str(directory / WEIGHTS))
+    tensors = load_adapter_tensors(directory)  # dense, or decompressed (ComPEFT)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
         match = _KEY.match(name)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 from db import events, files, ids, jobs, knowledge_evals, models
 from db.jobs import Lease
@@ -32,6 +31,7 @@ from worker.evals import charts
 from worker.evals.report import summary_rows
 from worker.evals.runner import EngineGenerator, EngineJudge, EvalRun
 from worker.evals.spec import CallableResolver, load_items, read_builtin, validate_report, validate_spec
+from worker.jobs.lease import LeaseRenewal
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
         max_attempts = row.max_attempts
         loss_rows = _loss_rows_for_model(session, row)
 
-    renewal = _LeaseRenewal(lambda: _renew(ctx, lease, ttl), interval=ttl / 3)
+    renewal = LeaseRenewal(lambda: _renew(ctx, lease, ttl), interval=ttl / 3)
 
     def progress(done: int, total: int) -> None:
         # A progress write that finds the eval cancelled or re-claimed stops the run at once.
@@ -222,41 +222,6 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
 def _renew(ctx: WorkerContext, lease: WorkLease, ttl: float) -> None:
     with ctx.db.write() as session:
         knowledge_evals.heartbeat(session, lease, ttl=ttl)
-
-
-class _LeaseRenewal:
-    """Renews a standalone eval's lease every `interval` seconds while it runs, also when no answer has
-    finished for a while (a large model's first batch). A renewal that finds the lease gone marks it lost;
-    the next progress report then stops the run."""
-
-    def __init__(self, renew: Callable[[], None], *, interval: float) -> None:
-        self.renew = renew
-        self.interval = interval
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ftaas-eval-lease", daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.interval)
-
-    def check(self) -> None:
-        if self.lost.is_set():
-            raise LeaseLost("the eval's lease was lost (cancelled or re-claimed)")
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.renew()
-            except LeaseLost:
-                self.lost.set()
-                return
-            except InfrastructureError as exc:  # transient: the next tick retries; the lease outlasts a few
-                log.warning("renewing an eval lease failed, will retry: %s", exc)
 
 
 def _finish(ctx: WorkerContext, lease: WorkLease, error: dict[str, Any]) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import Self
 
 from db import jobs
 from db.jobs import Lease
 from db.session import Database
 from db.states import JobStatus
-from ftaas.errors import FTaaSError, LeaseLost
+from ftaas.errors import FTaaSError, InfrastructureError, LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +56,38 @@ class LeaseKeeper:
                 return
             except FTaaSError as exc:
                 log.warning("lease renewal for %s failed, will retry: %s", self._lease.job_id, exc)
+
+
+class LeaseRenewal:
+    """Renews the lease of standalone work (an eval, an adapter operation) every `interval` seconds while
+    it runs, also when nothing reports progress for a while (a large model's first batch). A renewal that
+    finds the lease gone marks it lost; the work's next `check()` then stops it."""
+
+    def __init__(self, renew: Callable[[], None], *, interval: float) -> None:
+        self.renew = renew
+        self.interval = interval
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ftaas-work-lease", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval)
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise LeaseLost("the lease was lost (cancelled or re-claimed)")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.renew()
+            except LeaseLost:
+                self.lost.set()
+                return
+            except InfrastructureError as exc:  # transient: the next tick retries; the lease outlasts a few
+                log.warning("renewing a lease failed, will retry: %s", exc)

@@ -1,0 +1,159 @@
+"""Adapter operations: everything checkable is checked at creation (parents exist in the project and
+share one base model, are LoRA adapters a merge can use; an imported archive unpacks safely and fits the
+base model), then the operation is queued for a worker (worker.adapters.service)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from api.adapter_operations.schemas import ImportRequest, MergeRequest
+from basemodels.loader import BaseModelLoader
+from basemodels.registry import BaseModelRegistry
+from db import adapter_operations, checkpoints, files, ids, jobs, models
+from db.pagination import Page
+from db.projects import Principal
+from db.session import Database
+from db.tables import AdapterOperation
+from ftaas.errors import InvalidRequest, NotFound
+from storage import ArtifactStore
+from storage.manifest import read_manifest
+
+QUEUE = adapter_operations.QUEUE
+#: Largest archive an import accepts (its members are limited again while unpacking).
+MAX_IMPORT_BYTES = 2 * 1024**3
+
+
+class AdapterOperationService:
+    def __init__(self, db: Database, store: ArtifactStore, registry: BaseModelRegistry, loader: BaseModelLoader, *,
+                 max_attempts: int, max_rank: int) -> None:
+        self.db = db
+        self.store = store
+        self.registry = registry
+        self.loader = loader
+        self.max_attempts = max_attempts
+        self.max_rank = max_rank
+
+    # ------------------------------------------------------------------------------------ parents
+    def _parent(self, principal: Principal, name: str, param: str) -> dict[str, Any]:
+        """A fine-tuned model or checkpoint of the project, as the worker will fetch it."""
+        with self.db.read() as session:
+            row = models.get(session, principal.project_id, name)
+            if row is not None:
+                found = {"model": name, "base_model": row.base_model, "prefix": row.storage_prefix,
+                         "manifest_sha256": row.manifest_sha256}
+            else:
+                checkpoint = checkpoints.by_model_name(session, principal.project_id, name)
+                job = jobs.get(session, principal.project_id, checkpoint.job_id) if checkpoint else None
+                if checkpoint is None or job is None:
+                    if name in self.registry:
+                        raise InvalidRequest(f"{name} is a base model; adapter operations take fine-tuned models.",
+                                             code="model_not_adapter", param=param)
+                    raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
+                                   code="model_not_found", param=param)
+                found = {"model": name, "base_model": job.base_model, "prefix": checkpoint.storage_prefix,
+                         "manifest_sha256": checkpoint.manifest_sha256}
+        manifest = read_manifest(self.store, found["prefix"], found["manifest_sha256"])
+        entry = manifest["files"].get("adapter_config.json")
+        if entry is None:
+            raise InvalidRequest(f"{name} has no adapter configuration.", code="unsupported_adapter", param=param)
+        config = json.loads(self.store.get_bytes(found["prefix"] + "adapter_config.json", sha256=entry["sha256"]))
+        if str(config.get("peft_type", "")).upper() != "LORA" or config.get("use_dora"):
+            kind = "DoRA" if config.get("use_dora") else config.get("peft_type")
+            raise InvalidRequest(f"{name} is a {kind} adapter; merges, compression and export take LoRA adapters.",
+                                 code="unsupported_adapter", param=param)
+        return found
+
+    # ------------------------------------------------------------------------------------- create
+    def create(self, principal: Principal, request: Any) -> AdapterOperation:
+        params: dict[str, Any]
+        if isinstance(request, MergeRequest):
+            parents = [self._parent(principal, name, f"models.{i}") for i, name in enumerate(request.models)]
+            bases = {p["base_model"] for p in parents}
+            if len(bases) > 1:
+                raise InvalidRequest(f"The models are fine-tunes of different base models ({', '.join(sorted(bases))}); "
+                                     "only adapters of one base model can be merged.", code="adapter_base_mismatch",
+                                     param="models")
+            weights = request.weights or [1.0 / len(parents)] * len(parents)
+            params = {"parents": parents, "weights": weights, "method": request.method, "density": request.density,
+                      "majority_sign": request.majority_sign, "seed": request.seed, "rank": request.rank,
+                      "lines": request.lines.model_dump() if request.lines else None}
+        elif request.type == "lines":
+            parents = [self._parent(principal, request.model, "model")]
+            params = {"parents": parents, "weights": [1.0], "method": "linear",
+                      "lines": request.lines.model_dump()}
+        elif request.type == "compress":
+            parents = [self._parent(principal, request.model, "model")]
+            params = {"parents": parents, "density": request.density}
+        elif request.type == "export":
+            parents = [self._parent(principal, request.model, "model")]
+            name = request.model.replace(":", "_")
+            params = {"parents": parents, "format": request.format, "name": f"{name}-{request.format}"}
+        else:
+            params, parents = self._checked_import(principal, request), []
+        base_model = parents[0]["base_model"] if parents else request.base_model
+        result_model = None
+        if request.type != "export":
+            result_model = models.fine_tuned_model_name(base_model, principal.project_name,
+                                                        request.suffix or request.type, ids.short_model_suffix())
+        row = AdapterOperation(
+            id=ids.new_id(ids.ADAPTER_OPERATION), project_id=principal.project_id, type=request.type,
+            status="queued", base_model=base_model, params=params, result_model=result_model,
+            user_metadata=request.metadata, created_at=int(time.time()), attempt=0,
+            max_attempts=self.max_attempts, fencing_token=0)
+        with self.db.write() as session:
+            QUEUE.insert(session, row, dispatch=True)
+        return row
+
+    def _checked_import(self, principal: Principal, request: ImportRequest) -> dict[str, Any]:
+        """Unpack and check the archive now, in a scratch folder, so that a bad one is a 400 (the worker
+        unpacks it again before publishing)."""
+        from worker.adapters.archive import extract_adapter
+        from worker.adapters.lora_files import check_fits_base, read_lora
+
+        if request.base_model not in self.registry:
+            raise InvalidRequest(f"Base model {request.base_model!r} is not available here.", code="model_not_found",
+                                 param="base_model")
+        with self.db.read() as session:
+            file = files.get(session, principal.project_id, request.file)
+        if file is None:
+            raise InvalidRequest(f"No such file in this project: {request.file}.", code="file_not_found", param="file")
+        if file.bytes > MAX_IMPORT_BYTES:
+            raise InvalidRequest(f"The archive is {file.bytes} bytes; the limit is {MAX_IMPORT_BYTES}.",
+                                 code="invalid_adapter_archive", param="file")
+        with tempfile.TemporaryDirectory(prefix="ftaas-import-") as scratch:
+            archive = Path(scratch) / "upload"
+            self.store.download_file(file.storage_key, archive, sha256=file.sha256, size=file.bytes)
+            extracted = extract_adapter(archive, Path(scratch) / "staging")
+            try:
+                adapter = read_lora(extracted, param="file")
+            except (ValueError, OSError) as exc:  # not safetensors, or not JSON
+                raise InvalidRequest(f"The adapter files cannot be read: {exc}", code="invalid_adapter_archive",
+                                     param="file") from None
+            path, _ = self.loader.resolve(request.base_model)
+            config = json.loads((Path(path) / "config.json").read_text())
+            check_fits_base(adapter, config, max_rank=self.max_rank)
+        return {"file_id": file.id, "storage_key": file.storage_key, "sha256": file.sha256, "bytes": file.bytes,
+                "token": secrets.token_hex(4)}
+
+    # ------------------------------------------------------------------------------------ lookups
+    def get(self, principal: Principal, operation_id: str) -> AdapterOperation:
+        with self.db.read() as session:
+            row = QUEUE.get(session, principal.project_id, operation_id)
+        if row is None:
+            raise NotFound(f"No such adapter operation: {operation_id}", code="adapter_operation_not_found",
+                           param="operation_id")
+        return row
+
+    def list(self, principal: Principal, *, after: str | None, limit: int) -> Page[AdapterOperation]:
+        with self.db.read() as session:
+            return QUEUE.list_page(session, principal.project_id, after=after, limit=limit)
+
+    def cancel(self, principal: Principal, operation_id: str) -> AdapterOperation:
+        row = self.get(principal, operation_id)
+        with self.db.write() as session:
+            return QUEUE.cancel(session, row)

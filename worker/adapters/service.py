@@ -1,0 +1,215 @@
+"""Adapter operations in a worker: claim, do the work in a scratch folder, publish, complete.
+
+Each operation was validated when it was created (api.adapter_operations); its row holds the parents'
+storage prefixes and manifest hashes, the parameters and the name of the model it makes. Here:
+
+    merge / lines / compress / import -> a new adapter directory -> published under models/{uid}/ with a
+        manifest recording the operation (type, parents, parameters, measurements) -> a model row
+    export -> a tar of the merged model (or of the adapter folder) -> a file of the project
+
+The model row (or file row) and the `succeeded` status are written in one transaction, and only after the
+objects are stored; a worker that lost its lease removes what it stored. User errors fail the operation;
+infrastructure errors put it back in the queue until its attempts are spent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tarfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from db import adapter_operations, files, ids, models
+from db.leased import WorkLease
+from db.states import FileStatus
+from db.tables import AdapterOperation, File
+from ftaas.errors import InfrastructureError, InvalidRequest, LeaseLost, UserError
+from storage import layout
+from storage.manifest import download_artifact, publish_directory, read_manifest
+from worker.adapters.archive import extract_adapter
+from worker.adapters.compress import COMPRESSED_WEIGHTS, compress_adapter_dir
+from worker.adapters.export import export_merged
+from worker.adapters.lora_files import check_fits_base, merge_adapters, read_lora, write_lora
+from worker.context import WorkerContext
+from worker.jobs.lease import LeaseRenewal
+
+log = logging.getLogger(__name__)
+
+QUEUE = adapter_operations.QUEUE
+ADAPTER_CONFIG = "adapter_config.json"
+DENSE = "adapter_model.safetensors"
+
+
+def fetch_adapter(ctx: WorkerContext, prefix: str, manifest_sha256: str, target: Path) -> Path:
+    """A published adapter's verified files (dense or compressed weights, and the config)."""
+    listed = read_manifest(ctx.store, prefix, manifest_sha256)["files"]
+    weights = DENSE if DENSE in listed or COMPRESSED_WEIGHTS not in listed else COMPRESSED_WEIGHTS
+    download_artifact(ctx.store, prefix, manifest_sha256, target, allowed_suffixes=(".safetensors", ".json"),
+                      only={ADAPTER_CONFIG, weights})
+    return target
+
+
+def base_model_dir(ctx: WorkerContext, base_model: str) -> Path:
+    """The base model's files on local disk (materialised by the loader; hub models from the local cache)."""
+    path, revision = ctx.loader.resolve(base_model)
+    if Path(path).is_dir():
+        return Path(path)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(path, revision=revision, local_files_only=ctx.settings.hf_offline))
+
+
+def base_config(ctx: WorkerContext, base_model: str) -> dict[str, Any]:
+    return json.loads((base_model_dir(ctx, base_model) / "config.json").read_text())
+
+
+def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path) -> tuple[Path | None, Path | None, dict]:
+    """Do the operation: (adapter directory to publish, file to store, measurements)."""
+    params = row.params
+    parents = []
+    for index, parent in enumerate(params.get("parents", [])):
+        parents.append(fetch_adapter(ctx, parent["prefix"], parent["manifest_sha256"], work / f"parent-{index}"))
+    out = work / "adapter"
+    if row.type in ("merge", "lines"):
+        adapters = [read_lora(directory) for directory in parents]
+        lines = params.get("lines")
+        result = merge_adapters(
+            adapters, params.get("weights") or [1.0], method=params.get("method", "linear"),
+            density=params.get("density", 1.0), majority_sign=params.get("majority_sign", "total"),
+            seed=params.get("seed", 0), rank=params.get("rank"),
+            lines=(lines["alpha"], lines["beta"]) if lines else None,
+            num_layers=int(base_config(ctx, row.base_model)["num_hidden_layers"]) if lines else None)
+        write_lora(out, result.modules, template=adapters[0].config)
+        ranks = sorted({f.rank for f in result.modules.values()})
+        return out, None, {"ranks": ranks, "max_truncation_error": round(result.max_error, 6),
+                           "modules": len(result.modules)}
+    if row.type == "compress":
+        ratio = compress_adapter_dir(parents[0], out, density=params["density"])
+        return out, None, {"compression_ratio": round(ratio, 3), "density": params["density"],
+                           "stored_bytes": (out / COMPRESSED_WEIGHTS).stat().st_size}
+    if row.type == "import":
+        archive = work / "upload"
+        ctx.store.download_file(params["storage_key"], archive, sha256=params["sha256"], size=params["bytes"])
+        extracted = extract_adapter(archive, work / "extracted")
+        adapter = read_lora(extracted, param="file")
+        check_fits_base(adapter, base_config(ctx, row.base_model), max_rank=ctx.settings.serving_max_lora_rank)
+        out.mkdir()
+        for name in (ADAPTER_CONFIG, DENSE):
+            shutil.copyfile(extracted / name, out / name)
+        return out, None, {"rank": adapter.max_rank, "modules": len(adapter.modules)}
+    if row.type == "export":
+        package = work / "export"
+        if params["format"] == "merged":
+            export_merged(base_model_dir(ctx, row.base_model), read_lora(parents[0]), package)
+        else:
+            shutil.copytree(parents[0], package)
+        tar_path = work / "export.tar"
+        with tarfile.open(tar_path, "w") as archive:  # uncompressed: safetensors barely compress
+            for path in sorted(package.iterdir()):
+                archive.add(path, arcname=f"{params['name']}/{path.name}", recursive=False)
+        return None, tar_path, {"format": params["format"], "bytes": tar_path.stat().st_size}
+    raise InvalidRequest(f"unknown operation type {row.type!r}")
+
+
+def run_operation(ctx: WorkerContext, operation_id: str) -> str:
+    """The task body. Returns not-claimed, succeeded, failed, requeued or lease-lost."""
+    ttl = ctx.settings.lease_ttl_seconds
+    with ctx.db.write() as session:
+        lease = QUEUE.claim(session, operation_id, owner=ctx.owner, ttl=ttl)
+        row = QUEUE.get_any_project(session, operation_id) if lease else None
+        if row is None or lease is None:
+            return "not-claimed"
+        session.expunge(row)
+    work = ctx.work_dir / f"adapter-op-{operation_id}-{lease.token}-{uuid.uuid4().hex[:8]}"
+    work.mkdir(parents=True)
+    stored: list[str] = []
+    renewal = LeaseRenewal(lambda: _renew(ctx, lease, ttl), interval=ttl / 3)
+    try:
+        with renewal:
+            directory, file_path, result = _perform(ctx, row, work)
+            renewal.check()
+            _publish(ctx, lease, row, directory, file_path, result, stored)
+        return "succeeded"
+    except LeaseLost:
+        _remove(ctx, stored)
+        return "lease-lost"
+    except (UserError, ValueError) as exc:
+        _remove(ctx, stored)
+        error = ({"code": exc.code, "message": exc.message, "param": exc.param} if isinstance(exc, UserError)
+                 else {"code": "invalid_adapter", "message": str(exc), "param": None})
+        return _finish(ctx, lease, error)
+    except InfrastructureError as exc:
+        _remove(ctx, stored)
+        if lease.attempt >= row.max_attempts:
+            return _finish(ctx, lease, {"code": exc.code, "param": None,
+                                        "message": f"Gave up after {lease.attempt} attempts: {exc.message}"})
+        try:
+            with ctx.db.write() as session:
+                QUEUE.release(session, lease, counts_as_attempt=True)
+            return "requeued"
+        except (LeaseLost, InfrastructureError):
+            return "lease-lost"
+    except Exception as exc:  # a bug or a library failure: not retryable
+        log.exception("adapter operation %s failed", operation_id)
+        _remove(ctx, stored)
+        return _finish(ctx, lease, {"code": "operation_error", "message": f"{type(exc).__name__}: {exc}",
+                                    "param": None})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _publish(ctx: WorkerContext, lease: WorkLease, row: AdapterOperation, directory: Path | None,
+             file_path: Path | None, result: dict[str, Any], stored: list[str]) -> None:
+    provenance = {"kind": "adapter", "model": row.result_model, "base_model": row.base_model,
+                  "operation": {"id": row.id, "type": row.type, "parameters": row.params, "result": result}}
+    values: dict[str, Any] = {"result": result}
+    file_row = None
+    prefix = uid = manifest_sha256 = None
+    if directory is not None:
+        uid = ids.new_id(ids.MODEL_UID)
+        prefix = layout.model_prefix(uid)
+        stored.append(prefix)
+        manifest_sha256 = publish_directory(ctx.store, prefix, directory, provenance).manifest_sha256
+    if file_path is not None:
+        file_id = ids.new_id(ids.FILE)
+        key = layout.file_key(file_id)
+        stored.append(key)
+        object_ = ctx.store.put_file(key, file_path)
+        file_row = File(id=file_id, project_id=row.project_id, filename=f"{row.params['name']}.tar",
+                        purpose="adapter-export", bytes=object_.size, sha256=object_.sha256, storage_key=key,
+                        status=FileStatus.PROCESSED, created_at=int(time.time()), error_count=0)
+        values["result_file_id"] = file_id
+    with ctx.db.write() as session:
+        if prefix is not None:
+            models.add(session, name=row.result_model, uid=uid, project_id=row.project_id, job_id=None,  # type: ignore[arg-type]
+                       base_model=row.base_model, storage_prefix=prefix, manifest_sha256=manifest_sha256)  # type: ignore[arg-type]
+        if file_row is not None:
+            files.insert(session, file_row)
+        QUEUE.complete(session, lease, values)
+
+
+def _remove(ctx: WorkerContext, stored: list[str]) -> None:
+    """Objects this attempt stored under keys of its own, which no row points at."""
+    for key in stored:
+        if key.endswith("/"):
+            ctx.store.delete_prefix(key)
+        else:
+            ctx.store.delete(key)
+
+
+def _renew(ctx: WorkerContext, lease: WorkLease, ttl: float) -> None:
+    with ctx.db.write() as session:
+        QUEUE.heartbeat(session, lease, ttl=ttl)
+
+
+def _finish(ctx: WorkerContext, lease: WorkLease, error: dict[str, Any]) -> str:
+    try:
+        with ctx.db.write() as session:
+            QUEUE.fail(session, lease, error)
+    except LeaseLost:
+        return "lease-lost"
+    return "failed"
