@@ -169,9 +169,11 @@ def keys_revoke(key_id: str) -> None:
 
 
 def _register_subcommands() -> None:
+    from ftaas.adapters_cli import adapters_group
     from ftaas.eval_cli import eval_group
 
     main.add_command(eval_group)
+    main.add_command(adapters_group)
 
 
 _register_subcommands()

@@ -22,29 +22,8 @@ from typing import Any
 
 import click
 
-
-def _client(base_url: str, api_key: str) -> Any:
-    import httpx
-
-    return httpx.Client(base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"}, timeout=120)
-
-
-def _check(response: Any) -> Any:
-    if response.status_code >= 400:
-        try:
-            error = response.json()["error"]
-            detail = f"{error.get('message')} (param: {error.get('param')}, code: {error.get('code')})"
-        except (ValueError, KeyError, TypeError):  # not the OpenAI error envelope
-            detail = response.text[:500]
-        raise click.ClickException(f"HTTP {response.status_code}: {detail}")
-    return response
-
-
-def _server_options(function: Any) -> Any:
-    function = click.option("--api-key", envvar="FTAAS_API_KEY", required=True,
-                            help="API key (FTAAS_API_KEY).")(function)
-    return click.option("--base-url", envvar="FTAAS_BASE_URL", default="http://127.0.0.1:8000/v1", show_default=True,
-                        help="The server's /v1 URL (FTAAS_BASE_URL).")(function)
+from ftaas.cli_http import check, server_options
+from ftaas.cli_http import client as http_client
 
 
 @click.group("eval")
@@ -63,7 +42,7 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def _download(client: Any, eval_id: str, output: Path | None) -> dict[str, Any]:
-    report = _check(client.get(f"/knowledge_evals/{eval_id}/report")).json()
+    report = check(client.get(f"/knowledge_evals/{eval_id}/report")).json()
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         names = {"report": "report.json", "items": "items.jsonl", "spec": "spec.json", "chart": "base_vs_tuned.png",
@@ -72,7 +51,7 @@ def _download(client: Any, eval_id: str, output: Path | None) -> dict[str, Any]:
             response = client.get(f"/knowledge_evals/{eval_id}/{kind}")
             if response.status_code == 404:
                 continue
-            (output / name).write_bytes(_check(response).content)
+            (output / name).write_bytes(check(response).content)
         click.echo(f"results written to {output}", err=True)
     return report
 
@@ -83,7 +62,7 @@ def _follow(client: Any, eval_id: str, poll: float) -> dict[str, Any]:
     bar = tqdm(total=0, unit="answer", desc=eval_id, file=sys.stderr, dynamic_ncols=True)
     try:
         while True:
-            state = _check(client.get(f"/knowledge_evals/{eval_id}")).json()
+            state = check(client.get(f"/knowledge_evals/{eval_id}")).json()
             progress = state["progress"]
             if progress["total"] and bar.total != progress["total"]:
                 bar.total = progress["total"]
@@ -110,7 +89,7 @@ def _follow(client: Any, eval_id: str, poll: float) -> dict[str, Any]:
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write report.json, items.jsonl and the charts here.")
 @click.option("--poll", type=float, default=1.0, show_default=True, help="Seconds between status checks.")
-@_server_options
+@server_options
 def run(model: str, suites: tuple[str, ...], spec_path: Path | None, judge_model: str | None,
         max_new_tokens: int | None, wait: bool, output: Path | None, poll: float, base_url: str, api_key: str) -> None:
     """Start a knowledge eval of MODEL against its base model, follow it, print the summary table."""
@@ -123,8 +102,8 @@ def run(model: str, suites: tuple[str, ...], spec_path: Path | None, judge_model
         body["judge_model"] = judge_model
     if max_new_tokens:
         body["max_new_tokens"] = max_new_tokens
-    with _client(base_url, api_key) as client:
-        created = _check(client.post("/knowledge_evals", json=body)).json()
+    with http_client(base_url, api_key) as client:
+        created = check(client.post("/knowledge_evals", json=body)).json()
         click.echo(created["id"])
         if not wait:
             return
@@ -137,11 +116,11 @@ def run(model: str, suites: tuple[str, ...], spec_path: Path | None, judge_model
 @eval_group.command("show")
 @click.argument("eval_id")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None)
-@_server_options
+@server_options
 def show(eval_id: str, output: Path | None, base_url: str, api_key: str) -> None:
     """Status of an eval; for a finished one the summary table (and its files with --output)."""
-    with _client(base_url, api_key) as client:
-        state = _check(client.get(f"/knowledge_evals/{eval_id}")).json()
+    with http_client(base_url, api_key) as client:
+        state = check(client.get(f"/knowledge_evals/{eval_id}")).json()
         click.echo(f"{state['id']}  {state['status']}  {state['model']}  "
                    f"{state['progress']['done']}/{state['progress']['total']} answers")
         if state["status"] == "succeeded":
@@ -151,11 +130,11 @@ def show(eval_id: str, output: Path | None, base_url: str, api_key: str) -> None
 
 
 @eval_group.command("list")
-@_server_options
+@server_options
 def list_evals(base_url: str, api_key: str) -> None:
     """The project's evals, newest first."""
-    with _client(base_url, api_key) as client:
-        for state in _check(client.get("/knowledge_evals", params={"limit": 100})).json()["data"]:
+    with http_client(base_url, api_key) as client:
+        for state in check(client.get("/knowledge_evals", params={"limit": 100})).json()["data"]:
             head = (state.get("summary") or {}).get("memorization") or {}
             click.echo(f"{state['id']}  {state['status']:<9}  {state['model']}  memorization tuned "
                        f"{head.get('mean_tuned')}")

@@ -77,3 +77,12 @@ def finished_job(embedded: LiveServer):  # type: ignore[no-untyped-def]
                    what="the owned job")
     assert job.status == "succeeded", job.error
     return job
+
+
+@pytest.fixture(scope="session")
+def evaluated_job(embedded: LiveServer) -> dict:
+    """A fine-tune on a fictional-people memorization split with a knowledge eval attached, and its results."""
+    from tests.e2e.people import CONTROL, PEOPLE, result_files, train_on_suite
+
+    job = train_on_suite(embedded, PEOPLE, suffix="people", knowledge_eval={"suites": [PEOPLE, CONTROL]})
+    return result_files(embedded, job)

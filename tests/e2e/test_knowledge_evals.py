@@ -18,37 +18,8 @@ from tests.evals.recompute import assert_blocks_match_records, assert_summary_ma
 
 pytestmark = pytest.mark.slow
 
-PEOPLE = "builtin:fictional_people?size=8&seed=7"
-CONTROL = "builtin:control?size=24&seed=7"
-# Measured on the demo model: 8 people x 6 facts are memorised completely by r=16 LoRA at 3e-3 over 50
-# epochs of batches of 8 (300 steps); fewer epochs or a higher rate leave facts out or diverge.
-TRAINING = {"type": "supervised", "supervised": {
-    "hyperparameters": {"n_epochs": 50, "batch_size": 8, "learning_rate_multiplier": 15},
-    "adapter": {"type": "lora", "r": 16}, "n_checkpoints": 2}}
-
-
 def http(server: LiveServer) -> httpx.Client:
     return server.http()
-
-
-@pytest.fixture(scope="module")
-def evaluated_job(embedded: LiveServer) -> dict[str, Any]:
-    client = embedded.client()
-    with http(embedded) as api:
-        made = api.post("/knowledge_evals/training_files", json={"suite": PEOPLE})
-        assert made.status_code == 200, made.text
-    training = client.files.wait_for_processing(made.json()["id"], poll_interval=0.2, max_wait_seconds=60)
-    assert training.status == "processed" and training.purpose == "fine-tune"
-    job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=training.id, suffix="people", seed=3,
-                                         method=TRAINING, extra_body={"knowledge_eval": {"suites": [PEOPLE, CONTROL]}})
-    job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
-                   timeout=900, interval=1, what="the fine-tune with its eval")
-    assert job.status == "succeeded", job.error
-    files = {client.files.retrieve(f).filename: f for f in job.result_files}
-    report_id = next(f for name, f in files.items() if name.endswith("report.json"))
-    items_id = next(f for name, f in files.items() if name.endswith("items.jsonl"))
-    return {"job": job, "files": files, "report": json.loads(client.files.content(report_id).read()),
-            "items": [json.loads(line) for line in client.files.content(items_id).read().decode().splitlines()]}
 
 
 def test_the_fine_tune_memorised_the_facts_and_the_eval_says_so(evaluated_job: dict[str, Any],
