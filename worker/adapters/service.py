@@ -35,7 +35,7 @@ from worker.adapters.compress import COMPRESSED_WEIGHTS, compress_adapter_dir
 from worker.adapters.export import export_merged
 from worker.adapters.lora_files import check_fits_base, merge_adapters, read_lora, write_lora
 from worker.context import WorkerContext
-from worker.jobs.lease import LeaseRenewal
+from worker.jobs.lease import StandaloneWork
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,8 @@ def run_operation(ctx: WorkerContext, operation_id: str) -> str:
     work = ctx.work_dir / f"adapter-op-{operation_id}-{lease.token}-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     stored: list[str] = []
-    renewal = LeaseRenewal(lambda: _renew(ctx, lease, ttl), interval=ttl / 3)
+    standalone = StandaloneWork(ctx.db, QUEUE, lease, ttl=ttl, max_attempts=row.max_attempts)
+    renewal = standalone.renewal()
     try:
         with renewal:
             directory, file_path, result = _perform(ctx, row, work)
@@ -141,23 +142,15 @@ def run_operation(ctx: WorkerContext, operation_id: str) -> str:
         _remove(ctx, stored)
         error = ({"code": exc.code, "message": exc.message, "param": exc.param} if isinstance(exc, UserError)
                  else {"code": "invalid_adapter", "message": str(exc), "param": None})
-        return _finish(ctx, lease, error)
+        return standalone.fail(error)
     except InfrastructureError as exc:
         _remove(ctx, stored)
-        if lease.attempt >= row.max_attempts:
-            return _finish(ctx, lease, {"code": exc.code, "param": None,
-                                        "message": f"Gave up after {lease.attempt} attempts: {exc.message}"})
-        try:
-            with ctx.db.write() as session:
-                QUEUE.release(session, lease, counts_as_attempt=True)
-            return "requeued"
-        except (LeaseLost, InfrastructureError):
-            return "lease-lost"
+        return standalone.retry_or_fail(exc)
     except Exception as exc:  # a bug or a library failure: not retryable
         log.exception("adapter operation %s failed", operation_id)
         _remove(ctx, stored)
-        return _finish(ctx, lease, {"code": "operation_error", "message": f"{type(exc).__name__}: {exc}",
-                                    "param": None})
+        return standalone.fail({"code": "operation_error", "message": f"{type(exc).__name__}: {exc}",
+                                "param": None})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -199,17 +192,3 @@ def _remove(ctx: WorkerContext, stored: list[str]) -> None:
             ctx.store.delete_prefix(key)
         else:
             ctx.store.delete(key)
-
-
-def _renew(ctx: WorkerContext, lease: WorkLease, ttl: float) -> None:
-    with ctx.db.write() as session:
-        QUEUE.heartbeat(session, lease, ttl=ttl)
-
-
-def _finish(ctx: WorkerContext, lease: WorkLease, error: dict[str, Any]) -> str:
-    try:
-        with ctx.db.write() as session:
-            QUEUE.fail(session, lease, error)
-    except LeaseLost:
-        return "lease-lost"
-    return "failed"

@@ -20,7 +20,6 @@ from typing import Any
 
 from db import events, files, ids, jobs, knowledge_evals, models
 from db.jobs import Lease
-from db.leased import WorkLease
 from db.projects import Principal
 from db.states import FileStatus
 from db.tables import File, KnowledgeEval
@@ -31,7 +30,7 @@ from worker.evals import charts
 from worker.evals.report import summary_rows
 from worker.evals.runner import EngineGenerator, EngineJudge, EvalRun
 from worker.evals.spec import CallableResolver, load_items, read_builtin, validate_report, validate_spec
-from worker.jobs.lease import LeaseRenewal
+from worker.jobs.lease import StandaloneWork
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +180,8 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
         max_attempts = row.max_attempts
         loss_rows = _loss_rows_for_model(session, row)
 
-    renewal = LeaseRenewal(lambda: _renew(ctx, lease, ttl), interval=ttl / 3)
+    work = StandaloneWork(ctx.db, knowledge_evals.QUEUE, lease, ttl=ttl, max_attempts=max_attempts)
+    renewal = work.renewal()
 
     def progress(done: int, total: int) -> None:
         # A progress write that finds the eval cancelled or re-claimed stops the run at once.
@@ -202,35 +202,12 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
     except LeaseLost:
         return "lease-lost"
     except UserError as exc:
-        return _finish(ctx, lease, {"code": exc.code, "message": exc.message, "param": exc.param})
+        return work.fail({"code": exc.code, "message": exc.message, "param": exc.param})
     except InfrastructureError as exc:
-        if lease.attempt >= max_attempts:
-            return _finish(ctx, lease, {"code": exc.code, "param": None,
-                                        "message": f"Gave up after {lease.attempt} attempts: {exc.message}"})
-        try:
-            with ctx.db.write() as session:
-                knowledge_evals.release(session, lease, counts_as_attempt=True)
-            return "requeued"
-        except (LeaseLost, InfrastructureError):
-            log.warning("knowledge eval %s: could not release after %s", eval_id, exc)
-            return "lease-lost"
+        return work.retry_or_fail(exc)
     except Exception as exc:  # a bug or a library failure: not retryable
         log.exception("knowledge eval %s failed", eval_id)
-        return _finish(ctx, lease, {"code": "eval_error", "message": f"{type(exc).__name__}: {exc}", "param": None})
-
-
-def _renew(ctx: WorkerContext, lease: WorkLease, ttl: float) -> None:
-    with ctx.db.write() as session:
-        knowledge_evals.heartbeat(session, lease, ttl=ttl)
-
-
-def _finish(ctx: WorkerContext, lease: WorkLease, error: dict[str, Any]) -> str:
-    try:
-        with ctx.db.write() as session:
-            knowledge_evals.fail(session, lease, error)
-    except LeaseLost:
-        return "lease-lost"
-    return "failed"
+        return work.fail({"code": "eval_error", "message": f"{type(exc).__name__}: {exc}", "param": None})
 
 
 def _loss_rows_for_model(session: Any, row: KnowledgeEval) -> list[dict[str, Any]] | None:

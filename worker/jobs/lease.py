@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Self
+from typing import Any, Self
 
 from db import jobs
 from db.jobs import Lease
@@ -91,3 +91,43 @@ class LeaseRenewal:
                 return
             except InfrastructureError as exc:  # transient: the next tick retries; the lease outlasts a few
                 log.warning("renewing a lease failed, will retry: %s", exc)
+
+
+class StandaloneWork:
+    """The writes a worker makes for standalone work it claimed (db.leased): renew, fail, give back."""
+
+    def __init__(self, db: Any, queue: Any, lease: Any, *, ttl: float, max_attempts: int) -> None:
+        self.db = db
+        self.queue = queue
+        self.lease = lease
+        self.ttl = ttl
+        self.max_attempts = max_attempts
+
+    def renewal(self) -> LeaseRenewal:
+        return LeaseRenewal(self.renew, interval=self.ttl / 3)
+
+    def renew(self) -> None:
+        with self.db.write() as session:
+            self.queue.heartbeat(session, self.lease, ttl=self.ttl)
+
+    def fail(self, error: dict[str, Any]) -> str:
+        """failed (or lease-lost when someone else owns the work now)."""
+        try:
+            with self.db.write() as session:
+                self.queue.fail(session, self.lease, error)
+        except LeaseLost:
+            return "lease-lost"
+        return "failed"
+
+    def retry_or_fail(self, exc: InfrastructureError) -> str:
+        """An infrastructure error: back to the queue while attempts remain, then failed with the reason."""
+        if self.lease.attempt >= self.max_attempts:
+            return self.fail({"code": exc.code, "param": None,
+                              "message": f"Gave up after {self.lease.attempt} attempts: {exc.message}"})
+        try:
+            with self.db.write() as session:
+                self.queue.release(session, self.lease, counts_as_attempt=True)
+            return "requeued"
+        except (LeaseLost, InfrastructureError):
+            log.warning("%s %s: could not release after %s", self.queue.noun, self.lease.work_id, exc)
+            return "lease-lost"
