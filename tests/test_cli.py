@@ -122,3 +122,63 @@ def test_an_idle_worker_stops_promptly_on_sigterm(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5
     finally:
         stop_process_group(worker)
+
+
+def test_the_api_finishes_in_flight_requests_on_sigterm(tmp_path: Path) -> None:
+    """Kubernetes sends SIGTERM to a pod it stops: `ftaas api` stops taking connections at once but
+    finishes the requests it is serving (here a slow upload) before it exits."""
+    import threading
+
+    env = {"FTAAS_DATA_DIR": str(tmp_path)}
+    ftaas("migrate", env=env)
+    key = ftaas("keys", "create", env=env).stdout.strip()
+    port = free_port()
+    api = subprocess.Popen([sys.executable, "-m", "ftaas.cli", "api", "--port", str(port)],
+                           env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and api.poll() is None, "the API did not start"
+            time.sleep(0.2)
+        boundary = "ftaas-test-boundary"
+        line = (b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+        sent = threading.Event()
+
+        def slow_body():  # type: ignore[no-untyped-def]
+            yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
+                   f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.jsonl\"\r\n"
+                   "Content-Type: application/jsonl\r\n\r\n").encode()
+            for index in range(12):
+                yield line * 10
+                if index == 2:
+                    sent.set()  # the request is in flight: now the pod is told to stop
+                time.sleep(0.25)
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        result: dict = {}
+
+        def upload() -> None:
+            result["response"] = httpx.post(f"{base}/v1/files", content=slow_body(), timeout=60, headers={
+                "Authorization": f"Bearer {key}", "Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+        uploader = threading.Thread(target=upload)
+        uploader.start()
+        assert sent.wait(30)
+        os.killpg(api.pid, 15)
+        uploader.join(60)
+        response = result["response"]
+        assert response.status_code == 200, response.text
+        assert response.json()["bytes"] == len(line) * 120 and response.json()["filename"] == "slow.jsonl"
+        # uvicorn re-raises the signal once its graceful shutdown is done (what a supervisor expects to see).
+        assert api.wait(timeout=40) in (0, -15)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{base}/health/live", timeout=1)
+    finally:
+        stop_process_group(api)
