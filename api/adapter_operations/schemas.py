@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from api.fine_tuning.schemas import check_suffix
 from db.tables import AdapterOperation
-
-SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class _Request(BaseModel):
@@ -21,9 +19,7 @@ class _Request(BaseModel):
     @field_validator("suffix")
     @classmethod
     def _suffix(cls, value: str | None) -> str | None:
-        if value is not None and not SUFFIX.match(value):
-            raise ValueError("must be 1-64 characters of letters, digits, '_', '.' or '-'")
-        return value
+        return check_suffix(value)
 
 
 class LinesParameters(BaseModel):

@@ -17,6 +17,13 @@ from worker.training.spec import Method, SupervisedHyperparameters
 SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+def check_suffix(value: str | None) -> str | None:
+    """A model-name suffix: 1-64 letters, digits, '_', '.' or '-' (it becomes part of `ft:...` names)."""
+    if value is not None and not SUFFIX.match(value):
+        raise ValueError("must be 1-64 characters of letters, digits, '_', '.' or '-'")
+    return value
+
+
 class JobCreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -37,9 +44,7 @@ class JobCreateRequest(BaseModel):
     @field_validator("suffix")
     @classmethod
     def _suffix(cls, value: str | None) -> str | None:
-        if value is not None and not SUFFIX.match(value):
-            raise ValueError("must be 1-64 characters of letters, digits, '_', '.' or '-'")
-        return value
+        return check_suffix(value)
 
     @field_validator("metadata")
     @classmethod

@@ -1,4 +1,5 @@
-"""Keeps a job's lease alive while its worker is busy between steps (loading, uploading, long steps)."""
+"""Keeps leases alive while a worker is busy (loading, uploading, long steps), and the writes a worker makes
+for the standalone work it claimed."""
 
 from __future__ import annotations
 
@@ -16,59 +17,17 @@ from ftaas.errors import FTaaSError, InfrastructureError, LeaseLost
 log = logging.getLogger(__name__)
 
 
-class LeaseKeeper:
-    """Renews the lease every `ttl / 3` seconds in a background thread.
-
-    If a renewal finds the lease gone (the job was cancelled, reaped or re-claimed), `lost` is set and the
-    training loop stops at its next step boundary. Transient database errors are retried at the next tick;
-    if they outlast the lease, the reaper will hand the job to another worker, and this worker's next
-    fenced write fails.
-    """
-
-    def __init__(self, db: Database, lease: Lease, ttl: float) -> None:
-        self._db = db
-        self._lease = lease
-        self._ttl = ttl
-        self._stop = threading.Event()
-        self.lost = threading.Event()
-        self.status = JobStatus.RUNNING
-        self._thread = threading.Thread(target=self._run, name=f"lease-{lease.job_id}", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self._ttl)
-
-    def check(self) -> None:
-        if self.lost.is_set():
-            raise LeaseLost(f"lease on {self._lease.job_id} lost")
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._ttl / 3):
-            try:
-                with self._db.write() as session:
-                    self.status = jobs.heartbeat(session, self._lease, ttl=self._ttl)
-            except LeaseLost:
-                self.lost.set()
-                return
-            except FTaaSError as exc:
-                log.warning("lease renewal for %s failed, will retry: %s", self._lease.job_id, exc)
-
-
 class LeaseRenewal:
     """Renews the lease of standalone work (an eval, an adapter operation) every `interval` seconds while
     it runs, also when nothing reports progress for a while (a large model's first batch). A renewal that
     finds the lease gone marks it lost; the work's next `check()` then stops it."""
 
-    def __init__(self, renew: Callable[[], None], *, interval: float) -> None:
+    def __init__(self, renew: Callable[[], None], *, interval: float, name: str = "ftaas-work-lease") -> None:
         self.renew = renew
         self.interval = interval
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ftaas-work-lease", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -89,8 +48,33 @@ class LeaseRenewal:
             except LeaseLost:
                 self.lost.set()
                 return
-            except InfrastructureError as exc:  # transient: the next tick retries; the lease outlasts a few
-                log.warning("renewing a lease failed, will retry: %s", exc)
+            except FTaaSError as exc:  # transient: the next tick retries; the lease outlasts a few
+                log.warning("renewing the lease (%s) failed, will retry: %s", self._thread.name, exc)
+
+
+class LeaseKeeper(LeaseRenewal):
+    """Renews a job's lease every `ttl / 3` seconds in a background thread.
+
+    If a renewal finds the lease gone (the job was cancelled, reaped or re-claimed), `lost` is set and the
+    training loop stops at its next step boundary. Transient database errors are retried at the next tick;
+    if they outlast the lease, the reaper will hand the job to another worker, and this worker's next
+    fenced write fails. `status` is the job's status at the last renewal (running or pausing).
+    """
+
+    def __init__(self, db: Database, lease: Lease, ttl: float) -> None:
+        self._db = db
+        self._lease = lease
+        self._ttl = ttl
+        self.status = JobStatus.RUNNING
+        super().__init__(self._heartbeat, interval=ttl / 3, name=f"lease-{lease.job_id}")
+
+    def _heartbeat(self) -> None:
+        with self._db.write() as session:
+            self.status = jobs.heartbeat(session, self._lease, ttl=self._ttl)
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise LeaseLost(f"lease on {self._lease.job_id} lost")
 
 
 class StandaloneWork:
