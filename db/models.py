@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db import checkpoints, jobs
 from db.tables import Model
 
 
@@ -42,3 +44,27 @@ def list_for_project(session: Session, project_id: str) -> list[Model]:
 
 def delete(session: Session, model: Model) -> None:
     session.delete(model)
+
+
+@dataclass(frozen=True)
+class AdapterLocation:
+    """Where a fine-tuned model's or a checkpoint's adapter is stored, and the base model it belongs to."""
+
+    name: str
+    base_model: str
+    storage_prefix: str
+    manifest_sha256: str
+
+
+def find_adapter(session: Session, project_id: str, name: str) -> AdapterLocation | None:
+    """A fine-tuned model (`ft:...`) or a checkpoint (`...:ckpt-step-N`) of the project, by name."""
+    row = get(session, project_id, name)
+    if row is not None:
+        return AdapterLocation(name, row.base_model, row.storage_prefix, row.manifest_sha256)
+    checkpoint = checkpoints.by_model_name(session, project_id, name)
+    if checkpoint is None:
+        return None
+    job = jobs.get(session, project_id, checkpoint.job_id)
+    if job is None:
+        return None
+    return AdapterLocation(name, job.base_model, checkpoint.storage_prefix, checkpoint.manifest_sha256)

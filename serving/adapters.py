@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ftaas.errors import InvalidRequest, Overloaded
-from serving.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterWeights
+from serving.lora import AdapterWeights
 from storage import ArtifactStore
-from storage.manifest import download_artifact, read_manifest
-from worker.adapters.compress import COMPRESSED_WEIGHTS
+from storage.manifest import download_artifact
+from worker.adapters.compress import adapter_files
 
 log = logging.getLogger(__name__)
 
@@ -228,11 +228,9 @@ class AdapterCache:
         staging = directory.with_name(directory.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         # The weights are dense, or ComPEFT-compressed (worker.adapters.compress): fetch whichever it has.
-        listed = read_manifest(self.store, ref.prefix, ref.manifest_sha256)["files"]
-        files = {ADAPTER_CONFIG, ADAPTER_WEIGHTS if ADAPTER_WEIGHTS in listed or COMPRESSED_WEIGHTS not in listed
-                 else COMPRESSED_WEIGHTS}
         manifest = download_artifact(self.store, ref.prefix, ref.manifest_sha256, staging,
-                                     allowed_suffixes=(".safetensors", ".json"), only=files)
+                                     allowed_suffixes=(".safetensors", ".json"), only=adapter_files)
+        files = adapter_files(set(manifest["files"]))
         (staging / _VERIFIED).write_text(json.dumps(
             {"prefix": ref.prefix, "files": {name: manifest["files"][name]["sha256"] for name in files}}))
         shutil.rmtree(directory, ignore_errors=True)

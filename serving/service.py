@@ -23,7 +23,7 @@ from typing import Any
 
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
-from db import checkpoints, jobs, models
+from db import models
 from db.projects import Principal
 from db.session import Database
 from ftaas.errors import DeadlineExceeded, Draining, FTaaSError, InvalidRequest, NotFound, Overloaded
@@ -227,15 +227,9 @@ class InferenceService:
         if name in self.registry:
             return ResolvedModel(name, name, None)
         with self.db.read() as session:
-            row = models.get(session, principal.project_id, name)
-            if row is not None:
-                return ResolvedModel(name, row.base_model, AdapterRef(row.storage_prefix, row.manifest_sha256, name))
-            checkpoint = checkpoints.by_model_name(session, principal.project_id, name)
-            if checkpoint is not None:
-                job = jobs.get(session, principal.project_id, checkpoint.job_id)
-                assert job is not None
-                return ResolvedModel(name, job.base_model,
-                                     AdapterRef(checkpoint.storage_prefix, checkpoint.manifest_sha256, name))
+            found = models.find_adapter(session, principal.project_id, name)
+        if found is not None:
+            return ResolvedModel(name, found.base_model, AdapterRef(found.storage_prefix, found.manifest_sha256, name))
         raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
                        code="model_not_found", param=param)
 

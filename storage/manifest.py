@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,17 @@ def read_manifest(store: ArtifactStore, prefix: str, manifest_sha256: str) -> di
 
 def download_artifact(store: ArtifactStore, prefix: str, manifest_sha256: str, destination: Path,
                       *, allowed_suffixes: tuple[str, ...] | None = None,
-                      only: set[str] | None = None) -> dict[str, Any]:
+                      only: set[str] | Callable[[set[str]], set[str]] | None = None) -> dict[str, Any]:
     """Copy a verified artifact into `destination`; returns its manifest.
 
     `allowed_suffixes` restricts which files may be present (e.g. only .safetensors and .json for
     weights that will be loaded): anything else fails the download instead of being loaded. `only` copies
-    just the named files (which must be in the manifest), e.g. the adapter of a full trainer checkpoint.
+    just the named files (which must be in the manifest), e.g. the adapter of a full trainer checkpoint;
+    given as a function, it chooses them from the names the manifest lists.
     """
     manifest = read_manifest(store, prefix, manifest_sha256)
+    if callable(only):
+        only = only(set(manifest["files"]))
     missing = (only or set()) - set(manifest["files"])
     if missing:
         raise IntegrityFailure(f"artifact {prefix} lacks {', '.join(sorted(missing))}")

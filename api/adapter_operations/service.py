@@ -14,7 +14,7 @@ from typing import Any
 from api.adapter_operations.schemas import ImportRequest, MergeRequest
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
-from db import adapter_operations, checkpoints, files, ids, jobs, models
+from db import adapter_operations, files, ids, models
 from db.pagination import Page
 from db.projects import Principal
 from db.session import Database
@@ -42,21 +42,15 @@ class AdapterOperationService:
     def _parent(self, principal: Principal, name: str, param: str) -> dict[str, Any]:
         """A fine-tuned model or checkpoint of the project, as the worker will fetch it."""
         with self.db.read() as session:
-            row = models.get(session, principal.project_id, name)
-            if row is not None:
-                found = {"model": name, "base_model": row.base_model, "prefix": row.storage_prefix,
-                         "manifest_sha256": row.manifest_sha256}
-            else:
-                checkpoint = checkpoints.by_model_name(session, principal.project_id, name)
-                job = jobs.get(session, principal.project_id, checkpoint.job_id) if checkpoint else None
-                if checkpoint is None or job is None:
-                    if name in self.registry:
-                        raise InvalidRequest(f"{name} is a base model; adapter operations take fine-tuned models.",
-                                             code="model_not_adapter", param=param)
-                    raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
-                                   code="model_not_found", param=param)
-                found = {"model": name, "base_model": job.base_model, "prefix": checkpoint.storage_prefix,
-                         "manifest_sha256": checkpoint.manifest_sha256}
+            location = models.find_adapter(session, principal.project_id, name)
+        if location is None:
+            if name in self.registry:
+                raise InvalidRequest(f"{name} is a base model; adapter operations take fine-tuned models.",
+                                     code="model_not_adapter", param=param)
+            raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
+                           code="model_not_found", param=param)
+        found = {"model": name, "base_model": location.base_model, "prefix": location.storage_prefix,
+                 "manifest_sha256": location.manifest_sha256}
         manifest = read_manifest(self.store, found["prefix"], found["manifest_sha256"])
         entry = manifest["files"].get("adapter_config.json")
         if entry is None:

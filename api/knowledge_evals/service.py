@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from api.knowledge_evals.schemas import KnowledgeEvalCreateRequest, KnowledgeEvalOptions, SuiteObject
 from basemodels.registry import BaseModelRegistry
-from db import checkpoints, files, ids, jobs, knowledge_evals, models
+from db import files, ids, knowledge_evals, models
 from db.pagination import Page
 from db.projects import Principal
 from db.session import Database
@@ -17,7 +17,7 @@ from db.states import FileStatus
 from db.tables import File, KnowledgeEval
 from ftaas.errors import Conflict, InvalidRequest, NotFound
 from storage import ArtifactStore, layout
-from worker.evals.spec import CallableResolver, EvalSpec, read_builtin, spec_for_request, suite_uri
+from worker.evals.spec import CallableResolver, EvalSpec, project_resolver, spec_for_request, suite_uri
 
 #: Result files of an eval by what they hold (file names end with these).
 ARTIFACTS = {"report": "report.json", "items": "items.jsonl", "spec": "spec.json", "chart": "base_vs_tuned.png",
@@ -38,18 +38,7 @@ class KnowledgeEvalService:
         self.external_judge = external_judge
 
     def resolver(self, principal: Principal) -> CallableResolver:
-        """Sources a request may name: built-in suites and the project's own files (never server paths)."""
-
-        def read_file(file_id: str) -> bytes:
-            with self.db.read() as session:
-                row = files.get(session, principal.project_id, file_id)
-            if row is None:
-                raise InvalidRequest(f"No such file in this project: {file_id}.", code="file_not_found",
-                                     param="source.uri")
-            return self.store.get_bytes(row.storage_key, sha256=row.sha256)
-
-        return CallableResolver({"builtin": read_builtin, "file_id": read_file},
-                                allowed_description="builtin://<suite>[?seed=N&size=M] or an uploaded file id")
+        return project_resolver(self.db, self.store, principal.project_id)
 
     def check_options(self, principal: Principal, options: KnowledgeEvalOptions) -> tuple[EvalSpec, int]:
         spec, questions = spec_for_request(spec=options.spec, suites=options.suites, judge_model=options.judge_model,
@@ -71,14 +60,9 @@ class KnowledgeEvalService:
         if name in self.registry:
             return name
         with self.db.read() as session:
-            row = models.get(session, principal.project_id, name)
-            if row is not None:
-                return row.base_model
-            checkpoint = checkpoints.by_model_name(session, principal.project_id, name)
-            if checkpoint is not None:
-                job = jobs.get(session, principal.project_id, checkpoint.job_id)
-                if job is not None:
-                    return job.base_model
+            found = models.find_adapter(session, principal.project_id, name)
+        if found is not None:
+            return found.base_model
         raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
                        code="model_not_found", param="model")
 

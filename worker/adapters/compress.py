@@ -117,6 +117,13 @@ COMPRESSED_WEIGHTS = "adapter_model.compeft.safetensors"
 DENSE_WEIGHTS = "adapter_model.safetensors"
 
 
+def adapter_files(listed: set[str]) -> set[str]:
+    """The files that make an adapter, among the `listed` ones of its artifact: its config and its weights,
+    dense or compressed (the dense file when both are there)."""
+    weights = DENSE_WEIGHTS if DENSE_WEIGHTS in listed or COMPRESSED_WEIGHTS not in listed else COMPRESSED_WEIGHTS
+    return {"adapter_config.json", weights}
+
+
 def compress_adapter_dir(source: Path, target: Path, *, density: float) -> float:
     """Compress a peft adapter directory into `target` (created); returns the stored-size ratio of the
     weights file (dense safetensors bytes / compressed safetensors bytes)."""

@@ -29,9 +29,9 @@ from db.states import FileStatus
 from db.tables import AdapterOperation, File
 from ftaas.errors import InfrastructureError, InvalidRequest, LeaseLost, UserError
 from storage import layout
-from storage.manifest import download_artifact, publish_directory, read_manifest
+from storage.manifest import download_artifact, publish_directory
 from worker.adapters.archive import extract_adapter
-from worker.adapters.compress import COMPRESSED_WEIGHTS, compress_adapter_dir
+from worker.adapters.compress import COMPRESSED_WEIGHTS, adapter_files, compress_adapter_dir
 from worker.adapters.export import export_merged
 from worker.adapters.lora_files import check_fits_base, merge_adapters, read_lora, write_lora
 from worker.context import WorkerContext
@@ -46,10 +46,8 @@ DENSE = "adapter_model.safetensors"
 
 def fetch_adapter(ctx: WorkerContext, prefix: str, manifest_sha256: str, target: Path) -> Path:
     """A published adapter's verified files (dense or compressed weights, and the config)."""
-    listed = read_manifest(ctx.store, prefix, manifest_sha256)["files"]
-    weights = DENSE if DENSE in listed or COMPRESSED_WEIGHTS not in listed else COMPRESSED_WEIGHTS
     download_artifact(ctx.store, prefix, manifest_sha256, target, allowed_suffixes=(".safetensors", ".json"),
-                      only={ADAPTER_CONFIG, weights})
+                      only=adapter_files)
     return target
 
 

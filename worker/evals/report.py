@@ -293,13 +293,6 @@ def build_report(spec: EvalSpec, results: Sequence[ItemResult], control_results:
     return report
 
 
-def _verdict(answer: Answer | None) -> dict[str, Any] | None:
-    if answer is None:
-        return None
-    data = asdict(answer)
-    return data
-
-
 def item_lines(results: Sequence[ItemResult], control_results: Sequence[ItemResult]) -> list[dict[str, Any]]:
     """The per-item JSONL records (the report schema's `item_result`, plus variant/counts_toward/kind)."""
     lines = []
@@ -312,7 +305,7 @@ def item_lines(results: Sequence[ItemResult], control_results: Sequence[ItemResu
                 "setting": item.setting, "answer_type": item.answer_type, "prompt": item.prompt,
                 "reference": item.reference, "reference_before": item.reference_before,
                 "trained_answer": item.trained_answer,
-                "base": _verdict(result.base), "tuned": _verdict(result.tuned),
+                "base": asdict(result.base) if result.base else None, "tuned": asdict(result.tuned),
             })
     return lines
 

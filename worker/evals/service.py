@@ -29,7 +29,7 @@ from worker.context import WorkerContext
 from worker.evals import charts
 from worker.evals.report import summary_rows
 from worker.evals.runner import EngineGenerator, EngineJudge, EvalRun
-from worker.evals.spec import CallableResolver, load_items, read_builtin, validate_report, validate_spec
+from worker.evals.spec import load_items, project_resolver, validate_report, validate_spec
 from worker.jobs.lease import StandaloneWork
 
 log = logging.getLogger(__name__)
@@ -43,20 +43,6 @@ class EvalArtifacts:
     report: dict[str, Any]
     summary: dict[str, Any]
     file_rows: list[File]
-
-
-def project_resolver(ctx: WorkerContext, project_id: str) -> CallableResolver:
-    """Sources a worker may read for a project: built-in suites and the project's own files."""
-
-    def read_file(file_id: str) -> bytes:
-        with ctx.db.read() as session:
-            row = files.get(session, project_id, file_id, include_expired=True)
-        if row is None:
-            raise UserError(f"Source file {file_id} does not exist in this project.", code="file_not_found")
-        return ctx.store.get_bytes(row.storage_key, sha256=row.sha256)
-
-    return CallableResolver({"builtin": read_builtin, "file_id": read_file},
-                            allowed_description="builtin://<suite> or an uploaded file id")
 
 
 def headline_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +82,7 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
     from serving.service import InferenceService
 
     spec = validate_spec(spec_document)
-    items, controls = load_items(spec, project_resolver(ctx, project_id))
+    items, controls = load_items(spec, project_resolver(ctx.db, ctx.store, project_id, include_expired=True))
     # An adapter disk cache of this process's own: under `ftaas up` the API's serving engine uses the
     # shared one, and two processes must not evict each other's files.
     settings = ctx.settings.model_copy(update={"serving_cache_dir": ctx.work_dir / f"eval-serving-{os.getpid()}"})

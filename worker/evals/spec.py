@@ -206,10 +206,6 @@ class _ConfigOnlyJudge:
         raise AssertionError("configuration checks do not call the judge")
 
 
-def uses_judge(spec: EvalSpec) -> bool:
-    return any(config.get("type") == "llm_judge" for config in spec.scorers.values())
-
-
 # ------------------------------------------------------------------------------------------- sources
 class SourceResolver:
     """Reads a source URI into bytes. Subclasses decide which URIs are allowed (and raise InvalidRequest
@@ -272,6 +268,23 @@ def read_builtin(uri: str) -> bytes:
         raise InvalidRequest(f"{uri}: seed and size must be integers", code="invalid_eval_spec",
                              param="source.uri") from None
     return dump_suite(generate_suite(parts.netloc + parts.path, seed=seed, size=size))
+
+
+def project_resolver(db: Any, store: Any, project_id: str, *, include_expired: bool = False) -> CallableResolver:
+    """The sources a project's request may name: built-in suites and the project's own files (never a
+    server path). `include_expired` lets work already accepted read files that expired since."""
+    from db import files
+
+    def read_file(file_id: str) -> bytes:
+        with db.read() as session:
+            row = files.get(session, project_id, file_id, include_expired=include_expired)
+        if row is None:
+            raise InvalidRequest(f"No such file in this project: {file_id}.", code="file_not_found",
+                                 param="source.uri")
+        return store.get_bytes(row.storage_key, sha256=row.sha256)
+
+    return CallableResolver({"builtin": read_builtin, "file_id": read_file},
+                            allowed_description="builtin://<suite>[?seed=N&size=M] or an uploaded file id")
 
 
 # ---------------------------------------------------------------------------------------- row reading
@@ -511,11 +524,6 @@ def suite_spec(sources: Sequence[tuple[str, Sequence[EvalItem]]], *, name: str =
     if controls:
         document["controls"] = controls
     return document
-
-
-def builtin_suite_uri(name: str, *, seed: int = 0, size: int | None = None) -> str:
-    uri = f"builtin://{name}?seed={seed}"
-    return uri + (f"&size={size}" if size is not None else "")
 
 
 def parse_suite_source(uri: str, data: bytes) -> list[EvalItem]:
