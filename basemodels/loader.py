@@ -7,6 +7,7 @@ never contacted (the model must already be in the local Hugging Face cache).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -48,6 +49,21 @@ class BaseModelLoader:
             raise InvalidRequest(f"unsupported base model source {source!r}", param="model")
         hub_id, _, revision = source.partition("@")
         return hub_id, revision or None
+
+    def config(self, name: str) -> dict[str, Any]:
+        """The base model's config.json (for shape checks), from its local files or the local hub cache."""
+        path, revision = self.resolve(name)
+        local = Path(path) / "config.json"
+        try:
+            if not local.is_file():
+                from huggingface_hub import hf_hub_download
+
+                local = Path(hf_hub_download(path, "config.json", revision=revision,
+                                             local_files_only=self.hf_offline))
+            return json.loads(local.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidRequest(f"The configuration of base model {name!r} is not available here: {exc}",
+                                 code="model_not_available", param="base_model") from None
 
     def _fetch_s3(self, source: str) -> Path:
         if self._open_store is None:

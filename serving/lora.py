@@ -19,7 +19,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -132,7 +132,7 @@ def read_adapter(directory: Path, forward: LlamaForward, *, key: str, max_rank: 
                                          f"do not fit the base model ({out}x{fan_in})",
                                          code="adapter_base_mismatch", param="model")
                 block = "self_attn" if MODULE_GROUP[module] in ("qkv", "o") else "mlp"
-                alpha = float(_pattern_value(alpha_pattern, f"model.layers.{layer}.{block}.{module}", alpha_default))
+                alpha = float(pattern_value(alpha_pattern, f"model.layers.{layer}.{block}.{module}", alpha_default))
                 scale = alpha / math.sqrt(rank) if use_rslora else alpha / rank
                 a_blocks.append(a.T)
                 b_full[offset:offset + rank, out_offset:out_offset + out] = b.T * scale
@@ -179,7 +179,8 @@ def compose(parts: list[tuple[AdapterWeights, float]], *, key: str, max_rank: in
     return AdapterWeights(key=key, layers=layers, uses_dora=False)
 
 
-def _pattern_value(patterns: dict[str, float], name: str, default: float) -> float:
+def pattern_value(patterns: dict[str, Any], name: str, default: Any) -> Any:
+    """PEFT's rank/alpha patterns: the value of the first pattern that ends the module path `name`."""
     for pattern, value in patterns.items():
         if re.match(rf"(.*\.)?({pattern})$", name):
             return value

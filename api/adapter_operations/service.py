@@ -5,7 +5,6 @@ base model), then the operation is queued for a worker (worker.adapters.service)
 from __future__ import annotations
 
 import json
-import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -51,15 +50,14 @@ class AdapterOperationService:
                            code="model_not_found", param=param)
         found = {"model": name, "base_model": location.base_model, "prefix": location.storage_prefix,
                  "manifest_sha256": location.manifest_sha256}
+        from worker.adapters.lora_files import check_lora_config
+
         manifest = read_manifest(self.store, found["prefix"], found["manifest_sha256"])
         entry = manifest["files"].get("adapter_config.json")
         if entry is None:
             raise InvalidRequest(f"{name} has no adapter configuration.", code="unsupported_adapter", param=param)
-        config = json.loads(self.store.get_bytes(found["prefix"] + "adapter_config.json", sha256=entry["sha256"]))
-        if str(config.get("peft_type", "")).upper() != "LORA" or config.get("use_dora"):
-            kind = "DoRA" if config.get("use_dora") else config.get("peft_type")
-            raise InvalidRequest(f"{name} is a {kind} adapter; merges, compression and export take LoRA adapters.",
-                                 code="unsupported_adapter", param=param)
+        check_lora_config(json.loads(self.store.get_bytes(found["prefix"] + "adapter_config.json",
+                                                          sha256=entry["sha256"])), param)
         return found
 
     # ------------------------------------------------------------------------------------- create
@@ -123,16 +121,9 @@ class AdapterOperationService:
             archive = Path(scratch) / "upload"
             self.store.download_file(file.storage_key, archive, sha256=file.sha256, size=file.bytes)
             extracted = extract_adapter(archive, Path(scratch) / "staging")
-            try:
-                adapter = read_lora(extracted, param="file")
-            except (ValueError, OSError) as exc:  # not safetensors, or not JSON
-                raise InvalidRequest(f"The adapter files cannot be read: {exc}", code="invalid_adapter_archive",
-                                     param="file") from None
-            path, _ = self.loader.resolve(request.base_model)
-            config = json.loads((Path(path) / "config.json").read_text())
-            check_fits_base(adapter, config, max_rank=self.max_rank)
-        return {"file_id": file.id, "storage_key": file.storage_key, "sha256": file.sha256, "bytes": file.bytes,
-                "token": secrets.token_hex(4)}
+            check_fits_base(read_lora(extracted, param="file"), self.loader.config(request.base_model),
+                            max_rank=self.max_rank)
+        return {"file_id": file.id, "storage_key": file.storage_key, "sha256": file.sha256, "bytes": file.bytes}
 
     # ------------------------------------------------------------------------------------ lookups
     def get(self, principal: Principal, operation_id: str) -> AdapterOperation:

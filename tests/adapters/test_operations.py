@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM
 from db import models
 from ftaas.settings import DEMO_BASE_MODEL
 from storage.manifest import publish_directory, read_manifest
-from worker.adapters.service import run_operation
+from worker.adapters.lora_files import read_lora
+from worker.adapters.service import fetch_adapter, run_operation
 from worker.context import WorkerContext
 
 
@@ -50,7 +51,7 @@ def live(start_serving: Any) -> Any:
     return start_serving()
 
 
-def test_merges_make_servable_models_with_their_provenance(live: Any, make_adapter: Any) -> None:
+def test_merges_make_servable_models_with_their_provenance(live: Any, make_adapter: Any, tmp_path: Path) -> None:
     first, second = live.register(make_adapter(81, r=4), "a"), live.register(make_adapter(82, r=8), "b")
     with http(live) as client:
         soup = run(live, client, {"type": "merge", "models": [first, second], "weights": [0.5, 0.5],
@@ -71,6 +72,15 @@ def test_merges_make_servable_models_with_their_provenance(live: Any, make_adapt
     manifest = read_manifest(live.services.store, row.storage_prefix, row.manifest_sha256)
     assert manifest["operation"]["type"] == "merge" and manifest["operation"]["parameters"]["method"] == "linear"
     assert [p["model"] for p in manifest["operation"]["parameters"]["parents"]] == [first, second]
+    # The published soup is exactly the weighted sum of its parents (read back from the store).
+    ctx = WorkerContext(live.settings)
+    with live.services.db.read() as session:
+        located = {m: models.find_adapter(session, live.project_id, m) for m in (first, second, soup["model"])}
+    adapters = {m: read_lora(fetch_adapter(ctx, loc.storage_prefix, loc.manifest_sha256, tmp_path / m.replace(":", "_")))
+                for m, loc in located.items()}
+    for module, factors in adapters[soup["model"]].modules.items():
+        want = sum(0.5 * adapters[p].modules[module].b @ adapters[p].modules[module].a for p in (first, second))
+        assert torch.allclose(factors.b @ factors.a, want, atol=1e-5), module
     answers = {reply(live, m) for m in (soup["model"], ties["model"], lines["model"], first)}
     assert len(answers) >= 2  # served, and different operations give different models
 
@@ -160,3 +170,27 @@ def test_bad_operations_are_4xx_naming_the_field(live: Any, make_adapter: Any, b
     other_project = httpx.Client(base_url=live.base_url + "/v1", headers={"Authorization": f"Bearer {live.other_key}"})
     assert other_project.get(f"/adapter_operations/{queued['id']}").status_code == 404
     assert json.loads(other_project.get("/adapter_operations").text)["data"] == []
+
+
+def test_unreadable_adapter_files_in_an_archive_are_a_400(live: Any, make_adapter: Any) -> None:
+    """Corrupt weights, a config that is not an object, vectors for factors, saved modules: the archive
+    unpacks safely, and what it holds is refused with a 400 (never a 500)."""
+    directory = make_adapter(89, r=8)
+    config = json.loads((directory / "adapter_config.json").read_text())
+    cases = {
+        "corrupt weights": {"adapter/adapter_model.safetensors": b"\xff" * 64},
+        "config not an object": {"adapter/adapter_config.json": b"[1, 2]"},
+        "config not JSON": {"adapter/adapter_config.json": b"{not json"},
+        "saved modules": {"adapter/adapter_config.json": json.dumps({**config, "modules_to_save": ["lm_head"]}).encode()},
+    }
+    with http(live) as client:
+        for label, replaced in cases.items():
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w") as archive:
+                for name in ("adapter_config.json", "adapter_model.safetensors"):
+                    member = f"adapter/{name}"
+                    archive.writestr(member, replaced.get(member, (directory / name).read_bytes()))
+            response = client.post("/adapter_operations", json={
+                "type": "import", "file": upload(client, buffer.getvalue()), "base_model": DEMO_BASE_MODEL})
+            assert response.status_code == 400, (label, response.text)
+            assert response.json()["error"]["param"] == "file" and response.json()["error"]["message"], label

@@ -88,6 +88,7 @@ def test_a_soup_of_adapters_trained_on_disjoint_facts_keeps_some_of_each(embedde
     assert table["parent B"]["set B"] >= 0.9 and table["parent B"]["set A"] <= 0.25, table
     for label in ("linear soup (0.5/0.5)", "task arithmetic (1/1)", "TIES (density 0.5, rank 32)"):
         assert 0.0 <= table[label]["set A"] <= 1.0 and 0.0 <= table[label]["set B"] <= 1.0
+        assert table[label] not in (table["parent A"], table["parent B"]), label  # a new model, not a parent
     assert ties["result"]["ranks"] == [32] and ties["result"]["max_truncation_error"] >= 0
 
 
@@ -104,6 +105,8 @@ def test_a_compressed_adapter_is_8x_smaller_and_its_memorization_loss_is_measure
     figures["uncompressed"] = {"ratio": 1.0, "memorization": memorization(embedded, first, PEOPLE)}
     record("compression", figures, tmp_path)
     assert figures["uncompressed"]["memorization"] >= 0.9
+    # The drop is what is measured; fewer kept entries never memorise more here (sanity of the measurement).
+    assert figures["density 0.1"]["memorization"] <= figures["density 0.3"]["memorization"] <= 1.0
 
 
 def test_the_cli_exports_an_adapter_and_imports_it_back(embedded: LiveServer, parents: tuple[str, str],

@@ -127,7 +127,7 @@ def adapter_files(listed: set[str]) -> set[str]:
 def compress_adapter_dir(source: Path, target: Path, *, density: float) -> float:
     """Compress a peft adapter directory into `target` (created); returns the stored-size ratio of the
     weights file (dense safetensors bytes / compressed safetensors bytes)."""
-    tensors = load_file(str(source / DENSE_WEIGHTS))
+    tensors = load_adapter_tensors(source)  # a compressed adapter is compressed again from its dense form
     compressed, _ = compress(tensors, density)
     target.mkdir(parents=True)
     save_file(to_safetensors(compressed), str(target / COMPRESSED_WEIGHTS),
@@ -138,7 +138,10 @@ def compress_adapter_dir(source: Path, target: Path, *, density: float) -> float
     for extra in ("README.md",):
         if (source / extra).is_file():
             shutil.copyfile(source / extra, target / extra)
-    return (source / DENSE_WEIGHTS).stat().st_size / (target / COMPRESSED_WEIGHTS).stat().st_size
+    dense = source / DENSE_WEIGHTS
+    dense_bytes = dense.stat().st_size if dense.is_file() else sum(t.numel() * t.element_size()
+                                                                     for t in tensors.values())
+    return dense_bytes / (target / COMPRESSED_WEIGHTS).stat().st_size
 
 
 def load_adapter_tensors(directory: Path) -> dict[str, torch.Tensor]:

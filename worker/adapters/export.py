@@ -39,6 +39,9 @@ def export_merged(base_dir: Path, adapter: LoraAdapter, out_dir: Path, *,
     shards = sorted(base_dir.glob("*.safetensors"))
     if not shards:
         raise InvalidRequest("the base model has no safetensors weights to merge into", param="model")
+    config_file = base_dir / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("auto_map"):
+        raise InvalidRequest("base models with custom code are not exported", param="model")
     updates = {base_tensor_name(module): factors for module, factors in adapter.modules.items()}
     out_dir.mkdir(parents=True)
     written, applied = [], set()
@@ -70,7 +73,4 @@ def export_merged(base_dir: Path, adapter: LoraAdapter, out_dir: Path, *,
     for name in (*COPIED, INDEX):
         if (base_dir / name).is_file():
             shutil.copyfile(base_dir / name, out_dir / name)
-    config = json.loads((out_dir / "config.json").read_text()) if (out_dir / "config.json").exists() else {}
-    if config.get("auto_map"):
-        raise InvalidRequest("base models with custom code are not exported", param="model")
     return written

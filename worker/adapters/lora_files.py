@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from ftaas.errors import InvalidRequest
+from serving.lora import pattern_value
 from worker.adapters.compress import load_adapter_tensors
 from worker.adapters.merge import Factors, combine, concat_factors, dense_svd, lines_factors, lowrank_svd
 
@@ -49,37 +51,45 @@ class LoraAdapter:
     modules: dict[str, Factors]
 
     @property
-    def base_model(self) -> str | None:
-        return self.config.get("base_model_name_or_path")
-
-    @property
     def max_rank(self) -> int:
         return max(f.rank for f in self.modules.values())
 
 
-def _pattern(patterns: dict[str, Any], module: str, default: Any) -> Any:
-    """PEFT's rank/alpha patterns: the value of the longest pattern that ends the module path."""
-    best = None
-    for pattern, value in patterns.items():
-        if re.search(rf"(^|\.){pattern}$", module) and (best is None or len(pattern) > len(best[0])):
-            best = (pattern, value)
-    return default if best is None else best[1]
-
-
-def read_lora(directory: Path, *, param: str = "adapters") -> LoraAdapter:
-    config = json.loads((directory / CONFIG).read_text())
+def check_lora_config(config: Any, param: str = "adapters") -> dict[str, Any]:
+    """An adapter config that merges, compression and export can take: a LoRA (not DoRA) adapter without
+    saved modules or trained biases. Raises InvalidRequest (400) naming `param` otherwise."""
+    if not isinstance(config, dict):
+        raise _invalid("adapter_config.json must be a JSON object", param)
     if str(config.get("peft_type", "")).upper() != "LORA":
         raise _invalid(f"only LoRA-family adapters can be merged or compressed, not {config.get('peft_type')}", param)
     if config.get("use_dora"):
         raise _invalid("DoRA adapters cannot be merged: their magnitude rescaling is not additive", param)
     if config.get("modules_to_save") or config.get("bias", "none") != "none":
         raise _invalid("adapters with saved modules or trained biases cannot be merged", param)
-    tensors = load_adapter_tensors(directory)  # dense, or decompressed (ComPEFT)
+    for key in ("rank_pattern", "alpha_pattern"):
+        if not isinstance(config.get(key) or {}, dict):
+            raise _invalid(f"adapter_config.json: {key} must be an object", param)
+    return config
+
+
+def read_lora(directory: Path, *, param: str = "adapters") -> LoraAdapter:
+    """The adapter in `directory`; anything unreadable or malformed is an InvalidRequest naming `param`."""
+    try:
+        config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+        check_lora_config(config, param)
+        tensors = load_adapter_tensors(directory)  # dense, or decompressed (ComPEFT)
+    except InvalidRequest:
+        raise
+    except (ValueError, OSError, SafetensorError) as exc:  # not JSON, not UTF-8, not safetensors
+        raise InvalidRequest(f"the adapter files cannot be read: {exc}", code="invalid_adapter",
+                             param=param) from None
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
         match = _KEY.match(name)
         if match is None:
             raise _invalid(f"adapter tensor {name!r} is not a LoRA factor", param)
+        if tensor.dim() != 2:
+            raise _invalid(f"adapter tensor {name!r} is not a matrix", param)
         parts.setdefault(match["module"], {})[match["part"]] = tensor.float()
     rank_default, alpha_default = int(config.get("r", 8)), config.get("lora_alpha")
     modules = {}
@@ -87,9 +97,9 @@ def read_lora(directory: Path, *, param: str = "adapters") -> LoraAdapter:
         if set(pair) != {"A", "B"}:
             raise _invalid(f"module {module} lacks lora_A or lora_B", param)
         rank = int(pair["A"].shape[0])
-        alpha = float(_pattern(config.get("alpha_pattern") or {}, module,
-                               alpha_default if alpha_default is not None else rank_default))
-        expected_rank = int(_pattern(config.get("rank_pattern") or {}, module, rank_default))
+        alpha = float(pattern_value(config.get("alpha_pattern") or {}, module,
+                                    alpha_default if alpha_default is not None else rank_default))
+        expected_rank = int(pattern_value(config.get("rank_pattern") or {}, module, rank_default))
         if rank != expected_rank or pair["B"].shape[1] != rank:
             raise _invalid(f"module {module}: factor shapes do not match its rank {expected_rank}", param)
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 import torch
 
 METHODS = ("linear", "ties", "dare_linear", "dare_ties")
-SIGN_METHODS = ("total", "frequency")
 
 
 def trim_to_density(delta: torch.Tensor, density: float) -> torch.Tensor:

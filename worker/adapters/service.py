@@ -14,7 +14,6 @@ infrastructure errors put it back in the queue until its attempts are spent.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tarfile
@@ -22,6 +21,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from safetensors.torch import save_file
 
 from db import adapter_operations, files, ids, models
 from db.leased import WorkLease
@@ -31,7 +32,12 @@ from ftaas.errors import InfrastructureError, InvalidRequest, LeaseLost, UserErr
 from storage import layout
 from storage.manifest import download_artifact, publish_directory
 from worker.adapters.archive import extract_adapter
-from worker.adapters.compress import COMPRESSED_WEIGHTS, adapter_files, compress_adapter_dir
+from worker.adapters.compress import (
+    COMPRESSED_WEIGHTS,
+    adapter_files,
+    compress_adapter_dir,
+    load_adapter_tensors,
+)
 from worker.adapters.export import export_merged
 from worker.adapters.lora_files import check_fits_base, merge_adapters, read_lora, write_lora
 from worker.context import WorkerContext
@@ -61,8 +67,6 @@ def base_model_dir(ctx: WorkerContext, base_model: str) -> Path:
     return Path(snapshot_download(path, revision=revision, local_files_only=ctx.settings.hf_offline))
 
 
-def base_config(ctx: WorkerContext, base_model: str) -> dict[str, Any]:
-    return json.loads((base_model_dir(ctx, base_model) / "config.json").read_text())
 
 
 def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path) -> tuple[Path | None, Path | None, dict]:
@@ -80,7 +84,7 @@ def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path) -> tuple[Pat
             density=params.get("density", 1.0), majority_sign=params.get("majority_sign", "total"),
             seed=params.get("seed", 0), rank=params.get("rank"),
             lines=(lines["alpha"], lines["beta"]) if lines else None,
-            num_layers=int(base_config(ctx, row.base_model)["num_hidden_layers"]) if lines else None)
+            num_layers=int(ctx.loader.config(row.base_model)["num_hidden_layers"]) if lines else None)
         write_lora(out, result.modules, template=adapters[0].config)
         ranks = sorted({f.rank for f in result.modules.values()})
         return out, None, {"ranks": ranks, "max_truncation_error": round(result.max_error, 6),
@@ -94,7 +98,7 @@ def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path) -> tuple[Pat
         ctx.store.download_file(params["storage_key"], archive, sha256=params["sha256"], size=params["bytes"])
         extracted = extract_adapter(archive, work / "extracted")
         adapter = read_lora(extracted, param="file")
-        check_fits_base(adapter, base_config(ctx, row.base_model), max_rank=ctx.settings.serving_max_lora_rank)
+        check_fits_base(adapter, ctx.loader.config(row.base_model), max_rank=ctx.settings.serving_max_lora_rank)
         out.mkdir()
         for name in (ADAPTER_CONFIG, DENSE):
             shutil.copyfile(extracted / name, out / name)
@@ -103,8 +107,10 @@ def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path) -> tuple[Pat
         package = work / "export"
         if params["format"] == "merged":
             export_merged(base_model_dir(ctx, row.base_model), read_lora(parents[0]), package)
-        else:
-            shutil.copytree(parents[0], package)
+        else:  # the PEFT folder, with dense weights (a compressed model's decompressed) that PEFT loads
+            package.mkdir()
+            shutil.copyfile(parents[0] / ADAPTER_CONFIG, package / ADAPTER_CONFIG)
+            save_file(load_adapter_tensors(parents[0]), str(package / DENSE))
         tar_path = work / "export.tar"
         with tarfile.open(tar_path, "w") as archive:  # uncompressed: safetensors barely compress
             for path in sorted(package.iterdir()):
@@ -136,11 +142,9 @@ def run_operation(ctx: WorkerContext, operation_id: str) -> str:
     except LeaseLost:
         _remove(ctx, stored)
         return "lease-lost"
-    except (UserError, ValueError) as exc:
+    except UserError as exc:
         _remove(ctx, stored)
-        error = ({"code": exc.code, "message": exc.message, "param": exc.param} if isinstance(exc, UserError)
-                 else {"code": "invalid_adapter", "message": str(exc), "param": None})
-        return standalone.fail(error)
+        return standalone.fail({"code": exc.code, "message": exc.message, "param": exc.param})
     except InfrastructureError as exc:
         _remove(ctx, stored)
         return standalone.retry_or_fail(exc)
