@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from basemodels import tiny
+from basemodels import smollm2, tiny
 from basemodels.registry import BaseModelRegistry
 from ftaas.errors import InvalidRequest, NotFound
 
@@ -40,6 +40,8 @@ class BaseModelLoader:
         source = model.source
         if source == tiny.BUILTIN_SOURCE:
             return str(tiny.ensure_built(self.cache_dir)), None
+        if source == smollm2.BUILTIN_SOURCE:
+            return str(smollm2.ensure_built(self.cache_dir)), None
         parsed = urlparse(source)
         if parsed.scheme == "file":
             return unquote(parsed.path), None

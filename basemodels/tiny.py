@@ -9,14 +9,12 @@ serve, evaluate) with no network access, and so that tests exercise real models.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import random
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from basemodels.cache import RECIPE_FILE, build_once
 from ftaas.settings import DEMO_BASE_MODEL_SOURCE as BUILTIN_SOURCE
 
 __all__ = ["BUILTIN_SOURCE", "CHAT_TEMPLATE", "RECIPE_VERSION", "build", "ensure_built"]
@@ -121,25 +119,9 @@ def build(destination: Path) -> None:
     destination.mkdir(parents=True)
     model.save_pretrained(destination, safe_serialization=True)
     tokenizer.save_pretrained(destination)
-    (destination / "ftaas-recipe.json").write_text(json.dumps({"recipe": RECIPE_VERSION, "seed": SEED}))
+    (destination / RECIPE_FILE).write_text(json.dumps({"recipe": RECIPE_VERSION, "seed": SEED}))
 
 
 def ensure_built(cache_dir: Path) -> Path:
     """The directory of the built demo model, building it once (safe across concurrent processes)."""
-    target = cache_dir / "builtin" / RECIPE_VERSION
-    if (target / "ftaas-recipe.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{RECIPE_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "ftaas-recipe.json").exists():
-            return target
-        staging = target.parent / f".{RECIPE_VERSION}.{uuid.uuid4().hex}"
-        try:
-            build(staging)
-            if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(cache_dir, RECIPE_VERSION, build)

