@@ -98,6 +98,10 @@ def build(destination: Path) -> None:
          "licence": "Apache-2.0"}, indent=2))
 
 
+def is_built(cache_dir: Path) -> bool:
+    return (cache_dir / "builtin" / RECIPE_VERSION / RECIPE_FILE).exists()
+
+
 def ensure_built(cache_dir: Path) -> Path:
     """The directory of the converted model, converting it once (safe across concurrent processes)."""
     return build_once(cache_dir, RECIPE_VERSION, build)

