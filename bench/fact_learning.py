@@ -45,6 +45,7 @@ from worker.evals.items import EvalItem  # noqa: E402
 from worker.evals.scoring import answer_matches  # noqa: E402
 from worker.evals.spec import DEFAULT_NORMALIZE  # noqa: E402
 from worker.training.data import encode_lines  # noqa: E402
+from worker.training.rehearsal import rehearsal_examples  # noqa: E402
 from worker.training.spec import Method, TrainingSpec, resolve_hyperparameters  # noqa: E402
 from worker.training.trainer import Trainer  # noqa: E402
 
@@ -95,7 +96,8 @@ def correct(items: list[EvalItem], replies: list[str]) -> list[bool]:
 
 
 def parse_setting(text: str) -> dict[str, Any]:
-    """`auto` or `e=EPOCHS,b=BATCH,lr=MULTIPLIER,s=0|1,r=RANK,t=attn|mlp` (s: stop_when_learned; r, t: the LoRA
+    """`auto` or `e=EPOCHS,b=BATCH,lr=MULTIPLIER,s=0|1,k=0|1,r=RANK,t=attn|mlp` (s: stop_when_learned; k:
+    rehearsal; r, t: the LoRA
     rank and target modules) -> the method's supervised section."""
     hyper: dict[str, Any] = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
     section: dict[str, Any] = {"hyperparameters": hyper}
@@ -106,6 +108,8 @@ def parse_setting(text: str) -> dict[str, Any]:
         key, _, value = part.partition("=")
         if key == "s":
             section["stop_when_learned"] = value == "1"
+        elif key == "k":
+            section["rehearsal"] = value == "1"
         elif key == "r":
             section.setdefault("adapter", {})["r"] = int(value)
         elif key == "t":
@@ -131,13 +135,14 @@ def run(model_name: str, facts: list[str], settings_list: list[str], data_dir: P
             method = Method.model_validate({"type": "supervised", "supervised": parse_setting(setting)})
             lines = facts_.training_lines()
             resolved = resolve_hyperparameters(method, len(lines))
-            spec = TrainingSpec.for_job(base_model=model_name, method=method.to_json(resolved),
+            spec = TrainingSpec.for_job(base_model=model_name, method=method.to_json(resolved, data_format="chat"),
                                         hyperparameters=resolved, seed=0)
             encoded = encode_lines(lines, "chat", tokenizer, spec.max_seq_len)
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as work:
-                trainer = Trainer(spec, loader.load_model(model_name), tokenizer, encoded.examples, [], None,
-                                  Path(work))
+                model = loader.load_model(model_name)
+                rehearsed = rehearsal_examples(model, tokenizer, spec.max_seq_len) if spec.rehearsal else []
+                trainer = Trainer(spec, model, tokenizer, encoded.examples, [], None, Path(work), rehearsal=rehearsed)
                 outcome = trainer.run()
                 train_seconds = time.perf_counter() - started
                 from peft import PeftModel
@@ -146,19 +151,22 @@ def run(model_name: str, facts: list[str], settings_list: list[str], data_dir: P
                 tuned = tuned.merge_and_unload().eval()
             mem = correct(facts_.memorization, answers(tuned, tokenizer, [i.prompt for i in facts_.memorization]))
             reph = correct(facts_.rephrased, answers(tuned, tokenizer, [i.prompt for i in facts_.rephrased]))
-            ctl = correct(control, answers(tuned, tokenizer, [i.prompt for i in control]))
+            ctl_replies = answers(tuned, tokenizer, [i.prompt for i in control])
+            ctl = correct(control, ctl_replies)
             kept = sum(1 for b, t in zip(control_base, ctl, strict=True) if b and t)
             row = {
                 "facts": fact_name, "examples": len(lines), "setting": setting,
                 "resolved": {**resolved, "learning_rate": spec.learning_rate}, "steps": outcome.step,
                 "train_seconds": round(train_seconds, 1),
-                "learned_at_epoch": outcome.learned_at_epoch,
+                "learned_at_epoch": outcome.learned_at_epoch, "rehearsal": len(rehearsed),
                 "final_train_accuracy": round(outcome.final_train_accuracy or 0.0, 3),
                 "base_memorization": base_mem / len(mem),
                 "memorization": sum(mem) / len(mem),
                 "rephrased": sum(reph) / max(1, len(reph)),
                 "control_kept": f"{kept}/{sum(control_base)}",
                 "control_kept_fraction": kept / max(1, sum(control_base)),
+                "control_lost": [f"{item.prompt} -> {reply[:60]!r}" for item, b, t, reply in
+                                 zip(control, control_base, ctl, ctl_replies, strict=True) if b and not t],
             }
             rows.append(row)
             print(json.dumps(row), flush=True)

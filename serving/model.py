@@ -32,8 +32,12 @@ import torch.nn.functional as F
 
 from ftaas.errors import InvalidRequest
 
-#: Architectures whose decoder layers this forward reproduces (pre-norm, RoPE, GQA, SwiGLU MLP).
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
+#: Architectures whose decoder layers this forward reproduces (pre-norm, RoPE, GQA, SwiGLU MLP; per-head q/k
+#: RMSNorm for qwen3; sliding-window layers where the config has them). tests/serving/test_architectures.py
+#: proves each against transformers, with and without an adapter.
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+#: RoPE variants whose angles depend on the sequence length (recomputed per forward by transformers).
+_DYNAMIC_ROPE_TYPES = frozenset({"dynamic", "longrope"})
 #: Module groups that share an input and are computed as one product.
 GROUPS: dict[str, tuple[str, ...]] = {
     "qkv": ("q_proj", "k_proj", "v_proj"),
@@ -51,6 +55,11 @@ class LayerWeights:
     post_norm: torch.Tensor
     #: group -> (weight [out, in], bias [out] or None)
     linear: dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+    #: qwen3: RMSNorm weights applied per head to queries and keys before RoPE.
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
+    #: Sliding-window layers: a query at position i sees keys at positions j with i - window < j <= i.
+    window: int | None = None
 
 
 @dataclass
@@ -77,6 +86,11 @@ class LlamaForward:
         if getattr(config, "hidden_act", "silu") != "silu":
             raise InvalidRequest("serving supports SwiGLU (silu) models only", code="unsupported_model",
                                  param="model")
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        if rope.get("rope_type", rope.get("type")) in _DYNAMIC_ROPE_TYPES:
+            raise InvalidRequest(f"serving does not support {rope.get('rope_type', rope.get('type'))!r} RoPE "
+                                 "scaling (its angles change with the sequence length)", code="unsupported_model",
+                                 param="model")
         inner = model.model
         self.dtype = inner.embed_tokens.weight.dtype
         self.device = inner.embed_tokens.weight.device
@@ -89,6 +103,9 @@ class LlamaForward:
         self.final_norm = inner.norm.weight.detach()
         self.lm_head = model.get_output_embeddings().weight.detach()
         self.layers: list[LayerWeights] = []
+        windows = layer_windows(config, max_context)
+        #: The distinct sliding windows of the layers (build_step makes one decode mask per window).
+        self.windows = sorted({w for w in windows if w is not None})
         for layer in inner.layers:
             attention, mlp = layer.self_attn, layer.mlp
             modules = {"q_proj": attention.q_proj, "k_proj": attention.k_proj, "v_proj": attention.v_proj,
@@ -105,8 +122,12 @@ class LlamaForward:
                                       for b, w in zip(biases, weights, strict=True)])
                 linear[group] = (weight, bias)
                 self.geometry.groups.setdefault(group, (weights[0].shape[1], tuple(w.shape[0] for w in weights)))
-            self.layers.append(LayerWeights(layer.input_layernorm.weight.detach(),
-                                            layer.post_attention_layernorm.weight.detach(), linear))
+            q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
+            self.layers.append(LayerWeights(
+                layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach(), linear,
+                q_norm=q_norm.weight.detach() if q_norm is not None else None,
+                k_norm=k_norm.weight.detach() if k_norm is not None else None,
+                window=windows[len(self.layers)]))
         # RoPE tables for every position, computed the way the model's own rotary module does.
         rotary = inner.rotary_emb
         positions = torch.arange(max_context, dtype=torch.float32)
@@ -151,17 +172,20 @@ class LlamaForward:
             q = qkv[:, :q_size].view(rows, g.heads, g.head_dim)
             k = qkv[:, q_size:q_size + kv_size].view(rows, g.kv_heads, g.head_dim)
             v = qkv[:, q_size + kv_size:].view(rows, g.kv_heads, g.head_dim)
+            if layer.q_norm is not None and layer.k_norm is not None:
+                q, k = _rms_norm(q, layer.q_norm, g.eps), _rms_norm(k, layer.k_norm, g.eps)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             self.k_cache[index, batch.slots, :, batch.positions] = k
             self.v_cache[index, batch.slots, :, batch.positions] = v
             attended = torch.zeros(rows, g.heads, g.head_dim, dtype=self.dtype, device=self.device)
             if batch.decode_count:
-                attended[:batch.decode_count] = self._decode_attention(index, q[:batch.decode_count], batch)
+                attended[:batch.decode_count] = self._decode_attention(index, q[:batch.decode_count], batch,
+                                                                       layer.window)
             for start, length, slot in batch.prefills:
                 attended[start:start + length] = self._prefill_attention(q[start:start + length],
                                                                          k[start:start + length],
-                                                                         v[start:start + length])
+                                                                         v[start:start + length], layer.window)
             x = x + self._linear(attended.view(rows, -1), layer, "o", index, batch)
             h = _rms_norm(x, layer.post_norm, g.eps)
             gate_up = self._linear(h, layer, "gate_up", index, batch)
@@ -180,17 +204,20 @@ class LlamaForward:
             out = out + bias
         return out
 
-    def _decode_attention(self, index: int, q: torch.Tensor, batch: StepBatch) -> torch.Tensor:
+    def _decode_attention(self, index: int, q: torch.Tensor, batch: StepBatch, window: int | None) -> torch.Tensor:
         """Each decode row attends over its own KV length rounded up to a multiple of 64 (its bucket).
 
         Rows are grouped by bucket; a group is one batched product per (row, KV head), whose shape depends
         only on the bucket, so a row's result does not depend on the other rows (measured bitwise-equal alone
-        and in any group). Padded positions get -inf scores, so they contribute exact zeros.
+        and in any group). Padded positions get -inf scores, so they contribute exact zeros; so do positions
+        outside a sliding window (`window`: the layer's, or None).
         """
         g = self.geometry
         group = g.heads // g.kv_heads
         out = torch.empty(q.shape[0], g.heads, g.head_dim, dtype=self.dtype, device=self.device)
-        for bucket, rows, slots, mask in batch.attention_groups:
+        for group_index, (bucket, rows, slots, mask) in enumerate(batch.attention_groups):
+            if window is not None:
+                mask = batch.window_masks[window][group_index]
             n = slots.shape[0]
             keys = self.k_cache[index, :, :, :bucket].index_select(0, slots).reshape(n * g.kv_heads, bucket, g.head_dim)
             values = self.v_cache[index, :, :, :bucket].index_select(0, slots).reshape(n * g.kv_heads, bucket,
@@ -202,9 +229,17 @@ class LlamaForward:
             out[rows] = batched_product(probabilities, values).view(n, g.heads, g.head_dim)
         return out
 
-    def _prefill_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _prefill_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           window: int | None) -> torch.Tensor:
+        length = q.shape[0]
+        mask = None
+        if window is not None and length > window:
+            # Causal and within the window: key j is visible from query i when i - window < j <= i.
+            offsets = torch.arange(length, device=q.device)[:, None] - torch.arange(length, device=q.device)[None, :]
+            mask = (offsets >= 0) & (offsets < window)
         out = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
-                                             v.transpose(0, 1).unsqueeze(0), is_causal=True, enable_gqa=True)
+                                             v.transpose(0, 1).unsqueeze(0), attn_mask=mask,
+                                             is_causal=mask is None, enable_gqa=True)
         return out[0].transpose(0, 1)
 
 
@@ -220,6 +255,8 @@ class StepBatch:
     decode_slots: torch.Tensor
     #: (bucket, decode rows, their slots, additive mask [rows, 1, bucket]) per KV-length bucket
     attention_groups: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]
+    #: window -> the groups' masks with positions outside that sliding window also -inf (same order)
+    window_masks: dict[int, list[torch.Tensor]]
     #: (first row, length, slot) per joining sequence
     prefills: list[tuple[int, int, int]]
     logit_rows: torch.Tensor
@@ -263,17 +300,22 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]], prefil
         bucket = min(-(-(position + 1) // ATTENTION_PAD) * ATTENTION_PAD, forward.max_context)
         buckets.setdefault(bucket, []).append(row)
     groups = []
+    window_masks: dict[int, list[torch.Tensor]] = {window: [] for window in forward.windows}
     for bucket, rows in sorted(buckets.items()):
         lengths = torch.tensor([decode[r][2] + 1 for r in rows])
+        keys = torch.arange(bucket)[None, None, :]
         mask = torch.zeros(len(rows), 1, bucket, dtype=torch.float32)
-        mask.masked_fill_(torch.arange(bucket)[None, None, :] >= lengths[:, None, None], float("-inf"))
+        mask.masked_fill_(keys >= lengths[:, None, None], float("-inf"))
         groups.append((bucket, torch.tensor(rows, device=device), torch.tensor([decode[r][0] for r in rows],
                                                                                 device=device), mask.to(device)))
+        for window, masks in window_masks.items():
+            # The query sits at position length - 1; keys at or before length - 1 - window are out of sight.
+            masks.append(mask.masked_fill(keys <= (lengths - 1 - window)[:, None, None], float("-inf")).to(device))
     batch = StepBatch(
         tokens=torch.tensor(tokens, device=device), positions=torch.tensor(positions, device=device),
         slots=torch.tensor(slots, device=device), padded_rows=padded, decode_count=len(decode),
         decode_slots=torch.tensor([slot for slot, _, _ in decode], dtype=torch.long, device=device),
-        attention_groups=groups, prefills=prefills,
+        attention_groups=groups, window_masks=window_masks, prefills=prefills,
         logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=device), lora=lora,
     )
     batch.decode_contiguous = all(slot == row for row, (slot, _, _) in enumerate(decode))
@@ -282,6 +324,22 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]], prefil
         batch.decode_dora = any(lora.has_dora[slot] for slot, _, _ in decode)
         batch.lora_prefills = [p for p in prefills if lora.slot_class[p[2]] is not None]
     return batch
+
+
+def layer_windows(config: Any, max_context: int) -> list[int | None]:
+    """Each decoder layer's sliding window, or None for full attention (a window that cannot bind within
+    `max_context` positions is None too). transformers' convention: `layer_types` names each layer's
+    attention where the config has it (qwen2, qwen3); mistral's `sliding_window` applies to every layer."""
+    window = getattr(config, "sliding_window", None)
+    layers = config.num_hidden_layers
+    types = getattr(config, "layer_types", None)
+    if types:
+        windows = [window if kind == "sliding_attention" else None for kind in types]
+    elif getattr(config, "model_type", None) == "mistral":
+        windows = [window] * layers
+    else:
+        windows = [None] * layers
+    return [w if w is not None and w < max_context else None for w in windows]
 
 
 def batched_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

@@ -119,11 +119,15 @@ def s3_bucket(s3_endpoint: str) -> str:
 # ---------------------------------------------------------------------------------------- tiny model
 @pytest.fixture(scope="session")
 def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One materialised copy of the demo base model for the whole run (servers share it via settings)."""
-    from basemodels import tiny
+    """One materialised copy of the built-in base models for the whole run (servers share it via settings):
+    the demo model, and the packaged real model where its weights package is installed (the README's test
+    command installs it; tests of the real model fail, not skip, without it)."""
+    from basemodels import smollm2, tiny
 
     directory = tmp_path_factory.mktemp("model-cache")
     tiny.ensure_built(directory)
+    if smollm2.is_installed():
+        smollm2.ensure_built(directory)
     return directory
 
 

@@ -23,6 +23,7 @@ from storage.manifest import publish_directory
 from worker.context import WorkerContext
 from worker.training.data import encode_lines
 from worker.training.distributed import DistributedContext
+from worker.training.rehearsal import rehearsal_examples
 from worker.training.spec import TrainingSpec
 from worker.training.trainer import Directive, StepMetrics, Trainer, TrainingOutcome
 
@@ -187,9 +188,15 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
         raise UserError("no training example has any trainable token left after truncation",
                         code="invalid_training_file", param="training_file")
     model = ctx.loader.load_model(spec.base_model, device=device)
+    kept: list[Any] = []
+    if spec.rehearsal:
+        kept = rehearsal_examples(model, tokenizer, spec.max_seq_len)
+        if distributed.is_main:
+            log_event(ctx, lease, f"Rehearsal: every step also trains on the base model's own answers to "
+                                  f"{len(kept)} general prompts, so it keeps what it knew (method.supervised.rehearsal)")
     control = JobControl(ctx, lease, plan, preempt=preempt, lease_alive=lease_alive) if distributed.is_main else None
     trainer = Trainer(spec, model, tokenizer, train.examples, valid_examples, control, workspace.trainer_dir,
-                      distributed=distributed)
+                      distributed=distributed, rehearsal=kept)
     resume = workspace.resume_dir if plan.resume_step is not None else None
     if resume is not None and distributed.is_main:
         log_event(ctx, lease, f"Resuming from the checkpoint at step {plan.resume_step}")

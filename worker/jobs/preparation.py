@@ -43,6 +43,6 @@ def advance_job(ctx: WorkerContext, job_id: str) -> str:
                 return "failed"
         training = checked[0][1]
         resolved = resolve_hyperparameters(method, training.example_count or 0)
-        job.method = method.to_json(resolved)
+        job.method = method.to_json(resolved, data_format=training.data_format)
         jobs.mark_validated(session, job, resolved)
     return "queued"

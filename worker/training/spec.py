@@ -23,15 +23,22 @@ converted back onto the unmodified base model), packing with prompt/prefix tunin
 belong to one sequence) or with DPO, DPO with pissa/olora/corda (they change the base weights, and DPO's
 reference model is the base with the adapter disabled), early stopping without a validation file.
 
-Resolution of `"auto"` (recorded on the job once its files are validated, like the hosted API):
+Resolution of `"auto"` (recorded on the job once its files are validated, like the hosted API). Chosen from
+measurements of fact files on a real pretrained chat model (SmolLM2-135M-Instruct; docs/training.md), where
+the hosted API's rule (3 epochs, multiplier 1) learned almost nothing of a small file:
 
-* `n_epochs`: 3, raised so that small files see at least ~100 examples in total (`min(25, 100 // n)` when
-  `3 n < 100`) and lowered so that huge files stay under ~25,000 (`max(1, 25000 // n)` when `3 n > 25000`),
-  the rule of OpenAI's cookbook cost estimator.
+* `n_epochs`: SMALL_FILE_EPOCHS (20) up to SMALL_FILE_EXAMPLES (100) examples, then falling with the square
+  root of the file size to 3 at MEDIUM_FILE_EXAMPLES (2,000), and lowered so that huge files stay under
+  ~25,000 examples seen (`max(1, 25000 // n)`). With `n_epochs` "auto", `stop_when_learned` and
+  `rehearsal` default to on: the run ends after the first epoch whose training token accuracy on assistant
+  tokens reaches LEARNED_ACCURACY (so 20 is a ceiling, not a cost), and every step also trains on the base
+  model's own answers to general prompts so that it keeps what it knew (worker.training.rehearsal; chat data).
 * `batch_size`: about 0.2 % of the examples, rounded up, between 1 and 256.
-* `learning_rate_multiplier`: 1.0. The learning rate is a base rate for the adapter type times the
-  multiplier: 2e-4 for the LoRA family, 3e-3 for IA3, 1e-2 for prefix tuning, 3e-2 for prompt tuning (the
-  rates those methods' papers and peft's examples use).
+* `learning_rate_multiplier`: SMALL_FILE_MULTIPLIER (5) for supervised LoRA-family jobs up to 2,000
+  examples, falling log-linearly to 1 at LARGE_FILE_EXAMPLES (20,000); 1 for DPO and other adapter types.
+  The learning rate is a base rate for the adapter type times the multiplier: 2e-4 for the LoRA family,
+  3e-3 for IA3, 1e-2 for prefix tuning, 3e-2 for prompt tuning (the rates those methods' papers and peft's
+  examples use).
 * DPO `beta`: 0.1.
 
 Other defaults: `max_seq_len` 2048 (capped at the model's context), packing on for supervised jobs (off for
@@ -57,6 +64,12 @@ DEFAULT_EVAL_INTERVAL = 10
 LEARNED_ACCURACY = 0.99
 #: A supervised job whose final token accuracy on its own training data stays below this gets a warning.
 LOW_FINAL_ACCURACY = 0.8
+#: "auto" for small files (docs/training.md has the measurements behind these numbers).
+SMALL_FILE_EXAMPLES = 100
+SMALL_FILE_EPOCHS = 20
+SMALL_FILE_MULTIPLIER = 5.0
+MEDIUM_FILE_EXAMPLES = 2_000
+LARGE_FILE_EXAMPLES = 20_000
 
 Auto = Literal["auto"]
 AdapterType = Literal["lora", "dora", "rslora", "ia3", "prompt_tuning", "prefix_tuning"]
@@ -204,6 +217,10 @@ class _MethodOptions(_Strict):
     stop_when_learned: bool | None = Field(
         default=None, description=("End training after the first epoch whose training token accuracy on assistant "
                                    "tokens reaches LEARNED_ACCURACY (supervised; default: on when n_epochs is auto)."))
+    rehearsal: bool | None = Field(
+        default=None, description=("Train every step next to a batch of the base model's own answers to general "
+                                   "prompts, so it keeps what it knew (supervised chat data; default: on when "
+                                   "n_epochs is auto)."))
 
 
 class SupervisedMethod(_MethodOptions):
@@ -223,6 +240,8 @@ class DpoMethod(_MethodOptions):
     def _dpo(self) -> DpoMethod:
         if self.stop_when_learned:
             raise ValueError("stop_when_learned applies to supervised jobs (DPO has no target tokens to learn)")
+        if self.rehearsal:
+            raise ValueError("rehearsal applies to supervised jobs (DPO's reference model already anchors it)")
         if self.packing:
             raise ValueError("packing is not supported for dpo (chosen and rejected replies are scored per sequence)")
         if self.adapter.init in BASE_MODIFYING_INITS:
@@ -257,8 +276,9 @@ class Method(_Strict):
     def hyperparameters(self) -> SupervisedHyperparameters:
         return self.section.hyperparameters
 
-    def to_json(self, hyperparameters: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The method as recorded on the job: defaults filled in; `hyperparameters` once resolved."""
+    def to_json(self, hyperparameters: dict[str, Any] | None = None, data_format: str | None = None) -> dict[str, Any]:
+        """The method as recorded on the job: defaults filled in; `hyperparameters` and, given the training
+        file's `data_format`, rehearsal (chat data only) once resolved."""
         section = self.section
         packing = section.packing if section.packing is not None else (
             self.type == "supervised" and section.adapter.type not in PROMPT_LEARNING)
@@ -273,8 +293,17 @@ class Method(_Strict):
             "eval_interval": section.eval_interval or DEFAULT_EVAL_INTERVAL,
             "early_stopping": section.early_stopping.model_dump() if section.early_stopping else None,
             "stop_when_learned": self.stops_when_learned,
+            "rehearsal": self.rehearses if data_format is None else self.rehearses and data_format == "chat",
         }
         return {"type": self.type, self.type: body}
+
+    @property
+    def rehearses(self) -> bool:
+        """The resolved `rehearsal` (before the data format is known): as asked, else like stop_when_learned."""
+        section = self.section
+        if section.rehearsal is not None:
+            return section.rehearsal
+        return self.type == "supervised" and section.hyperparameters.n_epochs == AUTO
 
     @property
     def stops_when_learned(self) -> bool:
@@ -289,20 +318,40 @@ class Method(_Strict):
 FORMATS_FOR_METHOD = {"supervised": ("chat", "prompt_completion"), "dpo": ("preference",)}
 
 
+def auto_epochs(example_count: int) -> int:
+    """`n_epochs` for "auto": enough passes for a small file to be learned (stop_when_learned ends the run
+    once it is), fewer as files grow, and the hosted API's rule for large files."""
+    n = max(1, example_count)
+    if n <= SMALL_FILE_EXAMPLES:
+        return SMALL_FILE_EPOCHS
+    if n <= MEDIUM_FILE_EXAMPLES:
+        return max(3, round(SMALL_FILE_EPOCHS * math.sqrt(SMALL_FILE_EXAMPLES / n)))
+    return 3 if n * 3 <= 25_000 else max(1, 25_000 // n)
+
+
+def auto_learning_rate_multiplier(method: Method, example_count: int) -> float:
+    """`learning_rate_multiplier` for "auto": SMALL_FILE_MULTIPLIER for supervised LoRA-family jobs on files
+    up to MEDIUM_FILE_EXAMPLES, falling (log-linearly in the example count) to 1 at LARGE_FILE_EXAMPLES;
+    1 for DPO and for the other adapter types (measured only for supervised LoRA; docs/training.md)."""
+    if method.type != "supervised" or method.section.adapter.type not in LORA_FAMILY:
+        return 1.0
+    n = max(1, example_count)
+    if n <= MEDIUM_FILE_EXAMPLES:
+        return SMALL_FILE_MULTIPLIER
+    if n >= LARGE_FILE_EXAMPLES:
+        return 1.0
+    fraction = math.log(n / MEDIUM_FILE_EXAMPLES) / math.log(LARGE_FILE_EXAMPLES / MEDIUM_FILE_EXAMPLES)
+    return round(SMALL_FILE_MULTIPLIER ** (1 - fraction), 2)
+
+
 def resolve_hyperparameters(method: Method, example_count: int) -> dict[str, Any]:
     """Concrete values for every `"auto"`, by the rules in the module docstring."""
     requested = method.hyperparameters
     n = max(1, example_count)
-    if requested.n_epochs == AUTO:
-        n_epochs = 3
-        if n * 3 < 100:
-            n_epochs = min(25, 100 // n)
-        elif n * 3 > 25_000:
-            n_epochs = max(1, 25_000 // n)
-    else:
-        n_epochs = int(requested.n_epochs)
+    n_epochs = auto_epochs(n) if requested.n_epochs == AUTO else int(requested.n_epochs)
     batch_size = min(256, max(1, math.ceil(n * 0.002))) if requested.batch_size == AUTO else int(requested.batch_size)
-    multiplier = 1.0 if requested.learning_rate_multiplier == AUTO else float(requested.learning_rate_multiplier)
+    multiplier = (auto_learning_rate_multiplier(method, n) if requested.learning_rate_multiplier == AUTO
+                  else float(requested.learning_rate_multiplier))
     resolved: dict[str, Any] = {"n_epochs": n_epochs, "batch_size": batch_size, "learning_rate_multiplier": multiplier}
     if isinstance(requested, DpoHyperparameters):
         resolved["beta"] = DEFAULT_BETA if requested.beta == AUTO else float(requested.beta)
@@ -366,6 +415,8 @@ class TrainingSpec:
     early_stopping: EarlyStoppingSettings | None = None
     #: End after the first epoch whose training token accuracy reaches LEARNED_ACCURACY (supervised only).
     stop_when_learned: bool = False
+    #: Train next to the base model's own answers to general prompts (worker.training.rehearsal).
+    rehearsal: bool = False
 
     @classmethod
     def for_job(cls, *, base_model: str, method: dict[str, Any], hyperparameters: dict[str, Any], seed: int) -> TrainingSpec:
@@ -391,6 +442,7 @@ class TrainingSpec:
             eval_interval=int(options.get("eval_interval") or DEFAULT_EVAL_INTERVAL),
             early_stopping=EarlyStoppingSettings(**stopping) if stopping else None,
             stop_when_learned=bool(options.get("stop_when_learned", False)) and kind == "supervised",
+            rehearsal=bool(options.get("rehearsal", False)) and kind == "supervised",
         )
 
     def to_json(self) -> dict[str, Any]:

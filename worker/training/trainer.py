@@ -181,13 +181,17 @@ def lr_factor(schedule: str, warmup: int, total: int) -> Any:
 class Trainer:
     def __init__(self, spec: TrainingSpec, model: Any, tokenizer: Any, train: Sequence[Any],
                  valid: Sequence[Any], control: TrainingControl | None, work_dir: Path,
-                 *, precision: str = "auto", distributed: DistributedContext | None = None) -> None:
+                 *, precision: str = "auto", distributed: DistributedContext | None = None,
+                 rehearsal: Sequence[TokenizedExample] = ()) -> None:
+        """`rehearsal`: examples trained on next to every step's batch (worker.training.rehearsal), their mean
+        loss added to the batch's; they never count toward accuracy, the epoch tally or the final pass."""
         if not train:
             raise ValueError("no training examples")
         self.spec = spec
         self.tokenizer = tokenizer
         self.train_examples = list(train)
         self.valid_examples = list(valid)
+        self.rehearsal = list(rehearsal)
         self.control = control
         self.work_dir = work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -233,7 +237,8 @@ class Trainer:
             first = position.batch if epoch == position.epoch else 0
             for batch_index in range(first, self.steps_per_epoch):
                 indices = order[batch_index * self.spec.batch_size:(batch_index + 1) * self.spec.batch_size]
-                loss, accuracy, tokens, trained = self._train_step([self.train_examples[i] for i in indices])
+                loss, accuracy, tokens, trained = self._train_step([self.train_examples[i] for i in indices],
+                                                                   self._rehearsal_batch(position.step))
                 self._tally.correct += accuracy * trained
                 self._tally.trained += trained
                 position = _Position(epoch=epoch, batch=batch_index + 1, step=position.step + 1,
@@ -349,8 +354,21 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def _train_step(self, examples: list[Any]) -> tuple[float, float, int, int]:
-        """(mean loss, accuracy, real tokens processed, trained tokens or examples), over every process."""
+    def _rehearsal_batch(self, step: int) -> list[TokenizedExample]:
+        """The rehearsal examples of optimizer step `step` (0-based): a batch_size window that cycles through
+        them, a pure function of the step so that a resumed run rehearses exactly what it would have."""
+        if not self.rehearsal:
+            return []
+        size = min(self.spec.batch_size, len(self.rehearsal))
+        start = step * size
+        return [self.rehearsal[(start + i) % len(self.rehearsal)] for i in range(size)]
+
+    def _train_step(self, examples: list[Any],
+                    rehearsal: Sequence[TokenizedExample] = ()) -> tuple[float, float, int, int]:
+        """(mean loss, accuracy, real tokens processed, trained tokens or examples), over every process.
+
+        The loss reported is the user batch's; with rehearsal, the rehearsal batch's mean token loss is added
+        to the objective (equal weight), each mean over its own trained tokens."""
         self.optimizer.zero_grad(set_to_none=True)
         local = self.dist.shard(examples)
         with self._autocast():
@@ -367,6 +385,16 @@ class Trainer:
         # Each process divides its sum by the global count; the data-parallel wrapper averages gradients over
         # the processes, so scaling by their number makes the result the single-process gradient.
         (loss_sum * self.dist.world_size / max(1, total)).backward()
+        if rehearsal:
+            # A second backward adds the rehearsal gradient to the user batch's. Under DDP each backward
+            # averages over processes; averaging is linear, so the sum is still the single-process gradient.
+            own = self.dist.shard(list(rehearsal))
+            with self._autocast():
+                kept_sum, kept_count, kept_tokens = self._anchor_sums(own or list(rehearsal[:1]))
+            if not own:
+                kept_sum, kept_count, kept_tokens = kept_sum * 0, 0, 0
+            (kept_sum * self.dist.world_size / max(1, self.dist.sum_int(kept_count))).backward()
+            tokens += kept_tokens
         torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
         self.optimizer.step()
         self.scheduler.step()
@@ -394,6 +422,19 @@ class Trainer:
                                    reduction="sum")
         correct = int(((logits.argmax(-1) == targets) & trained).sum())
         return loss_sum, int(trained.sum()), correct, batch.tokens
+
+    def _anchor_sums(self, examples: list[TokenizedExample]) -> tuple[torch.Tensor, int, int]:
+        """Rehearsal: (sum over the answer tokens of KL(base || tuned) of the next-token distributions, answer
+        tokens, real tokens processed). The whole distribution, not just the base model's greedy token, is
+        held in place: a cross-entropy on its own greedy answers pulls only on the top token, which the
+        model already predicts, so it barely resists drift (measured: no fewer general answers lost)."""
+        batch = self._batch(examples)
+        with torch.no_grad(), self.model.disable_adapter():
+            reference = self._logits(self.model, batch)[:, :-1].float().log_softmax(-1)
+        logits = self._logits(self.network, batch)[:, :-1].float().log_softmax(-1)
+        answer = batch.labels[:, 1:] != IGNORE
+        divergence = F.kl_div(logits[answer], reference[answer], log_target=True, reduction="sum")
+        return divergence, int(answer.sum()), batch.tokens
 
     def _sequence_logps(self, network: Any, sequences: list[TokenizedExample]) -> tuple[torch.Tensor, int]:
         batch = pad(sequences, self.pad_id).to(self.device)

@@ -1,0 +1,155 @@
+"""Every model family the serving engine accepts, proven against transformers.
+
+For each family a small random model is built from that family's transformers config (with the features that
+change the computation: Llama 3's `rope_scaling`, Qwen2's q/k/v biases, Qwen3's per-head q/k norms, tied and
+untied embeddings, sliding windows shorter than the sequence). The engine's logits for a prompt equal the
+model's within float32 tolerance, and its greedy continuation (prefill, then one decode step per token through
+the slot KV cache) is token-identical to `generate`, with no adapter and with a random LoRA adapter made by
+peft. A family the engine cannot compute is refused with a clear 400 error naming it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from ftaas.errors import InvalidRequest
+from serving.lora import SlotLora, read_adapter
+from serving.model import LlamaForward, build_step
+
+SMALL = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+PROMPT_LENGTH, NEW_TOKENS, SLOT = 20, 24, 2
+
+
+def _config(family: str) -> Any:
+    import transformers
+
+    if family == "llama3-untied":
+        return transformers.LlamaConfig(**SMALL, tie_word_embeddings=False, rope_scaling={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32})
+    if family == "llama-tied":
+        return transformers.LlamaConfig(**SMALL, tie_word_embeddings=True)
+    if family == "mistral-sliding":
+        return transformers.MistralConfig(**SMALL, sliding_window=16, tie_word_embeddings=False)
+    if family == "qwen2-biases-sliding":
+        return transformers.Qwen2Config(**SMALL, use_sliding_window=True, sliding_window=16, max_window_layers=1,
+                                        tie_word_embeddings=True)
+    if family == "qwen3-qk-norm":
+        return transformers.Qwen3Config(**SMALL, head_dim=16, tie_word_embeddings=True)
+    raise ValueError(family)
+
+
+FAMILIES = ["llama3-untied", "llama-tied", "mistral-sliding", "qwen2-biases-sliding", "qwen3-qk-norm"]
+
+
+def _model(family: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(sum(map(ord, family)))
+    try:
+        model = AutoModelForCausalLM.from_config(_config(family), dtype=torch.float32)
+        with torch.no_grad():  # random norms and biases, so that a skipped one would show
+            for name, parameter in model.named_parameters():
+                if "norm" in name or name.endswith(".bias"):
+                    parameter.add_(torch.randn_like(parameter) * 0.2)
+    finally:
+        torch.random.set_rng_state(state)
+    model.config._attn_implementation = "eager"
+    return model.eval()
+
+
+def _adapter(model: Any, directory: Path) -> Path:
+    state = torch.random.get_rng_state()
+    torch.manual_seed(7)
+    try:
+        peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
+                                                                      init_lora_weights=False))
+        with torch.no_grad():
+            for name, parameter in peft_model.named_parameters():
+                if "lora_B" in name:
+                    parameter.mul_(4.0)
+        peft_model.save_pretrained(directory)
+    finally:
+        torch.random.set_rng_state(state)
+    return directory
+
+
+def _engine_greedy(forward: LlamaForward, prompt: list[int], adapter: Any) -> tuple[torch.Tensor, list[int]]:
+    """The engine's logits for the prompt's last token, and its greedy continuation."""
+    lora = SlotLora(forward, max_rank=16)
+    lora.assign(SLOT, adapter)
+    with torch.inference_mode():
+        logits = forward.forward(build_step(forward, [], [(SLOT, prompt)], lora))[0]
+        tokens = [int(logits.argmax())]
+        for position in range(len(prompt), len(prompt) + NEW_TOKENS - 1):
+            step = forward.forward(build_step(forward, [(SLOT, tokens[-1], position)], [], lora))[0]
+            tokens.append(int(step.argmax()))
+    return logits, tokens
+
+
+def _reference(model: Any, prompt: list[int]) -> tuple[torch.Tensor, list[int]]:
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        logits = model(ids).logits[0, -1]
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False,
+                             min_new_tokens=NEW_TOKENS, pad_token_id=0, eos_token_id=None)
+    return logits, out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "lora"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_engine_computes_what_transformers_computes(family: str, with_adapter: bool, tmp_path: Path) -> None:
+    model = _model(family)
+    prompt = torch.randint(3, SMALL["vocab_size"], (PROMPT_LENGTH,), generator=torch.Generator().manual_seed(5)).tolist()
+    forward = LlamaForward(model, max_slots=4, max_context=SMALL["max_position_embeddings"], tile_rows=16)
+    adapter = None
+    reference_model = model
+    if with_adapter:
+        directory = _adapter(model, tmp_path / "adapter")
+        adapter = read_adapter(directory, forward, key="a", max_rank=16)
+        reference_model = PeftModel.from_pretrained(copy.deepcopy(model), str(directory)).eval()
+    expected_logits, expected_tokens = _reference(reference_model, prompt)
+    logits, tokens = _engine_greedy(forward, prompt, adapter)
+    assert torch.allclose(logits, expected_logits, atol=1e-4, rtol=1e-4), (logits - expected_logits).abs().max()
+    assert tokens == expected_tokens
+
+
+def test_the_sliding_window_changes_the_result_where_it_binds() -> None:
+    """The windowed families above would pass with full attention only if the window never bound."""
+    model = _model("mistral-sliding")
+    prompt = torch.randint(3, 256, (PROMPT_LENGTH,), generator=torch.Generator().manual_seed(5)).tolist()
+    windowed = LlamaForward(model, max_slots=4, max_context=256, tile_rows=16)
+    assert [layer.window for layer in windowed.layers] == [16, 16, 16]
+    full = LlamaForward(model, max_slots=4, max_context=16, tile_rows=16)  # a window that cannot bind is off
+    assert [layer.window for layer in full.layers] == [None, None, None]
+    qwen2 = LlamaForward(_model("qwen2-biases-sliding"), max_slots=4, max_context=256, tile_rows=16)
+    assert [layer.window for layer in qwen2.layers] == [None, 16, 16]  # max_window_layers=1: the first is full
+    model.config.sliding_window = None
+    unwindowed, _ = _reference(model, prompt)
+    model.config.sliding_window = 16
+    windowed_logits, _ = _engine_greedy(windowed, prompt, None)
+    assert not torch.allclose(windowed_logits, unwindowed, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "phi3", "gpt2"])
+def test_a_family_the_engine_cannot_compute_is_refused_with_a_clear_error(family: str) -> None:
+    import transformers
+
+    configs = {
+        "gemma2": lambda: transformers.Gemma2Config(**{**SMALL, "head_dim": 16}),
+        "phi3": lambda: transformers.Phi3Config(**SMALL, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        "gpt2": lambda: transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=64),
+    }
+    model = transformers.AutoModelForCausalLM.from_config(configs[family]())
+    with pytest.raises(InvalidRequest) as refused:
+        LlamaForward(model, max_slots=2, max_context=64, tile_rows=16)
+    assert refused.value.code == "unsupported_model" and refused.value.param == "model"
+    assert family in str(refused.value)
