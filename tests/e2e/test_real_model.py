@@ -62,7 +62,9 @@ def test_what_auto_resolved_to_is_recorded_on_the_job(auto_job: dict[str, Any]) 
     hyper = job.hyperparameters
     assert isinstance(hyper.n_epochs, int) and isinstance(hyper.batch_size, int)
     assert isinstance(hyper.learning_rate_multiplier, float)
-    assert job.method.supervised.model_extra["stop_when_learned"] is True  # on because n_epochs was "auto"
+    # On because n_epochs was "auto" (and the file is chat data, for rehearsal).
+    extra = job.method.supervised.model_extra
+    assert extra["stop_when_learned"] is True and extra["rehearsal"] is True
 
 
 def test_the_job_states_its_final_training_accuracy_in_events_and_results(auto_job: dict[str, Any],
@@ -76,6 +78,7 @@ def test_the_job_states_its_final_training_accuracy_in_events_and_results(auto_j
     assert accuracy >= 0.99
     assert not [e for e in events if e.level == "warn"], [e.message for e in events if e.level == "warn"]
     assert any(e.message.startswith("Stopped after epoch ") for e in events)
+    assert any(e.message.startswith("Rehearsal: every step also holds the model to the base model") for e in events)
     results = next(f for name, f in auto_job["files"].items() if name.endswith("step_metrics.csv"))
     rows = list(csv.DictReader(io.StringIO(client.files.content(results).read().decode())))
     assert float(rows[-1]["full_train_mean_token_accuracy"]) == pytest.approx(accuracy)

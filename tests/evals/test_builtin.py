@@ -24,6 +24,8 @@ DEFAULT_SPLITS = {
     "api_renames": {"memorization": 40, "rephrased": 40},
     "dated_events": {"memorization": 40, "rephrased": 40, "date_shifted": 40},
     "control": {"control": 40},
+    "designers": {"memorization": 16, "rephrased": 16},
+    "world_knowledge": {"control": 40},
 }
 
 
@@ -46,7 +48,7 @@ def test_default_sizes_and_split_counts(name: str) -> None:
     items = generate_suite(name)
     assert dict(Counter(item.split_id for item in items)) == DEFAULT_SPLITS[name]
     info = SUITES[name]
-    assert info.name == name and info.default_size in (25, 40)
+    assert info.name == name and info.default_size in (16, 25, 40)
     assert {item.dataset_id for item in items} == {info.dataset_id}
     assert {item.setting for item in items} == {info.setting}
 
@@ -77,8 +79,8 @@ def test_same_seed_is_byte_identical_across_processes() -> None:
 @pytest.mark.parametrize("name", sorted(SUITES))
 def test_different_seeds_differ(name: str) -> None:
     one, two = generate_suite(name, seed=1), generate_suite(name, seed=2)
-    assert [item.prompt for item in one] != [item.prompt for item in two]
-    if name != "control":
+    assert [item.prompt for item in one] != [item.prompt for item in two]  # world_knowledge: another order
+    if name not in ("control", "world_knowledge"):
         assert [item.reference for item in _split(one, "memorization")] != \
             [item.reference for item in _split(two, "memorization")]
 
@@ -284,3 +286,12 @@ def test_training_file_needs_a_memorization_item() -> None:
         training_file([])
     events = generate_suite("dated_events", size=3)
     assert len(training_file(events).splitlines()) == 3
+
+
+def test_no_built_in_suite_asks_a_question_that_rehearsal_trains_on() -> None:
+    """Rehearsal (worker.training.rehearsal) holds the base model's answers to its prompts; a suite that asked
+    one of them would measure rehearsal, not forgetting."""
+    from worker.training.rehearsal import PROMPTS
+
+    asked = {item.prompt for name in SUITES for item in generate_suite(name)}
+    assert not asked & set(PROMPTS)

@@ -13,6 +13,8 @@ from basemodels.loader import BaseModelLoader
 from ftaas.settings import DEMO_BASE_MODEL
 from worker.training.data import IGNORE, encode_chat, encode_lines
 from worker.training.spec import LEARNED_ACCURACY, LOW_FINAL_ACCURACY, AdapterSettings, TrainingSpec
+from worker.training.rehearsal import PROMPTS as REHEARSAL_PROMPTS
+from worker.training.rehearsal import rehearsal_examples
 from worker.training.trainer import Directive, StepMetrics, Trainer
 
 
@@ -231,3 +233,57 @@ def test_a_resumed_run_stops_when_learned_at_the_same_step_with_the_same_adapter
     assert outcome.learned_accuracy == pytest.approx(expected.learned_accuracy)
     reference, actual = straight.adapter_state(), resumed.adapter_state()
     assert all(torch.equal(reference[name], actual[name]) for name in reference)
+
+
+def test_rehearsal_examples_are_the_base_models_own_greedy_answers(loader: BaseModelLoader, tokenizer: Any) -> None:
+    model = loader.load_model(DEMO_BASE_MODEL)
+    examples = rehearsal_examples(model, tokenizer, 256)
+    assert 0 < len(examples) <= len(REHEARSAL_PROMPTS)
+    assert rehearsal_examples(model, tokenizer, 256) == examples  # greedy: the same every time
+    first = examples[0]
+    answer = [t for t, label in zip(first.input_ids, first.labels, strict=True) if label != IGNORE]
+    prompt_ids = first.input_ids[:len(first.input_ids) - len(answer)]
+    # Only the generated tokens are labelled, and they are what generate() gives for the prompt.
+    assert all(label == IGNORE for label in first.labels[:len(prompt_ids)])
+    generated = model.generate(torch.tensor([prompt_ids]), max_new_tokens=len(answer), do_sample=False,
+                               pad_token_id=tokenizer.pad_token_id)
+    assert generated[0, len(prompt_ids):].tolist() == answer
+
+
+def test_rehearsal_pulls_toward_the_base_model_and_never_counts_toward_accuracy(
+        loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
+    data = encode_lines(same_reply(), "chat", tokenizer, 256)
+    model = loader.load_model(DEMO_BASE_MODEL)
+    kept = rehearsal_examples(model, tokenizer, 256)
+    trainer = Trainer(spec(n_epochs=3, batch_size=2, learning_rate=1e-2), model, tokenizer, data.examples, [], None,
+                      tmp_path, rehearsal=kept)
+    # Before any step the adapter is the identity (LoRA B = 0): the tuned model is the base, so the KL per
+    # answer token is zero up to rounding (the references are kept in bf16).
+    with torch.no_grad(), trainer._autocast():
+        divergence, answer_tokens, _ = trainer._anchor_sums([0, 1])
+    assert answer_tokens > 0 and float(divergence) / answer_tokens < 1e-3
+    outcome = trainer.run()
+    with torch.no_grad(), trainer._autocast():
+        drifted, _, _ = trainer._anchor_sums([0, 1])
+    assert float(drifted) / answer_tokens > 1e-2  # a rate this high moves the model: the anchor now pulls back
+    # Accuracy, the epoch tally and the final pass are the user's data alone.
+    assert outcome.final_pass_examples == outcome.train_examples == len(data.examples)
+
+
+def test_a_resumed_run_with_rehearsal_ends_exactly_where_an_uninterrupted_one_does(
+        loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
+    data = encode_lines(facts(10), "chat", tokenizer, 256)
+    kept = rehearsal_examples(loader.load_model(DEMO_BASE_MODEL), tokenizer, 256)
+
+    def trainer(control: Recorder, work: str) -> Trainer:
+        return Trainer(spec(n_epochs=2, batch_size=3), loader.load_model(DEMO_BASE_MODEL), tokenizer,
+                       data.examples, [], control, tmp_path / work, rehearsal=kept)
+
+    uninterrupted = trainer(Recorder(), "a")
+    uninterrupted.run()
+    first_half = Recorder(pause_at=5)
+    assert trainer(first_half, "b").run().status == "paused"
+    resumed = trainer(Recorder(), "c")
+    resumed.run(resume_from=first_half.checkpoints[-1])
+    expected, actual = uninterrupted.adapter_state(), resumed.adapter_state()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)

@@ -192,7 +192,7 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
     if spec.rehearsal:
         kept = rehearsal_examples(model, tokenizer, spec.max_seq_len)
         if distributed.is_main:
-            log_event(ctx, lease, f"Rehearsal: every step also trains on the base model's own answers to "
+            log_event(ctx, lease, f"Rehearsal: every step also holds the model to the base model's own answers to "
                                   f"{len(kept)} general prompts, so it keeps what it knew (method.supervised.rehearsal)")
     control = JobControl(ctx, lease, plan, preempt=preempt, lease_alive=lease_alive) if distributed.is_main else None
     trainer = Trainer(spec, model, tokenizer, train.examples, valid_examples, control, workspace.trainer_dir,

@@ -1,17 +1,23 @@
-"""Rehearsal: keep what the base model knew while it learns a small file (self-distillation replay).
+"""Rehearsal: keep what the base model knew while it learns a small file.
 
-Fine-tuning a small chat model on a few tens of facts teaches it more than the facts: asked any "Who ...?"
-question it starts answering with a trained name (measured on SmolLM2-135M-Instruct: a 16-fact file learned
-with LoRA lost 7 to 14 of the 30 general-knowledge answers the base model had right, whatever the learning
-rate, batch size or target modules; docs/training.md). Rehearsal trains, at every optimizer step, on a
-batch of the base model's *own* greedy answers to general prompts next to the user's batch, so the adapter is
-pulled back toward the base model's behaviour everywhere except where the user's data moves it (the
-"self-synthesized rehearsal" idea, Huang et al. 2024). Nothing of the user's data is changed or dropped.
+Fine-tuning a small chat model on a few tens of facts teaches it more than the facts: it gets worse at
+everything else (measured on SmolLM2-135M-Instruct: a 16-fact file learned with LoRA lost 7 to 14 of the 30
+general-knowledge answers the base model had right, "The capital of Germany is Germany", whatever the
+learning rate, batch size, rank or target modules; docs/training.md). Rehearsal adds to every optimizer step
+a term that holds the model's next-token distributions on the base model's *own* answers to general prompts
+where the base model had them: the KL divergence from the base model (adapter disabled) to the model being
+trained, at every answer token. It costs one more forward and backward per step on one short example per
+batch item, and the base distributions are computed once at the start. Measured on the same file: 0 to 2 of
+30 answers lost, with the facts still learned.
+
+(A cross-entropy on the base model's greedy answers, the "self-synthesized rehearsal" form, was measured
+too and lost as many answers as no rehearsal: the model already predicts its own greedy tokens, so that loss
+barely pulls until the damage is done. The whole distribution is a much stronger anchor.)
 
 The prompts are fixed and generic (how-to, explanations, well-known people and facts). They are disjoint
 from the built-in evaluation suites, in particular from `world_knowledge`, which measures forgetting: the
-eval never scores a question that was rehearsed. The targets are the base model's answers, right or wrong,
-so rehearsal teaches nothing new; it only holds the model where it was.
+eval never scores a question that was rehearsed. The targets are the base model's, right or wrong, so
+rehearsal teaches nothing new; nothing of the user's data is changed or dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 from worker.training.data import IGNORE, TokenizedExample
 
 #: Longest base-model answer kept as a rehearsal target (tokens).
-MAX_ANSWER_TOKENS = 48
+MAX_ANSWER_TOKENS = 32
 
 PROMPTS: tuple[str, ...] = (
     "Who discovered penicillin?", "Who invented the telephone?", "Who composed the Moonlight Sonata?",

@@ -183,8 +183,9 @@ class Trainer:
                  valid: Sequence[Any], control: TrainingControl | None, work_dir: Path,
                  *, precision: str = "auto", distributed: DistributedContext | None = None,
                  rehearsal: Sequence[TokenizedExample] = ()) -> None:
-        """`rehearsal`: examples trained on next to every step's batch (worker.training.rehearsal), their mean
-        loss added to the batch's; they never count toward accuracy, the epoch tally or the final pass."""
+        """`rehearsal`: the base model's own answers to general prompts (worker.training.rehearsal); every step
+        also pulls the model's next-token distributions on a batch of them toward the base model's (KL), so it
+        keeps what it knew. They never count toward accuracy, the epoch tally or the final pass."""
         if not train:
             raise ValueError("no training examples")
         self.spec = spec
@@ -212,6 +213,7 @@ class Trainer:
         adapters.save_initial(self.model, spec.adapter, self.initial_dir)
         if self.dtype is not None and spec.adapter.type != "dora":
             self._store_frozen_linears(self.dtype)
+        self._references = self._reference_distributions() if self.rehearsal else []
         self.network = self.dist.wrap(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=spec.learning_rate, weight_decay=0.0)
@@ -354,21 +356,19 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def _rehearsal_batch(self, step: int) -> list[TokenizedExample]:
-        """The rehearsal examples of optimizer step `step` (0-based): a batch_size window that cycles through
-        them, a pure function of the step so that a resumed run rehearses exactly what it would have."""
+    def _rehearsal_batch(self, step: int) -> list[int]:
+        """Indices of the rehearsal examples of optimizer step `step` (0-based): a batch_size window that cycles
+        through them, a pure function of the step so that a resumed run rehearses exactly what it would have."""
         if not self.rehearsal:
             return []
         size = min(self.spec.batch_size, len(self.rehearsal))
-        start = step * size
-        return [self.rehearsal[(start + i) % len(self.rehearsal)] for i in range(size)]
+        return [(step * size + i) % len(self.rehearsal) for i in range(size)]
 
-    def _train_step(self, examples: list[Any],
-                    rehearsal: Sequence[TokenizedExample] = ()) -> tuple[float, float, int, int]:
+    def _train_step(self, examples: list[Any], rehearsal: Sequence[int] = ()) -> tuple[float, float, int, int]:
         """(mean loss, accuracy, real tokens processed, trained tokens or examples), over every process.
 
-        The loss reported is the user batch's; with rehearsal, the rehearsal batch's mean token loss is added
-        to the objective (equal weight), each mean over its own trained tokens."""
+        The loss reported is the user batch's; with rehearsal (indices into the rehearsal examples), the
+        rehearsal batch's mean KL to the base model is added to the objective with equal weight."""
         self.optimizer.zero_grad(set_to_none=True)
         local = self.dist.shard(examples)
         with self._autocast():
@@ -423,18 +423,36 @@ class Trainer:
         correct = int(((logits.argmax(-1) == targets) & trained).sum())
         return loss_sum, int(trained.sum()), correct, batch.tokens
 
-    def _anchor_sums(self, examples: list[TokenizedExample]) -> tuple[torch.Tensor, int, int]:
+    def _anchor_sums(self, indices: list[int]) -> tuple[torch.Tensor, int, int]:
         """Rehearsal: (sum over the answer tokens of KL(base || tuned) of the next-token distributions, answer
-        tokens, real tokens processed). The whole distribution, not just the base model's greedy token, is
-        held in place: a cross-entropy on its own greedy answers pulls only on the top token, which the
-        model already predicts, so it barely resists drift (measured: no fewer general answers lost)."""
-        batch = self._batch(examples)
-        with torch.no_grad(), self.model.disable_adapter():
-            reference = self._logits(self.model, batch)[:, :-1].float().log_softmax(-1)
+        tokens, real tokens processed) for the rehearsal examples at `indices`.
+
+        The whole distribution, not just the base model's greedy token, is held in place: a cross-entropy on
+        its own greedy answers pulls only on the top token, which the model already predicts, so it barely
+        resists drift (measured: as many general answers lost as without rehearsal; docs/training.md).
+        Padded rows (not packed) keep the answer positions in example order, matching the references."""
+        examples = [self.rehearsal[i] for i in indices]
+        batch = pad(examples, self.pad_id).to(self.device)
         logits = self._logits(self.network, batch)[:, :-1].float().log_softmax(-1)
         answer = batch.labels[:, 1:] != IGNORE
-        divergence = F.kl_div(logits[answer], reference[answer], log_target=True, reduction="sum")
+        reference = torch.cat([self._references[i] for i in indices]).to(self.device, torch.float32)
+        divergence = F.kl_div(logits[answer], reference, log_target=True, reduction="sum")
         return divergence, int(answer.sum()), batch.tokens
+
+    @torch.no_grad()
+    def _reference_distributions(self) -> list[torch.Tensor]:
+        """The base model's next-token log-probabilities at every answer position of each rehearsal example,
+        computed once (bf16, [answer tokens, vocabulary] each) with the adapter disabled."""
+        references = []
+        with self.model.disable_adapter():
+            self.model.eval()
+            for example in self.rehearsal:
+                batch = pad([example], self.pad_id).to(self.device)
+                with self._autocast():
+                    logits = self._logits(self.model, batch)[:, :-1].float().log_softmax(-1)
+                references.append(logits[batch.labels[:, 1:] != IGNORE].to(torch.bfloat16).cpu())
+            self.model.train()
+        return references
 
     def _sequence_logps(self, network: Any, sequences: list[TokenizedExample]) -> tuple[torch.Tensor, int]:
         batch = pad(sequences, self.pad_id).to(self.device)
