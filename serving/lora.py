@@ -29,7 +29,6 @@ from worker.adapters.compress import load_adapter_tensors
 if TYPE_CHECKING:
     from serving.model import LlamaForward, StepBatch
 
-from serving.model import GROUPS, MODULE_GROUP
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -54,6 +53,9 @@ class AdapterWeights:
     #: layer -> group -> factors (groups the adapter does not touch are absent)
     layers: list[dict[str, GroupFactors]]
     uses_dora: bool
+    #: group -> how many modules it stacks (the base model's; a group's rank may be up to that many times
+    #: the per-module maximum)
+    group_sizes: dict[str, int]
 
     @property
     def nbytes(self) -> int:
@@ -92,7 +94,7 @@ def read_adapter(directory: Path, forward: LlamaForward, *, key: str, max_rank: 
         if match is None:
             raise unsupported(f"adapter tensor {name!r} does not belong to a servable decoder module")
         layer, module, part = int(match.group(1)), match.group(2), match.group(3).split(".")[0]
-        if module not in MODULE_GROUP or layer >= g.layers:
+        if module not in forward.module_group or layer >= g.layers:
             raise InvalidRequest(f"adapter tensor {name!r} targets a module the base model does not have",
                                  code="adapter_base_mismatch", param="model")
         modules.setdefault((layer, module), {})[part] = tensor
@@ -104,7 +106,7 @@ def read_adapter(directory: Path, forward: LlamaForward, *, key: str, max_rank: 
     uses_dora = False
     dtype = forward.dtype
     for layer in range(g.layers):
-        for group, members in GROUPS.items():
+        for group, members in forward.members.items():
             fan_in, outs = g.groups[group]
             parts = [(m, modules.get((layer, m))) for m in members]
             if all(p is None for _, p in parts):
@@ -131,7 +133,7 @@ def read_adapter(directory: Path, forward: LlamaForward, *, key: str, max_rank: 
                     raise InvalidRequest(f"layer {layer} {module}: factor shapes {tuple(a.shape)}/{tuple(b.shape)} "
                                          f"do not fit the base model ({out}x{fan_in})",
                                          code="adapter_base_mismatch", param="model")
-                block = "self_attn" if MODULE_GROUP[module] in ("qkv", "o") else "mlp"
+                block = "self_attn" if forward.module_group[module] in ("qkv", "o") else "mlp"
                 alpha = float(pattern_value(alpha_pattern, f"model.layers.{layer}.{block}.{module}", alpha_default))
                 scale = alpha / math.sqrt(rank) if use_rslora else alpha / rank
                 a_blocks.append(a.T)
@@ -152,7 +154,8 @@ def read_adapter(directory: Path, forward: LlamaForward, *, key: str, max_rank: 
             )
     if not any(layers):
         raise unsupported("the adapter has no LoRA factors")
-    return AdapterWeights(key=key, layers=layers, uses_dora=uses_dora)
+    return AdapterWeights(key=key, layers=layers, uses_dora=uses_dora,
+                          group_sizes={group: len(members) for group, members in forward.members.items()})
 
 
 def compose(parts: list[tuple[AdapterWeights, float]], *, key: str, max_rank: int) -> AdapterWeights:
@@ -161,22 +164,23 @@ def compose(parts: list[tuple[AdapterWeights, float]], *, key: str, max_rank: in
         raise InvalidRequest("DoRA adapters cannot be composed (their magnitude rescaling is not additive)",
                              code="unsupported_adapter", param="adapters")
     layers: list[dict[str, GroupFactors]] = []
+    sizes = parts[0][0].group_sizes
     for index in range(len(parts[0][0].layers)):
         groups: dict[str, GroupFactors] = {}
-        for group, members in GROUPS.items():
+        for group, size in sizes.items():
             present = [(adapter.layers[index][group], weight) for adapter, weight in parts
                        if group in adapter.layers[index]]
             if not present:
                 continue
             rank = sum(f.rank for f, _ in present)
-            if rank > max_rank * len(members):
+            if rank > max_rank * size:
                 raise InvalidRequest(f"the composed rank {rank} of group {group} exceeds the served maximum "
-                                     f"{max_rank * len(members)} (FTAAS_SERVING_MAX_LORA_RANK)",
+                                     f"{max_rank * size} (FTAAS_SERVING_MAX_LORA_RANK)",
                                      code="adapter_rank_too_high", param="adapters")
             groups[group] = GroupFactors(a=torch.cat([f.a for f, _ in present], 1).contiguous(),
                                          b=torch.cat([f.b * w for f, w in present], 0).contiguous(), magnitude=None)
         layers.append(groups)
-    return AdapterWeights(key=key, layers=layers, uses_dora=False)
+    return AdapterWeights(key=key, layers=layers, uses_dora=False, group_sizes=sizes)
 
 
 def pattern_value(patterns: dict[str, Any], name: str, default: Any) -> Any:
@@ -215,9 +219,9 @@ class SlotLora:
         self.a: dict[int, list[dict[str, torch.Tensor]]] = {}
         self.b: dict[int, list[dict[str, torch.Tensor]]] = {}
         for rank in self.classes:
-            self.a[rank] = [{group: torch.zeros(slots, fan_in, rank * len(GROUPS[group]), dtype=dtype, device=device)
+            self.a[rank] = [{group: torch.zeros(slots, fan_in, rank * len(forward.members[group]), dtype=dtype, device=device)
                              for group, (fan_in, _) in dims.items()} for _ in range(forward.geometry.layers)]
-            self.b[rank] = [{group: torch.zeros(slots, rank * len(GROUPS[group]), fan_out, dtype=dtype, device=device)
+            self.b[rank] = [{group: torch.zeros(slots, rank * len(forward.members[group]), fan_out, dtype=dtype, device=device)
                              for group, (_, fan_out) in dims.items()} for _ in range(forward.geometry.layers)]
         self.magnitude = [{group: torch.ones(slots, fan_out, dtype=dtype, device=device)
                            for group, (_, fan_out) in dims.items()} for _ in range(forward.geometry.layers)]
@@ -225,14 +229,14 @@ class SlotLora:
         self.has_dora = [False] * slots
 
     def class_of(self, adapter: AdapterWeights) -> int:
-        needed = max(-(-f.rank // len(GROUPS[group])) for layer in adapter.layers for group, f in layer.items())
+        needed = max(-(-f.rank // adapter.group_sizes[group]) for layer in adapter.layers for group, f in layer.items())
         return next(c for c in self.classes if c >= needed)
 
     def assign(self, slot: int, adapter: AdapterWeights | None) -> None:
         previous = self.slot_class[slot]
         if previous is not None:
             for index in range(len(self.magnitude)):
-                for group in GROUPS:
+                for group in self.forward.members:
                     self.a[previous][index][group][slot].zero_()
                     self.b[previous][index][group][slot].zero_()
                     self.magnitude[index][group][slot].fill_(1.0)
@@ -256,7 +260,7 @@ class SlotLora:
         rank = self.slot_class[source]
         if rank is not None:
             for index in range(len(self.magnitude)):
-                for group in GROUPS:
+                for group in self.forward.members:
                     self.a[rank][index][group][target].copy_(self.a[rank][index][group][source])
                     self.b[rank][index][group][target].copy_(self.b[rank][index][group][source])
                     self.magnitude[index][group][target].copy_(self.magnitude[index][group][source])

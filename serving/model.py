@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from ftaas.errors import InvalidRequest
 
 #: Architectures whose decoder layers this forward reproduces (pre-norm, RoPE, GQA, SwiGLU MLP; per-head q/k
-#: RMSNorm for qwen3; sliding-window layers where the config has them). tests/serving/test_architectures.py
+#: RMSNorm for qwen3; phi3's fused projections and partial rotary embeddings; sliding-window layers where the
+#: config has them). tests/serving/test_architectures.py
 #: proves each against transformers, with and without an adapter.
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
 #: RoPE variants whose angles depend on the sequence length (recomputed per forward by transformers).
 _DYNAMIC_ROPE_TYPES = frozenset({"dynamic", "longrope"})
 #: Module groups that share an input and are computed as one product.
@@ -45,7 +46,16 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "gate_up": ("gate_proj", "up_proj"),
     "down": ("down_proj",),
 }
-MODULE_GROUP = {module: group for group, modules in GROUPS.items() for module in modules}
+#: phi3 stores each group as one fused module (same output order: q, k, v; gate, up).
+FUSED_GROUPS: dict[str, tuple[str, ...]] = {
+    "qkv": ("qkv_proj",), "o": ("o_proj",), "gate_up": ("gate_up_proj",), "down": ("down_proj",)}
+#: Families whose `sliding_window` applies to every layer (others name each layer's kind in `layer_types`).
+_ALL_LAYERS_WINDOWED = frozenset({"mistral", "phi3"})
+
+
+def module_groups(model_type: str | None) -> dict[str, tuple[str, ...]]:
+    """group -> the model's module names computed in it (the names adapters target)."""
+    return FUSED_GROUPS if model_type == "phi3" else GROUPS
 ATTENTION_PAD = 256
 
 
@@ -102,17 +112,19 @@ class LlamaForward:
         self.embed = inner.embed_tokens.weight.detach()
         self.final_norm = inner.norm.weight.detach()
         self.lm_head = model.get_output_embeddings().weight.detach()
+        #: group -> module names, and module name -> group, for this model family.
+        self.members = module_groups(config.model_type)
+        self.module_group = {module: group for group, modules in self.members.items() for module in modules}
         self.layers: list[LayerWeights] = []
         windows = layer_windows(config, max_context)
         #: The distinct sliding windows of the layers (build_step makes one decode mask per window).
         self.windows = sorted({w for w in windows if w is not None})
         for layer in inner.layers:
             attention, mlp = layer.self_attn, layer.mlp
-            modules = {"q_proj": attention.q_proj, "k_proj": attention.k_proj, "v_proj": attention.v_proj,
-                       "o_proj": attention.o_proj, "gate_proj": mlp.gate_proj, "up_proj": mlp.up_proj,
-                       "down_proj": mlp.down_proj}
+            modules = {name: getattr(attention if group in ("qkv", "o") else mlp, name)
+                       for group, names in self.members.items() for name in names}
             linear: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-            for group, members in GROUPS.items():
+            for group, members in self.members.items():
                 weights = [modules[m].weight.detach() for m in members]
                 biases = [modules[m].bias for m in members]
                 weight = weights[0] if len(weights) == 1 else torch.cat(weights, 0)
@@ -132,6 +144,8 @@ class LlamaForward:
         rotary = inner.rotary_emb
         positions = torch.arange(max_context, dtype=torch.float32)
         freqs = positions[:, None] * rotary.inv_freq.float()[None, :]
+        #: Leading dimensions of each head that RoPE rotates (partial rotary embeddings rotate fewer).
+        self.rotary_dim = 2 * rotary.inv_freq.shape[0]
         angles = torch.cat((freqs, freqs), dim=-1)
         scaling = float(getattr(rotary, "attention_scaling", 1.0))
         self.cos = (angles.cos() * scaling).to(self.dtype)
@@ -174,8 +188,7 @@ class LlamaForward:
             v = qkv[:, q_size + kv_size:].view(rows, g.kv_heads, g.head_dim)
             if layer.q_norm is not None and layer.k_norm is not None:
                 q, k = _rms_norm(q, layer.q_norm, g.eps), _rms_norm(k, layer.k_norm, g.eps)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k = _rope(q, cos, sin, self.rotary_dim), _rope(k, cos, sin, self.rotary_dim)
             self.k_cache[index, batch.slots, :, batch.positions] = k
             self.v_cache[index, batch.slots, :, batch.positions] = v
             attended = torch.zeros(rows, g.heads, g.head_dim, dtype=self.dtype, device=self.device)
@@ -335,7 +348,7 @@ def layer_windows(config: Any, max_context: int) -> list[int | None]:
     types = getattr(config, "layer_types", None)
     if types:
         windows = [window if kind == "sliding_attention" else None for kind in types]
-    elif getattr(config, "model_type", None) == "mistral":
+    elif getattr(config, "model_type", None) in _ALL_LAYERS_WINDOWED:
         windows = [window] * layers
     else:
         windows = [None] * layers
@@ -356,6 +369,14 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x32.to(dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    """RoPE on the first `rotary_dim` dimensions of each head (all of them but for partial rotary models)."""
+    if rotary_dim == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
+    rotated, passed = x[..., :rotary_dim], x[..., rotary_dim:]
+    return torch.cat((rotated * cos + _rotate_half(rotated) * sin, passed), dim=-1)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
