@@ -161,8 +161,10 @@ def test_a_preempted_job_resumes_to_the_same_adapter_as_an_uninterrupted_one(ben
     with bench.ctx.db.read() as session:
         rows = {j: [e.data for e in session.scalars(select(JobEvent).where(JobEvent.job_id == j, JobEvent.type == "metrics")
                                                     .order_by(JobEvent.id))] for j in (twin, preempted)}
-    by_step = {row["step"]: row for row in rows[preempted]}  # a re-run step keeps its latest report
-    assert [by_step[s] for s in sorted(by_step)] == rows[twin]
+    # A re-run step keeps its latest report (and the last step's latest is the final training-data pass).
+    latest = {job: {row["step"]: row for row in rows[job]} for job in (twin, preempted)}
+    assert [latest[preempted][s] for s in sorted(latest[preempted])] == [latest[twin][s] for s in sorted(latest[twin])]
+    assert "full_train_mean_token_accuracy" in rows[twin][-1]
 
 
 def test_validation_metrics_come_every_eval_interval_and_in_full_at_checkpoints(bench: Bench) -> None:
@@ -172,7 +174,11 @@ def test_validation_metrics_come_every_eval_interval_and_in_full_at_checkpoints(
     with bench.ctx.db.read() as session:
         rows = [e.data for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
                                                                         JobEvent.type == "metrics").order_by(JobEvent.id))]
-    assert [r["step"] for r in rows] == list(range(1, 7))
+    # One row per step, then the last step again with the final pass over the training data added.
+    assert [r["step"] for r in rows] == [*range(1, 7), 6]
+    assert rows[-1] == {**rows[-2], "full_train_loss": rows[-1]["full_train_loss"],
+                        "full_train_mean_token_accuracy": rows[-1]["full_train_mean_token_accuracy"]}
+    rows = rows[:-1]
     assert [r["step"] for r in rows if "valid_loss" in r] == [2, 3, 4, 6]  # every 2 steps, and at checkpoints
     assert [r["step"] for r in rows if "full_valid_loss" in r] == [3, 6]  # one checkpoint per epoch
     assert all("train_loss" in r and "train_mean_token_accuracy" in r for r in rows)
@@ -181,7 +187,11 @@ def test_validation_metrics_come_every_eval_interval_and_in_full_at_checkpoints(
         results = files.get(session, bench.principal.project_id, job.result_files[0])
     table = bench.ctx.store.get_bytes(results.storage_key, sha256=results.sha256).decode().splitlines()
     assert table[0].split(",") == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
-                                   "full_valid_loss", "full_valid_mean_token_accuracy"]
+                                   "full_valid_loss", "full_valid_mean_token_accuracy", "full_train_loss",
+                                   "full_train_mean_token_accuracy"]
+    assert len(table) == 1 + 6  # every step once
     third = table[3].split(",")
-    assert third[0] == "3" and all(third[1:])  # step 3 has every column
-    assert table[1].split(",")[3:] == ["", "", "", ""]  # step 1 has no validation columns
+    assert third[0] == "3" and all(third[1:7]) and third[7:] == ["", ""]  # step 3 has every validation column
+    assert table[1].split(",")[3:] == ["", "", "", "", "", ""]  # step 1 has no validation columns
+    last = table[6].split(",")
+    assert last[0] == "6" and all(last[1:])  # the last step also has the final pass over the training data

@@ -299,19 +299,19 @@ class Method(_Strict):
 
     @property
     def rehearses(self) -> bool:
-        """The resolved `rehearsal` (before the data format is known): as asked, else like stop_when_learned."""
-        section = self.section
-        if section.rehearsal is not None:
-            return section.rehearsal
-        return self.type == "supervised" and section.hyperparameters.n_epochs == AUTO
+        """The resolved `rehearsal` (before the data format is known): as asked, else `_on_with_auto_epochs`."""
+        return self._on_with_auto_epochs(self.section.rehearsal)
 
     @property
     def stops_when_learned(self) -> bool:
-        """The resolved `stop_when_learned`: as asked, else on for supervised jobs with `n_epochs` "auto"."""
-        section = self.section
-        if section.stop_when_learned is not None:
-            return section.stop_when_learned
-        return self.type == "supervised" and section.hyperparameters.n_epochs == AUTO
+        """The resolved `stop_when_learned`: as asked, else `_on_with_auto_epochs`."""
+        return self._on_with_auto_epochs(self.section.stop_when_learned)
+
+    def _on_with_auto_epochs(self, asked: bool | None) -> bool:
+        """An option that "auto" turns on: as asked, else on for supervised jobs whose `n_epochs` is "auto"."""
+        if asked is not None:
+            return asked
+        return self.type == "supervised" and self.section.hyperparameters.n_epochs == AUTO
 
 
 #: Data formats each method trains on (see worker.files.validation).
