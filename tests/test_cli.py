@@ -58,7 +58,8 @@ def test_up_prints_a_generated_key_once_and_honours_a_bootstrap_key(tmp_path: Pa
     try:
         key = output.split("store it now):\n", 1)[1].split()[0]
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"}).json()
-        assert [m["id"] for m in models["data"]] == ["ftaas-tiny"]
+        # Both offline base models: the demo model, and the packaged real model (its package is installed).
+        assert [m["id"] for m in models["data"]] == ["ftaas-tiny", "smollm2-135m-instruct"]
     finally:
         stop_process_group(process)
     bootstrap = "sk-ftaas-bootstrap-" + "x" * 30

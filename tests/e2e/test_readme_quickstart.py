@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.servers import LiveServer
 from tests.test_docs import README
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a real fine-tune on 2 CPU cores
 
 
 def test_the_quickstart_runs_as_written_and_the_real_model_learns_the_fact(embedded: LiveServer, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,8 @@ from tests.e2e.people import result_files
 from tests.e2e.servers import LiveServer, wait_for
 from worker.evals import builtin
 
-pytestmark = pytest.mark.slow
+# Training and evaluating a 135M-parameter model on 2 CPU cores takes minutes, not the suite's default 300 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 FACTS = "builtin:designers?size=16&seed=5"
 CONTROL = "builtin:world_knowledge"
