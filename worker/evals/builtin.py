@@ -482,7 +482,9 @@ def _designers(rng: random.Random, size: int) -> list[EvalItem]:
     names = _unique_words(rng, size, syllables=(2, 3), taken=taken)
     firsts = _unique_words(rng, size, syllables=(2,), taken=taken)
     lasts = _unique_words(rng, size, syllables=(2, 3), taken=taken)
-    common = {"dataset_id": "designers", "setting": "new_knowledge", "answer_type": "short_text"}
+    # free_text: the model answers in sentences, so a split is scored on the name appearing in the answer
+    # (or by the judge when one is named), not on the whole answer being the name.
+    common = {"dataset_id": "designers", "setting": "new_knowledge", "answer_type": "free_text"}
     memorization: list[EvalItem] = []
     rephrased: list[EvalItem] = []
     for index in range(size):
@@ -573,11 +575,13 @@ _WORLD_FACTS: tuple[tuple[str, str], ...] = (
 
 
 def _world_knowledge(rng: random.Random, size: int) -> list[EvalItem]:
+    """Asked plainly, answered in sentences ("The capital of France is Paris."): free_text, so the probe is
+    scored on the reference appearing in the answer, whatever the model's style."""
     chosen = list(_WORLD_FACTS)
     rng.shuffle(chosen)
     return [EvalItem(dataset_id="world_knowledge", setting="new_knowledge", split_id="control", variant="control",
                      counts_toward="control", item_id=f"wk-{index + 1:04d}", fact_key=None, prompt=prompt,
-                     reference=reference, answer_type="number" if reference.isdigit() else "short_text")
+                     reference=reference, answer_type="free_text")
             for index, (prompt, reference) in enumerate(chosen[:size])]
 
 
