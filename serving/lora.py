@@ -215,18 +215,27 @@ class SlotLora:
         slots = forward.max_slots + 1
         dtype, device = forward.dtype, forward.device
         dims = forward.group_dims()
-        #: class -> layer -> group -> [slots, in, class x members] / [slots, class x members, out]
+        #: class -> layer -> group -> [slots, in, class x members] / [slots, class x members, out]. A class's
+        #: buffers are made when the first adapter of that class arrives: every class for every slot of a
+        #: 135M model is 6.6 GB (measured: two such engines, the API's and an eval worker's, ran a 24 GiB
+        #: machine out of memory), and a server with no adapter, or only r=8 ones, needs none or one.
         self.a: dict[int, list[dict[str, torch.Tensor]]] = {}
         self.b: dict[int, list[dict[str, torch.Tensor]]] = {}
-        for rank in self.classes:
-            self.a[rank] = [{group: torch.zeros(slots, fan_in, rank * len(forward.members[group]), dtype=dtype, device=device)
-                             for group, (fan_in, _) in dims.items()} for _ in range(forward.geometry.layers)]
-            self.b[rank] = [{group: torch.zeros(slots, rank * len(forward.members[group]), fan_out, dtype=dtype, device=device)
-                             for group, (_, fan_out) in dims.items()} for _ in range(forward.geometry.layers)]
         self.magnitude = [{group: torch.ones(slots, fan_out, dtype=dtype, device=device)
                            for group, (_, fan_out) in dims.items()} for _ in range(forward.geometry.layers)]
         self.slot_class: list[int | None] = [None] * slots
         self.has_dora = [False] * slots
+
+    def _allocate(self, rank: int) -> None:
+        if rank in self.a:
+            return
+        forward, slots = self.forward, self.forward.max_slots + 1
+        dtype, device = forward.dtype, forward.device
+        dims = forward.group_dims()
+        self.a[rank] = [{group: torch.zeros(slots, fan_in, rank * len(forward.members[group]), dtype=dtype, device=device)
+                         for group, (fan_in, _) in dims.items()} for _ in range(forward.geometry.layers)]
+        self.b[rank] = [{group: torch.zeros(slots, rank * len(forward.members[group]), fan_out, dtype=dtype, device=device)
+                         for group, (_, fan_out) in dims.items()} for _ in range(forward.geometry.layers)]
 
     def class_of(self, adapter: AdapterWeights) -> int:
         needed = max(-(-f.rank // adapter.group_sizes[group]) for layer in adapter.layers for group, f in layer.items())
@@ -245,6 +254,7 @@ class SlotLora:
         if adapter is None:
             return
         rank = self.class_of(adapter)
+        self._allocate(rank)
         for index, groups in enumerate(adapter.layers):
             for group, factors in groups.items():
                 self.a[rank][index][group][slot, :, :factors.rank] = factors.a
