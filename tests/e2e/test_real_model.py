@@ -51,11 +51,13 @@ def test_auto_learns_the_facts_and_keeps_general_knowledge(auto_job: dict[str, A
     assert summary["memorization"]["mean_base"] == 0.0
     assert summary["memorization"]["mean_tuned"] >= 0.9, summary
     assert summary["generalization"]["mean_tuned"] >= 0.6, summary
-    control = next(s for s in auto_job["report"]["splits"] if s["dataset_id"] == "world_knowledge")
-    known = [r for r in auto_job["items"] if r["dataset_id"] == "world_knowledge" and r["base"]["correct"]]
+    # Forgetting, from the per-item records: the control probes the base model answers right, and how many of
+    # those the tuned model still does; the report's own forgetting figure says the same.
+    known = [r for r in auto_job["items"] if r["kind"] == "control" and r["base"]["correct"]]
     kept = [r for r in known if r["tuned"]["correct"]]
-    assert len(known) >= 18, control  # the base model knows enough of the probes to measure forgetting
+    assert len(known) >= 18, len(known)  # the base model knows enough of the probes to measure forgetting
     assert len(known) - len(kept) <= len(known) / 6, [r["tuned"]["response"] for r in known if r not in kept]
+    assert summary["forgetting"]["mean_control_delta"] >= -1 / 6
 
 
 def test_what_auto_resolved_to_is_recorded_on_the_job(auto_job: dict[str, Any]) -> None:
