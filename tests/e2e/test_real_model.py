@@ -76,7 +76,8 @@ def test_the_job_states_its_final_training_accuracy_in_events_and_results(auto_j
     job = auto_job["job"]
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))  # every page
     final = [e for e in events if e.message.startswith("Final training token accuracy on assistant tokens:")]
-    assert len(final) == 1 and final[0].type == "metrics", [e.message for e in events]
+    assert len(final) == 1 and final[0].type == "message", [e.message for e in events]
+    assert sum(e.type == "metrics" for e in events) == len({e.data["step"] for e in events if e.type == "metrics"})
     accuracy = final[0].data["full_train_mean_token_accuracy"]
     assert accuracy >= 0.99
     assert not [e for e in events if e.level == "warn"], [e.message for e in events if e.level == "warn"]

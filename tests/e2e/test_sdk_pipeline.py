@@ -65,7 +65,11 @@ def test_upload_fine_tune_follow_and_manage_the_model(live: LiveServer) -> None:
     rows = list(csv.DictReader(io.StringIO(client.files.content(results.id).text)))
     assert [int(r["step"]) for r in rows] == list(range(1, 10))
     assert list(rows[0]) == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
-                             "full_valid_loss", "full_valid_mean_token_accuracy"]
+                             "full_valid_loss", "full_valid_mean_token_accuracy", "full_train_loss",
+                             "full_train_mean_token_accuracy"]
+    # The final pass over the training data fills the last row's full_train_* columns, and is an event.
+    assert rows[-1]["full_train_mean_token_accuracy"] and not rows[0]["full_train_mean_token_accuracy"]
+    assert any(m.startswith("Final training token accuracy on assistant tokens: ") for m in messages)
 
     listed = [m.id for m in client.models.list()]
     assert listed[0] == "ftaas-tiny" and job.fine_tuned_model in listed

@@ -172,24 +172,28 @@ def _run_claimed(ctx: WorkerContext, lease: Lease, keeper: LeaseKeeper, workspac
 
 
 def _report_learning(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: TrainingOutcome) -> None:
-    """Events saying whether the run learned its data (worker.training.learning). The final pass is a metrics
-    event for the last step, so the results file shows it in that step's full_train_* columns."""
+    """Events saying whether the run learned its data (worker.training.learning). The final pass is a message
+    event carrying its figures as data (metrics events stay one per step); the results file shows the same
+    figures in the last step's full_train_* columns (`_publish_model`)."""
     if outcome.learned_at_epoch is not None and outcome.learned_accuracy is not None:
         log_event(ctx, lease, learned_message(outcome.learned_at_epoch, plan.spec.n_epochs, outcome.learned_accuracy))
     if outcome.final_train_accuracy is None or outcome.final_train_loss is None:
         return
-    with ctx.db.read() as session:
-        rows = events.metrics_rows(session, plan.job_id)
-    data = {**(rows[-1] if rows else {"step": outcome.step}), "full_train_loss": round(outcome.final_train_loss, 6),
-            "full_train_mean_token_accuracy": round(outcome.final_train_accuracy, 6)}
     message = final_pass_message(accuracy=outcome.final_train_accuracy, loss=outcome.final_train_loss,
                                  examples=outcome.final_pass_examples, total_examples=outcome.train_examples)
     with ctx.db.write() as session:
         jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
-        jobs.add_event(session, lease, message, type="metrics", data=data)
+        jobs.add_event(session, lease, message, data={"step": outcome.step, **_final_pass_columns(outcome)})
     warning = low_accuracy_warning(plan.spec, outcome.final_train_accuracy, outcome.train_examples)
     if warning is not None:
         log_event(ctx, lease, warning, level="warn")
+
+
+def _final_pass_columns(outcome: TrainingOutcome) -> dict[str, float]:
+    if outcome.final_train_accuracy is None or outcome.final_train_loss is None:
+        return {}
+    return {"full_train_loss": round(outcome.final_train_loss, 6),
+            "full_train_mean_token_accuracy": round(outcome.final_train_accuracy, 6)}
 
 
 def _device() -> str:
@@ -268,6 +272,8 @@ def _publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Tra
                         "hyperparameters": plan.spec.to_json(), "epochs_completed": plan.spec.n_epochs})
         with ctx.db.read() as session:
             rows = events.metrics_rows(session, plan.job_id)
+        if rows:
+            rows[-1] = {**rows[-1], **_final_pass_columns(outcome)}
         stored = ctx.store.put_bytes(results_key, metrics_csv(rows))
     except BaseException:
         # Nothing points at these objects yet (all under keys of this attempt's own): remove them.
