@@ -213,6 +213,11 @@ class AdapterCache:
         self.observer.load(ref.label, source, time.monotonic() - started)
         return weights
 
+    def local_directory(self, ref: AdapterRef) -> Path:
+        """The adapter's verified files on local disk (fetched from the store if absent), for readers other
+        than the engine (serving.reference)."""
+        return self._disk_directory(ref)[0]
+
     def _disk_directory(self, ref: AdapterRef) -> tuple[Path, str]:
         """The adapter's verified files on local disk, fetched from the store if absent."""
         directory = self.directory / hashlib.sha256(ref.key.encode()).hexdigest()[:32]

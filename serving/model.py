@@ -32,11 +32,16 @@ import torch.nn.functional as F
 
 from ftaas.errors import InvalidRequest
 
-#: Architectures whose decoder layers this forward reproduces (pre-norm, RoPE, GQA, SwiGLU MLP; per-head q/k
-#: RMSNorm for qwen3; phi3's fused projections and partial rotary embeddings; sliding-window layers where the
-#: config has them). tests/serving/test_architectures.py
-#: proves each against transformers, with and without an adapter.
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
+#: Architectures whose decoder layers this forward reproduces (pre-norm, RoPE, GQA, gated MLP; per-head q/k
+#: RMSNorm for qwen3 and gemma3; phi3's fused projections and partial rotary embeddings; gemma3's scaled
+#: embeddings, (1 + w) norms around both sublayers, GeLU gate, query_pre_attn_scalar and separate RoPE tables
+#: for local and global layers; sliding-window layers where the config has them).
+#: tests/serving/test_architectures.py proves each against transformers, with and without an adapter.
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"})
+#: Families whose RMSNorm multiplies by (1 + weight) in float32 before casting back (Gemma's convention).
+_GEMMA_NORM_TYPES = frozenset({"gemma3_text"})
+#: The gate activations the MLP may use (transformers' names).
+_ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 #: RoPE variants whose angles depend on the sequence length (recomputed per forward by transformers).
 _DYNAMIC_ROPE_TYPES = frozenset({"dynamic", "longrope"})
 #: Module groups that share an input and are computed as one product.
@@ -70,6 +75,11 @@ class LayerWeights:
     k_norm: torch.Tensor | None = None
     #: Sliding-window layers: a query at position i sees keys at positions j with i - window < j <= i.
     window: int | None = None
+    #: gemma3: norms applied to each sublayer's output before the residual add.
+    attention_out_norm: torch.Tensor | None = None
+    mlp_out_norm: torch.Tensor | None = None
+    #: Index of the layer's RoPE table in `LlamaForward.rope` (gemma3: local and global layers differ).
+    rope: int = 0
 
 
 @dataclass
@@ -90,17 +100,8 @@ class LlamaForward:
 
     def __init__(self, model: Any, *, max_slots: int, max_context: int, tile_rows: int) -> None:
         config = model.config
-        if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
-            raise InvalidRequest(f"serving supports {sorted(SUPPORTED_MODEL_TYPES)} models, not "
-                                 f"{getattr(config, 'model_type', None)!r}", code="unsupported_model", param="model")
-        if getattr(config, "hidden_act", "silu") != "silu":
-            raise InvalidRequest("serving supports SwiGLU (silu) models only", code="unsupported_model",
-                                 param="model")
-        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-        if rope.get("rope_type", rope.get("type")) in _DYNAMIC_ROPE_TYPES:
-            raise InvalidRequest(f"serving does not support {rope.get('rope_type', rope.get('type'))!r} RoPE "
-                                 "scaling (its angles change with the sequence length)", code="unsupported_model",
-                                 param="model")
+        model_type = getattr(config, "model_type", None)
+        refuse_unservable(config)
         inner = model.model
         self.dtype = inner.embed_tokens.weight.dtype
         self.device = inner.embed_tokens.weight.device
@@ -109,17 +110,38 @@ class LlamaForward:
             hidden=config.hidden_size, heads=config.num_attention_heads, kv_heads=config.num_key_value_heads,
             head_dim=head_dim, layers=config.num_hidden_layers, vocab=config.vocab_size, eps=config.rms_norm_eps,
         )
+        #: Softmax scale of attention scores (gemma3: query_pre_attn_scalar ** -0.5, not head_dim's).
+        self.attention_scale = float(getattr(config, "query_pre_attn_scalar", None) or head_dim) ** -0.5
+        self.activation = _ACTIVATIONS[_activation_name(config)]
+        self.gemma_norm = model_type in _GEMMA_NORM_TYPES
         self.embed = inner.embed_tokens.weight.detach()
-        self.final_norm = inner.norm.weight.detach()
+        scale = getattr(inner.embed_tokens, "embed_scale", None)
+        #: gemma3 multiplies embeddings by sqrt(hidden), rounded to the weights' dtype as transformers does.
+        self.embed_scale = scale.detach().to(self.dtype) if isinstance(scale, torch.Tensor) else None
+        self.final_norm = self._norm_weight(inner.norm.weight)
         self.lm_head = model.get_output_embeddings().weight.detach()
         #: group -> module names, and module name -> group, for this model family.
-        self.members = module_groups(config.model_type)
+        self.members = module_groups(model_type)
         self.module_group = {module: group for group, modules in self.members.items() for module in modules}
         self.layers: list[LayerWeights] = []
         windows = layer_windows(config, max_context)
         #: The distinct sliding windows of the layers (build_step makes one decode mask per window).
         self.windows = sorted({w for w in windows if w is not None})
-        for layer in inner.layers:
+        rotary = inner.rotary_emb
+        layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+        #: RoPE (inverse frequencies, attention scaling) per table; gemma3 keeps one per layer type.
+        tables: list[tuple[torch.Tensor, float]] = []
+        table_of: dict[str, int] = {}
+        for kind in layer_types:
+            if kind not in table_of:
+                inv_freq = getattr(rotary, f"{kind}_inv_freq", None)
+                if inv_freq is None:
+                    inv_freq, scaling = rotary.inv_freq, getattr(rotary, "attention_scaling", 1.0)
+                else:
+                    scaling = getattr(rotary, f"{kind}_attention_scaling", 1.0)
+                table_of[kind] = len(tables)
+                tables.append((inv_freq, float(scaling)))
+        for index, layer in enumerate(inner.layers):
             attention, mlp = layer.self_attn, layer.mlp
             modules = {name: getattr(attention if group in ("qkv", "o") else mlp, name)
                        for group, names in self.members.items() for name in names}
@@ -135,21 +157,30 @@ class LlamaForward:
                 linear[group] = (weight, bias)
                 self.geometry.groups.setdefault(group, (weights[0].shape[1], tuple(w.shape[0] for w in weights)))
             q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
+            pre_mlp = getattr(layer, "pre_feedforward_layernorm", None)
+            if pre_mlp is not None:  # gemma3: post_attention_layernorm normalises the attention output
+                norms = (layer.input_layernorm, pre_mlp, layer.post_attention_layernorm,
+                         layer.post_feedforward_layernorm)
+            else:
+                norms = (layer.input_layernorm, layer.post_attention_layernorm, None, None)
             self.layers.append(LayerWeights(
-                layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach(), linear,
-                q_norm=q_norm.weight.detach() if q_norm is not None else None,
-                k_norm=k_norm.weight.detach() if k_norm is not None else None,
-                window=windows[len(self.layers)]))
+                self._norm_weight(norms[0].weight), self._norm_weight(norms[1].weight), linear,
+                q_norm=self._norm_weight(q_norm.weight) if q_norm is not None else None,
+                k_norm=self._norm_weight(k_norm.weight) if k_norm is not None else None,
+                window=windows[index],
+                attention_out_norm=self._norm_weight(norms[2].weight) if norms[2] is not None else None,
+                mlp_out_norm=self._norm_weight(norms[3].weight) if norms[3] is not None else None,
+                rope=table_of[layer_types[index]]))
         # RoPE tables for every position, computed the way the model's own rotary module does.
-        rotary = inner.rotary_emb
         positions = torch.arange(max_context, dtype=torch.float32)
-        freqs = positions[:, None] * rotary.inv_freq.float()[None, :]
+        #: (cos, sin) [max_context, rotary_dim] per table.
+        self.rope: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for inv_freq, scaling in tables:
+            freqs = positions[:, None] * inv_freq.float()[None, :]
+            angles = torch.cat((freqs, freqs), dim=-1)
+            self.rope.append(((angles.cos() * scaling).to(self.dtype), (angles.sin() * scaling).to(self.dtype)))
         #: Leading dimensions of each head that RoPE rotates (partial rotary embeddings rotate fewer).
-        self.rotary_dim = 2 * rotary.inv_freq.shape[0]
-        angles = torch.cat((freqs, freqs), dim=-1)
-        scaling = float(getattr(rotary, "attention_scaling", 1.0))
-        self.cos = (angles.cos() * scaling).to(self.dtype)
-        self.sin = (angles.sin() * scaling).to(self.dtype)
+        self.rotary_dim = 2 * tables[0][0].shape[0]
 
         self.max_slots = max_slots
         self.max_context = max_context
@@ -160,6 +191,19 @@ class LlamaForward:
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.scratch_slot = max_slots
+
+    def _norm_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """A norm's multiplier as `_norm` uses it: the weight, or Gemma's float32 (1 + weight)."""
+        return 1.0 + weight.detach().float() if self.gemma_norm else weight.detach()
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm as the family computes it: Llama casts to the input dtype then multiplies; Gemma
+        multiplies in float32, then casts."""
+        eps = self.geometry.eps
+        if not self.gemma_norm:
+            return _rms_norm(x, weight, eps)
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * weight).to(x.dtype)
 
     def move_slot(self, source: int, target: int, *, length: int) -> None:
         """Copy a sequence's cached keys and values (its first `length` positions) to another slot."""
@@ -177,17 +221,19 @@ class LlamaForward:
         g = self.geometry
         rows = batch.padded_rows
         x = self.embed[batch.tokens]
-        cos = self.cos[batch.positions].unsqueeze(1)
-        sin = self.sin[batch.positions].unsqueeze(1)
+        if self.embed_scale is not None:
+            x = x * self.embed_scale
+        rope = [(cos[batch.positions].unsqueeze(1), sin[batch.positions].unsqueeze(1)) for cos, sin in self.rope]
         for index, layer in enumerate(self.layers):
-            h = _rms_norm(x, layer.input_norm, g.eps)
+            h = self._norm(x, layer.input_norm)
             qkv = self._linear(h, layer, "qkv", index, batch)
             q_size, kv_size = g.heads * g.head_dim, g.kv_heads * g.head_dim
             q = qkv[:, :q_size].view(rows, g.heads, g.head_dim)
             k = qkv[:, q_size:q_size + kv_size].view(rows, g.kv_heads, g.head_dim)
             v = qkv[:, q_size + kv_size:].view(rows, g.kv_heads, g.head_dim)
             if layer.q_norm is not None and layer.k_norm is not None:
-                q, k = _rms_norm(q, layer.q_norm, g.eps), _rms_norm(k, layer.k_norm, g.eps)
+                q, k = self._norm(q, layer.q_norm), self._norm(k, layer.k_norm)
+            cos, sin = rope[layer.rope]
             q, k = _rope(q, cos, sin, self.rotary_dim), _rope(k, cos, sin, self.rotary_dim)
             self.k_cache[index, batch.slots, :, batch.positions] = k
             self.v_cache[index, batch.slots, :, batch.positions] = v
@@ -199,13 +245,19 @@ class LlamaForward:
                 attended[start:start + length] = self._prefill_attention(q[start:start + length],
                                                                          k[start:start + length],
                                                                          v[start:start + length], layer.window)
-            x = x + self._linear(attended.view(rows, -1), layer, "o", index, batch)
-            h = _rms_norm(x, layer.post_norm, g.eps)
+            out = self._linear(attended.view(rows, -1), layer, "o", index, batch)
+            if layer.attention_out_norm is not None:
+                out = self._norm(out, layer.attention_out_norm)
+            x = x + out
+            h = self._norm(x, layer.post_norm)
             gate_up = self._linear(h, layer, "gate_up", index, batch)
             gate, up = gate_up.chunk(2, dim=-1)
-            x = x + self._linear(F.silu(gate) * up, layer, "down", index, batch)
+            out = self._linear(self.activation(gate) * up, layer, "down", index, batch)
+            if layer.mlp_out_norm is not None:
+                out = self._norm(out, layer.mlp_out_norm)
+            x = x + out
         last = x[batch.logit_rows]
-        last = _rms_norm(_pad_rows(last, self.tile_rows), self.final_norm, g.eps)
+        last = self._norm(_pad_rows(last, self.tile_rows), self.final_norm)
         return F.linear(last, self.lm_head)[:len(batch.logit_rows)].float()
 
     def _linear(self, x: torch.Tensor, layer: LayerWeights, group: str, index: int, batch: StepBatch) -> torch.Tensor:
@@ -236,7 +288,7 @@ class LlamaForward:
             values = self.v_cache[index, :, :, :bucket].index_select(0, slots).reshape(n * g.kv_heads, bucket,
                                                                                        g.head_dim)
             queries = q.index_select(0, rows).reshape(n * g.kv_heads, group, g.head_dim)
-            scores = batched_product(queries, keys.transpose(1, 2)) * (g.head_dim ** -0.5)
+            scores = batched_product(queries, keys.transpose(1, 2)) * self.attention_scale
             scores = scores.view(n, g.heads, bucket).float() + mask
             probabilities = torch.softmax(scores, dim=-1).to(self.dtype).view(n * g.kv_heads, group, bucket)
             out[rows] = batched_product(probabilities, values).view(n, g.heads, g.head_dim)
@@ -252,7 +304,8 @@ class LlamaForward:
             mask = (offsets >= 0) & (offsets < window)
         out = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
                                              v.transpose(0, 1).unsqueeze(0), attn_mask=mask,
-                                             is_causal=mask is None, enable_gqa=True)
+                                             is_causal=mask is None, scale=self.attention_scale,
+                                             enable_gqa=True)
         return out[0].transpose(0, 1)
 
 
@@ -337,6 +390,37 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]], prefil
         batch.decode_dora = any(lora.has_dora[slot] for slot, _, _ in decode)
         batch.lora_prefills = [p for p in prefills if lora.slot_class[p[2]] is not None]
     return batch
+
+
+def refuse_unservable(config: Any) -> None:
+    """Raise InvalidRequest (400, code `unsupported_model`, param `model`) unless this forward computes what a
+    model with this transformers config computes. Needs only the config, so a request can be refused before
+    any weights are loaded."""
+    model_type = getattr(config, "model_type", None)
+
+    def refuse(reason: str) -> None:
+        raise InvalidRequest(f"the serving engine cannot run this base model ({model_type!r}): {reason}. Training, "
+                             "evals and merged export still work for it.", code="unsupported_model", param="model")
+
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        refuse(f"it serves {', '.join(sorted(SUPPORTED_MODEL_TYPES))} models")
+    if _activation_name(config) not in _ACTIVATIONS:
+        refuse(f"its MLP activation {_activation_name(config)!r} is not one of {sorted(_ACTIVATIONS)}")
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(config, key, None) is not None:
+            refuse(f"{key} is not implemented")
+    if getattr(config, "use_bidirectional_attention", False):
+        refuse("bidirectional attention is not causal decoding")
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    # gemma3 keeps one set of RoPE parameters per layer type.
+    for parameters in (rope.values() if all(isinstance(v, dict) for v in rope.values()) and rope else [rope]):
+        kind = parameters.get("rope_type", parameters.get("type"))
+        if kind in _DYNAMIC_ROPE_TYPES:
+            refuse(f"{kind!r} RoPE scaling changes its angles with the sequence length")
+
+
+def _activation_name(config: Any) -> str:
+    return getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu")
 
 
 def layer_windows(config: Any, max_context: int) -> list[int | None]:

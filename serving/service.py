@@ -32,7 +32,7 @@ from serving.adapters import AdapterCache, AdapterLease, AdapterRef
 from serving.engine import Engine, Event, FinishEvent, SamplingParams, Sequence, TokenEvent, single_threaded_torch
 from serving.lora import compose, read_adapter
 from serving.metrics import ServingMetrics
-from serving.model import LlamaForward
+from serving.model import LlamaForward, refuse_unservable
 from serving.schemas import ChatCompletionRequest, CompletionRequest
 from storage import ArtifactStore
 
@@ -218,6 +218,8 @@ class InferenceService:
             host_bytes=settings.serving_adapter_host_bytes, disk_bytes=settings.serving_adapter_disk_bytes,
             observer=self.metrics)
         self._engines: dict[str, BaseEngine] = {}
+        #: base model -> why the engine cannot compute it (None: it can), read from its config once.
+        self._refusals: dict[str, InvalidRequest | None] = {}
         self._engine_lock = threading.Lock()
         self._draining = False
 
@@ -258,11 +260,30 @@ class InferenceService:
         self.adapters.evict_prefix(storage_prefix)
 
     # ---------------------------------------------------------------------------------- engines
+    def serves(self, base_model: str) -> bool:
+        """Whether the engine computes this base model (from its config; no weights are loaded)."""
+        with self._engine_lock:
+            return self._refusal(base_model) is None
+
+    def _refusal(self, base_model: str) -> InvalidRequest | None:
+        if base_model not in self._refusals:
+            try:
+                refuse_unservable(_config_object(self.loader.config(base_model)))
+                self._refusals[base_model] = None
+            except InvalidRequest as exc:
+                self._refusals[base_model] = exc
+        return self._refusals[base_model]
+
     def engine_for(self, base_model: str) -> BaseEngine:
+        """The base model's engine, loaded on first use; a 400 (`unsupported_model`) for a family the engine
+        cannot compute, decided from the config before any weights are loaded."""
         with self._engine_lock:
             existing = self._engines.get(base_model)
             if existing is not None:
                 return existing
+            refusal = self._refusal(base_model)
+            if refusal is not None:
+                raise InvalidRequest(str(refusal), code=refusal.code, param=refusal.param)
             model = self.loader.load_model(base_model)
             model.eval()
             tokenizer = self.loader.load_tokenizer(base_model)
@@ -420,6 +441,19 @@ class _SharedRelease:
             done = self.count == 0
         if done and self.lease is not None:
             self.lease.release()
+
+
+def _config_object(config: dict[str, Any]) -> Any:
+    """A config.json as transformers' config class for its model type (attribute defaults filled in), or as
+    a plain namespace for a type this transformers does not know (which the engine refuses)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.for_model(**config)
+    except (ValueError, KeyError, TypeError):
+        return SimpleNamespace(**config)
 
 
 def _sink(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[int, Event]], index: int) -> Any:

@@ -3,6 +3,7 @@
 For each family a small random model is built from that family's transformers config (with the features that
 change the computation: Llama 3's `rope_scaling`, Qwen2's q/k/v biases, Qwen3's per-head q/k norms, Phi-3's
 fused qkv and gate/up projections (which adapters target by those names) and partial rotary embeddings,
+Gemma 3's scaled embeddings, (1 + w) norms, GeLU gate, query scale and separate local/global RoPE tables,
 tied and untied embeddings, sliding windows shorter than the sequence). The engine's logits for a prompt equal the
 model's within float32 tolerance, and its greedy continuation (prefill, then one decode step per token through
 the slot KV cache) is token-identical to `generate`, with no adapter and with a random LoRA adapter made by
@@ -51,11 +52,20 @@ def _config(family: str) -> Any:
         return transformers.Phi3Config(**SMALL, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                         "partial_rotary_factor": 0.5})
+    if family == "gemma3-local-global":
+        # Local (sliding, base 10k) and global (linear-scaled, base 1M) layers with RoPE tables of their own,
+        # a query scale that is not head_dim's, GeLU gate, (1 + w) norms around both sublayers.
+        return transformers.Gemma3TextConfig(
+            **SMALL, head_dim=16, query_pre_attn_scalar=24, sliding_window=16,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1_000_000.0},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+            tie_word_embeddings=True)
     raise ValueError(family)
 
 
 FAMILIES = ["llama3-untied", "llama-tied", "mistral-sliding", "qwen2-biases-sliding", "qwen3-qk-norm",
-            "phi3-fused-sliding", "phi3-partial-rotary"]
+            "phi3-fused-sliding", "phi3-partial-rotary", "gemma3-local-global"]
 
 
 def _model(family: str) -> Any:

@@ -59,11 +59,7 @@ def varied_chats(n: int, seed: int = 0) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ packing
-def test_a_packed_batch_has_the_loss_and_gradient_of_its_examples_run_one_by_one(
-        loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
-    examples = encode_lines(varied_chats(9), "chat", tokenizer, 512).examples
-    trainer = Trainer(spec(packing=True), loader.load_model(DEMO_BASE_MODEL), tokenizer, examples, [], None, tmp_path,
-                      precision="fp32")
+def assert_packed_equals_one_by_one(trainer: Trainer, examples: list[Any]) -> None:
     packed = pack(examples, trainer.pad_id, capacity=512)
     assert packed.input_ids.shape[0] < len(examples)  # several examples share rows
 
@@ -82,6 +78,31 @@ def test_a_packed_batch_has_the_loss_and_gradient_of_its_examples_run_one_by_one
     assert count == total_count and tokens == sum(len(e.input_ids) for e in examples)
     assert torch.allclose(loss_sum / count, total_loss / total_count, rtol=1e-5, atol=1e-6)
     assert all(torch.allclose(packed_grads[n], single_grads[n], rtol=1e-4, atol=1e-7) for n in packed_grads)
+
+
+def test_a_packed_batch_has_the_loss_and_gradient_of_its_examples_run_one_by_one(
+        loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
+    examples = encode_lines(varied_chats(9), "chat", tokenizer, 512).examples
+    trainer = Trainer(spec(packing=True), loader.load_model(DEMO_BASE_MODEL), tokenizer, examples, [], None, tmp_path,
+                      precision="fp32")
+    assert trainer.model.config._attn_implementation == "packed_sdpa"
+    assert_packed_equals_one_by_one(trainer, examples)
+
+
+def test_a_softcapped_model_packs_with_its_own_attention(tokenizer: Any, tmp_path: Path) -> None:
+    """Gemma 2 softcaps attention logits, which per-example SDPA cannot: the model keeps its own (eager)
+    attention over the block-diagonal mask, and packing is still exact."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, sliding_window=64, attn_logit_softcapping=5.0,
+        pad_token_id=tokenizer.pad_token_id))
+    examples = encode_lines(varied_chats(9), "chat", tokenizer, 512).examples
+    trainer = Trainer(spec(packing=True), model, tokenizer, examples, [], None, tmp_path, precision="fp32")
+    assert trainer.model.config._attn_implementation != "packed_sdpa"
+    assert_packed_equals_one_by_one(trainer, examples)
 
 
 def test_packing_removes_padding_from_what_is_computed(tokenizer: Any) -> None:

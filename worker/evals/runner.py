@@ -43,7 +43,9 @@ class EngineGenerator:
     """Generation through `InferenceService` in this process, on behalf of `principal`'s project.
 
     `model` may be a base model, an `ft:` model or a checkpoint of that project, or a `ModelOverride`
-    registered with `override()` (a job's just-trained adapter, before its model row exists).
+    registered with `override()` (a job's just-trained adapter, before its model row exists). A base model
+    whose family the engine cannot compute is answered by `serving.reference.ReferenceGenerator` (slower,
+    same answers for greedy decoding up to rounding).
     Runs its asyncio loop on a thread of its own: the serving code sets the calling thread's torch
     threads to one (see serving.engine.single_threaded_torch), which must not leak into a trainer.
     """
@@ -55,6 +57,7 @@ class EngineGenerator:
         # no request waits in the queue long enough to meet the serving request deadline.
         self.concurrency = concurrency or 2 * inference.settings.serving_max_batch
         self._overrides: dict[str, Any] = {}
+        self._reference: Any = None
 
     def override(self, name: str, resolved: Any) -> None:
         self._overrides[name] = resolved
@@ -65,6 +68,14 @@ class EngineGenerator:
         from serving.schemas import ChatCompletionRequest
 
         resolved = self._overrides.get(model) or self.inference.resolve(self.principal, model)
+        if not self.inference.serves(resolved.base_model):
+            # A family the batched engine cannot compute: transformers' own generate answers instead.
+            from serving.reference import ReferenceGenerator
+
+            self._reference = self._reference or ReferenceGenerator(self.inference.loader, self.inference.adapters)
+            return self._reference.generate(resolved.base_model, resolved.adapter, conversations,
+                                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                            seed=seed, progress=progress)
         requests = [ChatCompletionRequest(model=model, messages=messages, temperature=temperature, top_p=top_p,
                                           max_tokens=max_new_tokens, seed=seed) for messages in conversations]
 

@@ -31,6 +31,8 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
                 attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                 position_ids: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """query: [batch, heads, length, dim]; key/value may have fewer heads (grouped-query attention)."""
+    if kwargs.get("softcap") is not None:  # never drop it silently: the model would train another function
+        raise ValueError("packed_sdpa does not implement attention logit softcapping")
     if position_ids is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -53,6 +55,12 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
         ]
         rows.append(torch.cat(pieces, dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def computes(config: Any) -> bool:
+    """Whether this attention computes what the model's own does: not for attention logit softcapping
+    (Gemma 2), which scaled-dot-product attention has no place for."""
+    return getattr(config, "attn_logit_softcapping", None) is None
 
 
 def register() -> str:

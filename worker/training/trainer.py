@@ -203,8 +203,10 @@ class Trainer:
         self.capacity = min(spec.max_seq_len, getattr(model.config, "max_position_embeddings", spec.max_seq_len))
         self.packing = spec.packing and spec.method == "supervised" and not spec.adapter.is_prompt_learning
 
-        if self.packing:
+        if self.packing and attention.computes(model.config):
             # Attention per packed example instead of over whole rows (see worker.training.attention).
+            # Otherwise the model keeps its own attention; transformers builds the block-diagonal mask
+            # from the packed rows' position ids.
             model.config._attn_implementation = attention.register()
         torch.manual_seed(spec.seed)  # adapter initialisation depends on it (identical on every process)
         self.model = adapters.build(model, spec.adapter, calibrate=self._calibrate)
