@@ -29,7 +29,15 @@ from db.session import Database
 from ftaas.errors import DeadlineExceeded, Draining, FTaaSError, InvalidRequest, NotFound, Overloaded
 from ftaas.settings import Settings
 from serving.adapters import AdapterCache, AdapterLease, AdapterRef
-from serving.engine import Engine, Event, FinishEvent, SamplingParams, Sequence, TokenEvent, single_threaded_torch
+from serving.engine import (
+    Engine,
+    Event,
+    FinishEvent,
+    SamplingParams,
+    Sequence,
+    TokenEvent,
+    single_threaded_torch,
+)
 from serving.lora import compose, read_adapter
 from serving.metrics import ServingMetrics
 from serving.model import LlamaForward, refuse_unservable

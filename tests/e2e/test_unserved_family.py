@@ -112,10 +112,10 @@ def test_the_merged_export_of_an_unserved_family_is_the_base_plus_the_adapter(tu
     model = tuned["job"].fine_tuned_model
     folders = {}
     for kind in ("merged", "adapter"):
-        created = client.post("/adapter_operations", body={"type": "export", "model": model, "format": kind},
-                              cast_to=object)
-        done = wait_for(lambda: (o := client.get(f"/adapter_operations/{created['id']}", cast_to=object))["status"]
-                        in ("succeeded", "failed") and o, timeout=300, interval=0.5, what=f"the {kind} export")
+        path = "/adapter_operations/" + client.post("/adapter_operations", cast_to=object,
+                                                    body={"type": "export", "model": model, "format": kind})["id"]
+        done = wait_for(lambda path=path: (o := client.get(path, cast_to=object))["status"] in ("succeeded", "failed")
+                        and o, timeout=300, interval=0.5, what=f"the {kind} export")
         assert done["status"] == "succeeded", done["error"]
         content = client.files.content(done["result_file"]).read()
         with tarfile.open(fileobj=io.BytesIO(content)) as archive:

@@ -20,8 +20,6 @@ from worker.training.spec import AdapterSettings, EarlyStoppingSettings, Trainin
 from worker.training.trainer import Directive, StepMetrics, Trainer, autocast_dtype, checkpoint_steps
 
 
-
-
 class Recorder:
     def __init__(self) -> None:
         self.metrics: list[StepMetrics] = []
