@@ -1,8 +1,10 @@
 """Training throughput: the ftaas trainer vs a plain transformers.Trainer + peft baseline, side by side.
 
-Both train the same LoRA adapter (r=8, all linear layers) on the same ~28M-parameter Llama-style model
-(random initialisation, the demo tokenizer) and the same variable-length chat dataset, for the same number
-of optimizer steps of the same batch size, in one process, one after the other:
+Both train the same LoRA adapter (r=8, all linear layers) on the same model and the same variable-length chat
+dataset, for the same number of optimizer steps of the same batch size, in one process, one after the other.
+`--model bench-28m` (default): a ~28M-parameter Llama-style model (random initialisation, the demo
+tokenizer). `--model smollm2-135m-instruct`: the packaged real model (SmolLM2-135M-Instruct, its own
+tokenizer; built once into the model cache that `ftaas up` uses).
 
 * ftaas: `worker.training.trainer.Trainer`, packing on, bf16 autocast (this CPU supports it);
 * baseline: `transformers.Trainer` with peft, fp32, dynamic padding to the longest example of each batch
@@ -14,7 +16,8 @@ MFU = useful model FLOPs per second / the bf16 matmul peak measured in this run.
 except the adapter's, counted too), plus causal attention within each example (3 x 2 x length x width per
 layer). Compute that padding or packing wastes is not counted as useful.
 
-    python bench/train_throughput.py [--examples 384] [--batch-size 16] [--steps 10] [--warmup 3]
+    python bench/train_throughput.py [--model bench-28m|smollm2-135m-instruct] [--examples 384] [--batch-size 16]
+                                     [--steps 10] [--warmup 3]
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from basemodels import tiny  # noqa: E402
+from basemodels import smollm2, tiny  # noqa: E402
+from ftaas.settings import PACKAGED_BASE_MODEL, Settings  # noqa: E402
 from worker.training.data import TokenizedExample, encode_lines  # noqa: E402
 from worker.training.spec import AdapterSettings, TrainingSpec  # noqa: E402
 from worker.training.trainer import Directive, StepMetrics, Trainer  # noqa: E402
@@ -53,10 +57,18 @@ def model_config(tokenizer: Any) -> Any:
                        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
 
 
+#: --model choices -> the folder holding the real model, or None for the random bench model.
+MODELS = ("bench-28m", PACKAGED_BASE_MODEL)
+REAL_MODEL_DIR: Path | None = None  # set by main() for a real model
+
+
 def new_model(tokenizer: Any) -> Any:
-    from transformers import LlamaForCausalLM
+    """A fresh copy of the benchmarked model (float32), the same for every trainer."""
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     torch.manual_seed(0)
+    if REAL_MODEL_DIR is not None:
+        return AutoModelForCausalLM.from_pretrained(REAL_MODEL_DIR, dtype=torch.float32, use_safetensors=True)
     return LlamaForCausalLM(model_config(tokenizer))
 
 
@@ -160,6 +172,7 @@ def run_baseline(tokenizer: Any, examples: list[TokenizedExample], batch: int, s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=MODELS, default=MODELS[0])
     parser.add_argument("--examples", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
@@ -167,8 +180,13 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
+    global REAL_MODEL_DIR
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer_dir = tiny.ensure_built(Path(tmp) / "cache")
+        if args.model == PACKAGED_BASE_MODEL:
+            cache = Settings().model_cache_dir  # where `ftaas up` keeps it
+            assert cache is not None
+            tokenizer_dir = REAL_MODEL_DIR = smollm2.ensure_built(cache)
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -182,14 +200,15 @@ def main() -> int:
             seconds, tokens, steps = runner(tokenizer, examples, args.batch_size, args.steps, args.warmup,
                                             Path(tmp) / name[:5])
             assert tokens == sum(sum(step) for step in steps)
-            adapter_params = 8 * sum(m.in_features + m.out_features for m in probe.modules()
-                                     if isinstance(m, torch.nn.Linear))
+            adapter_params = 8 * sum(m.in_features + m.out_features for name, m in probe.named_modules()
+                                     if isinstance(m, torch.nn.Linear) and name != "lm_head")
             flops = useful_flops([n for step in steps for n in step], probe, adapter_params)
             results[name] = {"seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds,
                              "mfu": flops / seconds / peak}
     ftaas, baseline = results.values()
     lengths = [len(e.input_ids) for e in examples]
-    print(f"\nmodel: {params / 1e6:.1f}M parameters (Llama-style, 8 layers, width 512); LoRA r=8 on all linear layers")
+    shape = f"{probe.config.num_hidden_layers} layers, width {probe.config.hidden_size}"
+    print(f"\nmodel: {args.model}, {params / 1e6:.1f}M parameters ({shape}); LoRA r=8 on all linear layers")
     print(f"data: {len(examples)} chats, {min(lengths)}-{max(lengths)} tokens (median {sorted(lengths)[len(lengths) // 2]}); "
           f"batch {args.batch_size} examples, {args.steps} timed steps after {args.warmup} warm-up steps")
     print(f"bf16 matmul peak measured now: {peak / 1e12:.3f} TFLOP/s ({torch.get_num_threads()} threads)\n")
@@ -201,7 +220,8 @@ def main() -> int:
           f"ftaas MFU {100 * ftaas['mfu']:.1f}% (goal >= 25%: {'met' if ftaas['mfu'] >= 0.25 else 'NOT met'})")
     out = ROOT / ".bench-out"
     out.mkdir(exist_ok=True)
-    (out / "train_throughput.json").write_text(json.dumps({"peak_flops": peak, "parameters": params, **results}, indent=2))
+    (out / f"train_throughput-{args.model}.json").write_text(json.dumps(
+        {"model": args.model, "peak_flops": peak, "parameters": params, **results}, indent=2))
     return 0
 
 

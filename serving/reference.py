@@ -55,7 +55,10 @@ class ReferenceGenerator:
                 return self._answers(tuned.eval(), tokenizer, conversations, max_new_tokens, temperature, top_p,
                                      seed, progress)
             finally:
-                tuned.unload()  # the base model again, for the next call
+                if tuned.peft_config["default"].is_prompt_learning:
+                    self._loaded = None  # nothing was injected into the base model, but do not rely on it
+                else:
+                    tuned.unload()  # the base model again (adapter layers removed), for the next call
 
     def _base(self, name: str) -> tuple[Any, Any]:
         if self._loaded is None or self._loaded[0] != name:

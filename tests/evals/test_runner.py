@@ -168,3 +168,69 @@ def test_suite_lines_may_hold_unicode_line_separators() -> None:
     items = [replace(item, prompt=item.prompt + " \u2028next\x85line\x0c") for item in
              generate_suite("control", seed=1, size=3)]
     assert parse_suite(dump_suite(items)) == items
+
+
+def _generate_one_by_one(model: Any, tokenizer: Any, conversations: Sequence[list[dict[str, str]]],
+                         max_new_tokens: int) -> list[str]:
+    replies = []
+    for messages in conversations:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+        replies.append(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return replies
+
+
+def test_an_adapter_the_engine_cannot_batch_is_evaluated_through_transformers_generate(
+        start_serving, loader, tmp_path) -> None:
+    """IA3 adapters are refused by the batched engine (400 unsupported_adapter); an eval of one still gets
+    the answers transformers and peft give, and a LoRA adapter gets the same answers on either path."""
+    import torch
+    from peft import IA3Config, PeftModel, get_peft_model
+
+    from serving.reference import ReferenceGenerator
+
+    torch.manual_seed(3)
+    ia3 = get_peft_model(loader.load_model(DEMO_BASE_MODEL), IA3Config(task_type="CAUSAL_LM"))
+    with torch.no_grad():  # IA3 starts as the identity: make it change the answers
+        for name, parameter in ia3.named_parameters():
+            if "ia3_l" in name:
+                parameter.copy_(1 + torch.randn_like(parameter))
+    ia3.save_pretrained(tmp_path / "ia3")
+    live = start_serving()
+    ia3_model = live.register(tmp_path / "ia3", suffix="ia3")
+    principal = Principal(project_id=live.project_id, project_name="alpha", api_key_id="")
+    generator = EngineGenerator(live.inference, principal)
+    _, items, _ = builtin_spec(max_new_tokens=12)
+    conversations = [conversation(item, None) for item in items[:6]]
+
+    answers = generator.generate(ia3_model, conversations, max_new_tokens=12, temperature=0.0)
+    tokenizer = loader.load_tokenizer(DEMO_BASE_MODEL)
+    expected_model = PeftModel.from_pretrained(loader.load_model(DEMO_BASE_MODEL), str(tmp_path / "ia3")).eval()
+    assert answers == _generate_one_by_one(expected_model, tokenizer, conversations, 12)
+    assert answers != generator.generate(DEMO_BASE_MODEL, conversations, max_new_tokens=12, temperature=0.0)
+
+    from openai import BadRequestError
+
+    with pytest.raises(BadRequestError) as refused:  # chat itself still refuses it, clearly
+        live.client().chat.completions.create(model=ia3_model, messages=conversations[0], max_tokens=4)
+    assert refused.value.body["code"] == "unsupported_adapter"
+
+    lora_model = live.register(make_lora(loader, tmp_path / "lora"))
+    resolved = live.inference.resolve(principal, lora_model)
+    reference = ReferenceGenerator(live.inference.loader, live.inference.adapters)
+    assert reference.generate(DEMO_BASE_MODEL, resolved.adapter, conversations, max_new_tokens=12,
+                              temperature=0.0) == generator.generate(lora_model, conversations, max_new_tokens=12,
+                                                                     temperature=0.0)
+
+
+def make_lora(loader: Any, directory: Any) -> Any:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(4)
+    model = get_peft_model(loader.load_model(DEMO_BASE_MODEL), LoraConfig(r=8, target_modules="all-linear",
+                                                                          init_lora_weights=False))
+    model.save_pretrained(directory)
+    return directory

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ftaas.errors import Overloaded
+from ftaas.errors import InvalidRequest, Overloaded
 from worker.evals.items import EvalItem
 from worker.evals.report import Answer, ItemResult, assess, build_report, item_lines
 from worker.evals.scoring import Scorer, build_scorers
@@ -44,8 +44,9 @@ class EngineGenerator:
 
     `model` may be a base model, an `ft:` model or a checkpoint of that project, or a `ModelOverride`
     registered with `override()` (a job's just-trained adapter, before its model row exists). A base model
-    whose family the engine cannot compute is answered by `serving.reference.ReferenceGenerator` (slower,
-    same answers for greedy decoding up to rounding).
+    whose family the engine cannot compute, or an adapter type it cannot batch (IA3, prefix tuning), is
+    answered by `serving.reference.ReferenceGenerator` instead (slower; the same greedy answers up to
+    rounding).
     Runs its asyncio loop on a thread of its own: the serving code sets the calling thread's torch
     threads to one (see serving.engine.single_threaded_torch), which must not leak into a trainer.
     """
@@ -65,17 +66,34 @@ class EngineGenerator:
     def generate(self, model: str, conversations: Sequence[list[dict[str, str]]], *, max_new_tokens: int,
                  temperature: float, top_p: float = 1.0, seed: int | None = None,
                  progress: Progress | None = None) -> list[str]:
-        from serving.schemas import ChatCompletionRequest
-
         resolved = self._overrides.get(model) or self.inference.resolve(self.principal, model)
         if not self.inference.serves(resolved.base_model):
             # A family the batched engine cannot compute: transformers' own generate answers instead.
-            from serving.reference import ReferenceGenerator
+            return self._reference_answers(resolved, conversations, max_new_tokens=max_new_tokens,
+                                           temperature=temperature, top_p=top_p, seed=seed, progress=progress)
+        try:
+            return self._engine_answers(resolved, model, conversations, max_new_tokens=max_new_tokens,
+                                        temperature=temperature, top_p=top_p, seed=seed, progress=progress)
+        except InvalidRequest as exc:
+            if exc.code != "unsupported_adapter":
+                raise
+            # An adapter the engine cannot batch (IA3, prefix tuning, trained biases...): the first request
+            # is refused before anything is generated, so the whole set goes to the reference path.
+            return self._reference_answers(resolved, conversations, max_new_tokens=max_new_tokens,
+                                           temperature=temperature, top_p=top_p, seed=seed, progress=progress)
 
-            self._reference = self._reference or ReferenceGenerator(self.inference.loader, self.inference.adapters)
-            return self._reference.generate(resolved.base_model, resolved.adapter, conversations,
-                                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                            seed=seed, progress=progress)
+    def _reference_answers(self, resolved: Any, conversations: Sequence[list[dict[str, str]]],
+                           **decoding: Any) -> list[str]:
+        from serving.reference import ReferenceGenerator
+
+        self._reference = self._reference or ReferenceGenerator(self.inference.loader, self.inference.adapters)
+        return self._reference.generate(resolved.base_model, resolved.adapter, conversations, **decoding)
+
+    def _engine_answers(self, resolved: Any, model: str, conversations: Sequence[list[dict[str, str]]], *,
+                        max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
+                        progress: Progress | None) -> list[str]:
+        from serving.schemas import ChatCompletionRequest
+
         requests = [ChatCompletionRequest(model=model, messages=messages, temperature=temperature, top_p=top_p,
                                           max_tokens=max_new_tokens, seed=seed) for messages in conversations]
 
