@@ -119,10 +119,10 @@ def main() -> None:
             rows.append(score(f"parent {label}", tuned_model(loader, args.model, work / label)))
         parents = [read_lora(work / "A"), read_lora(work / "B")]
         template = json.loads((work / "A" / "adapter_config.json").read_text())
-        merges = {"linear soup (0.5 / 0.5)": dict(weights=[0.5, 0.5], method="linear"),
-                  "task arithmetic (1 / 1)": dict(weights=[1.0, 1.0], method="linear"),
-                  "TIES (density 0.5, 1 / 1)": dict(weights=[1.0, 1.0], method="ties", density=0.5),
-                  "DARE-TIES (density 0.5, 1 / 1)": dict(weights=[1.0, 1.0], method="dare_ties", density=0.5)}
+        merges = {"linear soup (0.5 / 0.5)": {"weights": [0.5, 0.5], "method": "linear"},
+                  "task arithmetic (1 / 1)": {"weights": [1.0, 1.0], "method": "linear"},
+                  "TIES (density 0.5, 1 / 1)": {"weights": [1.0, 1.0], "method": "ties", "density": 0.5},
+                  "DARE-TIES (density 0.5, 1 / 1)": {"weights": [1.0, 1.0], "method": "dare_ties", "density": 0.5}}
         for index, (name, options) in enumerate(merges.items()):
             weights = options.pop("weights")
             merged = merge_adapters(parents, weights, **options)

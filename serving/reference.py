@@ -10,7 +10,6 @@ promise: it is the correct slow path, not a second engine.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import threading
@@ -75,7 +74,6 @@ class ReferenceGenerator:
         shutil.copyfile(source / ADAPTER_CONFIG, folder / ADAPTER_CONFIG)
         tensors = {name: tensor.contiguous() for name, tensor in load_adapter_tensors(source).items()}
         save_file(tensors, str(folder / "adapter_model.safetensors"))
-        json.loads((folder / ADAPTER_CONFIG).read_text())  # readable, or fail here rather than inside peft
         return folder
 
     @staticmethod
