@@ -152,9 +152,10 @@ def table(result: dict[str, Any], model: str) -> str:
     lines += [f"| {name} (paper) | " + " | ".join(paper(row[s]) for s in SPLITS) + " |" for name, row in PAPER.items()]
     controls = result["report"].get("controls") or []
     for control in controls:
-        lines.append(f"\nControl {control['id']}: base {control['base']['accuracy']:.2f} -> tuned "
-                     f"{control['tuned']['accuracy']:.2f}; forgetting delta on what the base knew: "
-                     f"{control.get('forgetting_delta')}")
+        known = control["base_correct_items"]
+        lines.append(f"\nControl {control['control_id']}: base {control['base']['accuracy']:.2f} -> tuned "
+                     f"{control['tuned']['accuracy']:.2f}; of the {known['n']} the base model answered right, the "
+                     f"tuned model still answers {known['tuned']['correct']}")
     job = result["job"]
     lines.append(f"\nResolved hyperparameters: {job['hyperparameters']}; job {job['seconds']} s end to end "
                  f"(training and both models' answers), {job['trained_tokens']} trained tokens.")
@@ -174,6 +175,10 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(table(result, args.model))
+    for split in result["report"]["splits"]:
+        extra = split.get("extra_metrics") or {}
+        if "format_violation_rate" in extra:
+            print(f"{split['split_id']}: format violations (no Yes/No opening) {extra}")
 
 
 if __name__ == "__main__":
