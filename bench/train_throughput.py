@@ -6,12 +6,13 @@ dataset, for the same number of optimizer steps of the same batch size, in one p
 tokenizer). `--model smollm2-135m-instruct`: the packaged real model (SmolLM2-135M-Instruct, its own
 tokenizer; built once into the model cache that `ftaas up` uses).
 
-* ftaas: `worker.training.trainer.Trainer`, packing on, bf16 autocast (this CPU supports it);
+* ftaas: `worker.training.trainer.Trainer`, packing on, bf16 autocast where the CPU runs bf16 natively (fp32 otherwise);
 * baseline: `transformers.Trainer` with peft, fp32, dynamic padding to the longest example of each batch
   (DataCollatorForSeq2Seq), no packing.
 
 Throughput counts real (non-padding) tokens per second over the timed steps (after warm-up steps).
-MFU = useful model FLOPs per second / the bf16 matmul peak measured in this run. Useful FLOPs per token:
+MFU = useful model FLOPs per second / the matmul peak measured in this run, in the dtype the ftaas trainer
+computes in (bf16 where the CPU has native bf16, fp32 otherwise). Useful FLOPs per token:
 4 x (parameters in matmuls) for a frozen base (forward 2N, activation gradients 2N; no weight gradients
 except the adapter's, counted too), plus causal attention within each example (3 x 2 x length x width per
 layer). Compute that padding or packing wastes is not counted as useful.
@@ -42,7 +43,7 @@ from basemodels import smollm2, tiny  # noqa: E402
 from ftaas.settings import PACKAGED_BASE_MODEL, Settings  # noqa: E402
 from worker.training.data import TokenizedExample, encode_lines  # noqa: E402
 from worker.training.spec import AdapterSettings, TrainingSpec  # noqa: E402
-from worker.training.trainer import Directive, StepMetrics, Trainer  # noqa: E402
+from worker.training.trainer import Directive, StepMetrics, Trainer, autocast_dtype  # noqa: E402
 
 WORDS = ("the model learns what the data shows about agents cities rivers colours numbers and dates "
          "while the baseline pads every batch to its longest example").split()
@@ -84,10 +85,10 @@ def chats(n: int, seed: int = 0) -> list[str]:
     return rows
 
 
-def matmul_peak(seconds: float = 3.0) -> float:
-    """bf16 matrix-multiply FLOP/s on this machine, now (best of several 2048^3 products)."""
-    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
-    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+def matmul_peak(dtype: torch.dtype, seconds: float = 3.0) -> float:
+    """Matrix-multiply FLOP/s in `dtype` on this machine, now (best of several 2048^3 products)."""
+    a = torch.randn(2048, 2048, dtype=dtype)
+    b = torch.randn(2048, 2048, dtype=dtype)
     for _ in range(3):
         a @ b
     best, deadline = math.inf, time.perf_counter() + seconds
@@ -193,9 +194,14 @@ def main() -> int:
         examples = encode_lines(chats(args.examples), "chat", tokenizer, 2048).examples
         probe = new_model(tokenizer)
         params = sum(p.numel() for p in probe.parameters())
-        peak = matmul_peak()
+        # The trainer autocasts to bf16 only where the CPU runs it natively (AVX512-BF16 or AMX); elsewhere
+        # bf16 products are emulated and slower than fp32 (measured 0.3 against 90 GFLOP/s on an EPYC
+        # without them), so the peak is the dtype the trainer computes in.
+        compute = autocast_dtype(torch.device("cpu")) or torch.float32
+        peak = matmul_peak(compute)
+        label = "bf16 autocast" if compute == torch.bfloat16 else "fp32: no native bf16 on this CPU"
         results = {}
-        for name, runner in (("ftaas (packing, bf16 autocast)", run_ftaas),
+        for name, runner in ((f"ftaas (packing, {label})", run_ftaas),
                              ("baseline (transformers.Trainer + peft, fp32, padding)", run_baseline)):
             seconds, tokens, steps = runner(tokenizer, examples, args.batch_size, args.steps, args.warmup,
                                             Path(tmp) / name[:5])
@@ -211,7 +217,8 @@ def main() -> int:
     print(f"\nmodel: {args.model}, {params / 1e6:.1f}M parameters ({shape}); LoRA r=8 on all linear layers")
     print(f"data: {len(examples)} chats, {min(lengths)}-{max(lengths)} tokens (median {sorted(lengths)[len(lengths) // 2]}); "
           f"batch {args.batch_size} examples, {args.steps} timed steps after {args.warmup} warm-up steps")
-    print(f"bf16 matmul peak measured now: {peak / 1e12:.3f} TFLOP/s ({torch.get_num_threads()} threads)\n")
+    print(f"{str(compute).removeprefix('torch.')} matmul peak measured now: {peak / 1e12:.3f} TFLOP/s "
+          f"({torch.get_num_threads()} threads)\n")
     print(f"{'trainer':<55} {'tokens/s':>10} {'MFU':>7}")
     for name, r in results.items():
         print(f"{name:<55} {r['tokens_per_second']:>10.0f} {100 * r['mfu']:>6.1f}%")
