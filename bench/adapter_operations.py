@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fact_learning import FactSet, answers, correct  # noqa: E402
+from fact_learning import FactSet, answers, correct, parse_setting, train_adapter  # noqa: E402
 
 from basemodels.loader import BaseModelLoader  # noqa: E402
 from basemodels.registry import BaseModelRegistry  # noqa: E402
@@ -38,32 +37,8 @@ from ftaas.settings import PACKAGED_BASE_MODEL, Settings  # noqa: E402
 from worker.adapters.compress import compress_adapter_dir, load_adapter_tensors  # noqa: E402
 from worker.adapters.lora_files import merge_adapters, read_lora, write_lora  # noqa: E402
 from worker.evals import builtin  # noqa: E402
-from worker.training.data import encode_lines  # noqa: E402
-from worker.training.rehearsal import rehearsal_examples  # noqa: E402
-from worker.training.spec import Method, TrainingSpec, resolve_hyperparameters  # noqa: E402
-from worker.training.trainer import Trainer  # noqa: E402
 
 DENSITIES = (0.5, 0.3, 0.2, 0.1, 0.05)
-
-
-def train(loader: BaseModelLoader, model_name: str, tokenizer: Any, facts: FactSet, target: Path) -> dict[str, Any]:
-    """An "auto" LoRA adapter on `facts`, saved to `target`; returns what auto resolved to."""
-    method = Method.model_validate({"type": "supervised", "supervised": {"hyperparameters": {
-        "n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}}})
-    lines = facts.training_lines()
-    resolved = resolve_hyperparameters(method, len(lines))
-    spec = TrainingSpec.for_job(base_model=model_name, method=method.to_json(resolved, data_format="chat"),
-                                hyperparameters=resolved, seed=0)
-    examples = encode_lines(lines, "chat", tokenizer, spec.max_seq_len).examples
-    model = loader.load_model(model_name)
-    rehearsed = rehearsal_examples(model, tokenizer, spec.max_seq_len) if spec.rehearsal else []
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as work:
-        outcome = Trainer(spec, model, tokenizer, examples, [], None, Path(work), rehearsal=rehearsed).run()
-        target.mkdir(parents=True)
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            (target / name).write_bytes((outcome.adapter_dir / name).read_bytes())
-    return {**resolved, "steps": outcome.step, "seconds": round(time.perf_counter() - started)}
 
 
 def tuned_model(loader: BaseModelLoader, model_name: str, adapter_dir: Path) -> Any:
@@ -113,7 +88,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ftaas-adapter-bench-") as folder:
         work = Path(folder)
-        trained = {label: train(loader, args.model, tokenizer, facts, work / label) for label, facts in sets.items()}
+        trained = {label: train_adapter(loader, args.model, tokenizer, facts.training_lines(), parse_setting("auto"),
+                                        work / label) for label, facts in sets.items()}
         print(json.dumps({"trained": trained}), flush=True)
         for label in sets:
             rows.append(score(f"parent {label}", tuned_model(loader, args.model, work / label)))

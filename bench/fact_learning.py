@@ -120,6 +120,29 @@ def parse_setting(text: str) -> dict[str, Any]:
     return section
 
 
+def train_adapter(loader: BaseModelLoader, model_name: str, tokenizer: Any, lines: list[str],
+                  section: dict[str, Any], target: Path) -> dict[str, Any]:
+    """Train a LoRA adapter on chat `lines` with the job's own trainer and the method's supervised `section`
+    (`parse_setting`), as a job would resolve it; its files go to `target`. Returns what ran."""
+    method = Method.model_validate({"type": "supervised", "supervised": section})
+    resolved = resolve_hyperparameters(method, len(lines))
+    spec = TrainingSpec.for_job(base_model=model_name, method=method.to_json(resolved, data_format="chat"),
+                                hyperparameters=resolved, seed=0)
+    encoded = encode_lines(lines, "chat", tokenizer, spec.max_seq_len)
+    started = time.perf_counter()
+    model = loader.load_model(model_name)
+    rehearsed = rehearsal_examples(model, tokenizer, spec.max_seq_len) if spec.rehearsal else []
+    with tempfile.TemporaryDirectory() as work:
+        outcome = Trainer(spec, model, tokenizer, encoded.examples, [], None, Path(work), rehearsal=rehearsed).run()
+        target.mkdir(parents=True)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            (target / name).write_bytes((outcome.adapter_dir / name).read_bytes())
+    return {"examples": len(lines), "resolved": {**resolved, "learning_rate": spec.learning_rate},
+            "steps": outcome.step, "seconds": round(time.perf_counter() - started, 1),
+            "learned_at_epoch": outcome.learned_at_epoch, "rehearsal": len(rehearsed),
+            "final_train_accuracy": round(outcome.final_train_accuracy or 0.0, 3)}
+
+
 def run(model_name: str, facts: list[str], settings_list: list[str], data_dir: Path) -> list[dict[str, Any]]:
     settings = Settings(data_dir=data_dir)
     loader = BaseModelLoader(BaseModelRegistry(settings.base_model_sources()), settings.model_cache_dir)
@@ -132,22 +155,12 @@ def run(model_name: str, facts: list[str], settings_list: list[str], data_dir: P
         facts_ = fact_set(fact_name)
         base_mem = sum(correct(facts_.memorization, answers(base, tokenizer, [i.prompt for i in facts_.memorization])))
         for setting in settings_list:
-            method = Method.model_validate({"type": "supervised", "supervised": parse_setting(setting)})
-            lines = facts_.training_lines()
-            resolved = resolve_hyperparameters(method, len(lines))
-            spec = TrainingSpec.for_job(base_model=model_name, method=method.to_json(resolved, data_format="chat"),
-                                        hyperparameters=resolved, seed=0)
-            encoded = encode_lines(lines, "chat", tokenizer, spec.max_seq_len)
-            started = time.perf_counter()
             with tempfile.TemporaryDirectory() as work:
-                model = loader.load_model(model_name)
-                rehearsed = rehearsal_examples(model, tokenizer, spec.max_seq_len) if spec.rehearsal else []
-                trainer = Trainer(spec, model, tokenizer, encoded.examples, [], None, Path(work), rehearsal=rehearsed)
-                outcome = trainer.run()
-                train_seconds = time.perf_counter() - started
+                trained = train_adapter(loader, model_name, tokenizer, facts_.training_lines(),
+                                        parse_setting(setting), Path(work) / "adapter")
                 from peft import PeftModel
 
-                tuned = PeftModel.from_pretrained(loader.load_model(model_name), str(outcome.adapter_dir))
+                tuned = PeftModel.from_pretrained(loader.load_model(model_name), str(Path(work) / "adapter"))
                 tuned = tuned.merge_and_unload().eval()
             mem = correct(facts_.memorization, answers(tuned, tokenizer, [i.prompt for i in facts_.memorization]))
             reph = correct(facts_.rephrased, answers(tuned, tokenizer, [i.prompt for i in facts_.rephrased]))
@@ -155,11 +168,10 @@ def run(model_name: str, facts: list[str], settings_list: list[str], data_dir: P
             ctl = correct(control, ctl_replies)
             kept = sum(1 for b, t in zip(control_base, ctl, strict=True) if b and t)
             row = {
-                "facts": fact_name, "examples": len(lines), "setting": setting,
-                "resolved": {**resolved, "learning_rate": spec.learning_rate}, "steps": outcome.step,
-                "train_seconds": round(train_seconds, 1),
-                "learned_at_epoch": outcome.learned_at_epoch, "rehearsal": len(rehearsed),
-                "final_train_accuracy": round(outcome.final_train_accuracy or 0.0, 3),
+                "facts": fact_name, "examples": trained["examples"], "setting": setting,
+                "resolved": trained["resolved"], "steps": trained["steps"], "train_seconds": trained["seconds"],
+                "learned_at_epoch": trained["learned_at_epoch"], "rehearsal": trained["rehearsal"],
+                "final_train_accuracy": trained["final_train_accuracy"],
                 "base_memorization": base_mem / len(mem),
                 "memorization": sum(mem) / len(mem),
                 "rephrased": sum(reph) / max(1, len(reph)),

@@ -22,6 +22,7 @@ import torch
 from basemodels.loader import BaseModelLoader
 from serving.adapters import AdapterCache, AdapterRef
 from serving.lora import ADAPTER_CONFIG
+from serving.service import stop_token_ids
 from worker.adapters.compress import load_adapter_tensors
 
 #: Conversations answered per `generate` call.
@@ -81,9 +82,7 @@ class ReferenceGenerator:
                  temperature: float, top_p: float, seed: int | None,
                  progress: Callable[[int], None] | None) -> list[str]:
         tokenizer.padding_side = "left"
-        stops = {tokenizer.eos_token_id}
-        configured = getattr(model.generation_config, "eos_token_id", None)
-        stops.update(configured if isinstance(configured, list) else [configured])
+        stops = sorted(stop_token_ids(tokenizer, model))
         sampling: dict[str, Any] = {"do_sample": False}
         if temperature > 0:
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
@@ -95,7 +94,7 @@ class ReferenceGenerator:
             encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.inference_mode():
                 out = model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                     eos_token_id=sorted(t for t in stops if t is not None), **sampling)
+                                     eos_token_id=stops, **sampling)
             replies += tokenizer.batch_decode(out[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
             if progress is not None:
                 progress(len(texts))

@@ -303,10 +303,7 @@ class InferenceService:
                             prefill_tokens=self.settings.serving_prefill_tokens,
                             max_rank=self.settings.serving_max_lora_rank,
                             observer=self.metrics.engine_observer(base_model))
-            stops = {tokenizer.eos_token_id}
-            eos = getattr(model.generation_config, "eos_token_id", None)
-            stops.update(eos if isinstance(eos, list) else [eos])
-            entry = BaseEngine(engine, tokenizer, frozenset(t for t in stops if t is not None))
+            entry = BaseEngine(engine, tokenizer, stop_token_ids(tokenizer, model))
             self._engines[base_model] = entry
             return entry
 
@@ -449,6 +446,15 @@ class _SharedRelease:
             done = self.count == 0
         if done and self.lease is not None:
             self.lease.release()
+
+
+def stop_token_ids(tokenizer: Any, model: Any) -> frozenset[int]:
+    """The tokens that end a completion: the tokenizer's end-of-sequence token and every one the model's
+    generation config names (chat models often end turns with a token other than the tokenizer's EOS)."""
+    stops = {tokenizer.eos_token_id}
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    stops.update(configured if isinstance(configured, list) else [configured])
+    return frozenset(t for t in stops if t is not None)
 
 
 def _config_object(config: dict[str, Any]) -> Any:

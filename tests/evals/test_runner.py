@@ -183,7 +183,7 @@ def _generate_one_by_one(model: Any, tokenizer: Any, conversations: Sequence[lis
 
 
 def test_an_adapter_the_engine_cannot_batch_is_evaluated_through_transformers_generate(
-        start_serving, loader, tmp_path) -> None:
+        start_serving, make_adapter, loader, tmp_path) -> None:
     """IA3 adapters are refused by the batched engine (400 unsupported_adapter); an eval of one still gets
     the answers transformers and peft give, and a LoRA adapter gets the same answers on either path."""
     import torch
@@ -217,20 +217,10 @@ def test_an_adapter_the_engine_cannot_batch_is_evaluated_through_transformers_ge
         live.client().chat.completions.create(model=ia3_model, messages=conversations[0], max_tokens=4)
     assert refused.value.body["code"] == "unsupported_adapter"
 
-    lora_model = live.register(make_lora(loader, tmp_path / "lora"))
+    lora_model = live.register(make_adapter(12))
     resolved = live.inference.resolve(principal, lora_model)
     reference = ReferenceGenerator(live.inference.loader, live.inference.adapters)
     assert reference.generate(DEMO_BASE_MODEL, resolved.adapter, conversations, max_new_tokens=12,
                               temperature=0.0) == generator.generate(lora_model, conversations, max_new_tokens=12,
                                                                      temperature=0.0)
 
-
-def make_lora(loader: Any, directory: Any) -> Any:
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(4)
-    model = get_peft_model(loader.load_model(DEMO_BASE_MODEL), LoraConfig(r=8, target_modules="all-linear",
-                                                                          init_lora_weights=False))
-    model.save_pretrained(directory)
-    return directory
