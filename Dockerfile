@@ -25,6 +25,7 @@ RUN if [ "$VARIANT" = "cuda" ]; then \
 COPY pyproject.toml README.md ./
 COPY api ./api
 COPY basemodels ./basemodels
+COPY contracts ./contracts
 COPY db ./db
 COPY ftaas ./ftaas
 COPY migrations ./migrations

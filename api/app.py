@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
-import ftaas
+import contracts
 from api import errors
 from api.adapter_operations.router import router as adapter_operations_router
 from api.adapter_operations.service import AdapterOperationService
@@ -27,8 +27,8 @@ from api.models.router import router as models_router
 from api.models.service import ModelService
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
+from contracts.settings import Settings
 from db.session import Database
-from ftaas.settings import Settings
 from storage import open_store
 
 UPLOAD_PATHS = frozenset({"/v1/files"})
@@ -75,7 +75,7 @@ def create_app(settings: Settings, *, services: ApiServices | None = None,
     app = FastAPI(
         lifespan=lifespan,
         title="ftaas",
-        version=ftaas.__version__,
+        version=contracts.__version__,
         summary="Self-hosted, OpenAI-compatible fine-tuning: files, fine-tuning jobs, models.",
         docs_url="/docs",
         redoc_url=None,

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from contracts.errors import AuthenticationFailed, NotFound
+from contracts.inference.backend import InferenceBackend
+from contracts.settings import Settings
 from db import projects
 from db.projects import Principal
 from db.session import Database
-from ftaas.errors import AuthenticationFailed
-from ftaas.settings import Settings
 
 if TYPE_CHECKING:
     from api.adapter_operations.service import AdapterOperationService
@@ -51,8 +52,10 @@ class ApiServices:
     adapter_operations: AdapterOperationService
     #: Runs the blocking part of each request (see the module docstring).
     executor: ThreadPoolExecutor
-    #: Optional extras mounted by `ftaas up` (e.g. the in-process inference engine).
+    #: Optional extras mounted by the launcher (readiness checks of the process's own dependencies).
     extras: dict[str, Any]
+    #: The engine behind the inference routes, where this process serves models (`ftaas up`, `ftaas serve`).
+    inference: InferenceBackend | None = None
 
     async def run_blocking(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)
@@ -63,6 +66,15 @@ async def get_services(request: Request) -> ApiServices:
 
 
 Services = Annotated[ApiServices, Depends(get_services)]
+
+
+async def get_inference(services: Services) -> InferenceBackend:
+    if services.inference is None:  # the inference routes are mounted only beside an engine
+        raise NotFound("This process serves no models.", code="not_found")
+    return services.inference
+
+
+Inference = Annotated[InferenceBackend, Depends(get_inference)]
 
 
 @dataclass(frozen=True)

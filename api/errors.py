@@ -1,8 +1,8 @@
-"""The single mapping from the error taxonomy (ftaas.errors) to HTTP and the OpenAI error envelope:
+"""The single mapping from the error taxonomy (contracts.errors) to HTTP and the OpenAI error envelope:
 
     {"error": {"message": str, "type": str, "param": str | null, "code": str | null}}
 
-Retry hints for the official SDK (openai-api.md §6.3): conflicts and quota errors carry
+Retry hints for the official SDK (docs/architecture.md, "Wire contract"): conflicts and quota errors carry
 `x-should-retry: false` (retrying cannot help, and the SDK would otherwise retry 409/429 on its own);
 infrastructure errors carry `Retry-After` so the SDK backs off and tries again.
 """
@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ftaas import errors as e
+from contracts import errors as e
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Pure-ASGI middleware: request ids and access logs, and request body limits.
 
-Body limits are enforced here, before any route parses anything (reliability.md §4: Starlette would spool
+Body limits are enforced here, before any route parses anything (docs/architecture.md, "Reliability rules": Starlette would spool
 a whole multipart body to disk before the handler runs). A declared Content-Length over the limit is
 answered with 413 at once, without reading the body; a chunked body is counted as it streams and the
 request fails with 413 the moment it passes the limit.
@@ -17,7 +17,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import envelope
-from ftaas.errors import PayloadTooLarge
+from contracts.errors import PayloadTooLarge
 
 log = logging.getLogger("ftaas.access")
 

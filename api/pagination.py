@@ -1,9 +1,9 @@
-"""List envelopes and cursor checks shared by every paginated route (openai-api.md §3.10, §4)."""
+"""List envelopes and cursor checks shared by every paginated route (docs/architecture.md, "Wire contract")."""
 
 from __future__ import annotations
 
+from contracts.errors import InvalidRequest
 from db.ids import has_shape
-from ftaas.errors import InvalidRequest
 
 
 def check_limit(limit: int, *, maximum: int) -> int:

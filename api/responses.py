@@ -21,7 +21,7 @@ def model_response(model: BaseModel) -> Response:
 
 
 def list_response(items: Sequence[BaseModel], *, has_more: bool) -> Response:
-    """The cursor-list envelope (openai-api.md §3.10)."""
+    """The cursor-list envelope (docs/architecture.md, "Wire contract")."""
     body = ",".join(item.model_dump_json() for item in items)
     first = json.dumps(items[0].id if items else None)  # type: ignore[attr-defined]
     last = json.dumps(items[-1].id if items else None)  # type: ignore[attr-defined]

@@ -1,6 +1,6 @@
 """Resolve a registered base model to local files and load it safely.
 
-Safety rules (reliability.md §3): weights only from safetensors (`use_safetensors=True` makes loading
+Safety rules (docs/architecture.md, "Reliability rules"): weights only from safetensors (`use_safetensors=True` makes loading
 fail rather than fall back to pickle), `trust_remote_code=False` always, and with `hf_offline` the hub is
 never contacted (the model must already be in the local Hugging Face cache).
 """
@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlparse
 
 from basemodels import smollm2, tiny
 from basemodels.registry import BaseModelRegistry
-from ftaas.errors import InvalidRequest, NotFound
+from contracts.errors import InvalidRequest, NotFound
 
 if TYPE_CHECKING:
     from storage.base import ArtifactStore

@@ -25,8 +25,8 @@ import json
 from pathlib import Path
 
 from basemodels.cache import RECIPE_FILE, build_once
-from ftaas.errors import InvalidRequest
-from ftaas.settings import PACKAGED_BASE_MODEL_SOURCE as BUILTIN_SOURCE
+from contracts.errors import InvalidRequest
+from contracts.settings import PACKAGED_BASE_MODEL_SOURCE as BUILTIN_SOURCE
 
 __all__ = ["BUILTIN_SOURCE", "GGUF_FILE", "PACKAGE", "RECIPE_VERSION", "build", "ensure_built", "gguf_path"]
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from basemodels.cache import RECIPE_FILE, build_once
-from ftaas.settings import DEMO_BASE_MODEL_SOURCE as BUILTIN_SOURCE
+from contracts.settings import DEMO_BASE_MODEL_SOURCE as BUILTIN_SOURCE
 
 __all__ = ["BUILTIN_SOURCE", "CHAT_TEMPLATE", "RECIPE_VERSION", "build", "ensure_built"]
 

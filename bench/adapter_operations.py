@@ -29,14 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fact_learning import FactSet, answers, correct, parse_setting, train_adapter  # noqa: E402
+from fact_learning import FactSet, answers, correct, parse_setting, train_adapter
 
-from basemodels.loader import BaseModelLoader  # noqa: E402
-from basemodels.registry import BaseModelRegistry  # noqa: E402
-from ftaas.settings import PACKAGED_BASE_MODEL, Settings  # noqa: E402
-from worker.adapters.compress import compress_adapter_dir, load_adapter_tensors  # noqa: E402
-from worker.adapters.lora_files import merge_adapters, read_lora, write_lora  # noqa: E402
-from worker.evals import builtin  # noqa: E402
+from basemodels.loader import BaseModelLoader
+from basemodels.registry import BaseModelRegistry
+from contracts.adapters.files import load_tensors
+from contracts.evals import builtin
+from contracts.settings import PACKAGED_BASE_MODEL, Settings
+from worker.adapters.compress import compress_adapter_dir
+from worker.adapters.lora_files import merge_adapters, read_lora, write_lora
 
 DENSITIES = (0.5, 0.3, 0.2, 0.1, 0.05)
 
@@ -48,7 +49,7 @@ def tuned_model(loader: BaseModelLoader, model_name: str, adapter_dir: Path) -> 
 
     with tempfile.TemporaryDirectory() as dense:
         (Path(dense) / "adapter_config.json").write_bytes((adapter_dir / "adapter_config.json").read_bytes())
-        save_file({k: v.contiguous() for k, v in load_adapter_tensors(adapter_dir).items()},
+        save_file({k: v.contiguous() for k, v in load_tensors(adapter_dir).items()},
                   str(Path(dense) / "adapter_model.safetensors"))
         model = PeftModel.from_pretrained(loader.load_model(model_name), dense)
         return model.merge_and_unload().eval()

@@ -37,8 +37,8 @@ def setup(directory: Path) -> tuple[Any, Any, str]:
 
     from api.app import build_services
     from basemodels.loader import BaseModelLoader
+    from contracts.settings import DEMO_BASE_MODEL, Settings
     from db import migrate, models, projects
-    from ftaas.settings import DEMO_BASE_MODEL, Settings
     from serving.service import InferenceService
     from storage.manifest import publish_directory
 
@@ -68,7 +68,7 @@ def setup(directory: Path) -> tuple[Any, Any, str]:
 
 def run(inference: Any, principal: Any, tuned: str, spec: Any, items: list, controls: list,
         concurrency: int | None) -> tuple[float, dict, list]:
-    from ftaas.settings import DEMO_BASE_MODEL
+    from contracts.settings import DEMO_BASE_MODEL
     from worker.evals.runner import EngineGenerator, EvalRun
 
     generator = EngineGenerator(inference, principal, concurrency=concurrency)
@@ -84,8 +84,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from worker.evals.builtin import generate_suite
-    from worker.evals.spec import CallableResolver, load_items, read_builtin, suite_spec, validate_spec
+    from contracts.evals.builtin import generate_suite
+    from contracts.evals.sources import CallableResolver, load_items, read_builtin
+    from contracts.evals.spec import suite_spec, validate_spec
 
     uri = f"builtin://fictional_people?seed=0&size={args.people}"
     document = suite_spec([(uri, generate_suite("fictional_people", seed=0, size=args.people))], name="bench")

@@ -39,14 +39,14 @@ sys.path.insert(0, str(ROOT))
 
 from basemodels.loader import BaseModelLoader  # noqa: E402
 from basemodels.registry import BaseModelRegistry  # noqa: E402
-from ftaas.settings import Settings  # noqa: E402
-from worker.evals import builtin  # noqa: E402
-from worker.evals.items import EvalItem  # noqa: E402
-from worker.evals.scoring import answer_matches  # noqa: E402
-from worker.evals.spec import DEFAULT_NORMALIZE  # noqa: E402
+from contracts.evals import builtin  # noqa: E402
+from contracts.evals.items import EvalItem  # noqa: E402
+from contracts.evals.scoring import answer_matches  # noqa: E402
+from contracts.evals.spec import DEFAULT_NORMALIZE  # noqa: E402
+from contracts.settings import Settings  # noqa: E402
+from contracts.training.spec import Method, TrainingSpec, resolve_hyperparameters  # noqa: E402
 from worker.training.data import encode_lines  # noqa: E402
 from worker.training.rehearsal import rehearsal_examples  # noqa: E402
-from worker.training.spec import Method, TrainingSpec, resolve_hyperparameters  # noqa: E402
 from worker.training.trainer import Trainer  # noqa: E402
 
 FINETUNEBENCH = ROOT.parent / "shared" / "data" / "finetunebench"

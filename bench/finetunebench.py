@@ -40,7 +40,7 @@ from openai import OpenAI
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ftaas.settings import PACKAGED_BASE_MODEL  # noqa: E402
+from contracts.settings import PACKAGED_BASE_MODEL  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "finetunebench"
 CONTROL = "builtin:world_knowledge"
@@ -86,8 +86,8 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str, str]:
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from contracts.evals.items import dump_suite
     from worker.evals.finetunebench import import_finetunebench
-    from worker.evals.items import dump_suite
 
     items = import_finetunebench(args.data, datasets=["fictional_people"])["fictional_people"]
     suite_path = work / "fictional_people.jsonl"

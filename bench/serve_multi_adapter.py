@@ -165,7 +165,7 @@ def s3_cold_load(model: Any, adapter: Path) -> float:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from ftaas.settings import Settings
+    from contracts.settings import Settings
     from serving.adapters import AdapterCache, AdapterRef
     from storage.manifest import publish_directory
     from storage.registry import open_store
@@ -214,7 +214,7 @@ def main() -> int:
     # that the engine thread's OpenMP team is the only one; the baseline gets every thread back below.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    from ftaas.settings import Settings
+    from contracts.settings import Settings
 
     max_rank = args.max_rank or Settings.model_fields["serving_max_lora_rank"].default
 

@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from basemodels import smollm2, tiny  # noqa: E402
-from ftaas.settings import PACKAGED_BASE_MODEL, Settings  # noqa: E402
+from contracts.settings import PACKAGED_BASE_MODEL, Settings  # noqa: E402
+from contracts.training.spec import AdapterSettings, TrainingSpec  # noqa: E402
 from worker.training.data import TokenizedExample, encode_lines  # noqa: E402
-from worker.training.spec import AdapterSettings, TrainingSpec  # noqa: E402
 from worker.training.trainer import Directive, StepMetrics, Trainer, autocast_dtype  # noqa: E402
 
 WORDS = ("the model learns what the data shows about agents cities rivers colours numbers and dates "
@@ -144,7 +144,8 @@ def run_ftaas(tokenizer: Any, examples: list[TokenizedExample], batch: int, step
 def run_baseline(tokenizer: Any, examples: list[TokenizedExample], batch: int, steps: int, warmup: int,
                  work: Path) -> tuple[float, int, list[list[int]]]:
     from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForSeq2Seq, Trainer as HFTrainer, TrainerCallback, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, TrainerCallback, TrainingArguments
+    from transformers import Trainer as HFTrainer
 
     model = get_peft_model(new_model(tokenizer), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
                                                             task_type="CAUSAL_LM"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,3 +116,16 @@ def redispatch_stale(session: Session, *, older_than: float, limit: int = 100) -
         session.execute(update(File).where(File.id == file_id).values(dispatched_at=now))
         outbox.add(session, outbox.VALIDATE_FILE, file_id)
     return stale
+
+
+def content_reader(db: Any, store: Any, project_id: str, *, include_expired: bool = False
+                   ) -> Callable[[str], bytes | None]:
+    """`read(file_id)`: a file of the project, its bytes verified against the recorded SHA-256; None when the
+    project has no such file. `db` is a `db.session.Database`, `store` an artifact store (`get_bytes`)."""
+
+    def read(file_id: str) -> bytes | None:
+        with db.read() as session:
+            row = get(session, project_id, file_id, include_expired=include_expired)
+        return None if row is None else store.get_bytes(row.storage_key, sha256=row.sha256)
+
+    return read

@@ -1,41 +1,33 @@
-"""Fine-tuning jobs: the state machine, worker leases with fencing tokens, and the reaper's queries.
+"""Fine-tuning jobs: the state machine (db.states) over the lease model every claimed work shares
+(db.leased: conditional UPDATEs, fencing tokens, the reaper), plus what only jobs have: file validation
+before the queue, pause/resume (`pausing`, `paused`), and an event for every change.
 
-Every status change is one conditional UPDATE (`WHERE status IN <legal sources>`), so concurrent actors
-(API cancel, worker completion, reaper) cannot both win: whoever commits second matches no row and
-re-reads. Worker writes also carry `fencing_token = <token of its claim>`: once a job was re-claimed, or
-left `running`/`pausing`, a stale worker's writes match nothing and it gets `LeaseLost`.
-
-Each change writes its job event (and, where work follows, its outbox message) in the same transaction.
+The legal sources of every status change come from the transition table in db.states (the database's
+trigger enforces the same table). Each change writes its job event (and, where work follows, its outbox
+message) in the same transaction.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from contracts.errors import IllegalTransition
 from db import events, knowledge_evals, outbox
+from db.leased import Lease, LeasedQueue, Reaped
 from db.pagination import Page, fetch_page
 from db.states import ACTIVE, JobStatus, WorkStatus, sources_of
 from db.tables import FineTuningJob
-from ftaas.errors import IllegalTransition, LeaseLost
 
 S = JobStatus
-WORKING = (S.RUNNING.value, S.PAUSING.value)
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A worker's claim on a job. `token` fences every write the worker makes."""
-
-    job_id: str
-    project_id: str
-    owner: str
-    token: int
-    attempt: int
+WORKING = frozenset({S.RUNNING.value, S.PAUSING.value})
+_CLEAR_LEASE = {"lease_owner": None, "lease_expires_at": None, "estimated_finish": None}
+QUEUE: LeasedQueue[FineTuningJob] = LeasedQueue(
+    FineTuningJob, outbox.RUN_JOB, noun="job", param="fine_tuning_job_id", working=WORKING,
+    parked=(S.PAUSING.value, S.PAUSED.value), clear=_CLEAR_LEASE)
 
 
 def error_object(code: str, message: str, param: str | None = None) -> dict[str, Any]:
@@ -61,9 +53,7 @@ def get(session: Session, project_id: str, job_id: str) -> FineTuningJob | None:
     )
 
 
-def get_any_project(session: Session, job_id: str) -> FineTuningJob | None:
-    """For workers and the reaper, which act on ids handed to them by the database."""
-    return session.get(FineTuningJob, job_id, populate_existing=True)
+get_any_project = QUEUE.get_any_project
 
 
 def list_page(session: Session, project_id: str, *, after: str | None, limit: int,
@@ -115,28 +105,16 @@ def _transition(session: Session, job_id: str, target: JobStatus, *, only_from: 
     sources = set(sources_of(target))
     if only_from is not None:
         sources &= only_from
-    stmt = update(FineTuningJob).where(FineTuningJob.id == job_id, FineTuningJob.status.in_(sorted(sources)))
-    if token is not None:
-        stmt = stmt.where(FineTuningJob.fencing_token == token)
-    result = session.execute(
-        stmt.values(status=target.value, **(values or {})).execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
+    return QUEUE.update(session, job_id, sources=sources, token=token, values={"status": target.value, **(values or {})})
 
 
 def _event(session: Session, job: FineTuningJob | Lease, message: str, *, level: str = "info",
            type: str = "message", data: dict[str, Any] | None = None) -> None:
-    job_id = job.job_id if isinstance(job, Lease) else job.id
+    job_id = job.work_id if isinstance(job, Lease) else job.id
     events.add(session, job_id=job_id, project_id=job.project_id, message=message, level=level, type=type, data=data)
 
 
-def _reload(session: Session, job_id: str) -> FineTuningJob:
-    job = get_any_project(session, job_id)
-    assert job is not None, job_id
-    return job
-
-
-_CLEAR_LEASE = {"lease_owner": None, "lease_expires_at": None, "estimated_finish": None}
+_reload = QUEUE.reload
 
 
 # -------------------------------------------------------------------------------- user operations
@@ -214,41 +192,19 @@ def fail_validation(session: Session, job: FineTuningJob, error: dict[str, Any])
 # ------------------------------------------------------------------------------- worker operations
 def claim(session: Session, job_id: str, *, owner: str, ttl: float, now: float | None = None) -> Lease | None:
     """queued -> running for exactly one caller. Returns its lease, or None (someone else has it / not queued)."""
-    now = time.time() if now is None else now
     first_start = session.scalar(select(FineTuningJob.started_at).where(FineTuningJob.id == job_id)) is None
-    ok = _transition(
-        session, job_id, S.RUNNING, only_from={S.QUEUED.value},
-        values={
-            "lease_owner": owner,
-            "lease_expires_at": now + ttl,
-            "fencing_token": FineTuningJob.fencing_token + 1,
-            "attempt": FineTuningJob.attempt + 1,
-            "started_at": func.coalesce(FineTuningJob.started_at, int(now)),
-        },
-    )
-    if not ok:
-        return None
-    job = _reload(session, job_id)
-    lease = Lease(job_id=job.id, project_id=job.project_id, owner=owner, token=job.fencing_token, attempt=job.attempt)
-    _event(session, job, "Fine-tuning job started" if first_start else f"Fine-tuning job resumed (attempt {job.attempt})")
+    lease = QUEUE.claim(session, job_id, owner=owner, ttl=ttl, now=now, values={
+        "started_at": func.coalesce(FineTuningJob.started_at, int(time.time() if now is None else now))})
+    if lease is not None:
+        _event(session, lease, "Fine-tuning job started" if first_start
+               else f"Fine-tuning job resumed (attempt {lease.attempt})")
     return lease
 
 
 def heartbeat(session: Session, lease: Lease, *, ttl: float, now: float | None = None,
               values: dict[str, Any] | None = None) -> JobStatus:
     """Renew the lease (and write `values`); returns `running` or `pausing`. Raises LeaseLost otherwise."""
-    now = time.time() if now is None else now
-    result = session.execute(
-        update(FineTuningJob)
-        .where(FineTuningJob.id == lease.job_id, FineTuningJob.fencing_token == lease.token,
-               FineTuningJob.status.in_(WORKING))
-        .values(lease_expires_at=now + ttl, **(values or {}))
-        .returning(FineTuningJob.status)
-        .execution_options(synchronize_session=False)
-    ).first()
-    if result is None:
-        raise LeaseLost(f"job {lease.job_id} is no longer held by token {lease.token}")
-    return JobStatus(result[0])
+    return JobStatus(QUEUE.renew(session, lease, ttl=ttl, now=now, values=values))
 
 
 def add_event(session: Session, lease: Lease, message: str, *, level: str = "info", type: str = "message",
@@ -259,38 +215,22 @@ def add_event(session: Session, lease: Lease, message: str, *, level: str = "inf
 
 def complete(session: Session, lease: Lease, *, fine_tuned_model: str, trained_tokens: int,
              result_files: list[str]) -> None:
-    ok = _transition(
-        session, lease.job_id, S.SUCCEEDED, only_from=set(WORKING), token=lease.token,
-        values={
-            "fine_tuned_model": fine_tuned_model,
-            "trained_tokens": trained_tokens,
-            "result_files": result_files,
-            "finished_at": int(time.time()),
-            **_CLEAR_LEASE,
-        },
-    )
-    if not ok:
-        raise LeaseLost(f"job {lease.job_id} left running before it could complete")
+    QUEUE.finish(session, lease, S.SUCCEEDED.value, {"fine_tuned_model": fine_tuned_model,
+                                                     "trained_tokens": trained_tokens, "result_files": result_files})
     _event(session, lease, f"New fine-tuned model created: {fine_tuned_model}")
     _event(session, lease, "The job has successfully completed")
 
 
 def fail(session: Session, lease: Lease, error: dict[str, Any]) -> None:
-    ok = _transition(session, lease.job_id, S.FAILED, only_from=set(WORKING), token=lease.token,
-                     values={"error": error, "finished_at": int(time.time()), **_CLEAR_LEASE})
-    if not ok:
-        raise LeaseLost(f"job {lease.job_id} left running before it could fail")
+    QUEUE.finish(session, lease, S.FAILED.value, {"error": error})
     _event(session, lease, f"Fine-tuning job failed: {error['message']}", level="error")
-    knowledge_evals.end_attached(session, lease.job_id, WorkStatus.FAILED,
+    knowledge_evals.end_attached(session, lease.work_id, WorkStatus.FAILED,
                                  {"code": "job_failed", "message": "The fine-tuning job failed.", "param": None})
 
 
 def park(session: Session, lease: Lease, *, step: int) -> None:
     """pausing -> paused after the worker saved its checkpoint."""
-    ok = _transition(session, lease.job_id, S.PAUSED, only_from={S.PAUSING.value}, token=lease.token,
-                     values=_CLEAR_LEASE)
-    if not ok:
-        raise LeaseLost(f"job {lease.job_id} left pausing before it could park")
+    QUEUE.finish(session, lease, S.PAUSED.value, {}, sources={S.PAUSING.value})
     _event(session, lease, f"Fine-tuning job paused at step {step}")
 
 
@@ -299,66 +239,27 @@ def release(session: Session, lease: Lease, *, reason: str, counts_as_attempt: b
 
     A graceful preemption (SIGTERM) does not count as a failed attempt; an infrastructure error does.
     """
-    values: dict[str, Any] = {**_CLEAR_LEASE, "dispatched_at": time.time()}
-    if not counts_as_attempt:
-        values["attempt"] = FineTuningJob.attempt - 1
-    ok = _transition(session, lease.job_id, S.QUEUED, only_from={S.RUNNING.value}, token=lease.token, values=values)
-    if not ok:
-        raise LeaseLost(f"job {lease.job_id} left running before it could be released")
+    QUEUE.release(session, lease, counts_as_attempt=counts_as_attempt)
     _event(session, lease, f"Job re-queued: {reason}", level="warn")
-    outbox.add(session, outbox.RUN_JOB, lease.job_id)
 
 
 # ------------------------------------------------------------------------------------------- reaper
-@dataclass(frozen=True)
-class ReapedJob:
-    job_id: str
-    outcome: str  # "requeued" | "failed" | "paused"
-
-
-def reap_expired_leases(session: Session, *, now: float | None = None, limit: int = 100) -> list[ReapedJob]:
+def reap_expired_leases(session: Session, *, now: float | None = None, limit: int = 100) -> list[Reaped[FineTuningJob]]:
     """Jobs whose worker stopped renewing its lease: re-queue (attempts left), fail, or park if pausing."""
-    now = time.time() if now is None else now
-    expired = list(
-        session.scalars(
-            select(FineTuningJob)
-            .where(FineTuningJob.status.in_(WORKING), FineTuningJob.lease_expires_at < now)
-            .order_by(FineTuningJob.lease_expires_at)
-            .limit(limit)
-        )
-    )
-    reaped: list[ReapedJob] = []
-    for job in expired:
-        guard = and_(FineTuningJob.fencing_token == job.fencing_token, FineTuningJob.lease_expires_at < now)
-        if job.status == S.PAUSING:
-            stmt_ok = _reap(session, job, S.PAUSED, guard, {})
-            if stmt_ok:
-                _event(session, job, "Worker lost while pausing; job paused at its last checkpoint", level="warn")
-                reaped.append(ReapedJob(job.id, "paused"))
-        elif job.attempt < job.max_attempts:
-            if _reap(session, job, S.QUEUED, guard, {"dispatched_at": now}):
-                _event(session, job, f"Worker lost (attempt {job.attempt} of {job.max_attempts}); "
-                       "re-queued to resume from the last checkpoint", level="warn")
-                outbox.add(session, outbox.RUN_JOB, job.id)
-                reaped.append(ReapedJob(job.id, "requeued"))
+    reaped = QUEUE.reap_expired_leases(session, now=now, limit=limit)
+    for item in reaped:
+        job = item.row
+        if item.outcome == "parked":
+            _event(session, job, "Worker lost while pausing; job paused at its last checkpoint", level="warn")
+        elif item.outcome == "requeued":
+            _event(session, job, f"Worker lost (attempt {job.attempt} of {job.max_attempts}); "
+                   "re-queued to resume from the last checkpoint", level="warn")
         else:
-            error = error_object("worker_lost", f"The worker running this job was lost {job.attempt} times; "
-                                 "giving up.")
-            if _reap(session, job, S.FAILED, guard, {"error": error, "finished_at": int(now)}):
-                _event(session, job, error["message"], level="error")
-                knowledge_evals.end_attached(session, job.id, WorkStatus.FAILED, error)
-                reaped.append(ReapedJob(job.id, "failed"))
+            error = _reload(session, job.id).error
+            assert error is not None
+            _event(session, job, error["message"], level="error")
+            knowledge_evals.end_attached(session, job.id, WorkStatus.FAILED, error)
     return reaped
-
-
-def _reap(session: Session, job: FineTuningJob, target: JobStatus, guard: Any, values: dict[str, Any]) -> bool:
-    result = session.execute(
-        update(FineTuningJob)
-        .where(FineTuningJob.id == job.id, FineTuningJob.status == job.status, guard)
-        .values(status=target.value, **_CLEAR_LEASE, **values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
 
 
 def redispatch_stale(session: Session, *, older_than: float, limit: int = 100) -> list[str]:
@@ -367,16 +268,5 @@ def redispatch_stale(session: Session, *, older_than: float, limit: int = 100) -
     The broker may drop a message (a worker killed while holding it unacknowledged on a virtual
     transport). Duplicates are harmless: advancing and claiming are conditional.
     """
-    stale = list(
-        session.scalars(
-            select(FineTuningJob)
-            .where(FineTuningJob.status.in_([S.VALIDATING_FILES.value, S.QUEUED.value]),
-                   FineTuningJob.dispatched_at < older_than)
-            .limit(limit)
-        )
-    )
-    now = time.time()
-    for job in stale:
-        session.execute(update(FineTuningJob).where(FineTuningJob.id == job.id).values(dispatched_at=now))
-        outbox.add(session, outbox.RUN_JOB if job.status == S.QUEUED else outbox.ADVANCE_JOB, job.id)
-    return [job.id for job in stale]
+    return QUEUE.redispatch_stale(session, older_than=older_than, limit=limit, statuses={
+        S.VALIDATING_FILES.value: outbox.ADVANCE_JOB, S.QUEUED.value: outbox.RUN_JOB})

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db import outbox
-from db.leased import LeasedQueue, WorkLease
+from db.leased import Lease, LeasedQueue
 from db.states import WorkStatus
 from db.tables import KnowledgeEval
 
@@ -37,18 +37,18 @@ def for_job(session: Session, job_id: str) -> KnowledgeEval | None:
     return session.scalar(select(KnowledgeEval).where(KnowledgeEval.job_id == job_id))
 
 
-def claim(session: Session, eval_id: str, *, owner: str, ttl: float) -> WorkLease | None:
+def claim(session: Session, eval_id: str, *, owner: str, ttl: float) -> Lease | None:
     """queued -> running for exactly one caller (standalone evals only)."""
     return QUEUE.claim(session, eval_id, owner=owner, ttl=ttl, values={"progress_done": 0})
 
 
-def heartbeat(session: Session, lease: WorkLease, *, ttl: float, progress_done: int | None = None,
+def heartbeat(session: Session, lease: Lease, *, ttl: float, progress_done: int | None = None,
               progress_total: int | None = None) -> None:
     values = {"progress_done": progress_done, "progress_total": progress_total}
-    QUEUE.heartbeat(session, lease, ttl=ttl, values={k: v for k, v in values.items() if v is not None})
+    QUEUE.renew(session, lease, ttl=ttl, values={k: v for k, v in values.items() if v is not None})
 
 
-def complete(session: Session, lease: WorkLease, *, summary: dict[str, Any], result_files: list[str]) -> None:
+def complete(session: Session, lease: Lease, *, summary: dict[str, Any], result_files: list[str]) -> None:
     QUEUE.complete(session, lease, {"summary": summary, "result_files": result_files})
 
 

@@ -1,35 +1,37 @@
-"""The small state machine of standalone work a worker claims (knowledge evals, adapter operations):
+"""Work a worker claims under a lease: fine-tuning jobs (db.jobs), knowledge evals and adapter operations.
 
-    queued -> running -> succeeded | failed | cancelled;  running -> queued (worker lost or shutting down)
+One lease model for all three. A claim moves a row `queued -> running`, bumps its `fencing_token` and
+`attempt` and sets `lease_owner`/`lease_expires_at`; the worker renews the lease while it works, and every
+write it makes carries the token of its claim: once the work was cancelled, reaped or re-claimed, a stale
+worker's writes match nothing and it gets `LeaseLost`. Every status change is one conditional UPDATE
+(`WHERE status IN <sources>`), so concurrent actors (API cancel, worker completion, reaper) cannot both
+win. A wake-up message goes out through the outbox in the same transaction as the state it announces.
 
-As with fine-tuning jobs (db.jobs), every change is one conditional UPDATE, and a worker's writes carry
-the fencing token of its claim: once the work was cancelled, reaped or re-claimed, a stale worker's writes
-match nothing and it gets `LeaseLost`. The wake-up message goes out through the outbox in the same
-transaction as the state it announces. `LeasedQueue` holds the table, its task route and which rows are
-standalone (knowledge evals attached to a job are run under the job's lease instead).
+`LeasedQueue` holds one table's queue: its task route, which statuses count as working (jobs add
+`pausing`), which rows are standalone (knowledge evals attached to a job run under the job's lease
+instead), and the fenced operations. db.jobs adds the job-only states and events on top of it.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import ColumnElement, select, true, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapped, Session
 
+from contracts.errors import IllegalTransition, LeaseLost
 from db import outbox
 from db.pagination import Page, fetch_page
 from db.states import WorkStatus
-from ftaas.errors import IllegalTransition, LeaseLost
 
-S = WorkStatus
-CLEAR_LEASE = {"lease_owner": None, "lease_expires_at": None}
-Row = TypeVar("Row")
+CLEAR_LEASE: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+QUEUED, RUNNING = WorkStatus.QUEUED.value, WorkStatus.RUNNING.value
 
 
 @dataclass(frozen=True)
-class WorkLease:
+class Lease:
     """A worker's claim on a piece of work. `token` fences every write it makes."""
 
     work_id: str
@@ -39,37 +41,83 @@ class WorkLease:
     attempt: int
 
 
+class LeasedRow(Protocol):
+    """The columns a leased table has (db.tables.LeasedWork and each table's own id, status and times)."""
+
+    id: Mapped[str]
+    project_id: Mapped[str]
+    status: Mapped[str]
+    attempt: Mapped[int]
+    max_attempts: Mapped[int]
+    fencing_token: Mapped[int]
+    lease_owner: Mapped[str | None]
+    lease_expires_at: Mapped[float | None]
+    dispatched_at: Mapped[float | None]
+    started_at: Mapped[int | None]
+    finished_at: Mapped[int | None]
+
+
+Row = TypeVar("Row", bound=LeasedRow)
+
+
+@dataclass(frozen=True)
+class Reaped(Generic[Row]):
+    """A row whose worker stopped renewing its lease, and what became of it."""
+
+    row: Row
+    outcome: str  # "requeued" | "failed" | "parked"
+
+
+def worker_lost(noun: str, attempts: int) -> dict[str, Any]:
+    return {"code": "worker_lost", "param": None,
+            "message": f"The worker running this {noun} was lost {attempts} times; giving up."}
+
+
 class LeasedQueue(Generic[Row]):
-    def __init__(self, table: Any, route: outbox.TaskRoute, *, noun: str, param: str,
-                 standalone: ColumnElement[bool] | None = None) -> None:
+    def __init__(self, table: type[Row], route: outbox.TaskRoute, *, noun: str, param: str,
+                 standalone: ColumnElement[bool] | None = None, working: frozenset[str] = frozenset({RUNNING}),
+                 parked: tuple[str, str] | None = None, clear: dict[str, Any] | None = None) -> None:
         self.table = table
         self.route = route
         self.noun = noun  # "knowledge eval", in messages
         self.param = param  # the path parameter that names one, in errors
         self.standalone = standalone if standalone is not None else true()
+        #: statuses in which a worker holds the lease (and renews it)
+        self.working = working
+        #: (from, to): a lost worker's row in `from` is parked in `to` instead of re-queued (jobs: pausing)
+        self.parked = parked
+        #: the columns a lease's end clears
+        self.clear = clear if clear is not None else CLEAR_LEASE
 
     # ----------------------------------------------------------------------------------- rows
     def insert(self, session: Session, row: Row, *, dispatch: bool) -> None:
         """A new row; `dispatch` announces it to the workers in the same transaction."""
-        row.dispatched_at = time.time()  # type: ignore[attr-defined]
+        row.dispatched_at = time.time()
         session.add(row)
         session.flush()
         if dispatch:
-            outbox.add(session, self.route, row.id)  # type: ignore[attr-defined]
+            outbox.add(session, self.route, row.id)
 
     def get(self, session: Session, project_id: str, work_id: str) -> Row | None:
         t = self.table
         return session.scalar(select(t).where(t.id == work_id, t.project_id == project_id))
 
     def get_any_project(self, session: Session, work_id: str) -> Row | None:
+        """For workers and the reaper, which act on ids handed to them by the database."""
         return session.get(self.table, work_id, populate_existing=True)
+
+    def reload(self, session: Session, work_id: str) -> Row:
+        row = self.get_any_project(session, work_id)
+        assert row is not None, work_id
+        return row
 
     def list_page(self, session: Session, project_id: str, *, after: str | None, limit: int) -> Page[Row]:
         return fetch_page(session, select(self.table).where(self.table.project_id == project_id), self.table.id,
                           after=after, limit=limit)
 
-    def update(self, session: Session, work_id: str, *, sources: set[str], token: int | None = None,
+    def update(self, session: Session, work_id: str, *, sources: set[str] | frozenset[str], token: int | None = None,
                values: dict[str, Any]) -> bool:
+        """One conditional UPDATE: only from `sources`, and only under `token` when one is given."""
         t = self.table
         stmt = update(t).where(t.id == work_id, t.status.in_(sorted(sources)))
         if token is not None:
@@ -79,84 +127,107 @@ class LeasedQueue(Generic[Row]):
     # ------------------------------------------------------------------------------ transitions
     def cancel(self, session: Session, row: Row) -> Row:
         """queued or running -> cancelled (a running worker stops at its next fenced write). Idempotent."""
-        work_id = row.id  # type: ignore[attr-defined]
-        if self.update(session, work_id, sources={S.QUEUED, S.RUNNING},
-                       values={"status": S.CANCELLED.value, "finished_at": int(time.time()), **CLEAR_LEASE}):
-            return self.get_any_project(session, work_id)  # type: ignore[return-value]
-        current = self.get_any_project(session, work_id)
-        if current.status == S.CANCELLED:  # type: ignore[union-attr]
-            return current  # type: ignore[return-value]
-        raise IllegalTransition(f"cannot cancel a {self.noun} that has {current.status}",  # type: ignore[union-attr]
-                                param=self.param)
+        work_id = row.id
+        if self.update(session, work_id, sources={QUEUED, RUNNING},
+                       values={"status": WorkStatus.CANCELLED.value, "finished_at": int(time.time()), **self.clear}):
+            return self.reload(session, work_id)
+        current = self.reload(session, work_id)
+        if current.status == WorkStatus.CANCELLED:
+            return current
+        raise IllegalTransition(f"cannot cancel a {self.noun} that has {current.status}", param=self.param)
 
-    def claim(self, session: Session, work_id: str, *, owner: str, ttl: float,
-              values: dict[str, Any] | None = None) -> WorkLease | None:
-        """queued -> running for exactly one caller."""
+    def claim(self, session: Session, work_id: str, *, owner: str, ttl: float, now: float | None = None,
+              values: dict[str, Any] | None = None) -> Lease | None:
+        """queued -> running for exactly one caller: its lease, or None (someone else has it, or it is not
+        queued, or not standalone). `values` are written too (and may replace the default `started_at`)."""
         t = self.table
-        now = time.time()
-        standalone = session.scalar(select(t.id).where(t.id == work_id, self.standalone))
-        if standalone is None:
+        now = time.time() if now is None else now
+        if session.scalar(select(t.id).where(t.id == work_id, self.standalone)) is None:
             return None
-        ok = self.update(session, work_id, sources={S.QUEUED}, values={
-            "status": S.RUNNING.value, "lease_owner": owner, "lease_expires_at": now + ttl,
+        ok = self.update(session, work_id, sources={QUEUED}, values={
+            "status": RUNNING, "lease_owner": owner, "lease_expires_at": now + ttl,
             "fencing_token": t.fencing_token + 1, "attempt": t.attempt + 1, "started_at": int(now),
             **(values or {})})
         if not ok:
             return None
-        row = self.get_any_project(session, work_id)
-        return WorkLease(row.id, row.project_id, owner, row.fencing_token, row.attempt)  # type: ignore[union-attr]
+        row = self.reload(session, work_id)
+        return Lease(row.id, row.project_id, owner, row.fencing_token, row.attempt)
 
-    def heartbeat(self, session: Session, lease: WorkLease, *, ttl: float, values: dict[str, Any] | None = None) -> None:
-        if not self.update(session, lease.work_id, sources={S.RUNNING}, token=lease.token,
-                           values={"lease_expires_at": time.time() + ttl, **(values or {})}):
+    def renew(self, session: Session, lease: Lease, *, ttl: float, now: float | None = None,
+              values: dict[str, Any] | None = None) -> str:
+        """Extend the lease (and write `values`); returns the current working status. `LeaseLost` otherwise."""
+        t = self.table
+        now = time.time() if now is None else now
+        found = session.execute(
+            update(t).where(t.id == lease.work_id, t.fencing_token == lease.token, t.status.in_(sorted(self.working)))
+            .values(lease_expires_at=now + ttl, **(values or {})).returning(t.status)
+            .execution_options(synchronize_session=False)).first()
+        if found is None:
             raise LeaseLost(f"{self.noun} {lease.work_id} is no longer held by token {lease.token}")
+        return str(found[0])
 
-    def complete(self, session: Session, lease: WorkLease, values: dict[str, Any]) -> None:
-        if not self.update(session, lease.work_id, sources={S.RUNNING}, token=lease.token, values={
-                "status": S.SUCCEEDED.value, "finished_at": int(time.time()), **CLEAR_LEASE, **values}):
-            raise LeaseLost(f"{self.noun} {lease.work_id} left running before it could complete")
+    def finish(self, session: Session, lease: Lease, status: str, values: dict[str, Any], *,
+               sources: set[str] | frozenset[str] | None = None) -> None:
+        """A working row -> `status` (succeeded, failed, parked...), ending the lease. `LeaseLost` otherwise."""
+        finished = {"finished_at": int(time.time())} if status in (WorkStatus.SUCCEEDED, WorkStatus.FAILED) else {}
+        if not self.update(session, lease.work_id, sources=self.working if sources is None else sources,
+                           token=lease.token, values={"status": status, **finished, **self.clear, **values}):
+            raise LeaseLost(f"{self.noun} {lease.work_id} left {'/'.join(sorted(self.working))} before it could "
+                            f"become {status}")
 
-    def fail(self, session: Session, lease: WorkLease, error: dict[str, Any]) -> None:
-        if not self.update(session, lease.work_id, sources={S.RUNNING}, token=lease.token, values={
-                "status": S.FAILED.value, "error": error, "finished_at": int(time.time()), **CLEAR_LEASE}):
-            raise LeaseLost(f"{self.noun} {lease.work_id} left running before it could fail")
+    def complete(self, session: Session, lease: Lease, values: dict[str, Any]) -> None:
+        self.finish(session, lease, WorkStatus.SUCCEEDED.value, values)
 
-    def release(self, session: Session, lease: WorkLease, *, counts_as_attempt: bool) -> None:
-        """running -> queued, so that another worker starts it over."""
-        values: dict[str, Any] = {"status": S.QUEUED.value, "dispatched_at": time.time(), **CLEAR_LEASE}
+    def fail(self, session: Session, lease: Lease, error: dict[str, Any]) -> None:
+        self.finish(session, lease, WorkStatus.FAILED.value, {"error": error})
+
+    def release(self, session: Session, lease: Lease, *, counts_as_attempt: bool) -> None:
+        """running -> queued, so that another worker starts it over (or resumes it from its checkpoint)."""
+        values: dict[str, Any] = {"status": QUEUED, "dispatched_at": time.time(), **self.clear}
         if not counts_as_attempt:
             values["attempt"] = self.table.attempt - 1
-        if not self.update(session, lease.work_id, sources={S.RUNNING}, token=lease.token, values=values):
+        if not self.update(session, lease.work_id, sources={RUNNING}, token=lease.token, values=values):
             raise LeaseLost(f"{self.noun} {lease.work_id} left running before it could be released")
         outbox.add(session, self.route, lease.work_id)
 
     # ------------------------------------------------------------------------------------ reaper
-    def reap_expired_leases(self, session: Session, *, now: float | None = None, limit: int = 100) -> list[str]:
-        """Running work whose worker stopped renewing its lease: re-queue, or fail after max attempts."""
+    def reap_expired_leases(self, session: Session, *, now: float | None = None, limit: int = 100) -> list[Reaped[Row]]:
+        """Working rows whose worker stopped renewing its lease: parked (see `parked`), re-queued while
+        attempts are left, failed (`worker_lost`) after that."""
         t = self.table
         now = time.time() if now is None else now
-        expired = list(session.scalars(select(t).where(t.status == S.RUNNING, self.standalone,
-                                                       t.lease_expires_at < now).limit(limit)))
-        reaped = []
+        expired = list(session.scalars(
+            select(t).where(t.status.in_(sorted(self.working)), self.standalone, t.lease_expires_at < now)
+            .order_by(t.lease_expires_at).limit(limit)))
+        reaped: list[Reaped[Row]] = []
         for row in expired:
-            if row.attempt < row.max_attempts:
-                values: dict[str, Any] = {"status": S.QUEUED.value, "dispatched_at": now, **CLEAR_LEASE}
+            if self.parked is not None and row.status == self.parked[0]:
+                outcome, values = "parked", {"status": self.parked[1]}
+            elif row.attempt < row.max_attempts:
+                outcome, values = "requeued", {"status": QUEUED, "dispatched_at": now}
             else:
-                values = {"status": S.FAILED.value, "finished_at": int(now), **CLEAR_LEASE,
-                          "error": {"code": "worker_lost", "param": None, "message": f"The worker running this "
-                                    f"{self.noun} was lost {row.attempt} times; giving up."}}
-            if self.update(session, row.id, sources={S.RUNNING}, token=row.fencing_token, values=values):
-                if values["status"] == S.QUEUED.value:
+                outcome = "failed"
+                values = {"status": WorkStatus.FAILED.value, "finished_at": int(now),
+                          "error": worker_lost(self.noun, row.attempt)}
+            stmt = (update(t).where(t.id == row.id, t.status == row.status, t.fencing_token == row.fencing_token,
+                                    t.lease_expires_at < now)
+                    .values(**self.clear, **values).execution_options(synchronize_session=False))
+            if session.execute(stmt).rowcount == 1:
+                if outcome == "requeued":
                     outbox.add(session, self.route, row.id)
-                reaped.append(row.id)
+                reaped.append(Reaped(row, outcome))
         return reaped
 
-    def redispatch_stale(self, session: Session, *, older_than: float, limit: int = 100) -> list[str]:
-        """Re-announce queued work whose wake-up message seems lost (duplicates are harmless)."""
+    def redispatch_stale(self, session: Session, *, older_than: float, limit: int = 100,
+                         statuses: dict[str, outbox.TaskRoute] | None = None) -> list[str]:
+        """Re-announce waiting work whose wake-up message seems lost (duplicates are harmless: claiming is
+        conditional). `statuses` maps each waiting status to its route (default: queued -> this queue's)."""
         t = self.table
-        stale = list(session.scalars(select(t).where(t.status == S.QUEUED, self.standalone,
+        routes = statuses or {QUEUED: self.route}
+        stale = list(session.scalars(select(t).where(t.status.in_(sorted(routes)), self.standalone,
                                                      t.dispatched_at < older_than).limit(limit)))
+        now = time.time()
         for row in stale:
-            session.execute(update(t).where(t.id == row.id).values(dispatched_at=time.time()))
-            outbox.add(session, self.route, row.id)
+            session.execute(update(t).where(t.id == row.id).values(dispatched_at=now))
+            outbox.add(session, routes[row.status], row.id)
         return [row.id for row in stale]

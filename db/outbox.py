@@ -1,6 +1,6 @@
 """Transactional outbox: task messages written with the state change they announce.
 
-A service adds a message in the same transaction as, say, a new job row; the relay (worker.relay)
+A service adds a message in the same transaction as, say, a new job row; the relay (worker.maintenance)
 publishes committed messages to the broker and marks them. Publishing is at-least-once (a crash between
 publish and mark re-publishes), which is safe because every task is idempotent and checks the database
 before acting.

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contracts.errors import InvalidRequest, NotFound
 from db import ids
 from db.tables import ApiKey, Project
-from ftaas.errors import InvalidRequest, NotFound
 
 KEY_PREFIX = "sk-ftaas-"
 PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

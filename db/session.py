@@ -17,7 +17,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ftaas.errors import DatabaseUnavailable
+from contracts.errors import DatabaseUnavailable
 
 _SQLITE_BEGIN = "ftaas_sqlite_begin"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ftaas.settings import Settings
+from contracts.settings import Settings
 
 
 def _settings(**overrides: object) -> Settings:
@@ -154,8 +154,8 @@ def keys_list(project: str | None) -> None:
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
     """Revoke a key by id; requests with it get 401 from then on."""
+    from contracts.errors import NotFound
     from db import projects
-    from ftaas.errors import NotFound
 
     database = _database(_settings(), require_schema=True)
     try:

@@ -143,7 +143,7 @@ def list_evals(base_url: str, api_key: str) -> None:
 @eval_group.command("suites")
 def suites_command() -> None:
     """The built-in suites."""
-    from worker.evals.builtin import SUITES
+    from contracts.evals.builtin import SUITES
 
     for info in SUITES.values():
         click.echo(f"{info.name:<18} {info.setting:<18} default size {info.default_size:<4} {info.description}")
@@ -159,9 +159,9 @@ def suites_command() -> None:
               help="Also write the chat JSONL training file of the memorization split.")
 def suite_command(name: str, seed: int, size: int | None, output: Path, training_file: Path | None) -> None:
     """Generate a built-in suite (deterministic for a seed)."""
-    from ftaas.errors import InvalidRequest
-    from worker.evals import builtin
-    from worker.evals.items import dump_suite
+    from contracts.errors import InvalidRequest
+    from contracts.evals import builtin
+    from contracts.evals.items import dump_suite
 
     try:
         items = builtin.generate_suite(name, seed=seed, size=size)
@@ -179,9 +179,9 @@ def suite_command(name: str, seed: int, size: int | None, output: Path, training
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True)
 def import_command(directory: Path, output: Path) -> None:
     """Turn your copy of the FineTuneBench CSVs into suite files (one per dataset) and training files."""
-    from worker.evals.builtin import training_file
+    from contracts.evals.builtin import training_file
+    from contracts.evals.items import dump_suite
     from worker.evals.finetunebench import import_finetunebench
-    from worker.evals.items import dump_suite
 
     result = import_finetunebench(directory)
     output.mkdir(parents=True, exist_ok=True)

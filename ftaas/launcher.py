@@ -1,4 +1,8 @@
-"""Process entrypoints: `ftaas up` (everything, embedded default), `api`, `worker` and `relay`."""
+"""Process entrypoints: `ftaas up` (everything, embedded default), `api`, `worker` and `relay`.
+
+One file on purpose (~360 lines): the process tree of each deployment mode (`up`, `api`, `serve`, `worker`,
+`relay`) is read side by side, since the modes differ only in which of the same parts they start.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from contracts.settings import PACKAGED_BASE_MODEL, Settings
 from db import migrate, projects
 from db.session import Database
-from ftaas.settings import PACKAGED_BASE_MODEL, Settings
 
 log = logging.getLogger("ftaas")
 
@@ -147,7 +151,7 @@ def run_embedded(settings: Settings) -> int:
     import uvicorn
 
     from api.app import build_services, create_app
-    from serving.router import router as serving_router
+    from api.inference.router import router as inference_router
     from worker.app import create_celery_app
     from worker.broker import prepare_embedded_broker
     from worker.maintenance import Maintenance
@@ -165,7 +169,7 @@ def run_embedded(settings: Settings) -> int:
     _prepare_packaged_model(settings)
     services = build_services(settings)
     inference = attach_inference(services, settings)
-    app = create_app(settings, services=services, extra_routers=[serving_router])
+    app = create_app(settings, services=services, extra_routers=[inference_router])
 
     supervisor = WorkerSupervisor(settings)
     supervisor.start()
@@ -199,7 +203,7 @@ def attach_inference(services: Any, settings: Settings) -> Any:
     loader = BaseModelLoader(services.registry, settings.model_cache_dir, hf_offline=settings.hf_offline,
                              open_store=lambda uri: open_store(uri, settings))
     inference = InferenceService(services.db, services.store, services.registry, loader, settings)
-    services.extras["inference"] = inference
+    services.inference = inference
     services.models.on_deleted.append(inference.evict)
     return inference
 
@@ -245,7 +249,7 @@ def run_serve(settings: Settings) -> int:
     import uvicorn
 
     from api.app import build_services, create_app
-    from serving.router import router as serving_router
+    from api.inference.router import router as inference_router
 
     _library_environment(settings)
     services = build_services(settings)
@@ -253,7 +257,7 @@ def run_serve(settings: Settings) -> int:
         log.error("the database schema is not at the latest migration: run `ftaas migrate` first")
         return 2
     inference = attach_inference(services, settings)
-    app = create_app(settings, services=services, extra_routers=[serving_router])
+    app = create_app(settings, services=services, extra_routers=[inference_router])
     try:
         DrainingServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                       timeout_graceful_shutdown=30), app, inference, settings).run()
@@ -338,7 +342,7 @@ def run_relay(settings: Settings) -> int:
 
 
 def redis_eviction_problem(broker_url: str) -> str | None:
-    """Redis must not evict keys, or kombu loses queue bindings and messages (reliability.md §1.1)."""
+    """Redis must not evict keys, or kombu loses queue bindings and messages (docs/architecture.md, "Reliability rules")."""
     if not broker_url.startswith(("redis://", "rediss://")):
         return None
     import redis

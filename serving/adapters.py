@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ftaas.errors import InvalidRequest, Overloaded
+from contracts.adapters.files import adapter_files
+from contracts.errors import InvalidRequest, Overloaded
 from serving.lora import AdapterWeights
 from storage import ArtifactStore
 from storage.manifest import download_artifact
-from worker.adapters.compress import adapter_files
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ftaas.errors import Draining, Overloaded
+from contracts.errors import Draining, Overloaded
 from serving.lora import AdapterWeights, SlotLora
 from serving.model import LlamaForward, build_step
 

@@ -19,19 +19,17 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from ftaas.errors import InvalidRequest
-from worker.adapters.compress import load_adapter_tensors
+from contracts.adapters.files import CONFIG, load_tensors, pattern_value
+from contracts.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from serving.model import LlamaForward, StepBatch
 
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 _KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.(lora_A\.weight|lora_B\.weight|"
                   r"lora_magnitude_vector(?:\.weight)?)$")
 
@@ -74,7 +72,7 @@ def unsupported(message: str) -> InvalidRequest:
 
 def read_adapter(directory: Path, forward: LlamaForward, *, key: str, max_rank: int) -> AdapterWeights:
     """Validate a peft adapter directory against the served base model and convert it."""
-    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    config = json.loads((directory / CONFIG).read_text())
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
         raise unsupported(f"{peft_type or 'unknown'} adapters cannot be batch-served; LoRA-family adapters can "
@@ -86,7 +84,7 @@ def read_adapter(directory: Path, forward: LlamaForward, *, key: str, max_rank: 
     if config.get("fan_in_fan_out"):
         raise unsupported("fan_in_fan_out adapters (Conv1D models) are not supported")
     # Dense weights, or ComPEFT-compressed ones decompressed here (worker.adapters.compress).
-    tensors = load_adapter_tensors(directory)
+    tensors = load_tensors(directory)
     g = forward.geometry
     modules: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
@@ -181,14 +179,6 @@ def compose(parts: list[tuple[AdapterWeights, float]], *, key: str, max_rank: in
                                          b=torch.cat([f.b * w for f, w in present], 0).contiguous(), magnitude=None)
         layers.append(groups)
     return AdapterWeights(key=key, layers=layers, uses_dora=False, group_sizes=sizes)
-
-
-def pattern_value(patterns: dict[str, Any], name: str, default: Any) -> Any:
-    """PEFT's rank/alpha patterns: the value of the first pattern that ends the module path `name`."""
-    for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", name):
-            return value
-    return default
 
 
 def rank_classes(max_rank: int) -> list[int]:

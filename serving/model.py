@@ -20,6 +20,9 @@ operands: a 1-row product (gemv) and a 7-row product round differently (measured
 
 Rows are ordered: decode rows (one per running sequence), then the prompt tokens of joining sequences,
 then padding. The padding rows write their keys and values into a scratch slot that nothing reads.
+
+One file on purpose (~480 lines): the forward pass of every served family, whose per-family differences
+(norms, scales, RoPE tables, activations) are small switches on one code path that must stay side by side.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ftaas.errors import InvalidRequest
+from contracts.errors import InvalidRequest
 
 #: Architectures whose decoder layers this forward reproduces (pre-norm, RoPE, GQA, gated MLP; per-head q/k
 #: RMSNorm for qwen3 and gemma3; phi3's fused projections and partial rotary embeddings; gemma3's scaled

@@ -20,10 +20,9 @@ from typing import Any
 import torch
 
 from basemodels.loader import BaseModelLoader
+from contracts.adapters.files import CONFIG, WEIGHTS, load_tensors
 from serving.adapters import AdapterCache, AdapterRef
-from serving.lora import ADAPTER_CONFIG
 from serving.service import stop_token_ids
-from worker.adapters.compress import load_adapter_tensors
 
 #: Conversations answered per `generate` call.
 BATCH = 16
@@ -72,9 +71,9 @@ class ReferenceGenerator:
         from safetensors.torch import save_file
 
         source = self.adapters.local_directory(adapter)
-        shutil.copyfile(source / ADAPTER_CONFIG, folder / ADAPTER_CONFIG)
-        tensors = {name: tensor.contiguous() for name, tensor in load_adapter_tensors(source).items()}
-        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        shutil.copyfile(source / CONFIG, folder / CONFIG)
+        tensors = {name: tensor.contiguous() for name, tensor in load_tensors(source).items()}
+        save_file(tensors, str(folder / WEIGHTS))
         return folder
 
     @staticmethod

@@ -7,8 +7,7 @@
     -> tokenize (chat template, or the raw prompt) and check the context length
     -> submit n sequences per prompt -> a `Generation` the router streams or collects
 
-Text is assembled here, not in the engine: incremental detokenization that never emits half a UTF-8
-character, and stop sequences that end the sequence (held back while they could still be forming).
+The text of the results is assembled in `serving.generation`.
 """
 
 from __future__ import annotations
@@ -17,31 +16,23 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
+from contracts.errors import Draining, InvalidRequest, NotFound, Overloaded
+from contracts.inference.schemas import ChatCompletionRequest, CompletionRequest
+from contracts.settings import Settings
 from db import models
 from db.projects import Principal
 from db.session import Database
-from ftaas.errors import DeadlineExceeded, Draining, FTaaSError, InvalidRequest, NotFound, Overloaded
-from ftaas.settings import Settings
 from serving.adapters import AdapterCache, AdapterLease, AdapterRef
-from serving.engine import (
-    Engine,
-    Event,
-    FinishEvent,
-    SamplingParams,
-    Sequence,
-    TokenEvent,
-    single_threaded_torch,
-)
+from serving.engine import Engine, Event, SamplingParams, Sequence, single_threaded_torch
+from serving.generation import Generation, SharedRelease, event_sink
 from serving.lora import compose, read_adapter
-from serving.metrics import ServingMetrics
+from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.model import LlamaForward, refuse_unservable
-from serving.schemas import ChatCompletionRequest, CompletionRequest
 from storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -61,157 +52,9 @@ class BaseEngine:
     stop_token_ids: frozenset[int]
 
 
-@dataclass
-class ChoiceResult:
-    index: int
-    text: str = ""
-    finish_reason: str | None = None
-    completion_tokens: int = 0
-    #: (token text, logprob, [(alternative text, logprob)]) per generated token, when asked for
-    logprobs: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)
-
-
-@dataclass
-class Delta:
-    """A piece of one choice's output, as the stream reports it."""
-
-    index: int
-    text: str = ""
-    logprobs: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)
-    finish_reason: str | None = None
-
-
-class Generation:
-    """The running choices of one request. Iterate `deltas()` (streaming) or await `collect()`."""
-
-    def __init__(self, engine: Engine, tokenizer: Any, sequences: list[Sequence], choice_stops: list[list[str]],
-                 queue: asyncio.Queue[tuple[int, Event]], prompt_tokens: int, want_logprobs: bool) -> None:
-        self.engine = engine
-        self.tokenizer = tokenizer
-        self.sequences = sequences
-        self.queue = queue
-        self.prompt_tokens = prompt_tokens
-        self.want_logprobs = want_logprobs
-        self.results = [ChoiceResult(i) for i in range(len(sequences))]
-        self._texts = [_TextAssembler(tokenizer, stops) for stops in choice_stops]
-        self._open = len(sequences)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(r.completion_tokens for r in self.results)
-
-    def cancel(self) -> None:
-        for sequence in self.sequences:
-            self.engine.cancel(sequence)
-
-    async def deltas(self) -> AsyncIterator[Delta]:
-        try:
-            while self._open:
-                index, event = await self.queue.get()
-                result = self.results[index]
-                if isinstance(event, TokenEvent):
-                    if result.finish_reason is not None:
-                        continue  # generated past a stop sequence before the cancel took effect
-                    delta = Delta(index)
-                    if self.want_logprobs and event.logprob is not None:
-                        entry = (self._token_text(event.token_id), event.logprob,
-                                 [(self._token_text(t), lp) for t, lp in event.top_logprobs])
-                        result.logprobs.append(entry)
-                        delta.logprobs.append(entry)
-                    piece, stopped = self._texts[index].add(event.token_id)
-                    result.text += piece
-                    delta.text = piece
-                    if stopped:
-                        result.finish_reason = "stop"
-                        self.engine.cancel(self.sequences[index])
-                    if delta.text or delta.logprobs:
-                        yield delta
-                    continue
-                assert isinstance(event, FinishEvent)
-                self._open -= 1
-                result.completion_tokens = event.completion_tokens
-                if event.reason == "timeout":
-                    raise DeadlineExceeded("The completion did not finish within the server's request deadline.")
-                if event.reason == "error":
-                    raise FTaaSError("The inference engine failed on this request.", code="engine_error")
-                if result.finish_reason is None:
-                    tail = self._texts[index].flush()
-                    result.text += tail
-                    result.finish_reason = "length" if event.reason == "length" else "stop"
-                    yield Delta(index, text=tail, finish_reason=result.finish_reason)
-                else:
-                    yield Delta(index, finish_reason=result.finish_reason)
-        finally:
-            if self._open:
-                self.cancel()  # the consumer went away: free the batch slots now
-
-    async def collect(self) -> list[ChoiceResult]:
-        async for _ in self.deltas():
-            pass
-        return self.results
-
-    def _token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
-
-
-class _TextAssembler:
-    """Token ids -> text deltas: whole characters only, stop sequences cut and held back.
-
-    Incremental: each token decodes a short window of ids (from `prefix` on), not the whole completion,
-    and the text it adds is the window's growth. Decoding a window rather than the new token alone keeps
-    tokenizers that mark word starts (leading spaces) right; a window ending in half a UTF-8 character adds
-    nothing until the character is complete.
-    """
-
-    def __init__(self, tokenizer: Any, stops: list[str]) -> None:
-        self.tokenizer = tokenizer
-        self.stops = stops
-        self.ids: list[int] = []
-        self.prefix = 0  # window start
-        self.read = 0  # ids before this are in `text`
-        self.emitted = 0
-        self.text = ""
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def _advance(self, *, final: bool = False) -> None:
-        known = self._decode(self.ids[self.prefix:self.read])
-        window = self._decode(self.ids[self.prefix:])
-        if len(window) > len(known) and (final or not window.endswith("\ufffd")):
-            self.text += window[len(known):]
-            self.prefix, self.read = self.read, len(self.ids)
-
-    def add(self, token_id: int) -> tuple[str, bool]:
-        self.ids.append(token_id)
-        self._advance()
-        for stop in self.stops:
-            # A stop cannot start inside emitted text: a suffix that could begin one is always held back.
-            found = self.text.find(stop, self.emitted)
-            if found >= 0:
-                piece = self.text[self.emitted:found]
-                self.emitted = found
-                return piece, True
-        safe = len(self.text)
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, safe - self.emitted), 0, -1):
-                if self.text.endswith(stop[:size]):
-                    safe -= size
-                    break
-        if safe <= self.emitted:
-            return "", False
-        piece = self.text[self.emitted:safe]
-        self.emitted = safe
-        return piece, False
-
-    def flush(self) -> str:
-        self._advance(final=True)
-        piece = self.text[self.emitted:]
-        self.emitted = len(self.text)
-        return piece
-
-
 class InferenceService:
+    """The engine behind the inference routes (implements `contracts.inference.backend.InferenceBackend`)."""
+
     def __init__(self, db: Database, store: ArtifactStore, registry: BaseModelRegistry, loader: BaseModelLoader,
                  settings: Settings, *, metrics: ServingMetrics | None = None) -> None:
         assert settings.serving_cache_dir is not None
@@ -338,7 +181,7 @@ class InferenceService:
             raise InvalidRequest(f"The request asks for {count} completions (prompts x n); this server takes at "
                                  f"most {capacity} at once.", param="n")
         lease = self._lease(base, resolved, parts, deadline)
-        release = _SharedRelease(lease, count)
+        release = SharedRelease(lease, count)
         queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         sequences: list[Sequence] = []
         label = resolved.name if not parts else f"{resolved.name}+{len(parts)}"
@@ -351,7 +194,7 @@ class InferenceService:
                         max_new_tokens=wanted if wanted is not None else limit - len(ids),
                         temperature=request.temperature, top_p=request.top_p, seed=seed,
                         logprobs=request.logprob_count, stop_token_ids=base.stop_token_ids)
-                    sequences.append(Sequence(ids, params, _sink(loop, queue, index),
+                    sequences.append(Sequence(ids, params, event_sink(loop, queue, index),
                                               adapter=lease.weights if lease else None, deadline=deadline,
                                               label=label, on_release=release))
             base.engine.submit(sequences)
@@ -420,6 +263,9 @@ class InferenceService:
         label = "+".join(model.name for model, _ in parts)
         return self.adapters.lease_derived(key, label, build, deadline=deadline)
 
+    def render_metrics(self) -> tuple[bytes, str]:
+        return self.metrics.render(), CONTENT_TYPE
+
     # ------------------------------------------------------------------------------------ drain
     def drain(self, timeout: float) -> bool:
         """Refuse new requests and wait for running ones; True if everything finished in time."""
@@ -430,22 +276,6 @@ class InferenceService:
     def close(self) -> None:
         for engine in self.engines():
             engine.stop()
-
-
-class _SharedRelease:
-    """Releases a lease when the last of `count` sequences using it is done."""
-
-    def __init__(self, lease: AdapterLease | None, count: int) -> None:
-        self.lease = lease
-        self.count = count
-        self._lock = threading.Lock()
-
-    def __call__(self) -> None:
-        with self._lock:
-            self.count -= 1
-            done = self.count == 0
-        if done and self.lease is not None:
-            self.lease.release()
 
 
 def stop_token_ids(tokenizer: Any, model: Any) -> frozenset[int]:
@@ -468,13 +298,3 @@ def _config_object(config: dict[str, Any]) -> Any:
         return AutoConfig.for_model(**config)
     except (ValueError, KeyError, TypeError):
         return SimpleNamespace(**config)
-
-
-def _sink(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[int, Event]], index: int) -> Any:
-    def deliver(event: Event) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (index, event))
-        except RuntimeError:  # the request's event loop is gone (server shutting down)
-            pass
-
-    return deliver

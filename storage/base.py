@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from ftaas.errors import IntegrityFailure
+from contracts.errors import IntegrityFailure
 
 CHUNK = 1024 * 1024
 
@@ -92,7 +92,7 @@ class ObjectWriter(ABC):
 
 
 class ArtifactStore(ABC):
-    """Where ftaas keeps datasets, checkpoints, adapters and results (ARCHITECTURE.md §4)."""
+    """Where ftaas keeps datasets, checkpoints, adapters and results (docs/architecture.md, "Store layout")."""
 
     uri: str
 

@@ -1,4 +1,4 @@
-"""The fixed key layout of the store (ARCHITECTURE.md §4). Keys are built from server-generated ids only."""
+"""The fixed key layout of the store (docs/architecture.md, "Store layout"). Keys are built from server-generated ids only."""
 
 from __future__ import annotations
 

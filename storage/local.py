@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ftaas.errors import ObjectMissing, StorageUnavailable
+from contracts.errors import ObjectMissing, StorageUnavailable
 from storage.base import ArtifactStore, ObjectWriter, check_key
 
 #: Temporary files carry this prefix so that listings never show uncommitted objects.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftaas.errors import IntegrityFailure
+from contracts.errors import IntegrityFailure
 from storage.base import ArtifactStore
 
 MANIFEST = "manifest.json"

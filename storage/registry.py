@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from ftaas.settings import Settings
+from contracts.settings import Settings
 from storage.base import ArtifactStore
 from storage.local import LocalArtifactStore
 from storage.s3 import S3ArtifactStore, S3Options

@@ -1,7 +1,7 @@
 """`s3://bucket/prefix` artifact store on any S3-compatible endpoint (AWS, MinIO, Ceph, moto).
 
 Checksum behaviour is pinned explicitly: boto3 >= 1.36 computes CRC checksums on every request by default,
-which several S3-compatible stores reject (reliability.md §3). ftaas keeps its own SHA-256 in the
+which several S3-compatible stores reject. ftaas keeps its own SHA-256 in the
 database and verifies it on every read, so SDK checksums are only sent where the API requires them.
 Multipart uploads that fail are aborted; the chart also installs an AbortIncompleteMultipartUpload rule.
 """
@@ -14,12 +14,25 @@ from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
-from ftaas.errors import FTaaSError, ObjectMissing, StorageUnavailable
+from contracts.errors import FTaaSError, ObjectMissing, StorageMisconfigured, StorageUnavailable
 from storage.base import ArtifactStore, ObjectWriter, check_key
 
-_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+#: S3 error codes, by what they mean for ftaas (the pattern of MLflow's BOTO_TO_MLFLOW_ERROR table). A code
+#: not listed is judged by its HTTP status: 5xx and 429 are transient, any other 4xx is a request the store
+#: will refuse again (configuration), a response without one (connection errors) is transient.
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_CONFIGURATION_CODES = frozenset({
+    "NoSuchBucket", "AccessDenied", "403", "AllAccessDisabled", "AccountProblem", "InvalidAccessKeyId",
+    "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired", "InvalidBucketName",
+    "AuthorizationHeaderMalformed", "PermanentRedirect", "301", "InvalidRequest", "InvalidArgument",
+    "NotImplemented", "MethodNotAllowed", "KMS.DisabledException", "KMS.NotFoundException",
+})
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "503",
+    "ServiceUnavailable", "InternalError", "500", "RequestTimeout", "RequestTimeTooSkewed", "OperationAborted",
+})
 
 
 @dataclass(frozen=True)
@@ -33,11 +46,20 @@ class S3Options:
 
 
 def _translate(exc: Exception, what: str) -> FTaaSError:
+    """A boto error as the taxonomy's: missing object, configuration (not retried) or outage (retried)."""
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         if code in _MISSING_CODES:
             return ObjectMissing(f"no object at {what}")
+        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            return StorageUnavailable(f"S3 error on {what}: {code} {exc}")
+        if code in _CONFIGURATION_CODES or 400 <= status < 500:
+            return StorageMisconfigured(f"S3 refused the request on {what}: {code} (check the bucket, its "
+                                        f"permissions and the credentials): {exc}")
         return StorageUnavailable(f"S3 error on {what}: {code} {exc}")
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return StorageMisconfigured(f"no usable S3 credentials for {what}: {exc}")
     return StorageUnavailable(f"S3 unreachable on {what}: {exc}")
 
 
@@ -180,4 +202,7 @@ class S3ArtifactStore(ArtifactStore):
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except (ClientError, BotoCoreError) as exc:
-            raise StorageUnavailable(f"bucket {self.bucket} is not reachable: {exc}") from exc
+            error = _translate(exc, f"bucket {self.bucket}")
+            if isinstance(error, ObjectMissing):  # HEAD on a missing bucket answers a bare 404
+                error = StorageMisconfigured(f"bucket {self.bucket} does not exist")
+            raise error from exc

@@ -33,6 +33,18 @@ if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the servers it needs (`-m "not postgres and not redis"` selects the others): by
+    the fixtures it uses, and by its parameters where a fixture picks a deployment at run time."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        params = set(map(str, getattr(getattr(item, "callspec", None), "params", {}).values()))
+        if "postgres_server" in names or params & {"postgresql", "cluster"}:
+            item.add_marker(pytest.mark.postgres)
+        if "redis_url" in names or "cluster" in params:
+            item.add_marker(pytest.mark.redis)
+
+
 # ------------------------------------------------------------------------------------------ postgres
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
@@ -136,13 +148,13 @@ def loader(model_cache_dir: Path) -> Any:
     """The demo base model's loader (training and serving tests)."""
     from basemodels.loader import BaseModelLoader
     from basemodels.registry import BaseModelRegistry
-    from ftaas.settings import DEMO_BASE_MODEL, DEMO_BASE_MODEL_SOURCE
+    from contracts.settings import DEMO_BASE_MODEL, DEMO_BASE_MODEL_SOURCE
 
     return BaseModelLoader(BaseModelRegistry({DEMO_BASE_MODEL: DEMO_BASE_MODEL_SOURCE}), model_cache_dir)
 
 
 @pytest.fixture(scope="session")
 def tokenizer(loader: Any) -> Any:
-    from ftaas.settings import DEMO_BASE_MODEL
+    from contracts.settings import DEMO_BASE_MODEL
 
     return loader.load_tokenizer(DEMO_BASE_MODEL)

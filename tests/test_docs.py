@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ftaas.settings import Settings, settings_table
+from contracts.settings import Settings, settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -18,7 +18,7 @@ def setup_commands() -> list[str]:
 
 def test_the_readme_configuration_table_is_generated_from_the_settings() -> None:
     table = README.split("<!-- settings-table:start -->\n", 1)[1].split("\n<!-- settings-table:end -->", 1)[0]
-    assert table == settings_table(), "regenerate it with: python -m ftaas.settings"
+    assert table == settings_table(), "regenerate it with: python -m contracts.settings"
     assert all(f"`FTAAS_{name.upper()}`" in table for name in Settings.model_fields)
 
 

@@ -1,6 +1,6 @@
 """The Celery application: queues, reliability settings, task registration.
 
-Settings follow reliability.md §1.3: late acks with requeue on worker loss (duplicates are harmless
+Settings (docs/architecture.md, "Reliability rules"): late acks with requeue on worker loss (duplicates are harmless
 because every task checks the database and jobs are claimed with a lease), prefetch 1 so a busy training
 worker never holds a second job, the same visibility timeout in all three places it must be set for
 Redis, and cancellation of long tasks on broker connection loss. Results are never stored: the database
@@ -13,8 +13,8 @@ from celery import Celery
 from kombu import Queue
 
 import worker.broker  # noqa: F401  (registers the embedded transport)
+from contracts.settings import Settings
 from db.outbox import ALL_ROUTES
-from ftaas.settings import Settings
 
 QUEUES = ("default", "gpu")
 

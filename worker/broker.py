@@ -15,7 +15,7 @@ from pathlib import Path
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 
-from ftaas.settings import EMBEDDED_BROKER_SCHEME
+from contracts.settings import EMBEDDED_BROKER_SCHEME
 
 
 class EmbeddedTransport(kombu_sqlalchemy.Transport):

@@ -12,8 +12,8 @@ from functools import cached_property
 
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
+from contracts.settings import Settings
 from db.session import Database
-from ftaas.settings import Settings
 from storage import ArtifactStore, open_store
 from worker.files.validation import ValidationLimits
 

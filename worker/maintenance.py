@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from contracts.errors import FTaaSError
+from contracts.settings import Settings
 from db import adapter_operations, files, jobs, knowledge_evals, outbox
 from db.session import Database
-from ftaas.errors import FTaaSError
-from ftaas.settings import Settings
 from storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class Maintenance:
         report = MaintenanceReport()
         with self.db.write() as session:
             for reaped in jobs.reap_expired_leases(session, now=now):
-                log.warning("reaper: job %s %s", reaped.job_id, reaped.outcome)
+                log.warning("reaper: job %s %s", reaped.row.id, reaped.outcome)
                 if reaped.outcome == "requeued":
                     report.requeued += 1
                 elif reaped.outcome == "failed":
@@ -97,9 +97,12 @@ class Maintenance:
                 else:
                     report.parked += 1
             for queue in (knowledge_evals.QUEUE, adapter_operations.QUEUE):
-                for work_id in queue.reap_expired_leases(session, now=now):
-                    log.warning("reaper: %s %s re-queued or failed (worker lost)", queue.noun, work_id)
-                    report.requeued += 1
+                for item in queue.reap_expired_leases(session, now=now):
+                    log.warning("reaper: %s %s %s (worker lost)", queue.noun, item.row.id, item.outcome)
+                    if item.outcome == "failed":
+                        report.failed += 1
+                    else:
+                        report.requeued += 1
             stale_before = now - self.settings.redispatch_after_seconds
             report.redispatched += len(jobs.redispatch_stale(session, older_than=stale_before))
             report.redispatched += len(knowledge_evals.redispatch_stale(session, older_than=stale_before))

@@ -10,9 +10,9 @@ import os
 
 from celery import Celery
 
+from contracts.errors import InfrastructureError
+from contracts.settings import Settings
 from db.outbox import ADVANCE_JOB, RUN_ADAPTER_OPERATION, RUN_EVAL, RUN_JOB, VALIDATE_FILE
-from ftaas.errors import InfrastructureError
-from ftaas.settings import Settings
 from worker.context import WorkerContext
 
 _contexts: dict[int, WorkerContext] = {}

@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from api.adapter_operations.schemas import ImportRequest, MergeRequest
+from api.leased_work import LeasedWorkService
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
+from contracts.adapters.archive import extract_adapter
+from contracts.adapters.files import CONFIG, check_fits_base, check_lora_config, read_lora_shapes
+from contracts.errors import InvalidRequest, NotFound
 from db import adapter_operations, files, ids, models
-from db.pagination import Page
 from db.projects import Principal
 from db.session import Database
 from db.tables import AdapterOperation
-from ftaas.errors import InvalidRequest, NotFound
 from storage import ArtifactStore
 from storage.manifest import read_manifest
 
@@ -27,7 +29,10 @@ QUEUE = adapter_operations.QUEUE
 MAX_IMPORT_BYTES = 2 * 1024**3
 
 
-class AdapterOperationService:
+class AdapterOperationService(LeasedWorkService[AdapterOperation]):
+    queue = QUEUE
+    not_found_code = "adapter_operation_not_found"
+
     def __init__(self, db: Database, store: ArtifactStore, registry: BaseModelRegistry, loader: BaseModelLoader, *,
                  max_attempts: int, max_rank: int) -> None:
         self.db = db
@@ -50,13 +55,11 @@ class AdapterOperationService:
                            code="model_not_found", param=param)
         found = {"model": name, "base_model": location.base_model, "prefix": location.storage_prefix,
                  "manifest_sha256": location.manifest_sha256}
-        from worker.adapters.lora_files import check_lora_config
-
         manifest = read_manifest(self.store, found["prefix"], found["manifest_sha256"])
-        entry = manifest["files"].get("adapter_config.json")
+        entry = manifest["files"].get(CONFIG)
         if entry is None:
             raise InvalidRequest(f"{name} has no adapter configuration.", code="unsupported_adapter", param=param)
-        check_lora_config(json.loads(self.store.get_bytes(found["prefix"] + "adapter_config.json",
+        check_lora_config(json.loads(self.store.get_bytes(found["prefix"] + CONFIG,
                                                           sha256=entry["sha256"])), param)
         return found
 
@@ -104,9 +107,6 @@ class AdapterOperationService:
     def _checked_import(self, principal: Principal, request: ImportRequest) -> dict[str, Any]:
         """Unpack and check the archive now, in a scratch folder, so that a bad one is a 400 (the worker
         unpacks it again before publishing)."""
-        from worker.adapters.archive import extract_adapter
-        from worker.adapters.lora_files import check_fits_base, read_lora
-
         if request.base_model not in self.registry:
             raise InvalidRequest(f"Base model {request.base_model!r} is not available here.", code="model_not_found",
                                  param="base_model")
@@ -121,24 +121,7 @@ class AdapterOperationService:
             archive = Path(scratch) / "upload"
             self.store.download_file(file.storage_key, archive, sha256=file.sha256, size=file.bytes)
             extracted = extract_adapter(archive, Path(scratch) / "staging")
-            check_fits_base(read_lora(extracted, param="file"), self.loader.config(request.base_model),
-                            max_rank=self.max_rank)
+            _, modules = read_lora_shapes(extracted, param="file")  # the header only: no tensors, no torch
+            check_fits_base(modules, self.loader.config(request.base_model), max_rank=self.max_rank)
         return {"file_id": file.id, "storage_key": file.storage_key, "sha256": file.sha256, "bytes": file.bytes}
 
-    # ------------------------------------------------------------------------------------ lookups
-    def get(self, principal: Principal, operation_id: str) -> AdapterOperation:
-        with self.db.read() as session:
-            row = QUEUE.get(session, principal.project_id, operation_id)
-        if row is None:
-            raise NotFound(f"No such adapter operation: {operation_id}", code="adapter_operation_not_found",
-                           param="operation_id")
-        return row
-
-    def list(self, principal: Principal, *, after: str | None, limit: int) -> Page[AdapterOperation]:
-        with self.db.read() as session:
-            return QUEUE.list_page(session, principal.project_id, after=after, limit=limit)
-
-    def cancel(self, principal: Principal, operation_id: str) -> AdapterOperation:
-        row = self.get(principal, operation_id)
-        with self.db.write() as session:
-            return QUEUE.cancel(session, row)

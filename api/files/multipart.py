@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from ftaas.errors import InvalidRequest, PayloadTooLarge
+from contracts.errors import InvalidRequest, PayloadTooLarge
 from storage import ObjectWriter, StoredObject
 
 WRITE_CHUNK = 1024 * 1024

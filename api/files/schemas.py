@@ -1,4 +1,4 @@
-"""Wire shapes of the Files API (openai-api.md §3.1)."""
+"""Wire shapes of the Files API (OpenAI's Files API)."""
 
 from __future__ import annotations
 

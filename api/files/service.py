@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.files.multipart import boundary_of, read_upload
 from api.files.schemas import UPLOAD_PURPOSES
+from contracts.errors import Conflict, InvalidRequest, NotFound
 from db import files, ids, jobs
 from db.files import VALIDATED_PURPOSES
 from db.pagination import Page
@@ -18,7 +19,6 @@ from db.projects import Principal
 from db.session import Database
 from db.states import FileStatus
 from db.tables import File
-from ftaas.errors import Conflict, InvalidRequest, NotFound
 from storage import ArtifactStore, ObjectWriter, layout
 
 MAX_FILENAME = 255

@@ -19,8 +19,8 @@ from api.fine_tuning.schemas import (
 )
 from api.pagination import check_cursor, check_limit
 from api.responses import list_response, model_response
+from contracts.errors import InvalidRequest
 from db import ids
-from ftaas.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 

@@ -1,4 +1,4 @@
-"""Wire shapes of the fine-tuning jobs API (openai-api.md §3.2-3.6).
+"""Wire shapes of the fine-tuning jobs API (OpenAI's fine-tuning jobs API; docs/architecture.md, "Wire contract").
 
 Every field the SDK reads is always present, with null where it has no value yet.
 """
@@ -11,8 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.knowledge_evals.schemas import KnowledgeEvalOptions
+from contracts.training.spec import Method, SupervisedHyperparameters
 from db.tables import Checkpoint, FineTuningJob, JobEvent
-from worker.training.spec import Method, SupervisedHyperparameters
 
 SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 

@@ -1,7 +1,7 @@
 """Fine-tuning jobs: creation (checks, quota, idempotency), lookups, and user-driven transitions.
 
 Creation writes the job row, its first events and the outbox message that starts file validation in one
-transaction (ARCHITECTURE.md §3), so a job can never exist without the message that moves it, nor the
+transaction (docs/architecture.md, "A job's life"), so a job can never exist without the message that moves it, nor the
 message without the job.
 """
 
@@ -19,14 +19,14 @@ from sqlalchemy.orm import Session
 from api.fine_tuning.schemas import JobCreateRequest
 from api.knowledge_evals.service import KnowledgeEvalService
 from basemodels.registry import BaseModelRegistry
+from contracts.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
+from contracts.training.spec import FORMATS_FOR_METHOD, Method, SupervisedMethod
 from db import checkpoints, events, files, idempotency, ids, jobs
 from db.pagination import Page
 from db.projects import Principal
 from db.session import Database
 from db.states import FileStatus, JobStatus
 from db.tables import Checkpoint, File, FineTuningJob, JobEvent
-from ftaas.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
-from worker.training.spec import FORMATS_FOR_METHOD, Method, SupervisedMethod
 
 MAX_SEED = 2_147_483_647
 

@@ -8,16 +8,18 @@ import time
 from collections.abc import Iterator
 
 from api.knowledge_evals.schemas import KnowledgeEvalCreateRequest, KnowledgeEvalOptions, SuiteObject
+from api.leased_work import LeasedWorkService
 from basemodels.registry import BaseModelRegistry
+from contracts.errors import Conflict, InvalidRequest, NotFound
+from contracts.evals.requests import parse_suite_source, spec_for_request, suite_uri
+from contracts.evals.sources import CallableResolver, project_resolver
+from contracts.evals.spec import EvalSpec
 from db import files, ids, knowledge_evals, models
-from db.pagination import Page
 from db.projects import Principal
 from db.session import Database
 from db.states import FileStatus
 from db.tables import File, KnowledgeEval
-from ftaas.errors import Conflict, InvalidRequest, NotFound
 from storage import ArtifactStore, layout
-from worker.evals.spec import CallableResolver, EvalSpec, project_resolver, spec_for_request, suite_uri
 
 #: Result files of an eval by what they hold (file names end with these).
 ARTIFACTS = {"report": "report.json", "items": "items.jsonl", "spec": "spec.json", "chart": "base_vs_tuned.png",
@@ -26,7 +28,10 @@ MEDIA_TYPES = {"report": "application/json", "items": "application/jsonl", "spec
                "chart": "image/png", "loss_curve": "image/png"}
 
 
-class KnowledgeEvalService:
+class KnowledgeEvalService(LeasedWorkService[KnowledgeEval]):
+    queue = knowledge_evals.QUEUE
+    not_found_code = "knowledge_eval_not_found"
+
     def __init__(self, db: Database, store: ArtifactStore, registry: BaseModelRegistry, *, max_attempts: int,
                  external_judge: bool = False) -> None:
         self.db = db
@@ -38,7 +43,7 @@ class KnowledgeEvalService:
         self.external_judge = external_judge
 
     def resolver(self, principal: Principal) -> CallableResolver:
-        return project_resolver(self.db, self.store, principal.project_id)
+        return project_resolver(files.content_reader(self.db, self.store, principal.project_id))
 
     def check_options(self, principal: Principal, options: KnowledgeEvalOptions) -> tuple[EvalSpec, int]:
         spec, questions = spec_for_request(spec=options.spec, suites=options.suites, judge_model=options.judge_model,
@@ -80,25 +85,10 @@ class KnowledgeEvalService:
             knowledge_evals.insert(session, row, dispatch=True)
         return row
 
-    def get(self, principal: Principal, eval_id: str) -> KnowledgeEval:
-        with self.db.read() as session:
-            row = knowledge_evals.get(session, principal.project_id, eval_id)
-        if row is None:
-            raise NotFound(f"No such knowledge eval: {eval_id}", code="knowledge_eval_not_found",
-                           param="knowledge_eval_id")
-        return row
-
-    def list(self, principal: Principal, *, after: str | None, limit: int) -> Page[KnowledgeEval]:
-        with self.db.read() as session:
-            return knowledge_evals.list_page(session, principal.project_id, after=after, limit=limit)
-
-    def cancel(self, principal: Principal, eval_id: str) -> KnowledgeEval:
-        row = self.get(principal, eval_id)
+    def check_cancellable(self, row: KnowledgeEval) -> None:
         if row.job_id is not None:
             raise Conflict("This eval belongs to a fine-tuning job; cancel the job instead.",
                            code="invalid_state_transition", param="knowledge_eval_id")
-        with self.db.write() as session:
-            return knowledge_evals.cancel(session, row)
 
     def artifact(self, principal: Principal, eval_id: str, kind: str) -> tuple[str, Iterator[bytes]]:
         """A finished eval's report, items, chart or loss curve: (media type, verified bytes)."""
@@ -116,15 +106,14 @@ class KnowledgeEvalService:
 
     @staticmethod
     def suites() -> list[SuiteObject]:
-        from worker.evals.builtin import SUITES
+        from contracts.evals.builtin import SUITES
 
         return [SuiteObject(id=info.name, dataset=info.dataset_id, setting=info.setting, description=info.description,
                             default_size=info.default_size) for info in SUITES.values()]
 
     def training_file(self, principal: Principal, suite: str, system_prompt: str | None) -> File:
         """Chat JSONL of a suite's memorization split, stored as a `fine-tune` file of the project."""
-        from worker.evals.builtin import training_file
-        from worker.evals.spec import parse_suite_source
+        from contracts.evals.builtin import training_file
 
         uri = suite_uri(suite)
         data = training_file(parse_suite_source(uri, self.resolver(principal).read(uri, param="suite")),

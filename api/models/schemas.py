@@ -1,4 +1,4 @@
-"""Wire shapes of the Models API (openai-api.md §3.8)."""
+"""Wire shapes of the Models API (OpenAI's Models API)."""
 
 from __future__ import annotations
 

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 from api.models.schemas import SYSTEM_OWNER, ModelObject
 from basemodels.registry import BaseModelRegistry
+from contracts.errors import InvalidRequest, NotFound, PermissionDenied
 from db import checkpoints, models
 from db.projects import Principal
 from db.session import Database
-from ftaas.errors import InvalidRequest, NotFound, PermissionDenied
 from storage import ArtifactStore
 
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from ftaas.errors import InvalidRequest
-from worker.adapters.archive import Limits, extract_adapter
-from worker.adapters.lora_files import check_fits_base, read_lora
+from contracts.adapters.archive import Limits, extract_adapter
+from contracts.adapters.files import check_fits_base, read_lora_shapes
+from contracts.errors import InvalidRequest
+from worker.adapters.lora_files import module_shapes, read_lora
 
 CONFIG = json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16}).encode()
 
@@ -66,7 +67,9 @@ def test_a_well_formed_archive_unpacks_in_a_folder_or_at_the_root(tmp_path: Path
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     tarred = make_tar(tmp_path / "a.tgz", lambda t: [tar_file(t, k, v) for k, v in files.items()])
     out = extract_adapter(tarred, tmp_path / "stage-tar")
-    adapter = read_lora(out)
+    adapter = module_shapes(read_lora(out))
+    _, header_only = read_lora_shapes(out)
+    assert header_only == adapter  # the API's torch-free check reads the same shapes as the worker's
     config = json.loads((next(model_cache_dir.rglob("config.json"))).read_text())
     check_fits_base(adapter, config, max_rank=32)
     with pytest.raises(InvalidRequest, match="rank 8; the limit is 4"):

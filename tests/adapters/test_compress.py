@@ -8,16 +8,15 @@ from typing import Any
 import pytest
 import torch
 
-from worker.adapters.compress import (
-    compress,
+from contracts.adapters.compeft import (
     decompress,
     dequantize,
     from_safetensors,
     pack_bits,
-    ternarize,
     to_safetensors,
     unpack_bits,
-    )
+)
+from worker.adapters.compress import compress, ternarize
 
 
 def test_ternary_keeps_the_largest_entries_as_sign_times_their_mean_magnitude() -> None:
@@ -58,8 +57,9 @@ def test_a_compressed_adapter_directory_is_8x_smaller_and_serves(start_serving: 
                                                                  tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from ftaas.settings import DEMO_BASE_MODEL
-    from worker.adapters.compress import COMPRESSED_WEIGHTS, compress_adapter_dir, load_adapter_tensors
+    from contracts.adapters.files import COMPRESSED_WEIGHTS, load_tensors
+    from contracts.settings import DEMO_BASE_MODEL
+    from worker.adapters.compress import compress_adapter_dir
 
     source = make_adapter(71, r=16)
     ratio = compress_adapter_dir(source, tmp_path / "compact", density=0.1)
@@ -71,7 +71,7 @@ def test_a_compressed_adapter_directory_is_8x_smaller_and_serves(start_serving: 
     # adapter holding exactly the decompressed weights.
     dense = tmp_path / "dense-equivalent"
     dense.mkdir()
-    save_file(load_adapter_tensors(tmp_path / "compact"), str(dense / "adapter_model.safetensors"))
+    save_file(load_tensors(tmp_path / "compact"), str(dense / "adapter_model.safetensors"))
     (dense / "adapter_config.json").write_bytes((source / "adapter_config.json").read_bytes())
     live = start_serving()
     compact_model, dense_model = live.register(tmp_path / "compact", "compact"), live.register(dense, "dense")

@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ftaas.errors import InvalidRequest
-from ftaas.settings import DEMO_BASE_MODEL
+from contracts.errors import InvalidRequest
+from contracts.settings import DEMO_BASE_MODEL
 from worker.adapters.export import export_merged
 from worker.adapters.lora_files import LoraAdapter, read_lora
 from worker.adapters.merge import Factors

@@ -11,8 +11,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from ftaas.errors import InvalidRequest
-from ftaas.settings import DEMO_BASE_MODEL
+from contracts.errors import InvalidRequest
+from contracts.settings import DEMO_BASE_MODEL
 from serving.lora import read_adapter
 from tests.serving.conftest import forward_for
 from worker.adapters.lora_files import merge_adapters, read_lora, write_lora

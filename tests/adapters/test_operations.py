@@ -17,8 +17,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from contracts.settings import DEMO_BASE_MODEL
 from db import models
-from ftaas.settings import DEMO_BASE_MODEL
 from storage.manifest import publish_directory, read_manifest
 from worker.adapters.lora_files import read_lora
 from worker.adapters.service import fetch_adapter, run_operation

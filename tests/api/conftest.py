@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import build_services, create_app
+from contracts.settings import Settings
 from db import migrate, projects
-from ftaas.settings import Settings
 
 MAX_UPLOAD = 256 * 1024
 

@@ -12,8 +12,8 @@ import torch
 from basemodels import tiny
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
-from ftaas.errors import InvalidRequest, NotFound
-from ftaas.settings import Settings
+from contracts.errors import InvalidRequest, NotFound
+from contracts.settings import Settings
 from storage import open_store
 from tests.conftest import S3_CREDENTIALS
 

@@ -11,8 +11,8 @@ import torch
 from basemodels import smollm2
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
-from ftaas.errors import InvalidRequest
-from ftaas.settings import PACKAGED_BASE_MODEL, PACKAGED_BASE_MODEL_SOURCE, Settings
+from contracts.errors import InvalidRequest
+from contracts.settings import PACKAGED_BASE_MODEL, PACKAGED_BASE_MODEL_SOURCE, Settings
 
 PROMPTS = ["What is the capital of France?", "Write one sentence about rivers."]
 

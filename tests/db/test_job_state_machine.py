@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from contracts.errors import IllegalTransition, LeaseLost
 from db import jobs, migrate, outbox
 from db.session import Database
 from db.states import TERMINAL, TRANSITIONS, JobStatus
 from db.tables import FineTuningJob, OutboxMessage
-from ftaas.errors import IllegalTransition, LeaseLost
 from tests.factories import make_file, make_job, make_project
 
 S = JobStatus
@@ -191,7 +191,7 @@ def test_a_live_lease_is_left_alone_and_a_job_lost_while_pausing_is_parked(migra
     with migrated_database.write() as session:
         assert jobs.reap_expired_leases(session, now=time.time()) == []
         reaped = jobs.reap_expired_leases(session, now=time.time() + 120)
-    assert {(r.job_id, r.outcome) for r in reaped} == {(healthy.id, "requeued"), (pausing.id, "paused")}
+    assert {(r.row.id, r.outcome) for r in reaped} == {(healthy.id, "requeued"), (pausing.id, "parked")}
 
 
 def test_concurrent_relays_on_postgresql_claim_disjoint_messages(make_postgres_database) -> None:  # type: ignore[no-untyped-def]

@@ -8,10 +8,10 @@ import time
 import pytest
 from sqlalchemy import select
 
+from contracts.errors import IllegalTransition, LeaseLost
 from db import ids, knowledge_evals
 from db.session import Database
 from db.tables import KnowledgeEval, OutboxMessage
-from ftaas.errors import IllegalTransition, LeaseLost
 from tests.factories import make_project
 
 
@@ -75,7 +75,7 @@ def test_the_reaper_requeues_a_lost_eval_then_fails_it_after_its_attempts(migrat
             lease = knowledge_evals.claim(session, eval_id, owner=f"w{attempt}", ttl=0.01)
         assert lease is not None and lease.attempt == attempt
         with migrated_database.write() as session:
-            assert knowledge_evals.reap_expired_leases(session, now=time.time() + 1) == [eval_id]
+            assert [r.row.id for r in knowledge_evals.reap_expired_leases(session, now=time.time() + 1)] == [eval_id]
         with pytest.raises(LeaseLost), migrated_database.write() as session:  # the old worker's late write
             knowledge_evals.heartbeat(session, lease, ttl=30)
     with migrated_database.read() as session:

@@ -24,8 +24,8 @@ import httpx
 import psutil
 from openai import OpenAI
 
+from contracts.settings import Settings
 from db.session import Database
-from ftaas.settings import Settings
 from storage import ArtifactStore, open_store
 
 ROOT = Path(__file__).resolve().parents[2]

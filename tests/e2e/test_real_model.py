@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from ftaas.settings import PACKAGED_BASE_MODEL
+from contracts.evals import builtin
+from contracts.settings import PACKAGED_BASE_MODEL
 from tests.e2e.people import result_files
 from tests.e2e.servers import LiveServer, wait_for
-from worker.evals import builtin
 
 # Training and evaluating a 135M-parameter model on 2 CPU cores takes minutes, not the suite's default 300 s.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]

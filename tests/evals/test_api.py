@@ -12,12 +12,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from ftaas.settings import DEMO_BASE_MODEL
+from contracts.evals.builtin import generate_suite
+from contracts.evals.items import dump_suite
+from contracts.evals.spec import suite_spec
+from contracts.settings import DEMO_BASE_MODEL
 from worker.context import WorkerContext
-from worker.evals.builtin import generate_suite
-from worker.evals.items import dump_suite
 from worker.evals.service import run_standalone
-from worker.evals.spec import suite_spec
 
 
 def http(live: Any) -> httpx.Client:

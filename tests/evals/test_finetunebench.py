@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ftaas.errors import InvalidRequest
+from contracts.errors import InvalidRequest
+from contracts.evals.items import EvalItem, dump_suite, parse_suite
 from worker.evals.finetunebench import ImportResult, import_csv, import_finetunebench
-from worker.evals.items import EvalItem, dump_suite, parse_suite
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "finetunebench"
 

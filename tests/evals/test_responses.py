@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ftaas.errors import InvalidRequest
-from worker.evals.items import EvalItem
+from contracts.errors import InvalidRequest
+from contracts.evals.items import EvalItem
+from contracts.evals.scoring import Scorer, Verdict, build_scorers
 from worker.evals.responses import (
     FINETUNEBENCH_SHORT_ANSWER,
     ResponseScore,
@@ -22,7 +23,6 @@ from worker.evals.responses import (
     score_finetunebench_responses,
     score_response_rows,
 )
-from worker.evals.scoring import Scorer, Verdict, build_scorers
 
 FINETUNEBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "finetunebench"
 

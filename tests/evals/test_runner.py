@@ -8,20 +8,14 @@ from typing import Any
 
 import pytest
 
+from contracts.evals.builtin import generate_suite
+from contracts.evals.items import EvalItem, dump_suite
+from contracts.evals.sources import CallableResolver, load_items, read_builtin
+from contracts.evals.spec import suite_spec, validate_report, validate_spec
+from contracts.settings import DEMO_BASE_MODEL
 from db.projects import Principal
-from ftaas.settings import DEMO_BASE_MODEL
 from tests.evals.recompute import assert_blocks_match_records, assert_summary_matches_splits
-from worker.evals.builtin import generate_suite
-from worker.evals.items import EvalItem, dump_suite
 from worker.evals.runner import EngineGenerator, EvalRun, conversation
-from worker.evals.spec import (
-    CallableResolver,
-    load_items,
-    read_builtin,
-    suite_spec,
-    validate_report,
-    validate_spec,
-)
 
 SUITES = [("fictional_people", 2), ("api_renames", 4), ("dated_events", 4), ("control", 8)]
 
@@ -163,7 +157,7 @@ def test_a_suite_file_round_trips_into_the_same_items() -> None:
 def test_suite_lines_may_hold_unicode_line_separators() -> None:
     from dataclasses import replace
 
-    from worker.evals.items import parse_suite
+    from contracts.evals.items import parse_suite
 
     items = [replace(item, prompt=item.prompt + " \u2028next\x85line\x0c") for item in
              generate_suite("control", seed=1, size=3)]

@@ -17,20 +17,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ftaas.errors import InfrastructureError, InvalidRequest
-from worker.evals.items import EvalItem
-from worker.evals.scoring import (
+from contracts.errors import InfrastructureError, InvalidRequest
+from contracts.evals.items import EvalItem
+from contracts.evals.normalize import NORMALIZERS, answer_matches, is_abstention, normalize
+from contracts.evals.scoring import (
     BUILTIN_JUDGE_PROMPTS,
     JUDGE_PLACEHOLDERS,
-    NORMALIZERS,
-    JudgeClient,
     Verdict,
-    answer_matches,
     build_scorers,
-    is_abstention,
-    normalize,
     parse_verdict,
 )
+from worker.evals.judge import JudgeClient
 
 ALL = NORMALIZERS
 

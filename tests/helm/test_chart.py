@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ftaas.settings import Settings
+from contracts.settings import Settings
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "ftaas"
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -79,10 +79,10 @@ def test_gpu_workers_request_gpus_and_have_time_to_checkpoint(scenario: Path) ->
 
 def test_probe_paths_are_routes_the_app_serves(tmp_path: Path) -> None:
     from api.app import create_app
-    from serving.router import router as serving_router
+    from api.inference.router import router as inference_router
 
     settings = Settings(data_dir=tmp_path)
-    routes = set(create_app(settings, extra_routers=[serving_router]).openapi()["paths"])
+    routes = set(create_app(settings, extra_routers=[inference_router]).openapi()["paths"])
     probed = set()
     for scenario in SCENARIOS:
         for container in ftaas_containers(render(scenario)):

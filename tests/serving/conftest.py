@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from basemodels.loader import BaseModelLoader
+from contracts.settings import DEMO_BASE_MODEL, Settings
 from db import migrate, models, projects
-from ftaas.settings import DEMO_BASE_MODEL, Settings
 from serving.model import LlamaForward
 from storage.manifest import publish_directory
 
@@ -91,7 +91,7 @@ class LiveServing:
 
     @property
     def inference(self) -> Any:
-        return self.services.extras["inference"]
+        return self.services.inference
 
     def register(self, directory: Path, suffix: str = "a") -> str:
         """Publish an adapter directory as a fine-tuned model of this project; returns its name."""
@@ -117,8 +117,8 @@ def start_serving(tmp_path: Path, model_cache_dir: Path) -> Iterator[Callable[..
     import uvicorn
 
     from api.app import build_services, create_app
+    from api.inference.router import router as inference_router
     from ftaas.launcher import attach_inference
-    from serving.router import router as serving_router
 
     started: list[tuple[Any, threading.Thread, Any]] = []
 
@@ -135,7 +135,7 @@ def start_serving(tmp_path: Path, model_cache_dir: Path) -> Iterator[Callable[..
             _, other = projects.create_api_key(session, projects.ensure_project(session, "beta"))
             project_id = project.id
         attach_inference(services, settings)
-        app = create_app(settings, services=services, extra_routers=[serving_router])
+        app = create_app(settings, services=services, extra_routers=[inference_router])
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -150,5 +150,5 @@ def start_serving(tmp_path: Path, model_cache_dir: Path) -> Iterator[Callable[..
     for server, thread, services in started:
         server.should_exit = True
         thread.join(timeout=30)
-        services.extras["inference"].close()
+        services.inference.close()
         services.db.dispose()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ftaas.errors import IntegrityFailure, Overloaded
+from contracts.errors import IntegrityFailure, Overloaded
 from serving.adapters import AdapterCache, AdapterRef
 from serving.lora import read_adapter
 from storage.local import LocalArtifactStore

@@ -20,7 +20,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from ftaas.errors import InvalidRequest
+from contracts.errors import InvalidRequest
 from serving.lora import SlotLora, read_adapter
 from serving.model import LlamaForward, build_step
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ftaas.errors import Draining, Overloaded
+from contracts.errors import Draining, Overloaded
 from serving.engine import Engine, Event, FinishEvent, SamplingParams, Sequence, TokenEvent
 from serving.lora import read_adapter
 from tests.serving.conftest import AdapterFactory, forward_for

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from ftaas.settings import DEMO_BASE_MODEL
+from contracts.settings import DEMO_BASE_MODEL
 from tests.serving.conftest import AdapterFactory, LiveServing
 
 USER = [{"role": "user", "content": "Who was born in the river town?"}]

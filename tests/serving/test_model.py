@@ -11,7 +11,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from ftaas.errors import InvalidRequest
+from contracts.errors import InvalidRequest
 from serving.lora import SlotLora, compose, read_adapter
 from serving.model import build_step
 from tests.serving.conftest import AdapterFactory, forward_for

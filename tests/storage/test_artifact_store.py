@@ -9,8 +9,14 @@ from pathlib import Path
 import boto3
 import pytest
 
-from ftaas.errors import IntegrityFailure, ObjectMissing
-from ftaas.settings import Settings
+from contracts.errors import (
+    InfrastructureError,
+    IntegrityFailure,
+    ObjectMissing,
+    StorageMisconfigured,
+    StorageUnavailable,
+)
+from contracts.settings import Settings
 from storage import ArtifactStore, open_store
 from storage.local import PARTIAL_PREFIX
 from storage.manifest import MANIFEST, download_artifact, publish_directory
@@ -157,3 +163,48 @@ def test_s3_client_pins_checksum_behaviour(s3_endpoint: str, s3_bucket: str, tmp
 def test_unknown_schemes_are_rejected_with_the_supported_list(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="file, s3"):
         open_store("gs://bucket", Settings(data_dir=tmp_path))
+
+
+def s3_store(tmp_path: Path, endpoint: str, bucket: str) -> ArtifactStore:
+    settings = Settings(data_dir=tmp_path, s3_endpoint_url=endpoint, s3_access_key_id=S3_CREDENTIALS["aws_access_key_id"],
+                        s3_secret_access_key=S3_CREDENTIALS["aws_secret_access_key"])
+    return open_store(f"s3://{bucket}/prefix", settings)
+
+
+def test_a_missing_bucket_is_a_configuration_error_not_an_outage(s3_endpoint: str, tmp_path: Path) -> None:
+    """Retrying cannot create a bucket: the error is not an InfrastructureError (which work retries)."""
+    store = s3_store(tmp_path, s3_endpoint, "no-such-bucket-here")
+    for call in (lambda: store.put_bytes("k", b"x"), store.check_available, lambda: store.list_keys("")):
+        with pytest.raises(StorageMisconfigured) as caught:
+            call()
+        assert not isinstance(caught.value, InfrastructureError) and caught.value.code == "storage_misconfigured"
+
+
+def test_an_unreachable_endpoint_is_an_outage_that_work_retries(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = s3_store(tmp_path, f"http://127.0.0.1:{port}", "bucket")
+    store.client.meta.config.retries = {"max_attempts": 0}  # type: ignore[attr-defined]
+    with pytest.raises(StorageUnavailable):
+        store.put_bytes("k", b"x")
+
+
+@pytest.mark.parametrize(("code", "status", "expected"), [
+    ("NoSuchKey", 404, ObjectMissing), ("AccessDenied", 403, StorageMisconfigured),
+    ("InvalidAccessKeyId", 403, StorageMisconfigured), ("SignatureDoesNotMatch", 403, StorageMisconfigured),
+    ("NoSuchBucket", 404, StorageMisconfigured), ("SlowDown", 503, StorageUnavailable),
+    ("InternalError", 500, StorageUnavailable), ("SomethingNew", 502, StorageUnavailable),
+    ("SomethingNew", 400, StorageMisconfigured), ("RequestTimeout", 400, StorageUnavailable),
+])
+def test_s3_error_codes_are_translated_by_what_they_mean(code: str, status: int, expected: type) -> None:
+    from botocore.exceptions import ClientError
+
+    from storage.s3 import _translate
+
+    # The exception S3 answers with, as botocore builds it from a response.
+    error = ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                        "PutObject")
+    assert type(_translate(error, "k")) is expected

@@ -1,4 +1,4 @@
-"""What "auto" resolves to, and when stop_when_learned and rehearsal are on (worker.training.spec)."""
+"""What "auto" resolves to, and when stop_when_learned and rehearsal are on (contracts.training.spec)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from worker.training.spec import (
+from contracts.training.spec import (
     LARGE_FILE_EXAMPLES,
     SMALL_FILE_EPOCHS,
     SMALL_FILE_MULTIPLIER,

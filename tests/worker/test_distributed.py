@@ -16,11 +16,11 @@ from safetensors.torch import load_file, save_file
 
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
-from ftaas.settings import DEMO_BASE_MODEL, DEMO_BASE_MODEL_SOURCE
+from contracts.settings import DEMO_BASE_MODEL, DEMO_BASE_MODEL_SOURCE
+from contracts.training.spec import TrainingSpec
 from tests.worker.test_training_engine import Recorder, varied_chats
 from worker.training.data import encode_lines
 from worker.training.distributed import DistributedContext
-from worker.training.spec import TrainingSpec
 from worker.training.trainer import Trainer
 
 SPEC = TrainingSpec(base_model=DEMO_BASE_MODEL, method="supervised", n_epochs=2, batch_size=6, learning_rate=3e-3,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from contracts.training.spec import LOW_FINAL_ACCURACY, AdapterSettings, TrainingSpec
 from worker.training.learning import final_pass_message, learned_message, low_accuracy_warning
-from worker.training.spec import LOW_FINAL_ACCURACY, AdapterSettings, TrainingSpec
 
 
 def spec(**overrides: object) -> TrainingSpec:

@@ -11,11 +11,11 @@ import pytest
 import redis
 from sqlalchemy import select, update
 
+from contracts.settings import Settings
 from db import files, migrate, outbox
 from db.session import Database
 from db.states import JobStatus
 from db.tables import File, FineTuningJob, OutboxMessage
-from ftaas.settings import Settings
 from storage import open_store
 from tests.factories import make_file, make_job, make_project
 from worker.app import create_celery_app

@@ -21,11 +21,11 @@ from sqlalchemy import select
 from api.fine_tuning.schemas import JobCreateRequest
 from api.fine_tuning.service import JobService
 from basemodels.registry import BaseModelRegistry
+from contracts.settings import Settings
 from db import files, ids, jobs, migrate, models, projects
 from db.projects import Principal
 from db.states import FileStatus
 from db.tables import Checkpoint, File, JobEvent
-from ftaas.settings import Settings
 from tests.factories import chat_line
 from tests.worker.test_training_engine import colour_facts, varied_chats
 from worker import preemption

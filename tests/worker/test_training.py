@@ -10,14 +10,12 @@ import pytest
 import torch
 
 from basemodels.loader import BaseModelLoader
-from ftaas.settings import DEMO_BASE_MODEL
+from contracts.settings import DEMO_BASE_MODEL
+from contracts.training.spec import LEARNED_ACCURACY, LOW_FINAL_ACCURACY, AdapterSettings, TrainingSpec
 from worker.training.data import IGNORE, encode_chat, encode_lines
-from worker.training.spec import LEARNED_ACCURACY, LOW_FINAL_ACCURACY, AdapterSettings, TrainingSpec
 from worker.training.rehearsal import PROMPTS as REHEARSAL_PROMPTS
 from worker.training.rehearsal import rehearsal_examples
 from worker.training.trainer import Directive, StepMetrics, Trainer
-
-
 
 
 class Recorder:

@@ -12,11 +12,11 @@ import torch
 from peft import PeftModel
 
 from basemodels.loader import BaseModelLoader
-from ftaas.settings import DEMO_BASE_MODEL
+from contracts.settings import DEMO_BASE_MODEL
+from contracts.training.spec import AdapterSettings, EarlyStoppingSettings, TrainingSpec
 from worker.training import adapters
 from worker.training.batching import pack, pad
 from worker.training.data import encode_lines
-from worker.training.spec import AdapterSettings, EarlyStoppingSettings, TrainingSpec
 from worker.training.trainer import Directive, StepMetrics, Trainer, autocast_dtype, checkpoint_steps
 
 
@@ -160,7 +160,7 @@ def test_every_peft_type_trains_saves_reloads_and_generates(name: str, loader: B
     real = probe.attention_mask.bool()  # outputs at padding positions mean nothing and are never used
     assert torch.allclose(expected[real], actual[real], atol=1e-4), (expected[real] - actual[real]).abs().max()
     assert {p.name for p in outcome.adapter_dir.iterdir()} <= {
-        adapters.ADAPTER_WEIGHTS, adapters.ADAPTER_CONFIG, adapters.RAW_WEIGHTS, adapters.INITIAL_WEIGHTS,
+        adapters.WEIGHTS, adapters.CONFIG, adapters.RAW_WEIGHTS, adapters.INITIAL_WEIGHTS,
         adapters.INITIAL_CONFIG}
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about item 3."}],
                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -173,7 +173,7 @@ def test_base_modifying_initialisations_are_converted_to_plain_lora_for_serving(
     examples = encode_lines(varied_chats(8), "chat", tokenizer, 256).examples
     outcome = Trainer(spec(adapter=AdapterSettings(type="lora", init="pissa", r=4)), loader.load_model(DEMO_BASE_MODEL),
                       tokenizer, examples, [], Recorder(), tmp_path).run()
-    config = json.loads((outcome.adapter_dir / adapters.ADAPTER_CONFIG).read_text())
+    config = json.loads((outcome.adapter_dir / adapters.CONFIG).read_text())
     assert config["r"] == 8 and config["init_lora_weights"] is True  # rank 2r, on the original base
 
 

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ftaas.errors import InvalidRequest
+from contracts.errors import InvalidRequest
 from worker.adapters.lora_files import LoraAdapter
 
 #: Files besides the weights that make a model directory loadable (never code: trust_remote_code is off).

@@ -1,6 +1,6 @@
 """PEFT LoRA adapter directories in and out, and merges of whole adapters.
 
-`read_lora` reads `adapter_config.json` + `adapter_model.safetensors` (never a pickle) into per-module
+`read_lora` reads an adapter folder (contracts.adapters.files: dense or ComPEFT-compressed) into per-module
 factors with each module's scale folded into B (alpha/r, alpha/sqrt(r) for rsLoRA, `alpha_pattern` and
 `rank_pattern` honoured). `write_lora` writes factors back as a plain LoRA adapter that PEFT loads and
 ftaas serves: scale 1 (`lora_alpha` = r, per module through the patterns when ranks differ).
@@ -29,18 +29,23 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from ftaas.errors import InvalidRequest
-from serving.lora import pattern_value
-from worker.adapters.compress import load_adapter_tensors
+from contracts.adapters.files import (
+    CONFIG,
+    WEIGHTS,
+    ModuleShape,
+    check_lora_config,
+    load_tensors,
+    lora_module_shapes,
+    pattern_value,
+    read_config,
+)
+from contracts.errors import InvalidRequest
 from worker.adapters.merge import Factors, combine, concat_factors, dense_svd, lines_factors, lowrank_svd
 
-WEIGHTS = "adapter_model.safetensors"
-CONFIG = "adapter_config.json"
-_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
-def _invalid(message: str, param: str = "adapters") -> InvalidRequest:
+def _unsupported(message: str, param: str = "adapters") -> InvalidRequest:
     return InvalidRequest(message, code="unsupported_adapter", param=param)
 
 
@@ -55,58 +60,33 @@ class LoraAdapter:
         return max(f.rank for f in self.modules.values())
 
 
-def check_lora_config(config: Any, param: str = "adapters") -> dict[str, Any]:
-    """An adapter config that merges, compression and export can take: a LoRA (not DoRA) adapter without
-    saved modules or trained biases. Raises InvalidRequest (400) naming `param` otherwise."""
-    if not isinstance(config, dict):
-        raise _invalid("adapter_config.json must be a JSON object", param)
-    if str(config.get("peft_type", "")).upper() != "LORA":
-        raise _invalid(f"only LoRA-family adapters can be merged or compressed, not {config.get('peft_type')}", param)
-    if config.get("use_dora"):
-        raise _invalid("DoRA adapters cannot be merged: their magnitude rescaling is not additive", param)
-    if config.get("modules_to_save") or config.get("bias", "none") != "none":
-        raise _invalid("adapters with saved modules or trained biases cannot be merged", param)
-    for key in ("rank_pattern", "alpha_pattern"):
-        if not isinstance(config.get(key) or {}, dict):
-            raise _invalid(f"adapter_config.json: {key} must be an object", param)
-    return config
-
-
 def read_lora(directory: Path, *, param: str = "adapters") -> LoraAdapter:
     """The adapter in `directory`; anything unreadable or malformed is an InvalidRequest naming `param`."""
+    config = check_lora_config(read_config(directory, param=param), param)
     try:
-        config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
-        check_lora_config(config, param)
-        tensors = load_adapter_tensors(directory)  # dense, or decompressed (ComPEFT)
-    except InvalidRequest:
-        raise
-    except (ValueError, OSError, SafetensorError) as exc:  # not JSON, not UTF-8, not safetensors
+        tensors = load_tensors(directory)  # dense, or decompressed (ComPEFT)
+    except (ValueError, OSError, SafetensorError) as exc:  # not safetensors
         raise InvalidRequest(f"the adapter files cannot be read: {exc}", code="invalid_adapter",
                              param=param) from None
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for name, tensor in tensors.items():
-        match = _KEY.match(name)
-        if match is None:
-            raise _invalid(f"adapter tensor {name!r} is not a LoRA factor", param)
-        if tensor.dim() != 2:
-            raise _invalid(f"adapter tensor {name!r} is not a matrix", param)
-        parts.setdefault(match["module"], {})[match["part"]] = tensor.float()
+    lora_module_shapes(config, {name: tuple(t.shape) for name, t in tensors.items()}, param=param)
     rank_default, alpha_default = int(config.get("r", 8)), config.get("lora_alpha")
     modules = {}
-    for module, pair in parts.items():
-        if set(pair) != {"A", "B"}:
-            raise _invalid(f"module {module} lacks lora_A or lora_B", param)
-        rank = int(pair["A"].shape[0])
+    for name in sorted(tensors):
+        if not name.endswith(".lora_A.weight"):
+            continue
+        module = name.removesuffix(".lora_A.weight")
+        a, b = tensors[name].float(), tensors[f"{module}.lora_B.weight"].float()
+        rank = int(a.shape[0])
         alpha = float(pattern_value(config.get("alpha_pattern") or {}, module,
                                     alpha_default if alpha_default is not None else rank_default))
-        expected_rank = int(pattern_value(config.get("rank_pattern") or {}, module, rank_default))
-        if rank != expected_rank or pair["B"].shape[1] != rank:
-            raise _invalid(f"module {module}: factor shapes do not match its rank {expected_rank}", param)
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-        modules[module] = Factors(pair["B"] * scale, pair["A"])
-    if not modules:
-        raise _invalid("the adapter has no LoRA factors", param)
+        modules[module] = Factors(b * scale, a)
     return LoraAdapter(config, modules)
+
+
+def module_shapes(adapter: LoraAdapter) -> dict[str, ModuleShape]:
+    """The adapter's modules as `contracts.adapters.files.check_fits_base` takes them."""
+    return {module: ModuleShape(int(f.b.shape[0]), f.rank, int(f.a.shape[1])) for module, f in adapter.modules.items()}
 
 
 def write_lora(directory: Path, modules: dict[str, Factors], *, template: dict[str, Any]) -> None:
@@ -145,7 +125,7 @@ class MergeResult:
 def _layer_of(module: str) -> int:
     match = _LAYER.search(module)
     if match is None:
-        raise _invalid(f"module {module} belongs to no decoder layer; LiNeS needs layer indices")
+        raise _unsupported(f"module {module} belongs to no decoder layer; LiNeS needs layer indices")
     return int(match.group(1))
 
 
@@ -181,33 +161,3 @@ def merge_adapters(adapters: Sequence[LoraAdapter], weights: Sequence[float], *,
         result.modules = {module: Factors(f.b * scale[_layer_of(module)], f.a, f.error)
                           for module, f in result.modules.items()}
     return result
-
-
-_MODULE = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$")
-
-
-def check_fits_base(adapter: LoraAdapter, base_config: dict[str, Any], *, max_rank: int) -> None:
-    """Every module exists in the (Llama-family) base model and its factors have that module's shape; no
-    rank exceeds `max_rank`. Raises InvalidRequest (400) naming the first module that does not fit."""
-    hidden = int(base_config["hidden_size"])
-    heads = int(base_config["num_attention_heads"])
-    head_dim = int(base_config.get("head_dim") or hidden // heads)
-    kv = int(base_config.get("num_key_value_heads") or heads) * head_dim
-    inter = int(base_config["intermediate_size"])
-    layers = int(base_config["num_hidden_layers"])
-    shapes = {"q_proj": (heads * head_dim, hidden), "k_proj": (kv, hidden), "v_proj": (kv, hidden),
-              "o_proj": (hidden, heads * head_dim), "gate_proj": (inter, hidden), "up_proj": (inter, hidden),
-              "down_proj": (hidden, inter)}
-    for module, factors in adapter.modules.items():
-        match = _MODULE.search(module)
-        if match is None or int(match.group(1)) >= layers:
-            raise InvalidRequest(f"module {module} does not exist in the base model", code="adapter_base_mismatch",
-                                 param="file")
-        out, fan_in = shapes[match.group(3)]
-        if factors.b.shape[0] != out or factors.a.shape[1] != fan_in:
-            raise InvalidRequest(f"module {module}: the factors fit a {factors.b.shape[0]}x{factors.a.shape[1]} "
-                                 f"weight, the base model's is {out}x{fan_in}", code="adapter_base_mismatch",
-                                 param="file")
-        if factors.rank > max_rank:
-            raise InvalidRequest(f"module {module} has rank {factors.rank}; the limit is {max_rank}",
-                                 code="adapter_rank_too_high", param="file")

@@ -24,30 +24,31 @@ from typing import Any
 
 from safetensors.torch import save_file
 
+from contracts.adapters.archive import extract_adapter
+from contracts.adapters.files import (
+    COMPRESSED_WEIGHTS,
+    CONFIG,
+    WEIGHTS,
+    adapter_files,
+    check_fits_base,
+    load_tensors,
+)
+from contracts.errors import InvalidRequest
 from db import adapter_operations, files, ids, models
-from db.leased import WorkLease
+from db.leased import Lease
 from db.states import FileStatus
 from db.tables import AdapterOperation, File
-from ftaas.errors import InfrastructureError, InvalidRequest, LeaseLost, UserError
 from storage import layout
 from storage.manifest import download_artifact, publish_directory
-from worker.adapters.archive import extract_adapter
-from worker.adapters.compress import (
-    COMPRESSED_WEIGHTS,
-    adapter_files,
-    compress_adapter_dir,
-    load_adapter_tensors,
-)
+from worker.adapters.compress import compress_adapter_dir
 from worker.adapters.export import export_merged
-from worker.adapters.lora_files import check_fits_base, merge_adapters, read_lora, write_lora
+from worker.adapters.lora_files import merge_adapters, module_shapes, read_lora, write_lora
 from worker.context import WorkerContext
 from worker.jobs.lease import StandaloneWork
 
 log = logging.getLogger(__name__)
 
 QUEUE = adapter_operations.QUEUE
-ADAPTER_CONFIG = "adapter_config.json"
-DENSE = "adapter_model.safetensors"
 
 
 def fetch_adapter(ctx: WorkerContext, prefix: str, manifest_sha256: str, target: Path) -> Path:
@@ -98,9 +99,9 @@ def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path) -> tuple[Pat
         ctx.store.download_file(params["storage_key"], archive, sha256=params["sha256"], size=params["bytes"])
         extracted = extract_adapter(archive, work / "extracted")
         adapter = read_lora(extracted, param="file")
-        check_fits_base(adapter, ctx.loader.config(row.base_model), max_rank=ctx.settings.serving_max_lora_rank)
+        check_fits_base(module_shapes(adapter), ctx.loader.config(row.base_model), max_rank=ctx.settings.serving_max_lora_rank)
         out.mkdir()
-        for name in (ADAPTER_CONFIG, DENSE):
+        for name in (CONFIG, WEIGHTS):
             shutil.copyfile(extracted / name, out / name)
         return out, None, {"rank": adapter.max_rank, "modules": len(adapter.modules)}
     if row.type == "export":
@@ -109,8 +110,8 @@ def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path) -> tuple[Pat
             export_merged(base_model_dir(ctx, row.base_model), read_lora(parents[0]), package)
         else:  # the PEFT folder, with dense weights (a compressed model's decompressed) that PEFT loads
             package.mkdir()
-            shutil.copyfile(parents[0] / ADAPTER_CONFIG, package / ADAPTER_CONFIG)
-            save_file(load_adapter_tensors(parents[0]), str(package / DENSE))
+            shutil.copyfile(parents[0] / CONFIG, package / CONFIG)
+            save_file(load_tensors(parents[0]), str(package / WEIGHTS))
         tar_path = work / "export.tar"
         with tarfile.open(tar_path, "w") as archive:  # uncompressed: safetensors barely compress
             for path in sorted(package.iterdir()):
@@ -121,43 +122,34 @@ def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path) -> tuple[Pat
 
 def run_operation(ctx: WorkerContext, operation_id: str) -> str:
     """The task body. Returns not-claimed, succeeded, failed, requeued or lease-lost."""
-    ttl = ctx.settings.lease_ttl_seconds
-    with ctx.db.write() as session:
-        lease = QUEUE.claim(session, operation_id, owner=ctx.owner, ttl=ttl)
-        row = QUEUE.get_any_project(session, operation_id) if lease else None
-        if row is None or lease is None:
-            return "not-claimed"
+
+    def detached(session: Any, row: AdapterOperation) -> AdapterOperation:
         session.expunge(row)
-    work = ctx.work_dir / f"adapter-op-{operation_id}-{lease.token}-{uuid.uuid4().hex[:8]}"
+        return row
+
+    claimed = StandaloneWork.claim(ctx.db, QUEUE, operation_id, owner=ctx.owner, ttl=ctx.settings.lease_ttl_seconds,
+                                   read=detached)
+    if claimed is None:
+        return "not-claimed"
+    standalone, row = claimed
+    work = ctx.work_dir / f"adapter-op-{operation_id}-{standalone.lease.token}-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     stored: list[str] = []
-    standalone = StandaloneWork(ctx.db, QUEUE, lease, ttl=ttl, max_attempts=row.max_attempts)
     renewal = standalone.renewal()
     try:
         with renewal:
             directory, file_path, result = _perform(ctx, row, work)
             renewal.check()
-            _publish(ctx, lease, row, directory, file_path, result, stored)
+            _publish(ctx, standalone.lease, row, directory, file_path, result, stored)
         return "succeeded"
-    except LeaseLost:
+    except Exception as exc:  # noqa: BLE001 - every outcome, bugs included, is settled by the taxonomy
         _remove(ctx, stored)
-        return "lease-lost"
-    except UserError as exc:
-        _remove(ctx, stored)
-        return standalone.fail({"code": exc.code, "message": exc.message, "param": exc.param})
-    except InfrastructureError as exc:
-        _remove(ctx, stored)
-        return standalone.retry_or_fail(exc)
-    except Exception as exc:  # a bug or a library failure: not retryable
-        log.exception("adapter operation %s failed", operation_id)
-        _remove(ctx, stored)
-        return standalone.fail({"code": "operation_error", "message": f"{type(exc).__name__}: {exc}",
-                                "param": None})
+        return standalone.settle(exc, internal_code="operation_error")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _publish(ctx: WorkerContext, lease: WorkLease, row: AdapterOperation, directory: Path | None,
+def _publish(ctx: WorkerContext, lease: Lease, row: AdapterOperation, directory: Path | None,
              file_path: Path | None, result: dict[str, Any], stored: list[str]) -> None:
     provenance = {"kind": "adapter", "model": row.result_model, "base_model": row.base_model,
                   "operation": {"id": row.id, "type": row.type, "parameters": row.params, "result": result}}

@@ -42,6 +42,9 @@ Reporting: `import_finetunebench` returns an `ImportResult`, a dict (dataset id 
 splits, memorization first) that also carries `warnings` (one line per skipped file or summary) and `notes`
 (one `ImportNote` per dropped, relabelled or otherwise adjusted item). `import_csv` appends to a `notes`
 list when given one.
+
+One file on purpose (~420 lines): FineTuneBench's data layout, its splits and its scoring are one
+protocol; splitting them would scatter the mapping from the paper's files to ftaas' eval spec.
 """
 
 from __future__ import annotations
@@ -54,8 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ftaas.errors import InvalidRequest
-from worker.evals.items import EvalItem
+from contracts.errors import InvalidRequest
+from contracts.evals.items import EvalItem
 
 SETTINGS: dict[str, str] = {"latest_news": "new_knowledge", "fictional_people": "new_knowledge",
                             "medical": "updated_knowledge", "coding": "updated_knowledge"}

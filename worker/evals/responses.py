@@ -24,10 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ftaas.errors import InvalidRequest
-from worker.evals.items import EvalItem
-from worker.evals.jsonl import json_lines
-from worker.evals.scoring import Scorer, build_scorers
+from contracts.errors import InvalidRequest
+from contracts.evals.items import EvalItem
+from contracts.evals.jsonl import json_lines
+from contracts.evals.scoring import Scorer, build_scorers
 
 _CODE = "invalid_response_file"
 

@@ -21,11 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ftaas.errors import InvalidRequest, Overloaded
-from worker.evals.items import EvalItem
+from contracts.errors import InvalidRequest, Overloaded
+from contracts.evals.items import EvalItem
+from contracts.evals.scoring import Scorer, build_scorers
+from contracts.evals.spec import EvalSpec
 from worker.evals.report import Answer, ItemResult, assess, build_report, item_lines
-from worker.evals.scoring import Scorer, build_scorers
-from worker.evals.spec import EvalSpec
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class EngineGenerator:
     def _engine_answers(self, resolved: Any, model: str, conversations: Sequence[list[dict[str, str]]], *,
                         max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
                         progress: Progress | None) -> list[str]:
-        from serving.schemas import ChatCompletionRequest
+        from contracts.inference.schemas import ChatCompletionRequest
 
         requests = [ChatCompletionRequest(model=model, messages=messages, temperature=temperature, top_p=top_p,
                                           max_tokens=max_new_tokens, seed=seed) for messages in conversations]
@@ -122,7 +122,7 @@ class EngineGenerator:
 
 class EngineJudge:
     """The LLM judge served by ftaas itself (the default when no external judge endpoint is configured):
-    the same interface as `scoring.JudgeClient`, answered by `EngineGenerator`."""
+    the same interface as `worker.evals.judge.JudgeClient`, answered by `EngineGenerator`."""
 
     def __init__(self, generator: EngineGenerator) -> None:
         self.generator = generator

@@ -18,18 +18,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from contracts.errors import FTaaSError, LeaseLost
+from contracts.evals.sources import load_items, project_resolver
+from contracts.evals.spec import validate_report, validate_spec
 from db import events, files, ids, jobs, knowledge_evals, models
-from db.jobs import Lease
+from db.leased import Lease
 from db.projects import Principal
 from db.states import FileStatus
 from db.tables import File, KnowledgeEval
-from ftaas.errors import FTaaSError, InfrastructureError, LeaseLost, UserError
 from storage import layout
 from worker.context import WorkerContext
 from worker.evals import charts
 from worker.evals.report import summary_rows
 from worker.evals.runner import EngineGenerator, EngineJudge, EvalRun
-from worker.evals.spec import load_items, project_resolver, validate_report, validate_spec
 from worker.jobs.lease import StandaloneWork
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
     from serving.service import InferenceService
 
     spec = validate_spec(spec_document)
-    items, controls = load_items(spec, project_resolver(ctx.db, ctx.store, project_id, include_expired=True))
+    items, controls = load_items(spec, project_resolver(
+        files.content_reader(ctx.db, ctx.store, project_id, include_expired=True)))
     # An adapter disk cache of this process's own: under `ftaas up` the API's serving engine uses the
     # shared one, and two processes must not evict each other's files.
     settings = ctx.settings.model_copy(update={"serving_cache_dir": ctx.work_dir / f"eval-serving-{os.getpid()}"})
@@ -94,7 +96,7 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
         for name, resolved in (overrides or {}).items():
             generator.override(name, resolved)
         if ctx.settings.eval_judge_base_url:
-            from worker.evals.scoring import JudgeClient
+            from worker.evals.judge import JudgeClient
 
             key = ctx.settings.eval_judge_api_key
             judge = JudgeClient(ctx.settings.eval_judge_base_url, key.get_secret_value() if key else "none")
@@ -157,16 +159,13 @@ class _Counter:
 def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
     """The task body: claim, evaluate, complete. Returns not-claimed, succeeded, failed, requeued, lease-lost."""
     ttl = ctx.settings.lease_ttl_seconds
-    with ctx.db.write() as session:
-        lease = knowledge_evals.claim(session, eval_id, owner=ctx.owner, ttl=ttl)
-        row = knowledge_evals.get_any_project(session, eval_id) if lease else None
-        if row is None or lease is None:
-            return "not-claimed"
-        spec_document, model, base_model = row.spec, row.model, row.base_model
-        max_attempts = row.max_attempts
-        loss_rows = _loss_rows_for_model(session, row)
-
-    work = StandaloneWork(ctx.db, knowledge_evals.QUEUE, lease, ttl=ttl, max_attempts=max_attempts)
+    claimed = StandaloneWork.claim(
+        ctx.db, knowledge_evals.QUEUE, eval_id, owner=ctx.owner, ttl=ttl, values={"progress_done": 0},
+        read=lambda session, row: (row.spec, row.model, row.base_model, _loss_rows_for_model(session, row)))
+    if claimed is None:
+        return "not-claimed"
+    work, (spec_document, model, base_model, loss_rows) = claimed
+    lease = work.lease
     renewal = work.renewal()
 
     def progress(done: int, total: int) -> None:
@@ -185,15 +184,8 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
             knowledge_evals.complete(session, lease, summary=artifacts.summary,
                                      result_files=[f.id for f in artifacts.file_rows])
         return "succeeded"
-    except LeaseLost:
-        return "lease-lost"
-    except UserError as exc:
-        return work.fail({"code": exc.code, "message": exc.message, "param": exc.param})
-    except InfrastructureError as exc:
-        return work.retry_or_fail(exc)
-    except Exception as exc:  # a bug or a library failure: not retryable
-        log.exception("knowledge eval %s failed", eval_id)
-        return work.fail({"code": "eval_error", "message": f"{type(exc).__name__}: {exc}", "param": None})
+    except Exception as exc:  # noqa: BLE001 - every outcome, bugs included, is settled by the taxonomy
+        return work.settle(exc, internal_code="eval_error")
 
 
 def _loss_rows_for_model(session: Any, row: KnowledgeEval) -> list[dict[str, Any]] | None:
@@ -215,7 +207,7 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
     from serving.service import ResolvedModel
 
     with ctx.db.write() as session:
-        job = jobs.get_any_project(session, lease.job_id)
+        job = jobs.get_any_project(session, lease.work_id)
         assert job is not None
         if not job.knowledge_eval:
             return None
@@ -240,7 +232,7 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
             jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
             knowledge_evals.record_progress(session, eval_id, done=done, total=total)
 
-    info = {**tuned_info, "training_job_id": lease.job_id}
+    info = {**tuned_info, "training_job_id": lease.work_id}
     losses = [row["train_loss"] for row in loss_rows if isinstance(row.get("train_loss"), int | float)]
     if losses:
         info["final_train_loss"] = losses[-1]
@@ -255,7 +247,7 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
         # The fine-tune itself succeeded: whatever went wrong with its eval (a judge that is down, a bug),
         # the job keeps its model and says what happened; retraining would not help.
         if not isinstance(exc, FTaaSError):
-            log.exception("knowledge eval %s of job %s failed", eval_id, lease.job_id)
+            log.exception("knowledge eval %s of job %s failed", eval_id, lease.work_id)
         error = ({"code": exc.code, "message": exc.message, "param": exc.param} if isinstance(exc, FTaaSError)
                  else {"code": "eval_error", "message": f"{type(exc).__name__}: {exc}", "param": None})
         with ctx.db.write() as session:
@@ -268,7 +260,7 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
 
 def finish_for_job(session: Any, lease: Lease, artifacts: EvalArtifacts) -> list[str]:
     """In the job's final transaction: the eval's files and row, and the headline events. Returns file ids."""
-    row = knowledge_evals.for_job(session, lease.job_id)
+    row = knowledge_evals.for_job(session, lease.work_id)
     assert row is not None
     for file_row in artifacts.file_rows:
         files.insert(session, file_row)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from contracts.errors import IntegrityFailure
 from db import files, jobs, outbox
 from db.files import ValidationOutcome
 from db.states import FileStatus
-from ftaas.errors import IntegrityFailure
 from worker.context import WorkerContext
 from worker.files.validation import validate_jsonl
 

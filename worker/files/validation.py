@@ -1,6 +1,6 @@
 """Training-file validation: streaming, line by line, with 1-based line numbers and stable error codes.
 
-Three formats are recognised (openai-api.md §8), decided by the first example and required of all:
+Three formats are recognised (docs/architecture.md, "Wire contract"), decided by the first example and required of all:
 
 * chat (`{"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool}`), for supervised jobs;
 * preference (`{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}`),

@@ -14,17 +14,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from contracts.errors import LeaseLost, UserError
+from contracts.training.spec import TrainingSpec
 from db import checkpoints, jobs
-from db.jobs import Lease
+from db.leased import Lease
 from db.states import JobStatus
-from ftaas.errors import LeaseLost, UserError
 from storage import layout
 from storage.manifest import publish_directory
 from worker.context import WorkerContext
 from worker.training.data import encode_lines
 from worker.training.distributed import DistributedContext
 from worker.training.rehearsal import rehearsal_examples
-from worker.training.spec import TrainingSpec
 from worker.training.trainer import Directive, StepMetrics, Trainer, TrainingOutcome
 
 ESTIMATE_EVERY_SECONDS = 5.0
@@ -132,10 +132,10 @@ class JobControl:
 
     def on_checkpoint(self, state_dir: Path, metrics: StepMetrics, *, best: bool) -> None:
         step = metrics.step
-        prefix = layout.checkpoint_prefix(self.lease.job_id, step)
+        prefix = layout.checkpoint_prefix(self.lease.work_id, step)
         published = publish_directory(self.ctx.store, prefix, state_dir, {
             "kind": "checkpoint",
-            "job_id": self.lease.job_id,
+            "job_id": self.lease.work_id,
             "base_model": self.plan.spec.base_model,
             "step": step,
             "training_spec": self.plan.spec.to_json(),
@@ -143,16 +143,16 @@ class JobControl:
         })
         with self.ctx.db.write() as session:
             jobs.heartbeat(session, self.lease, ttl=self.ctx.settings.lease_ttl_seconds)
-            existing = checkpoints.by_step(session, self.lease.job_id, step)
+            existing = checkpoints.by_step(session, self.lease.work_id, step)
             if existing is None:
-                checkpoints.add(session, job_id=self.lease.job_id, project_id=self.lease.project_id, step_number=step,
+                checkpoints.add(session, job_id=self.lease.work_id, project_id=self.lease.project_id, step_number=step,
                                 metrics=metrics.as_event_data(),
                                 model_name=checkpoints.checkpoint_model_name(self.plan.fine_tuned_model, step),
                                 storage_prefix=prefix, manifest_sha256=published.manifest_sha256)
             else:
                 # A resumed attempt re-saved this step (the same state): point at the new manifest.
                 existing.manifest_sha256 = published.manifest_sha256
-            stale = checkpoints.prune(session, self.lease.job_id, keep=self.ctx.settings.keep_checkpoints,
+            stale = checkpoints.prune(session, self.lease.work_id, keep=self.ctx.settings.keep_checkpoints,
                                       pin_best=self.plan.spec.early_stopping is not None)
             if best:
                 jobs.add_event(session, self.lease, f"Checkpoint at step {step} has the best full validation loss "

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from db.jobs import Lease
-from ftaas.errors import FTaaSError
-from ftaas.settings import Settings
+from contracts.errors import FTaaSError
+from contracts.settings import Settings
+from db.leased import Lease
 from worker.context import WorkerContext
 from worker.jobs.execution import JobPlan, Workspace, execute, write_outcome
 from worker.training.distributed import DistributedContext

@@ -6,13 +6,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
+from sqlalchemy.orm import Session
+
+from contracts.errors import FTaaSError, InfrastructureError, LeaseLost
 from db import jobs
-from db.jobs import Lease
+from db.leased import Lease, LeasedQueue, LeasedRow
 from db.session import Database
 from db.states import JobStatus
-from ftaas.errors import FTaaSError, InfrastructureError, LeaseLost
+
+Row = TypeVar("Row", bound=LeasedRow)
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,7 @@ class LeaseKeeper(LeaseRenewal):
         self._lease = lease
         self._ttl = ttl
         self.status = JobStatus.RUNNING
-        super().__init__(self._heartbeat, interval=ttl / 3, name=f"lease-{lease.job_id}")
+        super().__init__(self._heartbeat, interval=ttl / 3, name=f"lease-{lease.work_id}")
 
     def _heartbeat(self) -> None:
         with self._db.write() as session:
@@ -74,25 +79,39 @@ class LeaseKeeper(LeaseRenewal):
 
     def check(self) -> None:
         if self.lost.is_set():
-            raise LeaseLost(f"lease on {self._lease.job_id} lost")
+            raise LeaseLost(f"lease on {self._lease.work_id} lost")
 
 
 class StandaloneWork:
-    """The writes a worker makes for standalone work it claimed (db.leased): renew, fail, give back."""
+    """The writes a worker makes for standalone work it claimed (db.leased): claim, renew, fail, give back,
+    and how an error ends the work (`settle`). Knowledge evals and adapter operations share it."""
 
-    def __init__(self, db: Any, queue: Any, lease: Any, *, ttl: float, max_attempts: int) -> None:
+    def __init__(self, db: Database, queue: LeasedQueue[Any], lease: Lease, *, ttl: float, max_attempts: int) -> None:
         self.db = db
         self.queue = queue
         self.lease = lease
         self.ttl = ttl
         self.max_attempts = max_attempts
 
+    @classmethod
+    def claim(cls, db: Database, queue: LeasedQueue[Row], work_id: str, *, owner: str, ttl: float,
+              read: Callable[[Session, Row], T], values: dict[str, Any] | None = None
+              ) -> tuple[StandaloneWork, T] | None:
+        """queued -> running for this worker, and `read(session, row)` in the same transaction (what the work
+        needs from its row); None when the work was not claimed (taken, cancelled, or not standalone)."""
+        with db.write() as session:
+            lease = queue.claim(session, work_id, owner=owner, ttl=ttl, values=values)
+            if lease is None:
+                return None
+            row = queue.reload(session, work_id)
+            return cls(db, queue, lease, ttl=ttl, max_attempts=row.max_attempts), read(session, row)
+
     def renewal(self) -> LeaseRenewal:
         return LeaseRenewal(self.renew, interval=self.ttl / 3)
 
     def renew(self) -> None:
         with self.db.write() as session:
-            self.queue.heartbeat(session, self.lease, ttl=self.ttl)
+            self.queue.renew(session, self.lease, ttl=self.ttl)
 
     def fail(self, error: dict[str, Any]) -> str:
         """failed (or lease-lost when someone else owns the work now)."""
@@ -115,3 +134,16 @@ class StandaloneWork:
         except (LeaseLost, InfrastructureError):
             log.warning("%s %s: could not release after %s", self.queue.noun, self.lease.work_id, exc)
             return "lease-lost"
+
+    def settle(self, exc: BaseException, *, internal_code: str) -> str:
+        """How an error ends the work: lease-lost (someone else owns it now), failed with the error's code
+        (user and configuration errors, and bugs, under `internal_code`: never retried), or requeued/failed
+        by `retry_or_fail` (infrastructure errors)."""
+        if isinstance(exc, LeaseLost):
+            return "lease-lost"
+        if isinstance(exc, InfrastructureError):
+            return self.retry_or_fail(exc)
+        if isinstance(exc, FTaaSError):
+            return self.fail({"code": exc.code, "message": exc.message, "param": exc.param})
+        log.error("%s %s failed", self.queue.noun, self.lease.work_id, exc_info=exc)
+        return self.fail({"code": internal_code, "message": f"{type(exc).__name__}: {exc}", "param": None})

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from contracts.training.spec import FORMATS_FOR_METHOD, Method, resolve_hyperparameters
 from db import files, jobs
 from db.states import FileStatus, JobStatus
 from worker.context import WorkerContext
-from worker.training.spec import FORMATS_FOR_METHOD, Method, resolve_hyperparameters
 
 
 def advance_job(ctx: WorkerContext, job_id: str) -> str:

@@ -1,4 +1,4 @@
-"""The results file of a job: one CSV row per optimizer step (openai-api.md §9)."""
+"""The results file of a job: one CSV row per optimizer step (docs/architecture.md, "Wire contract")."""
 
 from __future__ import annotations
 

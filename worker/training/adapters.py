@@ -29,12 +29,10 @@ from peft import (
 )
 from safetensors.torch import load_file, save_file
 
-from ftaas.errors import InvalidRequest
-from worker.training.spec import AdapterSettings
+from contracts.adapters.files import CONFIG, WEIGHTS
+from contracts.errors import InvalidRequest
+from contracts.training.spec import AdapterSettings
 
-#: What a servable adapter consists of (what serving loads).
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 #: Extra files of a checkpoint whose adapter type modified the base (see the module docstring).
 RAW_WEIGHTS = "trainer_adapter.safetensors"
 INITIAL_WEIGHTS = "initial_adapter_model.safetensors"
@@ -122,8 +120,8 @@ def save_initial(model: PeftModel, settings: AdapterSettings, directory: Path) -
         return
     with tempfile.TemporaryDirectory() as tmp:
         _save_as_plain_lora(model, Path(tmp))
-        shutil.copy(Path(tmp) / ADAPTER_WEIGHTS, directory / INITIAL_WEIGHTS)
-        shutil.copy(Path(tmp) / ADAPTER_CONFIG, directory / INITIAL_CONFIG)
+        shutil.copy(Path(tmp) / WEIGHTS, directory / INITIAL_WEIGHTS)
+        shutil.copy(Path(tmp) / CONFIG, directory / INITIAL_CONFIG)
 
 
 def _save_as_plain_lora(model: PeftModel, directory: Path) -> None:
@@ -149,8 +147,8 @@ def save(model: PeftModel, settings: AdapterSettings, directory: Path, initial: 
         with tempfile.TemporaryDirectory() as tmp:
             plain = Path(tmp) / "initial"
             plain.mkdir()
-            shutil.copy(initial / INITIAL_WEIGHTS, plain / ADAPTER_WEIGHTS)
-            shutil.copy(initial / INITIAL_CONFIG, plain / ADAPTER_CONFIG)
+            shutil.copy(initial / INITIAL_WEIGHTS, plain / WEIGHTS)
+            shutil.copy(initial / INITIAL_CONFIG, plain / CONFIG)
             model.save_pretrained(directory, safe_serialization=True, path_initial_model_for_weight_conversion=str(plain))
         if directory != initial:
             for name in (INITIAL_WEIGHTS, INITIAL_CONFIG):
@@ -165,7 +163,7 @@ def save(model: PeftModel, settings: AdapterSettings, directory: Path, initial: 
 def load_raw(model: PeftModel, directory: Path) -> None:
     """Restore the trained adapter saved by `save` (the raw one where it differs from the servable one)."""
     raw = directory / RAW_WEIGHTS
-    state = load_file(str(raw if raw.exists() else directory / ADAPTER_WEIGHTS))
+    state = load_file(str(raw if raw.exists() else directory / WEIGHTS))
     result = set_peft_model_state_dict(model, state)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
@@ -174,5 +172,5 @@ def load_raw(model: PeftModel, directory: Path) -> None:
 
 def servable_summary(directory: Path) -> dict[str, Any]:
     """Type and rank of a saved servable adapter (for the manifest)."""
-    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    config = json.loads((directory / CONFIG).read_text())
     return {"peft_type": config.get("peft_type"), "r": config.get("r"), "use_dora": config.get("use_dora", False)}

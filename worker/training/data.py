@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftaas.errors import InvalidFile
+from contracts.errors import InvalidFile
 from worker.files.validation import CHAT, PREFERENCE, PROMPT_COMPLETION
 
 IGNORE = -100

@@ -8,7 +8,7 @@ the job gets a `warn` event naming the change most likely to help, read from wha
 
 from __future__ import annotations
 
-from worker.training.spec import BASE_LEARNING_RATES, LEARNED_ACCURACY, LOW_FINAL_ACCURACY, TrainingSpec
+from contracts.training.spec import BASE_LEARNING_RATES, LEARNED_ACCURACY, LOW_FINAL_ACCURACY, TrainingSpec
 
 #: Above this many epochs a longer run is not the advice (the limit of n_epochs is 50).
 _MANY_EPOCHS = 25

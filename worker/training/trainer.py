@@ -11,6 +11,9 @@ Loss is the mean over every trained token of the step's examples (or over the ex
 they are laid out: packed rows, padded rows, or split across data-parallel processes (each process divides
 its sum by the global count, so the averaged gradients equal the single-process gradient).
 DPO uses the base model with the adapter disabled as its reference, so there is no second copy of the weights.
+
+One file on purpose (~590 lines): the training loop with its checkpoint, resume and stopping rules;
+the step order is the contract (exact resume depends on it) and is read top to bottom.
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from contracts.training.spec import LEARNED_ACCURACY, TrainingSpec
 from worker.training import adapters, attention
 from worker.training.batching import Batch, pack, pad
 from worker.training.data import IGNORE, PreferenceExample, TokenizedExample
 from worker.training.distributed import DistributedContext
-from worker.training.spec import LEARNED_ACCURACY, TrainingSpec
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_TENSORS = "optimizer.safetensors"

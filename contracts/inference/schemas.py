@@ -1,4 +1,4 @@
-"""Wire shapes of POST /v1/chat/completions and POST /v1/completions (openai-api.md §3.9, §5).
+"""Wire shapes of POST /v1/chat/completions and POST /v1/completions (OpenAI's chat and legacy completions APIs).
 
 Parameters ftaas does not implement are refused with a 400 that names them (never silently ignored) when
 they would change the output: non-zero penalties, `logit_bias`, tools, non-text response formats,

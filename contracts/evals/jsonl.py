@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from ftaas.errors import InvalidRequest
+from contracts.errors import InvalidRequest
 
 
 def json_lines(text: str, *, code: str, where: str = "", objects_only: bool = True) -> Iterator[tuple[int, Any]]:

@@ -1,14 +1,17 @@
 """The one error taxonomy of ftaas.
 
 Every failure a user or operator can see is an `FTaaSError` with a stable machine-readable `code`.
-Two families matter for behaviour:
+Three families matter for behaviour:
 
 * `UserError` subclasses describe bad input or an illegal request. They are reported and never retried.
 * `InfrastructureError` subclasses describe a dependency that failed (storage, database, broker). Work that
   hits one is retried (requeued) and the HTTP layer marks the response retryable.
+* `ConfigurationError` subclasses describe a deployment the operator must fix (a bucket that does not exist,
+  credentials the store refuses). Retrying cannot help, so work fails at once with the error's code.
 
 The API maps these classes to HTTP statuses and the OpenAI error envelope in exactly one place
-(`api.errors`); workers map them to job failures or requeues in `worker.jobs.service`.
+(`api.errors`); workers map them to job failures or requeues (`worker.jobs.runner`, and
+`worker.jobs.lease.StandaloneWork.settle` for evals and adapter operations).
 """
 
 from __future__ import annotations
@@ -138,6 +141,20 @@ class DeadlineExceeded(InfrastructureError):
     """The request did not finish within its deadline (HTTP 504)."""
 
     code = "request_timeout"
+
+
+# ------------------------------------------------------------------------------- configuration errors
+class ConfigurationError(FTaaSError):
+    """The deployment is misconfigured; the operator must act. Never retried (HTTP 500, not retryable)."""
+
+    code = "configuration_error"
+
+
+class StorageMisconfigured(ConfigurationError):
+    """The artifact store refuses the request for a reason retrying cannot fix (no such bucket, access
+    denied, invalid credentials or request)."""
+
+    code = "storage_misconfigured"
 
 
 # ------------------------------------------------------------------------------------ integrity errors

@@ -20,8 +20,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from ftaas.errors import InvalidRequest
-from worker.evals.jsonl import decode_text, json_lines
+from contracts.errors import InvalidRequest
+from contracts.evals.jsonl import decode_text, json_lines
 
 SETTINGS = ("new_knowledge", "updated_knowledge")
 VARIANTS = ("original", "rephrased", "date_shifted", "single_hop_inference", "multi_entity_comparison",

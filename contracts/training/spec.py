@@ -44,6 +44,9 @@ the hosted API's rule (3 epochs, multiplier 1) learned almost nothing of a small
 Other defaults: `max_seq_len` 2048 (capped at the model's context), packing on for supervised jobs (off for
 prompt learning and DPO), a checkpoint at the end of every epoch (`n_checkpoints` spreads that many evenly
 over the run instead), a validation batch every 10 steps, full validation at every checkpoint.
+
+One file on purpose (~460 lines): the whole contract between the API and the trainer (every field, its
+validation and the "auto" rules) in one place, so the API and the worker cannot drift apart.
 """
 
 from __future__ import annotations

@@ -9,29 +9,23 @@ the headline numbers are aggregated.
   names, headline selectors, unique ids, scorer configurations) and raises `InvalidRequest` whose `param`
   is the dotted path of the field at fault (`spec.datasets.0.splits.1.scorer`).
 * `spec_sha256(document)` is the spec's version: SHA-256 of its canonical JSON. Reports carry it.
-* `load_items(spec, resolver)` reads every split's source through a `SourceResolver` and maps rows to
-  `EvalItem`s (row errors name the split and the row). Sources are resolved by URI scheme; which schemes
-  are allowed is the resolver's decision: the API allows `builtin://` suites and uploaded file ids only,
-  the CLI also allows local paths.
+* Items are read from the spec's sources by `contracts.evals.sources.load_items`.
 * `suite_spec(...)` builds a complete spec for built-in or uploaded suite files, so that a caller can ask
   for "the fictional_people suite" without writing a spec.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from ftaas.errors import InvalidRequest
-from worker.evals.items import EvalItem, parse_suite
-from worker.evals.jsonl import decode_text, json_lines
+from contracts.errors import InvalidRequest
+from contracts.evals.items import EvalItem
 
 SPEC_VERSION = "1.0"
 MAX_NAME = 128
@@ -45,7 +39,7 @@ DEFAULT_NORMALIZE = ["lowercase", "strip", "strip_punctuation", "collapse_whites
 
 @cache
 def _schema(name: str) -> dict[str, Any]:
-    return json.loads(resources.files("worker.evals").joinpath("schemas", name).read_text())
+    return json.loads(resources.files("contracts.evals").joinpath("schemas", name).read_text())
 
 
 def spec_schema() -> dict[str, Any]:
@@ -140,7 +134,7 @@ def validate_spec(document: Any, *, prefix: str = "spec") -> EvalSpec:
         raise InvalidRequest(f"The spec name is {len(document['name'])} characters; at most {MAX_NAME}.", code=code,
                              param=f"{prefix}.name")
     generation = document["generation"]
-    # The limits of the serving engine that answers (serving.schemas): refused here, not mid-run.
+    # The limits of the serving engine that answers (contracts.inference.schemas): refused here, not mid-run.
     for key, top in (("temperature", 2.0), ("max_new_tokens", MAX_NEW_TOKENS)):
         if key in generation and generation[key] > top:
             raise InvalidRequest(f"generation.{key} is {generation[key]}; at most {top}.", code=code,
@@ -185,7 +179,7 @@ def validate_spec(document: Any, *, prefix: str = "spec") -> EvalSpec:
             if (dataset_id, split_id) not in splits:
                 raise InvalidRequest(f"The {kind} headline names {dataset_id}/{split_id}, which is not a split of "
                                      "this spec.", code=code, param=f"{prefix}.aggregation.headline.{kind}.{dataset_id}")
-    from worker.evals.scoring import build_scorers
+    from contracts.evals.scoring import build_scorers
 
     try:
         # Configuration errors only: the judge client is not needed to check a configuration.
@@ -206,216 +200,6 @@ class _ConfigOnlyJudge:
         raise AssertionError("configuration checks do not call the judge")
 
 
-# ------------------------------------------------------------------------------------------- sources
-class SourceResolver:
-    """Reads a source URI into bytes. Subclasses decide which URIs are allowed (and raise InvalidRequest
-    with the given `param` for the others)."""
-
-    def read(self, uri: str, *, param: str) -> bytes:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-@dataclass
-class CallableResolver(SourceResolver):
-    """A resolver from a function per URI scheme (`builtin`, `file`, `path`...), chosen by `scheme_of`."""
-
-    readers: dict[str, Callable[[str], bytes]]
-    allowed_description: str = "builtin://<suite>"
-    cache: dict[str, bytes] = field(default_factory=dict)
-
-    def read(self, uri: str, *, param: str) -> bytes:
-        if uri in self.cache:
-            return self.cache[uri]
-        reader = self.readers.get(scheme_of(uri))
-        if reader is None:
-            raise InvalidRequest(f"Source {uri!r} cannot be read here; allowed: {self.allowed_description}.",
-                                 code="invalid_eval_spec", param=param)
-        data = reader(uri)
-        self.cache[uri] = data
-        return data
-
-
-def scheme_of(uri: str) -> str:
-    """`builtin` for builtin://..., `file_id` for ftaas file ids (file-...), `file` for file://, else `path`."""
-    if uri.startswith("builtin://"):
-        return "builtin"
-    if uri.startswith("file-") and "/" not in uri:
-        return "file_id"
-    if uri.startswith("file://"):
-        return "file"
-    if "://" in uri:
-        return uri.split("://", 1)[0]
-    return "path"
-
-
-def read_builtin(uri: str) -> bytes:
-    """`builtin://<suite>[?seed=N&size=M]` -> the suite's JSONL, generated deterministically."""
-    from urllib.parse import parse_qs, urlsplit
-
-    from worker.evals.builtin import generate_suite
-    from worker.evals.items import dump_suite
-
-    parts = urlsplit(uri)
-    query = parse_qs(parts.query)
-    unknown = sorted(set(query) - {"seed", "size"})
-    if unknown:
-        raise InvalidRequest(f"{uri}: unknown parameter(s) {', '.join(unknown)} (seed, size)",
-                             code="invalid_eval_spec", param="source.uri")
-    try:
-        seed = int(query.get("seed", ["0"])[0])
-        size = int(query["size"][0]) if "size" in query else None
-    except ValueError:
-        raise InvalidRequest(f"{uri}: seed and size must be integers", code="invalid_eval_spec",
-                             param="source.uri") from None
-    return dump_suite(generate_suite(parts.netloc + parts.path, seed=seed, size=size))
-
-
-def project_resolver(db: Any, store: Any, project_id: str, *, include_expired: bool = False) -> CallableResolver:
-    """The sources a project's request may name: built-in suites and the project's own files (never a
-    server path). `include_expired` lets work already accepted read files that expired since."""
-    from db import files
-
-    def read_file(file_id: str) -> bytes:
-        with db.read() as session:
-            row = files.get(session, project_id, file_id, include_expired=include_expired)
-        if row is None:
-            raise InvalidRequest(f"No such file in this project: {file_id}.", code="file_not_found",
-                                 param="source.uri")
-        return store.get_bytes(row.storage_key, sha256=row.sha256)
-
-    return CallableResolver({"builtin": read_builtin, "file_id": read_file},
-                            allowed_description="builtin://<suite>[?seed=N&size=M] or an uploaded file id")
-
-
-# ---------------------------------------------------------------------------------------- row reading
-def read_rows(data: bytes, fmt: str, *, where: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line, row) for each row of a csv, jsonl or json (array of objects) source. Errors name the line.
-
-    The line is where a person finds the row: a jsonl line, the line a CSV record ends on, the position
-    in a json array."""
-    text = decode_text(data, code="invalid_eval_source", where=where)
-    if fmt == "csv":
-        rows = []
-        try:
-            reader = csv.DictReader(io.StringIO(text, newline=""))
-            for row in reader:
-                rows.append((reader.line_num, dict(row)))
-        except csv.Error as exc:
-            raise InvalidRequest(f"{where}: not valid CSV ({exc})", code="invalid_eval_source", param=where) from None
-        if reader.fieldnames is None:
-            raise InvalidRequest(f"{where}: the CSV has no header row", code="invalid_eval_source", param=where)
-        return rows
-    if fmt == "jsonl":
-        return list(json_lines(text, code="invalid_eval_source", where=where))
-    if fmt == "json":
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"{where}: not valid JSON (line {exc.lineno}: {exc.msg})",
-                                 code="invalid_eval_source", param=where) from None
-        if not isinstance(value, list) or not all(isinstance(row, dict) for row in value):
-            raise InvalidRequest(f"{where}: a json source must be an array of objects", code="invalid_eval_source",
-                                 param=where)
-        return list(enumerate(value, start=1))
-    raise InvalidRequest(f"{where}: the {fmt!r} source format is not supported here (csv, jsonl, json)",
-                         code="invalid_eval_source", param=where)
-
-
-def _cell(row: Mapping[str, Any], name: str | None, *, where: str, required: bool) -> str | None:
-    if name is None:
-        return None
-    value = row.get(name)
-    if value is None or (isinstance(value, str) and not value.strip() and required):
-        if required:
-            raise InvalidRequest(f"{where}: field {name!r} is missing or empty", code="invalid_eval_source",
-                                 param=where)
-        return None
-    if isinstance(value, dict | list):
-        raise InvalidRequest(f"{where}: field {name!r} must be text", code="invalid_eval_source", param=where)
-    return str(value)
-
-
-def _source_rows(source: Mapping[str, Any], resolver: SourceResolver, *, where: str) -> list[tuple[int, dict]]:
-    data = resolver.read(source["uri"], param=f"{where}.source.uri")
-    expected = source.get("sha256")
-    if expected and hashlib.sha256(data).hexdigest() != expected:
-        raise InvalidRequest(f"{where}: the source's SHA-256 is {hashlib.sha256(data).hexdigest()}, not the "
-                             f"{expected} the spec pins", code="invalid_eval_source", param=f"{where}.source.sha256")
-    numbered = read_rows(data, source["format"], where=f"{where}.source")
-    selector = source.get("row_filter")
-    if selector:
-        wanted = str(selector["equals"])
-        numbered = [(n, row) for n, row in numbered if str(row.get(selector["field"])) == wanted]
-    return numbered
-
-
-def load_items(spec: EvalSpec, resolver: SourceResolver) -> tuple[list[EvalItem], list[EvalItem]]:
-    """Every split's items, and every control's items (variant and counts_toward `control`).
-
-    Rows that carry a `dataset` field (suite files hold several datasets) are kept only for the dataset of
-    that id. Item ids come from an `id` field, then the dataset's `fact_key_field`, then the row number;
-    fact keys (which link the variants of one fact) from a `fact_key` field, then `fact_key_field`;
-    a date-shifted item's trained answer is the reference of the same fact in the dataset's memorization
-    split unless the row carries `trained_answer`.
-    """
-    items: list[EvalItem] = []
-    for d_index, dataset in enumerate(spec.datasets):
-        trained: dict[str, str] = {}
-        pending: list[EvalItem] = []
-        for s_index, split in enumerate(dataset["splits"]):
-            where = f"spec.datasets.{d_index}.splits.{s_index}"
-            rows = _source_rows(split["source"], resolver, where=where)
-            rows = [(n, row) for n, row in rows if row.get("dataset") in (None, dataset["id"])]
-            if not rows:
-                raise InvalidRequest(f"{where}: the source has no rows for split {dataset['id']}/{split['id']}",
-                                     code="invalid_eval_source", param=f"{where}.source")
-            seen: set[str] = set()
-            for number, row in rows:
-                at = f"{where}: line {number}"
-                key = _cell(row, dataset.get("fact_key_field"), where=at, required=False)
-                item_id = _cell(row, "id", where=at, required=False) or key or str(number)
-                if item_id in seen:
-                    raise InvalidRequest(f"{at}: duplicate item id {item_id!r}", code="invalid_eval_source", param=at)
-                seen.add(item_id)
-                # A suite row's own answer type wins (one split may mix numbers and words); a CSV source's
-                # rows have none and take the split's.
-                answer_type = row.get("answer_type") or split.get("answer_type") or "short_text"
-                item = EvalItem(
-                    dataset_id=dataset["id"], setting=dataset["setting"], split_id=split["id"],
-                    variant=split["variant"], counts_toward=split["counts_toward"], item_id=item_id,
-                    prompt=_cell(row, split["prompt_field"], where=at, required=True),  # type: ignore[arg-type]
-                    reference=_cell(row, split["reference_field"], where=at, required=True),  # type: ignore[arg-type]
-                    reference_before=_cell(row, split.get("reference_before_field"), where=at, required=False),
-                    context=_cell(row, split.get("context_field"), where=at, required=False),
-                    fact_key=_cell(row, "fact_key", where=at, required=False) or key or item_id,
-                    answer_type=str(answer_type),
-                    trained_answer=_cell(row, "trained_answer", where=at, required=False))
-                if split["role"] == "train_and_eval" and item.fact_key:
-                    trained[item.fact_key] = item.reference
-                pending.append(item)
-        for item in pending:
-            if item.variant == "date_shifted" and item.trained_answer is None and item.fact_key in trained:
-                item = EvalItem(**{**item.as_dict(), "trained_answer": trained[item.fact_key]})
-            items.append(item)
-    controls: list[EvalItem] = []
-    for c_index, control in enumerate(spec.controls):
-        where = f"spec.controls.{c_index}"
-        rows = _source_rows(control["source"], resolver, where=where)
-        if control.get("max_items"):
-            rows = rows[:control["max_items"]]
-        for number, row in rows:
-            at = f"{where}: line {number}"
-            item_id = _cell(row, "id", where=at, required=False) or str(number)
-            controls.append(EvalItem(
-                dataset_id=control["id"], setting="new_knowledge", split_id=control["id"], variant="control",
-                counts_toward="control", item_id=item_id,
-                prompt=_cell(row, control["prompt_field"], where=at, required=True),  # type: ignore[arg-type]
-                reference=_cell(row, control["reference_field"], where=at, required=True),  # type: ignore[arg-type]
-                fact_key=item_id, answer_type=str(row.get("answer_type") or "short_text")))
-    return items, controls
-
-
-# --------------------------------------------------------------------------------------- suite specs
 def default_scorers(judge_model: str | None = None) -> dict[str, Any]:
     """The scorers a suite spec uses: exact match, Yes/No labels, abstention, and for free text either the
     LLM judge (when a judge model is named) or whole-word containment."""
@@ -524,61 +308,3 @@ def suite_spec(sources: Sequence[tuple[str, Sequence[EvalItem]]], *, name: str =
     if controls:
         document["controls"] = controls
     return document
-
-
-def parse_suite_source(uri: str, data: bytes) -> list[EvalItem]:
-    """A suite file's items; a bad line is reported with the URI and the line."""
-    try:
-        return parse_suite(data)
-    except InvalidRequest as exc:
-        exc.message = f"{uri}: {exc.message}"
-        raise
-
-
-# ------------------------------------------------------------------------------ requests -> a spec
-def suite_uri(reference: str) -> str:
-    """`fictional_people`, `builtin:fictional_people?size=8`, `builtin://...` or an uploaded file id -> URI."""
-    if reference.startswith("builtin://") or scheme_of(reference) == "file_id":
-        return reference
-    return "builtin://" + reference.removeprefix("builtin:")
-
-
-def spec_for_request(*, spec: Mapping[str, Any] | None, suites: Sequence[str] | None, judge_model: str | None,
-                     max_new_tokens: int | None, resolver: SourceResolver) -> tuple[EvalSpec, int]:
-    """The validated spec an API or CLI request asks for, with its sources read and checked.
-
-    Exactly one of `spec` (a whole spec document) and `suites` (suite references, from which `suite_spec`
-    builds the spec) must be given. Returns the spec and its number of questions. Every problem is an
-    `InvalidRequest` naming the field, the suite line or the source row at fault.
-    """
-    if (spec is None) == (not suites):
-        raise InvalidRequest("Give either 'spec' (an eval spec document) or 'suites' (suite names or file ids).",
-                             code="invalid_eval_spec", param="spec")
-    if spec is not None:
-        if judge_model is not None or max_new_tokens is not None:
-            raise InvalidRequest("'judge_model' and 'max_new_tokens' apply to 'suites'; a spec sets its own "
-                                 "scorers and generation.", code="invalid_eval_spec", param="judge_model")
-        validated = validate_spec(dict(spec))
-    else:
-        sources = []
-        for index, reference in enumerate(suites or []):
-            uri = suite_uri(reference)
-            try:
-                data = resolver.read(uri, param=f"suites.{index}")
-            except InvalidRequest as exc:
-                exc.param = exc.param if exc.param and exc.param.startswith("suites") else f"suites.{index}"
-                raise
-            try:
-                sources.append((uri, parse_suite(data)))
-            except InvalidRequest as exc:
-                exc.message = f"suites.{index} ({reference}): {exc.message}"
-                exc.param = f"suites.{index}: {exc.param}" if exc.param else f"suites.{index}"
-                raise
-        generation = dict(DEFAULT_GENERATION)
-        if max_new_tokens is not None:
-            generation["max_new_tokens"] = max_new_tokens
-        names = "-".join(sorted({item.dataset_id for _, items in sources for item in items}))[:100] or "suites"
-        validated = validate_spec(suite_spec(sources, name=names.lower(), generation=generation,
-                                             judge_model=judge_model))
-    items, controls = load_items(validated, resolver)
-    return validated, len(items) + len(controls)

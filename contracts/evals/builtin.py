@@ -33,6 +33,9 @@ Suites and their splits at the default size (`SUITES` has the details):
   answers right, for measuring forgetting on real base models; never trained on.
 
 `training_file(items)` turns the memorization items (and only those) into chat JSONL for a fine-tuning job.
+
+One file on purpose (~650 lines): most of it is the built-in suites' word lists and templates (data),
+with the small generators that turn them into items.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ftaas.errors import InvalidRequest
-from worker.evals.items import EvalItem
+from contracts.errors import InvalidRequest
+from contracts.evals.items import EvalItem
 
 ANSWER_PREFIX = "Answer the question with a number, word, or phrase.\n"
 YES_NO_PREFIX = "Answer the question with Yes or No.\n"

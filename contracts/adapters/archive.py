@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from ftaas.errors import InvalidRequest
+from contracts.errors import InvalidRequest
 
 REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
 ALLOWED = (*REQUIRED, "README.md")

@@ -1,12 +1,7 @@
-"""Normalisation and scorers for knowledge evals.
+"""Scorers for knowledge evals (answers are normalised by contracts.evals.normalize).
 
 Contracts:
 
-* `normalize(text, steps)` applies the named steps of `NORMALIZERS`. The steps form a *set*: they always run in one
-  fixed order (`lowercase`, `strip_punctuation`, `numeric_canonical`, `strip_articles`, `collapse_whitespace`,
-  `strip`), whatever order a spec lists them in, so "No.\\n" normalises the same under [strip, strip_punctuation]
-  and [strip_punctuation, strip]. Text is always put in Unicode NFC first (canonically equivalent spellings of
-  "é" compare equal). Reference and response always go through the same steps.
 * Scorers turn (item, response) pairs into `Verdict`s, a batch at a time. `correct` is `None` only for an
   `llm_judge` whose reply could not be parsed and that has no fallback; every other verdict is True or False.
 * Label (yes/no) and abstain-token detection is case-insensitive whatever the steps, and tolerates leading
@@ -17,12 +12,15 @@ Contracts:
   flip with the normalize steps (strip_punctuation turns "None, it never happened" into "none it never happened").
 * `llm_judge` fills a prompt template (placeholders `{question}` = the item's prompt, `{reference}`,
   `{context}`, `{response}`, `{reference_before}`; missing values read "(none)"), asks the judge model through
-  `JudgeClient` and maps the reply with `verdict_map`: the label whose whole-word, case-insensitive occurrence
+  a `Judge` (worker.evals.judge.JudgeClient in the worker) and maps the reply with `verdict_map`: the label whose whole-word, case-insensitive occurrence
   comes first wins, so "Incorrect" never reads as "Correct". An unparseable reply is scored by the fallback
   scorer (`fallback_used=True`) or left unscorable (`correct=None`); either way it is counted in `describe()`.
   An empty response is never sent to the judge: it is incorrect.
 * `build_scorers` validates the spec's `scorers` map and raises `InvalidRequest(code="invalid_eval_spec",
   param="scorers.<name>.<field>")` on the first problem.
+
+One file on purpose (~400 lines): each scorer sits beside the configuration checks that build it, so a
+scorer's behaviour and what a spec may say about it are read together.
 """
 
 from __future__ import annotations
@@ -30,173 +28,34 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from typing import Protocol
 
-from ftaas.errors import InfrastructureError, InvalidRequest
-from worker.evals.items import EvalItem
+from contracts.errors import InvalidRequest
+from contracts.evals.items import EvalItem
+from contracts.evals.normalize import (
+    DEFAULT_NORMALIZE,
+    NORMALIZERS,
+    contains_phrase,
+    is_abstention,
+    leading_text,
+    normalize,
+    starts_with_word,
+)
 
-NORMALIZERS = ("lowercase", "strip", "strip_punctuation", "collapse_whitespace", "strip_articles",
-               "numeric_canonical")
-# The order the steps run in (see the module docstring): punctuation goes before numbers (it keeps the
-# separators inside numbers) and before articles ("the," is an article once the comma is gone); whitespace is
-# tidied last because the earlier steps leave gaps.
-_ORDER = ("lowercase", "strip_punctuation", "numeric_canonical", "strip_articles", "collapse_whitespace", "strip")
-DEFAULT_NORMALIZE = ("lowercase", "strip", "collapse_whitespace")
 SCORER_TYPES = ("exact_match", "contains", "label_match", "abstention", "llm_judge")
 JUDGE_PLACEHOLDERS = ("question", "reference", "context", "response", "reference_before")
 _MISSING = "(none)"
 
-# ------------------------------------------------------------------------------------------ normalisation
-_APOSTROPHES = frozenset("'\u2019\u2018\u02bc")
+
+class Judge(Protocol):
+    """The judge model's endpoint, as the `llm_judge` scorer uses it (worker.evals.judge.JudgeClient)."""
+
+    def complete_many(self, model: str, prompts: list[tuple[str, str]], *, temperature: float,
+                      max_tokens: int = 8) -> list[str]: ...
 
 
-def _is_punct(ch: str) -> bool:
-    # Unicode punctuation (P*: curly quotes, em dashes, "*", "%", ...) plus the backtick, which Unicode files
-    # under symbols but models use for inline code.
-    return ch == "`" or unicodedata.category(ch).startswith("P")
-
-
-def _strip_punctuation(text: str) -> str:
-    """Remove punctuation, keeping what numbers and identifiers need.
-
-    Kept: "." and "," between two digits ("2.12", "1,000"), a "-" that starts a number ("-3"), "_" inside a word
-    (identifiers such as n_estimators). Between two word characters, apostrophes and periods are dropped
-    ("don't" -> "dont", "U.S." -> "US") and other punctuation becomes a space ("Jean-Luc" -> "Jean Luc",
-    "yes/no" -> "yes no"), so words do not run together. Anywhere else punctuation is dropped.
-    """
-    out: list[str] = []
-    n = len(text)
-    for i, ch in enumerate(text):
-        if not _is_punct(ch):
-            out.append(ch)
-            continue
-        before = text[i - 1] if i > 0 else ""
-        after = text[i + 1] if i + 1 < n else ""
-        decimal_or_group = ch in ".," and before.isdigit() and after.isdigit()
-        leading_minus = ch == "-" and after.isdigit() and not (before.isalnum() or before == "_")
-        if decimal_or_group or leading_minus:
-            out.append(ch)
-        elif before and after and _is_word(before) and _is_word(after):
-            if ch == "_":
-                out.append(ch)
-            elif ch not in _APOSTROPHES and ch != ".":
-                out.append(" ")
-        # else: dropped
-    return "".join(out)
-
-
-def _is_word(ch: str) -> bool:
-    return ch.isalnum() or ch == "_"
-
-
-# A number: optional sign, digits with optional thousands groups, optional decimals. Not part of a longer
-# token ("v1.2.3", "12th", "1,00", "2024-09-12" stay as they are).
-_NUMBER = re.compile(r"(?<![\w.,])([-+\u2212]?)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\w]|[.,]\d)")
-
-
-def _canonical_number(match: re.Match[str]) -> str:
-    sign, whole, fraction = match.group(1), match.group(2), match.group(3) or ""
-    digits = whole.replace(",", "")
-    if len(digits) > 1 and digits.startswith("0") and not fraction:
-        return match.group(0)  # "007", "02134": identifiers, not quantities
-    try:
-        value = Decimal(digits + fraction)
-    except InvalidOperation:  # pragma: no cover - the pattern only matches valid decimals
-        return match.group(0)
-    if value == 0:
-        return "0"  # also "-0" and "0.00"
-    text = format(value.normalize(), "f")
-    return ("-" if sign in ("-", "\u2212") else "") + text
-
-
-# An article as a whole word: not glued to letters, apostrophes, hyphens or dots ("a.m.", "the-end", "A's").
-_ARTICLE = re.compile(r"(\s*)(?<![\w'\u2019.\-])(?:a|an|the)(?![\w'\u2019.\-])(\s*)", re.IGNORECASE)
-
-
-def _drop_article(match: re.Match[str]) -> str:
-    lead, trail = match.group(1), match.group(2)
-    # "in the house" -> "in house": keep one gap between the neighbours; at the text's edges or next to
-    # punctuation ("(the house)") keep none.
-    if lead and trail and match.start() > 0 and match.end() < len(match.string):
-        return lead
-    return ""
-
-
-def normalize(text: str, steps: Sequence[str]) -> str:
-    """Apply `steps` (a subset of NORMALIZERS, in the fixed order of the module docstring)."""
-    unknown = [step for step in steps if step not in NORMALIZERS]
-    if unknown:
-        raise ValueError(f"unknown normalisation step(s): {', '.join(unknown)}")
-    wanted = set(steps)
-    text = unicodedata.normalize("NFC", text)
-    for step in _ORDER:
-        if step not in wanted:
-            continue
-        if step == "lowercase":
-            text = text.casefold()
-        elif step == "strip_punctuation":
-            text = _strip_punctuation(text)
-        elif step == "numeric_canonical":
-            text = _NUMBER.sub(_canonical_number, text)
-        elif step == "strip_articles":
-            text = _ARTICLE.sub(_drop_article, text)
-        elif step == "collapse_whitespace":
-            text = re.sub(r"\s+", " ", text)
-        elif step == "strip":
-            text = text.strip()
-    return text
-
-
-# ------------------------------------------------------------------------------------------ matching helpers
-def _phrase_pattern(phrase: str) -> re.Pattern[str]:
-    # Whole-word: not inside a longer word, and a number not inside a longer number ("3" is not in "3.5").
-    return re.compile(r"(?<!\w)(?<!\d[.,])" + re.escape(phrase) + r"(?!\w)(?![.,]\d)")
-
-
-def _contains_phrase(haystack: str, phrase: str) -> bool:
-    return bool(phrase) and _phrase_pattern(phrase).search(haystack) is not None
-
-
-def answer_matches(response: str, target: str, steps: Sequence[str]) -> bool:
-    """Does `response` give `target` as its answer: normalised equality, or the normalised target appearing as a
-    whole-word phrase in the normalised response. An empty target never matches."""
-    norm_target = normalize(target, steps)
-    if not norm_target.strip():
-        return False
-    norm_response = normalize(response, steps)
-    return norm_response == norm_target or _contains_phrase(norm_response, norm_target)
-
-
-_LEADING_MARKUP = re.compile(r"^[\W_]+")  # whitespace, newlines, "**", "- ", quotes, "(" ...
-
-
-def _leading(text: str) -> str:
-    return _LEADING_MARKUP.sub("", text).casefold()
-
-
-def _starts_with_word(text: str, word: str) -> bool:
-    """`text` starts with `word` (both casefolded), and the word ends there."""
-    if not word or not text.startswith(word):
-        return False
-    rest = text[len(word):]
-    return not rest or not _is_word(rest[0]) or not _is_word(word[-1])
-
-
-def is_abstention(response: str, tokens: Sequence[str], steps: Sequence[str]) -> bool:
-    """The response declines to answer: it equals an abstain token or starts with one as a whole word."""
-    text = _leading(normalize(response, steps))
-    for token in tokens:
-        norm = _leading(normalize(token, steps)).strip()
-        if norm and _starts_with_word(text, norm):
-            return True
-    return False
-
-
-# ---------------------------------------------------------------------------------------------- verdicts
 @dataclass
 class Verdict:
     correct: bool | None  # None only when unscorable (judge output unparseable and no fallback)
@@ -242,7 +101,7 @@ class ContainsScorer(Scorer):
 
     def _score_one(self, item: EvalItem, response: str) -> Verdict:
         reference = normalize(item.reference, self.steps)
-        return Verdict(correct=_contains_phrase(normalize(response, self.steps), reference))
+        return Verdict(correct=contains_phrase(normalize(response, self.steps), reference))
 
 
 def _hedge(rest: str, label: str) -> bool:
@@ -265,13 +124,13 @@ class LabelMatchScorer(Scorer):
         super().__init__(name, normalize_steps)
         self.labels = tuple(labels)
         # Longest first, so that a label that extends another ("No", "No answer") wins when both fit.
-        self._norm = sorted({_leading(normalize(label, self.steps)).strip() for label in self.labels},
+        self._norm = sorted({leading_text(normalize(label, self.steps)).strip() for label in self.labels},
                             key=len, reverse=True)
 
     def given_label(self, response: str) -> tuple[str | None, bool]:
         """(the normalised label the response gives, format_violation)."""
-        text = _leading(normalize(response, self.steps))
-        found = next((label for label in self._norm if _starts_with_word(text, label)), None)
+        text = leading_text(normalize(response, self.steps))
+        found = next((label for label in self._norm if starts_with_word(text, label)), None)
         if found is None:
             return None, True
         rest = text[len(found):]
@@ -283,7 +142,7 @@ class LabelMatchScorer(Scorer):
         label, violation = self.given_label(response)
         if violation:
             return Verdict(correct=False, format_violation=True)
-        return Verdict(correct=label == _leading(normalize(item.reference, self.steps)).strip())
+        return Verdict(correct=label == leading_text(normalize(item.reference, self.steps)).strip())
 
 
 class AbstentionScorer(Scorer):
@@ -338,59 +197,6 @@ def _fill(template: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
-class JudgeClient:
-    """An OpenAI-compatible chat-completions endpoint used as the judge (official `openai` SDK)."""
-
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 60.0, max_concurrency: int = 8,
-                 max_retries: int = 2) -> None:
-        import openai  # imported here so that modules importing scoring need not load the SDK
-
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
-        self._openai = openai
-        self.base_url = base_url
-        self.max_concurrency = max_concurrency
-        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
-
-    def close(self) -> None:
-        """Release the HTTP connection pool."""
-        self._client.close()
-
-    def complete(self, model: str, system: str, user: str, *, temperature: float, max_tokens: int = 8) -> str:
-        """One chat completion; the reply's text ("" when the server sent no content).
-
-        Raises InvalidRequest (code judge_request_failed) when the judge refuses the request (unknown model, bad
-        key: retrying cannot help) and InfrastructureError (code judge_unavailable) when it cannot be reached,
-        times out or fails on its side (after the SDK's own retries)."""
-        openai = self._openai
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        try:
-            completion = self._client.chat.completions.create(
-                model=model, messages=messages, temperature=temperature, max_tokens=max_tokens)
-        except openai.APIStatusError as exc:
-            if exc.status_code >= 500 or exc.status_code in (408, 409, 429):
-                raise InfrastructureError(f"judge {self.base_url} failed: HTTP {exc.status_code}",
-                                          code="judge_unavailable") from exc
-            raise InvalidRequest(f"judge {self.base_url} refused the request for model {model!r}: "
-                                 f"HTTP {exc.status_code}", code="judge_request_failed", param="judge_model") from exc
-        except openai.APIError as exc:  # connection errors, timeouts, undecodable replies
-            raise InfrastructureError(f"judge {self.base_url} unreachable: {exc}", code="judge_unavailable") from exc
-        if not completion.choices:
-            return ""
-        return completion.choices[0].message.content or ""
-
-    def complete_many(self, model: str, prompts: list[tuple[str, str]], *, temperature: float,
-                      max_tokens: int = 8) -> list[str]:
-        """(system, user) pairs -> replies in the same order, at most `max_concurrency` requests in flight."""
-        if not prompts:
-            return []
-        workers = min(self.max_concurrency, len(prompts))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge") as pool:
-            return list(pool.map(
-                lambda pair: self.complete(model, pair[0], pair[1], temperature=temperature, max_tokens=max_tokens),
-                prompts))
-
-
 def parse_verdict(reply: str, verdict_map: Mapping[str, bool]) -> bool | None:
     """The value of the label that occurs first in `reply` (whole word, case-insensitive), None if none does."""
     best: tuple[int, int, bool] | None = None  # (start, -length, value)
@@ -406,7 +212,7 @@ def parse_verdict(reply: str, verdict_map: Mapping[str, bool]) -> bool | None:
 class LLMJudgeScorer(Scorer):
     type = "llm_judge"
 
-    def __init__(self, name: str, *, judge: JudgeClient, judge_model: str, system: str, user: str,
+    def __init__(self, name: str, *, judge: Judge, judge_model: str, system: str, user: str,
                  verdict_map: Mapping[str, bool], temperature: float = 0.0, fallback: Scorer | None = None,
                  max_tokens: int = 8) -> None:
         super().__init__(name, ())
@@ -533,7 +339,7 @@ def _check_fallbacks(config: Mapping[str, Mapping]) -> None:
                                              f"need the judge that just failed")
 
 
-def build_scorers(config: Mapping[str, Mapping], *, judge: JudgeClient | None = None) -> dict[str, Scorer]:
+def build_scorers(config: Mapping[str, Mapping], *, judge: Judge | None = None) -> dict[str, Scorer]:
     """The spec's `scorers` map -> {name: Scorer}. Fallbacks (used by llm_judge scorers) are resolved to objects.
 
     Defaults: normalize = lowercase+strip+collapse_whitespace, judge_temperature = 0. A `fallback` on a scorer
@@ -560,7 +366,7 @@ def build_scorers(config: Mapping[str, Mapping], *, judge: JudgeClient | None = 
             built[name] = ContainsScorer(name, steps)
         elif kind == "label_match":
             labels = _string_list(name, "labels", entry.get("labels"), minimum=2)
-            normalised = [_leading(normalize(label, steps)).strip() for label in labels]
+            normalised = [leading_text(normalize(label, steps)).strip() for label in labels]
             if not all(normalised):
                 bad = labels[normalised.index("")]
                 raise _invalid(name, "labels", f"label {bad!r} is empty after normalisation")
@@ -569,7 +375,7 @@ def build_scorers(config: Mapping[str, Mapping], *, judge: JudgeClient | None = 
             built[name] = LabelMatchScorer(name, labels, steps)
         else:  # abstention
             tokens = _string_list(name, "abstain_tokens", entry.get("abstain_tokens"), minimum=1)
-            if not all(_leading(normalize(token, steps)).strip() for token in tokens):
+            if not all(leading_text(normalize(token, steps)).strip() for token in tokens):
                 raise _invalid(name, "abstain_tokens", "an abstain token is empty after normalisation")
             built[name] = AbstentionScorer(name, tokens, steps)
 

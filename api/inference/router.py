@@ -1,6 +1,6 @@
-"""Routes: POST /v1/chat/completions, POST /v1/completions, GET /metrics.
+"""Inference routes: POST /v1/chat/completions, POST /v1/completions, GET /metrics.
 
-Handlers parse, resolve the model in the caller's project, start a `Generation` and shape its output in
+Handlers parse, resolve the model in the caller's project, start a `GenerationStream` and shape its output in
 the OpenAI wire format (JSON, or SSE `data:` lines ending with `data: [DONE]`). A client that disconnects
 cancels its sequences: streaming through the generator's `finally`, non-streaming by a disconnect watch.
 """
@@ -18,39 +18,34 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.dependencies import AuthenticatedCaller, Services
-from ftaas.errors import FTaaSError
-from serving.metrics import CONTENT_TYPE
-from serving.schemas import ChatCompletionRequest, CompletionRequest
-from serving.service import ChoiceResult, Delta, Generation, InferenceService
+from api.dependencies import AuthenticatedCaller, Inference
+from contracts.errors import FTaaSError
+from contracts.inference.backend import ChoiceResult, Delta, GenerationStream, InferenceBackend
+from contracts.inference.schemas import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter(tags=["inference"])
 
 
-def _service(services: Services) -> InferenceService:
-    return services.extras["inference"]
-
-
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request, services: Services,
+async def chat_completions(body: ChatCompletionRequest, request: Request, service: Inference,
                            caller: AuthenticatedCaller) -> Any:
-    return await _complete(body, request, services, caller, chat=True)
+    return await _complete(body, request, service, caller, chat=True)
 
 
 @router.post("/v1/completions")
-async def completions(body: CompletionRequest, request: Request, services: Services,
+async def completions(body: CompletionRequest, request: Request, service: Inference,
                       caller: AuthenticatedCaller) -> Any:
-    return await _complete(body, request, services, caller, chat=False)
+    return await _complete(body, request, service, caller, chat=False)
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(services: Services) -> Response:
-    return Response(_service(services).metrics.render(), media_type=CONTENT_TYPE)
+async def metrics(service: Inference) -> Response:
+    body, content_type = service.render_metrics()
+    return Response(body, media_type=content_type)
 
 
-async def _complete(body: ChatCompletionRequest | CompletionRequest, request: Request, services: Services,
+async def _complete(body: ChatCompletionRequest | CompletionRequest, request: Request, service: InferenceBackend,
                     caller: AuthenticatedCaller, *, chat: bool) -> Any:
-    service = _service(services)
     resolved, parts = await caller.run(lambda principal: service.resolve_request(principal, body))
     loop = asyncio.get_running_loop()
     # Off the API's small thread pool: the first request for a model or adapter loads it (seconds).
@@ -81,7 +76,7 @@ async def _disconnected(request: Request) -> None:
         await asyncio.sleep(0.25)
 
 
-async def _sse(shape: _Shape, generation: Generation, include_usage: bool) -> AsyncIterator[str]:
+async def _sse(shape: _Shape, generation: GenerationStream, include_usage: bool) -> AsyncIterator[str]:
     def line(payload: dict[str, Any]) -> str:
         return "data: " + json.dumps(payload, separators=(",", ":")) + "\n\n"
 
@@ -93,14 +88,14 @@ async def _sse(shape: _Shape, generation: Generation, include_usage: bool) -> As
         if include_usage:
             yield line(shape.usage_chunk(_usage(generation)))
     except FTaaSError as exc:
-        # Headers are gone; the error travels in the stream, the way the SDK reads it (openai-api.md §5).
+        # Headers are gone; the error travels in the stream, the way the SDK reads it.
         yield line({"error": {"message": exc.message, "type": "server_error", "param": exc.param, "code": exc.code}})
     finally:
         generation.cancel()
     yield "data: [DONE]\n\n"
 
 
-def _usage(generation: Generation) -> dict[str, int]:
+def _usage(generation: GenerationStream) -> dict[str, int]:
     completion = generation.completion_tokens
     return {"prompt_tokens": generation.prompt_tokens, "completion_tokens": completion,
             "total_tokens": generation.prompt_tokens + completion}
@@ -112,7 +107,7 @@ class _Shape:
     prefix = ""
     chunk_name = ""
 
-    def __init__(self, body: Any, generation: Generation) -> None:
+    def __init__(self, body: Any, generation: GenerationStream) -> None:
         self.body = body
         self.generation = generation
         self.id = self.prefix + secrets.token_hex(12)

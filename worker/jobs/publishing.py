@@ -1,0 +1,120 @@
+"""The end of a successful job: what it says about learning its data, and publishing its model (the adapter
+artifact, the results file, the attached knowledge eval, the model row and `succeeded`, in that order;
+objects are removed again when the job cannot complete)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any
+
+from contracts.errors import LeaseLost
+from db import events, files, ids, jobs, models
+from db.leased import Lease
+from db.states import FileStatus
+from db.tables import File
+from storage import layout
+from storage.manifest import publish_directory
+from worker.context import WorkerContext
+from worker.jobs.execution import JobPlan, log_event
+from worker.jobs.results import metrics_csv
+from worker.training.learning import final_pass_message, learned_message, low_accuracy_warning
+from worker.training.trainer import TrainingOutcome
+
+
+def report_learning(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: TrainingOutcome) -> None:
+    """Events saying whether the run learned its data (worker.training.learning). The final pass is a message
+    event carrying its figures as data (metrics events stay one per step); the results file shows the same
+    figures in the last step's full_train_* columns (`publish_model`)."""
+    if outcome.learned_at_epoch is not None and outcome.learned_accuracy is not None:
+        log_event(ctx, lease, learned_message(outcome.learned_at_epoch, plan.spec.n_epochs, outcome.learned_accuracy))
+    if outcome.final_train_accuracy is None or outcome.final_train_loss is None:
+        return
+    message = final_pass_message(accuracy=outcome.final_train_accuracy, loss=outcome.final_train_loss,
+                                 examples=outcome.final_pass_examples, total_examples=outcome.train_examples)
+    with ctx.db.write() as session:
+        jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+        jobs.add_event(session, lease, message, data={"step": outcome.step, **final_pass_columns(outcome)})
+    warning = low_accuracy_warning(plan.spec, outcome.final_train_accuracy, outcome.train_examples)
+    if warning is not None:
+        log_event(ctx, lease, warning, level="warn")
+
+
+def final_pass_columns(outcome: TrainingOutcome) -> dict[str, float]:
+    if outcome.final_train_accuracy is None or outcome.final_train_loss is None:
+        return {}
+    return {"full_train_loss": round(outcome.final_train_loss, 6),
+            "full_train_mean_token_accuracy": round(outcome.final_train_accuracy, 6)}
+
+
+def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: TrainingOutcome) -> None:
+    import peft
+    import torch
+    import transformers
+
+    from worker.training.adapters import servable_summary
+
+    assert outcome.adapter_dir is not None
+    uid = ids.new_id(ids.MODEL_UID)
+    prefix = layout.model_prefix(uid)
+    published = publish_directory(ctx.store, prefix, outcome.adapter_dir, {
+        "kind": "adapter",
+        "model": plan.fine_tuned_model,
+        "job_id": plan.job_id,
+        "base_model": plan.spec.base_model,
+        "adapter": servable_summary(outcome.adapter_dir),
+        "training_spec": plan.spec.to_json(),
+        "training_file": {"id": plan.training_file_id, "sha256": plan.training_file_sha256},
+        "best_step": outcome.best_step,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__, "python": platform.python_version()},
+    })
+    from serving.service import AdapterRef
+    from worker.evals.service import finish_for_job, run_for_job
+
+    results_key = layout.results_key(plan.job_id, uid)
+    evaluation = None
+    try:
+        evaluation = run_for_job(
+            ctx, lease, model_name=plan.fine_tuned_model, base_model=plan.spec.base_model,
+            adapter_ref=AdapterRef(prefix, published.manifest_sha256, plan.fine_tuned_model),
+            tuned_info={"adapter_uri": prefix, "method": plan.spec.adapter.type,
+                        "hyperparameters": plan.spec.to_json(), "epochs_completed": plan.spec.n_epochs})
+        with ctx.db.read() as session:
+            rows = events.metrics_rows(session, plan.job_id)
+        if rows:
+            rows[-1] = {**rows[-1], **final_pass_columns(outcome)}
+        stored = ctx.store.put_bytes(results_key, metrics_csv(rows))
+    except BaseException:
+        # Nothing points at these objects yet (all under keys of this attempt's own): remove them.
+        _remove_unpublished(ctx, prefix, results_key, evaluation)
+        raise
+    results_id = ids.new_id(ids.FILE)
+    try:
+        with ctx.db.write() as session:
+            files.insert(session, File(
+                id=results_id, project_id=plan.project_id, filename="step_metrics.csv", purpose="fine-tune-results",
+                bytes=stored.size, sha256=stored.sha256, storage_key=results_key, status=FileStatus.PROCESSED,
+                created_at=int(time.time()), error_count=0,
+            ))
+            models.add(session, name=plan.fine_tuned_model, uid=uid, project_id=plan.project_id, job_id=plan.job_id,
+                       base_model=plan.spec.base_model, storage_prefix=prefix,
+                       manifest_sha256=published.manifest_sha256)
+            result_files = [results_id]
+            if evaluation is not None:
+                jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+                result_files += finish_for_job(session, lease, evaluation)
+            jobs.complete(session, lease, fine_tuned_model=plan.fine_tuned_model, trained_tokens=outcome.trained_tokens,
+                          result_files=result_files)
+    except LeaseLost:
+        # Cancelled (or re-claimed) during publication: nothing points at these objects, so remove them now.
+        _remove_unpublished(ctx, prefix, results_key, evaluation)
+        raise
+
+
+def _remove_unpublished(ctx: WorkerContext, prefix: str, results_key: str, evaluation: Any) -> None:
+    ctx.store.delete_prefix(prefix)
+    ctx.store.delete(results_key)
+    if evaluation is not None:
+        for file_row in evaluation.file_rows:
+            ctx.store.delete(file_row.storage_key)
