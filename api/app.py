@@ -22,7 +22,7 @@ from api.fine_tuning.service import JobService
 from api.health.router import router as health_router
 from api.knowledge_evals.router import router as knowledge_evals_router
 from api.knowledge_evals.service import KnowledgeEvalService
-from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from api.middleware import BodyLimitMiddleware, RequestContextMiddleware, StorableTextMiddleware
 from api.models.router import router as models_router
 from api.models.service import ModelService
 from basemodels.loader import BaseModelLoader
@@ -86,7 +86,9 @@ def create_app(settings: Settings, *, services: ApiServices | None = None,
     for router in (health_router, files_router, jobs_router, models_router, knowledge_evals_router,
                    adapter_operations_router, *extra_routers):
         app.include_router(router)
-    # Added last = outermost: the request id wraps everything, including 413s from the body limit.
+    # Added last = outermost: the request id wraps everything, including 413s from the body limit; the body
+    # limit runs before the check for unstorable text, which reads JSON bodies whole.
+    app.add_middleware(StorableTextMiddleware, skip_paths=UPLOAD_PATHS)
     app.add_middleware(BodyLimitMiddleware, json_limit=settings.max_json_body_bytes,
                        upload_limit=settings.max_upload_bytes, upload_paths=UPLOAD_PATHS)
     app.add_middleware(RequestContextMiddleware)

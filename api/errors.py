@@ -43,6 +43,8 @@ def envelope(message: str, *, type: str, code: str | None, param: str | None) ->
 
 def error_response(exc: e.FTaaSError) -> JSONResponse:
     status, kind = next((s, k) for cls, s, k in _STATUS if isinstance(exc, cls))
+    if status >= 500:
+        log.warning("%s (%s): %s", exc.code, status, exc.message)
     headers: dict[str, str] = {}
     if isinstance(exc, e.QuotaExceeded):
         headers["retry-after"] = str(exc.retry_after)
@@ -55,7 +57,7 @@ def error_response(exc: e.FTaaSError) -> JSONResponse:
         headers["retry-after"] = "1"
     elif status == 500:
         headers["x-should-retry"] = "false"
-    return JSONResponse(envelope(exc.message, type=kind, code=exc.code, param=exc.param), status_code=status,
+    return JSONResponse(envelope(exc.public_message, type=kind, code=exc.code, param=exc.param), status_code=status,
                         headers=headers)
 
 

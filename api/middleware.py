@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: request ids and access logs, and request body limits.
+"""Pure-ASGI middleware: request ids and access logs, request body limits, and text no backend can store.
 
 Body limits are enforced here, before any route parses anything (docs/architecture.md, "Reliability rules": Starlette would spool
 a whole multipart body to disk before the handler runs). A declared Content-Length over the limit is
@@ -12,6 +12,8 @@ import json
 import logging
 import random
 import time
+from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -125,3 +127,105 @@ async def _reject(send: Send, declared: int, limit: int) -> None:
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
+
+
+# ------------------------------------------------------------------------------------- unstorable text
+def unstorable(text: str) -> str | None:
+    """Why `text` cannot be stored or echoed (PostgreSQL text refuses NUL; a lone UTF-16 surrogate, which a
+    JSON `\\udXXX` escape can produce, cannot be encoded as UTF-8), or None when it can."""
+    if "\x00" in text:
+        return "holds a NUL character (\\u0000)"
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        return "holds an unpaired UTF-16 surrogate"
+    return None
+
+
+def first_unstorable(value: Any, path: str = "") -> tuple[str, str] | None:
+    """(dotted path, reason) of the first key or string in a JSON value that cannot be stored."""
+    if isinstance(value, str):
+        reason = unstorable(value)
+        return (path, reason) if reason else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            reason = unstorable(key)
+            if reason:
+                return (path or "body", f"has a key that {reason}")
+            found = first_unstorable(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = first_unstorable(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
+
+
+class StorableTextMiddleware:
+    """400 for a path, query parameter or JSON body holding text no backend can store, before any route or
+    database sees it (on PostgreSQL a NUL in an id would otherwise be a 500 from the driver).
+
+    JSON bodies are read whole (their size is already bounded by BodyLimitMiddleware, which runs first) and
+    replayed to the route; only bodies with a `\\u` escape can hold such text (a raw NUL or surrogate byte
+    is invalid JSON, which the route reports), so others pass without being parsed twice.
+    """
+
+    def __init__(self, app: ASGIApp, *, skip_paths: frozenset[str]) -> None:
+        self.app = app
+        self.skip_paths = skip_paths  # multipart uploads: the file's bytes go to storage, not to a database
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        reason = unstorable(scope["path"])
+        if reason:
+            await _bad_request(send, f"The request path {reason}.", param=None)
+            return
+        query = scope.get("query_string", b"").decode("latin-1")
+        for name, value in parse_qsl(query, keep_blank_values=True, errors="surrogateescape"):
+            reason = unstorable(name) or unstorable(value)
+            if reason:
+                await _bad_request(send, f"The query parameter {name!r} {reason}.", param=name)
+                return
+        if scope["method"] not in ("POST", "PUT", "PATCH") or scope["path"] in self.skip_paths:
+            await self.app(scope, receive, send)
+            return
+        messages, body = [], b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        if b"\\u" in body:
+            try:
+                document = json.loads(body)
+            except ValueError:
+                document = None  # not JSON: the route reports it
+            found = first_unstorable(document) if document is not None else None
+            if found:
+                where, why = found
+                await _bad_request(send, f"Invalid value for '{where}': it {why}.", param=where or None)
+                return
+        replay = iter(messages)
+
+        async def replay_receive() -> Message:
+            try:
+                return next(replay)
+            except StopIteration:
+                return await receive()
+
+        await self.app(scope, replay_receive, send)
+
+
+async def _bad_request(send: Send, message: str, *, param: str | None) -> None:
+    body = json.dumps(envelope(message, type="invalid_request_error", code="invalid_characters",
+                               param=param)).encode()
+    await send({"type": "http.response.start", "status": 400, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"x-should-retry", b"false")]})
+    await send({"type": "http.response.body", "body": body})

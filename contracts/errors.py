@@ -18,9 +18,12 @@ from __future__ import annotations
 
 
 class FTaaSError(Exception):
-    """Base class. `code` is stable and documented; `message` may be shown to the client."""
+    """Base class. `code` is stable and documented; `public_message` is what a client is shown (`message`
+    itself, except where it may name hosts, buckets or keys: those classes set `public`, and the full message
+    goes to the log only)."""
 
     code: str = "internal_error"
+    public: str | None = None
 
     def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
@@ -28,6 +31,10 @@ class FTaaSError(Exception):
         if code is not None:
             self.code = code
         self.param = param
+
+    @property
+    def public_message(self) -> str:
+        return self.public if self.public is not None else self.message
 
 
 # ----------------------------------------------------------------------------------------- user errors
@@ -110,14 +117,17 @@ class InfrastructureError(FTaaSError):
 
 class StorageUnavailable(InfrastructureError):
     code = "storage_unavailable"
+    public = "The artifact store is unavailable; retry later."
 
 
 class BrokerUnavailable(InfrastructureError):
     code = "broker_unavailable"
+    public = "The task broker is unavailable; retry later."
 
 
 class DatabaseUnavailable(InfrastructureError):
     code = "database_unavailable"
+    public = "The database is unavailable; retry later."
 
 
 class Overloaded(InfrastructureError):
@@ -143,11 +153,19 @@ class DeadlineExceeded(InfrastructureError):
     code = "request_timeout"
 
 
+class DependencyOutage(FTaaSError):
+    """A dependency stayed unavailable longer than the worker waits (`outage_deadline_seconds`): the work
+    fails with this code instead of waiting for ever. Not an InfrastructureError: it is not retried again."""
+
+    code = "dependency_outage"
+
+
 # ------------------------------------------------------------------------------- configuration errors
 class ConfigurationError(FTaaSError):
     """The deployment is misconfigured; the operator must act. Never retried (HTTP 500, not retryable)."""
 
     code = "configuration_error"
+    public = "The server is misconfigured; its operator must fix it (the server log has the details)."
 
 
 class StorageMisconfigured(ConfigurationError):
@@ -155,6 +173,8 @@ class StorageMisconfigured(ConfigurationError):
     denied, invalid credentials or request)."""
 
     code = "storage_misconfigured"
+    public = ("The artifact store refuses the server's requests (a missing bucket or denied access); the "
+              "server's operator must fix it.")
 
 
 # ------------------------------------------------------------------------------------ integrity errors

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="Re-send the wake-up message of work not picked up for this long."
     )
     max_attempts: int = Field(default=3, ge=1, description="Attempts per job before a lost worker fails it.")
+    outage_deadline_seconds: float = Field(
+        default=1800.0, gt=0,
+        description="How long a worker waits out an unavailable store or database (retrying with backoff, "
+                    "its work kept) before the job fails with `dependency_outage`.")
     keep_checkpoints: int = Field(default=3, ge=1, description="Checkpoints kept per job (newest).")
     broker_visibility_timeout_seconds: int = Field(
         default=3600, ge=10, description="Redis broker visibility timeout (the dispatch window, not job length)."

@@ -15,6 +15,7 @@ from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from contracts.errors import DatabaseUnavailable
@@ -59,7 +60,8 @@ class Database:
                 self.url, pool_size=pool_size, max_overflow=pool_size if max_overflow is None else max_overflow,
                 # No pre-ping (a round trip per checkout): a dropped connection fails one request with a
                 # retryable 503, and SQLAlchemy then invalidates the whole pool.
-                pool_recycle=1800
+                pool_recycle=1800, pool_timeout=POSTGRES_TIMEOUTS["pool_seconds"],
+                connect_args=postgres_connect_args(),
             )
         self._reader = sessionmaker(bind=self.engine, expire_on_commit=False, autoflush=False)
         self._current_read = threading.local()
@@ -98,12 +100,33 @@ class Database:
         self.engine.dispose()
 
 
+#: Bounds on every wait on PostgreSQL, so that a database that is down or stalled costs a request a prompt
+#: retryable 503 (DatabaseUnavailable) instead of a hang: connecting, waiting for a pooled connection, a
+#: statement (server side), a lock, a transaction left idle, and unacknowledged data on the socket (the
+#: kernel drops a connection whose peer stopped acknowledging, which a half-open connection would not say).
+POSTGRES_TIMEOUTS = {"connect_seconds": 5, "pool_seconds": 10, "statement_ms": 30_000, "lock_ms": 10_000,
+                     "idle_in_transaction_ms": 60_000, "tcp_user_timeout_ms": 15_000}
+
+
+def postgres_connect_args() -> dict[str, object]:
+    t = POSTGRES_TIMEOUTS
+    return {
+        "connect_timeout": t["connect_seconds"],
+        "options": f"-c statement_timeout={t['statement_ms']} -c lock_timeout={t['lock_ms']} "
+                   f"-c idle_in_transaction_session_timeout={t['idle_in_transaction_ms']}",
+        "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+        "tcp_user_timeout": t["tcp_user_timeout_ms"],
+    }
+
+
 @contextmanager
 def _translated() -> Iterator[None]:
     try:
         yield
     except (OperationalError, InterfaceError) as exc:
         raise DatabaseUnavailable(f"database error: {exc.orig or exc}") from exc
+    except PoolTimeout as exc:  # every pooled connection is busy (or stuck on a stalled database)
+        raise DatabaseUnavailable(f"no database connection within the pool timeout: {exc}") from exc
 
 
 def _configure_sqlite(engine: Engine) -> None:

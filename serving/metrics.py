@@ -1,10 +1,14 @@
 """Prometheus metrics of the serving engine (`GET /metrics`, text exposition format).
 
 One registry per process (not the library's global one), so several apps in one test process do not
-collide. Labels: `base_model` for engine-wide series, `model` for per-request and per-adapter series.
+collide. `/metrics` answers without a key (Prometheus scrapes it), so no series names a tenant: labels are
+the base model, the tier or source of an adapter, a finish or rejection reason, never a fine-tuned model's
+name (which carries the project and suffix). Per-adapter figures are aggregated per tier.
 """
 
 from __future__ import annotations
+
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -25,47 +29,53 @@ class ServingMetrics:
                                 ["base_model"], registry=r)
         self.steps = Counter("ftaas_serving_engine_steps", "Engine forward passes.", ["base_model"], registry=r)
         self.ttft = Histogram("ftaas_serving_time_to_first_token_seconds", "Queueing + prefill until the first token.",
-                              ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+                              ["base_model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.token_rate = Histogram("ftaas_serving_output_tokens_per_second", "Decode speed of one sequence.",
-                                    ["model"], buckets=_RATE_BUCKETS, registry=r)
-        self.tokens = Counter("ftaas_serving_output_tokens", "Generated tokens.", ["model"], registry=r)
+                                    ["base_model"], buckets=_RATE_BUCKETS, registry=r)
+        self.tokens = Counter("ftaas_serving_output_tokens", "Generated tokens.", ["base_model"], registry=r)
         self.sequences = Counter("ftaas_serving_sequences", "Finished sequences by reason.",
-                                 ["model", "finish_reason"], registry=r)
+                                 ["base_model", "finish_reason"], registry=r)
         self.rejected = Counter("ftaas_serving_rejected_requests", "Requests refused by back-pressure.",
                                 ["base_model", "reason"], registry=r)
         self.adapter_loads = Counter("ftaas_serving_adapter_loads", "Adapters loaded, by source tier.",
-                                     ["model", "source"], registry=r)
+                                     ["source"], registry=r)
         self.adapter_load_seconds = Histogram("ftaas_serving_adapter_load_seconds", "Time to load an adapter.",
                                               ["source"], buckets=_LATENCY_BUCKETS, registry=r)
         self.adapter_hits = Counter("ftaas_serving_adapter_hits", "Adapter lookups served by a tier.",
-                                    ["model", "tier"], registry=r)
+                                    ["tier"], registry=r)
         self.adapter_evictions = Counter("ftaas_serving_adapter_evictions", "Adapters evicted from a tier.",
-                                         ["model", "tier"], registry=r)
+                                         ["tier"], registry=r)
         self.adapter_bytes = Gauge("ftaas_serving_adapter_resident_bytes", "Adapter bytes resident per tier.",
-                                   ["tier", "model"], registry=r)
+                                   ["tier"], registry=r)
+        self.adapters_resident = Gauge("ftaas_serving_adapters_resident", "Adapters resident per tier.",
+                                       ["tier"], registry=r)
+        #: (tier, adapter) -> bytes: the per-tier sums are computed from it, the adapters never exported
+        self._resident: dict[tuple[str, str], int] = {}
+        self._resident_lock = threading.Lock()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
     # CacheObserver
     def load(self, label: str, source: str, seconds: float) -> None:
-        self.adapter_loads.labels(label, source).inc()
+        self.adapter_loads.labels(source).inc()
         self.adapter_load_seconds.labels(source).observe(seconds)
 
     def hit(self, label: str, tier: str) -> None:
-        self.adapter_hits.labels(label, tier).inc()
+        self.adapter_hits.labels(tier).inc()
 
     def evict(self, label: str, tier: str) -> None:
-        self.adapter_evictions.labels(label, tier).inc()
+        self.adapter_evictions.labels(tier).inc()
 
     def resident(self, tier: str, label: str, nbytes: int) -> None:
-        if nbytes:
-            self.adapter_bytes.labels(tier, label).set(nbytes)
-        else:
-            try:
-                self.adapter_bytes.remove(tier, label)
-            except KeyError:
-                pass
+        with self._resident_lock:
+            if nbytes:
+                self._resident[(tier, label)] = nbytes
+            else:
+                self._resident.pop((tier, label), None)
+            in_tier = [size for (t, _), size in self._resident.items() if t == tier]
+            self.adapter_bytes.labels(tier).set(sum(in_tier))
+            self.adapters_resident.labels(tier).set(len(in_tier))
 
     def engine_observer(self, base_model: str) -> EngineObserver:
         return _EngineMetrics(self, base_model)
@@ -82,7 +92,7 @@ class _EngineMetrics(EngineObserver):
         self.metrics.steps.labels(self.base_model).inc()
 
     def finished(self, sequence: Sequence, reason: str) -> None:
-        label = sequence.label or self.base_model
+        label = self.base_model  # never the sequence's model: fine-tuned names are tenant data
         self.metrics.sequences.labels(label, reason).inc()
         self.metrics.tokens.labels(label).inc(len(sequence.generated))
         if sequence.first_token_at is not None:

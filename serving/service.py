@@ -2,7 +2,7 @@
 
 `InferenceService` turns a validated request into engine sequences and their results:
 
-    resolve the model name (project-scoped; 404 otherwise) -> the base model's engine (loaded once)
+    resolve the model name (serving.resolution: project-scoped; 404 otherwise) -> the base model's engine (loaded once)
     -> lease the adapter, or the weighted composition of adapters, through the tiered cache
     -> tokenize (chat template, or the raw prompt) and check the context length
     -> submit n sequences per prompt -> a `Generation` the router streams or collects
@@ -21,10 +21,9 @@ from typing import Any
 
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
-from contracts.errors import Draining, InvalidRequest, NotFound, Overloaded
+from contracts.errors import Draining, InvalidRequest, Overloaded
 from contracts.inference.schemas import ChatCompletionRequest, CompletionRequest
 from contracts.settings import Settings
-from db import models
 from db.projects import Principal
 from db.session import Database
 from serving.adapters import AdapterCache, AdapterLease, AdapterRef
@@ -33,16 +32,10 @@ from serving.generation import Generation, SharedRelease, event_sink
 from serving.lora import compose, read_adapter
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.model import LlamaForward, refuse_unservable
+from serving.resolution import ModelResolver, ResolvedModel
 from storage import ArtifactStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    name: str
-    base_model: str
-    adapter: AdapterRef | None
 
 
 @dataclass
@@ -61,6 +54,7 @@ class InferenceService:
         self.db = db
         self.store = store
         self.registry = registry
+        self.resolver = ModelResolver(db, registry)
         self.loader = loader
         self.settings = settings
         self.metrics = metrics or ServingMetrics()
@@ -76,35 +70,11 @@ class InferenceService:
 
     # ------------------------------------------------------------------------------- resolution
     def resolve(self, principal: Principal, name: str, *, param: str = "model") -> ResolvedModel:
-        """The caller's model by name: a base model, an `ft:` model or a checkpoint. 404 otherwise."""
-        if name in self.registry:
-            return ResolvedModel(name, name, None)
-        with self.db.read() as session:
-            found = models.find_adapter(session, principal.project_id, name)
-        if found is not None:
-            return ResolvedModel(name, found.base_model, AdapterRef(found.storage_prefix, found.manifest_sha256, name))
-        raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
-                       code="model_not_found", param=param)
+        return self.resolver.resolve(principal, name, param=param)
 
     def resolve_request(self, principal: Principal, request: ChatCompletionRequest | CompletionRequest
                         ) -> tuple[ResolvedModel, list[tuple[ResolvedModel, float]]]:
-        resolved = self.resolve(principal, request.model)
-        parts: list[tuple[ResolvedModel, float]] = []
-        if request.adapters:
-            if resolved.adapter is not None:
-                raise InvalidRequest("With 'adapters', 'model' must be the base model the adapters share.",
-                                     param="model")
-            for index, part in enumerate(request.adapters):
-                model = self.resolve(principal, part.model, param=f"adapters.{index}.model")
-                if model.adapter is None:
-                    raise InvalidRequest("Each entry of 'adapters' must be a fine-tuned model or checkpoint.",
-                                         param=f"adapters.{index}.model")
-                if model.base_model != resolved.base_model:
-                    raise InvalidRequest(f"'{part.model}' was trained on '{model.base_model}', not "
-                                         f"'{resolved.base_model}'.", code="adapter_base_mismatch",
-                                         param=f"adapters.{index}.model")
-                parts.append((model, part.weight))
-        return resolved, parts
+        return self.resolver.resolve_request(principal, request)
 
     def evict(self, storage_prefix: str) -> None:
         """A model stored under `storage_prefix` was deleted: drop its adapter from every cache tier."""

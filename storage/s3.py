@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import boto3
@@ -130,23 +131,25 @@ class S3ArtifactStore(ArtifactStore):
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         self.options = options
-        config = Config(
-            signature_version="s3v4",
-            s3={"addressing_style": options.addressing_style},
-            retries={"max_attempts": 5, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        self.client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=options.endpoint_url,
-            region_name=options.region,
-            aws_access_key_id=options.access_key_id,
-            aws_secret_access_key=options.secret_access_key,
-            config=config,
-        )
+
+        def client(*, attempts: int, connect_timeout: float, read_timeout: float) -> Any:
+            config = Config(
+                signature_version="s3v4",
+                s3={"addressing_style": options.addressing_style},
+                retries={"max_attempts": attempts, "mode": "standard"},
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            return boto3.session.Session().client(
+                "s3", endpoint_url=options.endpoint_url, region_name=options.region,
+                aws_access_key_id=options.access_key_id, aws_secret_access_key=options.secret_access_key,
+                config=config)
+
+        self.client = client(attempts=5, connect_timeout=5, read_timeout=60)
+        # Readiness probes answer within a probe's timeout: one attempt, short timeouts.
+        self.probe_client = client(attempts=1, connect_timeout=2, read_timeout=5)
 
     def object_key(self, key: str) -> str:
         check_key(key)
@@ -200,7 +203,7 @@ class S3ArtifactStore(ArtifactStore):
 
     def check_available(self) -> None:
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.probe_client.head_bucket(Bucket=self.bucket)
         except (ClientError, BotoCoreError) as exc:
             error = _translate(exc, f"bucket {self.bucket}")
             if isinstance(error, ObjectMissing):  # HEAD on a missing bucket answers a bare 404

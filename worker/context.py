@@ -16,12 +16,18 @@ from contracts.settings import Settings
 from db.session import Database
 from storage import ArtifactStore, open_store
 from worker.files.validation import ValidationLimits
+from worker.outages import OutagePolicy
 
 
 class WorkerContext:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    @cached_property
+    def outages(self) -> OutagePolicy:
+        """How long and how this worker waits out an unavailable dependency (worker.outages)."""
+        return OutagePolicy(self.settings.outage_deadline_seconds)
 
     @cached_property
     def db(self) -> Database:

@@ -4,8 +4,13 @@ When a Celery worker is asked to stop (SIGTERM from Kubernetes or `ftaas up`), i
 SIGUSR2 to its pool processes. A pool process running a training job sets the preemption flag, which the
 job's control reads after the current optimizer step: the trainer saves a full checkpoint, the runner
 releases the job (`running -> queued`, not counted as a failed attempt), and another worker resumes it.
-A pool process that receives SIGTERM directly (its whole process group was signalled) does the same while
-it runs a job, and otherwise exits as SIGTERM normally makes it.
+A pool process that receives SIGTERM directly does the same while it runs a job (its whole process group
+was signalled; or its worker lost the broker connection and terminates the task it can no longer
+acknowledge), and otherwise exits as SIGTERM normally makes it.
+
+The handlers are (re)installed when a job starts, in the process and thread that runs it: billiard resets a
+pool process's signal handlers *after* Celery's `worker_process_init` runs (`reset_signals` in
+`Worker.after_fork`), so handlers installed at process start are gone by the time a task runs.
 
 SIGUSR1 is not used: billiard raises soft time limits in pool processes with it.
 """
@@ -44,13 +49,20 @@ def _on_signal(signum: int, _frame: object) -> None:
 
 @contextmanager
 def preemptible() -> Iterator[threading.Event]:
-    """While a job runs in this process: the event is set when the worker is shutting down."""
+    """While a job runs in this process: the event is set when the worker is shutting down (SIGUSR2 from the
+    worker's main process, or SIGTERM to this one). The process's own handlers are restored afterwards."""
     _requested.clear()
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        for signum in (NOTICE, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, _on_signal)
     _running.set()
     try:
         yield _requested
     finally:
         _running.clear()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
 
 
 def notify_pool_processes() -> None:

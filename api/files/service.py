@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 import unicodedata
@@ -110,8 +111,12 @@ class FileService:
         self.store.delete(key)
 
     def content(self, principal: Principal, file_id: str) -> tuple[File, Iterator[bytes]]:
+        """The file and its verified bytes. The object is opened and its first chunk read here, before any
+        header is sent, so that a store that is down is a 503 rather than a 200 cut off mid-body."""
         row = self.get(principal, file_id)
-        return row, self.store.iter_verified(row.storage_key, sha256=row.sha256, size=row.bytes)
+        chunks = self.store.iter_verified(row.storage_key, sha256=row.sha256, size=row.bytes)
+        first = next(chunks, None)
+        return row, itertools.chain([] if first is None else [first], chunks)
 
 
 def _check_purpose(purpose: str, filename: str) -> None:

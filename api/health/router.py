@@ -1,6 +1,12 @@
-"""Liveness and readiness probes (no authentication)."""
+"""Liveness and readiness probes (no authentication).
+
+Liveness touches no dependency. Readiness names each failed dependency and what kind of failure it is,
+never its details (hosts, ports, buckets, keys): those go to the log, since the probe answers anyone.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -8,6 +14,10 @@ from sqlalchemy import text
 
 from api.dependencies import Services
 from db.migrate import is_at_head
+
+from contracts.errors import FTaaSError
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -39,7 +49,8 @@ async def ready(request: Request, services: Services) -> JSONResponse:
             await services.run_blocking(probe)
             checks[name] = "ok"
         except Exception as exc:  # a probe reports, it never raises
-            checks[name] = f"failed: {exc}"
+            log.warning("readiness: %s failed: %s", name, exc)
+            checks[name] = f"failed: {exc.code}" if isinstance(exc, FTaaSError) else f"failed: {type(exc).__name__}"
     healthy = all(value == "ok" for value in checks.values())
     return JSONResponse({"status": "ok" if healthy else "unavailable", "checks": checks},
                         status_code=200 if healthy else 503)

@@ -89,7 +89,8 @@ async def _sse(shape: _Shape, generation: GenerationStream, include_usage: bool)
             yield line(shape.usage_chunk(_usage(generation)))
     except FTaaSError as exc:
         # Headers are gone; the error travels in the stream, the way the SDK reads it.
-        yield line({"error": {"message": exc.message, "type": "server_error", "param": exc.param, "code": exc.code}})
+        yield line({"error": {"message": exc.public_message, "type": "server_error", "param": exc.param,
+                              "code": exc.code}})
     finally:
         generation.cancel()
     yield "data: [DONE]\n\n"

@@ -72,7 +72,11 @@ def read_builtin(uri: str) -> bytes:
     from contracts.evals.builtin import generate_suite
     from contracts.evals.items import dump_suite
 
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:  # e.g. "builtin://[x": an unclosed IPv6 bracket
+        raise InvalidRequest(f"{uri!r} is not a valid suite URI ({exc})", code="invalid_eval_spec",
+                             param="source.uri") from None
     query = parse_qs(parts.query)
     unknown = sorted(set(query) - {"seed", "size"})
     if unknown:

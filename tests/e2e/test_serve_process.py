@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import signal
 import threading
 import time
@@ -38,7 +39,11 @@ def test_ftaas_serve_serves_cluster_models_and_drains_on_sigterm(cluster: LiveSe
                                                    messages=[{"role": "user", "content": "What is the access code?"}])
             assert reply.usage.completion_tokens > 0 and reply.model == model
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-        assert 'ftaas_serving_adapter_loads_total{model="%s",source="store"} 1.0' % job.fine_tuned_model in metrics
+        # The adapters loaded from the store (the model, its checkpoint) are counted without naming either:
+        # the endpoint needs no key, and model names are tenant data.
+        loads = re.search(r'^ftaas_serving_adapter_loads_total\{source="store"\} (\S+)$', metrics, re.M)
+        assert loads and float(loads.group(1)) >= 1, metrics
+        assert job.fine_tuned_model not in metrics and "ft:" not in metrics
 
         # A long completion is running when SIGTERM arrives.
         body = {"model": job.fine_tuned_model, "temperature": 0, "max_tokens": 950, "stream": True,

@@ -65,3 +65,17 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
     assert (after.status, after.fine_tuned_model) == ("succeeded", job.fine_tuned_model)
     assert owner.files.retrieve(job.training_file).id == job.training_file
     assert owner.models.retrieve(job.fine_tuned_model).id == job.fine_tuned_model
+
+
+def test_the_keyless_metrics_endpoint_names_no_tenant(embedded: LiveServer, finished_job) -> None:  # type: ignore[no-untyped-def]
+    """`/metrics` needs no key (Prometheus scrapes it), so it carries no project's data: after the owner's
+    fine-tuned model and its checkpoint answered, the series name base models, tiers and reasons only."""
+    owner = embedded.client()
+    checkpoint = next(iter(owner.fine_tuning.jobs.checkpoints.list(finished_job.id))).fine_tuned_model_checkpoint
+    for model in (finished_job.fine_tuned_model, checkpoint):
+        owner.chat.completions.create(model=model, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    metrics = httpx.get(f"http://127.0.0.1:{embedded.port}/metrics").text
+    assert "ftaas_serving_sequences_total" in metrics and "ftaas_serving_adapter_loads_total" in metrics
+    assert "ft:" not in metrics and ":owned:" not in metrics, metrics
+    labels = set(re.findall(r"[{,](\w+)=", metrics))
+    assert labels <= {"base_model", "tier", "source", "reason", "finish_reason", "le", "quantile"}, labels

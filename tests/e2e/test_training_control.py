@@ -128,3 +128,30 @@ def test_sigterm_checkpoints_and_another_worker_resumes(cluster: LiveServer) -> 
         if len(gpu_workers) > 1:
             stop_process_group(second_worker)
             cluster.processes.remove(second_worker)
+
+
+def test_sigterm_to_the_pool_process_itself_checkpoints_and_costs_no_attempt(cluster: LiveServer) -> None:
+    """What Celery does when it loses the broker mid-task (it terminates the task it can no longer
+    acknowledge), and what a signal to the whole process group does: the real pool process running the job
+    gets SIGTERM. The job checkpoints at its next step and goes back to the queue, its attempt not spent."""
+    client = cluster.client()
+    file = upload_processed(client, "t.jsonl", training_jsonl(40, offset=900))
+    method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 2}}}
+    job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=7, method=method)
+    wait_for(lambda: metric_steps(client, job.id) >= 10, what="a few steps")
+    database = cluster.database()
+    with database.read() as session:
+        owner = session.scalar(select(FineTuningJob.lease_owner).where(FineTuningJob.id == job.id))
+    database.dispose()
+    pool_process = psutil.Process(int(owner.rsplit(":", 1)[1]))
+    assert "worker" in pool_process.parent().cmdline()  # a pool child of a Celery worker, not the worker itself
+    os.kill(pool_process.pid, signal.SIGTERM)
+
+    job = finished(client, job.id)
+    assert job.status == "succeeded", job.error
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    requeued = next(m for m in messages if m.startswith("Job re-queued: the worker is shutting down"))
+    step = int(requeued.split("checkpoint saved at step ")[1].split(",")[0])
+    assert f"Resuming from the checkpoint at step {step}" in messages
+    assert "Fine-tuning job resumed (attempt 1)" in messages, messages  # no attempt spent
+    assert not any(m.startswith("Worker lost") for m in messages), messages

@@ -193,7 +193,7 @@ def test_overload_is_429_with_retry_after_and_a_cancelled_stream_frees_its_slot(
         assert time.monotonic() < deadline, "the cancelled streams still hold the engine"
         time.sleep(0.05)
     metrics = httpx.get(served.base_url + "/metrics").text
-    assert 'ftaas_serving_sequences_total{finish_reason="cancelled",model="ftaas-tiny"}' in metrics
+    assert 'ftaas_serving_sequences_total{base_model="ftaas-tiny",finish_reason="cancelled"}' in metrics
     assert 'ftaas_serving_rejected_requests_total{base_model="ftaas-tiny",reason="server_overloaded"}' in metrics
     for series in ("ftaas_serving_queue_depth", "ftaas_serving_running_sequences",
                    "ftaas_serving_time_to_first_token_seconds_bucket", "ftaas_serving_output_tokens_per_second_bucket"):

@@ -8,13 +8,14 @@ runs `execute` (see worker.jobs.launch) and only the main process talks to the d
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from contracts.errors import LeaseLost, UserError
+from contracts.errors import InfrastructureError, LeaseLost, UserError
 from contracts.training.spec import TrainingSpec
 from db import checkpoints, jobs
 from db.leased import Lease
@@ -22,10 +23,13 @@ from db.states import JobStatus
 from storage import layout
 from storage.manifest import publish_directory
 from worker.context import WorkerContext
+from worker.outages import ride_out
 from worker.training.data import encode_lines
 from worker.training.distributed import DistributedContext
 from worker.training.rehearsal import rehearsal_examples
 from worker.training.trainer import Directive, StepMetrics, Trainer, TrainingOutcome
+
+log = logging.getLogger(__name__)
 
 ESTIMATE_EVERY_SECONDS = 5.0
 
@@ -119,10 +123,15 @@ class JobControl:
             message += f", validation loss={metrics.valid_loss:.4f}"
         if metrics.full_valid_loss is not None:
             message += f", full validation loss={metrics.full_valid_loss:.4f}"
-        try:
+        def report() -> JobStatus:
             with self.ctx.db.write() as session:
                 status = jobs.heartbeat(session, self.lease, ttl=self.ctx.settings.lease_ttl_seconds, values=values)
                 jobs.add_event(session, self.lease, message, type="metrics", data=metrics.as_event_data())
+                return status
+
+        try:
+            status = ride_out(report, what=f"report step {metrics.step}", policy=self.ctx.outages,
+                              alive=self.lease_alive)
         except LeaseLost:
             self.lost = True
             return Directive.STOP
@@ -133,14 +142,23 @@ class JobControl:
     def on_checkpoint(self, state_dir: Path, metrics: StepMetrics, *, best: bool) -> None:
         step = metrics.step
         prefix = layout.checkpoint_prefix(self.lease.work_id, step)
-        published = publish_directory(self.ctx.store, prefix, state_dir, {
-            "kind": "checkpoint",
-            "job_id": self.lease.work_id,
-            "base_model": self.plan.spec.base_model,
-            "step": step,
-            "training_spec": self.plan.spec.to_json(),
-            "metrics": metrics.as_event_data(),
-        })
+        provenance = {"kind": "checkpoint", "job_id": self.lease.work_id, "base_model": self.plan.spec.base_model,
+                      "step": step, "training_spec": self.plan.spec.to_json(), "metrics": metrics.as_event_data()}
+        published = ride_out(lambda: publish_directory(self.ctx.store, prefix, state_dir, provenance),
+                             what=f"publish the checkpoint of step {step}", policy=self.ctx.outages,
+                             alive=self.lease_alive)
+        stale = ride_out(lambda: self._record_checkpoint(step, metrics, prefix, published, best=best),
+                         what=f"record the checkpoint of step {step}", policy=self.ctx.outages, alive=self.lease_alive)
+        for stale_prefix in stale:
+            try:
+                self.ctx.store.delete_prefix(stale_prefix)
+            except InfrastructureError as exc:  # an old checkpoint left behind costs space, not correctness
+                log.warning("could not delete the pruned checkpoint %s: %s", stale_prefix, exc)
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+    def _record_checkpoint(self, step: int, metrics: StepMetrics, prefix: str, published: Any, *,
+                           best: bool) -> list[str]:
+        """The checkpoint's row (and the pruning of old ones) in one transaction; the pruned prefixes."""
         with self.ctx.db.write() as session:
             jobs.heartbeat(session, self.lease, ttl=self.ctx.settings.lease_ttl_seconds)
             existing = checkpoints.by_step(session, self.lease.work_id, step)
@@ -157,15 +175,18 @@ class JobControl:
             if best:
                 jobs.add_event(session, self.lease, f"Checkpoint at step {step} has the best full validation loss "
                                f"so far ({metrics.full_valid_loss:.4f})")
-        for stale_prefix in stale:
-            self.ctx.store.delete_prefix(stale_prefix)
-        shutil.rmtree(state_dir, ignore_errors=True)
+        return stale
 
 
 def log_event(ctx: WorkerContext, lease: Lease, message: str, *, level: str = "info") -> None:
-    with ctx.db.write() as session:
-        jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
-        jobs.add_event(session, lease, message, level=level)
+    """A job event under the lease, waiting out a database outage (worker.outages)."""
+
+    def write() -> None:
+        with ctx.db.write() as session:
+            jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+            jobs.add_event(session, lease, message, level=level)
+
+    ride_out(write, what="write a job event", policy=ctx.outages)
 
 
 def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspace, distributed: DistributedContext,

@@ -126,7 +126,7 @@ class StandaloneWork:
         """An infrastructure error: back to the queue while attempts remain, then failed with the reason."""
         if self.lease.attempt >= self.max_attempts:
             return self.fail({"code": exc.code, "param": None,
-                              "message": f"Gave up after {self.lease.attempt} attempts: {exc.message}"})
+                              "message": f"Gave up after {self.lease.attempt} attempts: {exc.public_message}"})
         try:
             with self.db.write() as session:
                 self.queue.release(session, self.lease, counts_as_attempt=True)
@@ -144,6 +144,6 @@ class StandaloneWork:
         if isinstance(exc, InfrastructureError):
             return self.retry_or_fail(exc)
         if isinstance(exc, FTaaSError):
-            return self.fail({"code": exc.code, "message": exc.message, "param": exc.param})
+            return self.fail({"code": exc.code, "message": exc.public_message, "param": exc.param})
         log.error("%s %s failed", self.queue.noun, self.lease.work_id, exc_info=exc)
         return self.fail({"code": internal_code, "message": f"{type(exc).__name__}: {exc}", "param": None})

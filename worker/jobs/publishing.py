@@ -4,11 +4,13 @@ objects are removed again when the job cannot complete)."""
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
+from collections.abc import Callable
 from typing import Any
 
-from contracts.errors import LeaseLost
+from contracts.errors import InfrastructureError, LeaseLost
 from db import events, files, ids, jobs, models
 from db.leased import Lease
 from db.states import FileStatus
@@ -18,8 +20,11 @@ from storage.manifest import publish_directory
 from worker.context import WorkerContext
 from worker.jobs.execution import JobPlan, log_event
 from worker.jobs.results import metrics_csv
+from worker.outages import ride_out
 from worker.training.learning import final_pass_message, learned_message, low_accuracy_warning
 from worker.training.trainer import TrainingOutcome
+
+log = logging.getLogger(__name__)
 
 
 def report_learning(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: TrainingOutcome) -> None:
@@ -47,7 +52,10 @@ def final_pass_columns(outcome: TrainingOutcome) -> dict[str, float]:
             "full_train_mean_token_accuracy": round(outcome.final_train_accuracy, 6)}
 
 
-def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: TrainingOutcome) -> None:
+def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: TrainingOutcome, *,
+                  alive: Callable[[], bool] = lambda: True) -> None:
+    """Each step waits out a store or database outage (worker.outages): a finished training is published
+    once the dependency is back, never trained again."""
     import peft
     import torch
     import transformers
@@ -57,7 +65,8 @@ def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Trai
     assert outcome.adapter_dir is not None
     uid = ids.new_id(ids.MODEL_UID)
     prefix = layout.model_prefix(uid)
-    published = publish_directory(ctx.store, prefix, outcome.adapter_dir, {
+    adapter_dir = outcome.adapter_dir
+    provenance = {
         "kind": "adapter",
         "model": plan.fine_tuned_model,
         "job_id": plan.job_id,
@@ -68,29 +77,37 @@ def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Trai
         "best_step": outcome.best_step,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "peft": peft.__version__, "python": platform.python_version()},
-    })
+    }
+    published = ride_out(lambda: publish_directory(ctx.store, prefix, adapter_dir, provenance),
+                         what="publish the adapter", policy=ctx.outages, alive=alive)
     from serving.service import AdapterRef
     from worker.evals.service import finish_for_job, run_for_job
 
     results_key = layout.results_key(plan.job_id, uid)
     evaluation = None
     try:
-        evaluation = run_for_job(
+        evaluation = ride_out(lambda: run_for_job(
             ctx, lease, model_name=plan.fine_tuned_model, base_model=plan.spec.base_model,
             adapter_ref=AdapterRef(prefix, published.manifest_sha256, plan.fine_tuned_model),
             tuned_info={"adapter_uri": prefix, "method": plan.spec.adapter.type,
-                        "hyperparameters": plan.spec.to_json(), "epochs_completed": plan.spec.n_epochs})
-        with ctx.db.read() as session:
-            rows = events.metrics_rows(session, plan.job_id)
-        if rows:
-            rows[-1] = {**rows[-1], **final_pass_columns(outcome)}
-        stored = ctx.store.put_bytes(results_key, metrics_csv(rows))
+                        "hyperparameters": plan.spec.to_json(), "epochs_completed": plan.spec.n_epochs}),
+            what="run the attached knowledge eval", policy=ctx.outages, alive=alive)
+
+        def results() -> Any:
+            with ctx.db.read() as session:
+                rows = events.metrics_rows(session, plan.job_id)
+            if rows:
+                rows[-1] = {**rows[-1], **final_pass_columns(outcome)}
+            return ctx.store.put_bytes(results_key, metrics_csv(rows))
+
+        stored = ride_out(results, what="store the results file", policy=ctx.outages, alive=alive)
     except BaseException:
         # Nothing points at these objects yet (all under keys of this attempt's own): remove them.
         _remove_unpublished(ctx, prefix, results_key, evaluation)
         raise
     results_id = ids.new_id(ids.FILE)
-    try:
+
+    def complete() -> None:
         with ctx.db.write() as session:
             files.insert(session, File(
                 id=results_id, project_id=plan.project_id, filename="step_metrics.csv", purpose="fine-tune-results",
@@ -106,6 +123,9 @@ def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Trai
                 result_files += finish_for_job(session, lease, evaluation)
             jobs.complete(session, lease, fine_tuned_model=plan.fine_tuned_model, trained_tokens=outcome.trained_tokens,
                           result_files=result_files)
+
+    try:
+        ride_out(complete, what="complete the job", policy=ctx.outages, alive=alive)
     except LeaseLost:
         # Cancelled (or re-claimed) during publication: nothing points at these objects, so remove them now.
         _remove_unpublished(ctx, prefix, results_key, evaluation)
@@ -113,8 +133,11 @@ def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Trai
 
 
 def _remove_unpublished(ctx: WorkerContext, prefix: str, results_key: str, evaluation: Any) -> None:
-    ctx.store.delete_prefix(prefix)
-    ctx.store.delete(results_key)
-    if evaluation is not None:
-        for file_row in evaluation.file_rows:
-            ctx.store.delete(file_row.storage_key)
+    """Best effort: objects nothing points at cost space, not correctness (a store outage can leave them)."""
+    keys = [results_key] + ([row.storage_key for row in evaluation.file_rows] if evaluation is not None else [])
+    try:
+        ctx.store.delete_prefix(prefix)
+        for key in keys:
+            ctx.store.delete(key)
+    except InfrastructureError as exc:
+        log.warning("could not remove the unpublished objects under %s: %s", prefix, exc)

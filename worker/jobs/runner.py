@@ -6,8 +6,10 @@ that one delivery wins; every later write is fenced by the claim's token, so a d
 does nothing, and a cancelled job's worker notices at its next step and stops.
 
 Failure handling follows the error taxonomy: a user error (bad data, an adapter that does not fit the model)
-fails the job at once; an infrastructure error releases it to the queue, counting an attempt; a lost lease
-means someone else owns the job now, so the worker stops quietly. A worker that is shutting down checkpoints
+or a configuration error fails the job at once; an infrastructure error in a step the worker can repeat is
+waited out there (worker.outages: backoff, no attempt spent, `dependency_outage` past the deadline), and one
+that escapes those steps releases the job to the queue, counting an attempt; a lost lease means someone else
+owns the job now, so the worker stops quietly. A worker that is shutting down checkpoints
 and releases the job without counting an attempt (worker.preemption).
 """
 
@@ -18,7 +20,7 @@ import shutil
 import uuid
 from typing import Any
 
-from contracts.errors import ConfigurationError, InfrastructureError, IntegrityFailure, LeaseLost, UserError
+from contracts.errors import FTaaSError, InfrastructureError, LeaseLost
 from db import jobs
 from db.leased import Lease
 from worker import preemption
@@ -28,6 +30,7 @@ from worker.jobs.group import train_in_group, training_device
 from worker.jobs.inputs import download_inputs, plan_job
 from worker.jobs.lease import LeaseKeeper
 from worker.jobs.publishing import publish_model, report_learning
+from worker.outages import ride_out
 from worker.training.distributed import DistributedContext
 
 log = logging.getLogger(__name__)
@@ -46,12 +49,12 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
     except LeaseLost:
         log.info("job %s: lease lost (cancelled, reaped or re-claimed); stopping", job_id)
         return "lease-lost"
-    except (UserError, IntegrityFailure, ConfigurationError) as exc:
-        _finish_failed(ctx, lease, jobs.error_object(exc.code, exc.message, exc.param))
-        return "failed"
     except InfrastructureError as exc:
         log.warning("job %s: infrastructure error, releasing for retry: %s", job_id, exc)
         return _release_or_fail(ctx, lease, exc)
+    except FTaaSError as exc:  # user, integrity, configuration errors and outages past the deadline
+        _finish_failed(ctx, lease, jobs.error_object(exc.code, exc.public_message, exc.param))
+        return "failed"
     except Exception as exc:  # a bug or a library failure: not retryable by definition
         log.exception("job %s failed", job_id)
         _finish_failed(ctx, lease, jobs.error_object("training_error", f"{type(exc).__name__}: {exc}"))
@@ -73,7 +76,8 @@ def _release_or_fail(ctx: WorkerContext, lease: Lease, exc: InfrastructureError)
         with ctx.db.write() as session:
             job = jobs.get_any_project(session, lease.work_id)
             if job is not None and job.attempt >= job.max_attempts:
-                jobs.fail(session, lease, jobs.error_object(exc.code, f"Gave up after {job.attempt} attempts: {exc}"))
+                jobs.fail(session, lease, jobs.error_object(
+                    exc.code, f"Gave up after {job.attempt} attempts: {exc.public_message}"))
                 return "failed"
             jobs.release(session, lease, reason=f"{exc.code}: {exc}", counts_as_attempt=True)
         return "requeued"
@@ -84,24 +88,29 @@ def _release_or_fail(ctx: WorkerContext, lease: Lease, exc: InfrastructureError)
 
 # ------------------------------------------------------------------------------------------- train
 def _run_claimed(ctx: WorkerContext, lease: Lease, keeper: LeaseKeeper, workspace: Workspace, preempt: Any) -> str:
-    plan, training, validation, resume = plan_job(ctx, lease)
-    download_inputs(ctx, workspace, training, validation, resume)
+    alive = lambda: not keeper.lost.is_set()  # noqa: E731
+    plan, training, validation, resume = ride_out(lambda: plan_job(ctx, lease), what="read the job's plan",
+                                                  policy=ctx.outages, alive=alive)
+    ride_out(lambda: download_inputs(ctx, workspace, training, validation, resume), what="download the job's inputs",
+             policy=ctx.outages, alive=alive)
     keeper.check()
     if ctx.settings.training_processes > 1:
         outcome = train_in_group(ctx, lease, plan, workspace, keeper, preempt)
     else:
         outcome = execute(ctx, lease, plan, workspace, DistributedContext.single(), preempt=preempt.is_set,
-                          lease_alive=lambda: not keeper.lost.is_set(), device=training_device())
+                          lease_alive=alive, device=training_device())
     if outcome.status in ("stopped", "lease-lost"):
         return "stopped"
     if outcome.status == "paused":
-        with ctx.db.write() as session:
-            jobs.park(session, lease, step=outcome.step)
+        ride_out(lambda: _in_transaction(ctx, lambda session: jobs.park(session, lease, step=outcome.step)),
+                 what="park the paused job", policy=ctx.outages, alive=alive)
         return "paused"
     if outcome.status == "preempted":
-        with ctx.db.write() as session:
-            jobs.release(session, lease, reason=f"the worker is shutting down; checkpoint saved at step "
-                         f"{outcome.step}, another worker will resume from it", counts_as_attempt=False)
+        reason = (f"the worker is shutting down; checkpoint saved at step {outcome.step}, another worker will "
+                  "resume from it")
+        ride_out(lambda: _in_transaction(ctx, lambda session: jobs.release(session, lease, reason=reason,
+                                                                          counts_as_attempt=False)),
+                 what="hand the job back", policy=ctx.outages, alive=alive)
         return "preempted"
     if outcome.stopped_early_at is not None:
         log_event(ctx, lease, f"Early stopping at step {outcome.stopped_early_at}: validation loss stopped "
@@ -110,5 +119,10 @@ def _run_claimed(ctx: WorkerContext, lease: Lease, keeper: LeaseKeeper, workspac
         log_event(ctx, lease, f"The model is the checkpoint at step {outcome.best_step} (best validation loss)")
     report_learning(ctx, lease, plan, outcome)
     assert outcome.adapter_dir is not None
-    publish_model(ctx, lease, plan, outcome)
+    publish_model(ctx, lease, plan, outcome, alive=alive)
     return "succeeded"
+
+
+def _in_transaction(ctx: WorkerContext, write: Any) -> None:
+    with ctx.db.write() as session:
+        write(session)
