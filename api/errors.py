@@ -57,6 +57,10 @@ def error_response(exc: e.FTaaSError) -> JSONResponse:
         headers["retry-after"] = "1"
     elif status == 500:
         headers["x-should-retry"] = "false"
+    if isinstance(exc, e.PayloadTooLarge):
+        # The client may still be sending: close rather than read (and discard) the rest to reuse the
+        # connection, which for a large upload means reading it all.
+        headers["connection"] = "close"
     return JSONResponse(envelope(exc.public_message, type=kind, code=exc.code, param=exc.param), status_code=status,
                         headers=headers)
 

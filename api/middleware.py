@@ -19,7 +19,6 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import envelope
-from contracts.errors import PayloadTooLarge
 
 log = logging.getLogger("ftaas.access")
 
@@ -89,17 +88,34 @@ class BodyLimitMiddleware:
             await _reject(send, declared, limit)
             return
         seen = 0
+        rejected = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            # A body that crosses the limit while streaming (chunked, or longer than it declared) is answered
+            # with 413 at once, and the route is told the client went away: it stops reading, and whatever it
+            # answers is dropped. Raising here instead would let the route's body parser turn the error into
+            # a 400, or read the rest of the body first.
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise PayloadTooLarge(_too_large_message(limit), code="request_too_large")
+                    rejected = True
+                    await _reject(send, seen, limit)
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def guarded_send(message: Message) -> None:
+            if not rejected:
+                await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not rejected:
+                raise  # after a 413 the route's complaints about the vanished body are expected
 
 
 def _content_length(scope: Scope) -> int | None:

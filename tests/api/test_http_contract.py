@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -139,6 +140,50 @@ def test_an_oversized_chunked_upload_is_cut_off_with_413(api: Api) -> None:
         **api.headers(), "content-type": f"multipart/form-data; boundary={boundary}"})
     assert_error(response, 413)
     assert not [p for p in (api.settings.data_dir / "artifacts").rglob("*") if p.is_file()]
+
+
+def test_a_chunked_upload_is_answered_as_soon_as_it_crosses_the_limit(api: Api) -> None:
+    """Not read to the end first: the server answers 413 while the client is still sending. Driven at the
+    ASGI interface as a server drives it (the test client would read the whole body before the app runs)."""
+    boundary = "ftaasboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n").encode()
+    chunks = [head] + [b"y" * 16 * 1024] * (4 * MAX_UPLOAD // (16 * 1024))  # 4x the limit, chunked
+    pulled: list[int] = []
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        index = len(pulled)
+        pulled.append(index)
+        return {"type": "http.request", "body": chunks[index], "more_body": index + 1 < len(chunks)}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/files", "raw_path": b"/v1/files", "query_string": b"", "root_path": "",
+             "server": ("testserver", 80), "client": ("127.0.0.1", 1234),
+             "headers": [(b"authorization", f"Bearer {api.key}".encode()), (b"transfer-encoding", b"chunked"),
+                         (b"content-type", f"multipart/form-data; boundary={boundary}".encode())]}
+    asyncio.run(api.client.app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 413
+    # ... and the server closes the connection rather than reading (and discarding) the rest to reuse it.
+    assert (b"connection", b"close") in start["headers"]
+    assert sum(len(chunks[i]) for i in pulled) <= MAX_UPLOAD + 96 * 1024, len(pulled)  # near the limit, not 4x
+    assert not [p for p in (api.settings.data_dir / "artifacts").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("authenticated", [True, False])
+def test_an_oversized_chunked_json_body_is_a_413_not_a_parse_error(api: Api, authenticated: bool) -> None:
+    payload = json.dumps({"model": "ftaas-tiny", "training_file": "file-x", "metadata": {"k": "v" * 100_000}})
+
+    def body():  # no Content-Length: chunked
+        for start in range(0, len(payload), 8192):
+            yield payload[start:start + 8192].encode()
+
+    headers = {**(api.headers() if authenticated else {}), "content-type": "application/json"}
+    assert_error(api.client.post("/v1/fine_tuning/jobs", content=body(), headers=headers), 413, "request_too_large")
 
 
 def test_an_oversized_json_body_is_a_413(api: Api) -> None:
