@@ -50,9 +50,14 @@ def bootstrap_default_project(db: Database, settings: Settings) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------- workers
-def exit_with_parent(parent_pid: int) -> None:
-    """Make the kernel send SIGTERM to this process when its parent dies (Linux), so that workers of an
-    `ftaas up` that was killed outright do not live on as orphans. Exits at once if that already happened."""
+def exit_with_parent(parent_pid: int, *, grace: float = WORKER_STOP_GRACE_SECONDS, poll: float = 1.0) -> None:
+    """Workers of an `ftaas up` never outlive it, even one killed outright.
+
+    The kernel sends SIGTERM to this process when its parent dies (Linux), which starts a warm shutdown. A
+    worker already shutting down ignores a second SIGTERM, and a warm shutdown can hang on a task, so a
+    watchdog thread also notices the parent is gone (its parent pid changes) and, `grace` seconds later, kills
+    this process's whole group (the worker and its pool) if it is still there. Exits at once if the parent
+    is already gone."""
     if sys.platform.startswith("linux"):
         import ctypes
         import ctypes.util
@@ -61,6 +66,15 @@ def exit_with_parent(parent_pid: int) -> None:
         ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() != parent_pid:
         sys.exit(0)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll)
+        time.sleep(grace)  # the warm shutdown's chance to hand its job back
+        log.error("the parent process %s is gone and this worker is still running; killing it", parent_pid)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="ftaas-parent-watch", daemon=True).start()
 
 
 @dataclass

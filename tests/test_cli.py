@@ -183,3 +183,31 @@ def test_the_api_finishes_in_flight_requests_on_sigterm(tmp_path: Path) -> None:
             httpx.get(f"{base}/health/live", timeout=1)
     finally:
         stop_process_group(api)
+
+
+def test_a_worker_that_ignores_sigterm_still_dies_soon_after_its_parent(tmp_path: Path) -> None:
+    """A worker already in warm shutdown ignores the parent-death SIGTERM (and a warm shutdown can hang on a
+    task): the parent watch kills its process group `grace` seconds after the parent is gone."""
+    import psutil
+
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import os, signal, sys, time\n"
+        "from ftaas.launcher import exit_with_parent\n"
+        "exit_with_parent(int(sys.argv[1]), grace=1.0, poll=0.1)\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as a worker already shutting down\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n")
+    middle = subprocess.Popen([sys.executable, "-c", (
+        "import os, subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, {str(child)!r}, str(os.getpid())], start_new_session=True,"
+        " stdout=subprocess.PIPE, text=True)\n"
+        "assert child.stdout.readline().strip() == 'ready'\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    orphan = psutil.Process(int(middle.stdout.readline()))
+    middle.kill()  # the `ftaas up` killed outright
+    middle.wait()
+    started = time.monotonic()
+    gone, alive = psutil.wait_procs([orphan], timeout=20)
+    assert alive == [] and time.monotonic() - started < 10
