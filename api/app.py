@@ -25,6 +25,7 @@ from api.knowledge_evals.service import KnowledgeEvalService
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware, StorableTextMiddleware
 from api.models.router import router as models_router
 from api.models.service import ModelService
+from api.rate_limits import RateLimitSettings, RequestLimiter
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from contracts.settings import Settings
@@ -55,7 +56,19 @@ def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) 
             max_attempts=settings.max_attempts, max_rank=settings.serving_max_lora_rank),
         executor=ThreadPoolExecutor(max_workers=settings.api_threads, thread_name_prefix="ftaas-api"),
         extras=extras or {},
+        rate_limits=request_limiter(settings),
     )
+
+
+def request_limiter(settings: Settings) -> RequestLimiter | None:
+    """Counts in Redis when the broker is Redis (several API replicas share the counts), else in memory."""
+    if not (settings.rate_limit_requests_per_key or settings.rate_limit_requests_per_project):
+        return None
+    broker = settings.broker_url or ""
+    storage = broker if broker.startswith(("redis://", "rediss://")) else "memory://"
+    return RequestLimiter(RateLimitSettings(per_key=settings.rate_limit_requests_per_key,
+                                            per_project=settings.rate_limit_requests_per_project,
+                                            window_seconds=settings.rate_limit_window_seconds, storage_uri=storage))
 
 
 def create_app(settings: Settings, *, services: ApiServices | None = None,

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from api.fine_tuning.service import JobService
     from api.knowledge_evals.service import KnowledgeEvalService
     from api.models.service import ModelService
+    from api.rate_limits import RequestLimiter
     from basemodels.registry import BaseModelRegistry
     from storage import ArtifactStore
 
@@ -56,6 +57,8 @@ class ApiServices:
     extras: dict[str, Any]
     #: The engine behind the inference routes, where this process serves models (`ftaas up`, `ftaas serve`).
     inference: InferenceBackend | None = None
+    #: Request rate limits per key and project (api.rate_limits); None: none.
+    rate_limits: RequestLimiter | None = None
 
     async def run_blocking(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)
@@ -94,6 +97,8 @@ class Caller:
             principal = projects.authenticate(session, self.key)
         if principal is None:
             raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+        if self.services.rate_limits is not None:
+            self.services.rate_limits.check(principal)
         return principal
 
     async def run(self, work: Callable[[Principal], T]) -> T:

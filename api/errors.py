@@ -10,6 +10,7 @@ infrastructure errors carry `Retry-After` so the SDK backs off and tries again.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.rate_limits import reset_header
 from contracts import errors as e
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ _STATUS: list[tuple[type[e.FTaaSError], int, str]] = [
     (e.Conflict, 409, "invalid_request_error"),
     (e.PayloadTooLarge, 413, "invalid_request_error"),
     (e.QuotaExceeded, 429, "insufficient_quota"),
+    (e.RateLimited, 429, "requests"),
     (e.UserError, 400, "invalid_request_error"),
     (e.Overloaded, 429, "rate_limit_exceeded"),
     (e.DeadlineExceeded, 504, "server_error"),
@@ -46,7 +49,13 @@ def error_response(exc: e.FTaaSError) -> JSONResponse:
     if status >= 500:
         log.warning("%s (%s): %s", exc.code, status, exc.message)
     headers: dict[str, str] = {}
-    if isinstance(exc, e.QuotaExceeded):
+    if isinstance(exc, e.RateLimited):
+        headers["retry-after"] = str(max(1, math.ceil(exc.reset_seconds)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(exc.reset_seconds * 1000)))
+        headers["x-ratelimit-limit-requests"] = str(exc.limit)
+        headers["x-ratelimit-remaining-requests"] = "0"
+        headers["x-ratelimit-reset-requests"] = reset_header(exc.reset_seconds)
+    elif isinstance(exc, e.QuotaExceeded):
         headers["retry-after"] = str(exc.retry_after)
         headers["x-should-retry"] = "false"
     elif isinstance(exc, e.Conflict):

@@ -108,6 +108,19 @@ class QuotaExceeded(UserError):
         self.retry_after = retry_after
 
 
+class RateLimited(UserError):
+    """Too many requests for the caller's API key or project in the current window (HTTP 429 with
+    `Retry-After` and `x-ratelimit-*` headers; the SDK waits and retries)."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: int, reset_seconds: float, code: str | None = None,
+                 param: str | None = None) -> None:
+        super().__init__(message, code=code, param=param)
+        self.limit = limit
+        self.reset_seconds = reset_seconds
+
+
 # ------------------------------------------------------------------------------- infrastructure errors
 class InfrastructureError(FTaaSError):
     """A dependency failed. The same request may succeed later; work is requeued, not failed."""

@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         default=16, ge=1, description="Non-terminal fine-tuning jobs a project may have (429 beyond)."
     )
 
+    rate_limit_requests_per_key: int = Field(
+        default=3000, ge=0, description="API requests per window and API key (429 beyond; 0: no limit).")
+    rate_limit_requests_per_project: int = Field(
+        default=0, ge=0, description="API requests per window and project, all its keys together (0: no limit).")
+    rate_limit_window_seconds: int = Field(default=60, ge=1, description="The window of the request rate limits.")
+
     lease_ttl_seconds: float = Field(default=60.0, gt=0, description="A worker's lease on a job lasts this long.")
     maintenance_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the reaper looks for expired leases and stale dispatches."

@@ -13,9 +13,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.dependencies import Services
-from db.migrate import is_at_head
-
 from contracts.errors import FTaaSError
+from db.migrate import is_at_head
 
 log = logging.getLogger(__name__)
 
