@@ -119,6 +119,10 @@ class Settings(BaseSettings):
         default=1800.0, gt=0,
         description="How long a worker waits out an unavailable store or database (retrying with backoff, "
                     "its work kept) before the job fails with `dependency_outage`.")
+    orphan_sweep_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="How often the relay removes stored objects no row points at.")
+    orphan_grace_seconds: float = Field(
+        default=86400.0, gt=0, description="Objects younger than this are never swept (a publish may be running).")
     keep_checkpoints: int = Field(default=3, ge=1, description="Checkpoints kept per job (newest).")
     broker_visibility_timeout_seconds: int = Field(
         default=3600, ge=10, description="Redis broker visibility timeout (the dispatch window, not job length)."

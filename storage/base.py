@@ -118,6 +118,15 @@ class ArtifactStore(ABC):
         """Keys of committed objects under `prefix`, sorted."""
 
     @abstractmethod
+    def list_modified(self, prefix: str) -> dict[str, float]:
+        """Committed objects under `prefix`: key -> last modification (Unix time)."""
+
+    @abstractmethod
+    def sweep_unfinished(self, older_than: float) -> int:
+        """Remove writes that never finished and started before `older_than` (Unix time): partial files of a
+        local store, unfinished multipart uploads of S3. Returns how many."""
+
+    @abstractmethod
     def check_available(self) -> None:
         """Raise StorageUnavailable unless the store can be reached and written (readiness probes)."""
 

@@ -114,6 +114,20 @@ class LocalArtifactStore(ArtifactStore):
                     keys.append(key)
         return sorted(keys)
 
+    def list_modified(self, prefix: str) -> dict[str, float]:
+        return {key: (self.root / key).stat().st_mtime for key in self.list_keys(prefix)}
+
+    def sweep_unfinished(self, older_than: float) -> int:
+        removed = 0
+        for path in self.root.rglob(f"{PARTIAL_PREFIX}*"):
+            try:
+                if path.is_file() and path.stat().st_mtime < older_than:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # finished or aborted meanwhile
+                pass
+        return removed
+
     def check_available(self) -> None:
         probe = self.root / f"{PARTIAL_PREFIX}probe-{uuid.uuid4().hex}"
         try:

@@ -201,6 +201,32 @@ class S3ArtifactStore(ArtifactStore):
             raise _translate(exc, prefix or "/") from exc
         return sorted(keys)
 
+    def list_modified(self, prefix: str) -> dict[str, float]:
+        full = (f"{self.prefix}/{prefix}" if self.prefix else prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        found: dict[str, float] = {}
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                for item in page.get("Contents", []):
+                    found[self._store_key(item["Key"])] = item["LastModified"].timestamp()
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, prefix or "/") from exc
+        return found
+
+    def sweep_unfinished(self, older_than: float) -> int:
+        aborted = 0
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else "")
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"].timestamp() < older_than:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                           UploadId=upload["UploadId"])
+                        aborted += 1
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, "multipart uploads") from exc
+        return aborted
+
     def check_available(self) -> None:
         try:
             self.probe_client.head_bucket(Bucket=self.bucket)

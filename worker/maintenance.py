@@ -24,6 +24,7 @@ from contracts.settings import Settings
 from db import adapter_operations, files, jobs, knowledge_evals, outbox
 from db.session import Database
 from storage import ArtifactStore
+from worker.sweeper import SweepReport, sweep_orphans
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +117,25 @@ class Maintenance:
         report.expired_files = len(expired_keys)
         return report
 
+    def sweep_once(self, now: float | None = None) -> SweepReport:
+        """Remove orphaned objects and unfinished writes older than the grace period (worker.sweeper)."""
+        return sweep_orphans(self.db, self.store, now=time.time() if now is None else now,
+                             grace_seconds=self.settings.orphan_grace_seconds)
+
     def run(self, stop: threading.Event) -> None:
-        """Relay every `relay_poll_seconds` and reap every `maintenance_interval_seconds` until `stop`."""
+        """Relay every `relay_poll_seconds`, reap every `maintenance_interval_seconds` and sweep every
+        `orphan_sweep_interval_seconds` until `stop`."""
         next_reap = 0.0
+        next_sweep = time.monotonic() + self.settings.orphan_sweep_interval_seconds
         while not stop.is_set():
             try:
                 self.relay_once()
                 if time.monotonic() >= next_reap:
                     self.reap_once()
                     next_reap = time.monotonic() + self.settings.maintenance_interval_seconds
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.settings.orphan_sweep_interval_seconds
+                    self.sweep_once()
             except FTaaSError as exc:
                 log.warning("maintenance round failed, will retry: %s", exc)
             except Exception:
