@@ -147,7 +147,9 @@ class S3ArtifactStore(ArtifactStore):
                 aws_access_key_id=options.access_key_id, aws_secret_access_key=options.secret_access_key,
                 config=config)
 
-        self.client = client(attempts=5, connect_timeout=5, read_timeout=60)
+        # Few attempts inside boto3: a request of the API answers a prompt 503 when the store is down, and the
+        # worker waits out longer outages itself (worker.outages), with its own backoff.
+        self.client = client(attempts=3, connect_timeout=5, read_timeout=60)
         # Readiness probes answer within a probe's timeout: one attempt, short timeouts.
         self.probe_client = client(attempts=1, connect_timeout=2, read_timeout=5)
 

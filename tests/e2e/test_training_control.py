@@ -7,6 +7,7 @@ import io
 import os
 import signal
 import time
+from typing import Any
 
 import openai
 import psutil
@@ -92,6 +93,29 @@ def test_pause_and_resume_end_exactly_like_an_uninterrupted_run(embedded: LiveSe
     assert results(client, job) == results(client, twin) and job.trained_tokens == twin.trained_tokens
 
 
+def pool_process_running(cluster: LiveServer, job_id: str) -> psutil.Process:
+    """The Celery pool process that holds the job's lease (its owner is "host:pid")."""
+    database = cluster.database()
+    with database.read() as session:
+        owner = session.scalar(select(FineTuningJob.lease_owner).where(FineTuningJob.id == job_id))
+    database.dispose()
+    return psutil.Process(int(owner.rsplit(":", 1)[1]))
+
+
+def handed_back_and_resumed_without_an_attempt(client: Any, job_id: str) -> tuple[Any, list[str]]:
+    """The finished job and its events, after checking it checkpointed, went back to the queue and resumed
+    from that checkpoint without spending an attempt."""
+    job = finished(client, job_id)
+    assert job.status == "succeeded", job.error
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=100)]
+    requeued = next(m for m in messages if m.startswith("Job re-queued: the worker is shutting down"))
+    step = int(requeued.split("checkpoint saved at step ")[1].split(",")[0])
+    assert f"Resuming from the checkpoint at step {step}" in messages
+    assert "Fine-tuning job resumed (attempt 1)" in messages, messages  # preemption costs no attempt
+    assert not any(m.startswith("Worker lost") for m in messages), messages
+    return job, messages
+
+
 def test_sigterm_checkpoints_and_another_worker_resumes(cluster: LiveServer) -> None:
     client = cluster.client()
     second_worker = cluster.spawn("worker", "--queues", "gpu")
@@ -102,22 +126,11 @@ def test_sigterm_checkpoints_and_another_worker_resumes(cluster: LiveServer) -> 
                                                               method=method).id)
         job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=5, method=method)
         wait_for(lambda: metric_steps(client, job.id) >= 15, what="a few steps")
-        database = cluster.database()
-        with database.read() as session:
-            owner = session.scalar(select(FineTuningJob.lease_owner).where(FineTuningJob.id == job.id))
-        database.dispose()
-        pool_process = psutil.Process(int(owner.rsplit(":", 1)[1]))
-        worker_main = pool_process.parent()
+        worker_main = pool_process_running(cluster, job.id).parent()
         os.kill(worker_main.pid, signal.SIGTERM)  # as Kubernetes does: the container's main process only
         worker_main.wait(timeout=60)  # it exits once the job is checkpointed and handed back
 
-        job = finished(client, job.id)
-        assert job.status == "succeeded", job.error
-        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
-        requeued = next(m for m in messages if m.startswith("Job re-queued: the worker is shutting down"))
-        step = int(requeued.split("checkpoint saved at step ")[1].split(",")[0])
-        assert f"Resuming from the checkpoint at step {step}" in messages
-        assert "Fine-tuning job resumed (attempt 1)" in messages  # preemption costs no attempt
+        job, _ = handed_back_and_resumed_without_an_attempt(client, job.id)
         assert same_adapter(cluster, twin.fine_tuned_model, job.fine_tuned_model)
         assert results(client, job) == results(client, twin)
     finally:
@@ -139,19 +152,7 @@ def test_sigterm_to_the_pool_process_itself_checkpoints_and_costs_no_attempt(clu
     method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 2}}}
     job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=7, method=method)
     wait_for(lambda: metric_steps(client, job.id) >= 10, what="a few steps")
-    database = cluster.database()
-    with database.read() as session:
-        owner = session.scalar(select(FineTuningJob.lease_owner).where(FineTuningJob.id == job.id))
-    database.dispose()
-    pool_process = psutil.Process(int(owner.rsplit(":", 1)[1]))
+    pool_process = pool_process_running(cluster, job.id)
     assert "worker" in pool_process.parent().cmdline()  # a pool child of a Celery worker, not the worker itself
     os.kill(pool_process.pid, signal.SIGTERM)
-
-    job = finished(client, job.id)
-    assert job.status == "succeeded", job.error
-    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
-    requeued = next(m for m in messages if m.startswith("Job re-queued: the worker is shutting down"))
-    step = int(requeued.split("checkpoint saved at step ")[1].split(",")[0])
-    assert f"Resuming from the checkpoint at step {step}" in messages
-    assert "Fine-tuning job resumed (attempt 1)" in messages, messages  # no attempt spent
-    assert not any(m.startswith("Worker lost") for m in messages), messages
+    handed_back_and_resumed_without_an_attempt(client, job.id)
