@@ -9,6 +9,7 @@ runs as several replicas, so every replica sees the same counts. A limit of 0 is
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 
 from contracts.errors import RateLimited
 from db.projects import Principal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,10 @@ class RateLimitSettings:
 class RequestLimiter:
     def __init__(self, settings: RateLimitSettings) -> None:
         self.settings = settings
-        self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(settings.storage_uri))
+        options: dict[str, float | str | bool] = {}
+        if settings.storage_uri.startswith(("redis://", "rediss://")):
+            options = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+        self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(settings.storage_uri, **options))
         window = settings.window_seconds
         self.scopes = [(scope, RateLimitItemPerSecond(amount, window, namespace=f"ftaas-{scope}"))
                        for scope, amount in (("key", settings.per_key), ("project", settings.per_project)) if amount]
@@ -40,6 +46,14 @@ class RequestLimiter:
     def check(self, principal: Principal) -> None:
         """Count one request of `principal` (its key and its project); RateLimited when either is spent.
         A refused request is not counted."""
+        try:
+            self._check(principal)
+        except RateLimited:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the counts' store failed: let the request through (docstring)
+            log.warning("rate limits not applied: their store failed: %s", exc)
+
+    def _check(self, principal: Principal) -> None:
         identities = {"key": principal.api_key_id, "project": principal.project_id}
         for scope, item in self.scopes:
             if not self.limiter.test(item, identities[scope]):

@@ -175,13 +175,13 @@ def start_embedded(data_dir: Path, model_cache_dir: Path, **extra_env: str) -> L
 
 
 def start_cluster(work_dir: Path, model_cache_dir: Path, *, database_url: str, redis_url: str, s3_endpoint: str,
-                  bucket: str, s3_credentials: dict[str, str], gpu_workers: int = 1) -> LiveServer:
+                  bucket: str, s3_credentials: dict[str, str], gpu_workers: int = 1, **extra_env: str) -> LiveServer:
     port = free_port()
     env = {**os.environ, **FAST_RECOVERY, "FTAAS_DATA_DIR": str(work_dir), "FTAAS_MODEL_CACHE_DIR": str(model_cache_dir),
            "FTAAS_DATABASE_URL": database_url, "FTAAS_BROKER_URL": redis_url,
            "FTAAS_ARTIFACT_URI": f"s3://{bucket}/ftaas", "FTAAS_S3_ENDPOINT_URL": s3_endpoint,
            "FTAAS_S3_ACCESS_KEY_ID": s3_credentials["aws_access_key_id"],
-           "FTAAS_S3_SECRET_ACCESS_KEY": s3_credentials["aws_secret_access_key"], "FTAAS_PORT": str(port)}
+           "FTAAS_S3_SECRET_ACCESS_KEY": s3_credentials["aws_secret_access_key"], "FTAAS_PORT": str(port), **extra_env}
     server = LiveServer("cluster", port, "", env, work_dir / "cluster.log")
     subprocess.run([sys.executable, "-m", "ftaas.cli", "migrate"], env=env, check=True, capture_output=True, timeout=120)
     server.api_key = server.create_key("default")

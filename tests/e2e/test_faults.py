@@ -1,0 +1,97 @@
+"""Fault injection on a cluster deployment: PostgreSQL, Redis and the S3 server each sit behind a TCP proxy
+the test cuts (tests/faults.py), with real API, relay and worker processes. For each dependency, a 20 s
+outage while a job trains ends with the job `succeeded` on its first attempt, and the API answers every
+request of the outage promptly (a 503 where the request needs the missing dependency, never a hang or
+another 5xx). The figures go to docs/reliability.md."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import boto3
+import httpx
+import pytest
+
+from tests.conftest import S3_CREDENTIALS
+from tests.e2e.servers import LiveServer, start_cluster, upload_processed, wait_for
+from tests.factories import training_jsonl
+from tests.faults import TcpProxy
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+OUTAGE_SECONDS = 20
+PROMPT_SECONDS = 10  # the longest any API request may take during an outage
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path, cluster_database: str, redis_url: str,
+           s3_endpoint: str) -> Iterator[tuple[LiveServer, dict[str, TcpProxy]]]:
+    database, redis, s3 = urlparse(cluster_database), urlparse(redis_url), urlparse(s3_endpoint)
+    proxies = {"postgresql": TcpProxy(database.hostname or "127.0.0.1", database.port or 5432),
+               "redis": TcpProxy(redis.hostname or "127.0.0.1", redis.port or 6379),
+               "s3": TcpProxy(s3.hostname or "127.0.0.1", s3.port or 80)}
+    bucket = f"ftaas-faults-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_CREDENTIALS).create_bucket(Bucket=bucket)
+    server = start_cluster(
+        tmp_path_factory.mktemp("faults"), model_cache_dir,
+        database_url=cluster_database.replace(database.netloc, f"{database.username}@{proxies['postgresql'].address}"
+                                              if database.username else proxies["postgresql"].address),
+        redis_url=redis_url.replace(redis.netloc, proxies["redis"].address),
+        s3_endpoint=f"http://{proxies['s3'].address}", bucket=bucket, s3_credentials=S3_CREDENTIALS,
+        # The lease outlives a 20 s database outage (the keeper renews every TTL/3: outages under 2/3 of it).
+        FTAAS_LEASE_TTL_SECONDS="45")
+    yield server, proxies
+    server.stop()
+    for proxy in proxies.values():
+        proxy.close()
+
+
+def probe(server: LiveServer, path: str) -> tuple[int, float]:
+    started = time.monotonic()
+    try:
+        status = httpx.get(f"http://127.0.0.1:{server.port}{path}", timeout=PROMPT_SECONDS + 20,
+                           headers={"Authorization": f"Bearer {server.api_key}"}).status_code
+    except httpx.HTTPError:
+        status = 0
+    return status, time.monotonic() - started
+
+
+def steps(client: Any, job_id: str) -> int:
+    return sum(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job_id, limit=100))
+
+
+@pytest.mark.parametrize("dependency", ["s3", "postgresql", "redis"])
+def test_a_20s_outage_during_training_costs_time_not_the_job(faulty: tuple[LiveServer, dict[str, TcpProxy]],
+                                                             dependency: str) -> None:
+    server, proxies = faulty
+    client = server.client()
+    file = upload_processed(client, f"{dependency}.jsonl", training_jsonl(60, offset=hash(dependency) % 1000))
+    job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 2}}})
+    wait_for(lambda: steps(client, job.id) >= 3, what="training to start")
+    path = {"s3": f"/v1/files/{file.id}/content", "postgresql": f"/v1/fine_tuning/jobs/{job.id}",
+            "redis": f"/v1/fine_tuning/jobs/{job.id}"}[dependency]
+    answers: list[tuple[int, float]] = []
+    with proxies[dependency].outage("cut"):
+        ends = time.monotonic() + OUTAGE_SECONDS
+        while time.monotonic() < ends:
+            answers.append(probe(server, path))
+            time.sleep(0.5)
+    job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+                   timeout=300, interval=1, what=f"the job after the {dependency} outage")
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    longest = max(seconds for _, seconds in answers)
+    statuses = sorted({status for status, _ in answers})
+    print(f"{dependency}: {len(answers)} API requests during the outage, statuses {statuses}, longest "
+          f"{longest:.1f} s; job {job.status}; events {len(messages)}")
+    assert job.status == "succeeded", (job.error, messages)
+    assert not any("attempt 2" in m or m.startswith("Worker lost") for m in messages), messages
+    assert longest < PROMPT_SECONDS, answers
+    assert set(statuses) <= {200, 503}, answers
+    if dependency != "redis":  # the API reads neither the broker nor, for this request, anything else
+        assert 503 in statuses, answers
