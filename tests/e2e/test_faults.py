@@ -65,8 +65,9 @@ def steps(client: Any, job_id: str) -> int:
     return sum(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job_id, limit=100))
 
 
-@pytest.mark.parametrize("dependency, phase", [("s3", "training"), ("s3", "publish"), ("postgresql", "training"),
-                                               ("redis", "training")])
+# The store cut during training alone is tested at the worker (tests/worker/test_outages.py); here it is cut
+# through the publish, which is where a finished job has the most to lose.
+@pytest.mark.parametrize("dependency, phase", [("s3", "publish"), ("postgresql", "training"), ("redis", "training")])
 def test_a_20s_outage_costs_time_not_the_job(faulty: tuple[LiveServer, dict[str, TcpProxy]], dependency: str,
                                              phase: str) -> None:
     """`publish`: the job saves one checkpoint only, at its end, so training runs through the outage and the
