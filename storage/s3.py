@@ -194,14 +194,7 @@ class S3ArtifactStore(ArtifactStore):
                 raise error from exc
 
     def list_keys(self, prefix: str) -> list[str]:
-        full = (f"{self.prefix}/{prefix}" if self.prefix else prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
-        keys: list[str] = []
-        try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-                keys.extend(self._store_key(item["Key"]) for item in page.get("Contents", []))
-        except (ClientError, BotoCoreError) as exc:
-            raise _translate(exc, prefix or "/") from exc
-        return sorted(keys)
+        return sorted(self.list_modified(prefix))
 
     def list_modified(self, prefix: str) -> dict[str, float]:
         full = (f"{self.prefix}/{prefix}" if self.prefix else prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
