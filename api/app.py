@@ -38,8 +38,11 @@ UPLOAD_PATHS = frozenset({"/v1/files"})
 def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) -> ApiServices:
     assert settings.database_url and settings.artifact_uri
     # A connection for every request thread (plus the few background users): no connection churn.
-    db = Database(settings.database_url, pool_size=settings.api_threads + 2, max_overflow=8)
-    store = open_store(settings.artifact_uri, settings)
+    db = Database(settings.database_url, pool_size=settings.api_threads + 2, max_overflow=8,
+                  statement_timeout_seconds=settings.database_statement_timeout_seconds)
+    # Two tries per S3 request: one survives a dropped keep-alive connection, and a stalled store costs a
+    # request at most twice the read timeout before its 503 (which the SDKs retry with their own backoff).
+    store = open_store(settings.artifact_uri, settings, attempts=2)
     registry = BaseModelRegistry(settings.base_model_sources())
     evals = KnowledgeEvalService(db, store, registry, max_attempts=settings.max_attempts,
                                  external_judge=settings.eval_judge_base_url is not None)

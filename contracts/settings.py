@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     s3_multipart_chunk_bytes: int = Field(
         default=8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Part size for multipart uploads to S3."
     )
+    s3_read_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long an S3 request may wait for the server's next bytes "
+                                        "(a stalled store gives a retryable 503 or a worker's retry).")
 
     base_models: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
@@ -105,6 +108,11 @@ class Settings(BaseSettings):
     rate_limit_requests_per_project: int = Field(
         default=0, ge=0, description="API requests per window and project, all its keys together (0: no limit).")
     rate_limit_window_seconds: int = Field(default=60, ge=1, description="The window of the request rate limits.")
+
+    database_statement_timeout_seconds: float = Field(
+        default=10.0, gt=0,
+        description="PostgreSQL: the server cancels a statement after this long, and a round trip unanswered 2 s "
+                    "later (a stalled server or route) has its connection closed; either gives a retryable 503.")
 
     lease_ttl_seconds: float = Field(default=60.0, gt=0, description="A worker's lease on a job lasts this long.")
     maintenance_interval_seconds: float = Field(

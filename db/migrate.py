@@ -22,14 +22,14 @@ def alembic_config(database: Database) -> Config:
 
 
 def upgrade(database: Database, revision: str = "head") -> None:
-    with database.engine.connect() as connection:
+    with database.unbounded() as connection:
         config = alembic_config(database)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
 
 def downgrade(database: Database, revision: str) -> None:
-    with database.engine.connect() as connection:
+    with database.unbounded() as connection:
         config = alembic_config(database)
         config.attributes["connection"] = connection
         command.downgrade(config, revision)

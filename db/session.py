@@ -13,12 +13,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from contracts.errors import DatabaseUnavailable
+from db.stalls import UNBOUNDED, StallGuard
 
 _SQLITE_BEGIN = "ftaas_sqlite_begin"
 
@@ -42,9 +43,14 @@ class Database:
     consistent snapshot. `write()` always opens its own transaction.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int | None = None) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int | None = None,
+                 statement_timeout_seconds: float = 10.0) -> None:
         """`pool_size` should cover the threads that use the database at once (for the API, the request
-        thread pool): connections beyond it are opened and closed per use, which is costly under load."""
+        thread pool): connections beyond it are opened and closed per use, which is costly under load.
+
+        PostgreSQL: the server cancels a statement after `statement_timeout_seconds`, and a round trip still
+        unanswered `STALL_GRACE_SECONDS` later has its connection closed (db/stalls.py): either way the
+        caller gets `DatabaseUnavailable`. `unbounded()` connections (migrations) are exempt."""
         self.url = normalise_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
@@ -61,8 +67,10 @@ class Database:
                 # No pre-ping (a round trip per checkout): a dropped connection fails one request with a
                 # retryable 503, and SQLAlchemy then invalidates the whole pool.
                 pool_recycle=1800, pool_timeout=POSTGRES_TIMEOUTS["pool_seconds"],
-                connect_args=postgres_connect_args(),
+                connect_args=postgres_connect_args(statement_timeout_seconds),
             )
+            self.stall_guard = StallGuard(statement_timeout_seconds + STALL_GRACE_SECONDS)
+            self.stall_guard.install(self.engine)
         self._reader = sessionmaker(bind=self.engine, expire_on_commit=False, autoflush=False)
         self._current_read = threading.local()
         # SQLite has one writer at a time. Writers of this process queue here, handing the lock over at once,
@@ -96,23 +104,40 @@ class Database:
             finally:
                 self._current_read.session = None
 
+    @contextmanager
+    def unbounded(self) -> Iterator[Connection]:
+        """A connection of its own with no statement timeout and no stall deadline, for work that may
+        legitimately run long (migrations). It is discarded afterwards, never returned to the pool."""
+        connection = self.engine.connect().execution_options(**{UNBOUNDED: True})
+        try:
+            if not self.is_sqlite:
+                connection.exec_driver_sql("SET statement_timeout = 0")
+                connection.commit()
+            yield connection
+        finally:
+            connection.invalidate()
+            connection.close()
+
     def dispose(self) -> None:
         self.engine.dispose()
 
 
 #: Bounds on every wait on PostgreSQL, so that a database that is down or stalled costs a request a prompt
 #: retryable 503 (DatabaseUnavailable) instead of a hang: connecting, waiting for a pooled connection, a
-#: statement (server side), a lock, a transaction left idle, and unacknowledged data on the socket (the
-#: kernel drops a connection whose peer stopped acknowledging, which a half-open connection would not say).
-POSTGRES_TIMEOUTS = {"connect_seconds": 5, "pool_seconds": 10, "statement_ms": 30_000, "lock_ms": 10_000,
+#: lock, a transaction left idle, and unacknowledged data on the socket (the kernel drops a connection whose
+#: peer stopped acknowledging, which a half-open connection would not say). Statements: see `Database`.
+POSTGRES_TIMEOUTS = {"connect_seconds": 5, "pool_seconds": 10, "lock_ms": 10_000,
                      "idle_in_transaction_ms": 60_000, "tcp_user_timeout_ms": 15_000}
+#: how long past the server's statement timeout a round trip may go unanswered before its connection is closed
+STALL_GRACE_SECONDS = 2.0
 
 
-def postgres_connect_args() -> dict[str, object]:
+def postgres_connect_args(statement_timeout_seconds: float) -> dict[str, object]:
     t = POSTGRES_TIMEOUTS
+    statement_ms = round(statement_timeout_seconds * 1000)
     return {
         "connect_timeout": t["connect_seconds"],
-        "options": f"-c statement_timeout={t['statement_ms']} -c lock_timeout={t['lock_ms']} "
+        "options": f"-c statement_timeout={statement_ms} -c lock_timeout={min(t['lock_ms'], statement_ms)} "
                    f"-c idle_in_transaction_session_timeout={t['idle_in_transaction_ms']}",
         "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
         "tcp_user_timeout": t["tcp_user_timeout_ms"],

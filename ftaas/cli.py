@@ -186,7 +186,8 @@ def _database(settings: Settings, *, require_schema: bool = False):  # type: ign
     if settings.database_url and settings.database_url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     assert settings.database_url is not None
-    database = Database(settings.database_url, pool_size=1)
+    database = Database(settings.database_url, pool_size=1,
+                        statement_timeout_seconds=settings.database_statement_timeout_seconds)
     if require_schema and not migrations.is_at_head(database):
         database.dispose()
         raise click.ClickException("the database schema is not up to date: run `ftaas migrate` (or `ftaas up`)")

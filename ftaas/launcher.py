@@ -173,7 +173,8 @@ def run_embedded(settings: Settings) -> int:
     _library_environment(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     assert settings.database_url and settings.broker_url and settings.model_cache_dir
-    database = Database(settings.database_url, pool_size=1)
+    database = Database(settings.database_url, pool_size=1,
+                        statement_timeout_seconds=settings.database_statement_timeout_seconds)
     migrate.upgrade(database)
     new_key = bootstrap_default_project(database, settings)
     database.dispose()
@@ -316,7 +317,8 @@ def run_worker(settings: Settings, queues: list[str]) -> int:
         log.error("unknown queue(s) %s; available: %s", ", ".join(unknown) or "(none given)", ", ".join(QUEUES))
         return 2
     assert settings.database_url and settings.broker_url
-    database = Database(settings.database_url, pool_size=1)
+    database = Database(settings.database_url, pool_size=1,
+                        statement_timeout_seconds=settings.database_statement_timeout_seconds)
     try:
         if not migrate.is_at_head(database):
             log.error("the database schema is not at the latest migration: run `ftaas migrate` first")
@@ -339,7 +341,8 @@ def run_relay(settings: Settings) -> int:
     from worker.maintenance import Maintenance
 
     assert settings.database_url
-    database = Database(settings.database_url, pool_size=2)
+    database = Database(settings.database_url, pool_size=2,
+                        statement_timeout_seconds=settings.database_statement_timeout_seconds)
     if not migrate.is_at_head(database):
         log.error("the database schema is not at the latest migration: run `ftaas migrate` first")
         return 2

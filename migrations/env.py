@@ -21,7 +21,7 @@ def run_migrations_online() -> None:
         raise SystemExit("no database URL: pass -x url=... or use `ftaas migrate`")
     database = Database(url, pool_size=1)
     try:
-        with database.engine.connect() as conn:
+        with database.unbounded() as conn:
             _run(conn)
     finally:
         database.dispose()

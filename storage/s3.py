@@ -44,6 +44,10 @@ class S3Options:
     secret_access_key: str | None = None
     addressing_style: str = "path"
     multipart_chunk_bytes: int = 8 * 1024 * 1024
+    #: tries per request inside boto3 (the API keeps it low: the SDKs retry a 503 themselves)
+    attempts: int = 3
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 10.0
 
 
 def _translate(exc: Exception, what: str) -> FTaaSError:
@@ -149,7 +153,8 @@ class S3ArtifactStore(ArtifactStore):
 
         # Few attempts inside boto3: a request of the API answers a prompt 503 when the store is down, and the
         # worker waits out longer outages itself (worker.outages), with its own backoff.
-        self.client = client(attempts=3, connect_timeout=5, read_timeout=60)
+        self.client = client(attempts=options.attempts, connect_timeout=options.connect_timeout_seconds,
+                             read_timeout=options.read_timeout_seconds)
         # Readiness probes answer within a probe's timeout: one attempt, short timeouts.
         self.probe_client = client(attempts=1, connect_timeout=2, read_timeout=5)
 

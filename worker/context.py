@@ -32,7 +32,8 @@ class WorkerContext:
     @cached_property
     def db(self) -> Database:
         assert self.settings.database_url is not None
-        return Database(self.settings.database_url, pool_size=2)
+        return Database(self.settings.database_url, pool_size=2,
+                        statement_timeout_seconds=self.settings.database_statement_timeout_seconds)
 
     @cached_property
     def store(self) -> ArtifactStore:

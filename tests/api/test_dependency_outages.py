@@ -1,6 +1,7 @@
-"""The API while a dependency is down: a prompt, retryable 503 that names the dependency and nothing more,
-never a 200 cut off mid-body; readiness says which dependency failed, without addresses. The store is the
-real S3 server behind a TCP proxy the test cuts (tests/faults.py)."""
+"""The API while a dependency is down or stalled: a prompt, retryable 503 that names the dependency and
+nothing more, never a hang or a 200 cut off mid-body; readiness says which dependency failed, without
+addresses; liveness touches none. Real S3 server, PostgreSQL and Redis behind TCP proxies the tests cut and
+stall (tests/faults.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from fastapi.testclient import TestClient
 from api.app import build_services, create_app
 from contracts.settings import Settings
 from db import migrate, projects
+from db.session import POSTGRES_TIMEOUTS, STALL_GRACE_SECONDS
 from tests.conftest import S3_CREDENTIALS
 from tests.faults import TcpProxy
+
+S3_READ_TIMEOUT = 1.5
+STATEMENT_TIMEOUT = 1.0
 
 
 @pytest.fixture
@@ -25,7 +30,8 @@ def proxied(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> Iterator[tuple[
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 80)
     settings = Settings(data_dir=tmp_path, artifact_uri=f"s3://{s3_bucket}/api", s3_endpoint_url=f"http://{proxy.address}",
                         s3_access_key_id=S3_CREDENTIALS["aws_access_key_id"],
-                        s3_secret_access_key=S3_CREDENTIALS["aws_secret_access_key"])
+                        s3_secret_access_key=S3_CREDENTIALS["aws_secret_access_key"],
+                        s3_read_timeout_seconds=S3_READ_TIMEOUT)
     services = build_services(settings)
     migrate.upgrade(services.db)
     with services.db.write() as session:
@@ -64,3 +70,77 @@ def test_readiness_names_the_failed_dependency_without_its_address(proxied: tupl
     checks = reply.json()["checks"]
     assert checks["database"] == "ok" and checks["artifact_store"].startswith("failed: "), checks
     assert bucket not in reply.text and proxy.address not in reply.text and "127.0.0.1" not in reply.text
+
+
+def test_a_stalled_store_gives_a_503_within_its_read_timeouts(proxied: tuple[TestClient, TcpProxy, str]) -> None:
+    client, proxy, _ = proxied
+    uploaded = client.post("/v1/files", data={"purpose": "batch"}, files={"file": ("d.jsonl", b'{"a": 1}\n')})
+    file_id = uploaded.json()["id"]
+    with proxy.outage("stall"):
+        started = time.monotonic()
+        reply = client.get(f"/v1/files/{file_id}/content")
+        elapsed = time.monotonic() - started
+        live_started = time.monotonic()
+        assert client.get("/health/live").status_code == 200
+        assert time.monotonic() - live_started < 0.5
+    assert reply.status_code == 503 and reply.headers["retry-after"], reply.text
+    assert reply.json()["error"]["code"] == "storage_unavailable"
+    assert elapsed < 2 * S3_READ_TIMEOUT + 3, elapsed  # two tries, boto3's backoff between them
+    assert client.get(f"/v1/files/{file_id}/content").status_code == 200
+
+
+@pytest.fixture
+def proxied_database_and_broker(tmp_path: Path, make_postgres_database, redis_url: str,  # type: ignore[no-untyped-def]
+                                ) -> Iterator[tuple[TestClient, TcpProxy, TcpProxy]]:
+    database_url, broker = make_postgres_database(), urlparse(redis_url)
+    database = urlparse(database_url)
+    database_proxy = TcpProxy(database.hostname or "127.0.0.1", database.port or 5432)
+    broker_proxy = TcpProxy(broker.hostname or "127.0.0.1", broker.port or 6379)
+    settings = Settings(
+        data_dir=tmp_path, database_statement_timeout_seconds=STATEMENT_TIMEOUT,
+        database_url=database_url.replace(database.netloc, f"{database.username}@{database_proxy.address}"
+                                          if database.username else database_proxy.address),
+        broker_url=redis_url.replace(broker.netloc, broker_proxy.address))
+    services = build_services(settings)
+    migrate.upgrade(services.db)
+    with services.db.write() as session:
+        _, key = projects.create_api_key(session, projects.ensure_project(session, "alpha"))
+    with TestClient(create_app(settings, services=services), raise_server_exceptions=False,
+                    headers={"Authorization": f"Bearer {key}"}) as client:
+        yield client, database_proxy, broker_proxy
+    database_proxy.close()
+    broker_proxy.close()
+    services.db.dispose()
+
+
+def timed(client: TestClient, path: str) -> tuple[int, str, float]:
+    started = time.monotonic()
+    reply = client.get(path)
+    return reply.status_code, reply.text, time.monotonic() - started
+
+
+def test_a_stalled_database_gives_a_prompt_503_and_readiness_says_so(
+        proxied_database_and_broker: tuple[TestClient, TcpProxy, TcpProxy]) -> None:
+    client, database, _ = proxied_database_and_broker
+    assert client.get("/v1/files").status_code == 200  # a pooled connection exists
+    with database.outage("stall"):
+        answers = [timed(client, "/v1/files"), timed(client, "/v1/fine_tuning/jobs")]
+        live = timed(client, "/health/live")
+        ready = timed(client, "/health/ready")
+    for status, body, elapsed in answers:
+        assert status == 503 and '"database_unavailable"' in body, body
+        # the pooled connection's stall deadline, then new connections' connect timeout
+        assert elapsed < STATEMENT_TIMEOUT + STALL_GRACE_SECONDS + POSTGRES_TIMEOUTS["connect_seconds"] + 1, answers
+    assert live[0] == 200 and live[2] < 0.5, live
+    assert ready[0] == 503 and '"failed: database_unavailable"' in ready[1], ready
+    assert database.address not in ready[1] + answers[0][1]
+    assert client.get("/v1/files").status_code == 200
+
+
+def test_a_stalled_broker_costs_an_api_request_at_most_the_rate_limiters_timeout(
+        proxied_database_and_broker: tuple[TestClient, TcpProxy, TcpProxy]) -> None:
+    """The API needs Redis only to count rate limits, and counts open (lets requests through) without it."""
+    client, _, broker = proxied_database_and_broker
+    with broker.outage("stall"):
+        answers = [timed(client, "/v1/files") for _ in range(3)]
+    assert all(status == 200 and elapsed < 2.5 for status, _, elapsed in answers), answers
