@@ -65,13 +65,13 @@ def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) 
 
 def request_limiter(settings: Settings) -> RequestLimiter | None:
     """Counts in Redis when the broker is Redis (several API replicas share the counts), else in memory."""
-    if not (settings.rate_limit_requests_per_key or settings.rate_limit_requests_per_project):
-        return None
     broker = settings.broker_url or ""
-    storage = broker if broker.startswith(("redis://", "rediss://")) else "memory://"
-    return RequestLimiter(RateLimitSettings(per_key=settings.rate_limit_requests_per_key,
-                                            per_project=settings.rate_limit_requests_per_project,
-                                            window_seconds=settings.rate_limit_window_seconds, storage_uri=storage))
+    limits = RateLimitSettings(
+        per_key=settings.rate_limit_requests_per_key, per_project=settings.rate_limit_requests_per_project,
+        tokens_per_key=settings.rate_limit_tokens_per_key, tokens_per_project=settings.rate_limit_tokens_per_project,
+        window_seconds=settings.rate_limit_window_seconds,
+        storage_uri=broker if broker.startswith(("redis://", "rediss://")) else "memory://")
+    return RequestLimiter(limits) if limits.any else None
 
 
 def create_app(settings: Settings, *, services: ApiServices | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from api.fine_tuning.service import JobService
     from api.knowledge_evals.service import KnowledgeEvalService
     from api.models.service import ModelService
-    from api.rate_limits import RequestLimiter
+    from api.rate_limits import RateLimitHeaders, RequestLimiter
     from basemodels.registry import BaseModelRegistry
     from storage import ArtifactStore
 
@@ -88,6 +88,8 @@ class Caller:
     services: ApiServices
     key: str
     known: Principal | None = None
+    #: this response's x-ratelimit-* headers (the request's scope state, sent by RequestContextMiddleware)
+    rate_limit_headers: RateLimitHeaders = field(default_factory=dict)
 
     def authenticate(self) -> Principal:
         """Blocking: look the key up (call from the worker thread, or use `run`)."""
@@ -98,8 +100,13 @@ class Caller:
         if principal is None:
             raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
         if self.services.rate_limits is not None:
-            self.services.rate_limits.check(principal)
+            self.services.rate_limits.check(principal, self.rate_limit_headers)
         return principal
+
+    def charge_tokens(self, principal: Principal, tokens: int) -> None:
+        """Count an inference request's tokens against its key's and project's limits (RateLimited)."""
+        if self.services.rate_limits is not None:
+            self.services.rate_limits.charge_tokens(principal, tokens, self.rate_limit_headers)
 
     async def run(self, work: Callable[[Principal], T]) -> T:
         """Authenticate, then `work(principal)`, in one thread-pool hop and one read transaction (which
@@ -131,7 +138,8 @@ async def get_caller(request: Request, services: Services,
     scheme, _sep, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("Malformed Authorization header; expected 'Bearer <key>'.", code="invalid_api_key")
-    return Caller(services, token.strip())
+    return Caller(services, token.strip(),
+                  rate_limit_headers=request.scope.setdefault("state", {}).setdefault("rate_limit_headers", {}))
 
 
 CurrentCaller = Annotated[Caller, Depends(get_caller)]

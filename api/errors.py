@@ -46,15 +46,19 @@ def envelope(message: str, *, type: str, code: str | None, param: str | None) ->
 
 def error_response(exc: e.FTaaSError) -> JSONResponse:
     status, kind = next((s, k) for cls, s, k in _STATUS if isinstance(exc, cls))
+    if isinstance(exc, e.RateLimited):
+        kind = exc.unit  # OpenAI's error type names what ran out: "requests" or "tokens"
     if status >= 500:
         log.warning("%s (%s): %s", exc.code, status, exc.message)
     headers: dict[str, str] = {}
     if isinstance(exc, e.RateLimited):
         headers["retry-after"] = str(max(1, math.ceil(exc.reset_seconds)))
         headers["retry-after-ms"] = str(max(1, math.ceil(exc.reset_seconds * 1000)))
-        headers["x-ratelimit-limit-requests"] = str(exc.limit)
-        headers["x-ratelimit-remaining-requests"] = "0"
-        headers["x-ratelimit-reset-requests"] = reset_header(exc.reset_seconds)
+        headers[f"x-ratelimit-limit-{exc.unit}"] = str(exc.limit)
+        headers[f"x-ratelimit-remaining-{exc.unit}"] = "0"
+        headers[f"x-ratelimit-reset-{exc.unit}"] = reset_header(exc.reset_seconds)
+        if not exc.retryable:
+            headers["x-should-retry"] = "false"
     elif isinstance(exc, e.QuotaExceeded):
         headers["retry-after"] = str(exc.retry_after)
         headers["x-should-retry"] = "false"

@@ -27,7 +27,8 @@ MULTIPART_OVERHEAD = 64 * 1024
 
 
 class RequestContextMiddleware:
-    """Adds `x-request-id` to every response and logs one access line per request (never headers)."""
+    """Adds `x-request-id` to every response, and the `x-ratelimit-*` headers the request's rate limiting
+    left in its scope state (api.rate_limits); logs one access line per request (never headers)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -39,7 +40,8 @@ class RequestContextMiddleware:
         # Identifies a request in logs and support tickets; it grants nothing, so the OS CSPRNG (a syscall
         # per request, measurable under load) is not needed.
         request_id = f"req_{random.getrandbits(128):032x}"
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -49,7 +51,11 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                MutableHeaders(scope=message).append("x-request-id", request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append("x-request-id", request_id)
+                for name, value in state.get("rate_limit_headers", {}).items():
+                    if name not in headers:  # a 429 carries its own
+                        headers.append(name, value)
             await send(message)
 
         try:

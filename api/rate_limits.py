@@ -1,10 +1,20 @@
-"""Request rate limits per API key and per project, as OpenAI applies them: a request over a limit is a 429
-(`rate_limit_exceeded`) with `Retry-After` and the `x-ratelimit-*-requests` headers, which the official SDK
-reads to wait and retry.
+"""Rate limits per API key and per project, as OpenAI applies them: requests per window on every
+authenticated route, and tokens per window on the inference routes. A request over a limit is a 429
+(`rate_limit_exceeded`) with `Retry-After` and the `x-ratelimit-*-requests` or `-tokens` headers, which the
+official SDK reads to wait and retry; a request whose tokens alone exceed the limit is refused with
+`x-should-retry: false` (it could never pass). Every answer to an authenticated request carries the
+`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers of the caller's key (OpenAI sends them on
+every response), collected in `RateLimitHeaders` and added by `RequestContextMiddleware`.
+
+Tokens are counted at admission as OpenAI counts them: the larger of the request's completion allowance
+(`max_tokens` x choices, where given) and its prompt estimated from its characters (4 per token), so the
+limit is known before the model runs.
 
 The counting is the `limits` library's sliding-window counter (two counters per window, so memory does not
 grow with the rate), in process memory for the embedded deployment and in Redis (the broker) when the API
-runs as several replicas, so every replica sees the same counts. A limit of 0 is off.
+runs as several replicas, so every replica sees the same counts. Its check-and-count is one atomic call. A
+limit of 0 is off. When the counts' store fails, requests pass uncounted (a rate limit is not worth an
+outage).
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from limits import RateLimitItemPerSecond
+from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
@@ -23,6 +33,9 @@ from db.projects import Principal
 
 log = logging.getLogger(__name__)
 
+#: a response's rate-limit headers, filled while the request runs (scope state) and sent with its answer
+RateLimitHeaders = dict[str, str]
+
 
 @dataclass(frozen=True)
 class RateLimitSettings:
@@ -30,6 +43,12 @@ class RateLimitSettings:
     per_project: int  # requests per window and project (0: no limit)
     window_seconds: int
     storage_uri: str  # "memory://" or a redis:// URL
+    tokens_per_key: int = 0  # inference tokens per window and API key (0: no limit)
+    tokens_per_project: int = 0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.per_key or self.per_project or self.tokens_per_key or self.tokens_per_project)
 
 
 class RequestLimiter:
@@ -40,31 +59,52 @@ class RequestLimiter:
             options = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
         self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(settings.storage_uri, **options))
         window = settings.window_seconds
-        self.scopes = [(scope, RateLimitItemPerSecond(amount, window, namespace=f"ftaas-{scope}"))
-                       for scope, amount in (("key", settings.per_key), ("project", settings.per_project)) if amount]
 
-    def check(self, principal: Principal) -> None:
-        """Count one request of `principal` (its key and its project); RateLimited when either is spent.
-        A refused request is not counted."""
+        def scopes(unit: str, per_key: int, per_project: int) -> list[tuple[str, RateLimitItem]]:
+            return [(scope, RateLimitItemPerSecond(amount, window, namespace=f"ftaas-{unit}-{scope}"))
+                    for scope, amount in (("key", per_key), ("project", per_project)) if amount]
+
+        self.request_scopes = scopes("requests", settings.per_key, settings.per_project)
+        self.token_scopes = scopes("tokens", settings.tokens_per_key, settings.tokens_per_project)
+
+    def check(self, principal: Principal, headers: RateLimitHeaders | None = None) -> None:
+        """Count one request of `principal` (its key and its project); RateLimited when either is spent."""
+        self._count("requests", self.request_scopes, principal, 1, headers)
+
+    def charge_tokens(self, principal: Principal, tokens: int, headers: RateLimitHeaders | None = None) -> None:
+        """Count an inference request's `tokens` (see the module docstring); RateLimited when they do not fit."""
+        self._count("tokens", self.token_scopes, principal, tokens, headers)
+
+    def _count(self, unit: str, scopes: list[tuple[str, RateLimitItem]], principal: Principal, cost: int,
+               headers: RateLimitHeaders | None) -> None:
+        identities = {"key": principal.api_key_id, "project": principal.project_id}
         try:
-            self._check(principal)
+            for scope, item in scopes:
+                if cost > item.amount:
+                    raise RateLimited(
+                        f"Request too large for {unit} per {_scope_name(scope)}: {cost} {unit} asked, the limit is "
+                        f"{item.amount} per {self.settings.window_seconds} s.",
+                        limit=item.amount, reset_seconds=self.settings.window_seconds, unit=unit, retryable=False)
+                counted = self.limiter.hit(item, identities[scope], cost=cost)  # atomic check-and-count
+                stats = self.limiter.get_window_stats(item, identities[scope])
+                wait = max(0.001, stats.reset_time - time.time())
+                if not counted:
+                    raise RateLimited(
+                        f"Rate limit reached for {unit} per {_scope_name(scope)}: {item.amount} per "
+                        f"{self.settings.window_seconds} s. Retry in {wait:.1f} s.",
+                        limit=item.amount, reset_seconds=wait, unit=unit)
+                if headers is not None and scope == "key":
+                    headers.update({f"x-ratelimit-limit-{unit}": str(item.amount),
+                                    f"x-ratelimit-remaining-{unit}": str(max(0, stats.remaining)),
+                                    f"x-ratelimit-reset-{unit}": reset_header(wait)})
         except RateLimited:
             raise
         except Exception as exc:  # noqa: BLE001 - the counts' store failed: let the request through (docstring)
             log.warning("rate limits not applied: their store failed: %s", exc)
 
-    def _check(self, principal: Principal) -> None:
-        identities = {"key": principal.api_key_id, "project": principal.project_id}
-        for scope, item in self.scopes:
-            if not self.limiter.test(item, identities[scope]):
-                stats = self.limiter.get_window_stats(item, identities[scope])
-                wait = max(0.001, stats.reset_time - time.time())
-                raise RateLimited(
-                    f"Rate limit reached for requests per {scope.replace('key', 'API key')}: "
-                    f"{item.amount} per {self.settings.window_seconds} s. Retry in {wait:.1f} s.",
-                    limit=item.amount, reset_seconds=wait)
-        for scope, item in self.scopes:
-            self.limiter.hit(item, identities[scope])
+
+def _scope_name(scope: str) -> str:
+    return "API key" if scope == "key" else scope
 
 
 def reset_header(seconds: float) -> str:

@@ -114,11 +114,14 @@ class RateLimited(UserError):
 
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, limit: int, reset_seconds: float, code: str | None = None,
-                 param: str | None = None) -> None:
+    def __init__(self, message: str, *, limit: int, reset_seconds: float, unit: str = "requests",
+                 retryable: bool = True, code: str | None = None, param: str | None = None) -> None:
+        """`unit`: "requests" or "tokens"; `retryable` False for a request that could never fit the limit."""
         super().__init__(message, code=code, param=param)
         self.limit = limit
         self.reset_seconds = reset_seconds
+        self.unit = unit
+        self.retryable = retryable
 
 
 # ------------------------------------------------------------------------------- infrastructure errors

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         default=3000, ge=0, description="API requests per window and API key (429 beyond; 0: no limit).")
     rate_limit_requests_per_project: int = Field(
         default=0, ge=0, description="API requests per window and project, all its keys together (0: no limit).")
+    rate_limit_tokens_per_key: int = Field(
+        default=2_000_000, ge=0,
+        description="Inference tokens per window and API key (prompt estimate or max_tokens, the larger; 0: no limit).")
+    rate_limit_tokens_per_project: int = Field(
+        default=0, ge=0, description="Inference tokens per window and project, all its keys together (0: no limit).")
     rate_limit_window_seconds: int = Field(default=60, ge=1, description="The window of the request rate limits.")
 
     database_statement_timeout_seconds: float = Field(

@@ -1,15 +1,22 @@
 """A TCP proxy the tests control, put in front of a real dependency (PostgreSQL, Redis, the S3 server) to
 inject the faults of a network: `cut()` resets every connection and refuses new ones (the service is down),
 `stall()` keeps connections open but forwards nothing (a hung service or a black-holed route), `restore()`
-forwards again. Plain sockets and threads: what the code under test sees is a real network failure."""
+forwards again. Plain sockets and threads: what the code under test sees is a real network failure.
+
+`RedisServer` is a private redis-server the tests may restart: a restart loses everything it held (no
+persistence), as a broker that crashed without its data does."""
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import struct
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class TcpProxy:
@@ -119,3 +126,51 @@ def _reset(connection: socket.socket) -> None:
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     with contextlib.suppress(OSError):
         connection.close()
+
+
+class RedisServer:
+    """redis-server on a free port of 127.0.0.1, configured as ftaas requires (noeviction), with no persistence."""
+
+    def __init__(self, work_dir: Path) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise RuntimeError("redis-server is not installed")
+        self._command = [executable, "--port", "0", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                         "--maxmemory-policy", "noeviction", "--dir", str(work_dir)]
+        with socket.socket() as probe:  # a free port, kept across restarts
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._command[2] = str(self.port)
+        self._process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        """Gone at once, with everything it held (SIGKILL: no shutdown, no save)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    @contextlib.contextmanager
+    def restarted(self) -> Iterator[None]:
+        """Down inside the block, up again (empty) after it."""
+        self.kill()
+        try:
+            yield
+        finally:
+            self.start()

@@ -22,6 +22,7 @@ from api.dependencies import AuthenticatedCaller, Inference
 from contracts.errors import FTaaSError
 from contracts.inference.backend import ChoiceResult, Delta, GenerationStream, InferenceBackend
 from contracts.inference.schemas import ChatCompletionRequest, CompletionRequest
+from db.projects import Principal
 
 router = APIRouter(tags=["inference"])
 
@@ -46,7 +47,12 @@ async def metrics(service: Inference) -> Response:
 
 async def _complete(body: ChatCompletionRequest | CompletionRequest, request: Request, service: InferenceBackend,
                     caller: AuthenticatedCaller, *, chat: bool) -> Any:
-    resolved, parts = await caller.run(lambda principal: service.resolve_request(principal, body))
+    def admit(principal: Principal) -> Any:
+        resolution = service.resolve_request(principal, body)
+        caller.charge_tokens(principal, body.rate_limit_tokens())  # a model that is not found costs nothing
+        return resolution
+
+    resolved, parts = await caller.run(admit)
     loop = asyncio.get_running_loop()
     # Off the API's small thread pool: the first request for a model or adapter loads it (seconds).
     generation = await run_in_threadpool(service.start, resolved, parts, body, loop)

@@ -7,6 +7,7 @@ they would change the output: non-zero penalties, `logit_bias`, tools, non-text 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -113,6 +114,12 @@ class ChatCompletionRequest(_Sampling):
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def rate_limit_tokens(self) -> int:
+        """Tokens this request counts against a tokens-per-window limit, as OpenAI counts them at admission:
+        the larger of its completion allowance and its prompt estimated from characters (4 per token)."""
+        characters = sum(len(message.role) + len(message.text()) for message in self.messages)
+        return max(self.n * (self.max_new_tokens or 0), math.ceil(characters / 4))
+
     @property
     def logprob_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
@@ -152,6 +159,12 @@ class CompletionRequest(_Sampling):
     @property
     def logprob_count(self) -> int | None:
         return self.logprobs
+
+    def rate_limit_tokens(self) -> int:
+        """As `ChatCompletionRequest.rate_limit_tokens`; token-id prompts count their ids."""
+        prompts = self.prompts()
+        prompt = sum(len(p) if isinstance(p, list) else math.ceil(len(p) / 4) for p in prompts)
+        return max(len(prompts) * self.n * (self.max_new_tokens or 0), prompt)
 
     def prompts(self) -> list[str | list[int]]:
         """The request's prompts: text, or token ids."""

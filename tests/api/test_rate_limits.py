@@ -80,6 +80,22 @@ def test_a_key_over_its_limit_gets_an_openai_shaped_429_and_other_keys_do_not(se
     served.client("b", max_retries=0).models.list()
 
 
+def test_every_answer_carries_the_keys_remaining_requests(serve: Callable[..., Served], tmp_path: Path) -> None:
+    """As OpenAI does: the SDK's raw response shows the limit, what is left and when it resets."""
+    served = serve(tmp_path, rate_limit_requests_per_key=10, rate_limit_window_seconds=30)
+    client = served.client("a1", max_retries=0)
+    remaining = []
+    for _ in range(3):
+        raw = client.models.with_raw_response.list()
+        assert raw.headers["x-ratelimit-limit-requests"] == "10"
+        assert re.fullmatch(r"\d+(\.\d+)?s|\d+ms", raw.headers["x-ratelimit-reset-requests"])
+        remaining.append(int(raw.headers["x-ratelimit-remaining-requests"]))
+    assert remaining == [9, 8, 7]
+    with pytest.raises(openai.NotFoundError) as missing:  # errors after authentication carry them too
+        client.files.retrieve("file-missing")
+    assert missing.value.response.headers["x-ratelimit-remaining-requests"] == "6"
+
+
 def test_the_sdk_waits_out_the_limit_and_retries(serve: Callable[..., Served], tmp_path: Path) -> None:
     served = serve(tmp_path, rate_limit_requests_per_key=2, rate_limit_window_seconds=2)
     client = served.client("a1", max_retries=3)

@@ -1,11 +1,13 @@
-"""Fault injection on a cluster deployment: PostgreSQL, Redis and the S3 server each sit behind a TCP proxy
-the test cuts (tests/faults.py), with real API, relay and worker processes. For each dependency, a 20 s
-outage while a job trains ends with the job `succeeded` on its first attempt, and the API answers every
-request of the outage promptly (a 503 where the request needs the missing dependency, never a hang or
-another 5xx). The figures go to docs/reliability.md."""
+"""Fault injection on a cluster deployment: PostgreSQL, Redis (a private redis-server) and the S3 server each
+sit behind a TCP proxy the test cuts (tests/faults.py), with real API, relay and worker processes. For each
+dependency, a 20 s outage while a job trains and one while it publishes end with the job `succeeded` on its
+first attempt, and the API answers every request of the outage promptly (a 503 where the request needs the
+missing dependency, never a hang or another 5xx). The broker's outage during training is a real restart: the
+redis-server is killed and started again empty. The figures go to docs/reliability.md."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,22 +22,24 @@ import pytest
 from tests.conftest import S3_CREDENTIALS
 from tests.e2e.servers import LiveServer, start_cluster, upload_processed, wait_for
 from tests.factories import training_jsonl
-from tests.faults import TcpProxy
+from tests.faults import RedisServer, TcpProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 OUTAGE_SECONDS = 20
 #: distinct training data per case (a fixed offset: str hashes change from process to process)
-OFFSETS = {"s3": 100, "postgresql": 300, "redis": 500}
+OFFSETS = {("s3", "publish"): 100, ("postgresql", "training"): 300, ("postgresql", "publish"): 400,
+           ("redis", "training"): 500, ("redis", "publish"): 600}
 PROMPT_SECONDS = 10  # the longest any API request may take during an outage
 
 
 @pytest.fixture(scope="module")
-def faulty(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path, cluster_database: str, redis_url: str,
-           s3_endpoint: str) -> Iterator[tuple[LiveServer, dict[str, TcpProxy]]]:
-    database, redis, s3 = urlparse(cluster_database), urlparse(redis_url), urlparse(s3_endpoint)
+def faulty(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path, cluster_database: str,
+           s3_endpoint: str) -> Iterator[tuple[LiveServer, dict[str, TcpProxy], RedisServer]]:
+    broker = RedisServer(tmp_path_factory.mktemp("redis"))
+    database, s3 = urlparse(cluster_database), urlparse(s3_endpoint)
     proxies = {"postgresql": TcpProxy(database.hostname or "127.0.0.1", database.port or 5432),
-               "redis": TcpProxy(redis.hostname or "127.0.0.1", redis.port or 6379),
+               "redis": TcpProxy("127.0.0.1", broker.port),
                "s3": TcpProxy(s3.hostname or "127.0.0.1", s3.port or 80)}
     bucket = f"ftaas-faults-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_CREDENTIALS).create_bucket(Bucket=bucket)
@@ -43,14 +47,15 @@ def faulty(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path, clus
         tmp_path_factory.mktemp("faults"), model_cache_dir,
         database_url=cluster_database.replace(database.netloc, f"{database.username}@{proxies['postgresql'].address}"
                                               if database.username else proxies["postgresql"].address),
-        redis_url=redis_url.replace(redis.netloc, proxies["redis"].address),
+        redis_url=f"redis://{proxies['redis'].address}/0",
         s3_endpoint=f"http://{proxies['s3'].address}", bucket=bucket, s3_credentials=S3_CREDENTIALS,
         # The lease outlives a 20 s database outage (the keeper renews every TTL/3: outages under 2/3 of it).
         FTAAS_LEASE_TTL_SECONDS="45")
-    yield server, proxies
+    yield server, proxies, broker
     server.stop()
     for proxy in proxies.values():
         proxy.close()
+    broker.kill()
 
 
 def probe(server: LiveServer, path: str) -> tuple[int, float]:
@@ -63,29 +68,52 @@ def probe(server: LiveServer, path: str) -> tuple[int, float]:
     return status, time.monotonic() - started
 
 
-def steps(client: Any, job_id: str) -> int:
-    return sum(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job_id, limit=100))
+def progress(client: Any, job_id: str) -> tuple[int, int]:
+    """(steps reported, total steps) from the newest metrics event ("Step 7/90: ...")."""
+    for event in client.fine_tuning.jobs.list_events(job_id, limit=20):
+        if event.type == "metrics":
+            done, total = event.message.split(":", 1)[0].removeprefix("Step ").split("/")
+            return int(done), int(total)
+    return 0, 1
+
+
+@contextlib.contextmanager
+def outage(proxies: dict[str, TcpProxy], broker: RedisServer, dependency: str, phase: str) -> Iterator[None]:
+    """The broker's outage while a job trains is a restart of the real redis-server (it comes back empty);
+    the others cut the dependency's proxy."""
+    with broker.restarted() if (dependency, phase) == ("redis", "training") else proxies[dependency].outage("cut"):
+        yield
 
 
 # The store cut during training alone is tested at the worker (tests/worker/test_outages.py); here it is cut
 # through the publish, which is where a finished job has the most to lose.
-@pytest.mark.parametrize("dependency, phase", [("s3", "publish"), ("postgresql", "training"), ("redis", "training")])
-def test_a_20s_outage_costs_time_not_the_job(faulty: tuple[LiveServer, dict[str, TcpProxy]], dependency: str,
-                                             phase: str) -> None:
-    """`publish`: the job saves one checkpoint only, at its end, so training runs through the outage and the
-    final checkpoint and the adapter's upload meet it."""
-    server, proxies = faulty
+@pytest.mark.parametrize("dependency, phase", [("s3", "publish"), ("postgresql", "training"), ("postgresql", "publish"),
+                                               ("redis", "training"), ("redis", "publish")])
+def test_a_20s_outage_costs_time_not_the_job(faulty: tuple[LiveServer, dict[str, TcpProxy], RedisServer],
+                                             dependency: str, phase: str) -> None:
+    """`publish`: the job saves one checkpoint only, at its end. For the store, training runs through the
+    outage, and the final checkpoint and the adapter's upload meet it. For the others, the store is cut first
+    so that the finished job waits in its publish; the outage begins there and the store comes back with it."""
+    server, proxies, broker = faulty
     client = server.client()
     file = upload_processed(client, f"{dependency}-{phase}.jsonl",
-                            training_jsonl(60, offset=OFFSETS[dependency]))
+                            training_jsonl(60, offset=OFFSETS[dependency, phase]))
     options = {"n_checkpoints": 1} if phase == "publish" else {}
     job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, method={
         "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 2}, **options}})
-    wait_for(lambda: steps(client, job.id) >= 3, what="training to start")
+    wait_for(lambda: progress(client, job.id)[0] >= 3, what="training to start")
+    held = phase == "publish" and dependency != "s3"
+    if held:
+        proxies["s3"].cut()
+        wait_for(lambda: (lambda done, total: done == total)(*progress(client, job.id)), timeout=180,
+                 what="the training's last step (the job then waits in its publish)")
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
     path = {"s3": f"/v1/files/{file.id}/content", "postgresql": f"/v1/fine_tuning/jobs/{job.id}",
             "redis": f"/v1/fine_tuning/jobs/{job.id}"}[dependency]
     answers: list[tuple[int, float]] = []
-    with proxies[dependency].outage("cut"):
+    with outage(proxies, broker, dependency, phase):
+        if held:
+            proxies["s3"].restore()
         ends = time.monotonic() + OUTAGE_SECONDS
         while time.monotonic() < ends:
             answers.append(probe(server, path))

@@ -226,3 +226,31 @@ def test_a_non_streaming_client_that_disconnects_cancels_its_sequence(start_serv
         assert time.monotonic() < deadline, "the abandoned request still decodes"
         time.sleep(0.05)
     assert threading.active_count() < 100
+
+
+def test_tokens_per_window_are_counted_at_admission_as_openai_counts_them(start_serving) -> None:  # type: ignore[no-untyped-def]
+    """A request counts the larger of max_tokens x n and its prompt estimated at 4 characters per token;
+    over the key's tokens the SDK gets a 429 with the `-tokens` headers, and a request that could never fit
+    is told not to retry."""
+    served: LiveServing = start_serving(rate_limit_tokens_per_key=100, rate_limit_window_seconds=30)
+    client = served.client().with_options(max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=DEMO_BASE_MODEL, messages=USER, max_tokens=30, n=2, temperature=0)  # 60 > ceil(36 / 4)
+    assert raw.headers["x-ratelimit-limit-tokens"] == "100"
+    assert raw.headers["x-ratelimit-remaining-tokens"] == "40"
+    assert int(raw.headers["x-ratelimit-remaining-requests"]) > 0
+    prompt = "x" * 100  # ceil(100 / 4) = 25 tokens, more than max_tokens
+    raw = client.completions.with_raw_response.create(model=DEMO_BASE_MODEL, prompt=prompt, max_tokens=1)
+    assert raw.headers["x-ratelimit-remaining-tokens"] == "15"
+    with pytest.raises(openai.RateLimitError) as limited:
+        _chat(client, DEMO_BASE_MODEL, "hi", max_tokens=20)
+    headers = limited.value.response.headers
+    assert limited.value.body["type"] == "tokens" and limited.value.code == "rate_limit_exceeded"
+    assert headers["x-ratelimit-remaining-tokens"] == "0" and int(headers["retry-after"]) >= 1
+    assert "x-should-retry" not in headers
+    with pytest.raises(openai.RateLimitError) as too_large:
+        _chat(client, DEMO_BASE_MODEL, "hi", max_tokens=101)
+    assert too_large.value.response.headers["x-should-retry"] == "false"
+    assert "Request too large" in too_large.value.message
+    served.client(served.other_key).chat.completions.create(  # another key has its own tokens
+        model=DEMO_BASE_MODEL, messages=USER, max_tokens=20)
