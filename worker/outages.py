@@ -20,12 +20,15 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from contracts.errors import DependencyOutage, InfrastructureError, LeaseLost
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: `patiently(call, what)`: `call()` under `ride_out` with the work's policy and lease (a closure the work makes)
+Patiently = Callable[[Callable[[], Any], str], Any]
 
 
 @dataclass(frozen=True)

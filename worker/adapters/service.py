@@ -19,8 +19,9 @@ import shutil
 import tarfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from safetensors.torch import save_file
 
@@ -45,8 +46,10 @@ from worker.adapters.export import export_merged
 from worker.adapters.lora_files import merge_adapters, module_shapes, read_lora, write_lora
 from worker.context import WorkerContext
 from worker.jobs.lease import StandaloneWork
+from worker.outages import Patiently, ride_out
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 QUEUE = adapter_operations.QUEUE
 
@@ -70,12 +73,15 @@ def base_model_dir(ctx: WorkerContext, base_model: str) -> Path:
 
 
 
-def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path) -> tuple[Path | None, Path | None, dict]:
+def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path, patiently: Patiently,
+             ) -> tuple[Path | None, Path | None, dict]:
     """Do the operation: (adapter directory to publish, file to store, measurements)."""
     params = row.params
     parents = []
     for index, parent in enumerate(params.get("parents", [])):
-        parents.append(fetch_adapter(ctx, parent["prefix"], parent["manifest_sha256"], work / f"parent-{index}"))
+        target = work / f"parent-{index}"
+        parents.append(patiently(lambda: fetch_adapter(ctx, parent["prefix"], parent["manifest_sha256"], target),
+                                 f"download adapter {index}"))
     out = work / "adapter"
     if row.type in ("merge", "lines"):
         adapters = [read_lora(directory) for directory in parents]
@@ -96,7 +102,8 @@ def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path) -> tuple[Pat
                            "stored_bytes": (out / COMPRESSED_WEIGHTS).stat().st_size}
     if row.type == "import":
         archive = work / "upload"
-        ctx.store.download_file(params["storage_key"], archive, sha256=params["sha256"], size=params["bytes"])
+        patiently(lambda: ctx.store.download_file(params["storage_key"], archive, sha256=params["sha256"],
+                                                  size=params["bytes"]), "download the uploaded archive")
         extracted = extract_adapter(archive, work / "extracted")
         adapter = read_lora(extracted, param="file")
         check_fits_base(module_shapes(adapter), ctx.loader.config(row.base_model), max_rank=ctx.settings.serving_max_lora_rank)
@@ -136,11 +143,16 @@ def run_operation(ctx: WorkerContext, operation_id: str) -> str:
     work.mkdir(parents=True)
     stored: list[str] = []
     renewal = standalone.renewal()
+
+    def patiently(call: Callable[[], T], what: str) -> T:
+        """A store or database step waits out an outage (worker.outages) instead of spending an attempt."""
+        return ride_out(call, what=what, policy=ctx.outages, alive=lambda: not renewal.lost.is_set())
+
     try:
         with renewal:
-            directory, file_path, result = _perform(ctx, row, work)
+            directory, file_path, result = _perform(ctx, row, work, patiently)
             renewal.check()
-            _publish(ctx, standalone.lease, row, directory, file_path, result, stored)
+            _publish(ctx, standalone.lease, row, directory, file_path, result, stored, patiently)
         return "succeeded"
     except Exception as exc:  # noqa: BLE001 - every outcome, bugs included, is settled by the taxonomy
         _remove(ctx, stored)
@@ -150,7 +162,7 @@ def run_operation(ctx: WorkerContext, operation_id: str) -> str:
 
 
 def _publish(ctx: WorkerContext, lease: Lease, row: AdapterOperation, directory: Path | None,
-             file_path: Path | None, result: dict[str, Any], stored: list[str]) -> None:
+             file_path: Path | None, result: dict[str, Any], stored: list[str], patiently: Patiently) -> None:
     provenance = {"kind": "adapter", "model": row.result_model, "base_model": row.base_model,
                   "operation": {"id": row.id, "type": row.type, "parameters": row.params, "result": result}}
     values: dict[str, Any] = {"result": result}
@@ -160,23 +172,27 @@ def _publish(ctx: WorkerContext, lease: Lease, row: AdapterOperation, directory:
         uid = ids.new_id(ids.MODEL_UID)
         prefix = layout.model_prefix(uid)
         stored.append(prefix)
-        manifest_sha256 = publish_directory(ctx.store, prefix, directory, provenance).manifest_sha256
+        manifest_sha256 = patiently(lambda: publish_directory(ctx.store, prefix, directory, provenance),
+                                    "publish the adapter").manifest_sha256
     if file_path is not None:
         file_id = ids.new_id(ids.FILE)
         key = layout.file_key(file_id)
         stored.append(key)
-        object_ = ctx.store.put_file(key, file_path)
+        object_ = patiently(lambda: ctx.store.put_file(key, file_path), "store the exported file")
         file_row = File(id=file_id, project_id=row.project_id, filename=f"{row.params['name']}.tar",
                         purpose="adapter-export", bytes=object_.size, sha256=object_.sha256, storage_key=key,
                         status=FileStatus.PROCESSED, created_at=int(time.time()), error_count=0)
         values["result_file_id"] = file_id
-    with ctx.db.write() as session:
-        if prefix is not None:
-            models.add(session, name=row.result_model, uid=uid, project_id=row.project_id, job_id=None,  # type: ignore[arg-type]
-                       base_model=row.base_model, storage_prefix=prefix, manifest_sha256=manifest_sha256)  # type: ignore[arg-type]
-        if file_row is not None:
-            files.insert(session, file_row)
-        QUEUE.complete(session, lease, values)
+    def complete() -> None:
+        with ctx.db.write() as session:
+            if prefix is not None:
+                models.add(session, name=row.result_model, uid=uid, project_id=row.project_id, job_id=None,  # type: ignore[arg-type]
+                           base_model=row.base_model, storage_prefix=prefix, manifest_sha256=manifest_sha256)  # type: ignore[arg-type]
+            if file_row is not None:
+                files.insert(session, file_row)
+            QUEUE.complete(session, lease, values)
+
+    patiently(complete, "complete the operation")
 
 
 def _remove(ctx: WorkerContext, stored: list[str]) -> None:

@@ -16,9 +16,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from contracts.errors import FTaaSError, LeaseLost
+from contracts.errors import DatabaseUnavailable, DependencyOutage, FTaaSError, LeaseLost, StorageUnavailable
 from contracts.evals.sources import load_items, project_resolver
 from contracts.evals.spec import validate_report, validate_spec
 from db import events, files, ids, jobs, knowledge_evals, models
@@ -32,8 +32,10 @@ from worker.evals import charts
 from worker.evals.report import summary_rows
 from worker.evals.runner import EngineGenerator, EngineJudge, EvalRun
 from worker.jobs.lease import StandaloneWork
+from worker.outages import Patiently, ride_out
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RESULT_PURPOSE = "knowledge-eval-results"
 PROGRESS_EVERY_SECONDS = 2.0
@@ -77,14 +79,17 @@ def headline_messages(report: dict[str, Any]) -> list[str]:
 
 def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document: dict[str, Any], model: str,
              base_model: str, overrides: dict[str, Any] | None = None, tuned_info: dict[str, Any] | None = None,
-             loss_rows: list[dict[str, Any]] | None = None, progress: Callable[[int, int], None] | None = None
-             ) -> EvalArtifacts:
-    """Run the eval and store its artifacts (no database rows written except through `progress`)."""
+             loss_rows: list[dict[str, Any]] | None = None, progress: Callable[[int, int], None] | None = None,
+             patiently: Patiently | None = None) -> EvalArtifacts:
+    """Run the eval and store its artifacts (no database rows written except through `progress`). Reading
+    the sources and storing the artifacts wait out store and database outages (`patiently`; by default
+    with the worker's outage policy)."""
     from serving.service import InferenceService
 
+    patiently = patiently or (lambda call, what: ride_out(call, what=what, policy=ctx.outages))
     spec = validate_spec(spec_document)
-    items, controls = load_items(spec, project_resolver(
-        files.content_reader(ctx.db, ctx.store, project_id, include_expired=True)))
+    items, controls = patiently(lambda: load_items(spec, project_resolver(
+        files.content_reader(ctx.db, ctx.store, project_id, include_expired=True))), "read the eval's sources")
     # An adapter disk cache of this process's own: under `ftaas up` the API's serving engine uses the
     # shared one, and two processes must not evict each other's files.
     settings = ctx.settings.model_copy(update={"serving_cache_dir": ctx.work_dir / f"eval-serving-{os.getpid()}"})
@@ -127,7 +132,7 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
         outputs.append(("loss_curve.png", charts.loss_curve_png(loss_rows)))
     rows = []
     for filename, data in outputs:
-        stored = ctx.store.put_bytes(prefix + filename, data)
+        stored = patiently(lambda: ctx.store.put_bytes(prefix + filename, data), f"store {filename}")
         rows.append(File(id=ids.new_id(ids.FILE), project_id=project_id, filename=f"{eval_id}-{filename}",
                          purpose=RESULT_PURPOSE, bytes=stored.size, sha256=stored.sha256, storage_key=prefix + filename,
                          status=FileStatus.PROCESSED, created_at=int(time.time()), error_count=0))
@@ -168,21 +173,35 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
     lease = work.lease
     renewal = work.renewal()
 
+    def patiently(call: Callable[[], T], what: str) -> T:
+        """Store and database outages cost the eval time, not an attempt (worker.outages)."""
+        return ride_out(call, what=what, policy=ctx.outages, alive=lambda: not renewal.lost.is_set())
+
     def progress(done: int, total: int) -> None:
         # A progress write that finds the eval cancelled or re-claimed stops the run at once.
         renewal.check()
-        with ctx.db.write() as session:
-            knowledge_evals.heartbeat(session, lease, ttl=ttl, progress_done=done, progress_total=total)
 
-    try:
-        with renewal:
-            artifacts = evaluate(ctx, eval_id=eval_id, project_id=lease.project_id, spec_document=spec_document,
-                                 model=model, base_model=base_model, loss_rows=loss_rows, progress=progress)
+        def write() -> None:
+            with ctx.db.write() as session:
+                knowledge_evals.heartbeat(session, lease, ttl=ttl, progress_done=done, progress_total=total)
+
+        patiently(write, "report the eval's progress")
+
+    def complete(artifacts: EvalArtifacts) -> None:
         with ctx.db.write() as session:
             for file_row in artifacts.file_rows:
                 files.insert(session, file_row)
             knowledge_evals.complete(session, lease, summary=artifacts.summary,
                                      result_files=[f.id for f in artifacts.file_rows])
+
+    try:
+        with renewal:
+            # An outage the steps inside do not wait out (loading the models from the store) runs the eval
+            # again once the dependency is back; past the deadline it fails with `dependency_outage`.
+            artifacts = patiently(lambda: evaluate(
+                ctx, eval_id=eval_id, project_id=lease.project_id, spec_document=spec_document, model=model,
+                base_model=base_model, loss_rows=loss_rows, progress=progress, patiently=patiently), "run the eval")
+        patiently(lambda: complete(artifacts), "complete the eval")
         return "succeeded"
     except Exception as exc:  # noqa: BLE001 - every outcome, bugs included, is settled by the taxonomy
         return work.settle(exc, internal_code="eval_error")
@@ -228,9 +247,12 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
         loss_rows = events.metrics_rows(session, job.id)
 
     def progress(done: int, total: int) -> None:
-        with ctx.db.write() as session:
-            jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
-            knowledge_evals.record_progress(session, eval_id, done=done, total=total)
+        def write() -> None:
+            with ctx.db.write() as session:
+                jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+                knowledge_evals.record_progress(session, eval_id, done=done, total=total)
+
+        ride_out(write, what="report the eval's progress", policy=ctx.outages)
 
     info = {**tuned_info, "training_job_id": lease.work_id}
     losses = [row["train_loss"] for row in loss_rows if isinstance(row.get("train_loss"), int | float)]
@@ -241,8 +263,8 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
                              model=model_name, base_model=base_model,
                              overrides={model_name: ResolvedModel(model_name, base_model, adapter_ref)},
                              tuned_info=info, loss_rows=loss_rows, progress=progress)
-    except LeaseLost:
-        raise
+    except (LeaseLost, StorageUnavailable, DatabaseUnavailable, DependencyOutage):
+        raise  # our own dependencies: the job's publish waits them out (and runs the eval again) or fails
     except Exception as exc:
         # The fine-tune itself succeeded: whatever went wrong with its eval (a judge that is down, a bug),
         # the job keeps its model and says what happened; retraining would not help.
