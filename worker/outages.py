@@ -22,10 +22,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from contracts.errors import DependencyOutage, InfrastructureError, LeaseLost
+from contracts.errors import (
+    BrokerUnavailable,
+    DatabaseUnavailable,
+    DependencyOutage,
+    InfrastructureError,
+    LeaseLost,
+    StorageUnavailable,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: ftaas's own dependencies, whose outages a worker waits out; a service the operator points ftaas at (an
+#: external eval judge) is not one: its errors spend the work's attempts and fail it in bounded time.
+OWN_DEPENDENCIES: tuple[type[InfrastructureError], ...] = (StorageUnavailable, DatabaseUnavailable, BrokerUnavailable)
 
 #: `patiently(call, what)`: `call()` under `ride_out` with the work's policy and lease (a closure the work makes)
 Patiently = Callable[[Callable[[], Any], str], Any]
@@ -43,8 +54,10 @@ class OutagePolicy:
 
 
 def ride_out(call: Callable[[], T], *, what: str, policy: OutagePolicy, alive: Callable[[], bool] = lambda: True,
-             sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> T:
-    """`call()`, repeated through InfrastructureErrors until it succeeds or the deadline passes.
+             sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
+             retry_on: tuple[type[InfrastructureError], ...] = (InfrastructureError,)) -> T:
+    """`call()`, repeated through `retry_on` errors (InfrastructureErrors by default) until it succeeds or
+    the deadline passes.
 
     Other errors pass through at once. `alive()` is asked before each wait; False raises LeaseLost.
     """
@@ -54,7 +67,7 @@ def ride_out(call: Callable[[], T], *, what: str, policy: OutagePolicy, alive: C
     while True:
         try:
             return call()
-        except InfrastructureError as exc:
+        except retry_on as exc:
             waited = time.monotonic() - started
             if waited >= policy.deadline_seconds:
                 raise DependencyOutage(f"{what} failed for {waited:.0f} s, past the worker's outage deadline of "

@@ -46,7 +46,7 @@ from worker.adapters.export import export_merged
 from worker.adapters.lora_files import merge_adapters, module_shapes, read_lora, write_lora
 from worker.context import WorkerContext
 from worker.jobs.lease import StandaloneWork
-from worker.outages import Patiently, ride_out
+from worker.outages import OWN_DEPENDENCIES, Patiently, ride_out
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -146,7 +146,8 @@ def run_operation(ctx: WorkerContext, operation_id: str) -> str:
 
     def patiently(call: Callable[[], T], what: str) -> T:
         """A store or database step waits out an outage (worker.outages) instead of spending an attempt."""
-        return ride_out(call, what=what, policy=ctx.outages, alive=lambda: not renewal.lost.is_set())
+        return ride_out(call, what=what, policy=ctx.outages, alive=lambda: not renewal.lost.is_set(),
+                        retry_on=OWN_DEPENDENCIES)
 
     try:
         with renewal:

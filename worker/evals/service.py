@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from contracts.errors import DatabaseUnavailable, DependencyOutage, FTaaSError, LeaseLost, StorageUnavailable
+from contracts.errors import DependencyOutage, FTaaSError, LeaseLost
 from contracts.evals.sources import load_items, project_resolver
 from contracts.evals.spec import validate_report, validate_spec
 from db import events, files, ids, jobs, knowledge_evals, models
@@ -32,7 +32,7 @@ from worker.evals import charts
 from worker.evals.report import summary_rows
 from worker.evals.runner import EngineGenerator, EngineJudge, EvalRun
 from worker.jobs.lease import StandaloneWork
-from worker.outages import Patiently, ride_out
+from worker.outages import OWN_DEPENDENCIES, Patiently, ride_out
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -175,7 +175,8 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
 
     def patiently(call: Callable[[], T], what: str) -> T:
         """Store and database outages cost the eval time, not an attempt (worker.outages)."""
-        return ride_out(call, what=what, policy=ctx.outages, alive=lambda: not renewal.lost.is_set())
+        return ride_out(call, what=what, policy=ctx.outages, alive=lambda: not renewal.lost.is_set(),
+                        retry_on=OWN_DEPENDENCIES)
 
     def progress(done: int, total: int) -> None:
         # A progress write that finds the eval cancelled or re-claimed stops the run at once.
@@ -197,7 +198,8 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
     try:
         with renewal:
             # An outage the steps inside do not wait out (loading the models from the store) runs the eval
-            # again once the dependency is back; past the deadline it fails with `dependency_outage`.
+            # again once the dependency is back; past the deadline it fails with `dependency_outage`. An
+            # external judge's errors are not waited out: they spend attempts (docs/reliability.md).
             artifacts = patiently(lambda: evaluate(
                 ctx, eval_id=eval_id, project_id=lease.project_id, spec_document=spec_document, model=model,
                 base_model=base_model, loss_rows=loss_rows, progress=progress, patiently=patiently), "run the eval")
@@ -263,7 +265,7 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
                              model=model_name, base_model=base_model,
                              overrides={model_name: ResolvedModel(model_name, base_model, adapter_ref)},
                              tuned_info=info, loss_rows=loss_rows, progress=progress)
-    except (LeaseLost, StorageUnavailable, DatabaseUnavailable, DependencyOutage):
+    except (LeaseLost, DependencyOutage, *OWN_DEPENDENCIES):
         raise  # our own dependencies: the job's publish waits them out (and runs the eval again) or fails
     except Exception as exc:
         # The fine-tune itself succeeded: whatever went wrong with its eval (a judge that is down, a bug),
