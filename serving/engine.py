@@ -51,6 +51,8 @@ class SamplingParams:
     #: None: no log probabilities; k >= 0: the chosen token's and the k most likely alternatives'
     logprobs: int | None = None
     stop_token_ids: frozenset[int] = frozenset()
+    #: the stop tokens cannot be chosen before this many tokens were generated (vLLM's `min_tokens`)
+    min_new_tokens: int = 0
 
 
 @dataclass
@@ -312,6 +314,9 @@ class Engine:
 
 def _choose(logits: torch.Tensor, sequence: Sequence) -> TokenEvent:
     params = sequence.params
+    if len(sequence.generated) < params.min_new_tokens and params.stop_token_ids:
+        logits = logits.clone()
+        logits[list(params.stop_token_ids)] = float("-inf")
     if params.temperature == 0:
         token = int(torch.argmax(logits))
     else:

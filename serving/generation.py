@@ -21,7 +21,8 @@ class Generation:
     """The running choices of one request. Iterate `deltas()` (streaming) or await `collect()`."""
 
     def __init__(self, engine: Engine, tokenizer: Any, sequences: list[Sequence], choice_stops: list[list[str]],
-                 queue: asyncio.Queue[tuple[int, Event]], prompt_tokens: int, want_logprobs: bool) -> None:
+                 queue: asyncio.Queue[tuple[int, Event]], prompt_tokens: int, want_logprobs: bool,
+                 min_tokens: int = 0) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.sequences = sequences
@@ -29,7 +30,7 @@ class Generation:
         self.prompt_tokens = prompt_tokens
         self.want_logprobs = want_logprobs
         self.results = [ChoiceResult(i) for i in range(len(sequences))]
-        self._texts = [TextAssembler(tokenizer, stops) for stops in choice_stops]
+        self._texts = [TextAssembler(tokenizer, stops, min_tokens=min_tokens) for stops in choice_stops]
         self._open = len(sequences)
 
     @property
@@ -99,9 +100,12 @@ class TextAssembler:
     nothing until the character is complete.
     """
 
-    def __init__(self, tokenizer: Any, stops: list[str]) -> None:
+    def __init__(self, tokenizer: Any, stops: list[str], *, min_tokens: int = 0) -> None:
+        """`min_tokens`: stop sequences are looked for only in text that arrives once this many tokens
+        were generated (vLLM's `min_tokens` applies to them too)."""
         self.tokenizer = tokenizer
-        self.stops = stops
+        self.all_stops = stops
+        self.min_tokens = min_tokens
         self.ids: list[int] = []
         self.prefix = 0  # window start
         self.read = 0  # ids before this are in `text`
@@ -117,6 +121,10 @@ class TextAssembler:
         if len(window) > len(known) and (final or not window.endswith("\ufffd")):
             self.text += window[len(known):]
             self.prefix, self.read = self.read, len(self.ids)
+
+    @property
+    def stops(self) -> list[str]:
+        return self.all_stops if len(self.ids) >= self.min_tokens else []
 
     def add(self, token_id: int) -> tuple[str, bool]:
         self.ids.append(token_id)

@@ -141,6 +141,10 @@ class InferenceService:
                 raise InvalidRequest(f"The prompt is {len(ids)} tokens; this model's context is {limit} tokens.",
                                      code="context_length_exceeded", param="messages" if isinstance(
                                          request, ChatCompletionRequest) else "prompt")
+            if len(ids) + request.min_tokens > limit:
+                raise InvalidRequest(f"The prompt ({len(ids)} tokens) plus min_tokens ({request.min_tokens}) exceeds "
+                                     f"this model's context of {limit} tokens.", code="context_length_exceeded",
+                                     param="min_tokens")
             if wanted is not None and len(ids) + wanted > limit:
                 raise InvalidRequest(f"The prompt ({len(ids)} tokens) plus max_tokens ({wanted}) exceeds this "
                                      f"model's context of {limit} tokens.", code="context_length_exceeded",
@@ -163,7 +167,8 @@ class InferenceService:
                     params = SamplingParams(
                         max_new_tokens=wanted if wanted is not None else limit - len(ids),
                         temperature=request.temperature, top_p=request.top_p, seed=seed,
-                        logprobs=request.logprob_count, stop_token_ids=base.stop_token_ids)
+                        logprobs=request.logprob_count, min_new_tokens=request.min_tokens,
+                        stop_token_ids=frozenset() if request.ignore_eos else base.stop_token_ids)
                     sequences.append(Sequence(ids, params, event_sink(loop, queue, index),
                                               adapter=lease.weights if lease else None, deadline=deadline,
                                               label=label, on_release=release))
@@ -176,7 +181,7 @@ class InferenceService:
         stops = [request.stop_sequences] * count
         return Generation(base.engine, base.tokenizer, sequences, stops, queue,
                           prompt_tokens=sum(len(ids) for ids in prompts),
-                          want_logprobs=request.logprob_count is not None)
+                          want_logprobs=request.logprob_count is not None, min_tokens=request.min_tokens)
 
     def _prompts(self, base: BaseEngine, request: ChatCompletionRequest | CompletionRequest) -> list[list[int]]:
         tokenizer = base.tokenizer

@@ -62,6 +62,12 @@ class _Sampling(BaseModel):
     adapters: list[AdapterWeight] | None = Field(
         default=None, max_length=8,
         description="ftaas extension: serve a weighted sum of these adapters on `model` (a base model).")
+    min_tokens: int = Field(
+        default=0, ge=0, description="vLLM extension: generate at least this many tokens before an end-of-"
+                                     "sequence token or a stop sequence may end a choice.")
+    ignore_eos: bool = Field(
+        default=False, description="vLLM extension: do not stop at the model's end-of-sequence tokens (only "
+                                   "max_tokens, the context and stop sequences end a choice), as benchmarks do.")
 
     @model_validator(mode="after")
     def _check_common(self) -> _Sampling:
@@ -76,6 +82,9 @@ class _Sampling(BaseModel):
             raise ValueError("'stream_options' is only allowed when 'stream' is true")
         if self.adapters is not None and not self.adapters:
             raise ValueError("'adapters' needs at least one entry")
+        wanted = self.max_new_tokens  # type: ignore[attr-defined]
+        if wanted is not None and self.min_tokens > wanted:
+            raise ValueError(f"'min_tokens' ({self.min_tokens}) must not exceed max_tokens ({wanted})")
         return self
 
     @property

@@ -175,3 +175,24 @@ def test_deadlines_and_draining(engine_factory, tokenizer: Any) -> None:  # type
     assert running_sink.finish is not None and running_sink.finish.reason == "length"
     with pytest.raises(Draining):
         engine.submit([_sequence(prompt, None, max_new=5)[0]])
+
+
+def test_min_tokens_holds_back_the_stop_tokens_until_enough_were_generated(engine_factory, tokenizer: Any) -> None:  # type: ignore[no-untyped-def]
+    """vLLM's `min_tokens`: the token a greedy completion would stop on first is made a stop token; alone it
+    ends the completion at once, with `min_new_tokens` it cannot be chosen before that many tokens, and the
+    completion is the greedy one with that token masked."""
+    engine = engine_factory(slots=4)
+    prompt = _prompts(tokenizer, 1, seed=11)[0]
+    free, collected = _sequence(prompt, None, max_new=12)
+    engine.submit([free])
+    assert collected.done.wait(60)
+    first = collected.tokens[0]
+
+    stopped, at_once = _sequence(prompt, None, max_new=12, stop=frozenset({first}))
+    held = Sequence(prompt, SamplingParams(max_new_tokens=12, temperature=0.0, stop_token_ids=frozenset({first}),
+                                           min_new_tokens=5), (kept := Collector()))
+    engine.submit([stopped, held])
+    assert at_once.done.wait(60) and kept.done.wait(60)
+    assert at_once.finish.reason == "stop" and at_once.finish.completion_tokens == 0
+    assert len(kept.tokens) >= 5 and first not in kept.tokens[:5]
+    assert kept.finish.reason in ("stop", "length")

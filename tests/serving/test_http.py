@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from contracts.settings import DEMO_BASE_MODEL
+from contracts.settings import DEMO_BASE_MODEL, PACKAGED_BASE_MODEL
 from tests.serving.conftest import AdapterFactory, LiveServing
 
 USER = [{"role": "user", "content": "Who was born in the river town?"}]
@@ -254,3 +254,25 @@ def test_tokens_per_window_are_counted_at_admission_as_openai_counts_them(start_
     assert "Request too large" in too_large.value.message
     served.client(served.other_key).chat.completions.create(  # another key has its own tokens
         model=DEMO_BASE_MODEL, messages=USER, max_tokens=20)
+
+
+def test_ignore_eos_and_min_tokens_as_vllm_takes_them(start_serving) -> None:  # type: ignore[no-untyped-def]
+    """The extra body fields benchmarks send (vLLM's): on the real model, a short answer ends at its end-of-
+    turn token; `ignore_eos` runs it to max_tokens, `min_tokens` past its natural end; bad values are 400s."""
+    served: LiveServing = start_serving()
+    client = served.client()
+    ask = {"model": PACKAGED_BASE_MODEL, "temperature": 0, "max_tokens": 24,
+           "messages": [{"role": "user", "content": "What is 2+2? Reply with the number only."}]}
+    natural = client.chat.completions.create(**ask)
+    ends_at = natural.usage.completion_tokens
+    assert natural.choices[0].finish_reason == "stop" and ends_at < 16, natural  # "2 + 2 = 4", end of turn
+    running = client.chat.completions.create(**ask, extra_body={"ignore_eos": True})
+    assert running.choices[0].finish_reason == "length" and running.usage.completion_tokens == 24
+    held = client.chat.completions.create(**ask, extra_body={"min_tokens": ends_at + 3})
+    assert held.usage.completion_tokens >= ends_at + 3
+    assert held.choices[0].message.content.startswith(natural.choices[0].message.content)
+    for extra, param in (({"min_tokens": 25}, "min_tokens"), ({"min_tokens": -1}, "min_tokens"),
+                         ({"ignore_eos": "maybe"}, "ignore_eos")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(**ask, extra_body=extra)
+        assert param in str(refused.value.body), refused.value.body
