@@ -252,7 +252,8 @@ class Engine:
         assert all(slot is not None for slot, _, _ in decode_rows)
         batch = build_step(self.forward, decode_rows, prefill_rows, self.slot_lora)  # type: ignore[arg-type]
         with torch.inference_mode():
-            logits = self.forward.forward(batch)
+            # Sampling runs on the CPU (each sequence's seeded generator lives there): one transfer per step.
+            logits = self.forward.forward(batch).cpu()
         now = time.monotonic()
         finished: list[tuple[Sequence, str]] = []
         for row, sequence in enumerate([*decoding, *joining]):

@@ -275,8 +275,9 @@ class SlotLora:
             count = batch.decode_count
             # At least two slots: a batch of one is computed differently (see batched_product).
             width = max(count, 2)
-            per_slot = x[:width].unsqueeze(1)
-            rows = out[:width].unsqueeze(1)
+            short = width - x.shape[0]  # unpadded batches may hold a single row
+            per_slot = (x if short <= 0 else torch.cat([x, x.new_zeros(short, x.shape[1])]))[:width].unsqueeze(1)
+            rows = (out if short <= 0 else torch.cat([out, out.new_zeros(short, out.shape[1])]))[:width].unsqueeze(1)
             for rank in batch.decode_lora:
                 a, b = self.a[rank][layer][group][:width], self.b[rank][layer][group][:width]
                 rows = torch.baddbmm(rows, torch.bmm(per_slot, a), b)

@@ -155,7 +155,8 @@ class LlamaForward:
                 weight = weights[0] if len(weights) == 1 else torch.cat(weights, 0)
                 bias = None
                 if any(b is not None for b in biases):
-                    bias = torch.cat([b.detach() if b is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+                    bias = torch.cat([b.detach() if b is not None else torch.zeros(w.shape[0], dtype=w.dtype,
+                                                                                 device=w.device)
                                       for b, w in zip(biases, weights, strict=True)])
                 linear[group] = (weight, bias)
                 self.geometry.groups.setdefault(group, (weights[0].shape[1], tuple(w.shape[0] for w in weights)))
@@ -175,11 +176,11 @@ class LlamaForward:
                 mlp_out_norm=self._norm_weight(norms[3].weight) if norms[3] is not None else None,
                 rope=table_of[layer_types[index]]))
         # RoPE tables for every position, computed the way the model's own rotary module does.
-        positions = torch.arange(max_context, dtype=torch.float32)
+        positions = torch.arange(max_context, dtype=torch.float32, device=self.device)
         #: (cos, sin) [max_context, rotary_dim] per table.
         self.rope: list[tuple[torch.Tensor, torch.Tensor]] = []
         for inv_freq, scaling in tables:
-            freqs = positions[:, None] * inv_freq.float()[None, :]
+            freqs = positions[:, None] * inv_freq.float().to(self.device)[None, :]
             angles = torch.cat((freqs, freqs), dim=-1)
             self.rope.append(((angles.cos() * scaling).to(self.dtype), (angles.sin() * scaling).to(self.dtype)))
         #: Leading dimensions of each head that RoPE rotates (partial rotary embeddings rotate fewer).

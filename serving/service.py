@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import Draining, InvalidRequest, Overloaded
@@ -105,13 +107,15 @@ class InferenceService:
             refusal = self._refusal(base_model)
             if refusal is not None:
                 raise InvalidRequest(str(refusal), code=refusal.code, param=refusal.param)
-            model = self.loader.load_model(base_model)
+            dtype, device = serving_placement(self.settings.serving_dtype, self.settings.serving_device)
+            model = self.loader.load_model(base_model, dtype=dtype, device=device)
             model.eval()
             tokenizer = self.loader.load_tokenizer(base_model)
             limit = int(getattr(model.config, "max_position_embeddings", self.settings.serving_max_context))
             forward = LlamaForward(model, max_slots=self.settings.serving_max_batch,
                                    max_context=min(limit, self.settings.serving_max_context),
-                                   tile_rows=self.settings.serving_tile_rows)
+                                   tile_rows=self.settings.serving_tile_rows if self.settings.serving_batch_invariant
+                                   else 1)
             engine = Engine(forward, name=base_model, max_queue=self.settings.serving_max_queue,
                             prefill_tokens=self.settings.serving_prefill_tokens,
                             max_rank=self.settings.serving_max_lora_rank,
@@ -251,6 +255,25 @@ class InferenceService:
     def close(self) -> None:
         for engine in self.engines():
             engine.stop()
+
+
+def native_bfloat16(device: str) -> bool:
+    """Whether `device` computes bfloat16 products in hardware: a CUDA device that supports it, or a CPU with
+    AMX tiles or AVX-512 BF16 (elsewhere torch emulates bfloat16, slower than float32)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+                or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def serving_placement(dtype: str, device: str) -> tuple[torch.dtype, str]:
+    """The serving engine's (dtype, device) for the settings' values ("auto" resolved for this machine)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        return (torch.bfloat16 if native_bfloat16(device) else torch.float32), device
+    return getattr(torch, dtype), device
 
 
 def stop_token_ids(tokenizer: Any, model: Any) -> frozenset[int]:

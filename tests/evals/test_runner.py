@@ -31,7 +31,7 @@ def builtin_spec(**generation: Any) -> Any:
 
 
 def test_answers_are_what_chat_completions_returns_batched_or_one_at_a_time(start_serving, make_adapter) -> None:
-    live = start_serving()
+    live = start_serving(serving_batch_invariant=True)  # as evaluate() sets it for the evals' own engine
     tuned = live.register(make_adapter(11))
     _, items, controls = builtin_spec(max_new_tokens=12)
     questions = (items + controls)[:24]

@@ -92,7 +92,9 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
         files.content_reader(ctx.db, ctx.store, project_id, include_expired=True))), "read the eval's sources")
     # An adapter disk cache of this process's own: under `ftaas up` the API's serving engine uses the
     # shared one, and two processes must not evict each other's files.
-    settings = ctx.settings.model_copy(update={"serving_cache_dir": ctx.work_dir / f"eval-serving-{os.getpid()}"})
+    # Batch-invariant: an eval's answers do not depend on how its generations were batched (reproducible).
+    settings = ctx.settings.model_copy(update={"serving_cache_dir": ctx.work_dir / f"eval-serving-{os.getpid()}",
+                                               "serving_batch_invariant": True})
     inference = InferenceService(ctx.db, ctx.store, ctx.registry, ctx.loader, settings)
     judge: Any = None
     try:

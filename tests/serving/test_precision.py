@@ -1,0 +1,144 @@
+"""Serving precision and device: the dtype follows the hardware (bfloat16 where it is native, float32
+elsewhere) unless a setting says otherwise; the forward pass computes what transformers computes in the
+same dtype, padded to batch-invariant tiles or not; greedy decoding of the real model is token-identical
+to transformers `generate` in float32; on a CUDA device the engine runs with the same results (skipped
+where there is none, and run by bench/gpu_check.sh)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from basemodels.loader import BaseModelLoader
+from basemodels.registry import BaseModelRegistry
+from contracts.settings import PACKAGED_BASE_MODEL, PACKAGED_BASE_MODEL_SOURCE, Settings
+from serving.engine import Engine, FinishEvent, SamplingParams, Sequence, TokenEvent
+from serving.model import LlamaForward, build_step
+from serving.service import native_bfloat16, serving_placement
+
+PROMPT = "The cat was born in a town by the river and likes"
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (bench/gpu_check.sh runs these)")
+
+
+def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(tmp_path: Path) -> None:
+    dtype, device = serving_placement("auto", "cpu")
+    assert device == "cpu" and dtype == (torch.bfloat16 if native_bfloat16("cpu") else torch.float32)
+    assert serving_placement("float32", "cpu") == (torch.float32, "cpu")
+    assert serving_placement("bfloat16", "cpu") == (torch.bfloat16, "cpu")
+    assert serving_placement("auto", "auto")[1] == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValidationError):
+        Settings(data_dir=tmp_path, serving_dtype="int4")
+    with pytest.raises(ValidationError):
+        Settings(data_dir=tmp_path, serving_device="tpu")
+
+
+def _last_logits(forward: LlamaForward, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return forward.forward(build_step(forward, [], [(0, ids)]))[0]
+
+
+@pytest.mark.parametrize("tile_rows", [64, 1], ids=["batch-invariant", "unpadded"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_logits_match_transformers_in_the_same_dtype(base_model: Any, tokenizer: Any, dtype: torch.dtype,
+                                                     tile_rows: int) -> None:
+    model = base_model if dtype == torch.float32 else _copy(base_model, dtype)
+    forward = LlamaForward(model, max_slots=2, max_context=128, tile_rows=tile_rows)
+    assert forward.k_cache.dtype == dtype
+    ids = tokenizer(PROMPT)["input_ids"]
+    with torch.inference_mode():
+        expected = model(torch.tensor([ids])).logits[0, -1].float()
+    ours = _last_logits(forward, ids)
+    # bfloat16 keeps 8 bits of mantissa: the two computations round differently along the way.
+    tolerance = 2e-5 if dtype == torch.float32 else 0.05 * expected.abs().max().item()
+    assert (ours - expected).abs().max() <= tolerance, (ours - expected).abs().max()
+
+
+@pytest.fixture(scope="module")
+def real_model(model_cache_dir: Path) -> tuple[Any, Any]:
+    loader = BaseModelLoader(BaseModelRegistry({PACKAGED_BASE_MODEL: PACKAGED_BASE_MODEL_SOURCE}), model_cache_dir)
+    return loader.load_model(PACKAGED_BASE_MODEL).eval(), loader.load_tokenizer(PACKAGED_BASE_MODEL)
+
+
+def _greedy(forward: LlamaForward, prompt: list[int], tokens: int) -> list[int]:
+    engine = Engine(forward, name="real", max_queue=4, prefill_tokens=4096, max_rank=8)
+    generated: list[int] = []
+    finished: list[FinishEvent] = []
+
+    def sink(event: Any) -> None:
+        if isinstance(event, TokenEvent):
+            generated.append(event.token_id)
+        else:
+            finished.append(event)
+
+    try:
+        engine.submit([Sequence(prompt, SamplingParams(max_new_tokens=tokens, temperature=0.0), sink)])
+        engine.drain(120)
+    finally:
+        engine.stop()
+    assert finished and finished[0].reason == "length", finished
+    return generated
+
+
+@pytest.mark.parametrize("tile_rows", [64, 1], ids=["batch-invariant", "unpadded"])
+def test_greedy_on_the_real_model_is_what_transformers_generates_in_float32(real_model: tuple[Any, Any],
+                                                                            tile_rows: int) -> None:
+    model, tokenizer = real_model
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Who designed the Eiffel Tower?"}],
+                                           add_generation_prompt=True, tokenize=True, return_dict=False)
+    with torch.inference_mode():
+        expected = model.generate(torch.tensor([prompt]), max_new_tokens=24, min_new_tokens=24, do_sample=False,
+                                  pad_token_id=0)[0, len(prompt):].tolist()
+    forward = LlamaForward(model, max_slots=2, max_context=256, tile_rows=tile_rows)
+    assert _greedy(forward, list(prompt), 24) == expected
+
+
+def test_the_real_model_in_bfloat16_agrees_with_transformers_in_bfloat16(real_model: tuple[Any, Any]) -> None:
+    model, tokenizer = real_model
+    bf16 = _copy(model, torch.bfloat16)
+    ids = tokenizer(PROMPT)["input_ids"]
+    with torch.inference_mode():
+        expected = bf16(torch.tensor([ids])).logits[0, -1].float()
+    ours = _last_logits(LlamaForward(bf16, max_slots=2, max_context=128, tile_rows=1), ids)
+    assert int(ours.argmax()) == int(expected.argmax())
+    assert torch.nn.functional.cosine_similarity(ours, expected, dim=0) > 0.999
+
+
+@CUDA
+def test_the_engine_on_cuda_decodes_what_it_decodes_on_the_cpu(base_model: Any, tokenizer: Any) -> None:
+    ids = tokenizer(PROMPT)["input_ids"]
+    on_cpu = _greedy(LlamaForward(base_model, max_slots=2, max_context=128, tile_rows=64), ids, 16)
+    cuda_model = _copy(base_model, torch.float32).to("cuda")
+    forward = LlamaForward(cuda_model, max_slots=2, max_context=128, tile_rows=64)
+    assert forward.k_cache.device.type == "cuda" and forward.lm_head.device.type == "cuda"
+    with torch.inference_mode():
+        expected = cuda_model(torch.tensor([ids], device="cuda")).logits[0, -1].float().cpu()
+    assert torch.allclose(_last_logits(forward, ids).cpu(), expected, atol=1e-3)
+    assert _greedy(forward, ids, 16) == on_cpu
+
+
+def _copy(model: Any, dtype: torch.dtype) -> Any:
+    import copy
+
+    return copy.deepcopy(model).to(dtype)
+
+
+def test_an_adapters_decode_step_unpadded_is_the_padded_one(base_model: Any, tokenizer: Any,
+                                                           make_adapter: Any) -> None:
+    """One decode row with an adapter, with and without the 64-row tiles (the unpadded batch holds a single
+    row, which the slot adapter path must widen itself)."""
+    from serving.lora import SlotLora, read_adapter
+
+    ids = tokenizer(PROMPT)["input_ids"]
+    results = []
+    for tile_rows in (64, 1):
+        forward = LlamaForward(base_model, max_slots=2, max_context=128, tile_rows=tile_rows)
+        lora = SlotLora(forward, max_rank=16)
+        lora.assign(0, read_adapter(make_adapter(7), forward, key="k", max_rank=16))
+        with torch.inference_mode():
+            forward.forward(build_step(forward, [], [(0, ids)], lora))
+            results.append(forward.forward(build_step(forward, [(0, 5, len(ids))], [], lora))[0])
+    assert torch.allclose(results[0], results[1], atol=2e-5), (results[0] - results[1]).abs().max()
