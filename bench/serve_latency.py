@@ -42,15 +42,26 @@ QUESTIONS = ["Who designed the first suspension bridge in your country, and why 
              "What should a new teacher know about the library of an old school in a lake city?"]
 
 
-def load(cache: Path, dtype: torch.dtype, device: str) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+#: a Llama-style model of about 1.1B parameters (TinyLlama's shape, SmolLM2's vocabulary), random weights
+LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+            "num_key_value_heads": 4, "vocab_size": 49152, "max_position_embeddings": 2048, "tie_word_embeddings": False}
+
+
+def load(cache: Path, dtype: torch.dtype, device: str, model_name: str = "smollm2") -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     path = smollm2.ensure_built(cache)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if model_name == "llama-1b":
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LlamaForCausalLM(LlamaConfig(**LLAMA_1B)).to(dtype).eval()
+        return model, tokenizer
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
 
 
 def prompts(tokenizer: Any, count: int) -> list[list[int]]:
@@ -131,15 +142,17 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", default="auto", help="comma-separated: float32,bfloat16 (auto: bf16 if native)")
+    parser.add_argument("--model", choices=["smollm2", "llama-1b"], default="smollm2",
+                        help="llama-1b: ~1.1B parameters built from a config, random weights (no download)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = args.device
     dtypes = (["float32", "bfloat16"] if native_bf16(device) else ["float32"]) if args.dtypes == "auto" \
         else args.dtypes.split(",")
     cache = Path(tempfile.mkdtemp(prefix="ftaas-bench-"))
-    base32, tokenizer = load(cache, torch.float32, device)
+    base32, tokenizer = load(cache, torch.float32, device, args.model)
     batch = prompts(tokenizer, args.streams)
-    print(f"SmolLM2-135M-Instruct on {device} ({torch.get_num_threads()} threads), {args.tokens} greedy tokens, "
+    print(f"{'SmolLM2-135M-Instruct' if args.model == 'smollm2' else 'random Llama, 1.1B'} on {device} ({torch.get_num_threads()} threads), {args.tokens} greedy tokens, "
           f"prompts of {min(map(len, batch))}-{max(map(len, batch))} tokens, median of {args.repeats}", flush=True)
 
     run_transformers(base32, batch[0], 4)  # warm-up
@@ -148,7 +161,7 @@ def main() -> int:
                                    "tokens_per_second": args.tokens / baseline}]
     profiles: dict[str, str] = {}
     for dtype_name in dtypes:
-        model = base32 if dtype_name == "float32" else load(cache, getattr(torch, dtype_name), device)[0]
+        model = base32 if dtype_name == "float32" else load(cache, getattr(torch, dtype_name), device, args.model)[0]
         for invariant in (True, False):
             forward = LlamaForward(model, max_slots=max(args.streams, 1), max_context=512,
                                    tile_rows=64 if invariant else 1)

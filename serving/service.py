@@ -19,8 +19,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import Draining, InvalidRequest, Overloaded
@@ -34,6 +32,7 @@ from serving.generation import Generation, SharedRelease, event_sink
 from serving.lora import compose, read_adapter
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.model import LlamaForward, refuse_unservable
+from serving.placement import serving_placement
 from serving.resolution import ModelResolver, ResolvedModel
 from storage import ArtifactStore
 
@@ -255,25 +254,6 @@ class InferenceService:
     def close(self) -> None:
         for engine in self.engines():
             engine.stop()
-
-
-def native_bfloat16(device: str) -> bool:
-    """Whether `device` computes bfloat16 products in hardware: a CUDA device that supports it, or a CPU with
-    AMX tiles or AVX-512 BF16 (elsewhere torch emulates bfloat16, slower than float32)."""
-    if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-                or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
-
-
-def serving_placement(dtype: str, device: str) -> tuple[torch.dtype, str]:
-    """The serving engine's (dtype, device) for the settings' values ("auto" resolved for this machine)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        return (torch.bfloat16 if native_bfloat16(device) else torch.float32), device
-    return getattr(torch, dtype), device
 
 
 def stop_token_ids(tokenizer: Any, model: Any) -> frozenset[int]:

@@ -18,7 +18,7 @@ from basemodels.registry import BaseModelRegistry
 from contracts.settings import PACKAGED_BASE_MODEL, PACKAGED_BASE_MODEL_SOURCE, Settings
 from serving.engine import Engine, FinishEvent, SamplingParams, Sequence, TokenEvent
 from serving.model import LlamaForward, build_step
-from serving.service import native_bfloat16, serving_placement
+from serving.placement import native_bfloat16, serving_placement
 
 PROMPT = "The cat was born in a town by the river and likes"
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (bench/gpu_check.sh runs these)")
