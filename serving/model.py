@@ -189,6 +189,8 @@ class LlamaForward:
         self.max_slots = max_slots
         self.max_context = max_context
         self.tile_rows = tile_rows
+        #: tile_rows 1: products on the rows there are (serving's default); batch invariance needs tiles
+        self.batch_invariant = tile_rows > 1
         g = self.geometry
         # One extra slot (index max_slots) is scratch for padding rows.
         shape = (g.layers, max_slots + 1, g.kv_heads, max_context, g.head_dim)
@@ -288,9 +290,17 @@ class LlamaForward:
             if window is not None:
                 mask = batch.window_masks[window][group_index]
             n = slots.shape[0]
-            keys = self.k_cache[index, :, :, :bucket].index_select(0, slots).reshape(n * g.kv_heads, bucket, g.head_dim)
-            values = self.v_cache[index, :, :, :bucket].index_select(0, slots).reshape(n * g.kv_heads, bucket,
-                                                                                       g.head_dim)
+            first = batch.contiguous_groups[group_index] if not self.batch_invariant else None
+            if first is not None:
+                # The group's slots are consecutive: views of the cache, no gather (the gather copied every
+                # key and value of the bucket per layer: the largest cost of an unpadded decode step).
+                keys = self.k_cache[index, first:first + n, :, :bucket].reshape(n * g.kv_heads, bucket, g.head_dim)
+                values = self.v_cache[index, first:first + n, :, :bucket].reshape(n * g.kv_heads, bucket, g.head_dim)
+            else:  # a gather gives every row the same memory layout whatever its neighbours (batch invariance)
+                keys = self.k_cache[index, :, :, :bucket].index_select(0, slots).reshape(
+                    n * g.kv_heads, bucket, g.head_dim)
+                values = self.v_cache[index, :, :, :bucket].index_select(0, slots).reshape(
+                    n * g.kv_heads, bucket, g.head_dim)
             queries = q.index_select(0, rows).reshape(n * g.kv_heads, group, g.head_dim)
             scores = batched_product(queries, keys.transpose(1, 2)) * self.attention_scale
             scores = scores.view(n, g.heads, bucket).float() + mask
@@ -338,6 +348,8 @@ class StepBatch:
     #: decode row i uses slot i (the engine keeps slots compact), so per-slot data are views
     decode_contiguous: bool = False
     lora_prefills: list[tuple[int, int, int]] = field(default_factory=list)
+    #: per attention group: its first slot when its slots are consecutive (a view of the cache), else None
+    contiguous_groups: list[int | None] = field(default_factory=list)
 
 
 def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]], prefill: list[tuple[int, list[int]]],
@@ -370,8 +382,12 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]], prefil
         bucket = min(-(-(position + 1) // ATTENTION_PAD) * ATTENTION_PAD, forward.max_context)
         buckets.setdefault(bucket, []).append(row)
     groups = []
+    contiguous: list[int | None] = []
     window_masks: dict[int, list[torch.Tensor]] = {window: [] for window in forward.windows}
     for bucket, rows in sorted(buckets.items()):
+        group_slots = [decode[r][0] for r in rows]
+        contiguous.append(group_slots[0] if group_slots == list(range(group_slots[0], group_slots[0] + len(rows)))
+                          else None)
         lengths = torch.tensor([decode[r][2] + 1 for r in rows])
         keys = torch.arange(bucket)[None, None, :]
         mask = torch.zeros(len(rows), 1, bucket, dtype=torch.float32)
@@ -389,6 +405,7 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]], prefil
         logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=device), lora=lora,
     )
     batch.decode_contiguous = all(slot == row for row, (slot, _, _) in enumerate(decode))
+    batch.contiguous_groups = contiguous
     if lora is not None:
         batch.decode_lora = sorted({lora.slot_class[slot] for slot, _, _ in decode} - {None})
         batch.decode_dora = any(lora.has_dora[slot] for slot, _, _ in decode)

@@ -142,3 +142,22 @@ def test_an_adapters_decode_step_unpadded_is_the_padded_one(base_model: Any, tok
             forward.forward(build_step(forward, [], [(0, ids)], lora))
             results.append(forward.forward(build_step(forward, [(0, 5, len(ids))], [], lora))[0])
     assert torch.allclose(results[0], results[1], atol=2e-5), (results[0] - results[1]).abs().max()
+
+
+def test_unpadded_decode_of_several_sequences_is_the_padded_one(base_model: Any, tokenizer: Any) -> None:
+    """Unpadded decode attention reads consecutive slots as views of the cache and gathers the others; both
+    give what the padded, batch-invariant path gives."""
+    prompts = [tokenizer(text)["input_ids"] for text in (PROMPT, "the dog in the town", "who was born by the lake")]
+    slots = (0, 1, 3)
+    steps = []
+    for tile_rows in (64, 1):
+        forward = LlamaForward(base_model, max_slots=4, max_context=128, tile_rows=tile_rows)
+        with torch.inference_mode():
+            forward.forward(build_step(forward, [], list(zip(slots, prompts, strict=True))))
+            scattered = forward.forward(build_step(  # slots 0, 1, 3: one bucket, not consecutive
+                forward, [(slot, 5 + slot, len(ids)) for slot, ids in zip(slots, prompts, strict=True)], []))
+            consecutive = forward.forward(build_step(  # slots 0, 1: consecutive
+                forward, [(slot, 9, len(ids) + 1) for slot, ids in zip(slots[:2], prompts[:2], strict=True)], []))
+        steps.append((scattered, consecutive))
+    for padded, unpadded in zip(steps[0], steps[1], strict=True):
+        assert torch.allclose(padded, unpadded, atol=2e-5), (padded - unpadded).abs().max()
