@@ -86,6 +86,9 @@ class RequestLimiter:
                         f"{item.amount} per {self.settings.window_seconds} s.",
                         limit=item.amount, reset_seconds=self.settings.window_seconds, unit=unit, retryable=False)
                 counted = self.limiter.hit(item, identities[scope], cost=cost)  # atomic check-and-count
+                wants_headers = headers is not None and scope == "key"
+                if counted and not wants_headers:
+                    continue  # the window's figures are needed only for a refusal or the key's headers
                 stats = self.limiter.get_window_stats(item, identities[scope])
                 wait = max(0.001, stats.reset_time - time.time())
                 if not counted:
@@ -93,10 +96,10 @@ class RequestLimiter:
                         f"Rate limit reached for {unit} per {_scope_name(scope)}: {item.amount} per "
                         f"{self.settings.window_seconds} s. Retry in {wait:.1f} s.",
                         limit=item.amount, reset_seconds=wait, unit=unit)
-                if headers is not None and scope == "key":
-                    headers.update({f"x-ratelimit-limit-{unit}": str(item.amount),
-                                    f"x-ratelimit-remaining-{unit}": str(max(0, stats.remaining)),
-                                    f"x-ratelimit-reset-{unit}": reset_header(wait)})
+                assert headers is not None
+                headers.update({f"x-ratelimit-limit-{unit}": str(item.amount),
+                                f"x-ratelimit-remaining-{unit}": str(max(0, stats.remaining)),
+                                f"x-ratelimit-reset-{unit}": reset_header(wait)})
         except RateLimited:
             raise
         except Exception as exc:  # noqa: BLE001 - the counts' store failed: let the request through (docstring)

@@ -12,7 +12,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -159,11 +159,11 @@ class Settings(BaseSettings):
         default=False, description="Pad every product to serving_tile_rows rows so that greedy output is "
                                    "token-identical alone or in any batch (knowledge evals always are); costs "
                                    "one stream's latency (docs/serving.md).")
-    serving_dtype: str = Field(
+    serving_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Serving weights and KV cache: auto (bfloat16 where the CPU or GPU computes it "
                                     "natively, else float32), float32, bfloat16 or float16.")
     serving_device: str = Field(
-        default="auto", description="Where the serving engine runs: auto (the first CUDA device if there is one), "
+        default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Where the serving engine runs: auto (the first CUDA device if there is one), "
                                     "cpu, cuda or cuda:N.")
     serving_max_lora_rank: int = Field(
         default=32, ge=1, le=1024, description="Highest adapter rank served (composed adapters: the sum of ranks)."
@@ -219,20 +219,6 @@ class Settings(BaseSettings):
         for name in value:
             if not name or ":" in name or "/" in name or len(name) > 64:
                 raise ValueError(f"base model name {name!r}: 1-64 characters, no ':' or '/'")
-        return value
-
-    @field_validator("serving_dtype")
-    @classmethod
-    def _check_serving_dtype(cls, value: str) -> str:
-        if value not in {"auto", "float32", "bfloat16", "float16"}:
-            raise ValueError("serving_dtype must be auto, float32, bfloat16 or float16")
-        return value
-
-    @field_validator("serving_device")
-    @classmethod
-    def _check_serving_device(cls, value: str) -> str:
-        if value not in {"auto", "cpu", "cuda"} and not (value.startswith("cuda:") and value[5:].isdigit()):
-            raise ValueError("serving_device must be auto, cpu, cuda or cuda:N")
         return value
 
     @field_validator("s3_addressing_style")

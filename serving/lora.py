@@ -275,9 +275,8 @@ class SlotLora:
             count = batch.decode_count
             # At least two slots: a batch of one is computed differently (see batched_product).
             width = max(count, 2)
-            short = width - x.shape[0]  # unpadded batches may hold a single row
-            per_slot = (x if short <= 0 else torch.cat([x, x.new_zeros(short, x.shape[1])]))[:width].unsqueeze(1)
-            rows = (out if short <= 0 else torch.cat([out, out.new_zeros(short, out.shape[1])]))[:width].unsqueeze(1)
+            per_slot = _rows(x, width).unsqueeze(1)
+            rows = _rows(out, width).unsqueeze(1)
             for rank in batch.decode_lora:
                 a, b = self.a[rank][layer][group][:width], self.b[rank][layer][group][:width]
                 rows = torch.baddbmm(rows, torch.bmm(per_slot, a), b)
@@ -306,3 +305,10 @@ class SlotLora:
             if self.has_dora[slot]:
                 rows.mul_(self.magnitude[layer][group][slot])
         return out
+
+
+def _rows(t: torch.Tensor, count: int) -> torch.Tensor:
+    """The first `count` rows of `t`, zero rows added where it has fewer (an unpadded batch of one row)."""
+    if t.shape[0] >= count:
+        return t[:count]
+    return torch.cat([t, t.new_zeros(count - t.shape[0], *t.shape[1:])])

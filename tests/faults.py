@@ -17,9 +17,20 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 
 class TcpProxy:
+    @classmethod
+    def in_front_of(cls, url: str) -> tuple[TcpProxy, str]:
+        """A proxy to the service at `url` (postgresql://, redis://, http://), and `url` pointing at the proxy
+        (user name, path and query kept)."""
+        parsed = urlsplit(url)
+        default_port = {"redis": 6379, "http": 80}.get(parsed.scheme, 5432)
+        proxy = cls(parsed.hostname or "127.0.0.1", parsed.port or default_port)
+        user = f"{parsed.username}@" if parsed.username else ""
+        return proxy, urlunsplit(parsed._replace(netloc=user + proxy.address))
+
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self._listener = socket.create_server(("127.0.0.1", 0))

@@ -38,7 +38,7 @@ T = TypeVar("T")
 #: external eval judge) is not one: its errors spend the work's attempts and fail it in bounded time.
 OWN_DEPENDENCIES: tuple[type[InfrastructureError], ...] = (StorageUnavailable, DatabaseUnavailable, BrokerUnavailable)
 
-#: `patiently(call, what)`: `call()` under `ride_out` with the work's policy and lease (a closure the work makes)
+#: `patiently(call, what)`: `call()` under `ride_out` with the work's policy and lease (see `patiently`)
 Patiently = Callable[[Callable[[], Any], str], Any]
 
 
@@ -78,3 +78,9 @@ def ride_out(call: Callable[[], T], *, what: str, policy: OutagePolicy, alive: C
             log.warning("%s: %s (%s); retrying in %.1f s", what, exc.code, exc, delay)
             sleep(delay)
             retry += 1
+
+
+def patiently(policy: OutagePolicy, *, alive: Callable[[], bool] = lambda: True) -> Patiently:
+    """A work's `patiently(call, what)`: `ride_out` through outages of ftaas's own dependencies
+    (`OWN_DEPENDENCIES`), under `policy`, while `alive()`."""
+    return lambda call, what: ride_out(call, what=what, policy=policy, alive=alive, retry_on=OWN_DEPENDENCIES)

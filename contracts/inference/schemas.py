@@ -87,6 +87,13 @@ class _Sampling(BaseModel):
             raise ValueError(f"'min_tokens' ({self.min_tokens}) must not exceed max_tokens ({wanted})")
         return self
 
+    def rate_limit_tokens(self) -> int:
+        """Tokens this request counts against a tokens-per-window limit, as OpenAI counts them at admission:
+        the larger of its completion allowance (max_tokens x choices) and its prompts' estimated tokens."""
+        prompts, prompt_tokens = self.prompt_token_estimate()  # type: ignore[attr-defined]
+        allowance = self.max_new_tokens  # type: ignore[attr-defined]
+        return max(prompts * self.n * (allowance or 0), prompt_tokens)
+
     @property
     def stop_sequences(self) -> list[str]:
         if self.stop is None:
@@ -123,11 +130,9 @@ class ChatCompletionRequest(_Sampling):
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def rate_limit_tokens(self) -> int:
-        """Tokens this request counts against a tokens-per-window limit, as OpenAI counts them at admission:
-        the larger of its completion allowance and its prompt estimated from characters (4 per token)."""
-        characters = sum(len(message.role) + len(message.text()) for message in self.messages)
-        return max(self.n * (self.max_new_tokens or 0), math.ceil(characters / 4))
+    def prompt_token_estimate(self) -> tuple[int, int]:
+        """(prompts, their tokens estimated from characters) for `rate_limit_tokens`."""
+        return 1, math.ceil(sum(len(message.role) + len(message.text()) for message in self.messages) / 4)
 
     @property
     def logprob_count(self) -> int | None:
@@ -169,11 +174,10 @@ class CompletionRequest(_Sampling):
     def logprob_count(self) -> int | None:
         return self.logprobs
 
-    def rate_limit_tokens(self) -> int:
-        """As `ChatCompletionRequest.rate_limit_tokens`; token-id prompts count their ids."""
+    def prompt_token_estimate(self) -> tuple[int, int]:
+        """(prompts, their tokens: token-id prompts count their ids, text 4 characters per token)."""
         prompts = self.prompts()
-        prompt = sum(len(p) if isinstance(p, list) else math.ceil(len(p) / 4) for p in prompts)
-        return max(len(prompts) * self.n * (self.max_new_tokens or 0), prompt)
+        return len(prompts), sum(len(p) if isinstance(p, list) else math.ceil(len(p) / 4) for p in prompts)
 
     def prompts(self) -> list[str | list[int]]:
         """The request's prompts: text, or token ids."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from urllib.parse import urlparse
 
 import pytest
 from sqlalchemy import text
@@ -21,11 +20,8 @@ STATEMENT_TIMEOUT = 1.0
 
 @pytest.fixture
 def proxied_database(make_postgres_database) -> Iterator[tuple[Database, TcpProxy]]:  # type: ignore[no-untyped-def]
-    url = make_postgres_database()
-    target = urlparse(url)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
-    database = Database(url.replace(target.netloc, f"{target.username}@{proxy.address}" if target.username
-                                    else proxy.address), pool_size=2, statement_timeout_seconds=STATEMENT_TIMEOUT)
+    proxy, url = TcpProxy.in_front_of(make_postgres_database())
+    database = Database(url, pool_size=2, statement_timeout_seconds=STATEMENT_TIMEOUT)
     yield database, proxy
     database.dispose()
     proxy.close()

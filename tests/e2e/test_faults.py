@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import boto3
 import httpx
@@ -37,18 +36,15 @@ PROMPT_SECONDS = 10  # the longest any API request may take during an outage
 def faulty(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path, cluster_database: str,
            s3_endpoint: str) -> Iterator[tuple[LiveServer, dict[str, TcpProxy], RedisServer]]:
     broker = RedisServer(tmp_path_factory.mktemp("redis"))
-    database, s3 = urlparse(cluster_database), urlparse(s3_endpoint)
-    proxies = {"postgresql": TcpProxy(database.hostname or "127.0.0.1", database.port or 5432),
-               "redis": TcpProxy("127.0.0.1", broker.port),
-               "s3": TcpProxy(s3.hostname or "127.0.0.1", s3.port or 80)}
+    urls = {"postgresql": cluster_database, "redis": broker.url, "s3": s3_endpoint}
+    proxied = {name: TcpProxy.in_front_of(url) for name, url in urls.items()}
+    proxies = {name: proxy for name, (proxy, _) in proxied.items()}
     bucket = f"ftaas-faults-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_CREDENTIALS).create_bucket(Bucket=bucket)
     server = start_cluster(
         tmp_path_factory.mktemp("faults"), model_cache_dir,
-        database_url=cluster_database.replace(database.netloc, f"{database.username}@{proxies['postgresql'].address}"
-                                              if database.username else proxies["postgresql"].address),
-        redis_url=f"redis://{proxies['redis'].address}/0",
-        s3_endpoint=f"http://{proxies['s3'].address}", bucket=bucket, s3_credentials=S3_CREDENTIALS,
+        database_url=proxied["postgresql"][1], redis_url=proxied["redis"][1], s3_endpoint=proxied["s3"][1],
+        bucket=bucket, s3_credentials=S3_CREDENTIALS,
         # The lease outlives a 20 s database outage (the keeper renews every TTL/3: outages under 2/3 of it).
         FTAAS_LEASE_TTL_SECONDS="45")
     yield server, proxies, broker

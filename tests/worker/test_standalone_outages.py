@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -18,7 +17,6 @@ from contracts.evals.items import dump_suite
 from db.tables import AdapterOperation, KnowledgeEval
 from tests.conftest import S3_CREDENTIALS
 from tests.faults import TcpProxy
-from tests.serving.conftest import base_model, make_adapter, start_serving  # noqa: F401 (fixtures)
 from worker.adapters.service import run_operation
 from worker.context import WorkerContext
 from worker.evals.service import run_standalone
@@ -28,9 +26,8 @@ OUTAGE_SECONDS = 5
 
 @pytest.fixture
 def live_on_s3(start_serving: Any, s3_endpoint: str, s3_bucket: str) -> Iterator[tuple[Any, TcpProxy]]:
-    target = urlparse(s3_endpoint)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 80)
-    live = start_serving(artifact_uri=f"s3://{s3_bucket}/ftaas", s3_endpoint_url=f"http://{proxy.address}",
+    proxy, endpoint = TcpProxy.in_front_of(s3_endpoint)
+    live = start_serving(artifact_uri=f"s3://{s3_bucket}/ftaas", s3_endpoint_url=endpoint,
                          s3_access_key_id=S3_CREDENTIALS["aws_access_key_id"],
                          s3_secret_access_key=S3_CREDENTIALS["aws_secret_access_key"], s3_read_timeout_seconds=2)
     yield live, proxy

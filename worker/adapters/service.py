@@ -19,9 +19,8 @@ import shutil
 import tarfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from safetensors.torch import save_file
 
@@ -46,10 +45,9 @@ from worker.adapters.export import export_merged
 from worker.adapters.lora_files import merge_adapters, module_shapes, read_lora, write_lora
 from worker.context import WorkerContext
 from worker.jobs.lease import StandaloneWork
-from worker.outages import OWN_DEPENDENCIES, Patiently, ride_out
+from worker.outages import Patiently, patiently
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 QUEUE = adapter_operations.QUEUE
 
@@ -73,15 +71,15 @@ def base_model_dir(ctx: WorkerContext, base_model: str) -> Path:
 
 
 
-def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path, patiently: Patiently,
+def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path, patient: Patiently,
              ) -> tuple[Path | None, Path | None, dict]:
     """Do the operation: (adapter directory to publish, file to store, measurements)."""
     params = row.params
     parents = []
     for index, parent in enumerate(params.get("parents", [])):
         target = work / f"parent-{index}"
-        parents.append(patiently(lambda: fetch_adapter(ctx, parent["prefix"], parent["manifest_sha256"], target),
-                                 f"download adapter {index}"))
+        parents.append(patient(lambda: fetch_adapter(ctx, parent["prefix"], parent["manifest_sha256"], target),
+                               f"download adapter {index}"))
     out = work / "adapter"
     if row.type in ("merge", "lines"):
         adapters = [read_lora(directory) for directory in parents]
@@ -102,8 +100,8 @@ def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path, patiently: P
                            "stored_bytes": (out / COMPRESSED_WEIGHTS).stat().st_size}
     if row.type == "import":
         archive = work / "upload"
-        patiently(lambda: ctx.store.download_file(params["storage_key"], archive, sha256=params["sha256"],
-                                                  size=params["bytes"]), "download the uploaded archive")
+        patient(lambda: ctx.store.download_file(params["storage_key"], archive, sha256=params["sha256"],
+                                                size=params["bytes"]), "download the uploaded archive")
         extracted = extract_adapter(archive, work / "extracted")
         adapter = read_lora(extracted, param="file")
         check_fits_base(module_shapes(adapter), ctx.loader.config(row.base_model), max_rank=ctx.settings.serving_max_lora_rank)
@@ -143,17 +141,14 @@ def run_operation(ctx: WorkerContext, operation_id: str) -> str:
     work.mkdir(parents=True)
     stored: list[str] = []
     renewal = standalone.renewal()
-
-    def patiently(call: Callable[[], T], what: str) -> T:
-        """A store or database step waits out an outage (worker.outages) instead of spending an attempt."""
-        return ride_out(call, what=what, policy=ctx.outages, alive=lambda: not renewal.lost.is_set(),
-                        retry_on=OWN_DEPENDENCIES)
+    # A store or database step waits out an outage (worker.outages) instead of spending an attempt.
+    patient = patiently(ctx.outages, alive=lambda: not renewal.lost.is_set())
 
     try:
         with renewal:
-            directory, file_path, result = _perform(ctx, row, work, patiently)
+            directory, file_path, result = _perform(ctx, row, work, patient)
             renewal.check()
-            _publish(ctx, standalone.lease, row, directory, file_path, result, stored, patiently)
+            _publish(ctx, standalone.lease, row, directory, file_path, result, stored, patient)
         return "succeeded"
     except Exception as exc:  # noqa: BLE001 - every outcome, bugs included, is settled by the taxonomy
         _remove(ctx, stored)
@@ -163,7 +158,7 @@ def run_operation(ctx: WorkerContext, operation_id: str) -> str:
 
 
 def _publish(ctx: WorkerContext, lease: Lease, row: AdapterOperation, directory: Path | None,
-             file_path: Path | None, result: dict[str, Any], stored: list[str], patiently: Patiently) -> None:
+             file_path: Path | None, result: dict[str, Any], stored: list[str], patient: Patiently) -> None:
     provenance = {"kind": "adapter", "model": row.result_model, "base_model": row.base_model,
                   "operation": {"id": row.id, "type": row.type, "parameters": row.params, "result": result}}
     values: dict[str, Any] = {"result": result}
@@ -173,13 +168,13 @@ def _publish(ctx: WorkerContext, lease: Lease, row: AdapterOperation, directory:
         uid = ids.new_id(ids.MODEL_UID)
         prefix = layout.model_prefix(uid)
         stored.append(prefix)
-        manifest_sha256 = patiently(lambda: publish_directory(ctx.store, prefix, directory, provenance),
-                                    "publish the adapter").manifest_sha256
+        manifest_sha256 = patient(lambda: publish_directory(ctx.store, prefix, directory, provenance),
+                                  "publish the adapter").manifest_sha256
     if file_path is not None:
         file_id = ids.new_id(ids.FILE)
         key = layout.file_key(file_id)
         stored.append(key)
-        object_ = patiently(lambda: ctx.store.put_file(key, file_path), "store the exported file")
+        object_ = patient(lambda: ctx.store.put_file(key, file_path), "store the exported file")
         file_row = File(id=file_id, project_id=row.project_id, filename=f"{row.params['name']}.tar",
                         purpose="adapter-export", bytes=object_.size, sha256=object_.sha256, storage_key=key,
                         status=FileStatus.PROCESSED, created_at=int(time.time()), error_count=0)
@@ -193,7 +188,7 @@ def _publish(ctx: WorkerContext, lease: Lease, row: AdapterOperation, directory:
                 files.insert(session, file_row)
             QUEUE.complete(session, lease, values)
 
-    patiently(complete, "complete the operation")
+    patient(complete, "complete the operation")
 
 
 def _remove(ctx: WorkerContext, stored: list[str]) -> None:

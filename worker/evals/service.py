@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from contracts.errors import DependencyOutage, FTaaSError, LeaseLost
 from contracts.evals.sources import load_items, project_resolver
@@ -32,10 +32,9 @@ from worker.evals import charts
 from worker.evals.report import summary_rows
 from worker.evals.runner import EngineGenerator, EngineJudge, EvalRun
 from worker.jobs.lease import StandaloneWork
-from worker.outages import OWN_DEPENDENCIES, Patiently, ride_out
+from worker.outages import OWN_DEPENDENCIES, Patiently, patiently
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 RESULT_PURPOSE = "knowledge-eval-results"
 PROGRESS_EVERY_SECONDS = 2.0
@@ -80,15 +79,15 @@ def headline_messages(report: dict[str, Any]) -> list[str]:
 def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document: dict[str, Any], model: str,
              base_model: str, overrides: dict[str, Any] | None = None, tuned_info: dict[str, Any] | None = None,
              loss_rows: list[dict[str, Any]] | None = None, progress: Callable[[int, int], None] | None = None,
-             patiently: Patiently | None = None) -> EvalArtifacts:
+             patient: Patiently | None = None) -> EvalArtifacts:
     """Run the eval and store its artifacts (no database rows written except through `progress`). Reading
-    the sources and storing the artifacts wait out store and database outages (`patiently`; by default
+    the sources and storing the artifacts wait out store and database outages (`patient`; by default
     with the worker's outage policy)."""
     from serving.service import InferenceService
 
-    patiently = patiently or (lambda call, what: ride_out(call, what=what, policy=ctx.outages))
+    patient = patient or patiently(ctx.outages)
     spec = validate_spec(spec_document)
-    items, controls = patiently(lambda: load_items(spec, project_resolver(
+    items, controls = patient(lambda: load_items(spec, project_resolver(
         files.content_reader(ctx.db, ctx.store, project_id, include_expired=True))), "read the eval's sources")
     # An adapter disk cache of this process's own: under `ftaas up` the API's serving engine uses the
     # shared one, and two processes must not evict each other's files.
@@ -134,7 +133,7 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
         outputs.append(("loss_curve.png", charts.loss_curve_png(loss_rows)))
     rows = []
     for filename, data in outputs:
-        stored = patiently(lambda: ctx.store.put_bytes(prefix + filename, data), f"store {filename}")
+        stored = patient(lambda: ctx.store.put_bytes(prefix + filename, data), f"store {filename}")
         rows.append(File(id=ids.new_id(ids.FILE), project_id=project_id, filename=f"{eval_id}-{filename}",
                          purpose=RESULT_PURPOSE, bytes=stored.size, sha256=stored.sha256, storage_key=prefix + filename,
                          status=FileStatus.PROCESSED, created_at=int(time.time()), error_count=0))
@@ -174,11 +173,8 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
     work, (spec_document, model, base_model, loss_rows) = claimed
     lease = work.lease
     renewal = work.renewal()
-
-    def patiently(call: Callable[[], T], what: str) -> T:
-        """Store and database outages cost the eval time, not an attempt (worker.outages)."""
-        return ride_out(call, what=what, policy=ctx.outages, alive=lambda: not renewal.lost.is_set(),
-                        retry_on=OWN_DEPENDENCIES)
+    # Store and database outages cost the eval time, not an attempt (worker.outages).
+    patient = patiently(ctx.outages, alive=lambda: not renewal.lost.is_set())
 
     def progress(done: int, total: int) -> None:
         # A progress write that finds the eval cancelled or re-claimed stops the run at once.
@@ -188,7 +184,7 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
             with ctx.db.write() as session:
                 knowledge_evals.heartbeat(session, lease, ttl=ttl, progress_done=done, progress_total=total)
 
-        patiently(write, "report the eval's progress")
+        patient(write, "report the eval's progress")
 
     def complete(artifacts: EvalArtifacts) -> None:
         with ctx.db.write() as session:
@@ -202,10 +198,10 @@ def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
             # An outage the steps inside do not wait out (loading the models from the store) runs the eval
             # again once the dependency is back; past the deadline it fails with `dependency_outage`. An
             # external judge's errors are not waited out: they spend attempts (docs/reliability.md).
-            artifacts = patiently(lambda: evaluate(
+            artifacts = patient(lambda: evaluate(
                 ctx, eval_id=eval_id, project_id=lease.project_id, spec_document=spec_document, model=model,
-                base_model=base_model, loss_rows=loss_rows, progress=progress, patiently=patiently), "run the eval")
-        patiently(lambda: complete(artifacts), "complete the eval")
+                base_model=base_model, loss_rows=loss_rows, progress=progress, patient=patient), "run the eval")
+        patient(lambda: complete(artifacts), "complete the eval")
         return "succeeded"
     except Exception as exc:  # noqa: BLE001 - every outcome, bugs included, is settled by the taxonomy
         return work.settle(exc, internal_code="eval_error")
@@ -256,7 +252,7 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
                 jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
                 knowledge_evals.record_progress(session, eval_id, done=done, total=total)
 
-        ride_out(write, what="report the eval's progress", policy=ctx.outages)
+        patiently(ctx.outages)(write, "report the eval's progress")
 
     info = {**tuned_info, "training_job_id": lease.work_id}
     losses = [row["train_loss"] for row in loss_rows if isinstance(row.get("train_loss"), int | float)]
