@@ -3,12 +3,14 @@
 SmolLM2-135M-Instruct (the packaged real model, built offline from its GGUF), greedy, 64 new tokens per
 request (end-of-sequence ignored, so every run produces the same number of tokens), prompts of ~40 tokens:
 
-  baseline  transformers `generate` in fp32 with its KV cache, one request: what a user would write;
+  baseline  transformers `generate` in fp32 with its KV cache, one request: what a user would write (and, where
+            bf16 is native, `generate` in bf16 too, for reference; ratios are to fp32);
   ftaas     the engine (in process, no HTTP), one stream and 16 concurrent streams, in each configuration:
             dtype (fp32; bf16 where it is native here) x batch invariance (rows padded to 64-row tiles, or
             not padded).
 
-Prints tokens/s (one stream: inter-token latency too; 16 streams: aggregate) and the ratios to the baseline,
+Each configuration runs in a process of its own (why: `main`). Prints tokens/s (one stream: inter-token
+latency too; 16 streams: aggregate) and the ratios to the baseline,
 then a profile of one decode step of one stream (torch.profiler, top operators by self CPU time), which
 says where a step's time goes.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +36,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from basemodels import smollm2  # noqa: E402
-from serving.engine import Engine, FinishEvent, SamplingParams, Sequence, TokenEvent  # noqa: E402
+from serving.engine import (  # noqa: E402
+    Engine,
+    FinishEvent,
+    SamplingParams,
+    Sequence,
+    TokenEvent,
+    single_threaded_torch,
+)
 from serving.model import LlamaForward, build_step  # noqa: E402
 
 QUESTIONS = ["Who designed the first suspension bridge in your country, and why was it built?",
@@ -135,6 +145,45 @@ def native_bf16(device: str) -> bool:
                 getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
+def measure(args: argparse.Namespace, key: str) -> dict[str, Any]:
+    """One measurement, in a process of its own (see `main`): `generate:<dtype>`, `engine:<dtype>:<mode>` or
+    `profile:<dtype>:<mode>`, mode `invariant` (64-row tiles) or `unpadded`."""
+    kind, dtype_name, *rest = key.split(":")
+    mode = rest[0] if rest else ""
+    tile_rows = 64 if mode == "invariant" else 1
+    if kind == "engine":
+        # As the server does: only the engine thread runs parallel torch work (serving.engine).
+        single_threaded_torch()
+    cache = Path(tempfile.mkdtemp(prefix="ftaas-bench-"))
+    model, tokenizer = load(cache, getattr(torch, dtype_name), args.device, args.model)
+    batch = prompts(tokenizer, args.streams)
+    if kind == "generate":
+        run_transformers(model, batch[0], 4)  # warm-up
+        seconds = statistics.median(run_transformers(model, batch[0], args.tokens) for _ in range(args.repeats))
+        return {"rows": [{"name": f"transformers generate, {dtype_name}, 1 request", "streams": 1,
+                          "tokens_per_second": args.tokens / seconds}],
+                "prompt_tokens": [min(map(len, batch)), max(map(len, batch))]}
+    if kind == "profile":
+        forward = LlamaForward(model, max_slots=1, max_context=512, tile_rows=tile_rows)
+        return {"profile": profile_decode_step(forward, batch[0])}
+    forward = LlamaForward(model, max_slots=max(args.streams, 1), max_context=512, tile_rows=tile_rows)
+    del model
+    engine = Engine(forward, name="bench", max_queue=args.streams, prefill_tokens=4096, max_rank=8)
+    label = f"ftaas, {dtype_name}, {'batch-invariant (64-row tiles)' if mode == 'invariant' else 'unpadded'}"
+    rows = []
+    try:
+        run_engine(engine, batch[:1], 4)  # warm-up
+        for streams in (1, args.streams):
+            runs = [run_engine(engine, batch[:streams], args.tokens) for _ in range(args.repeats)]
+            seconds = statistics.median(r["seconds"] for r in runs)
+            rows.append({"name": label, "streams": streams, "tokens_per_second": streams * args.tokens / seconds,
+                         "itl_ms": 1000 * statistics.median(r["itl"] for r in runs),
+                         "ttft_ms": 1000 * statistics.median(r["ttft"] for r in runs)})
+    finally:
+        engine.stop()
+    return {"rows": rows}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=64)
@@ -144,45 +193,45 @@ def main() -> int:
     parser.add_argument("--dtypes", default="auto", help="comma-separated: float32,bfloat16 (auto: bf16 if native)")
     parser.add_argument("--model", choices=["smollm2", "llama-1b"], default="smollm2",
                         help="llama-1b: ~1.1B parameters built from a config, random weights (no download)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the decode-step profiles")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement, JSON on stdout
     args = parser.parse_args()
+    if args.measure:
+        print("\n@@" + json.dumps(measure(args, args.measure)))
+        return 0
     device = args.device
     dtypes = (["float32", "bfloat16"] if native_bf16(device) else ["float32"]) if args.dtypes == "auto" \
         else args.dtypes.split(",")
-    cache = Path(tempfile.mkdtemp(prefix="ftaas-bench-"))
-    base32, tokenizer = load(cache, torch.float32, device, args.model)
-    batch = prompts(tokenizer, args.streams)
-    print(f"{'SmolLM2-135M-Instruct' if args.model == 'smollm2' else 'random Llama, 1.1B'} on {device} ({torch.get_num_threads()} threads), {args.tokens} greedy tokens, "
-          f"prompts of {min(map(len, batch))}-{max(map(len, batch))} tokens, median of {args.repeats}", flush=True)
-
-    run_transformers(base32, batch[0], 4)  # warm-up
-    baseline = statistics.median(run_transformers(base32, batch[0], args.tokens) for _ in range(args.repeats))
-    rows: list[dict[str, Any]] = [{"name": "transformers generate, fp32, 1 request", "streams": 1,
-                                   "tokens_per_second": args.tokens / baseline}]
+    # Every measurement runs in a fresh process: a process where two threads have run parallel torch work
+    # keeps two OpenMP teams, and then every parallel region pays a wake-up (measured: the engine's
+    # inter-token latency 33 ms alone, 52 ms after the same process had run `generate`).
+    keys = ["generate:float32"] + [f"generate:{d}" for d in dtypes if d != "float32"]
+    keys += [f"engine:{d}:{m}" for d in dtypes for m in ("invariant", "unpadded")]
+    if device == "cpu" and not args.no_profile:
+        keys += [f"profile:{d}:{m}" for d in dtypes for m in ("invariant", "unpadded")]
+    forwarded = ["--tokens", str(args.tokens), "--streams", str(args.streams), "--repeats", str(args.repeats),
+                 "--device", device, "--model", args.model]
+    print(f"{'SmolLM2-135M-Instruct' if args.model == 'smollm2' else 'random Llama, 1.1B'} on {device} "
+          f"({torch.get_num_threads()} threads), {args.tokens} greedy tokens, median of {args.repeats}, "
+          "each configuration in its own process", flush=True)
+    rows: list[dict[str, Any]] = []
     profiles: dict[str, str] = {}
-    for dtype_name in dtypes:
-        model = base32 if dtype_name == "float32" else load(cache, getattr(torch, dtype_name), device, args.model)[0]
-        for invariant in (True, False):
-            forward = LlamaForward(model, max_slots=max(args.streams, 1), max_context=512,
-                                   tile_rows=64 if invariant else 1)
-            engine = Engine(forward, name="bench", max_queue=args.streams, prefill_tokens=4096, max_rank=8)
-            label = f"ftaas, {dtype_name}, {'batch-invariant (64-row tiles)' if invariant else 'unpadded'}"
-            try:
-                run_engine(engine, batch[:1], 4)  # warm-up
-                for streams in (1, args.streams):
-                    runs = [run_engine(engine, batch[:streams], args.tokens) for _ in range(args.repeats)]
-                    seconds = statistics.median(r["seconds"] for r in runs)
-                    rows.append({"name": label, "streams": streams,
-                                 "tokens_per_second": streams * args.tokens / seconds,
-                                 "itl_ms": 1000 * statistics.median(r["itl"] for r in runs),
-                                 "ttft_ms": 1000 * statistics.median(r["ttft"] for r in runs)})
-                    print(f"  {label}, {streams} stream(s): {rows[-1]['tokens_per_second']:.1f} tokens/s", flush=True)
-            finally:
-                engine.stop()
-            if device == "cpu":
-                profiles[label] = profile_decode_step(
-                    LlamaForward(model, max_slots=1, max_context=512, tile_rows=64 if invariant else 1), batch[0])
-
+    for key in keys:
+        done = subprocess.run([sys.executable, __file__, *forwarded, "--measure", key], capture_output=True,
+                              text=True, check=False)
+        if done.returncode != 0 or "\n@@" not in done.stdout:
+            print(f"  {key}: failed\n{done.stderr[-3000:]}", flush=True)
+            continue
+        result = json.loads(done.stdout.rsplit("\n@@", 1)[1])
+        for row in result.get("rows", []):
+            rows.append(row)
+            print(f"  {row['name']}, {row['streams']} stream(s): {row['tokens_per_second']:.1f} tokens/s", flush=True)
+        if "prompt_tokens" in result:
+            print(f"  prompts of {result['prompt_tokens'][0]}-{result['prompt_tokens'][1]} tokens", flush=True)
+        if "profile" in result:
+            _, dtype_name, mode = key.split(":")
+            profiles[f"ftaas, {dtype_name}, {mode}"] = result["profile"]
     reference = rows[0]["tokens_per_second"]
     print(f"\n{'configuration':<62} {'streams':>7} {'tokens/s':>9} {'x generate':>10} {'ITL ms':>7} {'TTFT ms':>8}")
     for row in rows:

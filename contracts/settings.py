@@ -148,9 +148,14 @@ class Settings(BaseSettings):
     serving_max_batch: int = Field(
         default=64, ge=1, le=1024, description="Sequences decoded together in one batch (KV cache slots per base model)."
     )
-    serving_max_context: int = Field(
-        default=1024, ge=16, description="Longest prompt + completion, in tokens, a sequence may reach."
-    )
+    serving_max_context: int | None = Field(
+        default=None, ge=16, description="Longest prompt + completion, in tokens, a sequence may reach. Default: "
+                                         "the base model's own context (its max_position_embeddings).")
+    serving_kv_cache_bytes: int = Field(
+        default=2 * 1024 ** 3, ge=1024 ** 2, description="Keys and values all running sequences of one base "
+                                                         "model may hold together; it grows with what they hold "
+                                                         "and, when spent, the newest sequence waits its turn "
+                                                         "again (preempted, nothing lost).")
     serving_tile_rows: int = Field(
         default=64, ge=8, description="Rows per matrix-product tile when serving is batch-invariant: fixed shapes "
                                       "make a row's result independent of its batch."

@@ -2,10 +2,16 @@
 
 One `Engine` per base model runs a loop on its own thread:
 
-    admit waiting sequences into free KV slots (bounded by a prompt-token budget per step)
+    admit waiting sequences into free slots (bounded by a prompt-token budget per step and by the KV memory
+    budget: serving.kvcache)
     -> one forward pass: a decode row for every running sequence + the prompts of the joiners
     -> pick each sequence's next token (greedy, or sampled from its own seeded generator)
-    -> emit it; finished, cancelled or expired sequences free their slot at once
+    -> emit it; finished, cancelled or expired sequences free their slot and KV memory at once
+
+When a running sequence must grow its KV cache and the budget is spent, the most recently admitted
+sequence is preempted (vLLM's recompute policy): its memory is freed, it goes back to the head of the queue
+with what it generated so far, and on readmission its prompt and those tokens are prefilled again. Nothing
+is lost and the caller sees one uninterrupted stream.
 
 Sequences are independent of each other by construction (serving.model): the same request gives the same
 tokens whatever else is running. Callers receive events through a sink they provide (called on the engine
@@ -25,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from contracts.errors import Draining, Overloaded
+from serving.kvcache import KVBudgetExceeded
 from serving.lora import AdapterWeights, SlotLora
 from serving.model import LlamaForward, build_step
 
@@ -92,11 +99,18 @@ class Sequence:
         self.cancelled = False
         self.enqueued_at = time.monotonic()
         self.first_token_at: float | None = None
+        #: the engine step at which the sequence last took a slot (preemption picks the newest)
+        self.admitted_at = 0
         self.finished_at: float | None = None
         self.generator: torch.Generator | None = None
         if params.temperature > 0:
             self.generator = torch.Generator()
             self.generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
+
+    @property
+    def prefill_ids(self) -> list[int]:
+        """What joining computes: the prompt, and the tokens generated before a preemption."""
+        return self.prompt_ids + self.generated if self.generated else self.prompt_ids
 
     @property
     def position(self) -> int:
@@ -134,6 +148,8 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name=f"ftaas-engine-{name}", daemon=True)
         self._thread.start()
         self.steps = 0
+        #: sequences sent back to the queue because the KV budget was spent
+        self.preemptions = 0
 
     # ---------------------------------------------------------------------------------- callers
     def submit(self, sequences: list[Sequence]) -> None:
@@ -232,11 +248,17 @@ class Engine:
                 self._waiting.popleft()
                 self._finish(sequence, "cancelled" if sequence.cancelled else "timeout")
                 continue
-            if joining and len(sequence.prompt_ids) > budget:
+            needed = len(sequence.prefill_ids)
+            if joining and needed > budget:
                 break
+            kv = self.forward.kv
+            if kv.used_bytes + kv.capacity_for(needed + 1) * kv.position_bytes > kv.budget_bytes and \
+                    (self._running or joining):
+                break  # wait for memory to be freed (alone, a sequence always fits: max_context is capped)
             self._waiting.popleft()
-            budget -= len(sequence.prompt_ids)
+            budget -= needed
             sequence.slot = self._used
+            sequence.admitted_at = self.steps
             self._slots[self._used] = sequence
             self._used += 1
             self.slot_lora.assign(sequence.slot, sequence.adapter)
@@ -245,12 +267,19 @@ class Engine:
         return joining
 
     def _step(self, decoding: list[Sequence], joining: list[Sequence]) -> None:
-        if not decoding and not joining:
-            return
-        decode_rows = [(s.slot, s.generated[-1], s.position) for s in decoding]
-        prefill_rows = [(s.slot, s.prompt_ids) for s in joining]
-        assert all(slot is not None for slot, _, _ in decode_rows)
-        batch = build_step(self.forward, decode_rows, prefill_rows, self.slot_lora)  # type: ignore[arg-type]
+        while True:
+            if not decoding and not joining:
+                return
+            decode_rows = [(s.slot, s.generated[-1], s.position) for s in decoding]
+            prefill_rows = [(s.slot, s.prefill_ids) for s in joining]
+            assert all(slot is not None for slot, _, _ in decode_rows)
+            try:
+                batch = build_step(self.forward, decode_rows, prefill_rows, self.slot_lora)  # type: ignore[arg-type]
+                break
+            except KVBudgetExceeded:
+                victim = self._preempt()
+                decoding = [s for s in decoding if s is not victim]
+                joining = [s for s in joining if s is not victim]
         with torch.inference_mode():
             # Sampling runs on the CPU (each sequence's seeded generator lives there): one transfer per step.
             logits = self.forward.forward(batch).cpu()
@@ -273,6 +302,21 @@ class Engine:
             with self._condition:
                 for sequence, reason in finished:
                     self._finish(sequence, reason)
+
+    def _preempt(self) -> Sequence:
+        """Send the most recently admitted running sequence back to the head of the queue, freeing its slot
+        and KV memory; it keeps what it generated (prefilled again when it rejoins)."""
+        with self._condition:
+            victim = max(self._running, key=lambda s: s.admitted_at)
+            self._running.remove(victim)
+            assert victim.slot is not None
+            self._release_slot(victim.slot)
+            victim.slot = None
+            self._waiting.appendleft(victim)
+            self.preemptions += 1
+            log.info("KV budget spent: preempted %s after %d tokens", victim.label or "a sequence",
+                     len(victim.generated))
+            return victim
 
     def _finish(self, sequence: Sequence, reason: str, error: BaseException | None = None) -> None:
         """Release the slot and report (caller holds the condition). Safe to call twice."""
@@ -298,11 +342,12 @@ class Engine:
         if slot != last:
             moved = self._slots[last]
             assert moved is not None and moved.slot == last
-            self.forward.move_slot(last, slot, length=len(moved.prompt_ids) + len(moved.generated))
+            self.forward.move_slot(last, slot)
             self.slot_lora.move(last, slot)
             self._slots[slot] = moved
             moved.slot = slot
         else:
+            self.forward.kv.release(slot)
             self.slot_lora.assign(slot, None)
         self._slots[last] = None
         self._used -= 1

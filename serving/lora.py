@@ -138,7 +138,7 @@ def read_adapter(directory: Path, forward: LlamaForward, *, key: str, max_rank: 
                 b_full[offset:offset + rank, out_offset:out_offset + out] = b.T * scale
                 if "lora_magnitude_vector" in part:
                     any_magnitude = True
-                    weight = forward.layers[layer].linear[group][0][out_offset:out_offset + out].float()
+                    weight = forward.weight(layer, group)[out_offset:out_offset + out].float()
                     norm = torch.linalg.norm(weight + scale * (b @ a), dim=1)
                     magnitudes.append(part["lora_magnitude_vector"].float().reshape(-1) / norm)
                 else:
@@ -273,7 +273,8 @@ class SlotLora:
         if batch.decode_lora and batch.decode_contiguous:
             # Decode row i is slot i: plain views, no gathers.
             count = batch.decode_count
-            # At least two slots: a batch of one is computed differently (see batched_product).
+            # At least two slots: torch dispatches a bmm over a batch of one to a plain matrix product, which
+            # rounds differently for some shapes (measured), and a row must not depend on its company.
             width = max(count, 2)
             per_slot = _rows(x, width).unsqueeze(1)
             rows = _rows(out, width).unsqueeze(1)

@@ -110,16 +110,18 @@ class InferenceService:
             model = self.loader.load_model(base_model, dtype=dtype, device=device)
             model.eval()
             tokenizer = self.loader.load_tokenizer(base_model)
-            limit = int(getattr(model.config, "max_position_embeddings", self.settings.serving_max_context))
+            limit = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+            configured = self.settings.serving_max_context
             forward = LlamaForward(model, max_slots=self.settings.serving_max_batch,
-                                   max_context=min(limit, self.settings.serving_max_context),
+                                   max_context=min(limit, configured) if configured else limit,
                                    tile_rows=self.settings.serving_tile_rows if self.settings.serving_batch_invariant
-                                   else 1)
+                                   else 1, kv_budget_bytes=self.settings.serving_kv_cache_bytes)
             engine = Engine(forward, name=base_model, max_queue=self.settings.serving_max_queue,
                             prefill_tokens=self.settings.serving_prefill_tokens,
                             max_rank=self.settings.serving_max_lora_rank,
                             observer=self.metrics.engine_observer(base_model))
             entry = BaseEngine(engine, tokenizer, stop_token_ids(tokenizer, model))
+            del model  # the forward keeps the tensors it computes with (pre-packed ones replace the model's)
             self._engines[base_model] = entry
             return entry
 

@@ -47,7 +47,8 @@ def test_logits_match_transformers_in_the_same_dtype(base_model: Any, tokenizer:
                                                      tile_rows: int) -> None:
     model = base_model if dtype == torch.float32 else _copy(base_model, dtype)
     forward = LlamaForward(model, max_slots=2, max_context=128, tile_rows=tile_rows)
-    assert forward.k_cache.dtype == dtype
+    assert forward.kv.dtype == dtype
+    assert forward.prepacked == (dtype == torch.bfloat16 and tile_rows == 1 and native_bfloat16("cpu"))
     ids = tokenizer(PROMPT)["input_ids"]
     with torch.inference_mode():
         expected = model(torch.tensor([ids])).logits[0, -1].float()
@@ -113,7 +114,7 @@ def test_the_engine_on_cuda_decodes_what_it_decodes_on_the_cpu(base_model: Any, 
     on_cpu = _greedy(LlamaForward(base_model, max_slots=2, max_context=128, tile_rows=64), ids, 16)
     cuda_model = _copy(base_model, torch.float32).to("cuda")
     forward = LlamaForward(cuda_model, max_slots=2, max_context=128, tile_rows=64)
-    assert forward.k_cache.device.type == "cuda" and forward.lm_head.device.type == "cuda"
+    assert forward.kv.device.type == "cuda" and forward.lm_head.device.type == "cuda"
     with torch.inference_mode():
         expected = cuda_model(torch.tensor([ids], device="cuda")).logits[0, -1].float().cpu()
     assert torch.allclose(_last_logits(forward, ids).cpu(), expected, atol=1e-3)
@@ -145,8 +146,7 @@ def test_an_adapters_decode_step_unpadded_is_the_padded_one(base_model: Any, tok
 
 
 def test_unpadded_decode_of_several_sequences_is_the_padded_one(base_model: Any, tokenizer: Any) -> None:
-    """Unpadded decode attention reads consecutive slots as views of the cache and gathers the others; both
-    give what the padded, batch-invariant path gives."""
+    """Several sequences in scattered slots decode, unpadded, what the padded, batch-invariant path decodes."""
     prompts = [tokenizer(text)["input_ids"] for text in (PROMPT, "the dog in the town", "who was born by the lake")]
     slots = (0, 1, 3)
     steps = []
@@ -154,9 +154,9 @@ def test_unpadded_decode_of_several_sequences_is_the_padded_one(base_model: Any,
         forward = LlamaForward(base_model, max_slots=4, max_context=128, tile_rows=tile_rows)
         with torch.inference_mode():
             forward.forward(build_step(forward, [], list(zip(slots, prompts, strict=True))))
-            scattered = forward.forward(build_step(  # slots 0, 1, 3: one bucket, not consecutive
+            scattered = forward.forward(build_step(  # slots 0, 1, 3
                 forward, [(slot, 5 + slot, len(ids)) for slot, ids in zip(slots, prompts, strict=True)], []))
-            consecutive = forward.forward(build_step(  # slots 0, 1: consecutive
+            consecutive = forward.forward(build_step(  # slots 0, 1
                 forward, [(slot, 9, len(ids) + 1) for slot, ids in zip(slots[:2], prompts[:2], strict=True)], []))
         steps.append((scattered, consecutive))
     for padded, unpadded in zip(steps[0], steps[1], strict=True):

@@ -1,0 +1,92 @@
+"""Keys and values of running sequences: memory that grows with what each sequence holds, under a budget.
+
+Each occupied slot owns one tensor `[layers, 2 (keys, values), kv_heads, capacity, head_dim]`. Its capacity
+starts at the prompt rounded up to `chunk` positions and doubles when the sequence outgrows it (one copy;
+over a sequence's life the copies add up to less than its final size), capped at the context limit. So an
+engine configured for 8k-32k contexts allocates nothing up front, a short chat holds a few hundred
+positions, and a long one holds what it reached (at most 2x, the price of growing by doubling).
+
+Why one contiguous tensor per sequence rather than fixed-size pages shared through block tables (vLLM's
+paged attention): decode attention here is PyTorch's scaled_dot_product_attention on each sequence's own
+view of its keys and values, with no paged-attention kernel on the CPU to read scattered pages. Pages
+would have to be gathered into a contiguous copy on every layer of every step, which measured 2x the cost
+of the attention itself at 8k positions; a contiguous tensor is read in place (docs/serving.md).
+
+Every allocation counts against `budget_bytes`; `reserve` says no rather than exceed it, and the engine
+then waits (a joining sequence) or preempts (a running one). Not thread-safe: the engine thread owns it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVBudgetExceeded(Exception):
+    """A sequence needs more key/value memory than the budget has left."""
+
+
+class KVCache:
+    def __init__(self, *, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
+                 slots: int, max_context: int, budget_bytes: int, chunk: int = 256) -> None:
+        self.shape = (layers, 2, kv_heads, head_dim)
+        self.dtype = dtype
+        self.device = device
+        self.max_context = max_context
+        self.chunk = chunk
+        #: bytes one position of one sequence takes (keys and values of every layer)
+        self.position_bytes = layers * 2 * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+        self.budget_bytes = budget_bytes
+        self.used_bytes = 0
+        #: slot -> its sequence's keys and values, or None for a free slot
+        self.slots: list[torch.Tensor | None] = [None] * slots
+
+    # ------------------------------------------------------------------------------ capacity
+    def capacity_for(self, positions: int) -> int:
+        """The capacity a sequence holding `positions` gets: a chunk, doubled until it fits, capped."""
+        capacity = self.chunk
+        while capacity < positions:
+            capacity *= 2
+        return max(min(capacity, self.max_context), positions)
+
+    def positions_affordable(self) -> int:
+        """The most positions one sequence could reach alone under the budget (the engine's context cap)."""
+        return self.budget_bytes // self.position_bytes
+
+    def capacity(self, slot: int) -> int:
+        held = self.slots[slot]
+        return 0 if held is None else held.shape[3]
+
+    def reserve(self, slot: int, positions: int) -> None:
+        """Make `slot` hold at least `positions` positions, keeping what it holds. Raises KVBudgetExceeded
+        (and changes nothing) when the budget cannot cover the growth."""
+        held = self.slots[slot]
+        if held is not None and held.shape[3] >= positions:
+            return
+        capacity = self.capacity_for(positions)
+        old = 0 if held is None else held.shape[3]
+        grow = (capacity - old) * self.position_bytes
+        if self.used_bytes + grow > self.budget_bytes:
+            raise KVBudgetExceeded(f"slot {slot} needs {positions} positions")
+        layers, pair, kv_heads, head_dim = self.shape
+        tensor = torch.empty(layers, pair, kv_heads, capacity, head_dim, dtype=self.dtype, device=self.device)
+        if held is not None:
+            tensor[:, :, :, :old] = held
+        self.slots[slot] = tensor
+        self.used_bytes += grow
+
+    def release(self, slot: int) -> None:
+        held = self.slots[slot]
+        if held is not None:
+            self.used_bytes -= held.shape[3] * self.position_bytes
+            self.slots[slot] = None
+
+    def move(self, source: int, target: int) -> None:
+        """Give `target` the keys and values of `source` (no copy: the tensor changes hands)."""
+        self.release(target)
+        self.slots[target], self.slots[source] = self.slots[source], None
+
+    def __getitem__(self, slot: int) -> torch.Tensor:
+        held = self.slots[slot]
+        if held is None:
+            raise KeyError(f"slot {slot} holds no keys and values")
+        return held
