@@ -69,7 +69,7 @@ def main() -> int:
             expected = model(torch.tensor([ids], device="cuda")).logits[0, -1].float().cpu()
         for tile_rows in (64, 1):
             forward = LlamaForward(model, max_slots=2, max_context=128, tile_rows=tile_rows)
-            placed = forward.k_cache.device.type == "cuda" and forward.lm_head.device.type == "cuda"
+            placed = forward.kv.device.type == "cuda" and forward.lm_head.device.type == "cuda"
             ours = last_logits(forward, ids)
             error = (ours - expected).abs().max().item()
             bound = 1e-3 if dtype == torch.float32 else 0.05 * expected.abs().max().item()

@@ -156,6 +156,10 @@ class Settings(BaseSettings):
                                                          "model may hold together; it grows with what they hold "
                                                          "and, when spent, the newest sequence waits its turn "
                                                          "again (preempted, nothing lost).")
+    serving_prefix_cache_bytes: int = Field(
+        default=256 * 1024 ** 2, ge=0, description="Keys and values of prompt prefixes kept so that prompts "
+                                                   "starting the same way compute only the rest (0: off; never "
+                                                   "used when serving is batch-invariant).")
     serving_tile_rows: int = Field(
         default=64, ge=8, description="Rows per matrix-product tile when serving is batch-invariant: fixed shapes "
                                       "make a row's result independent of its batch."

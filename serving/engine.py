@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from contracts.errors import Draining, Overloaded
-from serving.kvcache import KVBudgetExceeded
+from serving.kvcache import KVBudgetExceeded, PrefixCache
 from serving.lora import AdapterWeights, SlotLora
 from serving.model import LlamaForward, build_step
 
@@ -128,8 +128,11 @@ class EngineObserver:
 
 class Engine:
     def __init__(self, forward: LlamaForward, *, name: str, max_queue: int, prefill_tokens: int, max_rank: int,
-                 observer: EngineObserver | None = None) -> None:
+                 observer: EngineObserver | None = None, prefix_cache_bytes: int = 0) -> None:
         self.forward = forward
+        #: prompt prefixes computed once (never under batch invariance: see PrefixCache)
+        self.prefixes = PrefixCache(position_bytes=forward.kv.position_bytes,
+                                    budget_bytes=0 if forward.batch_invariant else prefix_cache_bytes)
         self.name = name
         self.max_queue = max_queue
         self.prefill_tokens = prefill_tokens
@@ -242,6 +245,8 @@ class Engine:
                 self._finish(sequence, "timeout")
         joining: list[Sequence] = []
         budget = self.prefill_tokens
+        kv = self.forward.kv
+        planned = kv.used_bytes  # the KV memory held, plus what this step's joiners will reserve
         while self._waiting and self._free():
             sequence = self._waiting[0]
             if sequence.cancelled or (sequence.deadline is not None and now > sequence.deadline):
@@ -251,12 +256,12 @@ class Engine:
             needed = len(sequence.prefill_ids)
             if joining and needed > budget:
                 break
-            kv = self.forward.kv
-            if kv.used_bytes + kv.capacity_for(needed + 1) * kv.position_bytes > kv.budget_bytes and \
-                    (self._running or joining):
+            reserve = kv.capacity_for(needed + 1) * kv.position_bytes
+            if planned + reserve > kv.budget_bytes and (self._running or joining):
                 break  # wait for memory to be freed (alone, a sequence always fits: max_context is capped)
             self._waiting.popleft()
             budget -= needed
+            planned += reserve
             sequence.slot = self._used
             sequence.admitted_at = self.steps
             self._slots[self._used] = sequence
@@ -271,7 +276,7 @@ class Engine:
             if not decoding and not joining:
                 return
             decode_rows = [(s.slot, s.generated[-1], s.position) for s in decoding]
-            prefill_rows = [(s.slot, s.prefill_ids) for s in joining]
+            prefill_rows = [self._prefill_row(s) for s in joining]
             assert all(slot is not None for slot, _, _ in decode_rows)
             try:
                 batch = build_step(self.forward, decode_rows, prefill_rows, self.slot_lora)  # type: ignore[arg-type]
@@ -283,6 +288,9 @@ class Engine:
         with torch.inference_mode():
             # Sampling runs on the CPU (each sequence's seeded generator lives there): one transfer per step.
             logits = self.forward.forward(batch).cpu()
+            for sequence in joining:
+                assert sequence.slot is not None
+                self.prefixes.store(_adapter_key(sequence), sequence.prefill_ids, self.forward.kv[sequence.slot])
         now = time.monotonic()
         finished: list[tuple[Sequence, str]] = []
         for row, sequence in enumerate([*decoding, *joining]):
@@ -302,6 +310,16 @@ class Engine:
             with self._condition:
                 for sequence, reason in finished:
                     self._finish(sequence, reason)
+
+    def _prefill_row(self, sequence: Sequence) -> tuple[int, list[int], int]:
+        """(slot, the ids to compute, positions taken from the prefix cache), copying those into the slot."""
+        assert sequence.slot is not None
+        ids = sequence.prefill_ids
+        cached, keys_values = self.prefixes.lookup(_adapter_key(sequence), ids)
+        if keys_values is not None:
+            self.forward.kv.reserve(sequence.slot, len(ids))
+            self.forward.kv[sequence.slot][:, :, :, :cached] = keys_values
+        return sequence.slot, ids[cached:], cached
 
     def _preempt(self) -> Sequence:
         """Send the most recently admitted running sequence back to the head of the queue, freeing its slot
@@ -356,6 +374,10 @@ class Engine:
         for sequence in [*self._waiting, *self._running]:
             self._finish(sequence, reason)
         self._waiting.clear()
+
+
+def _adapter_key(sequence: Sequence) -> str | None:
+    return sequence.adapter.key if sequence.adapter is not None else None
 
 
 def _choose(logits: torch.Tensor, sequence: Sequence) -> TokenEvent:

@@ -90,3 +90,81 @@ class KVCache:
         if held is None:
             raise KeyError(f"slot {slot} holds no keys and values")
         return held
+
+
+class PrefixCache:
+    """Keys and values of prompt prefixes already computed, so that a prompt starting the same way (one system
+    prompt, an eval suite's instructions) computes only what follows. Measured on the real model: a
+    200-token system prompt shared by 64 requests of 32 tokens made prefill 35 % of the run, 28 % of which a
+    cache saves; the chat template's own 26 shared tokens, 6 % (docs/serving.md).
+
+    Entries are whole blocks of `block` positions, keyed by the adapter (an adapter changes keys and values)
+    and every token before the block's end, compared exactly (a nested tuple key: dict equality, never a
+    hash alone). One stored tensor serves every block boundary within it. Least recently used tensors are
+    evicted beyond `budget_bytes`. Results with a cached prefix may differ from a full prefill in the last
+    bits (other product shapes), so batch-invariant serving never uses it. Engine thread only.
+    """
+
+    def __init__(self, *, position_bytes: int, budget_bytes: int, block: int = 64) -> None:
+        self.position_bytes = position_bytes
+        self.budget_bytes = budget_bytes
+        self.block = block
+        self.used_bytes = 0
+        #: key of a block boundary -> (stored tensor id, positions up to that boundary)
+        self._boundaries: dict[tuple[object, ...], tuple[int, int]] = {}
+        #: stored tensor id -> (tensor [layers, 2, kv_heads, positions, head_dim], its boundary keys); LRU order
+        self._stored: dict[int, tuple[torch.Tensor, list[tuple[object, ...]]]] = {}
+        self._next_id = 0
+        self.hits = 0
+        self.positions_saved = 0
+
+    def _keys(self, adapter: str | None, ids: list[int], blocks: int) -> list[tuple[object, ...]]:
+        keys: list[tuple[object, ...]] = []
+        key: tuple[object, ...] = (adapter,)
+        for index in range(blocks):
+            key = (key, tuple(ids[index * self.block:(index + 1) * self.block]))
+            keys.append(key)
+        return keys
+
+    def lookup(self, adapter: str | None, ids: list[int]) -> tuple[int, torch.Tensor | None]:
+        """The longest stored prefix of `ids` (leaving at least one position to compute): (positions, a view of
+        its keys and values), or (0, None)."""
+        if self.budget_bytes <= 0:
+            return 0, None
+        keys = self._keys(adapter, ids, (len(ids) - 1) // self.block)
+        for key in reversed(keys):
+            found = self._boundaries.get(key)
+            if found is not None:
+                stored_id, positions = found
+                tensor, boundary_keys = self._stored.pop(stored_id)
+                self._stored[stored_id] = (tensor, boundary_keys)  # most recently used
+                self.hits += 1
+                self.positions_saved += positions
+                return positions, tensor[:, :, :, :positions]
+        return 0, None
+
+    def store(self, adapter: str | None, ids: list[int], cache: torch.Tensor) -> None:
+        """Keep the whole blocks of a prompt whose keys and values `cache` holds, unless stored already."""
+        blocks = (len(ids) - 1) // self.block
+        positions = blocks * self.block
+        if blocks == 0 or self.budget_bytes < positions * self.position_bytes:
+            return
+        keys = self._keys(adapter, ids, blocks)
+        if keys[-1] in self._boundaries:
+            return
+        tensor = cache[:, :, :, :positions].clone()
+        self._next_id += 1
+        self._stored[self._next_id] = (tensor, keys)
+        for index, key in enumerate(keys):
+            self._boundaries.setdefault(key, (self._next_id, (index + 1) * self.block))
+        self.used_bytes += positions * self.position_bytes
+        while self.used_bytes > self.budget_bytes:
+            self._evict(next(iter(self._stored)))
+
+    def _evict(self, stored_id: int) -> None:
+        tensor, keys = self._stored.pop(stored_id)
+        self.used_bytes -= tensor.shape[3] * self.position_bytes
+        for key in keys:
+            if self._boundaries.get(key, (None,))[0] == stored_id:
+                del self._boundaries[key]
+

@@ -297,7 +297,7 @@ class SlotLora:
             if batch.decode_dora:
                 rows = rows * self.magnitude[layer][group][slots]
             out[:count] = rows  # `out` is this step's own product: updating it in place is safe
-        for start, length, slot in batch.lora_prefills:
+        for start, length, slot, _ in batch.lora_prefills:
             rank = self.slot_class[slot]
             assert rank is not None
             a, b = self.a[rank][layer][group][slot], self.b[rank][layer][group][slot]

@@ -291,10 +291,14 @@ class LlamaForward:
                 layer_cache = cache[index]
                 layer_cache[:, :, position] = keys_values[row]
                 pieces.append(self._decode_attention(q[row], layer_cache, position + 1, layer.window))
-            for start, length, slot in batch.prefills:
-                self.kv[slot][index, :, :, :length] = keys_values[start:start + length].permute(1, 2, 0, 3)
-                pieces.append(self._prefill_attention(q[start:start + length], k[start:start + length],
-                                                      v[start:start + length], layer.window))
+            for start, length, slot, past in batch.prefills:
+                layer_cache = self.kv[slot][index]
+                layer_cache[:, :, past:past + length] = keys_values[start:start + length].permute(1, 2, 0, 3)
+                if past:  # the prompt's first `past` positions came from the prefix cache
+                    keys, values = layer_cache[0, :, :past + length], layer_cache[1, :, :past + length]
+                else:
+                    keys, values = k[start:start + length].transpose(0, 1), v[start:start + length].transpose(0, 1)
+                pieces.append(self._prefill_attention(q[start:start + length], keys, values, past, layer.window))
             if rows > batch.real_rows:
                 pieces.append(q.new_zeros(rows - batch.real_rows, g.heads, g.head_dim))
             attended = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
@@ -334,17 +338,20 @@ class LlamaForward:
                                              enable_gqa=True)
         return out.reshape(1, -1, q.shape[-1])
 
-    def _prefill_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    def _prefill_attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int,
                            window: int | None) -> torch.Tensor:
-        length = q.shape[0]
+        """A prompt's attention: q [length, heads, head_dim] for positions past..past+length-1 over keys and
+        values [kv_heads, past + length, head_dim], causal (and within the layer's sliding window)."""
+        length, total = q.shape[0], keys.shape[1]
         mask = None
-        if window is not None and length > window:
-            # Causal and within the window: key j is visible from query i when i - window < j <= i.
-            offsets = torch.arange(length, device=q.device)[:, None] - torch.arange(length, device=q.device)[None, :]
-            mask = (offsets >= 0) & (offsets < window)
-        out = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
-                                             v.transpose(0, 1).unsqueeze(0), attn_mask=mask,
-                                             is_causal=mask is None, scale=self.attention_scale,
+        if past or (window is not None and length > window):
+            # Key j is visible from the query at position i when j <= i (and i - window < j).
+            offsets = (past + torch.arange(length, device=q.device))[:, None] - torch.arange(total, device=q.device)[None, :]
+            mask = offsets >= 0
+            if window is not None:
+                mask &= offsets < window
+        out = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0),
+                                             attn_mask=mask, is_causal=mask is None, scale=self.attention_scale,
                                              enable_gqa=True)
         return out[0].transpose(0, 1)
 
@@ -362,8 +369,8 @@ class StepBatch:
     decode_slots: torch.Tensor
     #: per decode row: its sequence's KV cache [layers, 2, kv_heads, capacity, head_dim] and its position
     decode_caches: list[tuple[torch.Tensor, int]]
-    #: (first row, length, slot) per joining sequence
-    prefills: list[tuple[int, int, int]]
+    #: (first row, length, slot, positions already cached before the first row) per joining sequence
+    prefills: list[tuple[int, int, int, int]]
     logit_rows: torch.Tensor
     #: the slot adapter buffers (serving.lora.SlotLora), or None when no adapter is loaded at all
     lora: Any = None
@@ -372,12 +379,13 @@ class StepBatch:
     decode_dora: bool = False
     #: decode row i uses slot i (the engine keeps slots compact), so per-slot data are views
     decode_contiguous: bool = False
-    lora_prefills: list[tuple[int, int, int]] = field(default_factory=list)
+    lora_prefills: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
-def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]], prefill: list[tuple[int, list[int]]],
-               lora: Any = None) -> StepBatch:
-    """decode: (slot, last token, its position) per running sequence; prefill: (slot, prompt ids).
+def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
+               prefill: list[tuple[int, list[int]]] | list[tuple[int, list[int], int]], lora: Any = None) -> StepBatch:
+    """decode: (slot, last token, its position) per running sequence; prefill: (slot, prompt ids) or (slot,
+    the prompt's ids after its first `past` positions, past) where the slot's cache holds those already.
 
     Reserves the KV memory the step writes (raises serving.kvcache.KVBudgetExceeded, having reserved
     nothing new for the slot that did not fit, when the budget cannot hold it)."""
@@ -390,11 +398,12 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]], prefil
         tokens.append(token)
         positions.append(position)
     prefills = []
-    for slot, ids in prefill:
-        forward.kv.reserve(slot, len(ids))
-        prefills.append((len(tokens), len(ids), slot))
+    for slot, ids, *cached in prefill:
+        past = cached[0] if cached else 0
+        forward.kv.reserve(slot, past + len(ids))
+        prefills.append((len(tokens), len(ids), slot, past))
         tokens.extend(ids)
-        positions.extend(range(len(ids)))
+        positions.extend(range(past, past + len(ids)))
         logit_rows.append(len(tokens) - 1)
     real = len(tokens)
     padded = -(-real // forward.tile_rows) * forward.tile_rows

@@ -119,7 +119,8 @@ class InferenceService:
             engine = Engine(forward, name=base_model, max_queue=self.settings.serving_max_queue,
                             prefill_tokens=self.settings.serving_prefill_tokens,
                             max_rank=self.settings.serving_max_lora_rank,
-                            observer=self.metrics.engine_observer(base_model))
+                            observer=self.metrics.engine_observer(base_model),
+                            prefix_cache_bytes=self.settings.serving_prefix_cache_bytes)
             entry = BaseEngine(engine, tokenizer, stop_token_ids(tokenizer, model))
             del model  # the forward keeps the tensors it computes with (pre-packed ones replace the model's)
             self._engines[base_model] = entry
