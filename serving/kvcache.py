@@ -68,7 +68,9 @@ class KVCache:
         if self.used_bytes + grow > self.budget_bytes:
             raise KVBudgetExceeded(f"slot {slot} needs {positions} positions")
         layers, pair, kv_heads, head_dim = self.shape
-        tensor = torch.empty(layers, pair, kv_heads, capacity, head_dim, dtype=self.dtype, device=self.device)
+        # Zeros, not empty: grouped decode attention reads whole buckets of positions, masking what lies past
+        # a sequence's length, and a masked score must be 0 + -inf, never NaN from uninitialised memory.
+        tensor = torch.zeros(layers, pair, kv_heads, capacity, head_dim, dtype=self.dtype, device=self.device)
         if held is not None:
             tensor[:, :, :, :old] = held
         self.slots[slot] = tensor

@@ -67,6 +67,18 @@ FUSED_GROUPS: dict[str, tuple[str, ...]] = {
 _ALL_LAYERS_WINDOWED = frozenset({"mistral", "phi3"})
 
 
+#: Grouped decode attention rounds each row's KV length up to a multiple of this (its bucket): the positions
+#: copied per row and layer, against the number of groups.
+DECODE_BUCKET = 64
+#: Unpadded serving groups decode rows from this many rows on, while the longest holds at most
+#: GROUPED_DECODE_LENGTH positions (measured on the real model: below, each row attending alone is cheaper;
+#: above, copying the buckets costs more than the attention).
+GROUPED_DECODE_ROWS = 4
+#: A group's keys and values of every layer are copied once per step up to this size, else layer by layer.
+GROUP_COPY_BYTES = 256 * 1024 ** 2
+GROUPED_DECODE_LENGTH = 2048
+
+
 def module_groups(model_type: str | None) -> dict[str, tuple[str, ...]]:
     """group -> the model's module names computed in it (the names adapters target)."""
     return FUSED_GROUPS if model_type == "phi3" else GROUPS
@@ -271,6 +283,8 @@ class LlamaForward:
         if self.embed_scale is not None:
             x = x * self.embed_scale
         rope = [(cos[batch.positions].unsqueeze(1), sin[batch.positions].unsqueeze(1)) for cos, sin in self.rope]
+        #: grouped decode: each layer's keys and values of the decode rows, stored once after the last layer
+        staged: list[torch.Tensor] = []
         for index, layer in enumerate(self.layers):
             h = self._norm(x, layer.input_norm)
             qkv = self._linear(h, layer, "qkv", index, batch)
@@ -287,10 +301,15 @@ class LlamaForward:
             v = qkv[:, q_size + kv_size:].view(rows, g.kv_heads, g.head_dim)
             keys_values = torch.stack((k, v), dim=1)  # [rows, 2, kv_heads, head_dim], as a cache stores them
             pieces = []
-            for row, (cache, position) in enumerate(batch.decode_caches):
-                layer_cache = cache[index]
-                layer_cache[:, :, position] = keys_values[row]
-                pieces.append(self._decode_attention(q[row], layer_cache, position + 1, layer.window))
+            if batch.decode_groups:
+                staged.append(keys_values[:batch.decode_count])
+                pieces.append(self._grouped_decode_attention(index, q[:batch.decode_count], keys_values, batch,
+                                                             layer.window))
+            else:
+                for row, (cache, position) in enumerate(batch.decode_caches):
+                    layer_cache = cache[index]
+                    layer_cache[:, :, position] = keys_values[row]
+                    pieces.append(self._decode_attention(q[row], layer_cache, position + 1, layer.window))
             for start, length, slot, past in batch.prefills:
                 layer_cache = self.kv[slot][index]
                 layer_cache[:, :, past:past + length] = keys_values[start:start + length].permute(1, 2, 0, 3)
@@ -313,6 +332,10 @@ class LlamaForward:
             if layer.mlp_out_norm is not None:
                 out = self._norm(out, layer.mlp_out_norm)
             x = x + out
+        if staged:
+            every_layer = torch.stack(staged)  # [layers, decode rows, 2, kv_heads, head_dim]
+            for row, (cache, position) in enumerate(batch.decode_caches):
+                cache.select(3, position).copy_(every_layer[:, row])
         last = x[batch.logit_rows]
         last = self._norm(_pad_rows(last, self.tile_rows), self.final_norm)
         return self._dense(last, self.lm_head)[:len(batch.logit_rows)].float()
@@ -337,6 +360,48 @@ class LlamaForward:
         out = F.scaled_dot_product_attention(q.unsqueeze(0).unsqueeze(2), keys, values, scale=self.attention_scale,
                                              enable_gqa=True)
         return out.reshape(1, -1, q.shape[-1])
+
+    def _grouped_decode_attention(self, index: int, q: torch.Tensor, keys_values: torch.Tensor, batch: StepBatch,
+                                  window: int | None) -> torch.Tensor:
+        """The decode rows' attention, rows grouped by KV length rounded up to a multiple of DECODE_BUCKET:
+        a group's keys and values are copied out of the rows' caches (the step's own token set from
+        `keys_values`, since caches are written after the last layer) and computed as one batched product
+        per (row, KV head), whose shape depends only on the bucket, so a row's result does not depend on the
+        other rows (measured bitwise-equal alone and in any group). Positions past a row's length (zeros in
+        its cache) and outside a sliding window get -inf scores: exact zeros in the sum."""
+        g = self.geometry
+        group = g.heads // g.kv_heads
+        out = torch.empty(q.shape[0], g.heads, g.head_dim, dtype=self.dtype, device=self.device)
+        for group_index, (bucket, rows, row_list, mask) in enumerate(batch.decode_groups):
+            if window is not None:
+                mask = batch.window_masks[window][group_index]
+            n = len(row_list)
+            stacked = batch.group_copies.get(group_index)
+            if stacked is None and n * bucket * self.kv.position_bytes <= GROUP_COPY_BYTES:
+                # Every layer's buckets copied at the first layer: one stack per step instead of one per layer
+                # (per-layer views of n caches cost more in Python than the copy on a small model: measured).
+                stacked = batch.group_copies[group_index] = torch.stack(
+                    [batch.decode_caches[row][0].narrow(3, 0, bucket) for row in row_list], dim=2)
+            if stacked is not None:  # [layers, 2, n, kv_heads, bucket, head_dim]
+                keys, values = stacked[index, 0], stacked[index, 1]
+            else:
+                caches = [batch.decode_caches[row][0][index] for row in row_list]
+                keys = torch.stack([cache[0, :, :bucket] for cache in caches])  # [n, kv_heads, bucket, head_dim]
+                values = torch.stack([cache[1, :, :bucket] for cache in caches])
+            every_row = torch.arange(n, device=self.device)
+            positions = batch.positions[rows]
+            keys[every_row, :, positions] = keys_values[rows, 0]  # the step's own token
+            values[every_row, :, positions] = keys_values[rows, 1]
+            # In float32 whatever the serving dtype, as SDPA's kernels accumulate: bfloat16 scores lose the
+            # digits that decide near-ties (measured: greedy parted from transformers' bfloat16 run).
+            keys = keys.float().view(n * g.kv_heads, bucket, g.head_dim)
+            values = values.float().view(n * g.kv_heads, bucket, g.head_dim)
+            queries = q.index_select(0, rows).float().reshape(n * g.kv_heads, group, g.head_dim)
+            scores = _batched_product(queries, keys.transpose(1, 2)) * self.attention_scale
+            scores = scores.view(n, g.heads, bucket) + mask
+            probabilities = torch.softmax(scores, dim=-1).view(n * g.kv_heads, group, bucket)
+            out[rows] = _batched_product(probabilities, values).view(n, g.heads, g.head_dim).to(self.dtype)
+        return out
 
     def _prefill_attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int,
                            window: int | None) -> torch.Tensor:
@@ -380,6 +445,13 @@ class StepBatch:
     #: decode row i uses slot i (the engine keeps slots compact), so per-slot data are views
     decode_contiguous: bool = False
     lora_prefills: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: grouped decode attention (see LlamaForward._grouped_decode_attention): (bucket, rows as a tensor, rows,
+    #: additive mask [rows, 1, bucket]) per bucket; empty: each row attends alone over its own cache
+    decode_groups: list[tuple[int, torch.Tensor, list[int], torch.Tensor]] = field(default_factory=list)
+    #: window -> the groups' masks with positions outside that sliding window also -inf (same order)
+    window_masks: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    #: group -> its rows' keys and values of every layer, copied once per step when small enough
+    group_copies: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
@@ -418,11 +490,34 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
         logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=device), lora=lora,
     )
     batch.decode_contiguous = all(slot == row for row, (slot, _, _) in enumerate(decode))
+    longest = max((position for _, _, position in decode), default=0) + 1
+    # Batch invariance needs one path whatever the company: always grouped. Otherwise a few rows, or long
+    # contexts (where copying a bucket costs more than attending in place), attend alone.
+    if decode and (forward.batch_invariant or (len(decode) >= GROUPED_DECODE_ROWS and longest <= GROUPED_DECODE_LENGTH)):
+        _group_decode_rows(forward, batch, decode)
     if lora is not None:
         batch.decode_lora = sorted({lora.slot_class[slot] for slot, _, _ in decode} - {None})
         batch.decode_dora = any(lora.has_dora[slot] for slot, _, _ in decode)
         batch.lora_prefills = [p for p in prefills if lora.slot_class[p[2]] is not None]
     return batch
+
+
+def _group_decode_rows(forward: LlamaForward, batch: StepBatch, decode: list[tuple[int, int, int]]) -> None:
+    buckets: dict[int, list[int]] = {}
+    for row, (_, _, position) in enumerate(decode):
+        bucket = min(-(-(position + 1) // DECODE_BUCKET) * DECODE_BUCKET, forward.max_context)
+        buckets.setdefault(bucket, []).append(row)
+    device = forward.device
+    batch.window_masks = {window: [] for window in forward.windows}
+    for bucket, rows in sorted(buckets.items()):
+        lengths = torch.tensor([decode[r][2] + 1 for r in rows])
+        keys = torch.arange(bucket)[None, None, :]
+        mask = torch.zeros(len(rows), 1, bucket, dtype=torch.float32)
+        mask.masked_fill_(keys >= lengths[:, None, None], float("-inf"))
+        batch.decode_groups.append((bucket, torch.tensor(rows, device=device), rows, mask.to(device)))
+        for window, masks in batch.window_masks.items():
+            # The query sits at position length - 1; keys at or before length - 1 - window are out of sight.
+            masks.append(mask.masked_fill(keys <= (lengths - 1 - window)[:, None, None], float("-inf")).to(device))
 
 
 def refuse_unservable(config: Any) -> None:
@@ -470,6 +565,15 @@ def layer_windows(config: Any, max_context: int) -> list[int | None]:
     else:
         windows = [None] * layers
     return [w if w is not None and w < max_context else None for w in windows]
+
+
+def _batched_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """`torch.bmm`, but never with a batch of one: that case is dispatched to a plain matrix product,
+    which rounds differently for some shapes (measured), and a row's result must not depend on how many
+    rows share its batch."""
+    if left.shape[0] != 1:
+        return torch.bmm(left, right)
+    return torch.bmm(torch.cat([left, left]), torch.cat([right, right]))[:1]
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

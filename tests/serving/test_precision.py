@@ -151,19 +151,25 @@ def test_an_adapters_decode_step_unpadded_is_the_padded_one(base_model: Any, tok
 
 
 def test_unpadded_decode_of_several_sequences_is_the_padded_one(base_model: Any, tokenizer: Any) -> None:
-    """Several sequences in scattered slots decode, unpadded, what the padded, batch-invariant path decodes."""
-    prompts = [tokenizer(text)["input_ids"] for text in (PROMPT, "the dog in the town", "who was born by the lake")]
-    slots = (0, 1, 3)
+    """Sequences in scattered slots decode, unpadded, what the padded, batch-invariant path decodes: five rows
+    (attention grouped by KV-length bucket) and two (each row attending alone over its own cache)."""
+    texts = (PROMPT, "the dog in the town", "who was born by the lake", "a red book", "music in the river town")
+    prompts = [tokenizer(text)["input_ids"] for text in texts]
+    slots = (0, 1, 3, 4, 6)
     steps = []
     for tile_rows in (64, 1):
-        forward = LlamaForward(base_model, max_slots=4, max_context=128, tile_rows=tile_rows)
+        forward = LlamaForward(base_model, max_slots=8, max_context=512, tile_rows=tile_rows)
         with torch.inference_mode():
             forward.forward(build_step(forward, [], list(zip(slots, prompts, strict=True))))
-            scattered = forward.forward(build_step(  # slots 0, 1, 3
-                forward, [(slot, 5 + slot, len(ids)) for slot, ids in zip(slots, prompts, strict=True)], []))
-            consecutive = forward.forward(build_step(  # slots 0, 1
-                forward, [(slot, 9, len(ids) + 1) for slot, ids in zip(slots[:2], prompts[:2], strict=True)], []))
-        steps.append((scattered, consecutive))
+            five = build_step(forward, [(slot, 5 + slot, len(ids)) for slot, ids in zip(slots, prompts, strict=True)],
+                              [])
+            assert len(five.decode_groups) == 1
+            grouped = forward.forward(five)
+            two = build_step(forward, [(slot, 9, len(ids) + 1) for slot, ids in zip(slots[:2], prompts[:2],
+                                                                                   strict=True)], [])
+            assert bool(two.decode_groups) == (tile_rows == 64)
+            alone = forward.forward(two)
+        steps.append((grouped, alone))
     for padded, unpadded in zip(steps[0], steps[1], strict=True):
         assert torch.allclose(padded, unpadded, atol=2e-5), (padded - unpadded).abs().max()
 
