@@ -151,8 +151,8 @@ def test_an_adapters_decode_step_unpadded_is_the_padded_one(base_model: Any, tok
 
 
 def test_unpadded_decode_of_several_sequences_is_the_padded_one(base_model: Any, tokenizer: Any) -> None:
-    """Sequences in scattered slots decode, unpadded, what the padded, batch-invariant path decodes: five rows
-    (attention grouped by KV-length bucket) and two (each row attending alone over its own cache)."""
+    """Sequences in scattered slots decode, unpadded (each row attending alone over its own cache), what the
+    padded, batch-invariant path (attention grouped by KV-length bucket) decodes: five rows, then two."""
     texts = (PROMPT, "the dog in the town", "who was born by the lake", "a red book", "music in the river town")
     prompts = [tokenizer(text)["input_ids"] for text in texts]
     slots = (0, 1, 3, 4, 6)
@@ -163,7 +163,7 @@ def test_unpadded_decode_of_several_sequences_is_the_padded_one(base_model: Any,
             forward.forward(build_step(forward, [], list(zip(slots, prompts, strict=True))))
             five = build_step(forward, [(slot, 5 + slot, len(ids)) for slot, ids in zip(slots, prompts, strict=True)],
                               [])
-            assert len(five.decode_groups) == 1
+            assert len(five.decode_groups) == (1 if tile_rows == 64 else 0)
             grouped = forward.forward(five)
             two = build_step(forward, [(slot, 9, len(ids) + 1) for slot, ids in zip(slots[:2], prompts[:2],
                                                                                    strict=True)], [])
