@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     )
 
     serving_max_batch: int = Field(
-        default=64, ge=1, le=1024, description="Sequences decoded together in one batch (KV cache slots per base model)."
+        default=64, ge=1, le=1024, description="Sequences decoded together in one batch (slots per base model)."
     )
     serving_max_context: int | None = Field(
         default=None, ge=16, description="Longest prompt + completion, in tokens, a sequence may reach. Default: "
