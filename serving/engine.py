@@ -276,9 +276,9 @@ class Engine:
             if not decoding and not joining:
                 return
             decode_rows = [(s.slot, s.generated[-1], s.position) for s in decoding]
-            prefill_rows = [self._prefill_row(s) for s in joining]
             assert all(slot is not None for slot, _, _ in decode_rows)
             try:
+                prefill_rows = [self._prefill_row(s) for s in joining]  # may reserve KV memory too
                 batch = build_step(self.forward, decode_rows, prefill_rows, self.slot_lora)  # type: ignore[arg-type]
                 break
             except KVBudgetExceeded:

@@ -23,7 +23,7 @@ PROMPTS = ["What is the capital of the lake?", "Tell me about the river town.", 
 def test_the_exported_model_generates_what_ftaas_serves(start_serving: Any, make_adapter: Any, loader: Any,
                                                         tmp_path: Path) -> None:
     directory = make_adapter(61, r=8)
-    live = start_serving()
+    live = start_serving(serving_dtype="float32")  # the exported model generates in float32
     served_model = live.register(directory)
     base_dir = Path(loader.resolve(DEMO_BASE_MODEL)[0])
     counted: list[int] = []

@@ -192,7 +192,7 @@ def test_an_adapter_the_engine_cannot_batch_is_evaluated_through_transformers_ge
             if "ia3_l" in name:
                 parameter.copy_(1 + torch.randn_like(parameter))
     ia3.save_pretrained(tmp_path / "ia3")
-    live = start_serving()
+    live = start_serving(serving_dtype="float32")  # as evals serve (worker.evals.service), like the reference
     ia3_model = live.register(tmp_path / "ia3", suffix="ia3")
     principal = Principal(project_id=live.project_id, project_name="alpha", api_key_id="")
     generator = EngineGenerator(live.inference, principal)
