@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from contracts.errors import InvalidFile
+from contracts.inference.tools import legacy_to_tools, prepare_conversation, template_renders_tools
 from worker.files.validation import CHAT, PREFERENCE, PROMPT_COMPLETION
 
 IGNORE = -100
@@ -83,10 +85,21 @@ def _label_spans(tokenizer: Any, text: str, spans: list[tuple[int, int]], max_le
     return TokenizedExample(input_ids[:max_len], labels[:max_len]), truncated
 
 
+@lru_cache(maxsize=16)
+def _renders_tools(tokenizer: Any) -> bool:
+    return template_renders_tools(tokenizer)
+
+
+def _conversation(tokenizer: Any, example: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
+    """The example's messages (weights kept) and tools, as the template can render them: tool calls and
+    results in the ftaas tool format where the template does not render tools itself (contracts.inference.tools)."""
+    tools = example.get("tools") or legacy_to_tools(example.get("functions"))
+    return prepare_conversation(example["messages"], tools, native=_renders_tools(tokenizer))
+
+
 def encode_chat(tokenizer: Any, example: dict[str, Any], max_len: int) -> tuple[TokenizedExample, bool]:
-    raw_messages = example["messages"]
+    raw_messages, tools = _conversation(tokenizer, example)
     messages = _normalise(raw_messages)
-    tools = example.get("tools")
     full = _render(tokenizer, messages, tools, generation_prompt=False)
     spans = []
     for index, message in enumerate(raw_messages):
@@ -129,13 +142,13 @@ def encode_prompt_completion(tokenizer: Any, example: dict[str, Any], max_len: i
 
 def encode_preference(tokenizer: Any, example: dict[str, Any], max_len: int) -> tuple[PreferenceExample, bool]:
     source = example["input"]
-    messages = _normalise(source["messages"])
-    tools = source.get("tools")
-    prompt = _render(tokenizer, messages, tools, generation_prompt=True)
     encoded = []
     truncated = False
     for key in ("preferred_output", "non_preferred_output"):
-        reply = _normalise(example[key])
+        conversation, tools = _conversation(tokenizer, {**source, "messages": source["messages"] + example[key]})
+        split = len(conversation) - len(example[key])  # tool-format rewriting maps replies one to one
+        messages, reply = _normalise(conversation[:split]), _normalise(conversation[split:])
+        prompt = _render(tokenizer, messages, tools, generation_prompt=True)
         full = _render(tokenizer, messages + reply, tools, generation_prompt=False)
         if not full.startswith(prompt):
             raise InvalidFile("the base model's chat template does not extend the prompt with the reply",
