@@ -119,3 +119,43 @@ def prepare_conversation(messages: list[dict[str, Any]], tools: list[dict[str, A
         else:
             rewritten.insert(0, {"role": "system", "content": block})
     return rewritten, None
+
+
+def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """A completion in the ftaas tool format -> (the text outside tool calls, or None when it is only calls;
+    OpenAI-shaped calls: ids `call_<n>`, `type: function`, `arguments` as a JSON string).
+
+    A block whose body is not a JSON object with a string `name` is not a call and stays in the text, whole:
+    nothing the model wrote is dropped. Arguments that are a JSON string are passed through as that string."""
+    calls: list[dict[str, Any]] = []
+    kept: list[str] = []
+    position = 0
+    while True:
+        start = text.find(TOOL_CALL_OPEN, position)
+        end = text.find(TOOL_CALL_CLOSE, start + len(TOOL_CALL_OPEN)) if start >= 0 else -1
+        if start < 0 or end < 0:
+            kept.append(text[position:])
+            break
+        body = text[start + len(TOOL_CALL_OPEN):end].strip()
+        call = _call_from(body)
+        if call is None:
+            kept.append(text[position:end + len(TOOL_CALL_CLOSE)])
+        else:
+            kept.append(text[position:start])
+            name, arguments = call
+            calls.append({"id": f"call_{len(calls)}", "type": "function",
+                          "function": {"name": name, "arguments": arguments}})
+        position = end + len(TOOL_CALL_CLOSE)
+    content = "".join(kept).strip()
+    return (content or None) if calls else text, calls
+
+
+def _call_from(body: str) -> tuple[str, str] | None:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("name"), str):
+        return None
+    arguments = parsed.get("arguments", {})
+    return parsed["name"], arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
