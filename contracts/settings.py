@@ -202,6 +202,10 @@ class Settings(BaseSettings):
         default=None, description="Local adapter cache directory. Default: <data_dir>/serving-cache."
     )
 
+    webhook_allow_private_networks: bool = Field(
+        default=False, description="Let webhook endpoints resolve to private or loopback addresses (an "
+                                   "in-cluster receiver); link-local and cloud metadata addresses never.")
+
     eval_judge_base_url: str | None = Field(
         default=None, description="OpenAI-compatible endpoint of the knowledge evals' LLM judge (e.g. a vLLM "
                                   "server's /v1). Unset: ftaas's own serving engine answers as the judge.")
