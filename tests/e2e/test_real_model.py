@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from contracts.evals import builtin
 from contracts.settings import PACKAGED_BASE_MODEL
 from tests.e2e.people import result_files
 from tests.e2e.servers import LiveServer, wait_for
@@ -92,16 +91,19 @@ def test_the_job_states_its_final_training_accuracy_in_events_and_results(auto_j
 def test_base_tuned_and_checkpoint_models_serve(auto_job: dict[str, Any], embedded: LiveServer) -> None:
     client = embedded.client()
     job = auto_job["job"]
-    fact = next(i for i in builtin.generate_suite("designers", size=16, seed=5) if i.split_id == "memorization")
-    question = [{"role": "user", "content": fact.prompt}]
+    # A fact the job's own eval found learned (memorization >= 0.9 is the learning test's claim; which fact a
+    # short fine-tune misses varies between runs, and this test is about serving the three models).
+    fact = next(r for r in auto_job["items"] if r["kind"] == "split" and r["split_id"] == "memorization"
+                and r["tuned"]["correct"] and not r["base"]["correct"])
+    question = [{"role": "user", "content": fact["prompt"]}]
 
     def ask(model: str) -> str:
         reply = client.chat.completions.create(model=model, messages=question, max_tokens=32, temperature=0)
         return reply.choices[0].message.content or ""
 
-    assert fact.reference not in ask(PACKAGED_BASE_MODEL)
+    assert fact["reference"] not in ask(PACKAGED_BASE_MODEL)
     tuned = ask(job.fine_tuned_model)
-    assert fact.reference in tuned
+    assert fact["reference"] in tuned
     checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
     last = max(checkpoints, key=lambda c: c.step_number)
     # The last checkpoint holds the adapter the job published, so it answers exactly as the tuned model.
