@@ -101,6 +101,8 @@ class Sequence:
         self.first_token_at: float | None = None
         #: the engine step at which the sequence last took a slot (preemption picks the newest)
         self.admitted_at = 0
+        #: prompt positions copied from the prefix cache at this admission (None: not looked up yet)
+        self.cached_prefix: int | None = None
         self.finished_at: float | None = None
         self.generator: torch.Generator | None = None
         if params.temperature > 0:
@@ -264,6 +266,7 @@ class Engine:
             planned += reserve
             sequence.slot = self._used
             sequence.admitted_at = self.steps
+            sequence.cached_prefix = None
             self._slots[self._used] = sequence
             self._used += 1
             self.slot_lora.assign(sequence.slot, sequence.adapter)
@@ -315,11 +318,13 @@ class Engine:
         """(slot, the ids to compute, positions taken from the prefix cache), copying those into the slot."""
         assert sequence.slot is not None
         ids = sequence.prefill_ids
-        cached, keys_values = self.prefixes.lookup(_adapter_key(sequence), ids)
-        if keys_values is not None:
-            self.forward.kv.reserve(sequence.slot, len(ids))
-            self.forward.kv[sequence.slot][:, :, :, :cached] = keys_values
-        return sequence.slot, ids[cached:], cached
+        if sequence.cached_prefix is None:  # once per admission: a step retried after a preemption keeps it
+            cached, keys_values = self.prefixes.lookup(_adapter_key(sequence), ids)
+            if keys_values is not None:
+                self.forward.kv.reserve(sequence.slot, len(ids))
+                self.forward.kv[sequence.slot][:, :, :, :cached] = keys_values
+            sequence.cached_prefix = cached
+        return sequence.slot, ids[sequence.cached_prefix:], sequence.cached_prefix
 
     def _preempt(self) -> Sequence:
         """Send the most recently admitted running sequence back to the head of the queue, freeing its slot

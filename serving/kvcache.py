@@ -27,15 +27,17 @@ class KVBudgetExceeded(Exception):
 
 class KVCache:
     def __init__(self, *, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
-                 slots: int, max_context: int, budget_bytes: int, chunk: int = 256) -> None:
+                 slots: int, max_context: int, budget_bytes: int | None, chunk: int = 256) -> None:
+        """`budget_bytes` None: every slot may reach `max_context`. `max_context` is capped at what the budget
+        holds for one sequence alone, so a lone sequence always fits."""
         self.shape = (layers, 2, kv_heads, head_dim)
         self.dtype = dtype
         self.device = device
-        self.max_context = max_context
         self.chunk = chunk
         #: bytes one position of one sequence takes (keys and values of every layer)
         self.position_bytes = layers * 2 * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
-        self.budget_bytes = budget_bytes
+        self.budget_bytes = budget_bytes if budget_bytes is not None else slots * max_context * self.position_bytes
+        self.max_context = min(max_context, self.budget_bytes // self.position_bytes)
         self.used_bytes = 0
         #: slot -> its sequence's keys and values, or None for a free slot
         self.slots: list[torch.Tensor | None] = [None] * slots
@@ -47,10 +49,6 @@ class KVCache:
         while capacity < positions:
             capacity *= 2
         return max(min(capacity, self.max_context), positions)
-
-    def positions_affordable(self) -> int:
-        """The most positions one sequence could reach alone under the budget (the engine's context cap)."""
-        return self.budget_bytes // self.position_bytes
 
     def capacity(self, slot: int) -> int:
         held = self.slots[slot]

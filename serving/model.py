@@ -218,13 +218,10 @@ class LlamaForward:
         self.tile_rows = tile_rows
         g = self.geometry
         self.kv = KVCache(layers=g.layers, kv_heads=g.kv_heads, head_dim=g.head_dim, dtype=self.dtype,
-                          device=self.device, slots=max_slots, max_context=max_context, budget_bytes=0)
-        self.kv.budget_bytes = kv_budget_bytes if kv_budget_bytes is not None else \
-            max_slots * max_context * self.kv.position_bytes
+                          device=self.device, slots=max_slots, max_context=max_context, budget_bytes=kv_budget_bytes)
         #: the longest prompt + completion a sequence may reach: the configured context, or less when the
         #: KV budget cannot hold that much for one sequence
-        self.max_context = min(max_context, self.kv.positions_affordable())
-        self.kv.max_context = self.max_context
+        self.max_context = self.kv.max_context
         if self.max_context < 16:
             raise ValueError(f"a KV budget of {self.kv.budget_bytes} bytes holds {self.max_context} positions; "
                              f"one position of this model takes {self.kv.position_bytes} bytes")
