@@ -104,7 +104,7 @@ def prepare_conversation(messages: list[dict[str, Any]], tools: list[dict[str, A
             rewritten.append({**{k: v for k, v in message.items() if k != "tool_calls"}, "content": content})
         elif role == "tool":
             response: dict[str, Any] = {"content": message.get("content") or ""}
-            name = names.get(message.get("tool_call_id"))
+            name = names.get(message.get("tool_call_id"), message.get("name"))
             if name is not None:
                 response = {"name": name, **response}
             rewritten.append({"role": "user", "content": f"<tool_response>\n{json.dumps(response, ensure_ascii=False)}"

@@ -111,3 +111,10 @@ def test_a_preferred_tool_call_is_in_the_chosen_tokens(tokenizer: Any) -> None:
                                if label != IGNORE])
     assert '"arguments": {"city": "Oslo"}' in chosen
     assert "lookup_order" in tokenizer.decode(pair.chosen.input_ids)  # the tools are in the prompt
+
+
+def test_a_tool_result_without_a_matching_call_keeps_its_name_and_content() -> None:
+    messages, _ = prepare_conversation([{"role": "user", "content": "hi"},
+                                        {"role": "tool", "tool_call_id": "elsewhere", "name": "clock",
+                                         "content": "12:00"}], None, native=False)
+    assert json.loads(messages[1]["content"].split("\n")[1]) == {"name": "clock", "content": "12:00"}
