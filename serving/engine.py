@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -62,6 +63,17 @@ class SamplingParams:
     min_new_tokens: int = 0
 
 
+class TokenConstraint(Protocol):
+    """What a sequence's output must follow (serving.grammar implements it): the engine masks each next
+    token's logits with it and tells it the token chosen."""
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits with every token not allowed next set to -inf."""
+
+    def advance(self, token_id: int) -> bool:
+        """Follow the chosen token; True when nothing more may follow (the sequence stops)."""
+
+
 @dataclass
 class TokenEvent:
     token_id: int
@@ -86,8 +98,9 @@ class Sequence:
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Event], None], *,
                  adapter: AdapterWeights | None = None, deadline: float | None = None, label: str = "",
-                 on_release: Callable[[], None] | None = None) -> None:
+                 on_release: Callable[[], None] | None = None, constraint: TokenConstraint | None = None) -> None:
         self.prompt_ids = prompt_ids
+        self.constraint = constraint
         self.params = params
         self.sink = sink
         self.adapter = adapter
@@ -304,7 +317,9 @@ class Engine:
             stop = event.token_id in sequence.params.stop_token_ids
             if not stop:
                 sequence.sink(event)
-            if stop:
+            if not stop and sequence.constraint is not None and sequence.constraint.advance(event.token_id):
+                finished.append((sequence, "complete"))  # the grammar allows nothing more: a natural end
+            elif stop:
                 finished.append((sequence, "stop"))
             elif len(sequence.generated) >= sequence.params.max_new_tokens or \
                     sequence.position + 1 >= self.forward.max_context:
@@ -352,6 +367,7 @@ class Engine:
             self._release_slot(sequence.slot)
             sequence.slot = None
         completion = len(sequence.generated) - (1 if reason == "stop" else 0)
+        reason = "stop" if reason == "complete" else reason
         try:
             sequence.sink(FinishEvent(reason, len(sequence.prompt_ids), max(0, completion), error))
         finally:
@@ -387,9 +403,14 @@ def _adapter_key(sequence: Sequence) -> str | None:
 
 def _choose(logits: torch.Tensor, sequence: Sequence) -> TokenEvent:
     params = sequence.params
+    raw = logits
     if len(sequence.generated) < params.min_new_tokens and params.stop_token_ids:
         logits = logits.clone()
         logits[list(params.stop_token_ids)] = float("-inf")
+    if sequence.constraint is not None:
+        constrained = sequence.constraint.mask(logits)
+        # min_tokens gives way where the grammar allows only an end (the output is complete)
+        logits = constrained if not torch.isinf(constrained).all() else sequence.constraint.mask(raw)
     if params.temperature == 0:
         token = int(torch.argmax(logits))
     else:

@@ -13,6 +13,7 @@ from typing import Any
 
 from contracts.errors import DeadlineExceeded, FTaaSError
 from contracts.inference.backend import ChoiceResult, Delta
+from contracts.inference.tools import ToolCallStream
 from serving.adapters import AdapterLease
 from serving.engine import Engine, Event, FinishEvent, Sequence, TokenEvent
 
@@ -22,7 +23,8 @@ class Generation:
 
     def __init__(self, engine: Engine, tokenizer: Any, sequences: list[Sequence], choice_stops: list[list[str]],
                  queue: asyncio.Queue[tuple[int, Event]], prompt_tokens: int, want_logprobs: bool,
-                 min_tokens: int = 0) -> None:
+                 min_tokens: int = 0, parse_tool_calls: bool = False) -> None:
+        """`parse_tool_calls`: the output's tool calls (ftaas tool format) become `tool_calls`, not text."""
         self.engine = engine
         self.tokenizer = tokenizer
         self.sequences = sequences
@@ -31,6 +33,7 @@ class Generation:
         self.want_logprobs = want_logprobs
         self.results = [ChoiceResult(i) for i in range(len(sequences))]
         self._texts = [TextAssembler(tokenizer, stops, min_tokens=min_tokens) for stops in choice_stops]
+        self._calls = [ToolCallStream() if parse_tool_calls else None for _ in sequences]
         self._open = len(sequences)
 
     @property
@@ -56,12 +59,11 @@ class Generation:
                         result.logprobs.append(entry)
                         delta.logprobs.append(entry)
                     piece, stopped = self._texts[index].add(event.token_id)
-                    result.text += piece
-                    delta.text = piece
+                    self._add_text(index, delta, piece)
                     if stopped:
-                        result.finish_reason = "stop"
+                        self._end(index, delta, "stop")
                         self.engine.cancel(self.sequences[index])
-                    if delta.text or delta.logprobs:
+                    if delta.text or delta.logprobs or delta.tool_calls or delta.finish_reason:
                         yield delta
                     continue
                 assert isinstance(event, FinishEvent)
@@ -72,15 +74,35 @@ class Generation:
                 if event.reason == "error":
                     raise FTaaSError("The inference engine failed on this request.", code="engine_error")
                 if result.finish_reason is None:
-                    tail = self._texts[index].flush()
-                    result.text += tail
-                    result.finish_reason = "length" if event.reason == "length" else "stop"
-                    yield Delta(index, text=tail, finish_reason=result.finish_reason)
-                else:
-                    yield Delta(index, finish_reason=result.finish_reason)
+                    delta = Delta(index)
+                    self._add_text(index, delta, self._texts[index].flush())
+                    self._end(index, delta, "length" if event.reason == "length" else "stop")
+                    yield delta
         finally:
             if self._open:
                 self.cancel()  # the consumer went away: free the batch slots now
+
+    def _add_text(self, index: int, delta: Delta, piece: str) -> None:
+        calls = self._calls[index]
+        if calls is not None:
+            piece, delta.tool_calls = calls.feed(piece)
+            self.results[index].tool_calls.extend(delta.tool_calls)
+        self.results[index].text += piece
+        delta.text += piece
+
+    def _end(self, index: int, delta: Delta, reason: str) -> None:
+        """The choice ended (`reason`: stop or length): held text is content, and a choice that called tools
+        and stopped of itself ends with `tool_calls`, as OpenAI's does."""
+        result = self.results[index]
+        calls = self._calls[index]
+        if calls is not None:
+            tail = calls.finish()
+            result.text += tail
+            delta.text += tail
+            if calls.calls:
+                result.text = result.text.strip()
+        result.finish_reason = "tool_calls" if reason == "stop" and result.tool_calls else reason
+        delta.finish_reason = result.finish_reason
 
     async def collect(self) -> list[ChoiceResult]:
         async for _ in self.deltas():

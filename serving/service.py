@@ -23,12 +23,14 @@ from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import Draining, InvalidRequest, Overloaded
 from contracts.inference.schemas import ChatCompletionRequest, CompletionRequest
+from contracts.inference.tools import prepare_conversation, template_renders_tools
 from contracts.settings import Settings
 from db.projects import Principal
 from db.session import Database
 from serving.adapters import AdapterCache, AdapterLease, AdapterRef
 from serving.engine import Engine, Event, SamplingParams, Sequence, single_threaded_torch
 from serving.generation import Generation, SharedRelease, event_sink
+from serving.grammar import GrammarCompiler, grammar_param, output_grammar
 from serving.lora import compose, read_adapter
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.model import LlamaForward, refuse_unservable
@@ -44,6 +46,9 @@ class BaseEngine:
     engine: Engine
     tokenizer: Any
     stop_token_ids: frozenset[int]
+    grammars: GrammarCompiler
+    #: whether the chat template renders tools and tool calls itself (else the ftaas tool format does)
+    renders_tools: bool
 
 
 class InferenceService:
@@ -121,7 +126,9 @@ class InferenceService:
                             max_rank=self.settings.serving_max_lora_rank,
                             observer=self.metrics.engine_observer(base_model),
                             prefix_cache_bytes=self.settings.serving_prefix_cache_bytes)
-            entry = BaseEngine(engine, tokenizer, stop_token_ids(tokenizer, model))
+            stops = stop_token_ids(tokenizer, model)
+            entry = BaseEngine(engine, tokenizer, stops, GrammarCompiler(tokenizer, stops, forward.geometry.vocab),
+                               template_renders_tools(tokenizer))
             del model  # the forward keeps the tensors it computes with (pre-packed ones replace the model's)
             self._engines[base_model] = entry
             return entry
@@ -155,11 +162,16 @@ class InferenceService:
                 raise InvalidRequest(f"The prompt ({len(ids)} tokens) plus max_tokens ({wanted}) exceeds this "
                                      f"model's context of {limit} tokens.", code="context_length_exceeded",
                                      param="max_tokens")
+        grammar, checked = output_grammar(request) if isinstance(request, ChatCompletionRequest) else (None, None)
+        if checked is not None:  # tool schemas that do not constrain this output must compile all the same
+            base.grammars.check(checked, param="tools")
         count = len(prompts) * request.n
         capacity = self.settings.serving_max_batch + self.settings.serving_max_queue
         if count > capacity:  # could never be queued: a 429 would invite retries that cannot succeed
             raise InvalidRequest(f"The request asks for {count} completions (prompts x n); this server takes at "
                                  f"most {capacity} at once.", param="n")
+        constraints = [None if grammar is None else base.grammars.constraint(
+            grammar, param=grammar_param(request)) for _ in range(count)]  # type: ignore[arg-type]
         lease = self._lease(base, resolved, parts, deadline)
         release = SharedRelease(lease, count)
         queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
@@ -177,24 +189,27 @@ class InferenceService:
                         stop_token_ids=frozenset() if request.ignore_eos else base.stop_token_ids)
                     sequences.append(Sequence(ids, params, event_sink(loop, queue, index),
                                               adapter=lease.weights if lease else None, deadline=deadline,
-                                              label=label, on_release=release))
+                                              label=label, on_release=release, constraint=constraints[index]))
             base.engine.submit(sequences)
         except (Overloaded, Draining) as exc:
             if lease is not None:
                 lease.release()  # no sequence was queued, so none will release it
             self.metrics.rejected.labels(resolved.base_model, exc.code).inc()
             raise
+
         stops = [request.stop_sequences] * count
         return Generation(base.engine, base.tokenizer, sequences, stops, queue,
                           prompt_tokens=sum(len(ids) for ids in prompts),
-                          want_logprobs=request.logprob_count is not None, min_tokens=request.min_tokens)
+                          want_logprobs=request.logprob_count is not None, min_tokens=request.min_tokens,
+                          parse_tool_calls=isinstance(request, ChatCompletionRequest) and request.tool_mode != "none")
 
     def _prompts(self, base: BaseEngine, request: ChatCompletionRequest | CompletionRequest) -> list[list[int]]:
         tokenizer = base.tokenizer
         if isinstance(request, ChatCompletionRequest):
-            messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+            messages, tools = prepare_conversation([m.as_template_message() for m in request.messages],
+                                                   request.tool_dicts(), native=base.renders_tools)
             try:
-                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True,
                                                     return_dict=False)
             except Exception as exc:  # the template rejects the conversation (roles, order)
                 raise InvalidRequest(f"The messages do not fit this model's chat template: {exc}",

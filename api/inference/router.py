@@ -147,17 +147,26 @@ class _ChatShape(_Shape):
                                                 for i in range(len(self.generation.results))])]
 
     def chunk(self, delta: Delta) -> dict[str, Any]:
-        content: dict[str, Any] = {"content": delta.text} if delta.text or delta.finish_reason is None else {}
+        content: dict[str, Any] = {"content": delta.text} if delta.text or (
+            delta.finish_reason is None and not delta.tool_calls) else {}
+        if delta.tool_calls:  # each call whole in one piece (the SDK assembles pieces by `index`)
+            content["tool_calls"] = delta.tool_calls
         return self.envelope(self.chunk_name, [{
             "index": delta.index, "delta": content, "finish_reason": delta.finish_reason,
             "logprobs": {"content": _chat_logprobs(delta.logprobs)} if delta.logprobs else None}])
 
     def full(self, results: list[ChoiceResult], usage: dict[str, int]) -> dict[str, Any]:
-        choices = [{"index": r.index, "message": {"role": "assistant", "content": r.text, "refusal": None},
-                    "finish_reason": r.finish_reason,
+        choices = [{"index": r.index, "message": _message(r), "finish_reason": r.finish_reason,
                     "logprobs": {"content": _chat_logprobs(r.logprobs)} if self.body.logprobs else None}
                    for r in results]
         return self.envelope("chat.completion", choices) | {"usage": usage}
+
+
+def _message(result: ChoiceResult) -> dict[str, Any]:
+    if not result.tool_calls:
+        return {"role": "assistant", "content": result.text, "refusal": None}
+    calls = [{k: v for k, v in call.items() if k != "index"} for call in result.tool_calls]
+    return {"role": "assistant", "content": result.text or None, "refusal": None, "tool_calls": calls}
 
 
 class _CompletionShape(_Shape):

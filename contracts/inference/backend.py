@@ -26,6 +26,8 @@ class ChoiceResult:
     completion_tokens: int = 0
     #: per generated token, when asked for
     logprobs: TokenLogprobs = field(default_factory=list)
+    #: OpenAI-shaped tool calls parsed from the output (chat requests with tools); `text` is then the content
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -36,6 +38,8 @@ class Delta:
     text: str = ""
     logprobs: TokenLogprobs = field(default_factory=list)
     finish_reason: str | None = None
+    #: tool calls completed in this piece, each with its `index` among the choice's calls
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 class GenerationStream(Protocol):

@@ -1,8 +1,13 @@
 """Wire shapes of POST /v1/chat/completions and POST /v1/completions (OpenAI's chat and legacy completions APIs).
 
 Parameters ftaas does not implement are refused with a 400 that names them (never silently ignored) when
-they would change the output: non-zero penalties, `logit_bias`, tools, non-text response formats,
-`best_of`, `echo`, `suffix`. Purely informational ones (`user`, `metadata`, `store`) are accepted.
+they would change the output: non-zero penalties, `logit_bias`, `best_of`, `echo`, `suffix`. Purely
+informational ones (`user`, `metadata`, `store`) are accepted.
+
+Chat requests take OpenAI's function calling (`tools`, `tool_choice`, `parallel_tool_calls`, and the legacy
+`functions` / `function_call`, converted to those) and structured outputs (`response_format` `json_object` and
+`json_schema`); serving renders the tools as training did (contracts.inference.tools) and enforces
+`required` / named tool choices and response formats by constrained decoding (serving.grammar).
 """
 
 from __future__ import annotations
@@ -15,11 +20,57 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_CHOICES = 16
 
 
+#: OpenAI's rule for function (and json_schema) names.
+NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+MAX_TOOLS = 128
+
+
+class FunctionCall(BaseModel):
+    name: str = Field(min_length=1)
+    arguments: str = ""
+
+
+class ToolCall(BaseModel):
+    """An assistant message's call of a tool, as a client sends the conversation back."""
+
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    function_call: FunctionCall | None = None
+
+    @model_validator(mode="after")
+    def _check_tool_fields(self) -> ChatMessage:
+        if (self.tool_calls or self.function_call) and self.role != "assistant":
+            raise ValueError(f"only assistant messages may hold tool calls, not a '{self.role}' message")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a 'tool' message needs the 'tool_call_id' of the call it answers")
+        if self.role == "function" and not self.name:
+            raise ValueError("a 'function' message needs the 'name' of the function it answers")
+        return self
+
+    def as_template_message(self) -> dict[str, Any]:
+        """The message as a chat template (and contracts.inference.tools) takes it: text content, and its
+        tool calls, tool call id and name where it has them."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.function_call is not None:
+            message["function_call"] = self.function_call.model_dump()
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name is not None and self.role in ("tool", "function"):
+            message["name"] = self.name
+        return message
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -30,6 +81,72 @@ class ChatMessage(BaseModel):
                 parts.append(str(part.get("text", "")))
             return "".join(parts)
         return self.content or ""
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = None
+    #: a JSON Schema object; absent means the function takes no arguments
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @property
+    def parameters_schema(self) -> dict[str, Any]:
+        return self.parameters if self.parameters is not None else {"type": "object", "properties": {}}
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = None
+    #: absent: any JSON value that is an object (as `json_object`)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type 'json_schema' needs a 'json_schema' object")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"'json_schema' is only allowed with response_format type 'json_schema', not "
+                             f"'{self.type}'")
+        return self
+
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema the output must satisfy; None for plain text."""
+        if self.type == "json_object":
+            return {"type": "object"}
+        if self.type == "json_schema":
+            assert self.json_schema is not None
+            return self.json_schema.schema_ if self.json_schema.schema_ is not None else {"type": "object"}
+        return None
 
 
 class StreamOptions(BaseModel):
@@ -111,8 +228,13 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    #: legacy function calling, converted to `tools` / `tool_choice`
+    functions: list[FunctionDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
@@ -120,11 +242,46 @@ class ChatCompletionRequest(_Sampling):
             message.text()
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("'top_logprobs' requires 'logprobs': true")
-        if self.tools:
-            raise ValueError("'tools' (function calling) is not supported by this server")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise ValueError("only the 'text' response format is supported")
+        if self.functions is not None or self.function_call is not None:
+            if self.tools is not None or self.tool_choice is not None:
+                raise ValueError("send either 'tools' / 'tool_choice' or the legacy 'functions' / "
+                                 "'function_call', not both")
+            if self.function_call is not None and self.functions is None:
+                raise ValueError("'function_call' is only allowed when 'functions' are specified")
+            self.tools = [ToolDefinition(type="function", function=f) for f in self.functions or []]
+            call = self.function_call
+            self.tool_choice = NamedToolChoice(type="function", function=call) if isinstance(
+                call, NamedFunction) else call
+            self.functions = self.function_call = None
+        if self.tools is not None and not self.tools:
+            raise ValueError("'tools' must hold at least one tool (omit it for none)")
+        if self.tool_choice is not None and not self.tools:
+            raise ValueError("'tool_choice' is only allowed when 'tools' are specified")
+        if self.parallel_tool_calls is not None and not self.tools:
+            raise ValueError("'parallel_tool_calls' is only allowed when 'tools' are specified")
+        names = [tool.function.name for tool in self.tools or []]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"tool names must be unique; repeated: {', '.join(duplicated)}")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"'tool_choice' names the function '{self.tool_choice.function.name}', which is not "
+                             f"among the request's tools ({', '.join(names)})")
         return self
+
+    @property
+    def tool_mode(self) -> str:
+        """How tools are used: 'none' (no tools, or tool_choice none), 'auto', 'required', or 'named'."""
+        if not self.tools or self.tool_choice == "none":
+            return "none"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        return self.tool_choice or "auto"
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        """The tools as OpenAI's JSON (what a chat template or the ftaas tool format renders)."""
+        if not self.tools:
+            return None
+        return [tool.model_dump(exclude_none=True) for tool in self.tools]
 
     @property
     def max_new_tokens(self) -> int | None:
@@ -132,7 +289,11 @@ class ChatCompletionRequest(_Sampling):
 
     def prompt_token_estimate(self) -> tuple[int, int]:
         """(prompts, their tokens estimated from characters) for `rate_limit_tokens`."""
-        return 1, math.ceil(sum(len(message.role) + len(message.text()) for message in self.messages) / 4)
+        characters = sum(len(message.role) + len(message.text()) + sum(
+            len(call.function.name) + len(call.function.arguments) for call in message.tool_calls or [])
+            for message in self.messages)
+        characters += sum(len(tool.model_dump_json()) for tool in self.tools or [])
+        return 1, math.ceil(characters / 4)
 
     @property
     def logprob_count(self) -> int | None:

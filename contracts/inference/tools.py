@@ -122,31 +122,17 @@ def prepare_conversation(messages: list[dict[str, Any]], tools: list[dict[str, A
 
 
 def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """A completion in the ftaas tool format -> (the text outside tool calls, or None when it is only calls;
-    OpenAI-shaped calls: ids `call_<n>`, `type: function`, `arguments` as a JSON string).
+    """A whole completion in the ftaas tool format -> (its content: the text outside tool calls, None when it
+    is only calls; OpenAI-shaped calls with ids `call_<n>`), as `ToolCallStream` parses it streamed.
 
-    A block whose body is not a JSON object with a string `name` is not a call and stays in the text, whole:
-    nothing the model wrote is dropped. Arguments that are a JSON string are passed through as that string."""
-    calls: list[dict[str, Any]] = []
-    kept: list[str] = []
-    position = 0
-    while True:
-        start = text.find(TOOL_CALL_OPEN, position)
-        end = text.find(TOOL_CALL_CLOSE, start + len(TOOL_CALL_OPEN)) if start >= 0 else -1
-        if start < 0 or end < 0:
-            kept.append(text[position:])
-            break
-        body = text[start + len(TOOL_CALL_OPEN):end].strip()
-        call = _call_from(body)
-        if call is None:
-            kept.append(text[position:end + len(TOOL_CALL_CLOSE)])
-        else:
-            kept.append(text[position:start])
-            name, arguments = call
-            calls.append({"id": f"call_{len(calls)}", "type": "function",
-                          "function": {"name": name, "arguments": arguments}})
-        position = end + len(TOOL_CALL_CLOSE)
-    content = "".join(kept).strip()
+    A block whose body is not a JSON object with a string `name` is not a call and stays in the content,
+    whole: nothing the model wrote is dropped. Arguments that are a JSON string are passed through as that
+    string."""
+    counter = iter(range(1 << 30))
+    stream = ToolCallStream(new_id=lambda: f"call_{next(counter)}")
+    shown, _ = stream.feed(text)
+    content = shown + stream.finish()
+    calls = [{k: v for k, v in call.items() if k != "index"} for call in stream.calls]
     return (content or None) if calls else text, calls
 
 
@@ -159,3 +145,84 @@ def _call_from(body: str) -> tuple[str, str] | None:
         return None
     arguments = parsed.get("arguments", {})
     return parsed["name"], arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+
+
+class ToolCallStream:
+    """Parses tool calls out of a completion as it streams: text in, (content, calls) out.
+
+    Text that is, or could still become, a `<tool_call>...</tool_call>` block is held back until the block
+    closes; a closed block that is a call becomes an OpenAI tool call (a fresh `call_...` id, `type: function`,
+    JSON-string `arguments`), any other block is content, whole. Whitespace that only separates calls (the
+    format's line breaks) is not content. At the end whatever is held (an unclosed block) is content: nothing
+    the model wrote is lost. `parse_tool_calls` is the same on a whole text."""
+
+    def __init__(self, new_id: Any = None) -> None:
+        import secrets
+
+        self._new_id = new_id or (lambda: "call_" + secrets.token_hex(12))
+        self._held = ""
+        self._pending_space = ""  # trailing whitespace not shown yet (it may only separate calls)
+        self._after_call = False
+        self.calls: list[dict[str, Any]] = []
+
+    def feed(self, text: str) -> tuple[str, list[dict[str, Any]]]:
+        """Add streamed text; returns the content that can be shown now and the calls completed by it."""
+        self._held += text
+        content: list[str] = []
+        calls: list[dict[str, Any]] = []
+        while True:
+            start = self._held.find(TOOL_CALL_OPEN)
+            if start < 0:
+                keep = _partial_open(self._held)
+                content.append(self._held[:len(self._held) - keep])
+                self._held = self._held[len(self._held) - keep:]
+                break
+            end = self._held.find(TOOL_CALL_CLOSE, start + len(TOOL_CALL_OPEN))
+            content.append(self._held[:start])
+            if end < 0:
+                self._held = self._held[start:]
+                break
+            block = self._held[start:end + len(TOOL_CALL_CLOSE)]
+            self._held = self._held[end + len(TOOL_CALL_CLOSE):]
+            call = _call_from(block[len(TOOL_CALL_OPEN):-len(TOOL_CALL_CLOSE)].strip())
+            if call is None:
+                content.append(block)
+                continue
+            shown = self._content("".join(content), before_call=True)
+            content = [shown] if shown else []
+            calls.append({"index": len(self.calls), "id": self._new_id(), "type": "function",
+                          "function": {"name": call[0], "arguments": call[1]}})
+            self.calls.append(calls[-1])
+        return self._content("".join(content)), calls
+
+    def finish(self) -> str:
+        """The content still held (an unclosed block, trailing text) once the completion ended."""
+        text, self._held = self._pending_space + self._held, ""
+        self._pending_space = ""
+        if self.calls:
+            text = (text.lstrip() if self._after_call else text).rstrip()
+        return text
+
+    def _content(self, text: str, *, before_call: bool = False) -> str:
+        """Content to show now. Whitespace next to a call separates, it is not content: trailing whitespace
+        is held until more content follows, and whitespace right after a call is not shown."""
+        text = self._pending_space + text
+        self._pending_space = ""
+        if self._after_call:
+            text = text.lstrip()
+        if before_call:
+            self._after_call = True
+            return text.rstrip()
+        if text:
+            self._after_call = False
+        stripped = text.rstrip()
+        self._pending_space = text[len(stripped):]
+        return stripped
+
+
+def _partial_open(text: str) -> int:
+    """How many characters at the end of `text` could be the start of a `<tool_call>` tag."""
+    for size in range(min(len(TOOL_CALL_OPEN) - 1, len(text)), 0, -1):
+        if TOOL_CALL_OPEN.startswith(text[-size:]):
+            return size
+    return 0
