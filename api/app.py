@@ -26,6 +26,8 @@ from api.middleware import BodyLimitMiddleware, RequestContextMiddleware, Storab
 from api.models.router import router as models_router
 from api.models.service import ModelService
 from api.rate_limits import RateLimitSettings, RequestLimiter
+from api.webhooks.router import router as webhooks_router
+from api.webhooks.service import WebhookService
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from contracts.settings import Settings
@@ -52,6 +54,7 @@ def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) 
         jobs=JobService(db, registry, max_active_jobs=settings.max_active_jobs_per_project,
                         max_attempts=settings.max_attempts, knowledge_evals=evals),
         models=ModelService(db, store, registry),
+        webhooks=WebhookService(db, allow_private_networks=settings.webhook_allow_private_networks),
         knowledge_evals=evals,
         adapter_operations=AdapterOperationService(
             db, store, registry, BaseModelLoader(registry, settings.model_cache_dir, hf_offline=settings.hf_offline,
@@ -100,7 +103,7 @@ def create_app(settings: Settings, *, services: ApiServices | None = None,
     app.state.draining = False
     errors.install(app)
     for router in (health_router, files_router, jobs_router, models_router, knowledge_evals_router,
-                   adapter_operations_router, *extra_routers):
+                   adapter_operations_router, webhooks_router, *extra_routers):
         app.include_router(router)
     # Added last = outermost: the request id wraps everything, including 413s from the body limit; the body
     # limit runs before the check for unstorable text, which reads JSON bodies whole.

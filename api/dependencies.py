@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from api.knowledge_evals.service import KnowledgeEvalService
     from api.models.service import ModelService
     from api.rate_limits import RateLimitHeaders, RequestLimiter
+    from api.webhooks.service import WebhookService
     from basemodels.registry import BaseModelRegistry
     from storage import ArtifactStore
 
@@ -51,6 +52,7 @@ class ApiServices:
     models: ModelService
     knowledge_evals: KnowledgeEvalService
     adapter_operations: AdapterOperationService
+    webhooks: WebhookService
     #: Runs the blocking part of each request (see the module docstring).
     executor: ThreadPoolExecutor
     #: Optional extras mounted by the launcher (readiness checks of the process's own dependencies).

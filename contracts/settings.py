@@ -205,6 +205,16 @@ class Settings(BaseSettings):
     webhook_allow_private_networks: bool = Field(
         default=False, description="Let webhook endpoints resolve to private or loopback addresses (an "
                                    "in-cluster receiver); link-local and cloud metadata addresses never.")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long one webhook delivery waits for the endpoint's answer.")
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, description="Delivery attempts per webhook event before it is abandoned (about 36 "
+                                      "hours of retries at the default backoff).")
+    webhook_retry_base_seconds: float = Field(
+        default=5.0, gt=0, description="Wait before the first retry of a failed webhook delivery; each next "
+                                       "wait is 4x longer (with jitter), at most a day.")
+    webhook_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the webhook dispatcher looks for due deliveries.")
 
     eval_judge_base_url: str | None = Field(
         default=None, description="OpenAI-compatible endpoint of the knowledge evals' LLM judge (e.g. a vLLM "

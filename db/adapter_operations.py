@@ -7,4 +7,4 @@ from db.leased import LeasedQueue
 from db.tables import AdapterOperation
 
 QUEUE: LeasedQueue[AdapterOperation] = LeasedQueue(AdapterOperation, outbox.RUN_ADAPTER_OPERATION,
-                                                   noun="adapter operation", param="operation_id")
+                                                   noun="adapter operation", param="operation_id", webhook_kind="adapter_operation")

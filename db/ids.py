@@ -27,6 +27,8 @@ CHECKPOINT = "ftckpt_"
 MODEL_UID = "mdl_"
 KNOWLEDGE_EVAL = "keval_"
 ADAPTER_OPERATION = "adop_"
+WEBHOOK_ENDPOINT = "whep_"
+WEBHOOK_EVENT = "evt_"
 
 
 def _encode(value: int, length: int) -> str:

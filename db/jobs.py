@@ -27,7 +27,7 @@ WORKING = frozenset({S.RUNNING.value, S.PAUSING.value})
 _CLEAR_LEASE = {"lease_owner": None, "lease_expires_at": None, "estimated_finish": None}
 QUEUE: LeasedQueue[FineTuningJob] = LeasedQueue(
     FineTuningJob, outbox.RUN_JOB, noun="job", param="fine_tuning_job_id", working=WORKING,
-    parked=(S.PAUSING.value, S.PAUSED.value), clear=_CLEAR_LEASE)
+    parked=(S.PAUSING.value, S.PAUSED.value), clear=_CLEAR_LEASE, webhook_kind="fine_tuning.job")
 
 
 def error_object(code: str, message: str, param: str | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from db.tables import KnowledgeEval
 S = WorkStatus
 #: Standalone evals: claimed like jobs. An eval attached to a job (job_id set) is run under the job's lease.
 QUEUE: LeasedQueue[KnowledgeEval] = LeasedQueue(KnowledgeEval, outbox.RUN_EVAL, noun="knowledge eval",
-                                                param="knowledge_eval_id", standalone=KnowledgeEval.job_id.is_(None))
+                                                param="knowledge_eval_id", standalone=KnowledgeEval.job_id.is_(None), webhook_kind="knowledge_eval")
 
 insert = QUEUE.insert
 get = QUEUE.get

@@ -10,6 +10,9 @@ win. A wake-up message goes out through the outbox in the same transaction as th
 `LeasedQueue` holds one table's queue: its task route, which statuses count as working (jobs add
 `pausing`), which rows are standalone (knowledge evals attached to a job run under the job's lease
 instead), and the fenced operations. db.jobs adds the job-only states and events on top of it.
+
+Work that ends (succeeded, failed, cancelled: by its worker, a user or the reaper) is announced to the
+project's webhook endpoints in the same transaction (db.webhooks), as `<webhook_kind>.<status>`.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from sqlalchemy import ColumnElement, select, true, update
 from sqlalchemy.orm import Mapped, Session
 
 from contracts.errors import IllegalTransition, LeaseLost
-from db import outbox
+from contracts.webhooks.events import ENDINGS as ENDED_STATUSES
+from db import outbox, webhooks
 from db.pagination import Page, fetch_page
 from db.states import WorkStatus
 
 CLEAR_LEASE: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+ENDINGS = frozenset(ENDED_STATUSES)
 QUEUED, RUNNING = WorkStatus.QUEUED.value, WorkStatus.RUNNING.value
 
 
@@ -76,8 +81,11 @@ def worker_lost(noun: str, attempts: int) -> dict[str, Any]:
 class LeasedQueue(Generic[Row]):
     def __init__(self, table: type[Row], route: outbox.TaskRoute, *, noun: str, param: str,
                  standalone: ColumnElement[bool] | None = None, working: frozenset[str] = frozenset({RUNNING}),
-                 parked: tuple[str, str] | None = None, clear: dict[str, Any] | None = None) -> None:
+                 parked: tuple[str, str] | None = None, clear: dict[str, Any] | None = None,
+                 webhook_kind: str | None = None) -> None:
         self.table = table
+        #: how its webhook event types start (contracts.webhooks.events.WORK_KINDS); None: not announced
+        self.webhook_kind = webhook_kind
         self.route = route
         self.noun = noun  # "knowledge eval", in messages
         self.param = param  # the path parameter that names one, in errors
@@ -122,7 +130,17 @@ class LeasedQueue(Generic[Row]):
         stmt = update(t).where(t.id == work_id, t.status.in_(sorted(sources)))
         if token is not None:
             stmt = stmt.where(t.fencing_token == token)
-        return session.execute(stmt.values(**values).execution_options(synchronize_session=False)).rowcount == 1
+        changed = session.execute(stmt.values(**values).execution_options(synchronize_session=False)).rowcount == 1
+        if changed and values.get("status") in ENDINGS:
+            self._announce(session, work_id, values["status"])
+        return changed
+
+    def _announce(self, session: Session, work_id: str, status: str) -> None:
+        if self.webhook_kind is None:
+            return
+        project_id = session.scalar(select(self.table.project_id).where(self.table.id == work_id))
+        if project_id is not None:
+            webhooks.announce(session, project_id, f"{self.webhook_kind}.{status}", {"id": work_id})
 
     # ------------------------------------------------------------------------------ transitions
     def cancel(self, session: Session, row: Row) -> Row:
@@ -215,6 +233,8 @@ class LeasedQueue(Generic[Row]):
             if session.execute(stmt).rowcount == 1:
                 if outcome == "requeued":
                     outbox.add(session, self.route, row.id)
+                elif outcome == "failed":
+                    self._announce(session, row.id, WorkStatus.FAILED.value)
                 reaped.append(Reaped(row, outcome))
         return reaped
 

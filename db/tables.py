@@ -299,6 +299,51 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
+class WebhookEndpoint(Base):
+    """Where a project's webhook events go (api.webhooks). The secret signs every delivery; the API shows
+    it once, at creation."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_project_id_id", "project_id", "id"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    #: the Standard Webhooks secret, `whsec_<base64>`
+    secret: Mapped[str] = mapped_column(String(128))
+    #: the event types it receives; None: all
+    event_types: Mapped[list[str] | None] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class WebhookDelivery(Base):
+    """One event to deliver to one endpoint: the webhook outbox, written in the transaction of the state
+    change it announces, delivered (with retries) by worker.webhooks."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "next_attempt_at",
+              sqlite_where=text("delivered_at IS NULL AND abandoned_at IS NULL"),
+              postgresql_where=text("delivered_at IS NULL AND abandoned_at IS NULL")),
+        Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    #: the event's id (`webhook-id`): the same on every attempt, so receivers can deduplicate
+    event_id: Mapped[str] = mapped_column(ID)
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    delivered_at: Mapped[float | None] = mapped_column(Float)
+    abandoned_at: Mapped[float | None] = mapped_column(Float)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
 class IdempotencyKey(Base):
     """Remembers the object an `Idempotency-Key` created, with a hash of the request that created it."""
 

@@ -352,7 +352,11 @@ def run_relay(settings: Settings) -> int:
     from storage import open_store
 
     assert settings.artifact_uri
-    log.info("relay and reaper running")
+    log.info("relay, reaper and webhook dispatcher running")
+    from worker.webhooks import WebhookDispatcher
+
+    threading.Thread(target=WebhookDispatcher(database, settings).run, args=(stop,), name="ftaas-webhooks",
+                     daemon=True).start()
     Maintenance(database, open_store(settings.artifact_uri, settings), create_celery_app(settings, with_tasks=False),
                 settings).run(stop)
     return 0

@@ -6,6 +6,8 @@
   up to `max_attempts`, then failed with `worker_lost`; a job lost while pausing is parked. Work whose
   wake-up message seems lost (waiting far longer than a dispatch takes) is announced again. Expired
   files are deleted.
+* Webhooks: the webhook outbox is delivered on a thread of its own (worker.webhooks), so a slow endpoint
+  never holds up the relay.
 
 Runs in the API process under `ftaas up` and as its own Deployment (`ftaas relay`) in a cluster. Several
 instances may run at once: claims are conditional (SKIP LOCKED on PostgreSQL).
@@ -25,6 +27,7 @@ from db import adapter_operations, files, jobs, knowledge_evals, outbox
 from db.session import Database
 from storage import ArtifactStore
 from worker.sweeper import SweepReport, sweep_orphans
+from worker.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,10 @@ class Maintenance:
             stop.wait(self.settings.relay_poll_seconds)
 
     def start_thread(self) -> tuple[threading.Thread, threading.Event]:
+        """The maintenance loop and the webhook dispatcher, both stopped by the returned event."""
         stop = threading.Event()
         thread = threading.Thread(target=self.run, args=(stop,), name="ftaas-maintenance", daemon=True)
         thread.start()
+        threading.Thread(target=WebhookDispatcher(self.db, self.settings).run, args=(stop,), name="ftaas-webhooks",
+                         daemon=True).start()
         return thread, stop

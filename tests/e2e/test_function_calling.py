@@ -1,0 +1,135 @@
+"""Moving a function-calling fine-tune off OpenAI: the same dataset and the same SDK calls, on ftaas.
+
+A dataset in OpenAI's cookbook format (a weather tool and an order-lookup tool; written here, seeded) fine-tunes
+the packaged real model (SmolLM2-135M-Instruct, whose chat template renders no tools: the ftaas tool format
+carries them) with `client.fine_tuning.jobs.create`, hyperparameters left at "auto". The tuned model, called
+with the same `tools` and `tool_choice` left at "auto", answers held-out requests (cities, order numbers and
+phrasings it never saw) with the right function and JSON arguments; the base model does not.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from typing import Any
+
+import pytest
+
+from contracts.settings import PACKAGED_BASE_MODEL
+from tests.e2e.servers import LiveServer, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather in a city.",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"]}}},
+    {"type": "function", "function": {
+        "name": "lookup_order", "description": "Look up the status of a customer's order.",
+        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}},
+]
+SYSTEM = {"role": "system", "content": "You are the assistant of an online shop. Use the tools when they help."}
+TRAIN_CITIES = ["Paris", "Berlin", "Madrid", "Tokyo", "Lagos", "Toronto", "Sydney", "Cairo", "Lima", "Oslo",
+                "Dublin", "Seoul", "Nairobi", "Denver", "Lisbon", "Prague"]
+HELD_OUT_CITIES = ["Vienna", "Mumbai", "Chicago", "Bogota", "Helsinki", "Manila"]
+WEATHER_ASKS = ["What's the weather in {city}?", "How warm is it in {city} right now?",
+                "Is it raining in {city}?", "Tell me the weather for {city}."]
+HELD_OUT_WEATHER = ["Could you check the weather in {city}?", "What is it like outside in {city} today?"]
+ORDER_ASKS = ["Where is my order {order}?", "What's the status of order {order}?", "Has order {order} shipped yet?",
+              "Can you track order {order} for me?"]
+HELD_OUT_ORDER = ["I'm waiting on order {order}, any news?", "Please look up order {order}."]
+UNITS = {"celsius": "in Celsius", "fahrenheit": "in Fahrenheit"}
+CHAT = [("Thanks, that's all!", "You're welcome! Have a great day."),
+        ("Hi there!", "Hello! How can I help you today?"),
+        ("What can you do?", "I can check the weather in a city and look up the status of your orders.")]
+
+
+def _order(rng: random.Random) -> str:
+    return f"ORD-{rng.randrange(10000, 99999)}"
+
+
+def _call(name: str, arguments: dict[str, Any], index: int) -> dict[str, Any]:
+    return {"id": f"call_{index}", "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+def training_lines(seed: int = 11) -> list[dict[str, Any]]:
+    """Tool-calling chats in OpenAI's fine-tuning format, some with the tool's result and the final answer."""
+    rng = random.Random(seed)
+    lines = []
+    for index in range(48):
+        if index % 2 == 0:
+            city, unit = TRAIN_CITIES[index // 2 % len(TRAIN_CITIES)], rng.choice(list(UNITS))
+            ask = f"{rng.choice(WEATHER_ASKS).format(city=city)} {UNITS[unit]}, please."
+            call = _call("get_weather", {"city": city, "unit": unit}, index)
+            result, answer = json.dumps({"temperature": rng.randrange(-5, 35), "unit": unit}), None
+        else:
+            order = _order(rng)
+            ask = rng.choice(ORDER_ASKS).format(order=order)
+            call = _call("lookup_order", {"order_id": order}, index)
+            result, answer = json.dumps({"status": "shipped"}), f"Order {order} has shipped."
+        messages = [SYSTEM, {"role": "user", "content": ask}, {"role": "assistant", "tool_calls": [call]}]
+        if answer is not None and index % 4 == 1:  # some chats go on: the tool's result, then the answer
+            messages += [{"role": "tool", "tool_call_id": call["id"], "content": result},
+                         {"role": "assistant", "content": answer}]
+        lines.append({"messages": messages, "tools": TOOLS, "parallel_tool_calls": False})
+    for question, reply in CHAT:  # not every turn is a tool call
+        lines.append({"messages": [SYSTEM, {"role": "user", "content": question},
+                                   {"role": "assistant", "content": reply}], "tools": TOOLS})
+    return lines
+
+
+def held_out_requests(seed: int = 12) -> list[tuple[str, str, dict[str, Any]]]:
+    """(request, expected function, expected arguments): cities, order numbers and phrasings not trained."""
+    rng = random.Random(seed)
+    requests = []
+    for index, city in enumerate(HELD_OUT_CITIES):
+        unit = list(UNITS)[index % 2]
+        ask = f"{HELD_OUT_WEATHER[index % 2].format(city=city)} {UNITS[unit]}, please."
+        requests.append((ask, "get_weather", {"city": city, "unit": unit}))
+    for index in range(6):
+        order = _order(rng)
+        requests.append((HELD_OUT_ORDER[index % 2].format(order=order), "lookup_order", {"order_id": order}))
+    return requests
+
+
+def _right_calls(client: Any, model: str) -> tuple[int, list[str]]:
+    right, seen = 0, []
+    for ask, name, arguments in held_out_requests():
+        reply = client.chat.completions.create(model=model, messages=[SYSTEM, {"role": "user", "content": ask}],
+                                               tools=TOOLS, temperature=0, max_tokens=64)
+        message = reply.choices[0].message
+        calls = message.tool_calls or []
+        ok = len(calls) == 1 and calls[0].function.name == name and _arguments(calls[0]) == arguments
+        right += ok
+        seen.append(f"{ask!r} -> {[(c.function.name, c.function.arguments) for c in calls] or message.content!r}")
+    return right, seen
+
+
+def _arguments(call: Any) -> Any:
+    try:
+        return json.loads(call.function.arguments)
+    except ValueError:
+        return None
+
+
+def test_a_function_calling_fine_tune_moves_over_unchanged(embedded: LiveServer) -> None:
+    client = embedded.client()
+    data = "".join(json.dumps(line) + "\n" for line in training_lines()).encode()
+    uploaded = client.files.create(file=("tools.jsonl", io.BytesIO(data)), purpose="fine-tune")
+    uploaded = client.files.wait_for_processing(uploaded.id, poll_interval=0.2, max_wait_seconds=120)
+    job = client.fine_tuning.jobs.create(model=PACKAGED_BASE_MODEL, training_file=uploaded.id, suffix="tools")
+    job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+                   timeout=1200, interval=1, what="the function-calling fine-tune")
+    assert job.status == "succeeded", job.error
+
+    requests = len(held_out_requests())
+    base_right, base_seen = _right_calls(client, PACKAGED_BASE_MODEL)
+    tuned_right, tuned_seen = _right_calls(client, job.fine_tuned_model)
+    print(f"right tool calls on {requests} held-out requests: base {base_right}, tuned {tuned_right}")
+    # Measured (docs/training.md): the base model 0 of 12, the tuned model 12 of 12.
+    assert tuned_right >= 0.75 * requests, "\n".join(tuned_seen)
+    assert base_right <= 0.25 * requests, "\n".join(base_seen)
