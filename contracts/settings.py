@@ -213,6 +213,20 @@ class Settings(BaseSettings):
     webhook_retry_base_seconds: float = Field(
         default=5.0, gt=0, description="Wait before the first retry of a failed webhook delivery; each next "
                                        "wait is 4x longer (with jitter), at most a day.")
+    wandb_api_key: SecretStr | None = Field(
+        default=None, description="Weights & Biases API key for jobs with a `wandb` integration (never taken from "
+                                  "the job body, never shown in events or logs).")
+    wandb_mode: Literal["online", "offline"] = Field(
+        default="online", description="`offline` writes W&B runs to local files (sync them with `wandb sync`); "
+                                      "`online` needs FTAAS_WANDB_API_KEY.")
+    wandb_dir: Path | None = Field(
+        default=None, description="Where W&B run files are written. Default: <data_dir>/wandb.")
+    wandb_base_url: str | None = Field(
+        default=None, description="A self-hosted W&B server's URL (default: W&B's cloud).")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking server (http://...) or store (sqlite:///...) for jobs with an "
+                                  "`mlflow` integration; a server's credentials come from MLflow's own "
+                                  "MLFLOW_TRACKING_TOKEN / _USERNAME / _PASSWORD environment variables.")
     webhook_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often the webhook dispatcher looks for due deliveries.")
 
@@ -271,6 +285,18 @@ class Settings(BaseSettings):
     @property
     def uses_embedded_broker(self) -> bool:
         return self.broker_url is not None and self.broker_url.startswith(EMBEDDED_BROKER_SCHEME + "+")
+
+    def configured_integrations(self) -> frozenset[str]:
+        """The experiment trackers jobs may ask for: W&B offline, or online with an API key; MLflow with a
+        tracking URI; each only where its library is installed (`pip install "ftaas[tracking]"`)."""
+        from importlib.util import find_spec
+
+        kinds = set()
+        if (self.wandb_mode == "offline" or self.wandb_api_key is not None) and find_spec("wandb"):
+            kinds.add("wandb")
+        if self.mlflow_tracking_uri and find_spec("mlflow"):
+            kinds.add("mlflow")
+        return frozenset(kinds)
 
     def base_model_sources(self) -> dict[str, str]:
         """Name -> source for every base model this installation offers, demo model first, then the packaged

@@ -124,6 +124,8 @@ class FineTuningJob(LeasedWork, Base):
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     suffix: Mapped[str | None] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(BigInteger)
+    #: experiment trackers (contracts.training.integrations), as the job body gave them
+    integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     user_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
     #: Random 8-character segment of the fine-tuned model name, fixed at creation.
     model_name_id: Mapped[str] = mapped_column(String(8))

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.knowledge_evals.schemas import KnowledgeEvalOptions
+from contracts.training.integrations import Integration
 from contracts.training.spec import Method, SupervisedHyperparameters
 from db.tables import Checkpoint, FineTuningJob, JobEvent
 
@@ -36,7 +37,9 @@ class JobCreateRequest(BaseModel):
     suffix: str | None = Field(default=None, description="1-64 characters: letters, digits, '_', '.', '-'.")
     seed: int | None = Field(default=None, ge=0, le=2_147_483_647)
     metadata: dict[str, str] | None = None
-    integrations: list[dict[str, Any]] | None = None
+    integrations: list[Integration] | None = Field(
+        default=None, max_length=4, description="Experiment trackers (wandb, mlflow) that receive the job's metrics, "
+                                                "config and final model; credentials come from the deployment.")
     knowledge_eval: KnowledgeEvalOptions | None = Field(
         default=None, description="ftaas extension: evaluate the fine-tuned model (base vs tuned) before the job "
                                   "completes; the report becomes a result file and its headline numbers job events.")
@@ -60,10 +63,10 @@ class JobCreateRequest(BaseModel):
 
     @field_validator("integrations")
     @classmethod
-    def _integrations(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if value:
-            raise ValueError("integrations (e.g. wandb) are not supported by this server; "
-                             "metrics are in the job events and the results file")
+    def _integrations(cls, value: list[Any] | None) -> list[Any] | None:
+        kinds = [integration.type for integration in value or []]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("at most one integration of each type")
         return value
 
 
@@ -114,7 +117,8 @@ class FineTuningJobObject(BaseModel):
             method=row.method, result_files=list(row.result_files or []), fine_tuned_model=row.fine_tuned_model,
             finished_at=row.finished_at, trained_tokens=row.trained_tokens,
             estimated_finish=row.estimated_finish if row.status in ("running", "pausing") else None,
-            seed=row.seed, error=JobError(**row.error) if row.error else None, integrations=[],
+            seed=row.seed, error=JobError(**row.error) if row.error else None,
+            integrations=list(row.integrations or []),
             metadata=row.user_metadata, user_provided_suffix=row.suffix,
             knowledge_eval=({"spec_name": row.knowledge_eval["spec"]["name"],
                              "spec_sha256": row.knowledge_eval["spec_sha256"]} if row.knowledge_eval else None),

@@ -33,8 +33,11 @@ MAX_SEED = 2_147_483_647
 
 class JobService:
     def __init__(self, db: Database, registry: BaseModelRegistry, *, max_active_jobs: int, max_attempts: int,
-                 knowledge_evals: KnowledgeEvalService | None = None) -> None:
+                 knowledge_evals: KnowledgeEvalService | None = None,
+                 integrations: frozenset[str] = frozenset()) -> None:
+        """`integrations`: the tracker types this deployment has configured (wandb, mlflow)."""
         self.db = db
+        self.integrations = integrations
         self.knowledge_evals = knowledge_evals
         self.registry = registry
         self.max_active_jobs = max_active_jobs
@@ -50,6 +53,13 @@ class JobService:
             raise InvalidRequest(f"Model {request.model!r} does not exist or is not available for fine-tuning. "
                                  f"Available: {', '.join(self.registry.names())}.", code="model_not_found",
                                  param="model")
+        for index, integration in enumerate(request.integrations or []):
+            if integration.type not in self.integrations:
+                raise InvalidRequest(
+                    f"The {integration.type} integration is not configured on this deployment (its credentials and "
+                    "destination are deployment settings, and its library comes with `pip install "
+                    "\"ftaas[tracking]\"`: docs/training.md, \"Experiment tracking\").",
+                    code="integration_not_configured", param=f"integrations[{index}].type")
         knowledge_eval = None
         if request.knowledge_eval is not None:
             assert self.knowledge_evals is not None
@@ -118,6 +128,7 @@ class JobService:
             user_metadata=request.metadata, model_name_id=ids.short_model_suffix(), result_files=[],
             created_at=int(time.time()), attempt=0, max_attempts=self.max_attempts, fencing_token=0,
             knowledge_eval=knowledge_eval,
+            integrations=[i.model_dump(mode="json", exclude_none=True) for i in request.integrations or []] or None,
         )
         jobs.insert(session, job, training_file=training.id, validation_file=request.validation_file)
         return job

@@ -1,4 +1,4 @@
-"""Webhook endpoints per project, and the webhook deliveries outbox.
+"""Webhook endpoints per project, the webhook deliveries outbox, and jobs' experiment-tracking integrations.
 
 Revision ID: 0004
 Revises: 0003
@@ -17,6 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("fine_tuning_jobs", sa.Column("integrations", sa.JSON(), nullable=True))
     op.create_table(
         "webhook_endpoints",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -61,3 +62,4 @@ def downgrade() -> None:
     op.drop_table("webhook_deliveries")
     op.drop_index("ix_webhook_endpoints_project_id_id", table_name="webhook_endpoints")
     op.drop_table("webhook_endpoints")
+    op.drop_column("fine_tuning_jobs", "integrations")

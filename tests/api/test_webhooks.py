@@ -56,3 +56,24 @@ def test_bad_endpoints_are_clear_400s_and_store_nothing(api: Api, body: dict, pa
     error = response.json()["error"]
     assert error["param"] == param and fragment in error["message"], error
     assert api.client.get("/v1/webhooks", headers=api.headers()).json()["data"] == []
+
+
+# ------------------------------------------------------------------ integrations in the job body (same API)
+@pytest.mark.parametrize(("integration", "fragment"), [
+    ({"type": "wandb", "wandb": {"project": "p", "api_key": "k"}}, "credentials"),
+    ({"type": "mlflow", "mlflow": {"tracking_uri": "http://x"}}, "credentials"),
+    ({"type": "wandb", "wandb": {}}, "project"),
+    ({"type": "comet", "comet": {}}, ""),
+    ({"type": "wandb", "wandb": {"project": "p"}}, "not configured"),
+])
+def test_bad_or_unconfigured_integrations_are_400s(api: Api, integration: dict, fragment: str) -> None:
+    from tests.factories import training_jsonl
+
+    uploaded = api.client.post("/v1/files", headers=api.headers(), data={"purpose": "fine-tune"},
+                               files={"file": ("t.jsonl", training_jsonl(10))}).json()
+    response = api.client.post("/v1/fine_tuning/jobs", headers=api.headers(), json={
+        "model": "ftaas-tiny", "training_file": uploaded["id"], "integrations": [integration]})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert fragment in error["message"] and (error["param"] or "").startswith("integrations"), error
+    assert api.client.get("/v1/fine_tuning/jobs", headers=api.headers()).json()["data"] == []

@@ -23,6 +23,7 @@ from db.states import JobStatus
 from storage import layout
 from storage.manifest import publish_directory
 from worker.context import WorkerContext
+from worker.jobs.tracking import JobTracking
 from worker.outages import ride_out
 from worker.training.data import encode_lines
 from worker.training.distributed import DistributedContext
@@ -48,6 +49,8 @@ class JobPlan:
     has_validation: bool
     #: Step of the checkpoint to resume from (downloaded into the workspace), if any.
     resume_step: int | None
+    #: experiment trackers, as stored on the job (contracts.training.integrations)
+    integrations: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -95,8 +98,10 @@ class JobControl:
     checkpoint publication, estimated finish. Fenced writes that fail (the job was cancelled, reaped or
     re-claimed) turn into STOP, so every process of the job stops together."""
 
-    def __init__(self, ctx: WorkerContext, lease: Lease, plan: JobPlan, *, preempt: Any, lease_alive: Any) -> None:
+    def __init__(self, ctx: WorkerContext, lease: Lease, plan: JobPlan, *, preempt: Any, lease_alive: Any,
+                 tracking: JobTracking | None = None) -> None:
         self.ctx = ctx
+        self.tracking = tracking
         self.lease = lease
         self.plan = plan
         self.preempt = preempt
@@ -135,6 +140,8 @@ class JobControl:
         except LeaseLost:
             self.lost = True
             return Directive.STOP
+        if self.tracking is not None:
+            self.tracking.log(metrics.step, metrics.as_event_data())
         if status == JobStatus.PAUSING:
             return Directive.PAUSE
         return Directive.PREEMPT if self.preempt() else Directive.CONTINUE
@@ -215,16 +222,44 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
         if distributed.is_main:
             log_event(ctx, lease, f"Rehearsal: every step also holds the model to the base model's own answers to "
                                   f"{len(kept)} general prompts, so it keeps what it knew (method.supervised.rehearsal)")
-    control = JobControl(ctx, lease, plan, preempt=preempt, lease_alive=lease_alive) if distributed.is_main else None
+    tracking = None
+    if distributed.is_main and plan.integrations:
+        tracking = JobTracking.open(ctx.settings, plan.integrations, job_id=plan.job_id, config={
+            "job_id": plan.job_id, "base_model": spec.base_model, "training_file": plan.training_file_id,
+            "fine_tuned_model": plan.fine_tuned_model, "training_spec": spec.to_json()},
+            warn=lambda message: log_event(ctx, lease, message, level="warn"))
+    control = JobControl(ctx, lease, plan, preempt=preempt, lease_alive=lease_alive,
+                         tracking=tracking) if distributed.is_main else None
     trainer = Trainer(spec, model, tokenizer, train.examples, valid_examples, control, workspace.trainer_dir,
                       distributed=distributed, rehearsal=kept)
     resume = workspace.resume_dir if plan.resume_step is not None else None
     if resume is not None and distributed.is_main:
         log_event(ctx, lease, f"Resuming from the checkpoint at step {plan.resume_step}")
-    outcome = trainer.run(resume)
+    try:
+        outcome = trainer.run(resume)
+    except BaseException:
+        if tracking is not None:
+            tracking.finish(succeeded=False)
+        raise
     if control is not None and control.lost:
         outcome.status = "lease-lost"
+    if tracking is not None:
+        _close_tracking(tracking, plan, outcome)
     return outcome
+
+
+def _close_tracking(tracking: JobTracking, plan: JobPlan, outcome: TrainingOutcome) -> None:
+    """A completed run names the model the job publishes (and the step it comes from); a paused or preempted
+    one is closed to be continued by the next attempt; a cancelled one ends unsuccessful."""
+    if outcome.status == "completed":
+        tracking.finish(succeeded=True, model=plan.fine_tuned_model, reference={
+            "model": plan.fine_tuned_model, "base_model": plan.spec.base_model,
+            "step": outcome.best_step if outcome.best_step is not None else outcome.step,
+            "trained_tokens": outcome.trained_tokens})
+    elif outcome.status in ("paused", "preempted"):
+        tracking.suspend()
+    else:
+        tracking.finish(succeeded=False)
 
 
 def _lines(path: Path) -> list[str]:

@@ -48,6 +48,7 @@ def plan_job(ctx: WorkerContext, lease: Lease) -> tuple[JobPlan, File, File | No
             training_file_sha256=training.sha256,
             has_validation=validation is not None,
             resume_step=latest.step_number if latest else None,
+            integrations=job.integrations,
         )
         resume = (latest.storage_prefix, latest.manifest_sha256) if latest else None
         return plan, training, validation, resume
