@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import openai
 import pytest
 from standardwebhooks.webhooks import Webhook
 
@@ -110,6 +111,9 @@ def test_a_finished_job_is_delivered_signed_and_retried_with_the_same_id(
     assert verified["object"] == "event" and verified["id"] == headers["webhook-id"].strip()
     with pytest.raises(Exception):
         Webhook(webhooks.new_secret()).verify(body, headers)
+    # OpenAI's own SDK takes it as the event it documents (code written against OpenAI's webhooks moves over)
+    event = openai.OpenAI(api_key="unused", webhook_secret=secret).webhooks.unwrap(body.decode(), headers)
+    assert type(event).__name__ == "FineTuningJobSucceededWebhookEvent" and event.data.id == job.id
     [row] = [r for r in _rows(db) if r.endpoint_id == endpoint_id]
     assert row.delivered_at is not None and row.attempts == 2 and row.last_status == 200
     dispatcher.deliver_due()
