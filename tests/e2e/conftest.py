@@ -30,8 +30,10 @@ def embedded(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) ->
     # Served in float32: the real-model tests compare answers with facts a short fine-tune learned by small
     # margins, and bfloat16 (auto's choice on an AMX machine) parts from float32 at near-ties (docs/serving.md;
     # measured: "Baka Zotemus" served as "Baka Zot."). bfloat16 serving is tested in tests/serving.
+    # Webhook receivers in the tests listen on 127.0.0.1, which deployments refuse unless told otherwise.
     server = start_embedded(tmp_path_factory.mktemp("embedded") / "data", model_cache_dir,
-                            FTAAS_MAX_UPLOAD_BYTES=str(1024 * 1024), FTAAS_SERVING_DTYPE="float32")
+                            FTAAS_MAX_UPLOAD_BYTES=str(1024 * 1024), FTAAS_SERVING_DTYPE="float32",
+                            FTAAS_WEBHOOK_ALLOW_PRIVATE_NETWORKS="true")
     yield server
     server.stop()
 
@@ -54,7 +56,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path, clu
     bucket = f"ftaas-e2e-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_CREDENTIALS).create_bucket(Bucket=bucket)
     server = start_cluster(tmp_path_factory.mktemp("cluster"), model_cache_dir, database_url=cluster_database,
-                           redis_url=redis_url, s3_endpoint=s3_endpoint, bucket=bucket, s3_credentials=S3_CREDENTIALS)
+                           redis_url=redis_url, s3_endpoint=s3_endpoint, bucket=bucket, s3_credentials=S3_CREDENTIALS,
+                           FTAAS_WEBHOOK_ALLOW_PRIVATE_NETWORKS="true")
     yield server
     server.stop()
 
