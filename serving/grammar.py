@@ -38,7 +38,8 @@ JSON_STYLE = {"whitespace_flexible": False, "key_separator": ": ", "item_separat
 
 
 def _json(schema: dict[str, Any]) -> str:
-    styled = {**schema, "x-guidance": {**JSON_STYLE, **schema.get("x-guidance", {})}}
+    # llguidance reads its options from the schema's `x-guidance` key: ours replace any a request sent
+    styled = {**schema, "x-guidance": JSON_STYLE}
     return "%json" + json.dumps(styled, ensure_ascii=False)
 
 

@@ -173,6 +173,8 @@ def test_unconstrained_rows_are_unchanged_by_constrained_rows_in_the_same_batch(
     ({"response_format": {"type": "json_schema"}}, None, "needs a 'json_schema'"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "array", "uniqueItems": True}}}}, "response_format", "uniqueItems"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "nonsense", "x-guidance": 5}}}}, "response_format", "nonsense"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}}]}, "tools", "missing"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
