@@ -182,3 +182,35 @@ def test_a_delivery_is_claimed_by_one_dispatcher_at_a_time(migrated_database: Da
     assert len(first) == 1 and second == []
     with db.write() as session:  # a dispatcher that died after claiming: the row comes back after the window
         assert len(webhooks.claim_due(session, now=now + 61, claim_seconds=60)) == 1
+
+
+def test_evals_and_adapter_operations_announce_their_endings_including_a_reaped_one(
+        migrated_database: Database) -> None:
+    from db import adapter_operations, ids, knowledge_evals
+    from db.tables import AdapterOperation, KnowledgeEval
+
+    db = migrated_database
+    with db.write() as session:
+        project = make_project(session)
+        webhooks.create_endpoint(session, project.id, url="http://example.com/", event_types=None, description=None)
+        evaluation = KnowledgeEval(id=ids.new_id(ids.KNOWLEDGE_EVAL), project_id=project.id, model="ftaas-tiny",
+                                   base_model="ftaas-tiny", status="queued", spec={"name": "x"}, spec_name="x",
+                                   spec_sha256="0" * 64, result_files=[], created_at=int(time.time()), attempt=0,
+                                   max_attempts=1, fencing_token=0)
+        knowledge_evals.insert(session, evaluation, dispatch=True)
+        operation = AdapterOperation(id=ids.new_id(ids.ADAPTER_OPERATION), project_id=project.id, type="merge",
+                                     status="queued", base_model="ftaas-tiny", params={}, created_at=int(time.time()),
+                                     attempt=0, max_attempts=1, fencing_token=0)
+        adapter_operations.QUEUE.insert(session, operation, dispatch=True)
+        eval_id, operation_id = evaluation.id, operation.id
+    with db.write() as session:
+        lease = knowledge_evals.claim(session, eval_id, owner="w", ttl=30)
+        assert lease is not None
+        knowledge_evals.complete(session, lease, summary={}, result_files=[])
+        assert adapter_operations.QUEUE.claim(session, operation_id, owner="w", ttl=0.01) is not None
+    time.sleep(0.05)
+    with db.write() as session:  # the operation's worker is lost on its last attempt: the reaper fails it
+        assert [r.outcome for r in adapter_operations.QUEUE.reap_expired_leases(session)] == ["failed"]
+    with db.read() as session:
+        announced = {(r.payload["data"]["id"], r.event_type) for r in session.query(WebhookDelivery)}
+    assert announced == {(eval_id, "knowledge_eval.succeeded"), (operation_id, "adapter_operation.failed")}
