@@ -272,7 +272,7 @@ def job_body(file_id: str, **extra: object) -> dict:
     ({"suffix": "x" * 65}, "suffix"),
     ({"seed": -1}, "seed"),
     ({"metadata": {str(i): "v" for i in range(17)}}, "metadata"),
-    ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations"),
+    ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations[0].type"),  # not configured
     ({"surprise": True}, "surprise"),
 ])
 def test_out_of_range_job_parameters_are_400_naming_the_parameter(api: Api, extra: dict, param: str) -> None:
