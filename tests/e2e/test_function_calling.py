@@ -97,10 +97,17 @@ def held_out_requests(seed: int = 12) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def _right_calls(client: Any, model: str) -> tuple[int, list[str]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask_model(ask: str) -> Any:
+        return client.chat.completions.create(model=model, messages=[SYSTEM, {"role": "user", "content": ask}],
+                                              tools=TOOLS, temperature=0, max_tokens=64)
+
+    requests = held_out_requests()
+    with ThreadPoolExecutor(len(requests)) as pool:  # batched by the engine, as concurrent clients are
+        replies = list(pool.map(ask_model, [ask for ask, _, _ in requests]))
     right, seen = 0, []
-    for ask, name, arguments in held_out_requests():
-        reply = client.chat.completions.create(model=model, messages=[SYSTEM, {"role": "user", "content": ask}],
-                                               tools=TOOLS, temperature=0, max_tokens=64)
+    for (ask, name, arguments), reply in zip(requests, replies, strict=True):
         message = reply.choices[0].message
         calls = message.tool_calls or []
         ok = len(calls) == 1 and calls[0].function.name == name and _arguments(calls[0]) == arguments
@@ -121,7 +128,9 @@ def test_a_function_calling_fine_tune_moves_over_unchanged(embedded: LiveServer)
     data = "".join(json.dumps(line) + "\n" for line in training_lines()).encode()
     uploaded = client.files.create(file=("tools.jsonl", io.BytesIO(data)), purpose="fine-tune")
     uploaded = client.files.wait_for_processing(uploaded.id, poll_interval=0.2, max_wait_seconds=120)
-    job = client.fine_tuning.jobs.create(model=PACKAGED_BASE_MODEL, training_file=uploaded.id, suffix="tools")
+    # batch_size 4 where "auto" picks 1 for 35 lines: the same learning in a third of the CPU time
+    job = client.fine_tuning.jobs.create(model=PACKAGED_BASE_MODEL, training_file=uploaded.id, suffix="tools",
+                                         hyperparameters={"batch_size": 4})
     job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
                    timeout=1200, interval=1, what="the function-calling fine-tune")
     assert job.status == "succeeded", job.error

@@ -23,7 +23,9 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
         owner_http.post(f"/knowledge_evals/{evaluation['id']}/cancel")  # an id is all this test needs
         operation = owner_http.post("/adapter_operations", json={"type": "compress", "model": job.fine_tuned_model}).json()
         owner_http.post(f"/adapter_operations/{operation['id']}/cancel")
+        webhook = owner_http.post("/webhooks", json={"url": "http://127.0.0.1:9/hooks"}).json()
     ids_of_a = {
+        "webhook_id": [webhook["id"]],
         "knowledge_eval_id": [evaluation["id"]],
         "operation_id": [operation["id"]],
         "file_id": [job.training_file, job.result_files[0]],
@@ -54,17 +56,20 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
         assert create.status_code == 400 and create.json()["error"]["code"] == "file_not_found"
         # Lists show none of A's ids.
         listed = " ".join(stranger.get(p).text for p in ("/files", "/fine_tuning/jobs", "/models", "/knowledge_evals",
-                                                               "/adapter_operations"))
+                                                               "/adapter_operations", "/webhooks"))
         for value in [v for values in ids_of_a.values() for v in values]:
             assert value not in listed
 
     every_object_operation = {(m, p) for p, ops in paths.items() if "{" in p for m in ops}
-    assert tested == every_object_operation and len(tested) == 11 + 7 + 2  # jobs, files, models; evals; adapter ops
+    # jobs, files, models; evals; adapter ops; webhooks
+    assert tested == every_object_operation and len(tested) == 11 + 7 + 2 + 3
     # Nothing of A's changed.
     after = owner.fine_tuning.jobs.retrieve(job.id)
     assert (after.status, after.fine_tuned_model) == ("succeeded", job.fine_tuned_model)
     assert owner.files.retrieve(job.training_file).id == job.training_file
     assert owner.models.retrieve(job.fine_tuned_model).id == job.fine_tuned_model
+    with embedded.http() as owner_http:
+        assert owner_http.get(f"/webhooks/{webhook['id']}").json()["url"] == "http://127.0.0.1:9/hooks"
 
 
 def test_the_keyless_metrics_endpoint_names_no_tenant(embedded: LiveServer, finished_job) -> None:  # type: ignore[no-untyped-def]
