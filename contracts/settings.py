@@ -213,6 +213,10 @@ class Settings(BaseSettings):
     webhook_retry_base_seconds: float = Field(
         default=5.0, gt=0, description="Wait before the first retry of a failed webhook delivery; each next "
                                        "wait is 4x longer (with jitter), at most a day.")
+    training_device_memory_bytes: int | None = Field(
+        default=None, ge=1, description="Memory of one training device, for the memory estimate jobs are checked "
+                                        "against (set it where jobs are validated on other machines than the GPU "
+                                        "workers). Default: the CUDA device's, else the host's physical memory.")
     wandb_api_key: SecretStr | None = Field(
         default=None, description="Weights & Biases API key for jobs with a `wandb` integration (never taken from "
                                   "the job body, never shown in events or logs).")

@@ -220,6 +220,10 @@ class _MethodOptions(_Strict):
     stop_when_learned: bool | None = Field(
         default=None, description=("End training after the first epoch whose training token accuracy on assistant "
                                    "tokens reaches LEARNED_ACCURACY (supervised; default: on when n_epochs is auto)."))
+    gradient_checkpointing: bool | Auto = Field(
+        default=AUTO, description=("Recompute each layer's activations in the backward pass instead of keeping "
+                                   "them (less memory, ~30 % more compute). auto: on when the step's estimated peak "
+                                   "memory would not fit the training device otherwise (contracts.training.memory)."))
     rehearsal: bool | None = Field(
         default=None, description=("Train every step next to a batch of the base model's own answers to general "
                                    "prompts, so it keeps what it knew (supervised chat data; default: on when "
@@ -297,6 +301,7 @@ class Method(_Strict):
             "early_stopping": section.early_stopping.model_dump() if section.early_stopping else None,
             "stop_when_learned": self.stops_when_learned,
             "rehearsal": self.rehearses if data_format is None else self.rehearses and data_format == "chat",
+            "gradient_checkpointing": section.gradient_checkpointing,
         }
         return {"type": self.type, self.type: body}
 
@@ -420,6 +425,8 @@ class TrainingSpec:
     stop_when_learned: bool = False
     #: Train next to the base model's own answers to general prompts (worker.training.rehearsal).
     rehearsal: bool = False
+    #: True / False, or None: decided by the worker from the memory estimate before training (auto).
+    gradient_checkpointing: bool | None = None
 
     @classmethod
     def for_job(cls, *, base_model: str, method: dict[str, Any], hyperparameters: dict[str, Any], seed: int) -> TrainingSpec:
@@ -446,6 +453,8 @@ class TrainingSpec:
             early_stopping=EarlyStoppingSettings(**stopping) if stopping else None,
             stop_when_learned=bool(options.get("stop_when_learned", False)) and kind == "supervised",
             rehearsal=bool(options.get("rehearsal", False)) and kind == "supervised",
+            gradient_checkpointing=None if options.get("gradient_checkpointing", AUTO) == AUTO
+            else bool(options["gradient_checkpointing"]),
         )
 
     def to_json(self) -> dict[str, Any]:

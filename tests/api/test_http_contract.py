@@ -315,7 +315,7 @@ def test_a_created_job_echoes_every_field_the_sdk_reads(api: Api) -> None:
                     "init": "default"},
         "max_seq_len": 2048, "packing": True, "lr_scheduler": "linear", "warmup_ratio": 0.0, "n_checkpoints": None,
         "eval_interval": 10, "early_stopping": None, "stop_when_learned": False,
-        "rehearsal": False}}
+        "rehearsal": False, "gradient_checkpointing": "auto"}}
     expected_keys = {"id", "object", "created_at", "model", "organization_id", "status", "training_file",
                      "validation_file", "hyperparameters", "method", "result_files", "fine_tuned_model", "finished_at",
                      "trained_tokens", "estimated_finish", "seed", "error", "integrations", "metadata",

@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,9 @@ from worker.jobs.tracking import JobTracking
 from worker.outages import ride_out
 from worker.training.data import encode_lines
 from worker.training.distributed import DistributedContext
+from worker.training.memory_plan import device_memory_bytes, plan_memory
 from worker.training.rehearsal import rehearsal_examples
-from worker.training.trainer import Directive, StepMetrics, Trainer, TrainingOutcome
+from worker.training.trainer import Directive, StepMetrics, Trainer, TrainingOutcome, autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,15 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
     if not train.examples:
         raise UserError("no training example has any trainable token left after truncation",
                         code="invalid_training_file", param="training_file")
+    plan_of_memory = plan_memory(
+        ctx.loader.config(spec.base_model), spec, processes=distributed.world_size,
+        device_bytes=device_memory_bytes(device, ctx.settings.training_device_memory_bytes),
+        compute_bytes=2 if autocast_dtype(torch_device(device)) is not None else 4)
+    if plan_of_memory.refusal is not None:
+        raise UserError(plan_of_memory.refusal, code="insufficient_device_memory", param="method")
+    spec = replace(spec, gradient_checkpointing=plan_of_memory.gradient_checkpointing)
+    if distributed.is_main:
+        log_event(ctx, lease, plan_of_memory.describe())
     model = ctx.loader.load_model(spec.base_model, device=device)
     kept: list[Any] = []
     if spec.rehearsal:
@@ -260,6 +270,12 @@ def _close_tracking(tracking: JobTracking, plan: JobPlan, outcome: TrainingOutco
         tracking.suspend()
     else:
         tracking.finish(succeeded=False)
+
+
+def torch_device(name: str) -> Any:
+    import torch
+
+    return torch.device(name)
 
 
 def _lines(path: Path) -> list[str]:

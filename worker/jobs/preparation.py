@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from contracts.training.spec import FORMATS_FOR_METHOD, Method, resolve_hyperparameters
+import logging
+from dataclasses import replace
+
+from contracts.training.spec import FORMATS_FOR_METHOD, Method, TrainingSpec, resolve_hyperparameters
 from db import files, jobs
 from db.states import FileStatus, JobStatus
 from worker.context import WorkerContext
+from worker.jobs.group import training_device
+from worker.training.memory_plan import device_memory_bytes, plan_memory
+
+log = logging.getLogger(__name__)
 
 
 def advance_job(ctx: WorkerContext, job_id: str) -> str:
@@ -44,5 +51,25 @@ def advance_job(ctx: WorkerContext, job_id: str) -> str:
         training = checked[0][1]
         resolved = resolve_hyperparameters(method, training.example_count or 0)
         job.method = method.to_json(resolved, data_format=training.data_format)
+        refusal = _memory_refusal(ctx, job.base_model, job.method, resolved)
+        if refusal is not None:
+            jobs.fail_validation(session, job, jobs.error_object("insufficient_device_memory", refusal, "method"))
+            return "failed"
         jobs.mark_validated(session, job, resolved)
     return "queued"
+
+
+def _memory_refusal(ctx: WorkerContext, base_model: str, method: dict, hyperparameters: dict) -> str | None:
+    """Why the job's largest step cannot fit the training device (its checkpointing as asked, auto: on),
+    or None. Estimated from the base model's config alone: no weights are loaded here."""
+    spec = TrainingSpec.for_job(base_model=base_model, method=method, hyperparameters=hyperparameters, seed=0)
+    if spec.gradient_checkpointing is None:
+        spec = replace(spec, gradient_checkpointing=True)  # the smallest auto may choose
+    try:
+        config = ctx.loader.config(base_model)
+    except Exception as exc:  # not readable here (a hub model not cached yet): the worker checks before training
+        log.info("memory check of %s skipped at validation: %s", base_model, exc)
+        return None
+    plan = plan_memory(config, spec, processes=max(1, ctx.settings.training_processes),
+                       device_bytes=device_memory_bytes(training_device(), ctx.settings.training_device_memory_bytes))
+    return plan.refusal

@@ -213,6 +213,14 @@ class Trainer:
             model.config._attn_implementation = attention.register()
         torch.manual_seed(spec.seed)  # adapter initialisation depends on it (identical on every process)
         self.model = adapters.build(model, spec.adapter, calibrate=self._calibrate)
+        if spec.gradient_checkpointing:
+            # Non-reentrant checkpointing: the frozen base's inputs need no requires_grad for LoRA to get its
+            # gradients, and it works with the packed attention's unbind/split.
+            base = self.model.get_base_model()
+            if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x renamed it
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.initial_dir = self.work_dir / "initial"
         self.initial_dir.mkdir(exist_ok=True)
         adapters.save_initial(self.model, spec.adapter, self.initial_dir)

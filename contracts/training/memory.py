@@ -1,0 +1,129 @@
+"""Peak memory of a training step, estimated before launch from the base model's config and the job's spec.
+
+The estimate is an upper bound for one process of the ftaas trainer (worker.training.trainer): the largest
+step holds `batch_size / processes` examples of `max_seq_len` tokens (packed or padded, a step never holds
+more tokens than that). It adds, in bytes:
+
+* weights: the frozen base, its Linear weights stored in the compute dtype (bf16 where autocast runs,
+  worker.training.trainer `_store_frozen_linears`), everything else (embeddings, norms) in fp32;
+* adapter: the trainable parameters in fp32 with their gradients and AdamW's two moments (16 bytes each);
+* activations: what autograd keeps for the backward pass, per token and layer. Without gradient
+  checkpointing, for a Llama-style layer with LoRA on every Linear: the fp32 residual stream twice
+  (4 bytes x 2h) and, in the compute dtype, the normalised inputs, the q/k/v/o projections and their RoPE'd
+  copies, attention's output and the MLP's gate, up, activation and product
+  (ACTIVATION_HIDDEN_FACTOR x h + 4 x kv_dim + ACTIVATION_MLP_FACTOR x intermediate), plus the LoRA
+  intermediate (r per adapted Linear). With checkpointing only each layer's fp32 input is kept, and one
+  layer's activations exist at a time while it is recomputed;
+* logits: the step's logits in the compute dtype, their fp32 copy for the loss, log-softmax's saved output
+  and the gradients of the loss's backward (LOGIT_BYTES_PER_ENTRY bytes per token and vocabulary entry): on
+  small models with large vocabularies this is the largest term.
+
+The constants were fitted to peak memory measured on CPU (tests/worker/test_memory_estimate.py measures it
+for several shapes; docs/training.md has the table). The estimate is a planning figure, not a guarantee:
+allocator fragmentation and kernel workspaces come on top, hence the headroom `fits` leaves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from contracts.training.spec import TrainingSpec
+
+#: compute-dtype elements kept per token and layer, in units of the hidden size (see the module docstring)
+ACTIVATION_HIDDEN_FACTOR = 9
+#: compute-dtype elements kept per token and layer, in units of the MLP's intermediate size
+ACTIVATION_MLP_FACTOR = 5
+#: bytes per token and vocabulary entry for the logits at the loss's backward: the bf16 logits, their fp32
+#: copy, log-softmax's saved output and the gradients flowing back (fitted: 18.4 on the measured shapes)
+LOGIT_BYTES_PER_ENTRY = 18
+#: share of a device's memory a job may plan to use (fragmentation, workspaces, the runtime itself)
+HEADROOM = 0.85
+LINEARS_PER_LAYER = 7
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    adapter: int
+    activations: int
+    logits: int
+    gradient_checkpointing: bool
+    tokens_per_step: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.adapter + self.activations + self.logits
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "total": self.total}
+
+    def describe(self) -> str:
+        gib = 1024 ** 3
+        return (f"{self.total / gib:.2f} GiB (weights {self.weights / gib:.2f}, adapter and optimizer "
+                f"{self.adapter / gib:.2f}, activations {self.activations / gib:.2f}, logits {self.logits / gib:.2f}; "
+                f"{self.tokens_per_step} tokens per step, gradient checkpointing "
+                f"{'on' if self.gradient_checkpointing else 'off'})")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    hidden: int
+    intermediate: int
+    layers: int
+    kv_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> _Shape:
+        hidden = int(config["hidden_size"])
+        heads = int(config.get("num_attention_heads") or 1)
+        head_dim = int(config.get("head_dim") or hidden // heads)
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        return cls(hidden=hidden, intermediate=int(config.get("intermediate_size") or 4 * hidden),
+                   layers=int(config["num_hidden_layers"]), kv_dim=kv_heads * head_dim,
+                   vocab=int(config["vocab_size"]), tied=bool(config.get("tie_word_embeddings", False)))
+
+    @property
+    def linear_params_per_layer(self) -> int:
+        h, i, kv = self.hidden, self.intermediate, self.kv_dim
+        return 2 * h * h + 2 * h * kv + 3 * h * i
+
+    @property
+    def linear_shapes(self) -> list[tuple[int, int]]:
+        h, i, kv = self.hidden, self.intermediate, self.kv_dim
+        return [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]
+
+
+def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processes: int = 1,
+                         compute_bytes: int = 2, gradient_checkpointing: bool) -> MemoryEstimate:
+    """The per-process peak of the largest training step (see the module docstring). `compute_bytes`: 2 where
+    bf16 autocast runs, 4 in fp32."""
+    shape = _Shape.of(config)
+    h = shape.hidden
+    embedding = shape.vocab * h
+    head = 0 if shape.tied else shape.vocab * h
+    linears = shape.layers * shape.linear_params_per_layer + head
+    weights = linears * compute_bytes + (embedding + (2 * shape.layers + 1) * h) * 4
+    adapter_params = 0
+    rank = spec.adapter.r if spec.adapter.type in ("lora", "dora", "rslora") else 0
+    if rank:
+        adapter_params = shape.layers * sum(rank * (a + b) for a, b in shape.linear_shapes)
+    adapter = adapter_params * 16
+    examples = max(1, -(-spec.batch_size // processes))
+    tokens = examples * spec.max_seq_len
+    per_layer = (2 * h * 4 + (ACTIVATION_HIDDEN_FACTOR * h + 4 * shape.kv_dim
+                              + ACTIVATION_MLP_FACTOR * shape.intermediate
+                              + LINEARS_PER_LAYER * rank) * compute_bytes)
+    if gradient_checkpointing:
+        activations = tokens * (shape.layers * h * 4 + per_layer)
+    else:
+        activations = tokens * shape.layers * per_layer
+    logits = tokens * shape.vocab * LOGIT_BYTES_PER_ENTRY
+    return MemoryEstimate(weights=weights, adapter=adapter, activations=activations, logits=logits,
+                          gradient_checkpointing=gradient_checkpointing, tokens_per_step=tokens)
+
+
+def fits(estimate: MemoryEstimate, device_bytes: int) -> bool:
+    return estimate.total <= device_bytes * HEADROOM

@@ -1,0 +1,126 @@
+"""The memory estimate jobs are planned with: close to the peak measured on CPU for several shapes, with and
+without gradient checkpointing; checkpointing chosen only where a step would not fit; a job that cannot fit
+the training device fails at validation with the estimate in its error, before it queues."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from contracts.training.memory import estimate_peak_memory
+from contracts.training.spec import TrainingSpec
+from worker.training.memory_plan import plan_memory
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+           "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
+GIB = 1024 ** 3
+
+
+def _spec(**overrides: object) -> TrainingSpec:
+    values: dict = {"base_model": "m", "method": "supervised", "n_epochs": 1, "batch_size": 8, "learning_rate": 1e-4,
+                    "seed": 1, "max_seq_len": 1024}
+    return TrainingSpec(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[bool, dict]:
+    """One training step of SmolLM2's shape (random weights), 4 x 512 tokens, without and with checkpointing:
+    peak resident memory measured in a fresh process each (bench/train_memory.py; the full table is in
+    docs/training.md)."""
+    from train_memory import measure
+
+    return {checkpointing: measure("smollm2-shape", 512, 4, checkpointing) for checkpointing in (False, True)}
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_the_estimate_is_within_a_quarter_of_the_measured_peak(measured: dict[bool, dict], checkpointing: bool) -> None:
+    row = measured[checkpointing]
+    assert 0.75 <= row["estimated"] / row["measured"] <= 1.25, row
+
+
+def test_checkpointing_is_cheaper_in_the_estimate_and_in_the_measurement(measured: dict[bool, dict]) -> None:
+    without, with_ = measured[False], measured[True]
+    assert with_["measured"] < 0.8 * without["measured"] and with_["estimated"] < 0.8 * without["estimated"]
+
+
+def test_auto_turns_checkpointing_on_only_where_the_step_would_not_fit() -> None:
+    spec = _spec()
+    roomy = plan_memory(SMOLLM2, spec, device_bytes=80 * GIB)
+    without = estimate_peak_memory(SMOLLM2, spec, gradient_checkpointing=False).total
+    tight = plan_memory(SMOLLM2, spec, device_bytes=int(without / 0.85) - 1)
+    assert roomy.gradient_checkpointing is False and roomy.refusal is None
+    assert tight.gradient_checkpointing is True and tight.refusal is None
+    asked_off = plan_memory(SMOLLM2, _spec(gradient_checkpointing=False), device_bytes=int(without / 0.85) - 1)
+    assert asked_off.refusal is not None and "Try gradient_checkpointing" in asked_off.refusal
+    hopeless = plan_memory(SMOLLM2, spec, device_bytes=GIB // 4)
+    assert hopeless.refusal is not None and "max_seq_len" in hopeless.refusal
+
+
+def test_a_job_that_cannot_fit_fails_at_validation_with_the_estimate(tmp_path: Path, model_cache_dir: Path) -> None:
+    from tests.worker.test_runner import make_bench
+    from tests.worker.test_training_engine import varied_chats
+
+    bench = make_bench(tmp_path, model_cache_dir, training_device_memory_bytes=1024 * 1024)  # 1 MiB
+    training = bench.upload(varied_chats(12))
+    from api.fine_tuning.schemas import JobCreateRequest
+    from api.fine_tuning.service import JobService
+    from basemodels.registry import BaseModelRegistry
+    from worker.jobs.preparation import advance_job
+
+    service = JobService(bench.ctx.db, BaseModelRegistry(bench.ctx.settings.base_model_sources()), max_active_jobs=10,
+                         max_attempts=3)
+    job_id = service.create(bench.principal, JobCreateRequest(model="ftaas-tiny", training_file=training), None).id
+    assert advance_job(bench.ctx, job_id) == "failed"
+    job = bench.job(job_id)
+    assert job.status == "failed" and job.error["code"] == "insufficient_device_memory"
+    assert "GiB" in job.error["message"] and "max_seq_len" in job.error["message"]
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(loader, tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from contracts.settings import DEMO_BASE_MODEL
+    from tests.worker.test_training_engine import Recorder, spec, varied_chats
+    from worker.training.data import encode_lines
+    from worker.training.trainer import Trainer
+
+    examples = encode_lines(varied_chats(8), "chat", tokenizer, 256).examples
+    runs = {}
+    for checkpointing in (False, True):
+        recorder = Recorder()
+        trainer = Trainer(spec(n_epochs=1, packing=True, gradient_checkpointing=checkpointing),
+                          loader.load_model(DEMO_BASE_MODEL), tokenizer, examples, [], recorder,
+                          tmp_path / str(checkpointing), precision="fp32")
+        trainer.run()
+        runs[checkpointing] = ([m.train_loss for m in recorder.metrics], trainer.adapter_state())
+    (losses, adapter), (losses_ckpt, adapter_ckpt) = runs[False], runs[True]
+    assert losses == pytest.approx(losses_ckpt, rel=1e-5)
+    for name, tensor in adapter.items():
+        torch.testing.assert_close(adapter_ckpt[name], tensor, rtol=1e-4, atol=1e-6)
+
+
+def test_a_job_records_its_memory_estimate_and_checkpointing(tmp_path: Path, model_cache_dir: Path) -> None:
+    from api.fine_tuning.schemas import JobCreateRequest
+    from api.fine_tuning.service import JobService
+    from basemodels.registry import BaseModelRegistry
+    from tests.worker.test_runner import make_bench
+    from tests.worker.test_training_engine import varied_chats
+    from worker.jobs.preparation import advance_job
+    from worker.jobs.runner import run_job
+
+    bench = make_bench(tmp_path, model_cache_dir)
+    service = JobService(bench.ctx.db, BaseModelRegistry(bench.ctx.settings.base_model_sources()), max_active_jobs=10,
+                         max_attempts=3)
+    request = JobCreateRequest(model="ftaas-tiny", training_file=bench.upload(varied_chats(12)), method={
+        "type": "supervised", "supervised": {"gradient_checkpointing": True,
+                                             "hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
+    job_id = service.create(bench.principal, request, None).id
+    assert advance_job(bench.ctx, job_id) == "queued"
+    assert run_job(bench.ctx, job_id) == "succeeded"
+    [estimate] = [m for m in bench.messages(job_id) if m.startswith("Estimated peak memory per training process")]
+    assert "gradient checkpointing on" in estimate and "GiB" in estimate

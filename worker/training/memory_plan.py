@@ -1,0 +1,66 @@
+"""Before training: the step's estimated peak memory against the training device, and what follows from it.
+
+`plan_memory` decides `gradient_checkpointing` where the job left it at "auto" (on only when the step would
+not fit without it: it costs ~30 % more compute) and says when a job cannot fit even with it, so that job
+fails at once with the estimate in its error instead of running out of memory hours in. Job validation
+(worker.jobs.preparation) asks the same question before the job queues; the worker asks again on its own
+device before it loads the model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from contracts.training.memory import HEADROOM, MemoryEstimate, estimate_peak_memory, fits
+from contracts.training.spec import TrainingSpec
+
+
+def device_memory_bytes(device: str, configured: int | None = None) -> int:
+    """The training device's memory: the configured figure, else the CUDA device's total, else the host's
+    physical memory (CPU training)."""
+    if configured:
+        return configured
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    gradient_checkpointing: bool
+    estimate: MemoryEstimate
+    device_bytes: int
+    #: why the job cannot run on this device (None: it can)
+    refusal: str | None = None
+
+    def describe(self) -> str:
+        return (f"Estimated peak memory per training process: {self.estimate.describe()}, of "
+                f"{self.device_bytes / 1024 ** 3:.1f} GiB on the training device")
+
+
+def plan_memory(config: dict[str, Any], spec: TrainingSpec, *, device_bytes: int, processes: int = 1,
+                compute_bytes: int = 2) -> MemoryPlan:
+    """Checkpointing as asked, or (auto) only where the step does not fit without it; a refusal where it
+    does not fit as asked (or at all)."""
+    def estimate(checkpointing: bool) -> MemoryEstimate:
+        return estimate_peak_memory(config, spec, processes=processes, compute_bytes=compute_bytes,
+                                    gradient_checkpointing=checkpointing)
+
+    if spec.gradient_checkpointing is None:
+        without = estimate(False)
+        chosen = without if fits(without, device_bytes) else estimate(True)
+    else:
+        chosen = estimate(spec.gradient_checkpointing)
+    refusal = None
+    if not fits(chosen, device_bytes):
+        hints = "a shorter max_seq_len, a smaller batch_size"
+        if not chosen.gradient_checkpointing:
+            hints = "gradient_checkpointing, " + hints
+        refusal = (f"This job's training step needs an estimated {chosen.describe()}, more than "
+                   f"{HEADROOM:.0%} of the {device_bytes / 1024 ** 3:.1f} GiB of the training device. "
+                   f"Try {hints}, or more training processes.")
+    return MemoryPlan(chosen.gradient_checkpointing, chosen, device_bytes, refusal)
