@@ -32,7 +32,7 @@ COPY migrations ./migrations
 COPY serving ./serving
 COPY storage ./storage
 COPY worker ./worker
-RUN pip install ".[tracking]"
+RUN pip install ".[tracking,qlora]"
 
 # ------------------------------------------------------------------------------------------ runtime: cpu
 FROM python:${PYTHON_VERSION}-slim AS runtime-cpu

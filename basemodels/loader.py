@@ -96,7 +96,9 @@ class BaseModelLoader:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
 
-    def load_model(self, name: str, *, dtype: Any = None, device: str = "cpu") -> Any:
+    def load_model(self, name: str, *, dtype: Any = None, device: str = "cpu", quantization: str | None = None) -> Any:
+        """The model in `dtype` (default float32) on `device`; `quantization="nf4"`: its Linear layers held in
+        4-bit NF4 by bitsandbytes (double quantization, bf16 compute), the rest in bf16, for QLoRA."""
         import torch
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -104,6 +106,17 @@ class BaseModelLoader:
         hf_logging.disable_progress_bar()
 
         path, revision = self.resolve(name)
+        if quantization == "nf4":
+            from transformers import BitsAndBytesConfig
+
+            return AutoModelForCausalLM.from_pretrained(
+                path, revision=revision, dtype=torch.bfloat16, use_safetensors=True, trust_remote_code=False,
+                local_files_only=self.hf_offline, device_map={"": device},
+                quantization_config=BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                    bnb_4bit_compute_dtype=torch.bfloat16))
+        if quantization is not None:
+            raise ValueError(f"unknown quantization {quantization!r}")
         model = AutoModelForCausalLM.from_pretrained(
             path,
             revision=revision,

@@ -8,6 +8,7 @@ message without the job.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import secrets
 import time
@@ -60,6 +61,10 @@ class JobService:
                     "destination are deployment settings, and its library comes with `pip install "
                     "\"ftaas[tracking]\"`: docs/training.md, \"Experiment tracking\").",
                     code="integration_not_configured", param=f"integrations[{index}].type")
+        if method.section.adapter.quantization is not None and importlib.util.find_spec("bitsandbytes") is None:
+            raise InvalidRequest("QLoRA (adapter.quantization) needs bitsandbytes, which this deployment does not "
+                                 "have: `pip install \"ftaas[qlora]\"`.", code="quantization_unavailable",
+                                 param=f"method.{method.type}.adapter.quantization")
         knowledge_eval = None
         if request.knowledge_eval is not None:
             assert self.knowledge_evals is not None

@@ -5,7 +5,8 @@ step holds `batch_size / processes` examples of `max_seq_len` tokens (packed or 
 more tokens than that). It adds, in bytes:
 
 * weights: the frozen base, its Linear weights stored in the compute dtype (bf16 where autocast runs,
-  worker.training.trainer `_store_frozen_linears`), everything else (embeddings, norms) in fp32;
+  worker.training.trainer `_store_frozen_linears`) or, for QLoRA, in NF4 (~0.52 bytes each), everything
+  else (embeddings, norms) in fp32;
 * adapter: the trainable parameters in fp32 with their gradients and AdamW's two moments (16 bytes each);
 * activations: what autograd keeps for the backward pass, per token and layer. Without gradient
   checkpointing, for a Llama-style layer with LoRA on every Linear: the fp32 residual stream twice
@@ -40,6 +41,8 @@ LOGIT_BYTES_PER_ENTRY = 18
 #: share of a device's memory a job may plan to use (fragmentation, workspaces, the runtime itself)
 HEADROOM = 0.85
 LINEARS_PER_LAYER = 7
+#: a 4-bit NF4 weight with its double-quantized block scales (64-weight blocks, 8-bit scales per block)
+NF4_BYTES_PER_WEIGHT = 0.52
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,13 @@ def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processe
     embedding = shape.vocab * h
     head = 0 if shape.tied else shape.vocab * h
     linears = shape.layers * shape.linear_params_per_layer + head
-    weights = linears * compute_bytes + (embedding + (2 * shape.layers + 1) * h) * 4
+    # NF4 (QLoRA): 4 bits per weight plus double-quantized block scales, ~0.52 bytes; the unquantized head
+    # stays in the compute dtype
+    if spec.adapter.quantization == "nf4":
+        weights = int((linears - head) * NF4_BYTES_PER_WEIGHT) + head * compute_bytes
+    else:
+        weights = linears * compute_bytes
+    weights += (embedding + (2 * shape.layers + 1) * h) * 4
     adapter_params = 0
     rank = spec.adapter.r if spec.adapter.type in ("lora", "dora", "rslora") else 0
     if rank:

@@ -164,6 +164,10 @@ class AdapterOptions(_Strict):
     init: LoraInit | None = Field(default=None, description="LoRA-family initialisation (default 'default').")
     num_virtual_tokens: int | None = Field(
         default=None, ge=1, le=256, description="Virtual tokens (prompt and prefix tuning; default 16).")
+    quantization: Literal["nf4"] | None = Field(
+        default=None, description=("QLoRA: hold the frozen base in 4-bit NF4 (bitsandbytes, double quantization, "
+                                   "bf16 compute) while training a lora or rslora adapter; the adapter is published "
+                                   "for, and served on, the unquantized base."))
 
     @field_validator("target_modules")
     @classmethod
@@ -183,6 +187,12 @@ class AdapterOptions(_Strict):
             raise ValueError(f"{self.type} adds virtual tokens and adapts no modules: 'target_modules' does not apply")
         if self.type not in PROMPT_LEARNING and self.num_virtual_tokens is not None:
             raise ValueError("'num_virtual_tokens' applies to prompt_tuning and prefix_tuning only")
+        if self.quantization is not None:
+            if self.type not in ("lora", "rslora"):
+                raise ValueError(f"quantization (QLoRA) trains lora or rslora adapters, not {self.type}")
+            if self.init in BASE_MODIFYING_INITS:
+                raise ValueError(f"quantization cannot start from '{self.init}': it rewrites base weights that are "
+                                 "held quantized")
         if self.type == "dora" and self.init in BASE_MODIFYING_INITS:
             raise ValueError(f"dora cannot start from '{self.init}': the result could not be converted back onto "
                              "the unmodified base model")
@@ -192,9 +202,10 @@ class AdapterOptions(_Strict):
         """The adapter with every default filled in (recorded on the job and in the manifest)."""
         if self.type in LORA_FAMILY:
             r = self.r or 8
-            return {"type": self.type, "r": r, "alpha": self.alpha if self.alpha is not None else 2.0 * r,
-                    "dropout": self.dropout or 0.0, "target_modules": self.target_modules or "all-linear",
-                    "init": self.init or "default"}
+            resolved = {"type": self.type, "r": r, "alpha": self.alpha if self.alpha is not None else 2.0 * r,
+                        "dropout": self.dropout or 0.0, "target_modules": self.target_modules or "all-linear",
+                        "init": self.init or "default"}
+            return resolved | ({"quantization": self.quantization} if self.quantization else {})
         if self.type == "ia3":
             return {"type": "ia3", "target_modules": self.target_modules}
         return {"type": self.type, "num_virtual_tokens": self.num_virtual_tokens or 16}
@@ -376,6 +387,8 @@ class AdapterSettings:
     target_modules: str | tuple[str, ...] | None = "all-linear"
     init: str = "default"
     num_virtual_tokens: int = 16
+    #: "nf4": the frozen base is held in 4-bit NF4 while training (QLoRA); None: as loaded
+    quantization: str | None = None
 
     @property
     def modifies_base(self) -> bool:

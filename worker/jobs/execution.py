@@ -225,7 +225,7 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
     spec = replace(spec, gradient_checkpointing=plan_of_memory.gradient_checkpointing)
     if distributed.is_main:
         log_event(ctx, lease, plan_of_memory.describe())
-    model = ctx.loader.load_model(spec.base_model, device=device)
+    model = ctx.loader.load_model(spec.base_model, device=device, quantization=spec.adapter.quantization)
     kept: list[Any] = []
     if spec.rehearsal:
         kept = rehearsal_examples(model, tokenizer, spec.max_seq_len)

@@ -98,6 +98,12 @@ def build(model: Any, settings: AdapterSettings, *, calibrate: Callable[[Any], N
     needs it. Deterministic given torch's seed (set by the caller)."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    if settings.quantization is not None:
+        # QLoRA: norms and embeddings back to fp32 for stable training (peft's recipe); checkpointing is the
+        # trainer's own option, not switched on here.
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = peft_config(settings, model)
     try:
         if settings.type in ("lora", "dora", "rslora") and settings.init == "corda":

@@ -153,6 +153,10 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
+def _is_quantized(module: Any) -> bool:
+    return type(module).__module__.startswith("bitsandbytes")
+
+
 def final_pass_sample(count: int) -> list[int]:
     """Indices of the training examples the final pass scores: all, or FINAL_PASS_EXAMPLES evenly spaced."""
     if count <= FINAL_PASS_EXAMPLES:
@@ -336,7 +340,9 @@ class Trainer:
         weight outside matmuls (for its weight norm).
         """
         for module in self.model.modules():
-            if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad:
+            # (quantized Linears hold packed integers: they stay as they are)
+            if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad \
+                    and module.weight.dtype.is_floating_point and not _is_quantized(module):
                 module.to(dtype)
 
     # ---------------------------------------------------------------------------------- early stopping
