@@ -33,6 +33,9 @@ echo "== training throughput, ~1.1B random Llama, CUDA"
 if python -c "import worker.training.trainer, worker.training.data" 2>/dev/null; then
   timeout 200 python bench/train_throughput.py --model llama-1b --device cuda --examples 128 --batch-size 8 \
     --steps 6 --warmup 2 2>&1 | tail -9
+  echo "== the same, ftaas with gradient checkpointing (tokens/s and peak memory against the run above)"
+  timeout 120 python bench/train_throughput.py --model llama-1b --device cuda --examples 128 --batch-size 8 \
+    --steps 6 --warmup 2 --gradient-checkpointing --ftaas-only 2>&1 | tail -5
 else
   # The trainer's modules import sqlalchemy and boto3 (file validation, artifact storage); botocore alone is
   # larger than the device tool's 64 MiB carry. Install them there, or run this where they are.
