@@ -1,8 +1,9 @@
 """Peak memory of a training step, estimated before launch from the base model's config and the job's spec.
 
-The estimate is an upper bound for one process of the ftaas trainer (worker.training.trainer): the largest
-step holds `batch_size / processes` examples of `max_seq_len` tokens (packed or padded, a step never holds
-more tokens than that). It adds, in bytes:
+The estimate is an upper bound for one process of the ftaas trainer (worker.training.trainer) for a step of
+T tokens: where the data is known (the worker, before it loads the model), the largest step's, i.e. the
+`batch_size / processes` longest examples (capped at `max_seq_len`; packed or padded, a step never holds more);
+without it, the worst case of that many examples of `max_seq_len` tokens. It adds, in bytes:
 
 * weights: the frozen base, its Linear weights stored in the compute dtype (bf16 where autocast runs,
   worker.training.trainer `_store_frozen_linears`) or, for QLoRA, in NF4 (~0.52 bytes each), everything
@@ -100,9 +101,12 @@ class _Shape:
 
 
 def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processes: int = 1,
-                         compute_bytes: int = 2, gradient_checkpointing: bool) -> MemoryEstimate:
+                         compute_bytes: int = 2, gradient_checkpointing: bool,
+                         tokens_per_step: int | None = None) -> MemoryEstimate:
     """The per-process peak of the largest training step (see the module docstring). `compute_bytes`: 2 where
-    bf16 autocast runs, 4 in fp32."""
+    bf16 autocast runs, 4 in fp32. `tokens_per_step`: the largest step's tokens per process where the data is
+    known (the longest examples of a batch); default the worst case, `batch_size / processes` examples of
+    `max_seq_len` tokens."""
     shape = _Shape.of(config)
     h = shape.hidden
     embedding = shape.vocab * h
@@ -121,7 +125,7 @@ def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processe
         adapter_params = shape.layers * sum(rank * (a + b) for a, b in shape.linear_shapes)
     adapter = adapter_params * 16
     examples = max(1, -(-spec.batch_size // processes))
-    tokens = examples * spec.max_seq_len
+    tokens = tokens_per_step if tokens_per_step is not None else examples * spec.max_seq_len
     per_layer = (2 * h * 4 + (ACTIVATION_HIDDEN_FACTOR * h + 4 * shape.kv_dim
                               + ACTIVATION_MLP_FACTOR * shape.intermediate
                               + LINEARS_PER_LAYER * rank) * compute_bytes)

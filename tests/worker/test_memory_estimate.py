@@ -127,3 +127,41 @@ def test_a_job_records_its_memory_estimate_and_checkpointing(tmp_path: Path, mod
     assert run_job(bench.ctx, job_id) == "succeeded"
     [estimate] = [m for m in bench.messages(job_id) if m.startswith("Estimated peak memory per training process")]
     assert "gradient checkpointing on" in estimate and "GiB" in estimate
+
+
+def test_the_worker_plans_the_largest_step_of_its_own_data_not_the_worst_case() -> None:
+    from worker.training.memory_plan import largest_step_tokens
+
+    spec = _spec(batch_size=4, max_seq_len=1024)
+    assert largest_step_tokens([10, 3000, 50, 700, 20, 40], spec) == 1024 + 700 + 50 + 40
+    assert largest_step_tokens([10, 3000, 50, 700, 20, 40], spec, processes=2) == 1024 + 700
+    # 10,000 short chats at a large batch fit where the worst case (every example max_seq_len long) would not
+    big = _spec(batch_size=20, max_seq_len=2048)
+    device = 24 * GIB
+    assert plan_memory(SMOLLM2, big, device_bytes=device).refusal is not None
+    assert plan_memory(SMOLLM2, big, device_bytes=device, tokens_per_step=20 * 300).refusal is None
+
+
+def test_a_dpo_job_is_planned_on_its_pairs_and_runs(tmp_path: Path, model_cache_dir: Path) -> None:
+    import json
+
+    from api.fine_tuning.schemas import JobCreateRequest
+    from api.fine_tuning.service import JobService
+    from basemodels.registry import BaseModelRegistry
+    from tests.worker.test_runner import make_bench
+    from worker.jobs.preparation import advance_job
+    from worker.jobs.runner import run_job
+
+    bench = make_bench(tmp_path, model_cache_dir)
+    pairs = [json.dumps({"input": {"messages": [{"role": "user", "content": f"Name colour {i}."}]},
+                         "preferred_output": [{"role": "assistant", "content": f"Colour {i} is blue."}],
+                         "non_preferred_output": [{"role": "assistant", "content": "I don't know."}]})
+             for i in range(12)]
+    service = JobService(bench.ctx.db, BaseModelRegistry(bench.ctx.settings.base_model_sources()), max_active_jobs=10,
+                         max_attempts=3)
+    request = JobCreateRequest(model="ftaas-tiny", training_file=bench.upload(pairs), method={
+        "type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
+    job_id = service.create(bench.principal, request, None).id
+    assert advance_job(bench.ctx, job_id) == "queued"
+    assert run_job(bench.ctx, job_id) == "succeeded", bench.job(job_id).error
+    assert any(m.startswith("Estimated peak memory per training process") for m in bench.messages(job_id))

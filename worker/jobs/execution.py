@@ -27,7 +27,7 @@ from worker.jobs.tracking import JobTracking
 from worker.outages import ride_out
 from worker.training.data import encode_lines
 from worker.training.distributed import DistributedContext
-from worker.training.memory_plan import device_memory_bytes, plan_memory
+from worker.training.memory_plan import device_memory_bytes, largest_step_tokens, plan_memory
 from worker.training.rehearsal import rehearsal_examples
 from worker.training.trainer import Directive, StepMetrics, Trainer, TrainingOutcome, autocast_dtype
 
@@ -216,10 +216,14 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
     if not train.examples:
         raise UserError("no training example has any trainable token left after truncation",
                         code="invalid_training_file", param="training_file")
+    # The data is known now: the largest step's own tokens, not the worst case validation assumed
+    lengths = [len(e.input_ids) if hasattr(e, "input_ids") else len(e.chosen.input_ids) + len(e.rejected.input_ids)
+               for e in train.examples]
     plan_of_memory = plan_memory(
         ctx.loader.config(spec.base_model), spec, processes=distributed.world_size,
         device_bytes=device_memory_bytes(device, ctx.settings.training_device_memory_bytes),
-        compute_bytes=2 if autocast_dtype(torch_device(device)) is not None else 4)
+        compute_bytes=2 if autocast_dtype(torch_device(device)) is not None else 4,
+        tokens_per_step=largest_step_tokens(lengths, spec, distributed.world_size))
     if plan_of_memory.refusal is not None:
         raise UserError(plan_of_memory.refusal, code="insufficient_device_memory", param="method")
     spec = replace(spec, gradient_checkpointing=plan_of_memory.gradient_checkpointing)

@@ -60,8 +60,10 @@ def advance_job(ctx: WorkerContext, job_id: str) -> str:
 
 
 def _memory_refusal(ctx: WorkerContext, base_model: str, method: dict, hyperparameters: dict) -> str | None:
-    """Why the job's largest step cannot fit the training device (its checkpointing as asked, auto: on),
-    or None. Estimated from the base model's config alone: no weights are loaded here."""
+    """Why the job cannot fit the training device even with its shortest possible steps (its checkpointing as
+    asked, auto: on), or None: the weights, the adapter and its optimizer state must fit. The examples'
+    lengths are not known here (nothing is tokenised), so steps are counted at one token per example; the
+    worker checks the real largest step before it loads the model. From the config alone: no weights load."""
     spec = TrainingSpec.for_job(base_model=base_model, method=method, hyperparameters=hyperparameters, seed=0)
     if spec.gradient_checkpointing is None:
         spec = replace(spec, gradient_checkpointing=True)  # the smallest auto may choose
@@ -70,6 +72,7 @@ def _memory_refusal(ctx: WorkerContext, base_model: str, method: dict, hyperpara
     except Exception as exc:  # not readable here (a hub model not cached yet): the worker checks before training
         log.info("memory check of %s skipped at validation: %s", base_model, exc)
         return None
-    plan = plan_memory(config, spec, processes=max(1, ctx.settings.training_processes),
+    processes = max(1, ctx.settings.training_processes)
+    plan = plan_memory(config, spec, processes=processes, tokens_per_step=max(1, -(-spec.batch_size // processes)),
                        device_bytes=device_memory_bytes(training_device(), ctx.settings.training_device_memory_bytes))
     return plan.refusal

@@ -17,6 +17,13 @@ from contracts.training.memory import HEADROOM, MemoryEstimate, estimate_peak_me
 from contracts.training.spec import TrainingSpec
 
 
+def largest_step_tokens(lengths: list[int], spec: TrainingSpec, processes: int = 1) -> int:
+    """Tokens of the largest step one process can get: its share of the batch, the longest examples
+    (each capped at max_seq_len)."""
+    per_process = max(1, -(-spec.batch_size // processes))
+    return sum(sorted((min(n, spec.max_seq_len) for n in lengths), reverse=True)[:per_process])
+
+
 def device_memory_bytes(device: str, configured: int | None = None) -> int:
     """The training device's memory: the configured figure, else the CUDA device's total, else the host's
     physical memory (CPU training)."""
@@ -43,12 +50,12 @@ class MemoryPlan:
 
 
 def plan_memory(config: dict[str, Any], spec: TrainingSpec, *, device_bytes: int, processes: int = 1,
-                compute_bytes: int = 2) -> MemoryPlan:
+                compute_bytes: int = 2, tokens_per_step: int | None = None) -> MemoryPlan:
     """Checkpointing as asked, or (auto) only where the step does not fit without it; a refusal where it
-    does not fit as asked (or at all)."""
+    does not fit as asked (or at all). `tokens_per_step`: see `estimate_peak_memory`."""
     def estimate(checkpointing: bool) -> MemoryEstimate:
         return estimate_peak_memory(config, spec, processes=processes, compute_bytes=compute_bytes,
-                                    gradient_checkpointing=checkpointing)
+                                    gradient_checkpointing=checkpointing, tokens_per_step=tokens_per_step)
 
     if spec.gradient_checkpointing is None:
         without = estimate(False)
