@@ -107,6 +107,10 @@ class GrammarConstraint:
         masked[:size] = torch.where(allowed, logits[:size], masked[:size])
         return masked
 
+    def copy(self) -> GrammarConstraint:
+        """A fresh constraint in the same (unstarted) state, without compiling the grammar again."""
+        return GrammarConstraint(self.matcher.deep_copy(), self.vocab_size)
+
     def advance(self, token_id: int) -> bool:
         """Follow the chosen token; True when the grammar is complete and allows nothing more (the sequence
         ends there, as at a stop token)."""

@@ -170,8 +170,9 @@ class InferenceService:
         if count > capacity:  # could never be queued: a 429 would invite retries that cannot succeed
             raise InvalidRequest(f"The request asks for {count} completions (prompts x n); this server takes at "
                                  f"most {capacity} at once.", param="n")
-        constraints = [None if grammar is None else base.grammars.constraint(
-            grammar, param=grammar_param(request)) for _ in range(count)]  # type: ignore[arg-type]
+        # compiled once per request; each choice follows its own copy
+        first = None if grammar is None else base.grammars.constraint(grammar, param=grammar_param(request))  # type: ignore[arg-type]
+        constraints = [first if index == 0 or first is None else first.copy() for index in range(count)]
         lease = self._lease(base, resolved, parts, deadline)
         release = SharedRelease(lease, count)
         queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()

@@ -101,10 +101,3 @@ class WebhookDispatcher:
             except Exception:  # the database was away: try again next round
                 log.exception("webhook delivery round failed, will retry")
             stop.wait(self.settings.webhook_poll_seconds)
-
-    def start_thread(self) -> tuple[threading.Thread, threading.Event]:
-        stop = threading.Event()
-        thread = threading.Thread(target=self.run, args=(stop,), name="ftaas-webhooks", daemon=True)
-        thread.start()
-        return thread, stop
-
