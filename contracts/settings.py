@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     training_processes: int = Field(
         default=1, ge=1, le=64, description="Data-parallel processes per training job (GPUs per job; gloo on CPU)."
     )
+    training_parallelism: Literal["auto", "ddp", "fsdp"] = Field(
+        default="auto", description=("How a job's processes share the model: ddp (a full copy each), fsdp (weights, "
+                                     "adapter and optimizer state sharded across them, FSDP2), or auto: ddp where "
+                                     "the estimated step fits one device with a full copy, else fsdp."),
+    )
 
     serving_max_batch: int = Field(
         default=64, ge=1, le=1024, description="Sequences decoded together in one batch (slots per base model)."

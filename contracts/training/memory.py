@@ -16,6 +16,9 @@ without it, the worst case of that many examples of `max_seq_len` tokens. It add
   (ACTIVATION_HIDDEN_FACTOR x h + 4 x kv_dim + ACTIVATION_MLP_FACTOR x intermediate), plus the LoRA
   intermediate (r per adapted Linear). With checkpointing only each layer's fp32 input is kept, and one
   layer's activations exist at a time while it is recomputed;
+* sharded (FSDP, across `processes`): weights, adapter and optimizer state are divided by the number of
+  processes, and the layers gathered whole for their forward or backward pass come on top: the one running
+  and the next, prefetched (2 x one layer's weights in the compute dtype);
 * logits: the step's logits in the compute dtype, their fp32 copy for the loss, log-softmax's saved output
   and the gradients of the loss's backward (LOGIT_BYTES_PER_ENTRY bytes per token and vocabulary entry): on
   small models with large vocabularies this is the largest term.
@@ -54,6 +57,8 @@ class MemoryEstimate:
     logits: int
     gradient_checkpointing: bool
     tokens_per_step: int
+    #: FSDP: weights, adapter and optimizer state sharded across the processes
+    sharded: bool = False
 
     @property
     def total(self) -> int:
@@ -67,7 +72,7 @@ class MemoryEstimate:
         return (f"{self.total / gib:.2f} GiB (weights {self.weights / gib:.2f}, adapter and optimizer "
                 f"{self.adapter / gib:.2f}, activations {self.activations / gib:.2f}, logits {self.logits / gib:.2f}; "
                 f"{self.tokens_per_step} tokens per step, gradient checkpointing "
-                f"{'on' if self.gradient_checkpointing else 'off'})")
+                f"{'on' if self.gradient_checkpointing else 'off'}{', FSDP' if self.sharded else ''})")
 
 
 @dataclass(frozen=True)
@@ -102,11 +107,11 @@ class _Shape:
 
 def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processes: int = 1,
                          compute_bytes: int = 2, gradient_checkpointing: bool,
-                         tokens_per_step: int | None = None) -> MemoryEstimate:
+                         tokens_per_step: int | None = None, sharded: bool = False) -> MemoryEstimate:
     """The per-process peak of the largest training step (see the module docstring). `compute_bytes`: 2 where
     bf16 autocast runs, 4 in fp32. `tokens_per_step`: the largest step's tokens per process where the data is
     known (the longest examples of a batch); default the worst case, `batch_size / processes` examples of
-    `max_seq_len` tokens."""
+    `max_seq_len` tokens. `sharded`: FSDP across the processes."""
     shape = _Shape.of(config)
     h = shape.hidden
     embedding = shape.vocab * h
@@ -124,6 +129,10 @@ def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processe
     if rank:
         adapter_params = shape.layers * sum(rank * (a + b) for a, b in shape.linear_shapes)
     adapter = adapter_params * 16
+    if sharded and processes > 1:
+        gathered = 2 * (shape.linear_params_per_layer * compute_bytes + 2 * h * 4 + adapter_params // shape.layers * 4)
+        weights = -(-weights // processes) + gathered
+        adapter = -(-adapter // processes)
     examples = max(1, -(-spec.batch_size // processes))
     tokens = tokens_per_step if tokens_per_step is not None else examples * spec.max_seq_len
     per_layer = (2 * h * 4 + (ACTIVATION_HIDDEN_FACTOR * h + 4 * shape.kv_dim
@@ -135,7 +144,8 @@ def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processe
         activations = tokens * shape.layers * per_layer
     logits = tokens * shape.vocab * LOGIT_BYTES_PER_ENTRY
     return MemoryEstimate(weights=weights, adapter=adapter, activations=activations, logits=logits,
-                          gradient_checkpointing=gradient_checkpointing, tokens_per_step=tokens)
+                          gradient_checkpointing=gradient_checkpointing, tokens_per_step=tokens,
+                          sharded=sharded and processes > 1)
 
 
 def fits(estimate: MemoryEstimate, device_bytes: int) -> bool:

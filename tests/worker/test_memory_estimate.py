@@ -18,6 +18,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
            "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
+LLAMA_70B = {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
+             "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False}
 GIB = 1024 ** 3
 
 
@@ -62,6 +64,35 @@ def test_auto_turns_checkpointing_on_only_where_the_step_would_not_fit() -> None
     assert asked_off.refusal is not None and "Try gradient_checkpointing" in asked_off.refusal
     hopeless = plan_memory(SMOLLM2, spec, device_bytes=GIB // 4)
     assert hopeless.refusal is not None and "max_seq_len" in hopeless.refusal
+
+
+def test_a_model_whose_weights_do_not_fit_one_device_is_sharded_across_the_processes() -> None:
+    """A 70B model in bf16 (~130 GiB of weights) on 80 GiB devices: no full copy fits, four processes
+    sharing it (FSDP) do; a job that could fit one copy stays on DDP (no per-layer communication)."""
+    spec = _spec(batch_size=4, max_seq_len=2048)
+    single = plan_memory(LLAMA_70B, spec, device_bytes=80 * GIB)
+    assert single.refusal is not None and not single.sharded
+    sharded = plan_memory(LLAMA_70B, spec, device_bytes=80 * GIB, processes=4)
+    assert sharded.sharded and sharded.refusal is None, sharded.refusal
+    whole = estimate_peak_memory(LLAMA_70B, spec, processes=4, gradient_checkpointing=True)
+    assert whole.weights > 120 * GIB
+    # a quarter of the weights, plus the two layers gathered at a time (2 x 0.86 B weights in bf16: 3.2 GiB)
+    assert whole.weights / 4 + 3 * GIB < sharded.estimate.weights < whole.weights / 4 + 3.5 * GIB
+    assert "FSDP" in sharded.describe()
+    assert not plan_memory(SMOLLM2, spec, device_bytes=80 * GIB, processes=4).sharded
+    assert plan_memory(SMOLLM2, spec, device_bytes=80 * GIB, processes=4, parallelism="fsdp").sharded
+    ddp_only = plan_memory(LLAMA_70B, spec, device_bytes=80 * GIB, processes=4, parallelism="ddp")
+    assert ddp_only.refusal is not None and not ddp_only.sharded
+
+
+def test_a_job_that_cannot_be_sharded_is_refused_with_the_reason() -> None:
+    from contracts.training.spec import AdapterSettings
+
+    ia3 = _spec(batch_size=4, max_seq_len=2048, adapter=AdapterSettings(type="ia3", target_modules=None))
+    auto = plan_memory(LLAMA_70B, ia3, device_bytes=80 * GIB, processes=4)
+    assert auto.refusal is not None and "could not share the weights: FSDP trains lora" in auto.refusal
+    forced = plan_memory(SMOLLM2, ia3, device_bytes=80 * GIB, processes=2, parallelism="fsdp")
+    assert forced.refusal is not None and "training_parallelism=fsdp" in forced.refusal
 
 
 def test_a_job_that_cannot_fit_fails_at_validation_with_the_estimate(tmp_path: Path, model_cache_dir: Path) -> None:

@@ -91,15 +91,19 @@ def bench(tmp_path: Path, model_cache_dir: Path) -> Iterator[Bench]:
     yield make_bench(tmp_path, model_cache_dir)
 
 
-def test_a_job_trains_on_a_data_parallel_group_of_two_processes(tmp_path: Path, model_cache_dir: Path) -> None:
-    group = make_bench(tmp_path, model_cache_dir, training_processes=2)
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_a_job_trains_on_a_group_of_two_processes(tmp_path: Path, model_cache_dir: Path, parallelism: str) -> None:
+    group = make_bench(tmp_path, model_cache_dir, training_processes=2, training_parallelism=parallelism)
     training = group.upload(varied_chats(12))
     job_id = group.create(training, hyperparameters={"n_epochs": 2, "batch_size": 4})
     assert run_job(group.ctx, job_id) == "succeeded"
     job = group.job(job_id)
     assert job.status == "succeeded" and job.trained_tokens > 0
-    steps = [m for m in group.messages(job_id) if m.startswith("Step ")]
+    messages = group.messages(job_id)
+    steps = [m for m in messages if m.startswith("Step ")]
     assert [int(m.split()[1].split("/")[0]) for m in steps] == list(range(1, 7))  # each step once (main process)
+    plan = next(m for m in messages if m.startswith("Estimated peak memory"))
+    assert ("FSDP" in plan) == (parallelism == "fsdp")
     assert group.adapter(job_id)
 
 

@@ -223,13 +223,18 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
         ctx.loader.config(spec.base_model), spec, processes=distributed.world_size,
         device_bytes=device_memory_bytes(device, ctx.settings.training_device_memory_bytes),
         compute_bytes=2 if autocast_dtype(torch_device(device)) is not None else 4,
-        tokens_per_step=largest_step_tokens(lengths, spec, distributed.world_size))
+        tokens_per_step=largest_step_tokens(lengths, spec, distributed.world_size),
+        parallelism=ctx.settings.training_parallelism)
     if plan_of_memory.refusal is not None:
         raise UserError(plan_of_memory.refusal, code="insufficient_device_memory", param="method")
     spec = replace(spec, gradient_checkpointing=plan_of_memory.gradient_checkpointing)
+    distributed = replace(distributed, sharded=plan_of_memory.sharded)
     if distributed.is_main:
         log_event(ctx, lease, plan_of_memory.describe())
-    model = ctx.loader.load_model(spec.base_model, device=device, quantization=spec.adapter.quantization)
+    # Under FSDP the whole model need not fit the device: it is loaded on the CPU, and each process moves only
+    # its shards to the device.
+    model = ctx.loader.load_model(spec.base_model, device="cpu" if distributed.fsdp else device,
+                                  quantization=spec.adapter.quantization)
     kept: list[Any] = []
     if spec.rehearsal:
         kept = rehearsal_examples(model, tokenizer, spec.max_seq_len)
@@ -245,7 +250,7 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
     control = JobControl(ctx, lease, plan, preempt=preempt, lease_alive=lease_alive,
                          tracking=tracking) if distributed.is_main else None
     trainer = Trainer(spec, model, tokenizer, train.examples, valid_examples, control, workspace.trainer_dir,
-                      distributed=distributed, rehearsal=kept)
+                      distributed=distributed, rehearsal=kept, device=device)
     resume = workspace.resume_dir if plan.resume_step is not None else None
     if resume is not None and distributed.is_main:
         log_event(ctx, lease, f"Resuming from the checkpoint at step {plan.resume_step}")

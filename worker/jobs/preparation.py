@@ -74,5 +74,6 @@ def _memory_refusal(ctx: WorkerContext, base_model: str, method: dict, hyperpara
         return None
     processes = max(1, ctx.settings.training_processes)
     plan = plan_memory(config, spec, processes=processes, tokens_per_step=max(1, -(-spec.batch_size // processes)),
-                       device_bytes=device_memory_bytes(training_device(), ctx.settings.training_device_memory_bytes))
+                       device_bytes=device_memory_bytes(training_device(), ctx.settings.training_device_memory_bytes),
+                       parallelism=ctx.settings.training_parallelism)
     return plan.refusal

@@ -140,13 +140,17 @@ def _save_as_plain_lora(model: PeftModel, directory: Path) -> None:
         config.init_lora_weights = init
 
 
-def save(model: PeftModel, settings: AdapterSettings, directory: Path, initial: Path | None = None) -> None:
+def save(model: PeftModel, settings: AdapterSettings, directory: Path, initial: Path | None = None,
+         *, state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Write the servable adapter into `directory` (and the raw one too, where they differ).
 
     `initial` is a directory holding the files written by `save_initial` (needed when the base was modified).
+    `state_dict`: the adapter's parameters whole, by their names in the model, where the model's own are
+    sharded (FSDP; worker.training.distributed); default the model's.
     """
     directory.mkdir(parents=True, exist_ok=True)
     if settings.modifies_base:
+        assert state_dict is None, "base-modifying initialisations are not trained sharded"
         assert initial is not None and (initial / INITIAL_WEIGHTS).exists(), "initial adapter missing"
         save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()},
                   str(directory / RAW_WEIGHTS))
@@ -160,16 +164,21 @@ def save(model: PeftModel, settings: AdapterSettings, directory: Path, initial: 
             for name in (INITIAL_WEIGHTS, INITIAL_CONFIG):
                 shutil.copy(initial / name, directory / name)
     else:
-        model.save_pretrained(directory, safe_serialization=True)
+        model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     # peft adds a generated model card; provenance lives in the artifact manifest instead, and artifacts hold
     # only weights (safetensors) and configuration (JSON).
     (directory / "README.md").unlink(missing_ok=True)
 
 
-def load_raw(model: PeftModel, directory: Path) -> None:
-    """Restore the trained adapter saved by `save` (the raw one where it differs from the servable one)."""
+def load_raw(model: PeftModel, directory: Path,
+             place: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> None:
+    """Restore the trained adapter saved by `save` (the raw one where it differs from the servable one).
+    `place(saved, live)`: turns a saved whole tensor into one shaped like the model's own (FSDP shards it)."""
     raw = directory / RAW_WEIGHTS
     state = load_file(str(raw if raw.exists() else directory / WEIGHTS))
+    if place is not None:
+        live = get_peft_model_state_dict(model)
+        state = {key: place(value, live.get(key)) for key, value in state.items()}
     result = set_peft_model_state_dict(model, state)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:

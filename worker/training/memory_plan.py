@@ -1,7 +1,9 @@
 """Before training: the step's estimated peak memory against the training device, and what follows from it.
 
-`plan_memory` decides `gradient_checkpointing` where the job left it at "auto" (on only when the step would
-not fit without it: it costs ~30 % more compute) and says when a job cannot fit even with it, so that job
+`plan_memory` decides how a job's processes hold the model where the worker's `training_parallelism` is
+"auto" (FSDP only when a full copy per process would not fit even with gradient checkpointing: sharding
+costs communication at every layer), then `gradient_checkpointing` where the job left it at "auto" (on only
+when the step would not fit without it: it costs ~30 % more compute), and says when a job cannot fit, so that job
 fails at once with the estimate in its error instead of running out of memory hours in. Job validation
 (worker.jobs.preparation) asks the same question before the job queues; the worker asks again on its own
 device before it loads the model.
@@ -15,6 +17,7 @@ from typing import Any
 
 from contracts.training.memory import HEADROOM, MemoryEstimate, estimate_peak_memory, fits
 from contracts.training.spec import TrainingSpec
+from worker.training.distributed import sharding_unsupported
 
 
 def largest_step_tokens(lengths: list[int], spec: TrainingSpec, processes: int = 1) -> int:
@@ -43,6 +46,8 @@ class MemoryPlan:
     device_bytes: int
     #: why the job cannot run on this device (None: it can)
     refusal: str | None = None
+    #: FSDP: the processes shard the model (worker.training.distributed)
+    sharded: bool = False
 
     def describe(self) -> str:
         return (f"Estimated peak memory per training process: {self.estimate.describe()}, of "
@@ -50,12 +55,27 @@ class MemoryPlan:
 
 
 def plan_memory(config: dict[str, Any], spec: TrainingSpec, *, device_bytes: int, processes: int = 1,
-                compute_bytes: int = 2, tokens_per_step: int | None = None) -> MemoryPlan:
-    """Checkpointing as asked, or (auto) only where the step does not fit without it; a refusal where it
-    does not fit as asked (or at all). `tokens_per_step`: see `estimate_peak_memory`."""
+                compute_bytes: int = 2, tokens_per_step: int | None = None,
+                parallelism: str = "auto") -> MemoryPlan:
+    """Sharding as the worker is set (`parallelism` "ddp", "fsdp", or "auto": FSDP only where a full copy per
+    process cannot fit and the job can be sharded), checkpointing as asked or (auto) only where the step does
+    not fit without it; a refusal where it does not fit as asked (or at all). `tokens_per_step`: see
+    `estimate_peak_memory`."""
+    unshardable = sharding_unsupported(spec)
+    sharded = processes > 1 and parallelism == "fsdp"
+    if sharded and unshardable:
+        refusal = (f"This worker trains with FSDP (training_parallelism=fsdp), and {unshardable}.")
+        return MemoryPlan(bool(spec.gradient_checkpointing), estimate_peak_memory(
+            config, spec, processes=processes, compute_bytes=compute_bytes, tokens_per_step=tokens_per_step,
+            gradient_checkpointing=bool(spec.gradient_checkpointing)), device_bytes, refusal)
+
     def estimate(checkpointing: bool) -> MemoryEstimate:
         return estimate_peak_memory(config, spec, processes=processes, compute_bytes=compute_bytes,
-                                    gradient_checkpointing=checkpointing, tokens_per_step=tokens_per_step)
+                                    gradient_checkpointing=checkpointing, tokens_per_step=tokens_per_step,
+                                    sharded=sharded)
+
+    if processes > 1 and parallelism == "auto" and unshardable is None:
+        sharded = not fits(estimate(True), device_bytes)
 
     if spec.gradient_checkpointing is None:
         without = estimate(False)
@@ -67,7 +87,9 @@ def plan_memory(config: dict[str, Any], spec: TrainingSpec, *, device_bytes: int
         hints = "a shorter max_seq_len, a smaller batch_size"
         if not chosen.gradient_checkpointing:
             hints = "gradient_checkpointing, " + hints
+        more = "more training processes" + ("" if unshardable is None else
+                                            f" (they could not share the weights: {unshardable})")
         refusal = (f"This job's training step needs an estimated {chosen.describe()}, more than "
                    f"{HEADROOM:.0%} of the {device_bytes / 1024 ** 3:.1f} GiB of the training device. "
-                   f"Try {hints}, or more training processes.")
-    return MemoryPlan(chosen.gradient_checkpointing, chosen, device_bytes, refusal)
+                   f"Try {hints}, or {more}.")
+    return MemoryPlan(chosen.gradient_checkpointing, chosen, device_bytes, refusal, sharded=chosen.sharded)

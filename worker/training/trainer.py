@@ -35,7 +35,7 @@ from contracts.training.spec import LEARNED_ACCURACY, TrainingSpec
 from worker.training import adapters, attention
 from worker.training.batching import Batch, pack, pad
 from worker.training.data import IGNORE, PreferenceExample, TokenizedExample
-from worker.training.distributed import DistributedContext
+from worker.training.distributed import DistributedContext, sharding_unsupported
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
@@ -189,10 +189,12 @@ class Trainer:
     def __init__(self, spec: TrainingSpec, model: Any, tokenizer: Any, train: Sequence[Any],
                  valid: Sequence[Any], control: TrainingControl | None, work_dir: Path,
                  *, precision: str = "auto", distributed: DistributedContext | None = None,
-                 rehearsal: Sequence[TokenizedExample] = ()) -> None:
+                 rehearsal: Sequence[TokenizedExample] = (), device: str | None = None) -> None:
         """`rehearsal`: the base model's own answers to general prompts (worker.training.rehearsal); every step
         also pulls the model's next-token distributions on a batch of them toward the base model's (KL), so it
-        keeps what it knew. They never count toward accuracy, the epoch tally or the final pass."""
+        keeps what it knew. They never count toward accuracy, the epoch tally or the final pass.
+        `device`: where training runs, default where the model is; under FSDP the model may be loaded on the
+        CPU and its shards are moved there."""
         if not train:
             raise ValueError("no training examples")
         self.spec = spec
@@ -205,7 +207,7 @@ class Trainer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.dist = distributed or DistributedContext.single()
         self.device = next(model.parameters()).device
-        self.dtype = None if precision == "fp32" else autocast_dtype(self.device)
+        self.dtype = None if precision == "fp32" else autocast_dtype(torch.device(device) if device else self.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.capacity = min(spec.max_seq_len, getattr(model.config, "max_position_embeddings", spec.max_seq_len))
         self.packing = spec.packing and spec.method == "supervised" and not spec.adapter.is_prompt_learning
@@ -231,8 +233,15 @@ class Trainer:
         if self.dtype is not None and spec.adapter.type != "dora":
             self._store_frozen_linears(self.dtype)
         self._references = self._reference_distributions() if self.rehearsal else []
-        self.network = self.dist.wrap(self.model)
+        if self.dist.fsdp:
+            reason = sharding_unsupported(spec)
+            if reason:
+                raise ValueError(reason)
+        self.network = self.dist.wrap(self.model, torch.device(device) if device else None)
+        # FSDP moves the shards to the training device (the model may have been loaded on the CPU)
+        self.device = next(self.model.parameters()).device
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self._trainable_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=spec.learning_rate, weight_decay=0.0)
         self.steps_per_epoch = math.ceil(len(self.train_examples) / spec.batch_size)
         self.total_steps = self.steps_per_epoch * spec.n_epochs
@@ -308,8 +317,10 @@ class Trainer:
             # Best-checkpoint selection: the adapter with the lowest full validation loss is the model.
             if self.dist.is_main:
                 shutil.copytree(self.best_dir, adapter_dir, dirs_exist_ok=True)
-        elif self.dist.is_main:
-            adapters.save(self.model, self.spec.adapter, adapter_dir, self.initial_dir)
+        else:
+            whole = self._whole_adapter()
+            if self.dist.is_main:
+                adapters.save(self.model, self.spec.adapter, adapter_dir, self.initial_dir, state_dict=whole)
         self.dist.barrier()
         outcome = TrainingOutcome("completed", position.step, position.trained_tokens, adapter_dir=adapter_dir,
                                   final_metrics=metrics, history=history,
@@ -319,7 +330,7 @@ class Trainer:
             outcome.learned_at_epoch, outcome.learned_accuracy = learned
         if self.spec.method == "supervised":
             if best_selected:
-                adapters.load_raw(self.model, self.best_dir)  # score the adapter that is published
+                adapters.load_raw(self.model, self.best_dir, self._placement)  # score the published adapter
             sample = final_pass_sample(len(self.train_examples))
             outcome.final_train_loss, outcome.final_train_accuracy = self._evaluate(
                 [self.train_examples[i] for i in sample])
@@ -354,9 +365,10 @@ class Trainer:
         if state.best_loss is None or metrics.full_valid_loss < state.best_loss - self.spec.early_stopping.min_delta:
             state.best_loss, state.best_step = metrics.full_valid_loss, metrics.step
             state.evaluations_without_improvement = 0
+            whole = self._whole_adapter()
             if self.dist.is_main:
                 shutil.rmtree(self.best_dir, ignore_errors=True)
-                adapters.save(self.model, self.spec.adapter, self.best_dir, self.initial_dir)
+                adapters.save(self.model, self.spec.adapter, self.best_dir, self.initial_dir, state_dict=whole)
             return True
         state.evaluations_without_improvement += 1
         return False
@@ -500,11 +512,16 @@ class Trainer:
             loss_total = correct_total = count_total = 0.0
             local = self.dist.shard(examples)
             step = max(1, self.spec.batch_size)
-            for start in range(0, len(local), step):
+            # Under FSDP every forward pass gathers weights with every process, so all make as many passes
+            # (a process with fewer examples scores one again and counts nothing).
+            most = -(-len(examples) // self.dist.world_size) if self.dist.fsdp else len(local)
+            for start in range(0, most, step):
                 chunk = local[start:start + step]
                 with self._autocast():
-                    sums = self._dpo_sums(chunk, self.model) if self.spec.method == "dpo" else \
-                        self._sft_sums(chunk, self.model)
+                    sums = self._dpo_sums(chunk or examples[:1], self.model) if self.spec.method == "dpo" else \
+                        self._sft_sums(chunk or examples[:1], self.model)
+                if not chunk:
+                    continue
                 loss_total += float(sums[0])
                 count_total += sums[1]
                 correct_total += sums[2]
@@ -527,23 +544,43 @@ class Trainer:
             model(**pad([example], self.pad_id).to(self.device).model_inputs(), use_cache=False)
 
     # ------------------------------------------------------------------------------------ persistence
-    def _checkpoint(self, position: _Position, metrics: StepMetrics, *, best: bool) -> None:
-        rng = self.dist.gather_objects(torch.random.get_rng_state())
-        if self.dist.is_main:
-            directory = self._save_state(position, rng)
-            if self.control is not None:
-                self.control.on_checkpoint(directory, metrics, best=best)
-        self.dist.barrier()
+    def _whole_adapter(self) -> dict[str, torch.Tensor] | None:
+        """Under FSDP, the adapter's parameters gathered whole (a collective: every process calls it);
+        otherwise None (the model's own are whole)."""
+        if not self.dist.fsdp:
+            return None
+        return self.dist.full_tensors(dict(zip(self._trainable_names, self.trainable, strict=True)))
 
-    def _save_state(self, position: _Position, rng_states: list[torch.Tensor]) -> Path:
-        directory = self.work_dir / f"state-step-{position.step}"
-        adapters.save(self.model, self.spec.adapter, directory, self.initial_dir)
+    def _placement(self, saved: torch.Tensor, live: Any) -> torch.Tensor:
+        return self.dist.distribute_like(saved, live)
+
+    def _optimizer_tensors(self) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+        """The optimizer's state as whole tensors named `state.<parameter index>.<slot>` (gathered under FSDP,
+        a collective then), and its parameter groups."""
         optimizer_state = self.optimizer.state_dict()
         tensors: dict[str, torch.Tensor] = {}
         for index, slots in optimizer_state["state"].items():
             for name, value in slots.items():
-                tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
-        save_file(tensors, str(directory / OPTIMIZER_TENSORS))
+                tensors[f"state.{index}.{name}"] = value
+        return self.dist.full_tensors(tensors), optimizer_state["param_groups"]
+
+    def _checkpoint(self, position: _Position, metrics: StepMetrics, *, best: bool) -> None:
+        rng = self.dist.gather_objects(torch.random.get_rng_state())
+        whole = self._whole_adapter()
+        optimizer_tensors = self._optimizer_tensors()
+        if self.dist.is_main:
+            directory = self._save_state(position, rng, whole, optimizer_tensors)
+            if self.control is not None:
+                self.control.on_checkpoint(directory, metrics, best=best)
+        self.dist.barrier()
+
+    def _save_state(self, position: _Position, rng_states: list[torch.Tensor],
+                    adapter_state: dict[str, torch.Tensor] | None,
+                    optimizer: tuple[dict[str, torch.Tensor], list[dict[str, Any]]]) -> Path:
+        directory = self.work_dir / f"state-step-{position.step}"
+        adapters.save(self.model, self.spec.adapter, directory, self.initial_dir, state_dict=adapter_state)
+        optimizer_tensors, param_groups = optimizer
+        save_file(optimizer_tensors, str(directory / OPTIMIZER_TENSORS))
         rng = {f"torch_cpu_rank{rank}": state for rank, state in enumerate(rng_states)}
         if torch.cuda.is_available():
             for device_index, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -554,7 +591,7 @@ class Trainer:
                 shutil.copy(path, directory / (BEST_PREFIX + path.name))
         state = {
             "position": asdict(position),
-            "optimizer_param_groups": optimizer_state["param_groups"],
+            "optimizer_param_groups": param_groups,
             "scheduler": self.scheduler.state_dict(),
             "valid_cursor": self._valid_cursor,
             "early_stopping": asdict(self._stopping),
@@ -573,12 +610,13 @@ class Trainer:
         for name in (adapters.INITIAL_WEIGHTS, adapters.INITIAL_CONFIG):
             if (directory / name).exists():
                 shutil.copy(directory / name, self.initial_dir / name)
-        adapters.load_raw(self.model, directory)
+        adapters.load_raw(self.model, directory, self._placement)
         tensors = load_file(str(directory / OPTIMIZER_TENSORS))
         slots: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
+        for key in sorted(tensors, key=_slot_order):  # one order on every process: FSDP splits collectively
             _, index, name = key.split(".", 2)
-            slots.setdefault(int(index), {})[name] = value.to(self.device)
+            slots.setdefault(int(index), {})[name] = self.dist.distribute_like(tensors[key].to(self.device),
+                                                                               self.trainable[int(index)])
         self.optimizer.load_state_dict({"state": slots, "param_groups": state["optimizer_param_groups"]})
         self.scheduler.load_state_dict(state["scheduler"])
         rng = load_file(str(directory / RNG_TENSORS))
@@ -598,6 +636,12 @@ class Trainer:
         return _Position(**state["position"])
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The trained adapter as peft saves it (whole tensors; under FSDP a collective every process calls)."""
         from peft import get_peft_model_state_dict
 
-        return get_peft_model_state_dict(self.model)
+        return get_peft_model_state_dict(self.model, state_dict=self._whole_adapter())
+
+
+def _slot_order(key: str) -> tuple[int, str]:
+    _, index, name = key.split(".", 2)
+    return int(index), name
