@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import PeftModel
 
 from basemodels.loader import BaseModelLoader
@@ -57,7 +58,8 @@ def varied_chats(n: int, seed: int = 0) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ packing
-def assert_packed_equals_one_by_one(trainer: Trainer, examples: list[Any]) -> None:
+def assert_packed_equals_one_by_one(trainer: Trainer, examples: list[Any], *, loss_rtol: float = 1e-5,
+                                    grad_rtol: float = 1e-4) -> None:
     packed = pack(examples, trainer.pad_id, capacity=512)
     assert packed.input_ids.shape[0] < len(examples)  # several examples share rows
 
@@ -66,7 +68,7 @@ def assert_packed_equals_one_by_one(trainer: Trainer, examples: list[Any]) -> No
     packed_grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.optimizer.zero_grad()
 
-    total_loss, total_count = torch.zeros(()), 0
+    total_loss, total_count = torch.zeros((), device=trainer.device), 0
     for example in examples:  # each alone: no padding, no neighbours
         single_sum, single_count, _, _ = trainer._sft_sums([example], trainer.network)
         total_loss, total_count = total_loss + single_sum, total_count + single_count
@@ -74,8 +76,13 @@ def assert_packed_equals_one_by_one(trainer: Trainer, examples: list[Any]) -> No
     single_grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.requires_grad}
 
     assert count == total_count and tokens == sum(len(e.input_ids) for e in examples)
-    assert torch.allclose(loss_sum / count, total_loss / total_count, rtol=1e-5, atol=1e-6)
-    assert all(torch.allclose(packed_grads[n], single_grads[n], rtol=1e-4, atol=1e-7) for n in packed_grads)
+    assert torch.allclose(loss_sum / count, total_loss / total_count, rtol=loss_rtol, atol=1e-6)
+    for name in packed_grads:
+        if grad_rtol <= 1e-4:
+            assert torch.allclose(packed_grads[name], single_grads[name], rtol=grad_rtol, atol=1e-7), name
+        else:  # half precision: the sums run in another order, so compare directions and sizes
+            a, b = packed_grads[name].flatten().float(), single_grads[name].flatten().float()
+            assert F.cosine_similarity(a, b, dim=0) > 1 - grad_rtol and torch.isclose(a.norm(), b.norm(), rtol=grad_rtol), name
 
 
 def test_a_packed_batch_has_the_loss_and_gradient_of_its_examples_run_one_by_one(

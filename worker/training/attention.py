@@ -1,6 +1,17 @@
-"""Attention for packed rows that computes only what each example needs.
+"""Attention for packed rows that computes only what each example needs, on every device.
 
-With packed rows, transformers' default path gives scaled-dot-product attention a block-diagonal causal
+Which kernel a packed batch uses (`for_packed_rows`):
+
+* CUDA with FlashAttention installed, in bf16/fp16: transformers' `flash_attention_2`, whose variable-length kernel takes
+  the examples' boundaries as `cu_seqlens` derived from the packed rows' position ids;
+* CUDA without it: transformers' `flex_attention` (PyTorch's FlexAttention), whose block mask transformers
+  builds from the same position restarts (a document mask: no token attends across examples, and fully
+  masked blocks are skipped);
+* CPU: `packed_sdpa` below. FlexAttention has no backward pass on CPU, and FlashAttention is CUDA-only.
+
+Never a loop over examples on a GPU: there it would launch a kernel per example.
+
+On the CPU, with packed rows, transformers' default path gives scaled-dot-product attention a block-diagonal causal
 mask over the whole row, and the kernel computes every block of the row: for 2048-token rows holding
 ~250-token examples that is most of the step (measured: attention was 68 % of a training step's time,
 docs/benchmarks.md). This implementation splits each row at its position restarts and runs causal
@@ -61,6 +72,17 @@ def computes(config: Any) -> bool:
     """Whether this attention computes what the model's own does: not for attention logit softcapping
     (Gemma 2), which scaled-dot-product attention has no place for."""
     return getattr(config, "attn_logit_softcapping", None) is None
+
+
+def for_packed_rows(config: Any, device: torch.device, *, half_precision: bool = True) -> str | None:
+    """The attention implementation packed batches use on `device` (see the module docstring), or None: the
+    model keeps its own, over transformers' block-diagonal mask (a softcapped model on the CPU).
+    `half_precision`: the step runs in bf16/fp16 (FlashAttention computes in nothing else)."""
+    if device.type == "cuda":
+        from transformers.utils import is_flash_attn_2_available
+
+        return "flash_attention_2" if half_precision and is_flash_attn_2_available() else "flex_attention"
+    return register() if computes(config) else None
 
 
 def register() -> str:

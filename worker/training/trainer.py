@@ -212,11 +212,13 @@ class Trainer:
         self.capacity = min(spec.max_seq_len, getattr(model.config, "max_position_embeddings", spec.max_seq_len))
         self.packing = spec.packing and spec.method == "supervised" and not spec.adapter.is_prompt_learning
 
-        if self.packing and attention.computes(model.config):
-            # Attention per packed example instead of over whole rows (see worker.training.attention).
-            # Otherwise the model keeps its own attention; transformers builds the block-diagonal mask
-            # from the packed rows' position ids.
-            model.config._attn_implementation = attention.register()
+        implementation = attention.for_packed_rows(model.config, torch.device(device) if device else self.device,
+                                                   half_precision=self.dtype is not None) if self.packing else None
+        if implementation is not None:
+            # A kernel that attends within each packed example only (see worker.training.attention). Otherwise
+            # the model keeps its own attention; transformers builds the block-diagonal mask from the packed
+            # rows' position ids.
+            model.config._attn_implementation = implementation
         torch.manual_seed(spec.seed)  # adapter initialisation depends on it (identical on every process)
         self.model = adapters.build(model, spec.adapter, calibrate=self._calibrate)
         if spec.gradient_checkpointing:

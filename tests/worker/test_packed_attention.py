@@ -1,0 +1,71 @@
+"""Packed rows attend within each example only, with a kernel made for it on every device: per-example SDPA
+on the CPU, FlashAttention's variable-length kernel or FlexAttention's document mask on CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from basemodels.loader import BaseModelLoader
+from contracts.settings import DEMO_BASE_MODEL
+from tests.worker.test_training_engine import assert_packed_equals_one_by_one, spec, varied_chats
+from worker.training import attention
+from worker.training.batching import pack
+from worker.training.data import IGNORE, encode_lines
+from worker.training.trainer import Trainer
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                   reason="needs a CUDA device (run by bench/gpu_check.sh on a GPU machine)")
+
+
+def test_each_device_gets_a_kernel_that_attends_within_examples(loader: BaseModelLoader) -> None:
+    from transformers.utils import is_flash_attn_2_available
+
+    config = loader.load_model(DEMO_BASE_MODEL).config
+    assert attention.for_packed_rows(config, torch.device("cpu")) == "packed_sdpa"
+    cuda = torch.device("cuda", 0)
+    flash = "flash_attention_2" if is_flash_attn_2_available() else "flex_attention"
+    assert attention.for_packed_rows(config, cuda) == flash
+    # FlashAttention computes in half precision only: an fp32 step uses FlexAttention
+    assert attention.for_packed_rows(config, cuda, half_precision=False) == "flex_attention"
+
+
+def test_flex_attentions_document_mask_keeps_packed_examples_apart(loader: BaseModelLoader, tokenizer: Any,
+                                                                    tmp_path: Path) -> None:
+    """The kernel CUDA uses without FlashAttention, on the CPU (forward only: FlexAttention has no backward
+    pass on the CPU): transformers builds its block mask from the packed rows' position restarts, so a
+    packed batch's token losses are those of the CPU's per-example attention, which equals running each
+    example alone (tests/worker/test_training_engine.py). One packed shape: FlexAttention compiles per shape."""
+    examples = encode_lines(varied_chats(6, seed=2), "chat", tokenizer, 256).examples
+    trainer = Trainer(spec(packing=True), loader.load_model(DEMO_BASE_MODEL), tokenizer, examples, [], None,
+                      tmp_path, precision="fp32")
+    batch = pack(examples, trainer.pad_id, capacity=512)
+    assert batch.input_ids.shape[0] < len(examples)
+    losses = {}
+    with torch.no_grad():
+        for implementation in ("packed_sdpa", "flex_attention", "sdpa"):
+            trainer.model.config._attn_implementation = implementation
+            logits = trainer._logits(trainer.network, batch)[:, :-1].float()
+            losses[implementation] = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), batch.labels[:, 1:], ignore_index=IGNORE, reduction="none")
+    assert torch.allclose(losses["flex_attention"], losses["packed_sdpa"], rtol=1e-4, atol=1e-5)
+    assert torch.allclose(losses["sdpa"], losses["packed_sdpa"], rtol=1e-4, atol=1e-5)  # block-diagonal mask
+
+
+@requires_cuda
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_on_cuda_packed_rows_train_like_their_examples_run_one_by_one(loader: BaseModelLoader, tokenizer: Any,
+                                                                      tmp_path: Path, precision: str) -> None:
+    examples = encode_lines(varied_chats(9), "chat", tokenizer, 512).examples
+    model = loader.load_model(DEMO_BASE_MODEL, device="cuda:0")
+    trainer = Trainer(spec(packing=True), model, tokenizer, examples, [], None, tmp_path, precision=precision)
+    implementation = trainer.model.config._attn_implementation
+    assert implementation in ("flash_attention_2", "flex_attention")
+    if trainer.dtype is None:
+        assert implementation == "flex_attention"
+        assert_packed_equals_one_by_one(trainer, examples, loss_rtol=1e-4, grad_rtol=1e-4)
+    else:  # bf16: the packed and single sums round differently
+        assert_packed_equals_one_by_one(trainer, examples, loss_rtol=2e-2, grad_rtol=2e-2)
