@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One call on a machine with a CUDA GPU, ~10 minutes: the engine's CUDA checks, then serving latency on a
+# One call on a machine with a CUDA GPU, ~10 minutes: the engine's CUDA checks, the trainer's CUDA tests
+# (packed rows on the GPU's variable-length attention), then serving latency on a
 # ~1.1B-parameter Llama-style model built from a config (random weights, no download) and, where its weights
 # package is installed there, on the real model (SmolLM2-135M-Instruct), each against transformers `generate`;
 # then training throughput on the 1.1B model (the ftaas trainer vs transformers.Trainer + peft, MFU against
@@ -19,6 +20,11 @@ echo "== CUDA checks (logits vs transformers in fp32 and bf16, padded and unpadd
 timeout 120 python bench/cuda_check.py
 status=$?
 
+echo "== CUDA training tests (packed rows on FlashAttention/FlexAttention vs examples one by one, fp32 and bf16)"
+timeout 150 python -m pytest --noconftest -p no:cacheprovider -q -rs -s tests/worker/test_packed_attention.py -k cuda 2>&1 \
+  | grep -v "Converting\|Writing" | tail -8
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
 echo "== serving latency, ~1.1B random Llama, CUDA"
 timeout 200 python bench/serve_latency.py --model llama-1b --device cuda --repeats 2 --dtypes float32,bfloat16 2>&1 | tail -14
 
@@ -37,8 +43,7 @@ if python -c "import worker.training.trainer, worker.training.data" 2>/dev/null;
   timeout 120 python bench/train_throughput.py --model llama-1b --device cuda --examples 128 --batch-size 8 \
     --steps 6 --warmup 2 --gradient-checkpointing --ftaas-only 2>&1 | tail -5
 else
-  # The trainer's modules import sqlalchemy and boto3 (file validation, artifact storage); botocore alone is
-  # larger than the device tool's 64 MiB carry. Install them there, or run this where they are.
-  echo "skipped: the trainer's imports (sqlalchemy, boto3) are not installed here"
+  echo "skipped: the trainer's modules do not import here (see the error above)"
+  python -c "import worker.training.trainer, worker.training.data" 2>&1 | tail -3
 fi
 exit $status

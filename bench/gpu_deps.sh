@@ -10,5 +10,6 @@ python -m pip install -q --no-deps --target .gpu-deps --python-version 3.11 --on
   "pydantic==$(python -c 'import pydantic; print(pydantic.VERSION)')" \
   "pydantic-core==$(python -c 'import pydantic_core; print(pydantic_core.__version__)')" \
   "pydantic-settings==$(python -c 'import importlib.metadata as m; print(m.version("pydantic-settings"))')" \
-  annotated-types typing-inspection python-dotenv
+  annotated-types typing-inspection python-dotenv \
+  "pytest==$(python -c 'import pytest; print(pytest.__version__)')" pluggy iniconfig
 du -sh .gpu-deps

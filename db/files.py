@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from contracts.files.validation import ValidationOutcome
 from db import outbox
 from db.pagination import Page, fetch_page
 from db.states import FileStatus
@@ -57,16 +57,6 @@ def list_page(session: Session, project_id: str, *, after: str | None, limit: in
 
 def delete(session: Session, file: File) -> None:
     session.delete(file)
-
-
-@dataclass(frozen=True)
-class ValidationOutcome:
-    ok: bool
-    data_format: str | None
-    example_count: int
-    errors: list[dict[str, Any]]
-    error_count: int
-    summary: str | None
 
 
 def record_validation(session: Session, file_id: str, outcome: ValidationOutcome) -> bool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from contracts.errors import IntegrityFailure
+from contracts.files.validation import ValidationOutcome
 from db import files, jobs, outbox
-from db.files import ValidationOutcome
 from db.states import FileStatus
 from worker.context import WorkerContext
 from worker.files.validation import validate_jsonl

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from db.files import ValidationOutcome
+from contracts.files.validation import ValidationOutcome
 
 CHAT = "chat"
 PREFERENCE = "preference"
