@@ -21,6 +21,25 @@ layer). Compute that padding or packing wastes is not counted as useful.
 
     python bench/train_throughput.py [--model bench-28m|smollm2-135m-instruct|llama-1b] [--examples 384]
                                      [--batch-size 16] [--steps 10] [--warmup 3] [--device cpu|cuda]
+
+`--job`: the whole job as a user sees it, against the baseline users pick today, TRL's `SFTTrainer`: from
+a model folder on disk and the chat data as JSONL lines to the saved adapter, model load and tokenisation
+included, one epoch over `--examples` chats, `--repeats` times alternating, ranges printed.
+
+* ftaas: what a worker runs for a job (worker.jobs.execution `execute`, less the database and storage):
+  load the tokenizer, encode the chats (chat template, loss on assistant tokens), load the model, train with
+  packing, score the final pass over the training data, save the adapter;
+* TRL: `SFTTrainer` with the same LoRA, learning rate, batch and epoch; its best settings here: the data
+  in TRL's conversational prompt-completion form, so the loss is on the completion (the assistant reply)
+  only; bf16 autocast where this CPU runs bf16 natively, as ftaas (fp32 elsewhere: emulated bf16 is
+  slower); no packing: TRL's packing over SDPA attends across examples' boundaries only with FlashAttention
+  (its `padding_free` needs it) and ran 3.6x slower than no packing on a CPU (measured on 2026-12-01), so
+  dynamic padding to each batch's longest example is its fastest exact choice here.
+
+Tokens per second count the data's real tokens (one epoch) over the whole job's wall time. MFU of a job =
+useful FLOPs of its epoch / wall time / the measured matmul peak.
+
+    python bench/train_throughput.py --job [--model ...] [--examples 128] [--batch-size 16] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -191,6 +210,113 @@ def run_baseline(tokenizer: Any, examples: list[TokenizedExample], batch: int, s
     return marks[-1] - marks[warmup - 1], sum(sum(b) for b in timed), timed
 
 
+def save_model_folder(tokenizer: Any, folder: Path) -> Path:
+    """The benchmarked model as a user has it: a folder with safetensors weights and the tokenizer."""
+    if REAL_MODEL_DIR is not None:
+        return REAL_MODEL_DIR
+    if not (folder / "config.json").exists():
+        new_model(tokenizer).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _load_model(folder: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).to(DEVICE)
+
+
+def ftaas_job(folder: Path, lines: list[str], batch: int, work: Path) -> dict[str, Any]:
+    """The ftaas job, timed from nothing loaded to the adapter saved."""
+    from transformers import AutoTokenizer
+
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    examples = encode_lines(lines, "chat", tokenizer, 2048).examples
+    spec = TrainingSpec(base_model="bench", method="supervised", n_epochs=1, batch_size=batch, learning_rate=2e-4,
+                        seed=1, packing=True, max_seq_len=2048, adapter=AdapterSettings(type="lora", r=8, alpha=16),
+                        gradient_checkpointing=False)
+    outcome = Trainer(spec, _load_model(folder), tokenizer, examples, [], Timer(), work).run()
+    assert outcome.adapter_dir is not None and (outcome.adapter_dir / "adapter_model.safetensors").exists()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens": sum(len(e.input_ids) for e in examples),
+            "lengths": [len(e.input_ids) for e in examples]}
+
+
+def trl_job(folder: Path, lines: list[str], batch: int, work: Path) -> dict[str, Any]:
+    """The TRL SFTTrainer job (see the module docstring), timed from nothing loaded to the adapter saved."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = []
+    for line in lines:
+        messages = json.loads(line)["messages"]
+        rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
+    config = SFTConfig(output_dir=str(work), per_device_train_batch_size=batch, num_train_epochs=1, learning_rate=2e-4,
+                       lr_scheduler_type="linear", max_length=2048, packing=False, completion_only_loss=True,
+                       bf16=autocast_dtype(DEVICE) is not None, use_cpu=DEVICE.type == "cpu", seed=1,
+                       logging_strategy="no", save_strategy="no", report_to=[], dataloader_num_workers=0,
+                       disable_tqdm=True)
+    trainer = SFTTrainer(model=_load_model(folder), args=config, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer,
+                         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainer.train()
+    trainer.save_model(str(work / "adapter"))
+    seconds = time.perf_counter() - start
+    assert (work / "adapter" / "adapter_model.safetensors").exists()
+    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+    return {"seconds": seconds, "tokens": sum(lengths), "lengths": lengths}
+
+
+def compare_jobs(args: Any, tokenizer: Any, tmp: Path) -> int:
+    """`--job`: ftaas vs TRL SFTTrainer, whole jobs, alternating, `--repeats` times."""
+    lines = chats(args.examples)
+    folder = save_model_folder(tokenizer, tmp / "model")
+    probe = new_model(tokenizer)
+    adapter_params = 8 * sum(m.in_features + m.out_features for name, m in probe.named_modules()
+                             if isinstance(m, torch.nn.Linear) and name != "lm_head")
+    compute = autocast_dtype(DEVICE) or torch.float32
+    peak = matmul_peak(compute)
+    runs: dict[str, list[dict[str, Any]]] = {"ftaas": [], "trl": []}
+    for repeat in range(args.repeats):
+        for name, job in (("ftaas", ftaas_job), ("trl", trl_job)):
+            result = job(folder, lines, args.batch_size, tmp / f"{name}-{repeat}")
+            result["tokens_per_second"] = result["tokens"] / result["seconds"]
+            result["mfu"] = useful_flops(result.pop("lengths"), probe, adapter_params) / result["seconds"] / peak
+            runs[name].append(result)
+            print(f"run {repeat + 1}/{args.repeats} {name:<6} {result['seconds']:7.1f} s  "
+                  f"{result['tokens_per_second']:7.0f} tokens/s  MFU {100 * result['mfu']:.1f}%", flush=True)
+    params = sum(p.numel() for p in probe.parameters())
+    print(f"\nmodel: {args.model}, {params / 1e6:.1f}M parameters; LoRA r=8 on all linear layers; "
+          f"{args.examples} chats, batch {args.batch_size}, one epoch; "
+          f"{str(compute).removeprefix('torch.')} matmul peak {peak / 1e12:.3f} TFLOP/s "
+          f"({torch.get_num_threads()} threads)")
+    print(f"tokens in the data: ftaas {runs['ftaas'][0]['tokens']}, TRL {runs['trl'][0]['tokens']} "
+          f"(each job's own tokenisation)\n")
+    print(f"{'whole job':<34} {'seconds':>15} {'tokens/s':>15} {'MFU %':>11}")
+
+    def span(values: list[float], fmt: str) -> str:
+        return f"{min(values):{fmt}}-{max(values):{fmt}}" if len(values) > 1 else f"{values[0]:{fmt}}"
+
+    labels = {"ftaas": "ftaas (packing)", "trl": "TRL SFTTrainer (completion loss)"}
+    for name, results in runs.items():
+        print(f"{labels[name]:<34} {span([r['seconds'] for r in results], '.1f'):>15} "
+              f"{span([r['tokens_per_second'] for r in results], '.0f'):>15} "
+              f"{span([100 * r['mfu'] for r in results], '.1f'):>11}")
+    ratios = [f["tokens_per_second"] / t["tokens_per_second"] for f, t in zip(runs["ftaas"], runs["trl"], strict=True)]
+    print(f"\nratio ftaas / TRL (tokens/s, each repeat): {span(ratios, '.2f')}x "
+          f"(goal >= 2.5x: {'met' if min(ratios) >= 2.5 else 'NOT met'})")
+    out = ROOT / ".bench-out"
+    out.mkdir(exist_ok=True)
+    (out / f"train_job-{args.model}.json").write_text(json.dumps(
+        {"model": args.model, "peak_flops": peak, "parameters": params, "runs": runs, "ratios": ratios}, indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=MODELS, default=MODELS[0])
@@ -202,6 +328,8 @@ def main() -> int:
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="the ftaas trainer recomputes activations in the backward pass")
     parser.add_argument("--ftaas-only", action="store_true", help="skip the baseline")
+    parser.add_argument("--job", action="store_true", help="whole jobs: ftaas vs TRL SFTTrainer")
+    parser.add_argument("--repeats", type=int, default=3, help="--job: runs of each, alternating")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
@@ -218,6 +346,8 @@ def main() -> int:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        if args.job:
+            return compare_jobs(args, tokenizer, Path(tmp))
         examples = encode_lines(chats(args.examples), "chat", tokenizer, 2048).examples
         probe = new_model(tokenizer)
         params = sum(p.numel() for p in probe.parameters())
