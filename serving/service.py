@@ -23,7 +23,7 @@ from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import Draining, InvalidRequest, Overloaded
 from contracts.inference.schemas import ChatCompletionRequest, CompletionRequest
-from contracts.inference.tools import prepare_conversation, template_renders_tools
+from contracts.inference.tools import prepare_conversation, template_renders_names, template_renders_tools
 from contracts.settings import Settings
 from db.projects import Principal
 from db.session import Database
@@ -49,6 +49,8 @@ class BaseEngine:
     grammars: GrammarCompiler
     #: whether the chat template renders tools and tool calls itself (else the ftaas tool format does)
     renders_tools: bool
+    #: whether the chat template renders participant names (else they are written into the content)
+    renders_names: bool = False
 
 
 class InferenceService:
@@ -128,7 +130,7 @@ class InferenceService:
                             prefix_cache_bytes=self.settings.serving_prefix_cache_bytes)
             stops = stop_token_ids(tokenizer, model)
             entry = BaseEngine(engine, tokenizer, stops, GrammarCompiler(tokenizer, stops, forward.geometry.vocab),
-                               template_renders_tools(tokenizer))
+                               template_renders_tools(tokenizer), template_renders_names(tokenizer))
             del model  # the forward keeps the tensors it computes with (pre-packed ones replace the model's)
             self._engines[base_model] = entry
             return entry
@@ -208,7 +210,8 @@ class InferenceService:
         tokenizer = base.tokenizer
         if isinstance(request, ChatCompletionRequest):
             messages, tools = prepare_conversation([m.as_template_message() for m in request.messages],
-                                                   request.tool_dicts(), native=base.renders_tools)
+                                                   request.tool_dicts(), native=base.renders_tools,
+                                                   names_native=base.renders_names)
             try:
                 ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True,
                                                     return_dict=False)

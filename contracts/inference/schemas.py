@@ -60,7 +60,8 @@ class ChatMessage(BaseModel):
 
     def as_template_message(self) -> dict[str, Any]:
         """The message as a chat template (and contracts.inference.tools) takes it: text content, and its
-        tool calls, tool call id and name where it has them."""
+        tool calls, tool call id and name where it has them (`prepare_conversation` decides how a
+        participant's name is rendered)."""
         message: dict[str, Any] = {"role": self.role, "content": self.text()}
         if self.tool_calls:
             message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
@@ -68,7 +69,7 @@ class ChatMessage(BaseModel):
             message["function_call"] = self.function_call.model_dump()
         if self.tool_call_id is not None:
             message["tool_call_id"] = self.tool_call_id
-        if self.name is not None and self.role in ("tool", "function"):
+        if self.name is not None:  # a participant's or the answered function's (contracts.inference.tools)
             message["name"] = self.name
         return message
 

@@ -86,11 +86,47 @@ def template_renders_tools(tokenizer: Any) -> bool:
     return _PROBE_TOOL in text and _PROBE_CALL in text
 
 
+_PROBE_SPEAKER = "ftaas_probe_speaker_7q"
+#: roles whose `name` names a participant (a tool or function message's names the function it answers)
+PARTICIPANT_ROLES = ("system", "developer", "user", "assistant")
+
+
+def template_renders_names(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template renders a message's participant `name` (probed with a name no
+    conversation has)."""
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "probe", "name": _PROBE_SPEAKER}],
+                                             tokenize=False)
+    except Exception:
+        return False
+    return _PROBE_SPEAKER in text
+
+
+def _with_speaker_names(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Participant names written into the content ("Alice: hello") for a template that ignores `name`, so the
+    model sees who speaks instead of the name being dropped. An assistant message's name becomes part of the
+    reply (in training data too: the model learns to answer as the data shows it)."""
+    named = []
+    for message in messages:
+        name = message.get("name")
+        if name and message.get("role") in PARTICIPANT_ROLES:
+            content = message.get("content") or ""
+            message = {**{k: v for k, v in message.items() if k != "name"},
+                       "content": f"{name}: {content}" if content else f"{name}:"}
+        named.append(message)
+    return named
+
+
 def prepare_conversation(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, *,
-                         native: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+                         native: bool, names_native: bool = False
+                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """(messages, tools) to hand the chat template: as they are where the template renders tools (`native`),
-    else in the ftaas tool format with no `tools` argument left. Messages keep their other keys (weight)."""
+    else in the ftaas tool format with no `tools` argument left; participant names as they are where the
+    template renders them (`names_native`), else written into the content. Messages keep their other keys
+    (weight)."""
     messages = _with_legacy_calls(messages)
+    if not names_native:
+        messages = _with_speaker_names(messages)
     if native or (not tools and not any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)):
         return messages, tools or None
     names = {call.get("id"): call["function"]["name"] for m in messages for call in (m.get("tool_calls") or [])}

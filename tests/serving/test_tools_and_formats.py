@@ -191,3 +191,28 @@ def test_bad_tools_and_formats_are_clear_400s(start_serving, options: dict[str, 
     assert fragment in error["message"], error
     if param is not None:
         assert (error.get("param") or "").startswith(param), error
+
+
+def test_participant_names_reach_the_model_when_its_template_ignores_them(start_serving) -> None:  # type: ignore[no-untyped-def]
+    """OpenAI's `name` on user, system and assistant messages: the demo model's template has no place for it,
+    so it is written into the content ("Alice: ...") rather than dropped; a template that renders names gets
+    the field as it is."""
+    from contracts.inference.schemas import ChatCompletionRequest
+    from contracts.inference.tools import prepare_conversation, template_renders_names
+
+    served: LiveServing = start_serving()
+    messages = [{"role": "system", "content": "Moderate the chat.", "name": "rules"},
+                {"role": "user", "content": "Who won?", "name": "Alice"},
+                {"role": "assistant", "content": "Bob did.", "name": "referee"},
+                {"role": "user", "content": "Thanks", "name": "Carol"}]
+    reply = served.client().chat.completions.create(model=DEMO_BASE_MODEL, messages=messages, max_tokens=4,
+                                                    temperature=0)
+    assert reply.choices[0].message.role == "assistant"
+    engine = served.inference.engine_for(DEMO_BASE_MODEL)
+    assert not template_renders_names(engine.tokenizer)
+    request = ChatCompletionRequest(model=DEMO_BASE_MODEL, messages=messages)
+    text = engine.tokenizer.decode(served.inference._prompts(engine, request)[0])
+    for line in ("rules: Moderate the chat.", "Alice: Who won?", "referee: Bob did.", "Carol: Thanks"):
+        assert line in text
+    kept, _ = prepare_conversation(messages, None, native=True, names_native=True)
+    assert [m.get("name") for m in kept] == ["rules", "Alice", "referee", "Carol"]

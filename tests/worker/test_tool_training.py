@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from contracts.inference.tools import prepare_conversation, template_renders_tools
-from worker.training.data import IGNORE, encode_chat, encode_preference
+from worker.training.data import IGNORE, encode_chat, encode_lines, encode_preference
 
 #: A template that renders tools and tool calls itself (Qwen 2.5's scheme, abridged).
 NATIVE_TEMPLATE = (
@@ -118,3 +118,15 @@ def test_a_tool_result_without_a_matching_call_keeps_its_name_and_content() -> N
                                         {"role": "tool", "tool_call_id": "elsewhere", "name": "clock",
                                          "content": "12:00"}], None, native=False)
     assert json.loads(messages[1]["content"].split("\n")[1]) == {"name": "clock", "content": "12:00"}
+
+
+def test_participant_names_in_training_data_are_trained_on_not_dropped(tokenizer: Any) -> None:
+    """A chat line whose messages carry OpenAI's `name`: the demo template ignores names, so they are written
+    into the content the model sees, the assistant's as part of the reply it learns."""
+    line = json.dumps({"messages": [{"role": "user", "content": "Who won?", "name": "Alice"},
+                                    {"role": "assistant", "content": "Bob did.", "name": "referee"}]})
+    example = encode_lines([line], "chat", tokenizer, 256).examples[0]
+    text = tokenizer.decode(example.input_ids)
+    assert "Alice: Who won?" in text and "referee: Bob did." in text
+    trained = tokenizer.decode([t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE])
+    assert "referee: Bob did." in trained and "Alice" not in trained

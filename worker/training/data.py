@@ -19,7 +19,12 @@ from functools import lru_cache
 from typing import Any
 
 from contracts.errors import InvalidFile
-from contracts.inference.tools import legacy_to_tools, prepare_conversation, template_renders_tools
+from contracts.inference.tools import (
+    legacy_to_tools,
+    prepare_conversation,
+    template_renders_names,
+    template_renders_tools,
+)
 from worker.files.validation import CHAT, PREFERENCE, PROMPT_COMPLETION
 
 IGNORE = -100
@@ -90,11 +95,18 @@ def _renders_tools(tokenizer: Any) -> bool:
     return template_renders_tools(tokenizer)
 
 
+@lru_cache(maxsize=16)
+def _renders_names(tokenizer: Any) -> bool:
+    return template_renders_names(tokenizer)
+
+
 def _conversation(tokenizer: Any, example: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
     """The example's messages (weights kept) and tools, as the template can render them: tool calls and
-    results in the ftaas tool format where the template does not render tools itself (contracts.inference.tools)."""
+    results in the ftaas tool format where the template does not render tools itself, participant names in
+    the content where it ignores them (contracts.inference.tools)."""
     tools = example.get("tools") or legacy_to_tools(example.get("functions"))
-    return prepare_conversation(example["messages"], tools, native=_renders_tools(tokenizer))
+    return prepare_conversation(example["messages"], tools, native=_renders_tools(tokenizer),
+                                names_native=_renders_names(tokenizer))
 
 
 def encode_chat(tokenizer: Any, example: dict[str, Any], max_len: int) -> tuple[TokenizedExample, bool]:
