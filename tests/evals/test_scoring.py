@@ -370,23 +370,24 @@ def fake_judge(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeJudge]:
                 judge.requests.append({"path": self.path, **request})
                 state["in_flight"] += 1
                 judge.peak_in_flight = max(judge.peak_in_flight, state["in_flight"])
-            try:
-                time.sleep(0.02)  # long enough for concurrent requests to overlap
-                if self.path != "/v1/chat/completions":
-                    self._send(404, {"error": {"message": "no such route", "type": "invalid_request_error"}})
-                elif request["model"] == "missing-model":
-                    self._send(404, {"error": {"message": "model not found", "type": "invalid_request_error",
-                                               "code": "model_not_found"}})
-                else:
-                    user = next(m["content"] for m in request["messages"] if m["role"] == "user")
-                    self._send(200, {
-                        "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": request["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": _grade(user)}}],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-            finally:
-                with lock:
-                    state["in_flight"] -= 1
+            time.sleep(0.02)  # long enough for concurrent requests to overlap
+            if self.path != "/v1/chat/completions":
+                status, body = 404, {"error": {"message": "no such route", "type": "invalid_request_error"}}
+            elif request["model"] == "missing-model":
+                status, body = 404, {"error": {"message": "model not found", "type": "invalid_request_error",
+                                               "code": "model_not_found"}}
+            else:
+                user = next(m["content"] for m in request["messages"] if m["role"] == "user")
+                status, body = 200, {
+                    "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": request["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": _grade(user)}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+            # Out of flight before the reply leaves: once the client has it, it may send its next request
+            # before this thread would get to count this one done (seen: a peak of 4 with a limit of 3).
+            with lock:
+                state["in_flight"] -= 1
+            self._send(status, body)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
