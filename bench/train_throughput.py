@@ -163,13 +163,17 @@ class Timer:
 GRADIENT_CHECKPOINTING = False  # set by main()
 
 
+def ftaas_spec(batch: int, checkpointing: bool) -> TrainingSpec:
+    """The ftaas side of every comparison: one epoch of LoRA r=8 on all linear layers, packed."""
+    return TrainingSpec(base_model="bench", method="supervised", n_epochs=1, batch_size=batch, learning_rate=2e-4,
+                        seed=1, packing=True, max_seq_len=2048, adapter=AdapterSettings(type="lora", r=8, alpha=16),
+                        gradient_checkpointing=checkpointing)
+
+
 def run_ftaas(tokenizer: Any, examples: list[TokenizedExample], batch: int, steps: int, warmup: int,
               work: Path) -> tuple[float, int, list[list[int]]]:
     """(seconds, real tokens, per-step example lengths) of the timed steps."""
-    spec = TrainingSpec(base_model="bench", method="supervised", n_epochs=1, batch_size=batch,
-                        learning_rate=2e-4, seed=1, packing=True, max_seq_len=2048,
-                        adapter=AdapterSettings(type="lora", r=8, alpha=16),
-                        gradient_checkpointing=GRADIENT_CHECKPOINTING)
+    spec = ftaas_spec(batch, GRADIENT_CHECKPOINTING)
     timer = Timer()
     subset = examples[:batch * (steps + warmup)]
     trainer = Trainer(spec, new_model(tokenizer), tokenizer, subset, [], timer, work)
@@ -233,9 +237,7 @@ def ftaas_job(folder: Path, lines: list[str], batch: int, work: Path) -> dict[st
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     examples = encode_lines(lines, "chat", tokenizer, 2048).examples
-    spec = TrainingSpec(base_model="bench", method="supervised", n_epochs=1, batch_size=batch, learning_rate=2e-4,
-                        seed=1, packing=True, max_seq_len=2048, adapter=AdapterSettings(type="lora", r=8, alpha=16),
-                        gradient_checkpointing=False)
+    spec = ftaas_spec(batch, checkpointing=False)
     outcome = Trainer(spec, _load_model(folder), tokenizer, examples, [], Timer(), work).run()
     assert outcome.adapter_dir is not None and (outcome.adapter_dir / "adapter_model.safetensors").exists()
     seconds = time.perf_counter() - start

@@ -62,26 +62,23 @@ def plan_memory(config: dict[str, Any], spec: TrainingSpec, *, device_bytes: int
     not fit without it; a refusal where it does not fit as asked (or at all). `tokens_per_step`: see
     `estimate_peak_memory`."""
     unshardable = sharding_unsupported(spec)
-    sharded = processes > 1 and parallelism == "fsdp"
-    if sharded and unshardable:
-        refusal = (f"This worker trains with FSDP (training_parallelism=fsdp), and {unshardable}.")
-        return MemoryPlan(bool(spec.gradient_checkpointing), estimate_peak_memory(
-            config, spec, processes=processes, compute_bytes=compute_bytes, tokens_per_step=tokens_per_step,
-            gradient_checkpointing=bool(spec.gradient_checkpointing)), device_bytes, refusal)
 
-    def estimate(checkpointing: bool) -> MemoryEstimate:
+    def estimate(checkpointing: bool, sharded: bool = False) -> MemoryEstimate:
         return estimate_peak_memory(config, spec, processes=processes, compute_bytes=compute_bytes,
                                     gradient_checkpointing=checkpointing, tokens_per_step=tokens_per_step,
                                     sharded=sharded)
 
-    if processes > 1 and parallelism == "auto" and unshardable is None:
-        sharded = not fits(estimate(True), device_bytes)
+    if processes > 1 and parallelism == "fsdp" and unshardable:
+        return MemoryPlan(bool(spec.gradient_checkpointing), estimate(bool(spec.gradient_checkpointing)),
+                          device_bytes, f"This worker trains with FSDP (training_parallelism=fsdp), and {unshardable}.")
+    sharded = processes > 1 and (parallelism == "fsdp" or (
+        parallelism == "auto" and unshardable is None and not fits(estimate(True), device_bytes)))
 
     if spec.gradient_checkpointing is None:
-        without = estimate(False)
-        chosen = without if fits(without, device_bytes) else estimate(True)
+        without = estimate(False, sharded)
+        chosen = without if fits(without, device_bytes) else estimate(True, sharded)
     else:
-        chosen = estimate(spec.gradient_checkpointing)
+        chosen = estimate(spec.gradient_checkpointing, sharded)
     refusal = None
     if not fits(chosen, device_bytes):
         hints = "a shorter max_seq_len, a smaller batch_size"

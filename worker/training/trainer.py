@@ -207,12 +207,13 @@ class Trainer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.dist = distributed or DistributedContext.single()
         self.device = next(model.parameters()).device
-        self.dtype = None if precision == "fp32" else autocast_dtype(torch.device(device) if device else self.device)
+        training_device = torch.device(device) if device else self.device
+        self.dtype = None if precision == "fp32" else autocast_dtype(training_device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.capacity = min(spec.max_seq_len, getattr(model.config, "max_position_embeddings", spec.max_seq_len))
         self.packing = spec.packing and spec.method == "supervised" and not spec.adapter.is_prompt_learning
 
-        implementation = attention.for_packed_rows(model.config, torch.device(device) if device else self.device,
+        implementation = attention.for_packed_rows(model.config, training_device,
                                                    half_precision=self.dtype is not None) if self.packing else None
         if implementation is not None:
             # A kernel that attends within each packed example only (see worker.training.attention). Otherwise
@@ -239,7 +240,7 @@ class Trainer:
             reason = sharding_unsupported(spec)
             if reason:
                 raise ValueError(reason)
-        self.network = self.dist.wrap(self.model, torch.device(device) if device else None)
+        self.network = self.dist.wrap(self.model, training_device)
         # FSDP moves the shards to the training device (the model may have been loaded on the CPU)
         self.device = next(self.model.parameters()).device
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -332,7 +333,7 @@ class Trainer:
             outcome.learned_at_epoch, outcome.learned_accuracy = learned
         if self.spec.method == "supervised":
             if best_selected:
-                adapters.load_raw(self.model, self.best_dir, self._placement)  # score the published adapter
+                adapters.load_raw(self.model, self.best_dir, self.dist.distribute_like)  # score the published adapter
             sample = final_pass_sample(len(self.train_examples))
             outcome.final_train_loss, outcome.final_train_accuracy = self._evaluate(
                 [self.train_examples[i] for i in sample])
@@ -553,9 +554,6 @@ class Trainer:
             return None
         return self.dist.full_tensors(dict(zip(self._trainable_names, self.trainable, strict=True)))
 
-    def _placement(self, saved: torch.Tensor, live: Any) -> torch.Tensor:
-        return self.dist.distribute_like(saved, live)
-
     def _optimizer_tensors(self) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
         """The optimizer's state as whole tensors named `state.<parameter index>.<slot>` (gathered under FSDP,
         a collective then), and its parameter groups."""
@@ -612,13 +610,13 @@ class Trainer:
         for name in (adapters.INITIAL_WEIGHTS, adapters.INITIAL_CONFIG):
             if (directory / name).exists():
                 shutil.copy(directory / name, self.initial_dir / name)
-        adapters.load_raw(self.model, directory, self._placement)
+        adapters.load_raw(self.model, directory, self.dist.distribute_like)
         tensors = load_file(str(directory / OPTIMIZER_TENSORS))
         slots: dict[int, dict[str, torch.Tensor]] = {}
-        for key in sorted(tensors, key=_slot_order):  # one order on every process: FSDP splits collectively
-            _, index, name = key.split(".", 2)
-            slots.setdefault(int(index), {})[name] = self.dist.distribute_like(tensors[key].to(self.device),
-                                                                               self.trainable[int(index)])
+        entries = sorted((int(index), name, key) for key in tensors for _, index, name in [key.split(".", 2)])
+        for index, name, key in entries:  # one order on every process: FSDP splits collectively
+            slots.setdefault(index, {})[name] = self.dist.distribute_like(tensors[key].to(self.device),
+                                                                          self.trainable[index])
         self.optimizer.load_state_dict({"state": slots, "param_groups": state["optimizer_param_groups"]})
         self.scheduler.load_state_dict(state["scheduler"])
         rng = load_file(str(directory / RNG_TENSORS))
@@ -643,7 +641,3 @@ class Trainer:
 
         return get_peft_model_state_dict(self.model, state_dict=self._whole_adapter())
 
-
-def _slot_order(key: str) -> tuple[int, str]:
-    _, index, name = key.split(".", 2)
-    return int(index), name
