@@ -60,8 +60,7 @@ def varied_chats(n: int, seed: int = 0) -> list[str]:
 # ------------------------------------------------------------------------------------------ packing
 def assert_packed_equals_one_by_one(trainer: Trainer, examples: list[Any], *, loss_rtol: float = 1e-5,
                                     grad_rtol: float = 1e-4) -> None:
-    packed = pack(examples, trainer.pad_id, capacity=512)
-    assert packed.input_ids.shape[0] < len(examples)  # several examples share rows
+    assert trainer._batch(examples).input_ids.shape[0] < len(examples)  # several examples share rows
 
     loss_sum, count, _, tokens = trainer._sft_sums(examples, trainer.network)
     (loss_sum / count).backward()
@@ -69,9 +68,11 @@ def assert_packed_equals_one_by_one(trainer: Trainer, examples: list[Any], *, lo
     trainer.optimizer.zero_grad()
 
     total_loss, total_count = torch.zeros((), device=trainer.device), 0
-    for example in examples:  # each alone: no padding, no neighbours
+    scores_positions, trainer._keeps_positions = trainer._keeps_positions, False
+    for example in examples:  # each alone: no padding, no neighbours, logits at every position
         single_sum, single_count, _, _ = trainer._sft_sums([example], trainer.network)
         total_loss, total_count = total_loss + single_sum, total_count + single_count
+    trainer._keeps_positions = scores_positions
     (total_loss / total_count).backward()
     single_grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.requires_grad}
 
@@ -95,6 +96,10 @@ def test_a_packed_batch_has_the_loss_and_gradient_of_its_examples_run_one_by_one
     trainer = Trainer(spec(packing=True), loader.load_model(DEMO_BASE_MODEL), tokenizer, examples, [], None, tmp_path,
                       precision="fp32")
     assert trainer.model.config._attn_implementation == "packed_sdpa"
+    # Attention per example: the whole step in one row, and the loss from the output layer chunk by chunk
+    # only where a token is predicted (compared below with full logits over each example alone).
+    assert trainer._batch(examples).input_ids.shape[0] == 1 and trainer._keeps_positions
+    assert trainer._head is trainer.model.get_base_model().lm_head
     assert_packed_equals_one_by_one(trainer, examples)
 
 
@@ -111,6 +116,7 @@ def test_a_softcapped_model_packs_with_its_own_attention(tokenizer: Any, tmp_pat
     examples = encode_lines(varied_chats(9), "chat", tokenizer, 512).examples
     trainer = Trainer(spec(packing=True), model, tokenizer, examples, [], None, tmp_path, precision="fp32")
     assert trainer.model.config._attn_implementation != "packed_sdpa"
+    assert trainer.capacity == 2048  # rows of bounded width: the block-diagonal mask grows with their square
     assert_packed_equals_one_by_one(trainer, examples)
 
 
@@ -122,6 +128,8 @@ def test_packing_removes_padding_from_what_is_computed(tokenizer: Any) -> None:
     # Measured on these 32 chats: 89 % of packed positions are real tokens, 56 % of padded ones.
     assert real / packed.input_ids.numel() > 0.85 and real / padded.input_ids.numel() < 0.6
     assert packed.input_ids.shape[1] <= 512
+    one_row = pack(examples, 0, capacity=None)  # attention per example: no padding at all
+    assert one_row.input_ids.shape == (1, real) and one_row.tokens == real
 
 
 def test_trained_tokens_count_every_real_token_of_every_epoch(loader: BaseModelLoader, tokenizer: Any,

@@ -59,15 +59,20 @@ def pad(examples: Sequence[TokenizedExample], pad_id: int) -> Batch:
     return Batch(ids, labels, None, mask, int(mask.sum()))
 
 
-def pack(examples: Sequence[TokenizedExample], pad_id: int, capacity: int) -> Batch:
+def pack(examples: Sequence[TokenizedExample], pad_id: int, capacity: int | None) -> Batch:
     """Examples end to end in rows of at most `capacity` tokens (first fit, in the given order, so the
-    layout is a pure function of the batch)."""
+    layout is a pure function of the batch); `capacity=None`: all of them in one row, with no padding at all.
+
+    One row is for attention that works per example (variable-length kernels): it computes no padding, and
+    transformers hands FlashAttention's varlen kernel the examples' boundaries only for a batch of one row.
+    Rows of bounded width are for attention over a block-diagonal mask, whose cost grows with the row's
+    square."""
     rows: list[list[TokenizedExample]] = []
     sizes: list[int] = []
     for example in examples:
         length = len(example.input_ids)
         for index, size in enumerate(sizes):
-            if size + length <= capacity:
+            if capacity is None or size + length <= capacity:
                 rows[index].append(example)
                 sizes[index] += length
                 break

@@ -18,6 +18,7 @@ the step order is the contract (exact resume depends on it) and is read top to b
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import shutil
@@ -36,6 +37,7 @@ from worker.training import adapters, attention
 from worker.training.batching import Batch, pack, pad
 from worker.training.data import IGNORE, PreferenceExample, TokenizedExample
 from worker.training.distributed import DistributedContext, sharding_unsupported
+from worker.training.loss import head_computes_logits, head_outputs_hidden, linear_cross_entropy
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
@@ -210,16 +212,22 @@ class Trainer:
         training_device = torch.device(device) if device else self.device
         self.dtype = None if precision == "fp32" else autocast_dtype(training_device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.capacity = min(spec.max_seq_len, getattr(model.config, "max_position_embeddings", spec.max_seq_len))
+        self.capacity: int | None = min(spec.max_seq_len,
+                                        getattr(model.config, "max_position_embeddings", spec.max_seq_len))
         self.packing = spec.packing and spec.method == "supervised" and not spec.adapter.is_prompt_learning
 
         implementation = attention.for_packed_rows(model.config, training_device,
                                                    half_precision=self.dtype is not None) if self.packing else None
         if implementation is not None:
-            # A kernel that attends within each packed example only (see worker.training.attention). Otherwise
-            # the model keeps its own attention; transformers builds the block-diagonal mask from the packed
-            # rows' position ids.
+            # A kernel that attends within each packed example only (see worker.training.attention): a
+            # step's examples go in one row (batching.pack). Otherwise the model keeps its own attention
+            # over the block-diagonal mask transformers builds from the packed rows' position ids, in rows
+            # of bounded width.
             model.config._attn_implementation = implementation
+            self.capacity = None
+        # Packed rows score only the positions that have a target: the model's head and the loss skip
+        # the prompt tokens (transformers' `logits_to_keep`, where the model takes it).
+        self._keeps_positions = self.packing and "logits_to_keep" in inspect.signature(model.forward).parameters
         torch.manual_seed(spec.seed)  # adapter initialisation depends on it (identical on every process)
         self.model = adapters.build(model, spec.adapter, calibrate=self._calibrate)
         if spec.gradient_checkpointing:
@@ -236,6 +244,12 @@ class Trainer:
         if self.dtype is not None and spec.adapter.type != "dora":
             self._store_frozen_linears(self.dtype)
         self._references = self._reference_distributions() if self.rehearsal else []
+        # The loss at scored positions from the output layer chunk by chunk (worker.training.loss), where the
+        # model's logits are that layer's product and its weight is whole in this process (not under FSDP).
+        self._head = None
+        if self._keeps_positions and not self.dist.fsdp:
+            with self._autocast():
+                self._head = head_computes_logits(self.model.get_base_model(), self._probe_ids())
         if self.dist.fsdp:
             reason = sharding_unsupported(spec)
             if reason:
@@ -449,11 +463,24 @@ class Trainer:
     def _sft_sums(self, examples: list[TokenizedExample], network: Any) -> tuple[torch.Tensor, int, int, int]:
         """(sum of token losses, trained tokens, correctly predicted tokens, real tokens processed)."""
         batch = self._batch(examples)
-        logits = self._logits(network, batch)[:, :-1].float()
         targets = batch.labels[:, 1:]
+        if self._keeps_positions and batch.input_ids.shape[0] == 1:
+            # One packed row: logits only where a token is predicted (a prompt's are never used).
+            scored = torch.nonzero(targets[0] != IGNORE).flatten()
+            targets = targets[0, scored]
+            if self._head is not None:
+                with head_outputs_hidden(self._head):
+                    hidden = network(**batch.model_inputs(), use_cache=False, logits_to_keep=scored).logits[0]
+                loss_sum, correct = linear_cross_entropy(hidden, self._head, targets,
+                                                         self.dtype or torch.float32)
+                return loss_sum, len(targets), correct, batch.tokens
+            logits = network(**batch.model_inputs(), use_cache=False, logits_to_keep=scored).logits[0]
+        else:
+            logits = self._logits(network, batch)[:, :-1]
+            logits, targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
         trained = targets != IGNORE
-        loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE,
-                                   reduction="sum")
+        # The loss in fp32 whatever the head computed in; the argmax needs no copy (a cast keeps the order).
+        loss_sum = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
         correct = int(((logits.argmax(-1) == targets) & trained).sum())
         return loss_sum, int(trained.sum()), correct, batch.tokens
 
@@ -538,6 +565,12 @@ class Trainer:
         batch = [self.valid_examples[(self._valid_cursor + i) % len(self.valid_examples)] for i in range(size)]
         self._valid_cursor = (self._valid_cursor + size) % len(self.valid_examples)
         return batch
+
+    def _probe_ids(self) -> list[int]:
+        """A few tokens of the first training example, to run through the model once."""
+        first = self.train_examples[0]
+        ids = first.input_ids if isinstance(first, TokenizedExample) else first.chosen.input_ids
+        return list(ids[:8])
 
     def _calibrate(self, model: Any) -> None:
         """CorDA calibration: forward passes over the first training examples (deterministic), one example
