@@ -2,11 +2,13 @@
 
 Each configuration runs in its own process (a fresh peak): build a Llama-style model from a config (random
 weights), the ftaas Trainer with a rank-8 LoRA on every Linear, and one training step on `batch` examples
-of exactly `seq` tokens (the estimate's worst case). The measured peak is the process's maximum resident
+of exactly `seq` tokens (the estimate's worst case), padded or packed (packed steps compute the loss chunk by
+chunk from the output layer, worker.training.loss). The measured peak is the process's maximum resident
 memory minus what it held after importing torch; the estimate is contracts.training.memory's total.
 
     python bench/train_memory.py                     # the table in docs/training.md
-    python bench/train_memory.py --child '{"shape": "bench-28m", "seq": 256, "batch": 4, "checkpointing": false}'
+    python bench/train_memory.py --child '{"shape": "bench-28m", "seq": 256, "batch": 4, "checkpointing": false,
+                                           "packing": false}'
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ SHAPES = {"bench-28m": {"hidden_size": 512, "intermediate_size": 1408, "num_hidd
                         "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 49152},
           "smollm2-shape": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
                             "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152}}
-CONFIGS = [("bench-28m", 256, 4, False), ("bench-28m", 512, 8, False), ("bench-28m", 512, 8, True),
-           ("smollm2-shape", 512, 4, False), ("smollm2-shape", 512, 4, True), ("smollm2-shape", 1024, 8, True)]
+#: (shape, seq, batch, checkpointing, packing)
+CONFIGS = [("bench-28m", 256, 4, False, False), ("bench-28m", 512, 8, False, False), ("bench-28m", 512, 8, True, False),
+           ("smollm2-shape", 512, 4, False, False), ("smollm2-shape", 512, 4, True, False),
+           ("smollm2-shape", 1024, 8, True, False), ("bench-28m", 512, 8, False, True),
+           ("smollm2-shape", 512, 4, False, True), ("smollm2-shape", 512, 4, True, True),
+           ("smollm2-shape", 1024, 8, True, True)]
 
 
 def _rss_bytes() -> int:
@@ -56,7 +62,7 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**config))
     spec = TrainingSpec(base_model="m", method="supervised", n_epochs=1, batch_size=options["batch"],
-                        learning_rate=1e-4, seed=1, max_seq_len=options["seq"], packing=False,
+                        learning_rate=1e-4, seed=1, max_seq_len=options["seq"], packing=options["packing"],
                         gradient_checkpointing=options["checkpointing"])
     from tokenizers import Tokenizer, models
 
@@ -77,8 +83,8 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
     return {**options, "measured": peak, "estimated": estimate.total, "estimate": estimate.to_json()}
 
 
-def measure(shape: str, seq: int, batch: int, checkpointing: bool) -> dict[str, Any]:
-    options = {"shape": shape, "seq": seq, "batch": batch, "checkpointing": checkpointing}
+def measure(shape: str, seq: int, batch: int, checkpointing: bool, packing: bool = False) -> dict[str, Any]:
+    options = {"shape": shape, "seq": seq, "batch": batch, "checkpointing": checkpointing, "packing": packing}
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(options)], capture_output=True, text=True,
                          check=True, timeout=600)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -92,10 +98,11 @@ def main() -> int:
         print(json.dumps(child(json.loads(args.child))))
         return 0
     mib = 1024 ** 2
-    print(f"{'model':<14} {'seq':>5} {'batch':>5} {'ckpt':>5} {'measured MiB':>13} {'estimated MiB':>14} {'est/meas':>9}")
-    for shape, seq, batch, checkpointing in CONFIGS:
-        row = measure(shape, seq, batch, checkpointing)
-        print(f"{shape:<14} {seq:>5} {batch:>5} {str(checkpointing):>5} {row['measured'] / mib:>13.0f} "
+    print(f"{'model':<14} {'seq':>5} {'batch':>5} {'ckpt':>5} {'packed':>6} {'measured MiB':>13} {'estimated MiB':>14} "
+          f"{'est/meas':>9}")
+    for shape, seq, batch, checkpointing, packing in CONFIGS:
+        row = measure(shape, seq, batch, checkpointing, packing)
+        print(f"{shape:<14} {seq:>5} {batch:>5} {str(checkpointing):>5} {str(packing):>6} {row['measured'] / mib:>13.0f} "
               f"{row['estimated'] / mib:>14.0f} {row['estimated'] / row['measured']:>9.2f}")
     return 0
 

@@ -19,9 +19,14 @@ without it, the worst case of that many examples of `max_seq_len` tokens. It add
 * sharded (FSDP, across `processes`): weights, adapter and optimizer state are divided by the number of
   processes, and the layers gathered whole for their forward or backward pass come on top: the one running
   and the next, prefetched (2 x one layer's weights in the compute dtype);
-* logits: the step's logits in the compute dtype, their fp32 copy for the loss, log-softmax's saved output
-  and the gradients of the loss's backward (LOGIT_BYTES_PER_ENTRY bytes per token and vocabulary entry): on
-  small models with large vocabularies this is the largest term.
+* logits: where the loss is computed from the output layer a chunk of positions at a time
+  (worker.training.loss: packed supervised steps, one process or data parallel, a model whose logits are
+  its head's product; `chunked_loss`), one chunk's logits (LOSS_CHUNK_POSITIONS x vocabulary x
+  CHUNK_BYTES_PER_ENTRY: fp32 logits, the exponentials, the bf16 probabilities) and the hidden states at the
+  scored positions with their gradient (T x h x 8). Otherwise the step's logits in the compute dtype,
+  their fp32 copy for the loss, log-softmax's saved output and the gradients of the loss's backward
+  (LOGIT_BYTES_PER_ENTRY bytes per token and vocabulary entry): on small models with large vocabularies
+  that is the largest term.
 
 The constants were fitted to peak memory measured on CPU (tests/worker/test_memory_estimate.py measures it
 for several shapes; docs/training.md has the table). The estimate is a planning figure, not a guarantee:
@@ -42,6 +47,14 @@ ACTIVATION_MLP_FACTOR = 5
 #: bytes per token and vocabulary entry for the logits at the loss's backward: the bf16 logits, their fp32
 #: copy, log-softmax's saved output and the gradients flowing back (fitted: 18.4 on the measured shapes)
 LOGIT_BYTES_PER_ENTRY = 18
+#: positions per chunk of the chunked loss (worker.training.loss.CHUNK_ROWS; a test keeps them equal)
+LOSS_CHUNK_POSITIONS = 256
+#: bytes per position and vocabulary entry of one chunk: fp32 logits, the fp32 exponentials of logsumexp and
+#: the probabilities cast to the compute dtype for the gradient's product
+CHUNK_BYTES_PER_ENTRY = 10
+#: config keys of models that change their logits after the output layer (softcapping, scaling): their loss
+#: takes the full logits (the trainer checks the model itself; these are what a config shows before loading)
+LOGIT_POSTPROCESSING_KEYS = ("final_logit_softcapping", "attn_logit_softcapping", "logit_scale", "logits_scaling")
 #: share of a device's memory a job may plan to use (fragmentation, workspaces, the runtime itself)
 HEADROOM = 0.85
 LINEARS_PER_LAYER = 7
@@ -105,6 +118,15 @@ class _Shape:
         return [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]
 
 
+def chunked_loss(config: dict[str, Any], spec: TrainingSpec, *, sharded: bool = False) -> bool:
+    """Whether the trainer computes this job's loss chunk by chunk from the output layer (see the module
+    docstring), as far as the config shows: packed supervised steps of a LoRA-family or other non-prompt
+    adapter, not sharded, and no logit softcapping or scaling (softcapped attention also keeps packed rows
+    on the model's own attention, whose rows take the full logits)."""
+    return (spec.method == "supervised" and spec.packing and not spec.adapter.is_prompt_learning and not sharded
+            and all(config.get(key) is None for key in LOGIT_POSTPROCESSING_KEYS))
+
+
 def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processes: int = 1,
                          compute_bytes: int = 2, gradient_checkpointing: bool,
                          tokens_per_step: int | None = None, sharded: bool = False) -> MemoryEstimate:
@@ -142,7 +164,10 @@ def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processe
         activations = tokens * (shape.layers * h * 4 + per_layer)
     else:
         activations = tokens * shape.layers * per_layer
-    logits = tokens * shape.vocab * LOGIT_BYTES_PER_ENTRY
+    if chunked_loss(config, spec, sharded=sharded and processes > 1):
+        logits = min(tokens, LOSS_CHUNK_POSITIONS) * shape.vocab * CHUNK_BYTES_PER_ENTRY + tokens * h * 8
+    else:
+        logits = tokens * shape.vocab * LOGIT_BYTES_PER_ENTRY
     return MemoryEstimate(weights=weights, adapter=adapter, activations=activations, logits=logits,
                           gradient_checkpointing=gradient_checkpointing, tokens_per_step=tokens,
                           sharded=sharded and processes > 1)

@@ -82,3 +82,45 @@ def test_on_cuda_packed_rows_train_like_their_examples_run_one_by_one(cuda_loade
     else:  # bf16: the packed and single sums round differently
         assert implementation in ("flash_attention_2", "flex_attention")
         assert_packed_equals_one_by_one(trainer, examples, loss_rtol=2e-2, grad_rtol=2e-2)
+
+
+def test_a_packed_step_builds_no_mask_and_a_model_that_hides_positions_is_an_error() -> None:
+    """One row holds a whole step: transformers' block-diagonal mask over it would grow with the square of the
+    step's tokens, and the per-example kernel never reads it. Padded rows still get their padding mask."""
+    assert attention.packed_mask(1, 8192, 8192, attention_mask=None) is None
+    padded = attention.packed_mask(2, 4, 4, attention_mask=torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))
+    assert padded is not None and padded.shape == (2, 1, 4, 4)
+    module = torch.nn.Module()
+    q = torch.randn(1, 2, 6, 8)
+    with pytest.raises(ValueError, match="position_ids"):
+        attention.packed_sdpa(module, q, q, q, None)
+
+
+def test_a_sliding_window_model_keeps_its_window_on_packed_rows(tokenizer: Any, tmp_path: Path) -> None:
+    """Mistral-style local attention (window 4 here, examples of 10-100 tokens): the packed step's
+    loss equals the model's own eager attention over each example alone."""
+    import copy
+
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, sliding_window=4, pad_token_id=tokenizer.pad_token_id))
+    reference = copy.deepcopy(model)
+    reference.config._attn_implementation = "eager"
+    examples = encode_lines(varied_chats(6, seed=3), "chat", tokenizer, 512).examples
+    assert max(len(e.input_ids) for e in examples) > 4
+    trainer = Trainer(spec(packing=True), model, tokenizer, examples, [], None, tmp_path, precision="fp32")
+    assert trainer.model.config._attn_implementation == "packed_sdpa"
+    loss_sum, count, _, _ = trainer._sft_sums(examples, trainer.network)
+
+    total, total_count = torch.zeros(()), 0
+    with torch.no_grad():
+        for example in examples:  # the adapter starts as the identity (LoRA B = 0): the base's function
+            logits = reference(input_ids=torch.tensor([example.input_ids])).logits[0, :-1]
+            labels = torch.tensor(example.labels[1:])
+            total += torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+            total_count += int((labels != IGNORE).sum())
+    assert count == total_count
+    assert torch.allclose(loss_sum.detach() / count, total / total_count, rtol=1e-5)

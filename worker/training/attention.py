@@ -17,9 +17,14 @@ mask over the whole row, and the kernel computes every block of the row: for 204
 docs/benchmarks.md). This implementation splits each row at its position restarts and runs causal
 attention per example, so the kernel's causal block skipping leaves only the useful work.
 
-It is registered with transformers' attention and mask interfaces under `packed_sdpa`. The mask side is
-transformers' own SDPA mask builder: a model that does not pass `position_ids` down to its attention gets
-the block-diagonal mask and plain SDPA, correct if slower, rather than attention across examples.
+It is registered with transformers' attention and mask interfaces under `packed_sdpa`. Packed batches
+carry no padding mask, and for them the mask builder builds nothing: a step's examples share one row
+(worker.training.batching), and transformers' block-diagonal mask over it would grow with the square of
+the step's tokens (64 MB at 8k tokens, 4 GB at 64k) for a kernel that never reads it. Padded batches
+(rehearsal, evaluation of padded rows) get transformers' own SDPA mask. A model that does not pass
+`position_ids` down to its attention cannot tell packed examples apart: that is an error, never attention
+across examples. A sliding-window model (Mistral, Gemma 3's local layers) gets its window: an example
+longer than the window runs with a banded causal mask.
 """
 
 from __future__ import annotations
@@ -45,10 +50,14 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
     if kwargs.get("softcap") is not None:  # never drop it silently: the model would train another function
         raise ValueError("packed_sdpa does not implement attention logit softcapping")
     if position_ids is None:
+        if attention_mask is None:
+            raise ValueError("packed_sdpa: this model does not pass position_ids to its attention, so packed "
+                             "examples cannot be told apart; train it with packing off")
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
+    window = kwargs.get("sliding_window")
     batch, length = query.shape[0], query.shape[2]
     positions = position_ids.expand(batch, length) if position_ids.shape[0] != batch else position_ids
     grouped = query.shape[1] != key.shape[1]
@@ -60,12 +69,35 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
         bounds = _segments(positions[row])
         sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
         pieces = [
-            F.scaled_dot_product_attention(qs.unsqueeze(0), ks.unsqueeze(0), vs.unsqueeze(0), is_causal=True,
-                                           scale=scaling, dropout_p=dropout_p, enable_gqa=grouped)
+            F.scaled_dot_product_attention(qs.unsqueeze(0), ks.unsqueeze(0), vs.unsqueeze(0),
+                                           attn_mask=_banded(qs.shape[1], window, qs.device) if window else None,
+                                           is_causal=not window or qs.shape[1] <= window, scale=scaling,
+                                           dropout_p=dropout_p, enable_gqa=grouped)
             for qs, ks, vs in zip(q.split(sizes, dim=1), k.split(sizes, dim=1), v.split(sizes, dim=1), strict=True)
         ]
         rows.append(torch.cat(pieces, dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def _banded(length: int, window: int, device: torch.device) -> torch.Tensor | None:
+    """Causal attention limited to the last `window` positions (transformers' sliding window: a query at i
+    sees keys j with i - window < j <= i), or None where the example fits in the window (plain causal)."""
+    if length <= window:
+        return None
+    offsets = torch.arange(length, device=device)
+    distance = offsets.unsqueeze(1) - offsets.unsqueeze(0)
+    return (distance >= 0) & (distance < window)
+
+
+def packed_mask(batch_size: int, q_length: int, kv_length: int, *args: Any,
+                attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
+    """The mask builder registered with `packed_sdpa`: nothing for packed batches (no padding mask; the
+    kernel splits rows at the position restarts), transformers' SDPA mask for padded ones."""
+    if attention_mask is None:
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(batch_size, q_length, kv_length, *args, attention_mask=attention_mask, **kwargs)
 
 
 def computes(config: Any) -> bool:
@@ -88,8 +120,8 @@ def for_packed_rows(config: Any, device: torch.device, *, half_precision: bool =
 def register() -> str:
     """Make `packed_sdpa` available to transformers models (idempotent); returns its name."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, packed_sdpa)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    AttentionMaskInterface.register(NAME, packed_mask)
     return NAME

@@ -364,8 +364,11 @@ class Trainer:
 
         Autocast casts a matmul's fp32 weight to bf16 on every call unless the weight requires grad (it caches
         only those), so a frozen base was re-cast at every forward and backward (measured: 7 % of a step).
-        Storing the same bf16 values once changes no result. DoRA is left alone: it also reads the base
-        weight outside matmuls (for its weight norm).
+        Storing the same bf16 values once changes no matrix product. Where the output layer shares its weight
+        with the input embeddings (tied, as in SmolLM2), the embeddings become bf16 too and the residual
+        stream runs in bf16, as it does when a model is loaded in bf16 (TRL's and Axolotl's usual setting);
+        the norms and the adapter stay fp32. DoRA is left alone: it also reads the base weight outside
+        matmuls (for its weight norm).
         """
         for module in self.model.modules():
             # (quantized Linears hold packed integers: they stay as they are)
