@@ -79,7 +79,7 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     compute_bytes = 2 if autocast_dtype(torch.device("cpu")) == torch.bfloat16 else 4
     estimate = estimate_peak_memory(config, spec, compute_bytes=compute_bytes,
-                                    gradient_checkpointing=options["checkpointing"])
+                                    gradient_checkpointing=options["checkpointing"], host_memory=True)
     return {**options, "measured": peak, "estimated": estimate.total, "estimate": estimate.to_json()}
 
 

@@ -28,6 +28,14 @@ without it, the worst case of that many examples of `max_seq_len` tokens. It add
   (LOGIT_BYTES_PER_ENTRY bytes per token and vocabulary entry): on small models with large vocabularies
   that is the largest term.
 
+* heap (CPU training only): what the C library's heap keeps resident of a step's freed per-layer
+  temporaries (HEAP_BYTES_PER_TOKEN_LAYER_HIDDEN x T x n x h). glibc raises its mmap threshold to the sizes
+  it has seen freed, so a step's tensors of a few MB come from the heap and their freed pages stay in the
+  process. Measured: 12-32 bytes per token, layer and unit of hidden size, with or without checkpointing;
+  with the threshold fixed (MALLOC_MMAP_THRESHOLD_=1 MiB) the peak fell to the other terms' sum (775 MiB
+  against 728 estimated) but the step ran 1.6x slower, so the retention is kept, and counted. A GPU's
+  tensors live in the device's caching allocator instead, which this term does not describe.
+
 The constants were fitted to peak memory measured on CPU (tests/worker/test_memory_estimate.py measures it
 for several shapes; docs/training.md has the table). The estimate is a planning figure, not a guarantee:
 allocator fragmentation and kernel workspaces come on top, hence the headroom `fits` leaves.
@@ -45,8 +53,13 @@ ACTIVATION_HIDDEN_FACTOR = 9
 #: compute-dtype elements kept per token and layer, in units of the MLP's intermediate size
 ACTIVATION_MLP_FACTOR = 5
 #: bytes per token and vocabulary entry for the logits at the loss's backward: the bf16 logits, their fp32
-#: copy, log-softmax's saved output and the gradients flowing back (fitted: 18.4 on the measured shapes)
-LOGIT_BYTES_PER_ENTRY = 18
+#: copy, log-softmax's saved output and the gradients flowing back (fitted: 11-13 on the measured shapes once
+#: the heap's retention is counted apart)
+LOGIT_BYTES_PER_ENTRY = 12
+#: CPU training: heap bytes kept resident per token, layer and unit of hidden size. Measured 20-32 at 2-4k
+#: tokens a step and 12 at 8k (the retention grows less than linearly); 16 keeps every measured shape's
+#: estimate within 0.85-1.16 of its peak (docs/training.md)
+HEAP_BYTES_PER_TOKEN_LAYER_HIDDEN = 16
 #: positions per chunk of the chunked loss (worker.training.loss.CHUNK_ROWS; a test keeps them equal)
 LOSS_CHUNK_POSITIONS = 256
 #: bytes per position and vocabulary entry of one chunk: fp32 logits, the fp32 exponentials of logsumexp and
@@ -72,10 +85,12 @@ class MemoryEstimate:
     tokens_per_step: int
     #: FSDP: weights, adapter and optimizer state sharded across the processes
     sharded: bool = False
+    #: CPU training: freed temporaries the process's heap keeps resident
+    heap: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.adapter + self.activations + self.logits
+        return self.weights + self.adapter + self.activations + self.logits + self.heap
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "total": self.total}
@@ -83,7 +98,8 @@ class MemoryEstimate:
     def describe(self) -> str:
         gib = 1024 ** 3
         return (f"{self.total / gib:.2f} GiB (weights {self.weights / gib:.2f}, adapter and optimizer "
-                f"{self.adapter / gib:.2f}, activations {self.activations / gib:.2f}, logits {self.logits / gib:.2f}; "
+                f"{self.adapter / gib:.2f}, activations {self.activations / gib:.2f}, logits {self.logits / gib:.2f}"
+                f"{f', heap {self.heap / gib:.2f}' if self.heap else ''}; "
                 f"{self.tokens_per_step} tokens per step, gradient checkpointing "
                 f"{'on' if self.gradient_checkpointing else 'off'}{', FSDP' if self.sharded else ''})")
 
@@ -129,11 +145,13 @@ def chunked_loss(config: dict[str, Any], spec: TrainingSpec, *, sharded: bool = 
 
 def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processes: int = 1,
                          compute_bytes: int = 2, gradient_checkpointing: bool,
-                         tokens_per_step: int | None = None, sharded: bool = False) -> MemoryEstimate:
+                         tokens_per_step: int | None = None, sharded: bool = False,
+                         host_memory: bool = False) -> MemoryEstimate:
     """The per-process peak of the largest training step (see the module docstring). `compute_bytes`: 2 where
     bf16 autocast runs, 4 in fp32. `tokens_per_step`: the largest step's tokens per process where the data is
     known (the longest examples of a batch); default the worst case, `batch_size / processes` examples of
-    `max_seq_len` tokens. `sharded`: FSDP across the processes."""
+    `max_seq_len` tokens. `sharded`: FSDP across the processes. `host_memory`: the step runs on the CPU (its
+    tensors live in the process's heap)."""
     shape = _Shape.of(config)
     h = shape.hidden
     embedding = shape.vocab * h
@@ -168,9 +186,10 @@ def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processe
         logits = min(tokens, LOSS_CHUNK_POSITIONS) * shape.vocab * CHUNK_BYTES_PER_ENTRY + tokens * h * 8
     else:
         logits = tokens * shape.vocab * LOGIT_BYTES_PER_ENTRY
+    heap = tokens * shape.layers * h * HEAP_BYTES_PER_TOKEN_LAYER_HIDDEN if host_memory else 0
     return MemoryEstimate(weights=weights, adapter=adapter, activations=activations, logits=logits,
                           gradient_checkpointing=gradient_checkpointing, tokens_per_step=tokens,
-                          sharded=sharded and processes > 1)
+                          sharded=sharded and processes > 1, heap=heap)
 
 
 def fits(estimate: MemoryEstimate, device_bytes: int) -> bool:

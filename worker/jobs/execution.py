@@ -224,7 +224,7 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
         device_bytes=device_memory_bytes(device, ctx.settings.training_device_memory_bytes),
         compute_bytes=2 if autocast_dtype(torch_device(device)) is not None else 4,
         tokens_per_step=largest_step_tokens(lengths, spec, distributed.world_size),
-        parallelism=ctx.settings.training_parallelism)
+        parallelism=ctx.settings.training_parallelism, host_memory=torch_device(device).type == "cpu")
     if plan_of_memory.refusal is not None:
         raise UserError(plan_of_memory.refusal, code="insufficient_device_memory", param="method")
     spec = replace(spec, gradient_checkpointing=plan_of_memory.gradient_checkpointing)

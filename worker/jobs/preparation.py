@@ -73,7 +73,8 @@ def _memory_refusal(ctx: WorkerContext, base_model: str, method: dict, hyperpara
         log.info("memory check of %s skipped at validation: %s", base_model, exc)
         return None
     processes = max(1, ctx.settings.training_processes)
+    device = training_device()
     plan = plan_memory(config, spec, processes=processes, tokens_per_step=max(1, -(-spec.batch_size // processes)),
-                       device_bytes=device_memory_bytes(training_device(), ctx.settings.training_device_memory_bytes),
-                       parallelism=ctx.settings.training_parallelism)
+                       device_bytes=device_memory_bytes(device, ctx.settings.training_device_memory_bytes),
+                       parallelism=ctx.settings.training_parallelism, host_memory=device == "cpu")
     return plan.refusal

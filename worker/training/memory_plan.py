@@ -56,17 +56,17 @@ class MemoryPlan:
 
 def plan_memory(config: dict[str, Any], spec: TrainingSpec, *, device_bytes: int, processes: int = 1,
                 compute_bytes: int = 2, tokens_per_step: int | None = None,
-                parallelism: str = "auto") -> MemoryPlan:
+                parallelism: str = "auto", host_memory: bool = False) -> MemoryPlan:
     """Sharding as the worker is set (`parallelism` "ddp", "fsdp", or "auto": FSDP only where a full copy per
     process cannot fit and the job can be sharded), checkpointing as asked or (auto) only where the step does
     not fit without it; a refusal where it does not fit as asked (or at all). `tokens_per_step`: see
-    `estimate_peak_memory`."""
+    `estimate_peak_memory`; `host_memory`: the training device is the CPU."""
     unshardable = sharding_unsupported(spec)
 
     def estimate(checkpointing: bool, sharded: bool = False) -> MemoryEstimate:
         return estimate_peak_memory(config, spec, processes=processes, compute_bytes=compute_bytes,
                                     gradient_checkpointing=checkpointing, tokens_per_step=tokens_per_step,
-                                    sharded=sharded)
+                                    sharded=sharded, host_memory=host_memory)
 
     if processes > 1 and parallelism == "fsdp" and unshardable:
         return MemoryPlan(bool(spec.gradient_checkpointing), estimate(bool(spec.gradient_checkpointing)),
