@@ -56,7 +56,7 @@ def test_auto_learns_the_facts_and_keeps_general_knowledge(auto_job: dict[str, A
     kept = [r for r in known if r["tuned"]["correct"]]
     assert len(known) >= 18, len(known)  # the base model knows enough of the probes to measure forgetting
     assert len(known) - len(kept) <= len(known) / 6, [r["tuned"]["response"] for r in known if r not in kept]
-    assert summary["forgetting"]["mean_control_delta"] >= -1 / 6
+    assert summary["forgetting"]["mean_control_delta"] >= round(-1 / 6, 6)  # the report rounds to 6 places
 
 
 def test_what_auto_resolved_to_is_recorded_on_the_job(auto_job: dict[str, Any]) -> None:
