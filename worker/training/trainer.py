@@ -12,7 +12,7 @@ they are laid out: packed rows, padded rows, or split across data-parallel proce
 its sum by the global count, so the averaged gradients equal the single-process gradient).
 DPO uses the base model with the adapter disabled as its reference, so there is no second copy of the weights.
 
-One file on purpose (~590 lines): the training loop with its checkpoint, resume and stopping rules;
+One file on purpose (~680 lines): the training loop with its checkpoint, resume and stopping rules;
 the step order is the contract (exact resume depends on it) and is read top to bottom.
 """
 
