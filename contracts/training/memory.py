@@ -152,6 +152,7 @@ def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processe
     known (the longest examples of a batch); default the worst case, `batch_size / processes` examples of
     `max_seq_len` tokens. `sharded`: FSDP across the processes. `host_memory`: the step runs on the CPU (its
     tensors live in the process's heap)."""
+    sharded = sharded and processes > 1  # one process holds everything, whatever the mode
     shape = _Shape.of(config)
     h = shape.hidden
     embedding = shape.vocab * h
@@ -169,7 +170,7 @@ def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processe
     if rank:
         adapter_params = shape.layers * sum(rank * (a + b) for a, b in shape.linear_shapes)
     adapter = adapter_params * 16
-    if sharded and processes > 1:
+    if sharded:
         gathered = 2 * (shape.linear_params_per_layer * compute_bytes + 2 * h * 4 + adapter_params // shape.layers * 4)
         weights = -(-weights // processes) + gathered
         adapter = -(-adapter // processes)
@@ -182,14 +183,14 @@ def estimate_peak_memory(config: dict[str, Any], spec: TrainingSpec, *, processe
         activations = tokens * (shape.layers * h * 4 + per_layer)
     else:
         activations = tokens * shape.layers * per_layer
-    if chunked_loss(config, spec, sharded=sharded and processes > 1):
+    if chunked_loss(config, spec, sharded=sharded):
         logits = min(tokens, LOSS_CHUNK_POSITIONS) * shape.vocab * CHUNK_BYTES_PER_ENTRY + tokens * h * 8
     else:
         logits = tokens * shape.vocab * LOGIT_BYTES_PER_ENTRY
     heap = tokens * shape.layers * h * HEAP_BYTES_PER_TOKEN_LAYER_HIDDEN if host_memory else 0
     return MemoryEstimate(weights=weights, adapter=adapter, activations=activations, logits=logits,
                           gradient_checkpointing=gradient_checkpointing, tokens_per_step=tokens,
-                          sharded=sharded and processes > 1, heap=heap)
+                          sharded=sharded, heap=heap)
 
 
 def fits(estimate: MemoryEstimate, device_bytes: int) -> bool:

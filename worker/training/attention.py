@@ -68,13 +68,12 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
     for row, (q, k, v) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0), strict=True)):
         bounds = _segments(positions[row])
         sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
-        pieces = [
-            F.scaled_dot_product_attention(qs.unsqueeze(0), ks.unsqueeze(0), vs.unsqueeze(0),
-                                           attn_mask=_banded(qs.shape[1], window, qs.device) if window else None,
-                                           is_causal=not window or qs.shape[1] <= window, scale=scaling,
-                                           dropout_p=dropout_p, enable_gqa=grouped)
-            for qs, ks, vs in zip(q.split(sizes, dim=1), k.split(sizes, dim=1), v.split(sizes, dim=1), strict=True)
-        ]
+        pieces = []
+        for qs, ks, vs in zip(q.split(sizes, dim=1), k.split(sizes, dim=1), v.split(sizes, dim=1), strict=True):
+            band = _banded(qs.shape[1], window, qs.device) if window else None
+            pieces.append(F.scaled_dot_product_attention(qs.unsqueeze(0), ks.unsqueeze(0), vs.unsqueeze(0),
+                                                         attn_mask=band, is_causal=band is None, scale=scaling,
+                                                         dropout_p=dropout_p, enable_gqa=grouped))
         rows.append(torch.cat(pieces, dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
 

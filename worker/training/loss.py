@@ -13,9 +13,9 @@ This is the approach of Liger Kernel's fused linear cross-entropy; Liger is Trit
 this is plain PyTorch so it runs on the CPU as on a GPU.
 
 It applies only where the model's logits are its output layer's product and nothing else (no softcapping or
-scaling after it), the output layer is a frozen `nn.Linear`, and the model runs in one process or under
-data parallelism (`head_computes_logits` decides; the trainer falls back to the model's own logits
-otherwise).
+scaling after it) and the output layer is a frozen `nn.Linear` (`head_computes_logits` checks), and where
+the layer's weight is whole in the process (one process or data parallel; the trainer does not use it under
+FSDP). Elsewhere the trainer takes the model's own logits.
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 targets: torch.Tensor, compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        wants_grad = ctx.needs_input_grad[0]
         matrix = weight.to(compute_dtype)
         offset = None if bias is None else bias.to(compute_dtype)
-        grad_hidden = torch.empty_like(hidden) if wants_grad else None
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         for start in range(0, hidden.shape[0], CHUNK_ROWS):

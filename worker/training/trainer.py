@@ -570,10 +570,8 @@ class Trainer:
         return batch
 
     def _probe_ids(self) -> list[int]:
-        """A few tokens of the first training example, to run through the model once."""
-        first = self.train_examples[0]
-        ids = first.input_ids if isinstance(first, TokenizedExample) else first.chosen.input_ids
-        return list(ids[:8])
+        """A few tokens of the first training example (supervised: packing is), to run through the model once."""
+        return list(self.train_examples[0].input_ids[:8])
 
     def _calibrate(self, model: Any) -> None:
         """CorDA calibration: forward passes over the first training examples (deterministic), one example
