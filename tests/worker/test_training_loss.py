@@ -57,11 +57,18 @@ def test_in_bf16_the_product_is_bf16_and_the_softmax_fp32_as_under_autocast() ->
     assert F.cosine_similarity(hidden.grad.flatten(), expected_grad.flatten(), dim=0) > 0.999
 
 
-def test_without_gradients_nothing_is_kept_for_a_backward_pass() -> None:
+def test_without_gradients_the_same_figures_come_and_nothing_is_kept_for_a_backward_pass() -> None:
+    """The evaluation passes run under no_grad: the loss and accuracy are the full logits', and no gradient
+    is computed or kept."""
+    torch.manual_seed(2)
     head = torch.nn.Linear(8, 20).requires_grad_(False)
+    hidden, targets = torch.randn(5, 8), torch.randint(0, 20, (5,))
+    targets[:2] = head(hidden[:2]).argmax(-1)
     with torch.no_grad():
-        loss_sum, correct = linear_cross_entropy(torch.randn(5, 8), head, torch.randint(0, 20, (5,)), torch.float32)
-    assert not loss_sum.requires_grad and 0 <= correct <= 5
+        loss_sum, correct = linear_cross_entropy(hidden, head, targets, torch.float32)
+        expected_loss, expected_correct = reference(hidden, head, targets)
+    assert not loss_sum.requires_grad and loss_sum.grad_fn is None
+    assert correct == expected_correct >= 2 and torch.allclose(loss_sum, expected_loss, rtol=1e-6)
 
 
 def tiny_llama(**overrides: Any) -> Any:
