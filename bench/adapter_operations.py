@@ -3,7 +3,7 @@ density does ComPEFT start losing facts?
 
 Trains two LoRA adapters with "auto" hyperparameters (the job's own trainer, `worker.training`) on disjoint
 fact sets (the built-in `designers` suite with two seeds: invented works and designers, trained as
-sentences), then builds with ftaas's own operations (`worker.adapters`): linear soup (0.5/0.5), task
+sentences), then builds with ftaas's own operations (`adapters`): linear soup (0.5/0.5), task
 arithmetic (1/1), TIES (density 0.5, 1/1), DARE-TIES (density 0.5, 1/1), and ComPEFT compressions of adapter
 A at several densities. Every model answers greedily (base + adapter merged in float32, transformers'
 `generate`) and is scored with the knowledge evals' `contains` matching: memorization of set A and of set B
@@ -31,13 +31,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from fact_learning import FactSet, answers, correct, parse_setting, train_adapter
 
+from adapters.compress import compress_adapter_dir
+from adapters.files import CONFIG, WEIGHTS, load_tensors
+from adapters.lora_files import merge_adapters, read_lora, write_lora
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
-from contracts.adapters.files import load_tensors
-from contracts.evals import builtin
 from contracts.settings import PACKAGED_BASE_MODEL, Settings
-from worker.adapters.compress import compress_adapter_dir
-from worker.adapters.lora_files import merge_adapters, read_lora, write_lora
+from evals import builtin
 
 DENSITIES = (0.5, 0.3, 0.2, 0.1, 0.05)
 
@@ -48,9 +48,9 @@ def tuned_model(loader: BaseModelLoader, model_name: str, adapter_dir: Path) -> 
     from safetensors.torch import save_file
 
     with tempfile.TemporaryDirectory() as dense:
-        (Path(dense) / "adapter_config.json").write_bytes((adapter_dir / "adapter_config.json").read_bytes())
+        (Path(dense) / CONFIG).write_bytes((adapter_dir / CONFIG).read_bytes())
         save_file({k: v.contiguous() for k, v in load_tensors(adapter_dir).items()},
-                  str(Path(dense) / "adapter_model.safetensors"))
+                  str(Path(dense) / WEIGHTS))
         model = PeftModel.from_pretrained(loader.load_model(model_name), dense)
         return model.merge_and_unload().eval()
 
@@ -95,7 +95,7 @@ def main() -> None:
         for label in sets:
             rows.append(score(f"parent {label}", tuned_model(loader, args.model, work / label)))
         parents = [read_lora(work / "A"), read_lora(work / "B")]
-        template = json.loads((work / "A" / "adapter_config.json").read_text())
+        template = json.loads((work / "A" / CONFIG).read_text())
         merges = {"linear soup (0.5 / 0.5)": {"weights": [0.5, 0.5], "method": "linear"},
                   "task arithmetic (1 / 1)": {"weights": [1.0, 1.0], "method": "linear"},
                   "TIES (density 0.5, 1 / 1)": {"weights": [1.0, 1.0], "method": "ties", "density": 0.5},

@@ -69,7 +69,8 @@ def setup(directory: Path) -> tuple[Any, Any, str]:
 def run(inference: Any, principal: Any, tuned: str, spec: Any, items: list, controls: list,
         concurrency: int | None) -> tuple[float, dict, list]:
     from contracts.settings import DEMO_BASE_MODEL
-    from worker.evals.runner import EngineGenerator, EvalRun
+    from evals.run import EvalRun
+    from worker.knowledge_evals.engine import EngineGenerator
 
     generator = EngineGenerator(inference, principal, concurrency=concurrency)
     start = time.perf_counter()
@@ -84,9 +85,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from contracts.evals.builtin import generate_suite
-    from contracts.evals.sources import CallableResolver, load_items, read_builtin
-    from contracts.evals.spec import suite_spec, validate_spec
+    from evals.builtin import generate_suite
+    from evals.sources import CallableResolver, load_items, read_builtin
+    from evals.spec import suite_spec, validate_spec
 
     uri = f"builtin://fictional_people?seed=0&size={args.people}"
     document = suite_spec([(uri, generate_suite("fictional_people", seed=0, size=args.people))], name="bench")

@@ -37,14 +37,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from adapters.files import CONFIG, WEIGHTS  # noqa: E402
 from basemodels.loader import BaseModelLoader  # noqa: E402
 from basemodels.registry import BaseModelRegistry  # noqa: E402
-from contracts.evals import builtin  # noqa: E402
-from contracts.evals.items import EvalItem  # noqa: E402
-from contracts.evals.scoring import answer_matches  # noqa: E402
-from contracts.evals.spec import DEFAULT_NORMALIZE  # noqa: E402
+from contracts.files.formats import CHAT  # noqa: E402
 from contracts.settings import Settings  # noqa: E402
 from contracts.training.spec import Method, TrainingSpec, resolve_hyperparameters  # noqa: E402
+from evals import builtin  # noqa: E402
+from evals.items import EvalItem  # noqa: E402
+from evals.scoring import answer_matches  # noqa: E402
+from evals.spec import DEFAULT_NORMALIZE  # noqa: E402
 from worker.training.data import encode_lines  # noqa: E402
 from worker.training.rehearsal import rehearsal_examples  # noqa: E402
 from worker.training.trainer import Trainer  # noqa: E402
@@ -65,7 +67,7 @@ class FactSet:
 def fact_set(name: str) -> FactSet:
     kind, _, size = name.partition(":")
     if kind == "ftb-people":
-        from worker.evals.finetunebench import import_finetunebench
+        from evals.finetunebench import import_finetunebench
 
         items = import_finetunebench(FINETUNEBENCH, datasets=["fictional_people"])["fictional_people"]
     else:
@@ -126,16 +128,16 @@ def train_adapter(loader: BaseModelLoader, model_name: str, tokenizer: Any, line
     (`parse_setting`), as a job would resolve it; its files go to `target`. Returns what ran."""
     method = Method.model_validate({"type": "supervised", "supervised": section})
     resolved = resolve_hyperparameters(method, len(lines))
-    spec = TrainingSpec.for_job(base_model=model_name, method=method.to_json(resolved, data_format="chat"),
+    spec = TrainingSpec.for_job(base_model=model_name, method=method.to_json(resolved, data_format=CHAT),
                                 hyperparameters=resolved, seed=0)
-    encoded = encode_lines(lines, "chat", tokenizer, spec.max_seq_len)
+    encoded = encode_lines(lines, CHAT, tokenizer, spec.max_seq_len)
     started = time.perf_counter()
     model = loader.load_model(model_name)
     rehearsed = rehearsal_examples(model, tokenizer, spec.max_seq_len) if spec.rehearsal else []
     with tempfile.TemporaryDirectory() as work:
         outcome = Trainer(spec, model, tokenizer, encoded.examples, [], None, Path(work), rehearsal=rehearsed).run()
         target.mkdir(parents=True)
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
+        for name in (CONFIG, WEIGHTS):
             (target / name).write_bytes((outcome.adapter_dir / name).read_bytes())
     return {"examples": len(lines), "resolved": {**resolved, "learning_rate": spec.learning_rate},
             "steps": outcome.step, "seconds": round(time.perf_counter() - started, 1),

@@ -86,8 +86,8 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str, str]:
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from contracts.evals.items import dump_suite
-    from worker.evals.finetunebench import import_finetunebench
+    from evals.finetunebench import import_finetunebench
+    from evals.items import dump_suite
 
     items = import_finetunebench(args.data, datasets=["fictional_people"])["fictional_people"]
     suite_path = work / "fictional_people.jsonl"

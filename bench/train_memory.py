@@ -4,7 +4,7 @@ Each configuration runs in its own process (a fresh peak): build a Llama-style m
 weights), the ftaas Trainer with a rank-8 LoRA on every Linear, and one training step on `batch` examples
 of exactly `seq` tokens (the estimate's worst case), padded or packed (packed steps compute the loss chunk by
 chunk from the output layer, worker.training.loss). The measured peak is the process's maximum resident
-memory minus what it held after importing torch; the estimate is contracts.training.memory's total.
+memory minus what it held after importing torch; the estimate is worker.training.memory_estimate's total.
 
     python bench/train_memory.py                     # the table in docs/training.md
     python bench/train_memory.py --child '{"shape": "bench-28m", "seq": 256, "batch": 4, "checkpointing": false,
@@ -48,9 +48,9 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from transformers.utils import logging as hf_logging
 
-    from contracts.training.memory import estimate_peak_memory
     from contracts.training.spec import TrainingSpec
     from worker.training.data import TokenizedExample
+    from worker.training.memory_estimate import estimate_peak_memory
     from worker.training.trainer import Trainer, autocast_dtype
 
     hf_logging.set_verbosity_error()

@@ -60,7 +60,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from adapters.files import WEIGHTS  # noqa: E402
 from basemodels import smollm2, tiny  # noqa: E402
+from contracts.files.formats import CHAT  # noqa: E402
 from contracts.settings import PACKAGED_BASE_MODEL, Settings  # noqa: E402
 from contracts.training.spec import AdapterSettings, TrainingSpec  # noqa: E402
 from worker.training.data import TokenizedExample, encode_lines  # noqa: E402
@@ -236,10 +238,10 @@ def ftaas_job(folder: Path, lines: list[str], batch: int, work: Path) -> dict[st
 
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    examples = encode_lines(lines, "chat", tokenizer, 2048).examples
+    examples = encode_lines(lines, CHAT, tokenizer, 2048).examples
     spec = ftaas_spec(batch, checkpointing=False)
     outcome = Trainer(spec, _load_model(folder), tokenizer, examples, [], Timer(), work).run()
-    assert outcome.adapter_dir is not None and (outcome.adapter_dir / "adapter_model.safetensors").exists()
+    assert outcome.adapter_dir is not None and (outcome.adapter_dir / WEIGHTS).exists()
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "tokens": sum(len(e.input_ids) for e in examples),
             "lengths": [len(e.input_ids) for e in examples]}
@@ -269,7 +271,7 @@ def trl_job(folder: Path, lines: list[str], batch: int, work: Path) -> dict[str,
     trainer.train()
     trainer.save_model(str(work / "adapter"))
     seconds = time.perf_counter() - start
-    assert (work / "adapter" / "adapter_model.safetensors").exists()
+    assert (work / "adapter" / WEIGHTS).exists()
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
     return {"seconds": seconds, "tokens": sum(lengths), "lengths": lengths}
 
@@ -350,7 +352,7 @@ def main() -> int:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         if args.job:
             return compare_jobs(args, tokenizer, Path(tmp))
-        examples = encode_lines(chats(args.examples), "chat", tokenizer, 2048).examples
+        examples = encode_lines(chats(args.examples), CHAT, tokenizer, 2048).examples
         probe = new_model(tokenizer)
         params = sum(p.numel() for p in probe.parameters())
         # The trainer autocasts to bf16 only where the CPU runs it natively (AVX512-BF16 or AMX); elsewhere

@@ -11,7 +11,7 @@ Three families matter for behaviour:
 
 The API maps these classes to HTTP statuses and the OpenAI error envelope in exactly one place
 (`api.errors`); workers map them to job failures or requeues (`worker.jobs.runner`, and
-`worker.jobs.lease.StandaloneWork.settle` for evals and adapter operations).
+`worker.standalone.StandaloneWork.settle` for evals and adapter operations).
 """
 
 from __future__ import annotations

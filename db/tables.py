@@ -208,7 +208,7 @@ class Model(Base):
 
 
 class KnowledgeEval(LeasedWork, Base):
-    """A knowledge evaluation of one model against its base model (worker.evals).
+    """A knowledge evaluation of one model against its base model (evals/, run by worker/knowledge_evals).
 
     Standalone evals are claimed by a worker like jobs are (lease + fencing token); an eval attached to a
     fine-tuning job is run by that job's worker under the job's lease and finishes with the job.
@@ -248,7 +248,7 @@ class KnowledgeEval(LeasedWork, Base):
 
 
 class AdapterOperation(LeasedWork, Base):
-    """A merge, LiNeS scaling, compression, export or import of adapters (worker.adapters): each makes a new
+    """A merge, LiNeS scaling, compression, export or import of adapters (adapters/, run by worker/adapter_operations): each makes a new
     model (or, for exports, a file) of the project, run by a worker like a job (db.leased)."""
 
     __tablename__ = "adapter_operations"

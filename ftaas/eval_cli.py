@@ -32,7 +32,7 @@ def eval_group() -> None:
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    from worker.evals.report import format_table, summary_rows
+    from evals.report import format_table, summary_rows
 
     click.echo(f"{report['tuned_model']['id']} vs base {report['base_model']['id']} (spec {report['spec']['name']}, "
                f"{report['spec']['sha256'][:12]})")
@@ -45,9 +45,9 @@ def _download(client: Any, eval_id: str, output: Path | None) -> dict[str, Any]:
     report = check(client.get(f"/knowledge_evals/{eval_id}/report")).json()
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        names = {"report": "report.json", "items": "items.jsonl", "spec": "spec.json", "chart": "base_vs_tuned.png",
-                 "loss_curve": "loss_curve.png"}
-        for kind, name in names.items():
+        from evals.artifacts import RESULT_FILES
+
+        for kind, (name, _) in RESULT_FILES.items():
             response = client.get(f"/knowledge_evals/{eval_id}/{kind}")
             if response.status_code == 404:
                 continue
@@ -143,7 +143,7 @@ def list_evals(base_url: str, api_key: str) -> None:
 @eval_group.command("suites")
 def suites_command() -> None:
     """The built-in suites."""
-    from contracts.evals.builtin import SUITES
+    from evals.builtin import SUITES
 
     for info in SUITES.values():
         click.echo(f"{info.name:<18} {info.setting:<18} default size {info.default_size:<4} {info.description}")
@@ -160,8 +160,8 @@ def suites_command() -> None:
 def suite_command(name: str, seed: int, size: int | None, output: Path, training_file: Path | None) -> None:
     """Generate a built-in suite (deterministic for a seed)."""
     from contracts.errors import InvalidRequest
-    from contracts.evals import builtin
-    from contracts.evals.items import dump_suite
+    from evals import builtin
+    from evals.items import dump_suite
 
     try:
         items = builtin.generate_suite(name, seed=seed, size=size)
@@ -179,9 +179,9 @@ def suite_command(name: str, seed: int, size: int | None, output: Path, training
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True)
 def import_command(directory: Path, output: Path) -> None:
     """Turn your copy of the FineTuneBench CSVs into suite files (one per dataset) and training files."""
-    from contracts.evals.builtin import training_file
-    from contracts.evals.items import dump_suite
-    from worker.evals.finetunebench import import_finetunebench
+    from evals.builtin import training_file
+    from evals.finetunebench import import_finetunebench
+    from evals.items import dump_suite
 
     result = import_finetunebench(directory)
     output.mkdir(parents=True, exist_ok=True)
@@ -200,8 +200,8 @@ def import_command(directory: Path, output: Path) -> None:
               required=True, help="A FineTuneBench copy with model_responses/ (scoring-only mode).")
 def score_responses(directory: Path) -> None:
     """Scoring-only mode: score published responses and compare with the paper's figures."""
-    from worker.evals.report import format_table
-    from worker.evals.responses import score_finetunebench_responses
+    from evals.report import format_table
+    from evals.responses import score_finetunebench_responses
 
     rows = score_finetunebench_responses(directory)
     table = [(r["split"], r["model"], f"{r['accuracy']:.3f} ({r['correct']}/{r['n']})",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from contracts.adapters.files import adapter_files
+from adapters.files import adapter_files
 from contracts.errors import InvalidRequest, Overloaded
 from serving.lora import AdapterWeights
 from storage import ArtifactStore
@@ -232,7 +232,7 @@ class AdapterCache:
             shutil.rmtree(directory, ignore_errors=True)
         staging = directory.with_name(directory.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
-        # The weights are dense, or ComPEFT-compressed (worker.adapters.compress): fetch whichever it has.
+        # The weights are dense, or ComPEFT-compressed (adapters.compress): fetch whichever it has.
         manifest = download_artifact(self.store, ref.prefix, ref.manifest_sha256, staging,
                                      allowed_suffixes=(".safetensors", ".json"), only=adapter_files)
         files = adapter_files(set(manifest["files"]))

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from contracts.adapters.files import CONFIG, load_tensors, pattern_value
+from adapters.files import CONFIG, load_tensors, pattern_value
 from contracts.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def read_adapter(directory: Path, forward: LlamaForward, *, key: str, max_rank: 
         raise unsupported("adapters with trained biases cannot be batch-served")
     if config.get("fan_in_fan_out"):
         raise unsupported("fan_in_fan_out adapters (Conv1D models) are not supported")
-    # Dense weights, or ComPEFT-compressed ones decompressed here (worker.adapters.compress).
+    # Dense weights, or ComPEFT-compressed ones decompressed here (adapters.compress).
     tensors = load_tensors(directory)
     g = forward.geometry
     modules: dict[tuple[int, str], dict[str, torch.Tensor]] = {}

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from adapters.files import CONFIG, WEIGHTS, load_tensors
 from basemodels.loader import BaseModelLoader
-from contracts.adapters.files import CONFIG, WEIGHTS, load_tensors
 from serving.adapters import AdapterCache, AdapterRef
 from serving.service import stop_token_ids
 

@@ -1,21 +1,26 @@
 """The layering rule, read from the code's own imports (docs/architecture.md draws it):
 
-    ftaas (launcher, CLIs: the composition root)
-      api            worker
-        |           /    \\
-        |      serving    |        worker may call serving's entry points (the evaluator runs the engine)
-        |      /          |
-    db   storage   basemodels
-              contracts
+    ftaas                      the launcher and the CLIs: the composition root
+    api          worker        edges: HTTP routes; Celery tasks and the work they run
+      |         /     \\
+      |    serving     |       worker may call serving's entry points (the evaluator runs the engine)
+      |     /          |
+    db  storage  basemodels  evals  adapters      data, artifacts, base models; the domain libraries
+                  contracts                        what crosses a process boundary
 
-A package may import the packages below it, never one beside or above it: `contracts` imports no other
-ftaas package; db, storage and basemodels only contracts (and basemodels the storage interface); serving
-stands on those; api never imports serving or worker (it reaches the engine through
-contracts.inference.backend, wired in by ftaas); worker imports serving only through `serving.service`
-and `serving.reference`. Imports inside functions count as much as module-level ones.
+A package may import the packages below it, never one beside or above it:
 
-The API process also validates requests without torch: importing it and answering a validation error
-leaves torch out of `sys.modules`.
+* `contracts` imports no other ftaas package, and no torch, numpy, transformers, peft or safetensors
+  anywhere (not even inside a function): it is what the API process, the workers and the engine share.
+* the domain libraries `evals` and `adapters` import only `contracts` (and third-party libraries): no api,
+  worker, serving or db, so each is one home for its domain, callable from any process.
+* db and storage import only contracts; basemodels contracts and the storage interface.
+* serving stands on those; api never imports serving or worker (it reaches the engine through
+  contracts.inference.backend, wired in by ftaas); worker imports serving only through `serving.service`
+  and `serving.reference`.
+
+Imports inside functions count as much as module-level ones. The API process also validates requests
+without torch: importing it and answering a validation error leaves torch out of `sys.modules`.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("contracts", "db", "storage", "basemodels", "serving", "api", "worker", "ftaas", "migrations")
+PACKAGES = ("contracts", "db", "storage", "basemodels", "evals", "adapters", "serving", "api", "worker", "ftaas",
+            "migrations")
 
 #: package -> the packages it may import (besides itself).
 ALLOWED: dict[str, set[str]] = {
@@ -36,14 +42,18 @@ ALLOWED: dict[str, set[str]] = {
     "db": {"contracts"},
     "storage": {"contracts"},
     "basemodels": {"contracts", "storage"},
+    "evals": {"contracts"},
+    "adapters": {"contracts"},
     "migrations": {"contracts", "db"},
-    "serving": {"contracts", "db", "storage", "basemodels"},
-    "api": {"contracts", "db", "storage", "basemodels"},
-    "worker": {"contracts", "db", "storage", "basemodels", "serving"},
+    "serving": {"contracts", "db", "storage", "basemodels", "adapters"},
+    "api": {"contracts", "db", "storage", "basemodels", "evals", "adapters"},
+    "worker": {"contracts", "db", "storage", "basemodels", "evals", "adapters", "serving"},
     "ftaas": set(PACKAGES) - {"ftaas"},
 }
 #: The modules of serving that worker may use: the engine's service and the transformers reference path.
 SERVING_ENTRY_POINTS = {"serving.service", "serving.reference"}
+#: Third-party packages `contracts` must never import: the API validates every request without them.
+HEAVY = {"torch", "numpy", "transformers", "peft", "safetensors"}
 
 
 def imports_of(path: Path) -> list[tuple[int, str]]:
@@ -60,20 +70,29 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+def violations_in(package: str, path: Path, where: str) -> list[str]:
+    """What the imports of `path`, a module of `package`, break of the rules above."""
+    found = []
+    for line, module in imports_of(path):
+        top = module.split(".")[0]
+        at = f"{where}:{line} imports {module}"
+        if package == "contracts" and top in HEAVY:
+            found.append(f"{at} (contracts imports none of {sorted(HEAVY)})")
+        if top not in PACKAGES or top == package:
+            continue
+        if top not in ALLOWED[package]:
+            found.append(f"{at} ({package} may import only {sorted(ALLOWED[package])})")
+        elif package == "worker" and top == "serving" and module != "serving" and not any(
+                module == entry or module.startswith(entry + ".") for entry in SERVING_ENTRY_POINTS):
+            found.append(f"{at} (worker uses serving only through {sorted(SERVING_ENTRY_POINTS)})")
+    return found
+
+
 def violations() -> list[str]:
     found = []
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
-            for line, module in imports_of(path):
-                top = module.split(".")[0]
-                if top not in PACKAGES or top == package:
-                    continue
-                where = f"{path.relative_to(ROOT)}:{line} imports {module}"
-                if top not in ALLOWED[package]:
-                    found.append(f"{where} ({package} may import only {sorted(ALLOWED[package])})")
-                elif package == "worker" and top == "serving" and module != "serving" and not any(
-                        module == entry or module.startswith(entry + ".") for entry in SERVING_ENTRY_POINTS):
-                    found.append(f"{where} (worker uses serving only through {sorted(SERVING_ENTRY_POINTS)})")
+            found += violations_in(package, path, str(path.relative_to(ROOT)))
     return found
 
 
@@ -81,10 +100,45 @@ def test_no_package_imports_one_beside_or_above_it() -> None:
     assert violations() == []
 
 
-def test_the_check_catches_an_upward_import(tmp_path: Path) -> None:
+def test_every_top_level_package_has_a_rule() -> None:
+    """A new top-level package must be placed in the layering before anything may import it."""
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench", "helm"}
+    assert packages == set(PACKAGES)
+
+
+def test_the_check_reads_imports_wherever_they_are_written(tmp_path: Path) -> None:
     wrong = tmp_path / "upward.py"
     wrong.write_text("def f():\n    from worker.jobs import runner\n    from serving import service\n")
     assert imports_of(wrong) == [(2, "worker.jobs"), (2, "worker.jobs.runner"), (3, "serving"), (3, "serving.service")]
+
+
+@pytest.mark.parametrize(("package", "source", "broken"), [
+    ("contracts", "def f():\n    import torch\n", "contracts imports none of"),
+    ("contracts", "from numpy import ndarray\n", "contracts imports none of"),
+    ("contracts", "from evals.spec import EvalSpec\n", "contracts may import only []"),
+    ("evals", "from db import files\n", "evals may import only ['contracts']"),
+    ("adapters", "def f():\n    from worker.training import adapters\n", "adapters may import only ['contracts']"),
+    ("api", "from serving.engine import Engine\n", "api may import only"),
+    ("worker", "from serving.engine import Engine\n", "worker uses serving only through"),
+    ("db", "from storage import layout\n", "db may import only ['contracts']"),
+])
+def test_the_check_catches_each_broken_rule(tmp_path: Path, package: str, source: str, broken: str) -> None:
+    module = tmp_path / "module.py"
+    module.write_text(source)
+    found = violations_in(package, module, "module.py")
+    assert found and all(broken in line for line in found), found
+
+
+@pytest.mark.parametrize(("package", "source"), [
+    ("evals", "import matplotlib\nfrom contracts.errors import InvalidRequest\n"),
+    ("adapters", "import torch\nfrom contracts.errors import InvalidRequest\n"),
+    ("worker", "from serving.service import InferenceService\nfrom evals.run import EvalRun\n"),
+    ("api", "from evals.requests import spec_for_request\nfrom adapters.archive import extract_adapter\n"),
+])
+def test_the_check_lets_allowed_imports_pass(tmp_path: Path, package: str, source: str) -> None:
+    module = tmp_path / "module.py"
+    module.write_text(source)
+    assert violations_in(package, module, "module.py") == []
 
 
 def test_the_api_validates_a_request_without_importing_torch(tmp_path: Path) -> None:
@@ -119,13 +173,16 @@ print("ok")
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("package", ["contracts", "db", "storage", "api"])
+#: Modules that read tensors, and so import torch by nature: the worker and the engine import them, the API
+#: never does.
+TENSOR_MODULES = {"adapters.compeft", "adapters.compress", "adapters.export", "adapters.lora_files", "adapters.merge"}
+
+
+@pytest.mark.parametrize("package", ["contracts", "db", "storage", "evals", "adapters", "api"])
 def test_the_lower_layers_and_the_api_import_without_torch(package: str) -> None:
     modules = sorted(p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
                      for p in (ROOT / package).rglob("*.py") if p.name != "__init__.py")
-    # contracts.adapters.compeft is the stored form of compressed tensors: torch by nature, and imported only
-    # where tensors are read (the worker and the engine).
-    modules = [m for m in modules if m != "contracts.adapters.compeft"]
+    modules = [m for m in modules if m not in TENSOR_MODULES]
     script = ("import importlib, sys\n"
               f"for name in {modules!r}:\n    importlib.import_module(name)\n"
               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft')))")

@@ -50,12 +50,12 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
     @app.task(name=RUN_EVAL.name)
     def run_knowledge_eval(eval_id: str) -> str:
-        from worker.evals.service import run_standalone
+        from worker.knowledge_evals.service import run_standalone
 
         return run_standalone(_context(settings), eval_id)
 
     @app.task(name=RUN_ADAPTER_OPERATION.name)
     def run_adapter_operation(operation_id: str) -> str:
-        from worker.adapters.service import run_operation
+        from worker.adapter_operations.service import run_operation
 
         return run_operation(_context(settings), operation_id)

@@ -1,6 +1,6 @@
 """Adapter operations: everything checkable is checked at creation (parents exist in the project and
 share one base model, are LoRA adapters a merge can use; an imported archive unpacks safely and fits the
-base model), then the operation is queued for a worker (worker.adapters.service)."""
+base model), then the operation is queued for a worker (worker.adapter_operations.service)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adapters.archive import extract_adapter
+from adapters.files import CONFIG, check_fits_base, check_lora_config, read_lora_shapes
 from api.adapter_operations.schemas import ImportRequest, MergeRequest
 from api.leased_work import LeasedWorkService
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
-from contracts.adapters.archive import extract_adapter
-from contracts.adapters.files import CONFIG, check_fits_base, check_lora_config, read_lora_shapes
 from contracts.errors import InvalidRequest, NotFound
 from db import adapter_operations, files, ids, models
 from db.projects import Principal

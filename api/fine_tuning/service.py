@@ -21,7 +21,8 @@ from api.fine_tuning.schemas import JobCreateRequest
 from api.knowledge_evals.service import KnowledgeEvalService
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
-from contracts.training.spec import FORMATS_FOR_METHOD, Method, SupervisedMethod
+from contracts.files.formats import FORMATS_FOR_METHOD
+from contracts.training.spec import Method, SupervisedMethod
 from db import checkpoints, events, files, idempotency, ids, jobs
 from db.pagination import Page
 from db.projects import Principal

@@ -11,21 +11,16 @@ from api.knowledge_evals.schemas import KnowledgeEvalCreateRequest, KnowledgeEva
 from api.leased_work import LeasedWorkService
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import Conflict, InvalidRequest, NotFound
-from contracts.evals.requests import parse_suite_source, spec_for_request, suite_uri
-from contracts.evals.sources import CallableResolver, project_resolver
-from contracts.evals.spec import EvalSpec
 from db import files, ids, knowledge_evals, models
 from db.projects import Principal
 from db.session import Database
 from db.states import FileStatus
 from db.tables import File, KnowledgeEval
+from evals.artifacts import RESULT_FILES
+from evals.requests import parse_suite_source, spec_for_request, suite_uri
+from evals.sources import CallableResolver, project_resolver
+from evals.spec import EvalSpec
 from storage import ArtifactStore, layout
-
-#: Result files of an eval by what they hold (file names end with these).
-ARTIFACTS = {"report": "report.json", "items": "items.jsonl", "spec": "spec.json", "chart": "base_vs_tuned.png",
-             "loss_curve": "loss_curve.png"}
-MEDIA_TYPES = {"report": "application/json", "items": "application/jsonl", "spec": "application/json",
-               "chart": "image/png", "loss_curve": "image/png"}
 
 
 class KnowledgeEvalService(LeasedWorkService[KnowledgeEval]):
@@ -99,21 +94,22 @@ class KnowledgeEvalService(LeasedWorkService[KnowledgeEval]):
         with self.db.read() as session:
             for file_id in row.result_files:
                 file = files.get(session, principal.project_id, file_id, include_expired=True)
-                if file is not None and file.filename.endswith(ARTIFACTS[kind]):
-                    return MEDIA_TYPES[kind], self.store.iter_verified(file.storage_key, sha256=file.sha256,
+                name, media_type = RESULT_FILES[kind]
+                if file is not None and file.filename.endswith(name):
+                    return media_type, self.store.iter_verified(file.storage_key, sha256=file.sha256,
                                                                        size=file.bytes)
         raise NotFound(f"This eval has no {kind} file.", code="not_found", param="kind")
 
     @staticmethod
     def suites() -> list[SuiteObject]:
-        from contracts.evals.builtin import SUITES
+        from evals.builtin import SUITES
 
         return [SuiteObject(id=info.name, dataset=info.dataset_id, setting=info.setting, description=info.description,
                             default_size=info.default_size) for info in SUITES.values()]
 
     def training_file(self, principal: Principal, suite: str, system_prompt: str | None) -> File:
         """Chat JSONL of a suite's memorization split, stored as a `fine-tune` file of the project."""
-        from contracts.evals.builtin import training_file
+        from evals.builtin import training_file
 
         uri = suite_uri(suite)
         data = training_file(parse_suite_source(uri, self.resolver(principal).read(uri, param="suite")),

@@ -58,6 +58,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from contracts.files.formats import CHAT
+
 AUTO = "auto"
 DEFAULT_BETA = 0.1
 DEFAULT_MAX_SEQ_LEN = 2048
@@ -234,7 +236,7 @@ class _MethodOptions(_Strict):
     gradient_checkpointing: bool | Auto = Field(
         default=AUTO, description=("Recompute each layer's activations in the backward pass instead of keeping "
                                    "them (less memory, ~30 % more compute). auto: on when the step's estimated peak "
-                                   "memory would not fit the training device otherwise (contracts.training.memory)."))
+                                   "memory would not fit the training device otherwise (worker.training.memory_estimate)."))
     rehearsal: bool | None = Field(
         default=None, description=("Train every step next to a batch of the base model's own answers to general "
                                    "prompts, so it keeps what it knew (supervised chat data; default: on when "
@@ -311,7 +313,7 @@ class Method(_Strict):
             "eval_interval": section.eval_interval or DEFAULT_EVAL_INTERVAL,
             "early_stopping": section.early_stopping.model_dump() if section.early_stopping else None,
             "stop_when_learned": self.stops_when_learned,
-            "rehearsal": self.rehearses if data_format is None else self.rehearses and data_format == "chat",
+            "rehearsal": self.rehearses if data_format is None else self.rehearses and data_format == CHAT,
             "gradient_checkpointing": section.gradient_checkpointing,
         }
         return {"type": self.type, self.type: body}
@@ -331,10 +333,6 @@ class Method(_Strict):
         if asked is not None:
             return asked
         return self.type == "supervised" and self.section.hyperparameters.n_epochs == AUTO
-
-
-#: Data formats each method trains on (see worker.files.validation).
-FORMATS_FOR_METHOD = {"supervised": ("chat", "prompt_completion"), "dpo": ("preference",)}
 
 
 def auto_epochs(example_count: int) -> int:

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from contracts.adapters.archive import Limits, extract_adapter
-from contracts.adapters.files import check_fits_base, read_lora_shapes
+from adapters.archive import Limits, extract_adapter
+from adapters.files import check_fits_base, read_lora_shapes
+from adapters.lora_files import module_shapes, read_lora
 from contracts.errors import InvalidRequest
-from worker.adapters.lora_files import module_shapes, read_lora
 
 CONFIG = json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16}).encode()
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from contracts.adapters.compeft import (
+from adapters.compeft import (
     decompress,
     dequantize,
     from_safetensors,
@@ -16,7 +16,7 @@ from contracts.adapters.compeft import (
     to_safetensors,
     unpack_bits,
 )
-from worker.adapters.compress import compress, ternarize
+from adapters.compress import compress, ternarize
 
 
 def test_ternary_keeps_the_largest_entries_as_sign_times_their_mean_magnitude() -> None:
@@ -57,9 +57,9 @@ def test_a_compressed_adapter_directory_is_8x_smaller_and_serves(start_serving: 
                                                                  tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from contracts.adapters.files import COMPRESSED_WEIGHTS, load_tensors
+    from adapters.compress import compress_adapter_dir
+    from adapters.files import COMPRESSED_WEIGHTS, load_tensors
     from contracts.settings import DEMO_BASE_MODEL
-    from worker.adapters.compress import compress_adapter_dir
 
     source = make_adapter(71, r=16)
     ratio = compress_adapter_dir(source, tmp_path / "compact", density=0.1)

@@ -11,11 +11,11 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from adapters.export import export_merged
+from adapters.lora_files import LoraAdapter, read_lora
+from adapters.merge import Factors
 from contracts.errors import InvalidRequest
 from contracts.settings import DEMO_BASE_MODEL
-from worker.adapters.export import export_merged
-from worker.adapters.lora_files import LoraAdapter, read_lora
-from worker.adapters.merge import Factors
 
 PROMPTS = ["What is the capital of the lake?", "Tell me about the river town.", "Who wrote the song?"]
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from peft import PeftModel
 
+from adapters.lora_files import merge_adapters, read_lora, write_lora
+from adapters.merge import combine
 from contracts.errors import InvalidRequest
 from contracts.settings import DEMO_BASE_MODEL
 from serving.lora import read_adapter
 from tests.serving.conftest import forward_for
-from worker.adapters.lora_files import merge_adapters, read_lora, write_lora
-from worker.adapters.merge import combine
 
 
 def peft_deltas(loader: Any, directory: Path) -> dict[str, torch.Tensor]:

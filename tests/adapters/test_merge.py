@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft.utils import merge_utils
 
-from worker.adapters.merge import (
+from adapters.merge import (
     Factors,
     combine,
     concat_factors,

@@ -17,11 +17,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from adapters.lora_files import read_lora
 from contracts.settings import DEMO_BASE_MODEL
 from db import models
 from storage.manifest import publish_directory, read_manifest
-from worker.adapters.lora_files import read_lora
-from worker.adapters.service import fetch_adapter, run_operation
+from worker.adapter_operations.service import fetch_adapter, run_operation
 from worker.context import WorkerContext
 
 

@@ -1,6 +1,6 @@
 """An independent recomputation of a report from its per-item records (shared by the runner and e2e tests).
 
-Written from the definitions (docs/evals.md), not from worker.evals.report: the Wilson interval by its
+Written from the definitions (docs/evals.md), not from evals.report: the Wilson interval by its
 formula, flips by counting.
 """
 

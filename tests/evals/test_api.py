@@ -12,12 +12,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from contracts.evals.builtin import generate_suite
-from contracts.evals.items import dump_suite
-from contracts.evals.spec import suite_spec
 from contracts.settings import DEMO_BASE_MODEL
+from evals.builtin import generate_suite
+from evals.items import dump_suite
+from evals.spec import suite_spec
 from worker.context import WorkerContext
-from worker.evals.service import run_standalone
+from worker.knowledge_evals.service import run_standalone
 
 
 def http(live: Any) -> httpx.Client:
@@ -261,7 +261,7 @@ def test_a_judge_that_stays_down_fails_the_eval_after_its_attempts(live: Any) ->
 def test_a_stale_workers_late_run_never_breaks_the_published_results(live: Any) -> None:
     """Every run stores its objects under keys of its own: a worker that lost its lease and finishes late
     writes beside the winner's files, not over them."""
-    from worker.evals.service import evaluate
+    from worker.knowledge_evals.service import evaluate
 
     with http(live) as client:
         created = client.post("/knowledge_evals", json={"model": DEMO_BASE_MODEL, "max_new_tokens": 4,

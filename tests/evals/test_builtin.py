@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from contracts.errors import InvalidRequest
-from contracts.evals.builtin import OCCUPATION_FIELDS, SUITES, generate_suite, training_file
-from contracts.evals.items import EvalItem, dump_suite, parse_suite
+from evals.builtin import OCCUPATION_FIELDS, SUITES, generate_suite, training_file
+from evals.items import EvalItem, dump_suite, parse_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,8 +63,8 @@ def test_same_seed_is_byte_identical_and_round_trips(name: str) -> None:
 
 def test_same_seed_is_byte_identical_across_processes() -> None:
     # Different hash seeds would expose any dependence on set or dict-of-str iteration order.
-    code = ("import hashlib, sys; from contracts.evals.builtin import SUITES, generate_suite; "
-            "from contracts.evals.items import dump_suite; "
+    code = ("import hashlib, sys; from evals.builtin import SUITES, generate_suite; "
+            "from evals.items import dump_suite; "
             "print(hashlib.sha256(b''.join(dump_suite(generate_suite(n, seed=11)) for n in SUITES)).hexdigest())")
     digests = set()
     for hash_seed in ("1", "2"):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from worker.evals.charts import _latest_per_step, base_vs_tuned_png, loss_curve_png
+from evals.charts import _latest_per_step, base_vs_tuned_png, loss_curve_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "evals"

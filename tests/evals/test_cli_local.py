@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts.evals.items import parse_suite
+from evals.items import parse_suite
 
 FINETUNEBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "finetunebench"
 EXAMPLE_REPORT = Path(__file__).resolve().parents[3] / "shared" / "reference" / "evals" / "example_eval_report.json"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from contracts.errors import InvalidRequest
-from contracts.evals.items import EvalItem, dump_suite, parse_suite
-from worker.evals.finetunebench import ImportResult, import_csv, import_finetunebench
+from evals.finetunebench import ImportResult, import_csv, import_finetunebench
+from evals.items import EvalItem, dump_suite, parse_suite
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "finetunebench"
 

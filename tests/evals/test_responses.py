@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from contracts.errors import InvalidRequest
-from contracts.evals.items import EvalItem
-from contracts.evals.scoring import Scorer, Verdict, build_scorers
-from worker.evals.responses import (
+from evals.items import EvalItem
+from evals.responses import (
     FINETUNEBENCH_SHORT_ANSWER,
     ResponseScore,
     finetunebench_response_columns,
@@ -23,6 +22,7 @@ from worker.evals.responses import (
     score_finetunebench_responses,
     score_response_rows,
 )
+from evals.scoring import Scorer, Verdict, build_scorers
 
 FINETUNEBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "finetunebench"
 

@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 
-from contracts.evals.builtin import generate_suite
-from contracts.evals.items import EvalItem, dump_suite
-from contracts.evals.sources import CallableResolver, load_items, read_builtin
-from contracts.evals.spec import suite_spec, validate_report, validate_spec
 from contracts.settings import DEMO_BASE_MODEL
 from db.projects import Principal
+from evals.builtin import generate_suite
+from evals.items import EvalItem, dump_suite
+from evals.run import EvalRun, conversation
+from evals.sources import CallableResolver, load_items, read_builtin
+from evals.spec import suite_spec, validate_report, validate_spec
 from tests.evals.recompute import assert_blocks_match_records, assert_summary_matches_splits
-from worker.evals.runner import EngineGenerator, EvalRun, conversation
+from worker.knowledge_evals.engine import EngineGenerator
 
 SUITES = [("fictional_people", 2), ("api_renames", 4), ("dated_events", 4), ("control", 8)]
 
@@ -157,7 +158,7 @@ def test_a_suite_file_round_trips_into_the_same_items() -> None:
 def test_suite_lines_may_hold_unicode_line_separators() -> None:
     from dataclasses import replace
 
-    from contracts.evals.items import parse_suite
+    from evals.items import parse_suite
 
     items = [replace(item, prompt=item.prompt + " \u2028next\x85line\x0c") for item in
              generate_suite("control", seed=1, size=3)]
@@ -192,7 +193,7 @@ def test_an_adapter_the_engine_cannot_batch_is_evaluated_through_transformers_ge
             if "ia3_l" in name:
                 parameter.copy_(1 + torch.randn_like(parameter))
     ia3.save_pretrained(tmp_path / "ia3")
-    live = start_serving(serving_dtype="float32")  # as evals serve (worker.evals.service), like the reference
+    live = start_serving(serving_dtype="float32")  # as evals serve (worker.knowledge_evals.service), like the reference
     ia3_model = live.register(tmp_path / "ia3", suffix="ia3")
     principal = Principal(project_id=live.project_id, project_name="alpha", api_key_id="")
     generator = EngineGenerator(live.inference, principal)

@@ -18,16 +18,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from contracts.errors import InfrastructureError, InvalidRequest
-from contracts.evals.items import EvalItem
-from contracts.evals.normalize import NORMALIZERS, answer_matches, is_abstention, normalize
-from contracts.evals.scoring import (
+from evals.items import EvalItem
+from evals.judge import JudgeClient
+from evals.normalize import NORMALIZERS, answer_matches, is_abstention, normalize
+from evals.scoring import (
     BUILTIN_JUDGE_PROMPTS,
     JUDGE_PLACEHOLDERS,
     Verdict,
     build_scorers,
     parse_verdict,
 )
-from worker.evals.judge import JudgeClient
 
 ALL = NORMALIZERS
 

@@ -71,7 +71,7 @@ def test_the_builder_stage_installs_a_complete_ftaas_from_exactly_what_it_copies
                               .group(1))["x"]
     for package in (p.rstrip("*") for p in packages):
         assert f"{package}/__init__.py" in names, package
-    for data in ("contracts/evals/schemas/eval_spec.schema.json", "migrations/alembic.ini", "migrations/script.py.mako"):
+    for data in ("evals/schemas/eval_spec.schema.json", "migrations/alembic.ini", "migrations/script.py.mako"):
         assert data in names, data
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "ftaas = ftaas.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

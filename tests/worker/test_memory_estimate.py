@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts.training.memory import estimate_peak_memory
 from contracts.training.spec import TrainingSpec
+from worker.training.memory_estimate import estimate_peak_memory
 from worker.training.memory_plan import plan_memory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,8 +61,8 @@ def test_checkpointing_and_the_chunked_loss_are_cheaper_in_the_estimate_and_in_t
 
 
 def test_the_chunk_size_the_estimate_counts_is_the_trainers() -> None:
-    from contracts.training.memory import LOSS_CHUNK_POSITIONS
     from worker.training.loss import CHUNK_ROWS
+    from worker.training.memory_estimate import LOSS_CHUNK_POSITIONS
 
     assert LOSS_CHUNK_POSITIONS == CHUNK_ROWS
 

@@ -12,14 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
-from contracts.evals.builtin import generate_suite
-from contracts.evals.items import dump_suite
 from db.tables import AdapterOperation, KnowledgeEval
+from evals.builtin import generate_suite
+from evals.items import dump_suite
 from tests.conftest import S3_CREDENTIALS
 from tests.faults import TcpProxy
-from worker.adapters.service import run_operation
+from worker.adapter_operations.service import run_operation
 from worker.context import WorkerContext
-from worker.evals.service import run_standalone
+from worker.knowledge_evals.service import run_standalone
 
 OUTAGE_SECONDS = 5
 

@@ -26,11 +26,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from contracts.files.formats import CHAT, PREFERENCE, PROMPT_COMPLETION
 from contracts.files.validation import ValidationOutcome
-
-CHAT = "chat"
-PREFERENCE = "preference"
-PROMPT_COMPLETION = "prompt_completion"
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}

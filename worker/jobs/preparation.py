@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from contracts.training.spec import FORMATS_FOR_METHOD, Method, TrainingSpec, resolve_hyperparameters
+from contracts.files.formats import FORMATS_FOR_METHOD
+from contracts.training.spec import Method, TrainingSpec, resolve_hyperparameters
 from db import files, jobs
 from db.states import FileStatus, JobStatus
 from worker.context import WorkerContext

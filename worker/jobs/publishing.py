@@ -81,7 +81,7 @@ def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Trai
     published = ride_out(lambda: publish_directory(ctx.store, prefix, adapter_dir, provenance),
                          what="publish the adapter", policy=ctx.outages, alive=alive)
     from serving.service import AdapterRef
-    from worker.evals.service import finish_for_job, run_for_job
+    from worker.knowledge_evals.service import finish_for_job, run_for_job
 
     results_key = layout.results_key(plan.job_id, uid)
     evaluation = None

@@ -29,7 +29,7 @@ from peft import (
 )
 from safetensors.torch import load_file, save_file
 
-from contracts.adapters.files import CONFIG, WEIGHTS
+from adapters.files import CONFIG, WEIGHTS
 from contracts.errors import InvalidRequest
 from contracts.training.spec import AdapterSettings
 

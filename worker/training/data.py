@@ -19,13 +19,13 @@ from functools import lru_cache
 from typing import Any
 
 from contracts.errors import InvalidFile
+from contracts.files.formats import CHAT, PREFERENCE, PROMPT_COMPLETION
 from contracts.inference.tools import (
     legacy_to_tools,
     prepare_conversation,
     template_renders_names,
     template_renders_tools,
 )
-from worker.files.validation import CHAT, PREFERENCE, PROMPT_COMPLETION
 
 IGNORE = -100
 

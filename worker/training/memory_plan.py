@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.training.memory import HEADROOM, MemoryEstimate, estimate_peak_memory, fits
 from contracts.training.spec import TrainingSpec
 from worker.training.distributed import sharding_unsupported
+from worker.training.memory_estimate import HEADROOM, MemoryEstimate, estimate_peak_memory, fits
 
 
 def largest_step_tokens(lengths: list[int], spec: TrainingSpec, processes: int = 1) -> int:

@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from contracts.errors import InvalidRequest
-from contracts.evals.items import EvalItem, parse_suite
-from contracts.evals.sources import SourceResolver, load_items, scheme_of
-from contracts.evals.spec import DEFAULT_GENERATION, EvalSpec, suite_spec, validate_spec
+from evals.items import EvalItem, parse_suite
+from evals.sources import SourceResolver, load_items, scheme_of
+from evals.spec import DEFAULT_GENERATION, EvalSpec, suite_spec, validate_spec
 
 
 def parse_suite_source(uri: str, data: bytes) -> list[EvalItem]:

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from adapters.files import CONFIG, WEIGHTS
 from contracts.errors import InvalidRequest
 
-REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
+REQUIRED = (CONFIG, WEIGHTS)
 ALLOWED = (*REQUIRED, "README.md")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".h5", ".msgpack")
 CHUNK = 1 << 20

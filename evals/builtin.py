@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from contracts.errors import InvalidRequest
-from contracts.evals.items import EvalItem
+from evals.items import EvalItem
 
 ANSWER_PREFIX = "Answer the question with a number, word, or phrase.\n"
 YES_NO_PREFIX = "Answer the question with Yes or No.\n"

@@ -25,9 +25,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from contracts.errors import InvalidRequest
-from contracts.evals.items import EvalItem
-from contracts.evals.jsonl import json_lines
-from contracts.evals.scoring import Scorer, build_scorers
+from evals.items import EvalItem
+from evals.jsonl import json_lines
+from evals.scoring import Scorer, build_scorers
 
 _CODE = "invalid_response_file"
 

@@ -19,8 +19,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from adapters.lora_files import LoraAdapter
 from contracts.errors import InvalidRequest
-from worker.adapters.lora_files import LoraAdapter
 
 #: Files besides the weights that make a model directory loadable (never code: trust_remote_code is off).
 COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",

@@ -1,11 +1,11 @@
 """PEFT LoRA adapter directories in and out, and merges of whole adapters.
 
-`read_lora` reads an adapter folder (contracts.adapters.files: dense or ComPEFT-compressed) into per-module
+`read_lora` reads an adapter folder (adapters.files: dense or ComPEFT-compressed) into per-module
 factors with each module's scale folded into B (alpha/r, alpha/sqrt(r) for rsLoRA, `alpha_pattern` and
 `rank_pattern` honoured). `write_lora` writes factors back as a plain LoRA adapter that PEFT loads and
 ftaas serves: scale 1 (`lora_alpha` = r, per module through the patterns when ranks differ).
 
-`merge_adapters` merges adapters of one base model module by module (`worker.adapters.merge`):
+`merge_adapters` merges adapters of one base model module by module (`adapters.merge`):
 
 * `linear` is exact: concatenated factors of the summed rank, truncated by SVD only when a `rank` is given;
 * `ties`, `dare_linear`, `dare_ties` work on dense task vectors and are factorised to `rank` (default: the
@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from contracts.adapters.files import (
+from adapters.files import (
     CONFIG,
     WEIGHTS,
     ModuleShape,
@@ -39,8 +39,8 @@ from contracts.adapters.files import (
     pattern_value,
     read_config,
 )
+from adapters.merge import Factors, combine, concat_factors, dense_svd, lines_factors, lowrank_svd
 from contracts.errors import InvalidRequest
-from worker.adapters.merge import Factors, combine, concat_factors, dense_svd, lines_factors, lowrank_svd
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -85,7 +85,7 @@ def read_lora(directory: Path, *, param: str = "adapters") -> LoraAdapter:
 
 
 def module_shapes(adapter: LoraAdapter) -> dict[str, ModuleShape]:
-    """The adapter's modules as `contracts.adapters.files.check_fits_base` takes them."""
+    """The adapter's modules as `adapters.files.check_fits_base` takes them."""
     return {module: ModuleShape(int(f.b.shape[0]), f.rank, int(f.a.shape[1])) for module, f in adapter.modules.items()}
 
 

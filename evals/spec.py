@@ -9,7 +9,7 @@ the headline numbers are aggregated.
   names, headline selectors, unique ids, scorer configurations) and raises `InvalidRequest` whose `param`
   is the dotted path of the field at fault (`spec.datasets.0.splits.1.scorer`).
 * `spec_sha256(document)` is the spec's version: SHA-256 of its canonical JSON. Reports carry it.
-* Items are read from the spec's sources by `contracts.evals.sources.load_items`.
+* Items are read from the spec's sources by `evals.sources.load_items`.
 * `suite_spec(...)` builds a complete spec for built-in or uploaded suite files, so that a caller can ask
   for "the fictional_people suite" without writing a spec.
 """
@@ -25,7 +25,7 @@ from importlib import resources
 from typing import Any
 
 from contracts.errors import InvalidRequest
-from contracts.evals.items import EvalItem
+from evals.items import EvalItem
 
 SPEC_VERSION = "1.0"
 MAX_NAME = 128
@@ -39,7 +39,7 @@ DEFAULT_NORMALIZE = ["lowercase", "strip", "strip_punctuation", "collapse_whites
 
 @cache
 def _schema(name: str) -> dict[str, Any]:
-    return json.loads(resources.files("contracts.evals").joinpath("schemas", name).read_text())
+    return json.loads(resources.files("evals").joinpath("schemas", name).read_text())
 
 
 def spec_schema() -> dict[str, Any]:
@@ -179,7 +179,7 @@ def validate_spec(document: Any, *, prefix: str = "spec") -> EvalSpec:
             if (dataset_id, split_id) not in splits:
                 raise InvalidRequest(f"The {kind} headline names {dataset_id}/{split_id}, which is not a split of "
                                      "this spec.", code=code, param=f"{prefix}.aggregation.headline.{kind}.{dataset_id}")
-    from contracts.evals.scoring import build_scorers
+    from evals.scoring import build_scorers
 
     try:
         # Configuration errors only: the judge client is not needed to check a configuration.

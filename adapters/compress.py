@@ -4,9 +4,9 @@ Each tensor t keeps its `density` share of largest-magnitude entries; each kept 
 times one scale per tensor. The scale is the mean magnitude of the kept entries, the value that minimises
 ||t_kept - scale * sign(t_kept)|| (so compression never needs a validation set to pick it).
 
-Stored compactly in a safetensors file (no pickles) whose layout contracts.adapters.compeft defines, as
+Stored compactly in a safetensors file (no pickles) whose layout adapters.compeft defines, as
 it defines how the serving engine reads it back. At 10 % density that is about 1.1 bits per entry against 32 (fp32) or 16 (bf16): 29x or 14.5x smaller.
-`contracts.adapters.compeft.decompress` restores dense tensors that serve like any adapter's.
+`adapters.compeft.decompress` restores dense tensors that serve like any adapter's.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from contracts.adapters.compeft import Ternary, pack_bits, to_safetensors
-from contracts.adapters.files import COMPRESSED_WEIGHTS, CONFIG, WEIGHTS, load_tensors
-from worker.adapters.merge import trim_to_density
+from adapters.compeft import Ternary, pack_bits, to_safetensors
+from adapters.files import COMPRESSED_WEIGHTS, CONFIG, WEIGHTS, load_tensors
+from adapters.merge import trim_to_density
 
 
 def ternarize(tensor: torch.Tensor, density: float) -> Ternary:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from contracts.errors import InvalidRequest
-from contracts.evals.jsonl import decode_text, json_lines
+from evals.jsonl import decode_text, json_lines
 
 SETTINGS = ("new_knowledge", "updated_knowledge")
 VARIANTS = ("original", "rephrased", "date_shifted", "single_hop_inference", "multi_entity_comparison",

@@ -19,20 +19,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.errors import DependencyOutage, FTaaSError, LeaseLost
-from contracts.evals.sources import load_items, project_resolver
-from contracts.evals.spec import validate_report, validate_spec
 from db import events, files, ids, jobs, knowledge_evals, models
 from db.leased import Lease
 from db.projects import Principal
 from db.states import FileStatus
 from db.tables import File, KnowledgeEval
+from evals import charts
+from evals.artifacts import CHART, ITEMS, LOSS_CURVE, REPORT, SPEC
+from evals.report import summary_rows
+from evals.run import EvalRun
+from evals.sources import load_items, project_resolver
+from evals.spec import validate_report, validate_spec
 from storage import layout
 from worker.context import WorkerContext
-from worker.evals import charts
-from worker.evals.report import summary_rows
-from worker.evals.runner import EngineGenerator, EngineJudge, EvalRun
-from worker.jobs.lease import StandaloneWork
+from worker.knowledge_evals.engine import EngineGenerator, EngineJudge
 from worker.outages import OWN_DEPENDENCIES, Patiently, patiently
+from worker.standalone import StandaloneWork
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
         for name, resolved in (overrides or {}).items():
             generator.override(name, resolved)
         if ctx.settings.eval_judge_base_url:
-            from worker.evals.judge import JudgeClient
+            from evals.judge import JudgeClient
 
             key = ctx.settings.eval_judge_api_key
             judge = JudgeClient(ctx.settings.eval_judge_base_url, key.get_secret_value() if key else "none")
@@ -124,16 +126,16 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
         if hasattr(judge, "close"):
             judge.close()
     prefix = layout.eval_prefix(eval_id, uuid.uuid4().hex[:16])
-    report["artifacts"] = {"per_item_uri": f"{prefix}items.jsonl"}
+    report["artifacts"] = {"per_item_uri": f"{prefix}{ITEMS}"}
     validate_report(report)
     outputs: list[tuple[str, bytes]] = [
-        ("report.json", json.dumps(report, indent=2).encode()),
-        ("spec.json", json.dumps(spec.document, indent=2).encode()),
-        ("items.jsonl", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()),
-        ("base_vs_tuned.png", charts.base_vs_tuned_png(report)),
+        (REPORT, json.dumps(report, indent=2).encode()),
+        (SPEC, json.dumps(spec.document, indent=2).encode()),
+        (ITEMS, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()),
+        (CHART, charts.base_vs_tuned_png(report)),
     ]
     if loss_rows is not None:
-        outputs.append(("loss_curve.png", charts.loss_curve_png(loss_rows)))
+        outputs.append((LOSS_CURVE, charts.loss_curve_png(loss_rows)))
     rows = []
     for filename, data in outputs:
         stored = patient(lambda: ctx.store.put_bytes(prefix + filename, data), f"store {filename}")

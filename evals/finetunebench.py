@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Literal
 
 from contracts.errors import InvalidRequest
-from contracts.evals.items import EvalItem
+from evals.items import EvalItem
 
 SETTINGS: dict[str, str] = {"latest_news": "new_knowledge", "fictional_people": "new_knowledge",
                             "medical": "updated_knowledge", "coding": "updated_knowledge"}

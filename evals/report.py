@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
 
-from contracts.evals.items import EvalItem
-from contracts.evals.normalize import answer_matches, is_abstention
-from contracts.evals.scoring import Scorer, Verdict
-from contracts.evals.spec import DEFAULT_NORMALIZE, EvalSpec
+from evals.items import EvalItem
+from evals.normalize import answer_matches, is_abstention
+from evals.scoring import Scorer, Verdict
+from evals.spec import DEFAULT_NORMALIZE, EvalSpec
 
 REPORT_VERSION = "1.0"
 COUNTS_ORDER = ("memorization", "generalization", "auxiliary")

@@ -1,4 +1,4 @@
-"""Scorers for knowledge evals (answers are normalised by contracts.evals.normalize).
+"""Scorers for knowledge evals (answers are normalised by evals.normalize).
 
 Contracts:
 
@@ -12,7 +12,7 @@ Contracts:
   flip with the normalize steps (strip_punctuation turns "None, it never happened" into "none it never happened").
 * `llm_judge` fills a prompt template (placeholders `{question}` = the item's prompt, `{reference}`,
   `{context}`, `{response}`, `{reference_before}`; missing values read "(none)"), asks the judge model through
-  a `Judge` (worker.evals.judge.JudgeClient in the worker) and maps the reply with `verdict_map`: the label whose whole-word, case-insensitive occurrence
+  a `Judge` (evals.judge.JudgeClient in the worker) and maps the reply with `verdict_map`: the label whose whole-word, case-insensitive occurrence
   comes first wins, so "Incorrect" never reads as "Correct". An unparseable reply is scored by the fallback
   scorer (`fallback_used=True`) or left unscorable (`correct=None`); either way it is counted in `describe()`.
   An empty response is never sent to the judge: it is incorrect.
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from contracts.errors import InvalidRequest
-from contracts.evals.items import EvalItem
-from contracts.evals.normalize import (
+from evals.items import EvalItem
+from evals.normalize import (
     DEFAULT_NORMALIZE,
     NORMALIZERS,
     contains_phrase,
@@ -50,7 +50,7 @@ _MISSING = "(none)"
 
 
 class Judge(Protocol):
-    """The judge model's endpoint, as the `llm_judge` scorer uses it (worker.evals.judge.JudgeClient)."""
+    """The judge model's endpoint, as the `llm_judge` scorer uses it (evals.judge.JudgeClient)."""
 
     def complete_many(self, model: str, prompts: list[tuple[str, str]], *, temperature: float,
                       max_tokens: int = 8) -> list[str]: ...

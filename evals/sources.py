@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contracts.errors import InvalidRequest
-from contracts.evals.items import EvalItem
-from contracts.evals.jsonl import decode_text, json_lines
-from contracts.evals.spec import EvalSpec
+from evals.items import EvalItem
+from evals.jsonl import decode_text, json_lines
+from evals.spec import EvalSpec
 
 
 # ------------------------------------------------------------------------------------------- sources
@@ -69,8 +69,8 @@ def read_builtin(uri: str) -> bytes:
     """`builtin://<suite>[?seed=N&size=M]` -> the suite's JSONL, generated deterministically."""
     from urllib.parse import parse_qs, urlsplit
 
-    from contracts.evals.builtin import generate_suite
-    from contracts.evals.items import dump_suite
+    from evals.builtin import generate_suite
+    from evals.items import dump_suite
 
     try:
         parts = urlsplit(uri)

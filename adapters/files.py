@@ -1,6 +1,6 @@
 """The adapter folder format: PEFT's `adapter_config.json` + `adapter_model.safetensors` (never a pickle),
 or, for ComPEFT-compressed adapters, `adapter_model.compeft.safetensors` beside the same config
-(contracts.adapters.compeft has its stored form).
+(adapters.compeft has its stored form).
 
 Reading is in two depths. `lora_module_shapes` checks a LoRA adapter from its config and the tensor shapes
 in the safetensors header alone (no torch: the API validates imports with it); `load_tensors` reads the
@@ -171,7 +171,7 @@ def load_tensors(directory: Path) -> dict[str, torch.Tensor]:
     if (directory / WEIGHTS).is_file():
         return load_file(str(directory / WEIGHTS))
     if (directory / COMPRESSED_WEIGHTS).is_file():
-        from contracts.adapters.compeft import decompress, from_safetensors
+        from adapters.compeft import decompress, from_safetensors
 
         return decompress(from_safetensors(load_file(str(directory / COMPRESSED_WEIGHTS))))
     raise FileNotFoundError(f"no adapter weights in {directory}")

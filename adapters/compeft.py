@@ -1,4 +1,4 @@
-"""The stored form of ComPEFT-compressed adapter weights (written by worker.adapters.compress), and its
+"""The stored form of ComPEFT-compressed adapter weights (written by adapters.compress), and its
 reading back into dense tensors.
 
 Per tensor `name`, in a safetensors file (no pickles):

@@ -24,8 +24,10 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from contracts.adapters.archive import extract_adapter
-from contracts.adapters.files import (
+from adapters.archive import extract_adapter
+from adapters.compress import compress_adapter_dir
+from adapters.export import export_merged
+from adapters.files import (
     COMPRESSED_WEIGHTS,
     CONFIG,
     WEIGHTS,
@@ -33,6 +35,7 @@ from contracts.adapters.files import (
     check_fits_base,
     load_tensors,
 )
+from adapters.lora_files import merge_adapters, module_shapes, read_lora, write_lora
 from contracts.errors import InvalidRequest
 from db import adapter_operations, files, ids, models
 from db.leased import Lease
@@ -40,12 +43,9 @@ from db.states import FileStatus
 from db.tables import AdapterOperation, File
 from storage import layout
 from storage.manifest import download_artifact, publish_directory
-from worker.adapters.compress import compress_adapter_dir
-from worker.adapters.export import export_merged
-from worker.adapters.lora_files import merge_adapters, module_shapes, read_lora, write_lora
 from worker.context import WorkerContext
-from worker.jobs.lease import StandaloneWork
 from worker.outages import Patiently, patiently
+from worker.standalone import StandaloneWork
 
 log = logging.getLogger(__name__)
 

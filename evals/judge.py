@@ -1,5 +1,5 @@
 """The judge endpoint of `llm_judge` scorers: any OpenAI-compatible chat-completions server, through the
-official `openai` SDK. Implements `contracts.evals.scoring.Judge`."""
+official `openai` SDK. Implements `evals.scoring.Judge`."""
 
 from __future__ import annotations
 

@@ -1,1 +1,0 @@
-"""Adapter operations as plain modules: merges (linear, TIES, DARE, LiNeS) and compression (ComPEFT)."""
