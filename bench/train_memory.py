@@ -50,8 +50,9 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
 
     from contracts.training.spec import TrainingSpec
     from worker.training.data import TokenizedExample
+    from worker.training.kernels import autocast_dtype
     from worker.training.memory_estimate import estimate_peak_memory
-    from worker.training.trainer import Trainer, autocast_dtype
+    from worker.training.trainer import Trainer
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(2)

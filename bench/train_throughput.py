@@ -65,8 +65,10 @@ from basemodels import smollm2, tiny  # noqa: E402
 from contracts.files.formats import CHAT  # noqa: E402
 from contracts.settings import PACKAGED_BASE_MODEL, Settings  # noqa: E402
 from contracts.training.spec import AdapterSettings, TrainingSpec  # noqa: E402
+from worker.training.control import Directive, StepMetrics  # noqa: E402
 from worker.training.data import TokenizedExample, encode_lines  # noqa: E402
-from worker.training.trainer import Directive, StepMetrics, Trainer, autocast_dtype  # noqa: E402
+from worker.training.kernels import autocast_dtype  # noqa: E402
+from worker.training.trainer import Trainer  # noqa: E402
 
 WORDS = ("the model learns what the data shows about agents cities rivers colours numbers and dates "
          "while the baseline pads every batch to its longest example").split()

@@ -22,9 +22,10 @@ from basemodels.registry import BaseModelRegistry
 from contracts.settings import DEMO_BASE_MODEL, DEMO_BASE_MODEL_SOURCE
 from contracts.training.spec import TrainingSpec
 from tests.worker.test_training_engine import varied_chats
+from worker.training.control import Directive, StepMetrics
 from worker.training.data import encode_lines
 from worker.training.distributed import DistributedContext
-from worker.training.trainer import Directive, StepMetrics, Trainer
+from worker.training.trainer import Trainer
 
 #: a checkpoint after every step (the resume test kills a run once step KILL_AFTER's is published)
 SPEC = TrainingSpec(base_model=DEMO_BASE_MODEL, method="supervised", n_epochs=2, batch_size=6, learning_rate=3e-3,

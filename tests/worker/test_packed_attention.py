@@ -15,6 +15,7 @@ from tests.worker.test_training_engine import assert_packed_equals_one_by_one, s
 from worker.training import attention
 from worker.training.batching import pack
 from worker.training.data import IGNORE, encode_lines
+from worker.training.objectives import logits_of
 from worker.training.trainer import Trainer
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -48,7 +49,7 @@ def test_flex_attentions_document_mask_keeps_packed_examples_apart(loader: BaseM
     with torch.no_grad():
         for implementation in ("packed_sdpa", "flex_attention", "sdpa"):
             trainer.model.config._attn_implementation = implementation
-            logits = trainer._logits(trainer.network, batch)[:, :-1].float()
+            logits = logits_of(trainer.network, batch)[:, :-1].float()
             losses[implementation] = torch.nn.functional.cross_entropy(
                 logits.transpose(1, 2), batch.labels[:, 1:], ignore_index=IGNORE, reduction="none")
     assert torch.allclose(losses["flex_attention"], losses["packed_sdpa"], rtol=1e-4, atol=1e-5)
@@ -76,7 +77,7 @@ def test_on_cuda_packed_rows_train_like_their_examples_run_one_by_one(cuda_loade
     trainer = Trainer(spec(packing=True), model, tokenizer, examples, [], None, tmp_path, precision=precision)
     implementation = trainer.model.config._attn_implementation
     print(f"packed attention on CUDA ({precision}): {implementation}")
-    if trainer.dtype is None:
+    if trainer.kernels.dtype is None:
         assert implementation == "flex_attention"
         assert_packed_equals_one_by_one(trainer, examples, loss_rtol=1e-4, grad_rtol=1e-4)
     else:  # bf16: the packed and single sums round differently
@@ -113,7 +114,7 @@ def test_a_sliding_window_model_keeps_its_window_on_packed_rows(tokenizer: Any, 
     assert max(len(e.input_ids) for e in examples) > 4
     trainer = Trainer(spec(packing=True), model, tokenizer, examples, [], None, tmp_path, precision="fp32")
     assert trainer.model.config._attn_implementation == "packed_sdpa"
-    loss_sum, count, _, _ = trainer._sft_sums(examples, trainer.network)
+    loss_sum, count, _, _ = trainer.objectives.sft_sums(examples, trainer.network)
 
     total, total_count = torch.zeros(()), 0
     with torch.no_grad():

@@ -12,10 +12,11 @@ import torch
 from basemodels.loader import BaseModelLoader
 from contracts.settings import DEMO_BASE_MODEL
 from contracts.training.spec import LEARNED_ACCURACY, LOW_FINAL_ACCURACY, AdapterSettings, TrainingSpec
+from worker.training.control import Directive, StepMetrics
 from worker.training.data import IGNORE, encode_chat, encode_lines
 from worker.training.rehearsal import PROMPTS as REHEARSAL_PROMPTS
 from worker.training.rehearsal import rehearsal_examples
-from worker.training.trainer import Directive, StepMetrics, Trainer
+from worker.training.trainer import Trainer
 
 
 class Recorder:
@@ -67,7 +68,7 @@ def _lora_gradients(loader: BaseModelLoader, tokenizer: Any, conversation: dict[
     example, _ = encode_chat(tokenizer, conversation, max_len=512)
     trainer = Trainer(spec(), loader.load_model(DEMO_BASE_MODEL), tokenizer, [example], [], Recorder(), work,
                       precision="fp32")
-    loss_sum, count, _, _ = trainer._sft_sums([example], trainer.network)
+    loss_sum, count, _, _ = trainer.objectives.sft_sums([example], trainer.network)
     (loss_sum / count).backward()
     return {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
 
@@ -257,12 +258,12 @@ def test_rehearsal_pulls_toward_the_base_model_and_never_counts_toward_accuracy(
                       tmp_path, rehearsal=kept)
     # Before any step the adapter is the identity (LoRA B = 0): the tuned model is the base, so the KL per
     # answer token is zero up to rounding (the references are kept in bf16).
-    with torch.no_grad(), trainer._autocast():
-        divergence, answer_tokens, _ = trainer._anchor_sums([0, 1])
+    with torch.no_grad(), trainer.objectives.autocast():
+        divergence, answer_tokens, _ = trainer.objectives.anchor_sums([0, 1], trainer.network)
     assert answer_tokens > 0 and float(divergence) / answer_tokens < 1e-3
     outcome = trainer.run()
-    with torch.no_grad(), trainer._autocast():
-        drifted, _, _ = trainer._anchor_sums([0, 1])
+    with torch.no_grad(), trainer.objectives.autocast():
+        drifted, _, _ = trainer.objectives.anchor_sums([0, 1], trainer.network)
     assert float(drifted) / answer_tokens > 1e-2  # a rate this high moves the model: the anchor now pulls back
     # Accuracy, the epoch tally and the final pass are the user's data alone.
     assert outcome.final_pass_examples == outcome.train_examples == len(data.examples)

@@ -17,8 +17,12 @@ from contracts.settings import DEMO_BASE_MODEL
 from contracts.training.spec import AdapterSettings, EarlyStoppingSettings, TrainingSpec
 from worker.training import adapters
 from worker.training.batching import pack, pad
+from worker.training.control import Directive, StepMetrics
 from worker.training.data import encode_lines
-from worker.training.trainer import Directive, StepMetrics, Trainer, autocast_dtype, checkpoint_steps
+from worker.training.kernels import autocast_dtype
+from worker.training.objectives import logits_of
+from worker.training.optimization import checkpoint_steps
+from worker.training.trainer import Trainer
 
 
 class Recorder:
@@ -60,19 +64,21 @@ def varied_chats(n: int, seed: int = 0) -> list[str]:
 # ------------------------------------------------------------------------------------------ packing
 def assert_packed_equals_one_by_one(trainer: Trainer, examples: list[Any], *, loss_rtol: float = 1e-5,
                                     grad_rtol: float = 1e-4) -> None:
-    assert trainer._batch(examples).input_ids.shape[0] < len(examples)  # several examples share rows
+    objectives = trainer.objectives
+    assert objectives.batch(examples).input_ids.shape[0] < len(examples)  # several examples share rows
 
-    loss_sum, count, _, tokens = trainer._sft_sums(examples, trainer.network)
+    loss_sum, count, _, tokens = objectives.sft_sums(examples, trainer.network)
     (loss_sum / count).backward()
     packed_grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.optimizer.zero_grad()
 
     total_loss, total_count = torch.zeros((), device=trainer.device), 0
-    scores_positions, trainer._keeps_positions = trainer._keeps_positions, False
+    scores_positions = objectives.kernels.keeps_positions
+    objectives.kernels.keeps_positions = False
     for example in examples:  # each alone: no padding, no neighbours, logits at every position
-        single_sum, single_count, _, _ = trainer._sft_sums([example], trainer.network)
+        single_sum, single_count, _, _ = objectives.sft_sums([example], trainer.network)
         total_loss, total_count = total_loss + single_sum, total_count + single_count
-    trainer._keeps_positions = scores_positions
+    objectives.kernels.keeps_positions = scores_positions
     (total_loss / total_count).backward()
     single_grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.requires_grad}
 
@@ -98,8 +104,8 @@ def test_a_packed_batch_has_the_loss_and_gradient_of_its_examples_run_one_by_one
     assert trainer.model.config._attn_implementation == "packed_sdpa"
     # Attention per example: the whole step in one row, and the loss from the output layer chunk by chunk
     # only where a token is predicted (compared below with full logits over each example alone).
-    assert trainer._batch(examples).input_ids.shape[0] == 1 and trainer._keeps_positions
-    assert trainer._head is trainer.model.get_base_model().lm_head
+    assert trainer.objectives.batch(examples).input_ids.shape[0] == 1 and trainer.kernels.keeps_positions
+    assert trainer.objectives.head is trainer.model.get_base_model().lm_head
     assert_packed_equals_one_by_one(trainer, examples)
 
 
@@ -116,7 +122,7 @@ def test_a_softcapped_model_packs_with_its_own_attention(tokenizer: Any, tmp_pat
     examples = encode_lines(varied_chats(9), "chat", tokenizer, 512).examples
     trainer = Trainer(spec(packing=True), model, tokenizer, examples, [], None, tmp_path, precision="fp32")
     assert trainer.model.config._attn_implementation != "packed_sdpa"
-    assert trainer.capacity == 2048  # rows of bounded width: the block-diagonal mask grows with their square
+    assert trainer.kernels.capacity == 2048  # rows of bounded width: the block-diagonal mask grows with their square
     assert_packed_equals_one_by_one(trainer, examples)
 
 
@@ -174,7 +180,7 @@ def test_every_peft_type_trains_saves_reloads_and_generates(name: str, loader: B
     trainer.model.eval()
     probe = pad(examples[:2], trainer.pad_id)
     with torch.no_grad():
-        expected = trainer._logits(trainer.model, probe)
+        expected = logits_of(trainer.model, probe)
         actual = reloaded(**probe.model_inputs(), use_cache=False).logits[:, -probe.input_ids.shape[1]:]
     real = probe.attention_mask.bool()  # outputs at padding positions mean nothing and are never used
     assert torch.allclose(expected[real], actual[real], atol=1e-4), (expected[real] - actual[real]).abs().max()

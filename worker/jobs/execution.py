@@ -29,7 +29,9 @@ from worker.training.data import encode_lines
 from worker.training.distributed import DistributedContext
 from worker.training.memory_plan import device_memory_bytes, largest_step_tokens, plan_memory
 from worker.training.rehearsal import rehearsal_examples
-from worker.training.trainer import Directive, StepMetrics, Trainer, TrainingOutcome, autocast_dtype
+from worker.training.control import Directive, StepMetrics, TrainingOutcome
+from worker.training.kernels import autocast_dtype
+from worker.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 

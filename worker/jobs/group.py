@@ -16,7 +16,7 @@ from db.leased import Lease
 from worker.context import WorkerContext
 from worker.jobs.execution import JobPlan, Workspace, read_outcome
 from worker.jobs.lease import LeaseKeeper
-from worker.training.trainer import TrainingOutcome
+from worker.training.control import TrainingOutcome
 
 
 def training_device() -> str:

@@ -22,7 +22,7 @@ from worker.jobs.execution import JobPlan, log_event
 from worker.jobs.results import metrics_csv
 from worker.outages import ride_out
 from worker.training.learning import final_pass_message, learned_message, low_accuracy_warning
-from worker.training.trainer import TrainingOutcome
+from worker.training.control import TrainingOutcome
 
 log = logging.getLogger(__name__)
 

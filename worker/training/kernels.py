@@ -1,0 +1,109 @@
+"""How a job computes, decided once before its first step: the precision, the attention kernel of packed
+rows, and the loss path.
+
+* Precision: bf16 autocast where the device computes bf16 natively, else fp32 (`autocast_dtype`); the
+  frozen base's Linear weights are then stored in bf16 once (`store_frozen_linears`).
+* Packed rows: where a kernel attends within each packed example (worker.training.attention), a step's
+  examples go in one row with no padding and no mask (`Kernels.capacity` None); otherwise rows of bounded
+  width, over the block-diagonal mask transformers builds from the position ids.
+* The loss path: a packed row scores only the positions that have a target (`logits_to_keep`, where the
+  model takes it), and where the model's logits are exactly its output layer's product, that layer is
+  applied chunk by chunk inside the loss (`probe_head`; worker.training.loss). Not under FSDP, whose output
+  layer is sharded.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from contracts.training.spec import TrainingSpec
+from worker.training import attention
+from worker.training.loss import head_computes_logits
+
+
+@dataclass
+class Kernels:
+    #: the autocast dtype (bf16), or None: fp32
+    dtype: torch.dtype | None
+    #: supervised examples packed into rows (never for prompt learning, whose virtual tokens are per example)
+    packing: bool
+    #: the widest packed row, or None: one row per step (a kernel that attends per example)
+    capacity: int | None
+    #: one packed row computes logits only at the positions that have a target
+    keeps_positions: bool
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the hardware runs it natively, else None (fp32)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        supported = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+            torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return torch.bfloat16 if supported else None
+    return None
+
+
+def choose(spec: TrainingSpec, model: Any, device: torch.device, *, precision: str = "auto") -> Kernels:
+    """The kernels for `spec` on `device` (`precision` "fp32" forces fp32). Sets the model's attention
+    implementation for packed rows where a per-example kernel exists, so call it before wrapping the model."""
+    dtype = None if precision == "fp32" else autocast_dtype(device)
+    capacity: int | None = min(spec.max_seq_len, getattr(model.config, "max_position_embeddings", spec.max_seq_len))
+    packing = spec.packing and spec.method == "supervised" and not spec.adapter.is_prompt_learning
+    implementation = attention.for_packed_rows(model.config, device, half_precision=dtype is not None) \
+        if packing else None
+    if implementation is not None:
+        model.config._attn_implementation = implementation
+        capacity = None
+    keeps_positions = packing and "logits_to_keep" in inspect.signature(model.forward).parameters
+    return Kernels(dtype=dtype, packing=packing, capacity=capacity, keeps_positions=keeps_positions)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """The autocast context of a forward pass (a disabled one for fp32)."""
+    if dtype is None:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def enable_gradient_checkpointing(peft_model: Any) -> None:
+    """Non-reentrant checkpointing of the frozen base: its inputs need no requires_grad for the adapter to get
+    its gradients, and it works with the packed attention's unbind/split."""
+    base = peft_model.get_base_model()
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x renamed it
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def store_frozen_linears(model: Any, dtype: torch.dtype) -> None:
+    """Keep the frozen base's Linear weights in the autocast dtype.
+
+    Autocast casts a matmul's fp32 weight to bf16 on every call unless the weight requires grad (it caches
+    only those), so a frozen base was re-cast at every forward and backward (measured: 7 % of a step, with
+    bench/train_throughput.py). Storing the same bf16 values once changes no matrix product. Where the output
+    layer shares its weight with the input embeddings (tied, as in SmolLM2), the embeddings become bf16 too
+    and the residual stream runs in bf16, as it does when a model is loaded in bf16 (TRL's and Axolotl's
+    usual setting); the norms and the adapter stay fp32. Not for DoRA (the caller's rule): it also reads the
+    base weight outside matmuls (for its weight norm).
+    """
+    for module in model.modules():
+        # (quantized Linears hold packed integers: they stay as they are)
+        if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad \
+                and module.weight.dtype.is_floating_point and not _is_quantized(module):
+            module.to(dtype)
+
+
+def probe_head(peft_model: Any, probe_ids: list[int], device: torch.device, dtype: torch.dtype | None) -> Any:
+    """The output layer to apply inside the chunked loss, or None where the model's logits are not exactly
+    its product (softcapping, scaling): one forward pass over `probe_ids` decides (worker.training.loss)."""
+    with autocast(device, dtype):
+        return head_computes_logits(peft_model.get_base_model(), probe_ids)
+
+
+def _is_quantized(module: Any) -> bool:
+    return type(module).__module__.startswith("bitsandbytes")
