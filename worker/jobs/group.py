@@ -14,8 +14,9 @@ from typing import Any
 from contracts import errors
 from db.leased import Lease
 from worker.context import WorkerContext
-from worker.jobs.execution import JobPlan, Workspace, read_outcome
 from worker.jobs.lease import LeaseKeeper
+from worker.jobs.plan import JobPlan
+from worker.jobs.workspace import Workspace, read_outcome
 from worker.training.control import TrainingOutcome
 
 

@@ -18,7 +18,9 @@ from contracts.errors import FTaaSError
 from contracts.settings import Settings
 from db.leased import Lease
 from worker.context import WorkerContext
-from worker.jobs.execution import JobPlan, Workspace, execute, write_outcome
+from worker.jobs.execution import execute
+from worker.jobs.plan import JobPlan
+from worker.jobs.workspace import Workspace, write_outcome
 from worker.training.distributed import DistributedContext
 
 

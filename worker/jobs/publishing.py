@@ -18,11 +18,12 @@ from db.tables import File
 from storage import layout
 from storage.manifest import publish_directory
 from worker.context import WorkerContext
-from worker.jobs.execution import JobPlan, log_event
+from worker.jobs.events import log_event
+from worker.jobs.plan import JobPlan
 from worker.jobs.results import metrics_csv
 from worker.outages import ride_out
-from worker.training.learning import final_pass_message, learned_message, low_accuracy_warning
 from worker.training.control import TrainingOutcome
+from worker.training.learning import final_pass_message, learned_message, low_accuracy_warning
 
 log = logging.getLogger(__name__)
 

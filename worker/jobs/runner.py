@@ -1,5 +1,6 @@
-"""Run one fine-tuning job: claim it, prepare its inputs (worker.jobs.inputs), train (here, or in a
-data-parallel group: worker.jobs.group), then publish (worker.jobs.publishing), park or hand it back.
+"""Run one fine-tuning job: claim it, read its plan and download its inputs (worker.jobs.plan,
+worker.jobs.workspace), train (worker.jobs.execution, here or in a data-parallel group: worker.jobs.group),
+then publish (worker.jobs.publishing), park or hand it back.
 
 The database is the truth and the Celery message only a wake-up call. The claim is a conditional update
 that one delivery wins; every later write is fenced by the claim's token, so a duplicate or stale delivery
@@ -25,11 +26,13 @@ from db import jobs
 from db.leased import Lease
 from worker import preemption
 from worker.context import WorkerContext
-from worker.jobs.execution import Workspace, execute, log_event
+from worker.jobs.events import log_event
+from worker.jobs.execution import execute
 from worker.jobs.group import train_in_group, training_device
-from worker.jobs.inputs import download_inputs, plan_job
 from worker.jobs.lease import LeaseKeeper
+from worker.jobs.plan import plan_job
 from worker.jobs.publishing import publish_model, report_learning
+from worker.jobs.workspace import Workspace, download_inputs
 from worker.outages import ride_out
 from worker.training.distributed import DistributedContext
 

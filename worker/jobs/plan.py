@@ -1,8 +1,9 @@
-"""What a claimed job trains on: its plan, read from the database, and its inputs, downloaded and verified
-into the attempt's workspace (the training files, and the checkpoint it resumes from)."""
+"""A claimed job's plan: what the runner reads from the database before training (the spec, the files, the
+checkpoint to resume from), serialisable so that every process of a data-parallel group gets the same."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from contracts.errors import UserError
@@ -11,12 +12,34 @@ from db import checkpoints, files, jobs, models
 from db.leased import Lease
 from db.states import FileStatus
 from db.tables import File, Project
-from storage.manifest import download_artifact
 from worker.context import WorkerContext
-from worker.jobs.execution import JobPlan, Workspace
 
-#: Files a checkpoint may contain when it is downloaded to resume from (no pickles, ever).
-CHECKPOINT_FILES = (".safetensors", ".json")
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What the runner read from the database before training (serialisable for other processes)."""
+
+    job_id: str
+    project_id: str
+    fine_tuned_model: str
+    spec: TrainingSpec
+    data_format: str
+    training_file_id: str
+    training_file_sha256: str
+    has_validation: bool
+    #: Step of the checkpoint to resume from (downloaded into the workspace), if any.
+    resume_step: int | None
+    #: experiment trackers, as stored on the job (contracts.training.integrations)
+    integrations: list[dict[str, Any]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["spec"] = self.spec.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobPlan:
+        return cls(**{**data, "spec": TrainingSpec.from_json(data["spec"])})
 
 
 def plan_job(ctx: WorkerContext, lease: Lease) -> tuple[JobPlan, File, File | None, Any]:
@@ -52,13 +75,3 @@ def plan_job(ctx: WorkerContext, lease: Lease) -> tuple[JobPlan, File, File | No
         )
         resume = (latest.storage_prefix, latest.manifest_sha256) if latest else None
         return plan, training, validation, resume
-
-
-def download_inputs(ctx: WorkerContext, workspace: Workspace, training: File, validation: File | None, resume: Any) -> None:
-    """Download the verified inputs into the workspace, shared by every process of the attempt."""
-    for file, target in ((training, workspace.training_data), (validation, workspace.validation_data)):
-        if file is not None:
-            ctx.store.download_file(file.storage_key, target, sha256=file.sha256, size=file.bytes)
-    if resume is not None:
-        prefix, manifest_sha256 = resume
-        download_artifact(ctx.store, prefix, manifest_sha256, workspace.resume_dir, allowed_suffixes=CHECKPOINT_FILES)
