@@ -25,7 +25,7 @@ from api.knowledge_evals.service import KnowledgeEvalService
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware, StorableTextMiddleware
 from api.models.router import router as models_router
 from api.models.service import ModelService
-from api.rate_limits import RateLimitSettings, RequestLimiter
+from api.rate_limits import RequestLimiter
 from api.webhooks.router import router as webhooks_router
 from api.webhooks.service import WebhookService
 from basemodels.loader import BaseModelLoader
@@ -38,30 +38,29 @@ UPLOAD_PATHS = frozenset({"/v1/files"})
 
 
 def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) -> ApiServices:
-    assert settings.database_url and settings.artifact_uri
     # A connection for every request thread (plus the few background users): no connection churn.
-    db = Database(settings.database_url, pool_size=settings.api_threads + 2, max_overflow=8,
-                  statement_timeout_seconds=settings.database_statement_timeout_seconds)
+    db = Database(settings.database.url, pool_size=settings.api.threads + 2, max_overflow=8,
+                  statement_timeout_seconds=settings.database.statement_timeout_seconds)
     # Two tries per S3 request: one survives a dropped keep-alive connection, and a stalled store costs a
     # request at most twice the read timeout before its 503 (which the SDKs retry with their own backoff).
-    store = open_store(settings.artifact_uri, settings, attempts=2)
-    registry = BaseModelRegistry(settings.base_model_sources())
-    evals = KnowledgeEvalService(db, store, registry, max_attempts=settings.max_attempts,
-                                 external_judge=settings.eval_judge_base_url is not None)
+    store = open_store(settings.storage.artifact_uri, settings.storage, attempts=2)
+    registry = BaseModelRegistry(settings.models.sources())
+    evals = KnowledgeEvalService(db, store, registry, max_attempts=settings.work.max_attempts,
+                                 external_judge=settings.evals.judge_base_url is not None)
     return ApiServices(
         settings=settings, db=db, store=store, registry=registry,
-        files=FileService(db, store, max_upload_bytes=settings.max_upload_bytes),
-        jobs=JobService(db, registry, max_active_jobs=settings.max_active_jobs_per_project,
-                        max_attempts=settings.max_attempts, knowledge_evals=evals,
-                        integrations=settings.configured_integrations()),
+        files=FileService(db, store, max_upload_bytes=settings.api.max_upload_bytes),
+        jobs=JobService(db, registry, max_active_jobs=settings.api.max_active_jobs_per_project,
+                        max_attempts=settings.work.max_attempts, knowledge_evals=evals,
+                        integrations=settings.tracking.configured_integrations()),
         models=ModelService(db, store, registry),
-        webhooks=WebhookService(db, allow_private_networks=settings.webhook_allow_private_networks),
+        webhooks=WebhookService(db, allow_private_networks=settings.webhooks.allow_private_networks),
         knowledge_evals=evals,
         adapter_operations=AdapterOperationService(
-            db, store, registry, BaseModelLoader(registry, settings.model_cache_dir, hf_offline=settings.hf_offline,
-                                                 open_store=lambda uri: open_store(uri, settings)),
-            max_attempts=settings.max_attempts, max_rank=settings.serving_max_lora_rank),
-        executor=ThreadPoolExecutor(max_workers=settings.api_threads, thread_name_prefix="ftaas-api"),
+            db, store, registry, BaseModelLoader(registry, settings.models.cache_path, hf_offline=settings.models.hf_offline,
+                                                 open_store=lambda uri: open_store(uri, settings.storage)),
+            max_attempts=settings.work.max_attempts, max_rank=settings.serving.max_lora_rank),
+        executor=ThreadPoolExecutor(max_workers=settings.api.threads, thread_name_prefix="ftaas-api"),
         extras=extras or {},
         rate_limits=request_limiter(settings),
     )
@@ -69,13 +68,9 @@ def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) 
 
 def request_limiter(settings: Settings) -> RequestLimiter | None:
     """Counts in Redis when the broker is Redis (several API replicas share the counts), else in memory."""
-    broker = settings.broker_url or ""
-    limits = RateLimitSettings(
-        per_key=settings.rate_limit_requests_per_key, per_project=settings.rate_limit_requests_per_project,
-        tokens_per_key=settings.rate_limit_tokens_per_key, tokens_per_project=settings.rate_limit_tokens_per_project,
-        window_seconds=settings.rate_limit_window_seconds,
-        storage_uri=broker if broker.startswith(("redis://", "rediss://")) else "memory://")
-    return RequestLimiter(limits) if limits.any else None
+    broker = settings.broker.url
+    storage_uri = broker if broker.startswith(("redis://", "rediss://")) else "memory://"
+    return RequestLimiter(settings.rate_limits, storage_uri) if settings.rate_limits.enabled else None
 
 
 def create_app(settings: Settings, *, services: ApiServices | None = None,
@@ -109,7 +104,7 @@ def create_app(settings: Settings, *, services: ApiServices | None = None,
     # Added last = outermost: the request id wraps everything, including 413s from the body limit; the body
     # limit runs before the check for unstorable text, which reads JSON bodies whole.
     app.add_middleware(StorableTextMiddleware, skip_paths=UPLOAD_PATHS)
-    app.add_middleware(BodyLimitMiddleware, json_limit=settings.max_json_body_bytes,
-                       upload_limit=settings.max_upload_bytes, upload_paths=UPLOAD_PATHS)
+    app.add_middleware(BodyLimitMiddleware, json_limit=settings.api.max_json_body_bytes,
+                       upload_limit=settings.api.max_upload_bytes, upload_paths=UPLOAD_PATHS)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -7,7 +7,7 @@ from typing import Generic, TypeVar
 
 from contracts.errors import NotFound
 from db.leased import LeasedQueue, LeasedRow
-from db.pagination import Page
+from db.pagination import Cursor, Page
 from db.projects import Principal
 from db.session import Database
 
@@ -28,9 +28,9 @@ class LeasedWorkService(Generic[Row]):
             raise NotFound(f"No such {self.queue.noun}: {work_id}", code=self.not_found_code, param=self.queue.param)
         return row
 
-    def list(self, principal: Principal, *, after: str | None, limit: int) -> Page[Row]:
+    def list(self, principal: Principal, cursor: Cursor) -> Page[Row]:
         with self.db.read() as session:
-            return self.queue.list_page(session, principal.project_id, after=after, limit=limit)
+            return self.queue.list_page(session, principal.project_id, cursor)
 
     def cancel(self, principal: Principal, work_id: str) -> Row:
         """queued or running -> cancelled; cancelling a cancelled one is a no-op, a finished one a 409."""

@@ -22,13 +22,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from contracts.errors import RateLimited
+from contracts.settings import RateLimitSettings
 from db.projects import Principal
 
 log = logging.getLogger(__name__)
@@ -37,34 +37,22 @@ log = logging.getLogger(__name__)
 RateLimitHeaders = dict[str, str]
 
 
-@dataclass(frozen=True)
-class RateLimitSettings:
-    per_key: int  # requests per window and API key (0: no limit)
-    per_project: int  # requests per window and project (0: no limit)
-    window_seconds: int
-    storage_uri: str  # "memory://" or a redis:// URL
-    tokens_per_key: int = 0  # inference tokens per window and API key (0: no limit)
-    tokens_per_project: int = 0
-
-    @property
-    def any(self) -> bool:
-        return bool(self.per_key or self.per_project or self.tokens_per_key or self.tokens_per_project)
-
-
 class RequestLimiter:
-    def __init__(self, settings: RateLimitSettings) -> None:
+    """`storage_uri`: where the counts live, "memory://" or a redis:// URL."""
+
+    def __init__(self, settings: RateLimitSettings, storage_uri: str) -> None:
         self.settings = settings
         options: dict[str, float | str | bool] = {}
-        if settings.storage_uri.startswith(("redis://", "rediss://")):
+        if storage_uri.startswith(("redis://", "rediss://")):
             options = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
-        self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(settings.storage_uri, **options))
+        self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(storage_uri, **options))
         window = settings.window_seconds
 
         def scopes(unit: str, per_key: int, per_project: int) -> list[tuple[str, RateLimitItem]]:
             return [(scope, RateLimitItemPerSecond(amount, window, namespace=f"ftaas-{unit}-{scope}"))
                     for scope, amount in (("key", per_key), ("project", per_project)) if amount]
 
-        self.request_scopes = scopes("requests", settings.per_key, settings.per_project)
+        self.request_scopes = scopes("requests", settings.requests_per_key, settings.requests_per_project)
         self.token_scopes = scopes("tokens", settings.tokens_per_key, settings.tokens_per_project)
 
     def check(self, principal: Principal, headers: RateLimitHeaders | None = None) -> None:

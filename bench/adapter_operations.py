@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     settings = Settings()
-    loader = BaseModelLoader(BaseModelRegistry(settings.base_model_sources()), settings.model_cache_dir)
+    loader = BaseModelLoader(BaseModelRegistry(settings.models.sources()), settings.models.cache_path)
     tokenizer = loader.load_tokenizer(args.model)
     sets = {}
     for label, seed in (("A", 5), ("B", 6)):

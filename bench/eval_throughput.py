@@ -50,7 +50,7 @@ def setup(directory: Path) -> tuple[Any, Any, str]:
     with services.db.write() as session:
         project = projects.ensure_project(session, "bench")
         principal = projects.Principal(project_id=project.id, project_name="bench", api_key_id="")
-    loader = BaseModelLoader(services.registry, settings.model_cache_dir)
+    loader = BaseModelLoader(services.registry, settings.models.cache_path)
     torch.manual_seed(7)
     peft_model = get_peft_model(loader.load_model(DEMO_BASE_MODEL), LoraConfig(
         r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
@@ -62,7 +62,7 @@ def setup(directory: Path) -> tuple[Any, Any, str]:
     with services.db.write() as session:
         models.add(session, name=name, uid=uid, project_id=project.id, job_id=None, base_model=DEMO_BASE_MODEL,
                    storage_prefix=published.prefix, manifest_sha256=published.manifest_sha256)
-    inference = InferenceService(services.db, services.store, services.registry, loader, settings)
+    inference = InferenceService(services.db, services.store, services.registry, loader, settings.serving)
     return inference, principal, name
 
 

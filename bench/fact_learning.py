@@ -147,7 +147,7 @@ def train_adapter(loader: BaseModelLoader, model_name: str, tokenizer: Any, line
 
 def run(model_name: str, facts: list[str], settings_list: list[str], data_dir: Path) -> list[dict[str, Any]]:
     settings = Settings(data_dir=data_dir)
-    loader = BaseModelLoader(BaseModelRegistry(settings.base_model_sources()), settings.model_cache_dir)
+    loader = BaseModelLoader(BaseModelRegistry(settings.models.sources()), settings.models.cache_path)
     tokenizer = loader.load_tokenizer(model_name)
     base = loader.load_model(model_name).eval()
     control = builtin.generate_suite("world_knowledge")

@@ -217,7 +217,7 @@ def s3_cold_load(model: Any, adapter: Path) -> float:
             settings = Settings(data_dir=Path(scratch), artifact_uri="s3://bench/ftaas", s3_endpoint_url=endpoint,
                                 s3_access_key_id=credentials["aws_access_key_id"],
                                 s3_secret_access_key=credentials["aws_secret_access_key"])
-            store = open_store("s3://bench/ftaas", settings)
+            store = open_store("s3://bench/ftaas", settings.storage)
             artifact = publish_directory(store, "models/bench/", adapter, {"kind": "adapter"})
             forward = LlamaForward(model, max_slots=1, max_context=64, tile_rows=64)
             cache = AdapterCache(store, Path(scratch) / "cache", device_bytes=1 << 30, host_bytes=1 << 30,

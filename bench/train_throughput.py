@@ -346,7 +346,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer_dir = tiny.ensure_built(Path(tmp) / "cache")
         if args.model == PACKAGED_BASE_MODEL:
-            cache = Settings().model_cache_dir  # where `ftaas up` keeps it
+            cache = Settings().models.cache_path  # where `ftaas up` keeps it
             assert cache is not None
             tokenizer_dir = REAL_MODEL_DIR = smollm2.ensure_built(cache)
         from transformers import AutoTokenizer

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import ids
-from db.pagination import Page, fetch_page
+from db.pagination import Cursor, Page, fetch_page
 from db.tables import Checkpoint
 
 
@@ -36,9 +36,9 @@ def add(session: Session, *, job_id: str, project_id: str, step_number: int, met
     return checkpoint
 
 
-def list_page(session: Session, project_id: str, job_id: str, *, after: str | None, limit: int) -> Page[Checkpoint]:
+def list_page(session: Session, project_id: str, job_id: str, cursor: Cursor) -> Page[Checkpoint]:
     stmt = select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.project_id == project_id)
-    return fetch_page(session, stmt, Checkpoint.id, after=after, limit=limit)
+    return fetch_page(session, stmt, Checkpoint.id, cursor)
 
 
 def latest(session: Session, job_id: str) -> Checkpoint | None:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import ids
-from db.pagination import Page, fetch_page
+from db.pagination import Cursor, Page, fetch_page
 from db.tables import JobEvent
 
 
@@ -29,9 +29,9 @@ def add(session: Session, *, job_id: str, project_id: str, message: str, level: 
     return event
 
 
-def list_page(session: Session, project_id: str, job_id: str, *, after: str | None, limit: int) -> Page[JobEvent]:
+def list_page(session: Session, project_id: str, job_id: str, cursor: Cursor) -> Page[JobEvent]:
     stmt = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.project_id == project_id)
-    return fetch_page(session, stmt, JobEvent.id, after=after, limit=limit)
+    return fetch_page(session, stmt, JobEvent.id, cursor)
 
 
 def metrics_rows(session: Session, job_id: str) -> list[dict[str, Any]]:

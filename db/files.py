@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from contracts.files.validation import ValidationOutcome
 from db import outbox
-from db.pagination import Page, fetch_page
+from db.pagination import Cursor, Page, fetch_page
 from db.states import FileStatus
 from db.tables import File
 
@@ -47,12 +47,11 @@ def get_any_project(session: Session, file_id: str) -> File | None:
     return session.get(File, file_id)
 
 
-def list_page(session: Session, project_id: str, *, after: str | None, limit: int, newest_first: bool,
-              purpose: str | None) -> Page[File]:
+def list_page(session: Session, project_id: str, cursor: Cursor, *, purpose: str | None) -> Page[File]:
     stmt = select(File).where(File.project_id == project_id, _not_expired())
     if purpose is not None:
         stmt = stmt.where(File.purpose == purpose)
-    return fetch_page(session, stmt, File.id, after=after, limit=limit, newest_first=newest_first)
+    return fetch_page(session, stmt, File.id, cursor)
 
 
 def delete(session: Session, file: File) -> None:

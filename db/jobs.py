@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from contracts.errors import IllegalTransition
 from db import events, knowledge_evals, outbox
 from db.leased import Lease, LeasedQueue, Reaped
-from db.pagination import Page, fetch_page
+from db.pagination import Cursor, Page, fetch_page
 from db.states import ACTIVE, JobStatus, WorkStatus, sources_of
 from db.tables import FineTuningJob
 
@@ -56,12 +56,12 @@ def get(session: Session, project_id: str, job_id: str) -> FineTuningJob | None:
 get_any_project = QUEUE.get_any_project
 
 
-def list_page(session: Session, project_id: str, *, after: str | None, limit: int,
+def list_page(session: Session, project_id: str, cursor: Cursor, *,
               metadata: dict[str, str] | None = None) -> Page[FineTuningJob]:
     stmt = select(FineTuningJob).where(FineTuningJob.project_id == project_id)
     for key, value in (metadata or {}).items():
         stmt = stmt.where(FineTuningJob.user_metadata[key].as_string() == value)
-    return fetch_page(session, stmt, FineTuningJob.id, after=after, limit=limit)
+    return fetch_page(session, stmt, FineTuningJob.id, cursor)
 
 
 def count_active(session: Session, project_id: str, *, at_most: int) -> int:

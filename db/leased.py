@@ -27,7 +27,7 @@ from sqlalchemy.orm import Mapped, Session
 from contracts.errors import IllegalTransition, LeaseLost
 from contracts.webhooks.events import ENDINGS as ENDED_STATUSES
 from db import outbox, webhooks
-from db.pagination import Page, fetch_page
+from db.pagination import Cursor, Page, fetch_page
 from db.states import WorkStatus
 
 CLEAR_LEASE: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
@@ -119,9 +119,9 @@ class LeasedQueue(Generic[Row]):
         assert row is not None, work_id
         return row
 
-    def list_page(self, session: Session, project_id: str, *, after: str | None, limit: int) -> Page[Row]:
+    def list_page(self, session: Session, project_id: str, cursor: Cursor) -> Page[Row]:
         return fetch_page(session, select(self.table).where(self.table.project_id == project_id), self.table.id,
-                          after=after, limit=limit)
+                          cursor)
 
     def update(self, session: Session, work_id: str, *, sources: set[str] | frozenset[str], token: int | None = None,
                values: dict[str, Any]) -> bool:

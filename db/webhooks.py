@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db import ids
-from db.pagination import Page, fetch_page
+from db.pagination import Cursor, Page, fetch_page
 from db.tables import WebhookDelivery, WebhookEndpoint
 
 
@@ -44,9 +44,9 @@ def get_endpoint(session: Session, project_id: str, endpoint_id: str) -> Webhook
                                                         WebhookEndpoint.project_id == project_id))
 
 
-def list_endpoints(session: Session, project_id: str, *, after: str | None, limit: int) -> Page[WebhookEndpoint]:
+def list_endpoints(session: Session, project_id: str, cursor: Cursor) -> Page[WebhookEndpoint]:
     return fetch_page(session, select(WebhookEndpoint).where(WebhookEndpoint.project_id == project_id),
-                      WebhookEndpoint.id, after=after, limit=limit)
+                      WebhookEndpoint.id, cursor)
 
 
 def delete_endpoint(session: Session, endpoint: WebhookEndpoint) -> None:
@@ -117,7 +117,7 @@ def record_failed(session: Session, delivery_id: int, *, status: int | None, err
     session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values))
 
 
-def deliveries_for(session: Session, endpoint_id: str) -> list[WebhookDelivery]:
-    """An endpoint's deliveries, oldest first (for its delivery log)."""
-    return list(session.scalars(select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
-                                .order_by(WebhookDelivery.id)))
+def deliveries_page(session: Session, endpoint_id: str, cursor: Cursor) -> Page[WebhookDelivery]:
+    """A page of an endpoint's deliveries (its delivery log), in the order the events were announced."""
+    return fetch_page(session, select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id),
+                      WebhookDelivery.id, cursor)

@@ -110,7 +110,7 @@ def _latest_per_step(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[int, Mappi
         if not isinstance(row, Mapping) or isinstance(row.get("step"), bool):
             continue
         try:
-            step = int(row.get("step"))  # type: ignore[arg-type]
+            step = int(row.get("step"))
         except (TypeError, ValueError, OverflowError):
             continue
         if previous is not None and step <= previous:

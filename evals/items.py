@@ -90,7 +90,7 @@ def item_from_suite_line(data: object, *, line: int) -> EvalItem:
                              param=f"line {line}: {unknown[0]}")
     values = {f: _text(data.get(f), line=line, field=f, required=True) for f in REQUIRED}
     optional = {f: _text(data.get(f), line=line, field=f, required=False) for f in OPTIONAL}
-    variant = VARIANT_ALIASES.get(values["variant"], values["variant"])  # type: ignore[arg-type]
+    variant = VARIANT_ALIASES.get(values["variant"], values["variant"])
     checks = (("setting", values["setting"], SETTINGS), ("variant", variant, VARIANTS),
               ("counts_toward", values["counts_toward"], COUNTS_TOWARD),
               ("answer_type", optional["answer_type"] or "short_text", ANSWER_TYPES))
@@ -102,9 +102,9 @@ def item_from_suite_line(data: object, *, line: int) -> EvalItem:
         raise InvalidRequest(f"line {line}: control items have variant and counts_toward 'control' together",
                              code="invalid_suite_file", param=f"line {line}: counts_toward")
     return EvalItem(
-        dataset_id=values["dataset"], setting=values["setting"], split_id=values["split"],  # type: ignore[arg-type]
-        variant=variant, counts_toward=values["counts_toward"], item_id=values["id"],  # type: ignore[arg-type]
-        prompt=values["prompt"], reference=values["reference"],  # type: ignore[arg-type]
+        dataset_id=values["dataset"], setting=values["setting"], split_id=values["split"],
+        variant=variant, counts_toward=values["counts_toward"], item_id=values["id"],
+        prompt=values["prompt"], reference=values["reference"],
         reference_before=optional["reference_before"], context=optional["context"],
         fact_key=optional["fact_key"], answer_type=optional["answer_type"] or "short_text",
         trained_answer=optional["trained_answer"])

@@ -115,8 +115,8 @@ def delta_block(results: Sequence[ItemResult], base: Mapping[str, Any], tuned: M
     paired = [r for r in results if r.base is not None]
     block: dict[str, Any] = {
         "accuracy": round(tuned["accuracy"] - base["accuracy"], 6),
-        "flips_to_correct": sum(not r.base.counted_correct and r.tuned.counted_correct for r in paired),  # type: ignore[union-attr]
-        "flips_to_incorrect": sum(r.base.counted_correct and not r.tuned.counted_correct for r in paired),  # type: ignore[union-attr]
+        "flips_to_correct": sum(not r.base.counted_correct and r.tuned.counted_correct for r in paired),
+        "flips_to_incorrect": sum(r.base.counted_correct and not r.tuned.counted_correct for r in paired),
     }
     if level is not None:
         # Newcombe's hybrid score interval (his method 10) for a difference of proportions, from the two
@@ -175,12 +175,12 @@ def _split_result(spec: EvalSpec, dataset: Mapping[str, Any], split: Mapping[str
     baseline = spec.baseline
     evaluated_base = [r for r in results if r.base is not None]
     if evaluated_base and dataset["setting"] == "new_knowledge" and baseline.get("exclude_items_base_already_knows"):
-        unknown = [r for r in evaluated_base if not r.base.counted_correct]  # type: ignore[union-attr]
+        unknown = [r for r in evaluated_base if not r.base.counted_correct]
         subsets["base_did_not_know"] = {"base": accuracy_block([r.base for r in unknown], level),
                                         "tuned": accuracy_block([r.tuned for r in unknown], level)}
     if (evaluated_base and dataset["setting"] == "updated_knowledge"
             and baseline.get("require_base_knows_before_answer") and any(r.item.reference_before for r in results)):
-        knew = [r for r in evaluated_base if r.base.matched_before]  # type: ignore[union-attr]
+        knew = [r for r in evaluated_base if r.base.matched_before]
         subsets["base_knew_before_answer"] = {"base": accuracy_block([r.base for r in knew], level),
                                               "tuned": accuracy_block([r.tuned for r in knew], level)}
     if subsets:

@@ -88,7 +88,7 @@ class EvalRun:
                             self.spec.scorers[name])
             for index, answer in zip(indexes, scored, strict=True):
                 answers[index] = answer
-        return answers  # type: ignore[return-value]
+        return answers
 
     def execute(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The report and the per-item records."""

@@ -203,8 +203,8 @@ def load_items(spec: EvalSpec, resolver: SourceResolver) -> tuple[list[EvalItem]
                 item = EvalItem(
                     dataset_id=dataset["id"], setting=dataset["setting"], split_id=split["id"],
                     variant=split["variant"], counts_toward=split["counts_toward"], item_id=item_id,
-                    prompt=_cell(row, split["prompt_field"], where=at, required=True),  # type: ignore[arg-type]
-                    reference=_cell(row, split["reference_field"], where=at, required=True),  # type: ignore[arg-type]
+                    prompt=_cell(row, split["prompt_field"], where=at, required=True),
+                    reference=_cell(row, split["reference_field"], where=at, required=True),
                     reference_before=_cell(row, split.get("reference_before_field"), where=at, required=False),
                     context=_cell(row, split.get("context_field"), where=at, required=False),
                     fact_key=_cell(row, "fact_key", where=at, required=False) or key or item_id,
@@ -229,8 +229,8 @@ def load_items(spec: EvalSpec, resolver: SourceResolver) -> tuple[list[EvalItem]
             controls.append(EvalItem(
                 dataset_id=control["id"], setting="new_knowledge", split_id=control["id"], variant="control",
                 counts_toward="control", item_id=item_id,
-                prompt=_cell(row, control["prompt_field"], where=at, required=True),  # type: ignore[arg-type]
-                reference=_cell(row, control["reference_field"], where=at, required=True),  # type: ignore[arg-type]
+                prompt=_cell(row, control["prompt_field"], where=at, required=True),
+                reference=_cell(row, control["reference_field"], where=at, required=True),
                 fact_key=item_id, answer_type=str(row.get("answer_type") or "short_text")))
     return items, controls
 

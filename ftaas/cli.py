@@ -128,7 +128,7 @@ def keys_create(project: str | None, name: str | None) -> None:
     settings = _settings()
     database = _database(settings, require_schema=True)
     with database.write() as session:
-        row = projects.ensure_project(session, project or settings.default_project)
+        row = projects.ensure_project(session, project or settings.api.default_project)
         key, plaintext = projects.create_api_key(session, row, name=name)
         key_id, project_name = key.id, row.name
     database.dispose()
@@ -183,11 +183,11 @@ def _database(settings: Settings, *, require_schema: bool = False):  # type: ign
     from db import migrate as migrations
     from db.session import Database
 
-    if settings.database_url and settings.database_url.startswith("sqlite"):
+    if settings.database.url and settings.database.url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    assert settings.database_url is not None
-    database = Database(settings.database_url, pool_size=1,
-                        statement_timeout_seconds=settings.database_statement_timeout_seconds)
+    assert settings.database.url is not None
+    database = Database(settings.database.url, pool_size=1,
+                        statement_timeout_seconds=settings.database.statement_timeout_seconds)
     if require_schema and not migrations.is_at_head(database):
         database.dispose()
         raise click.ClickException("the database schema is not up to date: run `ftaas migrate` (or `ftaas up`)")

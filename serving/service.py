@@ -24,7 +24,7 @@ from basemodels.registry import BaseModelRegistry
 from contracts.errors import Draining, InvalidRequest, Overloaded
 from contracts.inference.schemas import ChatCompletionRequest, CompletionRequest
 from contracts.inference.tools import prepare_conversation, template_renders_names, template_renders_tools
-from contracts.settings import Settings
+from contracts.settings import ServingSettings
 from db.projects import Principal
 from db.session import Database
 from serving.adapters import AdapterCache, AdapterLease, AdapterRef
@@ -57,8 +57,7 @@ class InferenceService:
     """The engine behind the inference routes (implements `contracts.inference.backend.InferenceBackend`)."""
 
     def __init__(self, db: Database, store: ArtifactStore, registry: BaseModelRegistry, loader: BaseModelLoader,
-                 settings: Settings, *, metrics: ServingMetrics | None = None) -> None:
-        assert settings.serving_cache_dir is not None
+                 settings: ServingSettings, *, metrics: ServingMetrics | None = None) -> None:
         self.db = db
         self.store = store
         self.registry = registry
@@ -67,8 +66,8 @@ class InferenceService:
         self.settings = settings
         self.metrics = metrics or ServingMetrics()
         self.adapters = AdapterCache(
-            store, settings.serving_cache_dir / "adapters", device_bytes=settings.serving_adapter_device_bytes,
-            host_bytes=settings.serving_adapter_host_bytes, disk_bytes=settings.serving_adapter_disk_bytes,
+            store, settings.cache_path / "adapters", device_bytes=settings.adapter_device_bytes,
+            host_bytes=settings.adapter_host_bytes, disk_bytes=settings.adapter_disk_bytes,
             observer=self.metrics)
         self._engines: dict[str, BaseEngine] = {}
         #: base model -> why the engine cannot compute it (None: it can), read from its config once.
@@ -113,21 +112,21 @@ class InferenceService:
             refusal = self._refusal(base_model)
             if refusal is not None:
                 raise InvalidRequest(str(refusal), code=refusal.code, param=refusal.param)
-            dtype, device = serving_placement(self.settings.serving_dtype, self.settings.serving_device)
+            dtype, device = serving_placement(self.settings.dtype, self.settings.device)
             model = self.loader.load_model(base_model, dtype=dtype, device=device)
             model.eval()
             tokenizer = self.loader.load_tokenizer(base_model)
             limit = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
-            configured = self.settings.serving_max_context
-            forward = LlamaForward(model, max_slots=self.settings.serving_max_batch,
+            configured = self.settings.max_context
+            forward = LlamaForward(model, max_slots=self.settings.max_batch,
                                    max_context=min(limit, configured) if configured else limit,
-                                   tile_rows=self.settings.serving_tile_rows if self.settings.serving_batch_invariant
-                                   else 1, kv_budget_bytes=self.settings.serving_kv_cache_bytes)
-            engine = Engine(forward, name=base_model, max_queue=self.settings.serving_max_queue,
-                            prefill_tokens=self.settings.serving_prefill_tokens,
-                            max_rank=self.settings.serving_max_lora_rank,
+                                   tile_rows=self.settings.tile_rows if self.settings.batch_invariant
+                                   else 1, kv_budget_bytes=self.settings.kv_cache_bytes)
+            engine = Engine(forward, name=base_model, max_queue=self.settings.max_queue,
+                            prefill_tokens=self.settings.prefill_tokens,
+                            max_rank=self.settings.max_lora_rank,
                             observer=self.metrics.engine_observer(base_model),
-                            prefix_cache_bytes=self.settings.serving_prefix_cache_bytes)
+                            prefix_cache_bytes=self.settings.prefix_cache_bytes)
             stops = stop_token_ids(tokenizer, model)
             entry = BaseEngine(engine, tokenizer, stops, GrammarCompiler(tokenizer, stops, forward.geometry.vocab),
                                template_renders_tools(tokenizer), template_renders_names(tokenizer))
@@ -146,7 +145,7 @@ class InferenceService:
         if self._draining:
             raise Draining("This server is shutting down; retry on another replica.")
         single_threaded_torch()  # this request thread may load a model or convert an adapter
-        deadline = time.monotonic() + self.settings.serving_request_timeout_seconds
+        deadline = time.monotonic() + self.settings.request_timeout_seconds
         base = self.engine_for(resolved.base_model)
         prompts = self._prompts(base, request)
         limit = base.engine.forward.max_context
@@ -168,7 +167,7 @@ class InferenceService:
         if checked is not None:  # tool schemas that do not constrain this output must compile all the same
             base.grammars.check(checked, param="tools")
         count = len(prompts) * request.n
-        capacity = self.settings.serving_max_batch + self.settings.serving_max_queue
+        capacity = self.settings.max_batch + self.settings.max_queue
         if count > capacity:  # could never be queued: a 429 would invite retries that cannot succeed
             raise InvalidRequest(f"The request asks for {count} completions (prompts x n); this server takes at "
                                  f"most {capacity} at once.", param="n")
@@ -238,7 +237,7 @@ class InferenceService:
 
     def _lease(self, base: BaseEngine, resolved: ResolvedModel, parts: list[tuple[ResolvedModel, float]],
                deadline: float) -> AdapterLease | None:
-        max_rank = self.settings.serving_max_lora_rank
+        max_rank = self.settings.max_lora_rank
         forward = base.engine.forward
 
         def convert(ref: AdapterRef) -> Any:

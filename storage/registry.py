@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from contracts.settings import Settings
+from contracts.settings import StorageSettings
 from storage.base import ArtifactStore
 from storage.local import LocalArtifactStore
 from storage.s3 import S3ArtifactStore, S3Options
@@ -12,7 +12,7 @@ from storage.s3 import S3ArtifactStore, S3Options
 SCHEMES = ("file", "s3")
 
 
-def s3_options(settings: Settings, *, attempts: int = 3) -> S3Options:
+def s3_options(settings: StorageSettings, *, attempts: int = 3) -> S3Options:
     secret = settings.s3_secret_access_key
     return S3Options(
         endpoint_url=settings.s3_endpoint_url,
@@ -25,7 +25,7 @@ def s3_options(settings: Settings, *, attempts: int = 3) -> S3Options:
     )
 
 
-def open_store(uri: str, settings: Settings, *, attempts: int = 3) -> ArtifactStore:
+def open_store(uri: str, settings: StorageSettings, *, attempts: int = 3) -> ArtifactStore:
     """`attempts`: tries per S3 request (an outage costs up to attempts x `s3_read_timeout_seconds`)."""
     scheme = urlparse(uri).scheme
     if scheme == "file":

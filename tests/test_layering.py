@@ -155,7 +155,7 @@ from db import projects
 from db.migrate import upgrade
 
 settings = Settings(data_dir={str(tmp_path)!r}, database_url="sqlite:///{tmp_path}/ftaas.db")
-db = Database(settings.database_url)
+db = Database(settings.database.url)
 upgrade(db)
 with db.write() as session:
     _, key = projects.create_api_key(session, projects.ensure_project(session, "default"), name="test")

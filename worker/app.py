@@ -21,7 +21,7 @@ QUEUES = ("default", "gpu")
 
 def celery_config(settings: Settings) -> dict:
     config: dict = {
-        "broker_url": settings.broker_url,
+        "broker_url": settings.broker.url,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -37,8 +37,8 @@ def celery_config(settings: Settings) -> dict:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
     }
-    if not settings.uses_embedded_broker:
-        timeout = settings.broker_visibility_timeout_seconds
+    if not settings.broker.embedded:
+        timeout = settings.broker.visibility_timeout_seconds
         config["broker_transport_options"] = {"visibility_timeout": timeout}
         config["result_backend_transport_options"] = {"visibility_timeout": timeout}
         config["visibility_timeout"] = timeout

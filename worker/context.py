@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from functools import cached_property
+from pathlib import Path
 
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
@@ -27,36 +28,33 @@ class WorkerContext:
     @cached_property
     def outages(self) -> OutagePolicy:
         """How long and how this worker waits out an unavailable dependency (worker.outages)."""
-        return OutagePolicy(self.settings.outage_deadline_seconds)
+        return OutagePolicy(self.settings.work.outage_deadline_seconds)
 
     @cached_property
     def db(self) -> Database:
-        assert self.settings.database_url is not None
-        return Database(self.settings.database_url, pool_size=2,
-                        statement_timeout_seconds=self.settings.database_statement_timeout_seconds)
+        return Database(self.settings.database.url, pool_size=2,
+                        statement_timeout_seconds=self.settings.database.statement_timeout_seconds)
 
     @cached_property
     def store(self) -> ArtifactStore:
-        assert self.settings.artifact_uri is not None
-        return open_store(self.settings.artifact_uri, self.settings)
+        return open_store(self.settings.storage.artifact_uri, self.settings.storage)
 
     @cached_property
     def registry(self) -> BaseModelRegistry:
-        return BaseModelRegistry(self.settings.base_model_sources())
+        return BaseModelRegistry(self.settings.models.sources())
 
     @cached_property
     def loader(self) -> BaseModelLoader:
-        assert self.settings.model_cache_dir is not None
-        return BaseModelLoader(self.registry, self.settings.model_cache_dir, hf_offline=self.settings.hf_offline,
-                               open_store=lambda uri: open_store(uri, self.settings))
+        return BaseModelLoader(self.registry, self.settings.models.cache_path, hf_offline=self.settings.models.hf_offline,
+                               open_store=lambda uri: open_store(uri, self.settings.storage))
 
     @property
     def validation_limits(self) -> ValidationLimits:
-        return ValidationLimits(min_examples=self.settings.min_training_examples,
-                                max_reported_errors=self.settings.max_reported_validation_errors)
+        return ValidationLimits(min_examples=self.settings.files.min_training_examples,
+                                max_reported_errors=self.settings.files.max_reported_validation_errors)
 
     @property
-    def work_dir(self):  # type: ignore[no-untyped-def]
+    def work_dir(self) -> Path:
         path = self.settings.data_dir / "work"
         path.mkdir(parents=True, exist_ok=True)
         return path

@@ -107,7 +107,7 @@ class Maintenance:
                         report.failed += 1
                     else:
                         report.requeued += 1
-            stale_before = now - self.settings.redispatch_after_seconds
+            stale_before = now - self.settings.work.redispatch_after_seconds
             report.redispatched += len(jobs.redispatch_stale(session, older_than=stale_before))
             report.redispatched += len(knowledge_evals.redispatch_stale(session, older_than=stale_before))
             report.redispatched += len(adapter_operations.QUEUE.redispatch_stale(session, older_than=stale_before))
@@ -123,27 +123,27 @@ class Maintenance:
     def sweep_once(self, now: float | None = None) -> SweepReport:
         """Remove orphaned objects and unfinished writes older than the grace period (worker.sweeper)."""
         return sweep_orphans(self.db, self.store, now=time.time() if now is None else now,
-                             grace_seconds=self.settings.orphan_grace_seconds)
+                             grace_seconds=self.settings.work.orphan_grace_seconds)
 
     def run(self, stop: threading.Event) -> None:
         """Relay every `relay_poll_seconds`, reap every `maintenance_interval_seconds` and sweep every
         `orphan_sweep_interval_seconds` until `stop`."""
         next_reap = 0.0
-        next_sweep = time.monotonic() + self.settings.orphan_sweep_interval_seconds
+        next_sweep = time.monotonic() + self.settings.work.orphan_sweep_interval_seconds
         while not stop.is_set():
             try:
                 self.relay_once()
                 if time.monotonic() >= next_reap:
                     self.reap_once()
-                    next_reap = time.monotonic() + self.settings.maintenance_interval_seconds
+                    next_reap = time.monotonic() + self.settings.work.maintenance_interval_seconds
                 if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + self.settings.orphan_sweep_interval_seconds
+                    next_sweep = time.monotonic() + self.settings.work.orphan_sweep_interval_seconds
                     self.sweep_once()
             except FTaaSError as exc:
                 log.warning("maintenance round failed, will retry: %s", exc)
             except Exception:
                 log.exception("maintenance round failed, will retry")
-            stop.wait(self.settings.relay_poll_seconds)
+            stop.wait(self.settings.work.relay_poll_seconds)
 
     def start_thread(self) -> tuple[threading.Thread, threading.Event]:
         """The maintenance loop and the webhook dispatcher, both stopped by the returned event."""

@@ -53,14 +53,14 @@ class WebhookDispatcher:
     def __init__(self, db: Database, settings: Settings, *, client: httpx.Client | None = None) -> None:
         self.db = db
         self.settings = settings
-        self.client = client or httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+        self.client = client or httpx.Client(timeout=settings.webhooks.timeout_seconds, follow_redirects=False)
 
     def deliver_due(self, now: float | None = None) -> int:
         """Send every due delivery once; returns how many were delivered."""
         now = time.time() if now is None else now
         # Claimed for longer than one attempt can take, so no other dispatcher sends it meanwhile.
         with self.db.write() as session:
-            due = webhooks.claim_due(session, now=now, claim_seconds=4 * self.settings.webhook_timeout_seconds + 30)
+            due = webhooks.claim_due(session, now=now, claim_seconds=4 * self.settings.webhooks.timeout_seconds + 30)
         delivered = 0
         for delivery in due:
             status, error = self._attempt(delivery)
@@ -71,8 +71,8 @@ class WebhookDispatcher:
                     delivered += 1
                     continue
                 attempts = delivery.attempts + 1
-                retry_at = None if attempts >= self.settings.webhook_max_attempts else \
-                    finished + retry_delay(attempts, self.settings.webhook_retry_base_seconds)
+                retry_at = None if attempts >= self.settings.webhooks.max_attempts else \
+                    finished + retry_delay(attempts, self.settings.webhooks.retry_base_seconds)
                 webhooks.record_failed(session, delivery.id, status=status, error=error, retry_at=retry_at,
                                        now=finished)
             log.warning("webhook %s (%s) to %s failed (attempt %d): %s%s", delivery.event_id, delivery.event_type,
@@ -82,7 +82,7 @@ class WebhookDispatcher:
     def _attempt(self, delivery: webhooks.DueDelivery) -> tuple[int | None, str | None]:
         """(HTTP status or None, error or None when delivered)."""
         try:
-            check_destination(delivery.url, allow_private=self.settings.webhook_allow_private_networks)
+            check_destination(delivery.url, allow_private=self.settings.webhooks.allow_private_networks)
         except InvalidRequest as exc:
             return None, str(exc)
         body, headers = signed_request(delivery, datetime.now(tz=UTC))
@@ -100,4 +100,4 @@ class WebhookDispatcher:
                 self.deliver_due()
             except Exception:  # the database was away: try again next round
                 log.exception("webhook delivery round failed, will retry")
-            stop.wait(self.settings.webhook_poll_seconds)
+            stop.wait(self.settings.webhooks.poll_seconds)

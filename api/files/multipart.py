@@ -117,7 +117,7 @@ async def read_upload(
                         if field_name != file_field or writer is not None or result.file is not None:
                             raise InvalidRequest(f"Expected exactly one file, in the '{file_field}' field.",
                                                  code="invalid_multipart", param=field_name or None)
-                        filename = raw_filename.decode("utf-8", "replace")  # type: ignore[union-attr]
+                        filename = raw_filename.decode("utf-8", "replace")
                         writer = await open_writer(dict(result.fields), filename)
                     field_value.clear()
                 elif kind == "data":

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
 from api.dependencies import AuthenticatedCaller, CurrentCaller, Services
 from api.files.schemas import FileDeleted, FileList, FileObject
-from api.pagination import check_cursor, check_limit
-from api.responses import list_response, model_response
+from api.pagination import cursor_query, list_page
+from api.responses import model_response
 from db import ids
+from db.pagination import Cursor
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
+#: OpenAI's files list: up to 10,000 per page (the default), newest first unless `order=asc`.
+FileCursor = Annotated[Cursor, Depends(cursor_query(ids.FILE, default_limit=10000, maximum=10000, order="desc"))]
 
 
 @router.post("", response_model=FileObject, summary="Upload a file (multipart: file, purpose)",
@@ -28,16 +31,10 @@ async def upload_file(request: Request, services: Services, caller: Authenticate
 
 
 @router.get("", response_model=FileList)
-async def list_files(services: Services, caller: CurrentCaller, after: str | None = None,
-                     limit: Annotated[int, Query()] = 10000, order: Literal["asc", "desc"] = "desc",
+async def list_files(services: Services, caller: CurrentCaller, cursor: FileCursor,
                      purpose: str | None = None) -> Response:
-    after, limit = check_cursor(after, ids.FILE), check_limit(limit, maximum=10000)
-
-    def work(principal):  # type: ignore[no-untyped-def]
-        page = services.files.list(principal, after=after, limit=limit, newest_first=order == "desc", purpose=purpose)
-        return list_response([FileObject.of(row) for row in page.items], has_more=page.has_more)
-
-    return await caller.run(work)
+    return await list_page(caller, lambda principal: services.files.list(principal, cursor, purpose=purpose),
+                           FileObject.of)
 
 
 @router.get("/{file_id}", response_model=FileObject)

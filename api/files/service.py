@@ -15,7 +15,7 @@ from api.files.schemas import UPLOAD_PURPOSES
 from contracts.errors import Conflict, InvalidRequest, NotFound
 from db import files, ids, jobs
 from db.files import VALIDATED_PURPOSES
-from db.pagination import Page
+from db.pagination import Cursor, Page
 from db.projects import Principal
 from db.session import Database
 from db.states import FileStatus
@@ -90,11 +90,9 @@ class FileService:
             raise NotFound(f"No such File object: {file_id}", code="file_not_found", param="file_id")
         return row
 
-    def list(self, principal: Principal, *, after: str | None, limit: int, newest_first: bool,
-             purpose: str | None) -> Page[File]:
+    def list(self, principal: Principal, cursor: Cursor, *, purpose: str | None) -> Page[File]:
         with self.db.read() as session:
-            return files.list_page(session, principal.project_id, after=after, limit=limit,
-                                   newest_first=newest_first, purpose=purpose)
+            return files.list_page(session, principal.project_id, cursor, purpose=purpose)
 
     def delete(self, principal: Principal, file_id: str) -> None:
         with self.db.write() as session:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 
 from api.dependencies import AuthenticatedCaller, CurrentCaller, Services
 from api.fine_tuning.schemas import (
@@ -17,14 +17,18 @@ from api.fine_tuning.schemas import (
     JobEventList,
     JobEventObject,
 )
-from api.pagination import check_cursor, check_limit
-from api.responses import list_response, model_response
+from api.pagination import cursor_query, list_page
+from api.responses import model_response
 from contracts.errors import InvalidRequest
 from db import ids
+from db.pagination import Cursor
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 _METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
+JobCursor = Annotated[Cursor, Depends(cursor_query(ids.JOB))]
+EventCursor = Annotated[Cursor, Depends(cursor_query(ids.EVENT))]
+CheckpointCursor = Annotated[Cursor, Depends(cursor_query(ids.CHECKPOINT, default_limit=10))]
 
 
 @router.post("", response_model=FineTuningJobObject)
@@ -35,21 +39,15 @@ async def create_job(body: JobCreateRequest, services: Services, caller: Authent
 
 
 @router.get("", response_model=FineTuningJobList)
-async def list_jobs(request: Request, services: Services, caller: CurrentCaller,
-                    after: str | None = None, limit: int = 20) -> Response:
+async def list_jobs(request: Request, services: Services, caller: CurrentCaller, cursor: JobCursor) -> Response:
     metadata = {}
     for name, value in request.query_params.multi_items():
         if match := _METADATA_PARAM.match(name):
             metadata[match.group(1)] = value
         elif name.startswith("metadata"):
             raise InvalidRequest("Filter on metadata as metadata[key]=value.", param=name)
-    after, limit = check_cursor(after, ids.JOB), check_limit(limit, maximum=100)
-
-    def work(principal):  # type: ignore[no-untyped-def]
-        page = services.jobs.list(principal, after=after, limit=limit, metadata=metadata)
-        return list_response([FineTuningJobObject.of(job) for job in page.items], has_more=page.has_more)
-
-    return await caller.run(work)
+    return await list_page(caller, lambda principal: services.jobs.list(principal, cursor, metadata=metadata),
+                           FineTuningJobObject.of)
 
 
 @router.get("/{fine_tuning_job_id}", response_model=FineTuningJobObject)
@@ -78,23 +76,13 @@ async def resume_job(fine_tuning_job_id: str, services: Services, caller: Curren
 
 @router.get("/{fine_tuning_job_id}/events", response_model=JobEventList)
 async def list_events(fine_tuning_job_id: str, services: Services, caller: CurrentCaller,
-                      after: str | None = None, limit: int = 20) -> Response:
-    after, limit = check_cursor(after, ids.EVENT), check_limit(limit, maximum=100)
-
-    def work(principal):  # type: ignore[no-untyped-def]
-        page = services.jobs.events(principal, fine_tuning_job_id, after=after, limit=limit)
-        return list_response([JobEventObject.of(e) for e in page.items], has_more=page.has_more)
-
-    return await caller.run(work)
+                      cursor: EventCursor) -> Response:
+    return await list_page(caller, lambda principal: services.jobs.events(principal, fine_tuning_job_id, cursor),
+                           JobEventObject.of)
 
 
 @router.get("/{fine_tuning_job_id}/checkpoints", response_model=CheckpointList)
 async def list_checkpoints(fine_tuning_job_id: str, services: Services, caller: CurrentCaller,
-                           after: str | None = None, limit: int = 10) -> Response:
-    after, limit = check_cursor(after, ids.CHECKPOINT), check_limit(limit, maximum=100)
-
-    def work(principal):  # type: ignore[no-untyped-def]
-        page = services.jobs.checkpoints(principal, fine_tuning_job_id, after=after, limit=limit)
-        return list_response([CheckpointObject.of(c) for c in page.items], has_more=page.has_more)
-
-    return await caller.run(work)
+                           cursor: CheckpointCursor) -> Response:
+    return await list_page(caller, lambda principal: services.jobs.checkpoints(principal, fine_tuning_job_id, cursor),
+                           CheckpointObject.of)

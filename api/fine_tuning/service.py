@@ -24,7 +24,7 @@ from contracts.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
 from contracts.files.formats import FORMATS_FOR_METHOD
 from contracts.training.spec import Method, SupervisedMethod
 from db import checkpoints, events, files, idempotency, ids, jobs
-from db.pagination import Page
+from db.pagination import Cursor, Page
 from db.projects import Principal
 from db.session import Database
 from db.states import FileStatus, JobStatus
@@ -170,19 +170,19 @@ class JobService:
                            param="fine_tuning_job_id")
         return job
 
-    def list(self, principal: Principal, *, after: str | None, limit: int, metadata: dict[str, str]) -> Page[FineTuningJob]:
+    def list(self, principal: Principal, cursor: Cursor, *, metadata: dict[str, str]) -> Page[FineTuningJob]:
         with self.db.read() as session:
-            return jobs.list_page(session, principal.project_id, after=after, limit=limit, metadata=metadata)
+            return jobs.list_page(session, principal.project_id, cursor, metadata=metadata)
 
-    def events(self, principal: Principal, job_id: str, *, after: str | None, limit: int) -> Page[JobEvent]:
+    def events(self, principal: Principal, job_id: str, cursor: Cursor) -> Page[JobEvent]:
         with self.db.read() as session:
             self._get(session, principal, job_id)
-            return events.list_page(session, principal.project_id, job_id, after=after, limit=limit)
+            return events.list_page(session, principal.project_id, job_id, cursor)
 
-    def checkpoints(self, principal: Principal, job_id: str, *, after: str | None, limit: int) -> Page[Checkpoint]:
+    def checkpoints(self, principal: Principal, job_id: str, cursor: Cursor) -> Page[Checkpoint]:
         with self.db.read() as session:
             self._get(session, principal, job_id)
-            return checkpoints.list_page(session, principal.project_id, job_id, after=after, limit=limit)
+            return checkpoints.list_page(session, principal.project_id, job_id, cursor)
 
     # -------------------------------------------------------------------------------- transitions
     def cancel(self, principal: Principal, job_id: str) -> FineTuningJob:

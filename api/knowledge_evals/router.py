@@ -3,7 +3,10 @@ suites, and training files made from a suite's memorization split."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 
 from api.dependencies import AuthenticatedCaller, CurrentCaller, Services
@@ -15,54 +18,52 @@ from api.knowledge_evals.schemas import (
     SuiteObject,
     TrainingFileRequest,
 )
-from api.pagination import check_cursor, check_limit
-from api.responses import list_response, model_response
+from api.pagination import cursor_query, list_page, static_list
+from api.responses import model_response
 from db import ids
+from db.pagination import Cursor
+from evals.artifacts import RESULT_FILES
 
 router = APIRouter(prefix="/v1/knowledge_evals", tags=["knowledge-evals"])
+EvalCursor = Annotated[Cursor, Depends(cursor_query(ids.KNOWLEDGE_EVAL))]
 
 
 @router.post("", response_model=KnowledgeEvalObject)
-async def create_eval(body: KnowledgeEvalCreateRequest, services: Services, caller: AuthenticatedCaller):  # type: ignore[no-untyped-def]
+async def create_eval(body: KnowledgeEvalCreateRequest, services: Services, caller: AuthenticatedCaller) -> Response:
     return await caller.run(lambda principal: model_response(
         KnowledgeEvalObject.of(services.knowledge_evals.create(principal, body))))
 
 
 @router.get("", response_model=KnowledgeEvalList)
-async def list_evals(services: Services, caller: CurrentCaller, after: str | None = None, limit: int = 20):  # type: ignore[no-untyped-def]
-    after, limit = check_cursor(after, ids.KNOWLEDGE_EVAL), check_limit(limit, maximum=100)
-
-    def work(principal):  # type: ignore[no-untyped-def]
-        page = services.knowledge_evals.list(principal, after=after, limit=limit)
-        return list_response([KnowledgeEvalObject.of(row) for row in page.items], has_more=page.has_more)
-
-    return await caller.run(work)
+async def list_evals(services: Services, caller: CurrentCaller, cursor: EvalCursor) -> Response:
+    return await list_page(caller, lambda principal: services.knowledge_evals.list(principal, cursor),
+                           KnowledgeEvalObject.of)
 
 
 @router.get("/suites", response_model=list[SuiteObject])
-async def list_suites(services: Services, caller: CurrentCaller):  # type: ignore[no-untyped-def]
-    return await caller.run(lambda principal: list_response(services.knowledge_evals.suites(), has_more=False))
+async def list_suites(services: Services, caller: CurrentCaller) -> Response:
+    return await caller.run(lambda principal: static_list(services.knowledge_evals.suites()))
 
 
 @router.post("/training_files", response_model=FileObject)
-async def create_training_file(body: TrainingFileRequest, services: Services, caller: AuthenticatedCaller):  # type: ignore[no-untyped-def]
+async def create_training_file(body: TrainingFileRequest, services: Services, caller: AuthenticatedCaller) -> Response:
     return await caller.run(lambda principal: model_response(FileObject.of(
         services.knowledge_evals.training_file(principal, body.suite, body.system_prompt))))
 
 
 @router.get("/{knowledge_eval_id}", response_model=KnowledgeEvalObject)
-async def retrieve_eval(knowledge_eval_id: str, services: Services, caller: CurrentCaller):  # type: ignore[no-untyped-def]
+async def retrieve_eval(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> Response:
     return await caller.run(lambda principal: model_response(
         KnowledgeEvalObject.of(services.knowledge_evals.get(principal, knowledge_eval_id))))
 
 
 @router.post("/{knowledge_eval_id}/cancel", response_model=KnowledgeEvalObject)
-async def cancel_eval(knowledge_eval_id: str, services: Services, caller: CurrentCaller):  # type: ignore[no-untyped-def]
+async def cancel_eval(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> Response:
     return await caller.run(lambda principal: model_response(
         KnowledgeEvalObject.of(services.knowledge_evals.cancel(principal, knowledge_eval_id))))
 
 
-#: The result files of an eval, each at a route of its own: kind -> what it holds.
+#: What each result file of an eval holds (its route's description); the names: evals.artifacts.
 RESULTS = {
     "report": "The report JSON (schema urn:ftservice:knowledge-eval-report:v1).",
     "items": "Per-item JSONL: prompt, reference, both models' raw responses and verdicts.",
@@ -70,9 +71,12 @@ RESULTS = {
     "chart": "Base-vs-tuned accuracy per split (PNG).",
     "loss_curve": "The training loss of the job that made the evaluated model (PNG), when there is one.",
 }
+assert RESULTS.keys() == RESULT_FILES.keys()
+
+Download = Callable[[str, Services, CurrentCaller], Coroutine[Any, Any, StreamingResponse]]
 
 
-def _download_route(kind: str):  # type: ignore[no-untyped-def]
+def _download_route(kind: str) -> Download:
     async def download(knowledge_eval_id: str, services: Services, caller: CurrentCaller) -> StreamingResponse:
         media_type, chunks = await caller.run(
             lambda principal: services.knowledge_evals.artifact(principal, knowledge_eval_id, kind))

@@ -81,4 +81,6 @@ class WebhookDeliveryObject(BaseModel):
 class WebhookDeliveryList(BaseModel):
     object: Literal["list"] = "list"
     data: list[WebhookDeliveryObject]
-    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool

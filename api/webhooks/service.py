@@ -3,10 +3,12 @@ secrets, deleted with their pending deliveries."""
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session
+
 from contracts.errors import NotFound
 from contracts.webhooks.destinations import check_destination
 from db import webhooks
-from db.pagination import Page
+from db.pagination import Cursor, Page
 from db.projects import Principal
 from db.session import Database
 from db.tables import WebhookDelivery, WebhookEndpoint
@@ -28,9 +30,9 @@ class WebhookService:
             session.expunge(endpoint)
             return endpoint
 
-    def list(self, principal: Principal, *, after: str | None, limit: int) -> Page[WebhookEndpoint]:
+    def list(self, principal: Principal, cursor: Cursor) -> Page[WebhookEndpoint]:
         with self.db.read() as session:
-            return webhooks.list_endpoints(session, principal.project_id, after=after, limit=limit)
+            return webhooks.list_endpoints(session, principal.project_id, cursor)
 
     def get(self, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
         with self.db.read() as session:
@@ -40,14 +42,14 @@ class WebhookService:
         with self.db.write() as session:
             webhooks.delete_endpoint(session, self._get(session, principal, endpoint_id))
 
-    def deliveries(self, principal: Principal, endpoint_id: str) -> list[WebhookDelivery]:
+    def deliveries(self, principal: Principal, endpoint_id: str, cursor: Cursor) -> Page[WebhookDelivery]:
         with self.db.read() as session:
             self._get(session, principal, endpoint_id)
-            return webhooks.deliveries_for(session, endpoint_id)
+            return webhooks.deliveries_page(session, endpoint_id, cursor)
 
     @staticmethod
-    def _get(session: object, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
-        endpoint = webhooks.get_endpoint(session, principal.project_id, endpoint_id)  # type: ignore[arg-type]
+    def _get(session: Session, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
+        endpoint = webhooks.get_endpoint(session, principal.project_id, endpoint_id)
         if endpoint is None:
             raise NotFound(f"No webhook endpoint with id '{endpoint_id}'.", code="webhook_endpoint_not_found",
                            param="webhook_id")

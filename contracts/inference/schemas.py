@@ -200,7 +200,7 @@ class _Sampling(BaseModel):
             raise ValueError("'stream_options' is only allowed when 'stream' is true")
         if self.adapters is not None and not self.adapters:
             raise ValueError("'adapters' needs at least one entry")
-        wanted = self.max_new_tokens  # type: ignore[attr-defined]
+        wanted = self.max_new_tokens
         if wanted is not None and self.min_tokens > wanted:
             raise ValueError(f"'min_tokens' ({self.min_tokens}) must not exceed max_tokens ({wanted})")
         return self
@@ -208,8 +208,8 @@ class _Sampling(BaseModel):
     def rate_limit_tokens(self) -> int:
         """Tokens this request counts against a tokens-per-window limit, as OpenAI counts them at admission:
         the larger of its completion allowance (max_tokens x choices) and its prompts' estimated tokens."""
-        prompts, prompt_tokens = self.prompt_token_estimate()  # type: ignore[attr-defined]
-        allowance = self.max_new_tokens  # type: ignore[attr-defined]
+        prompts, prompt_tokens = self.prompt_token_estimate()
+        allowance = self.max_new_tokens
         return max(prompts * self.n * (allowance or 0), prompt_tokens)
 
     @property
@@ -347,5 +347,5 @@ class CompletionRequest(_Sampling):
         if isinstance(value, str):
             return [value]
         if all(isinstance(v, int) for v in value):
-            return [list(value)]  # type: ignore[arg-type]
-        return list(value)  # type: ignore[arg-type]
+            return [list(value)]
+        return list(value)

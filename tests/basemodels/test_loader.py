@@ -52,7 +52,7 @@ def test_an_s3_source_is_copied_once_without_unsafe_files(tmp_path: Path, model_
                         s3_access_key_id=S3_CREDENTIALS["aws_access_key_id"],
                         s3_secret_access_key=S3_CREDENTIALS["aws_secret_access_key"])
     loader = BaseModelLoader(BaseModelRegistry({"tiny-s3": f"s3://{s3_bucket}/base/tiny"}), tmp_path / "cache",
-                             open_store=lambda uri: open_store(uri, settings))
+                             open_store=lambda uri: open_store(uri, settings.storage))
     assert generates(loader, "tiny-s3")
     local = Path(loader.resolve("tiny-s3")[0])
     assert (local / "model.safetensors").exists() and not (local / "pytorch_model.bin").exists()

@@ -83,8 +83,8 @@ class LiveServer:
 
     def store(self) -> ArtifactStore:
         settings = self.settings()
-        assert settings.artifact_uri is not None
-        return open_store(settings.artifact_uri, settings)
+        assert settings.storage.artifact_uri is not None
+        return open_store(settings.storage.artifact_uri, settings.storage)
 
     def spawn(self, *args: str) -> subprocess.Popen:
         log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the process)

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from contracts.settings import DEMO_BASE_MODEL
 from evals.builtin import generate_suite
@@ -219,8 +218,7 @@ def test_the_judge_is_any_openai_compatible_endpoint_here_ftaas_itself(live: Any
             "max_new_tokens": 6}).json()
         assert "id" in created, created
         before = client.get(live.base_url + "/metrics").text
-        settings = live.settings.model_copy(update={"eval_judge_base_url": live.base_url + "/v1",
-                                                    "eval_judge_api_key": SecretStr(live.key)})
+        settings = live.settings.replaced(eval_judge_base_url=live.base_url + "/v1", eval_judge_api_key=live.key)
         assert run_standalone(WorkerContext(settings), created["id"]) == "succeeded"
         after = client.get(live.base_url + "/metrics").text
         report = client.get(f"/knowledge_evals/{created['id']}/report").json()
@@ -250,12 +248,12 @@ def test_a_judge_that_stays_down_fails_the_eval_after_its_attempts(live: Any) ->
     with http(live) as client:
         created = client.post("/knowledge_evals", json={"model": DEMO_BASE_MODEL, "judge_model": DEMO_BASE_MODEL,
                                                         "suites": ["api_renames?size=1"], "max_new_tokens": 4}).json()
-        settings = live.settings.model_copy(update={"eval_judge_base_url": "http://127.0.0.1:9/v1"})
-        outcomes = [run_standalone(WorkerContext(settings), created["id"]) for _ in range(live.settings.max_attempts + 1)]
-        assert outcomes == ["requeued"] * (live.settings.max_attempts - 1) + ["failed", "not-claimed"]
+        settings = live.settings.replaced(eval_judge_base_url="http://127.0.0.1:9/v1")
+        outcomes = [run_standalone(WorkerContext(settings), created["id"]) for _ in range(live.settings.work.max_attempts + 1)]
+        assert outcomes == ["requeued"] * (live.settings.work.max_attempts - 1) + ["failed", "not-claimed"]
         failed = client.get(f"/knowledge_evals/{created['id']}").json()
     assert failed["status"] == "failed" and failed["error"]["code"] == "judge_unavailable"
-    assert f"after {live.settings.max_attempts} attempts" in failed["error"]["message"]
+    assert f"after {live.settings.work.max_attempts} attempts" in failed["error"]["message"]
 
 
 def test_a_stale_workers_late_run_never_breaks_the_published_results(live: Any) -> None:

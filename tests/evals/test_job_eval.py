@@ -18,7 +18,7 @@ from worker.jobs.runner import run_job
 
 
 def create_job(bench: Any, training: str, knowledge_eval: dict[str, Any], *, external_judge: bool) -> str:
-    registry = BaseModelRegistry(bench.ctx.settings.base_model_sources())
+    registry = BaseModelRegistry(bench.ctx.settings.models.sources())
     evals = KnowledgeEvalService(bench.ctx.db, bench.ctx.store, registry, max_attempts=3,
                                  external_judge=external_judge)
     service = JobService(bench.ctx.db, registry, max_active_jobs=10, max_attempts=3, knowledge_evals=evals)

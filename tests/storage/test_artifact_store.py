@@ -28,12 +28,12 @@ MIB = 1024 * 1024
 @pytest.fixture(params=["file", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
     if request.param == "file":
-        return open_store((tmp_path / "artifacts").as_uri(), Settings(data_dir=tmp_path))
+        return open_store((tmp_path / "artifacts").as_uri(), Settings(data_dir=tmp_path).storage)
     endpoint = request.getfixturevalue("s3_endpoint")
     bucket = request.getfixturevalue("s3_bucket")
     settings = Settings(data_dir=tmp_path, s3_endpoint_url=endpoint, s3_access_key_id=S3_CREDENTIALS["aws_access_key_id"],
                         s3_secret_access_key=S3_CREDENTIALS["aws_secret_access_key"], s3_multipart_chunk_bytes=5 * MIB)
-    return open_store(f"s3://{bucket}/some/prefix", settings)
+    return open_store(f"s3://{bucket}/some/prefix", settings.storage)
 
 
 def corrupt(store: ArtifactStore, key: str) -> None:
@@ -150,7 +150,7 @@ def test_s3_client_pins_checksum_behaviour(s3_endpoint: str, s3_bucket: str, tmp
     settings = Settings(data_dir=tmp_path, s3_endpoint_url=s3_endpoint, **{
         "s3_access_key_id": S3_CREDENTIALS["aws_access_key_id"],
         "s3_secret_access_key": S3_CREDENTIALS["aws_secret_access_key"]})
-    store = open_store(f"s3://{s3_bucket}", settings)
+    store = open_store(f"s3://{s3_bucket}", settings.storage)
     config = store.client.meta.config  # type: ignore[attr-defined]
     assert config.request_checksum_calculation == "when_required"
     assert config.response_checksum_validation == "when_required"
@@ -162,13 +162,13 @@ def test_s3_client_pins_checksum_behaviour(s3_endpoint: str, s3_bucket: str, tmp
 
 def test_unknown_schemes_are_rejected_with_the_supported_list(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="file, s3"):
-        open_store("gs://bucket", Settings(data_dir=tmp_path))
+        open_store("gs://bucket", Settings(data_dir=tmp_path).storage)
 
 
 def s3_store(tmp_path: Path, endpoint: str, bucket: str) -> ArtifactStore:
     settings = Settings(data_dir=tmp_path, s3_endpoint_url=endpoint, s3_access_key_id=S3_CREDENTIALS["aws_access_key_id"],
                         s3_secret_access_key=S3_CREDENTIALS["aws_secret_access_key"])
-    return open_store(f"s3://{bucket}/prefix", settings)
+    return open_store(f"s3://{bucket}/prefix", settings.storage)
 
 
 def test_a_missing_bucket_is_a_configuration_error_not_an_outage(s3_endpoint: str, tmp_path: Path) -> None:

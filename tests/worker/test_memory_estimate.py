@@ -127,7 +127,7 @@ def test_a_job_that_cannot_fit_fails_at_validation_with_the_estimate(tmp_path: P
     from basemodels.registry import BaseModelRegistry
     from worker.jobs.preparation import advance_job
 
-    service = JobService(bench.ctx.db, BaseModelRegistry(bench.ctx.settings.base_model_sources()), max_active_jobs=10,
+    service = JobService(bench.ctx.db, BaseModelRegistry(bench.ctx.settings.models.sources()), max_active_jobs=10,
                          max_attempts=3)
     job_id = service.create(bench.principal, JobCreateRequest(model="ftaas-tiny", training_file=training), None).id
     assert advance_job(bench.ctx, job_id) == "failed"
@@ -169,7 +169,7 @@ def test_a_job_records_its_memory_estimate_and_checkpointing(tmp_path: Path, mod
     from worker.jobs.runner import run_job
 
     bench = make_bench(tmp_path, model_cache_dir)
-    service = JobService(bench.ctx.db, BaseModelRegistry(bench.ctx.settings.base_model_sources()), max_active_jobs=10,
+    service = JobService(bench.ctx.db, BaseModelRegistry(bench.ctx.settings.models.sources()), max_active_jobs=10,
                          max_attempts=3)
     request = JobCreateRequest(model="ftaas-tiny", training_file=bench.upload(varied_chats(12)), method={
         "type": "supervised", "supervised": {"gradient_checkpointing": True,
@@ -209,7 +209,7 @@ def test_a_dpo_job_is_planned_on_its_pairs_and_runs(tmp_path: Path, model_cache_
                          "preferred_output": [{"role": "assistant", "content": f"Colour {i} is blue."}],
                          "non_preferred_output": [{"role": "assistant", "content": "I don't know."}]})
              for i in range(12)]
-    service = JobService(bench.ctx.db, BaseModelRegistry(bench.ctx.settings.base_model_sources()), max_active_jobs=10,
+    service = JobService(bench.ctx.db, BaseModelRegistry(bench.ctx.settings.models.sources()), max_active_jobs=10,
                          max_attempts=3)
     request = JobCreateRequest(model="ftaas-tiny", training_file=bench.upload(pairs), method={
         "type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})

@@ -53,7 +53,7 @@ class Bench:
         return file_id
 
     def create(self, training: str, validation: str | None = None, **method: Any) -> str:
-        service = JobService(self.ctx.db, BaseModelRegistry(self.ctx.settings.base_model_sources()),
+        service = JobService(self.ctx.db, BaseModelRegistry(self.ctx.settings.models.sources()),
                              max_active_jobs=100, max_attempts=3)
         request = JobCreateRequest(model="ftaas-tiny", training_file=training, validation_file=validation, seed=1234,
                                    method={"type": "supervised", "supervised": method})
@@ -127,7 +127,7 @@ def test_early_stopping_keeps_the_best_checkpoint_and_publishes_it(bench: Bench)
     with bench.ctx.db.read() as session:
         kept = sorted(c.step_number for c in session.scalars(select(Checkpoint).where(
             Checkpoint.job_id == job_id)))
-    assert best_step in kept and len(kept) <= bench.ctx.settings.keep_checkpoints + 1
+    assert best_step in kept and len(kept) <= bench.ctx.settings.training.keep_checkpoints + 1
     assert f"Checkpoint at step {best_step} has the best full validation loss so far" in " ".join(messages)
 
 

@@ -64,7 +64,7 @@ def test_only_old_unreferenced_artifacts_are_removed(tmp_path: Path) -> None:
 def test_unfinished_multipart_uploads_are_aborted_on_s3(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> None:
     settings = Settings(data_dir=tmp_path, s3_endpoint_url=s3_endpoint, s3_access_key_id=S3_CREDENTIALS["aws_access_key_id"],
                         s3_secret_access_key=S3_CREDENTIALS["aws_secret_access_key"])
-    store = open_store(f"s3://{s3_bucket}/area", settings)
+    store = open_store(f"s3://{s3_bucket}/area", settings.storage)
     raw = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_CREDENTIALS)
     raw.create_multipart_upload(Bucket=s3_bucket, Key="area/files/file-interrupted")  # a client that went away
     assert len(raw.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])) == 1

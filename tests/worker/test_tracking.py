@@ -23,8 +23,8 @@ SENTINEL_KEY = "wandb-key-SENTINEL-0123456789abcdef0123"
 
 def _create(bench: Bench, training: str, integrations: list[dict]) -> str:
     settings = bench.ctx.settings
-    service = JobService(bench.ctx.db, BaseModelRegistry(settings.base_model_sources()), max_active_jobs=100,
-                         max_attempts=3, integrations=settings.configured_integrations())
+    service = JobService(bench.ctx.db, BaseModelRegistry(settings.models.sources()), max_active_jobs=100,
+                         max_attempts=3, integrations=settings.tracking.configured_integrations())
     request = JobCreateRequest(model="ftaas-tiny", training_file=training, seed=7, integrations=integrations,
                                method={"type": "supervised", "supervised": {"hyperparameters": {
                                    "n_epochs": 2, "batch_size": 4}}})

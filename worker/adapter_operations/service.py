@@ -66,7 +66,7 @@ def base_model_dir(ctx: WorkerContext, base_model: str) -> Path:
         return Path(path)
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(path, revision=revision, local_files_only=ctx.settings.hf_offline))
+    return Path(snapshot_download(path, revision=revision, local_files_only=ctx.settings.models.hf_offline))
 
 
 
@@ -104,7 +104,7 @@ def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path, patient: Pat
                                                 size=params["bytes"]), "download the uploaded archive")
         extracted = extract_adapter(archive, work / "extracted")
         adapter = read_lora(extracted, param="file")
-        check_fits_base(module_shapes(adapter), ctx.loader.config(row.base_model), max_rank=ctx.settings.serving_max_lora_rank)
+        check_fits_base(module_shapes(adapter), ctx.loader.config(row.base_model), max_rank=ctx.settings.serving.max_lora_rank)
         out.mkdir()
         for name in (CONFIG, WEIGHTS):
             shutil.copyfile(extracted / name, out / name)
@@ -132,7 +132,7 @@ def run_operation(ctx: WorkerContext, operation_id: str) -> str:
         session.expunge(row)
         return row
 
-    claimed = StandaloneWork.claim(ctx.db, QUEUE, operation_id, owner=ctx.owner, ttl=ctx.settings.lease_ttl_seconds,
+    claimed = StandaloneWork.claim(ctx.db, QUEUE, operation_id, owner=ctx.owner, ttl=ctx.settings.work.lease_ttl_seconds,
                                    read=detached)
     if claimed is None:
         return "not-claimed"

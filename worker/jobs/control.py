@@ -64,7 +64,7 @@ class JobControl:
             message += f", full validation loss={metrics.full_valid_loss:.4f}"
         def report() -> JobStatus:
             with self.ctx.db.write() as session:
-                status = jobs.heartbeat(session, self.lease, ttl=self.ctx.settings.lease_ttl_seconds, values=values)
+                status = jobs.heartbeat(session, self.lease, ttl=self.ctx.settings.work.lease_ttl_seconds, values=values)
                 jobs.add_event(session, self.lease, message, type="metrics", data=metrics.as_event_data())
                 return status
 
@@ -101,7 +101,7 @@ class JobControl:
                            best: bool) -> list[str]:
         """The checkpoint's row (and the pruning of old ones) in one transaction; the pruned prefixes."""
         with self.ctx.db.write() as session:
-            jobs.heartbeat(session, self.lease, ttl=self.ctx.settings.lease_ttl_seconds)
+            jobs.heartbeat(session, self.lease, ttl=self.ctx.settings.work.lease_ttl_seconds)
             existing = checkpoints.by_step(session, self.lease.work_id, step)
             if existing is None:
                 checkpoints.add(session, job_id=self.lease.work_id, project_id=self.lease.project_id, step_number=step,
@@ -111,7 +111,7 @@ class JobControl:
             else:
                 # A resumed attempt re-saved this step (the same state): point at the new manifest.
                 existing.manifest_sha256 = published.manifest_sha256
-            stale = checkpoints.prune(session, self.lease.work_id, keep=self.ctx.settings.keep_checkpoints,
+            stale = checkpoints.prune(session, self.lease.work_id, keep=self.ctx.settings.training.keep_checkpoints,
                                       pin_best=self.plan.spec.early_stopping is not None)
             if best:
                 jobs.add_event(session, self.lease, f"Checkpoint at step {step} has the best full validation loss "

@@ -13,7 +13,7 @@ def log_event(ctx: WorkerContext, lease: Lease, message: str, *, level: str = "i
 
     def write() -> None:
         with ctx.db.write() as session:
-            jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+            jobs.heartbeat(session, lease, ttl=ctx.settings.work.lease_ttl_seconds)
             jobs.add_event(session, lease, message, level=level)
 
     ride_out(write, what="write a job event", policy=ctx.outages)

@@ -3,7 +3,7 @@
 The runner (worker.jobs.runner) claims the job, reads its plan (worker.jobs.plan) and downloads its inputs
 into a workspace (worker.jobs.workspace); `execute` then trains: encode the data, check the step's memory
 against the device, load the model, train under the job's control (worker.jobs.control). With several
-processes (settings.training_processes), each one runs `execute` (see worker.jobs.launch) and only the
+processes (settings.training.processes), each one runs `execute` (see worker.jobs.launch) and only the
 main process talks to the database and the store.
 """
 
@@ -99,10 +99,10 @@ def _fit_memory(ctx: WorkerContext, lease: Lease, spec: TrainingSpec, distribute
     on = torch_device(device)
     plan = plan_memory(
         ctx.loader.config(spec.base_model), spec, processes=distributed.world_size,
-        device_bytes=device_memory_bytes(device, ctx.settings.training_device_memory_bytes),
+        device_bytes=device_memory_bytes(device, ctx.settings.training.device_memory_bytes),
         compute_bytes=2 if autocast_dtype(on) is not None else 4,
         tokens_per_step=largest_step_tokens(lengths, spec, distributed.world_size),
-        parallelism=ctx.settings.training_parallelism, host_memory=on.type == "cpu")
+        parallelism=ctx.settings.training.parallelism, host_memory=on.type == "cpu")
     if plan.refusal is not None:
         raise UserError(plan.refusal, code="insufficient_device_memory", param="method")
     if distributed.is_main:

@@ -36,7 +36,7 @@ def train_in_group(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: W
         "workspace": str(workspace.root),
     }))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={ctx.settings.training_processes}", "-m", "worker.jobs.launch", str(launch_file)]
+               f"--nproc_per_node={ctx.settings.training.processes}", "-m", "worker.jobs.launch", str(launch_file)]
     env = {**os.environ, **ctx.settings.child_environment()}
     process = subprocess.Popen(command, env=env, start_new_session=True)
     try:

@@ -73,9 +73,9 @@ def _memory_refusal(ctx: WorkerContext, base_model: str, method: dict, hyperpara
     except Exception as exc:  # not readable here (a hub model not cached yet): the worker checks before training
         log.info("memory check of %s skipped at validation: %s", base_model, exc)
         return None
-    processes = max(1, ctx.settings.training_processes)
+    processes = max(1, ctx.settings.training.processes)
     device = training_device()
     plan = plan_memory(config, spec, processes=processes, tokens_per_step=max(1, -(-spec.batch_size // processes)),
-                       device_bytes=device_memory_bytes(device, ctx.settings.training_device_memory_bytes),
-                       parallelism=ctx.settings.training_parallelism, host_memory=device == "cpu")
+                       device_bytes=device_memory_bytes(device, ctx.settings.training.device_memory_bytes),
+                       parallelism=ctx.settings.training.parallelism, host_memory=device == "cpu")
     return plan.refusal

@@ -39,7 +39,7 @@ def report_learning(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Tr
     message = final_pass_message(accuracy=outcome.final_train_accuracy, loss=outcome.final_train_loss,
                                  examples=outcome.final_pass_examples, total_examples=outcome.train_examples)
     with ctx.db.write() as session:
-        jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+        jobs.heartbeat(session, lease, ttl=ctx.settings.work.lease_ttl_seconds)
         jobs.add_event(session, lease, message, data={"step": outcome.step, **final_pass_columns(outcome)})
     warning = low_accuracy_warning(plan.spec, outcome.final_train_accuracy, outcome.train_examples)
     if warning is not None:
@@ -120,7 +120,7 @@ def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Trai
                        manifest_sha256=published.manifest_sha256)
             result_files = [results_id]
             if evaluation is not None:
-                jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+                jobs.heartbeat(session, lease, ttl=ctx.settings.work.lease_ttl_seconds)
                 result_files += finish_for_job(session, lease, evaluation)
             jobs.complete(session, lease, fine_tuned_model=plan.fine_tuned_model, trained_tokens=outcome.trained_tokens,
                           result_files=result_files)

@@ -42,12 +42,12 @@ log = logging.getLogger(__name__)
 def run_job(ctx: WorkerContext, job_id: str) -> str:
     """Returns what happened: not-claimed, succeeded, paused, preempted, stopped, failed, requeued or lease-lost."""
     with ctx.db.write() as session:
-        lease = jobs.claim(session, job_id, owner=ctx.owner, ttl=ctx.settings.lease_ttl_seconds)
+        lease = jobs.claim(session, job_id, owner=ctx.owner, ttl=ctx.settings.work.lease_ttl_seconds)
     if lease is None:
         return "not-claimed"
     workspace = Workspace(ctx.work_dir / f"{job_id}-{lease.token}-{uuid.uuid4().hex[:8]}")
     try:
-        with LeaseKeeper(ctx.db, lease, ctx.settings.lease_ttl_seconds) as keeper, preemption.preemptible() as preempt:
+        with LeaseKeeper(ctx.db, lease, ctx.settings.work.lease_ttl_seconds) as keeper, preemption.preemptible() as preempt:
             return _run_claimed(ctx, lease, keeper, workspace, preempt)
     except LeaseLost:
         log.info("job %s: lease lost (cancelled, reaped or re-claimed); stopping", job_id)
@@ -97,7 +97,7 @@ def _run_claimed(ctx: WorkerContext, lease: Lease, keeper: LeaseKeeper, workspac
     ride_out(lambda: download_inputs(ctx, workspace, training, validation, resume), what="download the job's inputs",
              policy=ctx.outages, alive=alive)
     keeper.check()
-    if ctx.settings.training_processes > 1:
+    if ctx.settings.training.processes > 1:
         outcome = train_in_group(ctx, lease, plan, workspace, keeper, preempt)
     else:
         outcome = execute(ctx, lease, plan, workspace, DistributedContext.single(), preempt=preempt.is_set,

@@ -44,12 +44,12 @@ class WandbTracker(Tracker):
     def __init__(self, options: WandbIntegration, settings: Settings, *, job_id: str, config: dict[str, Any]) -> None:
         import wandb
 
-        wandb_settings: dict[str, Any] = {"mode": settings.wandb_mode, "silent": True, "x_disable_stats": True}
-        if settings.wandb_api_key is not None:
-            wandb_settings["api_key"] = settings.wandb_api_key.get_secret_value()
-        if settings.wandb_base_url:
-            wandb_settings["base_url"] = settings.wandb_base_url
-        directory = settings.wandb_dir or settings.data_dir / "wandb"
+        wandb_settings: dict[str, Any] = {"mode": settings.tracking.wandb_mode, "silent": True, "x_disable_stats": True}
+        if settings.tracking.wandb_api_key is not None:
+            wandb_settings["api_key"] = settings.tracking.wandb_api_key.get_secret_value()
+        if settings.tracking.wandb_base_url:
+            wandb_settings["base_url"] = settings.tracking.wandb_base_url
+        directory = settings.tracking.wandb_dir or settings.data_dir / "wandb"
         Path(directory).mkdir(parents=True, exist_ok=True)
         o = options.wandb
         self.run = wandb.init(project=o.project, entity=o.entity, name=o.name or job_id, tags=o.tags, id=_run_id(job_id),
@@ -75,8 +75,8 @@ class MlflowTracker(Tracker):
     def __init__(self, options: MlflowIntegration, settings: Settings, *, job_id: str, config: dict[str, Any]) -> None:
         from mlflow.tracking import MlflowClient
 
-        assert settings.mlflow_tracking_uri is not None
-        self.client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+        assert settings.tracking.mlflow_tracking_uri is not None
+        self.client = MlflowClient(tracking_uri=settings.tracking.mlflow_tracking_uri)
         o = options.mlflow
         experiment = self.client.get_experiment_by_name(o.experiment)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(o.experiment)
@@ -122,7 +122,7 @@ class JobTracking:
     def open(cls, settings: Settings, integrations: list[dict[str, Any]] | None, *, job_id: str,
              config: dict[str, Any], warn: Callable[[str], None]) -> JobTracking:
         trackers: list[Tracker] = []
-        secrets = tuple(s.get_secret_value() for s in (settings.wandb_api_key,) if s is not None)
+        secrets = tuple(s.get_secret_value() for s in (settings.tracking.wandb_api_key,) if s is not None)
         for integration in parse_integrations(integrations):
             kind = "W&B" if isinstance(integration, WandbIntegration) else "MLflow"
             try:

@@ -35,7 +35,7 @@ class EngineGenerator:
         self.principal = principal
         # Two batches in flight by default: the engine always has the next sequences waiting to join, and
         # no request waits in the queue long enough to meet the serving request deadline.
-        self.concurrency = concurrency or 2 * inference.settings.serving_max_batch
+        self.concurrency = concurrency or 2 * inference.settings.max_batch
         self._overrides: dict[str, Any] = {}
         self._reference: Any = None
 

@@ -97,8 +97,8 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
     # float32 whatever the hardware: bfloat16 greedy answers part from float32's at near-ties (measured on
     # SmolLM2: 4 of 8 prompts within 48 tokens), so an eval would score differently on a machine with AMX than
     # on one without, and differently from the transformers reference path that unservable families use.
-    settings = ctx.settings.model_copy(update={"serving_cache_dir": ctx.work_dir / f"eval-serving-{os.getpid()}",
-                                               "serving_batch_invariant": True, "serving_dtype": "float32"})
+    settings = ctx.settings.serving.model_copy(update={
+        "cache_dir": ctx.work_dir / f"eval-serving-{os.getpid()}", "batch_invariant": True, "dtype": "float32"})
     inference = InferenceService(ctx.db, ctx.store, ctx.registry, ctx.loader, settings)
     judge: Any = None
     try:
@@ -106,11 +106,11 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
         generator = EngineGenerator(inference, principal)
         for name, resolved in (overrides or {}).items():
             generator.override(name, resolved)
-        if ctx.settings.eval_judge_base_url:
+        if ctx.settings.evals.judge_base_url:
             from evals.judge import JudgeClient
 
-            key = ctx.settings.eval_judge_api_key
-            judge = JudgeClient(ctx.settings.eval_judge_base_url, key.get_secret_value() if key else "none")
+            key = ctx.settings.evals.judge_api_key
+            judge = JudgeClient(ctx.settings.evals.judge_base_url, key.get_secret_value() if key else "none")
         else:
             judge = EngineJudge(generator)
         counter = _Counter(progress)
@@ -169,7 +169,7 @@ class _Counter:
 # ---------------------------------------------------------------------------------------- standalone
 def run_standalone(ctx: WorkerContext, eval_id: str) -> str:
     """The task body: claim, evaluate, complete. Returns not-claimed, succeeded, failed, requeued, lease-lost."""
-    ttl = ctx.settings.lease_ttl_seconds
+    ttl = ctx.settings.work.lease_ttl_seconds
     claimed = StandaloneWork.claim(
         ctx.db, knowledge_evals.QUEUE, eval_id, owner=ctx.owner, ttl=ttl, values={"progress_done": 0},
         read=lambda session, row: (row.spec, row.model, row.base_model, _loss_rows_for_model(session, row)))
@@ -247,14 +247,14 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
                                 max_attempts=1, fencing_token=0)
             knowledge_evals.insert(session, row, dispatch=False)
         eval_id, spec_document = row.id, row.spec
-        jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+        jobs.heartbeat(session, lease, ttl=ctx.settings.work.lease_ttl_seconds)
         jobs.add_event(session, lease, f"Running knowledge eval {eval_id} ({row.spec_name}) on the fine-tuned model")
         loss_rows = events.metrics_rows(session, job.id)
 
     def progress(done: int, total: int) -> None:
         def write() -> None:
             with ctx.db.write() as session:
-                jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+                jobs.heartbeat(session, lease, ttl=ctx.settings.work.lease_ttl_seconds)
                 knowledge_evals.record_progress(session, eval_id, done=done, total=total)
 
         patiently(ctx.outages)(write, "report the eval's progress")
@@ -279,7 +279,7 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
                  else {"code": "eval_error", "message": f"{type(exc).__name__}: {exc}", "param": None})
         with ctx.db.write() as session:
             knowledge_evals.fail_attached(session, eval_id, error)
-            jobs.heartbeat(session, lease, ttl=ctx.settings.lease_ttl_seconds)
+            jobs.heartbeat(session, lease, ttl=ctx.settings.work.lease_ttl_seconds)
             jobs.add_event(session, lease, f"Knowledge eval {eval_id} failed: {error['message']}", level="warn")
         return None
     return artifacts
