@@ -151,34 +151,37 @@ def _copy(source: IO[bytes], target: Path, budget: int) -> int:
 
 
 @contextmanager
-def _open(path: Path) -> Iterator[tuple[str, zipfile.ZipFile | tarfile.TarFile]]:
+def _open(path: Path) -> Iterator[zipfile.ZipFile | tarfile.TarFile]:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            yield "zip", archive
+            yield archive
         return
     if not tarfile.is_tarfile(path):
         raise _refuse("it is neither a zip nor a tar archive")
-    with tarfile.open(path, mode="r:*") as archive:
-        yield "tar", archive
+    with tarfile.open(path, mode="r:*") as tar:
+        yield tar
+
+
+def _member_stream(archive: zipfile.ZipFile | tarfile.TarFile, name: str) -> IO[bytes]:
+    if isinstance(archive, zipfile.ZipFile):
+        return archive.open(name)
+    source = archive.extractfile(name)
+    if source is None:
+        raise _refuse(f"{name!r} has no content")
+    return source
 
 
 def extract_adapter(path: Path, staging: Path, limits: Limits = Limits()) -> Path:
     """Unpack the adapter archive at `path` into the new folder `staging` (which must not exist)."""
     staging.mkdir(parents=True)
     try:
-        with _open(path) as (kind, archive):
-            members = _zip_members(archive) if kind == "zip" else _tar_members(archive)  # type: ignore[arg-type]
+        with _open(path) as archive:
+            members = _zip_members(archive) if isinstance(archive, zipfile.ZipFile) else _tar_members(archive)
             plan = _plan(members, limits)
             total_budget = limits.max_total_bytes
             for name, member in plan.items():
                 budget = min(member.size, limits.max_file_bytes, total_budget)
-                if kind == "zip":
-                    source = archive.open(member.name)  # type: ignore[union-attr]
-                else:
-                    source = archive.extractfile(member.name)  # type: ignore[union-attr,assignment]
-                    if source is None:
-                        raise _refuse(f"{member.name!r} has no content")
-                with source:
+                with _member_stream(archive, member.name) as source:
                     total_budget -= _copy(source, staging / name, budget)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         raise _refuse(f"it could not be read ({type(exc).__name__}: {exc})") from None

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Generic, TypeVar
 
 from contracts.errors import NotFound
-from db.leased import LeasedQueue, LeasedRow
+from db.leased import LeasedQueue
 from db.pagination import Cursor, Page
 from db.projects import Principal
 from db.session import Database
+from db.tables import LeasedWork
 
-Row = TypeVar("Row", bound=LeasedRow)
+Row = TypeVar("Row", bound=LeasedWork)
 
 
 class LeasedWorkService(Generic[Row]):

@@ -117,7 +117,8 @@ class BaseModelLoader:
                     bnb_4bit_compute_dtype=torch.bfloat16))
         if quantization is not None:
             raise ValueError(f"unknown quantization {quantization!r}")
-        model = AutoModelForCausalLM.from_pretrained(
+        # transformers types `.to` through a decorator that mypy misreads; the model is an nn.Module.
+        model: Any = AutoModelForCausalLM.from_pretrained(
             path,
             revision=revision,
             dtype=dtype or torch.float32,

@@ -84,13 +84,19 @@ def wrk(url: str, key: str | None, seconds: int, connections: int, script: str |
         command[1:1] = ["-s", str(path)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
+    def found(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, output, re.M)
+        if match is None:
+            raise RuntimeError(f"wrk printed no {pattern!r}:\n{output}")
+        return match
+
     def percentile(label: str) -> float:
-        value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()  # type: ignore[union-attr]
+        value, unit = found(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$").groups()
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return {"per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
-            "n": int(re.search(r"(\d+) requests in", output).group(1)),  # type: ignore[union-attr]
+    return {"per_second": float(found(r"Requests/sec:\s+([\d.]+)").group(1)),
+            "n": int(found(r"(\d+) requests in").group(1)),
             "p50_ms": percentile("50%"), "p90_ms": percentile("90%"), "p99_ms": percentile("99%"),
             "failures": int(errors.group(1)) if errors else 0}
 

@@ -6,7 +6,9 @@ names to find constraints) and PostgreSQL.
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, MetaData, Result
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION = {
@@ -20,3 +22,9 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def affected_rows(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE changed. `Session.execute` is typed to return a `Result`; for a DML
+    statement it is a `CursorResult`, which has the count."""
+    return cast(CursorResult[Any], result).rowcount

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from contracts.files.validation import ValidationOutcome
 from db import outbox
+from db.base import affected_rows
 from db.pagination import Cursor, Page, fetch_page
 from db.states import FileStatus
 from db.tables import File
@@ -72,7 +73,7 @@ def record_validation(session: Session, file_id: str, outcome: ValidationOutcome
             error_count=outcome.error_count,
         )
     )
-    return result.rowcount == 1
+    return affected_rows(result) == 1
 
 
 def take_expired(session: Session, *, now: float | None = None, limit: int = 100) -> list[str]:

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, select, true, update
-from sqlalchemy.orm import Mapped, Session
+from sqlalchemy.orm import Session
 
 from contracts.errors import IllegalTransition, LeaseLost
 from contracts.webhooks.events import ENDINGS as ENDED_STATUSES
 from db import outbox, webhooks
+from db.base import affected_rows
 from db.pagination import Cursor, Page, fetch_page
 from db.states import WorkStatus
+from db.tables import LeasedWork
 
 CLEAR_LEASE: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
 ENDINGS = frozenset(ENDED_STATUSES)
@@ -46,23 +48,8 @@ class Lease:
     attempt: int
 
 
-class LeasedRow(Protocol):
-    """The columns a leased table has (db.tables.LeasedWork and each table's own id, status and times)."""
-
-    id: Mapped[str]
-    project_id: Mapped[str]
-    status: Mapped[str]
-    attempt: Mapped[int]
-    max_attempts: Mapped[int]
-    fencing_token: Mapped[int]
-    lease_owner: Mapped[str | None]
-    lease_expires_at: Mapped[float | None]
-    dispatched_at: Mapped[float | None]
-    started_at: Mapped[int | None]
-    finished_at: Mapped[int | None]
-
-
-Row = TypeVar("Row", bound=LeasedRow)
+#: A leased table's row (db.tables.LeasedWork: jobs, knowledge evals, adapter operations).
+Row = TypeVar("Row", bound=LeasedWork)
 
 
 @dataclass(frozen=True)
@@ -130,7 +117,7 @@ class LeasedQueue(Generic[Row]):
         stmt = update(t).where(t.id == work_id, t.status.in_(sorted(sources)))
         if token is not None:
             stmt = stmt.where(t.fencing_token == token)
-        changed = session.execute(stmt.values(**values).execution_options(synchronize_session=False)).rowcount == 1
+        changed = affected_rows(session.execute(stmt.values(**values).execution_options(synchronize_session=False))) == 1
         if changed and values.get("status") in ENDINGS:
             self._announce(session, work_id, values["status"])
         return changed
@@ -219,6 +206,7 @@ class LeasedQueue(Generic[Row]):
             .order_by(t.lease_expires_at).limit(limit)))
         reaped: list[Reaped[Row]] = []
         for row in expired:
+            values: dict[str, Any]
             if self.parked is not None and row.status == self.parked[0]:
                 outcome, values = "parked", {"status": self.parked[1]}
             elif row.attempt < row.max_attempts:
@@ -230,7 +218,7 @@ class LeasedQueue(Generic[Row]):
             stmt = (update(t).where(t.id == row.id, t.status == row.status, t.fencing_token == row.fencing_token,
                                     t.lease_expires_at < now)
                     .values(**self.clear, **values).execution_options(synchronize_session=False))
-            if session.execute(stmt).rowcount == 1:
+            if affected_rows(session.execute(stmt)) == 1:
                 if outcome == "requeued":
                     outbox.add(session, self.route, row.id)
                 elif outcome == "failed":

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from db.base import affected_rows
 from db.tables import OutboxMessage
 
 
@@ -87,4 +88,4 @@ def purge_published(session: Session, older_than: float) -> int:
     result = session.execute(
         delete(OutboxMessage).where(OutboxMessage.published_at.is_not(None), OutboxMessage.published_at < older_than)
     )
-    return result.rowcount or 0
+    return affected_rows(result) or 0

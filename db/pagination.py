@@ -26,8 +26,7 @@ class Page(Generic[T]):
     has_more: bool
 
 
-def fetch_page(session: Session, stmt: Select[tuple[T]], id_column: InstrumentedAttribute[Any], cursor: Cursor
-               ) -> Page[T]:
+def fetch_page(session: Session, stmt: Select[T], id_column: InstrumentedAttribute[Any], cursor: Cursor) -> Page[T]:
     """Run `stmt` ordered by id, strictly after the cursor, and report whether more rows follow."""
     if cursor.after is not None:
         stmt = stmt.where(id_column < cursor.after if cursor.newest_first else id_column > cursor.after)

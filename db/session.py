@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -156,7 +157,7 @@ def _translated() -> Iterator[None]:
 
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control away from pysqlite so that BEGIN is ours (see module docstring).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -168,8 +169,10 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection) -> None:
+    def _on_begin(connection: Connection) -> None:
         mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
         # Straight to the driver: this runs for every transaction, and SQLAlchemy's statement machinery
         # would cost more than the statement (pysqlite then knows it is in a transaction and commits it).
-        connection.connection.driver_connection.execute(f"BEGIN {mode}")
+        driver = connection.connection.driver_connection
+        assert driver is not None  # a connection that begins a transaction is checked out
+        driver.execute(f"BEGIN {mode}")

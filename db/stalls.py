@@ -25,7 +25,8 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.engine import ExceptionContext
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +47,18 @@ class StallGuard:
 
     def install(self, engine: Engine) -> None:
         @event.listens_for(engine, "before_cursor_execute")
-        def _statement(conn, cursor, statement, parameters, context, executemany) -> None:
+        def _statement(conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any,
+                       executemany: bool) -> None:
             if not conn.get_execution_options().get(UNBOUNDED):
                 self.arm(cursor.connection)
 
         @event.listens_for(engine, "after_cursor_execute")
-        def _statement_done(conn, cursor, statement, parameters, context, executemany) -> None:
+        def _statement_done(conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any,
+                            executemany: bool) -> None:
             self.disarm(cursor.connection)
 
         @event.listens_for(engine, "handle_error")
-        def _failed(context) -> None:
+        def _failed(context: ExceptionContext) -> None:
             if context.connection is not None and not context.connection.invalidated:
                 with contextlib.suppress(Exception):
                     self.disarm(context.connection.connection.dbapi_connection)
@@ -64,17 +67,17 @@ class StallGuard:
         # operation re-arms or the deadline passes, when the connection is idle and left alone.
         @event.listens_for(engine, "commit")
         @event.listens_for(engine, "rollback")
-        def _ending(conn) -> None:
+        def _ending(conn: Connection) -> None:
             if not conn.get_execution_options().get(UNBOUNDED):
                 with contextlib.suppress(Exception):
                     self.arm(conn.connection.dbapi_connection)
 
         @event.listens_for(engine.pool, "reset")
-        def _returned(dbapi_connection, record, reset_state) -> None:
+        def _returned(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
             self.arm(dbapi_connection)  # the pool's rollback on return
 
         @event.listens_for(engine.pool, "checkin")
-        def _checked_in(dbapi_connection, record) -> None:
+        def _checked_in(dbapi_connection: Any, record: Any) -> None:
             if dbapi_connection is not None:
                 self.disarm(dbapi_connection)
 

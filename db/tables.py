@@ -7,7 +7,7 @@ order and paginate on the primary key.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -88,7 +88,17 @@ class File(Base):
 
 
 class LeasedWork:
-    """Execution bookkeeping of work a worker claims (jobs, knowledge evals); never shown as-is to clients."""
+    """Execution bookkeeping of work a worker claims (jobs, knowledge evals, adapter operations); never shown
+    as-is to clients. db.leased.LeasedQueue works on any table with these columns."""
+
+    if TYPE_CHECKING:
+        # Each table declares these itself (its own indexes and constraints name them); named here, for type
+        # checkers only, so that code over any leased table knows them.
+        id: Mapped[str]
+        project_id: Mapped[str]
+        status: Mapped[str]
+        started_at: Mapped[int | None]
+        finished_at: Mapped[int | None]
 
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     max_attempts: Mapped[int] = mapped_column(Integer)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from db import ids
@@ -51,7 +51,8 @@ def list_endpoints(session: Session, project_id: str, cursor: Cursor) -> Page[We
 
 def delete_endpoint(session: Session, endpoint: WebhookEndpoint) -> None:
     """The endpoint and its pending deliveries (nothing more is sent to it)."""
-    session.execute(WebhookDelivery.__table__.delete().where(WebhookDelivery.endpoint_id == endpoint.id))
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)
+                    .execution_options(synchronize_session=False))
     session.delete(endpoint)
 
 

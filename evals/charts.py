@@ -33,6 +33,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 100
 LOSS_SIZE = (9.0, 5.0)  # inches
@@ -110,8 +111,8 @@ def _latest_per_step(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[int, Mappi
         if not isinstance(row, Mapping) or isinstance(row.get("step"), bool):
             continue
         try:
-            step = int(row.get("step"))
-        except (TypeError, ValueError, OverflowError):
+            step = int(row["step"])
+        except (KeyError, TypeError, ValueError, OverflowError):
             continue
         if previous is not None and step <= previous:
             resumed_at.append(step)
@@ -163,7 +164,9 @@ def loss_curve_png(rows: Sequence[Mapping[str, Any]], *, title: str = "Training 
     all_steps = sorted({step for entry in plotted for step in entry[4]})
     if all_steps[0] == all_steps[-1]:
         ax.set_xlim(all_steps[0] - 1, all_steps[0] + 1)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    locator = ax.xaxis.get_major_locator()
+    if isinstance(locator, MaxNLocator):  # matplotlib's default (AutoLocator) is one
+        locator.set_params(integer=True)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (log scale)" if ax.get_yscale() == "log" else "loss")
     ax.set_title(title, fontsize=13)

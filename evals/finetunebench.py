@@ -55,7 +55,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from contracts.errors import InvalidRequest
 from evals.items import EvalItem
@@ -340,9 +340,9 @@ def import_csv(data: bytes, *, dataset: str, split: str, source: str | None = No
                 suffix += 1
             note(item_id, "renamed", f"duplicate id; imported as {item_id}-{suffix}")
             item_id = f"{item_id}-{suffix}"
-        base = {"dataset_id": dataset, "setting": SETTINGS[dataset], "split_id": spec.split_id,
-                "variant": spec.variant, "counts_toward": spec.counts_toward, "item_id": item_id,
-                "prompt": prompt, "reference_before": before, "answer_type": answer_type}
+        base: dict[str, Any] = {"dataset_id": dataset, "setting": SETTINGS[dataset], "split_id": spec.split_id,
+                                "variant": spec.variant, "counts_toward": spec.counts_toward, "item_id": item_id,
+                                "prompt": prompt, "reference_before": before, "answer_type": answer_type}
         if dataset == "fictional_people" and spec.split_id == "comparison":
             reasons: list[str] = []
             item = _comparison_item(row, base, profiles=profiles, alphabetical=alphabetical, drop=reasons)

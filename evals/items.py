@@ -63,17 +63,23 @@ class EvalItem:
         return asdict(self)
 
 
-def _text(value: object, *, line: int, field: str, required: bool) -> str | None:
+def _text(value: object, *, line: int, field: str) -> str | None:
+    """An optional text field: None when absent; numbers are taken as their text."""
     if value is None:
-        if required:
-            raise InvalidRequest(f"line {line}: '{field}' is required", code="invalid_suite_file",
-                                 param=f"line {line}: {field}")
         return None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise InvalidRequest(f"line {line}: '{field}' must be a string", code="invalid_suite_file",
                              param=f"line {line}: {field}")
-    text = str(value)
-    if required and not text.strip():
+    return str(value)
+
+
+def _required_text(value: object, *, line: int, field: str) -> str:
+    """A required text field: present and not blank."""
+    text = _text(value, line=line, field=field)
+    if text is None:
+        raise InvalidRequest(f"line {line}: '{field}' is required", code="invalid_suite_file",
+                             param=f"line {line}: {field}")
+    if not text.strip():
         raise InvalidRequest(f"line {line}: '{field}' must not be empty", code="invalid_suite_file",
                              param=f"line {line}: {field}")
     return text
@@ -88,8 +94,8 @@ def item_from_suite_line(data: object, *, line: int) -> EvalItem:
     if unknown:
         raise InvalidRequest(f"line {line}: unknown field(s) {', '.join(unknown)}", code="invalid_suite_file",
                              param=f"line {line}: {unknown[0]}")
-    values = {f: _text(data.get(f), line=line, field=f, required=True) for f in REQUIRED}
-    optional = {f: _text(data.get(f), line=line, field=f, required=False) for f in OPTIONAL}
+    values = {f: _required_text(data.get(f), line=line, field=f) for f in REQUIRED}
+    optional = {f: _text(data.get(f), line=line, field=f) for f in OPTIONAL}
     variant = VARIANT_ALIASES.get(values["variant"], values["variant"])
     checks = (("setting", values["setting"], SETTINGS), ("variant", variant, VARIANTS),
               ("counts_toward", values["counts_toward"], COUNTS_TOWARD),

@@ -4,8 +4,12 @@ official `openai` SDK. Implements `evals.scoring.Judge`."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from contracts.errors import InfrastructureError, InvalidRequest
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 
 class JudgeClient:
@@ -33,7 +37,9 @@ class JudgeClient:
         key: retrying cannot help) and InfrastructureError (code judge_unavailable) when it cannot be reached,
         times out or fails on its side (after the SDK's own retries)."""
         openai = self._openai
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": user}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
         try:
             completion = self._client.chat.completions.create(
                 model=model, messages=messages, temperature=temperature, max_tokens=max_tokens)

@@ -112,11 +112,11 @@ def delta_block(results: Sequence[ItemResult], base: Mapping[str, Any], tuned: M
                 level: float | None) -> dict[str, Any]:
     if base["accuracy"] is None or tuned["accuracy"] is None:
         return {"accuracy": None}
-    paired = [r for r in results if r.base is not None]
+    paired = [(r.base, r.tuned) for r in results if r.base is not None]
     block: dict[str, Any] = {
         "accuracy": round(tuned["accuracy"] - base["accuracy"], 6),
-        "flips_to_correct": sum(not r.base.counted_correct and r.tuned.counted_correct for r in paired),
-        "flips_to_incorrect": sum(r.base.counted_correct and not r.tuned.counted_correct for r in paired),
+        "flips_to_correct": sum(not before.counted_correct and after.counted_correct for before, after in paired),
+        "flips_to_incorrect": sum(before.counted_correct and not after.counted_correct for before, after in paired),
     }
     if level is not None:
         # Newcombe's hybrid score interval (his method 10) for a difference of proportions, from the two
@@ -173,16 +173,16 @@ def _split_result(spec: EvalSpec, dataset: Mapping[str, Any], split: Mapping[str
     }
     subsets: dict[str, Any] = {}
     baseline = spec.baseline
-    evaluated_base = [r for r in results if r.base is not None]
+    evaluated_base = [(r.base, r.tuned) for r in results if r.base is not None]
     if evaluated_base and dataset["setting"] == "new_knowledge" and baseline.get("exclude_items_base_already_knows"):
-        unknown = [r for r in evaluated_base if not r.base.counted_correct]
-        subsets["base_did_not_know"] = {"base": accuracy_block([r.base for r in unknown], level),
-                                        "tuned": accuracy_block([r.tuned for r in unknown], level)}
+        unknown = [(before, after) for before, after in evaluated_base if not before.counted_correct]
+        subsets["base_did_not_know"] = {"base": accuracy_block([before for before, _ in unknown], level),
+                                        "tuned": accuracy_block([after for _, after in unknown], level)}
     if (evaluated_base and dataset["setting"] == "updated_knowledge"
             and baseline.get("require_base_knows_before_answer") and any(r.item.reference_before for r in results)):
-        knew = [r for r in evaluated_base if r.base.matched_before]
-        subsets["base_knew_before_answer"] = {"base": accuracy_block([r.base for r in knew], level),
-                                              "tuned": accuracy_block([r.tuned for r in knew], level)}
+        knew = [(before, after) for before, after in evaluated_base if before.matched_before]
+        subsets["base_knew_before_answer"] = {"base": accuracy_block([before for before, _ in knew], level),
+                                              "tuned": accuracy_block([after for _, after in knew], level)}
     if subsets:
         entry["subsets"] = subsets
     extra = _extra_metrics(results)

@@ -88,7 +88,9 @@ class EvalRun:
                             self.spec.scorers[name])
             for index, answer in zip(indexes, scored, strict=True):
                 answers[index] = answer
-        return answers
+        scored_all = [answer for answer in answers if answer is not None]
+        assert len(scored_all) == len(questions)  # every item's split has a scorer (the spec is validated)
+        return scored_all
 
     def execute(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The report and the per-item records."""

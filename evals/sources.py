@@ -141,18 +141,24 @@ def read_rows(data: bytes, fmt: str, *, where: str) -> list[tuple[int, dict[str,
                          code="invalid_eval_source", param=where)
 
 
-def _cell(row: Mapping[str, Any], name: str | None, *, where: str, required: bool) -> str | None:
+def _cell(row: Mapping[str, Any], name: str | None, *, where: str) -> str | None:
+    """An optional field of a row (None: no such column named, or no value)."""
     if name is None:
         return None
     value = row.get(name)
-    if value is None or (isinstance(value, str) and not value.strip() and required):
-        if required:
-            raise InvalidRequest(f"{where}: field {name!r} is missing or empty", code="invalid_eval_source",
-                                 param=where)
+    if value is None:
         return None
     if isinstance(value, dict | list):
         raise InvalidRequest(f"{where}: field {name!r} must be text", code="invalid_eval_source", param=where)
     return str(value)
+
+
+def _required_cell(row: Mapping[str, Any], name: str, *, where: str) -> str:
+    """A required field of a row: present and not blank."""
+    value = _cell(row, name, where=where)
+    if value is None or not value.strip():
+        raise InvalidRequest(f"{where}: field {name!r} is missing or empty", code="invalid_eval_source", param=where)
+    return value
 
 
 def _source_rows(source: Mapping[str, Any], resolver: SourceResolver, *, where: str) -> list[tuple[int, dict]]:
@@ -192,8 +198,8 @@ def load_items(spec: EvalSpec, resolver: SourceResolver) -> tuple[list[EvalItem]
             seen: set[str] = set()
             for number, row in rows:
                 at = f"{where}: line {number}"
-                key = _cell(row, dataset.get("fact_key_field"), where=at, required=False)
-                item_id = _cell(row, "id", where=at, required=False) or key or str(number)
+                key = _cell(row, dataset.get("fact_key_field"), where=at)
+                item_id = _cell(row, "id", where=at) or key or str(number)
                 if item_id in seen:
                     raise InvalidRequest(f"{at}: duplicate item id {item_id!r}", code="invalid_eval_source", param=at)
                 seen.add(item_id)
@@ -203,13 +209,13 @@ def load_items(spec: EvalSpec, resolver: SourceResolver) -> tuple[list[EvalItem]
                 item = EvalItem(
                     dataset_id=dataset["id"], setting=dataset["setting"], split_id=split["id"],
                     variant=split["variant"], counts_toward=split["counts_toward"], item_id=item_id,
-                    prompt=_cell(row, split["prompt_field"], where=at, required=True),
-                    reference=_cell(row, split["reference_field"], where=at, required=True),
-                    reference_before=_cell(row, split.get("reference_before_field"), where=at, required=False),
-                    context=_cell(row, split.get("context_field"), where=at, required=False),
-                    fact_key=_cell(row, "fact_key", where=at, required=False) or key or item_id,
+                    prompt=_required_cell(row, split["prompt_field"], where=at),
+                    reference=_required_cell(row, split["reference_field"], where=at),
+                    reference_before=_cell(row, split.get("reference_before_field"), where=at),
+                    context=_cell(row, split.get("context_field"), where=at),
+                    fact_key=_cell(row, "fact_key", where=at) or key or item_id,
                     answer_type=str(answer_type),
-                    trained_answer=_cell(row, "trained_answer", where=at, required=False))
+                    trained_answer=_cell(row, "trained_answer", where=at))
                 if split["role"] == "train_and_eval" and item.fact_key:
                     trained[item.fact_key] = item.reference
                 pending.append(item)
@@ -225,12 +231,12 @@ def load_items(spec: EvalSpec, resolver: SourceResolver) -> tuple[list[EvalItem]
             rows = rows[:control["max_items"]]
         for number, row in rows:
             at = f"{where}: line {number}"
-            item_id = _cell(row, "id", where=at, required=False) or str(number)
+            item_id = _cell(row, "id", where=at) or str(number)
             controls.append(EvalItem(
                 dataset_id=control["id"], setting="new_knowledge", split_id=control["id"], variant="control",
                 counts_toward="control", item_id=item_id,
-                prompt=_cell(row, control["prompt_field"], where=at, required=True),
-                reference=_cell(row, control["reference_field"], where=at, required=True),
+                prompt=_required_cell(row, control["prompt_field"], where=at),
+                reference=_required_cell(row, control["reference_field"], where=at),
                 fact_key=item_id, answer_type=str(row.get("answer_type") or "short_text")))
     return items, controls
 

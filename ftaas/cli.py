@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from db.session import Database
+
 import logging
 import os
 import sys
@@ -179,7 +184,7 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
-def _database(settings: Settings, *, require_schema: bool = False):  # type: ignore[no-untyped-def]
+def _database(settings: Settings, *, require_schema: bool = False) -> Database:
     from db import migrate as migrations
     from db.session import Database
 

@@ -382,6 +382,6 @@ def redis_eviction_problem(broker_url: str) -> str | None:
     return None
 
 
-def _check_broker(publisher) -> None:  # type: ignore[no-untyped-def]
+def _check_broker(publisher: Any) -> None:
     with publisher.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import Connection
 
 from db import tables  # noqa: F401  (registers the tables on Base.metadata)
 from db.base import Base
@@ -27,7 +28,7 @@ def run_migrations_online() -> None:
         database.dispose()
 
 
-def _run(connection) -> None:  # type: ignore[no-untyped-def]
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,

@@ -291,11 +291,10 @@ class Engine:
         while True:
             if not decoding and not joining:
                 return
-            decode_rows = [(s.slot, s.generated[-1], s.position) for s in decoding]
-            assert all(slot is not None for slot, _, _ in decode_rows)
+            decode_rows = [(_slot_of(s), s.generated[-1], s.position) for s in decoding]
             try:
                 prefill_rows = [self._prefill_row(s) for s in joining]  # may reserve KV memory too
-                batch = build_step(self.forward, decode_rows, prefill_rows, self.slot_lora)  # type: ignore[arg-type]
+                batch = build_step(self.forward, decode_rows, prefill_rows, self.slot_lora)
                 break
             except KVBudgetExceeded:
                 victim = self._preempt()
@@ -395,6 +394,11 @@ class Engine:
         for sequence in [*self._waiting, *self._running]:
             self._finish(sequence, reason)
         self._waiting.clear()
+
+
+def _slot_of(sequence: Sequence) -> int:
+    assert sequence.slot is not None, "a running sequence holds a slot"
+    return sequence.slot
 
 
 def _adapter_key(sequence: Sequence) -> str | None:

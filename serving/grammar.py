@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from contracts.errors import InvalidRequest
-from contracts.inference.schemas import ChatCompletionRequest
+from contracts.inference.schemas import ChatCompletionRequest, NamedToolChoice
 from contracts.inference.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 #: JSON written as `json.dumps` writes it (the ftaas tool format's training data), without free whitespace.
@@ -67,7 +67,7 @@ def output_grammar(request: ChatCompletionRequest) -> tuple[str | None, str | No
     response = request.response_format.output_schema if request.response_format else None
     calls = None
     if mode != "none":
-        only = request.tool_choice.function.name if mode == "named" else None  # type: ignore[union-attr]
+        only = request.tool_choice.function.name if isinstance(request.tool_choice, NamedToolChoice) else None
         call = f"call: {_lark_string(TOOL_CALL_OPEN)} {_json(tool_call_schema(request, only))} " \
                f"{_lark_string(TOOL_CALL_CLOSE)}\n"
         single = mode == "named" or request.parallel_tool_calls is False

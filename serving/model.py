@@ -31,6 +31,7 @@ One file on purpose (~480 lines): the forward pass of every served family, whose
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -453,7 +454,7 @@ class StepBatch:
 
 
 def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
-               prefill: list[tuple[int, list[int]]] | list[tuple[int, list[int], int]], lora: Any = None) -> StepBatch:
+               prefill: Sequence[tuple[int, list[int]] | tuple[int, list[int], int]], lora: Any = None) -> StepBatch:
     """decode: (slot, last token, its position) per running sequence; prefill: (slot, prompt ids) or (slot,
     the prompt's ids after its first `past` positions, past) where the slot's cache holds those already.
 

@@ -172,7 +172,8 @@ class InferenceService:
             raise InvalidRequest(f"The request asks for {count} completions (prompts x n); this server takes at "
                                  f"most {capacity} at once.", param="n")
         # compiled once per request; each choice follows its own copy
-        first = None if grammar is None else base.grammars.constraint(grammar, param=grammar_param(request))  # type: ignore[arg-type]
+        first = None if grammar is None or not isinstance(request, ChatCompletionRequest) else \
+            base.grammars.constraint(grammar, param=grammar_param(request))
         constraints = [first if index == 0 or first is None else first.copy() for index in range(count)]
         lease = self._lease(base, resolved, parts, deadline)
         release = SharedRelease(lease, count)

@@ -42,7 +42,9 @@ def make_job(session: Session, project: Project, file: File, *, max_attempts: in
     if to == JobStatus.RUNNING:
         assert jobs.claim(session, job.id, owner="factory", ttl=60) is not None
     session.flush()
-    return jobs.get_any_project(session, job.id)  # type: ignore[return-value]
+    row = jobs.get_any_project(session, job.id)
+    assert row is not None
+    return row
 
 
 def chat_line(question: str, answer: str, **extra: object) -> str:

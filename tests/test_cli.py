@@ -152,7 +152,7 @@ def test_the_api_finishes_in_flight_requests_on_sigterm(tmp_path: Path) -> None:
         line = (b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
         sent = threading.Event()
 
-        def slow_body():  # type: ignore[no-untyped-def]
+        def slow_body():
             yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
                    f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.jsonl\"\r\n"
                    "Content-Type: application/jsonl\r\n\r\n").encode()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
@@ -21,7 +22,7 @@ from contracts.settings import EMBEDDED_BROKER_SCHEME
 class EmbeddedTransport(kombu_sqlalchemy.Transport):
     polling_interval = 0.1
 
-    def drain_events(self, connection, timeout=None):  # type: ignore[no-untyped-def]
+    def drain_events(self, connection: Any, timeout: float | None = None) -> Any:
         # Celery drives transports without file descriptors with a blocking loop that checks for shutdown
         # only between drains of up to 2 s, which an idle virtual transport sleeps out entirely. A short
         # drain lets a worker stop promptly (measured: 6-7 s to exit on SIGTERM before, see tests).

@@ -23,6 +23,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def preemptible() -> Iterator[threading.Event]:
     """While a job runs in this process: the event is set when the worker is shutting down (SIGUSR2 from the
     worker's main process, or SIGTERM to this one). The process's own handlers are restored afterwards."""
     _requested.clear()
-    previous: dict[int, object] = {}
+    previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
         for signum in (NOTICE, signal.SIGTERM):
             previous[signum] = signal.signal(signum, _on_signal)
@@ -62,7 +63,7 @@ def preemptible() -> Iterator[threading.Event]:
     finally:
         _running.clear()
         for signum, handler in previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
+            signal.signal(signum, handler)
 
 
 def notify_pool_processes() -> None:

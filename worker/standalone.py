@@ -15,10 +15,11 @@ from typing import Any, Self, TypeVar
 from sqlalchemy.orm import Session
 
 from contracts.errors import FTaaSError, InfrastructureError, LeaseLost
-from db.leased import Lease, LeasedQueue, LeasedRow
+from db.leased import Lease, LeasedQueue
 from db.session import Database
+from db.tables import LeasedWork
 
-Row = TypeVar("Row", bound=LeasedRow)
+Row = TypeVar("Row", bound=LeasedWork)
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)

@@ -113,7 +113,7 @@ async def read_upload(
                     field_name = options.get(b"name", b"").decode("utf-8", "replace")
                     raw_filename = options.get(b"filename")
                     current_is_file = raw_filename is not None
-                    if current_is_file:
+                    if raw_filename is not None:
                         if field_name != file_field or writer is not None or result.file is not None:
                             raise InvalidRequest(f"Expected exactly one file, in the '{file_field}' field.",
                                                  code="invalid_multipart", param=field_name or None)

@@ -205,6 +205,15 @@ class _Sampling(BaseModel):
             raise ValueError(f"'min_tokens' ({self.min_tokens}) must not exceed max_tokens ({wanted})")
         return self
 
+    @property
+    def max_new_tokens(self) -> int | None:
+        """The completion allowance the request asks for (each request kind names it its own way)."""
+        raise NotImplementedError
+
+    def prompt_token_estimate(self) -> tuple[int, int]:
+        """(prompts, their tokens estimated) for `rate_limit_tokens`."""
+        raise NotImplementedError
+
     def rate_limit_tokens(self) -> int:
         """Tokens this request counts against a tokens-per-window limit, as OpenAI counts them at admission:
         the larger of its completion allowance (max_tokens x choices) and its prompts' estimated tokens."""
@@ -346,6 +355,10 @@ class CompletionRequest(_Sampling):
         value = self.prompt
         if isinstance(value, str):
             return [value]
-        if all(isinstance(v, int) for v in value):
-            return [list(value)]
-        return list(value)
+        texts = [v for v in value if isinstance(v, str)]
+        ids = [v for v in value if isinstance(v, int)]
+        if len(ids) == len(value):
+            return [ids]
+        if len(texts) == len(value):
+            return list(texts)
+        return [v for v in value if isinstance(v, list)]

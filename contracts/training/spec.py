@@ -54,13 +54,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from contracts.files.formats import CHAT
 
-AUTO = "auto"
+AUTO: Final = "auto"
 DEFAULT_BETA = 0.1
 DEFAULT_MAX_SEQ_LEN = 2048
 DEFAULT_EVAL_INTERVAL = 10

@@ -22,7 +22,7 @@ _METADATA = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.10
 
 def system_resolver(host: str, port: int) -> list[str]:
     """Every address `host` resolves to (IPv4 and IPv6)."""
-    return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
 
 
 def check_destination(url: str, *, allow_private: bool, resolve: Resolver = system_resolver) -> str:

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import build_services, create_app
+from api.dependencies import ApiServices
 from contracts.settings import Settings
 from db import migrate, projects
 
@@ -29,6 +31,14 @@ class Api:
 
     def headers(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
+
+    @property
+    def services(self) -> ApiServices:
+        """The app's services (its database, to look behind the API)."""
+        app = self.client.app
+        assert isinstance(app, FastAPI)
+        services: ApiServices = app.state.services
+        return services
 
 
 @pytest.fixture

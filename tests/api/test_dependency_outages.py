@@ -99,7 +99,7 @@ def test_a_stalled_store_gives_a_503_within_its_read_timeouts(proxied: tuple[Tes
 
 
 @pytest.fixture
-def proxied_database_and_broker(tmp_path: Path, make_postgres_database, redis_url: str,  # type: ignore[no-untyped-def]
+def proxied_database_and_broker(tmp_path: Path, make_postgres_database, redis_url: str,
                                 ) -> Iterator[tuple[TestClient, TcpProxy, TcpProxy]]:
     database_proxy, database_url = TcpProxy.in_front_of(make_postgres_database())
     broker_proxy, broker_url = TcpProxy.in_front_of(redis_url)

@@ -21,7 +21,7 @@ TRAINING = ("\n".join(chat_line(f"Question {i}?", f"Answer {i}.") for i in range
 
 
 def upload(api: Api, data: bytes = TRAINING, *, name: str = "train.jsonl", purpose: str = "fine-tune",
-           key: str | None = None):  # type: ignore[no-untyped-def]
+           key: str | None = None):
     return api.client.post("/v1/files", files={"file": (name, data)}, data={"purpose": purpose}, headers=api.headers(key))
 
 
@@ -32,7 +32,7 @@ def processed_file(api: Api, data: bytes = TRAINING) -> str:
     return file_id
 
 
-def assert_error(response, status: int, code: str | None = None, param: str | None = None) -> dict:  # type: ignore[no-untyped-def]
+def assert_error(response, status: int, code: str | None = None, param: str | None = None) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
@@ -70,7 +70,7 @@ def test_requests_without_a_valid_key_get_401(api: Api, authorization: str | Non
 def test_a_revoked_key_is_refused_on_the_next_request(api: Api) -> None:
     from db import projects
 
-    services = api.client.app.state.services  # type: ignore[attr-defined]
+    services = api.services
     with services.db.write() as session:
         _, key = projects.create_api_key(session, projects.ensure_project(session, "alpha"))
     assert api.client.get("/v1/models", headers=api.headers(key)).status_code == 200
@@ -81,7 +81,7 @@ def test_a_revoked_key_is_refused_on_the_next_request(api: Api) -> None:
 
 
 def test_keys_are_stored_only_as_hashes(api: Api) -> None:
-    services = api.client.app.state.services  # type: ignore[attr-defined]
+    services = api.services
     with services.db.read() as session:
         stored = " ".join(str(v) for row in session.execute(text("SELECT * FROM api_keys")) for v in row)
         hashes = list(session.scalars(select(ApiKey.key_hash)))

@@ -10,7 +10,7 @@ from contracts.errors import InvalidRequest
 from contracts.webhooks.destinations import check_destination
 
 
-def _resolver(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
+def _resolver(table: dict[str, list[str]]):
     def resolve(host: str, port: int) -> list[str]:
         if host not in table:
             raise OSError("unknown host")

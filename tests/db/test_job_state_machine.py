@@ -194,7 +194,7 @@ def test_a_live_lease_is_left_alone_and_a_job_lost_while_pausing_is_parked(migra
     assert {(r.row.id, r.outcome) for r in reaped} == {(healthy.id, "requeued"), (pausing.id, "parked")}
 
 
-def test_concurrent_relays_on_postgresql_claim_disjoint_messages(make_postgres_database) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_relays_on_postgresql_claim_disjoint_messages(make_postgres_database) -> None:
     # (On SQLite, relays are serialised by BEGIN IMMEDIATE instead.)
     database = Database(make_postgres_database(), pool_size=2)
     migrate.upgrade(database)

@@ -64,8 +64,9 @@ def test_a_finished_eval_cannot_be_cancelled(migrated_database: Database) -> Non
         assert lease is not None
         knowledge_evals.complete(session, lease, summary={"memorization": {}}, result_files=["file-x"])
         row = knowledge_evals.get_any_project(session, eval_id)
+    assert row is not None
     with pytest.raises(IllegalTransition), migrated_database.write() as session:
-        knowledge_evals.cancel(session, row)  # type: ignore[arg-type]
+        knowledge_evals.cancel(session, row)
 
 
 def test_the_reaper_requeues_a_lost_eval_then_fails_it_after_its_attempts(migrated_database: Database) -> None:
@@ -110,6 +111,6 @@ def test_an_attached_eval_ends_with_its_cancelled_job(migrated_database: Databas
         knowledge_evals.insert(session, row, dispatch=False)
     assert messages(migrated_database, row.id) == 0  # the job's worker runs it, no task of its own
     with migrated_database.write() as session:
-        jobs.cancel(session, jobs.get_any_project(session, job.id))  # type: ignore[arg-type]
+        jobs.cancel(session, jobs.QUEUE.reload(session, job.id))
     with migrated_database.read() as session:
-        assert knowledge_evals.get_any_project(session, row.id).status == "cancelled"  # type: ignore[union-attr]
+        assert knowledge_evals.QUEUE.reload(session, row.id).status == "cancelled"

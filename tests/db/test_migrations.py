@@ -17,7 +17,7 @@ from db.tables import JobStatusTransition
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'm.db'}" if request.param == "sqlite" else request.getfixturevalue(
         "make_postgres_database")()
     database = Database(url, pool_size=1)

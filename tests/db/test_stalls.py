@@ -19,7 +19,7 @@ STATEMENT_TIMEOUT = 1.0
 
 
 @pytest.fixture
-def proxied_database(make_postgres_database) -> Iterator[tuple[Database, TcpProxy]]:  # type: ignore[no-untyped-def]
+def proxied_database(make_postgres_database) -> Iterator[tuple[Database, TcpProxy]]:
     proxy, url = TcpProxy.in_front_of(make_postgres_database())
     database = Database(url, pool_size=2, statement_timeout_seconds=STATEMENT_TIMEOUT)
     yield database, proxy

@@ -15,7 +15,7 @@ from tests.e2e.servers import LiveServer, start_cluster, start_embedded
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.when == "call" and report.failed:
@@ -69,7 +69,7 @@ def live(request: pytest.FixtureRequest) -> LiveServer:
 
 
 @pytest.fixture(scope="session")
-def finished_job(embedded: LiveServer):  # type: ignore[no-untyped-def]
+def finished_job(embedded: LiveServer):
     """A succeeded fine-tune on the embedded server (with events, checkpoints, results and a model)."""
     from tests.e2e.servers import wait_for
     from tests.factories import training_jsonl

@@ -17,7 +17,7 @@ TRAINING = {"type": "supervised", "supervised": {
     "adapter": {"type": "lora", "r": 16}, "n_checkpoints": 2}}
 
 
-def train_on_suite(server: LiveServer, suite: str, *, suffix: str, knowledge_eval: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
+def train_on_suite(server: LiveServer, suite: str, *, suffix: str, knowledge_eval: dict[str, Any] | None = None):
     """A succeeded fine-tune on the memorization split of `suite` (with an attached eval if given)."""
     client = server.client()
     with server.http() as api:

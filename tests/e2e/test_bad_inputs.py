@@ -72,7 +72,7 @@ def test_an_oversized_upload_is_413(embedded: LiveServer) -> None:
     assert raised.value.status_code == 413 and "larger than the limit" in raised.value.message
 
 
-def test_request_errors_map_to_the_sdk_exception_classes(embedded: LiveServer, finished_job) -> None:  # type: ignore[no-untyped-def]
+def test_request_errors_map_to_the_sdk_exception_classes(embedded: LiveServer, finished_job) -> None:
     client = embedded.client(max_retries=0)
     stranger = embedded.create_key("elsewhere")
     good = client.files.wait_for_processing(client.files.create(file=("ok.jsonl", training_jsonl(10)),

@@ -15,7 +15,7 @@ from tests.test_docs import README
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a real fine-tune on 2 CPU cores
 
 
-def test_the_quickstart_runs_as_written_and_the_real_model_learns_the_fact(embedded: LiveServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_quickstart_runs_as_written_and_the_real_model_learns_the_fact(embedded: LiveServer, tmp_path) -> None:
     code = README.split("## Quickstart", 1)[1].split("```python\n", 1)[1].split("\n```", 1)[0]
     assert len(code.splitlines()) <= 24
     script = tmp_path / "quickstart.py"

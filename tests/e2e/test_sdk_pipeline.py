@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-def wait_terminal(client: openai.OpenAI, job_id: str, timeout: float = 180):  # type: ignore[no-untyped-def]
+def wait_terminal(client: openai.OpenAI, job_id: str, timeout: float = 180):
     return wait_for(lambda: (job := client.fine_tuning.jobs.retrieve(job_id)).status in TERMINAL and job,
                     timeout=timeout, what=f"job {job_id} to finish")
 

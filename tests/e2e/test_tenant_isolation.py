@@ -12,7 +12,7 @@ from tests.e2e.servers import LiveServer
 pytestmark = pytest.mark.slow
 
 
-def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, finished_job) -> None:  # type: ignore[no-untyped-def]
+def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, finished_job) -> None:
     owner = embedded.client()
     job = finished_job
     checkpoint = next(iter(owner.fine_tuning.jobs.checkpoints.list(job.id))).fine_tuned_model_checkpoint
@@ -72,7 +72,7 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
         assert owner_http.get(f"/webhooks/{webhook['id']}").json()["url"] == "http://127.0.0.1:9/hooks"
 
 
-def test_the_keyless_metrics_endpoint_names_no_tenant(embedded: LiveServer, finished_job) -> None:  # type: ignore[no-untyped-def]
+def test_the_keyless_metrics_endpoint_names_no_tenant(embedded: LiveServer, finished_job) -> None:
     """`/metrics` needs no key (Prometheus scrapes it), so it carries no project's data: after the owner's
     fine-tuned model and its checkpoint answered, the series name base models, tiers and reasons only."""
     owner = embedded.client()

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def finished(client: openai.OpenAI, job_id: str, timeout: float = 240):  # type: ignore[no-untyped-def]
+def finished(client: openai.OpenAI, job_id: str, timeout: float = 240):
     return wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in TERMINAL and j,
                     timeout=timeout, what=f"job {job_id} to finish")
 
@@ -33,7 +33,7 @@ def metric_steps(client: openai.OpenAI, job_id: str) -> int:
     return sum(1 for e in client.fine_tuning.jobs.list_events(job_id, limit=100) if e.type == "metrics")
 
 
-def results(client: openai.OpenAI, job) -> list[dict]:  # type: ignore[no-untyped-def]
+def results(client: openai.OpenAI, job) -> list[dict]:
     return list(csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).text)))
 
 

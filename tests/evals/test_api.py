@@ -40,7 +40,7 @@ def error_of(response: httpx.Response, status: int = 400) -> dict[str, Any]:
 
 
 @pytest.fixture
-def live(start_serving):  # type: ignore[no-untyped-def]
+def live(start_serving):
     return start_serving()
 
 

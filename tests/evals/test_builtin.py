@@ -34,7 +34,7 @@ def _split(items: list[EvalItem], split: str) -> list[EvalItem]:
 
 
 def _by_key(items: list[EvalItem], split: str = "memorization") -> dict[str, EvalItem]:
-    return {item.fact_key: item for item in _split(items, split)}  # type: ignore[misc]
+    return {item.fact_key: item for item in _split(items, split) if item.fact_key is not None}
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_sizes(name: str, size: int) -> None:
 @pytest.mark.parametrize("size", [0, -1, 201, True, 2.5, "5"])
 def test_bad_size_is_rejected(size: object) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        generate_suite("fictional_people", size=size)  # type: ignore[arg-type]
+        generate_suite("fictional_people", size=size)  # type: ignore[arg-type]  # wrong types on purpose
     assert caught.value.param == "size"
 
 
@@ -134,7 +134,7 @@ def test_unknown_suite_and_bad_seed_are_rejected() -> None:
         generate_suite("no_such_suite")
     assert caught.value.param == "suite"
     with pytest.raises(InvalidRequest) as caught:
-        generate_suite("control", seed="1")  # type: ignore[arg-type]
+        generate_suite("control", seed="1")  # type: ignore[arg-type]  # a wrong type on purpose
     assert caught.value.param == "seed"
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
@@ -39,8 +40,8 @@ def item(reference: str, *, prompt: str = "Q?", context: str | None = None,
                     context=context, reference_before=reference_before)
 
 
-def score(config: dict, reference: str, response: str, **kwargs: object) -> Verdict:
-    scorer = build_scorers({"s": config}, **kwargs)["s"]  # type: ignore[arg-type]
+def score(config: dict, reference: str, response: str, **kwargs: Any) -> Verdict:
+    scorer = build_scorers({"s": config}, **kwargs)["s"]
     return scorer.score([item(reference)], [response])[0]
 
 

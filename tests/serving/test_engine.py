@@ -46,7 +46,7 @@ def _sequence(prompt: list[int], adapter: Any, *, max_new: int, temperature: flo
 
 
 @pytest.fixture
-def engine_factory(base_model: Any):  # type: ignore[no-untyped-def]
+def engine_factory(base_model: Any):
     engines: list[Engine] = []
 
     def make(slots: int = 16, max_queue: int = 64, prefill_tokens: int = 2048) -> Engine:
@@ -67,7 +67,7 @@ def _prompts(tokenizer: Any, count: int, seed: int) -> list[list[int]]:
             for _ in range(count)]
 
 
-def test_mixed_batch_greedy_outputs_equal_each_request_run_alone(engine_factory, tokenizer: Any,  # type: ignore[no-untyped-def]
+def test_mixed_batch_greedy_outputs_equal_each_request_run_alone(engine_factory, tokenizer: Any,
                                                                  make_adapter: AdapterFactory) -> None:
     """8 adapters of different kinds and ranks + the bare base model, 32 concurrent greedy requests of mixed
     prompt and output lengths, joining while others decode: every output is token-identical to alone."""
@@ -104,7 +104,7 @@ def test_mixed_batch_greedy_outputs_equal_each_request_run_alone(engine_factory,
     assert len(outputs) > 16, "adapters should produce different outputs"
 
 
-def test_seeded_sampling_repeats_alone_or_batched(engine_factory, tokenizer: Any,  # type: ignore[no-untyped-def]
+def test_seeded_sampling_repeats_alone_or_batched(engine_factory, tokenizer: Any,
                                                   make_adapter: AdapterFactory) -> None:
     engine = engine_factory()
     adapter = read_adapter(make_adapter(7), engine.forward, key="7", max_rank=16)
@@ -123,7 +123,7 @@ def test_seeded_sampling_repeats_alone_or_batched(engine_factory, tokenizer: Any
     assert sink.tokens != runs[0]
 
 
-def test_a_cancelled_sequence_frees_its_slot_for_a_waiting_one(engine_factory, tokenizer: Any) -> None:  # type: ignore[no-untyped-def]
+def test_a_cancelled_sequence_frees_its_slot_for_a_waiting_one(engine_factory, tokenizer: Any) -> None:
     engine = engine_factory(slots=1)
     prompt = tokenizer("the cat")["input_ids"]
     long, long_sink = _sequence(prompt, None, max_new=200)
@@ -139,7 +139,7 @@ def test_a_cancelled_sequence_frees_its_slot_for_a_waiting_one(engine_factory, t
     assert short_sink.finish is not None and short_sink.finish.reason == "length"
 
 
-def test_a_full_queue_is_refused_and_a_stop_token_ends_a_sequence(engine_factory, tokenizer: Any) -> None:  # type: ignore[no-untyped-def]
+def test_a_full_queue_is_refused_and_a_stop_token_ends_a_sequence(engine_factory, tokenizer: Any) -> None:
     engine = engine_factory(slots=1, max_queue=1)
     prompt = tokenizer("the cat")["input_ids"]
     sequences = [_sequence(prompt, None, max_new=100)[0] for _ in range(2)]
@@ -161,7 +161,7 @@ def test_a_full_queue_is_refused_and_a_stop_token_ends_a_sequence(engine_factory
     assert (sink.finish.reason, sink.finish.completion_tokens) == ("stop", 2)
 
 
-def test_deadlines_and_draining(engine_factory, tokenizer: Any) -> None:  # type: ignore[no-untyped-def]
+def test_deadlines_and_draining(engine_factory, tokenizer: Any) -> None:
     engine = engine_factory(slots=2)
     prompt = tokenizer("the cat")["input_ids"]
     late, late_sink = _sequence(prompt, None, max_new=100_000 // 1000)
@@ -177,7 +177,7 @@ def test_deadlines_and_draining(engine_factory, tokenizer: Any) -> None:  # type
         engine.submit([_sequence(prompt, None, max_new=5)[0]])
 
 
-def test_min_tokens_holds_back_the_stop_tokens_until_enough_were_generated(engine_factory, tokenizer: Any) -> None:  # type: ignore[no-untyped-def]
+def test_min_tokens_holds_back_the_stop_tokens_until_enough_were_generated(engine_factory, tokenizer: Any) -> None:
     """vLLM's `min_tokens`: the token a greedy completion would stop on first is made a stop token; alone it
     ends the completion at once, with `min_new_tokens` it cannot be chosen before that many tokens, and the
     completion is the greedy one with that token masked."""

@@ -22,7 +22,7 @@ def _chat(client: openai.OpenAI, model: str, content: str, **options: Any) -> An
     return client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}], **options)
 
 
-def test_chat_and_completions_for_base_and_fine_tuned_models(start_serving, make_adapter: AdapterFactory) -> None:  # type: ignore[no-untyped-def]
+def test_chat_and_completions_for_base_and_fine_tuned_models(start_serving, make_adapter: AdapterFactory) -> None:
     served: LiveServing = start_serving()
     tuned = served.register(make_adapter(1), "one")
     client = served.client()
@@ -64,7 +64,7 @@ def test_chat_and_completions_for_base_and_fine_tuned_models(start_serving, make
         client.completions.create(model=tuned, prompt="The cat", max_tokens=6, temperature=0).choices[0].text
 
 
-def test_sampling_parameters(start_serving, make_adapter: AdapterFactory) -> None:  # type: ignore[no-untyped-def]
+def test_sampling_parameters(start_serving, make_adapter: AdapterFactory) -> None:
     served: LiveServing = start_serving()
     tuned = served.register(make_adapter(2), "two")
     client = served.client()
@@ -89,7 +89,7 @@ def test_sampling_parameters(start_serving, make_adapter: AdapterFactory) -> Non
     assert cut.choices[0].finish_reason == "stop" and cut.choices[0].message.content == full[:full.find(stop)]
 
 
-def test_errors_map_to_the_sdk_exception_classes(start_serving, make_adapter: AdapterFactory) -> None:  # type: ignore[no-untyped-def]
+def test_errors_map_to_the_sdk_exception_classes(start_serving, make_adapter: AdapterFactory) -> None:
     served: LiveServing = start_serving(serving_max_context=128)
     tuned = served.register(make_adapter(3), "three")
     client, stranger = served.client(), served.client(served.other_key)
@@ -126,7 +126,7 @@ def test_errors_map_to_the_sdk_exception_classes(start_serving, make_adapter: Ad
     assert never_fits.value.param == "n"
 
 
-def test_mixed_batch_over_http_equals_one_at_a_time(start_serving, make_adapter: AdapterFactory) -> None:  # type: ignore[no-untyped-def]
+def test_mixed_batch_over_http_equals_one_at_a_time(start_serving, make_adapter: AdapterFactory) -> None:
     """8 adapters + the base model, 32 concurrent greedy requests: each identical to the same request alone
     (with batch-invariant serving; the default trades that for one stream's latency, docs/serving.md)."""
     served: LiveServing = start_serving(serving_batch_invariant=True)
@@ -146,7 +146,7 @@ def test_mixed_batch_over_http_equals_one_at_a_time(start_serving, make_adapter:
     assert len({text for text, _ in alone}) > 20
 
 
-def test_adapter_composition_is_served_without_a_training_job(start_serving, make_adapter: AdapterFactory) -> None:  # type: ignore[no-untyped-def]
+def test_adapter_composition_is_served_without_a_training_job(start_serving, make_adapter: AdapterFactory) -> None:
     served: LiveServing = start_serving()
     first, second = served.register(make_adapter(61), "first"), served.register(make_adapter(62, r=4), "second")
     client = served.client()
@@ -164,7 +164,7 @@ def test_adapter_composition_is_served_without_a_training_job(start_serving, mak
     assert "ftaas_serving_adapter_loads_total" in metrics and 'source="store"' in metrics
 
 
-def test_overload_is_429_with_retry_after_and_a_cancelled_stream_frees_its_slot(start_serving) -> None:  # type: ignore[no-untyped-def]
+def test_overload_is_429_with_retry_after_and_a_cancelled_stream_frees_its_slot(start_serving) -> None:
     served: LiveServing = start_serving(serving_max_batch=1, serving_max_queue=1)
     client = served.client()
     body = {"model": DEMO_BASE_MODEL, "messages": USER, "max_tokens": 400, "temperature": 0, "stream": True}
@@ -201,7 +201,7 @@ def test_overload_is_429_with_retry_after_and_a_cancelled_stream_frees_its_slot(
         assert series in metrics
 
 
-def test_deleting_a_model_evicts_it_and_it_is_no_longer_served(start_serving, make_adapter: AdapterFactory) -> None:  # type: ignore[no-untyped-def]
+def test_deleting_a_model_evicts_it_and_it_is_no_longer_served(start_serving, make_adapter: AdapterFactory) -> None:
     served: LiveServing = start_serving()
     tuned = served.register(make_adapter(71), "gone")
     client = served.client()
@@ -214,7 +214,7 @@ def test_deleting_a_model_evicts_it_and_it_is_no_longer_served(start_serving, ma
         _chat(client, tuned, "hi", max_tokens=2)
 
 
-def test_a_non_streaming_client_that_disconnects_cancels_its_sequence(start_serving) -> None:  # type: ignore[no-untyped-def]
+def test_a_non_streaming_client_that_disconnects_cancels_its_sequence(start_serving) -> None:
     served: LiveServing = start_serving(serving_max_batch=1)
     client = served.client()
     _chat(client, DEMO_BASE_MODEL, "warm up", max_tokens=1)
@@ -229,7 +229,7 @@ def test_a_non_streaming_client_that_disconnects_cancels_its_sequence(start_serv
     assert threading.active_count() < 100
 
 
-def test_tokens_per_window_are_counted_at_admission_as_openai_counts_them(start_serving) -> None:  # type: ignore[no-untyped-def]
+def test_tokens_per_window_are_counted_at_admission_as_openai_counts_them(start_serving) -> None:
     """A request counts the larger of max_tokens x n and its prompt estimated at 4 characters per token;
     over the key's tokens the SDK gets a 429 with the `-tokens` headers, and a request that could never fit
     is told not to retry."""
@@ -257,7 +257,7 @@ def test_tokens_per_window_are_counted_at_admission_as_openai_counts_them(start_
         model=DEMO_BASE_MODEL, messages=USER, max_tokens=20)
 
 
-def test_ignore_eos_and_min_tokens_as_vllm_takes_them(start_serving) -> None:  # type: ignore[no-untyped-def]
+def test_ignore_eos_and_min_tokens_as_vllm_takes_them(start_serving) -> None:
     """The extra body fields benchmarks send (vLLM's): on the real model, a short answer ends at its end-of-
     turn token; `ignore_eos` runs it to max_tokens, `min_tokens` past its natural end; bad values are 400s."""
     served: LiveServing = start_serving()

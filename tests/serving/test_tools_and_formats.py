@@ -42,7 +42,7 @@ def _check_calls(calls: Any, *, allowed: set[str]) -> None:
         jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
 
 
-def test_required_and_named_tool_choices_always_give_valid_calls(start_serving) -> None:  # type: ignore[no-untyped-def]
+def test_required_and_named_tool_choices_always_give_valid_calls(start_serving) -> None:
     served: LiveServing = start_serving()
     client = served.client()
     required = client.chat.completions.create(model=DEMO_BASE_MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
@@ -72,7 +72,7 @@ def test_required_and_named_tool_choices_always_give_valid_calls(start_serving) 
     _check_calls(legacy.choices[0].message.tool_calls, allowed={"lookup_order"})
 
 
-def test_streamed_tool_calls_assemble_in_the_sdk_to_the_same_calls(start_serving) -> None:  # type: ignore[no-untyped-def]
+def test_streamed_tool_calls_assemble_in_the_sdk_to_the_same_calls(start_serving) -> None:
     served: LiveServing = start_serving()
     client = served.client()
     options: dict[str, Any] = {"model": DEMO_BASE_MODEL, "messages": ASK, "tools": TOOLS, "tool_choice": "required",
@@ -94,7 +94,7 @@ class Forecast(BaseModel):
     level: Literal["low", "high"]
 
 
-def test_response_formats_always_parse_and_validate(start_serving) -> None:  # type: ignore[no-untyped-def]
+def test_response_formats_always_parse_and_validate(start_serving) -> None:
     served: LiveServing = start_serving()
     client = served.client()
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"},
@@ -124,7 +124,7 @@ def test_response_formats_always_parse_and_validate(start_serving) -> None:  # t
         assert choice.message.content.startswith("{")
 
 
-def test_a_conversation_with_tool_results_is_rendered_and_answered(start_serving) -> None:  # type: ignore[no-untyped-def]
+def test_a_conversation_with_tool_results_is_rendered_and_answered(start_serving) -> None:
     served: LiveServing = start_serving()
     client = served.client()
     messages = [*ASK,
@@ -145,7 +145,7 @@ def test_a_conversation_with_tool_results_is_rendered_and_answered(start_serving
     assert "<tools>" in text and "lookup_order" in text
 
 
-def test_unconstrained_rows_are_unchanged_by_constrained_rows_in_the_same_batch(start_serving) -> None:  # type: ignore[no-untyped-def]
+def test_unconstrained_rows_are_unchanged_by_constrained_rows_in_the_same_batch(start_serving) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     served: LiveServing = start_serving(serving_batch_invariant=True)
@@ -181,7 +181,7 @@ def test_unconstrained_rows_are_unchanged_by_constrained_rows_in_the_same_batch(
         "type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}}], "tool_choice": "required"},
      "tools", "missing"),
 ])
-def test_bad_tools_and_formats_are_clear_400s(start_serving, options: dict[str, Any], param: str | None,  # type: ignore[no-untyped-def]
+def test_bad_tools_and_formats_are_clear_400s(start_serving, options: dict[str, Any], param: str | None,
                                              fragment: str) -> None:
     served: LiveServing = start_serving()
     with pytest.raises(openai.BadRequestError) as caught:
@@ -193,7 +193,7 @@ def test_bad_tools_and_formats_are_clear_400s(start_serving, options: dict[str, 
         assert (error.get("param") or "").startswith(param), error
 
 
-def test_participant_names_reach_the_model_when_its_template_ignores_them(start_serving) -> None:  # type: ignore[no-untyped-def]
+def test_participant_names_reach_the_model_when_its_template_ignores_them(start_serving) -> None:
     """OpenAI's `name` on user, system and assistant messages: the demo model's template has no place for it,
     so it is written into the content ("Alice: ...") rather than dropped; a template that renders names gets
     the field as it is."""

@@ -18,8 +18,9 @@ from contracts.errors import (
 )
 from contracts.settings import Settings
 from storage import ArtifactStore, open_store
-from storage.local import PARTIAL_PREFIX
+from storage.local import PARTIAL_PREFIX, LocalArtifactStore
 from storage.manifest import MANIFEST, download_artifact, publish_directory
+from storage.s3 import S3ArtifactStore
 from tests.conftest import S3_CREDENTIALS
 
 MIB = 1024 * 1024
@@ -39,12 +40,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
 def corrupt(store: ArtifactStore, key: str) -> None:
     """Flip one byte of a stored object behind the store's back (as bit rot or tampering would)."""
     if store.uri.startswith("file://"):
-        path = Path(store.root) / key  # type: ignore[attr-defined]
+        assert isinstance(store, LocalArtifactStore)
+        path = Path(store.root) / key
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
     else:
-        client, bucket, object_key = store.client, store.bucket, store.object_key(key)  # type: ignore[attr-defined]
+        assert isinstance(store, S3ArtifactStore)
+        client, bucket, object_key = store.client, store.bucket, store.object_key(key)
         data = bytearray(client.get_object(Bucket=bucket, Key=object_key)["Body"].read())
         data[len(data) // 2] ^= 0xFF
         client.put_object(Bucket=bucket, Key=object_key, Body=bytes(data))
@@ -90,11 +93,12 @@ def test_an_aborted_write_leaves_nothing_visible(store: ArtifactStore) -> None:
         raise RuntimeError("client went away")
     assert store.size_of("files/file-d") is None
     assert store.list_keys("files/") == []
-    if store.uri.startswith("s3://"):
-        uploads = store.client.list_multipart_uploads(Bucket=store.bucket)  # type: ignore[attr-defined]
+    if isinstance(store, S3ArtifactStore):
+        uploads = store.client.list_multipart_uploads(Bucket=store.bucket)
         assert uploads.get("Uploads", []) == []
     else:
-        assert not [p for p in Path(store.root).rglob("*") if p.name.startswith(PARTIAL_PREFIX)]  # type: ignore[attr-defined]
+        assert isinstance(store, LocalArtifactStore)
+        assert not [p for p in Path(store.root).rglob("*") if p.name.startswith(PARTIAL_PREFIX)]
 
 
 def test_listing_and_deleting_by_prefix(store: ArtifactStore) -> None:
@@ -151,7 +155,8 @@ def test_s3_client_pins_checksum_behaviour(s3_endpoint: str, s3_bucket: str, tmp
         "s3_access_key_id": S3_CREDENTIALS["aws_access_key_id"],
         "s3_secret_access_key": S3_CREDENTIALS["aws_secret_access_key"]})
     store = open_store(f"s3://{s3_bucket}", settings.storage)
-    config = store.client.meta.config  # type: ignore[attr-defined]
+    assert isinstance(store, S3ArtifactStore)
+    config = store.client.meta.config
     assert config.request_checksum_calculation == "when_required"
     assert config.response_checksum_validation == "when_required"
     stored = store.put_bytes("k", b"hello")

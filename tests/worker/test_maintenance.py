@@ -36,9 +36,9 @@ def broker(redis_url: str) -> Iterator[str]:
 @pytest.fixture
 def maintenance(tmp_path: Path, broker: str) -> Iterator[Maintenance]:
     settings = Settings(data_dir=tmp_path, broker_url=broker, redispatch_after_seconds=60)
-    database = Database(settings.database.url, pool_size=2)  # type: ignore[arg-type]
+    database = Database(settings.database.url, pool_size=2)
     migrate.upgrade(database)
-    yield Maintenance(database, open_store(settings.storage.artifact_uri, settings.storage),  # type: ignore[arg-type]
+    yield Maintenance(database, open_store(settings.storage.artifact_uri, settings.storage),
                       create_celery_app(settings, with_tasks=False), settings)
     database.dispose()
 
@@ -68,9 +68,9 @@ def test_the_relay_publishes_each_committed_message_once(maintenance: Maintenanc
 
 def test_an_unreachable_broker_leaves_messages_in_the_outbox(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
-    database = Database(settings.database.url, pool_size=1)  # type: ignore[arg-type]
+    database = Database(settings.database.url, pool_size=1)
     migrate.upgrade(database)
-    relay = Maintenance(database, open_store(settings.storage.artifact_uri, settings.storage),  # type: ignore[arg-type]
+    relay = Maintenance(database, open_store(settings.storage.artifact_uri, settings.storage),
                         create_celery_app(settings, with_tasks=False), settings)
     with database.write() as session:
         outbox.add(session, outbox.RUN_JOB, "ftjob-x")

@@ -136,7 +136,7 @@ def test_a_job_that_cannot_fit_fails_at_validation_with_the_estimate(tmp_path: P
     assert "GiB" in job.error["message"] and "max_seq_len" in job.error["message"]
 
 
-def test_gradient_checkpointing_trains_the_same_adapter(loader, tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_gradient_checkpointing_trains_the_same_adapter(loader, tokenizer, tmp_path: Path) -> None:
     import torch
 
     from contracts.settings import DEMO_BASE_MODEL

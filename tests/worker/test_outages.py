@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,7 +25,7 @@ from worker.outages import OutagePolicy, ride_out
 
 
 # ------------------------------------------------------------------------------------------ the policy
-def flaky(failures: int, error: Exception) -> tuple[list[int], object]:
+def flaky(failures: int, error: Exception) -> tuple[list[int], Callable[[], str]]:
     calls: list[int] = []
 
     def call() -> str:
@@ -40,7 +41,7 @@ def test_infrastructure_errors_are_retried_with_growing_jittered_delays_until_th
     calls, call = flaky(5, StorageUnavailable("down"))
     delays: list[float] = []
     policy = OutagePolicy(deadline_seconds=60, first_delay=0.5, max_delay=4)
-    assert ride_out(call, what="x", policy=policy, sleep=delays.append, rng=random.Random(1)) == "done"  # type: ignore[arg-type]
+    assert ride_out(call, what="x", policy=policy, sleep=delays.append, rng=random.Random(1)) == "done"
     assert len(calls) == 6 and len(delays) == 5
     caps = [min(4, 0.5 * 2 ** retry) for retry in range(5)]
     assert all(0 <= delay <= cap for delay, cap in zip(delays, caps, strict=True))
@@ -49,18 +50,18 @@ def test_infrastructure_errors_are_retried_with_growing_jittered_delays_until_th
 def test_other_errors_pass_through_at_once() -> None:
     calls, call = flaky(1, InvalidRequest("bad"))
     with pytest.raises(InvalidRequest):
-        ride_out(call, what="x", policy=OutagePolicy(60), sleep=lambda _: None)  # type: ignore[arg-type]
+        ride_out(call, what="x", policy=OutagePolicy(60), sleep=lambda _: None)
     assert len(calls) == 1
 
 
 def test_past_the_deadline_the_outage_is_a_clear_failure_and_a_lost_lease_ends_the_wait() -> None:
     _, call = flaky(10**6, StorageUnavailable("down"))
     with pytest.raises(DependencyOutage) as outage:
-        ride_out(call, what="publish the adapter", policy=OutagePolicy(0.2, first_delay=0.05), sleep=time.sleep)  # type: ignore[arg-type]
+        ride_out(call, what="publish the adapter", policy=OutagePolicy(0.2, first_delay=0.05), sleep=time.sleep)
     assert outage.value.code == "dependency_outage" and "publish the adapter" in outage.value.message
     assert "artifact store is unavailable" in outage.value.message  # the public description, not the S3 text
     with pytest.raises(LeaseLost):
-        ride_out(call, what="x", policy=OutagePolicy(60), alive=lambda: False, sleep=lambda _: None)  # type: ignore[arg-type]
+        ride_out(call, what="x", policy=OutagePolicy(60), alive=lambda: False, sleep=lambda _: None)
 
 
 # ----------------------------------------------------------------------------------- a real outage

@@ -29,7 +29,7 @@ def _mean_loss(model: Any, examples: list[Any], pad_id: int, *, bf16: bool = Fal
                                  ignore_index=IGNORE))
 
 
-def test_a_qlora_adapter_learns_on_the_4bit_base_and_serves_on_the_full_base(loader, tokenizer,  # type: ignore[no-untyped-def]
+def test_a_qlora_adapter_learns_on_the_4bit_base_and_serves_on_the_full_base(loader, tokenizer,
                                                                              tmp_path: Path) -> None:
     examples = encode_lines(colour_facts(seed=1), "chat", tokenizer, 128).examples
     pad_id = tokenizer.pad_token_id

@@ -61,7 +61,7 @@ class Bench:
         assert advance_job(self.ctx, job_id) == "queued"
         return job_id
 
-    def job(self, job_id: str):  # type: ignore[no-untyped-def]
+    def job(self, job_id: str):
         with self.ctx.db.read() as session:
             return jobs.get_any_project(session, job_id)
 

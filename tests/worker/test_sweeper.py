@@ -13,6 +13,7 @@ import boto3
 from contracts.settings import Settings
 from db import migrate, models, projects
 from storage import open_store
+from storage.local import LocalArtifactStore
 from tests.conftest import S3_CREDENTIALS
 from worker.context import WorkerContext
 from worker.sweeper import artifact_of, sweep_orphans
@@ -36,7 +37,9 @@ def age(store_root: Path, key: str, seconds: float) -> None:
 def test_only_old_unreferenced_artifacts_are_removed(tmp_path: Path) -> None:
     ctx = WorkerContext(Settings(data_dir=tmp_path))
     migrate.upgrade(ctx.db)
-    store, root = ctx.store, Path(ctx.store.root)  # type: ignore[attr-defined]
+    store = ctx.store
+    assert isinstance(store, LocalArtifactStore)
+    root = Path(store.root)
     for key in ("models/kept/adapter_model.safetensors", "models/kept/manifest.json",
                 "models/orphan/adapter_model.safetensors", "models/orphan/manifest.json",
                 "models/fresh/adapter_model.safetensors", "results/ftjob-x/uid/metrics.csv"):

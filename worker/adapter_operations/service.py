@@ -163,13 +163,15 @@ def _publish(ctx: WorkerContext, lease: Lease, row: AdapterOperation, directory:
                   "operation": {"id": row.id, "type": row.type, "parameters": row.params, "result": result}}
     values: dict[str, Any] = {"result": result}
     file_row = None
-    prefix = uid = manifest_sha256 = None
+    #: the new model's (uid, prefix, manifest SHA-256), where the operation makes an adapter
+    published: tuple[str, str, str] | None = None
     if directory is not None:
         uid = ids.new_id(ids.MODEL_UID)
         prefix = layout.model_prefix(uid)
         stored.append(prefix)
-        manifest_sha256 = patient(lambda: publish_directory(ctx.store, prefix, directory, provenance),
-                                  "publish the adapter").manifest_sha256
+        manifest = patient(lambda: publish_directory(ctx.store, prefix, directory, provenance),
+                           "publish the adapter")
+        published = uid, prefix, manifest.manifest_sha256
     if file_path is not None:
         file_id = ids.new_id(ids.FILE)
         key = layout.file_key(file_id)
@@ -181,9 +183,11 @@ def _publish(ctx: WorkerContext, lease: Lease, row: AdapterOperation, directory:
         values["result_file_id"] = file_id
     def complete() -> None:
         with ctx.db.write() as session:
-            if prefix is not None:
-                models.add(session, name=row.result_model, uid=uid, project_id=row.project_id, job_id=None,  # type: ignore[arg-type]
-                           base_model=row.base_model, storage_prefix=prefix, manifest_sha256=manifest_sha256)  # type: ignore[arg-type]
+            if published is not None:
+                uid, prefix, manifest_sha256 = published
+                assert row.result_model is not None  # operations that make an adapter name it at creation
+                models.add(session, name=row.result_model, uid=uid, project_id=row.project_id, job_id=None,
+                           base_model=row.base_model, storage_prefix=prefix, manifest_sha256=manifest_sha256)
             if file_row is not None:
                 files.insert(session, file_row)
             QUEUE.complete(session, lease, values)

@@ -48,7 +48,9 @@ def plan_job(ctx: WorkerContext, lease: Lease) -> tuple[JobPlan, File, File | No
     with ctx.db.read() as session:
         job = jobs.get_any_project(session, lease.work_id)
         assert job is not None
-        project_name = session.get(Project, job.project_id).name  # type: ignore[union-attr]
+        project = session.get(Project, job.project_id)
+        assert project is not None  # a job's project outlives it (ON DELETE CASCADE)
+        project_name = project.name
         # Files past their expiry stay readable for the jobs that use them (see db.files.take_expired).
         training = files.get(session, job.project_id, job.training_file_id, include_expired=True)
         validation = (files.get(session, job.project_id, job.validation_file_id, include_expired=True)
