@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from basemodels import tiny  # noqa: E402
+from serving.adapter_weights import read_adapter  # noqa: E402
 from serving.engine import Engine, FinishEvent, SamplingParams, Sequence, TokenEvent  # noqa: E402
-from serving.lora import read_adapter  # noqa: E402
 from serving.model import LlamaForward  # noqa: E402
 
 WORDS = ("the cat dog river town was born lives in likes music book red blue who what when where city lake "

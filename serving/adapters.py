@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from adapters.files import adapter_files
 from contracts.errors import InvalidRequest, Overloaded
-from serving.lora import AdapterWeights
+from serving.adapter_weights import AdapterWeights
 from storage import ArtifactStore
 from storage.manifest import download_artifact
 

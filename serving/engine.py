@@ -32,9 +32,10 @@ from typing import Protocol
 import torch
 
 from contracts.errors import Draining, Overloaded
+from serving.adapter_weights import AdapterWeights
 from serving.kvcache import KVBudgetExceeded, PrefixCache
-from serving.lora import AdapterWeights, SlotLora
 from serving.model import LlamaForward, build_step
+from serving.slots import SlotAdapters
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class Sequence:
         self.params = params
         self.sink = sink
         self.adapter = adapter
+        #: positions an adapter's virtual prefix takes before the prompt (prompt learning; 0: none)
+        self.offset = adapter.virtual_tokens if adapter is not None else 0
         self.deadline = deadline
         self.label = label
         self.on_release = on_release
@@ -129,8 +132,8 @@ class Sequence:
 
     @property
     def position(self) -> int:
-        """Position of the newest token (the one the next decode step feeds in)."""
-        return len(self.prompt_ids) + len(self.generated) - 1
+        """Position of the newest token (the one the next decode step feeds in), after any virtual prefix."""
+        return self.offset + len(self.prompt_ids) + len(self.generated) - 1
 
 
 class EngineObserver:
@@ -151,7 +154,7 @@ class Engine:
         self.name = name
         self.max_queue = max_queue
         self.prefill_tokens = prefill_tokens
-        self.slot_lora = SlotLora(forward, max_rank=max_rank)
+        self.slot_adapters = SlotAdapters(forward, max_rank=max_rank)
         self.observer = observer or EngineObserver()
         # Slots [0, used) are occupied, always contiguously: a finishing sequence's slot is refilled by the
         # sequence in the last slot (its KV cache and adapter copied exactly). Decode rows are then slots
@@ -271,7 +274,7 @@ class Engine:
             needed = len(sequence.prefill_ids)
             if joining and needed > budget:
                 break
-            reserve = kv.capacity_for(needed + 1) * kv.position_bytes
+            reserve = kv.capacity_for(sequence.offset + needed + 1) * kv.position_bytes
             if planned + reserve > kv.budget_bytes and (self._running or joining):
                 break  # wait for memory to be freed (alone, a sequence always fits: max_context is capped)
             self._waiting.popleft()
@@ -282,7 +285,7 @@ class Engine:
             sequence.cached_prefix = None
             self._slots[self._used] = sequence
             self._used += 1
-            self.slot_lora.assign(sequence.slot, sequence.adapter)
+            self.slot_adapters.assign(sequence.slot, sequence.adapter)
             self._running.append(sequence)
             joining.append(sequence)
         return joining
@@ -294,7 +297,7 @@ class Engine:
             decode_rows = [(_slot_of(s), s.generated[-1], s.position) for s in decoding]
             try:
                 prefill_rows = [self._prefill_row(s) for s in joining]  # may reserve KV memory too
-                batch = build_step(self.forward, decode_rows, prefill_rows, self.slot_lora)
+                batch = build_step(self.forward, decode_rows, prefill_rows, self.slot_adapters)
                 break
             except KVBudgetExceeded:
                 victim = self._preempt()
@@ -305,7 +308,8 @@ class Engine:
             logits = self.forward.forward(batch).cpu()
             for sequence in joining:
                 assert sequence.slot is not None
-                self.prefixes.store(_adapter_key(sequence), sequence.prefill_ids, self.forward.kv[sequence.slot])
+                if not sequence.offset:  # cached prompt prefixes start at position 0
+                    self.prefixes.store(_adapter_key(sequence), sequence.prefill_ids, self.forward.kv[sequence.slot])
         now = time.monotonic()
         finished: list[tuple[Sequence, str]] = []
         for row, sequence in enumerate([*decoding, *joining]):
@@ -329,9 +333,15 @@ class Engine:
                     self._finish(sequence, reason)
 
     def _prefill_row(self, sequence: Sequence) -> tuple[int, list[int], int]:
-        """(slot, the ids to compute, positions taken from the prefix cache), copying those into the slot."""
+        """(slot, the ids to compute, positions already in the slot's cache), copying those into the slot: an
+        adapter's virtual prefix, or positions taken from the prompt-prefix cache."""
         assert sequence.slot is not None
         ids = sequence.prefill_ids
+        if sequence.adapter is not None and sequence.adapter.prefix is not None:
+            prefix = sequence.adapter.prefix
+            self.forward.kv.reserve(sequence.slot, sequence.offset + len(ids))
+            self.forward.kv[sequence.slot][:, :, :, :sequence.offset] = prefix
+            return sequence.slot, ids, sequence.offset
         if sequence.cached_prefix is None:  # once per admission: a step retried after a preemption keeps it
             cached, keys_values = self.prefixes.lookup(_adapter_key(sequence), ids)
             if keys_values is not None:
@@ -381,12 +391,12 @@ class Engine:
             moved = self._slots[last]
             assert moved is not None and moved.slot == last
             self.forward.move_slot(last, slot)
-            self.slot_lora.move(last, slot)
+            self.slot_adapters.move(last, slot)
             self._slots[slot] = moved
             moved.slot = slot
         else:
             self.forward.kv.release(slot)
-            self.slot_lora.assign(slot, None)
+            self.slot_adapters.assign(slot, None)
         self._slots[last] = None
         self._used -= 1
 

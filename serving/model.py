@@ -1,4 +1,4 @@
-"""The forward pass for Llama-family decoders with per-row LoRA, over per-sequence KV caches.
+"""The forward pass for Llama-family decoders with a per-row adapter, over per-sequence KV caches.
 
 The weights are the Hugging Face model's own tensors (q/k/v and gate/up fused by concatenation; on a CPU in
 bfloat16, pre-packed once into oneDNN's blocked layout, which measured 1.5x faster for the few-row products of
@@ -15,7 +15,8 @@ operands: a 1-row product (gemv) and a 7-row product round differently (measured
 * every product over rows runs on a row count padded to a multiple of `tile_rows` (fixed-shape tiles give
   per-row results independent of the batch; measured bitwise-equal across 64..512 rows);
 * LoRA runs as a batched product with one matrix pair per row (`bmm`: each row is its own problem), on a
-  fixed padded rank, because a product's result also depends on its inner and outer sizes;
+  fixed padded rank, because a product's result also depends on its inner and outer sizes; IA3 scales are
+  elementwise per row (serving.slots); a virtual prefix is the start of its sequence's cache;
 * attention runs per sequence on that sequence's own keys and values (serving.kvcache), so its shapes
   depend only on that sequence: decode rows one by one, prompts one by one.
 
@@ -25,8 +26,8 @@ row's numbers may then differ in the last bits with its company (docs/serving.md
 Rows are ordered: decode rows (one per running sequence), then the prompt tokens of joining sequences,
 then padding (whose keys and values are never stored).
 
-One file on purpose (~480 lines): the forward pass of every served family, whose per-family differences
-(norms, scales, RoPE tables, activations) are small switches on one code path that must stay side by side.
+One file on purpose: the forward pass of every served family, whose per-family differences (norms, scales,
+RoPE tables, activations) are small switches on one code path that must stay side by side.
 """
 
 from __future__ import annotations
@@ -271,13 +272,17 @@ class LlamaForward:
         return {group: (fan_in, sum(outs)) for group, (fan_in, outs) in self.geometry.groups.items()}
 
     # ---------------------------------------------------------------------------------- forward
-    def forward(self, batch: StepBatch) -> torch.Tensor:
-        """Run one engine step; returns float32 logits, one row per sequence in `batch.logit_rows`."""
+    def forward(self, batch: StepBatch, kv: KVCache | None = None) -> torch.Tensor:
+        """Run one engine step; returns float32 logits, one row per sequence in `batch.logit_rows`. `kv`: the
+        caches the step's prompts are written to (default the engine's own; the one `build_step` reserved in)."""
         g = self.geometry
+        kv = self.kv if kv is None else kv
         rows = batch.padded_rows
         x = self.embed[batch.tokens]
         if self.embed_scale is not None:
             x = x * self.embed_scale
+        for start, embeddings in batch.embeddings:  # rows given as embeddings (prompt tuning's virtual tokens)
+            x[start:start + embeddings.shape[0]] = embeddings
         rope = [(cos[batch.positions].unsqueeze(1), sin[batch.positions].unsqueeze(1)) for cos, sin in self.rope]
         #: grouped decode: each layer's keys and values of the decode rows, stored once after the last layer
         staged: list[torch.Tensor] = []
@@ -307,7 +312,7 @@ class LlamaForward:
                     layer_cache[:, :, position] = keys_values[row]
                     pieces.append(self._decode_attention(q[row], layer_cache, position + 1, layer.window))
             for start, length, slot, past in batch.prefills:
-                layer_cache = self.kv[slot][index]
+                layer_cache = kv[slot][index]
                 layer_cache[:, :, past:past + length] = keys_values[start:start + length].permute(1, 2, 0, 3)
                 if past:  # the prompt's first `past` positions came from the prefix cache
                     keys, values = layer_cache[0, :, :past + length], layer_cache[1, :, :past + length]
@@ -337,13 +342,33 @@ class LlamaForward:
         return self._dense(last, self.lm_head)[:len(batch.logit_rows)].float()
 
     def _linear(self, x: torch.Tensor, layer: LayerWeights, group: str, index: int, batch: StepBatch) -> torch.Tensor:
+        """One module group's product for every row, with each row's adapter: IA3 input scales, the base
+        product, LoRA (DoRA), the bias, IA3 output scales (which scale the bias too, as peft's do)."""
         weight, bias = layer.linear[group]
+        adapters = batch.lora
+        if group in batch.scaled_inputs:
+            x = adapters.scale_inputs(x, index, group, batch)
         out = self._dense(x, weight)  # x already has a multiple of tile_rows rows
-        if batch.lora is not None and (batch.decode_lora or batch.lora_prefills):
-            out = batch.lora.apply(out, x, index, group, batch)
+        if adapters is not None and (batch.decode_lora or batch.lora_prefills):
+            out = adapters.apply(out, x, index, group, batch)
         if bias is not None:
             out = out + bias
+        if group in batch.scaled_outputs:
+            out = adapters.scale_outputs(out, index, group, batch)
         return out
+
+    def virtual_prefix(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The keys and values of every layer at positions 0..n-1 for `n` input embeddings (prompt tuning's
+        virtual tokens), [layers, 2, kv_heads, n, head_dim]: the prefix a sequence's KV cache starts with.
+        Computed on a KV cache of its own, so it may run beside the engine's steps."""
+        g, n = self.geometry, embeddings.shape[0]
+        scratch = KVCache(layers=g.layers, kv_heads=g.kv_heads, head_dim=g.head_dim, dtype=self.dtype,
+                          device=self.device, slots=1, max_context=n, budget_bytes=None, chunk=n)
+        batch = build_step(self, [], [(0, [0] * n)], kv=scratch)
+        batch.embeddings = [(0, embeddings.to(self.device, self.dtype))]
+        with torch.inference_mode():
+            self.forward(batch, kv=scratch)
+        return scratch[0][:, :, :, :n].clone()
 
     def _decode_attention(self, q: torch.Tensor, layer_cache: torch.Tensor, length: int,
                           window: int | None) -> torch.Tensor:
@@ -436,7 +461,7 @@ class StepBatch:
     #: (first row, length, slot, positions already cached before the first row) per joining sequence
     prefills: list[tuple[int, int, int, int]]
     logit_rows: torch.Tensor
-    #: the slot adapter buffers (serving.lora.SlotLora), or None when no adapter is loaded at all
+    #: the slot adapter buffers (serving.slots.SlotAdapters), or None when no adapter is loaded at all
     lora: Any = None
     #: the rank classes of the decode rows' adapters (empty: no decode row has an adapter)
     decode_lora: list[int] = field(default_factory=list)
@@ -444,6 +469,13 @@ class StepBatch:
     #: decode row i uses slot i (the engine keeps slots compact), so per-slot data are views
     decode_contiguous: bool = False
     lora_prefills: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: IA3: the groups some row scales the inputs / outputs of, and each row's slot (padding: the spare slot,
+    #: whose scales are ones); None when no row has IA3
+    scaled_inputs: frozenset[str] = frozenset()
+    scaled_outputs: frozenset[str] = frozenset()
+    row_slots: torch.Tensor | None = None
+    #: (first row, [rows, hidden]) rows whose input is these embeddings instead of their token's
+    embeddings: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     #: grouped decode attention (see LlamaForward._grouped_decode_attention): (bucket, rows as a tensor, rows,
     #: additive mask [rows, 1, bucket]) per bucket; empty: each row attends alone over its own cache
     decode_groups: list[tuple[int, torch.Tensor, list[int], torch.Tensor]] = field(default_factory=list)
@@ -454,24 +486,28 @@ class StepBatch:
 
 
 def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
-               prefill: Sequence[tuple[int, list[int]] | tuple[int, list[int], int]], lora: Any = None) -> StepBatch:
+               prefill: Sequence[tuple[int, list[int]] | tuple[int, list[int], int]], lora: Any = None,
+               kv: KVCache | None = None) -> StepBatch:
     """decode: (slot, last token, its position) per running sequence; prefill: (slot, prompt ids) or (slot,
-    the prompt's ids after its first `past` positions, past) where the slot's cache holds those already.
+    the prompt's ids after its first `past` positions, past) where the slot's cache holds those already
+    (cached prompt prefixes, an adapter's virtual prefix).
 
-    Reserves the KV memory the step writes (raises serving.kvcache.KVBudgetExceeded, having reserved
-    nothing new for the slot that did not fit, when the budget cannot hold it)."""
+    Reserves the KV memory the step writes in `kv` (default the engine's own; raises
+    serving.kvcache.KVBudgetExceeded, having reserved nothing new for the slot that did not fit, when the
+    budget cannot hold it)."""
+    kv = forward.kv if kv is None else kv
     tokens: list[int] = []
     positions: list[int] = []
     logit_rows: list[int] = []
     for slot, token, position in decode:
-        forward.kv.reserve(slot, position + 1)
+        kv.reserve(slot, position + 1)
         logit_rows.append(len(tokens))
         tokens.append(token)
         positions.append(position)
     prefills = []
     for slot, ids, *cached in prefill:
         past = cached[0] if cached else 0
-        forward.kv.reserve(slot, past + len(ids))
+        kv.reserve(slot, past + len(ids))
         prefills.append((len(tokens), len(ids), slot, past))
         tokens.extend(ids)
         positions.extend(range(past, past + len(ids)))
@@ -485,7 +521,7 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
         tokens=torch.tensor(tokens, device=device), positions=torch.tensor(positions, device=device),
         padded_rows=padded, real_rows=real, decode_count=len(decode),
         decode_slots=torch.tensor([slot for slot, _, _ in decode], dtype=torch.long, device=device),
-        decode_caches=[(forward.kv[slot], position) for slot, _, position in decode], prefills=prefills,
+        decode_caches=[(kv[slot], position) for slot, _, position in decode], prefills=prefills,
         logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=device), lora=lora,
     )
     batch.decode_contiguous = all(slot == row for row, (slot, _, _) in enumerate(decode))
@@ -499,6 +535,15 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
         batch.decode_lora = sorted({lora.slot_class[slot] for slot, _, _ in decode} - {None})
         batch.decode_dora = any(lora.has_dora[slot] for slot, _, _ in decode)
         batch.lora_prefills = [p for p in prefills if lora.slot_class[p[2]] is not None]
+        slots = [slot for slot, _, _ in decode] + [slot for _, _, slot, _ in prefills]
+        batch.scaled_inputs = frozenset().union(*(lora.scaled_inputs[slot] for slot in slots))
+        batch.scaled_outputs = frozenset().union(*(lora.scaled_outputs[slot] for slot in slots))
+        if batch.scaled_inputs or batch.scaled_outputs:
+            row_slots = [slot for slot, _, _ in decode]
+            for _, length, slot, _ in prefills:
+                row_slots += [slot] * length
+            row_slots += [lora.spare] * (padded - real)
+            batch.row_slots = torch.tensor(row_slots, dtype=torch.long, device=device)
     return batch
 
 

@@ -27,11 +27,11 @@ from contracts.inference.tools import prepare_conversation, template_renders_nam
 from contracts.settings import ServingSettings
 from db.projects import Principal
 from db.session import Database
+from serving.adapter_weights import compose, read_adapter
 from serving.adapters import AdapterCache, AdapterLease, AdapterRef
 from serving.engine import Engine, Event, SamplingParams, Sequence, single_threaded_torch
 from serving.generation import Generation, SharedRelease, event_sink
 from serving.grammar import GrammarCompiler, grammar_param, output_grammar
-from serving.lora import compose, read_adapter
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.model import LlamaForward, refuse_unservable
 from serving.placement import serving_placement
@@ -148,7 +148,28 @@ class InferenceService:
         deadline = time.monotonic() + self.settings.request_timeout_seconds
         base = self.engine_for(resolved.base_model)
         prompts = self._prompts(base, request)
-        limit = base.engine.forward.max_context
+        lease = self._lease(base, resolved, parts, deadline)
+        queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        try:
+            sequences = self._submit(base, resolved, parts, request, prompts, lease, deadline, loop, queue)
+        except BaseException:
+            if lease is not None:
+                lease.release()  # no sequence was queued, so none will release it
+            raise
+        stops = [request.stop_sequences] * len(sequences)
+        return Generation(base.engine, base.tokenizer, sequences, stops, queue,
+                          prompt_tokens=sum(len(ids) for ids in prompts),
+                          want_logprobs=request.logprob_count is not None, min_tokens=request.min_tokens,
+                          parse_tool_calls=isinstance(request, ChatCompletionRequest) and request.tool_mode != "none")
+
+    def _submit(self, base: BaseEngine, resolved: ResolvedModel, parts: list[tuple[ResolvedModel, float]],
+                request: ChatCompletionRequest | CompletionRequest, prompts: list[list[int]],
+                lease: AdapterLease | None, deadline: float, loop: asyncio.AbstractEventLoop,
+                queue: asyncio.Queue[tuple[int, Event]]) -> list[Sequence]:
+        """Check the request against the context and the server's capacity, and queue its sequences (all or
+        none: a request refused here queued nothing)."""
+        # An adapter's virtual prefix (prompt learning) takes positions of the context before the prompt.
+        limit = base.engine.forward.max_context - (lease.weights.virtual_tokens if lease is not None else 0)
         wanted = request.max_new_tokens
         for ids in prompts:
             if len(ids) >= limit:
@@ -175,9 +196,7 @@ class InferenceService:
         first = None if grammar is None or not isinstance(request, ChatCompletionRequest) else \
             base.grammars.constraint(grammar, param=grammar_param(request))
         constraints = [first if index == 0 or first is None else first.copy() for index in range(count)]
-        lease = self._lease(base, resolved, parts, deadline)
         release = SharedRelease(lease, count)
-        queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         sequences: list[Sequence] = []
         label = resolved.name if not parts else f"{resolved.name}+{len(parts)}"
         try:
@@ -195,16 +214,9 @@ class InferenceService:
                                               label=label, on_release=release, constraint=constraints[index]))
             base.engine.submit(sequences)
         except (Overloaded, Draining) as exc:
-            if lease is not None:
-                lease.release()  # no sequence was queued, so none will release it
             self.metrics.rejected.labels(resolved.base_model, exc.code).inc()
             raise
-
-        stops = [request.stop_sequences] * count
-        return Generation(base.engine, base.tokenizer, sequences, stops, queue,
-                          prompt_tokens=sum(len(ids) for ids in prompts),
-                          want_logprobs=request.logprob_count is not None, min_tokens=request.min_tokens,
-                          parse_tool_calls=isinstance(request, ChatCompletionRequest) and request.tool_mode != "none")
+        return sequences
 
     def _prompts(self, base: BaseEngine, request: ChatCompletionRequest | CompletionRequest) -> list[list[int]]:
         tokenizer = base.tokenizer

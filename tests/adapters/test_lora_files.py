@@ -15,7 +15,7 @@ from adapters.lora_files import merge_adapters, read_lora, write_lora
 from adapters.merge import combine
 from contracts.errors import InvalidRequest
 from contracts.settings import DEMO_BASE_MODEL
-from serving.lora import read_adapter
+from serving.adapter_weights import read_adapter
 from tests.serving.conftest import forward_for
 
 

@@ -179,10 +179,11 @@ def _generate_one_by_one(model: Any, tokenizer: Any, conversations: Sequence[lis
 
 def test_an_adapter_the_engine_cannot_batch_is_evaluated_through_transformers_generate(
         start_serving, make_adapter, loader, tmp_path) -> None:
-    """IA3 adapters are refused by the batched engine (400 unsupported_adapter); an eval of one still gets
+    """IA3 adapters are served by the batched engine and evaluated there, answering as peft does; an
+    adapter the engine refuses (400 unsupported_adapter: here one that replaces the output layer) still gets
     the answers transformers and peft give, and a LoRA adapter gets the same answers on either path."""
     import torch
-    from peft import IA3Config, PeftModel, get_peft_model
+    from peft import IA3Config, LoraConfig, PeftModel, get_peft_model
 
     from serving.reference import ReferenceGenerator
 
@@ -193,24 +194,36 @@ def test_an_adapter_the_engine_cannot_batch_is_evaluated_through_transformers_ge
             if "ia3_l" in name:
                 parameter.copy_(1 + torch.randn_like(parameter))
     ia3.save_pretrained(tmp_path / "ia3")
+    head = get_peft_model(loader.load_model(DEMO_BASE_MODEL), LoraConfig(
+        r=4, target_modules=["q_proj"], modules_to_save=["lm_head"], init_lora_weights=False))
+    with torch.no_grad():  # a trained copy of the output layer: beyond what the batched engine computes
+        for name, parameter in head.named_parameters():
+            if "modules_to_save" in name:
+                parameter.add_(0.5 * torch.randn_like(parameter))
+    head.save_pretrained(tmp_path / "head")
     live = start_serving(serving_dtype="float32")  # as evals serve (worker.knowledge_evals.service), like the reference
-    ia3_model = live.register(tmp_path / "ia3", suffix="ia3")
     principal = Principal(project_id=live.project_id, project_name="alpha", api_key_id="")
     generator = EngineGenerator(live.inference, principal)
     _, items, _ = builtin_spec(max_new_tokens=12)
     conversations = [conversation(item, None) for item in items[:6]]
-
-    answers = generator.generate(ia3_model, conversations, max_new_tokens=12, temperature=0.0)
     tokenizer = loader.load_tokenizer(DEMO_BASE_MODEL)
-    expected_model = PeftModel.from_pretrained(loader.load_model(DEMO_BASE_MODEL), str(tmp_path / "ia3")).eval()
-    assert answers == _generate_one_by_one(expected_model, tokenizer, conversations, 12)
-    assert answers != generator.generate(DEMO_BASE_MODEL, conversations, max_new_tokens=12, temperature=0.0)
 
     from openai import BadRequestError
 
-    with pytest.raises(BadRequestError) as refused:  # chat itself still refuses it, clearly
-        live.client().chat.completions.create(model=ia3_model, messages=conversations[0], max_tokens=4)
-    assert refused.value.body["code"] == "unsupported_adapter"
+    for suffix, served in (("ia3", True), ("head", False)):
+        model = live.register(tmp_path / suffix, suffix=suffix)
+        answers = generator.generate(model, conversations, max_new_tokens=12, temperature=0.0)
+        expected_model = PeftModel.from_pretrained(loader.load_model(DEMO_BASE_MODEL), str(tmp_path / suffix)).eval()
+        assert answers == _generate_one_by_one(expected_model, tokenizer, conversations, 12), suffix
+        assert answers != generator.generate(DEMO_BASE_MODEL, conversations, max_new_tokens=12, temperature=0.0)
+        if served:  # chat answers through the engine, the eval's own answers
+            reply = live.client().chat.completions.create(model=model, messages=conversations[0], max_tokens=12,
+                                                          temperature=0)
+            assert reply.choices[0].message.content == answers[0]
+        else:
+            with pytest.raises(BadRequestError) as refused:  # chat itself refuses it, clearly
+                live.client().chat.completions.create(model=model, messages=conversations[0], max_tokens=4)
+            assert refused.value.body["code"] == "unsupported_adapter"
 
     lora_model = live.register(make_adapter(12))
     resolved = live.inference.resolve(principal, lora_model)

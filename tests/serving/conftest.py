@@ -74,6 +74,47 @@ def make_adapter(loader: BaseModelLoader, tmp_path_factory: pytest.TempPathFacto
     return make
 
 
+#: The adapter types ftaas trains besides the LoRA family, as the engine serves them (peft's configurations).
+PEFT_KINDS = ("ia3", "ia3-every-module", "prompt_tuning", "prefix_tuning")
+
+
+def peft_adapter(model: Any, kind: str, directory: Path, *, seed: int = 0, virtual_tokens: int = 6) -> Path:
+    """A random adapter of `kind` (PEFT_KINDS) on `model` (left unchanged), saved by peft into `directory`.
+    IA3 starts as the identity in peft, so its scales are drawn around 1; prompt and prefix embeddings are
+    peft's own random initialisation. Phi-3's fused modules are named as Phi-3 names them."""
+    import copy
+
+    from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    fused = getattr(model.config, "model_type", "") == "phi3"
+    if kind == "ia3":
+        targets, feedforward = (["qkv_proj", "down_proj"] if fused else ["k_proj", "v_proj", "down_proj"]), ["down_proj"]
+    elif kind == "ia3-every-module":
+        targets = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"] if fused else \
+            ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        feedforward = ["down_proj", "o_proj"]
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        if kind.startswith("ia3"):
+            config: Any = IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=feedforward)
+        elif kind == "prompt_tuning":
+            config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=virtual_tokens)
+        elif kind == "prefix_tuning":
+            config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=virtual_tokens)
+        else:
+            raise ValueError(kind)
+        peft_model = get_peft_model(copy.deepcopy(model), config)
+        with torch.no_grad():
+            for name, parameter in peft_model.named_parameters():
+                if "ia3_l" in name:
+                    parameter.copy_(1 + 0.5 * torch.randn_like(parameter))
+        peft_model.save_pretrained(directory)
+    finally:
+        torch.random.set_rng_state(state)
+    return directory
+
+
 @dataclass
 class LiveServing:
     """An in-process API with the serving engine, on SQLite and a local artifact store."""

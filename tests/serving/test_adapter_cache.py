@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from contracts.errors import IntegrityFailure, Overloaded
+from serving.adapter_weights import read_adapter
 from serving.adapters import AdapterCache, AdapterRef
-from serving.lora import read_adapter
 from storage.local import LocalArtifactStore
 from storage.manifest import publish_directory
 from tests.serving.conftest import AdapterFactory, forward_for

@@ -21,8 +21,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from contracts.errors import InvalidRequest
-from serving.lora import SlotLora, read_adapter
+from serving.adapter_weights import read_adapter
 from serving.model import LlamaForward, build_step
+from serving.slots import SlotAdapters
+from tests.serving.conftest import PEFT_KINDS, peft_adapter
 
 SMALL = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
@@ -102,14 +104,19 @@ def _adapter(model: Any, directory: Path) -> Path:
 
 
 def _engine_greedy(forward: LlamaForward, prompt: list[int], adapter: Any) -> tuple[torch.Tensor, list[int]]:
-    """The engine's logits for the prompt's last token, and its greedy continuation."""
-    lora = SlotLora(forward, max_rank=16)
-    lora.assign(SLOT, adapter)
+    """The engine's logits for the prompt's last token, and its greedy continuation (after the adapter's
+    virtual prefix, where it has one, as the engine places it)."""
+    slots = SlotAdapters(forward, max_rank=16)
+    slots.assign(SLOT, adapter)
+    past = 0 if adapter is None else adapter.virtual_tokens
+    if past:
+        forward.kv.reserve(SLOT, past + len(prompt))
+        forward.kv[SLOT][:, :, :, :past] = adapter.prefix
     with torch.inference_mode():
-        logits = forward.forward(build_step(forward, [], [(SLOT, prompt)], lora))[0]
+        logits = forward.forward(build_step(forward, [], [(SLOT, prompt, past)], slots))[0]
         tokens = [int(logits.argmax())]
-        for position in range(len(prompt), len(prompt) + NEW_TOKENS - 1):
-            step = forward.forward(build_step(forward, [(SLOT, tokens[-1], position)], [], lora))[0]
+        for position in range(past + len(prompt), past + len(prompt) + NEW_TOKENS - 1):
+            step = forward.forward(build_step(forward, [(SLOT, tokens[-1], position)], [], slots))[0]
             tokens.append(int(step.argmax()))
     return logits, tokens
 
@@ -123,19 +130,35 @@ def _reference(model: Any, prompt: list[int]) -> tuple[torch.Tensor, list[int]]:
     return logits, out[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "lora"])
+def _forward_greedy(model: Any, prompt: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """Greedy decoding by full forward passes (the forward peft trains prompt-learning adapters with; its
+    `generate` places their positions its own way)."""
+    tokens = list(prompt)
+    with torch.inference_mode():
+        logits = model(torch.tensor([tokens])).logits[0, -1]
+        tokens.append(int(logits.argmax()))
+        for _ in range(NEW_TOKENS - 1):
+            tokens.append(int(model(torch.tensor([tokens])).logits[0, -1].argmax()))
+    return logits, tokens[len(prompt):]
+
+
+@pytest.mark.parametrize("kind", ["base", "lora", *PEFT_KINDS])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_engine_computes_what_transformers_computes(family: str, with_adapter: bool, tmp_path: Path) -> None:
+def test_the_engine_computes_what_transformers_computes(family: str, kind: str, tmp_path: Path) -> None:
+    """Each family's base model, and the model with each adapter type ftaas trains, against transformers and
+    peft: the prompt's logits, and 24 greedy tokens."""
     model = _model(family)
     prompt = torch.randint(3, SMALL["vocab_size"], (PROMPT_LENGTH,), generator=torch.Generator().manual_seed(5)).tolist()
     forward = LlamaForward(model, max_slots=4, max_context=SMALL["max_position_embeddings"], tile_rows=16)
     adapter = None
     reference_model = model
-    if with_adapter:
-        directory = _adapter(model, tmp_path / "adapter")
+    if kind != "base":
+        directory = _adapter(model, tmp_path / "adapter") if kind == "lora" else \
+            peft_adapter(model, kind, tmp_path / kind, seed=9)
         adapter = read_adapter(directory, forward, key="a", max_rank=16)
         reference_model = PeftModel.from_pretrained(copy.deepcopy(model), str(directory)).eval()
-    expected_logits, expected_tokens = _reference(reference_model, prompt)
+    reference = _reference if kind in ("base", "lora") else _forward_greedy
+    expected_logits, expected_tokens = reference(reference_model, prompt)
     logits, tokens = _engine_greedy(forward, prompt, adapter)
     assert torch.allclose(logits, expected_logits, atol=1e-4, rtol=1e-4), (logits - expected_logits).abs().max()
     assert tokens == expected_tokens

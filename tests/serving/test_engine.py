@@ -6,14 +6,15 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from contracts.errors import Draining, Overloaded
+from serving.adapter_weights import read_adapter
 from serving.engine import Engine, Event, FinishEvent, SamplingParams, Sequence, TokenEvent
-from serving.lora import read_adapter
-from tests.serving.conftest import AdapterFactory, forward_for
+from tests.serving.conftest import PEFT_KINDS, AdapterFactory, forward_for, peft_adapter
 
 ADAPTER_KINDS: list[dict[str, Any]] = [
     {}, {"r": 4}, {"r": 16}, {"rslora": True}, {"dora": True}, {"targets": ["q_proj", "v_proj"]},
@@ -67,13 +68,16 @@ def _prompts(tokenizer: Any, count: int, seed: int) -> list[list[int]]:
             for _ in range(count)]
 
 
-def test_mixed_batch_greedy_outputs_equal_each_request_run_alone(engine_factory, tokenizer: Any,
-                                                                 make_adapter: AdapterFactory) -> None:
-    """8 adapters of different kinds and ranks + the bare base model, 32 concurrent greedy requests of mixed
-    prompt and output lengths, joining while others decode: every output is token-identical to alone."""
+def test_mixed_batch_greedy_outputs_equal_each_request_run_alone(engine_factory, tokenizer: Any, base_model: Any,
+                                                                 make_adapter: AdapterFactory, tmp_path: Path) -> None:
+    """LoRA-family adapters of different kinds and ranks, IA3, prompt- and prefix-tuning adapters and the bare
+    base model, 32 concurrent greedy requests of mixed prompt and output lengths, joining while others
+    decode: every output is token-identical to the same request alone."""
     engine = engine_factory(slots=16)  # fewer slots than requests: sequences queue, join and leave
     adapters = [None] + [read_adapter(make_adapter(100 + i, **kind), engine.forward, key=str(i), max_rank=16)
                          for i, kind in enumerate(ADAPTER_KINDS)]
+    adapters += [read_adapter(peft_adapter(base_model, kind, tmp_path / kind, seed=i), engine.forward, key=kind,
+                              max_rank=16) for i, kind in enumerate(PEFT_KINDS)]
     prompts = _prompts(tokenizer, 32, seed=3)
     rng = random.Random(4)
     plan = [(prompts[i], adapters[i % len(adapters)], rng.randint(3, 40)) for i in range(32)]

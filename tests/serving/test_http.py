@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +13,7 @@ import openai
 import pytest
 
 from contracts.settings import DEMO_BASE_MODEL, PACKAGED_BASE_MODEL
-from tests.serving.conftest import AdapterFactory, LiveServing
+from tests.serving.conftest import PEFT_KINDS, AdapterFactory, LiveServing, peft_adapter
 
 USER = [{"role": "user", "content": "Who was born in the river town?"}]
 
@@ -62,6 +63,35 @@ def test_chat_and_completions_for_base_and_fine_tuned_models(start_serving, make
     streamed = list(client.completions.create(model=tuned, prompt="The cat", max_tokens=6, temperature=0, stream=True))
     assert "".join(c.choices[0].text for c in streamed if c.choices) == \
         client.completions.create(model=tuned, prompt="The cat", max_tokens=6, temperature=0).choices[0].text
+
+
+def test_every_adapter_type_ftaas_trains_is_served(start_serving, make_adapter: AdapterFactory, base_model: Any,
+                                                   tmp_path: Path) -> None:
+    """IA3, prompt-tuning and prefix-tuning models answer chat completions beside a LoRA model and the base
+    model, concurrently, streamed or not (the same text); a prompt-learning adapter's virtual tokens count
+    against the context like prompt tokens."""
+    served: LiveServing = start_serving(serving_max_context=96)
+    client = served.client()
+    models = [DEMO_BASE_MODEL, served.register(make_adapter(3), "lora")]
+    models += [served.register(peft_adapter(base_model, kind, tmp_path / kind, seed=i), kind.replace("_", "-"))
+               for i, kind in enumerate(PEFT_KINDS)]
+    alone = [_chat(client, model, "Who was born in the river town?", max_tokens=10).choices[0].message.content
+             for model in models]
+    assert len(set(alone)) == len(models), "each adapter should answer differently"
+    with ThreadPoolExecutor(len(models)) as pool:
+        together = list(pool.map(lambda m: _chat(client, m, "Who was born in the river town?", max_tokens=10)
+                                 .choices[0].message.content, models))
+    assert together == alone
+    for model, text in zip(models, alone, strict=True):
+        chunks = client.chat.completions.create(model=model, messages=USER, temperature=0, max_tokens=10, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+
+    prompt_tokens = _chat(client, models[0], "Who was born in the river town?", max_tokens=1).usage.prompt_tokens
+    prefix_model = models[-1]  # 6 virtual tokens before the prompt
+    _chat(client, prefix_model, "Who was born in the river town?", max_tokens=96 - prompt_tokens - 6)
+    with pytest.raises(openai.BadRequestError) as too_long:
+        _chat(client, prefix_model, "Who was born in the river town?", max_tokens=96 - prompt_tokens - 5)
+    assert too_long.value.body["code"] == "context_length_exceeded"
 
 
 def test_sampling_parameters(start_serving, make_adapter: AdapterFactory) -> None:

@@ -156,7 +156,7 @@ def test_prompts_sharing_a_prefix_compute_it_once_per_adapter(base_model: Any, t
     """Six prompts share a 150-token system prompt: the first computes it, the others copy its two whole
     64-position blocks, and every completion is what it is without the cache. An adapter's prompts never
     reuse the base model's keys and values."""
-    from serving.lora import read_adapter
+    from serving.adapter_weights import read_adapter
 
     shared = _tokens(tokenizer, 150, seed=40)
     prompts = [shared + _tokens(tokenizer, 10 + i, seed=41 + i) for i in range(6)]

@@ -136,13 +136,14 @@ def test_an_adapters_decode_step_unpadded_is_the_padded_one(base_model: Any, tok
                                                            make_adapter: Any) -> None:
     """One decode row with an adapter, with and without the 64-row tiles (the unpadded batch holds a single
     row, which the slot adapter path must widen itself)."""
-    from serving.lora import SlotLora, read_adapter
+    from serving.adapter_weights import read_adapter
+    from serving.slots import SlotAdapters
 
     ids = tokenizer(PROMPT)["input_ids"]
     results = []
     for tile_rows in (64, 1):
         forward = LlamaForward(base_model, max_slots=2, max_context=128, tile_rows=tile_rows)
-        lora = SlotLora(forward, max_rank=16)
+        lora = SlotAdapters(forward, max_rank=16)
         lora.assign(0, read_adapter(make_adapter(7), forward, key="k", max_rank=16))
         with torch.inference_mode():
             forward.forward(build_step(forward, [], [(0, ids)], lora))

@@ -15,6 +15,9 @@ from peft import PeftModel
 from basemodels.loader import BaseModelLoader
 from contracts.settings import DEMO_BASE_MODEL
 from contracts.training.spec import AdapterSettings, EarlyStoppingSettings, TrainingSpec
+from serving.adapter_weights import read_adapter
+from serving.model import LlamaForward
+from tests.serving.test_model import engine_logits
 from worker.training import adapters
 from worker.training.batching import pack, pad
 from worker.training.control import Directive, StepMetrics
@@ -191,6 +194,14 @@ def test_every_peft_type_trains_saves_reloads_and_generates(name: str, loader: B
                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
     generated = reloaded.generate(**prompt, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
+
+    # Every type ftaas trains is served: the engine's next-token logits for the prompt are peft's.
+    ids = prompt["input_ids"][0].tolist()
+    forward = LlamaForward(loader.load_model(DEMO_BASE_MODEL).eval(), max_slots=8, max_context=256, tile_rows=1)
+    served = read_adapter(outcome.adapter_dir, forward, key=name, max_rank=32)
+    with torch.no_grad():
+        expected_next = reloaded(input_ids=torch.tensor([ids])).logits[0, -1]
+    assert torch.allclose(engine_logits(forward, ids, served), expected_next, atol=1e-4)
 
 
 def test_base_modifying_initialisations_are_converted_to_plain_lora_for_serving(

@@ -23,8 +23,8 @@ class EngineGenerator:
 
     `model` may be a base model, an `ft:` model or a checkpoint of that project, or a `ModelOverride`
     registered with `override()` (a job's just-trained adapter, before its model row exists). A base model
-    whose family the engine cannot compute, or an adapter type it cannot batch (IA3, prefix tuning), is
-    answered by `serving.reference.ReferenceGenerator` instead (slower; the same greedy answers up to
+    whose family the engine cannot compute, or an adapter it refuses (trained biases, a replaced output
+    layer: docs/serving.md), is answered by `serving.reference.ReferenceGenerator` instead (slower; the same greedy answers up to
     rounding).
     Runs its asyncio loop on a thread of its own: the serving code sets the calling thread's torch
     threads to one (see serving.engine.single_threaded_torch), which must not leak into a trainer.
@@ -56,7 +56,7 @@ class EngineGenerator:
         except InvalidRequest as exc:
             if exc.code != "unsupported_adapter":
                 raise
-            # An adapter the engine cannot batch (IA3, prefix tuning, trained biases...): the first request
+            # An adapter the engine refuses (trained biases, replaced modules...): the first request
             # is refused before anything is generated, so the whole set goes to the reference path.
             return self._reference_answers(resolved, conversations, max_new_tokens=max_new_tokens,
                                            temperature=temperature, top_p=top_p, seed=seed, progress=progress)
