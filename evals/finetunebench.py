@@ -43,7 +43,7 @@ splits, memorization first) that also carries `warnings` (one line per skipped f
 (one `ImportNote` per dropped, relabelled or otherwise adjusted item). `import_csv` appends to a `notes`
 list when given one.
 
-One file on purpose (~420 lines): FineTuneBench's data layout, its splits and its scoring are one
+One file on purpose: FineTuneBench's data layout, its splits and its scoring are one
 protocol; splitting them would scatter the mapping from the paper's files to ftaas' eval spec.
 """
 

@@ -19,7 +19,7 @@ Contracts:
 * `build_scorers` validates the spec's `scorers` map and raises `InvalidRequest(code="invalid_eval_spec",
   param="scorers.<name>.<field>")` on the first problem.
 
-One file on purpose (~400 lines): each scorer sits beside the configuration checks that build it, so a
+One file on purpose: each scorer sits beside the configuration checks that build it, so a
 scorer's behaviour and what a spec may say about it are read together.
 """
 

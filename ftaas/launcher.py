@@ -1,6 +1,6 @@
 """Process entrypoints: `ftaas up` (everything, embedded default), `api`, `worker` and `relay`.
 
-One file on purpose (~360 lines): the process tree of each deployment mode (`up`, `api`, `serve`, `worker`,
+One file on purpose: the process tree of each deployment mode (`up`, `api`, `serve`, `worker`,
 `relay`) is read side by side, since the modes differ only in which of the same parts they start.
 """
 

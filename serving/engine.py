@@ -47,7 +47,8 @@ def single_threaded_torch() -> None:
     """Call in any thread other than an engine's before it runs torch operations (loading a model,
     converting an adapter). A thread that runs parallel torch operations keeps its own OpenMP team, and
     while another team exists libgomp stops spinning and every parallel region of the engine pays a
-    futex wake-up: measured 4-7x slower matrix products on 2 cores. One-thread work creates no team."""
+    futex wake-up: measured 4-7x slower matrix products on 2 cores (docs/benchmarks.md, "Measurements behind code comments").
+    One-thread work creates no team."""
     torch.set_num_threads(1)
 
 

@@ -10,7 +10,8 @@ Why one contiguous tensor per sequence rather than fixed-size pages shared throu
 paged attention): decode attention here is PyTorch's scaled_dot_product_attention on each sequence's own
 view of its keys and values, with no paged-attention kernel on the CPU to read scattered pages. Pages
 would have to be gathered into a contiguous copy on every layer of every step, which measured 2x the cost
-of the attention itself at 8k positions; a contiguous tensor is read in place (docs/serving.md).
+of the attention itself at 8k positions (docs/benchmarks.md, "Measurements behind code comments"); a
+contiguous tensor is read in place (docs/serving.md).
 
 Every allocation counts against `budget_bytes`; `reserve` says no rather than exceed it, and the engine
 then waits (a joining sequence) or preempts (a running one). Not thread-safe: the engine thread owns it.

@@ -10,7 +10,8 @@ forward does not, when serving is configured batch-invariant (`tile_rows` > 1):
 
 That is what makes a greedy completion token-identical alone or in any mixed batch. On CPU (and on GPU) a
 matrix product picks its kernel, and with it the order of its floating-point sums, from the shape of the
-operands: a 1-row product (gemv) and a 7-row product round differently (measured: up to 2e-5 apart). So:
+operands: a 1-row product (gemv) and a 7-row product round differently (measured: up to 2e-5 apart; the
+measurements behind this module's comments: docs/benchmarks.md, "Measurements behind code comments"). So:
 
 * every product over rows runs on a row count padded to a multiple of `tile_rows` (fixed-shape tiles give
   per-row results independent of the batch; measured bitwise-equal across 64..512 rows);
@@ -232,7 +233,8 @@ class LlamaForward:
         """A weight as `_dense` multiplies by it (pre-packed where `prepacked`)."""
         if not self.prepacked:
             return weight
-        # The batch-size hint picks the blocking; 16 measured best for 1-16 rows and within 2 % up to 200.
+        # The batch-size hint picks the blocking; 16 measured best for 1-16 rows and within 2 % up to 200
+        # (docs/benchmarks.md, "Measurements behind code comments").
         return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 16)
 
     def _dense(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,8 @@ class SlotAdapters:
         #: class -> layer -> group -> [slots, in, class x members] / [slots, class x members, out]. A class's
         #: buffers are made when the first adapter of that class arrives: every class for every slot of a
         #: 135M model is 6.6 GB (measured: two such engines, the API's and an eval worker's, ran a 24 GiB
-        #: machine out of memory), and a server with no adapter, or only r=8 ones, needs none or one.
+        #: machine out of memory; docs/benchmarks.md, "Measurements behind code comments"), and a server with no adapter, or only
+        #: r=8 ones, needs none or one.
         self.a: dict[int, list[dict[str, torch.Tensor]]] = {}
         self.b: dict[int, list[dict[str, torch.Tensor]]] = {}
         self.magnitude = [{group: torch.ones(slots, fan_out, dtype=dtype, device=device)
@@ -163,7 +164,8 @@ class SlotAdapters:
             # Decode row i is slot i: plain views, no gathers.
             count = batch.decode_count
             # At least two slots: torch dispatches a bmm over a batch of one to a plain matrix product, which
-            # rounds differently for some shapes (measured), and a row must not depend on its company.
+            # rounds differently for some shapes (measured: docs/benchmarks.md, "Measurements behind code comments"), and a row must not
+            # depend on its company.
             width = max(count, 2)
             per_slot = _rows(x, width).unsqueeze(1)
             rows = _rows(out, width).unsqueeze(1)

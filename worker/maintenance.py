@@ -56,7 +56,8 @@ class Maintenance:
         if self.db.is_sqlite:
             # One relay per embedded installation, and SQLite has a single writer: publishing inside a write
             # transaction would hold every API write back for the broker's round trips (measured: -27 %
-            # create throughput, twice the p99). Read, publish, then mark in a short write.
+            # create throughput, twice the p99; docs/benchmarks.md, "Measurements behind code comments"). Read, publish, then mark in a
+            # short write.
             with self.db.read() as session:
                 messages = outbox.unpublished(session, batch)
             if not messages:

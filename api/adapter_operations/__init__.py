@@ -1,0 +1,1 @@
+"""/v1/adapter_operations: merges, LiNeS, compression, export and import of adapters (run by the worker)."""

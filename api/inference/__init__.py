@@ -1,0 +1,2 @@
+"""/v1/chat/completions and /v1/completions (streamed too), answered by the engine behind
+contracts.inference.backend."""

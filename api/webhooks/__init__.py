@@ -1,0 +1,1 @@
+"""/v1/webhooks: endpoints (signing secrets shown once), their delivery logs."""

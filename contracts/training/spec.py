@@ -45,7 +45,7 @@ Other defaults: `max_seq_len` 2048 (capped at the model's context), packing on f
 prompt learning and DPO), a checkpoint at the end of every epoch (`n_checkpoints` spreads that many evenly
 over the run instead), a validation batch every 10 steps, full validation at every checkpoint.
 
-One file on purpose (~460 lines): the whole contract between the API and the trainer (every field, its
+One file on purpose: the whole contract between the API and the trainer (every field, its
 validation and the "auto" rules) in one place, so the API and the worker cannot drift apart.
 """
 

@@ -95,7 +95,7 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
     # shared one, and two processes must not evict each other's files.
     # Batch-invariant: an eval's answers do not depend on how its generations were batched (reproducible).
     # float32 whatever the hardware: bfloat16 greedy answers part from float32's at near-ties (measured on
-    # SmolLM2: 4 of 8 prompts within 48 tokens), so an eval would score differently on a machine with AMX than
+    # SmolLM2: 4 of 8 prompts within 48 tokens; docs/evals.md), so an eval would score differently on a machine with AMX than
     # on one without, and differently from the transformers reference path that unservable families use.
     settings = ctx.settings.serving.model_copy(update={
         "cache_dir": ctx.work_dir / f"eval-serving-{os.getpid()}", "batch_invariant": True, "dtype": "float32"})

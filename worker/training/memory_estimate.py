@@ -53,8 +53,8 @@ ACTIVATION_HIDDEN_FACTOR = 9
 #: compute-dtype elements kept per token and layer, in units of the MLP's intermediate size
 ACTIVATION_MLP_FACTOR = 5
 #: bytes per token and vocabulary entry for the logits at the loss's backward: the bf16 logits, their fp32
-#: copy, log-softmax's saved output and the gradients flowing back (fitted: 11-13 on the measured shapes once
-#: the heap's retention is counted apart)
+#: copy, log-softmax's saved output and the gradients flowing back (fitted: 11-13 on the shapes
+#: bench/train_memory.py measured, once the heap's retention is counted apart)
 LOGIT_BYTES_PER_ENTRY = 12
 #: CPU training: heap bytes kept resident per token, layer and unit of hidden size. Measured 20-32 at 2-4k
 #: tokens a step and 12 at 8k (the retention grows less than linearly); 16 keeps every measured shape's

@@ -12,7 +12,8 @@ batch item, and the base distributions are computed once at the start. Measured 
 
 (A cross-entropy on the base model's greedy answers, the "self-synthesized rehearsal" form, was measured
 too and lost as many answers as no rehearsal: the model already predicts its own greedy tokens, so that loss
-barely pulls until the damage is done. The whole distribution is a much stronger anchor.)
+barely pulls until the damage is done. The whole distribution is a much stronger anchor; docs/training.md
+has both measurements, made with bench/fact_learning.py.)
 
 The prompts are fixed and generic (how-to, explanations, well-known people and facts). They are disjoint
 from the built-in evaluation suites, in particular from `world_knowledge`, which measures forgetting: the
