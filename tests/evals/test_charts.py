@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +15,6 @@ from matplotlib.image import imread
 from evals.charts import _latest_per_step, base_vs_tuned_png, loss_curve_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "evals"
 
 
 def decoded(png: bytes) -> np.ndarray:
@@ -142,11 +139,14 @@ def test_loss_curve_without_metrics_says_so_instead_of_raising(rows: list[dict[s
 
 
 # ------------------------------------------------------------------------------------------ base vs tuned
-def test_base_vs_tuned_renders_the_reference_example() -> None:
-    path = REFERENCE / "example_eval_report.json"
-    if not path.exists():
-        pytest.skip(f"reference example not found at {path}")
-    report = json.loads(path.read_text())
+def test_base_vs_tuned_renders_a_report_the_runner_made() -> None:
+    """A whole report as the eval runner writes it (scripted answers), every split and control drawn."""
+    from evals.run import EvalRun
+    from tests.evals.test_runner import ScriptedModels, builtin_spec
+
+    spec, items, controls = builtin_spec()
+    report, _ = EvalRun(spec, items, controls, ScriptedModels(items + controls), base_model="base",
+                        tuned_model="tuned").execute()
     image = decoded(base_vs_tuned_png(report))
     assert image.shape[1] >= image.shape[0]
 

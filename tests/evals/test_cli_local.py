@@ -1,8 +1,10 @@
 """`ftaas eval` commands that need no server: suites, the FineTuneBench importer and scoring-only mode,
-and a report's table; run as a user runs them (subprocesses)."""
+and a report's table; run as a user runs them (subprocesses), on data that ships with the tests (and on
+FineTuneBench's own where it is beside the checkout)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -11,9 +13,20 @@ from pathlib import Path
 import pytest
 
 from evals.items import parse_suite
+from evals.run import EvalRun
 
-FINETUNEBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "finetunebench"
-EXAMPLE_REPORT = Path(__file__).resolve().parents[3] / "shared" / "reference" / "evals" / "example_eval_report.json"
+#: FineTuneBench's layout with invented rows (tests/evals/fixtures/finetunebench/README.md), always here; and
+#: the published data where it sits beside the checkout (no licence: never copied into the repository).
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "finetunebench"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "finetunebench"
+
+
+def finetunebench_directory(which: str) -> Path:
+    if which == "fixture":
+        return FIXTURE
+    if not (SHARED / "model_responses").is_dir():
+        pytest.skip("the FineTuneBench data is not beside this checkout (the fixture runs the same commands)")
+    return SHARED
 
 
 def ftaas_eval(*args: str) -> subprocess.CompletedProcess:
@@ -37,30 +50,44 @@ def test_a_suite_and_its_training_file_are_written_deterministically(tmp_path: P
     assert unknown.returncode != 0 and "nope" in unknown.stderr
 
 
-@pytest.mark.skipif(not FINETUNEBENCH.is_dir(), reason="the FineTuneBench data is not beside this checkout")
-def test_scoring_only_mode_prints_the_published_figures_beside_ours() -> None:
-    result = ftaas_eval("score-responses", "--finetunebench", str(FINETUNEBENCH))
+@pytest.mark.parametrize("directory", ["fixture", "shared"])
+def test_scoring_only_mode_prints_our_figures_beside_the_published_ones(directory: str) -> None:
+    """On the fixture (invented responses) the command prints a row per split and model; on FineTuneBench's
+    own responses, where they are beside the checkout, its figures reproduce the paper's within 0.02."""
+    data = finetunebench_directory(directory)
+    result = ftaas_eval("score-responses", "--finetunebench", str(data))
     assert result.returncode == 0, result.stderr
-    assert "people_rephrased" in result.stdout or "rephrased" in result.stdout
-    worst = float(result.stderr.strip().rsplit(" ", 1)[-1])
-    assert worst <= 0.02 + 1e-9
+    assert "rephrased" in result.stdout and "gpt-4o-mini-2024-07-18" in result.stdout
+    if directory == "shared":
+        worst = float(result.stderr.strip().rsplit(" ", 1)[-1])
+        assert worst <= 0.02 + 1e-9
 
 
-@pytest.mark.skipif(not FINETUNEBENCH.is_dir(), reason="the FineTuneBench data is not beside this checkout")
-def test_the_importer_writes_suite_files_that_load_back(tmp_path: Path) -> None:
-    result = ftaas_eval("import-finetunebench", str(FINETUNEBENCH), "-o", str(tmp_path))
+@pytest.mark.parametrize("directory", ["fixture", "shared"])
+def test_the_importer_writes_suite_files_that_load_back(tmp_path: Path, directory: str) -> None:
+    data = finetunebench_directory(directory)
+    result = ftaas_eval("import-finetunebench", str(data), "-o", str(tmp_path))
     assert result.returncode == 0, result.stderr
     people = parse_suite((tmp_path / "fictional_people.jsonl").read_bytes())
-    assert sum(i.split_id == "memorization" for i in people) == 150
+    with (data / "datasets" / "fictional_people" / "fictional_people_memorization.csv").open(encoding="utf-8") as f:
+        rows = sum(1 for _ in csv.DictReader(f))
+    assert sum(i.split_id == "memorization" for i in people) == rows
     assert (tmp_path / "fictional_people.train.jsonl").exists()
     assert not (tmp_path / "coding.train.jsonl").exists()  # the coding memorization file is not public
     assert "coding" in result.stderr
 
 
-@pytest.mark.skipif(not EXAMPLE_REPORT.exists(), reason="the reference example report is not beside this checkout")
-def test_a_reports_table_has_every_split_and_the_headlines() -> None:
-    result = ftaas_eval("table", str(EXAMPLE_REPORT))
+def test_a_reports_table_has_every_split_and_the_headlines(tmp_path: Path) -> None:
+    """A report made here (scripted answers through the eval runner) printed by `ftaas eval table`."""
+    from tests.evals.test_runner import ScriptedModels, builtin_spec
+
+    spec, items, controls = builtin_spec()
+    report, _ = EvalRun(spec, items, controls, ScriptedModels(items + controls), base_model="base",
+                        tuned_model="tuned").execute()
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    result = ftaas_eval("table", str(path))
     assert result.returncode == 0, result.stderr
-    for text in ("latest_news/memorization", "latest_news/date_changed", "control/general_knowledge_control",
-                 "HEADLINE memorization", "HEADLINE generalization", "FORGETTING"):
+    splits = [f"{d['dataset_id']}/{d['split_id']}" for d in report["splits"]]
+    for text in (*splits, "HEADLINE memorization", "HEADLINE generalization", "FORGETTING"):
         assert text in result.stdout

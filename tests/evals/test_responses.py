@@ -1,12 +1,23 @@
 """Scoring-only mode: reading response tables, scoring them per model, and reproducing FineTuneBench's figures.
 
-The fidelity test reads the published FineTuneBench responses from the shared folder beside the checkout
-(`../shared/data/finetunebench`). That data has no license: it is never copied into the repository, and the
-test is skipped where the folder is absent. Every other test uses invented rows.
+What runs where:
+
+* Reading and scoring tests use invented rows written here: always run.
+* `score_finetunebench_responses` is tested on the fixture `tests/evals/fixtures/finetunebench/model_responses`
+  (invented rows and responses in FineTuneBench's layout): always run. Its responses were written so that
+  every (split, model) accuracy is a known fraction, pinned in FIXTURE_CORRECT below; the published figures of
+  FINETUNEBENCH_SHORT_ANSWER do not apply to it, so only the mechanics are checked there (which files, which
+  columns, n, correct, accuracy, verdict columns, the label reading, and `published`/`difference` taken
+  from the config).
+* The same structural test also runs on the published FineTuneBench responses in the shared folder beside
+  the checkout (`../shared/data/finetunebench`), and the fidelity test (the published figures are reproduced)
+  runs only there; both are skipped where the folder is absent. That data has no license: it is never copied
+  into the repository.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +27,11 @@ from contracts.errors import InvalidRequest
 from evals.items import EvalItem
 from evals.responses import (
     FINETUNEBENCH_SHORT_ANSWER,
+    FLASH,
+    GPT4O,
+    GPT35,
+    MINI,
+    PRO,
     ResponseScore,
     finetunebench_response_columns,
     read_table,
@@ -25,6 +41,8 @@ from evals.responses import (
 from evals.scoring import Scorer, Verdict, build_scorers
 
 FINETUNEBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "finetunebench"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "finetunebench"
+MODELS = [MINI, GPT35, GPT4O, FLASH, PRO]  # the response columns' order in every file
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -168,6 +186,33 @@ def test_finetunebench_config_is_consistent() -> None:
         assert not set(spec["published"]) & set(spec.get("not_reproduced", {}))
 
 
+def _response_dir(name: str) -> Path:
+    root = {"fixture": FIXTURE, "shared": FINETUNEBENCH}[name]
+    if name == "shared" and not (root / "model_responses").is_dir():  # the fixture must be there: never skip it
+        pytest.skip(f"the FineTuneBench data is not beside this checkout ({root})")
+    return root
+
+
+@pytest.mark.parametrize("name", ["fixture", "shared"])
+def test_finetunebench_scoring_rows(name: str) -> None:
+    """One row per (file, model), in the config's split order and the file's column order, with the file's n,
+    accuracy = correct / n, and `published`/`difference` from the config (None for a figure kept apart)."""
+    root = _response_dir(name)
+    rows = score_finetunebench_responses(root)
+    splits = FINETUNEBENCH_SHORT_ANSWER["splits"]
+    assert [(row["split"], row["model"]) for row in rows] == [(split, model) for split in splits for model in MODELS]
+    for row in rows:
+        spec = splits[row["split"]]
+        lines = read_table((root / "model_responses" / spec["file"]).read_bytes(), "csv")
+        assert row["n"] == len(lines) and 0 <= row["correct"] <= row["n"], row
+        assert row["accuracy"] == row["correct"] / row["n"]
+        assert row["published"] == spec["published"].get(row["model"])
+        if row["published"] is None:
+            assert row["difference"] is None and row["model"] in spec.get("not_reproduced", {}), row
+        else:
+            assert row["difference"] == pytest.approx(row["accuracy"] - row["published"])
+
+
 @pytest.mark.skipif(not (FINETUNEBENCH / "model_responses").is_dir(),
                     reason="the FineTuneBench data is not beside this checkout (../shared/data/finetunebench)")
 def test_published_finetunebench_figures_are_reproduced() -> None:
@@ -190,6 +235,82 @@ def test_published_finetunebench_figures_are_reproduced() -> None:
             row = by_key[(split, model)]
             assert row["published"] is None
             assert abs(row["accuracy"] - figure) > tolerance
+
+
+# The fixture's responses, written so that each (split, model) has a known number of correct answers out of
+# FIXTURE_N rows. What each number tests:
+# * original (exact, case/whitespace-insensitive): "HOLLOWMERE", "164 ", "38\n" count; "Velbrook.", "141 pounds",
+#   "glass blower" do not (no punctuation stripping, no containment).
+# * rephrased: the Gemini columns hold verdicts, read as such ("Correct" and "correct." count, "Incorrect" not);
+#   scored as answers they would all be wrong.
+# * secondary (yes/no label reading): "Yes.", "YES", "No\n", "**No**" give a label; "Saffron", "Yes or No" and
+#   "Cobalt" are format violations and count as wrong.
+# * latest_news original: the four rows used in the analysis; "Ines  Morrow" counts, "4,210"-style and
+#   "Ines Morrow." do not.
+FIXTURE_N = {"fictional_people_original": 12, "fictional_people_rephrased": 12, "fictional_people_secondary": 12,
+             "latest_news_original": 4}
+FIXTURE_CORRECT = {
+    "fictional_people_original": {MINI: 12, GPT35: 10, GPT4O: 9, FLASH: 1, PRO: 2},
+    "fictional_people_rephrased": {MINI: 8, GPT35: 5, GPT4O: 3, FLASH: 2, PRO: 1},
+    "fictional_people_secondary": {MINI: 6, GPT35: 7, GPT4O: 8, FLASH: 9, PRO: 4},
+    "latest_news_original": {MINI: 4, GPT35: 3, GPT4O: 2, FLASH: 1, PRO: 0},
+}
+
+
+def test_fixture_accuracies_are_exact() -> None:
+    rows = score_finetunebench_responses(FIXTURE)
+    assert set(FIXTURE_CORRECT) == set(FINETUNEBENCH_SHORT_ANSWER["splits"])
+    got = {(row["split"], row["model"]): (row["n"], row["correct"], row["accuracy"]) for row in rows}
+    assert got == {(split, model): (FIXTURE_N[split], correct, correct / FIXTURE_N[split])
+                   for split, by_model in FIXTURE_CORRECT.items() for model, correct in by_model.items()}
+    by_key = {(row["split"], row["model"]): row for row in rows}
+    # published figures come from the config even though the fixture does not reproduce them
+    assert by_key[("latest_news_original", FLASH)]["published"] == 0.06
+    assert by_key[("latest_news_original", FLASH)]["difference"] == pytest.approx(0.25 - 0.06)
+    assert by_key[("fictional_people_original", PRO)]["published"] is None  # kept apart: not_reproduced
+
+
+def test_fixture_root_or_its_model_responses_folder() -> None:
+    assert score_finetunebench_responses(FIXTURE / "model_responses") == score_finetunebench_responses(FIXTURE)
+
+
+def test_fixture_label_reading_and_verdict_columns() -> None:
+    config = FINETUNEBENCH_SHORT_ANSWER
+    scorers = build_scorers(config["scorers"])
+    folder = FIXTURE / "model_responses"
+    secondary = read_table((folder / config["splits"]["fictional_people_secondary"]["file"]).read_bytes(), "csv")
+    scores = score_response_rows(secondary, prompt_field="prompt", reference_field="answer",
+                                 response_fields=finetunebench_response_columns(list(secondary[0])),
+                                 scorer=scorers["yes_no"])
+    assert [(s.model, s.correct, s.format_violations) for s in scores] == [
+        (MINI, 6, 0), (GPT35, 7, 0), (GPT4O, 8, 0), (FLASH, 9, 0), (PRO, 4, 3)]
+    # the rephrased file's Gemini columns are verdicts: scored as answers they would never match
+    rephrased = read_table((folder / config["splits"]["fictional_people_rephrased"]["file"]).read_bytes(), "csv")
+    as_answers = score_response_rows(rephrased, prompt_field="prompt", reference_field="answer",
+                                     response_fields={FLASH: f"{FLASH}_response", PRO: f"{PRO}_response"},
+                                     scorer=scorers["exact"])
+    assert [s.correct for s in as_answers] == [0, 0]
+
+
+def test_fixture_excluded_files_are_in_the_layout_but_not_scored(tmp_path: Path) -> None:
+    excluded = {"latest_news_rephrased": "latest_news/latest_news_rephrased_w_responses.csv",
+                "latest_news_date_changed": "latest_news/latest_news_date_changed_w_responses.csv",
+                "fictional_people_comparison": "fictional_people/fictional_people_comparison_w_responses.csv"}
+    assert set(excluded) == set(FINETUNEBENCH_SHORT_ANSWER["excluded"])
+    for file in excluded.values():
+        rows = read_table((FIXTURE / "model_responses" / file).read_bytes(), "csv")
+        assert len(rows) == 4 and list(finetunebench_response_columns(list(rows[0]))) == MODELS, file
+    # the scorer reads only the configured files: without the excluded ones it gives the same rows...
+    copy = tmp_path / "model_responses"
+    shutil.copytree(FIXTURE / "model_responses", copy)
+    for file in excluded.values():
+        (copy / file).unlink()
+    assert score_finetunebench_responses(tmp_path) == score_finetunebench_responses(FIXTURE)
+    # ...and a configured file that is missing is an error naming it
+    (copy / FINETUNEBENCH_SHORT_ANSWER["splits"]["latest_news_original"]["file"]).unlink()
+    with pytest.raises(InvalidRequest, match="latest_news_original_w_responses.csv") as info:
+        score_finetunebench_responses(tmp_path)
+    assert info.value.param == "directory"
 
 
 def test_missing_finetunebench_directory(tmp_path: Path) -> None:
