@@ -236,6 +236,7 @@ def _subtitle(report: Mapping[str, Any]) -> str:
 
 def base_vs_tuned_png(report: Mapping[str, Any]) -> bytes:
     """PNG of base vs tuned accuracy per split and control, grouped by what each split counts toward."""
+    # Long on purpose: one figure's layout (bars, intervals, labels, legend) reads best top to bottom.
     bars = _bars(report)
     headline = _headline(report)
     if not bars:

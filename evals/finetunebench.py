@@ -296,6 +296,7 @@ def import_csv(data: bytes, *, dataset: str, split: str, source: str | None = No
     comparison labels are recomputed from. `used_only` applies the news `used_in_analysis == "True"` filter.
     Dropped or relabelled items are appended to `notes` when it is given. `source` names the file in errors.
     """
+    # Long on purpose: one CSV row's way to an item, every upstream quirk it meets in order.
     spec = _spec(dataset, split)
     source = source or f"{dataset}_{spec.file_split}.csv"
     filtered = dataset == "latest_news" and used_only

@@ -230,6 +230,7 @@ def build_report(spec: EvalSpec, results: Sequence[ItemResult], control_results:
                  scorers: Mapping[str, Scorer], warnings: Sequence[str] = (),
                  artifacts: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The report document (validated against the report schema by the caller, see spec.validate_report)."""
+    # Long on purpose: the report document assembled field by field, in the schema's order.
     level = spec.confidence_level()
     groups = _group(results)
     splits: list[dict[str, Any]] = []

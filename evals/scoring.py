@@ -345,6 +345,7 @@ def build_scorers(config: Mapping[str, Mapping], *, judge: Judge | None = None) 
     Defaults: normalize = lowercase+strip+collapse_whitespace, judge_temperature = 0. A `fallback` on a scorer
     other than llm_judge is validated but has no effect (only judges can fail to produce a verdict).
     """
+    # Long on purpose: each scorer type's configuration checks beside the scorer they build.
     if not isinstance(config, Mapping):
         raise InvalidRequest("'scorers' must be an object", code="invalid_eval_spec", param="scorers")
     for name, entry in config.items():

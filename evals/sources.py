@@ -184,6 +184,7 @@ def load_items(spec: EvalSpec, resolver: SourceResolver) -> tuple[list[EvalItem]
     a date-shifted item's trained answer is the reference of the same fact in the dataset's memorization
     split unless the row carries `trained_answer`.
     """
+    # Long on purpose: datasets, splits and controls read in one pass that links their fact keys.
     items: list[EvalItem] = []
     for d_index, dataset in enumerate(spec.datasets):
         trained: dict[str, str] = {}

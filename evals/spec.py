@@ -126,6 +126,7 @@ class EvalSpec:
 
 def validate_spec(document: Any, *, prefix: str = "spec") -> EvalSpec:
     """Schema plus cross-reference checks. `InvalidRequest.param` is the dotted path at fault."""
+    # Long on purpose: the checks the JSON schema cannot state, one after another.
     code = "invalid_eval_spec"
     if not isinstance(document, dict):
         raise InvalidRequest("The eval spec must be a JSON object.", code=code, param=prefix)
@@ -240,6 +241,7 @@ def suite_spec(sources: Sequence[tuple[str, Sequence[EvalItem]]], *, name: str =
     (and on `dataset` by `load_items`' convention). Control items become controls. Headlines: per dataset,
     the first memorization split and the first generalization split.
     """
+    # Long on purpose: the spec document of a set of suites, written out field by field.
     datasets: dict[str, dict[str, Any]] = {}
     controls: list[dict[str, Any]] = []
     memorization: dict[str, str] = {}

@@ -146,6 +146,7 @@ class EngineObserver:
 
 
 class Engine:
+    # Long on purpose: the batching loop, admission, preemption and slot moves share one lock and one state.
     def __init__(self, forward: LlamaForward, *, name: str, max_queue: int, prefill_tokens: int, max_rank: int,
                  observer: EngineObserver | None = None, prefix_cache_bytes: int = 0) -> None:
         self.forward = forward

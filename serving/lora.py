@@ -28,6 +28,7 @@ _KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.(lora_A\.we
 def read_lora(config: dict[str, Any], tensors: dict[str, torch.Tensor], forward: LlamaForward, *, key: str,
               max_rank: int) -> AdapterWeights:
     """A LoRA adapter's factors, checked against the served base model (config: its adapter_config.json)."""
+    # Long on purpose: the factors of every layer and fused group checked and stacked in one walk.
     g = forward.geometry
     modules: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():

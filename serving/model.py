@@ -119,9 +119,11 @@ class LlamaForward:
     `kv_budget_bytes` bounds the keys and values all slots may hold together (None: every slot may reach
     `max_context`, the most they could ever need); the context a sequence can reach is capped at what the
     budget holds for one sequence alone."""
+    # Long on purpose: the forward pass and its attention paths share the weights and geometry.
 
     def __init__(self, model: Any, *, max_slots: int, max_context: int, tile_rows: int,
                  kv_budget_bytes: int | None = None) -> None:
+        # Long on purpose: every served family's weights, norms and RoPE tables, in one walk.
         config = model.config
         model_type = getattr(config, "model_type", None)
         refuse_unservable(config)
@@ -277,6 +279,7 @@ class LlamaForward:
     def forward(self, batch: StepBatch, kv: KVCache | None = None) -> torch.Tensor:
         """Run one engine step; returns float32 logits, one row per sequence in `batch.logit_rows`. `kv`: the
         caches the step's prompts are written to (default the engine's own; the one `build_step` reserved in)."""
+        # Long on purpose: one decoder step of every layer, checked against transformers line by line.
         g = self.geometry
         kv = self.kv if kv is None else kv
         rows = batch.padded_rows

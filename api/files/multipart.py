@@ -60,6 +60,7 @@ async def read_upload(
 ) -> ParsedUpload:
     """Parse the body. `open_writer(fields_so_far, filename)` is awaited when the file part starts; it may
     raise to reject the upload before a byte is stored. The file is committed when its part ends."""
+    # Long on purpose: one streaming parse whose states (headers, file part, fields, limits) share locals.
     result = ParsedUpload()
     events: list[tuple[str, object]] = []
     part = _HeaderState()

@@ -90,35 +90,17 @@ def iter_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[i
 
 
 def validate_jsonl(chunks: Iterable[bytes], limits: ValidationLimits) -> ValidationOutcome:
+    """Every line of a training file checked: JSON objects, one format throughout (the first example's), each
+    example as that format requires; errors by line number, the examples counted."""
     report = _Report(limits)
     data_format: str | None = None
     examples = 0
     saw_bytes = False
     for number, raw in iter_lines(chunks, limits.max_line_bytes):
         saw_bytes = True
-        if raw is None:
-            examples += 1
-            report.add(number, "line_too_long", f"Line {number} is longer than {limits.max_line_bytes} bytes.")
-            continue
-        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]  # UTF-8 byte order mark
-        raw = raw.rstrip(b"\r")
-        if not raw.strip():
-            continue
-        examples += 1
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            report.add(number, "invalid_utf8", f"Line {number} is not valid UTF-8 (byte {exc.start + 1} of the line).")
-            continue
-        try:
-            example = json.loads(text)
-        except json.JSONDecodeError as exc:
-            report.add(number, "invalid_json", f"Line {number} is not valid JSON: {exc.msg} at column {exc.colno}.")
-            continue
-        if not isinstance(example, dict):
-            report.add(number, "not_an_object",
-                       f"Line {number} is a JSON {_json_type(example)}, not an object; each line must be one example.")
+        counted, example = _decoded(number, raw, limits, report)
+        examples += counted
+        if example is None:
             continue
         line_format = detect_format(example)
         if line_format is None:
@@ -150,6 +132,34 @@ def validate_jsonl(chunks: Iterable[bytes], limits: ValidationLimits) -> Validat
         error_count=report.error_count,
         summary=summarise(report.errors, report.error_count),
     )
+
+
+def _decoded(number: int, raw: bytes | None, limits: ValidationLimits, report: _Report) -> tuple[bool, dict | None]:
+    """(whether the line counts as an example, the JSON object it holds or None): blank lines do not count; a
+    line that is too long, not UTF-8, not JSON or not an object counts and is reported."""
+    if raw is None:
+        report.add(number, "line_too_long", f"Line {number} is longer than {limits.max_line_bytes} bytes.")
+        return True, None
+    if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # UTF-8 byte order mark
+    raw = raw.rstrip(b"\r")
+    if not raw.strip():
+        return False, None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        report.add(number, "invalid_utf8", f"Line {number} is not valid UTF-8 (byte {exc.start + 1} of the line).")
+        return True, None
+    try:
+        example = json.loads(text)
+    except json.JSONDecodeError as exc:
+        report.add(number, "invalid_json", f"Line {number} is not valid JSON: {exc.msg} at column {exc.colno}.")
+        return True, None
+    if not isinstance(example, dict):
+        report.add(number, "not_an_object",
+                   f"Line {number} is a JSON {_json_type(example)}, not an object; each line must be one example.")
+        return True, None
+    return True, example
 
 
 def summarise(errors: list[dict[str, Any]], error_count: int, shown: int = 20) -> str | None:

@@ -55,8 +55,47 @@ def final_pass_columns(outcome: TrainingOutcome) -> dict[str, float]:
 
 def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: TrainingOutcome, *,
                   alive: Callable[[], bool] = lambda: True) -> None:
-    """Each step waits out a store or database outage (worker.outages): a finished training is published
-    once the dependency is back, never trained again."""
+    """The adapter artifact, the attached knowledge eval, the results file, then in one transaction the model
+    row, the result files and `succeeded`. Each step waits out a store or database outage (worker.outages): a
+    finished training is published once the dependency is back, never trained again. Objects stored under this
+    attempt's own keys are removed again when the job cannot complete."""
+    from serving.service import AdapterRef
+    from worker.knowledge_evals.service import run_for_job
+
+    assert outcome.adapter_dir is not None
+    uid = ids.new_id(ids.MODEL_UID)
+    prefix = layout.model_prefix(uid)
+    adapter_dir = outcome.adapter_dir
+    published = ride_out(lambda: publish_directory(ctx.store, prefix, adapter_dir, _provenance(plan, outcome)),
+                         what="publish the adapter", policy=ctx.outages, alive=alive)
+    results_key = layout.results_key(plan.job_id, uid)
+    evaluation = None
+    try:
+        evaluation = ride_out(lambda: run_for_job(
+            ctx, lease, model_name=plan.fine_tuned_model, base_model=plan.spec.base_model,
+            adapter_ref=AdapterRef(prefix, published.manifest_sha256, plan.fine_tuned_model),
+            tuned_info={"adapter_uri": prefix, "method": plan.spec.adapter.type,
+                        "hyperparameters": plan.spec.to_json(), "epochs_completed": plan.spec.n_epochs}),
+            what="run the attached knowledge eval", policy=ctx.outages, alive=alive)
+        stored = ride_out(lambda: _store_results(ctx, plan, outcome, results_key), what="store the results file",
+                          policy=ctx.outages, alive=alive)
+    except BaseException:
+        # Nothing points at these objects yet (all under keys of this attempt's own): remove them.
+        _remove_unpublished(ctx, prefix, results_key, evaluation)
+        raise
+    results_id = ids.new_id(ids.FILE)  # one id whatever the retries of the completion
+    try:
+        ride_out(lambda: _complete(ctx, lease, plan, outcome, uid, prefix, published.manifest_sha256,
+                                   (results_id, results_key, stored), evaluation),
+                 what="complete the job", policy=ctx.outages, alive=alive)
+    except LeaseLost:
+        # Cancelled (or re-claimed) during publication: nothing points at these objects, so remove them now.
+        _remove_unpublished(ctx, prefix, results_key, evaluation)
+        raise
+
+
+def _provenance(plan: JobPlan, outcome: TrainingOutcome) -> dict[str, Any]:
+    """What the published adapter's manifest records about where it came from."""
     import peft
     import torch
     import transformers
@@ -64,10 +103,7 @@ def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Trai
     from worker.training.adapters import servable_summary
 
     assert outcome.adapter_dir is not None
-    uid = ids.new_id(ids.MODEL_UID)
-    prefix = layout.model_prefix(uid)
-    adapter_dir = outcome.adapter_dir
-    provenance = {
+    return {
         "kind": "adapter",
         "model": plan.fine_tuned_model,
         "job_id": plan.job_id,
@@ -79,58 +115,37 @@ def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Trai
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "peft": peft.__version__, "python": platform.python_version()},
     }
-    published = ride_out(lambda: publish_directory(ctx.store, prefix, adapter_dir, provenance),
-                         what="publish the adapter", policy=ctx.outages, alive=alive)
-    from serving.service import AdapterRef
-    from worker.knowledge_evals.service import finish_for_job, run_for_job
 
-    results_key = layout.results_key(plan.job_id, uid)
-    evaluation = None
-    try:
-        evaluation = ride_out(lambda: run_for_job(
-            ctx, lease, model_name=plan.fine_tuned_model, base_model=plan.spec.base_model,
-            adapter_ref=AdapterRef(prefix, published.manifest_sha256, plan.fine_tuned_model),
-            tuned_info={"adapter_uri": prefix, "method": plan.spec.adapter.type,
-                        "hyperparameters": plan.spec.to_json(), "epochs_completed": plan.spec.n_epochs}),
-            what="run the attached knowledge eval", policy=ctx.outages, alive=alive)
 
-        def results() -> Any:
-            with ctx.db.read() as session:
-                rows = events.metrics_rows(session, plan.job_id)
-            if rows:
-                rows[-1] = {**rows[-1], **final_pass_columns(outcome)}
-            return ctx.store.put_bytes(results_key, metrics_csv(rows))
+def _store_results(ctx: WorkerContext, plan: JobPlan, outcome: TrainingOutcome, key: str) -> Any:
+    """The results file: the job's metrics per step, the final pass's figures on the last row."""
+    with ctx.db.read() as session:
+        rows = events.metrics_rows(session, plan.job_id)
+    if rows:
+        rows[-1] = {**rows[-1], **final_pass_columns(outcome)}
+    return ctx.store.put_bytes(key, metrics_csv(rows))
 
-        stored = ride_out(results, what="store the results file", policy=ctx.outages, alive=alive)
-    except BaseException:
-        # Nothing points at these objects yet (all under keys of this attempt's own): remove them.
-        _remove_unpublished(ctx, prefix, results_key, evaluation)
-        raise
-    results_id = ids.new_id(ids.FILE)
 
-    def complete() -> None:
-        with ctx.db.write() as session:
-            files.insert(session, File(
-                id=results_id, project_id=plan.project_id, filename="step_metrics.csv", purpose="fine-tune-results",
-                bytes=stored.size, sha256=stored.sha256, storage_key=results_key, status=FileStatus.PROCESSED,
-                created_at=int(time.time()), error_count=0,
-            ))
-            models.add(session, name=plan.fine_tuned_model, uid=uid, project_id=plan.project_id, job_id=plan.job_id,
-                       base_model=plan.spec.base_model, storage_prefix=prefix,
-                       manifest_sha256=published.manifest_sha256)
-            result_files = [results_id]
-            if evaluation is not None:
-                jobs.heartbeat(session, lease, ttl=ctx.settings.work.lease_ttl_seconds)
-                result_files += finish_for_job(session, lease, evaluation)
-            jobs.complete(session, lease, fine_tuned_model=plan.fine_tuned_model, trained_tokens=outcome.trained_tokens,
-                          result_files=result_files)
+def _complete(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: TrainingOutcome, uid: str, prefix: str,
+              manifest_sha256: str, results: tuple[str, str, Any], evaluation: Any) -> None:
+    """One transaction: the results file (id, key, stored object), the model row, the eval's files and ending,
+    and `succeeded` (a fenced write: a job cancelled meanwhile raises LeaseLost and nothing is written)."""
+    from worker.knowledge_evals.service import finish_for_job
 
-    try:
-        ride_out(complete, what="complete the job", policy=ctx.outages, alive=alive)
-    except LeaseLost:
-        # Cancelled (or re-claimed) during publication: nothing points at these objects, so remove them now.
-        _remove_unpublished(ctx, prefix, results_key, evaluation)
-        raise
+    results_id, results_key, stored = results
+    with ctx.db.write() as session:
+        files.insert(session, File(
+            id=results_id, project_id=plan.project_id, filename="step_metrics.csv", purpose="fine-tune-results",
+            bytes=stored.size, sha256=stored.sha256, storage_key=results_key, status=FileStatus.PROCESSED,
+            created_at=int(time.time()), error_count=0))
+        models.add(session, name=plan.fine_tuned_model, uid=uid, project_id=plan.project_id, job_id=plan.job_id,
+                   base_model=plan.spec.base_model, storage_prefix=prefix, manifest_sha256=manifest_sha256)
+        result_files = [results_id]
+        if evaluation is not None:
+            jobs.heartbeat(session, lease, ttl=ctx.settings.work.lease_ttl_seconds)
+            result_files += finish_for_job(session, lease, evaluation)
+        jobs.complete(session, lease, fine_tuned_model=plan.fine_tuned_model, trained_tokens=outcome.trained_tokens,
+                      result_files=result_files)
 
 
 def _remove_unpublished(ctx: WorkerContext, prefix: str, results_key: str, evaluation: Any) -> None:

@@ -125,6 +125,15 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
         inference.close()
         if hasattr(judge, "close"):
             judge.close()
+    rows = _store_results(ctx, eval_id, project_id, spec, report, lines, loss_rows, patient)
+    log.info("knowledge eval %s done:\n%s", eval_id, "\n".join(" | ".join(r) for r in summary_rows(report)))
+    return EvalArtifacts(report, headline_summary(report), rows)
+
+
+def _store_results(ctx: WorkerContext, eval_id: str, project_id: str, spec: Any, report: dict[str, Any],
+                   lines: list[dict[str, Any]], loss_rows: list[dict[str, Any]] | None, patient: Patiently) -> list[File]:
+    """The run's result files (evals.artifacts) stored under a prefix of the run's own, and their rows (not
+    yet inserted: the caller writes them with the eval's ending)."""
     prefix = layout.eval_prefix(eval_id, uuid.uuid4().hex[:16])
     report["artifacts"] = {"per_item_uri": f"{prefix}{ITEMS}"}
     validate_report(report)
@@ -142,8 +151,7 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
         rows.append(File(id=ids.new_id(ids.FILE), project_id=project_id, filename=f"{eval_id}-{filename}",
                          purpose=RESULT_PURPOSE, bytes=stored.size, sha256=stored.sha256, storage_key=prefix + filename,
                          status=FileStatus.PROCESSED, created_at=int(time.time()), error_count=0))
-    log.info("knowledge eval %s done:\n%s", eval_id, "\n".join(" | ".join(r) for r in summary_rows(report)))
-    return EvalArtifacts(report, headline_summary(report), rows)
+    return rows
 
 
 class _Counter:
@@ -221,15 +229,10 @@ def _loss_rows_for_model(session: Any, row: KnowledgeEval) -> list[dict[str, Any
 
 
 # --------------------------------------------------------------------------------------- job-attached
-def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model: str, adapter_ref: Any,
-                tuned_info: dict[str, Any]) -> EvalArtifacts | None:
-    """Evaluate a job's just-published adapter before the job completes, under the job's lease.
-
-    Returns None when the job has no eval. A user error in the eval (a source that cannot be read, say)
-    does not fail the job: the eval is marked failed and the job says so in a warning event.
-    """
-    from serving.service import ResolvedModel
-
+def _attach(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model: str
+            ) -> tuple[str, dict[str, Any], list[dict[str, Any]]] | None:
+    """The job's eval row, made running (a new one, or the one an earlier attempt left): (its id, its spec, the
+    job's training metrics); None when the job has no eval."""
     with ctx.db.write() as session:
         job = jobs.get_any_project(session, lease.work_id)
         assert job is not None
@@ -246,10 +249,24 @@ def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model
                                 created_at=int(time.time()), started_at=int(time.time()), attempt=1,
                                 max_attempts=1, fencing_token=0)
             knowledge_evals.insert(session, row, dispatch=False)
-        eval_id, spec_document = row.id, row.spec
         jobs.heartbeat(session, lease, ttl=ctx.settings.work.lease_ttl_seconds)
-        jobs.add_event(session, lease, f"Running knowledge eval {eval_id} ({row.spec_name}) on the fine-tuned model")
-        loss_rows = events.metrics_rows(session, job.id)
+        jobs.add_event(session, lease, f"Running knowledge eval {row.id} ({row.spec_name}) on the fine-tuned model")
+        return row.id, row.spec, events.metrics_rows(session, job.id)
+
+
+def run_for_job(ctx: WorkerContext, lease: Lease, *, model_name: str, base_model: str, adapter_ref: Any,
+                tuned_info: dict[str, Any]) -> EvalArtifacts | None:
+    """Evaluate a job's just-published adapter before the job completes, under the job's lease.
+
+    Returns None when the job has no eval. A user error in the eval (a source that cannot be read, say)
+    does not fail the job: the eval is marked failed and the job says so in a warning event.
+    """
+    from serving.service import ResolvedModel
+
+    attached = _attach(ctx, lease, model_name=model_name, base_model=base_model)
+    if attached is None:
+        return None
+    eval_id, spec_document, loss_rows = attached
 
     def progress(done: int, total: int) -> None:
         def write() -> None:

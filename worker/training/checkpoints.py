@@ -79,6 +79,39 @@ class Optimization:
     trainable: list[torch.nn.Parameter]
 
 
+class AdapterSaver:
+    """Writes the model's adapter (adapters.save: the servable one, and the raw one where they differ). Under
+    FSDP the adapter's parameters are shards: they are gathered whole first, a collective every process takes
+    part in, and the main process writes."""
+
+    def __init__(self, model: Any, spec: TrainingSpec, dist: DistributedContext, initial_dir: Path) -> None:
+        self.model = model
+        self.spec = spec
+        self.dist = dist
+        self.initial_dir = initial_dir
+        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+
+    def whole(self) -> dict[str, torch.Tensor] | None:
+        """Under FSDP, the adapter's parameters gathered whole (a collective: every process calls it);
+        otherwise None (the model's own are whole)."""
+        if not self.dist.fsdp:
+            return None
+        return self.dist.full_tensors(dict(zip(self.names, self.parameters, strict=True)))
+
+    def save(self, directory: Path) -> None:
+        """The servable adapter into `directory` (every process calls it; the main one writes)."""
+        whole = self.whole()
+        if self.dist.is_main:
+            adapters.save(self.model, self.spec.adapter, directory, self.initial_dir, state_dict=whole)
+
+    def peft_state(self) -> dict[str, torch.Tensor]:
+        """The adapter as peft saves it (whole tensors; under FSDP a collective every process calls)."""
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.model, state_dict=self.whole())
+
+
 def optimizer_tensors(optimizer: torch.optim.Optimizer, dist: DistributedContext
                       ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """The optimizer's state as whole tensors named `state.<parameter index>.<slot>` (gathered under FSDP, a

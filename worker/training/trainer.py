@@ -33,7 +33,7 @@ import torch
 from contracts.training.spec import LEARNED_ACCURACY, TrainingSpec
 from worker.training import adapters, checkpoints, kernels
 from worker.training.batching import pad
-from worker.training.checkpoints import EpochTally, LoopState, Optimization, Position
+from worker.training.checkpoints import AdapterSaver, EpochTally, LoopState, Optimization, Position
 from worker.training.control import Directive, StepMetrics, TrainingControl, TrainingOutcome
 from worker.training.data import TokenizedExample
 from worker.training.distributed import DistributedContext, sharding_unsupported
@@ -94,7 +94,7 @@ class Trainer:
         self.objectives = Objectives(spec, self.model, self.pad_id, self.kernels, self.device, head=head,
                                      rehearsal=rehearsal, references=references)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self._trainable_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        self.saver = AdapterSaver(self.model, spec, self.dist, self.initial_dir)
         self.schedule = Schedule.of(spec, len(self.train_examples))
         self.optimizer, self.scheduler = build_optimizer(self.trainable, spec, self.schedule.total_steps)
         self.loop = LoopState()
@@ -196,7 +196,7 @@ class Trainer:
             if self.dist.is_main:
                 shutil.copytree(self.best_dir, adapter_dir, dirs_exist_ok=True)
         else:
-            self._save_adapter(adapter_dir)
+            self.saver.save(adapter_dir)
         self.dist.barrier()
         outcome = TrainingOutcome("completed", position.step, position.trained_tokens, adapter_dir=adapter_dir,
                                   final_metrics=metrics, history=history,
@@ -226,10 +226,9 @@ class Trainer:
         if state.best_loss is None or metrics.full_valid_loss < state.best_loss - self.spec.early_stopping.min_delta:
             state.best_loss, state.best_step = metrics.full_valid_loss, metrics.step
             state.evaluations_without_improvement = 0
-            whole = self._whole_adapter()
             if self.dist.is_main:
                 shutil.rmtree(self.best_dir, ignore_errors=True)
-                adapters.save(self.model, self.spec.adapter, self.best_dir, self.initial_dir, state_dict=whole)
+            self.saver.save(self.best_dir)
             return True
         state.evaluations_without_improvement += 1
         return False
@@ -275,23 +274,10 @@ class Trainer:
         return evaluate(self.objectives, self.network, examples, batch_size=self.spec.batch_size, dist=self.dist)
 
     # ------------------------------------------------------------------------------------ persistence
-    def _whole_adapter(self) -> dict[str, torch.Tensor] | None:
-        """Under FSDP, the adapter's parameters gathered whole (a collective: every process calls it);
-        otherwise None (the model's own are whole)."""
-        if not self.dist.fsdp:
-            return None
-        return self.dist.full_tensors(dict(zip(self._trainable_names, self.trainable, strict=True)))
-
-    def _save_adapter(self, directory: Path) -> None:
-        """The servable adapter into `directory` (every process calls it; the main one writes)."""
-        whole = self._whole_adapter()
-        if self.dist.is_main:
-            adapters.save(self.model, self.spec.adapter, directory, self.initial_dir, state_dict=whole)
-
     def _checkpoint(self, metrics: StepMetrics, *, best: bool) -> None:
         """Save the state at the loop's position and hand it to the control (every process calls it)."""
         rng = self.dist.gather_objects(torch.random.get_rng_state())
-        whole = self._whole_adapter()
+        whole = self.saver.whole()
         optimizer = checkpoints.optimizer_tensors(self.optimizer, self.dist)
         if self.dist.is_main:
             self.loop.valid_cursor = self.validation.position
@@ -305,10 +291,7 @@ class Trainer:
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The trained adapter as peft saves it (whole tensors; under FSDP a collective every process calls)."""
-        from peft import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(self.model, state_dict=self._whole_adapter())
-
+        return self.saver.peft_state()
 
 def epoch_order(seed: int, epoch: int, count: int) -> list[int]:
     """The order of the training examples in `epoch`: a pure function of (seed, epoch), so a resumed run takes
