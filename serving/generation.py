@@ -11,9 +11,9 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+from basemodels.conversations import ToolCallStream
 from contracts.errors import DeadlineExceeded, FTaaSError
 from contracts.inference.backend import ChoiceResult, Delta
-from contracts.inference.tools import ToolCallStream
 from serving.adapters import AdapterLease
 from serving.engine import Engine, Event, FinishEvent, Sequence, TokenEvent
 

@@ -10,7 +10,7 @@ llguidance's `%json{...}`):
 * `tool_choice` `auto` with a response format: either of the two (a call, or the formatted answer).
 
 `auto` alone is not constrained: the model may answer in text or call tools, and serving parses the calls it
-writes (contracts.inference.tools). JSON is written with fixed separators (`", "`, `": "`, as the training
+writes (basemodels.conversations). JSON is written with fixed separators (`", "`, `": "`, as the training
 data's `json.dumps` writes it) and no free whitespace, so a constrained model cannot wander into endless
 blanks.
 
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from basemodels.conversations import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from contracts.errors import InvalidRequest
 from contracts.inference.schemas import ChatCompletionRequest, NamedToolChoice
-from contracts.inference.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 #: JSON written as `json.dumps` writes it (the ftaas tool format's training data), without free whitespace.
 JSON_STYLE = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from basemodels.conversations import prepare_conversation, template_renders_names, template_renders_tools
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import Draining, InvalidRequest, Overloaded
 from contracts.inference.schemas import ChatCompletionRequest, CompletionRequest
-from contracts.inference.tools import prepare_conversation, template_renders_names, template_renders_tools
 from contracts.settings import ServingSettings
 from db.projects import Principal
 from db.session import Database

@@ -6,7 +6,7 @@ informational ones (`user`, `metadata`, `store`) are accepted.
 
 Chat requests take OpenAI's function calling (`tools`, `tool_choice`, `parallel_tool_calls`, and the legacy
 `functions` / `function_call`, converted to those) and structured outputs (`response_format` `json_object` and
-`json_schema`); serving renders the tools as training did (contracts.inference.tools) and enforces
+`json_schema`); serving renders the tools as training did (basemodels.conversations) and enforces
 `required` / named tool choices and response formats by constrained decoding (serving.grammar).
 """
 
@@ -59,7 +59,7 @@ class ChatMessage(BaseModel):
         return self
 
     def as_template_message(self) -> dict[str, Any]:
-        """The message as a chat template (and contracts.inference.tools) takes it: text content, and its
+        """The message as a chat template (and basemodels.conversations) takes it: text content, and its
         tool calls, tool call id and name where it has them (`prepare_conversation` decides how a
         participant's name is rendered)."""
         message: dict[str, Any] = {"role": self.role, "content": self.text()}
@@ -69,7 +69,7 @@ class ChatMessage(BaseModel):
             message["function_call"] = self.function_call.model_dump()
         if self.tool_call_id is not None:
             message["tool_call_id"] = self.tool_call_id
-        if self.name is not None:  # a participant's or the answered function's (contracts.inference.tools)
+        if self.name is not None:  # a participant's or the answered function's (basemodels.conversations)
             message["name"] = self.name
         return message
 

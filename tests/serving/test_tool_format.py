@@ -1,11 +1,11 @@
 """The ftaas tool format parses back into OpenAI-shaped tool calls: what training taught the model to write
-(contracts.inference.tools) is what serving reads; a block that is not a call stays in the text, whole."""
+(basemodels.conversations) is what serving reads; a block that is not a call stays in the text, whole."""
 
 from __future__ import annotations
 
 import json
 
-from contracts.inference.tools import format_tool_call, parse_tool_calls
+from basemodels.conversations import format_tool_call, parse_tool_calls
 
 
 def test_calls_written_as_trained_parse_back_with_their_arguments() -> None:

@@ -197,8 +197,8 @@ def test_participant_names_reach_the_model_when_its_template_ignores_them(start_
     """OpenAI's `name` on user, system and assistant messages: the demo model's template has no place for it,
     so it is written into the content ("Alice: ...") rather than dropped; a template that renders names gets
     the field as it is."""
+    from basemodels.conversations import prepare_conversation, template_renders_names
     from contracts.inference.schemas import ChatCompletionRequest
-    from contracts.inference.tools import prepare_conversation, template_renders_names
 
     served: LiveServing = start_serving()
     messages = [{"role": "system", "content": "Moderate the chat.", "name": "rules"},

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from contracts.inference.tools import prepare_conversation, template_renders_tools
+from basemodels.conversations import prepare_conversation, template_renders_tools
 from worker.training.data import IGNORE, encode_chat, encode_lines, encode_preference
 
 #: A template that renders tools and tool calls itself (Qwen 2.5's scheme, abridged).

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from contracts.errors import InvalidFile
-from contracts.files.formats import CHAT, PREFERENCE, PROMPT_COMPLETION
-from contracts.inference.tools import (
+from basemodels.conversations import (
     legacy_to_tools,
     prepare_conversation,
     template_renders_names,
     template_renders_tools,
 )
+from contracts.errors import InvalidFile
+from contracts.files.formats import CHAT, PREFERENCE, PROMPT_COMPLETION
 
 IGNORE = -100
 
@@ -103,7 +103,7 @@ def _renders_names(tokenizer: Any) -> bool:
 def _conversation(tokenizer: Any, example: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
     """The example's messages (weights kept) and tools, as the template can render them: tool calls and
     results in the ftaas tool format where the template does not render tools itself, participant names in
-    the content where it ignores them (contracts.inference.tools)."""
+    the content where it ignores them (basemodels.conversations)."""
     tools = example.get("tools") or legacy_to_tools(example.get("functions"))
     return prepare_conversation(example["messages"], tools, native=_renders_tools(tokenizer),
                                 names_native=_renders_names(tokenizer))
