@@ -86,5 +86,6 @@ async def list_page(caller: Caller, fetch: Callable[[Principal], Page[Row]], ren
 
 
 def static_list(items: Sequence[Any]) -> Response:
-    """The envelope of a list that is not paged (every item at once: the built-in suites, the models)."""
+    """The envelope of a list that is not paged (every item at once: the built-in suites). `/v1/models` keeps
+    OpenAI's own models-list shape, which has no cursor fields."""
     return list_response(items, has_more=False)
