@@ -7,6 +7,7 @@ loudly instead of skipping them: a green run must mean every collaborator was ex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -22,10 +23,28 @@ from db import migrate
 from db.session import Database
 
 POSTGRES_ADMIN_URL = os.environ.get("FTAAS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("FTAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+#: pytest-xdist runs the suite in worker processes gw0, gw1, ...; outside it this is 0.
+XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+
+
+def redis_database(number: int) -> str:
+    """The URL of this test process's Redis database `number` (0 or 1): each xdist worker owns two
+    databases counted up from the one FTAAS_TEST_REDIS_URL names, so no worker flushes or consumes
+    another's messages."""
+    base, first = os.environ.get("FTAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11").rsplit("/", 1)
+    return f"{base}/{int(first) + 2 * XDIST_WORKER + number}"
+
+
+REDIS_URL = redis_database(0)
 S3_CREDENTIALS = {"aws_access_key_id": "ftaas-test", "aws_secret_access_key": "ftaas-test-secret"}
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Under xdist every test process, and every server and worker process a test starts, computes on one thread.
+# Two processes with an OpenMP team of two each on CI's two cores spin against each other (libgomp busy-waits
+# for work between parallel regions): the README quickstart's fine-tune took over ten minutes instead of 1.5.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 # CI replays the same examples every run, so a red build is reproducible; local runs keep exploring.
 hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -33,6 +52,8 @@ if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
 
+# First: xdist reads the groups `distribute` marks in its own hook of this name.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test with the servers it needs (`-m "not postgres and not redis"` selects the others): by
     the fixtures it uses, and by its parameters where a fixture picks a deployment at run time."""
@@ -43,6 +64,41 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.postgres)
         if "redis_url" in names or "cluster" in params:
             item.add_marker(pytest.mark.redis)
+    distribute(items)
+
+
+#: Session fixtures that make a fine-tune (tests/e2e/conftest.py): every module using one runs in the same
+#: xdist worker, so each fine-tune is made once per run. The real model's comes first: it is the longest.
+SHARED_FINE_TUNES = {"quickstart": "real-model-fine-tune", "evaluated_job": "demo-fine-tunes",
+                     "finished_job": "demo-fine-tunes"}
+
+
+def distribute(items: list[pytest.Item]) -> None:
+    """Group and order the tests for the two xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`
+    in pyproject.toml): a module is the unit of work (its module-scoped fixtures are built once), modules
+    sharing a fine-tune go together, and the longest groups start first (the shared fine-tunes, then the
+    other end-to-end modules, then the worker's), so the short tests fill in at the end and both workers
+    finish at about the same time. The per-test durations behind this order are in docs/testing.md."""
+    ranked_shared = list(dict.fromkeys(SHARED_FINE_TUNES.values()))
+    module_group: dict[str, str] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        candidates = [module_group.get(module, module)] + [
+            SHARED_FINE_TUNES[name] for name in getattr(item, "fixturenames", ()) if name in SHARED_FINE_TUNES]
+        module_group[module] = min(candidates, key=lambda g: ranked_shared.index(g) if g in ranked_shared else 99)
+
+    def group(item: pytest.Item) -> str:
+        return module_group[item.nodeid.split("::", 1)[0]]
+
+    def weight(item: pytest.Item) -> int:
+        name = group(item)
+        if name in ranked_shared:
+            return ranked_shared.index(name)
+        return len(ranked_shared) + (0 if name.startswith("tests/e2e/") else 1 if name.startswith("tests/worker/") else 2)
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=weight)  # stable: within a weight, the collection order stays
 
 
 # ------------------------------------------------------------------------------------------ postgres
@@ -57,6 +113,22 @@ def postgres_server() -> str:
     finally:
         engine.dispose()
     return POSTGRES_ADMIN_URL
+
+
+@contextlib.contextmanager
+def created_database(postgres_server: str, prefix: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database of its own (its URL), dropped afterwards: a deployment a test starts
+    gets one, so that no other deployment's relay or reaper acts on its rows."""
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield postgres_server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture
@@ -133,10 +205,15 @@ def s3_bucket(s3_endpoint: str) -> str:
 def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One materialised copy of the built-in base models for the whole run (servers share it via settings):
     the demo model, and the packaged real model where its weights package is installed (the README's test
-    command installs it; tests of the real model fail, not skip, without it)."""
+    command installs it; tests of the real model fail, not skip, without it). Under xdist the workers share
+    one copy (`build_once` makes concurrent builders wait for the first)."""
     from basemodels import smollm2, tiny
 
-    directory = tmp_path_factory.mktemp("model-cache")
+    run_root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        run_root = run_root.parent  # xdist gives each worker <run root>/popen-gwN
+    directory = run_root / "model-cache"
+    directory.mkdir(exist_ok=True)
     tiny.ensure_built(directory)
     if smollm2.is_installed():
         smollm2.ensure_built(directory)

@@ -17,9 +17,8 @@ from typing import Any
 
 import boto3
 import pytest
-from sqlalchemy import create_engine, text
 
-from tests.conftest import S3_CREDENTIALS
+from tests.conftest import S3_CREDENTIALS, created_database
 from tests.e2e.servers import LiveServer, start_cluster, start_embedded
 
 
@@ -49,14 +48,8 @@ def embedded(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) ->
 
 @pytest.fixture(scope="session")
 def cluster_database(postgres_server: str) -> Iterator[str]:
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    name = f"ftaas_e2e_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield postgres_server.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with created_database(postgres_server, "ftaas_e2e") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

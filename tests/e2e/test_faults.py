@@ -18,7 +18,7 @@ import boto3
 import httpx
 import pytest
 
-from tests.conftest import S3_CREDENTIALS
+from tests.conftest import S3_CREDENTIALS, created_database
 from tests.e2e.servers import LiveServer, start_cluster, upload_processed, wait_for
 from tests.factories import training_jsonl
 from tests.faults import RedisServer, TcpProxy
@@ -35,10 +35,13 @@ PROMPT_SECONDS = 10  # the longest any API request may take during an outage
 
 
 @pytest.fixture(scope="module")
-def faulty(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path, cluster_database: str,
+def faulty(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path, postgres_server: str,
            s3_endpoint: str) -> Iterator[tuple[LiveServer, dict[str, TcpProxy], RedisServer]]:
+    # A database, a broker and a bucket of its own: the session's cluster deployment must not see its work.
+    database = contextlib.ExitStack()
+    database_url = database.enter_context(created_database(postgres_server, "ftaas_faults"))
     broker = RedisServer(tmp_path_factory.mktemp("redis"))
-    urls = {"postgresql": cluster_database, "redis": broker.url, "s3": s3_endpoint}
+    urls = {"postgresql": database_url, "redis": broker.url, "s3": s3_endpoint}
     proxied = {name: TcpProxy.in_front_of(url) for name, url in urls.items()}
     proxies = {name: proxy for name, (proxy, _) in proxied.items()}
     bucket = f"ftaas-faults-{uuid.uuid4().hex[:10]}"
@@ -54,6 +57,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path, clus
     for proxy in proxies.values():
         proxy.close()
     broker.kill()
+    database.close()
 
 
 def probe(server: LiveServer, path: str) -> tuple[int, float]:

@@ -17,6 +17,7 @@ from db.session import Database
 from db.states import JobStatus
 from db.tables import File, FineTuningJob, OutboxMessage
 from storage import open_store
+from tests.conftest import redis_database
 from tests.factories import make_file, make_job, make_project
 from worker.app import create_celery_app
 from worker.maintenance import Maintenance
@@ -25,7 +26,7 @@ from worker.maintenance import Maintenance
 @pytest.fixture
 def broker(redis_url: str) -> Iterator[str]:
     """A Redis database of its own, so that no live worker consumes the messages under inspection."""
-    url = redis_url.rsplit("/", 1)[0] + "/12"
+    url = redis_database(1)
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url

@@ -35,15 +35,12 @@ def measured() -> dict[tuple[bool, bool], dict]:
     padded rows (full logits) without and with checkpointing, and packed rows without (the loss chunk by
     chunk): peak resident memory measured in a fresh process each (bench/train_memory.py; the full table is in
     docs/training.md)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from train_memory import measure
 
-    # Three processes at once: each measures its own peak, and most of each one's time is importing torch.
+    # One after another, on one thread each: the suite runs in two workers on two cores, and three 4 GB
+    # processes at once beside the other worker's servers ran the machine out of memory.
     shapes = ((False, False), (True, False), (False, True))
-    with ThreadPoolExecutor(len(shapes)) as pool:
-        rows = list(pool.map(lambda shape: measure("smollm2-shape", 512, 4, *shape), shapes))
-    return dict(zip(shapes, rows, strict=True))
+    return {shape: measure("smollm2-shape", 512, 4, *shape, threads=1) for shape in shapes}
 
 
 @pytest.mark.parametrize("checkpointing,packing", [(False, False), (True, False), (False, True)])

@@ -286,3 +286,27 @@ def test_a_resumed_run_with_rehearsal_ends_exactly_where_an_uninterrupted_one_do
     resumed.run(resume_from=first_half.checkpoints[-1])
     expected, actual = uninterrupted.adapter_state(), resumed.adapter_state()
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+def test_the_memory_training_keeps_is_given_back_when_the_job_is_over() -> None:
+    """A CPU job keeps what it frees for its next steps; a worker that lives on after the job must not hold
+    that peak for the next job or for serving on the same machine (glibc's state is per process: own one)."""
+    import subprocess
+    import sys
+
+    code = """
+import resource
+from worker.training.kernels import keep_freed_memory, return_freed_memory
+def rss(): return int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()
+assert keep_freed_memory()
+base = rss()
+block = b"x" * (512 * 2**20)
+del block
+kept = rss() - base
+return_freed_memory()
+print(kept >> 20, (rss() - base) >> 20)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    kept_mib, after_mib = map(int, out.stdout.split())
+    assert kept_mib >= 500 and after_mib < 50, out.stdout

@@ -35,6 +35,7 @@ from worker.jobs.publishing import publish_model, report_learning
 from worker.jobs.workspace import Workspace, download_inputs
 from worker.outages import ride_out
 from worker.training.distributed import DistributedContext
+from worker.training.kernels import return_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
         return "failed"
     finally:
         shutil.rmtree(workspace.root, ignore_errors=True)
+        return_freed_memory()
 
 
 def _finish_failed(ctx: WorkerContext, lease: Lease, error: dict[str, Any]) -> None:

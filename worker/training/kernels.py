@@ -10,7 +10,8 @@ rows, and the loss path.
   model takes it), and where the model's logits are exactly its output layer's product, that layer is
   applied chunk by chunk inside the loss (`probe_head`; worker.training.loss). Not under FSDP, whose output
   layer is sharded.
-* Memory on the CPU: the process keeps the memory it frees for its next allocations (`keep_freed_memory`).
+* Memory on the CPU: the process keeps the memory it frees for its next allocations (`keep_freed_memory`),
+  and gives it back once the job is over (`return_freed_memory`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def choose(spec: TrainingSpec, model: Any, device: torch.device, *, precision: s
 
 #: glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
 
 def keep_freed_memory() -> bool:
@@ -92,6 +94,23 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def return_freed_memory() -> None:
+    """Undo `keep_freed_memory` once a job's training is over, and hand the freed heap back to the system:
+    a long-lived worker process would otherwise hold its last job's peak for as long as it lives, memory that
+    serving and the next job on the machine need. Call it after the job's model and trainer are released."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    # glibc's defaults (mallopt(3)); setting them fixes the thresholds, which glibc otherwise adapts
+    mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+    mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+    malloc_trim(0)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
