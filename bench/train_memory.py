@@ -55,7 +55,7 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
     from worker.training.trainer import Trainer
 
     hf_logging.set_verbosity_error()
-    torch.set_num_threads(2)
+    torch.set_num_threads(options.get("threads", 2))
     base = _rss_bytes()
     shape = SHAPES[options["shape"]]
     config = {**shape, "max_position_embeddings": 4096, "tie_word_embeddings": False, "pad_token_id": 0,
@@ -84,8 +84,11 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
     return {**options, "measured": peak, "estimated": estimate.total, "estimate": estimate.to_json()}
 
 
-def measure(shape: str, seq: int, batch: int, checkpointing: bool, packing: bool = False) -> dict[str, Any]:
-    options = {"shape": shape, "seq": seq, "batch": batch, "checkpointing": checkpointing, "packing": packing}
+def measure(shape: str, seq: int, batch: int, checkpointing: bool, packing: bool = False,
+            threads: int = 2) -> dict[str, Any]:
+    """One configuration's peak, measured in a fresh process computing on `threads` threads."""
+    options = {"shape": shape, "seq": seq, "batch": batch, "checkpointing": checkpointing, "packing": packing,
+               "threads": threads}
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(options)], capture_output=True, text=True,
                          check=True, timeout=600)
     return json.loads(out.stdout.strip().splitlines()[-1])
