@@ -134,21 +134,8 @@ def created_database(postgres_server: str, prefix: str) -> Iterator[str]:
 @pytest.fixture
 def make_postgres_database(postgres_server: str) -> Iterator:
     """Factory for fresh, empty PostgreSQL databases; all dropped at teardown."""
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    created: list[str] = []
-
-    def make() -> str:
-        name = f"ftaas_test_{uuid.uuid4().hex[:12]}"
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        created.append(name)
-        return postgres_server.rsplit("/", 1)[0] + "/" + name
-
-    yield make
-    with admin.connect() as connection:
-        for name in created:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with contextlib.ExitStack() as created:
+        yield lambda: created.enter_context(created_database(postgres_server, "ftaas_test"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -38,26 +38,24 @@ PROMPT_SECONDS = 10  # the longest any API request may take during an outage
 def faulty(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path, postgres_server: str,
            s3_endpoint: str) -> Iterator[tuple[LiveServer, dict[str, TcpProxy], RedisServer]]:
     # A database, a broker and a bucket of its own: the session's cluster deployment must not see its work.
-    database = contextlib.ExitStack()
-    database_url = database.enter_context(created_database(postgres_server, "ftaas_faults"))
-    broker = RedisServer(tmp_path_factory.mktemp("redis"))
-    urls = {"postgresql": database_url, "redis": broker.url, "s3": s3_endpoint}
-    proxied = {name: TcpProxy.in_front_of(url) for name, url in urls.items()}
-    proxies = {name: proxy for name, (proxy, _) in proxied.items()}
-    bucket = f"ftaas-faults-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_CREDENTIALS).create_bucket(Bucket=bucket)
-    server = start_cluster(
-        tmp_path_factory.mktemp("faults"), model_cache_dir,
-        database_url=proxied["postgresql"][1], redis_url=proxied["redis"][1], s3_endpoint=proxied["s3"][1],
-        bucket=bucket, s3_credentials=S3_CREDENTIALS,
-        # The lease outlives the database outage (the keeper renews every TTL/3: outages under 2/3 of it).
-        FTAAS_LEASE_TTL_SECONDS="45")
-    yield server, proxies, broker
-    server.stop()
-    for proxy in proxies.values():
-        proxy.close()
-    broker.kill()
-    database.close()
+    with created_database(postgres_server, "ftaas_faults") as database_url:
+        broker = RedisServer(tmp_path_factory.mktemp("redis"))
+        urls = {"postgresql": database_url, "redis": broker.url, "s3": s3_endpoint}
+        proxied = {name: TcpProxy.in_front_of(url) for name, url in urls.items()}
+        proxies = {name: proxy for name, (proxy, _) in proxied.items()}
+        bucket = f"ftaas-faults-{uuid.uuid4().hex[:10]}"
+        boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_CREDENTIALS).create_bucket(Bucket=bucket)
+        server = start_cluster(
+            tmp_path_factory.mktemp("faults"), model_cache_dir,
+            database_url=proxied["postgresql"][1], redis_url=proxied["redis"][1], s3_endpoint=proxied["s3"][1],
+            bucket=bucket, s3_credentials=S3_CREDENTIALS,
+            # The lease outlives the database outage (the keeper renews every TTL/3: outages under 2/3 of it).
+            FTAAS_LEASE_TTL_SECONDS="45")
+        yield server, proxies, broker
+        server.stop()
+        for proxy in proxies.values():
+            proxy.close()
+        broker.kill()
 
 
 def probe(server: LiveServer, path: str) -> tuple[int, float]:

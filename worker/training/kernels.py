@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import inspect
 import sys
 from dataclasses import dataclass
@@ -75,6 +76,18 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
 
+@functools.cache
+def _glibc() -> Any:
+    """The C library where it is glibc on Linux (it has mallopt and malloc_trim), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None  # musl has neither
+
+
 def keep_freed_memory() -> bool:
     """Make this process keep the memory it frees for its next allocations (Linux with glibc; elsewhere
     nothing changes). Returns whether it did.
@@ -86,13 +99,10 @@ def keep_freed_memory() -> bool:
     with bench/train_throughput.py and bench/train_memory.py; docs/training.md). A training process reuses the
     same sizes every step, so the memory kept is the step's own high-water mark, which the memory estimate
     counts (its CPU `heap` term)."""
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
+    mallopt = libc.mallopt
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
@@ -100,13 +110,10 @@ def return_freed_memory() -> None:
     """Undo `keep_freed_memory` once a job's training is over, and hand the freed heap back to the system:
     a long-lived worker process would otherwise hold its last job's peak for as long as it lives, memory that
     serving and the next job on the machine need. Call it after the job's model and trainer are released."""
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):
-        return
+    mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     # glibc's defaults (mallopt(3)); setting them fixes the thresholds, which glibc otherwise adapts
     mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
     mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
