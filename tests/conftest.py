@@ -1,7 +1,8 @@
 """Shared fixtures: real PostgreSQL, Redis and S3-over-HTTP (moto server), and a tiny-model cache.
 
-Where the services live comes from the test environment (FTAAS_TEST_POSTGRES_URL, FTAAS_TEST_REDIS_URL),
-defaulting to the local servers that `.ci/run` starts. A missing service fails the tests that need it
+Where the services live comes from the test environment (TEST_POSTGRES_URL, TEST_REDIS_URL; not FTAAS_*
+names, which every deployment a test starts reads and refuses when unknown), defaulting to the local servers
+that `.ci/run` starts. A missing service fails the tests that need it
 loudly instead of skipping them: a green run must mean every collaborator was exercised.
 """
 
@@ -22,17 +23,21 @@ from sqlalchemy import create_engine, text
 from db import migrate
 from db.session import Database
 
-POSTGRES_ADMIN_URL = os.environ.get("FTAAS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 #: pytest-xdist runs the suite in worker processes gw0, gw1, ...; outside it this is 0.
 XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 
 
 def redis_database(number: int) -> str:
     """The URL of this test process's Redis database `number` (0 or 1): each xdist worker owns two
-    databases counted up from the one FTAAS_TEST_REDIS_URL names, so no worker flushes or consumes
-    another's messages."""
-    base, first = os.environ.get("FTAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11").rsplit("/", 1)
-    return f"{base}/{int(first) + 2 * XDIST_WORKER + number}"
+    databases counted up from the one TEST_REDIS_URL names, so no worker flushes or consumes another's
+    messages."""
+    base, first = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11").rsplit("/", 1)
+    database = int(first) + 2 * XDIST_WORKER + number
+    if database > 15:  # a Redis server has databases 0-15 unless configured otherwise
+        raise pytest.UsageError(f"worker gw{XDIST_WORKER} would use Redis database {database}: name a lower first "
+                                f"database in TEST_REDIS_URL (two per worker) or run fewer workers")
+    return f"{base}/{database}"
 
 
 REDIS_URL = redis_database(0)
