@@ -60,7 +60,7 @@ def training_lines(seed: int = 11) -> list[dict[str, Any]]:
     """Tool-calling chats in OpenAI's fine-tuning format, some with the tool's result and the final answer."""
     rng = random.Random(seed)
     lines = []
-    for index in range(16):
+    for index in range(12):
         if index % 2 == 0:
             city, unit = TRAIN_CITIES[index // 2 % len(TRAIN_CITIES)], rng.choice(list(UNITS))
             ask = f"{rng.choice(WEATHER_ASKS).format(city=city)} {UNITS[unit]}, please."
@@ -128,9 +128,9 @@ def test_a_function_calling_fine_tune_moves_over_unchanged(embedded: LiveServer)
     data = "".join(json.dumps(line) + "\n" for line in training_lines()).encode()
     uploaded = client.files.create(file=("tools.jsonl", io.BytesIO(data)), purpose="fine-tune")
     uploaded = client.files.wait_for_processing(uploaded.id, poll_interval=0.2, max_wait_seconds=120)
-    # batch_size 2 where "auto" picks 1 for 19 lines, and no rehearsal (which keeps general knowledge, not
-    # measured here): the same 10 of 12 as 35 lines with everything at "auto", in about a sixth of the CPU
-    # time (docs/training.md). Everything else at "auto".
+    # batch_size 2 where "auto" picks 1 for 15 lines, and no rehearsal (which keeps general knowledge, not
+    # measured here): the same 10 of 12 as 35 lines with everything at "auto", in a fraction of the CPU time
+    # (docs/training.md). Everything else at "auto".
     job = client.fine_tuning.jobs.create(model=PACKAGED_BASE_MODEL, training_file=uploaded.id, suffix="tools",
                                          method={"type": "supervised", "supervised": {
                                              "hyperparameters": {"batch_size": 2}, "rehearsal": False}})
