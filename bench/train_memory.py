@@ -29,7 +29,11 @@ sys.path.insert(0, str(ROOT))
 SHAPES = {"bench-28m": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
                         "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 49152},
           "smollm2-shape": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-                            "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152}}
+                            "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152},
+          # half the depth: every term of the estimate per layer as SmolLM2's, a step in two thirds of the time
+          # (tests/worker/test_memory_estimate.py)
+          "smollm2-15-layers": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 15,
+                                "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152}}
 #: (shape, seq, batch, checkpointing, packing)
 CONFIGS = [("bench-28m", 256, 4, False, False), ("bench-28m", 512, 8, False, False), ("bench-28m", 512, 8, True, False),
            ("smollm2-shape", 512, 4, False, False), ("smollm2-shape", 512, 4, True, False),
