@@ -24,7 +24,8 @@ from db import migrate
 from db.session import Database
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-#: pytest-xdist runs the suite in worker processes gw0, gw1, ...; outside it this is 0.
+#: Whether pytest-xdist runs this process (as worker gw0, gw1, ...), and which worker (0 outside xdist).
+UNDER_XDIST = "PYTEST_XDIST_WORKER" in os.environ
 XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 
 
@@ -48,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Under xdist every test process, and every server and worker process a test starts, computes on one thread.
 # Two processes with an OpenMP team of two each on CI's two cores spin against each other (libgomp busy-waits
 # for work between parallel regions): the README quickstart's fine-tune took over ten minutes instead of 1.5.
-if "PYTEST_XDIST_WORKER" in os.environ:
+if UNDER_XDIST:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 # CI replays the same examples every run, so a red build is reproducible; local runs keep exploring.
@@ -202,7 +203,7 @@ def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from basemodels import smollm2, tiny
 
     run_root = tmp_path_factory.getbasetemp()
-    if "PYTEST_XDIST_WORKER" in os.environ:
+    if UNDER_XDIST:
         run_root = run_root.parent  # xdist gives each worker <run root>/popen-gwN
     directory = run_root / "model-cache"
     directory.mkdir(exist_ok=True)

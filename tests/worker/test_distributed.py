@@ -96,8 +96,7 @@ def free_port() -> int:
 #: Each group's processes fork from a server that imported this module (torch, transformers, peft and the
 #: trainer) once, instead of importing them anew: 7 s per process on a 2-core CPU, eight processes here. The
 #: server imports and computes nothing else, so its forks start as clean as spawned processes.
-FORKS = mp.get_context("forkserver")
-FORKS.set_forkserver_preload([__name__])
+mp.get_context("forkserver").set_forkserver_preload([__name__])
 
 
 def _group(out_dir: Path, cache_dir: Path, sharded: bool, label: str, **options: Any) -> Any:
