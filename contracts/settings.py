@@ -201,6 +201,10 @@ class WorkSettings(SettingsGroup):
         default=1800.0, gt=0,
         description="How long a worker waits out an unavailable store or database (retrying with backoff, "
                     "its work kept) before the job fails with `dependency_outage`.")
+    outage_max_retry_delay_seconds: float = Field(
+        default=30.0, gt=0,
+        description="The longest wait between two retries of a step that met an outage (from 0.5 s, doubling, "
+                    "full jitter): how soon after a dependency returns the work goes on.")
     orphan_sweep_interval_seconds: float = Field(
         default=3600.0, gt=0, description="How often the relay removes stored objects no row points at.")
     orphan_grace_seconds: float = Field(

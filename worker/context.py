@@ -28,7 +28,8 @@ class WorkerContext:
     @cached_property
     def outages(self) -> OutagePolicy:
         """How long and how this worker waits out an unavailable dependency (worker.outages)."""
-        return OutagePolicy(self.settings.work.outage_deadline_seconds)
+        work = self.settings.work
+        return OutagePolicy(work.outage_deadline_seconds, max_delay=work.outage_max_retry_delay_seconds)
 
     @cached_property
     def db(self) -> Database:

@@ -2,11 +2,12 @@
 
 A storage, database or broker error (`InfrastructureError`) in a step a worker can repeat (download the
 inputs, publish a checkpoint, upload the finished adapter, write the final transaction) is retried with
-exponential backoff and full jitter (0.5 s doubling to 30 s, each delay drawn uniformly below its cap, so
-that many workers do not retry in step), for as long as `outage_deadline_seconds` allows. The job keeps its
-lease and its attempts: a finished training retries its upload, it never trains again because an upload
-failed. Past the deadline the step raises `DependencyOutage`, which fails the work with that code. A lease
-found lost while waiting (the job was cancelled) ends the wait at once.
+exponential backoff and full jitter (0.5 s doubling to `outage_max_retry_delay_seconds`, 30 s by default,
+each delay drawn uniformly below its cap, so that many workers do not retry in step), for as long as
+`outage_deadline_seconds` allows. The job keeps its lease and its attempts: a finished training retries its
+upload, it never trains again because an upload failed. Past the deadline the step raises
+`DependencyOutage`, which fails the work with that code. A lease found lost while waiting (the job was
+cancelled) ends the wait at once.
 
 How long the database may be down without costing the job its lease: the lease keeper renews every
 `lease_ttl_seconds / 3`, so an outage shorter than two thirds of the TTL (40 s by default) is survived; a

@@ -32,15 +32,21 @@ TOOLS = [
         "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}},
 ]
 SYSTEM = {"role": "system", "content": "You are the assistant of an online shop. Use the tools when they help."}
-TRAIN_CITIES = ["Paris", "Berlin", "Madrid", "Tokyo", "Lagos", "Toronto", "Sydney", "Cairo", "Lima", "Oslo",
-                "Dublin", "Seoul", "Nairobi", "Denver", "Lisbon", "Prague"]
-HELD_OUT_CITIES = ["Vienna", "Mumbai", "Chicago", "Bogota", "Helsinki", "Manila"]
-WEATHER_ASKS = ["What's the weather in {city}?", "How warm is it in {city} right now?",
-                "Is it raining in {city}?", "Tell me the weather for {city}."]
-HELD_OUT_WEATHER = ["Could you check the weather in {city}?", "What is it like outside in {city} today?"]
+TRAIN_CITIES = ["Paris", "Berlin", "Madrid", "Tokyo", "Lagos", "Toronto"]
+HELD_OUT_CITIES = ["Vienna", "Mumbai", "Chicago", "Bogota", "Helsinki", "Manila", "Athens", "Boston", "Hanoi",
+                   "Quito", "Warsaw", "Perth"]
+# Every training line asks in its own words, and the held-out requests in words no line used: with three
+# phrasings of six order lines, a held-out phrasing was answered in prose in every one of three runs.
+WEATHER_ASKS = ["What's the weather in {city}?", "How warm is it in {city} right now?", "Is it raining in {city}?",
+                "Tell me the weather for {city}.", "Do I need a jacket in {city} today?", "Weather report for {city}."]
+HELD_OUT_WEATHER = ["Could you check the weather in {city}?", "What is it like outside in {city} today?",
+                    "Should I bring an umbrella in {city}?", "How cold is it in {city} at the moment?",
+                    "I'm flying to {city}, what's the weather there?", "Give me the current conditions in {city}."]
 ORDER_ASKS = ["Where is my order {order}?", "What's the status of order {order}?", "Has order {order} shipped yet?",
-              "Can you track order {order} for me?"]
-HELD_OUT_ORDER = ["I'm waiting on order {order}, any news?", "Please look up order {order}."]
+              "Can you track order {order} for me?", "Any update on {order}?", "When will {order} arrive?"]
+HELD_OUT_ORDER = ["I'm waiting on order {order}, any news?", "Please look up order {order}.",
+                  "Is {order} on its way?", "Check order {order} for me.",
+                  "My package {order} hasn't come, what happened?", "Status for {order}?"]
 UNITS = {"celsius": "in Celsius", "fahrenheit": "in Fahrenheit"}
 CHAT = [("Thanks, that's all!", "You're welcome! Have a great day."),
         ("Hi there!", "Hello! How can I help you today?"),
@@ -62,13 +68,13 @@ def training_lines(seed: int = 11) -> list[dict[str, Any]]:
     lines = []
     for index in range(12):
         if index % 2 == 0:
-            city, unit = TRAIN_CITIES[index // 2 % len(TRAIN_CITIES)], rng.choice(list(UNITS))
-            ask = f"{rng.choice(WEATHER_ASKS).format(city=city)} {UNITS[unit]}, please."
+            city, unit = TRAIN_CITIES[index // 2], list(UNITS)[index // 2 % 2]
+            ask = f"{WEATHER_ASKS[index // 2].format(city=city)} {UNITS[unit]}, please."
             call = _call("get_weather", {"city": city, "unit": unit}, index)
             result, answer = json.dumps({"temperature": rng.randrange(-5, 35), "unit": unit}), None
         else:
             order = _order(rng)
-            ask = rng.choice(ORDER_ASKS).format(order=order)
+            ask = ORDER_ASKS[index // 2].format(order=order)
             call = _call("lookup_order", {"order_id": order}, index)
             result, answer = json.dumps({"status": "shipped"}), f"Order {order} has shipped."
         messages = [SYSTEM, {"role": "user", "content": ask}, {"role": "assistant", "tool_calls": [call]}]
@@ -86,13 +92,14 @@ def held_out_requests(seed: int = 12) -> list[tuple[str, str, dict[str, Any]]]:
     """(request, expected function, expected arguments): cities, order numbers and phrasings not trained."""
     rng = random.Random(seed)
     requests = []
-    for index, city in enumerate(HELD_OUT_CITIES):
-        unit = list(UNITS)[index % 2]
-        ask = f"{HELD_OUT_WEATHER[index % 2].format(city=city)} {UNITS[unit]}, please."
+    for index, city in enumerate(HELD_OUT_CITIES):  # each phrasing twice, once in each unit
+        unit = list(UNITS)[(index + index // len(HELD_OUT_WEATHER)) % 2]
+        ask = f"{HELD_OUT_WEATHER[index % len(HELD_OUT_WEATHER)].format(city=city)} {UNITS[unit]}, please."
         requests.append((ask, "get_weather", {"city": city, "unit": unit}))
-    for index in range(6):
+    for index in range(12):
         order = _order(rng)
-        requests.append((HELD_OUT_ORDER[index % 2].format(order=order), "lookup_order", {"order_id": order}))
+        requests.append((HELD_OUT_ORDER[index % len(HELD_OUT_ORDER)].format(order=order), "lookup_order",
+                         {"order_id": order}))
     return requests
 
 
@@ -129,10 +136,10 @@ def test_a_function_calling_fine_tune_moves_over_unchanged(embedded: LiveServer)
     uploaded = client.files.create(file=("tools.jsonl", io.BytesIO(data)), purpose="fine-tune")
     uploaded = client.files.wait_for_processing(uploaded.id, poll_interval=0.2, max_wait_seconds=120)
     # batch_size 2 where "auto" picks 1 for 15 lines, and no rehearsal (which keeps general knowledge, not
-    # measured here): the same 10 of 12 as 35 lines with everything at "auto", in a fraction of the CPU time
-    # (docs/training.md). Everything else at "auto".
+    # measured here): the same held-out score as 35 lines with everything at "auto", in a fraction of the CPU
+    # time (docs/training.md). A fixed seed; everything else at "auto".
     job = client.fine_tuning.jobs.create(model=PACKAGED_BASE_MODEL, training_file=uploaded.id, suffix="tools",
-                                         method={"type": "supervised", "supervised": {
+                                         seed=1, method={"type": "supervised", "supervised": {
                                              "hyperparameters": {"batch_size": 2}, "rehearsal": False}})
     job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
                    timeout=1200, interval=1, what="the function-calling fine-tune")
@@ -145,8 +152,9 @@ def test_a_function_calling_fine_tune_moves_over_unchanged(embedded: LiveServer)
     print(f"right tool calls on {requests} held-out requests: base {base_right}, tuned {tuned_right}; "
           f"hyperparameters {job.hyperparameters}; {job.trained_tokens} trained tokens; "
           f"{[m for m in events if 'epoch' in m.lower() or 'accuracy' in m.lower()][:4]}")
-    # Measured (docs/training.md): the base model 0 of 12, the tuned model 10 of 12 in four runs; once fewer
-    # than 9 (2026-12-06): training on a CPU is not bitwise reproducible from run to run (the same job's last
-    # step loss was 0.002, 0.011 and 0.008 in three runs), so the bar is two thirds of the held-out requests.
+    # Measured (docs/training.md): the base model 0 of 24; the tuned model 21 or 22 of 24 under five seeds, in
+    # fp32 and in bf16. Training on a CPU is not bitwise reproducible across CPUs and thread counts, and
+    # misses come in pairs (a phrasing the model did not generalise to is asked twice), so the bar is two
+    # thirds of the held-out requests.
     assert tuned_right >= 2 * requests / 3, "\n".join(tuned_seen)
     assert base_right <= 0.25 * requests, "\n".join(base_seen)

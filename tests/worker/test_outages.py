@@ -47,6 +47,16 @@ def test_infrastructure_errors_are_retried_with_growing_jittered_delays_until_th
     assert all(0 <= delay <= cap for delay, cap in zip(delays, caps, strict=True))
 
 
+def test_a_worker_waits_at_most_the_configured_delay_between_retries(tmp_path: Path) -> None:
+    from contracts.settings import Settings
+    from worker.context import WorkerContext
+
+    policy = WorkerContext(Settings(data_dir=tmp_path, outage_max_retry_delay_seconds=4)).outages
+    assert policy.max_delay == 4 and policy.deadline_seconds == 1800
+    assert max(policy.delay(retry, random.Random(retry)) for retry in range(40)) <= 4
+    assert WorkerContext(Settings(data_dir=tmp_path)).outages.max_delay == 30
+
+
 def test_other_errors_pass_through_at_once() -> None:
     calls, call = flaky(1, InvalidRequest("bad"))
     with pytest.raises(InvalidRequest):
@@ -74,6 +84,7 @@ def proxied_s3(s3_endpoint: str) -> TcpProxy:
 
 
 def s3_bench(tmp_path: Path, model_cache_dir: Path, proxy: TcpProxy, bucket: str, **settings: object) -> Bench:
+    settings.setdefault("outage_max_retry_delay_seconds", 4)  # back within seconds of the outage's end
     return make_bench(tmp_path, model_cache_dir, artifact_uri=f"s3://{bucket}/ftaas",
                       s3_endpoint_url=f"http://{proxy.address}", s3_access_key_id=S3_CREDENTIALS["aws_access_key_id"],
                       s3_secret_access_key=S3_CREDENTIALS["aws_secret_access_key"], **settings)
