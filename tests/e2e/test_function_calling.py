@@ -137,9 +137,10 @@ def test_a_function_calling_fine_tune_moves_over_unchanged(embedded: LiveServer)
     uploaded = client.files.wait_for_processing(uploaded.id, poll_interval=0.2, max_wait_seconds=120)
     # batch_size 2 where "auto" picks 1 for 15 lines, and no rehearsal (which keeps general knowledge, not
     # measured here): the same held-out score as 35 lines with everything at "auto", in a fraction of the CPU
-    # time (docs/training.md). A fixed seed; everything else at "auto".
+    # time (docs/training.md). Seed 4: stopped after 3 epochs in fp32 and in bf16 where seeds 1 and 3 took 4.
+    # Everything else at "auto".
     job = client.fine_tuning.jobs.create(model=PACKAGED_BASE_MODEL, training_file=uploaded.id, suffix="tools",
-                                         seed=1, method={"type": "supervised", "supervised": {
+                                         seed=4, method={"type": "supervised", "supervised": {
                                              "hyperparameters": {"batch_size": 2}, "rehearsal": False}})
     job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
                    timeout=1200, interval=1, what="the function-calling fine-tune")
@@ -152,7 +153,7 @@ def test_a_function_calling_fine_tune_moves_over_unchanged(embedded: LiveServer)
     print(f"right tool calls on {requests} held-out requests: base {base_right}, tuned {tuned_right}; "
           f"hyperparameters {job.hyperparameters}; {job.trained_tokens} trained tokens; "
           f"{[m for m in events if 'epoch' in m.lower() or 'accuracy' in m.lower()][:4]}")
-    # Measured (docs/training.md): the base model 0 of 24; the tuned model 21 or 22 of 24 under five seeds, in
+    # Measured (docs/training.md): the base model 0 of 24; the tuned model 21 or 22 of 24 under four seeds, in
     # fp32 and in bf16. Training on a CPU is not bitwise reproducible across CPUs and thread counts, and
     # misses come in pairs (a phrasing the model did not generalise to is asked twice), so the bar is two
     # thirds of the held-out requests.
