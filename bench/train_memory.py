@@ -79,20 +79,23 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
         ids = torch.randint(3, shape["vocab_size"], (options["seq"],), generator=generator).tolist()
         examples.append(TokenizedExample(ids, list(ids)))
     with tempfile.TemporaryDirectory() as work:
-        trainer = Trainer(spec, model, tokenizer, examples, [], None, Path(work))
+        trainer = Trainer(spec, model, tokenizer, examples, [], None, Path(work),
+                          precision=options.get("precision", "auto"))
         trainer._train_step(examples)  # one step: the optimizer's state exists after it, as in every later step
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    compute_bytes = 2 if autocast_dtype(torch.device("cpu")) == torch.bfloat16 else 4
+    bf16 = options.get("precision", "auto") == "auto" and autocast_dtype(torch.device("cpu")) == torch.bfloat16
+    compute_bytes = 2 if bf16 else 4
     estimate = estimate_peak_memory(config, spec, compute_bytes=compute_bytes,
                                     gradient_checkpointing=options["checkpointing"], host_memory=True)
     return {**options, "measured": peak, "estimated": estimate.total, "estimate": estimate.to_json()}
 
 
 def measure(shape: str, seq: int, batch: int, checkpointing: bool, packing: bool = False,
-            threads: int = 2) -> dict[str, Any]:
-    """One configuration's peak, measured in a fresh process computing on `threads` threads."""
+            threads: int = 2, precision: str = "auto") -> dict[str, Any]:
+    """One configuration's peak, measured in a fresh process computing on `threads` threads (`precision`
+    "fp32": without bf16 autocast where the CPU has it)."""
     options = {"shape": shape, "seq": seq, "batch": batch, "checkpointing": checkpointing, "packing": packing,
-               "threads": threads}
+               "threads": threads, "precision": precision}
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(options)], capture_output=True, text=True,
                          check=True, timeout=600)
     return json.loads(out.stdout.strip().splitlines()[-1])
