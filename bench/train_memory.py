@@ -61,6 +61,7 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
     hf_logging.set_verbosity_error()
     torch.set_num_threads(options.get("threads", 2))
     base = _rss_bytes()
+    precision = options.get("precision", "auto")  # "fp32": no bf16 autocast where the CPU has it
     shape = SHAPES[options["shape"]]
     config = {**shape, "max_position_embeddings": 4096, "tie_word_embeddings": False, "pad_token_id": 0,
               "bos_token_id": 1, "eos_token_id": 2}
@@ -79,11 +80,10 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
         ids = torch.randint(3, shape["vocab_size"], (options["seq"],), generator=generator).tolist()
         examples.append(TokenizedExample(ids, list(ids)))
     with tempfile.TemporaryDirectory() as work:
-        trainer = Trainer(spec, model, tokenizer, examples, [], None, Path(work),
-                          precision=options.get("precision", "auto"))
+        trainer = Trainer(spec, model, tokenizer, examples, [], None, Path(work), precision=precision)
         trainer._train_step(examples)  # one step: the optimizer's state exists after it, as in every later step
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    bf16 = options.get("precision", "auto") == "auto" and autocast_dtype(torch.device("cpu")) == torch.bfloat16
+    bf16 = precision == "auto" and autocast_dtype(torch.device("cpu")) == torch.bfloat16
     compute_bytes = 2 if bf16 else 4
     estimate = estimate_peak_memory(config, spec, compute_bytes=compute_bytes,
                                     gradient_checkpointing=options["checkpointing"], host_memory=True)

@@ -16,10 +16,12 @@ from urllib.parse import urlparse
 import pytest
 
 from contracts.errors import DependencyOutage, InvalidRequest, LeaseLost, StorageUnavailable
+from contracts.settings import Settings
 from tests.conftest import S3_CREDENTIALS
 from tests.faults import TcpProxy
 from tests.worker.test_runner import Bench, make_bench
 from tests.worker.test_training_engine import varied_chats
+from worker.context import WorkerContext
 from worker.jobs.runner import run_job
 from worker.outages import OutagePolicy, ride_out
 
@@ -48,9 +50,6 @@ def test_infrastructure_errors_are_retried_with_growing_jittered_delays_until_th
 
 
 def test_a_worker_waits_at_most_the_configured_delay_between_retries(tmp_path: Path) -> None:
-    from contracts.settings import Settings
-    from worker.context import WorkerContext
-
     policy = WorkerContext(Settings(data_dir=tmp_path, outage_max_retry_delay_seconds=4)).outages
     assert policy.max_delay == 4 and policy.deadline_seconds == 1800
     assert max(policy.delay(retry, random.Random(retry)) for retry in range(40)) <= 4
