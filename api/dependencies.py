@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from api.adapter_operations.service import AdapterOperationService
     from api.files.service import FileService
     from api.fine_tuning.service import JobService
+    from api.graders.service import GraderService
     from api.knowledge_evals.service import KnowledgeEvalService
     from api.models.service import ModelService
     from api.rate_limits import RateLimitHeaders, RequestLimiter
@@ -53,6 +54,7 @@ class ApiServices:
     knowledge_evals: KnowledgeEvalService
     adapter_operations: AdapterOperationService
     webhooks: WebhookService
+    graders: GraderService
     #: Runs the blocking part of each request (see the module docstring).
     executor: ThreadPoolExecutor
     #: Optional extras mounted by the launcher (readiness checks of the process's own dependencies).

@@ -367,11 +367,29 @@ class EvalSettings(SettingsGroup):
     judge_api_key: SecretStr | None = Field(default=None, description="API key for the LLM judge endpoint.")
 
 
+class GraderSettings(SettingsGroup):
+    title = "Graders"
+    env_prefix = "grader_"
+
+    model_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint (its /v1) that answers score_model and label_model "
+                                  "graders. Unset: ftaas's own serving engine answers, where the process has one.")
+    model_api_key: SecretStr | None = Field(default=None, description="API key for the grader model endpoint.")
+    model_max_concurrency: int = Field(
+        default=8, ge=1, le=256, description="Grader model requests in flight at once, per grading batch.")
+    python_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600, description="Wall-clock limit of one python grader call (its sandbox is "
+                                                "stopped past it and the call is a grader error).")
+    python_memory_mb: int = Field(
+        default=1024, ge=64, le=1_048_576, description="Address-space limit of the python grader sandbox.")
+
+
 #: The groups, by their field name on `Settings`, in the README table's order.
 GROUPS: dict[str, type[SettingsGroup]] = {
     "database": DatabaseSettings, "broker": BrokerSettings, "storage": StorageSettings, "models": ModelSettings,
     "api": ApiSettings, "files": FileSettings, "rate_limits": RateLimitSettings, "work": WorkSettings,
-    "training": TrainingSettings, "serving": ServingSettings, "evals": EvalSettings, "webhooks": WebhookSettings,
+    "training": TrainingSettings, "serving": ServingSettings, "evals": EvalSettings, "graders": GraderSettings,
+    "webhooks": WebhookSettings,
     "tracking": TrackingSettings,
 }
 #: Settings of the process as a whole (not of one component): the field names of `Settings` itself.
@@ -441,6 +459,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     evals: EvalSettings = Field(default_factory=EvalSettings)
+    graders: GraderSettings = Field(default_factory=GraderSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 

@@ -5,14 +5,14 @@
       |         /     \\
       |    serving     |       worker may call serving's entry points (the evaluator runs the engine)
       |     /          |
-    db  storage  basemodels  evals  adapters      data, artifacts, base models; the domain libraries
+    db  storage  basemodels  evals  adapters  graders     data, artifacts, base models; the domain libraries
                   contracts                        what crosses a process boundary
 
 A package may import the packages below it, never one beside or above it:
 
 * `contracts` imports no other ftaas package, and no torch, numpy, transformers, peft or safetensors
   anywhere (not even inside a function): it is what the API process, the workers and the engine share.
-* the domain libraries `evals` and `adapters` import only `contracts` (and third-party libraries): no api,
+* the domain libraries `evals`, `adapters` and `graders` import only `contracts` (and third-party libraries): no api,
   worker, serving or db, so each is one home for its domain, callable from any process.
 * db and storage import only contracts; basemodels contracts and the storage interface.
 * serving stands on those; api never imports serving or worker (it reaches the engine through
@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("contracts", "db", "storage", "basemodels", "evals", "adapters", "serving", "api", "worker", "ftaas",
+PACKAGES = ("contracts", "db", "storage", "basemodels", "evals", "adapters", "graders", "serving", "api", "worker", "ftaas",
             "migrations")
 
 #: package -> the packages it may import (besides itself).
@@ -44,10 +44,11 @@ ALLOWED: dict[str, set[str]] = {
     "basemodels": {"contracts", "storage"},
     "evals": {"contracts"},
     "adapters": {"contracts"},
+    "graders": {"contracts"},
     "migrations": {"contracts", "db"},
     "serving": {"contracts", "db", "storage", "basemodels", "adapters"},
-    "api": {"contracts", "db", "storage", "basemodels", "evals", "adapters"},
-    "worker": {"contracts", "db", "storage", "basemodels", "evals", "adapters", "serving"},
+    "api": {"contracts", "db", "storage", "basemodels", "evals", "adapters", "graders"},
+    "worker": {"contracts", "db", "storage", "basemodels", "evals", "adapters", "graders", "serving"},
     "ftaas": set(PACKAGES) - {"ftaas"},
 }
 #: The modules of serving that worker may use: the engine's service and the transformers reference path.
@@ -178,7 +179,7 @@ print("ok")
 TENSOR_MODULES = {"adapters.compeft", "adapters.compress", "adapters.export", "adapters.lora_files", "adapters.merge"}
 
 
-@pytest.mark.parametrize("package", ["contracts", "db", "storage", "evals", "adapters", "api"])
+@pytest.mark.parametrize("package", ["contracts", "db", "storage", "evals", "adapters", "graders", "api"])
 def test_the_lower_layers_and_the_api_import_without_torch(package: str) -> None:
     modules = sorted(p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
                      for p in (ROOT / package).rglob("*.py") if p.name != "__init__.py")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = ("contracts", "db", "storage", "api", "evals")
+CHECKED = ("contracts", "db", "storage", "api", "evals", "graders")
 #: Where the rest of the tree may still silence the checker, each with its reason written after it.
 MOST_ELSEWHERE = 5
 IGNORE = re.compile(r"#\s*type:\s*ignore(\[[^\]]*\])?(?P<rest>.*)$")
