@@ -19,9 +19,9 @@ from api.files.router import router as files_router
 from api.files.service import FileService
 from api.fine_tuning.router import router as jobs_router
 from api.fine_tuning.service import JobService
-from api.health.router import router as health_router
 from api.graders.router import router as graders_router
 from api.graders.service import GraderService
+from api.health.router import router as health_router
 from api.knowledge_evals.router import router as knowledge_evals_router
 from api.knowledge_evals.service import KnowledgeEvalService
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware, StorableTextMiddleware
@@ -54,7 +54,7 @@ def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) 
         files=FileService(db, store, max_upload_bytes=settings.api.max_upload_bytes),
         jobs=JobService(db, registry, max_active_jobs=settings.api.max_active_jobs_per_project,
                         max_attempts=settings.work.max_attempts, knowledge_evals=evals,
-                        integrations=settings.tracking.configured_integrations()),
+                        integrations=settings.tracking.configured_integrations(), graders=settings.graders),
         models=ModelService(db, store, registry),
         webhooks=WebhookService(db, allow_private_networks=settings.webhooks.allow_private_networks),
         knowledge_evals=evals,

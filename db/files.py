@@ -71,6 +71,7 @@ def record_validation(session: Session, file_id: str, outcome: ValidationOutcome
             example_count=outcome.example_count,
             validation_errors=outcome.errors or None,
             error_count=outcome.error_count,
+            item_fields=outcome.item_fields or None,
         )
     )
     return affected_rows(result) == 1

@@ -76,8 +76,10 @@ class File(Base):
     storage_key: Mapped[str] = mapped_column(String(512))
     status: Mapped[str] = mapped_column(String(16))
     status_details: Mapped[str | None] = mapped_column(Text)
-    #: chat | preference | prompt_completion, known once validation has run.
+    #: chat | preference | prompt_completion | reinforcement, known once validation has run.
     data_format: Mapped[str | None] = mapped_column(String(32))
+    #: reinforcement data: each item field -> the first line that lacks it (None: every line has it).
+    item_fields: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     example_count: Mapped[int | None] = mapped_column(Integer)
     #: [{"line": int|None, "code": str, "message": str}, ...], capped; `error_count` is exact.
     validation_errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)

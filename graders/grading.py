@@ -90,11 +90,12 @@ class GradingContext:
 
 
 # ------------------------------------------------------------------------------------------ checking
-def check(grader: Any, context: GradingContext, *, param: str = "grader") -> None:
-    """Raise InvalidRequest (naming the offending field in `param`) unless `grader` can run here."""
+def check(grader: Any, context: GradingContext, *, param: str = "grader", require_endpoint: bool = True) -> None:
+    """Raise InvalidRequest (naming the offending field in `param`) unless `grader` can run here.
+    `require_endpoint` False: model graders are answered elsewhere (a training worker), not checked here."""
     if isinstance(grader, MultiGrader):
         for key, sub in grader.graders.items():
-            check(sub, context, param=f"{param}.graders.{key}")
+            check(sub, context, param=f"{param}.graders.{key}", require_endpoint=require_endpoint)
         try:
             formula.check(grader.calculate_output, set(grader.graders))
         except formula.FormulaError as exc:
@@ -115,7 +116,7 @@ def check(grader: Any, context: GradingContext, *, param: str = "grader") -> Non
         if reason:
             raise InvalidRequest(f"python graders cannot run on this deployment: {reason}",
                                  code="grader_unavailable", param=f"{param}.type")
-    elif isinstance(grader, ScoreModelGrader | LabelModelGrader) and context.endpoint is None:
+    elif isinstance(grader, ScoreModelGrader | LabelModelGrader) and context.endpoint is None and require_endpoint:
         raise InvalidRequest(f"{grader.type} graders need a model endpoint: {context.endpoint_missing}",
                              code="grader_unavailable", param=f"{param}.model")
 
@@ -153,6 +154,25 @@ def item_fields(grader: Any) -> set[str]:
             if reference.item_field:
                 fields.add(reference.item_field)
     return fields
+
+
+def first_line_missing(grader: Any, file_fields: Mapping[str, int | None]) -> tuple[str, int] | None:
+    """(field, line) for the first item field `grader` reads that a line of a file lacks, given the file's
+    `item_fields` (each field -> the first line without it; worker.files.validation), or None."""
+    for name in sorted(item_fields(grader)):
+        if name not in file_fields:
+            return name, 1
+        line = file_fields[name]
+        if line is not None:
+            return name, int(line)
+    return None
+
+
+def model_graders_in(grader: Any) -> list[ScoreModelGrader | LabelModelGrader]:
+    """The model graders in `grader` (itself, or a multi grader's parts)."""
+    if isinstance(grader, MultiGrader):
+        return [g for sub in grader.graders.values() for g in model_graders_in(sub)]
+    return [grader] if isinstance(grader, ScoreModelGrader | LabelModelGrader) else []
 
 
 # ------------------------------------------------------------------------------------------- grading

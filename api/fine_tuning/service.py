@@ -22,13 +22,16 @@ from api.knowledge_evals.service import KnowledgeEvalService
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
 from contracts.files.formats import FORMATS_FOR_METHOD
-from contracts.training.spec import Method, SupervisedMethod
+from contracts.settings import GraderSettings
+from contracts.training.spec import Method, ReinforcementMethod, SupervisedMethod
 from db import checkpoints, events, files, idempotency, ids, jobs
 from db.pagination import Cursor, Page
 from db.projects import Principal
 from db.session import Database
 from db.states import FileStatus, JobStatus
 from db.tables import Checkpoint, File, FineTuningJob, JobEvent
+from graders import grading
+from graders.deployment import grading_context
 
 MAX_SEED = 2_147_483_647
 
@@ -36,9 +39,11 @@ MAX_SEED = 2_147_483_647
 class JobService:
     def __init__(self, db: Database, registry: BaseModelRegistry, *, max_active_jobs: int, max_attempts: int,
                  knowledge_evals: KnowledgeEvalService | None = None,
-                 integrations: frozenset[str] = frozenset()) -> None:
-        """`integrations`: the tracker types this deployment has configured (wandb, mlflow)."""
+                 integrations: frozenset[str] = frozenset(), graders: GraderSettings | None = None) -> None:
+        """`integrations`: the tracker types this deployment has configured (wandb, mlflow); `graders`: how
+        reinforcement jobs' graders are answered."""
         self.db = db
+        self.graders = graders or GraderSettings()
         self.integrations = integrations
         self.knowledge_evals = knowledge_evals
         self.registry = registry
@@ -66,6 +71,8 @@ class JobService:
             raise InvalidRequest("QLoRA (adapter.quantization) needs bitsandbytes, which this deployment does not "
                                  "have: `pip install \"ftaas[qlora]\"`.", code="quantization_unavailable",
                                  param=f"method.{method.type}.adapter.quantization")
+        if isinstance(method.section, ReinforcementMethod):
+            self._check_grader(method.section, request.model)
         knowledge_eval = None
         if request.knowledge_eval is not None:
             assert self.knowledge_evals is not None
@@ -115,7 +122,7 @@ class JobService:
 
     def _insert(self, session: Session, principal: Principal, request: JobCreateRequest, method: Method,
                 knowledge_eval: dict | None = None) -> FineTuningJob:
-        if method.section.early_stopping is not None and request.validation_file is None:
+        if getattr(method.section, "early_stopping", None) is not None and request.validation_file is None:
             raise InvalidRequest("Early stopping watches the validation loss: give a validation_file.",
                                  code="invalid_method", param=f"method.{method.type}.early_stopping")
         training = self._usable_file(session, principal, request.training_file, "training_file", method)
@@ -139,6 +146,26 @@ class JobService:
         jobs.insert(session, job, training_file=training.id, validation_file=request.validation_file)
         return job
 
+    def _check_grader(self, section: ReinforcementMethod, base_model: str) -> None:
+        """The grader can run where the job will train: its templates and formulas parse, python graders can
+        be isolated, and model graders have an endpoint (the configured one, or the training worker's own
+        engine, which serves the job's base model)."""
+        context = grading_context(self.graders)
+        try:
+            grading.check(section.grader, context, param="method.reinforcement.grader", require_endpoint=False)
+        finally:
+            close = getattr(context.endpoint, "close", None)
+            if close is not None:
+                close()
+        if self.graders.model_base_url is None:
+            for grader in grading.model_graders_in(section.grader):
+                if grader.model != base_model:
+                    raise InvalidRequest(
+                        f"The {grader.type} grader {grader.name!r} asks model {grader.model!r}: this deployment has no "
+                        f"grader endpoint (FTAAS_GRADER_MODEL_BASE_URL), and the training worker's engine answers only "
+                        f"with the job's base model ({base_model!r}).", code="grader_unavailable",
+                        param="method.reinforcement.grader")
+
     @staticmethod
     def _usable_file(session: Session, principal: Principal, file_id: str, param: str, method: Method) -> File:
         row = files.get(session, principal.project_id, file_id)
@@ -155,6 +182,10 @@ class JobService:
             raise InvalidRequest(
                 f"File {file_id} is in the {row.data_format} format; {method.type} fine-tuning needs "
                 f"{' or '.join(FORMATS_FOR_METHOD[method.type])}.", code=f"invalid_{param}", param=param)
+        if row.status == FileStatus.PROCESSED and isinstance(method.section, ReinforcementMethod):
+            missing = grading.first_line_missing(method.section.grader, row.item_fields or {})
+            if missing is not None:
+                raise InvalidRequest(missing_field_message(file_id, missing), code=f"invalid_{param}", param=param)
         return row
 
     # ------------------------------------------------------------------------------------ lookups
@@ -198,6 +229,12 @@ class JobService:
                     change: Callable[[Session, FineTuningJob], FineTuningJob]) -> FineTuningJob:
         with self.db.write() as session:
             return change(session, self._get(session, principal, job_id))
+
+
+def missing_field_message(file_id: str, missing: tuple[str, int]) -> str:
+    name, line = missing
+    return (f"File {file_id}, line {line}, has no field {name!r}, which the grader reads as "
+            f"{{{{item.{name}}}}}: every line needs it.")
 
 
 def _method_of(request: JobCreateRequest) -> Method:

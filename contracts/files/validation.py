@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -14,3 +14,6 @@ class ValidationOutcome:
     errors: list[dict[str, Any]]
     error_count: int
     summary: str | None
+    #: reinforcement files: each top-level field other than `messages` -> the first line that lacks it (None:
+    #: every line has it), so a job's grader can be checked against the file without reading it again
+    item_fields: dict[str, int | None] = field(default_factory=dict)

@@ -59,9 +59,22 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from contracts.files.formats import CHAT
+from contracts.graders import Grader
 
 AUTO: Final = "auto"
 DEFAULT_BETA = 0.1
+#: Reinforcement: samples per prompt at compute_multiplier 1 (a group whose rewards are compared), the KL
+#: weight to the base model, the policy-gradient clip range, and the longest sample.
+DEFAULT_GROUP_SIZE = 8
+DEFAULT_KL_BETA = 0.04
+DEFAULT_CLIP_EPSILON = 0.2
+DEFAULT_COMPLETION_TOKENS = 256
+#: Reinforcement "auto": prompts per step, how many times the run visits prompts in all (n_epochs is this
+#: over the file's size, at most RFT_MAX_EPOCHS), and the learning-rate multiplier (docs/training.md).
+RFT_BATCH_PROMPTS = 8
+RFT_PROMPT_VISITS = 256
+RFT_MAX_EPOCHS = 20
+RFT_LEARNING_RATE_MULTIPLIER = 5.0
 DEFAULT_MAX_SEQ_LEN = 2048
 DEFAULT_EVAL_INTERVAL = 10
 #: An epoch whose training token accuracy on assistant tokens reaches this has learned its data
@@ -151,6 +164,32 @@ class DpoHyperparameters(SupervisedHyperparameters):
     @classmethod
     def _beta(cls, value: Any) -> Any:
         return _float_or_auto(value, 0, 2)
+
+
+class ReinforcementHyperparameters(SupervisedHyperparameters):
+    """OpenAI's reinforcement hyperparameters. `batch_size` counts prompts per optimizer step."""
+
+    compute_multiplier: Auto | float = Field(
+        default=AUTO, description="Scales the samples drawn per prompt (auto: 1, i.e. DEFAULT_GROUP_SIZE samples), (0, 10].")
+    eval_interval: Auto | int = Field(default=AUTO, description="Steps between validation rewards, 1-1,000,000, or auto.")
+    eval_samples: Auto | int = Field(default=AUTO, description="Samples per validation prompt, 1-64, or auto (1).")
+    reasoning_effort: Literal["default", "low", "medium", "high"] | None = Field(
+        default=None, description="Accepted and stored; the open models ftaas trains have no such setting.")
+
+    @field_validator("compute_multiplier", mode="before")
+    @classmethod
+    def _compute_multiplier(cls, value: Any) -> Any:
+        return _float_or_auto(value, 0, 10)
+
+    @field_validator("eval_interval", mode="before")
+    @classmethod
+    def _eval_interval(cls, value: Any) -> Any:
+        return _int_or_auto(value, 1, 1_000_000)
+
+    @field_validator("eval_samples", mode="before")
+    @classmethod
+    def _eval_samples(cls, value: Any) -> Any:
+        return _int_or_auto(value, 1, 64)
 
 
 # ------------------------------------------------------------------------------------ the adapter
@@ -270,25 +309,58 @@ class DpoMethod(_MethodOptions):
         return self
 
 
+class ReinforcementMethod(_Strict):
+    """OpenAI's `method.reinforcement`: a grader and hyperparameters, plus ftaas's extensions (the adapter,
+    sampling, the KL weight and the clip range of the policy-gradient loss)."""
+
+    grader: Grader
+    hyperparameters: ReinforcementHyperparameters = Field(default_factory=ReinforcementHyperparameters)
+    adapter: AdapterOptions = Field(default_factory=AdapterOptions)
+    max_seq_len: int | None = Field(default=None, ge=16, le=131072, description="Longer prompts are truncated.")
+    max_completion_tokens: int = Field(default=DEFAULT_COMPLETION_TOKENS, ge=1, le=32768,
+                                       description="The longest sample drawn per prompt, in tokens.")
+    temperature: float = Field(default=1.0, gt=0, le=2, description="Sampling temperature of training samples.")
+    beta: float = Field(default=DEFAULT_KL_BETA, ge=0, le=10,
+                        description="Weight of the KL divergence to the base model (the adapter switched off).")
+    epsilon: float = Field(default=DEFAULT_CLIP_EPSILON, gt=0, le=1,
+                           description="Clip range of the policy-gradient ratio.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "constant"
+    n_checkpoints: int | None = Field(default=None, ge=1, le=100,
+                                      description="Checkpoints spread evenly over the run (default: one per epoch).")
+
+    @model_validator(mode="after")
+    def _adapter(self) -> ReinforcementMethod:
+        if self.adapter.type not in LORA_FAMILY:
+            raise ValueError(f"reinforcement fine-tuning trains LoRA-family adapters (lora, dora, rslora, QLoRA), "
+                             f"not {self.adapter.type}")
+        if self.adapter.init in BASE_MODIFYING_INITS:
+            raise ValueError(f"reinforcement cannot use the '{self.adapter.init}' initialisation: it changes the base "
+                             "weights, and the KL reference is the base with the adapter switched off")
+        return self
+
+
 class Method(_Strict):
-    type: Literal["supervised", "dpo"]
+    type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
+    reinforcement: ReinforcementMethod | None = None
 
     @model_validator(mode="after")
     def _matching_section(self) -> Method:
-        other = "dpo" if self.type == "supervised" else "supervised"
-        if getattr(self, other) is not None:
-            raise ValueError(f"method.{other} given for a method of type {self.type!r}")
+        for other in ("supervised", "dpo", "reinforcement"):
+            if other != self.type and getattr(self, other) is not None:
+                raise ValueError(f"method.{other} given for a method of type {self.type!r}")
         if self.type == "supervised" and self.supervised is None:
             self.supervised = SupervisedMethod()
         if self.type == "dpo" and self.dpo is None:
             self.dpo = DpoMethod()
+        if self.type == "reinforcement" and self.reinforcement is None:
+            raise ValueError("method.reinforcement with its grader is required for a method of type 'reinforcement'")
         return self
 
     @property
-    def section(self) -> SupervisedMethod | DpoMethod:
-        section = self.supervised if self.type == "supervised" else self.dpo
+    def section(self) -> SupervisedMethod | DpoMethod | ReinforcementMethod:
+        section = {"supervised": self.supervised, "dpo": self.dpo, "reinforcement": self.reinforcement}[self.type]
         assert section is not None
         return section
 
@@ -298,8 +370,18 @@ class Method(_Strict):
 
     def to_json(self, hyperparameters: dict[str, Any] | None = None, data_format: str | None = None) -> dict[str, Any]:
         """The method as recorded on the job: defaults filled in; `hyperparameters` and, given the training
-        file's `data_format`, rehearsal (chat data only) once resolved."""
+        file's `data_format`, rehearsal (chat data only) once resolved. A reinforcement method keeps its
+        grader as sent."""
         section = self.section
+        if isinstance(section, ReinforcementMethod):
+            return {"type": self.type, self.type: {
+                "grader": section.grader.model_dump(mode="json", exclude_none=True),
+                "hyperparameters": hyperparameters or section.hyperparameters.model_dump(mode="json", exclude_none=True),
+                "adapter": section.adapter.resolved(),
+                "max_seq_len": section.max_seq_len or DEFAULT_MAX_SEQ_LEN,
+                "max_completion_tokens": section.max_completion_tokens, "temperature": section.temperature,
+                "beta": section.beta, "epsilon": section.epsilon, "lr_scheduler": section.lr_scheduler,
+                "n_checkpoints": section.n_checkpoints}}
         packing = section.packing if section.packing is not None else (
             self.type == "supervised" and section.adapter.type not in PROMPT_LEARNING)
         body: dict[str, Any] = {
@@ -321,15 +403,17 @@ class Method(_Strict):
     @property
     def rehearses(self) -> bool:
         """The resolved `rehearsal` (before the data format is known): as asked, else `_on_with_auto_epochs`."""
-        return self._on_with_auto_epochs(self.section.rehearsal)
+        return self._on_with_auto_epochs(getattr(self.section, "rehearsal", None))
 
     @property
     def stops_when_learned(self) -> bool:
         """The resolved `stop_when_learned`: as asked, else `_on_with_auto_epochs`."""
-        return self._on_with_auto_epochs(self.section.stop_when_learned)
+        return self._on_with_auto_epochs(getattr(self.section, "stop_when_learned", None))
 
     def _on_with_auto_epochs(self, asked: bool | None) -> bool:
         """An option that "auto" turns on: as asked, else on for supervised jobs whose `n_epochs` is "auto"."""
+        if self.type == "reinforcement":
+            return False
         if asked is not None:
             return asked
         return self.type == "supervised" and self.section.hyperparameters.n_epochs == AUTO
@@ -372,6 +456,30 @@ def resolve_hyperparameters(method: Method, example_count: int) -> dict[str, Any
     resolved: dict[str, Any] = {"n_epochs": n_epochs, "batch_size": batch_size, "learning_rate_multiplier": multiplier}
     if isinstance(requested, DpoHyperparameters):
         resolved["beta"] = DEFAULT_BETA if requested.beta == AUTO else float(requested.beta)
+    if isinstance(requested, ReinforcementHyperparameters):
+        resolved.update(resolve_reinforcement(requested, n))
+    return resolved
+
+
+def resolve_reinforcement(requested: ReinforcementHyperparameters, example_count: int) -> dict[str, Any]:
+    """The reinforcement-only hyperparameters with "auto" resolved, and `n_epochs`, `batch_size` and
+    `learning_rate_multiplier` by the reinforcement rules (RFT_* constants; docs/training.md)."""
+    n = max(1, example_count)
+    multiplier = 1.0 if requested.compute_multiplier == AUTO else float(requested.compute_multiplier)
+    batch = min(n, RFT_BATCH_PROMPTS) if requested.batch_size == AUTO else int(requested.batch_size)
+    epochs = (max(1, min(RFT_MAX_EPOCHS, math.ceil(RFT_PROMPT_VISITS / n))) if requested.n_epochs == AUTO
+              else int(requested.n_epochs))
+    resolved: dict[str, Any] = {
+        "n_epochs": epochs, "batch_size": batch,
+        "learning_rate_multiplier": (RFT_LEARNING_RATE_MULTIPLIER if requested.learning_rate_multiplier == AUTO
+                                     else float(requested.learning_rate_multiplier)),
+        "compute_multiplier": multiplier,
+        "samples_per_prompt": max(2, round(DEFAULT_GROUP_SIZE * multiplier)),
+        "eval_interval": DEFAULT_EVAL_INTERVAL if requested.eval_interval == AUTO else int(requested.eval_interval),
+        "eval_samples": 1 if requested.eval_samples == AUTO else int(requested.eval_samples),
+    }
+    if requested.reasoning_effort is not None:
+        resolved["reasoning_effort"] = requested.reasoning_effort
     return resolved
 
 
@@ -417,7 +525,7 @@ class TrainingSpec:
     """Everything the trainer needs, resolved; saved beside the adapter as provenance."""
 
     base_model: str
-    method: str  # "supervised" | "dpo"
+    method: str  # "supervised" | "dpo" | "reinforcement"
     n_epochs: int
     batch_size: int
     learning_rate: float
@@ -438,6 +546,15 @@ class TrainingSpec:
     rehearsal: bool = False
     #: True / False, or None: decided by the worker from the memory estimate before training (auto).
     gradient_checkpointing: bool | None = None
+    #: Reinforcement only: the grader (its wire JSON), samples drawn per prompt and per validation prompt,
+    #: the longest sample, the sampling temperature, the KL weight and the clip range of the loss.
+    grader: dict[str, Any] | None = None
+    samples_per_prompt: int = DEFAULT_GROUP_SIZE
+    eval_samples: int = 1
+    max_completion_tokens: int = DEFAULT_COMPLETION_TOKENS
+    temperature: float = 1.0
+    kl_beta: float = DEFAULT_KL_BETA
+    clip_epsilon: float = DEFAULT_CLIP_EPSILON
 
     @classmethod
     def for_job(cls, *, base_model: str, method: dict[str, Any], hyperparameters: dict[str, Any], seed: int) -> TrainingSpec:
@@ -446,6 +563,22 @@ class TrainingSpec:
         options = method.get(kind) or {}
         adapter = AdapterSettings.from_json(options.get("adapter") or {})
         stopping = options.get("early_stopping")
+        if kind == "reinforcement":
+            return cls(
+                base_model=base_model, method=kind, n_epochs=int(hyperparameters["n_epochs"]),
+                batch_size=int(hyperparameters["batch_size"]),
+                learning_rate=BASE_LEARNING_RATES[adapter.type] * float(hyperparameters["learning_rate_multiplier"]),
+                seed=int(seed), adapter=adapter, max_seq_len=int(options.get("max_seq_len") or DEFAULT_MAX_SEQ_LEN),
+                lr_scheduler=options.get("lr_scheduler", "constant"), n_checkpoints=options.get("n_checkpoints"),
+                eval_interval=int(hyperparameters.get("eval_interval") or DEFAULT_EVAL_INTERVAL),
+                grader=options["grader"],
+                samples_per_prompt=int(hyperparameters.get("samples_per_prompt") or DEFAULT_GROUP_SIZE),
+                eval_samples=int(hyperparameters.get("eval_samples") or 1),
+                max_completion_tokens=int(options.get("max_completion_tokens") or DEFAULT_COMPLETION_TOKENS),
+                temperature=float(options.get("temperature", 1.0)),
+                kl_beta=float(options.get("beta", DEFAULT_KL_BETA)),
+                clip_epsilon=float(options.get("epsilon", DEFAULT_CLIP_EPSILON)),
+            )
         return cls(
             base_model=base_model,
             method=kind,

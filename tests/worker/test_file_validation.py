@@ -152,3 +152,43 @@ def test_arbitrary_bytes_never_crash_the_validator(chunks: list[bytes]) -> None:
 def test_arbitrary_json_never_crashes_the_validator(value: object) -> None:
     outcome = validate_jsonl([lines(*[json.dumps(value)] * 10)], LIMITS)
     assert outcome.ok is (outcome.error_count == 0)
+
+
+# ------------------------------------------------------------------------------------ reinforcement data
+def rft_line(question: str, **fields: object) -> str:
+    return json.dumps({"messages": [{"role": "system", "content": "Answer with a number."},
+                                    {"role": "user", "content": question}], **fields})
+
+
+def test_reinforcement_lines_end_before_the_answer_and_carry_item_fields() -> None:
+    rows = [rft_line(f"{n} + 1?", answer=str(n + 1), meta={"n": n}) for n in range(12)]
+    rows[4] = rft_line("5 + 1?", answer="6")  # no meta
+    outcome = validate_jsonl([lines(*rows)], LIMITS)
+    assert outcome.ok and outcome.data_format == "reinforcement" and outcome.example_count == 12
+    assert outcome.item_fields == {"answer": None, "meta": 5}
+
+
+def test_a_field_first_seen_late_was_missing_from_the_first_line() -> None:
+    rows = [rft_line("q", answer="a") for _ in range(10)] + [rft_line("q", answer="a", rubric="r")]
+    assert validate_jsonl([lines(*rows)], LIMITS).item_fields == {"answer": None, "rubric": 1}
+
+
+def test_a_line_that_ends_with_the_answer_in_a_reinforcement_file_is_named() -> None:
+    rows = [rft_line("q", answer="a") for _ in range(11)]
+    rows[6] = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                          "answer": "a"})
+    error = only_error(lines(*rows))
+    assert (error["code"], error["line"]) == ("example_ends_with_answer", 7)
+    assert "ends with an assistant message" in error["message"]
+
+
+def test_a_chat_file_with_one_unanswered_line_reports_that_line() -> None:
+    error = only_error(lines(*good(4), json.dumps({"messages": [{"role": "user", "content": "q"}]}), *good(6)))
+    assert (error["code"], error["line"]) == ("example_missing_assistant_message", 5)
+
+
+def test_a_chat_example_that_merely_ends_with_a_user_turn_stays_chat() -> None:
+    row = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                                   {"role": "user", "content": "thanks"}]})
+    outcome = validate_jsonl([lines(*[row] * 10)], LIMITS)
+    assert outcome.ok and outcome.data_format == "chat"

@@ -5,7 +5,13 @@ Three formats are recognised (docs/architecture.md, "Wire contract"), decided by
 * chat (`{"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool}`), for supervised jobs;
 * preference (`{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}`),
   for DPO jobs;
-* prompt_completion (`{"prompt": "...", "completion": "..."}`), for supervised jobs.
+* prompt_completion (`{"prompt": "...", "completion": "..."}`), for supervised jobs;
+* reinforcement (`{"messages": [...], ...other fields}` whose messages end before the answer: the last is not
+  an assistant message), for reinforcement jobs; the other fields are what graders read as `{{item.*}}`.
+
+Chat and reinforcement lines both hold `messages`; a line is reinforcement data when its messages end with a
+turn other than the assistant's and it has fields beyond chat's or no assistant turn to train on. A file
+holding both kinds takes the kind most of its lines have, and each line of the other kind is reported.
 
 Memory stays bounded whatever the file size: bytes arrive in chunks, only the current line is held (a
 line over `max_line_bytes` is reported and skipped, not buffered), and only the first
@@ -16,7 +22,7 @@ mixed_formats, unrecognized_key, invalid_messages, invalid_message, unrecognized
 message_unrecognized_key, missing_content, invalid_content, invalid_weight, invalid_tool_calls,
 missing_tool_call_id, invalid_tools, example_missing_assistant_message, invalid_input,
 invalid_preferred_output, invalid_non_preferred_output, invalid_prompt, invalid_completion,
-too_few_examples, checksum_mismatch (set by the caller when stored bytes fail verification).
+example_ends_with_answer, too_few_examples, checksum_mismatch (set by the caller when stored bytes fail verification).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from contracts.files.formats import CHAT, PREFERENCE, PROMPT_COMPLETION
+from contracts.files.formats import CHAT, PREFERENCE, PROMPT_COMPLETION, REINFORCEMENT
 from contracts.files.validation import ValidationOutcome
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -34,6 +40,8 @@ MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id
 CHAT_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
 PREFERENCE_KEYS = {"input", "preferred_output", "non_preferred_output"}
 PROMPT_COMPLETION_KEYS = {"prompt", "completion"}
+#: The most item fields of a reinforcement file whose presence is tracked per line (ValidationOutcome.item_fields).
+MAX_ITEM_FIELDS = 256
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ def validate_jsonl(chunks: Iterable[bytes], limits: ValidationLimits) -> Validat
     data_format: str | None = None
     examples = 0
     saw_bytes = False
+    kinds = _MessageKinds(limits.max_reported_errors)
+    fields = _ItemFields()
     for number, raw in iter_lines(chunks, limits.max_line_bytes):
         saw_bytes = True
         counted, example = _decoded(number, raw, limits, report)
@@ -108,16 +118,26 @@ def validate_jsonl(chunks: Iterable[bytes], limits: ValidationLimits) -> Validat
                        f"Line {number} has no 'messages' (chat format), 'input'/'preferred_output' (preference "
                        "format) or 'prompt'/'completion' (prompt-completion format).")
             continue
+        family = CHAT if line_format == REINFORCEMENT else line_format
         if data_format is None:
-            data_format = line_format
-        elif line_format != data_format:
+            data_format = family
+        elif family != data_format:
             report.add(number, "mixed_formats",
                        f"Line {number} is in the {line_format} format but the file started in the {data_format} format.")
             continue
+        # A chat line with fields of its own is an answered reinforcement line or a chat line with unknown keys:
+        # which one it is, and so its error, depends on the file's kind (decided at the end).
+        extra = line_format == CHAT and bool(set(example) - CHAT_KEYS)
         try:
-            CHECKS[line_format](example)
+            (check_reinforcement if extra else CHECKS[line_format])(example)
         except ExampleError as exc:
             report.add(number, exc.code, f"Line {number}: {exc.message}")
+        if family == CHAT:
+            kinds.add(number, line_format, unknown_keys=_unknown_keys(example, CHAT_KEYS) if extra else None)
+            if line_format == REINFORCEMENT:
+                fields.add(number, example)
+    if data_format == CHAT:
+        data_format = kinds.decide(report)
     if not saw_bytes or examples == 0:
         report.add(None, "empty_file", "The file is empty: it has no examples.")
     elif report.error_count == 0 and examples < limits.min_examples:
@@ -131,7 +151,74 @@ def validate_jsonl(chunks: Iterable[bytes], limits: ValidationLimits) -> Validat
         errors=report.errors,
         error_count=report.error_count,
         summary=summarise(report.errors, report.error_count),
+        item_fields=fields.first_missing if data_format == REINFORCEMENT else {},
     )
+
+
+class _MessageKinds:
+    """Which lines of a file with `messages` are chat and which reinforcement data: the count of each and the
+    first `keep` line numbers of each (enough to report the minority's lines)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.lines: dict[str, list[int]] = {CHAT: [], REINFORCEMENT: []}
+        self.counts = {CHAT: 0, REINFORCEMENT: 0}
+        self.first: str | None = None
+        #: chat lines with fields of their own: (line, the unknown-key message), reported if the file is chat
+        self.unknown: list[tuple[int, str]] = []
+        self.unknown_count = 0
+
+    def add(self, number: int, kind: str, *, unknown_keys: str | None = None) -> None:
+        self.first = self.first or kind
+        self.counts[kind] += 1
+        if len(self.lines[kind]) < self.keep:
+            self.lines[kind].append(number)
+        if unknown_keys is not None:
+            self.unknown_count += 1
+            if len(self.unknown) < self.keep:
+                self.unknown.append((number, unknown_keys))
+
+    def decide(self, report: _Report) -> str:
+        """The file's format (the kind most lines have; the first line's on a tie), each other line reported."""
+        assert self.first is not None
+        other = REINFORCEMENT if self.first == CHAT else CHAT
+        kind = other if self.counts[other] > self.counts[self.first] else self.first
+        minority = REINFORCEMENT if kind == CHAT else CHAT
+        for number in self.lines[minority]:
+            if kind == CHAT:
+                report.add(number, "example_missing_assistant_message",
+                           f"Line {number}: no assistant message to train on (its messages end before the answer, as "
+                           "reinforcement data does; the other lines are chat examples).")
+            else:
+                report.add(number, "example_ends_with_answer",
+                           f"Line {number} ends with an assistant message: reinforcement data ends before the answer "
+                           "the model is to write (a grader scores what it writes).")
+        report.error_count += self.counts[minority] - len(self.lines[minority])
+        if kind == CHAT:
+            for number, message in self.unknown:
+                report.add(number, "unrecognized_key", f"Line {number}: {message}")
+            report.error_count += self.unknown_count - len(self.unknown)
+        return kind
+
+
+class _ItemFields:
+    """For each top-level field of reinforcement lines (other than chat's), the first line that lacks it."""
+
+    def __init__(self) -> None:
+        self.first_missing: dict[str, int | None] = {}
+        self.first_line: int | None = None
+
+    def add(self, number: int, example: dict[str, Any]) -> None:
+        names = set(example) - CHAT_KEYS
+        for name in names:
+            if name not in self.first_missing and len(self.first_missing) < MAX_ITEM_FIELDS:
+                # every earlier reinforcement line lacked it
+                self.first_missing[name] = self.first_line
+        for name, missing in self.first_missing.items():
+            if missing is None and name not in names:
+                self.first_missing[name] = number
+        if self.first_line is None:
+            self.first_line = number
 
 
 def _decoded(number: int, raw: bytes | None, limits: ValidationLimits, report: _Report) -> tuple[bool, dict | None]:
@@ -174,7 +261,7 @@ def summarise(errors: list[dict[str, Any]], error_count: int, shown: int = 20) -
 
 def detect_format(example: dict[str, Any]) -> str | None:
     if "messages" in example:
-        return CHAT
+        return REINFORCEMENT if _ends_before_the_answer(example) else CHAT
     if "input" in example or "preferred_output" in example or "non_preferred_output" in example:
         return PREFERENCE
     if "prompt" in example or "completion" in example:
@@ -182,16 +269,35 @@ def detect_format(example: dict[str, Any]) -> str | None:
     return None
 
 
+def _ends_before_the_answer(example: dict[str, Any]) -> bool:
+    """Reinforcement data: messages that end with a turn other than the assistant's, and fields beyond chat's
+    or no assistant turn to train on (a chat example that merely ends with a user turn stays chat)."""
+    messages = example.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return False
+    if messages[-1].get("role") == "assistant":
+        return False
+    trainable = any(isinstance(m, dict) and m.get("role") == "assistant" and m.get("weight", 1) == 1 for m in messages)
+    return bool(set(example) - CHAT_KEYS) or not trainable
+
+
 def _json_type(value: Any) -> str:
     return {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "null")
 
 
 # --------------------------------------------------------------------------------------- format checks
-def _check_keys(example: dict[str, Any], allowed: set[str]) -> None:
+def _unknown_keys(example: dict[str, Any], allowed: set[str]) -> str | None:
     unknown = sorted(set(example) - allowed)
-    if unknown:
-        raise ExampleError("unrecognized_key", f"unrecognized key{'s' if len(unknown) > 1 else ''} "
-                           f"{', '.join(repr(k) for k in unknown)} (allowed: {', '.join(sorted(allowed))}).")
+    if not unknown:
+        return None
+    return (f"unrecognized key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)} "
+            f"(allowed: {', '.join(sorted(allowed))}).")
+
+
+def _check_keys(example: dict[str, Any], allowed: set[str]) -> None:
+    message = _unknown_keys(example, allowed)
+    if message:
+        raise ExampleError("unrecognized_key", message)
 
 
 def _check_text_content(content: Any, where: str) -> str:
@@ -317,4 +423,15 @@ def check_prompt_completion(example: dict[str, Any]) -> None:
             raise ExampleError(f"invalid_{key}", f"'{key}' must be a {'non-empty ' if key == 'completion' else ''}string.")
 
 
-CHECKS = {CHAT: check_chat, PREFERENCE: check_preference, PROMPT_COMPLETION: check_prompt_completion}
+def check_reinforcement(example: dict[str, Any]) -> None:
+    """Messages that end before the answer (any roles before it), chat's optional tool fields; every other
+    field is the grader's item data, any JSON value."""
+    check_messages(example["messages"], need_assistant=False)
+    if "tools" in example:
+        _check_tools(example["tools"])
+    if "parallel_tool_calls" in example and not isinstance(example["parallel_tool_calls"], bool):
+        raise ExampleError("unrecognized_key", "'parallel_tool_calls' must be true or false.")
+
+
+CHECKS = {CHAT: check_chat, PREFERENCE: check_preference, PROMPT_COMPLETION: check_prompt_completion,
+          REINFORCEMENT: check_reinforcement}

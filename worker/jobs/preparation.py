@@ -6,9 +6,10 @@ import logging
 from dataclasses import replace
 
 from contracts.files.formats import FORMATS_FOR_METHOD
-from contracts.training.spec import Method, TrainingSpec, resolve_hyperparameters
+from contracts.training.spec import Method, ReinforcementMethod, TrainingSpec, resolve_hyperparameters
 from db import files, jobs
 from db.states import FileStatus, JobStatus
+from graders.grading import first_line_missing
 from worker.context import WorkerContext
 from worker.jobs.group import training_device
 from worker.training.memory_plan import device_memory_bytes, plan_memory
@@ -48,6 +49,14 @@ def advance_job(ctx: WorkerContext, job_id: str) -> str:
                     f"The {param.replace('_', ' ')} {file.id} is in the {file.data_format} format, which "
                     f"{method.type} fine-tuning cannot use (it needs {' or '.join(FORMATS_FOR_METHOD[method.type])}).",
                     param))
+                return "failed"
+            missing = (first_line_missing(method.section.grader, file.item_fields or {})
+                       if isinstance(method.section, ReinforcementMethod) else None)
+            if missing is not None:
+                name, line = missing
+                jobs.fail_validation(session, job, jobs.error_object(
+                    f"invalid_{param}", f"The {param.replace('_', ' ')} {file.id}, line {line}, has no field {name!r}, "
+                    f"which the grader reads as {{{{item.{name}}}}}: every line needs it.", param))
                 return "failed"
         training = checked[0][1]
         resolved = resolve_hyperparameters(method, training.example_count or 0)
