@@ -148,7 +148,9 @@ class EngineObserver:
 class Engine:
     # Long on purpose: the batching loop, admission, preemption and slot moves share one lock and one state.
     def __init__(self, forward: LlamaForward, *, name: str, max_queue: int, prefill_tokens: int, max_rank: int,
-                 observer: EngineObserver | None = None, prefix_cache_bytes: int = 0) -> None:
+                 observer: EngineObserver | None = None, prefix_cache_bytes: int = 0, threaded: bool = True) -> None:
+        """`threaded` False: no loop thread; the owner drives the engine with `run_until_idle` from its own
+        thread (a trainer sampling from the model it trains: one thread, one OpenMP team)."""
         self.forward = forward
         #: prompt prefixes computed once (never under batch invariance: see PrefixCache)
         self.prefixes = PrefixCache(position_bytes=forward.kv.position_bytes,
@@ -168,9 +170,11 @@ class Engine:
         self._condition = threading.Condition()
         self._stopping = False
         self._draining = False
-        self._thread = threading.Thread(target=self._loop, name=f"ftaas-engine-{name}", daemon=True)
-        self._thread.start()
         self.steps = 0
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._loop, name=f"ftaas-engine-{name}", daemon=True)
+            self._thread.start()
         #: sequences sent back to the queue because the KV budget was spent
         self.preemptions = 0
 
@@ -231,29 +235,47 @@ class Engine:
             for sequence in [*self._waiting, *self._running]:
                 sequence.cancelled = True
             self._condition.notify_all()
-        self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        else:
+            self._iterate(wait=False)  # report the cancellations
 
     # ------------------------------------------------------------------------------------- loop
     def _loop(self) -> None:
         torch.set_num_threads(ENGINE_THREADS)
-        while True:
+        while self._iterate(wait=True):
+            pass
+
+    def run_until_idle(self) -> None:
+        """Driven mode (`threaded` False): run steps in the calling thread until no sequence waits or runs."""
+        if self._thread is not None:
+            raise RuntimeError("this engine runs its own loop thread")
+        while self._iterate(wait=False):
+            pass
+
+    def _iterate(self, *, wait: bool) -> bool:
+        """One step of the loop (waiting for work first if `wait`); False when the loop should end: the engine
+        stops, or (not waiting) there is nothing to do."""
+        with self._condition:
+            while wait and not self._stopping and not self._waiting and not self._running:
+                self._condition.wait()
+            if self._stopping:
+                self._finish_all("cancelled")
+                return False
+            if not self._waiting and not self._running:
+                return False
+            joining = self._admit()
+            decoding = [s for s in self._slots[:self._used] if s is not None and s not in joining]
+        try:
+            self._step(decoding, joining)
+        except Exception as exc:  # a bug or OOM must not kill the loop silently; fail those sequences
+            log.exception("engine step failed")
             with self._condition:
-                while not self._stopping and not self._waiting and not self._running:
-                    self._condition.wait()
-                if self._stopping:
-                    self._finish_all("cancelled")
-                    return
-                joining = self._admit()
-                decoding = [s for s in self._slots[:self._used] if s is not None and s not in joining]
-            try:
-                self._step(decoding, joining)
-            except Exception as exc:  # a bug or OOM must not kill the loop silently; fail those sequences
-                log.exception("engine step failed")
-                with self._condition:
-                    for sequence in [*decoding, *joining]:
-                        self._finish(sequence, "error", error=exc)
-            self.steps += 1
-            self.observer.step(waiting=len(self._waiting), running=len(self._running))
+                for sequence in [*decoding, *joining]:
+                    self._finish(sequence, "error", error=exc)
+        self.steps += 1
+        self.observer.step(waiting=len(self._waiting), running=len(self._running))
+        return True
 
     def _admit(self) -> list[Sequence]:
         """Move waiting sequences into free slots (caller holds the condition)."""

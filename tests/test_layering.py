@@ -16,8 +16,8 @@ A package may import the packages below it, never one beside or above it:
   worker, serving or db, so each is one home for its domain, callable from any process.
 * db and storage import only contracts; basemodels contracts and the storage interface.
 * serving stands on those; api never imports serving or worker (it reaches the engine through
-  contracts.inference.backend, wired in by ftaas); worker imports serving only through `serving.service`
-  and `serving.reference`.
+  contracts.inference.backend, wired in by ftaas); worker imports serving only through `serving.service`,
+  `serving.reference` and `serving.sampler`.
 
 Imports inside functions count as much as module-level ones. The API process also validates requests
 without torch: importing it and answering a validation error leaves torch out of `sys.modules`.
@@ -51,8 +51,9 @@ ALLOWED: dict[str, set[str]] = {
     "worker": {"contracts", "db", "storage", "basemodels", "evals", "adapters", "graders", "serving"},
     "ftaas": set(PACKAGES) - {"ftaas"},
 }
-#: The modules of serving that worker may use: the engine's service and the transformers reference path.
-SERVING_ENTRY_POINTS = {"serving.service", "serving.reference"}
+#: The modules of serving that worker may use: the engine's service, the transformers reference path, and the
+#: sampler that reinforcement fine-tuning draws from the model it trains.
+SERVING_ENTRY_POINTS = {"serving.service", "serving.reference", "serving.sampler"}
 #: Third-party packages `contracts` must never import: the API validates every request without them.
 HEAVY = {"torch", "numpy", "transformers", "peft", "safetensors"}
 

@@ -58,6 +58,10 @@ class JobControl:
             values["estimated_finish"] = int(time.time() + per_step * (metrics.total_steps - metrics.step))
             self._last_estimate = now
         message = f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
+        if metrics.train_reward_mean is not None:
+            message += f", reward={metrics.train_reward_mean:.4f}"
+        if metrics.valid_reward_mean is not None:
+            message += f", validation reward={metrics.valid_reward_mean:.4f}"
         if metrics.valid_loss is not None:
             message += f", validation loss={metrics.valid_loss:.4f}"
         if metrics.full_valid_loss is not None:

@@ -13,9 +13,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from contracts.errors import UserError
+from pydantic import TypeAdapter
+
+from contracts.errors import InvalidRequest, UserError
+from contracts.graders import Grader
 from contracts.training.spec import TrainingSpec
 from db.leased import Lease
+from graders.deployment import grading_context
+from graders.grading import GradingContext, check
 from worker.context import WorkerContext
 from worker.jobs.control import JobControl
 from worker.jobs.events import log_event
@@ -27,6 +32,7 @@ from worker.training.data import encode_lines
 from worker.training.distributed import DistributedContext
 from worker.training.kernels import autocast_dtype
 from worker.training.memory_plan import device_memory_bytes, largest_step_tokens, plan_memory
+from worker.training.reinforcement import BaseModelEndpoint
 from worker.training.rehearsal import rehearsal_examples
 from worker.training.trainer import Trainer
 
@@ -51,8 +57,11 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
     tracking = _open_tracking(ctx, lease, plan, spec) if distributed.is_main else None
     control = JobControl(ctx, lease, plan, preempt=preempt, lease_alive=lease_alive,
                          tracking=tracking) if distributed.is_main else None
+    grading = reinforcement_grading(ctx, spec) if spec.method == "reinforcement" else None
     trainer = Trainer(spec, model, tokenizer, train, valid, control, workspace.trainer_dir,
-                      distributed=distributed, rehearsal=kept, device=device)
+                      distributed=distributed, rehearsal=kept, device=device, grading=grading)
+    if trainer.reinforcement is not None and grading is not None and grading.endpoint is None:
+        grading.endpoint = BaseModelEndpoint(trainer.reinforcement.sampler, tokenizer, spec.base_model)
     resume = workspace.resume_dir if plan.resume_step is not None else None
     if resume is not None and distributed.is_main:
         log_event(ctx, lease, f"Resuming from the checkpoint at step {plan.resume_step}")
@@ -67,6 +76,19 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
     if tracking is not None:
         _close_tracking(tracking, plan, outcome)
     return outcome
+
+
+def reinforcement_grading(ctx: WorkerContext, spec: TrainingSpec) -> GradingContext:
+    """The grader's context on this worker: checked again here (the sandbox must work on this machine), with
+    the configured model endpoint; without one, model graders are answered by the job's own base model
+    through the trainer's sampler (set once the trainer exists)."""
+    context = grading_context(ctx.settings.graders)
+    grader = TypeAdapter(Grader).validate_python(spec.grader)
+    try:
+        check(grader, context, param="method.reinforcement.grader", require_endpoint=False)
+    except InvalidRequest as exc:
+        raise UserError(exc.message, code=exc.code, param=exc.param) from None
+    return context
 
 
 def _encode(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspace, tokenizer: Any, *,
@@ -94,8 +116,9 @@ def _fit_memory(ctx: WorkerContext, lease: Lease, spec: TrainingSpec, distribute
                 examples: list[Any], device: str) -> tuple[TrainingSpec, DistributedContext]:
     """The spec and process group as the memory plan decides them, now that the data's own largest step is
     known (validation assumed the smallest one); a job that cannot fit fails with the estimate."""
-    lengths = [len(e.input_ids) if hasattr(e, "input_ids") else len(e.chosen.input_ids) + len(e.rejected.input_ids)
-               for e in examples]
+    lengths = [len(e.input_ids) if hasattr(e, "input_ids") else
+               len(e.prompt_ids) + spec.max_completion_tokens if hasattr(e, "prompt_ids") else
+               len(e.chosen.input_ids) + len(e.rejected.input_ids) for e in examples]
     on = torch_device(device)
     plan = plan_memory(
         ctx.loader.config(spec.base_model), spec, processes=distributed.world_size,

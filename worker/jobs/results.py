@@ -8,6 +8,9 @@ from typing import Any
 
 COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
            "full_valid_loss", "full_valid_mean_token_accuracy", "full_train_loss", "full_train_mean_token_accuracy"]
+#: Reinforcement jobs' columns after those (their accuracy columns stay empty).
+REINFORCEMENT_COLUMNS = ["train_reward_mean", "valid_reward_mean", "kl", "response_length", "zero_variance_groups",
+                         "grader_errors"]
 
 
 def metrics_csv(rows: list[dict[str, Any]]) -> bytes:
@@ -19,9 +22,11 @@ def metrics_csv(rows: list[dict[str, Any]]) -> bytes:
     by_step: dict[int, dict[str, Any]] = {}
     for row in rows:
         by_step[int(row["step"])] = row
+    reinforcement = any("train_reward_mean" in row for row in rows)
+    extra = REINFORCEMENT_COLUMNS if reinforcement else []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(COLUMNS + extra)
     for step in sorted(by_step):
         row = by_step[step]
         writer.writerow([
@@ -34,5 +39,6 @@ def metrics_csv(rows: list[dict[str, Any]]) -> bytes:
             row.get("full_valid_mean_token_accuracy", ""),
             row.get("full_train_loss", ""),
             row.get("full_train_mean_token_accuracy", ""),
+            *[row.get(column, "") for column in extra],
         ])
     return out.getvalue().encode()

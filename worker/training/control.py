@@ -33,18 +33,31 @@ class StepMetrics:
     valid_mean_token_accuracy: float | None = None
     full_valid_loss: float | None = None
     full_valid_mean_token_accuracy: float | None = None
+    #: Reinforcement runs: the mean grader reward of the step's samples and (every eval_interval steps) of the
+    #: validation prompts' samples, the KL to the base model per completion token, the mean sample length in
+    #: tokens, the share of prompts whose samples all scored alike, and the samples whose grading failed.
+    train_reward_mean: float | None = None
+    valid_reward_mean: float | None = None
+    kl: float | None = None
+    response_length: float | None = None
+    zero_variance_groups: float | None = None
+    grader_errors: int | None = None
 
     def as_event_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "step": self.step,
             "total_steps": self.total_steps,
             "train_loss": round(self.train_loss, 6),
-            "train_mean_token_accuracy": round(self.train_mean_token_accuracy, 6),
         }
-        for key in ("valid_loss", "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy"):
+        if self.train_reward_mean is None:  # a reinforcement step trains no target tokens
+            data["train_mean_token_accuracy"] = round(self.train_mean_token_accuracy, 6)
+        for key in ("valid_loss", "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy",
+                    "train_reward_mean", "valid_reward_mean", "kl", "response_length", "zero_variance_groups"):
             value = getattr(self, key)
             if value is not None:
                 data[key] = round(value, 6)
+        if self.grader_errors is not None:
+            data["grader_errors"] = self.grader_errors
         return data
 
 

@@ -25,7 +25,7 @@ from basemodels.conversations import (
     template_renders_tools,
 )
 from contracts.errors import InvalidFile
-from contracts.files.formats import CHAT, PREFERENCE, PROMPT_COMPLETION
+from contracts.files.formats import CHAT, PREFERENCE, PROMPT_COMPLETION, REINFORCEMENT
 
 IGNORE = -100
 
@@ -45,6 +45,21 @@ class TokenizedExample:
 class PreferenceExample:
     chosen: TokenizedExample
     rejected: TokenizedExample
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """A reinforcement line: the prompt the model answers (its conversation rendered up to the generation
+    prompt) and the whole line, which graders read as `item`."""
+
+    prompt_ids: list[int]
+    item: dict[str, Any]
+    #: whether the line offers tools (samples are then parsed for tool calls: `sample.output_tools`)
+    has_tools: bool = False
+
+    @property
+    def trained_token_count(self) -> int:
+        return 1  # a prompt is always trainable: what is trained are the samples drawn from it
 
 
 @dataclass
@@ -171,7 +186,18 @@ def encode_preference(tokenizer: Any, example: dict[str, Any], max_len: int) -> 
     return PreferenceExample(chosen=encoded[0], rejected=encoded[1]), truncated
 
 
-ENCODERS = {CHAT: encode_chat, PROMPT_COMPLETION: encode_prompt_completion, PREFERENCE: encode_preference}
+def encode_reinforcement(tokenizer: Any, example: dict[str, Any], max_len: int) -> tuple[PromptExample, bool]:
+    """The prompt of a reinforcement line; one longer than `max_len` - 1 keeps its end (the question), so
+    that the model has room for at least one token of answer."""
+    raw_messages, tools = _conversation(tokenizer, example)
+    prompt = _render(tokenizer, _normalise(raw_messages), tools, generation_prompt=True)
+    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    keep = max(1, max_len - 1)
+    return PromptExample(ids[-keep:], example, has_tools=bool(tools)), len(ids) > keep
+
+
+ENCODERS = {CHAT: encode_chat, PROMPT_COMPLETION: encode_prompt_completion, PREFERENCE: encode_preference,
+            REINFORCEMENT: encode_reinforcement}
 
 
 def encode_lines(lines: Iterable[str], data_format: str, tokenizer: Any, max_len: int) -> EncodedDataset:

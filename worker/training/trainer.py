@@ -11,6 +11,7 @@ The parts, each with its own contract:
     kernels       precision, the attention kernel of packed rows, the loss path
     adapters      the peft model and the adapter files
     objectives    the SFT, DPO and rehearsal (anchor) losses, as sums with their counts
+    reinforcement GRPO: samples from the policy (serving's engine on these weights), grades, the loss
     optimization  AdamW, the learning-rate schedule, steps and checkpoint steps
     distributed   data-parallel processes: DDP or FSDP wrapping, sharding examples, collectives
     evaluation    validation, the final pass over the training data
@@ -26,7 +27,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,6 +41,10 @@ from worker.training.distributed import DistributedContext, sharding_unsupported
 from worker.training.evaluation import ValidationCursor, evaluate, final_pass_sample
 from worker.training.objectives import Objectives, reference_distributions
 from worker.training.optimization import Schedule, build_optimizer
+from worker.training.reinforcement import GroupPolicyOptimization
+
+if TYPE_CHECKING:
+    from graders.grading import GradingContext
 
 #: CorDA's calibration runs the first this many training examples through the model.
 CALIBRATION_EXAMPLES = 64
@@ -49,12 +54,14 @@ class Trainer:
     def __init__(self, spec: TrainingSpec, model: Any, tokenizer: Any, train: Sequence[Any],
                  valid: Sequence[Any], control: TrainingControl | None, work_dir: Path,
                  *, precision: str = "auto", distributed: DistributedContext | None = None,
-                 rehearsal: Sequence[TokenizedExample] = (), device: str | None = None) -> None:
+                 rehearsal: Sequence[TokenizedExample] = (), device: str | None = None,
+                 grading: GradingContext | None = None) -> None:
         """`rehearsal`: the base model's own answers to general prompts (worker.training.rehearsal); every step
         also pulls the model's next-token distributions on a batch of them toward the base model's (KL), so it
         keeps what it knew. They never count toward accuracy, the epoch tally or the final pass.
         `device`: where training runs, default where the model is; under FSDP the model may be loaded on the
-        CPU and its shards are moved there. `precision` "fp32" turns bf16 autocast off."""
+        CPU and its shards are moved there. `precision` "fp32" turns bf16 autocast off. `grading`: how a
+        reinforcement job's grader runs (its examples are then `PromptExample`s)."""
         if not train:
             raise ValueError("no training examples")
         self.spec = spec
@@ -78,7 +85,10 @@ class Trainer:
         self.initial_dir = self.work_dir / "initial"
         self.initial_dir.mkdir(exist_ok=True)
         adapters.save_initial(self.model, spec.adapter, self.initial_dir)
-        if dtype is not None and spec.adapter.type != "dora":
+        if spec.method == "reinforcement" and self.dist.world_size > 1:
+            raise ValueError("reinforcement fine-tuning runs in one process (its sampler serves one model copy)")
+        # The reinforcement sampler computes with the base weights as loaded (fp32 on a CPU): not stored in bf16.
+        if dtype is not None and spec.adapter.type != "dora" and spec.method != "reinforcement":
             kernels.store_frozen_linears(self.model, dtype)
         references = reference_distributions(self.model, rehearsal, self.pad_id, loaded_on, dtype) if rehearsal else []
         # The loss from the output layer chunk by chunk (worker.training.loss) needs its weight whole in this
@@ -100,6 +110,23 @@ class Trainer:
         self.loop = LoopState()
         self.validation = ValidationCursor(self.valid_examples, spec.batch_size)
         self.best_dir = self.work_dir / "best"
+        self.reinforcement: GroupPolicyOptimization | None = None
+        if spec.method == "reinforcement":
+            self.reinforcement = self._reinforcement(tokenizer, grading)
+
+    def _reinforcement(self, tokenizer: Any, grading: GradingContext | None) -> GroupPolicyOptimization:
+        from serving.sampler import PolicySampler
+
+        assert grading is not None, "a reinforcement job needs its grading context"
+        spec = self.spec
+        limit = int(getattr(self.model.config, "max_position_embeddings", 0) or spec.max_seq_len)
+        longest = max(len(p.prompt_ids) for p in [*self.train_examples, *self.valid_examples])
+        sampler = PolicySampler(self.model, tokenizer,
+                                max_batch=max(1, min(256, spec.batch_size * spec.samples_per_prompt)),
+                                max_context=min(limit, longest + spec.max_completion_tokens + 1),
+                                max_rank=max(64, spec.adapter.r))
+        return GroupPolicyOptimization(spec, self.model, tokenizer, sampler, grading, self.device, self.pad_id,
+                                       self.objectives.autocast)
 
     @property
     def total_steps(self) -> int:
@@ -132,6 +159,8 @@ class Trainer:
 
     def _step(self, epoch: int, batch_index: int, examples: list[Any]) -> StepMetrics:
         """One optimizer step, its metrics and validation; the loop's position moves past it."""
+        if self.reinforcement is not None:
+            return self._reinforcement_step(epoch, batch_index, examples)
         loop = self.loop
         loss, accuracy, tokens, trained = self._train_step(examples, rehearsal_batch(loop.position.step, self.spec.batch_size,
                                                                                   len(self.objectives.rehearsal)))
@@ -149,6 +178,29 @@ class Trainer:
             if metrics.valid_loss is None:
                 metrics.valid_loss = metrics.full_valid_loss
                 metrics.valid_mean_token_accuracy = metrics.full_valid_mean_token_accuracy
+        return metrics
+
+    def _reinforcement_step(self, epoch: int, batch_index: int, prompts: list[Any]) -> StepMetrics:
+        """One GRPO step (worker.training.reinforcement) and, every eval_interval steps, the validation
+        prompts' mean reward; seeded by the step, so a resumed run samples what it would have sampled."""
+        assert self.reinforcement is not None
+        loop, spec = self.loop, self.spec
+        step = loop.position.step + 1
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, tokens, stats = self.reinforcement.step(prompts, self.network, seed=spec.seed * 1_000_003 + step)
+        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        loop.position = Position(epoch=epoch, batch=batch_index + 1, step=step,
+                                 trained_tokens=loop.position.trained_tokens + tokens)
+        metrics = StepMetrics(step=step, total_steps=self.total_steps, epoch=epoch + 1, train_loss=loss,
+                              train_mean_token_accuracy=0.0, trained_tokens=loop.position.trained_tokens,
+                              train_reward_mean=stats.reward_mean, kl=stats.kl,
+                              response_length=stats.response_length,
+                              zero_variance_groups=stats.zero_variance_groups, grader_errors=stats.grader_errors)
+        if self.valid_examples and (step % spec.eval_interval == 0 or step == self.total_steps):
+            metrics.valid_reward_mean, _ = self.reinforcement.rewards(
+                self.validation.next_batch(), samples=spec.eval_samples, seed=spec.seed * 7_919 + step)
         return metrics
 
     def _run_ends(self, metrics: StepMetrics, history: list[StepMetrics], epoch: int,

@@ -1,0 +1,107 @@
+"""Sampling from a model while it trains: ftaas's engine over the trainer's own base weights, driven from the
+trainer's thread, computing the adapter being trained from its live weights.
+
+Reinforcement fine-tuning samples from the policy (the base model with the adapter as it stands) between
+optimizer steps. `PolicySampler` builds the engine's forward pass on the model the trainer holds: no second
+model is loaded; the forward reads the base weights in place, except that the q/k/v and gate/up projections
+are concatenated once into fused matrices (the engine's layout; a copy of those frozen weights). After each
+optimizer step `refresh` converts the adapter's current LoRA factors for the engine (a few MB, exact:
+serving.lora, the conversion tests/serving/test_model.py checks against peft). Sampling runs the engine's
+continuous batching (one forward pass per token for every sequence at once, KV caches per sequence) in the
+calling thread (`Engine.run_until_idle`), so the trainer's and the engine's work share one thread and one
+OpenMP team.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Sequences
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from serving.adapter_weights import AdapterWeights
+from serving.engine import Engine, FinishEvent, SamplingParams, Sequence, TokenEvent
+from serving.lora import read_lora
+from serving.model import LlamaForward
+from serving.service import stop_token_ids
+
+
+@dataclass
+class Completion:
+    """One sample: the tokens generated (ending with the stop token when the model stopped), why it ended
+    (stop | length | error), and the log probability of each token under the sampling distribution."""
+
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str = ""
+    stop_token: int | None = None
+
+
+class PolicySampler:
+    """Samples completions of token prompts from `model` (a peft model whose base is a Llama-family decoder
+    the engine serves), with or without its adapter."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int, max_context: int, max_rank: int = 64,
+                 prefill_tokens: int = 4096) -> None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.tokenizer = tokenizer
+        self.stops = stop_token_ids(tokenizer, base)
+        self.max_rank = max_rank
+        self.forward = LlamaForward(base, max_slots=max_batch, max_context=max_context, tile_rows=1)
+        self.engine = Engine(self.forward, name="policy", max_queue=1 << 20, prefill_tokens=prefill_tokens,
+                             max_rank=max_rank, threaded=False)
+        self.adapter: AdapterWeights | None = None
+        self._version = 0
+
+    def refresh(self, model: Any, adapter_name: str = "default") -> None:
+        """Take the adapter's current weights (call after every optimizer step)."""
+        from peft import get_peft_model_state_dict
+
+        config = model.peft_config[adapter_name]
+        settings = {"r": config.r, "lora_alpha": config.lora_alpha, "use_rslora": config.use_rslora,
+                    "alpha_pattern": dict(config.alpha_pattern or {})}
+        with torch.no_grad():
+            tensors = {name: tensor.detach() for name, tensor in
+                       get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
+        self._version += 1
+        self.adapter = read_lora(settings, tensors, self.forward, key=f"policy-{self._version}",
+                                 max_rank=max(self.max_rank, config.r))
+
+    def sample(self, prompts: Sequences[list[int]], *, samples: int, max_new_tokens: int, temperature: float,
+               seed: int, use_adapter: bool = True) -> list[list[Completion]]:
+        """`samples` completions of each prompt (seeded: the same call gives the same tokens), in order."""
+        budget = self.forward.max_context
+        results: list[list[Completion]] = []
+        sequences: list[Sequence] = []
+        for index, prompt in enumerate(prompts):
+            row: list[Completion] = []
+            for sample in range(samples):
+                completion = Completion()
+                params = SamplingParams(max_new_tokens=max(1, min(max_new_tokens, budget - len(prompt) - 1)),
+                                        temperature=temperature, seed=(seed * 1_000_003 + index * 1009 + sample) % (1 << 63),
+                                        logprobs=0, stop_token_ids=self.stops)
+                sequences.append(Sequence(list(prompt), params, _collector(completion),
+                                          adapter=self.adapter if use_adapter else None))
+                row.append(completion)
+            results.append(row)
+        self.engine.submit(sequences)
+        self.engine.run_until_idle()
+        for sequence, completion in zip(sequences, [c for row in results for c in row], strict=True):
+            if completion.finish_reason == "stop" and sequence.generated:
+                completion.stop_token = sequence.generated[-1]
+                completion.token_ids.append(sequence.generated[-1])
+        return results
+
+    def close(self) -> None:
+        self.engine.stop()
+
+
+def _collector(completion: Completion) -> Any:
+    def collect(event: TokenEvent | FinishEvent) -> None:
+        if isinstance(event, TokenEvent):
+            completion.token_ids.append(event.token_id)
+            completion.logprobs.append(float(event.logprob) if event.logprob is not None else 0.0)
+        else:
+            completion.finish_reason = event.reason
+    return collect
