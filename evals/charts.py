@@ -134,28 +134,43 @@ def _series(by_step: Mapping[int, Mapping[str, Any]], key: str) -> tuple[list[in
 
 def loss_curve_png(rows: Sequence[Mapping[str, Any]], *, title: str = "Training loss") -> bytes:
     """PNG of the training loss per step, with the validation losses where they were measured."""
-    by_step, resumed_at = _latest_per_step(rows or [])
-    series = [
+    return _curve_png(rows, [
         ("train_loss", "train loss", TRAIN_COLOR, "o", 1.6),
         ("valid_loss", "validation loss (batch)", VALID_COLOR, "o", 1.2),
         ("full_valid_loss", "full validation loss", FULL_VALID_COLOR, "s", 1.2),
-    ]
+    ], title=title, quantity="loss", log_scale=True)
+
+
+def reward_curve_png(rows: Sequence[Mapping[str, Any]], *, title: str = "Reward") -> bytes:
+    """PNG of a reinforcement job's mean grader reward per step: its training samples', and its validation
+    prompts' where they were measured."""
+    return _curve_png(rows, [
+        ("train_reward_mean", "train reward (mean of the step's samples)", TRAIN_COLOR, "o", 1.6),
+        ("valid_reward_mean", "validation reward", VALID_COLOR, "s", 1.2),
+    ], title=title, quantity="reward", log_scale=False, main="train_reward_mean")
+
+
+def _curve_png(rows: Sequence[Mapping[str, Any]], series: list[tuple[str, str, str, str, float]], *, title: str,
+               quantity: str, log_scale: bool, main: str = "train_loss") -> bytes:
+    """A line per series (key, label, colour, marker, width) over the steps where it has values."""
+    by_step, resumed_at = _latest_per_step(rows or [])
+    main_label = next(label for key, label, *_ in series if key == main)
     plotted = [(label, color, marker, width, *_series(by_step, key)) for key, label, color, marker, width in series]
     plotted = [entry for entry in plotted if entry[4]]
     if not plotted:
-        return _message_png("no training metrics", title=title)
+        return _message_png(f"no {quantity} metrics", title=title)
 
     fig = Figure(figsize=LOSS_SIZE, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     for label, color, marker, width, steps, values in plotted:
         sparse = len(steps) <= 60
         ax.plot(steps, values, label=label, color=color, linewidth=width,
-                marker=marker if sparse or label != "train loss" else None,
-                markersize=4 if label == "train loss" else 5, zorder=3 if label == "train loss" else 4)
+                marker=marker if sparse or label != main_label else None,
+                markersize=4 if label == main_label else 5, zorder=3 if label == main_label else 4)
 
     everything = [value for *_, values in plotted for value in values]
     low, high = min(everything), max(everything)
-    if low > 0 and math.log10(high / low) > LOG_SCALE_DECADES:
+    if log_scale and low > 0 and math.log10(high / low) > LOG_SCALE_DECADES:
         ax.set_yscale("log")
     for index, step in enumerate(resumed_at):
         ax.axvline(step, color=MUTED, linestyle=":", linewidth=1.0, zorder=1,
@@ -168,13 +183,13 @@ def loss_curve_png(rows: Sequence[Mapping[str, Any]], *, title: str = "Training 
     if isinstance(locator, MaxNLocator):  # matplotlib's default (AutoLocator) is one
         locator.set_params(integer=True)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (log scale)" if ax.get_yscale() == "log" else "loss")
+    ax.set_ylabel(f"{quantity} (log scale)" if ax.get_yscale() == "log" else quantity)
     ax.set_title(title, fontsize=13)
     ax.grid(True, which="major", color="#dddddd", linewidth=0.8)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    ax.legend(loc="upper right", frameon=False, fontsize=9)
+    ax.legend(loc="upper right" if quantity == "loss" else "lower right", frameon=False, fontsize=9)
     return _render(fig)
 
 

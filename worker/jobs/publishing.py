@@ -79,6 +79,11 @@ def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Trai
             what="run the attached knowledge eval", policy=ctx.outages, alive=alive)
         stored = ride_out(lambda: _store_results(ctx, plan, outcome, results_key), what="store the results file",
                           policy=ctx.outages, alive=alive)
+        chart = None
+        if plan.spec.method == "reinforcement":
+            chart_stored = ride_out(lambda: _store_reward_chart(ctx, plan, chart_key(results_key)),
+                                    what="store the reward chart", policy=ctx.outages, alive=alive)
+            chart = (ids.new_id(ids.FILE), chart_key(results_key), chart_stored)
     except BaseException:
         # Nothing points at these objects yet (all under keys of this attempt's own): remove them.
         _remove_unpublished(ctx, prefix, results_key, evaluation)
@@ -86,7 +91,7 @@ def publish_model(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Trai
     results_id = ids.new_id(ids.FILE)  # one id whatever the retries of the completion
     try:
         ride_out(lambda: _complete(ctx, lease, plan, outcome, uid, prefix, published.manifest_sha256,
-                                   (results_id, results_key, stored), evaluation),
+                                   (results_id, results_key, stored), evaluation, chart),
                  what="complete the job", policy=ctx.outages, alive=alive)
     except LeaseLost:
         # Cancelled (or re-claimed) during publication: nothing points at these objects, so remove them now.
@@ -126,10 +131,26 @@ def _store_results(ctx: WorkerContext, plan: JobPlan, outcome: TrainingOutcome, 
     return ctx.store.put_bytes(key, metrics_csv(rows))
 
 
+def chart_key(results_key: str) -> str:
+    """Where a reinforcement job's reward chart goes: beside its results file."""
+    return results_key.rsplit("/", 1)[0] + "/reward.png"
+
+
+def _store_reward_chart(ctx: WorkerContext, plan: JobPlan, key: str) -> Any:
+    """The reward chart of a reinforcement job: its training and validation reward per step."""
+    from evals.charts import reward_curve_png
+
+    with ctx.db.read() as session:
+        rows = events.metrics_rows(session, plan.job_id)
+    return ctx.store.put_bytes(key, reward_curve_png(rows, title=f"Reward: {plan.fine_tuned_model}"))
+
+
 def _complete(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: TrainingOutcome, uid: str, prefix: str,
-              manifest_sha256: str, results: tuple[str, str, Any], evaluation: Any) -> None:
-    """One transaction: the results file (id, key, stored object), the model row, the eval's files and ending,
-    and `succeeded` (a fenced write: a job cancelled meanwhile raises LeaseLost and nothing is written)."""
+              manifest_sha256: str, results: tuple[str, str, Any], evaluation: Any,
+              chart: tuple[str, str, Any] | None = None) -> None:
+    """One transaction: the results file (id, key, stored object), the reward chart of a reinforcement job,
+    the model row, the eval's files and ending, and `succeeded` (a fenced write: a job cancelled meanwhile
+    raises LeaseLost and nothing is written)."""
     from worker.knowledge_evals.service import finish_for_job
 
     results_id, results_key, stored = results
@@ -141,6 +162,13 @@ def _complete(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Training
         models.add(session, name=plan.fine_tuned_model, uid=uid, project_id=plan.project_id, job_id=plan.job_id,
                    base_model=plan.spec.base_model, storage_prefix=prefix, manifest_sha256=manifest_sha256)
         result_files = [results_id]
+        if chart is not None:
+            chart_id, key, chart_stored = chart
+            files.insert(session, File(
+                id=chart_id, project_id=plan.project_id, filename="reward_curve.png", purpose="fine-tune-results",
+                bytes=chart_stored.size, sha256=chart_stored.sha256, storage_key=key, status=FileStatus.PROCESSED,
+                created_at=int(time.time()), error_count=0))
+            result_files.append(chart_id)
         if evaluation is not None:
             jobs.heartbeat(session, lease, ttl=ctx.settings.work.lease_ttl_seconds)
             result_files += finish_for_job(session, lease, evaluation)
@@ -150,7 +178,8 @@ def _complete(ctx: WorkerContext, lease: Lease, plan: JobPlan, outcome: Training
 
 def _remove_unpublished(ctx: WorkerContext, prefix: str, results_key: str, evaluation: Any) -> None:
     """Best effort: objects nothing points at cost space, not correctness (a store outage can leave them)."""
-    keys = [results_key] + ([row.storage_key for row in evaluation.file_rows] if evaluation is not None else [])
+    keys = [results_key, chart_key(results_key)] + (
+        [row.storage_key for row in evaluation.file_rows] if evaluation is not None else [])
     try:
         ctx.store.delete_prefix(prefix)
         for key in keys:

@@ -1,0 +1,113 @@
+"""Reinforcement fine-tuning's parts on the real tiny demo model: the sampler computes the adapter being
+trained exactly, group advantages, a GRPO step that moves the reward it is given, and exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from basemodels.loader import BaseModelLoader
+from contracts.settings import DEMO_BASE_MODEL
+from contracts.training.spec import AdapterSettings, TrainingSpec
+from graders.grading import GradingContext
+from serving.sampler import PolicySampler
+from tests.worker.test_training import Recorder
+from worker.training import adapters
+from worker.training.data import encode_lines
+from worker.training.reinforcement import advantages
+from worker.training.trainer import Trainer
+
+#: A reward every sample of a random model earns a different share of: how close its text is to "aaaa".
+CLOSE_TO_A = {"type": "text_similarity", "name": "a", "input": "{{sample.output_text}}", "reference": "{{item.target}}",
+              "evaluation_metric": "fuzzy_match"}
+
+
+def prompts(n: int) -> list[str]:
+    return [json.dumps({"messages": [{"role": "user", "content": f"Say something, number {i}."}],
+                        "target": "a a a a a a"}) for i in range(n)]
+
+
+def spec(**overrides: Any) -> TrainingSpec:
+    values: dict[str, Any] = {"base_model": DEMO_BASE_MODEL, "method": "reinforcement", "n_epochs": 1,
+                              "batch_size": 2, "learning_rate": 1e-2, "seed": 5, "adapter": AdapterSettings(r=8, alpha=16),
+                              "grader": CLOSE_TO_A, "samples_per_prompt": 4, "max_completion_tokens": 8,
+                              "lr_scheduler": "constant", "eval_interval": 2, "eval_samples": 2}
+    values.update(overrides)
+    return TrainingSpec(**values)
+
+
+def test_group_advantages_are_centred_and_scaled_and_zero_for_equal_rewards() -> None:
+    assert advantages([1.0, 0.0, 0.0, 1.0]) == pytest.approx([1.0, -1.0, -1.0, 1.0], abs=1e-3)
+    assert sum(advantages([0.2, 0.5, 0.9])) == pytest.approx(0.0, abs=1e-9)
+    assert advantages([0.5, 0.5, 0.5]) == [0.0, 0.0, 0.0]
+    assert advantages([1.0]) == [0.0]
+
+
+def test_the_sampler_computes_the_adapter_being_trained_as_peft_does(loader: BaseModelLoader, tokenizer: Any) -> None:
+    model = adapters.build(loader.load_model(DEMO_BASE_MODEL), AdapterSettings(r=8, alpha=16))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    sampler = PolicySampler(model, tokenizer, max_batch=8, max_context=256)
+    sampler.refresh(model)
+    prompt = tokenizer("Tell me about the sea.", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt])
+    tuned = sampler.sample([prompt], samples=1, max_new_tokens=12, temperature=0, seed=0)[0][0]
+    expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                              pad_token_id=tokenizer.eos_token_id)[0, len(prompt):].tolist()
+    assert tuned.token_ids == expected[:len(tuned.token_ids)] and len(tuned.token_ids) >= 1
+    base = sampler.sample([prompt], samples=1, max_new_tokens=12, temperature=0, seed=0, use_adapter=False)[0][0]
+    with model.disable_adapter():
+        plain = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                               pad_token_id=tokenizer.eos_token_id)[0, len(prompt):].tolist()
+    assert base.token_ids == plain[:len(base.token_ids)] and base.token_ids != tuned.token_ids
+    # Seeded sampling draws the same samples again; other seeds draw others.
+    first = sampler.sample([prompt, prompt], samples=3, max_new_tokens=8, temperature=1.0, seed=3)
+    again = sampler.sample([prompt, prompt], samples=3, max_new_tokens=8, temperature=1.0, seed=3)
+    other = sampler.sample([prompt, prompt], samples=3, max_new_tokens=8, temperature=1.0, seed=4)
+    assert [[c.token_ids for c in row] for row in first] == [[c.token_ids for c in row] for row in again]
+    assert [[c.token_ids for c in row] for row in first] != [[c.token_ids for c in row] for row in other]
+    sampler.close()
+
+
+def trainer(loader: BaseModelLoader, tokenizer: Any, work: Path, control: Recorder, **overrides: Any) -> Trainer:
+    data = encode_lines(prompts(8), "reinforcement", tokenizer, 128)
+    return Trainer(spec(**overrides), loader.load_model(DEMO_BASE_MODEL), tokenizer, data.examples, data.examples[:2],
+                   control, work, precision="fp32", grading=GradingContext(python_available=lambda: None))
+
+
+def test_a_grpo_run_raises_the_reward_it_is_given(loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
+    recorder = Recorder()
+    outcome = trainer(loader, tokenizer, tmp_path, recorder, n_epochs=4).run()
+    assert outcome.status == "completed" and outcome.step == 16
+    rewards = [m.train_reward_mean for m in recorder.metrics]
+    assert all(r is not None for r in rewards)
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4  # type: ignore[arg-type]
+    assert last > first + 0.1, rewards
+    assert any(m.valid_reward_mean is not None for m in recorder.metrics)
+    assert all(m.kl is not None and m.kl >= 0 for m in recorder.metrics)
+    assert {"train_reward_mean", "kl", "response_length", "zero_variance_groups", "grader_errors"} <= set(
+        recorder.metrics[-1].as_event_data())
+    assert (outcome.adapter_dir / "adapter_config.json").is_file()  # type: ignore[operator]
+
+
+def test_a_paused_and_resumed_reinforcement_run_draws_and_learns_what_an_uninterrupted_one_does(
+        loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
+    straight = Recorder()
+    uninterrupted = trainer(loader, tokenizer, tmp_path / "a", straight, n_epochs=2)
+    uninterrupted.run()
+    first_half = Recorder(pause_at=3)
+    assert trainer(loader, tokenizer, tmp_path / "b", first_half, n_epochs=2).run().status == "paused"
+    second_half = Recorder()
+    resumed = trainer(loader, tokenizer, tmp_path / "c", second_half, n_epochs=2)
+    assert resumed.run(resume_from=first_half.checkpoints[-1]).status == "completed"
+    rows = [(m.step, m.train_loss, m.train_reward_mean, m.valid_reward_mean)
+            for m in first_half.metrics + second_half.metrics]
+    assert rows == [(m.step, m.train_loss, m.train_reward_mean, m.valid_reward_mean) for m in straight.metrics]
+    expected, actual = uninterrupted.adapter_state(), resumed.adapter_state()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
