@@ -71,10 +71,11 @@ def test_score_model_is_answered_by_ftaas_s_own_engine(embedded: LiveServer) -> 
 
 def test_validate_echoes_a_good_grader_and_refuses_bad_ones_with_400(embedded: LiveServer) -> None:
     graders = embedded.client().fine_tuning.alpha.graders
-    assert graders.validate(grader=EXACT).grader.name == "exact"  # type: ignore[union-attr]
+    validated = graders.validate(grader=EXACT).grader
+    assert validated is not None and validated.name == "exact"
     with pytest.raises(openai.BadRequestError, match="never closed") as caught:
         graders.validate(grader=EXACT | {"reference": "{{item.answer"})
-    assert caught.value.body["param"] == "grader.reference"  # type: ignore[index]
+    assert caught.value.param == "grader.reference"
     with pytest.raises(openai.BadRequestError, match="does not compile"):
         graders.validate(grader={"type": "python", "name": "p", "source": "def grade(s, i) return 1"})
     with pytest.raises(openai.BadRequestError, match="not one of its graders"):

@@ -32,8 +32,8 @@ from worker.training.data import encode_lines
 from worker.training.distributed import DistributedContext
 from worker.training.kernels import autocast_dtype
 from worker.training.memory_plan import device_memory_bytes, largest_step_tokens, plan_memory
-from worker.training.reinforcement import BaseModelEndpoint
 from worker.training.rehearsal import rehearsal_examples
+from worker.training.reinforcement import BaseModelEndpoint
 from worker.training.trainer import Trainer
 
 
