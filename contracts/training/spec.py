@@ -336,6 +336,9 @@ class ReinforcementMethod(_Strict):
         if self.adapter.init in BASE_MODIFYING_INITS:
             raise ValueError(f"reinforcement cannot use the '{self.adapter.init}' initialisation: it changes the base "
                              "weights, and the KL reference is the base with the adapter switched off")
+        if self.adapter.quantization is not None:
+            raise ValueError("reinforcement does not train on a quantized base yet: its sampler computes with the "
+                             "base weights unquantized")
         return self
 
 

@@ -66,5 +66,6 @@ def test_reinforcement_needs_reinforcement_data_and_sft_refuses_it(api: Api) -> 
 
 
 def test_reinforcement_trains_lora_family_adapters(api: Api) -> None:
-    assert_error(create(api, rft_file(api), {"grader": EXACT, "adapter": {"type": "ia3"}}), 400,
-                 param="method.reinforcement")
+    file_id = rft_file(api)
+    for adapter in ({"type": "ia3"}, {"type": "lora", "init": "pissa"}, {"type": "lora", "quantization": "nf4"}):
+        assert_error(create(api, file_id, {"grader": EXACT, "adapter": adapter}), 400, param="method.reinforcement")
