@@ -42,7 +42,7 @@ def split() -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[in
     pairs = [(a, b) for a in range(2, 13) for b in range(a + 1, 13)]  # 55
     random.Random(7).shuffle(pairs)
     pairs = [(a, b) if i % 2 else (b, a) for i, (a, b) in enumerate(pairs)]
-    return pairs[22:22 + STEPS * PROMPTS_PER_STEP], pairs[12:22], pairs[:12]
+    return pairs[20:20 + STEPS * PROMPTS_PER_STEP], pairs[10:20], pairs[:10]
 
 
 def held_out_reward(client: Any, model: str, held_out: list[tuple[int, int]]) -> tuple[float, list[str]]:
@@ -50,7 +50,7 @@ def held_out_reward(client: Any, model: str, held_out: list[tuple[int, int]]) ->
     rewards, replies = [], []
     for index, (a, b) in enumerate(held_out):
         completion = client.chat.completions.create(
-            model=model, n=2, temperature=1.0, max_tokens=16, seed=index,
+            model=model, n=2, temperature=1.0, max_tokens=12, seed=index,
             messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"What is {a} + {b}?"}])
         for choice in completion.choices:
             text = choice.message.content or ""
@@ -72,7 +72,7 @@ def test_a_reinforcement_job_with_a_python_grader_teaches_a_task_the_base_model_
     job = client.fine_tuning.jobs.create(
         model=PACKAGED_BASE_MODEL, training_file=training_file.id, validation_file=validation_file.id, seed=3,
         suffix="equations", method={"type": "reinforcement", "reinforcement": {
-            "grader": GRADER, "max_completion_tokens": 16,
+            "grader": GRADER, "max_completion_tokens": 12,
             "hyperparameters": {"n_epochs": 1, "batch_size": PROMPTS_PER_STEP, "eval_interval": 4}}})
     assert job.method.type == "reinforcement" and job.method.reinforcement.grader.type == "python"
     job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,

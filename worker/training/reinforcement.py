@@ -46,8 +46,9 @@ from graders.model_graders import ChatReply, EndpointError
 from graders.samples import Sample
 from worker.training.data import PromptExample
 
-#: Sequences per forward/backward pass of the loss (bounds the logits' memory: rows x length x vocabulary).
-MICRO_BATCH = 4
+#: Bytes the loss's vocabulary-wide tensors of one forward/backward pass may take (logits, their log-softmax
+#: and its gradient, in float32): rows per pass = this / (positions kept x vocabulary x 12 bytes), at least 1.
+LOGITS_BUDGET_BYTES = 512 << 20
 ADVANTAGE_EPSILON = 1e-4
 
 
@@ -167,11 +168,21 @@ class GroupPolicyOptimization:
         if not trained:
             return 0.0, tokens, stats
         loss_total, kl_total = 0.0, 0.0
-        for start in range(0, len(trained), MICRO_BATCH):
-            loss_sum, kl_sum = self._loss_sums(trained[start:start + MICRO_BATCH], network)
+        vocabulary = int(self.model.config.vocab_size)
+        trained.sort(key=lambda row: len(row[1]))  # rows of one pass differ little in length: less padding
+        start = 0
+        while start < len(trained):
+            keep = len(trained[start][1]) + 1
+            rows = max(1, LOGITS_BUDGET_BYTES // (keep * vocabulary * 12))
+            # the pass's widest row decides its size: grow while the budget holds for it
+            end = start + 1
+            while end < len(trained) and end - start < rows * keep // (len(trained[end][1]) + 1):
+                end += 1
+            loss_sum, kl_sum = self._loss_sums(trained[start:end], network)
             (loss_sum / completion_tokens).backward()
             loss_total += float(loss_sum.detach())
             kl_total += kl_sum
+            start = end
         stats.kl = kl_total / completion_tokens
         return loss_total / completion_tokens, tokens, stats
 
