@@ -124,7 +124,7 @@ class Trainer:
         sampler = PolicySampler(self.model, tokenizer,
                                 max_batch=max(1, min(256, spec.batch_size * spec.samples_per_prompt)),
                                 max_context=min(limit, longest + spec.max_completion_tokens + 1),
-                                max_rank=max(64, spec.adapter.r))
+                                max_rank=max(64, spec.adapter.r), dtype=self.kernels.dtype)
         return GroupPolicyOptimization(spec, self.model, tokenizer, sampler, grading, self.device, self.pad_id,
                                        self.objectives.autocast)
 
