@@ -57,7 +57,7 @@ def rows(count: int) -> list[dict[str, Any]]:
 
 
 def reward(text: str, a: int, b: int) -> float:
-    return 1.0 if re.fullmatch(r"\s*%d\s*\+\s*%d\s*=\s*%d\s*\.?\s*" % (a, b, a + b), text) else 0.0
+    return 1.0 if re.fullmatch(rf"\s*{a}\s*\+\s*{b}\s*=\s*{a + b}\s*\.?\s*", text) else 0.0
 
 
 def run_ftaas(model_dir: Path, data: list[dict[str, Any]], args: argparse.Namespace, work: Path) -> tuple[float, float]:
