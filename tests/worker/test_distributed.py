@@ -133,13 +133,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Pat
     """A directory holding the single-process run ("one") and the uninterrupted FSDP run ("fsdp"); the
     tests below add theirs."""
     out_dir = tmp_path_factory.mktemp("runs")
-    threads = torch.get_num_threads()
-    try:
-        _train(0, 1, free_port(), str(out_dir), str(model_cache_dir), False, "one")
-    finally:
-        # _train runs here in the test process: give back the thread count it set, or later tests of this
-        # worker compute on one thread (FlexAttention's compiled CPU kernel then parts from SDPA by 2 %).
-        torch.set_num_threads(threads)
+    _train(0, 1, free_port(), str(out_dir), str(model_cache_dir), False, "one")
     _wait(_group(out_dir, model_cache_dir, True, "fsdp"))
     return out_dir
 

@@ -18,6 +18,9 @@ from worker.training.data import IGNORE, encode_lines
 from worker.training.objectives import logits_of
 from worker.training.trainer import Trainer
 
+#: torch's intra-op threads as this process started (the physical cores)
+DEFAULT_THREADS = torch.get_num_threads()
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                    reason="needs a CUDA device (run by bench/gpu_check.sh on a GPU machine)")
 
@@ -40,6 +43,18 @@ def test_flex_attentions_document_mask_keeps_packed_examples_apart(loader: BaseM
     pass on the CPU): transformers builds its block mask from the packed rows' position restarts, so a
     packed batch's token losses are those of the CPU's per-example attention, which equals running each
     example alone (tests/worker/test_training_engine.py). One packed shape: FlexAttention compiles per shape."""
+    # On torch's default threads: tests that run in this process before it may leave torch at one thread (the
+    # distributed tests' in-process reference run, the engine's request threads), and on one thread
+    # FlexAttention's compiled CPU kernel parts from SDPA by 2 % (measured 2026-12-06, torch 2.13).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_THREADS)
+    try:
+        _compare_kernels(loader, tokenizer, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_kernels(loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
     examples = encode_lines(varied_chats(6, seed=2), "chat", tokenizer, 256).examples
     trainer = Trainer(spec(packing=True), loader.load_model(DEMO_BASE_MODEL), tokenizer, examples, [], None,
                       tmp_path, precision="fp32")
