@@ -88,6 +88,12 @@ class GradingContext:
     #: whether python graders may run here (tests of other graders on machines without namespaces set False)
     python_available: Callable[[], str | None] = sandbox.unavailable_reason
 
+    def close(self) -> None:
+        """Release the endpoint's connections, where it holds any."""
+        close = getattr(self.endpoint, "close", None)
+        if close is not None:
+            close()
+
 
 # ------------------------------------------------------------------------------------------ checking
 def check(grader: Any, context: GradingContext, *, param: str = "grader", require_endpoint: bool = True) -> None:

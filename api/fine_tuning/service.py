@@ -154,9 +154,7 @@ class JobService:
         try:
             grading.check(section.grader, context, param="method.reinforcement.grader", require_endpoint=False)
         finally:
-            close = getattr(context.endpoint, "close", None)
-            if close is not None:
-                close()
+            context.close()
         if self.graders.model_base_url is None:
             for grader in grading.model_graders_in(section.grader):
                 if grader.model != base_model:

@@ -34,7 +34,7 @@ class GraderService:
         try:
             grading.check(body.grader, context)
         finally:
-            _close(context)
+            context.close()
         return {"grader": body.grader.model_dump(mode="json", exclude_none=True)}
 
     def run(self, principal: Principal, body: GraderRunRequest, inference: InferenceBackend | None,
@@ -46,11 +46,5 @@ class GraderService:
             item = body.item if isinstance(body.item, dict) else {}
             result = grading.grade(body.grader, [Sample(body.model_sample)], [item], context)[0]
         finally:
-            _close(context)
+            context.close()
         return result.response()
-
-
-def _close(context: grading.GradingContext) -> None:
-    close = getattr(context.endpoint, "close", None)
-    if close is not None:
-        close()

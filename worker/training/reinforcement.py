@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +82,7 @@ class ReinforcementStats:
     grading_seconds: float = 0.0
 
 
-class Sampler:
+class Sampler(Protocol):
     """What the policy samples with (serving.sampler.PolicySampler implements it)."""
 
     def refresh(self, model: Any) -> None: ...
