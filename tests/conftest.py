@@ -79,12 +79,6 @@ SHARED_FINE_TUNES = {"quickstart": "real-model-fine-tune", "evaluated_job": "dem
                      "finished_job": "demo-fine-tunes"}
 
 
-#: Modules that must run before anything else in their worker process: FlexAttention's compiled CPU kernel
-#: parted from SDPA by 2 % after other in-process tests (one thread left set is one cause, not the only one:
-#: still seen with the threads restored, 2026-12-06); alone, and first, it matches.
-FIRST_IN_A_FRESH_WORKER = {"tests/worker/test_packed_attention.py"}
-
-
 def distribute(items: list[pytest.Item]) -> None:
     """Group and order the tests for the two xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`
     in pyproject.toml): a module is the unit of work (its module-scoped fixtures are built once), modules
@@ -104,8 +98,6 @@ def distribute(items: list[pytest.Item]) -> None:
 
     def weight(item: pytest.Item) -> int:
         name = group(item)
-        if name in FIRST_IN_A_FRESH_WORKER:
-            return -1
         if name in ranked_shared:
             return ranked_shared.index(name)
         return len(ranked_shared) + (0 if name.startswith("tests/e2e/") else 1 if name.startswith("tests/worker/") else 2)
