@@ -18,6 +18,7 @@ OpenMP team.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from collections.abc import Sequence as Sequences
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,13 +51,17 @@ class PolicySampler:
                  prefill_tokens: int = 4096, dtype: torch.dtype | None = None) -> None:
         """`dtype`: compute samples in this precision where it is not the weights' own (bfloat16 where the
         trainer's autocast computes in it: the engine then holds a bfloat16 copy of the base weights, made
-        once, instead of float32 fused copies; the trainer's own weights stay as they are)."""
+        once, instead of float32 fused copies; the trainer's own weights stay as they are). A QLoRA model's
+        4-bit base is dequantized once into such a copy (in `dtype`, float32 without one): the engine has
+        no 4-bit kernel, and these are the very weights the trainer's 4-bit layers compute with."""
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.tokenizer = tokenizer
         self.stops = stop_token_ids(tokenizer, base)
         self.max_rank = max_rank
         source = base
-        if dtype is not None and dtype != next(base.parameters()).dtype:
+        if quantized_linears(base):
+            source = dequantized(base, dtype or torch.float32)
+        elif dtype is not None and dtype != next(base.parameters()).dtype:
             source = copy.deepcopy(base).to(dtype)
         self.forward = LlamaForward(source, max_slots=max_batch, max_context=max_context, tile_rows=1)
         del source  # the forward keeps the tensors it computes with
@@ -80,39 +85,86 @@ class PolicySampler:
                                  max_rank=max(self.max_rank, config.r))
 
     def sample(self, prompts: Sequences[list[int]], *, samples: int, max_new_tokens: int, temperature: float,
-               seed: int, use_adapter: bool = True) -> list[list[Completion]]:
-        """`samples` completions of each prompt (seeded: the same call gives the same tokens), in order."""
+               seed: int, use_adapter: bool = True,
+               on_prompt_done: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+        """`samples` completions of each prompt (seeded: the same call gives the same tokens), in order.
+        `on_prompt_done(index, completions)` is called (in this thread, while the engine goes on with the
+        rest) as soon as every sample of prompt `index` has ended: its grading can start then."""
         budget = self.forward.max_context
         results: list[list[Completion]] = []
         sequences: list[Sequence] = []
         for index, prompt in enumerate(prompts):
             row: list[Completion] = []
+            pending = [samples]
             for sample in range(samples):
                 completion = Completion()
                 params = SamplingParams(max_new_tokens=max(1, min(max_new_tokens, budget - len(prompt) - 1)),
                                         temperature=temperature, seed=(seed * 1_000_003 + index * 1009 + sample) % (1 << 63),
                                         logprobs=0, stop_token_ids=self.stops)
-                sequences.append(Sequence(list(prompt), params, _collector(completion),
-                                          adapter=self.adapter if use_adapter else None))
+                cell: list[Sequence] = []
+                sequence = Sequence(list(prompt), params,
+                                    _collector(completion, cell, row, pending, index, on_prompt_done),
+                                    adapter=self.adapter if use_adapter else None)
+                cell.append(sequence)
+                sequences.append(sequence)
                 row.append(completion)
             results.append(row)
         self.engine.submit(sequences)
         self.engine.run_until_idle()
-        for sequence, completion in zip(sequences, [c for row in results for c in row], strict=True):
-            if completion.finish_reason == "stop" and sequence.generated:
-                completion.stop_token = sequence.generated[-1]
-                completion.token_ids.append(sequence.generated[-1])
         return results
 
     def close(self) -> None:
         self.engine.stop()
 
 
-def _collector(completion: Completion) -> Any:
+def quantized_linears(model: Any) -> list[str]:
+    """Names of the modules whose weights bitsandbytes holds in 4 bits (QLoRA's base)."""
+    return [name for name, module in model.named_modules()
+            if type(module).__module__.startswith("bitsandbytes")
+            and type(getattr(module, "weight", None)).__name__ == "Params4bit"]
+
+
+def dequantized(model: Any, dtype: torch.dtype) -> Any:
+    """A copy of `model` whose 4-bit linear layers (peft-wrapped or not) are plain `torch.nn.Linear`s holding
+    their dequantized weights, everything in `dtype`."""
+    import bitsandbytes.functional as bnb_functional
+
+    copied = copy.deepcopy(model)
+    for name in quantized_linears(copied):
+        module = copied.get_submodule(name)
+        weight = module.weight
+        dense = bnb_functional.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
+        bias = getattr(module, "bias", None)
+        linear = torch.nn.Linear(dense.shape[1], dense.shape[0], bias=bias is not None, dtype=dtype,
+                                 device=dense.device)
+        with torch.no_grad():
+            linear.weight.copy_(dense)
+            if bias is not None:
+                linear.bias.copy_(bias.detach().to(dtype))
+        # Under peft the 4-bit layer is a LoRA layer's `base_layer`: the LoRA layer goes (the engine computes
+        # the adapter from its own copy of the factors, `refresh`).
+        owner = name.removesuffix(".base_layer")
+        parent_name, _, attribute = owner.rpartition(".")
+        setattr(copied.get_submodule(parent_name), attribute, linear)
+    # transformers refuses `.to(dtype)` on a model it loaded quantized; none of this copy is quantized now
+    return torch.nn.Module.to(copied, dtype)
+
+
+def _collector(completion: Completion, cell: list[Sequence], row: list[Completion], pending: list[int], index: int,
+               on_prompt_done: Callable[[int, list[Completion]], None] | None) -> Any:
+    """The engine's sink for one sample: its tokens, then at its end the stop token (the engine's finish
+    event comes after the sequence holds it) and, once its prompt's samples have all ended, the callback."""
     def collect(event: TokenEvent | FinishEvent) -> None:
         if isinstance(event, TokenEvent):
             completion.token_ids.append(event.token_id)
             completion.logprobs.append(float(event.logprob) if event.logprob is not None else 0.0)
-        else:
-            completion.finish_reason = event.reason
+            return
+        completion.finish_reason = event.reason
+        generated = cell[0].generated
+        if event.reason == "stop" and generated:
+            completion.stop_token = generated[-1]
+            completion.token_ids.append(generated[-1])
+        pending[0] -= 1
+        if pending[0] == 0 and on_prompt_done is not None:
+            on_prompt_done(index, row)
     return collect

@@ -40,6 +40,9 @@ the hosted API's rule (3 epochs, multiplier 1) learned almost nothing of a small
   3e-3 for IA3, 1e-2 for prefix tuning, 3e-2 for prompt tuning (the rates those methods' papers and peft's
   examples use).
 * DPO `beta`: 0.1.
+* SPIN (`supervised.self_play`): `n_epochs` counts the passes of one round, SELF_PLAY_AUTO_EPOCHS (2) for
+  "auto"; the multiplier is 1 (a DPO loss); packing, rehearsal, stop_when_learned and early stopping are off
+  (refused when asked), and QLoRA is allowed (the sampler dequantizes the base once).
 
 Other defaults: `max_seq_len` 2048 (capped at the model's context), packing on for supervised jobs (off for
 prompt learning and DPO), a checkpoint at the end of every epoch (`n_checkpoints` spreads that many evenly
@@ -69,6 +72,12 @@ DEFAULT_GROUP_SIZE = 8
 DEFAULT_KL_BETA = 0.04
 DEFAULT_CLIP_EPSILON = 0.2
 DEFAULT_COMPLETION_TOKENS = 256
+#: SPIN: rounds of sampling then training, and passes over the pairs in each round when n_epochs is "auto"
+#: (the SPIN paper's recipe trains 2 epochs per iteration).
+DEFAULT_SELF_PLAY_ITERATIONS = 2
+SELF_PLAY_AUTO_EPOCHS = 2
+#: The longest own answer SPIN samples when the data's longest answer is longer.
+SELF_PLAY_MAX_COMPLETION_TOKENS = 1024
 #: Reinforcement "auto": prompts per step, how many times the run visits prompts in all (n_epochs is this
 #: over the file's size, at most RFT_MAX_EPOCHS), and the learning-rate multiplier (docs/training.md).
 RFT_BATCH_PROMPTS = 8
@@ -282,13 +291,42 @@ class _MethodOptions(_Strict):
                                    "n_epochs is auto)."))
 
 
+class SelfPlay(_Strict):
+    """SPIN (self-play fine-tuning, Chen et al. 2024) on supervised data: each iteration samples the model's
+    own answer to every training prompt, then trains `n_epochs` passes of a DPO loss with the data's answer
+    as chosen, the model's sample as rejected, and the model as it was at the iteration's start as the
+    reference."""
+
+    iterations: int = Field(default=DEFAULT_SELF_PLAY_ITERATIONS, ge=1, le=10,
+                            description="Rounds of sampling then training; each round's reference is the last round's model.")
+    beta: float = Field(default=DEFAULT_BETA, gt=0, le=10, description="The DPO loss's beta (SPIN's lambda).")
+    temperature: float = Field(default=1.0, ge=0, le=2,
+                               description="Sampling temperature of the model's own answers (0: greedy).")
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, le=32768,
+        description="The longest own answer sampled, in tokens (default: the training data's longest answer).")
+
+
 class SupervisedMethod(_MethodOptions):
     hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
+    self_play: SelfPlay | None = Field(
+        default=None, description="SPIN: iterate on the model's own samples as rejected answers (docs/training.md).")
 
     @model_validator(mode="after")
     def _packing(self) -> SupervisedMethod:
         if self.packing and self.adapter.type in PROMPT_LEARNING:
             raise ValueError(f"packing cannot be used with {self.adapter.type}: its virtual tokens belong to one sequence")
+        if self.self_play is not None:
+            if self.adapter.type not in LORA_FAMILY:
+                raise ValueError("self_play (SPIN) trains lora, dora or rslora adapters (QLoRA included): its "
+                                 "sampler is the serving engine, which computes LoRA-family adapters")
+            if self.adapter.init in BASE_MODIFYING_INITS:
+                raise ValueError(f"self_play cannot use the '{self.adapter.init}' initialisation: it changes the base "
+                                 "weights the sampler computes with")
+            for option in ("packing", "rehearsal", "stop_when_learned", "early_stopping"):
+                if getattr(self, option):
+                    raise ValueError(f"{option} does not apply to self_play (SPIN trains pairs of answers with a "
+                                     "DPO loss, per sequence, for every iteration it is asked)")
         return self
 
 
@@ -336,9 +374,6 @@ class ReinforcementMethod(_Strict):
         if self.adapter.init in BASE_MODIFYING_INITS:
             raise ValueError(f"reinforcement cannot use the '{self.adapter.init}' initialisation: it changes the base "
                              "weights, and the KL reference is the base with the adapter switched off")
-        if self.adapter.quantization is not None:
-            raise ValueError("reinforcement does not train on a quantized base yet: its sampler computes with the "
-                             "base weights unquantized")
         return self
 
 
@@ -401,7 +436,14 @@ class Method(_Strict):
             "rehearsal": self.rehearses if data_format is None else self.rehearses and data_format == CHAT,
             "gradient_checkpointing": section.gradient_checkpointing,
         }
+        if isinstance(section, SupervisedMethod) and section.self_play is not None:
+            body["packing"] = False
+            body["self_play"] = section.self_play.model_dump(mode="json")
         return {"type": self.type, self.type: body}
+
+    @property
+    def self_play(self) -> SelfPlay | None:
+        return self.supervised.self_play if self.type == "supervised" and self.supervised is not None else None
 
     @property
     def rehearses(self) -> bool:
@@ -415,7 +457,7 @@ class Method(_Strict):
 
     def _on_with_auto_epochs(self, asked: bool | None) -> bool:
         """An option that "auto" turns on: as asked, else on for supervised jobs whose `n_epochs` is "auto"."""
-        if self.type == "reinforcement":
+        if self.type == "reinforcement" or self.self_play is not None:
             return False
         if asked is not None:
             return asked
@@ -437,7 +479,7 @@ def auto_learning_rate_multiplier(method: Method, example_count: int) -> float:
     """`learning_rate_multiplier` for "auto": SMALL_FILE_MULTIPLIER for supervised LoRA-family jobs on files
     up to MEDIUM_FILE_EXAMPLES, falling (log-linearly in the example count) to 1 at LARGE_FILE_EXAMPLES;
     1 for DPO and for the other adapter types (measured only for supervised LoRA; docs/training.md)."""
-    if method.type != "supervised" or method.section.adapter.type not in LORA_FAMILY:
+    if method.type != "supervised" or method.section.adapter.type not in LORA_FAMILY or method.self_play is not None:
         return 1.0
     n = max(1, example_count)
     if n <= MEDIUM_FILE_EXAMPLES:
@@ -452,7 +494,10 @@ def resolve_hyperparameters(method: Method, example_count: int) -> dict[str, Any
     """Concrete values for every `"auto"`, by the rules in the module docstring."""
     requested = method.hyperparameters
     n = max(1, example_count)
-    n_epochs = auto_epochs(n) if requested.n_epochs == AUTO else int(requested.n_epochs)
+    if requested.n_epochs != AUTO:
+        n_epochs = int(requested.n_epochs)
+    else:
+        n_epochs = SELF_PLAY_AUTO_EPOCHS if method.self_play is not None else auto_epochs(n)
     batch_size = min(256, max(1, math.ceil(n * 0.002))) if requested.batch_size == AUTO else int(requested.batch_size)
     multiplier = (auto_learning_rate_multiplier(method, n) if requested.learning_rate_multiplier == AUTO
                   else float(requested.learning_rate_multiplier))
@@ -558,6 +603,18 @@ class TrainingSpec:
     temperature: float = 1.0
     kl_beta: float = DEFAULT_KL_BETA
     clip_epsilon: float = DEFAULT_CLIP_EPSILON
+    #: SPIN (supervised with self_play): the rounds of sampling then training (0: off; `n_epochs` then counts
+    #: the passes of all rounds together, `n_epochs // self_play_iterations` each, and `beta` is the DPO
+    #: loss's), the sampling temperature of the model's own answers, and the longest one (None: the data's
+    #: longest answer, up to SELF_PLAY_MAX_COMPLETION_TOKENS).
+    self_play_iterations: int = 0
+    self_play_temperature: float = 1.0
+    self_play_max_tokens: int | None = None
+
+    @property
+    def epochs_per_iteration(self) -> int:
+        """SPIN: the passes over the pairs of one round (the whole run's epochs without self-play)."""
+        return self.n_epochs // self.self_play_iterations if self.self_play_iterations else self.n_epochs
 
     @classmethod
     def for_job(cls, *, base_model: str, method: dict[str, Any], hyperparameters: dict[str, Any], seed: int) -> TrainingSpec:
@@ -582,14 +639,16 @@ class TrainingSpec:
                 kl_beta=float(options.get("beta", DEFAULT_KL_BETA)),
                 clip_epsilon=float(options.get("epsilon", DEFAULT_CLIP_EPSILON)),
             )
+        self_play = options.get("self_play") or {}
+        iterations = int(self_play.get("iterations", 0)) if kind == "supervised" else 0
         return cls(
             base_model=base_model,
             method=kind,
-            n_epochs=int(hyperparameters["n_epochs"]),
+            n_epochs=int(hyperparameters["n_epochs"]) * max(1, iterations),
             batch_size=int(hyperparameters["batch_size"]),
             learning_rate=BASE_LEARNING_RATES[adapter.type] * float(hyperparameters["learning_rate_multiplier"]),
             seed=int(seed),
-            beta=float(hyperparameters.get("beta", DEFAULT_BETA)),
+            beta=float(self_play["beta"]) if iterations else float(hyperparameters.get("beta", DEFAULT_BETA)),
             adapter=adapter,
             max_seq_len=int(options.get("max_seq_len") or DEFAULT_MAX_SEQ_LEN),
             packing=bool(options.get("packing", kind == "supervised" and not adapter.is_prompt_learning)),
@@ -602,6 +661,9 @@ class TrainingSpec:
             rehearsal=bool(options.get("rehearsal", False)) and kind == "supervised",
             gradient_checkpointing=None if options.get("gradient_checkpointing", AUTO) == AUTO
             else bool(options["gradient_checkpointing"]),
+            self_play_iterations=iterations,
+            self_play_temperature=float(self_play.get("temperature", 1.0)),
+            self_play_max_tokens=self_play.get("max_completion_tokens"),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -65,7 +65,13 @@ def test_reinforcement_needs_reinforcement_data_and_sft_refuses_it(api: Api) -> 
     assert_error(response, 400, "invalid_training_file", "training_file")
 
 
-def test_reinforcement_trains_lora_family_adapters(api: Api) -> None:
+def test_reinforcement_trains_lora_family_adapters_qlora_included(api: Api) -> None:
     file_id = rft_file(api)
-    for adapter in ({"type": "ia3"}, {"type": "lora", "init": "pissa"}, {"type": "lora", "quantization": "nf4"}):
+    for adapter in ({"type": "ia3"}, {"type": "lora", "init": "pissa"}):
         assert_error(create(api, file_id, {"grader": EXACT, "adapter": adapter}), 400, param="method.reinforcement")
+    # QLoRA trains lora or rslora adapters, whatever the method
+    assert_error(create(api, file_id, {"grader": EXACT, "adapter": {"type": "dora", "quantization": "nf4"}}), 400,
+                 param="method.reinforcement.adapter")
+    qlora = create(api, file_id, {"grader": EXACT, "adapter": {"type": "lora", "quantization": "nf4"}})
+    assert qlora.status_code == 200, qlora.text
+    assert qlora.json()["method"]["reinforcement"]["adapter"]["quantization"] == "nf4"

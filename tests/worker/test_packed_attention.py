@@ -55,7 +55,7 @@ def test_flex_attentions_document_mask_keeps_packed_examples_apart(model_cache_d
     environment = {name: value for name, value in os.environ.items() if name != "OMP_NUM_THREADS"}
     environment["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
     run = subprocess.run([sys.executable, "-c", script, str(model_cache_dir), str(tmp_path / "run")],
-                         env=environment, cwd=REPOSITORY, capture_output=True, text=True, timeout=300)
+                         env=environment, cwd=REPOSITORY, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 

@@ -5,18 +5,20 @@ rewards that no policy moves far in a few steps."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from basemodels.loader import BaseModelLoader
 from contracts.settings import DEMO_BASE_MODEL
 from contracts.training.spec import AdapterSettings, TrainingSpec
 from graders.grading import GradingContext
-from serving.sampler import PolicySampler
+from serving.sampler import PolicySampler, quantized_linears
 from tests.worker.test_training import Recorder
 from worker.training import adapters
 from worker.training.data import encode_lines
@@ -139,3 +141,54 @@ def test_a_paused_and_resumed_reinforcement_run_draws_and_learns_what_an_uninter
     assert rows == [(m.step, m.train_loss, m.train_reward_mean, m.valid_reward_mean) for m in straight.metrics]
     expected, actual = uninterrupted.adapter_state(), resumed.adapter_state()
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+def test_on_a_4bit_base_the_sampler_computes_what_the_qlora_model_computes(loader: BaseModelLoader,
+                                                                          tokenizer: Any) -> None:
+    """QLoRA: the engine has no 4-bit kernel, so the sampler holds the NF4 weights dequantized once (bf16),
+    the very values bitsandbytes' layers compute with: greedy output equals the 4-bit peft model's, except
+    where two tokens tie in bf16 (the demo model's random weights give flat logits, and the engine sums in
+    another order): there the tokens may part, with the two logits within bf16's rounding."""
+    model = adapters.build(loader.load_model(DEMO_BASE_MODEL, quantization="nf4"),
+                           AdapterSettings(r=8, alpha=16, quantization="nf4"))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    assert len(quantized_linears(model.get_base_model())) == 28  # 4 layers x 7 projections
+    sampler = PolicySampler(model, tokenizer, max_batch=8, max_context=256, dtype=torch.bfloat16)
+    assert len(quantized_linears(model.get_base_model())) == 28  # the trainer's model stays 4-bit
+    sampler.refresh(model)
+    prompt = tokenizer("Tell me about the sea.", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt])
+    for use_adapter in (True, False):
+        drawn = sampler.sample([prompt], samples=1, max_new_tokens=12, temperature=0, seed=0,
+                               use_adapter=use_adapter)[0][0].token_ids
+        adapter = contextlib.nullcontext() if use_adapter else model.disable_adapter()
+        with adapter, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                                      pad_token_id=tokenizer.eos_token_id)[0, len(prompt):].tolist()
+            logits = model(torch.tensor([prompt + expected])).logits[0, len(prompt) - 1:].float()
+        assert len(drawn) >= 1
+        parted = next((i for i, (a, b) in enumerate(zip(drawn, expected, strict=False)) if a != b), None)
+        if parted is not None:
+            gap = float(logits[parted, expected[parted]] - logits[parted, drawn[parted]])
+            assert 0 <= gap < 0.02, (use_adapter, parted, gap)
+
+
+def test_a_qlora_grpo_run_trains_on_the_4bit_base_and_publishes_a_plain_lora(loader: BaseModelLoader,
+                                                                             tokenizer: Any, tmp_path: Path) -> None:
+    recorder = Recorder()
+    data = encode_lines(prompts(8), "reinforcement", tokenizer, 128)
+    run = Trainer(spec(adapter=AdapterSettings(r=8, alpha=16, quantization="nf4")),
+                  loader.load_model(DEMO_BASE_MODEL, quantization="nf4"), tokenizer, data.examples, data.examples[:2],
+                  recorder, tmp_path, grading=GradingContext(python_available=lambda: None))
+    before = {name: tensor.clone() for name, tensor in run.adapter_state().items()}
+    outcome = run.run()
+    assert outcome.status == "completed" and outcome.step == 4
+    assert all(m.train_reward_mean is not None and m.kl is not None for m in recorder.metrics)
+    after = run.adapter_state()
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    assert outcome.adapter_dir is not None
+    saved = load_file(outcome.adapter_dir / "adapter_model.safetensors")
+    assert saved and all(".lora_A." in k or ".lora_B." in k for k in saved)

@@ -11,6 +11,8 @@ COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_tok
 #: Reinforcement jobs' columns after those (their accuracy columns stay empty).
 REINFORCEMENT_COLUMNS = ["train_reward_mean", "valid_reward_mean", "kl", "response_length", "zero_variance_groups",
                          "grader_errors"]
+#: SPIN jobs' columns after the common ones.
+SELF_PLAY_COLUMNS = ["self_play_round", "response_length", "self_play_matches"]
 
 
 def metrics_csv(rows: list[dict[str, Any]]) -> bytes:
@@ -23,7 +25,8 @@ def metrics_csv(rows: list[dict[str, Any]]) -> bytes:
     for row in rows:
         by_step[int(row["step"])] = row
     reinforcement = any("train_reward_mean" in row for row in rows)
-    extra = REINFORCEMENT_COLUMNS if reinforcement else []
+    self_play = any("self_play_round" in row for row in rows)
+    extra = REINFORCEMENT_COLUMNS if reinforcement else SELF_PLAY_COLUMNS if self_play else []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS + extra)

@@ -42,6 +42,10 @@ class StepMetrics:
     response_length: float | None = None
     zero_variance_groups: float | None = None
     grader_errors: int | None = None
+    #: SPIN runs: the round (1-based), the mean length of the round's own answers (`response_length`) and the
+    #: share of them identical to the data's answer (the model already says what the data says).
+    self_play_round: int | None = None
+    self_play_matches: float | None = None
 
     def as_event_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -52,12 +56,15 @@ class StepMetrics:
         if self.train_reward_mean is None:  # a reinforcement step trains no target tokens
             data["train_mean_token_accuracy"] = round(self.train_mean_token_accuracy, 6)
         for key in ("valid_loss", "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy",
-                    "train_reward_mean", "valid_reward_mean", "kl", "response_length", "zero_variance_groups"):
+                    "train_reward_mean", "valid_reward_mean", "kl", "response_length", "zero_variance_groups",
+                    "self_play_matches"):
             value = getattr(self, key)
             if value is not None:
                 data[key] = round(value, 6)
         if self.grader_errors is not None:
             data["grader_errors"] = self.grader_errors
+        if self.self_play_round is not None:
+            data["self_play_round"] = self.self_play_round
         return data
 
 

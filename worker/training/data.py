@@ -48,6 +48,17 @@ class PreferenceExample:
 
 
 @dataclass(frozen=True)
+class SelfPlayPair:
+    """SPIN: a training line's answer (chosen) against the model's own answer to its prompt (rejected), with
+    their log probabilities under the model at the round's start (the reference)."""
+
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+    chosen_reference: float
+    rejected_reference: float
+
+
+@dataclass(frozen=True)
 class PromptExample:
     """A reinforcement line: the prompt the model answers (its conversation rendered up to the generation
     prompt) and the whole line, which graders read as `item`."""

@@ -6,6 +6,9 @@ are laid out: packed rows, padded rows, or split across data-parallel processes)
   positions only where the kernels allow (worker.training.kernels), else from padded or bounded rows;
 * DPO: -log sigmoid(beta x the policy's margin over the reference's), where the reference is the same
   model with the adapter disabled, so there is no second copy of the weights (`dpo_sums`);
+* SPIN (supervised data with self_play): DPO's loss on (the data's answer, the model's own sample) pairs,
+  the reference being the model at the round's start, whose log probabilities are computed once per round
+  (`self_play_sums`; worker.training.self_play);
 * rehearsal's anchor: KL(base || tuned) of the next-token distributions on the base model's own answers to
   general prompts (`anchor_sums`, against `reference_distributions` computed once before training).
 """
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 from contracts.training.spec import TrainingSpec
 from worker.training import kernels
 from worker.training.batching import Batch, pack, pad
-from worker.training.data import IGNORE, PreferenceExample, TokenizedExample
+from worker.training.data import IGNORE, PreferenceExample, SelfPlayPair, TokenizedExample
 from worker.training.kernels import Kernels
 from worker.training.loss import head_outputs_hidden, linear_cross_entropy
 
@@ -56,7 +59,9 @@ class Objectives:
         return pad(examples, self.pad_id).to(self.device)
 
     def sums(self, examples: list[Any], network: Any) -> Sums:
-        """The job's own loss over `examples`: DPO's or the supervised one."""
+        """The job's own loss over `examples`: DPO's, SPIN's (on its pairs) or the supervised one."""
+        if examples and isinstance(examples[0], SelfPlayPair):
+            return self.self_play_sums(examples, network)
         return self.dpo_sums(examples, network) if self.spec.method == "dpo" else self.sft_sums(examples, network)
 
     def sft_sums(self, examples: list[TokenizedExample], network: Any) -> Sums:
@@ -86,15 +91,27 @@ class Objectives:
     def dpo_sums(self, examples: list[PreferenceExample], network: Any) -> Sums:
         """(sum of example losses, examples, examples whose chosen reply wins, real tokens processed)."""
         sequences = [e.chosen for e in examples] + [e.rejected for e in examples]
-        policy, tokens = self._sequence_logps(network, sequences)
+        policy, tokens = self.sequence_logps(network, sequences)
         with torch.no_grad(), self.model.disable_adapter():
-            reference, _ = self._sequence_logps(self.model, sequences)
+            reference, _ = self.sequence_logps(self.model, sequences)
         n = len(examples)
         margin = (policy[:n] - reference[:n]) - (policy[n:] - reference[n:])
         loss_sum = -F.logsigmoid(self.spec.beta * margin).sum()
         return loss_sum, n, int((margin > 0).sum()), tokens
 
-    def _sequence_logps(self, network: Any, sequences: list[TokenizedExample]) -> tuple[torch.Tensor, int]:
+    def self_play_sums(self, pairs: list[SelfPlayPair], network: Any) -> Sums:
+        """SPIN's loss: DPO's, with the model at the round's start as the reference (its log probabilities
+        computed when the round's pairs were drawn). Same sums as `dpo_sums`."""
+        policy, tokens = self.sequence_logps(network, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+        reference = torch.tensor([[p.chosen_reference for p in pairs], [p.rejected_reference for p in pairs]],
+                                 device=policy.device)
+        n = len(pairs)
+        margin = (policy[:n] - reference[0]) - (policy[n:] - reference[1])
+        loss_sum = -F.logsigmoid(self.spec.beta * margin).sum()
+        return loss_sum, n, int((margin > 0).sum()), tokens
+
+    def sequence_logps(self, network: Any, sequences: list[TokenizedExample]) -> tuple[torch.Tensor, int]:
+        """(each sequence's summed log probability of its trained tokens, real tokens processed)."""
         batch = pad(sequences, self.pad_id).to(self.device)
         logits = logits_of(network, batch)[:, :-1].float()
         targets = batch.labels[:, 1:]

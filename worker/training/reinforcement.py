@@ -5,8 +5,9 @@ One optimizer step over a batch of prompts:
 1. sample: `samples_per_prompt` completions of every prompt from the policy (the base model with the adapter
    as it stands), by ftaas's engine over the trainer's own weights (serving.sampler), seeded by the step so
    that a resumed run draws the samples it would have drawn;
-2. grade: every sample against its line with the job's grader (graders.grading; a python grader's batch runs
-   in one sandbox). A sample whose grading failed (an error flag) is counted and left out of its group;
+2. grade: every sample against its line with the job's grader (graders.grading; a python grader's group
+   runs in one sandbox), each prompt's group as soon as its samples have ended, beside the sampling of
+   the others. A sample whose grading failed (an error flag) is counted and left out of its group;
 3. advantages: within each prompt's group, (reward - group mean) / (group std + 1e-4); a group whose rewards
    are all equal teaches nothing and is skipped (its share is reported);
 4. loss, per completion token t of a kept sample with advantage A:
@@ -30,6 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,7 +43,7 @@ from pydantic import TypeAdapter
 from basemodels.conversations import parse_tool_calls
 from contracts.graders import Grader
 from contracts.training.spec import TrainingSpec
-from graders.grading import Grade, GradingContext, grade
+from graders.grading import Grade, GradingContext, grade, model_graders_in
 from graders.model_graders import ChatReply, EndpointError
 from graders.samples import Sample
 from worker.training.data import PromptExample
@@ -88,7 +90,8 @@ class Sampler(Protocol):
     def refresh(self, model: Any) -> None: ...
 
     def sample(self, prompts: Sequence[list[int]], *, samples: int, max_new_tokens: int, temperature: float,
-               seed: int, use_adapter: bool = True) -> list[list[Any]]: ...
+               seed: int, use_adapter: bool = True,
+               on_prompt_done: Callable[[int, list[Any]], None] | None = None) -> list[list[Any]]: ...
 
 
 class GroupPolicyOptimization:
@@ -110,27 +113,45 @@ class GroupPolicyOptimization:
 
     # --------------------------------------------------------------------------------- rollouts
     def rollouts(self, prompts: Sequence[PromptExample], *, samples: int, seed: int) -> tuple[list[Rollout], float, float]:
-        """Sample and grade (rollouts, seconds sampling, seconds grading)."""
+        """Sample and grade (rollouts, seconds sampling, seconds spent grading after the sampling ended).
+
+        A prompt's group is graded as soon as its samples have all ended, in a thread beside the engine,
+        while the other prompts' samples are still being drawn; except where the grader asks the model
+        being trained (model graders answered by the job's own base model through this sampler, which one
+        thread drives), which is graded once the sampling is done."""
         started = time.monotonic()
         self.sampler.refresh(self.model)
-        drawn = self.sampler.sample([p.prompt_ids for p in prompts], samples=samples,
-                                    max_new_tokens=self.spec.max_completion_tokens,
-                                    temperature=self.spec.temperature, seed=seed)
-        sampled = time.monotonic()
-        groups = []
-        flat_samples, flat_items = [], []
-        for prompt, completions in zip(prompts, drawn, strict=True):
-            ids = [list(c.token_ids) for c in completions]
-            texts = [self.tokenizer.decode(c.token_ids[:-1] if c.stop_token is not None else c.token_ids,
-                                           skip_special_tokens=True) for c in completions]
-            groups.append(Rollout(prompt, ids, texts, []))
-            for text in texts:
-                flat_samples.append(_sample(text, prompt.has_tools))
-                flat_items.append(prompt.item)
-        grades = grade(self.grader, flat_samples, flat_items, self.grading)
-        for index, group in enumerate(groups):
-            group.grades = grades[index * samples:(index + 1) * samples]
-        return groups, sampled - started, time.monotonic() - sampled
+        groups: list[Rollout | None] = [None] * len(prompts)
+        beside = not (isinstance(self.grading.endpoint, BaseModelEndpoint) and model_graders_in(self.grader))
+        pending: dict[int, Future[list[Grade]]] = {}
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grading") as pool:
+            def done(index: int, completions: list[Any]) -> None:
+                group = groups[index] = self._group(prompts[index], completions)
+                if beside:
+                    pending[index] = pool.submit(grade, self.grader, [_sample(t, group.prompt.has_tools) for t in group.texts],
+                                                 [group.prompt.item] * len(group.texts), self.grading)
+
+            self.sampler.sample([p.prompt_ids for p in prompts], samples=samples,
+                                max_new_tokens=self.spec.max_completion_tokens,
+                                temperature=self.spec.temperature, seed=seed, on_prompt_done=done)
+            sampled = time.monotonic()
+            rollouts = [group for group in groups if group is not None]
+            assert len(rollouts) == len(prompts), "every prompt's samples end"
+            if beside:
+                for index, future in pending.items():
+                    rollouts[index].grades = future.result()
+            else:
+                flat = grade(self.grader, [_sample(t, g.prompt.has_tools) for g in rollouts for t in g.texts],
+                             [g.prompt.item for g in rollouts for _ in g.texts], self.grading)
+                for index, group in enumerate(rollouts):
+                    group.grades = flat[index * samples:(index + 1) * samples]
+        return rollouts, sampled - started, time.monotonic() - sampled
+
+    def _group(self, prompt: PromptExample, completions: list[Any]) -> Rollout:
+        ids = [list(c.token_ids) for c in completions]
+        texts = [self.tokenizer.decode(c.token_ids[:-1] if c.stop_token is not None else c.token_ids,
+                                       skip_special_tokens=True) for c in completions]
+        return Rollout(prompt, ids, texts, [])
 
     def rewards(self, prompts: Sequence[PromptExample], *, samples: int, seed: int) -> tuple[float, int]:
         """(mean reward, grader errors) of `samples` samples per prompt (validation: nothing is trained)."""

@@ -12,6 +12,7 @@ The parts, each with its own contract:
     adapters      the peft model and the adapter files
     objectives    the SFT, DPO and rehearsal (anchor) losses, as sums with their counts
     reinforcement GRPO: samples from the policy (serving's engine on these weights), grades, the loss
+    self_play     SPIN: each round's own answers (the same sampler) and the pairs they make with the data's
     optimization  AdamW, the learning-rate schedule, steps and checkpoint steps
     distributed   data-parallel processes: DDP or FSDP wrapping, sharding examples, collectives
     evaluation    validation, the final pass over the training data
@@ -24,6 +25,7 @@ equal the single-process gradient.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +44,7 @@ from worker.training.evaluation import ValidationCursor, evaluate, final_pass_sa
 from worker.training.objectives import Objectives, reference_distributions
 from worker.training.optimization import Schedule, build_optimizer
 from worker.training.reinforcement import GroupPolicyOptimization
+from worker.training.self_play import STATE_FILE, SelfPlay
 
 if TYPE_CHECKING:
     from graders.grading import GradingContext
@@ -85,10 +88,12 @@ class Trainer:
         self.initial_dir = self.work_dir / "initial"
         self.initial_dir.mkdir(exist_ok=True)
         adapters.save_initial(self.model, spec.adapter, self.initial_dir)
-        if spec.method == "reinforcement" and self.dist.world_size > 1:
-            raise ValueError("reinforcement fine-tuning runs in one process (its sampler serves one model copy)")
-        # The reinforcement sampler computes with the base weights as loaded (fp32 on a CPU): not stored in bf16.
-        if dtype is not None and spec.adapter.type != "dora" and spec.method != "reinforcement":
+        samples = spec.method == "reinforcement" or spec.self_play_iterations > 0
+        if samples and self.dist.world_size > 1:
+            raise ValueError("reinforcement and self-play fine-tuning run in one process (their sampler serves one "
+                             "model copy)")
+        # The policy sampler computes with the base weights as loaded (fp32 on a CPU): not stored in bf16.
+        if dtype is not None and spec.adapter.type != "dora" and not samples:
             kernels.store_frozen_linears(self.model, dtype)
         references = reference_distributions(self.model, rehearsal, self.pad_id, loaded_on, dtype) if rehearsal else []
         # The loss from the output layer chunk by chunk (worker.training.loss) needs its weight whole in this
@@ -113,20 +118,39 @@ class Trainer:
         self.reinforcement: GroupPolicyOptimization | None = None
         if spec.method == "reinforcement":
             self.reinforcement = self._reinforcement(tokenizer, grading)
+        self.self_play: SelfPlay | None = None
+        if spec.self_play_iterations:
+            self.self_play = self._self_play(tokenizer)
 
-    def _reinforcement(self, tokenizer: Any, grading: GradingContext | None) -> GroupPolicyOptimization:
+    def _policy_sampler(self, tokenizer: Any, *, max_batch: int, longest_prompt: int, max_new_tokens: int) -> Any:
+        """ftaas's engine over this model's own weights, sampling with its live adapter (serving.sampler)."""
         from serving.sampler import PolicySampler
 
+        limit = int(getattr(self.model.config, "max_position_embeddings", 0) or self.spec.max_seq_len)
+        return PolicySampler(self.model, tokenizer, max_batch=max(1, min(256, max_batch)),
+                             max_context=min(limit, longest_prompt + max_new_tokens + 1),
+                             max_rank=max(64, self.spec.adapter.r), dtype=self.kernels.dtype)
+
+    def _reinforcement(self, tokenizer: Any, grading: GradingContext | None) -> GroupPolicyOptimization:
         assert grading is not None, "a reinforcement job needs its grading context"
         spec = self.spec
-        limit = int(getattr(self.model.config, "max_position_embeddings", 0) or spec.max_seq_len)
-        longest = max(len(p.prompt_ids) for p in [*self.train_examples, *self.valid_examples])
-        sampler = PolicySampler(self.model, tokenizer,
-                                max_batch=max(1, min(256, spec.batch_size * spec.samples_per_prompt)),
-                                max_context=min(limit, longest + spec.max_completion_tokens + 1),
-                                max_rank=max(64, spec.adapter.r), dtype=self.kernels.dtype)
+        sampler = self._policy_sampler(
+            tokenizer, max_batch=spec.batch_size * spec.samples_per_prompt,
+            longest_prompt=max(len(p.prompt_ids) for p in [*self.train_examples, *self.valid_examples]),
+            max_new_tokens=spec.max_completion_tokens)
         return GroupPolicyOptimization(spec, self.model, tokenizer, sampler, grading, self.device, self.pad_id,
                                        self.objectives.autocast)
+
+    def _self_play(self, tokenizer: Any) -> SelfPlay:
+        from worker.training.self_play import PROMPTS_PER_CALL, max_answer_tokens, split_answer
+
+        sampler = self._policy_sampler(
+            tokenizer, max_batch=PROMPTS_PER_CALL,
+            longest_prompt=max(len(split_answer(e)[0]) for e in self.train_examples),
+            max_new_tokens=max_answer_tokens(self.spec, self.train_examples))
+        return SelfPlay(self.spec, self.model, sampler, self.train_examples,
+                        lambda sequences: self.objectives.sequence_logps(self.model, sequences)[0],
+                        self.objectives.autocast)
 
     @property
     def total_steps(self) -> int:
@@ -141,6 +165,8 @@ class Trainer:
                                          best_dir=self.best_dir, device=self.device, dist=self.dist,
                                          optimization=Optimization(self.optimizer, self.scheduler, self.trainable))
             self.validation.position = self.loop.valid_cursor
+            if self.self_play is not None and (resume_from / STATE_FILE).exists():
+                self.self_play.restore(json.loads((resume_from / STATE_FILE).read_text()))
         history: list[StepMetrics] = []
         metrics: StepMetrics | None = None
         size = self.spec.batch_size
@@ -148,8 +174,13 @@ class Trainer:
         start = self.loop.position
         for epoch in range(start.epoch, self.spec.n_epochs):
             order = self._epoch_order(epoch)
+            if self.self_play is not None and self.self_play.round != self.self_play.round_of(epoch):
+                # A round's first epoch (a run resumed inside a round holds its checkpoint's pairs instead)
+                self.self_play.prepare(self.self_play.round_of(epoch))
             for batch_index in range(start.batch if epoch == start.epoch else 0, self.schedule.steps_per_epoch):
-                examples = [self.train_examples[i] for i in order[batch_index * size:(batch_index + 1) * size]]
+                indices = order[batch_index * size:(batch_index + 1) * size]
+                examples = (self.self_play.pairs_at(indices) if self.self_play is not None
+                            else [self.train_examples[i] for i in indices])
                 metrics = self._step(epoch, batch_index, examples)
                 history.append(metrics)
                 ended = self._run_ends(metrics, history, epoch, batch_index)
@@ -171,6 +202,9 @@ class Trainer:
         metrics = StepMetrics(step=loop.position.step, total_steps=self.total_steps, epoch=epoch + 1,
                               train_loss=loss, train_mean_token_accuracy=accuracy,
                               trained_tokens=loop.position.trained_tokens)
+        if self.self_play is not None and (summary := self.self_play.summary) is not None:
+            metrics.self_play_round, metrics.self_play_matches = summary.round, summary.matches
+            metrics.response_length = summary.response_length
         if self.valid_examples and metrics.step % self.spec.eval_interval == 0:
             metrics.valid_loss, metrics.valid_mean_token_accuracy = self._evaluate(self.validation.next_batch())
         if self.valid_examples and metrics.step in self.schedule.checkpoints:
@@ -337,6 +371,8 @@ class Trainer:
             checkpoints.save(directory, self.loop, model=self.model, spec=self.spec, initial_dir=self.initial_dir,
                              best_dir=self.best_dir, adapter_state=whole, optimizer=optimizer,
                              scheduler=self.scheduler, rng_states=rng, world_size=self.dist.world_size)
+            if self.self_play is not None and self.self_play.round is not None:
+                (directory / STATE_FILE).write_text(json.dumps(self.self_play.state()))
             if self.control is not None:
                 self.control.on_checkpoint(directory, metrics, best=best)
         self.dist.barrier()
