@@ -40,7 +40,8 @@ the hosted API's rule (3 epochs, multiplier 1) learned almost nothing of a small
   3e-3 for IA3, 1e-2 for prefix tuning, 3e-2 for prompt tuning (the rates those methods' papers and peft's
   examples use).
 * DPO `beta`: 0.1.
-* SPIN (`supervised.self_play`): `n_epochs` counts the passes of one round, SELF_PLAY_AUTO_EPOCHS (2) for
+* SPIN (`supervised.self_play`): `n_epochs` counts the passes of one round (after `sft_epochs` supervised
+  passes), SELF_PLAY_AUTO_EPOCHS (2) for
   "auto"; the multiplier is 1 (a DPO loss); packing, rehearsal, stop_when_learned and early stopping are off
   (refused when asked), and QLoRA is allowed (the sampler dequantizes the base once).
 
@@ -305,6 +306,10 @@ class SelfPlay(_Strict):
     max_completion_tokens: int | None = Field(
         default=None, ge=1, le=32768,
         description="The longest own answer sampled, in tokens (default: the training data's longest answer).")
+    sft_epochs: int = Field(
+        default=0, ge=0, le=100,
+        description=("Supervised passes over the data before the first round (SPIN improves a supervised "
+                     "fine-tune; docs/training.md)."))
 
 
 class SupervisedMethod(_MethodOptions):
@@ -610,11 +615,15 @@ class TrainingSpec:
     self_play_iterations: int = 0
     self_play_temperature: float = 1.0
     self_play_max_tokens: int | None = None
+    #: SPIN: supervised passes before the first round (counted in `n_epochs`)
+    self_play_sft_epochs: int = 0
 
     @property
     def epochs_per_iteration(self) -> int:
         """SPIN: the passes over the pairs of one round (the whole run's epochs without self-play)."""
-        return self.n_epochs // self.self_play_iterations if self.self_play_iterations else self.n_epochs
+        if not self.self_play_iterations:
+            return self.n_epochs
+        return (self.n_epochs - self.self_play_sft_epochs) // self.self_play_iterations
 
     @classmethod
     def for_job(cls, *, base_model: str, method: dict[str, Any], hyperparameters: dict[str, Any], seed: int) -> TrainingSpec:
@@ -644,7 +653,7 @@ class TrainingSpec:
         return cls(
             base_model=base_model,
             method=kind,
-            n_epochs=int(hyperparameters["n_epochs"]) * max(1, iterations),
+            n_epochs=int(hyperparameters["n_epochs"]) * max(1, iterations) + int(self_play.get("sft_epochs", 0)),
             batch_size=int(hyperparameters["batch_size"]),
             learning_rate=BASE_LEARNING_RATES[adapter.type] * float(hyperparameters["learning_rate_multiplier"]),
             seed=int(seed),
@@ -664,6 +673,7 @@ class TrainingSpec:
             self_play_iterations=iterations,
             self_play_temperature=float(self_play.get("temperature", 1.0)),
             self_play_max_tokens=self_play.get("max_completion_tokens"),
+            self_play_sft_epochs=int(self_play.get("sft_epochs", 0)),
         )
 
     def to_json(self) -> dict[str, Any]:

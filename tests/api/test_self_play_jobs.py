@@ -14,10 +14,11 @@ def create(api: Api, supervised: dict):
 
 
 def test_a_spin_job_records_its_rounds_and_what_auto_chose(api: Api) -> None:
-    response = create(api, {"self_play": {"iterations": 3, "temperature": 0.7}})
+    response = create(api, {"self_play": {"iterations": 3, "temperature": 0.7, "sft_epochs": 2}})
     assert response.status_code == 200, response.text
     body = response.json()["method"]["supervised"]
-    assert body["self_play"] == {"iterations": 3, "beta": 0.1, "temperature": 0.7, "max_completion_tokens": None}
+    assert body["self_play"] == {"iterations": 3, "beta": 0.1, "temperature": 0.7, "max_completion_tokens": None,
+                                 "sft_epochs": 2}
     assert body["packing"] is False and body["rehearsal"] is False and body["stop_when_learned"] is False
 
 

@@ -54,7 +54,8 @@ def test_the_method_option_resolves_and_refuses_what_does_not_apply() -> None:
     method = Method.model_validate({"type": "supervised", "supervised": {"self_play": {"iterations": 3}}})
     resolved = method.to_json(resolve_hyperparameters(method, 40), "chat")
     body = resolved["supervised"]
-    assert body["self_play"] == {"iterations": 3, "beta": 0.1, "temperature": 1.0, "max_completion_tokens": None}
+    assert body["self_play"] == {"iterations": 3, "beta": 0.1, "temperature": 1.0, "max_completion_tokens": None,
+                                 "sft_epochs": 0}
     assert body["hyperparameters"]["n_epochs"] == 2 and body["hyperparameters"]["learning_rate_multiplier"] == 1.0
     assert not body["packing"] and not body["rehearsal"] and not body["stop_when_learned"]
     training = TrainingSpec.for_job(base_model="m", method=resolved, hyperparameters=body["hyperparameters"], seed=1)
@@ -97,15 +98,22 @@ def test_spin_rounds_move_the_model_toward_the_data_and_away_from_its_own_answer
 
 def test_a_spin_run_resumed_inside_a_round_trains_on_its_saved_pairs_as_an_uninterrupted_one_does(
         loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
+    # one supervised pass first (SPIN improves a supervised fine-tune), then two rounds of two passes
+    options = {"n_epochs": 5, "self_play_sft_epochs": 1}
     straight = Recorder()
-    uninterrupted = _trainer(loader, tokenizer, tmp_path / "a", straight)
+    uninterrupted = _trainer(loader, tokenizer, tmp_path / "a", straight, **options)
     uninterrupted.run()
-    first_part = Recorder(pause_at=6)  # inside round 2, after its pairs were drawn
-    assert _trainer(loader, tokenizer, tmp_path / "b", first_part).run().status == "paused"
+    assert [m.self_play_round for m in straight.metrics] == [None] * 2 + [1] * 4 + [2] * 4
+    # the supervised passes report token cross-entropy (a random model: near log of the vocabulary), the rounds
+    # DPO's loss, at log 2 on each round's first step
+    assert straight.metrics[0].train_loss > 5 and "self_play_round" not in straight.metrics[0].as_event_data()
+    assert straight.metrics[2].train_loss == pytest.approx(math.log(2), abs=1e-3)
+    first_part = Recorder(pause_at=8)  # inside round 2, after its pairs were drawn
+    assert _trainer(loader, tokenizer, tmp_path / "b", first_part, **options).run().status == "paused"
     state = first_part.checkpoints[-1]
     assert json.loads((state / "self_play.json").read_text())["round"] == 1
     rest = Recorder()
-    resumed = _trainer(loader, tokenizer, tmp_path / "c", rest)
+    resumed = _trainer(loader, tokenizer, tmp_path / "c", rest, **options)
     assert resumed.run(resume_from=state).status == "completed"
     assert [(m.step, m.train_loss) for m in first_part.metrics + rest.metrics] == \
         [(m.step, m.train_loss) for m in straight.metrics]

@@ -1,6 +1,7 @@
 """SPIN (self-play fine-tuning; Chen et al., 2024) on supervised data, from the reinforcement machinery.
 
-A run is `self_play_iterations` rounds. At the start of round k the model as it stands (the base with the
+A run is `self_play_sft_epochs` supervised passes (SPIN improves a supervised fine-tune; none by default),
+then `self_play_iterations` rounds. At the start of round k the model as it stands (the base with the
 adapter after round k-1) answers every training prompt, sampled by ftaas's engine over the trainer's own
 weights (serving.sampler, as reinforcement samples); each line becomes a pair: the data's answer chosen, the
 model's own answer rejected. The same model scores both once (no gradient): those log probabilities are
@@ -83,8 +84,11 @@ class SelfPlay:
         self.pairs: list[SelfPlayPair] = []
         self.summary: RoundSummary | None = None
 
-    def round_of(self, epoch: int) -> int:
-        return epoch // self.spec.epochs_per_iteration
+    def round_of(self, epoch: int) -> int | None:
+        """The round `epoch` belongs to (0-based), or None for the supervised passes before the first."""
+        if epoch < self.spec.self_play_sft_epochs:
+            return None
+        return (epoch - self.spec.self_play_sft_epochs) // self.spec.epochs_per_iteration
 
     def prepare(self, round_index: int) -> RoundSummary:
         """Sample the model's own answers and score the round's pairs (call at the round's first step)."""
@@ -96,7 +100,8 @@ class SelfPlay:
                                         max_new_tokens=self.max_new_tokens,
                                         temperature=self.spec.self_play_temperature,
                                         seed=self.spec.seed * 1_000_003 + round_index * 7_919 + start)
-            rejected += [list(group[0].token_ids) for group in drawn]
+            for group, (_, answer) in zip(drawn, self.splits[start:start + PROMPTS_PER_CALL], strict=True):
+                rejected.append(_as_turn(list(group[0].token_ids), group[0].stop_token, answer))
         return self._pair(round_index, rejected)
 
     def _pair(self, round_index: int, rejected: list[list[int]]) -> RoundSummary:
@@ -145,6 +150,16 @@ class SelfPlay:
         matches = sum(1 for (_, answer), own in zip(self.splits, rejected, strict=True) if own == answer)
         self.summary = RoundSummary(self.round + 1, sum(map(len, rejected)) / max(1, len(rejected)),
                                     matches / max(1, len(rejected)))
+
+
+def _as_turn(own: list[int], stop_token: int | None, answer: list[int]) -> list[int]:
+    """The model's own answer ended as the data's answer ends: the chat template's tokens after the
+    end-of-turn token (SmolLM2's newline after `<|im_end|>`) are trained in the data's answer, so an own
+    answer that stopped there gets them too; otherwise every pair would differ in them and the loss could
+    separate the two by those tokens alone."""
+    if stop_token is not None and own and own[-1] == stop_token and stop_token in answer:
+        return own + answer[answer.index(stop_token) + 1:]
+    return own
 
 
 def _sequence(prompt: list[int], answer: list[int]) -> TokenizedExample:

@@ -174,12 +174,13 @@ class Trainer:
         start = self.loop.position
         for epoch in range(start.epoch, self.spec.n_epochs):
             order = self._epoch_order(epoch)
-            if self.self_play is not None and self.self_play.round != self.self_play.round_of(epoch):
+            round_index = self.self_play.round_of(epoch) if self.self_play is not None else None
+            if self.self_play is not None and round_index is not None and self.self_play.round != round_index:
                 # A round's first epoch (a run resumed inside a round holds its checkpoint's pairs instead)
-                self.self_play.prepare(self.self_play.round_of(epoch))
+                self.self_play.prepare(round_index)
             for batch_index in range(start.batch if epoch == start.epoch else 0, self.schedule.steps_per_epoch):
                 indices = order[batch_index * size:(batch_index + 1) * size]
-                examples = (self.self_play.pairs_at(indices) if self.self_play is not None
+                examples = (self.self_play.pairs_at(indices) if self.self_play is not None and round_index is not None
                             else [self.train_examples[i] for i in indices])
                 metrics = self._step(epoch, batch_index, examples)
                 history.append(metrics)
@@ -202,7 +203,8 @@ class Trainer:
         metrics = StepMetrics(step=loop.position.step, total_steps=self.total_steps, epoch=epoch + 1,
                               train_loss=loss, train_mean_token_accuracy=accuracy,
                               trained_tokens=loop.position.trained_tokens)
-        if self.self_play is not None and (summary := self.self_play.summary) is not None:
+        if self.self_play is not None and self.self_play.round_of(epoch) is not None \
+                and (summary := self.self_play.summary) is not None:
             metrics.self_play_round, metrics.self_play_matches = summary.round, summary.matches
             metrics.response_length = summary.response_length
         if self.valid_examples and metrics.step % self.spec.eval_interval == 0:
