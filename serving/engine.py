@@ -148,13 +148,16 @@ class EngineObserver:
 class Engine:
     # Long on purpose: the batching loop, admission, preemption and slot moves share one lock and one state.
     def __init__(self, forward: LlamaForward, *, name: str, max_queue: int, prefill_tokens: int, max_rank: int,
-                 observer: EngineObserver | None = None, prefix_cache_bytes: int = 0, threaded: bool = True) -> None:
-        """`threaded` False: no loop thread; the owner drives the engine with `run_until_idle` from its own
-        thread (a trainer sampling from the model it trains: one thread, one OpenMP team)."""
+                 observer: EngineObserver | None = None, prefix_cache_bytes: int = 0, prefix_block: int = 64,
+                 threaded: bool = True) -> None:
+        """`threaded` False: no loop thread; the owner drives the engine with `run_until_idle` (or
+        `run_step`) from its own thread (a trainer sampling from the model it trains: one thread, one OpenMP
+        team). `prefix_block`: the prompt-prefix cache's granularity, in positions."""
         self.forward = forward
         #: prompt prefixes computed once (never under batch invariance: see PrefixCache)
         self.prefixes = PrefixCache(position_bytes=forward.kv.position_bytes,
-                                    budget_bytes=0 if forward.batch_invariant else prefix_cache_bytes)
+                                    budget_bytes=0 if forward.batch_invariant else prefix_cache_bytes,
+                                    block=prefix_block)
         self.name = name
         self.max_queue = max_queue
         self.prefill_tokens = prefill_tokens
@@ -252,6 +255,12 @@ class Engine:
             raise RuntimeError("this engine runs its own loop thread")
         while self._iterate(wait=False):
             pass
+
+    def run_step(self) -> bool:
+        """Driven mode: one step (admission, then one forward pass); False when there was nothing to do."""
+        if self._thread is not None:
+            raise RuntimeError("this engine runs its own loop thread")
+        return self._iterate(wait=False)
 
     def _iterate(self, *, wait: bool) -> bool:
         """One step of the loop (waiting for work first if `wait`); False when the loop should end: the engine

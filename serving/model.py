@@ -473,6 +473,9 @@ class StepBatch:
     decode_dora: bool = False
     #: decode row i uses slot i (the engine keeps slots compact), so per-slot data are views
     decode_contiguous: bool = False
+    #: the slot whose LoRA adapter every decode row runs, where the adapters compute shared products (None:
+    #: per-slot products)
+    decode_shared_slot: int | None = None
     lora_prefills: list[tuple[int, int, int, int]] = field(default_factory=list)
     #: IA3: the groups some row scales the inputs / outputs of, and each row's slot (padding: the spare slot,
     #: whose scales are ones); None when no row has IA3
@@ -538,6 +541,9 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
         _group_decode_rows(forward, batch, decode)
     if lora is not None:
         batch.decode_lora = sorted({lora.slot_class[slot] for slot, _, _ in decode} - {None})
+        if lora.shared_products and decode and len({lora.slot_key[slot] for slot, _, _ in decode}) == 1 \
+                and lora.slot_key[decode[0][0]] is not None:
+            batch.decode_shared_slot = decode[0][0]
         batch.decode_dora = any(lora.has_dora[slot] for slot, _, _ in decode)
         batch.lora_prefills = [p for p in prefills if lora.slot_class[p[2]] is not None]
         slots = [slot for slot, _, _ in decode] + [slot for _, _, slot, _ in prefills]

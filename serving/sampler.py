@@ -32,6 +32,11 @@ from serving.model import LlamaForward
 from serving.service import stop_token_ids
 
 
+#: The policy's prompt-prefix cache: granularity in positions, and the most it holds.
+PREFIX_BLOCK = 16
+PREFIX_CACHE_BYTES = 256 << 20
+
+
 @dataclass
 class Completion:
     """One sample: the tokens generated (ending with the stop token when the model stopped), why it ended
@@ -61,12 +66,18 @@ class PolicySampler:
         source = base
         if quantized_linears(base):
             source = dequantized(base, dtype or torch.float32)
-        elif dtype is not None and dtype != next(base.parameters()).dtype:
+        elif dtype is not None and any(p.dtype != dtype for p in base.parameters() if p.is_floating_point()):
+            # (the trainer may hold some weights in `dtype` already, its frozen linears, and not others)
             source = copy.deepcopy(base).to(dtype)
         self.forward = LlamaForward(source, max_slots=max_batch, max_context=max_context, tile_rows=1)
         del source  # the forward keeps the tensors it computes with
+        # Samples of one prompt share its prefill: the first sample's prompt positions are kept (whole blocks of
+        # PREFIX_BLOCK positions, keyed by the adapter's version) and copied into its siblings' caches.
+        prefix_bytes = min(PREFIX_CACHE_BYTES, self.forward.kv.position_bytes * max_context * max_batch)
         self.engine = Engine(self.forward, name="policy", max_queue=1 << 20, prefill_tokens=prefill_tokens,
-                             max_rank=max_rank, threaded=False)
+                             max_rank=max_rank, prefix_cache_bytes=prefix_bytes, prefix_block=PREFIX_BLOCK,
+                             threaded=False)
+        self.engine.slot_adapters.shared_products = True
         self.adapter: AdapterWeights | None = None
         self._version = 0
 
@@ -109,7 +120,15 @@ class PolicySampler:
                 sequences.append(sequence)
                 row.append(completion)
             results.append(row)
-        self.engine.submit(sequences)
+        if samples > 1:
+            # Each prompt's first sample joins first; once all of them have been prefilled (their prompt
+            # prefixes cached), the siblings join and compute only the positions after the cached blocks.
+            self.engine.submit(sequences[::samples])
+            while self.engine.waiting and self.engine.run_step():
+                pass
+            self.engine.submit([s for i, s in enumerate(sequences) if i % samples])
+        else:
+            self.engine.submit(sequences)
         self.engine.run_until_idle()
         return results
 

@@ -49,6 +49,12 @@ class SlotAdapters:
                            for group, (_, fan_out) in dims.items()} for _ in range(forward.geometry.layers)]
         self.slot_class: list[int | None] = [None] * slots
         self.has_dora = [False] * slots
+        #: per slot: the key of its LoRA adapter (None: none)
+        self.slot_key: list[str | None] = [None] * slots
+        #: Decode rows that all run one LoRA adapter are computed as one product with its factors instead of
+        #: one per slot (the policy sampler: every sample of a step runs the adapter being trained; measured in
+        #: docs/benchmarks.md). Off for serving: a row's result then depends on how many rows share it.
+        self.shared_products = False
         #: IA3: layer -> group -> [slots, in] / [slots, out] float32 scales, ones where a slot has none; made
         #: when the first IA3 adapter arrives
         self.input_scales: list[dict[str, torch.Tensor]] = []
@@ -99,6 +105,7 @@ class SlotAdapters:
                         self.magnitude[index][group][slot].copy_(factors.magnitude)
             self.slot_class[slot] = rank
             self.has_dora[slot] = adapter.uses_dora
+            self.slot_key[slot] = adapter.key
         if adapter.has_scales:
             self._allocate_scales()
             inputs, outputs = set(), set()
@@ -126,6 +133,7 @@ class SlotAdapters:
                     self.output_scales[index][group][slot].fill_(1.0)
         self.slot_class[slot] = None
         self.has_dora[slot] = False
+        self.slot_key[slot] = None
         self.scaled_inputs[slot] = self.scaled_outputs[slot] = frozenset()
 
     def move(self, source: int, target: int) -> None:
@@ -144,6 +152,7 @@ class SlotAdapters:
                     self.output_scales[index][group][target].copy_(self.output_scales[index][group][source])
         self.slot_class[target] = rank
         self.has_dora[target] = self.has_dora[source]
+        self.slot_key[target] = self.slot_key[source]
         self.scaled_inputs[target], self.scaled_outputs[target] = self.scaled_inputs[source], self.scaled_outputs[source]
         self._clear(source)
 
@@ -160,7 +169,15 @@ class SlotAdapters:
 
     def apply(self, out: torch.Tensor, x: torch.Tensor, layer: int, group: str, batch: StepBatch) -> torch.Tensor:
         """out: the base product for every row; returns it with each row's own LoRA (and DoRA) applied."""
-        if batch.decode_lora and batch.decode_contiguous:
+        if batch.decode_shared_slot is not None:  # every decode row runs one adapter: one product (shared_products)
+            slot = batch.decode_shared_slot
+            rank = self.slot_class[slot]
+            assert rank is not None
+            rows = out[:batch.decode_count]
+            rows.addmm_(x[:batch.decode_count] @ self.a[rank][layer][group][slot], self.b[rank][layer][group][slot])
+            if self.has_dora[slot]:
+                rows.mul_(self.magnitude[layer][group][slot])
+        elif batch.decode_lora and batch.decode_contiguous:
             # Decode row i is slot i: plain views, no gathers.
             count = batch.decode_count
             # At least two slots: torch dispatches a bmm over a batch of one to a plain matrix product, which

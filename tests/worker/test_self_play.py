@@ -82,7 +82,7 @@ def test_spin_rounds_move_the_model_toward_the_data_and_away_from_its_own_answer
     rounds = [m.self_play_round for m in control.metrics]
     assert rounds == [1] * 4 + [2] * 4  # 6 lines, batch 3, 2 epochs per round, 2 rounds
     pairs = trainer.self_play.pairs
-    with torch.no_grad():
+    with torch.no_grad(), trainer.objectives.autocast():
         policy, _ = trainer.objectives.sequence_logps(trainer.model, [p.chosen for p in pairs] + [p.rejected for p in pairs])
     chosen_gain = policy[:len(pairs)] - torch.tensor([p.chosen_reference for p in pairs])
     rejected_gain = policy[len(pairs):] - torch.tensor([p.rejected_reference for p in pairs])

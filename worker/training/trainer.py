@@ -92,8 +92,7 @@ class Trainer:
         if samples and self.dist.world_size > 1:
             raise ValueError("reinforcement and self-play fine-tuning run in one process (their sampler serves one "
                              "model copy)")
-        # The policy sampler computes with the base weights as loaded (fp32 on a CPU): not stored in bf16.
-        if dtype is not None and spec.adapter.type != "dora" and not samples:
+        if dtype is not None and spec.adapter.type != "dora":
             kernels.store_frozen_linears(self.model, dtype)
         references = reference_distributions(self.model, rehearsal, self.pad_id, loaded_on, dtype) if rehearsal else []
         # The loss from the output layer chunk by chunk (worker.training.loss) needs its weight whole in this
