@@ -192,3 +192,30 @@ def test_a_qlora_grpo_run_trains_on_the_4bit_base_and_publishes_a_plain_lora(loa
     assert outcome.adapter_dir is not None
     saved = load_file(outcome.adapter_dir / "adapter_model.safetensors")
     assert saved and all(".lora_A." in k or ".lora_B." in k for k in saved)
+
+
+def test_samples_sharing_a_prompt_compute_it_once_with_the_loss_and_gradient_of_one_pass_per_sample(
+        loader: BaseModelLoader, tokenizer: Any, tmp_path: Path) -> None:
+    run = trainer(loader, tokenizer, tmp_path, Recorder())
+    policy = run.reinforcement
+    assert policy is not None
+    with torch.no_grad():
+        for name, parameter in run.model.named_parameters():
+            if "lora_B" in name:  # an adapter that is not the identity, so that the KL term is not zero
+                parameter.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    generator = torch.Generator().manual_seed(0)
+    # two prompts of different lengths (the shared pass pads the shorter on the left), three samples each
+    prompts = [run.train_examples[0].prompt_ids, run.train_examples[1].prompt_ids[:-3]]
+    rows = [(prompt, torch.randint(5, 200, (1 + j,), generator=generator).tolist(), float(j - 1))
+            for prompt in prompts for j in range(3)]
+    results = []
+    for loss_sums in (policy._loss_sums, policy._row_loss_sums):
+        run.model.zero_grad()
+        loss, kl = loss_sums(rows, run.network)
+        loss.backward()
+        results.append((float(loss), kl, [p.grad.clone() for p in run.trainable]))
+    (shared_loss, shared_kl, shared), (row_loss, row_kl, per_row) = results
+    assert shared_loss == pytest.approx(row_loss, rel=1e-5) and shared_kl == pytest.approx(row_kl, rel=1e-5)
+    assert shared_kl > 0
+    for a, b in zip(shared, per_row, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))

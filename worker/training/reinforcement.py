@@ -208,7 +208,75 @@ class GroupPolicyOptimization:
         return loss_total / completion_tokens, tokens, stats
 
     def _loss_sums(self, rows: list[tuple[list[int], list[int], float]], network: Any) -> tuple[torch.Tensor, float]:
-        """(sum of the per-token loss, sum of the per-token KL) over `rows` of (prompt, completion, advantage)."""
+        """(sum of the per-token loss, sum of the per-token KL) over `rows` of (prompt, completion, advantage).
+
+        Rows sharing a prompt (a group's samples) compute it once: the prompt's forward pass gives its keys
+        and values, repeated for each sample, and the samples' tokens run after them; the gradient flows
+        back through the shared keys and values into the one prompt pass, so it is the sum of what each row
+        computed alone would give (tested against the one-row-per-sample passes). The prompt is most of a
+        row's tokens in RFT (a system prompt and a question against a short answer). Without a cache
+        (gradient checkpointing), each row computes its prompt."""
+        if getattr(self.model, "is_gradient_checkpointing", False):
+            return self._row_loss_sums(rows, network)
+        prompts: dict[tuple[int, ...], int] = {}
+        for prompt, _, _ in rows:
+            prompts.setdefault(tuple(prompt), len(prompts))
+        # One pass over the distinct prompts (padded on the left, so each ends at the last position), then one
+        # over every sample's tokens after its prompt's keys and values.
+        longest = max(len(p) for p in prompts)
+        prompt_ids = torch.full((len(prompts), longest), self.pad_id, dtype=torch.long)
+        prompt_attention = torch.zeros((len(prompts), longest), dtype=torch.long)
+        for prompt, index in prompts.items():
+            prompt_ids[index, longest - len(prompt):] = torch.tensor(prompt)
+            prompt_attention[index, longest - len(prompt):] = 1
+        owner = torch.tensor([prompts[tuple(prompt)] for prompt, _, _ in rows])
+        width = max(len(ids) for _, ids, _ in rows)
+        completions = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        completion_attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, (_, ids, _) in enumerate(rows):
+            completions[row, :len(ids)] = torch.tensor(ids)
+            completion_attention[row, :len(ids)] = 1
+        lengths = prompt_attention.sum(-1)
+        prompt_positions = (prompt_attention.cumsum(-1) - 1).clamp(min=0)
+        positions = lengths[owner].unsqueeze(1) + torch.arange(width).unsqueeze(0)
+        attention = torch.cat([prompt_attention[owner], completion_attention], dim=1)
+        device = self.device
+        prompt_ids, prompt_attention, prompt_positions = (prompt_ids.to(device), prompt_attention.to(device),
+                                                          prompt_positions.to(device))
+        completions, attention, positions = completions.to(device), attention.to(device), positions.to(device)
+        mask = completion_attention.to(device, torch.float32)
+        owner = owner.to(device)
+        advantage = torch.tensor([a for _, _, a in rows], device=device).unsqueeze(1)
+
+        def token_logprobs(model: Any) -> torch.Tensor:
+            head = model(input_ids=prompt_ids, attention_mask=prompt_attention, position_ids=prompt_positions,
+                         use_cache=True, logits_to_keep=1)
+            cache = head.past_key_values
+            cache.batch_select_indices(owner)
+            tail = model(input_ids=completions, attention_mask=attention, position_ids=positions,
+                         past_key_values=cache, use_cache=True).logits
+            # token 0 is predicted at its prompt's last position, token j at the completion's position j - 1
+            logits = torch.cat([head.logits[owner, -1:], tail[:, :-1]], dim=1)
+            return _token_logprobs(logits, completions)
+
+        with torch.no_grad(), self.model.disable_adapter(), self.autocast():
+            reference = token_logprobs(self.model)
+        with self.autocast():
+            logprobs = token_logprobs(network)
+        return self._per_token_loss(logprobs, reference, advantage, mask)
+
+    def _per_token_loss(self, logprobs: torch.Tensor, reference: torch.Tensor, advantage: torch.Tensor,
+                        mask: torch.Tensor) -> tuple[torch.Tensor, float]:
+        ratio = torch.exp(logprobs - logprobs.detach())
+        epsilon = self.spec.clip_epsilon
+        policy = -torch.minimum(ratio * advantage, ratio.clamp(1 - epsilon, 1 + epsilon) * advantage)
+        delta = reference - logprobs
+        kl = torch.exp(delta) - delta - 1
+        per_token = policy + self.spec.kl_beta * kl
+        return (per_token * mask).sum(), float((kl.detach() * mask).sum())
+
+    def _row_loss_sums(self, rows: list[tuple[list[int], list[int], float]], network: Any) -> tuple[torch.Tensor, float]:
+        """`_loss_sums` with every row computing its own prompt."""
         width = max(len(prompt) + len(ids) for prompt, ids, _ in rows)
         keep = max(len(ids) for _, ids, _ in rows) + 1
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -234,13 +302,7 @@ class GroupPolicyOptimization:
             reference = _token_logprobs(self.model(**inputs).logits[:, :-1], targets)
         with self.autocast():
             logprobs = _token_logprobs(network(**inputs).logits[:, :-1], targets)
-        ratio = torch.exp(logprobs - logprobs.detach())
-        epsilon = self.spec.clip_epsilon
-        policy = -torch.minimum(ratio * advantage, ratio.clamp(1 - epsilon, 1 + epsilon) * advantage)
-        delta = reference - logprobs
-        kl = torch.exp(delta) - delta - 1
-        per_token = policy + self.spec.kl_beta * kl
-        return (per_token * mask).sum(), float((kl.detach() * mask).sum())
+        return self._per_token_loss(logprobs, reference, advantage, mask)
 
 
 class BaseModelEndpoint:
