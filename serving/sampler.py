@@ -31,7 +31,6 @@ from serving.lora import read_lora
 from serving.model import LlamaForward
 from serving.service import stop_token_ids
 
-
 #: The policy's prompt-prefix cache: granularity in positions, and the most it holds.
 PREFIX_BLOCK = 16
 PREFIX_CACHE_BYTES = 256 << 20
