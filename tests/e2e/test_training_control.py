@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
 import time
@@ -91,6 +92,37 @@ def test_pause_and_resume_end_exactly_like_an_uninterrupted_run(embedded: LiveSe
         job.id, limit=100)]
     assert same_adapter(embedded, twin.fine_tuned_model, job.fine_tuned_model)
     assert results(client, job) == results(client, twin) and job.trained_tokens == twin.trained_tokens
+
+
+def test_a_paused_and_resumed_reinforcement_job_ends_exactly_like_an_uninterrupted_one(embedded: LiveServer) -> None:
+    """The job-level path of a GRPO job (the trainer-level exact resume: tests/worker/test_reinforcement.py):
+    pause through the API, a checkpoint, resume on the queue, and the same samples, rewards and adapter as a
+    twin that never stopped."""
+    client = embedded.client()
+    rows = [{"messages": [{"role": "user", "content": f"Say something, number {i}."}], "target": "a a a a a a"}
+            for i in range(12)]
+    file = upload_processed(client, "rft.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    grader = {"type": "text_similarity", "name": "a", "input": "{{sample.output_text}}",
+              "reference": "{{item.target}}", "evaluation_metric": "fuzzy_match"}
+    method = {"type": "reinforcement", "reinforcement": {
+        "grader": grader, "hyperparameters": {"n_epochs": 3, "batch_size": 2, "compute_multiplier": 0.5},
+        "max_completion_tokens": 8}}
+    twin = finished(client, client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=5,
+                                                          method=method).id)
+    assert twin.status == "succeeded", twin.error
+    job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=5, method=method)
+    wait_for(lambda: metric_steps(client, job.id) >= 5, what="a few steps")
+    assert client.fine_tuning.jobs.pause(job.id).status == "pausing"
+    wait_for(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "paused", what="paused")
+    assert metric_steps(client, job.id) < 18
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    job = finished(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert any(e.message.startswith("Resuming from the checkpoint at step")
+               for e in client.fine_tuning.jobs.list_events(job.id, limit=100))
+    resumed, straight = results(client, job), results(client, twin)
+    assert len(straight) == 18 and resumed == straight and straight[-1]["train_reward_mean"]
+    assert same_adapter(embedded, twin.fine_tuned_model, job.fine_tuned_model)
 
 
 def pool_process_running(cluster: LiveServer, job_id: str) -> psutil.Process:
