@@ -125,6 +125,26 @@ def test_a_paused_and_resumed_reinforcement_job_ends_exactly_like_an_uninterrupt
     assert same_adapter(embedded, twin.fine_tuned_model, job.fine_tuned_model)
 
 
+def test_a_spin_job_runs_its_rounds_through_the_worker_and_reports_them(embedded: LiveServer) -> None:
+    """SPIN through the SDK: one supervised pass, then two rounds of one pass each on the model's own answers;
+    the results CSV carries the rounds and the published model serves."""
+    client = embedded.client()
+    file = upload_processed(client, "spin.jsonl", training_jsonl(10, offset=300))
+    job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=3, method={
+        "type": "supervised", "supervised": {
+            "hyperparameters": {"n_epochs": 1, "batch_size": 5},
+            "self_play": {"iterations": 2, "sft_epochs": 1, "max_completion_tokens": 8}}})
+    job = finished(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.method.supervised.hyperparameters.n_epochs == 1
+    rows = results(client, job)
+    assert [row["self_play_round"] for row in rows] == ["", "", "1", "1", "2", "2"]
+    assert all(0 < float(row["response_length"]) <= 8 for row in rows[2:])
+    reply = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=4,
+                                           messages=[{"role": "user", "content": "What is the access code?"}])
+    assert reply.choices[0].message.content is not None
+
+
 def pool_process_running(cluster: LiveServer, job_id: str) -> psutil.Process:
     """The Celery pool process that holds the job's lease (its owner is "host:pid")."""
     database = cluster.database()
