@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -92,19 +91,13 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(shape: str, seq: int, batch: int, checkpointing: bool, packing: bool = False,
-            threads: int = 2, precision: str = "auto", fixed_mmap_threshold: bool = False) -> dict[str, Any]:
+            threads: int = 2, precision: str = "auto") -> dict[str, Any]:
     """One configuration's peak, measured in a fresh process computing on `threads` threads (`precision`
-    "fp32": without bf16 autocast where the CPU has it). `fixed_mmap_threshold`: glibc's malloc hands every
-    block of 1 MiB or more to the kernel on free (`MALLOC_MMAP_THRESHOLD_`) instead of raising its threshold
-    as it goes and keeping such blocks in its heap: with its default the same padded step measured 2.9 GB
-    in one run and 4.6 GB in another (2026-12-06, Intel Xeon with AMX; five runs), with it 4.2-4.3 GB."""
+    "fp32": without bf16 autocast where the CPU has it)."""
     options = {"shape": shape, "seq": seq, "batch": batch, "checkpointing": checkpointing, "packing": packing,
                "threads": threads, "precision": precision}
-    environment = dict(os.environ)
-    if fixed_mmap_threshold:
-        environment["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(options)], capture_output=True, text=True,
-                         check=True, timeout=600, env=environment)
+                         check=True, timeout=600)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
