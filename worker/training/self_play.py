@@ -109,23 +109,27 @@ class SelfPlay:
         for (prompt, answer), own in zip(self.splits, rejected, strict=True):
             chosen_sequences.append(_sequence(prompt, answer))
             rejected_sequences.append(_sequence(prompt, own))
-        references: list[float] = []
+        # Scored `batch_size` lines at a time, their chosen and rejected sequences in one pass.
+        chosen_references: list[float] = []
+        rejected_references: list[float] = []
         batch = max(1, self.spec.batch_size)
         with torch.no_grad(), self.autocast():
             for start in range(0, len(self.examples), batch):
-                sequences = chosen_sequences[start:start + batch] + rejected_sequences[start:start + batch]
-                references += self.score(sequences).float().tolist()
-        pairs = []
-        for index, (chosen, own) in enumerate(zip(chosen_sequences, rejected_sequences, strict=True)):
-            start = (index // batch) * batch
-            size = min(batch, len(self.examples) - start)
-            offset = index - start
-            pairs.append(SelfPlayPair(chosen, own, references[2 * start + offset], references[2 * start + size + offset]))
-        self.round, self.pairs = round_index, pairs
-        matches = sum(1 for (_, answer), own in zip(self.splits, rejected, strict=True) if own == answer)
-        self.summary = RoundSummary(round_index + 1, sum(map(len, rejected)) / max(1, len(rejected)),
-                                    matches / max(1, len(rejected)))
+                chosen, own = chosen_sequences[start:start + batch], rejected_sequences[start:start + batch]
+                scores = self.score(chosen + own).float().tolist()
+                chosen_references += scores[:len(chosen)]
+                rejected_references += scores[len(chosen):]
+        self.round = round_index
+        self.pairs = [SelfPlayPair(*pair) for pair in zip(chosen_sequences, rejected_sequences, chosen_references,
+                                                           rejected_references, strict=True)]
+        self.summary = self._summarize(rejected)
         return self.summary
+
+    def _summarize(self, rejected: list[list[int]]) -> RoundSummary:
+        assert self.round is not None
+        matches = sum(1 for (_, answer), own in zip(self.splits, rejected, strict=True) if own == answer)
+        return RoundSummary(self.round + 1, sum(map(len, rejected)) / max(1, len(rejected)),
+                            matches / max(1, len(rejected)))
 
     def pairs_at(self, indices: Sequence[int]) -> list[SelfPlayPair]:
         return [self.pairs[i] for i in indices]
@@ -146,10 +150,7 @@ class SelfPlay:
             pairs.append(SelfPlayPair(_sequence(prompt, answer), _sequence(prompt, list(own)), float(chosen_ref),
                                       float(rejected_ref)))
         self.round, self.pairs = int(state["round"]), pairs
-        rejected = [list(own) for own in state["rejected"]]
-        matches = sum(1 for (_, answer), own in zip(self.splits, rejected, strict=True) if own == answer)
-        self.summary = RoundSummary(self.round + 1, sum(map(len, rejected)) / max(1, len(rejected)),
-                                    matches / max(1, len(rejected)))
+        self.summary = self._summarize([list(own) for own in state["rejected"]])
 
 
 def _as_turn(own: list[int], stop_token: int | None, answer: list[int]) -> list[int]:
