@@ -28,6 +28,8 @@ from api.middleware import BodyLimitMiddleware, RequestContextMiddleware, Storab
 from api.models.router import router as models_router
 from api.models.service import ModelService
 from api.rate_limits import RequestLimiter
+from api.stored_completions.router import router as stored_completions_router
+from api.stored_completions.service import StoredCompletionService
 from api.webhooks.router import router as webhooks_router
 from api.webhooks.service import WebhookService
 from basemodels.loader import BaseModelLoader
@@ -49,9 +51,10 @@ def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) 
     registry = BaseModelRegistry(settings.models.sources())
     evals = KnowledgeEvalService(db, store, registry, max_attempts=settings.work.max_attempts,
                                  external_judge=settings.evals.judge_base_url is not None)
+    files = FileService(db, store, max_upload_bytes=settings.api.max_upload_bytes)
     return ApiServices(
-        settings=settings, db=db, store=store, registry=registry,
-        files=FileService(db, store, max_upload_bytes=settings.api.max_upload_bytes),
+        settings=settings, db=db, store=store, registry=registry, files=files,
+        stored_completions=StoredCompletionService(db, files, settings.stored_completions),
         jobs=JobService(db, registry, max_active_jobs=settings.api.max_active_jobs_per_project,
                         max_attempts=settings.work.max_attempts, knowledge_evals=evals,
                         integrations=settings.tracking.configured_integrations(), graders=settings.graders),
@@ -102,7 +105,8 @@ def create_app(settings: Settings, *, services: ApiServices | None = None,
     app.state.draining = False
     errors.install(app)
     for router in (health_router, files_router, jobs_router, models_router, knowledge_evals_router,
-                   adapter_operations_router, webhooks_router, graders_router, *extra_routers):
+                   adapter_operations_router, webhooks_router, graders_router, stored_completions_router,
+                   *extra_routers):
         app.include_router(router)
     # Added last = outermost: the request id wraps everything, including 413s from the body limit; the body
     # limit runs before the check for unstorable text, which reads JSON bodies whole.

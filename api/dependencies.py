@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from api.knowledge_evals.service import KnowledgeEvalService
     from api.models.service import ModelService
     from api.rate_limits import RateLimitHeaders, RequestLimiter
+    from api.stored_completions.service import StoredCompletionService
     from api.webhooks.service import WebhookService
     from basemodels.registry import BaseModelRegistry
     from storage import ArtifactStore
@@ -49,6 +50,7 @@ class ApiServices:
     store: ArtifactStore
     registry: BaseModelRegistry
     files: FileService
+    stored_completions: StoredCompletionService
     jobs: JobService
     models: ModelService
     knowledge_evals: KnowledgeEvalService

@@ -367,6 +367,18 @@ class EvalSettings(SettingsGroup):
     judge_api_key: SecretStr | None = Field(default=None, description="API key for the LLM judge endpoint.")
 
 
+class StoredCompletionSettings(SettingsGroup):
+    title = "Stored completions"
+    env_prefix = "stored_completions_"
+
+    mode: Literal["on_request", "always", "never"] = Field(
+        default="on_request", description="Which chat completions are kept: those sent with `store: true` "
+                                          "(on_request, OpenAI's behaviour), all but those sent with `store: "
+                                          "false` (always), or none (never: `store: true` is a 400).")
+    retention_days: int = Field(
+        default=30, ge=0, description="Stored completions older than this are deleted (0: kept until deleted).")
+
+
 class GraderSettings(SettingsGroup):
     title = "Graders"
     env_prefix = "grader_"
@@ -388,8 +400,8 @@ class GraderSettings(SettingsGroup):
 GROUPS: dict[str, type[SettingsGroup]] = {
     "database": DatabaseSettings, "broker": BrokerSettings, "storage": StorageSettings, "models": ModelSettings,
     "api": ApiSettings, "files": FileSettings, "rate_limits": RateLimitSettings, "work": WorkSettings,
-    "training": TrainingSettings, "serving": ServingSettings, "evals": EvalSettings, "graders": GraderSettings,
-    "webhooks": WebhookSettings,
+    "training": TrainingSettings, "serving": ServingSettings, "stored_completions": StoredCompletionSettings,
+    "evals": EvalSettings, "graders": GraderSettings, "webhooks": WebhookSettings,
     "tracking": TrackingSettings,
 }
 #: Settings of the process as a whole (not of one component): the field names of `Settings` itself.
@@ -458,6 +470,7 @@ class Settings(BaseSettings):
     work: WorkSettings = Field(default_factory=WorkSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    stored_completions: StoredCompletionSettings = Field(default_factory=StoredCompletionSettings)
     evals: EvalSettings = Field(default_factory=EvalSettings)
     graders: GraderSettings = Field(default_factory=GraderSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)

@@ -29,6 +29,7 @@ KNOWLEDGE_EVAL = "keval_"
 ADAPTER_OPERATION = "adop_"
 WEBHOOK_ENDPOINT = "whep_"
 WEBHOOK_EVENT = "evt_"
+CHAT_COMPLETION = "chatcmpl-"
 
 
 def _encode(value: int, length: int) -> str:

@@ -368,3 +368,39 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[str] = mapped_column(ID)
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class StoredCompletion(Base):
+    """A chat completion kept with `store: true` (OpenAI's stored completions): the request as sent and the
+    response as returned, in the project that made it. The id is the response's (`chatcmpl-...`)."""
+
+    __tablename__ = "stored_completions"
+    __table_args__ = (
+        Index("ix_stored_completions_project_id_id", "project_id", "id"),
+        Index("ix_stored_completions_project_id_model_id", "project_id", "model", "id"),
+        Index("ix_stored_completions_created_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    #: the model the request named (base, ft: or checkpoint name)
+    model: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    user_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
+    #: the request body as the client sent it (messages, tools, response_format, sampling parameters)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: the `chat.completion` object returned (for a stream: assembled from its chunks)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class StoredCompletionMetadata(Base):
+    """One metadata pair of a stored completion, as a row so that lists filter on metadata with an index on
+    every database (JSON paths differ between SQLite and PostgreSQL)."""
+
+    __tablename__ = "stored_completion_metadata"
+    __table_args__ = (Index("ix_stored_completion_metadata_key_value", "key", "value", "completion_id"),)
+
+    completion_id: Mapped[str] = mapped_column(ForeignKey("stored_completions.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512))

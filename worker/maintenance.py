@@ -5,7 +5,7 @@
 * Reaper: jobs whose lease expired (their worker died) are re-queued to resume from the last checkpoint,
   up to `max_attempts`, then failed with `worker_lost`; a job lost while pausing is parked. Work whose
   wake-up message seems lost (waiting far longer than a dispatch takes) is announced again. Expired
-  files are deleted.
+  files and stored completions past their retention are deleted.
 * Webhooks: the webhook outbox is delivered on a thread of its own (worker.webhooks), so a slow endpoint
   never holds up the relay.
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from contracts.errors import FTaaSError
 from contracts.settings import Settings
-from db import adapter_operations, files, jobs, knowledge_evals, outbox
+from db import adapter_operations, files, jobs, knowledge_evals, outbox, stored_completions
 from db.session import Database
 from storage import ArtifactStore
 from worker.sweeper import SweepReport, sweep_orphans
@@ -42,6 +42,7 @@ class MaintenanceReport:
     parked: int = 0
     redispatched: int = 0
     expired_files: int = 0
+    expired_completions: int = 0
 
 
 class Maintenance:
@@ -119,7 +120,21 @@ class Maintenance:
         for key in expired_keys:
             self.store.delete(key)
         report.expired_files = len(expired_keys)
+        report.expired_completions = self.expire_stored_completions(now)
         return report
+
+    def expire_stored_completions(self, now: float, batch: int = 500) -> int:
+        """Delete stored completions past the retention setting, `batch` per transaction (a long backlog
+        never holds one long write)."""
+        days = self.settings.stored_completions.retention_days
+        deleted = 0
+        while days:
+            with self.db.write() as session:
+                count = stored_completions.delete_older_than(session, days * 86400, now=now, batch=batch)
+            deleted += count
+            if count < batch:
+                break
+        return deleted
 
     def sweep_once(self, now: float | None = None) -> SweepReport:
         """Remove orphaned objects and unfinished writes older than the grace period (worker.sweeper)."""

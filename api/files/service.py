@@ -83,6 +83,31 @@ class FileService:
                 await run_in_threadpool(self.store.delete, key)
             raise
 
+    def create_from_bytes(self, principal: Principal, data: bytes, *, filename: str, purpose: str) -> File:
+        """A file the server wrote for the caller (an export), registered exactly as an upload of `data` with
+        this filename and purpose would be: fine-tune files are validated by the same task."""
+        filename = clean_filename(filename)
+        _check_purpose(purpose, filename)
+        if not data:
+            raise InvalidRequest("The file is empty.", code="empty_file", param="file")
+        file_id = ids.new_id(ids.FILE)
+        key = layout.file_key(file_id)
+        with self.store.open_writer(key) as writer:
+            writer.write(data)
+            stored = writer.commit()
+        try:
+            now = int(time.time())
+            row = File(id=file_id, project_id=principal.project_id, filename=filename, purpose=purpose,
+                       bytes=stored.size, sha256=stored.sha256, storage_key=key,
+                       status=FileStatus.UPLOADED if purpose in VALIDATED_PURPOSES else FileStatus.PROCESSED,
+                       created_at=now, expires_at=None, error_count=0)
+            with self.db.write() as session:
+                files.insert(session, row)
+            return row
+        except BaseException:
+            self.store.delete(key)
+            raise
+
     def get(self, principal: Principal, file_id: str) -> File:
         with self.db.read() as session:
             row = files.get(session, principal.project_id, file_id)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.knowledge_evals.schemas import KnowledgeEvalOptions
+from contracts.metadata import check_metadata
 from contracts.training.integrations import Integration
 from contracts.training.spec import Method, SupervisedHyperparameters
 from db.tables import Checkpoint, FineTuningJob, JobEvent
@@ -52,14 +53,7 @@ class JobCreateRequest(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
-            return value
-        if len(value) > 16:
-            raise ValueError("at most 16 key-value pairs")
-        for key, item in value.items():
-            if len(key) > 64 or len(item) > 512:
-                raise ValueError("keys are at most 64 characters and values at most 512")
-        return value
+        return check_metadata(value)
 
     @field_validator("integrations")
     @classmethod

@@ -3,6 +3,7 @@
 Handlers parse, resolve the model in the caller's project, start a `GenerationStream` and shape its output in
 the OpenAI wire format (JSON, or SSE `data:` lines ending with `data: [DONE]`). A client that disconnects
 cancels its sequences: streaming through the generator's `finally`, non-streaming by a disconnect watch.
+A chat completion to be stored (api.stored_completions) is kept once it has finished, streamed or not.
 """
 
 from __future__ import annotations
@@ -11,32 +12,33 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.dependencies import AuthenticatedCaller, Inference
+from api.dependencies import ApiServices, AuthenticatedCaller, Inference, Services
 from contracts.errors import FTaaSError
 from contracts.inference.backend import ChoiceResult, Delta, GenerationStream, InferenceBackend
 from contracts.inference.schemas import ChatCompletionRequest, CompletionRequest
+from db import ids
 from db.projects import Principal
 
 router = APIRouter(tags=["inference"])
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request, service: Inference,
+async def chat_completions(body: ChatCompletionRequest, request: Request, service: Inference, services: Services,
                            caller: AuthenticatedCaller) -> Any:
-    return await _complete(body, request, service, caller, chat=True)
+    return await _complete(body, request, service, caller, keeper=services)
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request, service: Inference,
                       caller: AuthenticatedCaller) -> Any:
-    return await _complete(body, request, service, caller, chat=False)
+    return await _complete(body, request, service, caller, keeper=None)
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -46,19 +48,33 @@ async def metrics(service: Inference) -> Response:
 
 
 async def _complete(body: ChatCompletionRequest | CompletionRequest, request: Request, service: InferenceBackend,
-                    caller: AuthenticatedCaller, *, chat: bool) -> Any:
-    def admit(principal: Principal) -> Any:
+                    caller: AuthenticatedCaller, *, keeper: ApiServices | None) -> Any:
+    """`keeper`: the services that store chat completions (None for legacy completions, which OpenAI never
+    stores)."""
+    chat = isinstance(body, ChatCompletionRequest)
+
+    def admit(principal: Principal) -> tuple[Principal, Any, Any, bool]:
+        store = keeper is not None and isinstance(body, ChatCompletionRequest) and \
+            keeper.stored_completions.should_store(body)
         resolution = service.resolve_request(principal, body)
         caller.charge_tokens(principal, body.rate_limit_tokens())  # a model that is not found costs nothing
-        return resolution
+        return principal, *resolution, store
 
-    resolved, parts = await caller.run(admit)
+    principal, resolved, parts, store = await caller.run(admit)
+    keep: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    if store:
+        assert keeper is not None and isinstance(body, ChatCompletionRequest)
+        stored = keeper.stored_completions
+
+        async def keep(response: dict[str, Any]) -> None:
+            await keeper.run_blocking(lambda: stored.record(principal, body, response))
+
     loop = asyncio.get_running_loop()
     # Off the API's small thread pool: the first request for a model or adapter loads it (seconds).
     generation = await run_in_threadpool(service.start, resolved, parts, body, loop)
     shape = _ChatShape(body, generation) if chat else _CompletionShape(body, generation)
     if body.stream:
-        return StreamingResponse(_sse(shape, generation, body.include_usage), media_type="text/event-stream",
+        return StreamingResponse(_sse(shape, generation, body.include_usage, keep), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
     collect = asyncio.ensure_future(generation.collect())
     watch = asyncio.ensure_future(_disconnected(request))
@@ -74,7 +90,10 @@ async def _complete(body: ChatCompletionRequest | CompletionRequest, request: Re
         if not collect.done():
             collect.cancel()
             generation.cancel()
-    return JSONResponse(shape.full(results, _usage(generation)))
+    payload = shape.full(results, _usage(generation))
+    if keep is not None:
+        await keep(payload)
+    return JSONResponse(payload)
 
 
 async def _disconnected(request: Request) -> None:
@@ -82,7 +101,8 @@ async def _disconnected(request: Request) -> None:
         await asyncio.sleep(0.25)
 
 
-async def _sse(shape: _Shape, generation: GenerationStream, include_usage: bool) -> AsyncIterator[str]:
+async def _sse(shape: _Shape, generation: GenerationStream, include_usage: bool,
+               keep: Callable[[dict[str, Any]], Awaitable[None]] | None) -> AsyncIterator[str]:
     def line(payload: dict[str, Any]) -> str:
         return "data: " + json.dumps(payload, separators=(",", ":")) + "\n\n"
 
@@ -93,6 +113,8 @@ async def _sse(shape: _Shape, generation: GenerationStream, include_usage: bool)
             yield line(shape.chunk(delta) | ({"usage": None} if include_usage else {}))
         if include_usage:
             yield line(shape.usage_chunk(_usage(generation)))
+        if keep is not None:  # the whole answer, as the non-streaming response would have returned it
+            await keep(shape.full(generation.results, _usage(generation)))
     except FTaaSError as exc:
         # Headers are gone; the error travels in the stream, the way the SDK reads it.
         yield line({"error": {"message": exc.public_message, "type": "server_error", "param": exc.param,
@@ -117,8 +139,11 @@ class _Shape:
     def __init__(self, body: Any, generation: GenerationStream) -> None:
         self.body = body
         self.generation = generation
-        self.id = self.prefix + secrets.token_hex(12)
+        self.id = self.new_id()
         self.created = int(time.time())
+
+    def new_id(self) -> str:
+        return self.prefix + secrets.token_hex(12)
 
     def envelope(self, name: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.id, "object": name, "created": self.created, "model": self.body.model,
@@ -138,8 +163,11 @@ class _Shape:
 
 
 class _ChatShape(_Shape):
-    prefix = "chatcmpl-"
+    prefix = ids.CHAT_COMPLETION
     chunk_name = "chat.completion.chunk"
+
+    def new_id(self) -> str:
+        return ids.new_id(self.prefix)  # time-ordered: stored completions list and page on it
 
     def opening(self) -> list[dict[str, Any]]:
         return [self.envelope(self.chunk_name, [{"index": i, "delta": {"role": "assistant", "content": ""},

@@ -1,8 +1,9 @@
 """Wire shapes of POST /v1/chat/completions and POST /v1/completions (OpenAI's chat and legacy completions APIs).
 
 Parameters ftaas does not implement are refused with a 400 that names them (never silently ignored) when
-they would change the output: non-zero penalties, `logit_bias`, `best_of`, `echo`, `suffix`. Purely
-informational ones (`user`, `metadata`, `store`) are accepted.
+they would change the output: non-zero penalties, `logit_bias`, `best_of`, `echo`, `suffix`. `user` is
+accepted as information. `store` and `metadata` keep a chat completion (request and response) in the caller's
+project, as OpenAI's stored completions do (api.stored_completions).
 
 Chat requests take OpenAI's function calling (`tools`, `tool_choice`, `parallel_tool_calls`, and the legacy
 `functions` / `function_call`, converted to those) and structured outputs (`response_format` `json_object` and
@@ -16,6 +17,8 @@ import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from contracts.metadata import check_metadata
 
 MAX_CHOICES = 16
 
@@ -245,6 +248,15 @@ class ChatCompletionRequest(_Sampling):
     functions: list[FunctionDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
     function_call: Literal["none", "auto"] | NamedFunction | None = None
     response_format: ResponseFormat | None = None
+    #: keep this completion (request and response) in the project; None: the deployment's default
+    store: bool | None = None
+    #: stored with the completion, filterable in the list of stored completions
+    metadata: dict[str, str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return check_metadata(value)
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:

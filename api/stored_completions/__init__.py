@@ -1,0 +1,1 @@
+"""Stored chat completions (OpenAI's `store: true`): kept, listed, updated, deleted, exported as training data."""
