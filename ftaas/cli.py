@@ -175,10 +175,14 @@ def keys_revoke(key_id: str) -> None:
 
 def _register_subcommands() -> None:
     from ftaas.adapters_cli import adapters_group
+    from ftaas.completions_cli import completions_group
     from ftaas.eval_cli import eval_group
+    from ftaas.transfer_cli import transfer_group
 
     main.add_command(eval_group)
     main.add_command(adapters_group)
+    main.add_command(completions_group)
+    main.add_command(transfer_group)
 
 
 _register_subcommands()

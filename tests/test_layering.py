@@ -5,14 +5,14 @@
       |         /     \\
       |    serving     |       worker may call serving's entry points (the evaluator runs the engine)
       |     /          |
-    db  storage  basemodels  evals  adapters  graders     data, artifacts, base models; the domain libraries
+    db  storage  basemodels  evals  adapters  graders  transfer   data, artifacts, base models; the domain libraries
                   contracts                        what crosses a process boundary
 
 A package may import the packages below it, never one beside or above it:
 
 * `contracts` imports no other ftaas package, and no torch, numpy, transformers, peft or safetensors
   anywhere (not even inside a function): it is what the API process, the workers and the engine share.
-* the domain libraries `evals`, `adapters` and `graders` import only `contracts` (and third-party libraries): no api,
+* the domain libraries `evals`, `adapters`, `graders` and `transfer` import only `contracts` (and third-party libraries): no api,
   worker, serving or db, so each is one home for its domain, callable from any process.
 * db and storage import only contracts; basemodels contracts and the storage interface.
 * serving stands on those; api never imports serving or worker (it reaches the engine through
@@ -33,8 +33,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("contracts", "db", "storage", "basemodels", "evals", "adapters", "graders", "serving", "api", "worker", "ftaas",
-            "migrations")
+PACKAGES = ("contracts", "db", "storage", "basemodels", "evals", "adapters", "graders", "transfer", "serving", "api",
+            "worker", "ftaas", "migrations")
 
 #: package -> the packages it may import (besides itself).
 ALLOWED: dict[str, set[str]] = {
@@ -45,6 +45,7 @@ ALLOWED: dict[str, set[str]] = {
     "evals": {"contracts"},
     "adapters": {"contracts"},
     "graders": {"contracts"},
+    "transfer": {"contracts"},
     "migrations": {"contracts", "db"},
     "serving": {"contracts", "db", "storage", "basemodels", "adapters"},
     "api": {"contracts", "db", "storage", "basemodels", "evals", "adapters", "graders"},

@@ -24,7 +24,10 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
         operation = owner_http.post("/adapter_operations", json={"type": "compress", "model": job.fine_tuned_model}).json()
         owner_http.post(f"/adapter_operations/{operation['id']}/cancel")
         webhook = owner_http.post("/webhooks", json={"url": "http://127.0.0.1:9/hooks"}).json()
+    stored = owner.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=4, store=True, metadata={"owner": "a"})
     ids_of_a = {
+        "completion_id": [stored.id],
         "webhook_id": [webhook["id"]],
         "knowledge_eval_id": [evaluation["id"]],
         "operation_id": [operation["id"]],
@@ -34,6 +37,8 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
     }
 
     paths = httpx.get(f"http://127.0.0.1:{embedded.port}/openapi.json").json()["paths"]
+    #: a valid body where a route needs one (the 404 must come from the id, not from a bad body)
+    bodies = {"/v1/chat/completions/{completion_id}": {"metadata": {"owner": "b"}}}
     tested = set()
     with embedded.http(stranger_key) as stranger:
         for path, operations in paths.items():
@@ -44,7 +49,8 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
             for method in operations:
                 for value in ids_of_a[params[0]]:
                     url = path.replace("/v1", "", 1).replace("{" + params[0] + "}", value)
-                    response = stranger.request(method.upper(), url, json={} if method == "post" else None)
+                    body = bodies.get(path, {}) if method == "post" else None
+                    response = stranger.request(method.upper(), url, json=body)
                     assert response.status_code == 404, (method, url, response.text)
                     assert response.json()["error"]["code"].endswith("not_found"), response.text
                     tested.add((method, path))
@@ -56,13 +62,14 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
         assert create.status_code == 400 and create.json()["error"]["code"] == "file_not_found"
         # Lists show none of A's ids.
         listed = " ".join(stranger.get(p).text for p in ("/files", "/fine_tuning/jobs", "/models", "/knowledge_evals",
-                                                               "/adapter_operations", "/webhooks"))
+                                                               "/adapter_operations", "/webhooks", "/chat/completions",
+                                                               "/chat/completions?metadata[owner]=a"))
         for value in [v for values in ids_of_a.values() for v in values]:
             assert value not in listed
 
     every_object_operation = {(m, p) for p, ops in paths.items() if "{" in p for m in ops}
-    # jobs, files, models; evals; adapter ops; webhooks
-    assert tested == every_object_operation and len(tested) == 11 + 7 + 2 + 3
+    # jobs, files, models; evals; adapter ops; webhooks; stored completions
+    assert tested == every_object_operation and len(tested) == 11 + 7 + 2 + 3 + 4
     # Nothing of A's changed.
     after = owner.fine_tuning.jobs.retrieve(job.id)
     assert (after.status, after.fine_tuned_model) == ("succeeded", job.fine_tuned_model)
@@ -70,6 +77,7 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
     assert owner.models.retrieve(job.fine_tuned_model).id == job.fine_tuned_model
     with embedded.http() as owner_http:
         assert owner_http.get(f"/webhooks/{webhook['id']}").json()["url"] == "http://127.0.0.1:9/hooks"
+    assert owner.chat.completions.retrieve(stored.id).metadata == {"owner": "a"}
 
 
 def test_the_keyless_metrics_endpoint_names_no_tenant(embedded: LiveServer, finished_job) -> None:
