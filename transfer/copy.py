@@ -93,10 +93,10 @@ def upload(target: Any, source_file: str, state: TransferState, *, poll_seconds:
 
 
 def _already_there(target: Any, record: dict[str, Any]) -> str | None:
-    """A fine-tune file on the target with the same name, size and content (a re-run without its state)."""
+    """A fine-tune file on the target with the same name, size and content (a re-run without its state); one
+    the target rejected is found too, so that its errors are reported again instead of a second copy made."""
     for candidate in target.files.list(purpose="fine-tune"):
         if candidate.filename == record["filename"] and candidate.bytes == record["bytes"] and \
-                candidate.status != "error" and \
                 hashlib.sha256(target.files.content(candidate.id).content).hexdigest() == record["sha256"]:
             return str(candidate.id)
     return None

@@ -1,0 +1,211 @@
+"""`ftaas transfer plan/copy` between two live ftaas servers: one plays the source (it speaks OpenAI's API), the
+other the target. Between the CLI and the source sits an HTTP proxy the test controls, which answers chosen
+requests with a 500 or a malformed file; the source's own rate limiter gives real 429s with retry-after."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from contracts.settings import DEMO_BASE_MODEL
+from ftaas.cli import main
+from tests.serving.conftest import LiveServing
+
+
+class FaultProxy:
+    """Forwards every request to `upstream`; `fail(path_part, status, times)` answers the next matching
+    requests with that status instead, `corrupt(path_part)` sends a file's content with one line garbled."""
+
+    def __init__(self, upstream: str) -> None:
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        self.upstream = upstream
+        self.faults: list[list[Any]] = []
+        self.seen: list[tuple[str, str, int]] = []
+
+        async def forward(request: Request) -> Response:
+            path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            for fault in self.faults:
+                if fault[0] in path and fault[2] > 0:
+                    fault[2] -= 1
+                    if fault[1] == "corrupt":
+                        break
+                    self.seen.append((request.method, path, fault[1]))
+                    return Response(json.dumps({"error": {"message": "injected", "type": "server_error",
+                                                          "param": None, "code": None}}),
+                                    status_code=fault[1], media_type="application/json")
+            else:
+                fault = None
+            async with httpx.AsyncClient(base_url=self.upstream, timeout=60) as client:
+                answer = await client.request(request.method, path, content=await request.body(),
+                                              headers={k: v for k, v in request.headers.items() if k != "host"})
+            self.seen.append((request.method, path, answer.status_code))
+            body = answer.content
+            if fault is not None:  # a corrupted download: the first line is no longer JSON, the length unchanged
+                first, _, rest = body.partition(b"\n")
+                body = b"{" * len(first) + b"\n" + rest
+            headers = {k: v for k, v in answer.headers.items() if k.lower() not in ("content-length", "content-encoding",
+                                                                                    "transfer-encoding")}
+            return Response(body, status_code=answer.status_code, headers=headers)
+
+        app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "DELETE"])])
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        threading.Thread(target=self.server.run, daemon=True).start()
+        while not self.server.started:
+            time.sleep(0.02)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def fail(self, path_part: str, status: int, times: int = 1) -> None:
+        self.faults.append([path_part, status, times])
+
+    def corrupt(self, path_part: str) -> None:
+        self.faults.append([path_part, "corrupt", 10])
+
+    def close(self) -> None:
+        self.server.should_exit = True
+
+
+def chat_lines(count: int, topic: str) -> bytes:
+    return b"".join(json.dumps({"messages": [{"role": "user", "content": f"{topic} question {i}?"},
+                                             {"role": "assistant", "content": f"{topic} answer {i}."}]}).encode() + b"\n"
+                    for i in range(count))
+
+
+@pytest.fixture
+def validating_worker() -> Iterator[Any]:
+    """validate(served): the worker's file validation, run for every file a server has not validated yet (these
+    in-process servers have no Celery worker)."""
+    from worker.context import WorkerContext
+    from worker.files.service import validate_file
+
+    servers: list[LiveServing] = []
+    stop = threading.Event()
+
+    from sqlalchemy import select
+
+    from db.tables import File
+
+    def loop() -> None:
+        while not stop.is_set():
+            for served in list(servers):  # from the database: the API's rate limits are the test's subject
+                with served.services.db.read() as session:
+                    waiting = list(session.scalars(select(File.id).where(File.status == "uploaded")))
+                for file_id in waiting:
+                    validate_file(WorkerContext(served.settings), file_id)
+            stop.wait(0.2)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    yield servers.append
+    stop.set()
+    thread.join(timeout=10)
+
+
+def transfer(*args: str, source: str, source_key: str, target: LiveServing, state: Path) -> Any:
+    return CliRunner().invoke(main, ["transfer", *args, "--source-base-url", source, "--source-api-key", source_key,
+                                     "--base-url", target.base_url + "/v1", "--api-key", target.key,
+                                     "--state-dir", str(state), "--base-model", f"*={DEMO_BASE_MODEL}"],
+                              catch_exceptions=False)
+
+
+def test_transfer_plans_and_copies_jobs_once_through_faults_of_the_source(start_serving, validating_worker,
+                                                                          tmp_path: Path) -> None:
+    # A source with three jobs: explicit and "auto" hyperparameters, DPO, a suffix and metadata; a source
+    # that rate-limits (a real 429 with retry-after after 5 requests in 2 s).
+    source: LiveServing = start_serving(rate_limit_requests_per_key=5, rate_limit_window_seconds=2)
+    target: LiveServing = start_serving(min_training_examples=12)
+    validating_worker(source)
+    validating_worker(target)
+    upstream = source.client(max_retries=8)  # the test too meets the rate limit
+    train = upstream.files.create(file=("facts.jsonl", chat_lines(14, "facts")), purpose="fine-tune")
+    valid = upstream.files.create(file=("facts-valid.jsonl", chat_lines(12, "valid")), purpose="fine-tune")
+    small = upstream.files.create(file=("small.jsonl", chat_lines(10, "small")), purpose="fine-tune")
+    prefs = upstream.files.create(file=("prefs.jsonl", b"".join(json.dumps({
+        "input": {"messages": [{"role": "user", "content": f"Pick {i}"}]},
+        "preferred_output": [{"role": "assistant", "content": f"good {i}"}],
+        "non_preferred_output": [{"role": "assistant", "content": f"bad {i}"}]}).encode() + b"\n" for i in range(14))),
+        purpose="fine-tune")
+    while any(upstream.files.retrieve(f.id).status == "uploaded" for f in (train, valid, small, prefs)):
+        time.sleep(0.5)
+    sft = upstream.fine_tuning.jobs.create(
+        model=DEMO_BASE_MODEL, training_file=train.id, validation_file=valid.id, suffix="facts", seed=7,
+        metadata={"team": "search"},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "learning_rate_multiplier": "auto"}}})
+    dpo = upstream.fine_tuning.jobs.create(model=DEMO_BASE_MODEL, training_file=prefs.id, method={
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "batch_size": "auto"}}})
+    too_small = upstream.fine_tuning.jobs.create(model=DEMO_BASE_MODEL, training_file=small.id)
+
+    proxy = FaultProxy(source.base_url)
+    try:
+        state = tmp_path / "state"
+        # A rejected source key stops at once and says so.
+        refused = transfer("plan", source=proxy.base_url, source_key="sk-wrong", target=target, state=state)
+        assert refused.exit_code == 1 and "source rejected the API key (HTTP 401)" in refused.output
+
+        # The plan changes nothing on either end.
+        planned = transfer("plan", source=proxy.base_url, source_key=source.key, target=target, state=state)
+        assert planned.exit_code == 0, planned.output
+        assert "3 jobs at the source; 3 can be copied." in planned.output
+        assert "hyperparameters: {'n_epochs': 3}; left to ftaas: batch_size, learning_rate_multiplier" in planned.output
+        assert "hyperparameters: {'beta': 0.2}; left to ftaas: n_epochs, batch_size, learning_rate_multiplier" in \
+            planned.output
+        assert "suffix: facts  seed: 7" in planned.output and "tokens to train: ~" in planned.output
+        assert list(target.client().fine_tuning.jobs.list()) == [] and list(target.client().files.list()) == []
+
+        # The copy, through a 500 on a job listing, a 500 on a download, and the source's 429s (the plan's
+        # downloads are kept: a second run makes enough requests to meet the rate limit).
+        proxy.fail("/fine_tuning/jobs", 500, times=1)
+        proxy.fail(f"/files/{valid.id}/content", 500, times=2)
+        copied = transfer("copy", source=proxy.base_url, source_key=source.key, target=target, state=state)
+        assert copied.exit_code == 1, copied.output  # the small file's job is refused by the target
+        assert f"{too_small.id} -> -  failed" in copied.output
+        assert f"source file {small.id}" in copied.output and "12" in copied.output  # the target's rule, named
+        statuses = [status for _, _, status in proxy.seen]
+        assert statuses.count(500) == 3 and 429 in statuses, statuses
+        made = {job.metadata["transfer_source_job"]: job for job in target.client().fine_tuning.jobs.list()}
+        assert set(made) == {sft.id, dpo.id}
+        copy = made[sft.id]
+        assert copy.model == DEMO_BASE_MODEL and copy.seed == 7 and copy.user_provided_suffix == "facts"
+        assert copy.metadata == {"team": "search", "transfer_source_job": sft.id,
+                                 "transfer_source_model": DEMO_BASE_MODEL}
+        assert copy.method.supervised.hyperparameters.n_epochs == 3
+        assert made[dpo.id].method.type == "dpo" and made[dpo.id].method.dpo.hyperparameters.beta == 0.2
+        assert target.client().files.content(copy.training_file).content == chat_lines(14, "facts")
+        assert target.client().files.content(copy.validation_file).content == chat_lines(12, "valid")
+
+        # A re-run makes nothing twice, with its state or without it (same files found, same jobs answered).
+        files_before = sorted(f.id for f in target.client().files.list())
+        for directory in (state, tmp_path / "fresh"):
+            again = transfer("copy", source=proxy.base_url, source_key=source.key, target=target, state=directory)
+            assert f"{sft.id} -> {copy.id}" in again.output, again.output
+            assert sorted(j.id for j in target.client().fine_tuning.jobs.list()) == sorted(j.id for j in made.values())
+            assert sorted(f.id for f in target.client().files.list()) == files_before
+
+        # A source file that arrives malformed is reported with its source id; the other jobs go on.
+        proxy.corrupt(f"/files/{train.id}/content")
+        broken = transfer("copy", source=proxy.base_url, source_key=source.key, target=target,
+                          state=tmp_path / "corrupt")
+        assert f"source file {train.id}" in broken.output and "failed the target's validation" in broken.output
+        assert f"{dpo.id} -> {made[dpo.id].id}  existing" in broken.output or \
+            f"{dpo.id} -> {made[dpo.id].id}  created" in broken.output
+    finally:
+        proxy.close()
