@@ -91,7 +91,7 @@ def _put_metadata(session: Session, completion_id: str, metadata: dict[str, str]
         session.add(StoredCompletionMetadata(completion_id=completion_id, key=key, value=value))
 
 
-def _selected(project_id: str, where: CompletionFilter) -> Select[tuple[StoredCompletion]]:
+def _selected(project_id: str, where: CompletionFilter) -> Select[StoredCompletion]:
     stmt = select(StoredCompletion).where(StoredCompletion.project_id == project_id)
     if where.model is not None:
         stmt = stmt.where(StoredCompletion.model == where.model)
