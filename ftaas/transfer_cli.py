@@ -23,7 +23,7 @@ from ftaas.cli_http import server_options
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
-def source_options(function: Any) -> Any:
+def connection_options(function: Any) -> Any:
     function = click.option("--source-api-key", envvar="OPENAI_API_KEY", required=True,
                             help="The source's API key (OPENAI_API_KEY).")(function)
     function = click.option("--source-base-url", default=OPENAI_BASE_URL, show_default=True,
@@ -31,12 +31,17 @@ def source_options(function: Any) -> Any:
     function = click.option("--retries", type=int, default=6, show_default=True,
                             help="Retries of a request that hit a rate limit, a server error or a dropped "
                                  "connection (exponential backoff; retry-after honoured).")(function)
+    function = click.option("--state-dir", type=click.Path(path_type=Path), default=Path("ftaas-transfer"),
+                            show_default=True, help="Downloads and what was made (resume, no duplicates).")(function)
+    return server_options(function)
+
+
+def source_options(function: Any) -> Any:
     function = click.option("--base-model", "base_models", multiple=True,
                             help="SRC=DST: jobs on the source model SRC train on the ftaas base model DST "
                                  "(repeat; '*=DST' for every other model).")(function)
     function = click.option("--job", "jobs", multiple=True, help="Only these source jobs (repeat).")(function)
-    return click.option("--state-dir", type=click.Path(path_type=Path), default=Path("ftaas-transfer"),
-                        show_default=True, help="Downloads and what was made (resume, no duplicates).")(function)
+    return connection_options(function)
 
 
 @click.group("transfer")
@@ -73,7 +78,9 @@ def _bar() -> Any:
     def progress(what: str, done: int, total: int | None) -> None:
         bar = bars.get(what)
         if bar is None:
-            bar = bars[what] = tqdm(desc=what, total=total, unit="B", unit_scale=True, file=sys.stderr, leave=False)
+            in_bytes = what.startswith("download")
+            bar = bars[what] = tqdm(desc=what, total=total, unit="B" if in_bytes else "it", unit_scale=in_bytes,
+                                    file=sys.stderr, leave=False)
         bar.update(done - bar.n)
         if total is not None and done >= total:
             bar.close()
@@ -105,7 +112,6 @@ def _plans(source: Any, jobs: tuple[str, ...], base_models: tuple[str, ...], sta
 
 @transfer_group.command("plan")
 @source_options
-@server_options
 def plan_command(source_base_url: str, source_api_key: str, retries: int, base_models: tuple[str, ...],
                  jobs: tuple[str, ...], state_dir: Path, base_url: str, api_key: str) -> None:
     """List the source's jobs and what each would become here; changes nothing on either end."""
@@ -134,7 +140,6 @@ def plan_command(source_base_url: str, source_api_key: str, retries: int, base_m
 
 @transfer_group.command("copy")
 @source_options
-@server_options
 def copy_command(source_base_url: str, source_api_key: str, retries: int, base_models: tuple[str, ...],
                  jobs: tuple[str, ...], state_dir: Path, base_url: str, api_key: str) -> None:
     """Download the source jobs' files, upload them here, and create the jobs (once, however often it runs)."""
@@ -152,3 +157,91 @@ def copy_command(source_base_url: str, source_api_key: str, retries: int, base_m
         failed += outcome.result in ("failed", "skipped")
     if failed:
         raise click.ClickException(f"{failed} of {len(plans)} jobs were not copied (see above); the rest were")
+
+
+@transfer_group.command("distill")
+@click.option("--source-model", required=True, help="The source model to learn from (e.g. an ft: model about to retire).")
+@click.option("--prompts-from-job", default=None, help="Prompts: the messages of this source job's training file.")
+@click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Prompts: a local chat JSONL file (a final assistant turn, if any, is left out).")
+@click.option("--prompts-from-stored-completions", is_flag=True,
+              help="Prompts: the source's stored chat completions (filtered by --metadata and --stored-model).")
+@click.option("--stored-model", default=None, help="With --prompts-from-stored-completions: only this model's.")
+@click.option("--metadata", "metadata", multiple=True, help="KEY=VALUE filter of stored completions (repeat).")
+@click.option("--base-model", required=True, help="The ftaas base model the distilled job trains.")
+@click.option("--suffix", default=None, help="Suffix of the distilled model's name.")
+@click.option("--n-epochs", type=int, default=None, help="Epochs of the job (default: ftaas's 'auto').")
+@click.option("--max-tokens", type=int, default=512, show_default=True, help="Longest answer asked of the source.")
+@click.option("--temperature", type=float, default=0.0, show_default=True)
+@click.option("--samples-per-prompt", type=int, default=1, show_default=True)
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Requests to the source at once.")
+@click.option("--include-truncated", is_flag=True, help="Also train on answers cut off by --max-tokens.")
+@click.option("--yes", is_flag=True, help="Do not ask before spending the requests.")
+@connection_options
+def distill_command(source_model: str, prompts_from_job: str | None, prompts_file: Path | None,
+                    prompts_from_stored_completions: bool, stored_model: str | None, metadata: tuple[str, ...],
+                    base_model: str, suffix: str | None, n_epochs: int | None, max_tokens: int, temperature: float,
+                    samples_per_prompt: int, concurrency: int, include_truncated: bool, yes: bool,
+                    source_base_url: str, source_api_key: str, retries: int, state_dir: Path, base_url: str,
+                    api_key: str) -> None:
+    """Sample a source model on prompts, make its answers a training file here, and start a job on them."""
+    import openai
+    from tqdm import tqdm
+
+    from transfer import distill as distilling
+    from transfer.copy import TransferError, download
+    from transfer.distill import (
+        DistillRun,
+        Sampling,
+        estimate,
+        load_answers,
+        prompts_from_lines,
+        publish,
+        sample,
+    )
+    from transfer.state import TransferState
+
+    chosen = [bool(prompts_from_job), prompts_file is not None, prompts_from_stored_completions]
+    if sum(chosen) != 1:
+        raise click.UsageError("give exactly one of --prompts-from-job, --prompts-file, "
+                               "--prompts-from-stored-completions")
+    pairs = dict(item.partition("=")[::2] for item in metadata)
+    source, target = _clients(source_base_url, source_api_key, base_url, api_key, retries)
+    state = TransferState(state_dir)
+    try:
+        if prompts_from_job:
+            job = source.fine_tuning.jobs.retrieve(prompts_from_job)
+            digest, _ = download(source, job.training_file, state, _bar())
+            prompts = prompts_from_lines(state.file_path(digest).read_bytes(), f"source file {job.training_file}")
+        elif prompts_file is not None:
+            prompts = prompts_from_lines(prompts_file.read_bytes(), str(prompts_file))
+        else:
+            prompts = distilling.prompts_from_stored_completions(source, model=stored_model, metadata=pairs or None,
+                                                      progress=_bar())
+        if not prompts:
+            raise click.ClickException("no prompts found")
+        run = DistillRun(prompts, Sampling(source_model, max_tokens, temperature, samples_per_prompt))
+        load_answers(state, run)
+        requests, prompt_tokens, completion_tokens = estimate(run)
+        click.echo(f"{len(prompts)} prompts x {samples_per_prompt}: {requests} requests to {source_model} still to "
+                   f"make ({run.requests - requests} done before), about {prompt_tokens:,} prompt tokens and at most "
+                   f"{completion_tokens:,} completion tokens.", err=True)
+        if requests and not yes:
+            if not sys.stdin.isatty():
+                raise click.ClickException("not asking without a terminal: add --yes to spend these requests")
+            click.confirm("Spend them?", abort=True, err=True)
+        with tqdm(total=run.requests, initial=run.requests - requests, desc=f"sampling {source_model}",
+                  unit="req", file=sys.stderr) as bar:
+            sample(source, run, state, concurrency=concurrency, progress=lambda done, _: bar.update(done - bar.n))
+        hyperparameters = {"n_epochs": n_epochs} if n_epochs else {}
+        file_id, job_id, skipped = publish(target, run, state, base_model=base_model, suffix=suffix,
+                                           hyperparameters=hyperparameters, include_truncated=include_truncated)
+    except openai.AuthenticationError as exc:
+        side = "source" if str(exc.request.url).startswith(source_base_url.rstrip("/")) else "target"
+        raise click.ClickException(f"the {side} rejected the API key (HTTP 401): {exc.message}") from None
+    except (TransferError, openai.APIError) as exc:
+        raise click.ClickException(f"{exc} (answers so far are kept in {state_dir}; run again to resume)") from None
+    for index, reason in sorted(run.refused.items()):
+        click.echo(f"prompt {index + 1}: the source refused it: {reason}", err=True)
+    click.echo(f"training file {file_id} ({len(run.answers)} answers; skipped: {skipped or 'none'})", err=True)
+    click.echo(job_id)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from api.files.service import FileService
 from contracts.errors import InvalidRequest, NotFound
+from contracts.files.chat_lines import training_line
 from contracts.inference.schemas import ChatCompletionRequest
 from contracts.settings import StoredCompletionSettings
 from db import stored_completions
@@ -25,10 +26,6 @@ from db.projects import Principal
 from db.session import Database
 from db.stored_completions import CompletionFilter
 from db.tables import File, StoredCompletion
-
-#: Roles a chat training file holds; a request's `developer` message is OpenAI's newer name for `system`.
-TRAINING_ROLE = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
-                 "tool": "tool", "function": "tool"}
 
 
 @dataclass(frozen=True)
@@ -146,33 +143,3 @@ class StoredCompletionService:
                            param="completion_id")
         return row
 
-
-def training_line(request: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
-    """One line of OpenAI's chat fine-tuning format from a stored request and one of its answers."""
-    messages = [_training_message(m) for m in request["messages"]]
-    reply: dict[str, Any] = {"role": "assistant", "content": answer.get("content")}
-    if answer.get("tool_calls"):
-        reply["tool_calls"] = [{"id": c["id"], "type": "function", "function": c["function"]}
-                               for c in answer["tool_calls"]]
-    line: dict[str, Any] = {"messages": [*messages, reply]}
-    if request.get("tools"):
-        line["tools"] = request["tools"]
-    if request.get("parallel_tool_calls") is not None:
-        line["parallel_tool_calls"] = request["parallel_tool_calls"]
-    return line
-
-
-def _training_message(message: dict[str, Any]) -> dict[str, Any]:
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "".join(str(part.get("text", "")) for part in content)
-    out: dict[str, Any] = {"role": TRAINING_ROLE[message["role"]], "content": content}
-    for key in ("name", "tool_calls", "tool_call_id"):
-        if message.get(key) is not None:
-            out[key] = message[key]
-    if message["role"] == "function":  # legacy: the function's answer, to the call named call_0 below
-        out.pop("name", None)
-        out["tool_call_id"] = "call_0"
-    if message.get("function_call"):
-        out["tool_calls"] = [{"id": "call_0", "type": "function", "function": message["function_call"]}]
-    return out

@@ -33,13 +33,15 @@ class FaultProxy:
         from starlette.routing import Route
 
         self.upstream = upstream
-        self.faults: list[list[Any]] = []
+        self.faults: list[list[Any]] = []  # [path part, status or "corrupt", times left, matches to let pass]
         self.seen: list[tuple[str, str, int]] = []
 
         async def forward(request: Request) -> Response:
             path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             for fault in self.faults:
-                if fault[0] in path and fault[2] > 0:
+                if fault[0] in path and fault[3] > 0:
+                    fault[3] -= 1
+                elif fault[0] in path and fault[2] > 0:
                     fault[2] -= 1
                     if fault[1] == "corrupt":
                         break
@@ -74,11 +76,15 @@ class FaultProxy:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def fail(self, path_part: str, status: int, times: int = 1) -> None:
-        self.faults.append([path_part, status, times])
+    def fail(self, path_part: str, status: int, times: int = 1, *, after: int = 0) -> None:
+        """The next `times` requests whose path holds `path_part` get `status`, once `after` of them passed."""
+        self.faults.append([path_part, status, times, after])
 
     def corrupt(self, path_part: str) -> None:
-        self.faults.append([path_part, "corrupt", 10])
+        self.faults.append([path_part, "corrupt", 10, 0])
+
+    def requests_to(self, method: str, path_part: str) -> int:
+        return sum(m == method and path_part in p for m, p, _ in self.seen)
 
     def close(self) -> None:
         self.server.should_exit = True
@@ -106,7 +112,7 @@ def validating_worker() -> Iterator[Any]:
 
     def loop() -> None:
         while not stop.is_set():
-            for served in list(servers):  # from the database: the API's rate limits are the test's subject
+            for served in servers:  # from the database: the API's rate limits are the test's subject
                 with served.services.db.read() as session:
                     waiting = list(session.scalars(select(File.id).where(File.status == "uploaded")))
                 for file_id in waiting:
@@ -120,10 +126,11 @@ def validating_worker() -> Iterator[Any]:
     thread.join(timeout=10)
 
 
-def transfer(*args: str, source: str, source_key: str, target: LiveServing, state: Path) -> Any:
+def transfer(*args: str, source: str, source_key: str, target: LiveServing, state: Path,
+             base_model: str = f"*={DEMO_BASE_MODEL}") -> Any:
     return CliRunner().invoke(main, ["transfer", *args, "--source-base-url", source, "--source-api-key", source_key,
                                      "--base-url", target.base_url + "/v1", "--api-key", target.key,
-                                     "--state-dir", str(state), "--base-model", f"*={DEMO_BASE_MODEL}"],
+                                     "--state-dir", str(state), "--base-model", base_model],
                               catch_exceptions=False)
 
 
@@ -207,5 +214,82 @@ def test_transfer_plans_and_copies_jobs_once_through_faults_of_the_source(start_
         assert f"source file {train.id}" in broken.output and "failed the target's validation" in broken.output
         assert f"{dpo.id} -> {made[dpo.id].id}  existing" in broken.output or \
             f"{dpo.id} -> {made[dpo.id].id}  created" in broken.output
+    finally:
+        proxy.close()
+
+
+def test_distill_asks_before_spending_resumes_where_it_stopped_and_trains_on_the_answers(
+        start_serving, make_adapter, validating_worker, tmp_path: Path) -> None:
+    source: LiveServing = start_serving()
+    target: LiveServing = start_serving()
+    validating_worker(source)
+    validating_worker(target)
+    retiring = source.register(make_adapter(11), "retiring")  # the model about to stop answering
+    upstream = source.client()
+    train = upstream.files.create(file=("facts.jsonl", chat_lines(12, "facts")), purpose="fine-tune")
+    while upstream.files.retrieve(train.id).status == "uploaded":
+        time.sleep(0.1)
+    job = upstream.fine_tuning.jobs.create(model=DEMO_BASE_MODEL, training_file=train.id)
+    proxy = FaultProxy(source.base_url)
+    state = tmp_path / "state"
+    distill = ["distill", "--source-model", retiring, "--prompts-from-job", job.id, "--max-tokens", "12",
+               "--concurrency", "1", "--retries", "1", "--suffix", "copy", "--include-truncated"]  # the demo model rambles
+    try:
+        # Without --yes and without a terminal it asks nothing of the source and says why.
+        refused = transfer(*distill, source=proxy.base_url, source_key=source.key, target=target, state=state,
+                           base_model=DEMO_BASE_MODEL)
+        assert refused.exit_code == 1 and "12 requests" in refused.output and "add --yes" in refused.output
+        assert proxy.requests_to("POST", "/chat/completions") == 0
+
+        # The source fails for good after five answers: the run stops, keeping them ...
+        proxy.fail("/chat/completions", 500, times=1000, after=5)
+        stopped = transfer(*distill, "--yes", source=proxy.base_url, source_key=source.key, target=target,
+                           state=state, base_model=DEMO_BASE_MODEL)
+        assert stopped.exit_code == 1 and "run again to resume" in stopped.output, stopped.output
+        assert list(target.client().fine_tuning.jobs.list()) == []
+        # ... and the next run asks only for the other seven.
+        proxy.faults.clear()
+        before = proxy.requests_to("POST", "/chat/completions")
+        resumed = transfer(*distill, "--yes", source=proxy.base_url, source_key=source.key, target=target,
+                           state=state, base_model=DEMO_BASE_MODEL)
+        assert resumed.exit_code == 0, resumed.output
+        assert "7 requests" in resumed.output and "(5 done before)" in resumed.output
+        assert proxy.requests_to("POST", "/chat/completions") - before == 7
+        job_id = resumed.output.strip().splitlines()[-1]
+        made = target.client().fine_tuning.jobs.retrieve(job_id)
+        assert made.model == DEMO_BASE_MODEL and made.user_provided_suffix == "copy"
+        assert made.metadata["transfer_distilled_from"] == retiring
+
+        # The training file holds the source model's own answers to the job's prompts.
+        lines = [json.loads(line) for line in target.client().files.content(made.training_file).text.splitlines()]
+        assert len(lines) == 12
+        for line in lines[:3]:
+            asked = upstream.chat.completions.create(model=retiring, messages=line["messages"][:-1], max_tokens=12,
+                                                     temperature=0)
+            assert line["messages"][-1]["content"] == asked.choices[0].message.content
+        assert [line["messages"][0]["content"] for line in lines] == [f"facts question {i}?" for i in range(12)]
+
+        # Run again: nothing asked, nothing made, the same job.
+        before = proxy.requests_to("POST", "/chat/completions")
+        again = transfer(*distill, "--yes", source=proxy.base_url, source_key=source.key, target=target, state=state,
+                         base_model=DEMO_BASE_MODEL)
+        assert again.output.strip().splitlines()[-1] == job_id
+        assert proxy.requests_to("POST", "/chat/completions") == before
+        assert [j.id for j in target.client().fine_tuning.jobs.list()] == [job_id]
+
+        # Prompts from the source's stored completions, filtered by metadata.
+        for i in range(10):
+            upstream.chat.completions.create(model=retiring, messages=[{"role": "user", "content": f"stored {i}"}],
+                                             max_tokens=4, store=True, metadata={"use": "support"})
+        upstream.chat.completions.create(model=retiring, messages=[{"role": "user", "content": "other"}],
+                                         max_tokens=4, store=True, metadata={"use": "other"})
+        stored = transfer("distill", "--source-model", retiring, "--prompts-from-stored-completions",
+                          "--metadata", "use=support", "--max-tokens", "8", "--include-truncated", "--yes", source=proxy.base_url,
+                          source_key=source.key, target=target, state=state, base_model=DEMO_BASE_MODEL)
+        assert stored.exit_code == 0 and "10 prompts x 1: 10 requests" in stored.output, stored.output
+        distilled = target.client().fine_tuning.jobs.retrieve(stored.output.strip().splitlines()[-1])
+        prompts = [json.loads(line)["messages"][0]["content"]
+                   for line in target.client().files.content(distilled.training_file).text.splitlines()]
+        assert sorted(prompts) == sorted(f"stored {i}" for i in range(10))
     finally:
         proxy.close()
