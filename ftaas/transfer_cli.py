@@ -245,3 +245,121 @@ def distill_command(source_model: str, prompts_from_job: str | None, prompts_fil
         click.echo(f"prompt {index + 1}: the source refused it: {reason}", err=True)
     click.echo(f"training file {file_id} ({len(run.answers)} answers; skipped: {skipped or 'none'})", err=True)
     click.echo(job_id)
+
+
+@transfer_group.command("compare")
+@click.option("--source-model", required=True, help="The original (the model at the source).")
+@click.option("--model", "candidate", required=True, help="The copy: a model of this ftaas (ft:..., a base model).")
+@click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Held-out prompts: a chat JSONL file (a final assistant turn, if any, is left out).")
+@click.option("--prompts-from-job", default=None, help="Held-out prompts: this source job's validation file.")
+@click.option("--max-tokens", type=int, default=512, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True)
+@click.option("--concurrency", type=int, default=4, show_default=True)
+@click.option("--judge-model", default=None, help="Ask this model which answer is better (default: no judge).")
+@click.option("--judge-base-url", default=None, help="The judge's /v1 URL (default: this ftaas).")
+@click.option("--judge-api-key", default=None, envvar="FTAAS_JUDGE_API_KEY", help="The judge's key (default: --api-key).")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where report.json and items.jsonl go (default: under --state-dir).")
+@click.option("--yes", is_flag=True, help="Do not ask before spending the requests.")
+@connection_options
+def compare_command(source_model: str, candidate: str, prompts_file: Path | None, prompts_from_job: str | None,
+                    max_tokens: int, temperature: float, concurrency: int, judge_model: str | None,
+                    judge_base_url: str | None, judge_api_key: str | None, output: Path | None, yes: bool,
+                    source_base_url: str, source_api_key: str, retries: int, state_dir: Path, base_url: str,
+                    api_key: str) -> None:
+    """Compare the copy with its original on held-out prompts: agreement, similarity, tool calls, JSON
+    validity, a judge's preference; Wilson intervals; per-item records. The original's answers are kept in
+    the state directory, so a comparison can be run again after the original stopped answering."""
+    import json
+
+    import openai
+    from tqdm import tqdm
+
+    from evals.comparison import compare
+    from transfer.copy import TransferError, download
+    from transfer.distill import DistillRun, Sampling, estimate, load_answers, prompts_from_lines, sample
+    from transfer.state import TransferState
+
+    if (prompts_file is None) == (prompts_from_job is None):
+        raise click.UsageError("give exactly one of --prompts-file, --prompts-from-job")
+    source, target = _clients(source_base_url, source_api_key, base_url, api_key, retries)
+    state = TransferState(state_dir)
+    try:
+        if prompts_from_job:
+            job = source.fine_tuning.jobs.retrieve(prompts_from_job)
+            if not job.validation_file:
+                raise click.ClickException(f"{prompts_from_job} has no validation file; give held-out prompts with "
+                                           "--prompts-file")
+            digest, _ = download(source, job.validation_file, state, _bar())
+            prompts = prompts_from_lines(state.file_path(digest).read_bytes(), f"source file {job.validation_file}")
+        else:
+            assert prompts_file is not None
+            prompts = prompts_from_lines(prompts_file.read_bytes(), str(prompts_file))
+        runs = {"original": (source, DistillRun(prompts, Sampling(source_model, max_tokens, temperature))),
+                "copy": (target, DistillRun(prompts, Sampling(candidate, max_tokens, temperature)))}
+        for _, run in runs.values():
+            load_answers(state, run)
+        requests = sum(estimate(run)[0] for _, run in runs.values())
+        click.echo(f"{len(prompts)} held-out prompts: {requests} requests still to make "
+                   f"({source_model} and {candidate}).", err=True)
+        if requests and not yes:
+            if not sys.stdin.isatty():
+                raise click.ClickException("not asking without a terminal: add --yes to spend these requests")
+            click.confirm("Spend them?", abort=True, err=True)
+        for name, (client, run) in runs.items():
+            with tqdm(total=run.requests, initial=run.requests - len(run.missing()), desc=f"{name}: {run.sampling.model}",
+                      unit="req", file=sys.stderr) as bar:
+                sample(client, run, state, concurrency=concurrency, progress=lambda done, _: bar.update(done - bar.n))
+        judge = None
+        if judge_model:
+            from evals.judge import JudgeClient
+
+            judging = JudgeClient(judge_base_url or base_url, judge_api_key or api_key)
+            judge = lambda prompts: judging.complete_many(judge_model, prompts, temperature=0, max_tokens=4)
+    except openai.AuthenticationError as exc:
+        side = "source" if str(exc.request.url).startswith(source_base_url.rstrip("/")) else "target"
+        raise click.ClickException(f"the {side} rejected the API key (HTTP 401): {exc.message}") from None
+    except (TransferError, openai.APIError) as exc:
+        raise click.ClickException(f"{exc} (answers so far are kept in {state_dir}; run again to resume)") from None
+    original, copy = runs["original"][1], runs["copy"][1]
+    both = [i for i in range(len(prompts)) if (i, 0) in original.answers and (i, 0) in copy.answers]
+    from contracts.errors import FTaaSError
+
+    try:
+        report = compare([prompts[i] for i in both], [original.answers[(i, 0)] for i in both],
+                         [copy.answers[(i, 0)] for i in both], judge=judge)
+    except FTaaSError as exc:  # the judge refused or could not be reached
+        raise click.ClickException(exc.message) from None
+    report["models"] = {"reference": source_model, "candidate": candidate}
+    report["left_out"] = {"refused_by_original": len(original.refused), "refused_by_copy": len(copy.refused)}
+    folder = output or state_dir / f"compare-{original.key}-{copy.key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "items"}, indent=2))
+    (folder / "items.jsonl").write_text("".join(json.dumps(item) + "\n" for item in report["items"]))
+    _print_comparison(report["summary"])
+    click.echo(f"report: {folder / 'report.json'}  items: {folder / 'items.jsonl'}", err=True)
+
+
+def _print_comparison(summary: dict[str, Any]) -> None:
+    def row(name: str, block: dict[str, Any]) -> None:
+        if block.get("rate") is None:
+            click.echo(f"{name:<34} n/a")
+            return
+        click.echo(f"{name:<34} {block['rate']:.3f}  [{block['ci_low']:.3f}, {block['ci_high']:.3f}]  "
+                   f"({block['count']}/{block['n']})")
+
+    click.echo(f"{summary['items']} items, {summary['confidence_level']:.0%} Wilson intervals")
+    row("agreement (exact)", summary["agreement"])
+    row(f"similar (>= {summary['similar']['threshold']})", summary["similar"])
+    click.echo(f"{'mean similarity':<34} {summary['mean_similarity']}")
+    for name, key in (("tool call names agree", "names"), ("tool call arguments agree", "arguments")):
+        if "tool_calls" in summary:
+            row(name, summary["tool_calls"][key])
+    if "json_validity" in summary:
+        row("valid JSON: original", summary["json_validity"]["reference"])
+        row("valid JSON: copy", summary["json_validity"]["candidate"])
+    if "judge" in summary:
+        row("judge prefers the copy", summary["judge"]["candidate_preferred"])
+        row("judge prefers the original", summary["judge"]["reference_preferred"])
+        row("copy at least as good", summary["judge"]["candidate_at_least_as_good"])

@@ -293,3 +293,50 @@ def test_distill_asks_before_spending_resumes_where_it_stopped_and_trains_on_the
         assert sorted(prompts) == sorted(f"stored {i}" for i in range(10))
     finally:
         proxy.close()
+
+
+def test_compare_measures_how_closely_a_copy_answers_like_its_original_even_after_the_original_retired(
+        start_serving, make_adapter, tmp_path: Path) -> None:
+    source: LiveServing = start_serving()
+    target: LiveServing = start_serving()
+    original = source.register(make_adapter(21), "retiring")
+    exact_copy = target.register(make_adapter(21), "copy")  # the same weights, served here
+    other = target.register(make_adapter(22), "other")
+    prompts = tmp_path / "held-out.jsonl"
+    prompts.write_bytes(chat_lines(12, "held-out"))
+    proxy = FaultProxy(source.base_url)
+    state = tmp_path / "state"
+
+    def compare(model: str, *extra: str) -> Any:
+        return CliRunner().invoke(main, [
+            "transfer", "compare", "--source-model", original, "--model", model, "--prompts-file", str(prompts),
+            "--max-tokens", "10", "--yes", "--source-base-url", proxy.base_url, "--source-api-key", source.key,
+            "--base-url", target.base_url + "/v1", "--api-key", target.key, "--state-dir", str(state), *extra],
+            catch_exceptions=False)
+
+    try:
+        same = compare(exact_copy, "--output", str(tmp_path / "same"))
+        assert same.exit_code == 0, same.output
+        assert "agreement (exact)                  1.000" in same.output and "(12/12)" in same.output
+        report = json.loads((tmp_path / "same" / "report.json").read_text())
+        assert report["summary"]["agreement"]["rate"] == 1.0 and report["summary"]["agreement"]["ci_low"] > 0.7
+        assert report["models"] == {"reference": original, "candidate": exact_copy}
+        items = [json.loads(line) for line in (tmp_path / "same" / "items.jsonl").read_text().splitlines()]
+        assert len(items) == 12 and all(item["similarity"] == 1.0 for item in items)
+
+        # Another adapter answers differently; judged by a model of the target (its replies parsed or counted).
+        different = compare(other, "--output", str(tmp_path / "other"), "--judge-model", DEMO_BASE_MODEL)
+        assert different.exit_code == 0, different.output
+        summary = json.loads((tmp_path / "other" / "report.json").read_text())["summary"]
+        assert summary["agreement"]["rate"] < 0.5 and summary["mean_similarity"] < 1
+        judged = [json.loads(line) for line in (tmp_path / "other" / "items.jsonl").read_text().splitlines()]
+        assert all("judge_reply" in item for item in judged)  # the judge was asked about every item
+        source_requests = proxy.requests_to("POST", "/chat/completions")
+        assert source_requests == 12  # the original's answers were asked for once, for both comparisons
+    finally:
+        proxy.close()
+    # The original is gone: its kept answers still compare.
+    retired = compare(other, "--output", str(tmp_path / "retired"))
+    assert retired.exit_code == 0, retired.output
+    assert json.loads((tmp_path / "retired" / "report.json").read_text())["summary"]["agreement"] == \
+        summary["agreement"]
