@@ -31,6 +31,7 @@ COPY db ./db
 COPY evals ./evals
 COPY ftaas ./ftaas
 COPY graders ./graders
+COPY transfer ./transfer
 COPY migrations ./migrations
 COPY serving ./serving
 COPY storage ./storage

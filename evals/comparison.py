@@ -49,8 +49,8 @@ def _text(value: str | None) -> str:
     return re.sub(r"\s+", " ", value or "").strip()
 
 
-def _calls(calls: list[dict[str, Any]] | None) -> list[tuple[str, Any]]:
-    out = []
+def _calls(calls: list[dict[str, Any]] | None) -> list[tuple[str | None, Any]]:
+    out: list[tuple[str | None, Any]] = []
     for call in calls or []:
         function = call.get("function") or {}
         try:

@@ -171,6 +171,12 @@ def copy_command(source_base_url: str, source_api_key: str, retries: int, base_m
 @click.option("--base-model", required=True, help="The ftaas base model the distilled job trains.")
 @click.option("--suffix", default=None, help="Suffix of the distilled model's name.")
 @click.option("--n-epochs", type=int, default=None, help="Epochs of the job (default: ftaas's 'auto').")
+@click.option("--batch-size", type=int, default=None, help="Batch size of the job (default: 'auto').")
+@click.option("--learning-rate-multiplier", type=float, default=None, help="Of the job (default: 'auto').")
+@click.option("--seed", type=int, default=None, help="Seed of the job.")
+@click.option("--method-options", default=None,
+              help="JSON object of further method.supervised options (ftaas's training options, e.g. "
+                   "'{\"rehearsal\": false}').")
 @click.option("--max-tokens", type=int, default=512, show_default=True, help="Longest answer asked of the source.")
 @click.option("--temperature", type=float, default=0.0, show_default=True)
 @click.option("--samples-per-prompt", type=int, default=1, show_default=True)
@@ -180,11 +186,15 @@ def copy_command(source_base_url: str, source_api_key: str, retries: int, base_m
 @connection_options
 def distill_command(source_model: str, prompts_from_job: str | None, prompts_file: Path | None,
                     prompts_from_stored_completions: bool, stored_model: str | None, metadata: tuple[str, ...],
-                    base_model: str, suffix: str | None, n_epochs: int | None, max_tokens: int, temperature: float,
+                    base_model: str, suffix: str | None, n_epochs: int | None, batch_size: int | None,
+                    learning_rate_multiplier: float | None, seed: int | None, method_options: str | None,
+                    max_tokens: int, temperature: float,
                     samples_per_prompt: int, concurrency: int, include_truncated: bool, yes: bool,
                     source_base_url: str, source_api_key: str, retries: int, state_dir: Path, base_url: str,
                     api_key: str) -> None:
     """Sample a source model on prompts, make its answers a training file here, and start a job on them."""
+    import json
+
     import openai
     from tqdm import tqdm
 
@@ -205,6 +215,14 @@ def distill_command(source_model: str, prompts_from_job: str | None, prompts_fil
     if sum(chosen) != 1:
         raise click.UsageError("give exactly one of --prompts-from-job, --prompts-file, "
                                "--prompts-from-stored-completions")
+    try:
+        options = json.loads(method_options) if method_options else {}
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--method-options") from None
+    if not isinstance(options, dict) or "hyperparameters" in options:
+        raise click.BadParameter("a JSON object of method.supervised options other than hyperparameters "
+                                 "(give those as --n-epochs, --batch-size, --learning-rate-multiplier)",
+                                 param_hint="--method-options")
     pairs = dict(item.partition("=")[::2] for item in metadata)
     source, target = _clients(source_base_url, source_api_key, base_url, api_key, retries)
     state = TransferState(state_dir)
@@ -233,9 +251,12 @@ def distill_command(source_model: str, prompts_from_job: str | None, prompts_fil
         with tqdm(total=run.requests, initial=run.requests - requests, desc=f"sampling {source_model}",
                   unit="req", file=sys.stderr) as bar:
             sample(source, run, state, concurrency=concurrency, progress=lambda done, _: bar.update(done - bar.n))
-        hyperparameters = {"n_epochs": n_epochs} if n_epochs else {}
+        hyperparameters = {name: value for name, value in (("n_epochs", n_epochs), ("batch_size", batch_size),
+                                                           ("learning_rate_multiplier", learning_rate_multiplier))
+                           if value is not None}
         file_id, job_id, skipped = publish(target, run, state, base_model=base_model, suffix=suffix,
-                                           hyperparameters=hyperparameters, include_truncated=include_truncated)
+                                           hyperparameters=hyperparameters, include_truncated=include_truncated,
+                                           method_options=options, seed=seed)
     except openai.AuthenticationError as exc:
         side = "source" if str(exc.request.url).startswith(source_base_url.rstrip("/")) else "target"
         raise click.ClickException(f"the {side} rejected the API key (HTTP 401): {exc.message}") from None

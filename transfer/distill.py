@@ -212,9 +212,10 @@ def training_file(run: DistillRun, *, include_truncated: bool) -> tuple[bytes, d
 
 
 def publish(target: Any, run: DistillRun, state: TransferState, *, base_model: str, suffix: str | None,
-            hyperparameters: dict[str, Any], include_truncated: bool) -> tuple[str, str, dict[str, int]]:
-    """(file id, job id, skipped) on the target: the training file uploaded and validated, and the job created,
-    each once."""
+            hyperparameters: dict[str, Any], include_truncated: bool, method_options: dict[str, Any] | None = None,
+            seed: int | None = None) -> tuple[str, str, dict[str, int]]:
+    """(file id, job id, skipped) on the target: the training file uploaded and validated, and the job created
+    (supervised, with these hyperparameters and further method options), each once."""
     content, skipped = training_file(run, include_truncated=include_truncated)
     if not content:
         raise TransferError(f"no answers to train on ({skipped or 'none received'})")
@@ -230,7 +231,8 @@ def publish(target: Any, run: DistillRun, state: TransferState, *, base_model: s
     if record.get("job") is None:
         job = target.fine_tuning.jobs.create(
             model=base_model, training_file=file_id, **({"suffix": suffix} if suffix else {}),
-            method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+            **({"seed": seed} if seed is not None else {}),
+            method={"type": "supervised", "supervised": {**(method_options or {}), "hyperparameters": hyperparameters}},
             metadata={DISTILLED_FROM_KEY: run.sampling.model[:512], "transfer_distill_run": run.key},
             extra_headers={"Idempotency-Key": f"distill-{run.key}-{digest[:16]}"})
         record["job"] = job.id

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from contracts.settings import PACKAGED_BASE_MODEL
-from tests.e2e.servers import LiveServer, wait_for
+from tests.e2e.servers import LiveServer, start_embedded, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+# One worker runs both tests: the migration test carries the function-calling fine-tune the first one trains.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500), pytest.mark.xdist_group("function_calling")]
 
 TOOLS = [
     {"type": "function", "function": {
@@ -130,7 +135,9 @@ def _arguments(call: Any) -> Any:
         return None
 
 
-def test_a_function_calling_fine_tune_moves_over_unchanged(embedded: LiveServer) -> None:
+@pytest.fixture(scope="module")
+def tools_job(embedded: LiveServer) -> Any:
+    """The function-calling fine-tune, trained once for this module's tests."""
     client = embedded.client()
     data = "".join(json.dumps(line) + "\n" for line in training_lines()).encode()
     uploaded = client.files.create(file=("tools.jsonl", io.BytesIO(data)), purpose="fine-tune")
@@ -145,7 +152,12 @@ def test_a_function_calling_fine_tune_moves_over_unchanged(embedded: LiveServer)
     job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
                    timeout=1200, interval=1, what="the function-calling fine-tune")
     assert job.status == "succeeded", job.error
+    return job
 
+
+def test_a_function_calling_fine_tune_moves_over_unchanged(embedded: LiveServer, tools_job: Any) -> None:
+    client = embedded.client()
+    job = tools_job
     requests = len(held_out_requests())
     base_right, base_seen = _right_calls(client, PACKAGED_BASE_MODEL)
     tuned_right, tuned_seen = _right_calls(client, job.fine_tuned_model)
@@ -159,3 +171,72 @@ def test_a_function_calling_fine_tune_moves_over_unchanged(embedded: LiveServer)
     # thirds of the held-out requests.
     assert tuned_right >= 2 * requests / 3, "\n".join(tuned_seen)
     assert base_right <= 0.25 * requests, "\n".join(base_seen)
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ftaas.cli", *args], env=env, capture_output=True, text=True, check=False,
+                          timeout=900, stdin=subprocess.DEVNULL)
+
+
+def test_a_retiring_fine_tune_is_carried_over_distilled_and_the_copy_answers_like_it(
+        embedded: LiveServer, tools_job: Any, tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> None:
+    """The function-calling fine-tune plays a model about to retire, on one ftaas (the source); a second ftaas
+    (the target) receives its job with `ftaas transfer copy`, learns its behaviour with `ftaas transfer
+    distill` (the source model answering its own job's prompts), and `ftaas transfer compare` measures the
+    distilled copy against the original on the held-out requests."""
+    source = embedded.client()
+    target_server = start_embedded(tmp_path_factory.mktemp("target") / "data", model_cache_dir,
+                                   FTAAS_SERVING_DTYPE="float32")
+    try:
+        target = target_server.client()
+        work = tmp_path_factory.mktemp("transfer")
+        env = {**os.environ, "OPENAI_API_KEY": embedded.api_key, "FTAAS_BASE_URL": target_server.base_url,
+               "FTAAS_API_KEY": target_server.api_key}
+        connection = ["--source-base-url", embedded.base_url, "--state-dir", str(work / "state")]
+        mapping = ["--base-model", f"{PACKAGED_BASE_MODEL}={PACKAGED_BASE_MODEL}", "--job", tools_job.id]
+
+        planned = _cli("transfer", "plan", *connection, *mapping, env=env)
+        assert planned.returncode == 0, planned.stderr
+        assert f"{tools_job.id}  succeeded  supervised" in planned.stdout and "1 can be copied" in planned.stdout
+        assert "'batch_size': 2" in planned.stdout and "seed: 4" in planned.stdout, planned.stdout
+
+        copied = _cli("transfer", "copy", *connection, *mapping, env=env)
+        assert copied.returncode == 0, copied.stderr
+        [carried] = list(target.fine_tuning.jobs.list())
+        assert carried.metadata["transfer_source_job"] == tools_job.id and carried.seed == 4
+        assert carried.method.supervised.hyperparameters.batch_size == 2
+        target.fine_tuning.jobs.cancel(carried.id)  # its training is not this test's subject; the distilled job's is
+        again = _cli("transfer", "copy", *connection, *mapping, env=env)
+        assert again.returncode == 0 and f"{tools_job.id} -> {carried.id}  existing" in again.stderr, again.stderr
+        assert [j.id for j in target.fine_tuning.jobs.list()] == [carried.id]
+
+        # Stored completions of the retiring model, exported as a training file at the source.
+        for ask, _, _ in held_out_requests()[:3]:
+            source.chat.completions.create(model=tools_job.fine_tuned_model, tools=TOOLS, max_tokens=64, store=True,
+                                           temperature=0, metadata={"migration": "e2e"},
+                                           messages=[SYSTEM, {"role": "user", "content": ask}])
+        stored = list(source.chat.completions.list(metadata={"migration": "e2e"}))
+        assert len(stored) == 3 and all(c.model == tools_job.fine_tuned_model for c in stored)
+
+        distilled = _cli("transfer", "distill", *connection, "--source-model", tools_job.fine_tuned_model,
+                         "--prompts-from-job", tools_job.id, "--base-model", PACKAGED_BASE_MODEL, "--batch-size", "2",
+                         "--seed", "4", "--method-options", '{"rehearsal": false}', "--max-tokens", "64",
+                         "--suffix", "distilled", "--yes", env=env)
+        assert distilled.returncode == 0, distilled.stderr
+        job = wait_for(lambda: (j := target.fine_tuning.jobs.retrieve(distilled.stdout.strip())).status in (
+            "succeeded", "failed") and j, timeout=1200, interval=1, what="the distilled fine-tune")
+        assert job.status == "succeeded", job.error
+
+        held_out = work / "held-out.jsonl"
+        held_out.write_text("".join(json.dumps({"messages": [SYSTEM, {"role": "user", "content": ask}], "tools": TOOLS})
+                                    + "\n" for ask, _, _ in held_out_requests()))
+        compared = _cli("transfer", "compare", *connection, "--source-model", tools_job.fine_tuned_model,
+                        "--model", job.fine_tuned_model, "--prompts-file", str(held_out), "--max-tokens", "64",
+                        "--output", str(work / "report"), "--yes", env=env)
+        assert compared.returncode == 0, compared.stderr
+        summary = json.loads((work / "report" / "report.json").read_text())["summary"]
+        print(compared.stdout)
+        assert summary["items"] == len(held_out_requests())
+        assert summary["agreement"]["rate"] >= 0.8, compared.stdout
+    finally:
+        target_server.stop()
