@@ -207,7 +207,7 @@ def test_a_retiring_fine_tune_is_carried_over_distilled_and_the_copy_answers_lik
         assert carried.method.supervised.hyperparameters.batch_size == 2
         target.fine_tuning.jobs.cancel(carried.id)  # its training is not this test's subject; the distilled job's is
         again = _cli("transfer", "copy", *connection, *mapping, env=env)
-        assert again.returncode == 0 and f"{tools_job.id} -> {carried.id}  existing" in again.stderr, again.stderr
+        assert again.returncode == 0 and f"{tools_job.id} -> {carried.id}  existing" in again.stdout, again.stdout
         assert [j.id for j in target.fine_tuning.jobs.list()] == [carried.id]
 
         # Stored completions of the retiring model, exported as a training file at the source.
