@@ -12,7 +12,8 @@ caller's project and sends the envelope `{"object": "list", "data", "has_more", 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol, TypeVar
 
 from fastapi import Response
@@ -83,6 +84,25 @@ async def list_page(caller: Caller, fetch: Callable[[Principal], Page[Row]], ren
         return list_response([render(row) for row in page.items], has_more=page.has_more)
 
     return await caller.run(work)
+
+
+_METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
+
+
+def metadata_filter(query: Iterable[tuple[str, str]], *, others: set[str] | None = None) -> dict[str, str]:
+    """The `metadata[<key>]=<value>` pairs of a list's query (OpenAI's filter; every pair must hold). Another
+    parameter named `metadata...` is a 400; so is any parameter not in `others`, where the route names its
+    other parameters (nothing a client sends is ignored)."""
+    metadata: dict[str, str] = {}
+    for name, value in query:
+        if match := _METADATA_PARAM.match(name):
+            metadata[match.group(1)] = value
+        elif name.startswith("metadata"):
+            raise InvalidRequest("Filter on metadata as metadata[key]=value.", param=name)
+        elif others is not None and name not in others:
+            raise InvalidRequest(f"Unknown query parameter '{name}'; this list takes metadata[<key>] and "
+                                 f"{', '.join(sorted(others))}.", param=name)
+    return metadata
 
 
 def static_list(items: Sequence[Any]) -> Response:

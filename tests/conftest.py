@@ -73,10 +73,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     distribute(items)
 
 
-#: Session fixtures that make a fine-tune (tests/e2e/conftest.py): every module using one runs in the same
-#: xdist worker, so each fine-tune is made once per run. The real model's comes first: it is the longest.
-SHARED_FINE_TUNES = {"quickstart": "real-model-fine-tune", "evaluated_job": "demo-fine-tunes",
-                     "finished_job": "demo-fine-tunes"}
+#: Fixtures that make a fine-tune (tests/e2e/): every module using one runs in the same xdist worker, so each
+#: fine-tune is made once per run, and the longest groups come first: the function-calling fine-tune with the
+#: migration that distills it (two fine-tunes of the real model, about 400 s), then the real model's facts.
+SHARED_FINE_TUNES = {"tools_job": "function-calling-fine-tunes", "quickstart": "real-model-fine-tune",
+                     "evaluated_job": "demo-fine-tunes", "finished_job": "demo-fine-tunes"}
 
 
 def distribute(items: list[pytest.Item]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
@@ -17,15 +16,13 @@ from api.fine_tuning.schemas import (
     JobEventList,
     JobEventObject,
 )
-from api.pagination import cursor_query, list_page
+from api.pagination import cursor_query, list_page, metadata_filter
 from api.responses import model_response
-from contracts.errors import InvalidRequest
 from db import ids
 from db.pagination import Cursor
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
-_METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
 JobCursor = Annotated[Cursor, Depends(cursor_query(ids.JOB))]
 EventCursor = Annotated[Cursor, Depends(cursor_query(ids.EVENT))]
 CheckpointCursor = Annotated[Cursor, Depends(cursor_query(ids.CHECKPOINT, default_limit=10))]
@@ -40,12 +37,7 @@ async def create_job(body: JobCreateRequest, services: Services, caller: Authent
 
 @router.get("", response_model=FineTuningJobList)
 async def list_jobs(request: Request, services: Services, caller: CurrentCaller, cursor: JobCursor) -> Response:
-    metadata = {}
-    for name, value in request.query_params.multi_items():
-        if match := _METADATA_PARAM.match(name):
-            metadata[match.group(1)] = value
-        elif name.startswith("metadata"):
-            raise InvalidRequest("Filter on metadata as metadata[key]=value.", param=name)
+    metadata = metadata_filter(request.query_params.multi_items())
     return await list_page(caller, lambda principal: services.jobs.list(principal, cursor, metadata=metadata),
                            FineTuningJobObject.of)
 

@@ -4,13 +4,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from api.dependencies import AuthenticatedCaller, CurrentCaller, Services
-from api.pagination import Order, check_cursor, check_limit, list_page
+from api.pagination import Order, check_cursor, check_limit, list_page, metadata_filter
 from api.responses import model_response
 from api.stored_completions.schemas import (
     ExportObject,
@@ -30,7 +29,6 @@ from db.stored_completions import CompletionFilter
 
 router = APIRouter(prefix="/v1/chat/completions", tags=["stored completions"])
 
-_METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
 _LIST_PARAMS = {"after", "limit", "order", "model"}
 
 
@@ -38,13 +36,7 @@ def list_query(request: Request) -> tuple[CompletionFilter, Cursor]:
     """`model`, `metadata[<key>]=<value>` (each pair must match), `after`, `limit` (1-100, 20) and `order`
     (asc, the default, or desc). An unknown parameter is a 400, not ignored."""
     query = request.query_params
-    metadata: dict[str, str] = {}
-    for name, value in query.multi_items():
-        if (match := _METADATA_PARAM.match(name)) is not None:
-            metadata[match.group(1)] = value
-        elif name not in _LIST_PARAMS:
-            raise InvalidRequest(f"Unknown query parameter '{name}'; this list takes model, metadata[<key>], "
-                                 "after, limit and order.", param=name)
+    metadata = metadata_filter(query.multi_items(), others=_LIST_PARAMS)
     try:
         check_metadata(metadata)
     except ValueError as exc:

@@ -23,8 +23,7 @@ import pytest
 from contracts.settings import PACKAGED_BASE_MODEL
 from tests.e2e.servers import LiveServer, start_embedded, wait_for
 
-# One worker runs both tests: the migration test carries the function-calling fine-tune the first one trains.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500), pytest.mark.xdist_group("function_calling")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 TOOLS = [
     {"type": "function", "function": {
