@@ -12,7 +12,9 @@ retried with backoff by the official SDK; a rejected key stops at once.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,23 @@ def _source_jobs(source: Any, only: tuple[str, ...]) -> list[dict[str, Any]]:
         raise click.ClickException(f"the source rejected the API key (HTTP 401): {exc.message}") from None
     except openai.APIStatusError as exc:
         raise click.ClickException(f"the source answered HTTP {exc.status_code} listing its jobs: {exc.message}") from None
+
+
+@contextlib.contextmanager
+def _translated_errors(source_base_url: str, state_dir: Path) -> Iterator[None]:
+    """What either end answered, as the command's error message: a rejected key names the side that rejected
+    it; any other failure says that what was fetched so far is kept for the next run."""
+    import openai
+
+    from transfer.copy import TransferError
+
+    try:
+        yield
+    except openai.AuthenticationError as exc:
+        side = "source" if str(exc.request.url).startswith(source_base_url.rstrip("/")) else "target"
+        raise click.ClickException(f"the {side} rejected the API key (HTTP 401): {exc.message}") from None
+    except (TransferError, openai.APIError) as exc:
+        raise click.ClickException(f"{exc} (answers so far are kept in {state_dir}; run again to resume)") from None
 
 
 def _bar() -> Any:
@@ -151,7 +170,8 @@ def copy_command(source_base_url: str, source_api_key: str, retries: int, base_m
     plans, state = _plans(source, jobs, base_models, state_dir)
     failed = 0
     for plan in tqdm(plans, desc="jobs", unit="job", file=sys.stderr):
-        outcome = copy_job(source, target, plan, state, _bar())
+        with _translated_errors(source_base_url, state_dir):
+            outcome = copy_job(source, target, plan, state, _bar())
         line = f"{plan.source_job} -> {outcome.target_job or '-'}  {outcome.result}"
         tqdm.write(line + "".join(f"\n    {m}" for m in outcome.messages))
         failed += outcome.result in ("failed", "skipped")
@@ -195,11 +215,10 @@ def distill_command(source_model: str, prompts_from_job: str | None, prompts_fil
     """Sample a source model on prompts, make its answers a training file here, and start a job on them."""
     import json
 
-    import openai
     from tqdm import tqdm
 
     from transfer import distill as distilling
-    from transfer.copy import TransferError, download
+    from transfer.copy import download
     from transfer.distill import (
         DistillRun,
         Sampling,
@@ -226,7 +245,7 @@ def distill_command(source_model: str, prompts_from_job: str | None, prompts_fil
     pairs = dict(item.partition("=")[::2] for item in metadata)
     source, target = _clients(source_base_url, source_api_key, base_url, api_key, retries)
     state = TransferState(state_dir)
-    try:
+    with _translated_errors(source_base_url, state_dir):
         if prompts_from_job:
             job = source.fine_tuning.jobs.retrieve(prompts_from_job)
             digest, _ = download(source, job.training_file, state, _bar())
@@ -257,11 +276,6 @@ def distill_command(source_model: str, prompts_from_job: str | None, prompts_fil
         file_id, job_id, skipped = publish(target, run, state, base_model=base_model, suffix=suffix,
                                            hyperparameters=hyperparameters, include_truncated=include_truncated,
                                            method_options=options, seed=seed)
-    except openai.AuthenticationError as exc:
-        side = "source" if str(exc.request.url).startswith(source_base_url.rstrip("/")) else "target"
-        raise click.ClickException(f"the {side} rejected the API key (HTTP 401): {exc.message}") from None
-    except (TransferError, openai.APIError) as exc:
-        raise click.ClickException(f"{exc} (answers so far are kept in {state_dir}; run again to resume)") from None
     for index, reason in sorted(run.refused.items()):
         click.echo(f"prompt {index + 1}: the source refused it: {reason}", err=True)
     click.echo(f"training file {file_id} ({len(run.answers)} answers; skipped: {skipped or 'none'})", err=True)
@@ -294,11 +308,10 @@ def compare_command(source_model: str, candidate: str, prompts_file: Path | None
     the state directory, so a comparison can be run again after the original stopped answering."""
     import json
 
-    import openai
     from tqdm import tqdm
 
     from evals.comparison import compare
-    from transfer.copy import TransferError, download
+    from transfer.copy import download
     from transfer.distill import DistillRun, Sampling, estimate, load_answers, prompts_from_lines, sample
     from transfer.state import TransferState
 
@@ -306,7 +319,7 @@ def compare_command(source_model: str, candidate: str, prompts_file: Path | None
         raise click.UsageError("give exactly one of --prompts-file, --prompts-from-job")
     source, target = _clients(source_base_url, source_api_key, base_url, api_key, retries)
     state = TransferState(state_dir)
-    try:
+    with _translated_errors(source_base_url, state_dir):
         if prompts_from_job:
             job = source.fine_tuning.jobs.retrieve(prompts_from_job)
             if not job.validation_file:
@@ -338,11 +351,6 @@ def compare_command(source_model: str, candidate: str, prompts_file: Path | None
 
             judging = JudgeClient(judge_base_url or base_url, judge_api_key or api_key)
             judge = lambda prompts: judging.complete_many(judge_model, prompts, temperature=0, max_tokens=4)
-    except openai.AuthenticationError as exc:
-        side = "source" if str(exc.request.url).startswith(source_base_url.rstrip("/")) else "target"
-        raise click.ClickException(f"the {side} rejected the API key (HTTP 401): {exc.message}") from None
-    except (TransferError, openai.APIError) as exc:
-        raise click.ClickException(f"{exc} (answers so far are kept in {state_dir}; run again to resume)") from None
     original, copy = runs["original"][1], runs["copy"][1]
     both = [i for i in range(len(prompts)) if (i, 0) in original.answers and (i, 0) in copy.answers]
     from contracts.errors import FTaaSError

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -147,7 +146,6 @@ def sample(source: Any, run: DistillRun, state: TransferState, *, concurrency: i
     answers file as it arrives. Rate limits and server errors are retried by the SDK; a prompt the source
     refuses (400, 404, 422) is recorded and skipped; a rejected key or exhausted retries raise."""
     path = _answers_path(state, run)
-    lock = threading.Lock()
     total = run.requests
     missing = run.missing()
     done = total - len(missing)
@@ -158,8 +156,7 @@ def sample(source: Any, run: DistillRun, state: TransferState, *, concurrency: i
             model=run.sampling.model, messages=prompt["messages"], max_tokens=run.sampling.max_tokens,
             temperature=run.sampling.temperature,
             **({"tools": prompt["tools"]} if prompt.get("tools") else {}),
-            **({"parallel_tool_calls": prompt["parallel_tool_calls"]}
-               if prompt.get("parallel_tool_calls") is not None else {}))
+            **{key: prompt[key] for key in ("parallel_tool_calls", "response_format") if prompt.get(key) is not None})
         choice = reply.choices[0]
         message = choice.message.model_dump(exclude_none=True)
         return {"prompt": index, "sample": number, "answer": {
@@ -180,9 +177,8 @@ def sample(source: Any, run: DistillRun, state: TransferState, *, concurrency: i
                         record = {"prompt": index, "refused": f"HTTP {exc.status_code}: {exc.message}"}
                     else:
                         raise
-                with lock:
-                    out.write(json.dumps(record) + "\n")
-                    out.flush()
+                out.write(json.dumps(record) + "\n")  # only this thread writes: the requests' threads return
+                out.flush()
                 if "refused" in record:
                     run.refused[index] = record["refused"]
                 else:

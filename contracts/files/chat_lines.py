@@ -45,8 +45,8 @@ def training_message(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def prompt_of(line: dict[str, Any]) -> dict[str, Any] | None:
-    """The request a chat training line answers: its messages before the last assistant turn, with its tools;
-    None for a line with no user turn before that answer (nothing to ask)."""
+    """The request a chat training line answers: its messages before the last assistant turn, with its tools
+    and any `response_format` the line asks for; None for a line with no user turn before that answer."""
     messages = line.get("messages")
     if not isinstance(messages, list) or not messages:
         return None
@@ -59,6 +59,7 @@ def prompt_of(line: dict[str, Any]) -> dict[str, Any] | None:
     request: dict[str, Any] = {"messages": [{k: v for k, v in m.items() if k != "weight"} for m in asked]}
     if line.get("tools"):
         request["tools"] = line["tools"]
-    if line.get("parallel_tool_calls") is not None:
-        request["parallel_tool_calls"] = line["parallel_tool_calls"]
+    for key in ("parallel_tool_calls", "response_format"):
+        if line.get(key) is not None:
+            request[key] = line[key]
     return request

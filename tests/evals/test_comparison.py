@@ -73,3 +73,16 @@ def test_the_judge_sees_the_answers_in_a_drawn_order_and_its_verdicts_are_mapped
     assert judged["candidate_preferred"]["count"] == 40 and judged["reference_preferred"]["count"] == 0
     assert judged["candidate_at_least_as_good"]["rate"] == 1.0
     assert verdict("tie", True) == "tie" and verdict("maybe", True) is None and verdict("B", False) == "candidate"
+
+
+def test_held_out_prompts_keep_what_the_request_asked_for() -> None:
+    """A prompts line's tools, parallel_tool_calls and response_format reach both models (so JSON validity is
+    judged against the format asked for); only the answer and the training-only weights are left out."""
+    from contracts.files.chat_lines import prompt_of
+
+    line = {"messages": [{"role": "user", "content": "A number", "weight": 1},
+                         {"role": "assistant", "content": '{"n": 1}'}],
+            "tools": [WEATHER], "parallel_tool_calls": False, "response_format": {"type": "json_object"}}
+    assert prompt_of(line) == {"messages": [{"role": "user", "content": "A number"}], "tools": [WEATHER],
+                               "parallel_tool_calls": False, "response_format": {"type": "json_object"}}
+    assert prompt_of({"messages": [{"role": "system", "content": "no question"}]}) is None
