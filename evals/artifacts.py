@@ -10,6 +10,8 @@ REPORT = "report.json"
 ITEMS = "items.jsonl"
 SPEC = "spec.json"
 CHART = "base_vs_tuned.png"
+#: Comparisons (evals.comparison) draw their rates instead of base vs tuned.
+COMPARISON_CHART = "comparison.png"
 #: Only for evals attached to a fine-tuning job (the job's training loss).
 LOSS_CURVE = "loss_curve.png"
 
@@ -19,5 +21,6 @@ RESULT_FILES: dict[str, tuple[str, str]] = {
     "items": (ITEMS, "application/jsonl"),
     "spec": (SPEC, "application/json"),
     "chart": (CHART, "image/png"),
+    "comparison_chart": (COMPARISON_CHART, "image/png"),
     "loss_curve": (LOSS_CURVE, "image/png"),
 }

@@ -14,8 +14,10 @@ Contracts:
   memorization, generalization, auxiliary, then the controls. Splits without an accuracy (n = 0) are
   left empty and labelled "n=0". The title carries the headline means. A report without splits or
   controls gives a PNG that says so.
+* `comparison_png(report)` takes a comparison report (evals.comparison) and draws each rate (agreement,
+  similar, tool calls, JSON validity, the judge's verdicts) as a bar with its Wilson interval.
 
-Both return the bytes of a PNG of a fixed size for a given input shape, rendered at a fixed dpi. The
+All return the bytes of a PNG of a fixed size for a given input shape, rendered at a fixed dpi. The
 output is deterministic: the same input gives the same bytes (no version or date is written into the
 file). Rendering uses `matplotlib.figure.Figure` with the Agg canvas directly, never pyplot, so it
 selects no global backend, registers no figure with a global manager and is safe to call from worker
@@ -335,4 +337,60 @@ def base_vs_tuned_png(report: Mapping[str, Any]) -> bytes:
     subtitle = _subtitle(report)
     if subtitle:
         ax.set_title(subtitle, fontsize=8.5, color=MUTED, pad=22)
+    return _render(fig)
+
+
+# ------------------------------------------------------------------------------------------ comparison
+def _comparison_rows(summary: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    rows: list[tuple[str, Mapping[str, Any]]] = [("exact agreement", summary.get("agreement") or {}),
+                                                 ("similar", summary.get("similar") or {})]
+    tools = summary.get("tool_calls") or {}
+    if tools:
+        rows += [("tool call names", tools.get("names") or {}), ("tool call arguments", tools.get("arguments") or {})]
+    formats = summary.get("json_validity") or {}
+    if formats:
+        rows += [("valid JSON: original", formats.get("reference") or {}),
+                 ("valid JSON: copy", formats.get("candidate") or {})]
+    judge = summary.get("judge") or {}
+    if judge:
+        rows += [("judge: copy preferred", judge.get("candidate_preferred") or {}),
+                 ("judge: original preferred", judge.get("reference_preferred") or {}),
+                 ("judge: copy at least as good", judge.get("candidate_at_least_as_good") or {})]
+    return rows
+
+
+def comparison_png(report: Mapping[str, Any]) -> bytes:
+    """PNG of a comparison report's rates (evals.comparison), one horizontal bar each with its Wilson
+    interval; the title names the two models."""
+    summary = report.get("summary") or {}
+    models = report.get("models") or {}
+    title = _shorten(f"{models.get('candidate', '?')} vs {models.get('reference', '?')}", 90)
+    rows = _comparison_rows(summary)
+    if not summary.get("items"):
+        return _message_png("no items were compared", title=title, size=(9.0, 4.0))
+    fig = Figure(figsize=(9.0, 1.4 + 0.42 * len(rows)), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    for index, (label, block) in enumerate(rows):
+        y = len(rows) - 1 - index
+        rate = _finite(block.get("rate"))
+        if rate is None:
+            ax.text(0.01, y, "n/a", va="center", fontsize=9, color=MUTED)
+            continue
+        ax.barh(y, rate, height=0.6, color=TUNED_COLOR, zorder=2)
+        low, high = _finite(block.get("ci_low")), _finite(block.get("ci_high"))
+        if low is not None and high is not None:
+            ax.errorbar([rate], [y], xerr=[[max(rate - low, 0.0)], [max(high - rate, 0.0)]], fmt="none",
+                        ecolor="#333333", elinewidth=0.9, capsize=3, zorder=3)
+        ax.text(min((high if high is not None else rate) + 0.015, 1.0), y,
+                f"{rate:.2f} ({block.get('count')}/{block.get('n')})", va="center", fontsize=8.5, color="#222222")
+    ax.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)], fontsize=9)
+    ax.set_xlim(0, 1.18)
+    ax.set_xticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_xlabel(f"rate, {summary.get('confidence_level', 0.95):.0%} Wilson intervals; "
+                  f"{summary.get('items')} items, mean similarity {_fmt(summary.get('mean_similarity'))}")
+    ax.grid(True, axis="x", color="#e3e3e3", linewidth=0.8, zorder=0)
+    ax.set_axisbelow(True)
+    for spine in ("top", "right"):
+        ax.spines[spine].set_visible(False)
+    fig.suptitle(title, fontsize=11)
     return _render(fig)

@@ -14,10 +14,17 @@ Per item:
   item (so a judge's position bias does not favour either model), or a tie.
 
 The summary gives each rate with its interval; `agreement` is the exact agreement, the headline figure.
+
+A comparison also runs on the server as a knowledge eval of kind "comparison" (`ComparisonSpec`): the
+candidate is a model of the project, the original's answers come from a reference file (chat JSONL, each
+line ending with the original's answer, as `ftaas transfer compare` writes it) or from a reference model the
+server answers with. Its report is `{"object": "comparison_report", "models", "summary", ...}` and its items
+the per-item records.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -25,7 +32,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from contracts.errors import InvalidRequest
+from contracts.files.chat_lines import prompt_of
 from evals.report import wilson
+
+KIND = "comparison"
+REPORT_OBJECT = "comparison_report"
+#: At most this many held-out prompts in one server-side comparison (each is one or two generations).
+MAX_ITEMS = 5000
 
 SIMILAR = 0.8  # a similarity at or above this counts as "similar" in the summary
 
@@ -185,3 +199,158 @@ def compare(requests: Sequence[dict[str, Any]], references: Sequence[dict[str, A
             record["judge"] = verdict(reply, first)
             record["judge_reply"] = reply[:200]
     return {"summary": summarize(records, level=level), "items": records}
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary as aligned text rows (for a terminal or a log)."""
+    lines = [f"{summary['items']} items, {summary['confidence_level']:.0%} Wilson intervals"]
+
+    def row(name: str, block: dict[str, Any]) -> None:
+        if block.get("rate") is None:
+            lines.append(f"{name:<34} n/a")
+            return
+        lines.append(f"{name:<34} {block['rate']:.3f}  [{block['ci_low']:.3f}, {block['ci_high']:.3f}]  "
+                     f"({block['count']}/{block['n']})")
+
+    row("agreement (exact)", summary["agreement"])
+    row(f"similar (>= {summary['similar']['threshold']})", summary["similar"])
+    lines.append(f"{'mean similarity':<34} {summary['mean_similarity']}")
+    if "tool_calls" in summary:
+        row("tool call names agree", summary["tool_calls"]["names"])
+        row("tool call arguments agree", summary["tool_calls"]["arguments"])
+    if "json_validity" in summary:
+        row("valid JSON: original", summary["json_validity"]["reference"])
+        row("valid JSON: copy", summary["json_validity"]["candidate"])
+    if "judge" in summary:
+        row("judge prefers the copy", summary["judge"]["candidate_preferred"])
+        row("judge prefers the original", summary["judge"]["reference_preferred"])
+        row("copy at least as good", summary["judge"]["candidate_at_least_as_good"])
+    return lines
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """One line of the figures a person looks at first (a job's event)."""
+    def rate(block: dict[str, Any]) -> str:
+        if block.get("rate") is None:
+            return "n/a"
+        return f"{block['rate']:.3f} [{block['ci_low']:.3f}, {block['ci_high']:.3f}] ({block['count']}/{block['n']})"
+
+    parts = [f"exact agreement {rate(summary['agreement'])}", f"mean similarity {summary['mean_similarity']}"]
+    if "tool_calls" in summary:
+        parts.append(f"tool calls: names {rate(summary['tool_calls']['names'])}, "
+                     f"arguments {rate(summary['tool_calls']['arguments'])}")
+    if "json_validity" in summary:
+        parts.append(f"valid JSON: original {rate(summary['json_validity']['reference'])}, "
+                     f"copy {rate(summary['json_validity']['candidate'])}")
+    if "judge" in summary:
+        parts.append(f"judge: copy at least as good {rate(summary['judge']['candidate_at_least_as_good'])}")
+    return "; ".join(parts)
+
+
+def reference_line(request: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """One line of a reference file: the request's messages, then the original's answer as the last
+    assistant turn (tool calls kept), with the request's tools and response_format."""
+    from contracts.files.chat_lines import training_line
+
+    line = training_line(request, answer)
+    for key in ("response_format", "tool_choice"):
+        if request.get(key) is not None:
+            line[key] = request[key]
+    return line
+
+
+@dataclass(frozen=True)
+class ReferenceItem:
+    request: dict[str, Any]
+    #: The original's answer (content, tool_calls), None where a reference model answers at run time.
+    answer: dict[str, Any] | None
+
+
+def reference_items(content: bytes, *, with_answers: bool, param: str) -> list[ReferenceItem]:
+    """The held-out items of a reference file. With `with_answers` each line must end with the original's
+    answer (an assistant turn); without, a line's trailing assistant turn is ignored and a reference model
+    answers. Every problem is an InvalidRequest naming the line."""
+    items: list[ReferenceItem] = []
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("The reference file is not UTF-8 text.", code="invalid_reference_file",
+                             param=param) from None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidRequest(f"Reference file line {number}: not JSON ({exc.args[0]}).",
+                                 code="invalid_reference_file", param=param) from None
+        request = prompt_of(line) if isinstance(line, dict) else None
+        if request is None:
+            raise InvalidRequest(f"Reference file line {number}: not a chat line with a user turn "
+                                 '({"messages": [...]}).', code="invalid_reference_file", param=param)
+        if line.get("tool_choice") is not None:  # a request's field that training lines do not carry
+            request["tool_choice"] = line["tool_choice"]
+        _check_request(request, number, param)
+        last = line["messages"][-1]
+        answer = None
+        if with_answers:
+            if not (isinstance(last, dict) and last.get("role") == "assistant"):
+                raise InvalidRequest(f"Reference file line {number}: the last message is not the original's "
+                                     "answer (an assistant turn); give a reference_model to have one answer.",
+                                     code="invalid_reference_file", param=param)
+            answer = {"content": last.get("content"), "tool_calls": last.get("tool_calls") or None}
+        items.append(ReferenceItem(request, answer))
+        if len(items) > MAX_ITEMS:
+            raise InvalidRequest(f"The reference file has more than {MAX_ITEMS} lines.",
+                                 code="invalid_reference_file", param=param)
+    if not items:
+        raise InvalidRequest("The reference file has no lines.", code="invalid_reference_file", param=param)
+    return items
+
+
+def _check_request(request: dict[str, Any], number: int, param: str) -> None:
+    """A line's request must be one /v1/chat/completions would take (so the run cannot fail on it)."""
+    from pydantic import ValidationError
+
+    from contracts.inference.schemas import ChatCompletionRequest
+
+    try:
+        ChatCompletionRequest.model_validate({**request, "model": "reference"})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise InvalidRequest(f"Reference file line {number}: {where}: {first['msg']}.",
+                             code="invalid_reference_file", param=param) from None
+
+
+@dataclass(frozen=True)
+class ComparisonSpec:
+    """What a server-side comparison runs: `document` is stored with the eval (and as its spec.json)."""
+
+    document: dict[str, Any]
+    items: int
+
+    @classmethod
+    def of(cls, *, reference_file: str, reference_model: str | None, judge_model: str | None,
+           max_new_tokens: int, seed: int, items: int) -> ComparisonSpec:
+        document = {"kind": KIND, "name": f"comparison:{reference_file}", "reference_file": reference_file,
+                    "reference_model": reference_model, "judge_model": judge_model,
+                    "max_new_tokens": max_new_tokens, "temperature": 0.0, "seed": seed}
+        return cls(document, items)
+
+    @property
+    def name(self) -> str:
+        return str(self.document["name"])
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.document, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def generations(self) -> int:
+        """Answers the run generates (the candidate's, and the reference model's where there is one)."""
+        return self.items * (2 if self.document["reference_model"] else 1)
+
+
+def is_comparison(document: dict[str, Any]) -> bool:
+    return document.get("kind") == KIND

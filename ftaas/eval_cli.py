@@ -2,6 +2,7 @@
 
 Against a running server (`--base-url`, `--api-key`, or FTAAS_BASE_URL / FTAAS_API_KEY):
     ftaas eval run --model ft:... --suite fictional_people [--suite control] [--wait] [--output DIR]
+    ftaas eval run --model ft:... --compare-with reference.jsonl [--reference-model M] [--judge-model J]
     ftaas eval show keval_...  [--output DIR]          status, summary table, downloads
     ftaas eval list
 Local, no server needed:
@@ -32,7 +33,14 @@ def eval_group() -> None:
 
 
 def _print_report(report: dict[str, Any]) -> None:
+    from evals.comparison import REPORT_OBJECT, summary_lines
     from evals.report import format_table, summary_rows
+
+    if report.get("object") == REPORT_OBJECT:
+        click.echo(f"{report['models']['candidate']} vs {report['models']['reference']}")
+        for line in summary_lines(report["summary"]):
+            click.echo(line)
+        return
 
     click.echo(f"{report['tuned_model']['id']} vs base {report['base_model']['id']} (spec {report['spec']['name']}, "
                f"{report['spec']['sha256'][:12]})")
@@ -83,17 +91,48 @@ def _follow(client: Any, eval_id: str, poll: float) -> dict[str, Any]:
                    "'fictional_people?size=8&seed=1') or an uploaded suite file id. Repeatable.")
 @click.option("--spec", "spec_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="An eval spec JSON file (instead of --suite).")
-@click.option("--judge-model", default=None, help="With --suite: LLM judge for free-text answers.")
-@click.option("--max-new-tokens", type=int, default=None, help="With --suite: tokens per answer (default 32).")
+@click.option("--compare-with", default=None,
+              help="Instead of --suite/--spec: compare MODEL with an original whose answers are in this reference "
+                   "file (chat JSONL, each line ending with the original's answer; a path is uploaded first, or a "
+                   "file id).")
+@click.option("--reference-model", default=None,
+              help="With --compare-with: this model answers as the original (the file then holds prompts only).")
+@click.option("--judge-model", default=None, help="LLM judge: for free-text answers (--suite) or which answer is "
+                                                  "better (--compare-with).")
+@click.option("--max-new-tokens", type=int, default=None,
+              help="Tokens per answer (default 32 with --suite, 512 with --compare-with).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow progress until it finishes.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write report.json, items.jsonl and the charts here.")
 @click.option("--poll", type=float, default=1.0, show_default=True, help="Seconds between status checks.")
 @server_options
-def run(model: str, suites: tuple[str, ...], spec_path: Path | None, judge_model: str | None,
-        max_new_tokens: int | None, wait: bool, output: Path | None, poll: float, base_url: str, api_key: str) -> None:
-    """Start a knowledge eval of MODEL against its base model, follow it, print the summary table."""
+def run(model: str, suites: tuple[str, ...], spec_path: Path | None, compare_with: str | None,
+        reference_model: str | None, judge_model: str | None, max_new_tokens: int | None, wait: bool,
+        output: Path | None, poll: float, base_url: str, api_key: str) -> None:
+    """Start a knowledge eval of MODEL against its base model (or a comparison with an original), follow it,
+    print the summary table."""
+    if compare_with is not None and (suites or spec_path is not None):
+        raise click.UsageError("give --compare-with or --suite/--spec, not both")
+    if reference_model is not None and compare_with is None:
+        raise click.UsageError("--reference-model goes with --compare-with")
     body: dict[str, Any] = {"model": model}
+    if compare_with is not None:
+        with http_client(base_url, api_key) as client:
+            reference_file = compare_with
+            if Path(compare_with).is_file():
+                path = Path(compare_with)
+                with path.open("rb") as handle:
+                    uploaded = check(client.post("/files", files={"file": (path.name, handle)},
+                                                 data={"purpose": "evals"})).json()
+                reference_file = uploaded["id"]
+                click.echo(f"{path} uploaded as {reference_file}", err=True)
+        comparison: dict[str, Any] = {"reference_file": reference_file}
+        for key, value in (("reference_model", reference_model), ("judge_model", judge_model),
+                           ("max_new_tokens", max_new_tokens)):
+            if value is not None:
+                comparison[key] = value
+        body["comparison"] = comparison
+        judge_model = max_new_tokens = None
     if spec_path is not None:
         body["spec"] = json.loads(spec_path.read_text())
     if suites:

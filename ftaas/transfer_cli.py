@@ -310,7 +310,7 @@ def compare_command(source_model: str, candidate: str, prompts_file: Path | None
 
     from tqdm import tqdm
 
-    from evals.comparison import compare
+    from evals.comparison import compare, reference_line
     from transfer.copy import download
     from transfer.distill import DistillRun, Sampling, estimate, load_answers, prompts_from_lines, sample
     from transfer.state import TransferState
@@ -366,29 +366,17 @@ def compare_command(source_model: str, candidate: str, prompts_file: Path | None
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "items"}, indent=2))
     (folder / "items.jsonl").write_text("".join(json.dumps(item) + "\n" for item in report["items"]))
+    # The original's answers as a reference file: upload it and the server compares any model with the
+    # original (`ftaas eval run --compare-with`, or a job's knowledge_eval.comparison), long after it retired.
+    (folder / "reference.jsonl").write_text("".join(
+        json.dumps(reference_line(prompts[i], original.answers[(i, 0)])) + "\n" for i in both))
     _print_comparison(report["summary"])
-    click.echo(f"report: {folder / 'report.json'}  items: {folder / 'items.jsonl'}", err=True)
+    click.echo(f"report: {folder / 'report.json'}  items: {folder / 'items.jsonl'}  "
+               f"the original's answers: {folder / 'reference.jsonl'}", err=True)
 
 
 def _print_comparison(summary: dict[str, Any]) -> None:
-    def row(name: str, block: dict[str, Any]) -> None:
-        if block.get("rate") is None:
-            click.echo(f"{name:<34} n/a")
-            return
-        click.echo(f"{name:<34} {block['rate']:.3f}  [{block['ci_low']:.3f}, {block['ci_high']:.3f}]  "
-                   f"({block['count']}/{block['n']})")
+    from evals.comparison import summary_lines
 
-    click.echo(f"{summary['items']} items, {summary['confidence_level']:.0%} Wilson intervals")
-    row("agreement (exact)", summary["agreement"])
-    row(f"similar (>= {summary['similar']['threshold']})", summary["similar"])
-    click.echo(f"{'mean similarity':<34} {summary['mean_similarity']}")
-    for name, key in (("tool call names agree", "names"), ("tool call arguments agree", "arguments")):
-        if "tool_calls" in summary:
-            row(name, summary["tool_calls"][key])
-    if "json_validity" in summary:
-        row("valid JSON: original", summary["json_validity"]["reference"])
-        row("valid JSON: copy", summary["json_validity"]["candidate"])
-    if "judge" in summary:
-        row("judge prefers the copy", summary["judge"]["candidate_preferred"])
-        row("judge prefers the original", summary["judge"]["reference_preferred"])
-        row("copy at least as good", summary["judge"]["candidate_at_least_as_good"])
+    for line in summary_lines(summary):
+        click.echo(line)

@@ -3,12 +3,16 @@ inject the faults of a network: `cut()` resets every connection and refuses new 
 `stall()` keeps connections open but forwards nothing (a hung service or a black-holed route), `restore()`
 forwards again. Plain sockets and threads: what the code under test sees is a real network failure.
 
+`FaultProxy` is the same idea one layer up, for HTTP: it answers chosen requests to a live server with an
+error status or a garbled body.
+
 `RedisServer` is a private redis-server the tests may restart: a restart loses everything it held (no
 persistence), as a broker that crashed without its data does."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import struct
@@ -17,7 +21,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import httpx
 
 
 class TcpProxy:
@@ -185,3 +192,76 @@ class RedisServer:
             yield
         finally:
             self.start()
+
+
+class FaultProxy:
+    """An HTTP proxy in front of a live server: forwards every request to `upstream`; `fail(path_part, status,
+    times)` answers the next matching requests with that status instead (a 429 with `retry_after`'s header),
+    `corrupt(path_part)` sends a file's content with one line garbled."""
+
+    def __init__(self, upstream: str) -> None:
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        self.upstream = upstream
+        # [path part, status or "corrupt", times left, matches to let pass, extra headers]
+        self.faults: list[list[Any]] = []
+        self.seen: list[tuple[str, str, int]] = []
+
+        async def forward(request: Request) -> Response:
+            path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            for fault in self.faults:
+                if fault[0] in path and fault[3] > 0:
+                    fault[3] -= 1
+                elif fault[0] in path and fault[2] > 0:
+                    fault[2] -= 1
+                    if fault[1] == "corrupt":
+                        break
+                    self.seen.append((request.method, path, fault[1]))
+                    return Response(json.dumps({"error": {"message": "injected", "type": "server_error",
+                                                          "param": None, "code": None}}),
+                                    status_code=fault[1], media_type="application/json", headers=fault[4])
+            else:
+                fault = None
+            async with httpx.AsyncClient(base_url=self.upstream, timeout=60) as client:
+                answer = await client.request(request.method, path, content=await request.body(),
+                                              headers={k: v for k, v in request.headers.items() if k != "host"})
+            self.seen.append((request.method, path, answer.status_code))
+            body = answer.content
+            if fault is not None:  # a corrupted download: the first line is no longer JSON, the length unchanged
+                first, _, rest = body.partition(b"\n")
+                body = b"{" * len(first) + b"\n" + rest
+            headers = {k: v for k, v in answer.headers.items() if k.lower() not in ("content-length", "content-encoding",
+                                                                                    "transfer-encoding")}
+            return Response(body, status_code=answer.status_code, headers=headers)
+
+        app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "DELETE"])])
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        threading.Thread(target=self.server.run, daemon=True).start()
+        while not self.server.started:
+            time.sleep(0.02)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def fail(self, path_part: str, status: int, times: int = 1, *, after: int = 0,
+             retry_after: float | None = None) -> None:
+        """The next `times` requests whose path holds `path_part` get `status`, once `after` of them passed."""
+        headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else {}
+        self.faults.append([path_part, status, times, after, headers])
+
+    def corrupt(self, path_part: str) -> None:
+        self.faults.append([path_part, "corrupt", 10, 0, {}])
+
+    def requests_to(self, method: str, path_part: str) -> int:
+        return sum(m == method and path_part in p for m, p, _ in self.seen)
+
+    def close(self) -> None:
+        self.server.should_exit = True

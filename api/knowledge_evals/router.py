@@ -65,10 +65,11 @@ async def cancel_eval(knowledge_eval_id: str, services: Services, caller: Curren
 
 #: What each result file of an eval holds (its route's description); the names: evals.artifacts.
 RESULTS = {
-    "report": "The report JSON (schema urn:ftservice:knowledge-eval-report:v1).",
+    "report": "The report JSON (schema urn:ftservice:knowledge-eval-report:v1; a comparison's: docs/evals.md).",
     "items": "Per-item JSONL: prompt, reference, both models' raw responses and verdicts.",
     "spec": "The spec that was run.",
     "chart": "Base-vs-tuned accuracy per split (PNG).",
+    "comparison_chart": "A comparison's rates with their intervals (PNG; comparisons only).",
     "loss_curve": "The training loss of the job that made the evaluated model (PNG), when there is one.",
 }
 assert RESULTS.keys() == RESULT_FILES.keys()

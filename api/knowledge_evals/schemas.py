@@ -9,8 +9,30 @@ from pydantic import BaseModel, ConfigDict, Field
 from db.tables import KnowledgeEval
 
 
+class ComparisonOptions(BaseModel):
+    """Does the model behave like an original? Its answers to held-out prompts compared with the original's
+    (docs/evals.md, "Comparing a copy with its original")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reference_file: str = Field(
+        min_length=1, max_length=64,
+        description="A file id: chat JSONL, one held-out prompt per line (messages, optional tools and "
+                    "response_format), each ending with the original's answer as the last assistant turn "
+                    "(`ftaas transfer compare` writes such a file), or, with reference_model, without it.")
+    reference_model: str | None = Field(
+        default=None, min_length=1, max_length=320,
+        description="A model of this project that answers the prompts as the original (instead of the "
+                    "answers in the file).")
+    judge_model: str | None = Field(default=None, min_length=1, max_length=320,
+                                    description="Ask this model which answer is better (default: no judge).")
+    max_new_tokens: int = Field(default=512, ge=1, le=4096, description="Tokens generated per answer.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Draws the order the judge sees the answers in.")
+
+
 class KnowledgeEvalOptions(BaseModel):
-    """What to evaluate: a whole spec, or suites from which ftaas builds one (exactly one of the two)."""
+    """What to evaluate: a whole spec, suites from which ftaas builds one, or a comparison with an original
+    (exactly one of the three)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -25,6 +47,9 @@ class KnowledgeEvalOptions(BaseModel):
                                     description="With suites: score free-text answers with this LLM judge.")
     max_new_tokens: int | None = Field(default=None, ge=1, le=1024,
                                        description="With suites: tokens generated per answer (default 32).")
+    comparison: ComparisonOptions | None = Field(
+        default=None, description="Instead of spec or suites: compare the model with an original on held-out "
+                                  "prompts (agreement, similarity, tool calls, JSON validity, a judge).")
 
 
 class KnowledgeEvalCreateRequest(KnowledgeEvalOptions):

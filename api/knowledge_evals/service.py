@@ -7,7 +7,12 @@ import secrets
 import time
 from collections.abc import Iterator
 
-from api.knowledge_evals.schemas import KnowledgeEvalCreateRequest, KnowledgeEvalOptions, SuiteObject
+from api.knowledge_evals.schemas import (
+    ComparisonOptions,
+    KnowledgeEvalCreateRequest,
+    KnowledgeEvalOptions,
+    SuiteObject,
+)
 from api.leased_work import LeasedWorkService
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import Conflict, InvalidRequest, NotFound
@@ -17,6 +22,7 @@ from db.session import Database
 from db.states import FileStatus
 from db.tables import File, KnowledgeEval
 from evals.artifacts import RESULT_FILES
+from evals.comparison import ComparisonSpec, reference_items
 from evals.requests import parse_suite_source, spec_for_request, suite_uri
 from evals.sources import CallableResolver, project_resolver
 from evals.spec import EvalSpec
@@ -40,7 +46,16 @@ class KnowledgeEvalService(LeasedWorkService[KnowledgeEval]):
     def resolver(self, principal: Principal) -> CallableResolver:
         return project_resolver(files.content_reader(self.db, self.store, principal.project_id))
 
-    def check_options(self, principal: Principal, options: KnowledgeEvalOptions) -> tuple[EvalSpec, int]:
+    def check_options(self, principal: Principal, options: KnowledgeEvalOptions
+                      ) -> tuple[EvalSpec | ComparisonSpec, int]:
+        """The spec to run and the number of generations it makes for the evaluated model and its reference
+        (its base model, for a knowledge eval: doubled by `create` when the model is not the base)."""
+        if options.comparison is not None:
+            if options.spec is not None or options.suites or options.judge_model or options.max_new_tokens:
+                raise InvalidRequest("Give either 'comparison' or 'spec'/'suites' (with their judge_model and "
+                                     "max_new_tokens), not both.", code="invalid_eval_spec", param="comparison")
+            comparison = self.check_comparison(principal, options.comparison)
+            return comparison, comparison.generations
         spec, questions = spec_for_request(spec=options.spec, suites=options.suites, judge_model=options.judge_model,
                                            max_new_tokens=options.max_new_tokens, resolver=self.resolver(principal))
         if not self.external_judge:
@@ -55,6 +70,26 @@ class KnowledgeEvalService(LeasedWorkService[KnowledgeEval]):
                                          "project (the judge is served by ftaas itself: no judge endpoint is "
                                          "configured).", code="model_not_found", param=param) from None
         return spec, questions
+
+    def check_comparison(self, principal: Principal, options: ComparisonOptions) -> ComparisonSpec:
+        """The reference file read and checked line by line, the reference and judge models looked up."""
+        data = files.content_reader(self.db, self.store, principal.project_id)(options.reference_file)
+        if data is None:
+            raise InvalidRequest(f"No such file in this project: {options.reference_file}.", code="file_not_found",
+                                 param="comparison.reference_file")
+        items = reference_items(data, with_answers=options.reference_model is None,
+                                param="comparison.reference_file")
+        for field, name in (("reference_model", options.reference_model), ("judge_model", options.judge_model)):
+            if name is None or (field == "judge_model" and self.external_judge):
+                continue
+            try:
+                self.base_model_of(principal, name)
+            except NotFound:
+                raise InvalidRequest(f"The model {name!r} is not a model of this project.", code="model_not_found",
+                                     param=f"comparison.{field}") from None
+        return ComparisonSpec.of(reference_file=options.reference_file, reference_model=options.reference_model,
+                                 judge_model=options.judge_model, max_new_tokens=options.max_new_tokens,
+                                 seed=options.seed, items=len(items))
 
     def base_model_of(self, principal: Principal, name: str) -> str:
         if name in self.registry:
@@ -73,7 +108,8 @@ class KnowledgeEvalService(LeasedWorkService[KnowledgeEval]):
             id=ids.new_id(ids.KNOWLEDGE_EVAL), project_id=principal.project_id, model=request.model,
             base_model=base_model, job_id=None, status="queued", spec=spec.document, spec_name=spec.name,
             spec_sha256=spec.sha256, progress_done=0,
-            progress_total=questions * (1 if request.model == base_model else 2), result_files=[],
+            progress_total=(questions if isinstance(spec, ComparisonSpec)
+                            else questions * (1 if request.model == base_model else 2)), result_files=[],
             user_metadata=request.metadata, created_at=int(time.time()), attempt=0,
             max_attempts=self.max_attempts, fencing_token=0)
         with self.db.write() as session:

@@ -22,6 +22,7 @@ import pytest
 
 from contracts.settings import PACKAGED_BASE_MODEL
 from tests.e2e.servers import LiveServer, start_embedded, wait_for
+from tests.faults import FaultProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -182,8 +183,11 @@ def test_a_retiring_fine_tune_is_carried_over_distilled_and_the_copy_answers_lik
     """The function-calling fine-tune plays a model about to retire, on one ftaas (the source); a second ftaas
     (the target) receives its job with `ftaas transfer copy`, learns its behaviour with `ftaas transfer
     distill` (the source model answering its own job's prompts), and `ftaas transfer compare` measures the
-    distilled copy against the original on the held-out requests."""
+    distilled copy against the original on the held-out requests, as does the server's comparison (`ftaas eval
+    run --compare-with`) from the original's recorded answers. Between the CLI and the source sits a proxy
+    that gives the source's error paths: a rejected key (401), a 500, 429s with retry-after, a malformed file."""
     source = embedded.client()
+    proxy = FaultProxy(embedded.base_url.removesuffix("/v1"))
     target_server = start_embedded(tmp_path_factory.mktemp("target") / "data", model_cache_dir,
                                    FTAAS_SERVING_DTYPE="float32")
     try:
@@ -191,16 +195,34 @@ def test_a_retiring_fine_tune_is_carried_over_distilled_and_the_copy_answers_lik
         work = tmp_path_factory.mktemp("transfer")
         env = {**os.environ, "OPENAI_API_KEY": embedded.api_key, "FTAAS_BASE_URL": target_server.base_url,
                "FTAAS_API_KEY": target_server.api_key}
-        connection = ["--source-base-url", embedded.base_url, "--state-dir", str(work / "state")]
+        # The source's faults come from a proxy in front of it: every error path of a live source.
+        connection = ["--source-base-url", proxy.base_url, "--state-dir", str(work / "state")]
         mapping = ["--base-model", f"{PACKAGED_BASE_MODEL}={PACKAGED_BASE_MODEL}", "--job", tools_job.id]
 
+        refused = _cli("transfer", "plan", *connection, *mapping, "--source-api-key", "sk-wrong", env=env)
+        assert refused.returncode == 1 and "source rejected the API key (HTTP 401)" in refused.stderr, refused.stderr
+
+        proxy.fail("/fine_tuning/jobs", 500, times=1)  # a server error on the listing: retried
         planned = _cli("transfer", "plan", *connection, *mapping, env=env)
         assert planned.returncode == 0, planned.stderr
         assert f"{tools_job.id}  succeeded  supervised" in planned.stdout and "1 can be copied" in planned.stdout
         assert "'batch_size': 2" in planned.stdout and "seed: 4" in planned.stdout, planned.stdout
 
+        # A training file that arrives malformed: reported with the source's file id, no job created.
+        proxy.corrupt(f"/files/{tools_job.training_file}/content")
+        broken = _cli("transfer", "copy", *connection[:2], "--state-dir", str(work / "corrupt"), *mapping, env=env)
+        assert broken.returncode == 1, broken.stdout + broken.stderr
+        assert f"source file {tools_job.training_file}" in broken.stdout + broken.stderr
+        assert "failed the target's validation" in broken.stdout + broken.stderr
+        assert list(target.fine_tuning.jobs.list()) == []
+        proxy.faults.clear()
+
+        # Rate limited twice on the download (429 with retry-after): waited out, then copied.
+        proxy.fail(f"/files/{tools_job.training_file}/content", 429, times=2, retry_after=1)
         copied = _cli("transfer", "copy", *connection, *mapping, env=env)
         assert copied.returncode == 0, copied.stderr
+        statuses = [status for _, _, status in proxy.seen]
+        assert statuses.count(401) == 1 and statuses.count(500) == 1 and statuses.count(429) == 2, statuses
         [carried] = list(target.fine_tuning.jobs.list())
         assert carried.metadata["transfer_source_job"] == tools_job.id and carried.seed == 4
         assert carried.method.supervised.hyperparameters.batch_size == 2
@@ -237,5 +259,17 @@ def test_a_retiring_fine_tune_is_carried_over_distilled_and_the_copy_answers_lik
         print(compared.stdout)
         assert summary["items"] == len(held_out_requests())
         assert summary["agreement"]["rate"] >= 0.8, compared.stdout
+
+        # The same comparison on the server, from the original's recorded answers (it may have retired by
+        # now): a knowledge eval of kind comparison, its worker answering with the distilled model.
+        on_server = _cli("eval", "run", "--model", job.fine_tuned_model, "--compare-with",
+                         str(work / "report" / "reference.jsonl"), "--max-new-tokens", "64",
+                         "--output", str(work / "server-report"), env=env)
+        assert on_server.returncode == 0, on_server.stderr
+        print(on_server.stdout)
+        server_summary = json.loads((work / "server-report" / "report.json").read_text())["summary"]
+        assert server_summary["items"] == summary["items"] and server_summary["agreement"]["rate"] >= 0.8
+        assert (work / "server-report" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     finally:
+        proxy.close()
         target_server.stop()

@@ -61,3 +61,26 @@ def test_a_job_with_an_eval_publishes_the_report_with_its_results(tmp_path: Path
     messages = bench.messages(job_id)
     headline = [m for m in messages if m.startswith("Knowledge eval memorization")]
     assert len(headline) == 1 and messages.index(headline[0]) < messages.index("The job has successfully completed")
+
+
+def test_a_job_with_a_comparison_reports_how_alike_its_model_answers_in_events_and_result_files(
+        tmp_path: Path, model_cache_dir: Path) -> None:
+    """A comparison attached to the job: the fine-tuned model against recorded answers (here the training
+    file's own, so the figure is how often the copy writes what it was taught)."""
+    bench = make_bench(tmp_path, model_cache_dir)
+    training = bench.upload(varied_chats(12))
+    job_id = create_job(bench, training, {"comparison": {"reference_file": training, "max_new_tokens": 8}},
+                        external_judge=False)
+    assert bench.job(job_id).knowledge_eval["spec"]["kind"] == "comparison"
+    assert run_job(bench.ctx, job_id) == "succeeded"
+    job = bench.job(job_id)
+    assert len(job.result_files) == 6  # metrics, report, spec, items, comparison chart, loss curve
+    with bench.ctx.db.read() as session:
+        evaluation = knowledge_evals.for_job(session, job_id)
+    assert evaluation.status == "succeeded" and evaluation.progress_done == evaluation.progress_total == 12
+    figures = evaluation.summary["comparison"]
+    assert figures["items"] == 12 and figures["models"]["candidate"] == job.fine_tuned_model
+    messages = bench.messages(job_id)
+    [headline] = [m for m in messages if m.startswith("Comparison of ")]
+    assert f"on 12 held-out prompts: exact agreement {figures['agreement']['rate']:.3f}" in headline
+    assert messages.index(headline) < messages.index("The job has successfully completed")

@@ -5,89 +5,19 @@ requests with a 500 or a malformed file; the source's own rate limiter gives rea
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from click.testing import CliRunner
 
 from contracts.settings import DEMO_BASE_MODEL
 from ftaas.cli import main
+from tests.faults import FaultProxy
 from tests.serving.conftest import LiveServing
-
-
-class FaultProxy:
-    """Forwards every request to `upstream`; `fail(path_part, status, times)` answers the next matching
-    requests with that status instead, `corrupt(path_part)` sends a file's content with one line garbled."""
-
-    def __init__(self, upstream: str) -> None:
-        import uvicorn
-        from starlette.applications import Starlette
-        from starlette.requests import Request
-        from starlette.responses import Response
-        from starlette.routing import Route
-
-        self.upstream = upstream
-        self.faults: list[list[Any]] = []  # [path part, status or "corrupt", times left, matches to let pass]
-        self.seen: list[tuple[str, str, int]] = []
-
-        async def forward(request: Request) -> Response:
-            path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            for fault in self.faults:
-                if fault[0] in path and fault[3] > 0:
-                    fault[3] -= 1
-                elif fault[0] in path and fault[2] > 0:
-                    fault[2] -= 1
-                    if fault[1] == "corrupt":
-                        break
-                    self.seen.append((request.method, path, fault[1]))
-                    return Response(json.dumps({"error": {"message": "injected", "type": "server_error",
-                                                          "param": None, "code": None}}),
-                                    status_code=fault[1], media_type="application/json")
-            else:
-                fault = None
-            async with httpx.AsyncClient(base_url=self.upstream, timeout=60) as client:
-                answer = await client.request(request.method, path, content=await request.body(),
-                                              headers={k: v for k, v in request.headers.items() if k != "host"})
-            self.seen.append((request.method, path, answer.status_code))
-            body = answer.content
-            if fault is not None:  # a corrupted download: the first line is no longer JSON, the length unchanged
-                first, _, rest = body.partition(b"\n")
-                body = b"{" * len(first) + b"\n" + rest
-            headers = {k: v for k, v in answer.headers.items() if k.lower() not in ("content-length", "content-encoding",
-                                                                                    "transfer-encoding")}
-            return Response(body, status_code=answer.status_code, headers=headers)
-
-        app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "DELETE"])])
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        threading.Thread(target=self.server.run, daemon=True).start()
-        while not self.server.started:
-            time.sleep(0.02)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def fail(self, path_part: str, status: int, times: int = 1, *, after: int = 0) -> None:
-        """The next `times` requests whose path holds `path_part` get `status`, once `after` of them passed."""
-        self.faults.append([path_part, status, times, after])
-
-    def corrupt(self, path_part: str) -> None:
-        self.faults.append([path_part, "corrupt", 10, 0])
-
-    def requests_to(self, method: str, path_part: str) -> int:
-        return sum(m == method and path_part in p for m, p, _ in self.seen)
-
-    def close(self) -> None:
-        self.server.should_exit = True
 
 
 def chat_lines(count: int, topic: str) -> bytes:

@@ -75,12 +75,41 @@ class EngineGenerator:
 
         requests = [ChatCompletionRequest(model=model, messages=messages, temperature=temperature, top_p=top_p,
                                           max_tokens=max_new_tokens, seed=seed) for messages in conversations]
+        return [result.text for result in self._run(resolved, requests, progress)]
 
-        async def run_all() -> list[str]:
+    def answer(self, model: str, requests: Sequence[dict[str, Any]], *, max_new_tokens: int, temperature: float,
+               seed: int | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
+        """Whole chat requests (messages, tools, tool_choice, parallel_tool_calls, response_format) answered as
+        /v1/chat/completions answers them: `{"content", "tool_calls", "finish_reason"}` each. Served families
+        only: a request with tools or a format cannot fall back to the reference path (InvalidRequest)."""
+        from contracts.inference.schemas import ChatCompletionRequest
+
+        resolved = self._overrides.get(model) or self.inference.resolve(self.principal, model)
+        keys = ("messages", "tools", "tool_choice", "parallel_tool_calls", "response_format")
+        chat_requests = [ChatCompletionRequest.model_validate(
+            {**{k: r[k] for k in keys if r.get(k) is not None}, "model": model, "temperature": temperature,
+             "max_tokens": max_new_tokens, "seed": seed}) for r in requests]
+        if not self.inference.serves(resolved.base_model):
+            if any(r.get(k) for r in requests for k in keys[1:]):
+                raise InvalidRequest(f"{resolved.base_model} is answered by the reference path, which takes "
+                                     "neither tools nor response_format.", code="unsupported_model", param="model")
+            texts = self._reference_answers(resolved, [list(r["messages"]) for r in requests],
+                                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0,
+                                            seed=seed, progress=progress)
+            return [{"content": text, "tool_calls": None, "finish_reason": None} for text in texts]
+        results = self._run(resolved, chat_requests, progress)
+        return [{"content": r.text or None,
+                 "tool_calls": [{k: v for k, v in c.items() if k != "index"} for c in r.tool_calls] or None,
+                 "finish_reason": r.finish_reason} for r in results]
+
+    def _run(self, resolved: Any, requests: Sequence[Any], progress: Progress | None) -> list[Any]:
+        """Each request's first result, the engine batching them (at most `concurrency` in flight)."""
+
+        async def run_all() -> list[Any]:
             loop = asyncio.get_running_loop()
             gate = asyncio.Semaphore(self.concurrency)
 
-            async def one(request: ChatCompletionRequest) -> str:
+            async def one(request: Any) -> Any:
                 async with gate:
                     while True:
                         try:
@@ -91,7 +120,7 @@ class EngineGenerator:
                     results = await generation.collect()
                 if progress is not None:
                     progress(1)
-                return results[0].text
+                return results[0]
 
             return list(await asyncio.gather(*(one(r) for r in requests)))
 

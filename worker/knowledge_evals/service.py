@@ -9,6 +9,7 @@ objects are stored.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -18,20 +19,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.errors import DependencyOutage, FTaaSError, LeaseLost
+from contracts.errors import DependencyOutage, FTaaSError, InvalidRequest, LeaseLost
 from db import events, files, ids, jobs, knowledge_evals, models
 from db.leased import Lease
 from db.projects import Principal
 from db.states import FileStatus
 from db.tables import File, KnowledgeEval
 from evals import charts
-from evals.artifacts import CHART, ITEMS, LOSS_CURVE, REPORT, SPEC
+from evals.artifacts import CHART, COMPARISON_CHART, ITEMS, LOSS_CURVE, REPORT, SPEC
+from evals.comparison import REPORT_OBJECT, is_comparison
+from evals.comparison import headline as comparison_headline
+from evals.comparison import summary_lines as comparison_lines
 from evals.report import summary_rows
 from evals.run import EvalRun
 from evals.sources import load_items, project_resolver
 from evals.spec import validate_report, validate_spec
 from storage import layout
 from worker.context import WorkerContext
+from worker.knowledge_evals.comparison import generations, held_out_items, run_comparison
 from worker.knowledge_evals.engine import EngineGenerator, EngineJudge
 from worker.outages import OWN_DEPENDENCIES, Patiently, patiently
 from worker.standalone import StandaloneWork
@@ -51,6 +56,8 @@ class EvalArtifacts:
 
 def headline_summary(report: dict[str, Any]) -> dict[str, Any]:
     summary = report["summary"]
+    if report.get("object") == REPORT_OBJECT:
+        return {"comparison": {"models": report["models"], **summary}}
     out = {kind: {k: summary[kind].get(k) for k in ("mean_base", "mean_tuned", "mean_delta")}
            for kind in ("memorization", "generalization")}
     if "forgetting" in summary:
@@ -67,6 +74,9 @@ def headline_messages(report: dict[str, Any]) -> list[str]:
         return "n/a" if value is None else f"{value:.3f}"
 
     summary = report["summary"]
+    if report.get("object") == REPORT_OBJECT:
+        return [(f"Comparison of {report['models']['candidate']} with {report['models']['reference']} on "
+                 f"{summary['items']} held-out prompts: {comparison_headline(summary)}")]
     lines = []
     for kind in ("memorization", "generalization"):
         head = summary[kind]
@@ -88,9 +98,18 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
     from serving.service import InferenceService
 
     patient = patient or patiently(ctx.outages)
-    spec = validate_spec(spec_document)
-    items, controls = patient(lambda: load_items(spec, project_resolver(
-        files.content_reader(ctx.db, ctx.store, project_id, include_expired=True))), "read the eval's sources")
+    read = files.content_reader(ctx.db, ctx.store, project_id, include_expired=True)
+    spec: Any = None
+    held_out: list[Any] = []
+    if is_comparison(spec_document):
+        content = patient(lambda: read(spec_document["reference_file"]), "read the reference file")
+        if content is None:
+            raise InvalidRequest(f"The reference file {spec_document['reference_file']} no longer exists.",
+                                 code="file_not_found", param="comparison.reference_file")
+        held_out = held_out_items(spec_document, content)
+    else:
+        spec = validate_spec(spec_document)
+        items, controls = patient(lambda: load_items(spec, project_resolver(read)), "read the eval's sources")
     # An adapter disk cache of this process's own: under `ftaas up` the API's serving engine uses the
     # shared one, and two processes must not evict each other's files.
     # Batch-invariant: an eval's answers do not depend on how its generations were batched (reproducible).
@@ -114,40 +133,51 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
         else:
             judge = EngineJudge(generator)
         counter = _Counter(progress)
-        run = EvalRun(spec, items, controls, generator, base_model=base_model, tuned_model=model, judge=judge,
-                      run_id=eval_id, tuned_model_info=tuned_info or {}, evaluate_base=model != base_model,
-                      progress=counter.add)
-        counter.total = run.total_generations
-        counter.report(force=True)
-        report, lines = run.execute()
+        if spec is None:
+            counter.total = generations(spec_document, held_out)
+            counter.report(force=True)
+            report, lines = run_comparison(generator, judge, spec_document, held_out, eval_id=eval_id, model=model,
+                                           progress=counter.add)
+        else:
+            run = EvalRun(spec, items, controls, generator, base_model=base_model, tuned_model=model, judge=judge,
+                          run_id=eval_id, tuned_model_info=tuned_info or {}, evaluate_base=model != base_model,
+                          progress=counter.add)
+            counter.total = run.total_generations
+            counter.report(force=True)
+            report, lines = run.execute()
         counter.report(force=True)
     finally:
         inference.close()
         if hasattr(judge, "close"):
             judge.close()
-    rows = _store_results(ctx, eval_id, project_id, spec, report, lines, loss_rows, patient)
-    log.info("knowledge eval %s done:\n%s", eval_id, "\n".join(" | ".join(r) for r in summary_rows(report)))
+    rows = _store_results(ctx, eval_id, project_id, spec_document, report, lines, loss_rows, patient)
+    table = (comparison_lines(report["summary"]) if spec is None
+             else [" | ".join(r) for r in summary_rows(report)])
+    log.info("knowledge eval %s done:\n%s", eval_id, "\n".join(table))
     return EvalArtifacts(report, headline_summary(report), rows)
 
 
-def _store_results(ctx: WorkerContext, eval_id: str, project_id: str, spec: Any, report: dict[str, Any],
+def _store_results(ctx: WorkerContext, eval_id: str, project_id: str, spec_document: dict[str, Any],
+                   report: dict[str, Any],
                    lines: list[dict[str, Any]], loss_rows: list[dict[str, Any]] | None, patient: Patiently) -> list[File]:
     """The run's result files (evals.artifacts) stored under a prefix of the run's own, and their rows (not
     yet inserted: the caller writes them with the eval's ending)."""
     prefix = layout.eval_prefix(eval_id, uuid.uuid4().hex[:16])
     report["artifacts"] = {"per_item_uri": f"{prefix}{ITEMS}"}
-    validate_report(report)
+    comparison = report.get("object") == REPORT_OBJECT
+    if not comparison:
+        validate_report(report)
     outputs: list[tuple[str, bytes]] = [
         (REPORT, json.dumps(report, indent=2).encode()),
-        (SPEC, json.dumps(spec.document, indent=2).encode()),
+        (SPEC, json.dumps(spec_document, indent=2).encode()),
         (ITEMS, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()),
-        (CHART, charts.base_vs_tuned_png(report)),
+        (COMPARISON_CHART, charts.comparison_png(report)) if comparison else (CHART, charts.base_vs_tuned_png(report)),
     ]
     if loss_rows is not None:
         outputs.append((LOSS_CURVE, charts.loss_curve_png(loss_rows)))
     rows = []
     for filename, data in outputs:
-        stored = patient(lambda: ctx.store.put_bytes(prefix + filename, data), f"store {filename}")
+        stored = patient(functools.partial(ctx.store.put_bytes, prefix + filename, data), f"store {filename}")
         rows.append(File(id=ids.new_id(ids.FILE), project_id=project_id, filename=f"{eval_id}-{filename}",
                          purpose=RESULT_PURPOSE, bytes=stored.size, sha256=stored.sha256, storage_key=prefix + filename,
                          status=FileStatus.PROCESSED, created_at=int(time.time()), error_count=0))
