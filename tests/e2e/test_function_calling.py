@@ -202,13 +202,17 @@ def test_a_retiring_fine_tune_is_carried_over_distilled_and_the_copy_answers_lik
         refused = _cli("transfer", "plan", *connection, *mapping, "--source-api-key", "sk-wrong", env=env)
         assert refused.returncode == 1 and "source rejected the API key (HTTP 401)" in refused.stderr, refused.stderr
 
-        proxy.fail("/fine_tuning/jobs", 500, times=1)  # a server error on the listing: retried
+        # A server error on the job listing, and the rate limit twice on the download that counts the tokens
+        # (429 with retry-after): both waited out. The plan keeps what it downloaded for the copy.
+        proxy.fail("/fine_tuning/jobs", 500, times=1)
+        proxy.fail(f"/files/{tools_job.training_file}/content", 429, times=2, retry_after=1)
         planned = _cli("transfer", "plan", *connection, *mapping, env=env)
         assert planned.returncode == 0, planned.stderr
         assert f"{tools_job.id}  succeeded  supervised" in planned.stdout and "1 can be copied" in planned.stdout
         assert "'batch_size': 2" in planned.stdout and "seed: 4" in planned.stdout, planned.stdout
 
-        # A training file that arrives malformed: reported with the source's file id, no job created.
+        # A training file that arrives malformed (a run without the plan's downloads): reported with the
+        # source's file id, no job created.
         proxy.corrupt(f"/files/{tools_job.training_file}/content")
         broken = _cli("transfer", "copy", *connection[:2], "--state-dir", str(work / "corrupt"), *mapping, env=env)
         assert broken.returncode == 1, broken.stdout + broken.stderr
@@ -217,8 +221,6 @@ def test_a_retiring_fine_tune_is_carried_over_distilled_and_the_copy_answers_lik
         assert list(target.fine_tuning.jobs.list()) == []
         proxy.faults.clear()
 
-        # Rate limited twice on the download (429 with retry-after): waited out, then copied.
-        proxy.fail(f"/files/{tools_job.training_file}/content", 429, times=2, retry_after=1)
         copied = _cli("transfer", "copy", *connection, *mapping, env=env)
         assert copied.returncode == 0, copied.stderr
         statuses = [status for _, _, status in proxy.seen]

@@ -177,3 +177,21 @@ def test_rendering_touches_no_global_pyplot_state_and_is_thread_safe(loss_png: b
         results = list(pool.map(lambda _: loss_curve_png(loss_rows()), range(2)))
     assert results == [loss_png, loss_png]  # and the same bytes as rendered on the main thread
     assert "matplotlib.pyplot" not in sys.modules or not sys.modules["matplotlib.pyplot"].get_fignums()
+
+
+def test_a_comparison_draws_one_bar_per_rate_the_report_has() -> None:
+    from evals.charts import comparison_png
+    from evals.comparison import compare
+
+    requests = [{"messages": [{"role": "user", "content": f"q{i}"}], "response_format": {"type": "json_object"}}
+                for i in range(4)]
+    answers = [{"content": '{"a": 1}'}, {"content": "x"}, {"content": "{}"}, {"content": "y"}]
+    report = compare(requests, answers, answers[:2] + [{"content": "z"}, {"content": "y"}])
+    report["models"] = {"candidate": "ft:copy", "reference": "ft:original"}
+    plain = decoded(comparison_png(report))
+    report["summary"]["judge"] = {k: {"n": 4, "count": 2, "rate": 0.5, "ci_low": 0.15, "ci_high": 0.85}
+                                  for k in ("candidate_preferred", "reference_preferred", "candidate_at_least_as_good")}
+    judged = decoded(comparison_png(report))
+    assert judged.shape[0] > plain.shape[0]  # three more rows
+    assert comparison_png(report) == comparison_png(report)
+    decoded(comparison_png({"summary": {"items": 0}}))  # nothing compared: says so
