@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from contracts.machine import ActivityBoard, Kind, ThreadGovernor, ThreadPlan, available_cores, plan_threads
+
 #: Name of the tiny offline demo base model that every installation lists unless disabled.
 DEMO_BASE_MODEL = "ftaas-tiny"
 DEMO_BASE_MODEL_SOURCE = "builtin://tiny-chat"
@@ -287,6 +289,43 @@ class ServingSettings(SettingsGroup):
         return self.cache_dir
 
 
+class ResourceSettings(SettingsGroup):
+    title = "Machine resources"
+    env_prefix = "resources_"
+
+    sharing: Literal["auto", "off"] = Field(
+        default="auto", description="auto: the processes that share the board directory (an `ftaas up`, or a "
+                                    "serving and a worker process on one host) share the cores: while a person's "
+                                    "request computes, training and evals use the rest; off: each process keeps "
+                                    "its whole budget (docs/serving.md, 'One machine').")
+    cores: int | None = Field(
+        default=None, ge=1, le=4096, description="Cores this process's work may use. Default: OMP_NUM_THREADS "
+                                                 "where set, else the process's CPU affinity (a container's "
+                                                 "cpuset); the Helm chart sets it from the pod's CPU request.")
+    serving_share: float = Field(
+        default=0.5, ge=0.1, le=0.9, description="Share of the cores the serving engine keeps while batch work "
+                                                 "(training, evals) computes beside it.")
+    serving_threads: int | None = Field(
+        default=None, ge=1, le=4096, description="Pin the serving engine's threads (alone and shared).")
+    batch_threads: int | None = Field(
+        default=None, ge=1, le=4096, description="Pin the threads of training and evals (alone and shared).")
+    board_dir: Path | None = Field(
+        default=None, description="Where the processes of one machine mark what computes. Default: "
+                                  "<data_dir>/resources.")
+
+    def plan(self) -> ThreadPlan:
+        """The thread plan of this process's machine (contracts.machine)."""
+        return plan_threads(self.cores or available_cores(), sharing=self.sharing == "auto",
+                            serving_share=self.serving_share, serving_threads=self.serving_threads,
+                            batch_threads=self.batch_threads)
+
+    def governor(self, kind: Kind) -> ThreadGovernor:
+        """Thread budgets for this process's work of `kind`, with the machine's board."""
+        plan = self.plan()
+        board = ActivityBoard(self.board_dir) if plan.sharing and self.board_dir is not None else None
+        return ThreadGovernor(plan, kind, board)
+
+
 class RateLimitSettings(SettingsGroup):
     title = "Rate limits"
     env_prefix = "rate_limit_"
@@ -400,7 +439,8 @@ class GraderSettings(SettingsGroup):
 GROUPS: dict[str, type[SettingsGroup]] = {
     "database": DatabaseSettings, "broker": BrokerSettings, "storage": StorageSettings, "models": ModelSettings,
     "api": ApiSettings, "files": FileSettings, "rate_limits": RateLimitSettings, "work": WorkSettings,
-    "training": TrainingSettings, "serving": ServingSettings, "stored_completions": StoredCompletionSettings,
+    "training": TrainingSettings, "serving": ServingSettings, "resources": ResourceSettings,
+    "stored_completions": StoredCompletionSettings,
     "evals": EvalSettings, "graders": GraderSettings, "webhooks": WebhookSettings,
     "tracking": TrackingSettings,
 }
@@ -470,6 +510,7 @@ class Settings(BaseSettings):
     work: WorkSettings = Field(default_factory=WorkSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    resources: ResourceSettings = Field(default_factory=ResourceSettings)
     stored_completions: StoredCompletionSettings = Field(default_factory=StoredCompletionSettings)
     evals: EvalSettings = Field(default_factory=EvalSettings)
     graders: GraderSettings = Field(default_factory=GraderSettings)
@@ -498,6 +539,11 @@ class Settings(BaseSettings):
         self.storage.artifact_uri = self.storage.artifact_uri or (self.data_dir / "artifacts").as_uri()
         self.models.cache_dir = (self.models.cache_dir or self.data_dir / "models").expanduser().resolve()
         self.serving.cache_dir = (self.serving.cache_dir or self.data_dir / "serving-cache").expanduser().resolve()
+        self.resources.board_dir = (self.resources.board_dir or self.data_dir / "resources").expanduser().resolve()
+        if self.resources.cores is None:
+            # OpenMP's own limit, where the user set one, is what every library here already honours.
+            omp = os.environ.get("OMP_NUM_THREADS", "")
+            self.resources.cores = int(omp) if omp.isdigit() and int(omp) > 0 else available_cores()
         return self
 
     def flat(self) -> dict[str, Any]:

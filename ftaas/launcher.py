@@ -217,7 +217,10 @@ def attach_inference(services: Any, settings: Settings) -> Any:
     assert settings.models.cache_path
     loader = BaseModelLoader(services.registry, settings.models.cache_path, hf_offline=settings.models.hf_offline,
                              open_store=lambda uri: open_store(uri, settings.storage))
-    inference = InferenceService(services.db, services.store, services.registry, loader, settings.serving)
+    governor = settings.resources.governor("serving")
+    log.info("thread plan: %s", governor.plan.describe())
+    inference = InferenceService(services.db, services.store, services.registry, loader, settings.serving,
+                                 governor=governor)
     services.inference = inference
     services.models.on_deleted.append(inference.evict)
     return inference

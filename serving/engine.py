@@ -32,6 +32,7 @@ from typing import Protocol
 import torch
 
 from contracts.errors import Draining, Overloaded
+from contracts.machine import ThreadGovernor
 from serving.adapter_weights import AdapterWeights
 from serving.kvcache import KVBudgetExceeded, PrefixCache
 from serving.model import LlamaForward, build_step
@@ -144,15 +145,19 @@ class EngineObserver:
 
     def finished(self, sequence: Sequence, reason: str) -> None: ...
 
+    def threads(self, count: int) -> None:
+        """The engine's loop now computes on `count` threads."""
+
 
 class Engine:
     # Long on purpose: the batching loop, admission, preemption and slot moves share one lock and one state.
     def __init__(self, forward: LlamaForward, *, name: str, max_queue: int, prefill_tokens: int, max_rank: int,
                  observer: EngineObserver | None = None, prefix_cache_bytes: int = 0, prefix_block: int = 64,
-                 threaded: bool = True) -> None:
+                 threaded: bool = True, governor: ThreadGovernor | None = None) -> None:
         """`threaded` False: no loop thread; the owner drives the engine with `run_until_idle` (or
         `run_step`) from its own thread (a trainer sampling from the model it trains: one thread, one OpenMP
-        team). `prefix_block`: the prompt-prefix cache's granularity, in positions."""
+        team). `prefix_block`: the prompt-prefix cache's granularity, in positions. `governor`: the loop
+        thread's budget of threads, looked up between steps (contracts.machine); None: ENGINE_THREADS."""
         self.forward = forward
         #: prompt prefixes computed once (never under batch invariance: see PrefixCache)
         self.prefixes = PrefixCache(position_bytes=forward.kv.position_bytes,
@@ -163,6 +168,7 @@ class Engine:
         self.prefill_tokens = prefill_tokens
         self.slot_adapters = SlotAdapters(forward, max_rank=max_rank)
         self.observer = observer or EngineObserver()
+        self.governor = governor
         # Slots [0, used) are occupied, always contiguously: a finishing sequence's slot is refilled by the
         # sequence in the last slot (its KV cache and adapter copied exactly). Decode rows are then slots
         # 0..n-1 in order, and the per-slot products run on plain views instead of gathers.
@@ -245,9 +251,19 @@ class Engine:
 
     # ------------------------------------------------------------------------------------- loop
     def _loop(self) -> None:
-        torch.set_num_threads(ENGINE_THREADS)
+        count = ENGINE_THREADS if self.governor is None else self.governor.threads(busy=False)
+        torch.set_num_threads(count)
+        self.observer.threads(count)
         while self._iterate(wait=True):
             pass
+
+    def _govern_threads(self) -> None:
+        """The loop thread's share of the machine now (it computes: other work may yield to it)."""
+        assert self.governor is not None
+        count = self.governor.threads(busy=True)
+        if count != torch.get_num_threads():
+            torch.set_num_threads(count)
+            self.observer.threads(count)
 
     def run_until_idle(self) -> None:
         """Driven mode (`threaded` False): run steps in the calling thread until no sequence waits or runs."""
@@ -275,6 +291,8 @@ class Engine:
                 return False
             joining = self._admit()
             decoding = [s for s in self._slots[:self._used] if s is not None and s not in joining]
+        if self.governor is not None and self._thread is not None:
+            self._govern_threads()
         try:
             self._step(decoding, joining)
         except Exception as exc:  # a bug or OOM must not kill the loop silently; fail those sequences

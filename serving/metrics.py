@@ -49,6 +49,11 @@ class ServingMetrics:
                                    ["tier"], registry=r)
         self.adapters_resident = Gauge("ftaas_serving_adapters_resident", "Adapters resident per tier.",
                                        ["tier"], registry=r)
+        self.engine_threads = Gauge("ftaas_serving_engine_threads", "Threads the engine's loop computes on now.",
+                                    ["base_model"], registry=r)
+        self.thread_budget = Gauge("ftaas_machine_thread_budget", "The machine's thread plan: threads of each "
+                                   "kind of work alone and beside the other (contracts.machine).",
+                                   ["kind", "state"], registry=r)
         #: (tier, adapter) -> bytes: the per-tier sums are computed from it, the adapters never exported
         self._resident: dict[tuple[str, str], int] = {}
         self._resident_lock = threading.Lock()
@@ -77,6 +82,11 @@ class ServingMetrics:
             self.adapter_bytes.labels(tier).set(sum(in_tier))
             self.adapters_resident.labels(tier).set(len(in_tier))
 
+    def plan(self, plan: dict[str, int | bool]) -> None:
+        for kind in ("serving", "batch"):
+            for state in ("alone", "shared"):
+                self.thread_budget.labels(kind, state).set(int(plan[f"{kind}_{state}"]))
+
     def engine_observer(self, base_model: str) -> EngineObserver:
         return _EngineMetrics(self, base_model)
 
@@ -90,6 +100,9 @@ class _EngineMetrics(EngineObserver):
         self.metrics.queue_depth.labels(self.base_model).set(waiting)
         self.metrics.batch_size.labels(self.base_model).set(running)
         self.metrics.steps.labels(self.base_model).inc()
+
+    def threads(self, count: int) -> None:
+        self.metrics.engine_threads.labels(self.base_model).set(count)
 
     def finished(self, sequence: Sequence, reason: str) -> None:
         label = self.base_model  # never the sequence's model: fine-tuned names are tenant data

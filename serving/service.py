@@ -24,6 +24,7 @@ from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import Draining, InvalidRequest, Overloaded
 from contracts.inference.schemas import ChatCompletionRequest, CompletionRequest
+from contracts.machine import ThreadGovernor
 from contracts.settings import ServingSettings
 from db.projects import Principal
 from db.session import Database
@@ -57,14 +58,21 @@ class InferenceService:
     """The engine behind the inference routes (implements `contracts.inference.backend.InferenceBackend`)."""
 
     def __init__(self, db: Database, store: ArtifactStore, registry: BaseModelRegistry, loader: BaseModelLoader,
-                 settings: ServingSettings, *, metrics: ServingMetrics | None = None) -> None:
+                 settings: ServingSettings, *, metrics: ServingMetrics | None = None,
+                 governor: ThreadGovernor | None = None) -> None:
+        """`governor`: the engines' thread budgets on a machine shared with batch work (contracts.machine),
+        fixed at the shared budget when serving is batch-invariant (a product's bits can depend on the thread
+        count); None: every engine computes on all cores (serving.engine.ENGINE_THREADS)."""
         self.db = db
+        self.governor = governor.fixed_count() if governor is not None and settings.batch_invariant else governor
         self.store = store
         self.registry = registry
         self.resolver = ModelResolver(db, registry)
         self.loader = loader
         self.settings = settings
         self.metrics = metrics or ServingMetrics()
+        if governor is not None:
+            self.metrics.plan(governor.plan.as_dict())
         self.adapters = AdapterCache(
             store, settings.cache_path / "adapters", device_bytes=settings.adapter_device_bytes,
             host_bytes=settings.adapter_host_bytes, disk_bytes=settings.adapter_disk_bytes,
@@ -126,7 +134,7 @@ class InferenceService:
                             prefill_tokens=self.settings.prefill_tokens,
                             max_rank=self.settings.max_lora_rank,
                             observer=self.metrics.engine_observer(base_model),
-                            prefix_cache_bytes=self.settings.prefix_cache_bytes)
+                            prefix_cache_bytes=self.settings.prefix_cache_bytes, governor=self.governor)
             stops = stop_token_ids(tokenizer, model)
             entry = BaseEngine(engine, tokenizer, stops, GrammarCompiler(tokenizer, stops, forward.geometry.vocab),
                                template_renders_tools(tokenizer), template_renders_names(tokenizer))

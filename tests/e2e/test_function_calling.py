@@ -264,13 +264,18 @@ def test_a_retiring_fine_tune_is_carried_over_distilled_and_the_copy_answers_lik
 
         # The same comparison on the server, from the original's recorded answers (it may have retired by
         # now): a knowledge eval of kind comparison, its worker answering with the distilled model.
+        # Twelve of the held-out requests (six cities, six orders) keep the suite's time; the client-side
+        # comparison above answered all 24.
+        recorded = (work / "report" / "reference.jsonl").read_text().splitlines()
+        (work / "reference-12.jsonl").write_text("\n".join(recorded[:6] + recorded[12:18]) + "\n")
         on_server = _cli("eval", "run", "--model", job.fine_tuned_model, "--compare-with",
-                         str(work / "report" / "reference.jsonl"), "--max-new-tokens", "64",
+                         str(work / "reference-12.jsonl"), "--max-new-tokens", "64",
                          "--output", str(work / "server-report"), env=env)
         assert on_server.returncode == 0, on_server.stderr
         print(on_server.stdout)
         server_summary = json.loads((work / "server-report" / "report.json").read_text())["summary"]
-        assert server_summary["items"] == summary["items"] and server_summary["agreement"]["rate"] >= 0.8
+        assert server_summary["items"] == 12 and server_summary["agreement"]["rate"] >= 0.8
+        assert server_summary["tool_calls"]["names"]["n"] == 12
         assert (work / "server-report" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     finally:
         proxy.close()

@@ -69,7 +69,7 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
 
     every_object_operation = {(m, p) for p, ops in paths.items() if "{" in p for m in ops}
     # jobs, files, models; evals; adapter ops; webhooks; stored completions
-    assert tested == every_object_operation and len(tested) == 11 + 7 + 2 + 3 + 4
+    assert tested == every_object_operation and len(tested) == 11 + 8 + 2 + 3 + 4
     # Nothing of A's changed.
     after = owner.fine_tuning.jobs.retrieve(job.id)
     assert (after.status, after.fine_tuned_model) == ("succeeded", job.fine_tuned_model)

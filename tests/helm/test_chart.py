@@ -77,6 +77,20 @@ def test_gpu_workers_request_gpus_and_have_time_to_checkpoint(scenario: Path) ->
     assert "nvidia.com/gpu" not in str(cpu["spec"]["template"]["spec"]["containers"][0]["resources"])
 
 
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.stem)
+def test_every_ftaas_process_computes_on_the_cpu_its_pod_requested(scenario: Path) -> None:
+    """Thread budgets come from each pod's CPU request, so a serving pod and a worker pod on one node do not
+    each size their thread pools to every core of the node (contracts.machine)."""
+    for deployment in of_kind(render(scenario), "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            if "ftaas" not in container["image"]:
+                continue
+            [cores] = [e for e in container.get("env", []) if e["name"] == "FTAAS_RESOURCES_CORES"]
+            source = cores["valueFrom"]["resourceFieldRef"]
+            assert source == {"containerName": container["name"], "resource": "requests.cpu", "divisor": "1"}
+            assert "cpu" in container["resources"]["requests"], deployment["metadata"]["name"]
+
+
 def test_probe_paths_are_routes_the_app_serves(tmp_path: Path) -> None:
     from api.app import create_app
     from api.inference.router import router as inference_router

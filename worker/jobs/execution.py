@@ -58,8 +58,10 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
     control = JobControl(ctx, lease, plan, preempt=preempt, lease_alive=lease_alive,
                          tracking=tracking) if distributed.is_main else None
     grading = reinforcement_grading(ctx, spec) if spec.method == "reinforcement" else None
+    # One CPU process shares the machine with serving (contracts.machine); a process group splits it already.
+    governor = ctx.settings.resources.governor("batch") if device == "cpu" and distributed.world_size == 1 else None
     trainer = Trainer(spec, model, tokenizer, train, valid, control, workspace.trainer_dir,
-                      distributed=distributed, rehearsal=kept, device=device, grading=grading)
+                      distributed=distributed, rehearsal=kept, device=device, grading=grading, governor=governor)
     if trainer.reinforcement is not None and grading is not None and grading.endpoint is None:
         grading.endpoint = BaseModelEndpoint(trainer.reinforcement.sampler, tokenizer, spec.base_model)
     resume = workspace.resume_dir if plan.resume_step is not None else None

@@ -118,7 +118,9 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
     # on one without, and differently from the transformers reference path that unservable families use.
     settings = ctx.settings.serving.model_copy(update={
         "cache_dir": ctx.work_dir / f"eval-serving-{os.getpid()}", "batch_invariant": True, "dtype": "float32"})
-    inference = InferenceService(ctx.db, ctx.store, ctx.registry, ctx.loader, settings)
+    # An eval is batch work: it yields cores to serving on a shared machine (contracts.machine).
+    inference = InferenceService(ctx.db, ctx.store, ctx.registry, ctx.loader, settings,
+                                 governor=ctx.settings.resources.governor("batch"))
     judge: Any = None
     try:
         principal = Principal(project_id=project_id, project_name="", api_key_id="")

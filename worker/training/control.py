@@ -46,6 +46,9 @@ class StepMetrics:
     #: share of them identical to the data's answer (the model already says what the data says).
     self_play_round: int | None = None
     self_play_matches: float | None = None
+    #: The step's wall time (validation included) and the threads it computed on (contracts.machine).
+    step_seconds: float | None = None
+    threads: int | None = None
 
     def as_event_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -57,7 +60,7 @@ class StepMetrics:
             data["train_mean_token_accuracy"] = round(self.train_mean_token_accuracy, 6)
         for key in ("valid_loss", "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy",
                     "train_reward_mean", "valid_reward_mean", "kl", "response_length", "zero_variance_groups",
-                    "self_play_matches"):
+                    "self_play_matches", "step_seconds"):
             value = getattr(self, key)
             if value is not None:
                 data[key] = round(value, 6)
@@ -65,6 +68,8 @@ class StepMetrics:
             data["grader_errors"] = self.grader_errors
         if self.self_play_round is not None:
             data["self_play_round"] = self.self_play_round
+        if self.threads is not None:
+            data["threads"] = self.threads
         return data
 
 

@@ -25,14 +25,17 @@ equal the single-process gradient.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from contracts.machine import ThreadGovernor
 from contracts.training.spec import LEARNED_ACCURACY, TrainingSpec
 from worker.training import adapters, checkpoints, kernels
 from worker.training.batching import pad
@@ -58,13 +61,16 @@ class Trainer:
                  valid: Sequence[Any], control: TrainingControl | None, work_dir: Path,
                  *, precision: str = "auto", distributed: DistributedContext | None = None,
                  rehearsal: Sequence[TokenizedExample] = (), device: str | None = None,
-                 grading: GradingContext | None = None) -> None:
+                 grading: GradingContext | None = None, governor: ThreadGovernor | None = None) -> None:
         """`rehearsal`: the base model's own answers to general prompts (worker.training.rehearsal); every step
         also pulls the model's next-token distributions on a batch of them toward the base model's (KL), so it
         keeps what it knew. They never count toward accuracy, the epoch tally or the final pass.
         `device`: where training runs, default where the model is; under FSDP the model may be loaded on the
         CPU and its shards are moved there. `precision` "fp32" turns bf16 autocast off. `grading`: how a
-        reinforcement job's grader runs (its examples are then `PromptExample`s)."""
+        reinforcement job's grader runs (its examples are then `PromptExample`s). `governor`: this process's
+        threads, looked up before every step (contracts.machine: fewer while serving computes on the machine);
+        None: the threads are left as they are."""
+        self.governor = governor
         if not train:
             raise ValueError("no training examples")
         self.spec = spec
@@ -166,6 +172,11 @@ class Trainer:
             self.validation.position = self.loop.valid_cursor
             if self.self_play is not None and (resume_from / STATE_FILE).exists():
                 self.self_play.restore(json.loads((resume_from / STATE_FILE).read_text()))
+        working = self.governor.working() if self.governor is not None else contextlib.nullcontext()
+        with working:
+            return self._run()
+
+    def _run(self) -> TrainingOutcome:
         history: list[StepMetrics] = []
         metrics: StepMetrics | None = None
         size = self.spec.batch_size
@@ -181,7 +192,14 @@ class Trainer:
                 indices = order[batch_index * size:(batch_index + 1) * size]
                 examples = (self.self_play.pairs_at(indices) if self.self_play is not None and round_index is not None
                             else [self.train_examples[i] for i in indices])
+                if self.governor is not None:
+                    threads = self.governor.threads()
+                    if threads != torch.get_num_threads():
+                        torch.set_num_threads(threads)
+                started = time.perf_counter()
                 metrics = self._step(epoch, batch_index, examples)
+                metrics.step_seconds = time.perf_counter() - started
+                metrics.threads = torch.get_num_threads()
                 history.append(metrics)
                 ended = self._run_ends(metrics, history, epoch, batch_index)
                 if ended is not None:

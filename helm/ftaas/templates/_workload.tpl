@@ -57,6 +57,15 @@ spec:
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           args: {{ toJson .args }}
           {{- include "ftaas.env" $root | nindent 10 }}
+          env:
+            # Thread budgets from the pod's CPU request (contracts.machine): pods that share a node then
+            # compute on what the scheduler set aside for each, not on every core of the node.
+            - name: FTAAS_RESOURCES_CORES
+              valueFrom:
+                resourceFieldRef:
+                  containerName: {{ .component }}
+                  resource: requests.cpu
+                  divisor: "1"
           {{- if .port }}
           ports:
             - name: http
