@@ -123,7 +123,7 @@ def run_mode(work: Path, mode: str, args: argparse.Namespace) -> dict[str, Any]:
         training = client.files.create(file=("projects.jsonl", training_lines()), purpose="fine-tune")
         client.files.wait_for_processing(training.id, max_wait_seconds=120)
         job = client.fine_tuning.jobs.create(model=PACKAGED_BASE_MODEL, training_file=training.id, seed=1, method={
-            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 100, "batch_size": 4},
+            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 4},
                                                  "stop_when_learned": False, "rehearsal": False}})
         while len(steps(client, job.id)) < args.idle_steps + 2:
             status = client.fine_tuning.jobs.retrieve(job.id).status

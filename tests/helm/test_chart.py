@@ -88,6 +88,7 @@ def test_every_ftaas_process_computes_on_the_cpu_its_pod_requested(scenario: Pat
             [cores] = [e for e in container.get("env", []) if e["name"] == "FTAAS_RESOURCES_CORES"]
             source = cores["valueFrom"]["resourceFieldRef"]
             assert source == {"containerName": container["name"], "resource": "requests.cpu", "divisor": "1"}
+            assert {"name": "FTAAS_RESOURCES_SHARING", "value": "off"} in container["env"]
             assert "cpu" in container["resources"]["requests"], deployment["metadata"]["name"]
 
 

@@ -66,6 +66,9 @@ spec:
                   containerName: {{ .component }}
                   resource: requests.cpu
                   divisor: "1"
+            # Each pod computes alone on its request: no activity board between pods.
+            - name: FTAAS_RESOURCES_SHARING
+              value: "off"
           {{- if .port }}
           ports:
             - name: http
