@@ -25,7 +25,7 @@ def threads_by_step(client: Any, job_id: str) -> dict[int, int]:
 
 
 def gauge(text: str, name: str) -> list[float]:
-    return [float(value) for value in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, flags=re.M)]
+    return [float(value) for value in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, flags=re.MULTILINE)]
 
 
 @pytest.mark.slow
@@ -35,7 +35,7 @@ def test_a_chat_and_a_training_job_share_the_cores_and_the_job_takes_them_back_a
     try:
         client = server.client()
         metrics = httpx.get(f"http://127.0.0.1:{server.port}/metrics").text
-        budget = dict(zip(re.findall(r'^ftaas_machine_thread_budget\{kind="(\w+)",state="(\w+)"\}', metrics, re.M),
+        budget = dict(zip(re.findall(r'^ftaas_machine_thread_budget\{kind="(\w+)",state="(\w+)"\}', metrics, re.MULTILINE),
                           gauge(metrics, "ftaas_machine_thread_budget"), strict=True))
         assert budget == {("serving", "alone"): 2, ("serving", "shared"): 1, ("batch", "alone"): 2,
                           ("batch", "shared"): 1}
