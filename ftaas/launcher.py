@@ -333,6 +333,7 @@ def run_worker(settings: Settings, queues: list[str]) -> int:
         log.error(problem)
         return 2
     app = create_celery_app(settings)
+    log.info("thread plan: %s", settings.resources.plan().describe())
     name = f"{'+'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
     app.worker_main(["worker", "-Q", ",".join(queues), "-c", str(settings.work.worker_concurrency), "-n", name,
                      "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -15,10 +17,14 @@ def native_bfloat16(device: str) -> bool:
                 or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
-def serving_placement(dtype: str, device: str) -> tuple[torch.dtype, str]:
-    """The serving engine's (dtype, device) for the settings' values ("auto" resolved for this machine)."""
+def serving_placement(dtype: str, device: str, *, measure: Callable[[], torch.dtype] | None = None
+                      ) -> tuple[torch.dtype, str]:
+    """The serving engine's (dtype, device) for the settings' values ("auto" resolved for this machine: on a
+    CPU by `measure` where given (serving.fast_paths), else bfloat16 where the hardware computes it)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
+        if device == "cpu" and measure is not None:
+            return measure(), device
         return (torch.bfloat16 if native_bfloat16(device) else torch.float32), device
     return getattr(torch, dtype), device

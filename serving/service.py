@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from basemodels.conversations import prepare_conversation, template_renders_names, template_renders_tools
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
@@ -30,7 +32,7 @@ from db.projects import Principal
 from db.session import Database
 from serving.adapter_weights import compose, read_adapter
 from serving.adapters import AdapterCache, AdapterLease, AdapterRef
-from serving.engine import Engine, Event, SamplingParams, Sequence, single_threaded_torch
+from serving.engine import ENGINE_THREADS, Engine, Event, SamplingParams, Sequence, single_threaded_torch
 from serving.generation import Generation, SharedRelease, event_sink
 from serving.grammar import GrammarCompiler, grammar_param, output_grammar
 from serving.metrics import CONTENT_TYPE, ServingMetrics
@@ -120,7 +122,8 @@ class InferenceService:
             refusal = self._refusal(base_model)
             if refusal is not None:
                 raise InvalidRequest(str(refusal), code=refusal.code, param=refusal.param)
-            dtype, device = serving_placement(self.settings.dtype, self.settings.device)
+            dtype, device = serving_placement(self.settings.dtype, self.settings.device,
+                                              measure=lambda: self._measured_dtype(base_model))
             model = self.loader.load_model(base_model, dtype=dtype, device=device)
             model.eval()
             tokenizer = self.loader.load_tokenizer(base_model)
@@ -141,6 +144,20 @@ class InferenceService:
             del model  # the forward keeps the tensors it computes with (pre-packed ones replace the model's)
             self._engines[base_model] = entry
             return entry
+
+    def _measured_dtype(self, base_model: str) -> torch.dtype:
+        """fp32 or bf16 for decoding this model on this CPU, whichever measured faster (cached per machine and
+        model: serving.fast_paths), timed on the threads the engine computes on alone."""
+        from serving.fast_paths import measured_in_thread
+
+        threads = self.governor.plan.serving_alone if self.governor is not None else ENGINE_THREADS
+        try:
+            # Next to the converted models: one measurement per machine and model, whichever process needs it.
+            return measured_in_thread(self.loader.config(base_model), "decode", cache_dir=self.loader.cache_dir,
+                                      threads=threads)
+        except (KeyError, TypeError, ValueError) as exc:  # a config without the shapes this needs
+            log.warning("decode precision of %s not measured (%s); chosen by the CPU's flags", base_model, exc)
+            return serving_placement("auto", "cpu")[0]
 
     def engines(self) -> list[Engine]:
         with self._engine_lock:

@@ -244,7 +244,7 @@ def test_a_retiring_fine_tune_is_carried_over_distilled_and_the_copy_answers_lik
         distilled = _cli("transfer", "distill", *connection, "--source-model", tools_job.fine_tuned_model,
                          "--prompts-from-job", tools_job.id, "--base-model", PACKAGED_BASE_MODEL, "--batch-size", "2",
                          "--seed", "4", "--method-options", '{"rehearsal": false}', "--max-tokens", "64",
-                         "--suffix", "distilled", "--yes", env=env)
+                         "--suffix", "distilled", "--concurrency", "16", "--yes", env=env)
         assert distilled.returncode == 0, distilled.stderr
         job = wait_for(lambda: (j := target.fine_tuning.jobs.retrieve(distilled.stdout.strip())).status in (
             "succeeded", "failed") and j, timeout=1200, interval=1, what="the distilled fine-tune")
@@ -255,7 +255,7 @@ def test_a_retiring_fine_tune_is_carried_over_distilled_and_the_copy_answers_lik
                                     + "\n" for ask, _, _ in held_out_requests()))
         compared = _cli("transfer", "compare", *connection, "--source-model", tools_job.fine_tuned_model,
                         "--model", job.fine_tuned_model, "--prompts-file", str(held_out), "--max-tokens", "64",
-                        "--output", str(work / "report"), "--yes", env=env)
+                        "--concurrency", "24", "--output", str(work / "report"), "--yes", env=env)
         assert compared.returncode == 0, compared.stderr
         summary = json.loads((work / "report" / "report.json").read_text())["summary"]
         print(compared.stdout)

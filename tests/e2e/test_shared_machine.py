@@ -64,7 +64,7 @@ def test_a_chat_and_a_training_job_share_the_cores_and_the_job_takes_them_back_a
         try:
             assert answered.wait(60)
             started = max(threads_by_step(client, job.id))
-            deadline = time.monotonic() + 6
+            deadline = time.monotonic() + 4
             while time.monotonic() < deadline:
                 engine_threads += gauge(httpx.get(f"http://127.0.0.1:{server.port}/metrics").text,
                                         "ftaas_serving_engine_threads")

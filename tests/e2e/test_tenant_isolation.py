@@ -91,4 +91,6 @@ def test_the_keyless_metrics_endpoint_names_no_tenant(embedded: LiveServer, fini
     assert "ftaas_serving_sequences_total" in metrics and "ftaas_serving_adapter_loads_total" in metrics
     assert "ft:" not in metrics and ":owned:" not in metrics, metrics
     labels = set(re.findall(r"[{,](\w+)=", metrics))
-    assert labels <= {"base_model", "tier", "source", "reason", "finish_reason", "le", "quantile"}, labels
+    # (kind, state: the machine's thread plan, `serving`/`batch` x `alone`/`shared`)
+    assert labels <= {"base_model", "tier", "source", "reason", "finish_reason", "le", "quantile", "kind",
+                      "state"}, labels

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import TypeAdapter
 
 from contracts.errors import InvalidRequest, UserError
@@ -61,7 +62,8 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
     # One CPU process shares the machine with serving (contracts.machine); a process group splits it already.
     governor = ctx.settings.resources.governor("batch") if device == "cpu" and distributed.world_size == 1 else None
     trainer = Trainer(spec, model, tokenizer, train, valid, control, workspace.trainer_dir,
-                      distributed=distributed, rehearsal=kept, device=device, grading=grading, governor=governor)
+                      distributed=distributed, rehearsal=kept, device=device, grading=grading, governor=governor,
+                      precision=training_precision(ctx, spec, torch_device(device), distributed))
     if trainer.reinforcement is not None and grading is not None and grading.endpoint is None:
         grading.endpoint = BaseModelEndpoint(trainer.reinforcement.sampler, tokenizer, spec.base_model)
     resume = workspace.resume_dir if plan.resume_step is not None else None
@@ -114,6 +116,22 @@ def _encode(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
     return train.examples, valid_examples
 
 
+def training_precision(ctx: WorkerContext, spec: TrainingSpec, device: Any, distributed: DistributedContext) -> str:
+    """"bf16" (autocast) or "fp32". On a CPU, one process: whichever measured faster for this model's shapes
+    on this machine (serving.fast_paths; cached next to the models, so every step of a job and every job of
+    the machine agree); a GPU or a process group (whose processes must agree without talking): bf16 where the
+    hardware computes it natively."""
+    if device.type == "cpu" and distributed.world_size == 1:
+        from serving.fast_paths import measured_dtype
+
+        try:
+            chosen = measured_dtype(ctx.loader.config(spec.base_model), "train", cache_dir=ctx.loader.cache_dir)
+            return "bf16" if chosen == torch.bfloat16 else "fp32"
+        except (KeyError, TypeError, ValueError):  # a config without the shapes the measurement needs
+            pass
+    return "bf16" if autocast_dtype(device) is not None else "fp32"
+
+
 def _fit_memory(ctx: WorkerContext, lease: Lease, spec: TrainingSpec, distributed: DistributedContext,
                 examples: list[Any], device: str) -> tuple[TrainingSpec, DistributedContext]:
     """The spec and process group as the memory plan decides them, now that the data's own largest step is
@@ -125,7 +143,7 @@ def _fit_memory(ctx: WorkerContext, lease: Lease, spec: TrainingSpec, distribute
     plan = plan_memory(
         ctx.loader.config(spec.base_model), spec, processes=distributed.world_size,
         device_bytes=device_memory_bytes(device, ctx.settings.training.device_memory_bytes),
-        compute_bytes=2 if autocast_dtype(on) is not None else 4,
+        compute_bytes=2 if training_precision(ctx, spec, on, distributed) == "bf16" else 4,
         tokens_per_step=largest_step_tokens(lengths, spec, distributed.world_size),
         parallelism=ctx.settings.training.parallelism, host_memory=on.type == "cpu")
     if plan.refusal is not None:

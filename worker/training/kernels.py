@@ -55,11 +55,13 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def choose(spec: TrainingSpec, model: Any, device: torch.device, *, precision: str = "auto") -> Kernels:
-    """The kernels for `spec` on `device` (`precision` "fp32" forces fp32). Sets the model's attention
+    """The kernels for `spec` on `device` (`precision` "fp32" or "bf16" forces that; "auto": bf16 autocast where
+    the device computes it natively). Sets the model's attention
     implementation for packed rows where a per-example kernel exists, so call it before wrapping the model."""
     if device.type == "cpu":
         keep_freed_memory()
-    dtype = None if precision == "fp32" else autocast_dtype(device)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}.get(precision, autocast_dtype(device) if precision == "auto"
+                                                       else None)
     capacity: int | None = min(spec.max_seq_len, getattr(model.config, "max_position_embeddings", spec.max_seq_len))
     packing = spec.packing and spec.method == "supervised" and not spec.adapter.is_prompt_learning
     implementation = attention.for_packed_rows(model.config, device, half_precision=dtype is not None) \

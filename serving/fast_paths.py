@@ -1,0 +1,171 @@
+"""Precisions chosen by measuring them on this machine, for this model's own shapes, not by CPU flags.
+
+Why: the flags say what a CPU can do, not what wins. Machines of one kind have had an Intel Xeon with AMX
+(bf16 far faster), an AMD EPYC with AVX-512 BF16 (bf16 wins for decoding, by less) and an AMD EPYC with AVX2
+only (bf16 emulated: slower than fp32). `measured_dtype` times each candidate on the products the work
+actually runs (the model's layer shapes: one row for a decode step, `rows` rows for a training step's forward
+and backward) and takes the fastest; bf16 must win by `MARGIN` to be chosen, since fp32 is the exact one.
+
+A measurement costs 0.1-0.4 s; its result is cached per machine (CPU model, cores, torch version), model
+shapes and work in `<cache>/fast-paths.json`, so a process pays it once per machine and model. GPUs are not
+measured: bf16 where the device supports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Work = Literal["decode", "train"]
+CACHE_FILE = "fast-paths.json"
+#: bf16 is chosen only when it is at least this much faster than fp32 (fp32 is exact; a tie keeps it).
+MARGIN = 1.1
+#: Timed repetitions per candidate (the median is kept), after one warm-up.
+REPEATS = 5
+#: A training measurement's products have at most this many outputs (the output layer's vocabulary is cut).
+TRAIN_OUTPUTS = 4096
+
+
+def model_shapes(config: dict[str, Any]) -> list[tuple[int, int]]:
+    """(in, out) of the linear products of one transformer layer, then the output layer (decoder-only
+    families with llama-like projections; the sizes come from the config)."""
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    kv = int(config.get("num_key_value_heads") or heads) * head_dim
+    inner = int(config["intermediate_size"])
+    return [(hidden, heads * head_dim), (hidden, kv), (hidden, kv), (heads * head_dim, hidden),
+            (hidden, inner), (hidden, inner), (inner, hidden), (hidden, int(config["vocab_size"]))]
+
+
+def _machine_key() -> str:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+
+
+def _time(run: Callable[[], Any]) -> float:
+    run()
+    samples = []
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def prepacks_bf16() -> bool:
+    """Whether the engine pre-packs bf16 weights for oneDNN on this CPU (serving.model.LlamaForward)."""
+    from serving.placement import native_bfloat16
+
+    return (native_bfloat16("cpu") and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 128) -> dict[str, float]:
+    """Seconds for one pass over `shapes` in each candidate precision: a one-row product per shape for
+    `decode` (what a decode step streams from memory: every weight once); for `train`, `rows` rows forward
+    and backward through frozen weights (a LoRA step's base) under bf16 autocast (the trainer's way) or in
+    fp32, outputs capped at TRAIN_OUTPUTS (the ratio of the two is what is compared, and a full vocabulary
+    would make the measurement seconds long)."""
+    generator = torch.Generator().manual_seed(0)
+    if work == "train":
+        shapes = [(inp, min(out, TRAIN_OUTPUTS)) for inp, out in shapes]
+    weights = [torch.randn(out, inp, generator=generator) * 0.02 for inp, out in shapes]
+    timings: dict[str, float] = {}
+    with torch.inference_mode(work == "decode"):
+        for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+            if work == "decode":
+                # bf16 as the engine computes it: weights pre-packed for oneDNN where it pre-packs them
+                # (serving.model.LlamaForward.prepacked), else F.linear.
+                packed = dtype == torch.bfloat16 and prepacks_bf16()
+                cast = [torch.ops.mkldnn._reorder_linear_weight(w.to(dtype).contiguous(), 16) if packed
+                        else w.to(dtype) for w in weights]
+                inputs = [torch.randn(1, inp, generator=generator).to(dtype) for inp, _ in shapes]
+
+                def run(cast: list[torch.Tensor] = cast, inputs: list[torch.Tensor] = inputs,
+                        packed: bool = packed) -> None:
+                    for x, w in zip(inputs, cast, strict=True):
+                        if packed:
+                            torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+                        else:
+                            torch.nn.functional.linear(x, w)
+            else:
+                # As a LoRA step computes the frozen base: its weights stored in the precision (the trainer keeps
+                # them in bf16 under autocast), the gradient flowing through them to the activations only.
+                frozen = [w.to(dtype) for w in weights]
+                inputs = [torch.randn(rows, inp, generator=generator).requires_grad_(True) for inp, _ in shapes]
+                autocast = dtype == torch.bfloat16
+
+                def run(frozen: list[torch.Tensor] = frozen, inputs: list[torch.Tensor] = inputs,
+                        autocast: bool = autocast) -> None:
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                        total = sum(torch.nn.functional.linear(x, w).float().square().mean()
+                                    for x, w in zip(inputs, frozen, strict=True))
+                    total.backward()  # type: ignore[union-attr]
+            timings[name] = _time(run)
+    return timings
+
+
+def measured_in_thread(config: dict[str, Any], work: Work, *, cache_dir: Path | None, threads: int) -> torch.dtype:
+    """`measured_dtype` on `threads` threads, in a thread of its own that then ends: the caller's thread
+    keeps its thread count, and no OpenMP team outlives the measurement (serving.engine.single_threaded_torch
+    says why a second team costs the engine)."""
+    import concurrent.futures
+
+    def run() -> torch.dtype:
+        torch.set_num_threads(threads)
+        return measured_dtype(config, work, cache_dir=cache_dir)
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ftaas-fast-path") as pool:
+        return pool.submit(run).result()
+
+
+def measured_dtype(config: dict[str, Any], work: Work, *, cache_dir: Path | None, rows: int = 128) -> torch.dtype:
+    """The faster of fp32 and bf16 for `work` on this machine's CPU and this model (cached, see the module)."""
+    shapes = model_shapes(config)
+    key = f"{_machine_key()}|{work}|rows={rows if work == 'train' else 1}|" + hashlib.sha256(
+        json.dumps(shapes).encode()).hexdigest()[:16]
+    path = cache_dir / CACHE_FILE if cache_dir is not None else None
+    cached: dict[str, Any] = {}
+    if path is not None and path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+        except ValueError:
+            cached = {}
+    if key in cached:
+        return getattr(torch, cached[key]["dtype"])
+    started = time.perf_counter()
+    timings = time_candidates(shapes, work, rows=rows)
+    chosen = "bfloat16" if timings["bfloat16"] * MARGIN <= timings["float32"] else "float32"
+    record = {"dtype": chosen, "seconds": {k: round(v, 6) for k, v in timings.items()},
+              "measured_in": round(time.perf_counter() - started, 3), "at": int(time.time())}
+    log.info("fast path for %s (%s): %s (fp32 %.2f ms, bf16 %.2f ms per pass; measured in %.2f s)", work,
+             key.split("|")[0], chosen, timings["float32"] * 1e3, timings["bfloat16"] * 1e3, record["measured_in"])
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cached[key] = record
+            temporary = path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(cached, indent=2))
+            temporary.replace(path)  # atomic: two processes measuring at once each write a whole file
+        except OSError as exc:  # a read-only cache costs a measurement per process, nothing else
+            log.warning("fast-path cache not written: %s", exc)
+    return getattr(torch, chosen)

@@ -1,0 +1,114 @@
+"""Precisions chosen by measurement (serving.fast_paths): the choice is the faster of the two on the machine
+running the test (each path forced by the setting that forces it: FTAAS_SERVING_DTYPE for serving, the
+trainer's precision for training), a measurement is made once per machine and model, and it costs what the
+module says."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from basemodels.loader import BaseModelLoader
+from basemodels.registry import BaseModelRegistry
+from contracts.settings import DEMO_BASE_MODEL, PACKAGED_BASE_MODEL, PACKAGED_BASE_MODEL_SOURCE
+from serving import fast_paths
+from serving.engine import Engine, FinishEvent, SamplingParams, Sequence
+from serving.model import LlamaForward
+from serving.placement import serving_placement
+
+#: The chosen path may be this much slower than the other and still be right: the choice keeps fp32 unless
+#: bf16 wins by fast_paths.MARGIN, and timings on a shared two-core machine wander by about 10 %.
+TOLERANCE = fast_paths.MARGIN * 1.15
+
+
+@pytest.fixture(scope="module")
+def real_loader(model_cache_dir: Path) -> BaseModelLoader:
+    return BaseModelLoader(BaseModelRegistry({PACKAGED_BASE_MODEL: PACKAGED_BASE_MODEL_SOURCE}), model_cache_dir)
+
+
+def decode_seconds(loader: BaseModelLoader, dtype_setting: str, tokens: int = 24) -> float:
+    """One stream's decode time on the real model with the serving dtype forced by its setting (best of 2)."""
+    dtype, _ = serving_placement(dtype_setting, "cpu")
+    forward = LlamaForward(loader.load_model(PACKAGED_BASE_MODEL, dtype=dtype).eval(), max_slots=2, max_context=256,
+                           tile_rows=1)
+    engine = Engine(forward, name=dtype_setting, max_queue=4, prefill_tokens=512, max_rank=8)
+    best = float("inf")
+    try:
+        for _ in range(2):
+            stamps: list[float] = []
+
+            def sink(event: Any, stamps: list[float] = stamps) -> None:
+                stamps.append(time.perf_counter())
+
+            engine.submit([Sequence(list(range(10, 30)), SamplingParams(max_new_tokens=tokens, min_new_tokens=tokens),
+                                    sink)])
+            deadline = time.monotonic() + 120
+            while len(stamps) < tokens + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            best = min(best, stamps[-1] - stamps[1])  # first token to the end: decode steps only
+    finally:
+        engine.stop()
+    return best
+
+
+def test_the_measured_decode_precision_is_the_faster_engine_on_this_machine(real_loader: BaseModelLoader,
+                                                                           tmp_path: Path) -> None:
+    started = time.perf_counter()
+    chosen = fast_paths.measured_dtype(real_loader.config(PACKAGED_BASE_MODEL), "decode", cache_dir=tmp_path)
+    measuring = time.perf_counter() - started
+    seconds = {"float32": decode_seconds(real_loader, "float32"), "bfloat16": decode_seconds(real_loader, "bfloat16")}
+    name = "bfloat16" if chosen == torch.bfloat16 else "float32"
+    other = "float32" if name == "bfloat16" else "bfloat16"
+    print(f"measured choice {name} in {measuring:.2f} s; engine decode s: {seconds}")
+    assert seconds[name] <= seconds[other] * TOLERANCE, (name, seconds)
+    assert measuring < 3.0  # the module's 0.1-0.4 s, with room for a loaded test machine
+
+
+def test_the_measured_training_precision_is_the_faster_trainer_on_this_machine(loader: Any, tokenizer: Any,
+                                                                             tmp_path: Path) -> None:
+    from tests.worker.test_training import facts, spec
+    from worker.training.data import encode_lines
+    from worker.training.trainer import Trainer
+
+    config = loader.config(DEMO_BASE_MODEL)
+    chosen = fast_paths.measured_dtype(config, "train", cache_dir=tmp_path)
+    data = encode_lines(facts(16), "chat", tokenizer, 128)
+    seconds = {}
+    for precision in ("fp32", "bf16"):
+        trainer = Trainer(spec(n_epochs=1, batch_size=4), loader.load_model(DEMO_BASE_MODEL), tokenizer,
+                          data.examples, [], None, tmp_path / precision, precision=precision)
+        started = time.perf_counter()
+        trainer.run()
+        seconds[precision] = time.perf_counter() - started
+    name = "bf16" if chosen == torch.bfloat16 else "fp32"
+    other = "fp32" if name == "bf16" else "bf16"
+    print(f"measured choice {name}; trainer s: {seconds}")
+    assert seconds[name] <= seconds[other] * TOLERANCE * 1.2, (name, seconds)  # a whole run: save, final pass
+
+
+def test_a_machine_and_model_are_measured_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 256}
+    first = fast_paths.measured_dtype(config, "decode", cache_dir=tmp_path)
+    record = (tmp_path / fast_paths.CACHE_FILE).read_text()
+    assert '"seconds"' in record and '"float32"' in record
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(fast_paths, "time_candidates", never)
+    assert fast_paths.measured_dtype(config, "decode", cache_dir=tmp_path) == first  # from the cache
+    with pytest.raises(AssertionError, match="measured again"):  # another model's shapes are measured
+        fast_paths.measured_dtype({**config, "hidden_size": 128}, "decode", cache_dir=tmp_path)
+    with pytest.raises(AssertionError, match="measured again"):  # and another kind of work
+        fast_paths.measured_dtype(config, "train", cache_dir=tmp_path)
+
+
+def test_shapes_come_from_the_config() -> None:
+    shapes = fast_paths.model_shapes({"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3,
+                                      "intermediate_size": 1536, "vocab_size": 49152})
+    assert shapes == [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576),
+                      (576, 49152)]
