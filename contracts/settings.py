@@ -258,8 +258,9 @@ class ServingSettings(SettingsGroup):
                                    "token-identical alone or in any batch (knowledge evals always are); costs "
                                    "one stream's latency (docs/serving.md).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="Serving weights and KV cache: auto (bfloat16 where the CPU or GPU computes it "
-                                    "natively, else float32), float32, bfloat16 or float16.")
+        default="auto", description="Serving weights and KV cache: auto (on a CPU whichever of float32 and "
+                                    "bfloat16 measured faster for the model on this machine; on a GPU bfloat16 "
+                                    "where supported), float32, bfloat16 or float16.")
     device: str = Field(
         default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
         description="Where the serving engine runs: auto (the first CUDA device if there is one), cpu, cuda or cuda:N.")
