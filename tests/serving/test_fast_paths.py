@@ -16,7 +16,7 @@ from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from contracts.settings import DEMO_BASE_MODEL, PACKAGED_BASE_MODEL, PACKAGED_BASE_MODEL_SOURCE
 from serving import fast_paths
-from serving.engine import Engine, FinishEvent, SamplingParams, Sequence
+from serving.engine import Engine, SamplingParams, Sequence
 from serving.model import LlamaForward
 from serving.placement import serving_placement
 
