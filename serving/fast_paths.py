@@ -117,9 +117,9 @@ def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 12
                 def run(frozen: list[torch.Tensor] = frozen, inputs: list[torch.Tensor] = inputs,
                         autocast: bool = autocast) -> None:
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                        total = sum(torch.nn.functional.linear(x, w).float().square().mean()
-                                    for x, w in zip(inputs, frozen, strict=True))
-                    total.backward()  # type: ignore[union-attr]
+                        total = torch.stack([torch.nn.functional.linear(x, w).float().square().mean()
+                                             for x, w in zip(inputs, frozen, strict=True)]).sum()
+                    total.backward()
             timings[name] = _time(run)
     return timings
 

@@ -17,7 +17,7 @@ A package may import the packages below it, never one beside or above it:
 * db and storage import only contracts; basemodels contracts and the storage interface.
 * serving stands on those; api never imports serving or worker (it reaches the engine through
   contracts.inference.backend, wired in by ftaas); worker imports serving only through `serving.service`,
-  `serving.reference` and `serving.sampler`.
+  `serving.reference`, `serving.sampler` and `serving.fast_paths`.
 
 Imports inside functions count as much as module-level ones. The API process also validates requests
 without torch: importing it and answering a validation error leaves torch out of `sys.modules`.
@@ -52,9 +52,10 @@ ALLOWED: dict[str, set[str]] = {
     "worker": {"contracts", "db", "storage", "basemodels", "evals", "adapters", "graders", "serving"},
     "ftaas": set(PACKAGES) - {"ftaas"},
 }
-#: The modules of serving that worker may use: the engine's service, the transformers reference path, and the
-#: sampler that reinforcement fine-tuning draws from the model it trains.
-SERVING_ENTRY_POINTS = {"serving.service", "serving.reference", "serving.sampler"}
+#: The modules of serving that worker may use: the engine's service, the transformers reference path, the
+#: sampler that reinforcement fine-tuning draws from the model it trains, and the precision measurement that
+#: serving and training share (one cache per machine and model).
+SERVING_ENTRY_POINTS = {"serving.service", "serving.reference", "serving.sampler", "serving.fast_paths"}
 #: Third-party packages `contracts` must never import: the API validates every request without them.
 HEAVY = {"torch", "numpy", "transformers", "peft", "safetensors"}
 
