@@ -152,7 +152,8 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
         inference.close()
         if hasattr(judge, "close"):
             judge.close()
-    rows = _store_results(ctx, eval_id, project_id, spec_document, report, lines, loss_rows, patient)
+    rows = _store_results(ctx, eval_id, project_id, spec_document if spec is None else spec.document, report,
+                          lines, loss_rows, patient)
     table = (comparison_lines(report["summary"]) if spec is None
              else [" | ".join(r) for r in summary_rows(report)])
     log.info("knowledge eval %s done:\n%s", eval_id, "\n".join(table))
