@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.errors import InvalidRequest
-from contracts.files.chat_lines import prompt_of
+from contracts.files.chat_lines import ChatLineError, chat_requests
 from evals.report import wilson
 
 KIND = "comparison"
@@ -276,36 +276,40 @@ def reference_items(content: bytes, *, with_answers: bool, param: str) -> list[R
     except UnicodeDecodeError:
         raise InvalidRequest("The reference file is not UTF-8 text.", code="invalid_reference_file",
                              param=param) from None
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            line = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidRequest(f"Reference file line {number}: not JSON ({exc.args[0]}).",
-                                 code="invalid_reference_file", param=param) from None
-        request = prompt_of(line) if isinstance(line, dict) else None
-        if request is None:
-            raise InvalidRequest(f"Reference file line {number}: not a chat line with a user turn "
-                                 '({"messages": [...]}).', code="invalid_reference_file", param=param)
-        if line.get("tool_choice") is not None:  # a request's field that training lines do not carry
-            request["tool_choice"] = line["tool_choice"]
-        _check_request(request, number, param)
-        last = line["messages"][-1]
-        answer = None
-        if with_answers:
-            if not (isinstance(last, dict) and last.get("role") == "assistant"):
-                raise InvalidRequest(f"Reference file line {number}: the last message is not the original's "
-                                     "answer (an assistant turn); give a reference_model to have one answer.",
+    try:
+        for number, line, request in chat_requests(text):
+            items.append(_reference_item(number, line, request, with_answers=with_answers, param=param))
+            if len(items) > MAX_ITEMS:
+                raise InvalidRequest(f"The reference file has more than {MAX_ITEMS} lines.",
                                      code="invalid_reference_file", param=param)
-            answer = {"content": last.get("content"), "tool_calls": last.get("tool_calls") or None}
-        items.append(ReferenceItem(request, answer))
-        if len(items) > MAX_ITEMS:
-            raise InvalidRequest(f"The reference file has more than {MAX_ITEMS} lines.",
-                                 code="invalid_reference_file", param=param)
+    except ChatLineError as exc:
+        raise InvalidRequest(f"Reference file {exc}.", code="invalid_reference_file", param=param) from None
     if not items:
         raise InvalidRequest("The reference file has no lines.", code="invalid_reference_file", param=param)
     return items
+
+
+#: What a reference line may hold: a chat request's fields (the original's answer is its last message).
+REFERENCE_FIELDS = frozenset({"messages", "tools", "tool_choice", "parallel_tool_calls", "response_format"})
+
+
+def _reference_item(number: int, line: dict[str, Any], request: dict[str, Any], *, with_answers: bool,
+                    param: str) -> ReferenceItem:
+    unknown = sorted(set(line) - REFERENCE_FIELDS)
+    if unknown:  # nothing a user sent is silently left out of the requests the models answer
+        raise InvalidRequest(f"Reference file line {number}: unknown field {unknown[0]!r} (a line holds "
+                             f"{', '.join(sorted(REFERENCE_FIELDS))}).", code="invalid_reference_file", param=param)
+    if line.get("tool_choice") is not None:  # a request's field that training lines do not carry
+        request["tool_choice"] = line["tool_choice"]
+    _check_request(request, number, param)
+    if not with_answers:
+        return ReferenceItem(request, None)
+    last = line["messages"][-1]
+    if not (isinstance(last, dict) and last.get("role") == "assistant"):
+        raise InvalidRequest(f"Reference file line {number}: the last message is not the original's answer (an "
+                             "assistant turn); give a reference_model to have one answer.",
+                             code="invalid_reference_file", param=param)
+    return ReferenceItem(request, {"content": last.get("content"), "tool_calls": last.get("tool_calls") or None})
 
 
 def _check_request(request: dict[str, Any], number: int, param: str) -> None:

@@ -72,6 +72,14 @@ def _source_jobs(source: Any, only: tuple[str, ...]) -> list[dict[str, Any]]:
         raise click.ClickException(f"the source answered HTTP {exc.status_code} listing its jobs: {exc.message}") from None
 
 
+def _confirm_spending(requests: int, yes: bool) -> None:
+    """Ask before spending requests at an endpoint (never without a terminal: `--yes` says yes)."""
+    if requests and not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException("not asking without a terminal: add --yes to spend these requests")
+        click.confirm("Spend them?", abort=True, err=True)
+
+
 @contextlib.contextmanager
 def _translated_errors(source_base_url: str, state_dir: Path) -> Iterator[None]:
     """What either end answered, as the command's error message: a rejected key names the side that rejected
@@ -263,10 +271,7 @@ def distill_command(source_model: str, prompts_from_job: str | None, prompts_fil
         click.echo(f"{len(prompts)} prompts x {samples_per_prompt}: {requests} requests to {source_model} still to "
                    f"make ({run.requests - requests} done before), about {prompt_tokens:,} prompt tokens and at most "
                    f"{completion_tokens:,} completion tokens.", err=True)
-        if requests and not yes:
-            if not sys.stdin.isatty():
-                raise click.ClickException("not asking without a terminal: add --yes to spend these requests")
-            click.confirm("Spend them?", abort=True, err=True)
+        _confirm_spending(requests, yes)
         with tqdm(total=run.requests, initial=run.requests - requests, desc=f"sampling {source_model}",
                   unit="req", file=sys.stderr) as bar:
             sample(source, run, state, concurrency=concurrency, progress=lambda done, _: bar.update(done - bar.n))
@@ -337,10 +342,7 @@ def compare_command(source_model: str, candidate: str, prompts_file: Path | None
         requests = sum(estimate(run)[0] for _, run in runs.values())
         click.echo(f"{len(prompts)} held-out prompts: {requests} requests still to make "
                    f"({source_model} and {candidate}).", err=True)
-        if requests and not yes:
-            if not sys.stdin.isatty():
-                raise click.ClickException("not asking without a terminal: add --yes to spend these requests")
-            click.confirm("Spend them?", abort=True, err=True)
+        _confirm_spending(requests, yes)
         for name, (client, run) in runs.items():
             with tqdm(total=run.requests, initial=run.requests - len(run.missing()), desc=f"{name}: {run.sampling.model}",
                       unit="req", file=sys.stderr) as bar:

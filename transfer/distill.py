@@ -21,7 +21,7 @@ from typing import Any
 
 import openai
 
-from contracts.files.chat_lines import prompt_of, training_line
+from contracts.files.chat_lines import ChatLineError, chat_requests, prompt_of, training_line
 from transfer.copy import Progress, TransferError, upload
 from transfer.state import TransferState
 
@@ -79,19 +79,12 @@ def unique(prompts: Iterable[dict[str, Any] | None]) -> list[dict[str, Any]]:
 def prompts_from_lines(content: bytes, origin: str) -> list[dict[str, Any]]:
     """Prompts from chat JSONL (a training file or a prompts file): each line's messages before its last
     assistant turn, with its tools. A line that is not a JSON chat line is a TransferError naming it."""
-    prompts = []
-    for number, raw in enumerate(content.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            line = json.loads(raw)
-        except ValueError as exc:
-            raise TransferError(f"{origin}, line {number}: not JSON ({exc})") from None
-        prompt = prompt_of(line) if isinstance(line, dict) else None
-        if prompt is None:
-            raise TransferError(f"{origin}, line {number}: not a chat line with a user turn "
-                                "({\"messages\": [...]}, optionally ending with the answer)")
-        prompts.append(prompt)
+    try:
+        prompts = [request for _, _, request in chat_requests(content.decode("utf-8"))]
+    except UnicodeDecodeError:
+        raise TransferError(f"{origin}: not UTF-8 text") from None
+    except ChatLineError as exc:
+        raise TransferError(f"{origin}, {exc}") from None
     return unique(prompts)
 
 

@@ -4,6 +4,8 @@ transfer.distill) and training data back into prompts."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 #: Roles a chat training file holds; a request's `developer` message is OpenAI's newer name for `system`.
@@ -63,3 +65,29 @@ def prompt_of(line: dict[str, Any]) -> dict[str, Any] | None:
         if line.get(key) is not None:
             request[key] = line[key]
     return request
+
+
+class ChatLineError(ValueError):
+    """A line of chat JSONL that is not one: `number` (1-based) and what is wrong with it."""
+
+    def __init__(self, number: int, problem: str) -> None:
+        super().__init__(f"line {number}: {problem}")
+        self.number = number
+        self.problem = problem
+
+
+def chat_requests(content: str) -> Iterator[tuple[int, dict[str, Any], dict[str, Any]]]:
+    """(line number, the line, the request it answers: `prompt_of`) for each non-blank line of chat JSONL. A
+    line that is not JSON, or not a chat line with a user turn, raises ChatLineError."""
+    for number, raw in enumerate(content.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError as exc:
+            raise ChatLineError(number, f"not JSON ({exc})") from None
+        request = prompt_of(line) if isinstance(line, dict) else None
+        if request is None:
+            raise ChatLineError(number, 'not a chat line with a user turn ({"messages": [...]}, optionally ending '
+                                        "with the answer)")
+        yield number, line, request

@@ -57,6 +57,9 @@ def test_bad_comparisons_get_400_naming_the_field_or_line(live: Any) -> None:
         bad_request = upload(client, jsonl([answered, answered, {**answered, "tool_choice": "required"}]))
         error = refused({"reference_file": bad_request})
         assert "line 3" in error["message"] and "tool_choice" in error["message"], error
+        extra = upload(client, jsonl([answered, {**answered, "temperature": 0.7}]))
+        error = refused({"reference_file": extra})
+        assert "line 2: unknown field 'temperature'" in error["message"], error  # never silently left out
         error = refused({"reference_file": unanswered, "reference_model": "ft:nobody:x"})
         assert (error["code"], error["param"]) == ("model_not_found", "comparison.reference_model")
         error = refused({"reference_file": unanswered, "reference_model": DEMO_BASE_MODEL}, suites=["control"])

@@ -44,7 +44,8 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
     spec = plan.spec
     tokenizer = ctx.loader.load_tokenizer(spec.base_model)
     train, valid = _encode(ctx, lease, plan, workspace, tokenizer, announce=distributed.is_main)
-    spec, distributed = _fit_memory(ctx, lease, spec, distributed, train, device)
+    precision = training_precision(ctx, spec, torch_device(device), distributed)
+    spec, distributed = _fit_memory(ctx, lease, spec, distributed, train, device, precision)
     # Under FSDP the whole model need not fit the device: it is loaded on the CPU, and each process moves only
     # its shards to the device.
     model = ctx.loader.load_model(spec.base_model, device="cpu" if distributed.fsdp else device,
@@ -63,7 +64,7 @@ def execute(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
     governor = ctx.settings.resources.governor("batch") if device == "cpu" and distributed.world_size == 1 else None
     trainer = Trainer(spec, model, tokenizer, train, valid, control, workspace.trainer_dir,
                       distributed=distributed, rehearsal=kept, device=device, grading=grading, governor=governor,
-                      precision=training_precision(ctx, spec, torch_device(device), distributed))
+                      precision=precision)
     if trainer.reinforcement is not None and grading is not None and grading.endpoint is None:
         grading.endpoint = BaseModelEndpoint(trainer.reinforcement.sampler, tokenizer, spec.base_model)
     resume = workspace.resume_dir if plan.resume_step is not None else None
@@ -133,7 +134,7 @@ def training_precision(ctx: WorkerContext, spec: TrainingSpec, device: Any, dist
 
 
 def _fit_memory(ctx: WorkerContext, lease: Lease, spec: TrainingSpec, distributed: DistributedContext,
-                examples: list[Any], device: str) -> tuple[TrainingSpec, DistributedContext]:
+                examples: list[Any], device: str, precision: str) -> tuple[TrainingSpec, DistributedContext]:
     """The spec and process group as the memory plan decides them, now that the data's own largest step is
     known (validation assumed the smallest one); a job that cannot fit fails with the estimate."""
     lengths = [len(e.input_ids) if hasattr(e, "input_ids") else
@@ -143,7 +144,7 @@ def _fit_memory(ctx: WorkerContext, lease: Lease, spec: TrainingSpec, distribute
     plan = plan_memory(
         ctx.loader.config(spec.base_model), spec, processes=distributed.world_size,
         device_bytes=device_memory_bytes(device, ctx.settings.training.device_memory_bytes),
-        compute_bytes=2 if training_precision(ctx, spec, on, distributed) == "bf16" else 4,
+        compute_bytes=2 if precision == "bf16" else 4,
         tokens_per_step=largest_step_tokens(lengths, spec, distributed.world_size),
         parallelism=ctx.settings.training.parallelism, host_memory=on.type == "cpu")
     if plan.refusal is not None:
