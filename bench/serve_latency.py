@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -53,6 +53,9 @@ QUESTIONS = ["Who designed the first suspension bridge in your country, and why 
 
 
 #: a Llama-style model of about 1.1B parameters (TinyLlama's shape, SmolLM2's vocabulary), random weights
+#: The converted model, kept between runs (building it takes ~20 s; safe across concurrent processes).
+CACHE = Path(os.environ.get("FTAAS_BENCH_CACHE", Path.home() / ".cache" / "ftaas-bench" / "models"))
+
 LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
             "num_key_value_heads": 4, "vocab_size": 49152, "max_position_embeddings": 2048, "tie_word_embeddings": False}
 
@@ -132,6 +135,136 @@ def profile_decode_step(forward: LlamaForward, prompt: list[int]) -> str:
     return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
 
 
+#: Where bench/llama_cpp_setup.sh keeps llama-cpp-python's unpacked sdist (its GGUF converter).
+LLAMA_CPP_SOURCE = Path(os.environ.get("FTAAS_BENCH_LLAMA_CPP",
+                                       Path.home() / ".cache" / "ftaas-bench" / "llama-cpp-python-0.3.36"))
+#: Prompts of the quality comparison (int8 and bf16 against fp32): varied, so that divergences show.
+QUALITY_QUESTIONS = QUESTIONS + [
+    "List three uses of copper and say why each needs it.", "What is 17 times 23? Show the steps.",
+    "Translate 'the train leaves at seven' into French and Spanish.",
+    "Write a Python function that reverses the words of a sentence.",
+    "Summarise the plot of a detective story set on a night ferry.",
+    "Give a recipe for a simple bread with four ingredients.",
+    "Why is the sky blue? Answer for a ten-year-old.", "Name the planets in order from the sun.",
+    "Describe the rules of chess in two paragraphs.", "What causes tides on the coast?",
+    "Write a haiku about an old lighthouse keeper.", "How does a bicycle stay upright while moving?"]
+
+
+def gguf_file(model_dir: Path, outtype: str) -> Path:
+    """The served weights written as GGUF by llama.cpp's own converter (cached next to the model)."""
+    out = model_dir.parent / f"{model_dir.name}.{outtype}.gguf"
+    if not out.is_file():
+        converter = LLAMA_CPP_SOURCE / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"
+        env = {**os.environ, "PYTHONPATH": str(converter.parent / "gguf-py")}
+        done = subprocess.run([sys.executable, str(converter), str(model_dir), "--outtype", outtype,
+                               "--outfile", str(out) + ".tmp"], env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"convert_hf_to_gguf.py failed: {done.stderr[-2000:]}")
+        Path(str(out) + ".tmp").replace(out)
+    return out
+
+
+def llama_cpp_missing() -> str | None:
+    """Why the llama.cpp baseline cannot run here, or None."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return "llama-cpp-python is not installed (bash bench/llama_cpp_setup.sh builds it, ~10 min)"
+    if not (LLAMA_CPP_SOURCE / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").is_file():
+        return f"llama.cpp's converter is not at {LLAMA_CPP_SOURCE} (bash bench/llama_cpp_setup.sh)"
+    return None
+
+
+def measure_llama_cpp(args: argparse.Namespace, outtype: str) -> dict[str, Any]:
+    """One stream of llama.cpp (llama-cpp-python) on a GGUF of the same weights: `args.tokens` greedy tokens
+    after a fresh prefill of the same prompt (its KV cache reset, so no prefix is reused), on as many threads
+    as torch uses here."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    model_dir = smollm2.ensure_built(CACHE)
+    prompt = prompts(AutoTokenizer.from_pretrained(model_dir), 1)[0]
+    llm = llama_cpp.Llama(model_path=str(gguf_file(model_dir, outtype)), n_ctx=512, n_batch=512,
+                          n_threads=torch.get_num_threads(), n_threads_batch=torch.get_num_threads(), verbose=False)
+
+    def once(tokens: int) -> float:
+        llm.reset()
+        started = time.perf_counter()
+        # greedy; end-of-sequence ignored
+        for produced, _ in enumerate(llm.generate(prompt, top_k=1, temp=0.0, reset=True), start=1):
+            if produced == tokens:
+                break
+        return time.perf_counter() - started
+
+    once(4)  # warm-up
+    seconds = statistics.median(once(args.tokens) for _ in range(args.repeats))
+    return {"rows": [{"name": f"llama.cpp {llama_cpp.__version__}, {outtype} GGUF, 1 request", "streams": 1,
+                      "tokens_per_second": args.tokens / seconds}]}
+
+
+def _greedy(forward: LlamaForward, prompt: list[int], tokens: int, forced: list[int] | None = None
+            ) -> tuple[list[int], torch.Tensor]:
+    """Greedy decoding of one prompt through `forward` (slot 0): the tokens chosen and each step's logits;
+    with `forced`, those tokens are fed instead of the chosen ones (teacher forcing)."""
+    chosen: list[int] = []
+    logits = []
+    with torch.inference_mode():
+        step = forward.forward(build_step(forward, [], [(0, prompt)]))[0]
+        position = len(prompt)
+        for index in range(tokens):
+            logits.append(step)
+            chosen.append(int(step.argmax()))
+            if index + 1 == tokens:
+                break
+            fed = forced[index] if forced is not None else chosen[-1]
+            step = forward.forward(build_step(forward, [(0, fed, position)], []))[0]
+            position += 1
+    return chosen, torch.stack(logits)
+
+
+def measure_quality(args: argparse.Namespace) -> dict[str, Any]:
+    """bf16 and int8 weights against fp32 on the real model, as the engine computes them (unpadded), over
+    QUALITY_QUESTIONS x `args.tokens` greedy tokens: teacher-forced on fp32's greedy tokens, the share of
+    positions whose top token agrees and the logit error; free-running, the completions identical to fp32's
+    and the mean position of the first different token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2.ensure_built(CACHE)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    asked = [list(tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                tokenize=True, return_dict=True)["input_ids"]) for q in QUALITY_QUESTIONS]
+
+    def forward_of(dtype: torch.dtype, weights: str) -> LlamaForward:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).eval()
+        return LlamaForward(model, max_slots=1, max_context=512, tile_rows=1, weights=weights)
+
+    reference = forward_of(torch.float32, "model")
+    truth = [_greedy(reference, prompt, args.tokens) for prompt in asked]
+    scale = torch.cat([logits for _, logits in truth]).std().item()
+    results = []
+    for label, dtype, weights in (("bf16", torch.bfloat16, "model"), ("int8 weights, bf16 activations",
+                                                                      torch.bfloat16, "int8")):
+        forward = forward_of(dtype, weights)
+        agree = total = identical = 0
+        errors, first_differences = [], []
+        for prompt, (tokens, logits) in zip(asked, truth, strict=True):
+            forced_tokens, forced_logits = _greedy(forward, prompt, args.tokens, forced=tokens)
+            agree += sum(a == b for a, b in zip(forced_tokens, tokens, strict=True))
+            total += len(tokens)
+            errors.append((forced_logits - logits).abs())
+            free, _ = _greedy(forward, prompt, args.tokens)
+            same = [a == b for a, b in zip(free, tokens, strict=True)]
+            identical += all(same)
+            first_differences.append(same.index(False) if not all(same) else len(tokens))
+        error = torch.cat(errors)
+        results.append({"name": label, "top1_agreement": agree / total, "positions": total,
+                        "identical_completions": identical, "completions": len(asked),
+                        "mean_first_difference": statistics.mean(first_differences),
+                        "logit_error_mean": error.mean().item(), "logit_error_max": error.max().item(),
+                        "logit_std": scale})
+    return {"quality": results}
+
+
 def _sync(device: Any) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
@@ -150,12 +283,15 @@ def measure(args: argparse.Namespace, key: str) -> dict[str, Any]:
     `profile:<dtype>:<mode>`, mode `invariant` (64-row tiles) or `unpadded`."""
     kind, dtype_name, *rest = key.split(":")
     mode = rest[0] if rest else ""
+    if kind == "llamacpp":
+        return measure_llama_cpp(args, dtype_name)
+    if kind == "quality":
+        return measure_quality(args)
     tile_rows = 64 if mode == "invariant" else 1
     if kind == "engine":
         # As the server does: only the engine thread runs parallel torch work (serving.engine).
         single_threaded_torch()
-    cache = Path(tempfile.mkdtemp(prefix="ftaas-bench-"))
-    model, tokenizer = load(cache, getattr(torch, dtype_name), args.device, args.model)
+    model, tokenizer = load(CACHE, getattr(torch, dtype_name), args.device, args.model)
     batch = prompts(tokenizer, args.streams)
     if kind == "generate":
         run_transformers(model, batch[0], 4)  # warm-up
@@ -163,13 +299,16 @@ def measure(args: argparse.Namespace, key: str) -> dict[str, Any]:
         return {"rows": [{"name": f"transformers generate, {dtype_name}, 1 request", "streams": 1,
                           "tokens_per_second": args.tokens / seconds}],
                 "prompt_tokens": [min(map(len, batch)), max(map(len, batch))]}
+    weights = "int8" if mode == "int8" else "model"
     if kind == "profile":
-        forward = LlamaForward(model, max_slots=1, max_context=512, tile_rows=tile_rows)
+        forward = LlamaForward(model, max_slots=1, max_context=512, tile_rows=tile_rows, weights=weights)
         return {"profile": profile_decode_step(forward, batch[0])}
-    forward = LlamaForward(model, max_slots=max(args.streams, 1), max_context=512, tile_rows=tile_rows)
+    forward = LlamaForward(model, max_slots=max(args.streams, 1), max_context=512, tile_rows=tile_rows,
+                           weights=weights)
     del model
     engine = Engine(forward, name="bench", max_queue=args.streams, prefill_tokens=4096, max_rank=8)
-    label = f"ftaas, {dtype_name}, {'batch-invariant (64-row tiles)' if mode == 'invariant' else 'unpadded'}"
+    label = f"ftaas, {dtype_name}, " + {"invariant": "batch-invariant (64-row tiles)", "unpadded": "unpadded",
+                                        "int8": "int8 weights, unpadded"}[mode]
     rows = []
     try:
         run_engine(engine, batch[:1], 4)  # warm-up
@@ -194,6 +333,12 @@ def main() -> int:
     parser.add_argument("--model", choices=["smollm2", "llama-1b"], default="smollm2",
                         help="llama-1b: ~1.1B parameters built from a config, random weights (no download)")
     parser.add_argument("--no-profile", action="store_true", help="skip the decode-step profiles")
+    parser.add_argument("--modes", default="invariant,unpadded",
+                        help="the engine's modes, comma-separated: invariant (64-row tiles), unpadded")
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the engine with int8 weights (bf16 activations)")
+    parser.add_argument("--quality", action="store_true",
+                        help="also bf16 and int8 weights against fp32: top-token agreement and logit error")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement, JSON on stdout
     args = parser.parse_args()
@@ -207,12 +352,21 @@ def main() -> int:
     # keeps two OpenMP teams, and then every parallel region pays a wake-up (measured: the engine's
     # inter-token latency 33 ms alone, 52 ms after the same process had run `generate`).
     keys = ["generate:float32"] + [f"generate:{d}" for d in dtypes if d != "float32"]
-    keys += [f"engine:{d}:{m}" for d in dtypes for m in ("invariant", "unpadded")]
+    keys += [f"engine:{d}:{m}" for d in dtypes for m in args.modes.split(",")]
+    if args.int8:
+        keys += ["engine:bfloat16:int8"]
+    missing = llama_cpp_missing() if device == "cpu" and args.model == "smollm2" else "not on this device/model"
+    if missing is None:
+        keys += ["llamacpp:bf16", "llamacpp:q8_0"]
+    else:
+        print(f"llama.cpp baseline skipped: {missing}", flush=True)
+    if args.quality:
+        keys += ["quality:float32"]
     # The baseline again at the end: a shared machine's speed drifts over minutes, and the ratios use the mean
     # of the two runs (both printed).
     keys += ["generate:float32"]
     if device == "cpu" and not args.no_profile:
-        keys += [f"profile:{d}:{m}" for d in dtypes for m in ("invariant", "unpadded")]
+        keys += [f"profile:{d}:{m}" for d in dtypes for m in args.modes.split(",")]
     forwarded = ["--tokens", str(args.tokens), "--streams", str(args.streams), "--repeats", str(args.repeats),
                  "--device", device, "--model", args.model]
     print(f"{'SmolLM2-135M-Instruct' if args.model == 'smollm2' else 'random Llama, 1.1B'} on {device} "
@@ -220,6 +374,7 @@ def main() -> int:
           "each configuration in its own process", flush=True)
     rows: list[dict[str, Any]] = []
     profiles: dict[str, str] = {}
+    qualities: list[dict[str, Any]] = []
     for key in keys:
         done = subprocess.run([sys.executable, __file__, *forwarded, "--measure", key], capture_output=True,
                               text=True, check=False)
@@ -234,6 +389,7 @@ def main() -> int:
             print(f"  {row['name']}, {row['streams']} stream(s): {row['tokens_per_second']:.1f} tokens/s", flush=True)
         if "prompt_tokens" in result:
             print(f"  prompts of {result['prompt_tokens'][0]}-{result['prompt_tokens'][1]} tokens", flush=True)
+        qualities.extend(result.get("quality", []))
         if "profile" in result:
             _, dtype_name, mode = key.split(":")
             profiles[f"ftaas, {dtype_name}, {mode}"] = result["profile"]
@@ -245,10 +401,27 @@ def main() -> int:
         print(f"{row['name']:<62} {row['streams']:>7} {row['tokens_per_second']:>9.1f} "
               f"{row['tokens_per_second'] / reference:>10.2f} {row.get('itl_ms', float('nan')):>7.1f} "
               f"{row.get('ttft_ms', float('nan')):>8.1f}")
+    llama = {row["name"].split(", ")[1].split()[0]: row["tokens_per_second"] for row in rows
+             if row["name"].startswith("llama.cpp")}
+    if llama:
+        print("\none stream against llama.cpp at the same precision (bf16 GGUF; q8_0 for int8 weights):")
+        for row in rows:
+            if row["name"].startswith("ftaas") and row["streams"] == 1 and "invariant" not in row["name"]:
+                peer = "q8_0" if "int8" in row["name"] else "bf16"
+                if peer in llama:
+                    print(f"  {row['name']:<58} {row['tokens_per_second'] / llama[peer]:.2f}x llama.cpp {peer}")
+    if qualities:
+        print(f"\nagainst fp32, {args.tokens} greedy tokens per prompt (engine forward, unpadded):")
+        print(f"{'weights':<34} {'top-1 agree':>11} {'identical':>9} {'first diff':>10} {'logit err mean':>14} "
+              f"{'max':>6} {'logit std':>9}")
+        for q in qualities:
+            print(f"{q['name']:<34} {q['top1_agreement']:>11.4f} {q['identical_completions']:>4}/{q['completions']:<4} "
+                  f"{q['mean_first_difference']:>10.1f} {q['logit_error_mean']:>14.4f} {q['logit_error_max']:>6.2f} "
+                  f"{q['logit_std']:>9.2f}")
     for label, table in profiles.items():
         print(f"\none decode step of one stream, {label} (5 steps profiled):\n{table}")
     if args.json:
-        args.json.write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"device": device, "rows": rows, "quality": qualities}, indent=2))
     return 0
 
 

@@ -261,6 +261,13 @@ class ServingSettings(SettingsGroup):
         default="auto", description="Serving weights and KV cache: auto (on a CPU whichever of float32 and "
                                     "bfloat16 measured faster for the model on this machine; on a GPU bfloat16 "
                                     "where supported), float32, bfloat16 or float16.")
+    weights: Literal["full", "int8"] = Field(
+        default="full", description="The base model's linear weights: full (in the serving dtype) or int8 (one "
+                                    "scale per output row, weight-only: activations in bfloat16 where dtype is "
+                                    "auto; half the bytes a decode step reads, about 2x one stream's speed on a "
+                                    "CPU without native bfloat16; greedy output close to but not always the full "
+                                    "model's, measured in docs/serving.md). Not with batch_invariant; knowledge "
+                                    "evals always compute with full weights.")
     device: str = Field(
         default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
         description="Where the serving engine runs: auto (the first CUDA device if there is one), cpu, cuda or cuda:N.")
@@ -282,6 +289,15 @@ class ServingSettings(SettingsGroup):
         default=8 * 1024 * 1024 * 1024, ge=0, description="Adapter files cached on local disk (tier 3).")
     cache_dir: Path | None = Field(
         default=None, description="Local adapter cache directory. Default: <data_dir>/serving-cache.")
+
+    @model_validator(mode="after")
+    def _int8_serves_as_asked(self) -> ServingSettings:
+        if self.weights == "int8" and self.batch_invariant:
+            raise ValueError("serving_weights int8 cannot be batch-invariant (serving_batch_invariant)")
+        if self.weights == "int8" and self.dtype == "float32":
+            raise ValueError("serving_weights int8 computes with bfloat16 or float16 activations, not float32 "
+                             "(serving_dtype auto, bfloat16 or float16)")
+        return self
 
     @property
     def cache_path(self) -> Path:

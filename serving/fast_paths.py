@@ -3,8 +3,9 @@
 Why: the flags say what a CPU can do, not what wins. Machines of one kind have had an Intel Xeon with AMX
 (bf16 far faster), an AMD EPYC with AVX-512 BF16 (bf16 wins for decoding, by less) and an AMD EPYC with AVX2
 only (bf16 emulated: slower than fp32). `measured_dtype` times each candidate on the products the work
-actually runs (the model's layer shapes: one row for a decode step, `rows` rows for a training step's forward
-and backward) and takes the fastest; bf16 must win by `MARGIN` to be chosen, since fp32 is the exact one.
+actually runs (the model's layer shapes: one row for a decode step and a batch of rows for a prompt, `rows`
+rows for a training step's forward and backward) and takes the fastest (`bf16_wins`); bf16 must win by
+`MARGIN` to be chosen, since fp32 is the exact one.
 
 A measurement costs 0.1-0.4 s; its result is cached per machine (CPU model, cores, torch version), model
 shapes and work in `<cache>/fast-paths.json`, so a process pays it once per machine and model. GPUs are not
@@ -35,6 +36,8 @@ MARGIN = 1.1
 REPEATS = 5
 #: A training measurement's products have at most this many outputs (the output layer's vocabulary is cut).
 TRAIN_OUTPUTS = 4096
+#: Rows of a decode measurement's batch pass (a prompt's prefill, concurrent streams).
+BATCH_ROWS = 64
 
 
 def model_shapes(config: dict[str, Any]) -> list[tuple[int, int]]:
@@ -81,7 +84,8 @@ def prepacks_bf16() -> bool:
 
 def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 128) -> dict[str, float]:
     """Seconds for one pass over `shapes` in each candidate precision: a one-row product per shape for
-    `decode` (what a decode step streams from memory: every weight once); for `train`, `rows` rows forward
+    `decode` (what a decode step streams from memory: every weight once), and `<dtype>_batch`, BATCH_ROWS rows
+    through the layer's products (what a prompt or a batch of streams computes); for `train`, `rows` rows forward
     and backward through frozen weights (a LoRA step's base) under bf16 autocast (the trainer's way) or in
     fp32, outputs capped at TRAIN_OUTPUTS (the ratio of the two is what is compared, and a full vocabulary
     would make the measurement seconds long)."""
@@ -99,6 +103,18 @@ def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 12
                 cast = [torch.ops.mkldnn._reorder_linear_weight(w.to(dtype).contiguous(), 16) if packed
                         else w.to(dtype) for w in weights]
                 inputs = [torch.randn(1, inp, generator=generator).to(dtype) for inp, _ in shapes]
+                # A batch: BATCH_ROWS rows through one layer (no output layer: a prompt's rows skip it), what
+                # a prompt's prefill and concurrent streams cost.
+                batch = [torch.randn(BATCH_ROWS, inp, generator=generator).to(dtype) for inp, _ in shapes[:-1]]
+
+                def batched(cast: list[torch.Tensor] = cast, batch: list[torch.Tensor] = batch,
+                            packed: bool = packed) -> None:
+                    for x, w in zip(batch, cast, strict=False):
+                        if packed:
+                            torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+                        else:
+                            torch.nn.functional.linear(x, w)
+                timings[f"{name}_batch"] = _time(batched)
 
                 def run(cast: list[torch.Tensor] = cast, inputs: list[torch.Tensor] = inputs,
                         packed: bool = packed) -> None:
@@ -124,6 +140,16 @@ def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 12
     return timings
 
 
+def bf16_wins(timings: dict[str, float]) -> bool:
+    """The rule: bf16 must be MARGIN faster than fp32 for the work's pass, and, for decoding, not more than
+    MARGIN slower for a batch (where bf16 is emulated, one row reads half the bytes and wins, while a prompt's
+    rows are computed, and lose: measured on an AVX2-only EPYC, one stream 1.6x faster in bf16, 16 streams
+    2.4x slower and the first token 3.5x later; docs/benchmarks.md)."""
+    if timings["bfloat16"] * MARGIN > timings["float32"]:
+        return False
+    return "float32_batch" not in timings or timings["bfloat16_batch"] <= timings["float32_batch"] * MARGIN
+
+
 def measured_in_thread(config: dict[str, Any], work: Work, *, cache_dir: Path | None, threads: int) -> torch.dtype:
     """`measured_dtype` on `threads` threads, in a thread of its own that then ends: the caller's thread
     keeps its thread count, and no OpenMP team outlives the measurement (serving.engine.single_threaded_torch
@@ -141,7 +167,7 @@ def measured_in_thread(config: dict[str, Any], work: Work, *, cache_dir: Path | 
 def measured_dtype(config: dict[str, Any], work: Work, *, cache_dir: Path | None, rows: int = 128) -> torch.dtype:
     """The faster of fp32 and bf16 for `work` on this machine's CPU and this model (cached, see the module)."""
     shapes = model_shapes(config)
-    key = f"{_machine_key()}|{work}|rows={rows if work == 'train' else 1}|" + hashlib.sha256(
+    key = f"{_machine_key()}|{work}|rows={rows if work == 'train' else f'1+{BATCH_ROWS}'}|" + hashlib.sha256(
         json.dumps(shapes).encode()).hexdigest()[:16]
     path = cache_dir / CACHE_FILE if cache_dir is not None else None
     cached: dict[str, Any] = {}
@@ -154,11 +180,11 @@ def measured_dtype(config: dict[str, Any], work: Work, *, cache_dir: Path | None
         return getattr(torch, cached[key]["dtype"])
     started = time.perf_counter()
     timings = time_candidates(shapes, work, rows=rows)
-    chosen = "bfloat16" if timings["bfloat16"] * MARGIN <= timings["float32"] else "float32"
+    chosen = "bfloat16" if bf16_wins(timings) else "float32"
     record = {"dtype": chosen, "seconds": {k: round(v, 6) for k, v in timings.items()},
               "measured_in": round(time.perf_counter() - started, 3), "at": int(time.time())}
-    log.info("fast path for %s (%s): %s (fp32 %.2f ms, bf16 %.2f ms per pass; measured in %.2f s)", work,
-             key.split("|")[0], chosen, timings["float32"] * 1e3, timings["bfloat16"] * 1e3, record["measured_in"])
+    log.info("fast path for %s (%s): %s (per pass, ms: %s; measured in %.2f s)", work, key.split("|")[0], chosen,
+             ", ".join(f"{k} {v * 1e3:.2f}" for k, v in timings.items()), record["measured_in"])
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +75,53 @@ _ALL_LAYERS_WINDOWED = frozenset({"mistral", "phi3"})
 DECODE_BUCKET = 64
 #: A group's keys and values of every layer are copied once per step up to this size, else layer by layer.
 GROUP_COPY_BYTES = 256 * 1024 ** 2
+
+
+#: How the base model's linear weights are held: as the model has them ("model": its dtype, pre-packed where
+#: that measured faster), or "int8" (`Int8Weight`).
+WeightFormat = Literal["model", "int8"]
+
+
+@dataclass(frozen=True)
+class Int8Weight:
+    """A linear weight as int8 with one scale per output row (symmetric, rounded to nearest): half of
+    bfloat16's bytes, a quarter of float32's. A decode step reads every weight once and waits on memory, so
+    it reads that much less. Multiplied by `torch.ops.aten._weight_int8pack_mm`, which dequantizes inside the
+    kernel: weight-only, the activations stay in the serving dtype (bfloat16 or float16; the kernel's float32
+    path measured 6x slower than its bfloat16 one, docs/benchmarks.md)."""
+
+    values: torch.Tensor  # int8 [out, in], contiguous
+    scales: torch.Tensor  # [out], the activations' dtype
+
+    @classmethod
+    def of(cls, weight: torch.Tensor) -> Int8Weight:
+        full = weight.detach().float()
+        scales = full.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127
+        values = torch.round(full / scales[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
+        return cls(values, scales.to(weight.dtype))
+
+    def multiply(self, x: torch.Tensor) -> torch.Tensor:
+        """x [rows, in] @ weight.T, in x's dtype."""
+        return torch.ops.aten._weight_int8pack_mm(x.contiguous(), self.values, self.scales)
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight the products compute with, [out, in] in `dtype`."""
+        return (self.values.float() * self.scales.float()[:, None]).to(dtype)
+
+
+def refuse_int8(dtype: torch.dtype, batch_invariant: bool, device: torch.device | str = "cpu") -> None:
+    """ValueError where int8 weights cannot be served as asked: with float32 activations (slower than plain
+    float32 weights, measured), batch-invariant (its tiles were measured with dense kernels), or on a device
+    whose torch has no int8 weight-only kernel."""
+    if batch_invariant:
+        raise ValueError("int8 weights are not served batch-invariant (FTAAS_SERVING_BATCH_INVARIANT)")
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"int8 weights compute with bfloat16 or float16 activations, not {dtype}")
+    try:
+        Int8Weight.of(torch.ones(8, 32, dtype=dtype, device=device)).multiply(
+            torch.ones(1, 32, dtype=dtype, device=device))
+    except (RuntimeError, NotImplementedError) as exc:
+        raise ValueError(f"int8 weights: this torch has no int8 weight-only product on {device} ({exc})") from exc
 
 
 def module_groups(model_type: str | None) -> dict[str, tuple[str, ...]]:
@@ -122,7 +169,7 @@ class LlamaForward:
     # Long on purpose: the forward pass and its attention paths share the weights and geometry.
 
     def __init__(self, model: Any, *, max_slots: int, max_context: int, tile_rows: int,
-                 kv_budget_bytes: int | None = None) -> None:
+                 kv_budget_bytes: int | None = None, weights: WeightFormat = "model") -> None:
         # Long on purpose: every served family's weights, norms and RoPE tables, in one walk.
         config = model.config
         model_type = getattr(config, "model_type", None)
@@ -149,9 +196,14 @@ class LlamaForward:
         #: bfloat16 on a CPU: weights pre-packed for oneDNN (bitwise the F.linear result, 1.5x faster for the
         #: few-row products of decoding, measured). Not under batch invariance, whose tiles were measured
         #: with F.linear's kernels.
-        self.prepacked = (self.device.type == "cpu" and self.dtype == torch.bfloat16 and not self.batch_invariant
-                          and native_bfloat16("cpu") and torch.backends.mkldnn.is_available()
+        self.prepacked = (weights == "model" and self.device.type == "cpu" and self.dtype == torch.bfloat16
+                          and not self.batch_invariant and native_bfloat16("cpu")
+                          and torch.backends.mkldnn.is_available()
                           and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+        #: int8: every linear weight (the output layer's too) as int8 with one scale per output (`Int8Weight`)
+        self.weight_format: WeightFormat = weights
+        if weights == "int8":
+            refuse_int8(self.dtype, self.batch_invariant, self.device)
         self.lm_head = self._pack(model.get_output_embeddings().weight.detach())
         #: group -> module names, and module name -> group, for this model family.
         self.members = module_groups(model_type)
@@ -231,23 +283,29 @@ class LlamaForward:
             raise ValueError(f"a KV budget of {self.kv.budget_bytes} bytes holds {self.max_context} positions; "
                              f"one position of this model takes {self.kv.position_bytes} bytes")
 
-    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
-        """A weight as `_dense` multiplies by it (pre-packed where `prepacked`)."""
+    def _pack(self, weight: torch.Tensor) -> Any:
+        """A weight as `_dense` multiplies by it (pre-packed where `prepacked`; int8 where `weight_format` says)."""
+        if self.weight_format == "int8":
+            return Int8Weight.of(weight)
         if not self.prepacked:
             return weight
         # The batch-size hint picks the blocking; 16 measured best for 1-16 rows and within 2 % up to 200
         # (docs/benchmarks.md, "Measurements behind code comments").
         return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 16)
 
-    def _dense(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _dense(self, x: torch.Tensor, weight: Any) -> torch.Tensor:
         if self.prepacked:
             return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+        if isinstance(weight, Int8Weight):
+            return weight.multiply(x)
         return F.linear(x, weight)
 
     def weight(self, layer: int, group: str) -> torch.Tensor:
-        """A group's weight [out, in] as the model holds it (pre-packed weights are unpacked: multiplying the
-        identity is exact, each output one product with 1.0)."""
+        """A group's weight [out, in] as the model computes with it (pre-packed weights are unpacked:
+        multiplying the identity is exact, each output one product with 1.0; int8 weights dequantized)."""
         weight = self.layers[layer].linear[group][0]
+        if isinstance(weight, Int8Weight):
+            return weight.dequantized(self.dtype)
         if not self.prepacked:
             return weight
         fan_in = self.geometry.groups[group][0]

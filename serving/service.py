@@ -122,7 +122,11 @@ class InferenceService:
             refusal = self._refusal(base_model)
             if refusal is not None:
                 raise InvalidRequest(str(refusal), code=refusal.code, param=refusal.param)
-            dtype, device = serving_placement(self.settings.dtype, self.settings.device,
+            int8 = self.settings.weights == "int8"
+            # int8 weights compute with bfloat16 activations unless float16 is asked for (their float32 path is
+            # slower than plain float32 weights: serving.model.Int8Weight).
+            dtype, device = serving_placement("bfloat16" if int8 and self.settings.dtype == "auto"
+                                              else self.settings.dtype, self.settings.device,
                                               measure=lambda: self._measured_dtype(base_model))
             model = self.loader.load_model(base_model, dtype=dtype, device=device)
             model.eval()
@@ -132,7 +136,8 @@ class InferenceService:
             forward = LlamaForward(model, max_slots=self.settings.max_batch,
                                    max_context=min(limit, configured) if configured else limit,
                                    tile_rows=self.settings.tile_rows if self.settings.batch_invariant
-                                   else 1, kv_budget_bytes=self.settings.kv_cache_bytes)
+                                   else 1, kv_budget_bytes=self.settings.kv_cache_bytes,
+                                   weights="int8" if int8 else "model")
             engine = Engine(forward, name=base_model, max_queue=self.settings.max_queue,
                             prefill_tokens=self.settings.prefill_tokens,
                             max_rank=self.settings.max_lora_rank,

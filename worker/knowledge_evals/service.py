@@ -116,8 +116,10 @@ def evaluate(ctx: WorkerContext, *, eval_id: str, project_id: str, spec_document
     # float32 whatever the hardware: bfloat16 greedy answers part from float32's at near-ties (measured on
     # SmolLM2: 4 of 8 prompts within 48 tokens; docs/evals.md), so an eval would score differently on a machine with AMX than
     # on one without, and differently from the transformers reference path that unservable families use.
+    # Full weights likewise, whatever serving_weights says: int8 weights change greedy answers too.
     settings = ctx.settings.serving.model_copy(update={
-        "cache_dir": ctx.work_dir / f"eval-serving-{os.getpid()}", "batch_invariant": True, "dtype": "float32"})
+        "cache_dir": ctx.work_dir / f"eval-serving-{os.getpid()}", "batch_invariant": True, "dtype": "float32",
+        "weights": "full"})
     # An eval is batch work: it yields cores to serving on a shared machine (contracts.machine).
     inference = InferenceService(ctx.db, ctx.store, ctx.registry, ctx.loader, settings,
                                  governor=ctx.settings.resources.governor("batch"))
