@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ Work = Literal["decode", "train"]
 CACHE_FILE = "fast-paths.json"
 #: bf16 is chosen only when it is at least this much faster than fp32 (fp32 is exact; a tie keeps it).
 MARGIN = 1.1
-#: Timed repetitions per candidate (the median is kept), after one warm-up.
+#: Timed repetitions per candidate (the fastest is kept), after one warm-up.
 REPEATS = 5
 #: A training measurement's products have at most this many outputs (the output layer's vocabulary is cut).
 TRAIN_OUTPUTS = 4096
@@ -65,13 +64,14 @@ def _machine_key() -> str:
 
 
 def _time(run: Callable[[], Any]) -> float:
+    """The fastest of REPEATS runs after a warm-up: other work on the machine only ever adds time."""
     run()
     samples = []
     for _ in range(REPEATS):
         started = time.perf_counter()
         run()
         samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    return min(samples)
 
 
 def prepacks_bf16() -> bool:
@@ -150,7 +150,8 @@ def bf16_wins(timings: dict[str, float]) -> bool:
     return "float32_batch" not in timings or timings["bfloat16_batch"] <= timings["float32_batch"] * MARGIN
 
 
-def measured_in_thread(config: dict[str, Any], work: Work, *, cache_dir: Path | None, threads: int) -> torch.dtype:
+def measured_in_thread(config: dict[str, Any], work: Work, *, cache_dir: Path | None, threads: int,
+                       persist: bool = True) -> torch.dtype:
     """`measured_dtype` on `threads` threads, in a thread of its own that then ends: the caller's thread
     keeps its thread count, and no OpenMP team outlives the measurement (serving.engine.single_threaded_torch
     says why a second team costs the engine)."""
@@ -158,14 +159,18 @@ def measured_in_thread(config: dict[str, Any], work: Work, *, cache_dir: Path | 
 
     def run() -> torch.dtype:
         torch.set_num_threads(threads)
-        return measured_dtype(config, work, cache_dir=cache_dir)
+        return measured_dtype(config, work, cache_dir=cache_dir, persist=persist)
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ftaas-fast-path") as pool:
         return pool.submit(run).result()
 
 
-def measured_dtype(config: dict[str, Any], work: Work, *, cache_dir: Path | None, rows: int = 128) -> torch.dtype:
-    """The faster of fp32 and bf16 for `work` on this machine's CPU and this model (cached, see the module)."""
+def measured_dtype(config: dict[str, Any], work: Work, *, cache_dir: Path | None, rows: int = 128,
+                   persist: bool = True) -> torch.dtype:
+    """The faster of fp32 and bf16 for `work` on this machine's CPU and this model (cached, see the module).
+    `persist` False: a measurement made while other work computed is used by this process, not cached, since
+    contention skews memory-bound and compute-bound passes differently (measured: bf16 chosen under a training
+    job on an AVX2-only CPU where it computes prompts 3.9x slower)."""
     shapes = model_shapes(config)
     key = f"{_machine_key()}|{work}|rows={rows if work == 'train' else f'1+{BATCH_ROWS}'}|" + hashlib.sha256(
         json.dumps(shapes).encode()).hexdigest()[:16]
@@ -185,7 +190,7 @@ def measured_dtype(config: dict[str, Any], work: Work, *, cache_dir: Path | None
               "measured_in": round(time.perf_counter() - started, 3), "at": int(time.time())}
     log.info("fast path for %s (%s): %s (per pass, ms: %s; measured in %.2f s)", work, key.split("|")[0], chosen,
              ", ".join(f"{k} {v * 1e3:.2f}" for k, v in timings.items()), record["measured_in"])
-    if path is not None:
+    if path is not None and persist:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             cached[key] = record
