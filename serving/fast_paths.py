@@ -82,6 +82,15 @@ def prepacks_bf16() -> bool:
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
+def _products(inputs: list[torch.Tensor], weights: list[torch.Tensor], packed: bool) -> None:
+    """Each input times its weight (pairs up to the shorter list), as the engine multiplies them."""
+    for x, w in zip(inputs, weights, strict=False):
+        if packed:
+            torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+        else:
+            torch.nn.functional.linear(x, w)
+
+
 def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 128) -> dict[str, float]:
     """Seconds for one pass over `shapes` in each candidate precision: a one-row product per shape for
     `decode` (what a decode step streams from memory: every weight once), and `<dtype>_batch`, BATCH_ROWS rows
@@ -107,22 +116,12 @@ def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 12
                 # a prompt's prefill and concurrent streams cost.
                 batch = [torch.randn(BATCH_ROWS, inp, generator=generator).to(dtype) for inp, _ in shapes[:-1]]
 
-                def batched(cast: list[torch.Tensor] = cast, batch: list[torch.Tensor] = batch,
-                            packed: bool = packed) -> None:
-                    for x, w in zip(batch, cast, strict=False):
-                        if packed:
-                            torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-                        else:
-                            torch.nn.functional.linear(x, w)
-                timings[f"{name}_batch"] = _time(batched)
+                timings[f"{name}_batch"] = _time(lambda cast=cast, batch=batch, packed=packed:
+                                                 _products(batch, cast, packed))
 
                 def run(cast: list[torch.Tensor] = cast, inputs: list[torch.Tensor] = inputs,
                         packed: bool = packed) -> None:
-                    for x, w in zip(inputs, cast, strict=True):
-                        if packed:
-                            torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-                        else:
-                            torch.nn.functional.linear(x, w)
+                    _products(inputs, cast, packed)
             else:
                 # As a LoRA step computes the frozen base: its weights stored in the precision (the trainer keeps
                 # them in bf16 under autocast), the gradient flowing through them to the activations only.
