@@ -172,8 +172,10 @@ def test_on_a_4bit_base_the_sampler_computes_what_the_qlora_model_computes(loade
         assert len(drawn) >= 1
         parted = next((i for i, (a, b) in enumerate(zip(drawn, expected, strict=False)) if a != b), None)
         if parted is not None:
+            # Within bf16's rounding either way: `generate` (a KV cache) and the full forward behind `logits`
+            # round differently too (measured on an AVX2-only EPYC: the generated token 0.004 below the drawn one).
             gap = float(logits[parted, expected[parted]] - logits[parted, drawn[parted]])
-            assert 0 <= gap < 0.02, (use_adapter, parted, gap)
+            assert abs(gap) < 0.02, (use_adapter, parted, gap)
 
 
 def test_a_qlora_grpo_run_trains_on_the_4bit_base_and_publishes_a_plain_lora(loader: BaseModelLoader,
