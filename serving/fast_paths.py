@@ -14,6 +14,7 @@ measured: bf16 where the device supports it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from contracts.machine import OTHER, ThreadGovernor
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +153,7 @@ def bf16_wins(timings: dict[str, float]) -> bool:
 
 
 def measured_in_thread(config: dict[str, Any], work: Work, *, cache_dir: Path | None, threads: int,
-                       persist: bool = True) -> torch.dtype:
+                       governor: ThreadGovernor | None = None) -> torch.dtype:
     """`measured_dtype` on `threads` threads, in a thread of its own that then ends: the caller's thread
     keeps its thread count, and no OpenMP team outlives the measurement (serving.engine.single_threaded_torch
     says why a second team costs the engine)."""
@@ -158,18 +161,19 @@ def measured_in_thread(config: dict[str, Any], work: Work, *, cache_dir: Path | 
 
     def run() -> torch.dtype:
         torch.set_num_threads(threads)
-        return measured_dtype(config, work, cache_dir=cache_dir, persist=persist)
+        return measured_dtype(config, work, cache_dir=cache_dir, governor=governor)
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ftaas-fast-path") as pool:
         return pool.submit(run).result()
 
 
 def measured_dtype(config: dict[str, Any], work: Work, *, cache_dir: Path | None, rows: int = 128,
-                   persist: bool = True) -> torch.dtype:
+                   governor: ThreadGovernor | None = None) -> torch.dtype:
     """The faster of fp32 and bf16 for `work` on this machine's CPU and this model (cached, see the module).
-    `persist` False: a measurement made while other work computed is used by this process, not cached, since
-    contention skews memory-bound and compute-bound passes differently (measured: bf16 chosen under a training
-    job on an AVX2-only CPU where it computes prompts 3.9x slower)."""
+    With the caller's `governor` (contracts.machine) the measurement is marked as that kind of work, so that
+    the other kind yields while it is timed, and one made while the other kind computed anyway is used by this
+    process but not cached, since contention skews memory-bound and compute-bound passes differently
+    (measured: bf16 chosen under a training job on an AVX2-only CPU where it computes prompts 3.9x slower)."""
     shapes = model_shapes(config)
     key = f"{_machine_key()}|{work}|rows={rows if work == 'train' else f'1+{BATCH_ROWS}'}|" + hashlib.sha256(
         json.dumps(shapes).encode()).hexdigest()[:16]
@@ -183,13 +187,16 @@ def measured_dtype(config: dict[str, Any], work: Work, *, cache_dir: Path | None
     if key in cached:
         return getattr(torch, cached[key]["dtype"])
     started = time.perf_counter()
-    timings = time_candidates(shapes, work, rows=rows)
+    with governor.working() if governor is not None else contextlib.nullcontext():
+        contended = governor is not None and governor.board is not None and governor.board.active(
+            OTHER[governor.kind])
+        timings = time_candidates(shapes, work, rows=rows)
     chosen = "bfloat16" if bf16_wins(timings) else "float32"
     record = {"dtype": chosen, "seconds": {k: round(v, 6) for k, v in timings.items()},
               "measured_in": round(time.perf_counter() - started, 3), "at": int(time.time())}
     log.info("fast path for %s (%s): %s (per pass, ms: %s; measured in %.2f s)", work, key.split("|")[0], chosen,
              ", ".join(f"{k} {v * 1e3:.2f}" for k, v in timings.items()), record["measured_in"])
-    if path is not None and persist:
+    if path is not None and not contended:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             cached[key] = record

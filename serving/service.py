@@ -13,7 +13,6 @@ The text of the results is assembled in `serving.generation`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -157,15 +156,11 @@ class InferenceService:
         from serving.fast_paths import measured_in_thread
 
         threads = self.governor.plan.serving_alone if self.governor is not None else ENGINE_THREADS
-        board = self.governor.board if self.governor is not None else None
         try:
-            # Marked as serving work, so that a training job on the machine yields while it is timed; cached
-            # only when nothing else computed (fast_paths.measured_dtype's `persist`).
-            with self.governor.working() if self.governor is not None else contextlib.nullcontext():
-                # Next to the converted models: one measurement per machine and model, whichever process needs it.
-                chosen = measured_in_thread(self.loader.config(base_model), "decode", cache_dir=self.loader.cache_dir,
-                                            threads=threads, persist=board is None or not board.active("batch"))
-            return chosen
+            # Next to the converted models: one measurement per machine and model, whichever process needs it;
+            # timed as serving work (the governor: training yields meanwhile).
+            return measured_in_thread(self.loader.config(base_model), "decode", cache_dir=self.loader.cache_dir,
+                                      threads=threads, governor=self.governor)
         except (KeyError, TypeError, ValueError) as exc:  # a config without the shapes this needs
             log.warning("decode precision of %s not measured (%s); chosen by the CPU's flags", base_model, exc)
             return serving_placement("auto", "cpu")[0]

@@ -123,3 +123,20 @@ def test_shapes_come_from_the_config() -> None:
                                       "intermediate_size": 1536, "vocab_size": 49152})
     assert shapes == [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576),
                       (576, 49152)]
+
+
+def test_a_measurement_is_timed_as_its_kind_of_work_and_not_kept_when_the_other_kind_computed(tmp_path: Path) -> None:
+    """Serving's measurement marks serving as computing (so training yields while it is timed); one made while
+    training computed anyway is used, not cached: contention skews the passes differently."""
+    from contracts.machine import ActivityBoard, ThreadGovernor, plan_threads
+
+    config = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 256}
+    board = ActivityBoard(tmp_path / "board")
+    governor = ThreadGovernor(plan_threads(2, sharing=True), "serving", board)
+    board.mark("batch")  # a training job computes
+    fast_paths.measured_dtype(config, "decode", cache_dir=tmp_path / "contended", governor=governor)
+    assert board.active("serving")  # marked while it was timed
+    assert not (tmp_path / "contended" / fast_paths.CACHE_FILE).exists()
+    (tmp_path / "board" / "batch.active").unlink()  # the job has finished
+    fast_paths.measured_dtype(config, "decode", cache_dir=tmp_path / "alone", governor=governor)
+    assert (tmp_path / "alone" / fast_paths.CACHE_FILE).is_file()

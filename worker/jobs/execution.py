@@ -119,14 +119,15 @@ def _encode(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
 
 def training_precision(ctx: WorkerContext, spec: TrainingSpec, device: Any, distributed: DistributedContext) -> str:
     """"bf16" (autocast) or "fp32". On a CPU, one process: whichever measured faster for this model's shapes
-    on this machine (serving.fast_paths; cached next to the models, so every step of a job and every job of
-    the machine agree); a GPU or a process group (whose processes must agree without talking): bf16 where the
+    on this machine (serving.fast_paths, timed as batch work so that serving yields meanwhile; cached next to
+    the models, so that the jobs of the machine agree, unless a chat computed during the measurement); a GPU or a process group (whose processes must agree without talking): bf16 where the
     hardware computes it natively."""
     if device.type == "cpu" and distributed.world_size == 1:
         from serving.fast_paths import measured_dtype
 
         try:
-            chosen = measured_dtype(ctx.loader.config(spec.base_model), "train", cache_dir=ctx.loader.cache_dir)
+            chosen = measured_dtype(ctx.loader.config(spec.base_model), "train", cache_dir=ctx.loader.cache_dir,
+                                    governor=ctx.settings.resources.governor("batch"))
             return "bf16" if chosen == torch.bfloat16 else "fp32"
         except (KeyError, TypeError, ValueError):  # a config without the shapes the measurement needs
             pass
