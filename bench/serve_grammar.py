@@ -28,11 +28,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from serve_latency import load  # noqa: E402
 
 from contracts.inference.schemas import ChatCompletionRequest  # noqa: E402
-from serving.engine import Engine, FinishEvent, SamplingParams, Sequence, TokenEvent, single_threaded_torch  # noqa: E402
+from serving.engine import Engine, FinishEvent, SamplingParams, Sequence, TokenEvent  # noqa: E402
 from serving.grammar import GrammarCompiler, GrammarConstraint, output_grammar  # noqa: E402
 from serving.model import LlamaForward  # noqa: E402
 from serving.placement import serving_placement  # noqa: E402
 from serving.service import stop_token_ids  # noqa: E402
+from serving.threads import single_threaded_torch  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {
     "town": {"type": "string"}, "year": {"type": "integer"}, "facts": {"type": "array", "items": {"type": "string"}}},

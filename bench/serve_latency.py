@@ -42,9 +42,9 @@ from serving.engine import (  # noqa: E402
     SamplingParams,
     Sequence,
     TokenEvent,
-    single_threaded_torch,
 )
 from serving.model import LlamaForward, build_step  # noqa: E402
+from serving.threads import single_threaded_torch  # noqa: E402
 
 QUESTIONS = ["Who designed the first suspension bridge in your country, and why was it built?",
              "Explain in a few sentences how a river town grows around its harbour over a century.",

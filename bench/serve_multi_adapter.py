@@ -247,7 +247,7 @@ def main() -> int:
     parser.add_argument("--peft-batch", type=int, default=16, help="batch size of baseline (d)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
-    # Set-up runs single-threaded (as ftaas's request threads do: serving.engine.single_threaded_torch) so
+    # Set-up runs single-threaded (as ftaas's request threads do: serving.threads.single_threaded_torch) so
     # that the engine thread's OpenMP team is the only one; the baseline gets every thread back below.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

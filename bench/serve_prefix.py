@@ -23,9 +23,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from serve_latency import load, run_engine  # noqa: E402
 
-from serving.engine import Engine, single_threaded_torch  # noqa: E402
+from serving.engine import Engine  # noqa: E402
 from serving.model import LlamaForward  # noqa: E402
 from serving.placement import serving_placement  # noqa: E402
+from serving.threads import single_threaded_torch  # noqa: E402
 
 SYSTEM = " ".join(["You answer questions about the history of river towns precisely and briefly."] * 15)
 SUBJECTS = ["mayor", "teacher", "baker", "council", "school", "guild", "museum", "port"]

@@ -37,20 +37,12 @@ from serving.adapter_weights import AdapterWeights
 from serving.kvcache import KVBudgetExceeded, PrefixCache
 from serving.model import LlamaForward, build_step
 from serving.slots import SlotAdapters
+from serving.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
 
 #: Intra-op threads of an engine thread: what torch would use by default (the physical cores).
 ENGINE_THREADS = torch.get_num_threads()
-
-
-def single_threaded_torch() -> None:
-    """Call in any thread other than an engine's before it runs torch operations (loading a model,
-    converting an adapter). A thread that runs parallel torch operations keeps its own OpenMP team, and
-    while another team exists libgomp stops spinning and every parallel region of the engine pays a
-    futex wake-up: measured 4-7x slower matrix products on 2 cores (docs/benchmarks.md, "Measurements behind code comments").
-    One-thread work creates no team."""
-    torch.set_num_threads(1)
 
 
 @dataclass(frozen=True)
@@ -252,7 +244,7 @@ class Engine:
     # ------------------------------------------------------------------------------------- loop
     def _loop(self) -> None:
         count = ENGINE_THREADS if self.governor is None else self.governor.threads(busy=False)
-        torch.set_num_threads(count)
+        set_torch_threads(count)
         self.observer.threads(count)
         while self._iterate(wait=True):
             pass
@@ -262,7 +254,7 @@ class Engine:
         assert self.governor is not None
         count = self.governor.threads(busy=True)
         if count != torch.get_num_threads():
-            torch.set_num_threads(count)
+            set_torch_threads(count)
             self.observer.threads(count)
 
     def run_until_idle(self) -> None:

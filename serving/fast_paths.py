@@ -155,12 +155,14 @@ def bf16_wins(timings: dict[str, float]) -> bool:
 def measured_in_thread(config: dict[str, Any], work: Work, *, cache_dir: Path | None, threads: int,
                        governor: ThreadGovernor | None = None) -> torch.dtype:
     """`measured_dtype` on `threads` threads, in a thread of its own that then ends: the caller's thread
-    keeps its thread count, and no OpenMP team outlives the measurement (serving.engine.single_threaded_torch
+    keeps its thread count, and no OpenMP team outlives the measurement (serving.threads.single_threaded_torch
     says why a second team costs the engine)."""
     import concurrent.futures
 
+    from serving.threads import set_torch_threads
+
     def run() -> torch.dtype:
-        torch.set_num_threads(threads)
+        set_torch_threads(threads)
         return measured_dtype(config, work, cache_dir=cache_dir, governor=governor)
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ftaas-fast-path") as pool:

@@ -32,13 +32,14 @@ from db.projects import Principal
 from db.session import Database
 from serving.adapter_weights import compose, read_adapter
 from serving.adapters import AdapterCache, AdapterLease, AdapterRef
-from serving.engine import ENGINE_THREADS, Engine, Event, SamplingParams, Sequence, single_threaded_torch
+from serving.engine import ENGINE_THREADS, Engine, Event, SamplingParams, Sequence
 from serving.generation import Generation, SharedRelease, event_sink
 from serving.grammar import GrammarCompiler, grammar_param, output_grammar
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.model import LlamaForward, refuse_unservable
 from serving.placement import serving_placement
 from serving.resolution import ModelResolver, ResolvedModel
+from serving.threads import single_threaded_torch
 from storage import ArtifactStore
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ class EngineGenerator:
     layer: docs/serving.md), is answered by `serving.reference.ReferenceGenerator` instead (slower; the same greedy answers up to
     rounding).
     Runs its asyncio loop on a thread of its own: the serving code sets the calling thread's torch
-    threads to one (see serving.engine.single_threaded_torch), which must not leak into a trainer.
+    threads to one (see serving.threads.single_threaded_torch), which must not leak into a trainer.
     """
 
     def __init__(self, inference: Any, principal: Any, *, concurrency: int | None = None) -> None:
