@@ -15,7 +15,7 @@ import pytest
 # In a process of its own: the scenario leaves torch's process-wide count at two, which threads started later by
 # the test process would inherit.
 SCENARIO = textwrap.dedent("""
-    import json, os, sys, threading
+    import json, os, sys, threading, time
     import torch
     from serving.threads import set_torch_threads
 
@@ -32,16 +32,20 @@ SCENARIO = textwrap.dedent("""
         seen["tasks"] = len(os.listdir("/proc/self/task"))
 
     def measuring_thread():  # like the precision measurement: two threads, in a thread that then ends
-        set_by_request.wait()
         set_torch_threads(2)
         torch.ones(1 << 22).mul_(2)
 
     request = threading.Thread(target=request_thread)
     request.start()
+    set_by_request.wait()
+    seen["tasks_before"] = len(os.listdir("/proc/self/task"))
     measuring = threading.Thread(target=measuring_thread)
     measuring.start()
     measuring.join()
-    seen["tasks_before"] = len(os.listdir("/proc/self/task"))
+    # The measuring thread's OpenMP team ends with it, its threads a moment later.
+    deadline = time.monotonic() + 10
+    while len(os.listdir("/proc/self/task")) > seen["tasks_before"] and time.monotonic() < deadline:
+        time.sleep(0.01)
     measured.set()
     request.join()
     print(json.dumps(seen))
