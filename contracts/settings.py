@@ -261,13 +261,15 @@ class ServingSettings(SettingsGroup):
         default="auto", description="Serving weights and KV cache: auto (on a CPU whichever of float32 and "
                                     "bfloat16 measured faster for the model on this machine; on a GPU bfloat16 "
                                     "where supported), float32, bfloat16 or float16.")
-    weights: Literal["full", "int8"] = Field(
-        default="full", description="The base model's linear weights: full (in the serving dtype) or int8 (one "
+    weights: Literal["auto", "full", "int8"] = Field(
+        default="auto", description="The base model's linear weights: full (in the serving dtype), int8 (one "
                                     "scale per output row, weight-only: activations in bfloat16 where dtype is "
                                     "auto; half the bytes a decode step reads, about 2x one stream's speed on a "
                                     "CPU without native bfloat16; greedy output close to but not always the full "
-                                    "model's, measured in docs/serving.md). Not with batch_invariant; knowledge "
-                                    "evals always compute with full weights.")
+                                    "model's, measured in docs/serving.md; not with batch_invariant), or auto: "
+                                    "int8 on a CPU where dtype is auto, serving is not batch-invariant and the "
+                                    "measurement found bfloat16 slower than float32 and int8 faster, else full. "
+                                    "Knowledge evals always compute with full weights.")
     device: str = Field(
         default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
         description="Where the serving engine runs: auto (the first CUDA device if there is one), cpu, cuda or cuda:N.")

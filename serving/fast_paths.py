@@ -5,7 +5,10 @@ Why: the flags say what a CPU can do, not what wins. Machines of one kind have h
 only (bf16 emulated: slower than fp32). `measured_dtype` times each candidate on the products the work
 actually runs (the model's layer shapes: one row for a decode step and a batch of rows for a prompt, `rows`
 rows for a training step's forward and backward) and takes the fastest (`bf16_wins`); bf16 must win by
-`MARGIN` to be chosen, since fp32 is the exact one.
+`MARGIN` to be chosen, since fp32 is the exact one. For decoding, a third candidate: int8 weights with bf16
+activations (serving.model.Int8Weight), taken where bf16 does not win and int8 does (`decode_path`): on a CPU
+without native bf16 it halves the bytes a decode step reads (measured on an AVX2-only EPYC: one stream 1.7x
+fp32's speed, 16 streams and the first token no slower).
 
 A measurement costs 0.1-0.4 s; its result is cached per machine (CPU model, cores, torch version), model
 shapes and work in `<cache>/fast-paths.json`, so a process pays it once per machine and model. GPUs are not
@@ -31,6 +34,9 @@ from contracts.machine import OTHER, ThreadGovernor
 log = logging.getLogger(__name__)
 
 Work = Literal["decode", "train"]
+#: What a decode step computes with: float32 or bfloat16 weights and activations, or int8 weights with bfloat16
+#: activations. A training measurement's result is float32 or bfloat16.
+DecodePath = Literal["float32", "bfloat16", "int8"]
 CACHE_FILE = "fast-paths.json"
 #: bf16 is chosen only when it is at least this much faster than fp32 (fp32 is exact; a tie keeps it).
 MARGIN = 1.1
@@ -139,7 +145,26 @@ def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 12
                                              for x, w in zip(inputs, frozen, strict=True)]).sum()
                     total.backward()
             timings[name] = _time(run)
+        if work == "decode" and _int8_kernel():
+            from serving.model import Int8Weight
+
+            quantized = [Int8Weight.of(w.to(torch.bfloat16)) for w in weights]
+            inputs = [torch.randn(1, inp, generator=generator).to(torch.bfloat16) for inp, _ in shapes]
+            batch = [torch.randn(BATCH_ROWS, inp, generator=generator).to(torch.bfloat16) for inp, _ in shapes[:-1]]
+            timings["int8_batch"] = _time(lambda: [w.multiply(x) for x, w in zip(batch, quantized, strict=False)])
+            timings["int8"] = _time(lambda: [w.multiply(x) for x, w in zip(inputs, quantized, strict=True)])
     return timings
+
+
+def _int8_kernel() -> bool:
+    """Whether this torch has the int8 weight-only product on the CPU (serving.model.refuse_int8)."""
+    from serving.model import refuse_int8
+
+    try:
+        refuse_int8(torch.bfloat16, False, "cpu")
+    except ValueError:
+        return False
+    return True
 
 
 def bf16_wins(timings: dict[str, float]) -> bool:
@@ -152,18 +177,33 @@ def bf16_wins(timings: dict[str, float]) -> bool:
     return "float32_batch" not in timings or timings["bfloat16_batch"] <= timings["float32_batch"] * MARGIN
 
 
+def int8_wins(timings: dict[str, float]) -> bool:
+    """int8 weights (bf16 activations) decode: MARGIN faster than fp32 for one row, and not more than MARGIN
+    slower for a batch (its kernel dequantizes as it multiplies, which a prompt's many rows pay for)."""
+    return ("int8" in timings and timings["int8"] * MARGIN <= timings["float32"]
+            and timings["int8_batch"] <= timings["float32_batch"] * MARGIN)
+
+
+def decode_path(timings: dict[str, float]) -> DecodePath:
+    """bf16 where it wins (`bf16_wins`), else int8 weights where they win (`int8_wins`), else fp32. bf16 comes
+    first: its answers are closer to fp32's than int8's are (docs/serving.md, "int8 weights")."""
+    if bf16_wins(timings):
+        return "bfloat16"
+    return "int8" if int8_wins(timings) else "float32"
+
+
 def measured_in_thread(config: dict[str, Any], work: Work, *, cache_dir: Path | None, threads: int,
-                       governor: ThreadGovernor | None = None) -> torch.dtype:
-    """`measured_dtype` on `threads` threads, in a thread of its own that then ends: the caller's thread
+                       governor: ThreadGovernor | None = None) -> DecodePath:
+    """`measured_path` on `threads` threads, in a thread of its own that then ends: the caller's thread
     keeps its thread count, and no OpenMP team outlives the measurement (serving.threads.single_threaded_torch
     says why a second team costs the engine)."""
     import concurrent.futures
 
     from serving.threads import set_torch_threads
 
-    def run() -> torch.dtype:
+    def run() -> DecodePath:
         set_torch_threads(threads)
-        return measured_dtype(config, work, cache_dir=cache_dir, governor=governor)
+        return measured_path(config, work, cache_dir=cache_dir, governor=governor)
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ftaas-fast-path") as pool:
         return pool.submit(run).result()
@@ -171,14 +211,22 @@ def measured_in_thread(config: dict[str, Any], work: Work, *, cache_dir: Path | 
 
 def measured_dtype(config: dict[str, Any], work: Work, *, cache_dir: Path | None, rows: int = 128,
                    governor: ThreadGovernor | None = None) -> torch.dtype:
-    """The faster of fp32 and bf16 for `work` on this machine's CPU and this model (cached, see the module).
+    """The faster of fp32 and bf16 for `work` with full weights (`measured_path`; where int8 weights won a
+    decode measurement, bf16 had not: fp32)."""
+    path = measured_path(config, work, cache_dir=cache_dir, rows=rows, governor=governor)
+    return torch.bfloat16 if path == "bfloat16" else torch.float32
+
+
+def measured_path(config: dict[str, Any], work: Work, *, cache_dir: Path | None, rows: int = 128,
+                  governor: ThreadGovernor | None = None) -> DecodePath:
+    """The fastest of fp32, bf16 and, for decoding, int8 weights (`decode_path`) for `work` on this machine's
+    CPU and this model (cached, see the module).
     With the caller's `governor` (contracts.machine) the measurement is marked as that kind of work, so that
     the other kind yields while it is timed, and one made while the other kind computed anyway is used by this
     process but not cached, since contention skews memory-bound and compute-bound passes differently
     (measured: bf16 chosen under a training job on an AVX2-only CPU where it computes prompts 3.9x slower)."""
     shapes = model_shapes(config)
-    key = f"{_machine_key()}|{work}|rows={rows if work == 'train' else f'1+{BATCH_ROWS}'}|" + hashlib.sha256(
-        json.dumps(shapes).encode()).hexdigest()[:16]
+    key = cache_key(config, work, rows=rows)
     path = cache_dir / CACHE_FILE if cache_dir is not None else None
     cached: dict[str, Any] = {}
     if path is not None and path.is_file():
@@ -186,15 +234,16 @@ def measured_dtype(config: dict[str, Any], work: Work, *, cache_dir: Path | None
             cached = json.loads(path.read_text())
         except ValueError:
             cached = {}
-    if key in cached:
-        return getattr(torch, cached[key]["dtype"])
+    if "path" in cached.get(key, {}):  # entries written before int8 was a candidate are measured again
+        return cached[key]["path"]
     started = time.perf_counter()
     with governor.working() if governor is not None else contextlib.nullcontext():
         contended = governor is not None and governor.board is not None and governor.board.active(
             OTHER[governor.kind])
         timings = time_candidates(shapes, work, rows=rows)
-    chosen = "bfloat16" if bf16_wins(timings) else "float32"
-    record = {"dtype": chosen, "seconds": {k: round(v, 6) for k, v in timings.items()},
+    chosen: DecodePath = (decode_path(timings) if work == "decode"
+                          else "bfloat16" if bf16_wins(timings) else "float32")
+    record = {"path": chosen, "seconds": {k: round(v, 6) for k, v in timings.items()},
               "measured_in": round(time.perf_counter() - started, 3), "at": int(time.time())}
     log.info("fast path for %s (%s): %s (per pass, ms: %s; measured in %.2f s)", work, key.split("|")[0], chosen,
              ", ".join(f"{k} {v * 1e3:.2f}" for k, v in timings.items()), record["measured_in"])
@@ -207,4 +256,11 @@ def measured_dtype(config: dict[str, Any], work: Work, *, cache_dir: Path | None
             temporary.replace(path)  # atomic: two processes measuring at once each write a whole file
         except OSError as exc:  # a read-only cache costs a measurement per process, nothing else
             log.warning("fast-path cache not written: %s", exc)
-    return getattr(torch, chosen)
+    return chosen
+
+
+def cache_key(config: dict[str, Any], work: Work, *, rows: int = 128) -> str:
+    """The cache entry of a measurement: this machine, the work and its passes, the model's shapes."""
+    passes = rows if work == "train" else f"1+{BATCH_ROWS}+int8"
+    return f"{_machine_key()}|{work}|rows={passes}|" + hashlib.sha256(
+        json.dumps(model_shapes(config)).encode()).hexdigest()[:16]

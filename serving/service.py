@@ -124,11 +124,21 @@ class InferenceService:
             if refusal is not None:
                 raise InvalidRequest(str(refusal), code=refusal.code, param=refusal.param)
             int8 = self.settings.weights == "int8"
+            measured: list[str] = []
+
+            def measure() -> torch.dtype:
+                measured.append(self._measured_path(base_model))
+                return torch.bfloat16 if measured[0] in ("bfloat16", "int8") else torch.float32
+
             # int8 weights compute with bfloat16 activations unless float16 is asked for (their float32 path is
-            # slower than plain float32 weights: serving.model.Int8Weight).
+            # slower than plain float32 weights: serving.model.Int8Weight). "auto" takes them where the decode
+            # measurement did (a CPU, dtype auto; never batch-invariant, whose tiles were measured dense).
             dtype, device = serving_placement("bfloat16" if int8 and self.settings.dtype == "auto"
-                                              else self.settings.dtype, self.settings.device,
-                                              measure=lambda: self._measured_dtype(base_model))
+                                              else self.settings.dtype, self.settings.device, measure=measure)
+            int8 = int8 or (self.settings.weights == "auto" and measured == ["int8"]
+                            and not self.settings.batch_invariant)
+            if measured == ["int8"] and not int8:
+                dtype = torch.float32  # int8 won because bf16 had not: with full weights, fp32
             model = self.loader.load_model(base_model, dtype=dtype, device=device)
             model.eval()
             tokenizer = self.loader.load_tokenizer(base_model)
@@ -151,9 +161,9 @@ class InferenceService:
             self._engines[base_model] = entry
             return entry
 
-    def _measured_dtype(self, base_model: str) -> torch.dtype:
-        """fp32 or bf16 for decoding this model on this CPU, whichever measured faster (cached per machine and
-        model: serving.fast_paths), timed on the threads the engine computes on alone."""
+    def _measured_path(self, base_model: str) -> str:
+        """fp32, bf16 or int8 weights for decoding this model on this CPU, whichever measured faster (cached per
+        machine and model: serving.fast_paths.decode_path), timed on the threads the engine computes on alone."""
         from serving.fast_paths import measured_in_thread
 
         threads = self.governor.plan.serving_alone if self.governor is not None else ENGINE_THREADS
@@ -164,7 +174,7 @@ class InferenceService:
                                       threads=threads, governor=self.governor)
         except (KeyError, TypeError, ValueError) as exc:  # a config without the shapes this needs
             log.warning("decode precision of %s not measured (%s); chosen by the CPU's flags", base_model, exc)
-            return serving_placement("auto", "cpu")[0]
+            return "bfloat16" if serving_placement("auto", "cpu")[0] == torch.bfloat16 else "float32"
 
     def engines(self) -> list[Engine]:
         with self._engine_lock:

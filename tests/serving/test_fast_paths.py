@@ -64,10 +64,18 @@ def test_the_measured_decode_precision_is_the_faster_engine_on_this_machine(real
     """bf16 where it decodes one stream faster and computes a prompt no slower (fast_paths.bf16_wins), fp32
     otherwise: checked against the engine itself, in both precisions, on the machine running the test."""
     started = time.perf_counter()
-    chosen = fast_paths.measured_dtype(real_loader.config(PACKAGED_BASE_MODEL), "decode", cache_dir=tmp_path)
+    path = fast_paths.measured_path(real_loader.config(PACKAGED_BASE_MODEL), "decode", cache_dir=tmp_path)
     measuring = time.perf_counter() - started
+    chosen = torch.bfloat16 if path == "bfloat16" else torch.float32
     fp32, bf16 = engine_seconds(real_loader, "float32"), engine_seconds(real_loader, "bfloat16")
-    print(f"measured choice {chosen} in {measuring:.2f} s; engine s: fp32 {fp32}, bf16 {bf16}")
+    print(f"measured choice {path} in {measuring:.2f} s; engine s: fp32 {fp32}, bf16 {bf16}")
+    if path == "int8":  # where bf16 lost: int8 weights must decode faster than fp32, a prompt not much slower
+        int8 = engine_seconds(real_loader, "bfloat16", weights="int8")
+        print(f"int8 {int8}")
+        assert int8["decode"] * TOLERANCE < fp32["decode"] * fast_paths.MARGIN, (fp32, int8)
+        # Measured on an AVX2-only EPYC: decode 0.82 s against 1.36, the 64-token prompt 0.30 s against 0.22
+        # (the kernel dequantizes as it multiplies; 16 streams' first tokens came as soon as fp32's).
+        assert int8["prefill"] < fp32["prefill"] * 1.5 * TOLERANCE, (fp32, int8)
     bf16_clearly_better = (bf16["decode"] * TOLERANCE < fp32["decode"]
                            and bf16["prefill"] < fp32["prefill"] * fast_paths.MARGIN / TOLERANCE)
     bf16_clearly_worse = (bf16["decode"] > fp32["decode"] * TOLERANCE
@@ -103,6 +111,19 @@ def test_the_measured_training_precision_is_the_faster_trainer_on_this_machine(l
     other = "fp32" if name == "bf16" else "bf16"
     print(f"measured choice {name}; trainer s: {seconds}")
     assert seconds[name] <= seconds[other] * TOLERANCE * 1.2, (name, seconds)  # a whole run: save, final pass
+
+
+def test_the_decode_rule_takes_bf16_where_it_wins_then_int8_weights_then_fp32() -> None:
+    # per-pass seconds as time_candidates reports them: one row, and a batch through one layer
+    timings = {"float32": 10.0, "float32_batch": 3.0, "bfloat16": 2.5, "bfloat16_batch": 1.1, "int8": 2.0,
+               "int8_batch": 3.0}
+    assert fast_paths.decode_path(timings) == "bfloat16"  # AVX-512 BF16 (measured: int8 faster, bf16 still first)
+    emulated = {**timings, "bfloat16": 6.0, "bfloat16_batch": 12.0}  # bf16 emulated (AVX2): a batch 4x slower
+    assert fast_paths.decode_path(emulated) == "int8"
+    assert fast_paths.decode_path({**emulated, "int8_batch": 3.5}) == "float32"  # int8 loses a prompt's rows
+    assert fast_paths.decode_path({**emulated, "int8": 9.5}) == "float32"  # a tie keeps the exact one
+    no_kernel = {k: v for k, v in emulated.items() if not k.startswith("int8")}
+    assert fast_paths.decode_path(no_kernel) == "float32"
 
 
 def test_a_machine_and_model_are_measured_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -111,3 +111,27 @@ def test_a_server_with_int8_weights_answers_with_them(start_serving: Any) -> Non
     forward = live.inference.engine_for(DEMO_BASE_MODEL).engine.forward
     assert forward.weight_format == "int8" and forward.dtype == torch.bfloat16
     assert isinstance(forward.layers[0].linear["qkv"][0], Int8Weight)
+
+
+def test_auto_weights_are_int8_where_the_decode_measurement_chose_them(start_serving: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """FTAAS_SERVING_WEIGHTS=auto (the default) serves int8 weights where the decode measurement chose them (a
+    CPU where bf16 lost to fp32 and int8 won: simulated here, since this test's CPU may compute bf16 natively);
+    full weights in fp32 where they were asked for, and where serving is batch-invariant."""
+    from serving.service import InferenceService
+
+    monkeypatch.setattr(InferenceService, "_measured_path", lambda self, base_model: "int8")
+
+    def forward_of(**overrides: Any) -> Any:
+        live = start_serving(**overrides)
+        answer = live.client().chat.completions.create(model=DEMO_BASE_MODEL, max_tokens=4,
+                                                       messages=[{"role": "user", "content": "Say hello."}])
+        assert answer.choices[0].message.content
+        return live.inference.engine_for(DEMO_BASE_MODEL).engine.forward
+
+    chosen = forward_of()
+    assert chosen.weight_format == "int8" and chosen.dtype == torch.bfloat16
+    assert isinstance(chosen.layers[0].linear["qkv"][0], Int8Weight)
+    for overrides in ({"serving_weights": "full"}, {"serving_batch_invariant": True}):
+        full = forward_of(**overrides)
+        assert full.weight_format == "model" and full.dtype == torch.float32, overrides
