@@ -124,21 +124,21 @@ class InferenceService:
             if refusal is not None:
                 raise InvalidRequest(str(refusal), code=refusal.code, param=refusal.param)
             int8 = self.settings.weights == "int8"
-            measured: list[str] = []
+            measured_int8: list[bool] = []
 
             def measure() -> torch.dtype:
-                measured.append(self._measured_path(base_model))
-                return torch.bfloat16 if measured[0] in ("bfloat16", "int8") else torch.float32
+                path = self._measured_path(base_model)
+                # int8 won where bf16 had not: with full weights, that is fp32
+                measured_int8.append(path == "int8" and self.settings.weights == "auto"
+                                     and not self.settings.batch_invariant)
+                return torch.bfloat16 if path == "bfloat16" or measured_int8[0] else torch.float32
 
             # int8 weights compute with bfloat16 activations unless float16 is asked for (their float32 path is
             # slower than plain float32 weights: serving.model.Int8Weight). "auto" takes them where the decode
             # measurement did (a CPU, dtype auto; never batch-invariant, whose tiles were measured dense).
             dtype, device = serving_placement("bfloat16" if int8 and self.settings.dtype == "auto"
                                               else self.settings.dtype, self.settings.device, measure=measure)
-            int8 = int8 or (self.settings.weights == "auto" and measured == ["int8"]
-                            and not self.settings.batch_invariant)
-            if measured == ["int8"] and not int8:
-                dtype = torch.float32  # int8 won because bf16 had not: with full weights, fp32
+            int8 = int8 or measured_int8 == [True]
             model = self.loader.load_model(base_model, dtype=dtype, device=device)
             model.eval()
             tokenizer = self.loader.load_tokenizer(base_model)
