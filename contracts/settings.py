@@ -270,6 +270,12 @@ class ServingSettings(SettingsGroup):
                                     "int8 on a CPU where dtype is auto, serving is not batch-invariant and the "
                                     "measurement found bfloat16 slower than float32 and int8 faster, else full. "
                                     "Knowledge evals always compute with full weights.")
+    kernels: Literal["auto", "off"] = Field(
+        default="auto", description="Decode kernels for products of at most 8 rows on a CPU (bfloat16 or int8 "
+                                    "weights): auto (compiled for this CPU with the system's C compiler on first "
+                                    "use, cached, and used where they measured faster than the library's "
+                                    "products; a pre-packed copy of bfloat16 weights serves more rows), or off. "
+                                    "Not with batch_invariant (docs/serving.md).")
     device: str = Field(
         default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
         description="Where the serving engine runs: auto (the first CUDA device if there is one), cpu, cuda or cuda:N.")

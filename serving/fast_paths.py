@@ -8,7 +8,9 @@ rows for a training step's forward and backward) and takes the fastest (`bf16_wi
 `MARGIN` to be chosen, since fp32 is the exact one. For decoding, a third candidate: int8 weights with bf16
 activations (serving.model.Int8Weight), taken where bf16 does not win and int8 does (`decode_path`): on a CPU
 without native bf16 it halves the bytes a decode step reads (measured on an AVX2-only EPYC: one stream 1.7x
-fp32's speed, 16 streams and the first token no slower).
+fp32's speed, 16 streams and the first token no slower). And for the bf16 or int8 path chosen, whether the
+decode kernels (serving.kernels, compiled for this CPU) compute one row faster than the library's products:
+the engine then takes them for products of few rows (`DecodeChoice`).
 
 A measurement costs 0.1-0.4 s; its result is cached per machine (CPU model, cores, torch version), model
 shapes and work in `<cache>/fast-paths.json`, so a process pays it once per machine and model. GPUs are not
@@ -24,12 +26,15 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from contracts.machine import OTHER, ThreadGovernor
+from serving.kernels import Products
+from serving.kernels import load as load_kernels
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,15 @@ REPEATS = 5
 TRAIN_OUTPUTS = 4096
 #: Rows of a decode measurement's batch pass (a prompt's prefill, concurrent streams).
 BATCH_ROWS = 64
+
+
+@dataclass(frozen=True)
+class DecodeChoice:
+    """How the engine decodes on this machine: the precision (`decode_path`) and whether its few-row products
+    run on the decode kernels (serving.kernels; `uses_kernels`)."""
+
+    path: DecodePath
+    kernels: bool = False
 
 
 def model_shapes(config: dict[str, Any]) -> list[tuple[int, int]]:
@@ -94,16 +108,21 @@ def prepacks_bf16() -> bool:
 def _products(inputs: list[torch.Tensor], weights: list[torch.Tensor], packed: bool) -> None:
     """Each input times its weight (pairs up to the shorter list), as the engine multiplies them."""
     for x, w in zip(inputs, weights, strict=False):
-        if packed:
+        if isinstance(w, tuple):  # (the decode kernels' bf16 product, plain weight)
+            w[0](x, w[1])
+        elif packed:
             torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
         else:
             torch.nn.functional.linear(x, w)
 
 
-def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 128) -> dict[str, float]:
+def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 128,
+                    kernels: Products | None = None) -> dict[str, float]:
     """Seconds for one pass over `shapes` in each candidate precision: a one-row product per shape for
     `decode` (what a decode step streams from memory: every weight once), and `<dtype>_batch`, BATCH_ROWS rows
-    through the layer's products (what a prompt or a batch of streams computes); for `train`, `rows` rows forward
+    through the layer's products (what a prompt or a batch of streams computes); with `kernels`, also
+    `bfloat16_kernel`, the one-row pass by the decode kernels (serving.kernels; a batch's rows are more than
+    they compute, so the library's batch pass stands for both); for `train`, `rows` rows forward
     and backward through frozen weights (a LoRA step's base) under bf16 autocast (the trainer's way) or in
     fp32, outputs capped at TRAIN_OUTPUTS (the ratio of the two is what is compared, and a full vocabulary
     would make the measurement seconds long)."""
@@ -131,6 +150,11 @@ def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 12
                 def run(cast: list[torch.Tensor] = cast, inputs: list[torch.Tensor] = inputs,
                         packed: bool = packed) -> None:
                     _products(inputs, cast, packed)
+
+                if kernels is not None and dtype == torch.bfloat16:
+                    plain = [(kernels.bf16, w.to(dtype).contiguous()) for w in weights]
+                    timings["bfloat16_kernel"] = _time(lambda plain=plain, inputs=inputs:
+                                                       _products(inputs, plain, False))
             else:
                 # As a LoRA step computes the frozen base: its weights stored in the precision (the trainer keeps
                 # them in bf16 under autocast), the gradient flowing through them to the activations only.
@@ -148,9 +172,10 @@ def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 12
     return timings
 
 
-def time_int8(shapes: list[tuple[int, int]]) -> dict[str, float]:
+def time_int8(shapes: list[tuple[int, int]], kernels: Products | None = None) -> dict[str, float]:
     """`time_candidates`' decode passes (one row through every product, BATCH_ROWS rows through one layer's)
-    with int8 weights and bf16 activations (serving.model.Int8Weight); empty where torch has no such kernel."""
+    with int8 weights and bf16 activations (serving.model.Int8Weight), and with `kernels` `int8_kernel`, the
+    one-row pass by the decode kernels; empty where torch has no int8 weight-only product."""
     if not _int8_kernel():
         return {}
     from serving.model import Int8Weight
@@ -161,8 +186,12 @@ def time_int8(shapes: list[tuple[int, int]]) -> dict[str, float]:
     with torch.inference_mode():
         inputs = [torch.randn(1, inp, generator=generator).to(torch.bfloat16) for inp, _ in shapes]
         batch = [torch.randn(BATCH_ROWS, inp, generator=generator).to(torch.bfloat16) for inp, _ in shapes[:-1]]
-        return {"int8_batch": _time(lambda: [w.multiply(x) for x, w in zip(batch, quantized, strict=False)]),
-                "int8": _time(lambda: [w.multiply(x) for x, w in zip(inputs, quantized, strict=True)])}
+        timings = {"int8_batch": _time(lambda: [w.multiply(x) for x, w in zip(batch, quantized, strict=False)]),
+                   "int8": _time(lambda: [w.multiply(x) for x, w in zip(inputs, quantized, strict=True)])}
+        if kernels is not None:
+            timings["int8_kernel"] = _time(lambda: [kernels.int8(x, w.values, w.scales_float)
+                                                    for x, w in zip(inputs, quantized, strict=True)])
+        return timings
 
 
 def _int8_kernel() -> bool:
@@ -176,12 +205,23 @@ def _int8_kernel() -> bool:
     return True
 
 
+def _one_row(timings: dict[str, float], name: str) -> float:
+    """A candidate's one-row pass: the faster of the library's products and the decode kernels'."""
+    return min(timings[name], timings.get(f"{name}_kernel", timings[name]))
+
+
+def uses_kernels(timings: dict[str, float], path: DecodePath) -> bool:
+    """Whether the decode kernels computed `path`'s one-row pass faster than the library's products (a tie
+    keeps the library's)."""
+    return f"{path}_kernel" in timings and timings[f"{path}_kernel"] < timings[path]
+
+
 def bf16_wins(timings: dict[str, float]) -> bool:
     """The rule: bf16 must be MARGIN faster than fp32 for the work's pass, and, for decoding, not more than
     MARGIN slower for a batch (where bf16 is emulated, one row reads half the bytes and wins, while a prompt's
     rows are computed, and lose: measured on an AVX2-only EPYC, one stream 1.6x faster in bf16, 16 streams
     2.4x slower and the first token 3.5x later; docs/benchmarks.md)."""
-    if timings["bfloat16"] * MARGIN > timings["float32"]:
+    if _one_row(timings, "bfloat16") * MARGIN > timings["float32"]:
         return False
     return "float32_batch" not in timings or timings["bfloat16_batch"] <= timings["float32_batch"] * MARGIN
 
@@ -189,7 +229,7 @@ def bf16_wins(timings: dict[str, float]) -> bool:
 def int8_wins(timings: dict[str, float]) -> bool:
     """int8 weights (bf16 activations) decode: MARGIN faster than fp32 for one row, and not more than MARGIN
     slower for a batch (its kernel dequantizes as it multiplies, which a prompt's many rows pay for)."""
-    return ("int8" in timings and timings["int8"] * MARGIN <= timings["float32"]
+    return ("int8" in timings and _one_row(timings, "int8") * MARGIN <= timings["float32"]
             and timings["int8_batch"] <= timings["float32_batch"] * MARGIN)
 
 
@@ -202,17 +242,17 @@ def decode_path(timings: dict[str, float]) -> DecodePath:
 
 
 def measured_in_thread(config: dict[str, Any], work: Work, *, cache_dir: Path | None, threads: int,
-                       governor: ThreadGovernor | None = None) -> DecodePath:
-    """`measured_path` on `threads` threads, in a thread of its own that then ends: the caller's thread
+                       governor: ThreadGovernor | None = None) -> DecodeChoice:
+    """`measured_choice` on `threads` threads, in a thread of its own that then ends: the caller's thread
     keeps its thread count, and no OpenMP team outlives the measurement (serving.threads.single_threaded_torch
     says why a second team costs the engine)."""
     import concurrent.futures
 
     from serving.threads import set_torch_threads
 
-    def run() -> DecodePath:
+    def run() -> DecodeChoice:
         set_torch_threads(threads)
-        return measured_path(config, work, cache_dir=cache_dir, governor=governor)
+        return measured_choice(config, work, cache_dir=cache_dir, governor=governor)
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ftaas-fast-path") as pool:
         return pool.submit(run).result()
@@ -228,14 +268,22 @@ def measured_dtype(config: dict[str, Any], work: Work, *, cache_dir: Path | None
 
 def measured_path(config: dict[str, Any], work: Work, *, cache_dir: Path | None, rows: int = 128,
                   governor: ThreadGovernor | None = None) -> DecodePath:
+    """The fastest of fp32, bf16 and, for decoding, int8 weights (`measured_choice`'s path)."""
+    return measured_choice(config, work, cache_dir=cache_dir, rows=rows, governor=governor).path
+
+
+def measured_choice(config: dict[str, Any], work: Work, *, cache_dir: Path | None, rows: int = 128,
+                    governor: ThreadGovernor | None = None) -> DecodeChoice:
     """The fastest of fp32, bf16 and, for decoding, int8 weights (`decode_path`) for `work` on this machine's
-    CPU and this model (cached, see the module).
+    CPU and this model, and for decoding whether the decode kernels compute it faster (`uses_kernels`; they are
+    built first, under `cache_dir`), cached (see the module).
     With the caller's `governor` (contracts.machine) the measurement is marked as that kind of work, so that
     the other kind yields while it is timed, and one made while the other kind computed anyway is used by this
     process but not cached, since contention skews memory-bound and compute-bound passes differently
     (measured: bf16 chosen under a training job on an AVX2-only CPU where it computes prompts 3.9x slower)."""
     shapes = model_shapes(config)
-    key = cache_key(shapes, work, rows=rows)
+    kernels = load_kernels(cache_dir) if work == "decode" else None
+    key = cache_key(shapes, work, rows=rows, kernels=kernels is not None)
     path = cache_dir / CACHE_FILE if cache_dir is not None else None
     cached: dict[str, Any] = {}
     if path is not None and path.is_file():
@@ -243,20 +291,22 @@ def measured_path(config: dict[str, Any], work: Work, *, cache_dir: Path | None,
             cached = json.loads(path.read_text())
         except ValueError:
             cached = {}
-    if "path" in cached.get(key, {}):  # entries written before int8 was a candidate are measured again
-        return cached[key]["path"]
+    if "path" in cached.get(key, {}):
+        return DecodeChoice(cached[key]["path"], bool(cached[key].get("kernels", False)))
     started = time.perf_counter()
     with governor.working() if governor is not None else contextlib.nullcontext():
         contended = governor is not None and governor.board is not None and governor.board.active(
             OTHER[governor.kind])
-        timings = time_candidates(shapes, work, rows=rows)
+        timings = time_candidates(shapes, work, rows=rows, kernels=kernels)
         if work == "decode" and not bf16_wins(timings):  # int8 is the candidate only where bf16 lost
-            timings.update(time_int8(shapes))
+            timings.update(time_int8(shapes, kernels))
     chosen: DecodePath = (decode_path(timings) if work == "decode"
                           else "bfloat16" if bf16_wins(timings) else "float32")
-    record = {"path": chosen, "seconds": {k: round(v, 6) for k, v in timings.items()},
+    choice = DecodeChoice(chosen, uses_kernels(timings, chosen))
+    record = {"path": chosen, "kernels": choice.kernels, "seconds": {k: round(v, 6) for k, v in timings.items()},
               "measured_in": round(time.perf_counter() - started, 3), "at": int(time.time())}
-    log.info("fast path for %s (%s): %s (per pass, ms: %s; measured in %.2f s)", work, key.split("|")[0], chosen,
+    log.info("fast path for %s (%s): %s%s (per pass, ms: %s; measured in %.2f s)", work, key.split("|")[0], chosen,
+             " on the decode kernels" if choice.kernels else "",
              ", ".join(f"{k} {v * 1e3:.2f}" for k, v in timings.items()), record["measured_in"])
     if path is not None and not contended:
         try:
@@ -267,10 +317,11 @@ def measured_path(config: dict[str, Any], work: Work, *, cache_dir: Path | None,
             temporary.replace(path)  # atomic: two processes measuring at once each write a whole file
         except OSError as exc:  # a read-only cache costs a measurement per process, nothing else
             log.warning("fast-path cache not written: %s", exc)
-    return chosen
+    return choice
 
 
-def cache_key(shapes: list[tuple[int, int]], work: Work, *, rows: int = 128) -> str:
-    """The cache entry of a measurement: this machine, the work and its passes, the model's shapes."""
-    passes = rows if work == "train" else f"1+{BATCH_ROWS}+int8"
+def cache_key(shapes: list[tuple[int, int]], work: Work, *, rows: int = 128, kernels: bool = False) -> str:
+    """The cache entry of a measurement: this machine, the work and its passes (the decode kernels' among
+    them where they could be built), the model's shapes."""
+    passes = rows if work == "train" else f"1+{BATCH_ROWS}+int8" + ("+kernels" if kernels else "")
     return f"{_machine_key()}|{work}|rows={passes}|" + hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from contracts.errors import InvalidRequest
+from serving.kernels import MAX_ROWS as KERNEL_ROWS
+from serving.kernels import Products
 from serving.kvcache import KVCache
 from serving.placement import native_bfloat16
 
@@ -92,13 +94,16 @@ class Int8Weight:
 
     values: torch.Tensor  # int8 [out, in], contiguous
     scales: torch.Tensor  # [out], the activations' dtype
+    #: the scales as float32, as the decode kernels take them (serving.kernels): the same numbers
+    scales_float: torch.Tensor
 
     @classmethod
     def of(cls, weight: torch.Tensor) -> Int8Weight:
         full = weight.detach().float()
         scales = full.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127
         values = torch.round(full / scales[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
-        return cls(values, scales.to(weight.dtype))
+        rounded = scales.to(weight.dtype)
+        return cls(values, rounded, rounded.float())
 
     def multiply(self, x: torch.Tensor) -> torch.Tensor:
         """x [rows, in] @ weight.T, in x's dtype."""
@@ -107,6 +112,15 @@ class Int8Weight:
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         """The weight the products compute with, [out, in] in `dtype`."""
         return (self.values.float() * self.scales.float()[:, None]).to(dtype)
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A bfloat16 weight twice: as the model stores it, for the decode kernels' few-row products (which stream
+    it row by row), and pre-packed for oneDNN, which multiplies more rows faster (serving.kernels)."""
+
+    plain: torch.Tensor  # [out, in], contiguous
+    packed: torch.Tensor  # oneDNN's blocked layout
 
 
 def refuse_int8(dtype: torch.dtype, batch_invariant: bool, device: torch.device | str = "cpu") -> None:
@@ -169,7 +183,8 @@ class LlamaForward:
     # Long on purpose: the forward pass and its attention paths share the weights and geometry.
 
     def __init__(self, model: Any, *, max_slots: int, max_context: int, tile_rows: int,
-                 kv_budget_bytes: int | None = None, weights: WeightFormat = "model") -> None:
+                 kv_budget_bytes: int | None = None, weights: WeightFormat = "model",
+                 kernels: Products | None = None) -> None:
         # Long on purpose: every served family's weights, norms and RoPE tables, in one walk.
         config = model.config
         model_type = getattr(config, "model_type", None)
@@ -202,6 +217,11 @@ class LlamaForward:
                           and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
         #: int8: every linear weight (the output layer's too) as int8 with one scale per output (`Int8Weight`)
         self.weight_format: WeightFormat = weights
+        #: The decode kernels (serving.kernels) for products of at most KERNEL_ROWS rows, where the caller's
+        #: measurement chose them: bf16 or int8 weights on a CPU, not batch-invariant (whose tiles were measured
+        #: with the library's kernels). Pre-packed bf16 weights are then kept plain too (`PackedWeight`).
+        self.kernels = kernels if (self.device.type == "cpu" and not self.batch_invariant and (
+            weights == "int8" or self.dtype == torch.bfloat16)) else None
         if weights == "int8":
             refuse_int8(self.dtype, self.batch_invariant, self.device)
         self.lm_head = self._pack(model.get_output_embeddings().weight.detach())
@@ -288,12 +308,22 @@ class LlamaForward:
         if self.weight_format == "int8":
             return Int8Weight.of(weight)
         if not self.prepacked:
-            return weight
+            return weight.contiguous() if self.kernels is not None else weight
         # The batch-size hint picks the blocking; 16 measured best for 1-16 rows and within 2 % up to 200
         # (docs/benchmarks.md, "Measurements behind code comments").
-        return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 16)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 16)
+        return PackedWeight(weight.contiguous(), packed) if self.kernels is not None else packed
 
     def _dense(self, x: torch.Tensor, weight: Any) -> torch.Tensor:
+        if self.kernels is not None and x.shape[0] <= KERNEL_ROWS:
+            if isinstance(weight, Int8Weight):
+                out = self.kernels.int8(x, weight.values, weight.scales_float)
+            else:
+                out = self.kernels.bf16(x, weight.plain if isinstance(weight, PackedWeight) else weight)
+            if out is not None:
+                return out
+        if isinstance(weight, PackedWeight):
+            weight = weight.packed
         if self.prepacked:
             return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
         if isinstance(weight, Int8Weight):
@@ -306,6 +336,8 @@ class LlamaForward:
         weight = self.layers[layer].linear[group][0]
         if isinstance(weight, Int8Weight):
             return weight.dequantized(self.dtype)
+        if isinstance(weight, PackedWeight):
+            return weight.plain
         if not self.prepacked:
             return weight
         fan_in = self.geometry.groups[group][0]

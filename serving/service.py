@@ -33,8 +33,11 @@ from db.session import Database
 from serving.adapter_weights import compose, read_adapter
 from serving.adapters import AdapterCache, AdapterLease, AdapterRef
 from serving.engine import ENGINE_THREADS, Engine, Event, SamplingParams, Sequence
+from serving.fast_paths import DecodeChoice, measured_in_thread
 from serving.generation import Generation, SharedRelease, event_sink
 from serving.grammar import GrammarCompiler, grammar_param, output_grammar
+from serving.kernels import Products
+from serving.kernels import load as load_kernels
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.model import LlamaForward, refuse_unservable
 from serving.placement import serving_placement
@@ -125,9 +128,11 @@ class InferenceService:
                 raise InvalidRequest(str(refusal), code=refusal.code, param=refusal.param)
             int8 = self.settings.weights == "int8"
             measured_int8: list[bool] = []
+            choices: list[DecodeChoice] = []
 
             def measure() -> torch.dtype:
-                path = self._measured_path(base_model)
+                choices.append(self._measured_choice(base_model))
+                path = choices[0].path
                 # int8 won where bf16 had not: with full weights, that is fp32
                 measured_int8.append(path == "int8" and self.settings.weights == "auto"
                                      and not self.settings.batch_invariant)
@@ -139,6 +144,7 @@ class InferenceService:
             dtype, device = serving_placement("bfloat16" if int8 and self.settings.dtype == "auto"
                                               else self.settings.dtype, self.settings.device, measure=measure)
             int8 = int8 or measured_int8 == [True]
+            kernels = self._kernels(base_model, device, choices) if int8 or dtype == torch.bfloat16 else None
             model = self.loader.load_model(base_model, dtype=dtype, device=device)
             model.eval()
             tokenizer = self.loader.load_tokenizer(base_model)
@@ -148,7 +154,7 @@ class InferenceService:
                                    max_context=min(limit, configured) if configured else limit,
                                    tile_rows=self.settings.tile_rows if self.settings.batch_invariant
                                    else 1, kv_budget_bytes=self.settings.kv_cache_bytes,
-                                   weights="int8" if int8 else "model")
+                                   weights="int8" if int8 else "model", kernels=kernels)
             engine = Engine(forward, name=base_model, max_queue=self.settings.max_queue,
                             prefill_tokens=self.settings.prefill_tokens,
                             max_rank=self.settings.max_lora_rank,
@@ -161,11 +167,18 @@ class InferenceService:
             self._engines[base_model] = entry
             return entry
 
-    def _measured_path(self, base_model: str) -> str:
-        """fp32, bf16 or int8 weights for decoding this model on this CPU, whichever measured faster (cached per
-        machine and model: serving.fast_paths.decode_path), timed on the threads the engine computes on alone."""
-        from serving.fast_paths import measured_in_thread
+    def _kernels(self, base_model: str, device: torch.device | str, choices: list[DecodeChoice]) -> Products | None:
+        """The decode kernels (bf16 or int8 weights) where the settings allow them on this device and the decode
+        measurement took them (made now where the precision was given, not measured)."""
+        if self.settings.kernels == "off" or torch.device(device).type != "cpu" or self.settings.batch_invariant:
+            return None
+        choice = choices[0] if choices else self._measured_choice(base_model)
+        return load_kernels(self.loader.cache_dir) if choice.kernels else None
 
+    def _measured_choice(self, base_model: str) -> DecodeChoice:
+        """fp32, bf16 or int8 weights for decoding this model on this CPU, whichever measured faster, and whether
+        the decode kernels compute it faster (cached per machine and model: serving.fast_paths.measured_choice),
+        timed on the threads the engine computes on alone."""
         threads = self.governor.plan.serving_alone if self.governor is not None else ENGINE_THREADS
         try:
             # Next to the converted models: one measurement per machine and model, whichever process needs it;
@@ -174,7 +187,7 @@ class InferenceService:
                                       threads=threads, governor=self.governor)
         except (KeyError, TypeError, ValueError) as exc:  # a config without the shapes this needs
             log.warning("decode precision of %s not measured (%s); chosen by the CPU's flags", base_model, exc)
-            return "bfloat16" if serving_placement("auto", "cpu")[0] == torch.bfloat16 else "float32"
+            return DecodeChoice("bfloat16" if serving_placement("auto", "cpu")[0] == torch.bfloat16 else "float32")
 
     def engines(self) -> list[Engine]:
         with self._engine_lock:

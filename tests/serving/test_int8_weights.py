@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from contracts.settings import DEMO_BASE_MODEL, PACKAGED_BASE_MODEL, PACKAGED_BASE_MODEL_SOURCE, Settings
+from serving.fast_paths import DecodeChoice
 from serving.model import Int8Weight, LlamaForward, build_step, refuse_int8
 from tests.serving.test_fast_paths import engine_seconds
 
@@ -120,7 +121,7 @@ def test_auto_weights_are_int8_where_the_decode_measurement_chose_them(start_ser
     full weights in fp32 where they were asked for, and where serving is batch-invariant."""
     from serving.service import InferenceService
 
-    monkeypatch.setattr(InferenceService, "_measured_path", lambda self, base_model: "int8")
+    monkeypatch.setattr(InferenceService, "_measured_choice", lambda self, base_model: DecodeChoice("int8"))
 
     def forward_of(**overrides: Any) -> Any:
         live = start_serving(**overrides)

@@ -1,0 +1,172 @@
+"""Few-row matrix products compiled for this CPU: what a decode step spends most of its time in.
+
+A decode step of one stream multiplies one row by every weight of the model: it reads each weight once and
+waits on memory. The library products torch offers for that (oneDNN's linear with pre-packed bf16 weights,
+`_weight_int8pack_mm` for int8 weights) read weights at 17-23 GB/s on the 2-core EPYCs measured, where the
+same machine streams 31-34 GB/s (docs/serving.md, "Decode kernels"). `products.c` reads each weight row from
+start to end, one sequential stream per thread, and reaches the machine's speed: 1.5x oneDNN for one bf16
+row, 1.7x torch for one int8 row, level with them at 4-8 rows and slower beyond, so the engine uses it for at
+most `MAX_ROWS` rows and the library products for more.
+
+Why a hand-written kernel: no library on PyPI gives a bandwidth-bound GEMV for torch tensors on CPU (llama.cpp's
+ggml has one, inside a 15-minute build; torch.compile's inductor generated slower code than eager here). Why C
+through ctypes and not a torch extension: a torch extension compiles against torch's headers for a minute on
+2 cores; this file compiles in half a second with the system's C compiler (`cc`), for the CPU it runs on
+(`-march=native`), once per machine: the library is cached by source, compiler and CPU. Where no C compiler is
+installed, or it fails, `load` returns None and the engine keeps the library products.
+
+The OpenMP runtime is the one torch loaded (the library names libgomp.so.1, which the dynamic linker finds
+already loaded), so the calling thread's torch thread count bounds the kernel's threads too; `load` refuses a
+library that would bring a second runtime into the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("products.c")
+#: The most rows the kernels compute (products.c's MAX_ROWS): the engine's products of more rows use the
+#: library's, which win from 8-16 rows on (measured, docs/serving.md "Decode kernels").
+MAX_ROWS = 8
+#: The kernels need the inner size a multiple of this (their vector loop has no remainder).
+INNER_MULTIPLE = 32
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+_DTYPES = {torch.bfloat16: 0, torch.float32: 1}
+
+
+@dataclass(frozen=True)
+class Products:
+    """The loaded kernels. Each product returns None where it cannot compute the operands (too many rows, an
+    inner size not a multiple of INNER_MULTIPLE, a dtype it does not take): the caller then uses the library's."""
+
+    library: ctypes.CDLL
+    isa: str
+    path: Path
+
+    def bf16(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+        """x [rows, k] (bfloat16 or float32) @ weight.T, weight bfloat16 [n, k] contiguous; in x's dtype."""
+        rows, k = x.shape
+        if (rows > MAX_ROWS or k % INNER_MULTIPLE or x.dtype not in _DTYPES or weight.dtype != torch.bfloat16
+                or x.device.type != "cpu" or not weight.is_contiguous()):
+            return None
+        x = x.contiguous()
+        out = torch.empty(rows, weight.shape[0], dtype=x.dtype)
+        failed = self.library.ftaas_products_bf16(x.data_ptr(), rows, _DTYPES[x.dtype], weight.data_ptr(),
+                                                 weight.shape[0], k, out.data_ptr())
+        return None if failed else out
+
+    def int8(self, x: torch.Tensor, values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
+        """(x [rows, k] @ values.T) * scales: values int8 [n, k] contiguous, scales float32 [n]; in x's dtype."""
+        rows, k = x.shape
+        if (rows > MAX_ROWS or k % INNER_MULTIPLE or x.dtype not in _DTYPES or values.dtype != torch.int8
+                or scales.dtype != torch.float32 or x.device.type != "cpu" or not values.is_contiguous()):
+            return None
+        x = x.contiguous()
+        out = torch.empty(rows, values.shape[0], dtype=x.dtype)
+        failed = self.library.ftaas_products_int8(x.data_ptr(), rows, _DTYPES[x.dtype], values.data_ptr(),
+                                                 scales.data_ptr(), values.shape[0], k, out.data_ptr())
+        return None if failed else out
+
+
+_loaded: dict[Path | None, Products | None] = {}
+_lock = threading.Lock()
+
+
+def load(cache_dir: Path | None) -> Products | None:
+    """The kernels compiled for this CPU (cached under `cache_dir/kernels`; a temporary folder where None), or
+    None where they cannot be built or loaded here (logged once per process)."""
+    with _lock:
+        if cache_dir not in _loaded:
+            _loaded[cache_dir] = _build_and_load(cache_dir)
+        return _loaded[cache_dir]
+
+
+def _compiler() -> str | None:
+    return shutil.which("cc") or shutil.which("gcc")
+
+
+def _fingerprint(compiler: str) -> str:
+    """What the compiled library depends on: the source, the flags, the compiler and this CPU."""
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest.update(" ".join(FLAGS).encode())
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    digest.update(version.stdout.encode())
+    try:
+        cpu = [line for line in Path("/proc/cpuinfo").read_text().splitlines()
+               if line.startswith(("model name", "flags"))][:2]
+    except OSError:
+        cpu = []
+    digest.update("\n".join(cpu).encode())
+    return digest.hexdigest()[:16]
+
+
+def _build_and_load(cache_dir: Path | None) -> Products | None:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        log.info("decode kernels not built: they are written for x86-64 (AVX2, AVX-512), not %s", platform.machine())
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        log.info("decode kernels not built: no C compiler (cc) on this machine; library products are used")
+        return None
+    try:
+        folder = (cache_dir if cache_dir is not None else Path(tempfile.gettempdir()) / "ftaas") / "kernels"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"products-{_fingerprint(compiler)}.so"
+        if not target.is_file():
+            partial = folder / f".{target.name}.{os.getpid()}.tmp"
+            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True,
+                                    text=True, timeout=300, check=False)
+            if result.returncode != 0:
+                partial.unlink(missing_ok=True)
+                log.warning("decode kernels not built (%s failed: %s); library products are used", compiler,
+                            result.stderr.strip()[-500:])
+                return None
+            partial.replace(target)  # atomic: processes building at once each install a whole file
+        return _open(target)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("decode kernels not built or loaded (%s); library products are used", exc)
+        return None
+
+
+def _openmp_runtimes() -> set[str]:
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return set()
+    return {line.split()[-1] for line in maps.splitlines() if "libgomp" in line or "libiomp" in line}
+
+
+def _open(path: Path) -> Products | None:
+    before = _openmp_runtimes()
+    library = ctypes.CDLL(str(path))
+    after = _openmp_runtimes()
+    if before and after != before:  # a second OpenMP runtime: two thread pools, each blind to the other
+        log.warning("decode kernels not used: loading them added an OpenMP runtime (%s) beside torch's (%s)",
+                    sorted(after - before), sorted(before))
+        return None
+    pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    library.ftaas_products_bf16.argtypes = [pointer, size, flag, pointer, size, size, pointer]
+    library.ftaas_products_bf16.restype = ctypes.c_int
+    library.ftaas_products_int8.argtypes = [pointer, size, flag, pointer, pointer, size, size, pointer]
+    library.ftaas_products_int8.restype = ctypes.c_int
+    library.ftaas_products_isa.restype = ctypes.c_char_p
+    isa = library.ftaas_products_isa().decode()
+    if isa == "scalar":  # compiled without vector instructions: slower than the library products
+        log.info("decode kernels not used: this CPU has neither AVX2 nor AVX-512")
+        return None
+    log.info("decode kernels built for %s (%s)", isa, path)
+    return Products(library, isa, path)

@@ -1,0 +1,225 @@
+/* Matrix products of few rows (decoding) that read each weight once, at the speed memory streams it.
+ *
+ * y[r, j] = sum_i x[r, i] * w[j, i] for r < rows, with w row-major [n, k] as the model stores it: each output
+ * row j reads w's row j from start to end, so a thread's share of w (a run of whole rows) is one sequential
+ * stream, which a CPU's prefetchers keep at memory speed. Why not the library products (oneDNN, fbgemm):
+ * measured on one row, they read weights at 17-23 GB/s where this machine streams 31-34 (docs/serving.md,
+ * "Decode kernels"). Sums are in float32; each result is rounded once to the output's type.
+ *
+ * Weights: bfloat16, or int8 with one float scale per output row (y = scale[j] * sum x * w). Activations and
+ * results: bfloat16 or float32 (`xf32`). Every function returns 0, or -1 where it cannot compute the shapes
+ * (then the caller uses the library product). Threads: OpenMP, the process's runtime (torch's), with the
+ * calling thread's thread count, so the caller's budget of threads holds here too.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_ROWS 16  /* serving.kernels.MAX_ROWS uses at most 8: the library's products win beyond */
+
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);                                         /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+static inline float from_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline void store(void* y, int yf32, int64_t index, float value) {
+    if (yf32) ((float*)y)[index] = value;
+    else ((uint16_t*)y)[index] = to_bf16(value);
+}
+
+/* The instruction set this file was compiled for (the caller logs it). */
+const char* ftaas_products_isa(void) {
+#if defined(__AVX512BF16__)
+    return "avx512_bf16";
+#elif defined(__AVX512F__)
+    return "avx512f";
+#elif defined(__AVX2__) && defined(__FMA__)
+    return "avx2";
+#else
+    return "scalar";
+#endif
+}
+
+#if defined(__AVX512F__)
+#define LANES 16
+typedef __m512 vec;
+static inline vec vzero(void) { return _mm512_setzero_ps(); }
+static inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
+static inline float vsum(vec a) { return _mm512_reduce_add_ps(a); }
+static inline vec load_bf16(const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+static inline vec load_f32(const float* p) { return _mm512_loadu_ps(p); }
+static inline vec load_i8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+#define LANES 8
+typedef __m256 vec;
+static inline vec vzero(void) { return _mm256_setzero_ps(); }
+static inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
+static inline float vsum(vec a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline vec load_bf16(const uint16_t* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+static inline vec load_f32(const float* p) { return _mm256_loadu_ps(p); }
+static inline vec load_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+#endif
+
+/* Block of 4 activation rows (the registers of their sums): rows r0..r0+nr-1 of x, as float32 in xs. */
+#define ROW_BLOCK 4
+
+#if defined(__AVX512BF16__)
+/* bf16 weights and bf16 activations: the CPU's bf16 dot product (32 products per instruction). */
+static inline __attribute__((always_inline)) void rows_bf16_native(const uint16_t* x, int nr, const uint16_t* wj, int64_t k, float* out) {
+    __m512 acc[ROW_BLOCK][2];
+    for (int r = 0; r < ROW_BLOCK; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= k; i += 64) {
+        __m512bh w0 = (__m512bh)_mm512_loadu_si512((const void*)(wj + i));
+        __m512bh w1 = (__m512bh)_mm512_loadu_si512((const void*)(wj + i + 32));
+        for (int r = 0; r < nr; r++) {
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)_mm512_loadu_si512((const void*)(x + r * k + i)), w0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)_mm512_loadu_si512((const void*)(x + r * k + i + 32)), w1);
+        }
+    }
+    for (; i < k; i += 32) {
+        __m512bh w0 = (__m512bh)_mm512_loadu_si512((const void*)(wj + i));
+        for (int r = 0; r < nr; r++)
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)_mm512_loadu_si512((const void*)(x + r * k + i)), w0);
+    }
+    for (int r = 0; r < nr; r++) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+}
+#endif
+
+#if defined(LANES)
+/* Any weights converted to float32 as they are read, activations already float32 (xs, [nr, k]). */
+#define ROWS_CONVERTED(name, wtype, loader)                                                                  \
+    static inline __attribute__((always_inline)) void name(const float* xs, int nr, const wtype* wj, int64_t k, float* out) {                     \
+        vec acc[ROW_BLOCK][2];                                                                               \
+        for (int r = 0; r < ROW_BLOCK; r++) acc[r][0] = acc[r][1] = vzero();                                 \
+        int64_t i = 0;                                                                                       \
+        for (; i + 2 * LANES <= k; i += 2 * LANES) {                                                         \
+            vec w0 = loader(wj + i), w1 = loader(wj + i + LANES);                                            \
+            for (int r = 0; r < nr; r++) {                                                                   \
+                acc[r][0] = vfma(load_f32(xs + r * k + i), w0, acc[r][0]);                                   \
+                acc[r][1] = vfma(load_f32(xs + r * k + i + LANES), w1, acc[r][1]);                           \
+            }                                                                                                \
+        }                                                                                                    \
+        for (; i < k; i += LANES) {                                                                          \
+            vec w0 = loader(wj + i);                                                                         \
+            for (int r = 0; r < nr; r++) acc[r][0] = vfma(load_f32(xs + r * k + i), w0, acc[r][0]);          \
+        }                                                                                                    \
+        for (int r = 0; r < nr; r++) out[r] = vsum(vadd(acc[r][0], acc[r][1]));                              \
+    }
+ROWS_CONVERTED(rows_bf16_converted, uint16_t, load_bf16)
+ROWS_CONVERTED(rows_i8, int8_t, load_i8)
+#endif
+
+/* Each row function called with a constant row count: the compiler keeps every sum in a register. */
+#define BY_ROWS(call, nr) do { switch (nr) { case 1: call(1); break; case 2: call(2); break; \
+                                           case 3: call(3); break; default: call(4); } } while (0)
+
+#if defined(LANES)
+static void to_f32(const void* x, int xf32, int64_t count, float* out) {
+    if (xf32) memcpy(out, x, count * sizeof(float));
+    else for (int64_t i = 0; i < count; i++) out[i] = from_bf16(((const uint16_t*)x)[i]);
+}
+#endif
+
+/* y [rows, n] = x [rows, k] @ w.T, w bf16 [n, k]; x and y bf16, or float32 where xf32. k % 32 == 0. */
+int ftaas_products_bf16(const void* x, int64_t rows, int xf32, const uint16_t* w, int64_t n, int64_t k, void* y) {
+#if !defined(LANES)
+    (void)x; (void)rows; (void)xf32; (void)w; (void)n; (void)k; (void)y;
+    return -1;
+#else
+    if (k % 32 || rows < 1 || rows > MAX_ROWS) return -1;
+#if defined(__AVX512BF16__)
+    if (!xf32) {
+        #pragma omp parallel for schedule(static)
+        for (int64_t j = 0; j < n; j++) {
+            float out[ROW_BLOCK];
+            for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+                int nr = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
+#define NATIVE(c) rows_bf16_native((const uint16_t*)x + r0 * k, c, w + j * k, k, out)
+                BY_ROWS(NATIVE, nr);
+                for (int r = 0; r < nr; r++) store(y, 0, (r0 + r) * n + j, out[r]);
+            }
+        }
+        return 0;
+    }
+#endif
+    int failed = 0;
+    #pragma omp parallel reduction(|:failed)
+    {
+        float* xs = malloc(rows * k * sizeof(float));  /* the activations as float32, per thread */
+        if (xs) to_f32(x, xf32, rows * k, xs);
+        else failed = 1;
+        #pragma omp for schedule(static)
+        for (int64_t j = 0; j < n; j++) {
+            float out[ROW_BLOCK];
+            if (!xs) continue;
+            for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+                int nr = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
+#define CONVERTED(c) rows_bf16_converted(xs + r0 * k, c, w + j * k, k, out)
+                BY_ROWS(CONVERTED, nr);
+                for (int r = 0; r < nr; r++) store(y, xf32, (r0 + r) * n + j, out[r]);
+            }
+        }
+        free(xs);
+    }
+    return failed ? -1 : 0;
+#endif
+}
+
+/* y [rows, n] = (x [rows, k] @ w.T) * scales, w int8 [n, k], scales float32 [n]; x and y bf16, or float32
+ * where xf32. k % 32 == 0. */
+int ftaas_products_int8(const void* x, int64_t rows, int xf32, const int8_t* w, const float* scales, int64_t n,
+                        int64_t k, void* y) {
+#if !defined(LANES)
+    (void)x; (void)rows; (void)xf32; (void)w; (void)scales; (void)n; (void)k; (void)y;
+    return -1;
+#else
+    if (k % 32 || rows < 1 || rows > MAX_ROWS) return -1;
+    int failed = 0;
+    #pragma omp parallel reduction(|:failed)
+    {
+        float* xs = malloc(rows * k * sizeof(float));  /* the activations as float32, per thread */
+        if (xs) to_f32(x, xf32, rows * k, xs);
+        else failed = 1;
+        #pragma omp for schedule(static)
+        for (int64_t j = 0; j < n; j++) {
+            float out[ROW_BLOCK];
+            if (!xs) continue;
+            for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+                int nr = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
+#define INT8(c) rows_i8(xs + r0 * k, c, w + j * k, k, out)
+                BY_ROWS(INT8, nr);
+                for (int r = 0; r < nr; r++) store(y, xf32, (r0 + r) * n + j, out[r] * scales[j]);
+            }
+        }
+        free(xs);
+    }
+    return failed ? -1 : 0;
+#endif
+}

@@ -1,0 +1,212 @@
+"""The decode kernels (serving.kernels): built for this CPU by the system's C compiler, they compute each product
+as the exact sum rounded once (within float32 summation), a row's result does not depend on the rows beside it,
+they run on torch's OpenMP runtime with the calling thread's thread count, a machine without a compiler serves
+with the library's products, and the engine decodes the real model with them as well as without them."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from basemodels.loader import BaseModelLoader
+from basemodels.registry import BaseModelRegistry
+from contracts.settings import PACKAGED_BASE_MODEL, PACKAGED_BASE_MODEL_SOURCE
+from serving import kernels
+from serving.model import LlamaForward, build_step
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+COMPILER = shutil.which("cc") or shutil.which("gcc")
+
+
+@pytest.fixture(scope="module")
+def products(model_cache_dir: Path) -> kernels.Products:
+    built = kernels.load(model_cache_dir)
+    if not (X86 and COMPILER):
+        pytest.skip(f"the kernels are built on x86-64 with a C compiler; this is {platform.machine()}, "
+                    f"compiler {COMPILER}")
+    assert built is not None, "x86-64 with a C compiler: the kernels must build (see the log for the compiler's error)"
+    return built
+
+
+def _bf16_ulp(values: torch.Tensor) -> torch.Tensor:
+    """The spacing of bfloat16 numbers at each value (8 bits of mantissa)."""
+    exponent = torch.floor(torch.log2(values.abs().clamp_min(2.0 ** -120)))
+    return torch.pow(2.0, exponent - 7)
+
+
+def _sum_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """What summing k float32 products may lose: k * 2^-24 * sum |x| |w| (a standard bound, generous)."""
+    return x.shape[1] * 2.0 ** -24 * (x.double().abs() @ w.double().abs().T)
+
+
+@pytest.mark.parametrize("inner", [32, 576, 1536])
+def test_a_bf16_product_is_the_exact_sum_rounded_once(products: kernels.Products, inner: int) -> None:
+    generator = torch.Generator().manual_seed(inner)
+    for rows in range(1, kernels.MAX_ROWS + 1):
+        w = torch.randn(67, inner, generator=generator).to(torch.bfloat16)
+        x = torch.randn(rows, inner, generator=generator).to(torch.bfloat16)
+        exact = x.double() @ w.double().T
+        out = products.bf16(x, w)
+        assert out is not None and out.dtype == torch.bfloat16 and out.shape == (rows, 67)
+        error = (out.double() - exact).abs()
+        assert (error <= _bf16_ulp(exact) / 2 + _sum_bound(x, w) * 1.01).all(), error.max()
+        # float32 activations: a float32 result, no rounding to bfloat16
+        out32 = products.bf16(x.float(), w)
+        assert out32 is not None and out32.dtype == torch.float32
+        assert ((out32.double() - exact).abs() <= _sum_bound(x, w) + 1e-30).all()
+
+
+def test_an_int8_product_is_the_exact_sum_times_the_rows_scale(products: kernels.Products) -> None:
+    generator = torch.Generator().manual_seed(8)
+    values = torch.randint(-127, 128, (130, 576), generator=generator, dtype=torch.int8)
+    scales = torch.rand(130, generator=generator) * 0.01
+    for rows in (1, 3, 8):
+        x = torch.randn(rows, 576, generator=generator).to(torch.bfloat16)
+        exact = (x.double() @ values.double().T) * scales.double()
+        out = products.int8(x, values, scales)
+        assert out is not None and out.dtype == torch.bfloat16
+        bound = _bf16_ulp(exact) / 2 + _sum_bound(x, values.double()) * scales.double() * 1.01 + 1e-30
+        assert ((out.double() - exact).abs() <= bound).all()
+
+
+def test_a_rows_result_does_not_depend_on_the_rows_beside_it(products: kernels.Products) -> None:
+    """Bitwise: the engine's rows are each a sequence's, and a sequence's tokens must not change with the others
+    decoding beside it (as long as the kernels compute the step: at most MAX_ROWS rows)."""
+    generator = torch.Generator().manual_seed(3)
+    w = torch.randn(200, 576, generator=generator).to(torch.bfloat16)
+    x = torch.randn(kernels.MAX_ROWS, 576, generator=generator).to(torch.bfloat16)
+    alone = [products.bf16(x[row:row + 1], w) for row in range(kernels.MAX_ROWS)]
+    for rows in range(1, kernels.MAX_ROWS + 1):
+        together = products.bf16(x[:rows], w)
+        assert together is not None
+        for row in range(rows):
+            assert torch.equal(together[row:row + 1], alone[row])
+
+
+def test_what_the_kernels_do_not_compute_is_left_to_the_library(products: kernels.Products) -> None:
+    w = torch.randn(16, 64).to(torch.bfloat16)
+    assert products.bf16(torch.randn(kernels.MAX_ROWS + 1, 64).to(torch.bfloat16), w) is None  # too many rows
+    assert products.bf16(torch.randn(1, 48).to(torch.bfloat16), torch.randn(16, 48).to(torch.bfloat16)) is None
+    assert products.bf16(torch.randn(1, 64).half(), w) is None  # float16 activations
+    assert products.bf16(torch.randn(1, 64).to(torch.bfloat16), w.float()) is None  # float32 weights
+    assert products.bf16(torch.randn(1, 64).to(torch.bfloat16), w.T.contiguous().T) is None  # not row-major
+
+
+def _python(code: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            timeout=300, check=False, env=env, cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_the_kernels_use_torchs_openmp_with_the_calling_threads_count(products: kernels.Products,
+                                                                      tmp_path: Path) -> None:
+    """One OpenMP runtime in the process (torch's): the thread budgets the engine sets (contracts.machine) bound
+    the kernels too. A thread whose torch count is 1 computes alone, with 2 it starts one helper thread."""
+    out = _python(f"""
+        import os, threading, torch
+        from serving import kernels
+        from serving.threads import set_torch_threads
+        set_torch_threads(1)
+        products = kernels.load(__import__("pathlib").Path({str(tmp_path)!r}))
+        runtimes = {{line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}}
+        w, x = torch.randn(4096, 576).to(torch.bfloat16), torch.randn(1, 576).to(torch.bfloat16)
+        def tasks(): return len(os.listdir("/proc/self/task"))
+        counts = []
+        def run(threads):
+            set_torch_threads(threads)
+            before = tasks(); products.bf16(x, w); counts.append(tasks() - before)
+        for threads in (1, 2):
+            worker = threading.Thread(target=run, args=(threads,)); worker.start(); worker.join()
+        print(len(runtimes), counts)
+    """)
+    assert out.split() == ["1", "[0,", "1]"], out
+
+
+def test_without_a_c_compiler_there_are_no_kernels_and_the_engine_serves(tmp_path: Path) -> None:
+    out = _python(f"""
+        import logging, torch
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        from serving import kernels
+        print("loaded", kernels.load(__import__("pathlib").Path({str(tmp_path)!r})))
+    """, env={**os.environ, "PATH": str(tmp_path)})  # no cc, no gcc
+    assert "loaded None" in out
+    assert not list(tmp_path.glob("kernels/*.so"))
+
+
+def test_the_library_is_built_once_per_machine(products: kernels.Products, model_cache_dir: Path) -> None:
+    assert products.path.parent == model_cache_dir / "kernels" and products.path.is_file()
+    built_at = products.path.stat().st_mtime_ns
+    out = _python(f"""
+        from serving import kernels
+        print(kernels.load(__import__("pathlib").Path({str(model_cache_dir)!r})).path)
+    """)
+    assert out.strip() == str(products.path) and products.path.stat().st_mtime_ns == built_at
+
+
+@pytest.fixture(scope="module")
+def real_model(model_cache_dir: Path) -> Any:
+    loader = BaseModelLoader(BaseModelRegistry({PACKAGED_BASE_MODEL: PACKAGED_BASE_MODEL_SOURCE}), model_cache_dir)
+    return loader.load_model(PACKAGED_BASE_MODEL, dtype=torch.bfloat16).eval()
+
+
+def _teacher_forced_logits(forward: LlamaForward, prompt: list[int], tokens: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        rows = [forward.forward(build_step(forward, [], [(0, prompt)]))[0]]
+        for step, token in enumerate(tokens[:-1]):
+            rows.append(forward.forward(build_step(forward, [(0, token, len(prompt) + step)], []))[0])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("weights", ["model", "int8"])
+def test_the_engine_decodes_the_real_model_with_the_kernels_as_without(products: kernels.Products, real_model: Any,
+                                                                       weights: str) -> None:
+    """Teacher-forced on the same tokens, the kernels' logits are the library's up to bfloat16 rounding (measured
+    on SmolLM2 against float32: top-1 98.4 % either way in bf16, 93.0 % either way with int8 weights;
+    docs/serving.md "Decode kernels"), and their products are the ones the engine uses for one stream."""
+    prompt = [1, 504, 3458, 314, 260, 2443, 282, 4649, 30, 198] * 3
+    library = LlamaForward(real_model, max_slots=1, max_context=128, tile_rows=1, weights=weights)  # type: ignore[arg-type]
+    fast = LlamaForward(real_model, max_slots=1, max_context=128, tile_rows=1, weights=weights,  # type: ignore[arg-type]
+                        kernels=products)
+    with torch.inference_mode():
+        tokens, logits = [], library.forward(build_step(library, [], [(0, prompt)]))[0]
+        for step in range(32):
+            tokens.append(int(logits.argmax()))
+            logits = library.forward(build_step(library, [(0, tokens[-1], len(prompt) + step)], []))[0]
+    expected = _teacher_forced_logits(LlamaForward(real_model, max_slots=1, max_context=128, tile_rows=1,
+                                                   weights=weights), prompt, tokens)  # type: ignore[arg-type]
+    ours = _teacher_forced_logits(fast, prompt, tokens)
+    agreement = (ours.argmax(-1) == expected.argmax(-1)).float().mean().item()
+    error = (ours - expected).abs()
+    print(f"{weights}: top-1 agreement {agreement:.3f}, logit error mean {error.mean():.3f} max {error.max():.2f}")
+    assert agreement >= 0.9 and error.mean() < 0.1 * expected.std()
+    counting = _Counting(products.library, products.isa, products.path)
+    fast.kernels = counting
+    with torch.inference_mode():
+        fast.forward(build_step(fast, [(0, tokens[0], len(prompt) + 40)], []))
+    assert counting.computed == 4 * len(fast.layers) + 1  # every product of a decode step, the output layer's too
+
+
+class _Counting(kernels.Products):
+    """The kernels, counting the products they computed."""
+
+    computed = 0
+
+    def bf16(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+        out = super().bf16(x, weight)
+        object.__setattr__(self, "computed", self.computed + (out is not None))
+        return out
+
+    def int8(self, x: torch.Tensor, values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
+        out = super().int8(x, values, scales)
+        object.__setattr__(self, "computed", self.computed + (out is not None))
+        return out
