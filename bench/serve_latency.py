@@ -7,7 +7,10 @@ request (end-of-sequence ignored, so every run produces the same number of token
             bf16 is native, `generate` in bf16 too, for reference; ratios are to fp32);
   ftaas     the engine (in process, no HTTP), one stream and 16 concurrent streams, in each configuration:
             dtype (fp32; bf16 where it is native here) x batch invariance (rows padded to 64-row tiles, or
-            not padded).
+            not padded), and unpadded with the decode kernels (serving.kernels: what `auto` serves where they
+            measured faster); int8 weights with and without them;
+  llama.cpp the same weights as bf16 and q8_0 GGUFs, one request (where llama-cpp-python is installed:
+            bench/llama_cpp_setup.sh).
 
 Each configuration runs in a process of its own (why: `main`). Prints tokens/s (one stream: inter-token
 latency too; 16 streams: aggregate) and the ratios to the baseline,
@@ -43,6 +46,7 @@ from serving.engine import (  # noqa: E402
     Sequence,
     TokenEvent,
 )
+from serving import kernels as decode_kernels  # noqa: E402
 from serving.model import LlamaForward, build_step  # noqa: E402
 from serving.threads import single_threaded_torch  # noqa: E402
 
@@ -234,17 +238,22 @@ def measure_quality(args: argparse.Namespace) -> dict[str, Any]:
     asked = [list(tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                                 tokenize=True, return_dict=True)["input_ids"]) for q in QUALITY_QUESTIONS]
 
-    def forward_of(dtype: torch.dtype, weights: str) -> LlamaForward:
+    products = decode_kernels.load(CACHE)
+
+    def forward_of(dtype: torch.dtype, weights: str, kernels: bool = False) -> LlamaForward:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).eval()
-        return LlamaForward(model, max_slots=1, max_context=512, tile_rows=1, weights=weights)
+        return LlamaForward(model, max_slots=1, max_context=512, tile_rows=1, weights=weights,
+                            kernels=products if kernels else None)
 
     reference = forward_of(torch.float32, "model")
     truth = [_greedy(reference, prompt, args.tokens) for prompt in asked]
     scale = torch.cat([logits for _, logits in truth]).std().item()
     results = []
-    for label, dtype, weights in (("bf16", torch.bfloat16, "model"), ("int8 weights, bf16 activations",
-                                                                      torch.bfloat16, "int8")):
-        forward = forward_of(dtype, weights)
+    candidates = [("bf16", "model", False), ("int8 weights, bf16 activations", "int8", False)]
+    if products is not None:
+        candidates += [("bf16, decode kernels", "model", True), ("int8 weights, decode kernels", "int8", True)]
+    for label, weights, kernels in candidates:
+        forward = forward_of(torch.bfloat16, weights, kernels)
         agree = total = identical = 0
         errors, first_differences = [], []
         for prompt, (tokens, logits) in zip(asked, truth, strict=True):
@@ -299,16 +308,21 @@ def measure(args: argparse.Namespace, key: str) -> dict[str, Any]:
         return {"rows": [{"name": f"transformers generate, {dtype_name}, 1 request", "streams": 1,
                           "tokens_per_second": args.tokens / seconds}],
                 "prompt_tokens": [min(map(len, batch)), max(map(len, batch))]}
-    weights = "int8" if mode == "int8" else "model"
+    weights = "int8" if mode.startswith("int8") else "model"
+    products = decode_kernels.load(CACHE) if mode.endswith("kernels") else None
+    if mode.endswith("kernels") and products is None:
+        raise SystemExit("the decode kernels could not be built here (see the log)")
     if kind == "profile":
-        forward = LlamaForward(model, max_slots=1, max_context=512, tile_rows=tile_rows, weights=weights)
+        forward = LlamaForward(model, max_slots=1, max_context=512, tile_rows=tile_rows, weights=weights,
+                               kernels=products)
         return {"profile": profile_decode_step(forward, batch[0])}
     forward = LlamaForward(model, max_slots=max(args.streams, 1), max_context=512, tile_rows=tile_rows,
-                           weights=weights)
+                           weights=weights, kernels=products)
     del model
     engine = Engine(forward, name="bench", max_queue=args.streams, prefill_tokens=4096, max_rank=8)
     label = f"ftaas, {dtype_name}, " + {"invariant": "batch-invariant (64-row tiles)", "unpadded": "unpadded",
-                                        "int8": "int8 weights, unpadded"}[mode]
+                                        "kernels": "unpadded, decode kernels", "int8": "int8 weights, unpadded",
+                                        "int8-kernels": "int8 weights, decode kernels"}[mode]
     rows = []
     try:
         run_engine(engine, batch[:1], 4)  # warm-up
@@ -333,8 +347,9 @@ def main() -> int:
     parser.add_argument("--model", choices=["smollm2", "llama-1b"], default="smollm2",
                         help="llama-1b: ~1.1B parameters built from a config, random weights (no download)")
     parser.add_argument("--no-profile", action="store_true", help="skip the decode-step profiles")
-    parser.add_argument("--modes", default="invariant,unpadded",
-                        help="the engine's modes, comma-separated: invariant (64-row tiles), unpadded")
+    parser.add_argument("--modes", default="invariant,unpadded,kernels",
+                        help="the engine's modes, comma-separated: invariant (64-row tiles), unpadded, kernels "
+                             "(unpadded with the decode kernels; bf16 only)")
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                         help="also the engine with int8 weights (bf16 activations)")
     parser.add_argument("--quality", action="store_true",
@@ -352,9 +367,10 @@ def main() -> int:
     # keeps two OpenMP teams, and then every parallel region pays a wake-up (measured: the engine's
     # inter-token latency 33 ms alone, 52 ms after the same process had run `generate`).
     keys = ["generate:float32"] + [f"generate:{d}" for d in dtypes if d != "float32"]
-    keys += [f"engine:{d}:{m}" for d in dtypes for m in args.modes.split(",")]
+    keys += [f"engine:{d}:{m}" for d in dtypes for m in args.modes.split(",")
+             if not (m == "kernels" and d != "bfloat16")]
     if args.int8:
-        keys += ["engine:bfloat16:int8"]
+        keys += ["engine:bfloat16:int8"] + (["engine:bfloat16:int8-kernels"] if "kernels" in args.modes else [])
     missing = llama_cpp_missing() if device == "cpu" and args.model == "smollm2" else "not on this device/model"
     if missing is None:
         keys += ["llamacpp:bf16", "llamacpp:q8_0"]
@@ -366,7 +382,8 @@ def main() -> int:
     # of the two runs (both printed).
     keys += ["generate:float32"]
     if device == "cpu" and not args.no_profile:
-        keys += [f"profile:{d}:{m}" for d in dtypes for m in args.modes.split(",")]
+        keys += [f"profile:{d}:{m}" for d in dtypes for m in args.modes.split(",")
+                 if not (m == "kernels" and d != "bfloat16")]
     forwarded = ["--tokens", str(args.tokens), "--streams", str(args.streams), "--repeats", str(args.repeats),
                  "--device", device, "--model", args.model]
     print(f"{'SmolLM2-135M-Instruct' if args.model == 'smollm2' else 'random Llama, 1.1B'} on {device} "

@@ -15,6 +15,10 @@ through ctypes and not a torch extension: a torch extension compiles against tor
 (`-march=native`), once per machine: the library is cached by source, compiler and CPU. Where no C compiler is
 installed, or it fails, `load` returns None and the engine keeps the library products.
 
+Where no compiler is installed (the container image's runtime stage), prebuilt libraries are used: the image's
+builder stage compiles one per x86-64 level (`python -m serving.kernels DIR`, `PREBUILT`) into the package, and
+`load` takes the most capable one this CPU's flags allow.
+
 The OpenMP runtime is the one torch loaded (the library names libgomp.so.1, which the dynamic linker finds
 already loaded), so the calling thread's torch thread count bounds the kernel's threads too; `load` refuses a
 library that would bring a second runtime into the process.
@@ -45,6 +49,15 @@ MAX_ROWS = 8
 #: The kernels need the inner size a multiple of this (their vector loop has no remainder).
 INNER_MULTIPLE = 32
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+#: Libraries built ahead for machines without a compiler: name -> (the CPU flags they need, /proc/cpuinfo's
+#: names; their -march flags), most capable first.
+PREBUILT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "avx512_bf16": (("avx512f", "avx512bw", "avx512vl", "avx512_bf16"), ("-march=x86-64-v4", "-mavx512bf16")),
+    "avx512f": (("avx512f", "avx512bw", "avx512vl"), ("-march=x86-64-v4",)),
+    "avx2": (("avx2", "fma", "f16c"), ("-march=x86-64-v3",)),
+}
+#: Where the package keeps prebuilt libraries (written by `python -m serving.kernels`).
+PREBUILT_DIR = Path(__file__).with_name("prebuilt")
 _DTYPES = {torch.bfloat16: 0, torch.float32: 1}
 
 
@@ -82,17 +95,18 @@ class Products:
         return None if failed else out
 
 
-_loaded: dict[Path | None, Products | None] = {}
+_loaded: dict[tuple[Path | None, Path], Products | None] = {}
 _lock = threading.Lock()
 
 
-def load(cache_dir: Path | None) -> Products | None:
+def load(cache_dir: Path | None, prebuilt: Path = PREBUILT_DIR) -> Products | None:
     """The kernels compiled for this CPU (cached under `cache_dir/kernels`; a temporary folder where None), or
-    None where they cannot be built or loaded here (logged once per process)."""
+    without a C compiler the most capable of those in `prebuilt` this CPU runs; None where there are none to
+    load here (logged once per process)."""
     with _lock:
-        if cache_dir not in _loaded:
-            _loaded[cache_dir] = _build_and_load(cache_dir)
-        return _loaded[cache_dir]
+        if (cache_dir, prebuilt) not in _loaded:
+            _loaded[cache_dir, prebuilt] = _build_and_load(cache_dir, prebuilt)
+        return _loaded[cache_dir, prebuilt]
 
 
 def _compiler() -> str | None:
@@ -114,13 +128,17 @@ def _fingerprint(compiler: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _build_and_load(cache_dir: Path | None) -> Products | None:
+def _build_and_load(cache_dir: Path | None, prebuilt_dir: Path) -> Products | None:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         log.info("decode kernels not built: they are written for x86-64 (AVX2, AVX-512), not %s", platform.machine())
         return None
     compiler = _compiler()
     if compiler is None:
-        log.info("decode kernels not built: no C compiler (cc) on this machine; library products are used")
+        prebuilt = _prebuilt(prebuilt_dir)
+        if prebuilt is not None:
+            return _open(prebuilt)
+        log.info("decode kernels not built: no C compiler (cc) on this machine and none prebuilt for its CPU; "
+                 "library products are used")
         return None
     try:
         folder = (cache_dir if cache_dir is not None else Path(tempfile.gettempdir()) / "ftaas") / "kernels"
@@ -140,6 +158,38 @@ def _build_and_load(cache_dir: Path | None) -> Products | None:
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("decode kernels not built or loaded (%s); library products are used", exc)
         return None
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _prebuilt(folder: Path) -> Path | None:
+    """The most capable prebuilt library in `folder` this CPU can run, if any."""
+    flags = _cpu_flags()
+    for name, (needed, _) in PREBUILT.items():
+        candidate = folder / f"products-{name}.so"
+        if candidate.is_file() and set(needed) <= flags:
+            return candidate
+    return None
+
+
+def prebuild(folder: Path, compiler: str = "cc") -> list[Path]:
+    """Compile one library per PREBUILT level into `folder` (for an image whose runtime has no compiler)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    built = []
+    for name, (_, march) in PREBUILT.items():
+        target = folder / f"products-{name}.so"
+        flags = [flag for flag in FLAGS if not flag.startswith("-march")]
+        subprocess.run([compiler, *flags, *march, str(SOURCE), "-o", str(target)], check=True, timeout=300)
+        built.append(target)
+    return built
 
 
 def _openmp_runtimes() -> set[str]:
@@ -170,3 +220,4 @@ def _open(path: Path) -> Products | None:
         return None
     log.info("decode kernels built for %s (%s)", isa, path)
     return Products(library, isa, path)
+

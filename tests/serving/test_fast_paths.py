@@ -17,6 +17,7 @@ from basemodels.registry import BaseModelRegistry
 from contracts.settings import DEMO_BASE_MODEL, PACKAGED_BASE_MODEL, PACKAGED_BASE_MODEL_SOURCE
 from serving import fast_paths
 from serving.engine import Engine, SamplingParams, Sequence
+from serving.kernels import load as load_kernels
 from serving.model import LlamaForward, WeightFormat
 from serving.placement import serving_placement
 
@@ -30,13 +31,15 @@ def real_loader(model_cache_dir: Path) -> BaseModelLoader:
     return BaseModelLoader(BaseModelRegistry({PACKAGED_BASE_MODEL: PACKAGED_BASE_MODEL_SOURCE}), model_cache_dir)
 
 
-def engine_seconds(loader: BaseModelLoader, dtype_setting: str, tokens: int = 24, weights: WeightFormat = "model"
-                   ) -> dict[str, float]:
+def engine_seconds(loader: BaseModelLoader, dtype_setting: str, tokens: int = 24, weights: WeightFormat = "model",
+                   kernels: bool = False) -> dict[str, float]:
     """One stream on the real model with the serving dtype forced by its setting (best of 2): `decode`, its
-    decode steps (first token to the last), and `prefill`, a 64-token prompt's time to its first token."""
+    decode steps (first token to the last), and `prefill`, a 64-token prompt's time to its first token; with
+    `kernels`, on the decode kernels (serving.kernels)."""
     dtype, _ = serving_placement(dtype_setting, "cpu")
     forward = LlamaForward(loader.load_model(PACKAGED_BASE_MODEL, dtype=dtype).eval(), max_slots=2, max_context=256,
-                           tile_rows=1, weights=weights)
+                           tile_rows=1, weights=weights,
+                           kernels=load_kernels(loader.cache_dir) if kernels else None)
     engine = Engine(forward, name=dtype_setting, max_queue=4, prefill_tokens=512, max_rank=8)
     best = {"decode": float("inf"), "prefill": float("inf")}
     try:
@@ -63,12 +66,25 @@ def test_the_measured_decode_precision_is_the_faster_engine_on_this_machine(real
                                                                            tmp_path: Path) -> None:
     """bf16 where it decodes one stream faster and computes a prompt no slower (fast_paths.bf16_wins), fp32
     otherwise: checked against the engine itself, in both precisions, on the machine running the test."""
+    load_kernels(real_loader.cache_dir)  # built before the measurement is timed (half a second, once per machine)
     started = time.perf_counter()
-    path = fast_paths.measured_path(real_loader.config(PACKAGED_BASE_MODEL), "decode", cache_dir=tmp_path)
+    choice = fast_paths.measured_choice(real_loader.config(PACKAGED_BASE_MODEL), "decode", cache_dir=tmp_path)
     measuring = time.perf_counter() - started
+    path = choice.path
     chosen = torch.bfloat16 if path == "bfloat16" else torch.float32
     fp32, bf16 = engine_seconds(real_loader, "float32"), engine_seconds(real_loader, "bfloat16")
-    print(f"measured choice {path} in {measuring:.2f} s; engine s: fp32 {fp32}, bf16 {bf16}")
+    print(f"measured choice {choice} in {measuring:.2f} s; engine s: fp32 {fp32}, bf16 {bf16}")
+    if path in ("bfloat16", "int8") and load_kernels(real_loader.cache_dir) is not None:
+        # the decode kernels where they measured faster for one row, the library's products otherwise
+        weights: WeightFormat = "int8" if path == "int8" else "model"
+        library = bf16 if path == "bfloat16" else engine_seconds(real_loader, "bfloat16", weights=weights)
+        kernels = engine_seconds(real_loader, "bfloat16", weights=weights, kernels=True)
+        print(f"{path} on the decode kernels {kernels}, on the library's products {library}")
+        if choice.kernels:
+            assert kernels["decode"] < library["decode"] * TOLERANCE, (kernels, library)
+            bf16 = kernels if path == "bfloat16" else bf16
+        else:
+            assert not kernels["decode"] * TOLERANCE < library["decode"], (kernels, library)
     if path == "int8":  # where bf16 lost: int8 weights must decode faster than fp32, a prompt not much slower
         int8 = engine_seconds(real_loader, "bfloat16", weights="int8")
         print(f"int8 {int8}")
@@ -124,6 +140,24 @@ def test_the_decode_rule_takes_bf16_where_it_wins_then_int8_weights_then_fp32() 
     assert fast_paths.decode_path({**emulated, "int8": 9.5}) == "float32"  # a tie keeps the exact one
     no_kernel = {k: v for k, v in emulated.items() if not k.startswith("int8")}
     assert fast_paths.decode_path(no_kernel) == "float32"
+
+
+def test_the_decode_kernels_are_taken_where_they_compute_one_row_faster() -> None:
+    """The decode kernels' one-row pass (`<path>_kernel`) against the library's (`<path>`); a batch's rows are
+    the library's either way."""
+    timings = {"float32": 10.0, "float32_batch": 3.0, "bfloat16": 5.0, "bfloat16_batch": 1.1,
+               "bfloat16_kernel": 3.3}
+    assert fast_paths.decode_path(timings) == "bfloat16" and fast_paths.uses_kernels(timings, "bfloat16")
+    assert not fast_paths.uses_kernels({**timings, "bfloat16_kernel": 5.0}, "bfloat16")  # a tie: the library
+    library_only = {k: v for k, v in timings.items() if not k.endswith("_kernel")}  # no C compiler here
+    assert not fast_paths.uses_kernels(library_only, "bfloat16")
+    # bf16 can win on the kernels where the library's one-row products would not have made it win
+    assert fast_paths.decode_path({**timings, "bfloat16": 9.5}) == "bfloat16"
+    assert fast_paths.decode_path({**library_only, "bfloat16": 9.5}) == "float32"
+    emulated = {"float32": 10.0, "float32_batch": 3.0, "bfloat16": 6.0, "bfloat16_batch": 12.0, "int8": 9.5,
+                "int8_batch": 3.0, "int8_kernel": 5.0}
+    assert fast_paths.decode_path(emulated) == "int8" and fast_paths.uses_kernels(emulated, "int8")
+    assert not fast_paths.uses_kernels(emulated, "float32")  # no fp32 kernels: the library computes fp32
 
 
 def test_a_machine_and_model_are_measured_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -132,15 +132,37 @@ def test_the_kernels_use_torchs_openmp_with_the_calling_threads_count(products: 
     assert out.split() == ["1", "[0,", "1]"], out
 
 
-def test_without_a_c_compiler_there_are_no_kernels_and_the_engine_serves(tmp_path: Path) -> None:
-    out = _python(f"""
-        import logging, torch
+def test_without_a_c_compiler_the_prebuilt_kernels_for_this_cpu_are_loaded_or_none(tmp_path: Path) -> None:
+    """A machine without a compiler (the container image's runtime) loads the most capable prebuilt library its
+    CPU runs (`python -m serving.kernels` in the image's builder stage), or none: the library's products."""
+    if not (X86 and COMPILER):
+        pytest.skip("prebuilding needs x86-64 and a C compiler")
+    prebuilt = tmp_path / "prebuilt"
+    subprocess.run([sys.executable, "-m", "serving.kernels", str(prebuilt)], check=True, timeout=300,
+                   cwd=Path(__file__).parents[2], capture_output=True)
+    assert sorted(p.name for p in prebuilt.iterdir()) == sorted(f"products-{n}.so" for n in kernels.PREBUILT)
+    flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split(":", 1)[1].split())
+    expected = next((name for name, (needed, _) in kernels.PREBUILT.items() if set(needed) <= flags), None)
+    script = """
+        import logging, sys, torch
+        from pathlib import Path
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         from serving import kernels
-        print("loaded", kernels.load(__import__("pathlib").Path({str(tmp_path)!r})))
-    """, env={**os.environ, "PATH": str(tmp_path)})  # no cc, no gcc
-    assert "loaded None" in out
-    assert not list(tmp_path.glob("kernels/*.so"))
+        loaded = kernels.load(Path(sys.argv[1]), Path(sys.argv[2]))
+        print("loaded", loaded and loaded.isa)
+        if loaded:
+            w, x = torch.randn(64, 576).to(torch.bfloat16), torch.randn(2, 576).to(torch.bfloat16)
+            print("agrees", torch.allclose(loaded.bf16(x, w).float(), x.float() @ w.float().T, rtol=0.02, atol=0.1))
+    """
+    no_compiler = {**os.environ, "PATH": str(tmp_path)}  # no cc, no gcc
+    for folder, isa in ((prebuilt, expected), (tmp_path / "none", None)):
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(tmp_path / "cache"), str(folder)],
+                                capture_output=True, text=True, timeout=300, env=no_compiler,
+                                cwd=Path(__file__).parents[2], check=True)
+        assert f"loaded {isa}" in result.stdout, result.stdout + result.stderr
+        assert isa is None or "agrees True" in result.stdout
+    assert not list((tmp_path / "cache").glob("kernels/*.so"))  # nothing compiled
 
 
 def test_the_library_is_built_once_per_machine(products: kernels.Products, model_cache_dir: Path) -> None:
