@@ -352,6 +352,10 @@ class LlamaForward:
         multiplies in float32, then casts."""
         eps = self.geometry.eps
         if not self.gemma_norm:
+            if self.kernels is not None and x.shape[0] <= KERNEL_ROWS:
+                out = self.kernels.rms_norm(x, weight, eps)
+                if out is not None:
+                    return out
             return _rms_norm(x, weight, eps)
         x32 = x.float()
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * weight).to(x.dtype)
@@ -471,6 +475,10 @@ class LlamaForward:
         `window` of them on a sliding-window layer), read in place: q [heads, head_dim], layer_cache
         [2, kv_heads, capacity, head_dim]; returns [1, heads, head_dim]. Shapes depend only on this sequence."""
         first = 0 if window is None else max(0, length - window)
+        if self.kernels is not None:
+            out = self.kernels.decode_attention(q, layer_cache, first, length, self.attention_scale)
+            if out is not None:
+                return out
         keys = layer_cache[0, :, first:length].unsqueeze(0)
         values = layer_cache[1, :, first:length].unsqueeze(0)
         out = F.scaled_dot_product_attention(q.unsqueeze(0).unsqueeze(2), keys, values, scale=self.attention_scale,

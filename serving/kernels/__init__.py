@@ -94,6 +94,35 @@ class Products:
                                                  scales.data_ptr(), values.shape[0], k, out.data_ptr())
         return None if failed else out
 
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+        """Llama's RMSNorm of bfloat16 rows x [rows, h] (at most MAX_ROWS): weight * (x normalised in float32,
+        rounded to bfloat16), as serving.model computes it, in one call instead of torch's half a dozen."""
+        if (x.dim() != 2 or x.shape[0] > MAX_ROWS or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16
+                or x.device.type != "cpu" or not weight.is_contiguous()):
+            return None
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        self.library.ftaas_rms_norm_bf16(x.data_ptr(), x.shape[0], x.shape[1], weight.data_ptr(), eps,
+                                         out.data_ptr())
+        return out
+
+    def decode_attention(self, q: torch.Tensor, layer_cache: torch.Tensor, first: int, length: int,
+                         scale: float) -> torch.Tensor | None:
+        """One decode row's attention, bfloat16: q [heads, head_dim] over a sequence's cached keys and values
+        layer_cache [2, kv_heads, capacity, head_dim] at positions [first, length) (grouped-query: head h reads
+        KV head h // (heads // kv_heads)); returns [1, heads, head_dim]. Scores, softmax and the weighted sum in
+        float32, as torch's flash attention for CPU computes them."""
+        heads, dim = q.shape
+        if (q.dtype != torch.bfloat16 or layer_cache.dtype != torch.bfloat16 or q.device.type != "cpu"
+                or layer_cache.stride(-1) != 1 or layer_cache.shape[-1] != dim):
+            return None
+        q = q.contiguous()
+        out = torch.empty(1, heads, dim, dtype=q.dtype)
+        failed = self.library.ftaas_decode_attention_bf16(
+            q.data_ptr(), heads, layer_cache.shape[1], dim, layer_cache[0].data_ptr(), layer_cache[1].data_ptr(),
+            layer_cache.stride(1), layer_cache.stride(2), first, length, scale, out.data_ptr())
+        return None if failed else out
+
 
 _loaded: dict[tuple[Path | None, Path], Products | None] = {}
 _lock = threading.Lock()
@@ -146,7 +175,7 @@ def _build_and_load(cache_dir: Path | None, prebuilt_dir: Path) -> Products | No
         target = folder / f"products-{_fingerprint(compiler)}.so"
         if not target.is_file():
             partial = folder / f".{target.name}.{os.getpid()}.tmp"
-            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True,
+            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"], capture_output=True,
                                     text=True, timeout=300, check=False)
             if result.returncode != 0:
                 partial.unlink(missing_ok=True)
@@ -187,7 +216,7 @@ def prebuild(folder: Path, compiler: str = "cc") -> list[Path]:
     for name, (_, march) in PREBUILT.items():
         target = folder / f"products-{name}.so"
         flags = [flag for flag in FLAGS if not flag.startswith("-march")]
-        subprocess.run([compiler, *flags, *march, str(SOURCE), "-o", str(target)], check=True, timeout=300)
+        subprocess.run([compiler, *flags, *march, str(SOURCE), "-o", str(target), "-lm"], check=True, timeout=300)
         built.append(target)
     return built
 
@@ -213,6 +242,11 @@ def _open(path: Path) -> Products | None:
     library.ftaas_products_bf16.restype = ctypes.c_int
     library.ftaas_products_int8.argtypes = [pointer, size, flag, pointer, pointer, size, size, pointer]
     library.ftaas_products_int8.restype = ctypes.c_int
+    library.ftaas_rms_norm_bf16.argtypes = [pointer, size, size, pointer, ctypes.c_float, pointer]
+    library.ftaas_rms_norm_bf16.restype = ctypes.c_int
+    library.ftaas_decode_attention_bf16.argtypes = [pointer, size, size, size, pointer, pointer, size, size, size,
+                                                    size, ctypes.c_float, pointer]
+    library.ftaas_decode_attention_bf16.restype = ctypes.c_int
     library.ftaas_products_isa.restype = ctypes.c_char_p
     isa = library.ftaas_products_isa().decode()
     if isa == "scalar":  # compiled without vector instructions: slower than the library products

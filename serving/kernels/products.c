@@ -14,6 +14,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #define MAX_ROWS 16  /* serving.kernels.MAX_ROWS uses at most 8: the library's products win beyond */
@@ -222,4 +223,75 @@ int ftaas_products_int8(const void* x, int64_t rows, int xf32, const int8_t* w, 
     }
     return failed ? -1 : 0;
 #endif
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * The rest of a decode step's per-layer work that torch spends a dozen operator calls on for one row.
+ */
+
+/* Llama's RMSNorm of bf16 rows: out = bf16(weight * bf16(x * 1 / sqrt(mean(x^2) + eps))), the mean in float32.
+ * x, out [rows, h]; weight [h]. */
+int ftaas_rms_norm_bf16(const uint16_t* x, int64_t rows, int64_t h, const uint16_t* weight, float eps,
+                        uint16_t* out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const uint16_t* row = x + r * h;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < h; i++) {
+            float value = from_bf16(row[i]);
+            sum += value * value;
+        }
+        float inverse = 1.0f / sqrtf(sum / (float)h + eps);
+        for (int64_t i = 0; i < h; i++)
+            out[r * h + i] = to_bf16(from_bf16(weight[i]) * from_bf16(to_bf16(from_bf16(row[i]) * inverse)));
+    }
+    return 0;
+}
+
+static inline float dot_bf16_f32(const float* q, const uint16_t* k, int64_t d) {
+#if defined(LANES)
+    if (d % LANES == 0) {
+        vec acc = vzero();
+        for (int64_t i = 0; i < d; i += LANES) acc = vfma(load_f32(q + i), load_bf16(k + i), acc);
+        return vsum(acc);
+    }
+#endif
+    float sum = 0.0f;
+    for (int64_t i = 0; i < d; i++) sum += q[i] * from_bf16(k[i]);
+    return sum;
+}
+
+/* One decode row's attention over its own cached keys and values, bf16: for each query head h (heads a
+ * multiple of kv_heads; head h reads KV head h / (heads / kv_heads)), softmax(scale * q_h . k_p) over positions
+ * p in [first, length) weighting v_p, summed in float32. q, out [heads, d]; key p of KV head g at
+ * keys + g * head_stride + p * position_stride (values likewise). */
+int ftaas_decode_attention_bf16(const uint16_t* q, int64_t heads, int64_t kv_heads, int64_t d, const uint16_t* keys,
+                                const uint16_t* values, int64_t head_stride, int64_t position_stride, int64_t first,
+                                int64_t length, float scale, uint16_t* out) {
+    if (kv_heads < 1 || heads % kv_heads || d > 1024 || length <= first) return -1;
+    int64_t group = heads / kv_heads, count = length - first;
+    int failed = 0;
+    #pragma omp parallel for schedule(static) reduction(|:failed) if (count * heads * d > (1 << 20))
+    for (int64_t h = 0; h < heads; h++) {
+        float qf[1024], acc[1024];
+        float* scores = malloc(count * sizeof(float));
+        if (!scores) { failed = 1; continue; }
+        const uint16_t* k = keys + (h / group) * head_stride + first * position_stride;
+        const uint16_t* v = values + (h / group) * head_stride + first * position_stride;
+        for (int64_t i = 0; i < d; i++) { qf[i] = from_bf16(q[h * d + i]); acc[i] = 0.0f; }
+        float top = -INFINITY;
+        for (int64_t p = 0; p < count; p++) {
+            scores[p] = dot_bf16_f32(qf, k + p * position_stride, d) * scale;
+            if (scores[p] > top) top = scores[p];
+        }
+        float total = 0.0f;
+        for (int64_t p = 0; p < count; p++) {
+            float weight = expf(scores[p] - top);
+            total += weight;
+            const uint16_t* vp = v + p * position_stride;
+            for (int64_t i = 0; i < d; i++) acc[i] += weight * from_bf16(vp[i]);
+        }
+        for (int64_t i = 0; i < d; i++) out[h * d + i] = to_bf16(acc[i] / total);
+        free(scores);
+    }
+    return failed ? -1 : 0;
 }

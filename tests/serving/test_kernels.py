@@ -92,6 +92,36 @@ def test_a_rows_result_does_not_depend_on_the_rows_beside_it(products: kernels.P
             assert torch.equal(together[row:row + 1], alone[row])
 
 
+def test_rms_norm_is_llamas_within_one_bf16_rounding(products: kernels.Products) -> None:
+    from serving.model import _rms_norm
+
+    generator = torch.Generator().manual_seed(5)
+    x = (torch.randn(kernels.MAX_ROWS, 576, generator=generator) * 3).to(torch.bfloat16)
+    weight = (torch.rand(576, generator=generator) + 0.5).to(torch.bfloat16)
+    expected = _rms_norm(x, weight, 1e-5)
+    ours = products.rms_norm(x, weight, 1e-5)
+    assert ours is not None and ours.dtype == torch.bfloat16
+    # two roundings to bf16 in each: where the float32 normalisation differs in its last bit, one bf16 step
+    assert ((ours.float() - expected.float()).abs() <= 2 * _bf16_ulp(expected.float())).all()
+    assert (ours == expected).float().mean() > 0.99
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "first", "length"), [(9, 3, 0, 70), (4, 4, 0, 1), (8, 2, 40, 300)])
+def test_decode_attention_is_sdpas_over_the_sequences_own_positions(products: kernels.Products, heads: int,
+                                                                     kv_heads: int, first: int, length: int) -> None:
+    """Grouped-query attention of one decode row over positions [first, length) of its cache (a sliding window
+    starts past 0), read in place from a cache with room for more positions."""
+    generator = torch.Generator().manual_seed(heads + length)
+    cache = torch.randn(2, kv_heads, 512, 64, generator=generator).to(torch.bfloat16)
+    q = torch.randn(heads, 64, generator=generator).to(torch.bfloat16)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.float()[None, :, None], cache[0, :, first:length].float()[None], cache[1, :, first:length].float()[None],
+        scale=0.125, enable_gqa=True)[0, :, 0]
+    ours = products.decode_attention(q, cache, first, length, 0.125)
+    assert ours is not None and ours.shape == (1, heads, 64)
+    assert ((ours[0].float() - expected).abs() <= _bf16_ulp(expected) + 1e-6).all()
+
+
 def test_what_the_kernels_do_not_compute_is_left_to_the_library(products: kernels.Products) -> None:
     w = torch.randn(16, 64).to(torch.bfloat16)
     assert products.bf16(torch.randn(kernels.MAX_ROWS + 1, 64).to(torch.bfloat16), w) is None  # too many rows
@@ -215,20 +245,31 @@ def test_the_engine_decodes_the_real_model_with_the_kernels_as_without(products:
     fast.kernels = counting
     with torch.inference_mode():
         fast.forward(build_step(fast, [(0, tokens[0], len(prompt) + 40)], []))
-    assert counting.computed == 4 * len(fast.layers) + 1  # every product of a decode step, the output layer's too
+    # every product of a decode step (the output layer's too), every norm (the final one too), every attention
+    layers = len(fast.layers)
+    assert counting.computed == {"products": 4 * layers + 1, "norms": 2 * layers + 1, "attention": layers}
 
 
 class _Counting(kernels.Products):
     """The kernels, counting the products they computed."""
 
-    computed = 0
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        object.__setattr__(self, "computed", {"products": 0, "norms": 0, "attention": 0})
+
+    def _count(self, kind: str, out: torch.Tensor | None) -> torch.Tensor | None:
+        self.computed[kind] += out is not None  # type: ignore[attr-defined]
+        return out
 
     def bf16(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-        out = super().bf16(x, weight)
-        object.__setattr__(self, "computed", self.computed + (out is not None))
-        return out
+        return self._count("products", super().bf16(x, weight))
 
     def int8(self, x: torch.Tensor, values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
-        out = super().int8(x, values, scales)
-        object.__setattr__(self, "computed", self.computed + (out is not None))
-        return out
+        return self._count("products", super().int8(x, values, scales))
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+        return self._count("norms", super().rms_norm(x, weight, eps))
+
+    def decode_attention(self, q: torch.Tensor, layer_cache: torch.Tensor, first: int, length: int,
+                         scale: float) -> torch.Tensor | None:
+        return self._count("attention", super().decode_attention(q, layer_cache, first, length, scale))
