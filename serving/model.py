@@ -200,6 +200,7 @@ class LlamaForward:
         #: Softmax scale of attention scores (gemma3: query_pre_attn_scalar ** -0.5, not head_dim's).
         self.attention_scale = float(getattr(config, "query_pre_attn_scalar", None) or head_dim) ** -0.5
         self.activation = _ACTIVATIONS[_activation_name(config)]
+        self.silu = _activation_name(config) == "silu"
         self.gemma_norm = model_type in _GEMMA_NORM_TYPES
         self.embed = inner.embed_tokens.weight.detach()
         scale = getattr(inner.embed_tokens, "embed_scale", None)
@@ -385,50 +386,58 @@ class LlamaForward:
         rope = [(cos[batch.positions].unsqueeze(1), sin[batch.positions].unsqueeze(1)) for cos, sin in self.rope]
         #: grouped decode: each layer's keys and values of the decode rows, stored once after the last layer
         staged: list[torch.Tensor] = []
+        #: decode rows only, few: RoPE, the cache write and attention in one kernel call per row and layer
+        fused_decode = (self.kernels is not None and not batch.decode_groups and not batch.prefills
+                        and rows == batch.real_rows <= KERNEL_ROWS and self.rotary_dim == g.head_dim)
         for index, layer in enumerate(self.layers):
             h = self._norm(x, layer.input_norm)
             qkv = self._linear(h, layer, "qkv", index, batch)
-            q_size, kv_size = g.heads * g.head_dim, g.kv_heads * g.head_dim
-            cos, sin = rope[layer.rope]
-            if layer.q_norm is not None and layer.k_norm is not None:
-                q = self._norm(qkv[:, :q_size].view(rows, g.heads, g.head_dim), layer.q_norm)
-                k = self._norm(qkv[:, q_size:q_size + kv_size].view(rows, g.kv_heads, g.head_dim), layer.k_norm)
-                q, k = _rope(q, cos, sin, self.rotary_dim), _rope(k, cos, sin, self.rotary_dim)
-            else:  # queries and keys rotated in one pass (elementwise: the same numbers as one by one)
-                qk = _rope(qkv[:, :q_size + kv_size].view(rows, g.heads + g.kv_heads, g.head_dim), cos, sin,
-                           self.rotary_dim)
-                q, k = qk[:, :g.heads], qk[:, g.heads:]
-            v = qkv[:, q_size + kv_size:].view(rows, g.kv_heads, g.head_dim)
-            keys_values = torch.stack((k, v), dim=1)  # [rows, 2, kv_heads, head_dim], as a cache stores them
-            pieces = []
-            if batch.decode_groups:
-                staged.append(keys_values[:batch.decode_count])
-                pieces.append(self._grouped_decode_attention(index, q[:batch.decode_count], keys_values, batch,
-                                                             layer.window))
-            else:
-                for row, (cache, position) in enumerate(batch.decode_caches):
-                    layer_cache = cache[index]
-                    layer_cache[:, :, position] = keys_values[row]
-                    pieces.append(self._decode_attention(q[row], layer_cache, position + 1, layer.window))
-            for start, length, slot, past in batch.prefills:
-                layer_cache = kv[slot][index]
-                layer_cache[:, :, past:past + length] = keys_values[start:start + length].permute(1, 2, 0, 3)
-                if past:  # the prompt's first `past` positions came from the prefix cache
-                    keys, values = layer_cache[0, :, :past + length], layer_cache[1, :, :past + length]
+            attended = self._fused_decode_attention(qkv, index, layer, batch) if fused_decode else None
+            if attended is None:
+                q_size, kv_size = g.heads * g.head_dim, g.kv_heads * g.head_dim
+                cos, sin = rope[layer.rope]
+                if layer.q_norm is not None and layer.k_norm is not None:
+                    q = self._norm(qkv[:, :q_size].view(rows, g.heads, g.head_dim), layer.q_norm)
+                    k = self._norm(qkv[:, q_size:q_size + kv_size].view(rows, g.kv_heads, g.head_dim), layer.k_norm)
+                    q, k = _rope(q, cos, sin, self.rotary_dim), _rope(k, cos, sin, self.rotary_dim)
+                else:  # queries and keys rotated in one pass (elementwise: the same numbers as one by one)
+                    qk = _rope(qkv[:, :q_size + kv_size].view(rows, g.heads + g.kv_heads, g.head_dim), cos, sin,
+                               self.rotary_dim)
+                    q, k = qk[:, :g.heads], qk[:, g.heads:]
+                v = qkv[:, q_size + kv_size:].view(rows, g.kv_heads, g.head_dim)
+                keys_values = torch.stack((k, v), dim=1)  # [rows, 2, kv_heads, head_dim], as a cache stores them
+                pieces = []
+                if batch.decode_groups:
+                    staged.append(keys_values[:batch.decode_count])
+                    pieces.append(self._grouped_decode_attention(index, q[:batch.decode_count], keys_values, batch,
+                                                                 layer.window))
                 else:
-                    keys, values = k[start:start + length].transpose(0, 1), v[start:start + length].transpose(0, 1)
-                pieces.append(self._prefill_attention(q[start:start + length], keys, values, past, layer.window))
-            if rows > batch.real_rows:
-                pieces.append(q.new_zeros(rows - batch.real_rows, g.heads, g.head_dim))
-            attended = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+                    for row, (cache, position) in enumerate(batch.decode_caches):
+                        layer_cache = cache[index]
+                        layer_cache[:, :, position] = keys_values[row]
+                        pieces.append(self._decode_attention(q[row], layer_cache, position + 1, layer.window))
+                for start, length, slot, past in batch.prefills:
+                    layer_cache = kv[slot][index]
+                    layer_cache[:, :, past:past + length] = keys_values[start:start + length].permute(1, 2, 0, 3)
+                    if past:  # the prompt's first `past` positions came from the prefix cache
+                        keys, values = layer_cache[0, :, :past + length], layer_cache[1, :, :past + length]
+                    else:
+                        keys, values = k[start:start + length].transpose(0, 1), v[start:start + length].transpose(0, 1)
+                    pieces.append(self._prefill_attention(q[start:start + length], keys, values, past, layer.window))
+                if rows > batch.real_rows:
+                    pieces.append(q.new_zeros(rows - batch.real_rows, g.heads, g.head_dim))
+                attended = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
             out = self._linear(attended.reshape(rows, -1), layer, "o", index, batch)
             if layer.attention_out_norm is not None:
                 out = self._norm(out, layer.attention_out_norm)
             x = x + out
             h = self._norm(x, layer.post_norm)
             gate_up = self._linear(h, layer, "gate_up", index, batch)
-            gate, up = gate_up.chunk(2, dim=-1)
-            out = self._linear(self.activation(gate) * up, layer, "down", index, batch)
+            activated = self.kernels.silu_mul(gate_up) if self.kernels is not None and self.silu else None
+            if activated is None:
+                gate, up = gate_up.chunk(2, dim=-1)
+                activated = self.activation(gate) * up
+            out = self._linear(activated, layer, "down", index, batch)
             if layer.mlp_out_norm is not None:
                 out = self._norm(out, layer.mlp_out_norm)
             x = x + out
@@ -439,6 +448,26 @@ class LlamaForward:
         last = x[batch.logit_rows]
         last = self._norm(_pad_rows(last, self.tile_rows), self.final_norm)
         return self._dense(last, self.lm_head)[:len(batch.logit_rows)].float()
+
+    def _fused_decode_attention(self, qkv: torch.Tensor, index: int, layer: LayerWeights,
+                                batch: StepBatch) -> torch.Tensor | None:
+        """The decode rows' attention by the kernels (serving.kernels.Products.decode_rope_attention): RoPE,
+        the cache write and attention, one call per row; None where they do not compute this layer (per-head
+        q/k norms, or operands they refuse), which the caller then computes itself (rewriting any cache
+        position written here with the same values)."""
+        assert self.kernels is not None
+        if layer.q_norm is not None:
+            return None
+        cos, sin = self.rope[layer.rope]
+        pieces = []
+        for row, (cache, position) in enumerate(batch.decode_caches):
+            first = 0 if layer.window is None else max(0, position + 1 - layer.window)
+            out = self.kernels.decode_rope_attention(qkv[row], self.geometry.heads, cos[position], sin[position],
+                                                     cache[index], position, first, self.attention_scale)
+            if out is None:
+                return None
+            pieces.append(out)
+        return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
     def _linear(self, x: torch.Tensor, layer: LayerWeights, group: str, index: int, batch: StepBatch) -> torch.Tensor:
         """One module group's product for every row, with each row's adapter: IA3 input scales, the base

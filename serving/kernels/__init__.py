@@ -106,6 +106,39 @@ class Products:
                                          out.data_ptr())
         return out
 
+    def decode_rope_attention(self, qkv: torch.Tensor, heads: int, cos: torch.Tensor, signed_sin: torch.Tensor,
+                              layer_cache: torch.Tensor, position: int, first: int, scale: float
+                              ) -> torch.Tensor | None:
+        """A decode row's attention from its fused q/k/v product, bfloat16: queries and keys rotated by RoPE
+        (cos and signed sin of the row's position, [head_dim] each: serving.model._rope's operations, bitwise),
+        the key and value stored at `position` of layer_cache [2, kv_heads, capacity, head_dim], then
+        `decode_attention` over [first, position]. qkv [(heads + 2 kv_heads) * head_dim]; returns
+        [1, heads, head_dim]. None (nothing written) where the operands do not fit."""
+        kv_heads, dim = layer_cache.shape[1], layer_cache.shape[-1]
+        if (qkv.dtype != torch.bfloat16 or layer_cache.dtype != torch.bfloat16 or cos.dtype != torch.bfloat16
+                or signed_sin.dtype != torch.bfloat16 or qkv.device.type != "cpu" or layer_cache.stride(-1) != 1
+                or qkv.numel() != (heads + 2 * kv_heads) * dim or cos.numel() != dim or signed_sin.numel() != dim
+                or position >= layer_cache.shape[2]):
+            return None
+        qkv, cos, signed_sin = qkv.contiguous(), cos.contiguous(), signed_sin.contiguous()
+        out = torch.empty(1, heads, dim, dtype=qkv.dtype)
+        failed = self.library.ftaas_decode_rope_attention_bf16(
+            qkv.data_ptr(), heads, kv_heads, dim, cos.data_ptr(), signed_sin.data_ptr(), layer_cache[0].data_ptr(),
+            layer_cache[1].data_ptr(), layer_cache.stride(1), layer_cache.stride(2), position, first, scale,
+            out.data_ptr())
+        return None if failed else out
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor | None:
+        """The gated MLP's silu(gate) * up of bfloat16 rows gate_up [rows, 2n] (gate, then up), rounded as
+        torch's bfloat16 operations round: [rows, n]."""
+        if (gate_up.dim() != 2 or gate_up.shape[0] > MAX_ROWS or gate_up.dtype != torch.bfloat16
+                or gate_up.device.type != "cpu" or gate_up.shape[1] % 2):
+            return None
+        gate_up = gate_up.contiguous()
+        out = torch.empty(gate_up.shape[0], gate_up.shape[1] // 2, dtype=gate_up.dtype)
+        self.library.ftaas_silu_mul_bf16(gate_up.data_ptr(), gate_up.shape[0], gate_up.shape[1] // 2, out.data_ptr())
+        return out
+
     def decode_attention(self, q: torch.Tensor, layer_cache: torch.Tensor, first: int, length: int,
                          scale: float) -> torch.Tensor | None:
         """One decode row's attention, bfloat16: q [heads, head_dim] over a sequence's cached keys and values
@@ -247,6 +280,11 @@ def _open(path: Path) -> Products | None:
     library.ftaas_decode_attention_bf16.argtypes = [pointer, size, size, size, pointer, pointer, size, size, size,
                                                     size, ctypes.c_float, pointer]
     library.ftaas_decode_attention_bf16.restype = ctypes.c_int
+    library.ftaas_decode_rope_attention_bf16.argtypes = [pointer, size, size, size, pointer, pointer, pointer,
+                                                         pointer, size, size, size, size, ctypes.c_float, pointer]
+    library.ftaas_decode_rope_attention_bf16.restype = ctypes.c_int
+    library.ftaas_silu_mul_bf16.argtypes = [pointer, size, size, pointer]
+    library.ftaas_silu_mul_bf16.restype = ctypes.c_int
     library.ftaas_products_isa.restype = ctypes.c_char_p
     isa = library.ftaas_products_isa().decode()
     if isa == "scalar":  # compiled without vector instructions: slower than the library products

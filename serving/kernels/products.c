@@ -295,3 +295,47 @@ int ftaas_decode_attention_bf16(const uint16_t* q, int64_t heads, int64_t kv_hea
     }
     return failed ? -1 : 0;
 }
+
+/* One decode row's attention after RoPE, as the engine computes a decode step of a Llama layer: the row's
+ * query and key heads (qkv [heads + 2 * kv_heads, d]: queries, keys, values) rotated by the position's cos and
+ * signed sin ([d] each; bitwise serving.model._rope's bf16 operations: x * cos + roll(x, d / 2) * signed_sin,
+ * each product and the sum rounded to bf16), its key and value written to the cache at `position`, then
+ * attention over positions [first, position] (`ftaas_decode_attention_bf16`). out [heads, d]. */
+int ftaas_decode_rope_attention_bf16(const uint16_t* qkv, int64_t heads, int64_t kv_heads, int64_t d,
+                                     const uint16_t* cos, const uint16_t* signed_sin, uint16_t* keys,
+                                     uint16_t* values, int64_t head_stride, int64_t position_stride,
+                                     int64_t position, int64_t first, float scale, uint16_t* out) {
+    if (kv_heads < 1 || heads % kv_heads || d > 1024 || d % 2 || position < first) return -1;
+    uint16_t* rotated = malloc((heads + kv_heads) * d * sizeof(uint16_t));
+    if (!rotated) return -1;
+    int64_t half = d / 2;
+    for (int64_t h = 0; h < heads + kv_heads; h++) {
+        const uint16_t* x = qkv + h * d;
+        for (int64_t i = 0; i < d; i++) {
+            float straight = from_bf16(to_bf16(from_bf16(x[i]) * from_bf16(cos[i])));
+            float turned = from_bf16(to_bf16(from_bf16(x[(i + half) % d]) * from_bf16(signed_sin[i])));
+            rotated[h * d + i] = to_bf16(straight + turned);
+        }
+    }
+    for (int64_t g = 0; g < kv_heads; g++) {
+        memcpy(keys + g * head_stride + position * position_stride, rotated + (heads + g) * d, d * sizeof(uint16_t));
+        memcpy(values + g * head_stride + position * position_stride, qkv + (heads + kv_heads + g) * d,
+               d * sizeof(uint16_t));
+    }
+    int failed = ftaas_decode_attention_bf16(rotated, heads, kv_heads, d, keys, values, head_stride,
+                                             position_stride, first, position + 1, scale, out);
+    free(rotated);
+    return failed;
+}
+
+/* The gated MLP's activation of bf16 rows: out [rows, n] = bf16(bf16(silu(gate)) * up), gate_up [rows, 2n] (gate
+ * then up), silu computed in float32 and rounded as torch's bf16 F.silu is. */
+int ftaas_silu_mul_bf16(const uint16_t* gate_up, int64_t rows, int64_t n, uint16_t* out) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < n; i++) {
+            float gate = from_bf16(gate_up[r * 2 * n + i]);
+            float activated = from_bf16(to_bf16(gate / (1.0f + expf(-gate))));
+            out[r * n + i] = to_bf16(activated * from_bf16(gate_up[r * 2 * n + n + i]));
+        }
+    return 0;
+}

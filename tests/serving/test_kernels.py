@@ -122,6 +122,41 @@ def test_decode_attention_is_sdpas_over_the_sequences_own_positions(products: ke
     assert ((ours[0].float() - expected).abs() <= _bf16_ulp(expected) + 1e-6).all()
 
 
+def test_a_decode_rows_rope_cache_write_and_attention_are_the_engines(products: kernels.Products) -> None:
+    """The fused call: keys rotated bitwise as serving.model._rope rotates them and stored at the row's position,
+    values stored as they are, attention over the positions up to it."""
+    from serving.model import _rope
+
+    generator = torch.Generator().manual_seed(11)
+    heads, kv_heads, dim, position = 9, 3, 64, 37
+    cache = torch.randn(2, kv_heads, 128, dim, generator=generator).to(torch.bfloat16)
+    before = cache.clone()
+    qkv = torch.randn((heads + 2 * kv_heads) * dim, generator=generator).to(torch.bfloat16)
+    angles = torch.rand(dim // 2, generator=generator).repeat(2) * position
+    cos, sin = angles.cos().to(torch.bfloat16), angles.sin().to(torch.bfloat16)
+    signed_sin = torch.cat((-sin[:dim // 2], sin[dim // 2:]))
+    rotated = _rope(qkv[:(heads + kv_heads) * dim].view(1, heads + kv_heads, dim), cos, signed_sin, dim)[0]
+    out = products.decode_rope_attention(qkv, heads, cos, signed_sin, cache, position, 5, 0.125)
+    assert out is not None
+    assert torch.equal(cache[0, :, position], rotated[heads:])
+    assert torch.equal(cache[1, :, position], qkv[(heads + kv_heads) * dim:].view(kv_heads, dim))
+    cache[:, :, position] = before[:, :, position]
+    assert torch.equal(cache, before)  # nothing else written
+    cache[0, :, position], cache[1, :, position] = rotated[heads:], qkv[(heads + kv_heads) * dim:].view(kv_heads, dim)
+    expected = products.decode_attention(rotated[:heads], cache, 5, position + 1, 0.125)
+    assert expected is not None and torch.equal(out, expected)
+
+
+def test_the_mlps_activation_is_silu_gate_times_up(products: kernels.Products) -> None:
+    gate_up = (torch.randn(3, 2 * 1536) * 4).to(torch.bfloat16)
+    gate, up = gate_up.chunk(2, dim=-1)
+    expected = torch.nn.functional.silu(gate) * up
+    ours = products.silu_mul(gate_up)
+    assert ours is not None
+    assert ((ours.float() - expected.float()).abs() <= 2 * _bf16_ulp(expected.float())).all()
+    assert (ours == expected).float().mean() > 0.99
+
+
 def test_what_the_kernels_do_not_compute_is_left_to_the_library(products: kernels.Products) -> None:
     w = torch.randn(16, 64).to(torch.bfloat16)
     assert products.bf16(torch.randn(kernels.MAX_ROWS + 1, 64).to(torch.bfloat16), w) is None  # too many rows
@@ -246,8 +281,10 @@ def test_the_engine_decodes_the_real_model_with_the_kernels_as_without(products:
     with torch.inference_mode():
         fast.forward(build_step(fast, [(0, tokens[0], len(prompt) + 40)], []))
     # every product of a decode step (the output layer's too), every norm (the final one too), every attention
+    # with its RoPE and cache write, every MLP activation
     layers = len(fast.layers)
-    assert counting.computed == {"products": 4 * layers + 1, "norms": 2 * layers + 1, "attention": layers}
+    assert counting.computed == {"products": 4 * layers + 1, "norms": 2 * layers + 1, "attention": layers,
+                                 "activations": layers}
 
 
 class _Counting(kernels.Products):
@@ -255,7 +292,7 @@ class _Counting(kernels.Products):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        object.__setattr__(self, "computed", {"products": 0, "norms": 0, "attention": 0})
+        object.__setattr__(self, "computed", {"products": 0, "norms": 0, "attention": 0, "activations": 0})
 
     def _count(self, kind: str, out: torch.Tensor | None) -> torch.Tensor | None:
         self.computed[kind] += out is not None  # type: ignore[attr-defined]
@@ -270,6 +307,40 @@ class _Counting(kernels.Products):
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
         return self._count("norms", super().rms_norm(x, weight, eps))
 
-    def decode_attention(self, q: torch.Tensor, layer_cache: torch.Tensor, first: int, length: int,
-                         scale: float) -> torch.Tensor | None:
-        return self._count("attention", super().decode_attention(q, layer_cache, first, length, scale))
+    def decode_rope_attention(self, qkv: torch.Tensor, heads: int, cos: torch.Tensor, signed_sin: torch.Tensor,
+                              layer_cache: torch.Tensor, position: int, first: int, scale: float
+                              ) -> torch.Tensor | None:
+        return self._count("attention", super().decode_rope_attention(qkv, heads, cos, signed_sin, layer_cache,
+                                                                      position, first, scale))
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor | None:
+        return self._count("activations", super().silu_mul(gate_up))
+
+
+def test_the_service_decodes_on_the_kernels_where_the_measurement_took_them(start_serving: Any,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service's engine gets the kernels where the decode measurement found them faster (simulated here, as
+    the measurement on the demo model's tiny shapes may go either way), not with FTAAS_SERVING_KERNELS=off, not
+    batch-invariant, and not where the measurement found the library's products faster."""
+    from contracts.settings import DEMO_BASE_MODEL
+    from serving.fast_paths import DecodeChoice
+    from serving.service import InferenceService
+
+    if not (X86 and COMPILER):
+        pytest.skip("the kernels are built on x86-64 with a C compiler")
+    chosen = {"choice": DecodeChoice("bfloat16", kernels=True)}
+    monkeypatch.setattr(InferenceService, "_measured_choice", lambda self, base_model: chosen["choice"])
+
+    def forward_of(**overrides: Any) -> Any:
+        live = start_serving(**overrides)
+        answer = live.client().chat.completions.create(model=DEMO_BASE_MODEL, max_tokens=6,
+                                                       messages=[{"role": "user", "content": "Say hello."}])
+        assert answer.choices[0].message.content
+        return live.inference.engine_for(DEMO_BASE_MODEL).engine.forward
+
+    taken = forward_of()
+    assert taken.kernels is not None and taken.dtype == torch.bfloat16
+    assert forward_of(serving_kernels="off").kernels is None
+    assert forward_of(serving_batch_invariant=True).kernels is None
+    chosen["choice"] = DecodeChoice("bfloat16", kernels=False)
+    assert forward_of().kernels is None
