@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from basemodels import smollm2  # noqa: E402
+from serving import kernels as decode_kernels  # noqa: E402
 from serving.engine import (  # noqa: E402
     Engine,
     FinishEvent,
@@ -46,7 +47,6 @@ from serving.engine import (  # noqa: E402
     Sequence,
     TokenEvent,
 )
-from serving import kernels as decode_kernels  # noqa: E402
 from serving.model import LlamaForward, build_step  # noqa: E402
 from serving.threads import single_threaded_torch  # noqa: E402
 

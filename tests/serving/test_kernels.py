@@ -21,7 +21,7 @@ from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from contracts.settings import PACKAGED_BASE_MODEL, PACKAGED_BASE_MODEL_SOURCE
 from serving import kernels
-from serving.model import LlamaForward, build_step
+from serving.model import LlamaForward, WeightFormat, build_step
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 COMPILER = shutil.which("cc") or shutil.which("gcc")
@@ -256,13 +256,13 @@ def _teacher_forced_logits(forward: LlamaForward, prompt: list[int], tokens: lis
 
 @pytest.mark.parametrize("weights", ["model", "int8"])
 def test_the_engine_decodes_the_real_model_with_the_kernels_as_without(products: kernels.Products, real_model: Any,
-                                                                       weights: str) -> None:
+                                                                       weights: WeightFormat) -> None:
     """Teacher-forced on the same tokens, the kernels' logits are the library's up to bfloat16 rounding (measured
     on SmolLM2 against float32: top-1 98.4 % either way in bf16, 93.0 % either way with int8 weights;
     docs/serving.md "Decode kernels"), and their products are the ones the engine uses for one stream."""
     prompt = [1, 504, 3458, 314, 260, 2443, 282, 4649, 30, 198] * 3
-    library = LlamaForward(real_model, max_slots=1, max_context=128, tile_rows=1, weights=weights)  # type: ignore[arg-type]
-    fast = LlamaForward(real_model, max_slots=1, max_context=128, tile_rows=1, weights=weights,  # type: ignore[arg-type]
+    library = LlamaForward(real_model, max_slots=1, max_context=128, tile_rows=1, weights=weights)
+    fast = LlamaForward(real_model, max_slots=1, max_context=128, tile_rows=1, weights=weights,
                         kernels=products)
     with torch.inference_mode():
         tokens, logits = [], library.forward(build_step(library, [], [(0, prompt)]))[0]
@@ -270,7 +270,7 @@ def test_the_engine_decodes_the_real_model_with_the_kernels_as_without(products:
             tokens.append(int(logits.argmax()))
             logits = library.forward(build_step(library, [(0, tokens[-1], len(prompt) + step)], []))[0]
     expected = _teacher_forced_logits(LlamaForward(real_model, max_slots=1, max_context=128, tile_rows=1,
-                                                   weights=weights), prompt, tokens)  # type: ignore[arg-type]
+                                                   weights=weights), prompt, tokens)
     ours = _teacher_forced_logits(fast, prompt, tokens)
     agreement = (ours.argmax(-1) == expected.argmax(-1)).float().mean().item()
     error = (ours - expected).abs()
