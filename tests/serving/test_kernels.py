@@ -290,12 +290,14 @@ def test_the_engine_decodes_the_real_model_with_the_kernels_as_without(products:
 class _Counting(kernels.Products):
     """The kernels, counting the products they computed."""
 
+    computed: dict[str, int]
+
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         object.__setattr__(self, "computed", {"products": 0, "norms": 0, "attention": 0, "activations": 0})
 
     def _count(self, kind: str, out: torch.Tensor | None) -> torch.Tensor | None:
-        self.computed[kind] += out is not None  # type: ignore[attr-defined]
+        self.computed[kind] += out is not None
         return out
 
     def bf16(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
