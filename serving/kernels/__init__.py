@@ -1,4 +1,4 @@
-"""Few-row matrix products compiled for this CPU: what a decode step spends most of its time in.
+"""Decode kernels: the work of a decode step of few rows, compiled for this CPU (`products.c`).
 
 A decode step of one stream multiplies one row by every weight of the model: it reads each weight once and
 waits on memory. The library products torch offers for that (oneDNN's linear with pre-packed bf16 weights,
@@ -6,18 +6,19 @@ waits on memory. The library products torch offers for that (oneDNN's linear wit
 same machine streams 31-34 GB/s (docs/serving.md, "Decode kernels"). `products.c` reads each weight row from
 start to end, one sequential stream per thread, and reaches the machine's speed: 1.5x oneDNN for one bf16
 row, 1.7x torch for one int8 row, level with them at 4-8 rows and slower beyond, so the engine uses it for at
-most `MAX_ROWS` rows and the library products for more.
+most `MAX_ROWS` rows and the library products for more. The rest of a layer's work for one row (RMSNorm,
+RoPE with the cache write and attention, the MLP's activation) costs torch a dozen operator calls, about as
+much time again as the products for a small model; here it is one call each.
 
-Why a hand-written kernel: no library on PyPI gives a bandwidth-bound GEMV for torch tensors on CPU (llama.cpp's
-ggml has one, inside a 15-minute build; torch.compile's inductor generated slower code than eager here). Why C
-through ctypes and not a torch extension: a torch extension compiles against torch's headers for a minute on
-2 cores; this file compiles in half a second with the system's C compiler (`cc`), for the CPU it runs on
-(`-march=native`), once per machine: the library is cached by source, compiler and CPU. Where no C compiler is
-installed, or it fails, `load` returns None and the engine keeps the library products.
-
-Where no compiler is installed (the container image's runtime stage), prebuilt libraries are used: the image's
-builder stage compiles one per x86-64 level (`python -m serving.kernels DIR`, `PREBUILT`) into the package, and
-`load` takes the most capable one this CPU's flags allow.
+Why hand-written: no library on PyPI gives a bandwidth-bound few-row product for torch tensors on a CPU
+(llama.cpp's ggml has one, inside a 15-minute build; torch.compile's inductor generated slower code than eager
+here). Why C through ctypes and not a torch extension: a torch extension compiles against torch's headers for
+a minute on 2 cores; this file compiles in half a second with the system's C compiler (`cc`), for the CPU it
+runs on (`-march=native`), once per machine: the library is cached by source, compiler and CPU. Where no
+compiler is installed (the container image's runtime stage), the most capable prebuilt library this CPU's
+flags allow is loaded (the image's builder stage compiles one per x86-64 level: `python -m serving.kernels`,
+`PREBUILT`); where there is none either, or the compiler fails, `load` returns None and the engine keeps
+torch's operators.
 
 The OpenMP runtime is the one torch loaded (the library names libgomp.so.1, which the dynamic linker finds
 already loaded), so the calling thread's torch thread count bounds the kernel's threads too; `load` refuses a
@@ -162,9 +163,9 @@ _lock = threading.Lock()
 
 
 def load(cache_dir: Path | None, prebuilt: Path = PREBUILT_DIR) -> Products | None:
-    """The kernels compiled for this CPU (cached under `cache_dir/kernels`; a temporary folder where None), or
-    without a C compiler the most capable of those in `prebuilt` this CPU runs; None where there are none to
-    load here (logged once per process)."""
+    """The kernels compiled for this CPU (cached under `cache_dir/kernels`; where None, compiled into a private
+    temporary folder of this process), or without a C compiler the most capable of those in `prebuilt` this
+    CPU runs; None where there are none to load here (logged once per process)."""
     with _lock:
         if (cache_dir, prebuilt) not in _loaded:
             _loaded[cache_dir, prebuilt] = _build_and_load(cache_dir, prebuilt)
@@ -198,12 +199,14 @@ def _build_and_load(cache_dir: Path | None, prebuilt_dir: Path) -> Products | No
     if compiler is None:
         prebuilt = _prebuilt(prebuilt_dir)
         if prebuilt is not None:
-            return _open(prebuilt)
+            return open_library(prebuilt)
         log.info("decode kernels not built: no C compiler (cc) on this machine and none prebuilt for its CPU; "
                  "library products are used")
         return None
     try:
-        folder = (cache_dir if cache_dir is not None else Path(tempfile.gettempdir()) / "ftaas") / "kernels"
+        # Without a cache folder, a private one for this process: a shared temporary folder would let another
+        # local user plant the library this process loads.
+        folder = cache_dir / "kernels" if cache_dir is not None else Path(tempfile.mkdtemp(prefix="ftaas-kernels-"))
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"products-{_fingerprint(compiler)}.so"
         if not target.is_file():
@@ -216,7 +219,7 @@ def _build_and_load(cache_dir: Path | None, prebuilt_dir: Path) -> Products | No
                             result.stderr.strip()[-500:])
                 return None
             partial.replace(target)  # atomic: processes building at once each install a whole file
-        return _open(target)
+        return open_library(target)
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("decode kernels not built or loaded (%s); library products are used", exc)
         return None
@@ -262,7 +265,8 @@ def _openmp_runtimes() -> set[str]:
     return {line.split()[-1] for line in maps.splitlines() if "libgomp" in line or "libiomp" in line}
 
 
-def _open(path: Path) -> Products | None:
+def open_library(path: Path) -> Products | None:
+    """A compiled library's kernels (None where it would add an OpenMP runtime or has no vector code)."""
     before = _openmp_runtimes()
     library = ctypes.CDLL(str(path))
     after = _openmp_runtimes()

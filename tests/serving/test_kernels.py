@@ -230,6 +230,41 @@ def test_without_a_c_compiler_the_prebuilt_kernels_for_this_cpu_are_loaded_or_no
     assert not list((tmp_path / "cache").glob("kernels/*.so"))  # nothing compiled
 
 
+def test_every_prebuilt_level_this_cpu_runs_computes_the_same_results(products: kernels.Products,
+                                                                     tmp_path: Path) -> None:
+    """The AVX2 and AVX-512 code paths (what a CPU without AVX-512 BF16 runs) agree with this CPU's own build."""
+    prebuilt = tmp_path / "prebuilt"
+    subprocess.run([sys.executable, "-m", "serving.kernels", str(prebuilt)], check=True, timeout=300,
+                   cwd=Path(__file__).parents[2], capture_output=True)
+    flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split(":", 1)[1].split())
+    generator = torch.Generator().manual_seed(2)
+    w = torch.randn(96, 576, generator=generator).to(torch.bfloat16)
+    x = torch.randn(3, 576, generator=generator).to(torch.bfloat16)
+    values = torch.randint(-127, 128, (96, 576), generator=generator, dtype=torch.int8)
+    scales = torch.rand(96, generator=generator) * 0.01
+    cache = torch.randn(2, 3, 64, 64, generator=generator).to(torch.bfloat16)
+    q = torch.randn(9, 64, generator=generator).to(torch.bfloat16)
+    exact = x.double() @ w.double().T
+    ran = []
+    for name, (needed, _) in kernels.PREBUILT.items():
+        if not set(needed) <= flags:
+            continue
+        level = kernels.open_library(prebuilt / f"products-{name}.so")
+        assert level is not None and level.isa == name
+        out = level.bf16(x, w)
+        assert out is not None
+        assert ((out.double() - exact).abs() <= _bf16_ulp(exact) / 2 + _sum_bound(x, w) * 1.01).all()
+        for method, args in (("int8", (x, values, scales)), ("rms_norm", (x, w[0], 1e-5)),
+                             ("decode_attention", (q, cache, 0, 40, 0.125)), ("silu_mul", (x,))):
+            ours, reference = getattr(level, method)(*args), getattr(products, method)(*args)
+            assert ours is not None and reference is not None
+            assert torch.allclose(ours.float(), reference.float(), rtol=0.01, atol=0.01), (name, method)
+        ran.append(name)
+    assert ran, "this x86-64 CPU runs none of the prebuilt levels"
+    print("levels checked:", ran)
+
+
 def test_the_library_is_built_once_per_machine(products: kernels.Products, model_cache_dir: Path) -> None:
     assert products.path.parent == model_cache_dir / "kernels" and products.path.is_file()
     built_at = products.path.stat().st_mtime_ns
