@@ -146,6 +146,34 @@ static void to_f32(const void* x, int xf32, int64_t count, float* out) {
     if (xf32) memcpy(out, x, count * sizeof(float));
     else for (int64_t i = 0; i < count; i++) out[i] = from_bf16(((const uint16_t*)x)[i]);
 }
+
+/* The products that widen weights to float32 as they read them: bf16 weights (`scales` NULL) or int8 weights
+ * times each output row's scale. The activations are widened once per thread. */
+static int widened_products(const void* x, int64_t rows, int xf32, const void* w, const float* scales, int64_t n,
+                            int64_t k, void* y) {
+    int failed = 0;
+    #pragma omp parallel reduction(|:failed)
+    {
+        float* xs = malloc(rows * k * sizeof(float));
+        if (xs) to_f32(x, xf32, rows * k, xs);
+        else failed = 1;
+        #pragma omp for schedule(static)
+        for (int64_t j = 0; j < n; j++) {
+            float out[ROW_BLOCK];
+            if (!xs) continue;
+            for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+                int nr = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
+#define WIDENED_BF16(c) rows_bf16_converted(xs + r0 * k, c, (const uint16_t*)w + j * k, k, out)
+#define WIDENED_INT8(c) rows_i8(xs + r0 * k, c, (const int8_t*)w + j * k, k, out)
+                if (scales) BY_ROWS(WIDENED_INT8, nr);
+                else BY_ROWS(WIDENED_BF16, nr);
+                for (int r = 0; r < nr; r++) store(y, xf32, (r0 + r) * n + j, scales ? out[r] * scales[j] : out[r]);
+            }
+        }
+        free(xs);
+    }
+    return failed ? -1 : 0;
+}
 #endif
 
 /* y [rows, n] = x [rows, k] @ w.T, w bf16 [n, k]; x and y bf16, or float32 where xf32. k % 32 == 0. */
@@ -170,26 +198,7 @@ int ftaas_products_bf16(const void* x, int64_t rows, int xf32, const uint16_t* w
         return 0;
     }
 #endif
-    int failed = 0;
-    #pragma omp parallel reduction(|:failed)
-    {
-        float* xs = malloc(rows * k * sizeof(float));  /* the activations as float32, per thread */
-        if (xs) to_f32(x, xf32, rows * k, xs);
-        else failed = 1;
-        #pragma omp for schedule(static)
-        for (int64_t j = 0; j < n; j++) {
-            float out[ROW_BLOCK];
-            if (!xs) continue;
-            for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
-                int nr = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
-#define CONVERTED(c) rows_bf16_converted(xs + r0 * k, c, w + j * k, k, out)
-                BY_ROWS(CONVERTED, nr);
-                for (int r = 0; r < nr; r++) store(y, xf32, (r0 + r) * n + j, out[r]);
-            }
-        }
-        free(xs);
-    }
-    return failed ? -1 : 0;
+    return widened_products(x, rows, xf32, w, NULL, n, k, y);
 #endif
 }
 
@@ -202,26 +211,7 @@ int ftaas_products_int8(const void* x, int64_t rows, int xf32, const int8_t* w, 
     return -1;
 #else
     if (k % 32 || rows < 1 || rows > MAX_ROWS) return -1;
-    int failed = 0;
-    #pragma omp parallel reduction(|:failed)
-    {
-        float* xs = malloc(rows * k * sizeof(float));  /* the activations as float32, per thread */
-        if (xs) to_f32(x, xf32, rows * k, xs);
-        else failed = 1;
-        #pragma omp for schedule(static)
-        for (int64_t j = 0; j < n; j++) {
-            float out[ROW_BLOCK];
-            if (!xs) continue;
-            for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
-                int nr = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
-#define INT8(c) rows_i8(xs + r0 * k, c, w + j * k, k, out)
-                BY_ROWS(INT8, nr);
-                for (int r = 0; r < nr; r++) store(y, xf32, (r0 + r) * n + j, out[r] * scales[j]);
-            }
-        }
-        free(xs);
-    }
-    return failed ? -1 : 0;
+    return widened_products(x, rows, xf32, w, scales, n, k, y);
 #endif
 }
 

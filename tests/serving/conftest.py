@@ -152,6 +152,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def served_forward(start_serving: Callable[..., LiveServing], **overrides: Any) -> LlamaForward:
+    """The demo model's forward pass as a server started with `overrides` builds it, after one chat answered."""
+    live = start_serving(**overrides)
+    answer = live.client().chat.completions.create(model=DEMO_BASE_MODEL, max_tokens=4,
+                                                   messages=[{"role": "user", "content": "Say hello."}])
+    assert answer.choices[0].message.content
+    return live.inference.engine_for(DEMO_BASE_MODEL).engine.forward
+
+
 @pytest.fixture
 def start_serving(tmp_path: Path, model_cache_dir: Path) -> Iterator[Callable[..., LiveServing]]:
     """start_serving(**setting overrides) -> a running server; stopped (and drained) after the test."""

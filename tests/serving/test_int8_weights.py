@@ -19,6 +19,7 @@ from basemodels.registry import BaseModelRegistry
 from contracts.settings import DEMO_BASE_MODEL, PACKAGED_BASE_MODEL, PACKAGED_BASE_MODEL_SOURCE, Settings
 from serving.fast_paths import DecodeChoice
 from serving.model import Int8Weight, LlamaForward, build_step, refuse_int8
+from tests.serving.conftest import served_forward
 from tests.serving.test_fast_paths import engine_seconds
 
 PROMPTS = ["What is the capital of France?", "Write a short poem about the sea.",
@@ -123,16 +124,9 @@ def test_auto_weights_are_int8_where_the_decode_measurement_chose_them(start_ser
 
     monkeypatch.setattr(InferenceService, "_measured_choice", lambda self, base_model: DecodeChoice("int8"))
 
-    def forward_of(**overrides: Any) -> Any:
-        live = start_serving(**overrides)
-        answer = live.client().chat.completions.create(model=DEMO_BASE_MODEL, max_tokens=4,
-                                                       messages=[{"role": "user", "content": "Say hello."}])
-        assert answer.choices[0].message.content
-        return live.inference.engine_for(DEMO_BASE_MODEL).engine.forward
-
-    chosen = forward_of()
+    chosen = served_forward(start_serving)
     assert chosen.weight_format == "int8" and chosen.dtype == torch.bfloat16
     assert isinstance(chosen.layers[0].linear["qkv"][0], Int8Weight)
     for overrides in ({"serving_weights": "full"}, {"serving_batch_invariant": True}):
-        full = forward_of(**overrides)
+        full = served_forward(start_serving, **overrides)
         assert full.weight_format == "model" and full.dtype == torch.float32, overrides

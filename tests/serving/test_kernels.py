@@ -22,6 +22,7 @@ from basemodels.registry import BaseModelRegistry
 from contracts.settings import PACKAGED_BASE_MODEL, PACKAGED_BASE_MODEL_SOURCE
 from serving import kernels
 from serving.model import LlamaForward, WeightFormat, build_step
+from tests.serving.conftest import served_forward
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 COMPILER = shutil.which("cc") or shutil.which("gcc")
@@ -359,7 +360,6 @@ def test_the_service_decodes_on_the_kernels_where_the_measurement_took_them(star
     """The service's engine gets the kernels where the decode measurement found them faster (simulated here, as
     the measurement on the demo model's tiny shapes may go either way), not with FTAAS_SERVING_KERNELS=off, not
     batch-invariant, and not where the measurement found the library's products faster."""
-    from contracts.settings import DEMO_BASE_MODEL
     from serving.fast_paths import DecodeChoice
     from serving.service import InferenceService
 
@@ -368,16 +368,9 @@ def test_the_service_decodes_on_the_kernels_where_the_measurement_took_them(star
     chosen = {"choice": DecodeChoice("bfloat16", kernels=True)}
     monkeypatch.setattr(InferenceService, "_measured_choice", lambda self, base_model: chosen["choice"])
 
-    def forward_of(**overrides: Any) -> Any:
-        live = start_serving(**overrides)
-        answer = live.client().chat.completions.create(model=DEMO_BASE_MODEL, max_tokens=6,
-                                                       messages=[{"role": "user", "content": "Say hello."}])
-        assert answer.choices[0].message.content
-        return live.inference.engine_for(DEMO_BASE_MODEL).engine.forward
-
-    taken = forward_of()
+    taken = served_forward(start_serving)
     assert taken.kernels is not None and taken.dtype == torch.bfloat16
-    assert forward_of(serving_kernels="off").kernels is None
-    assert forward_of(serving_batch_invariant=True).kernels is None
+    assert served_forward(start_serving, serving_kernels="off").kernels is None
+    assert served_forward(start_serving, serving_batch_invariant=True).kernels is None
     chosen["choice"] = DecodeChoice("bfloat16", kernels=False)
-    assert forward_of().kernels is None
+    assert served_forward(start_serving).kernels is None
