@@ -70,7 +70,8 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str, str]:
     env = {**os.environ, "FTAAS_DATA_DIR": str(data_dir), "FTAAS_BOOTSTRAP_API_KEY": key}
     log = (data_dir.parent / "server.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "ftaas.cli", "up", "--port", str(port), "--data-dir",
-                                str(data_dir)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                str(data_dir), "--verbose"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600  # the first start converts the packaged model
     while time.monotonic() < deadline:

@@ -68,8 +68,8 @@ class Service:
         self.log = work / f"up-{mode}.log"
         with self.log.open("ab") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "ftaas.cli", "up", "--port", str(self.port),
-                                             "--data-dir", str(data)], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                             "--data-dir", str(data), "--verbose"], env=env, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -21,9 +21,17 @@ def _settings(**overrides: object) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _configure_logging(settings: Settings, log_file: Path | None = None) -> None:
+    """Logs at the settings' level to stderr; with `log_file`, there instead, and only warnings to stderr."""
+    form = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers[0].setLevel(logging.WARNING)
+        handlers.append(logging.FileHandler(log_file))
+    for handler in handlers:
+        handler.setFormatter(form)
+    logging.basicConfig(level=settings.log_level.upper(), handlers=handlers)
     for noisy in ("httpx", "botocore", "urllib3", "filelock", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -41,13 +49,15 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="Port to bind (default 8000, FTAAS_PORT).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Data directory (default ~/.local/share/ftaas, FTAAS_DATA_DIR).")
-def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
+@click.option("--verbose", "-v", is_flag=True,
+              help="Every process's log on this terminal (default: in <data dir>/logs, warnings here).")
+def up(host: str | None, port: int | None, data_dir: Path | None, verbose: bool) -> None:
     """API + workers + serving + relay in one command, on the embedded default (no servers needed)."""
-    from ftaas.launcher import run_embedded
+    from ftaas.launcher import log_folder, run_embedded
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
-    _configure_logging(settings)
-    sys.exit(run_embedded(settings))
+    _configure_logging(settings, None if verbose else log_folder(settings) / "ftaas.log")
+    sys.exit(run_embedded(settings, verbose=verbose))
 
 
 @main.command()

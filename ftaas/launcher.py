@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from contracts.settings import PACKAGED_BASE_MODEL, Settings
@@ -81,6 +82,8 @@ def exit_with_parent(parent_pid: int, *, grace: float = WORKER_STOP_GRACE_SECOND
 class WorkerProcess:
     queues: list[str]
     env: dict[str, str]
+    #: where the worker's output goes (appended); None: this process's terminal
+    output: Path | None = None
     process: subprocess.Popen | None = None
     restarts: int = 0
     started_at: float = field(default_factory=time.monotonic)
@@ -89,7 +92,12 @@ class WorkerProcess:
         command = [sys.executable, "-m", "ftaas.cli", "worker", "--queues", ",".join(self.queues),
                    "--parent-pid", str(os.getpid())]
         # A session of its own: stopping `ftaas up` stops the worker's whole process group, pool included.
-        self.process = subprocess.Popen(command, env=self.env, start_new_session=True)
+        if self.output is None:
+            self.process = subprocess.Popen(command, env=self.env, start_new_session=True)
+        else:
+            with open(self.output, "ab") as output:  # the child keeps its own descriptor
+                self.process = subprocess.Popen(command, env=self.env, start_new_session=True, stdout=output,
+                                                stderr=subprocess.STDOUT)
         self.started_at = time.monotonic()
 
     def signal(self, signum: int) -> None:
@@ -113,10 +121,12 @@ class WorkerProcess:
 class WorkerSupervisor:
     """Starts the embedded workers and restarts any that die (with backoff), until stopped."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, logs: Path | None = None) -> None:
+        """`logs`: the folder the workers write their output to (`worker-<queue>.log`); None: the terminal."""
         env = {**os.environ, **settings.child_environment()}
         # One worker per queue: training on `gpu` must never hold up file validation on `default`.
-        self.workers = [WorkerProcess(["default"], env), WorkerProcess(["gpu"], env)]
+        self.workers = [WorkerProcess([queue], env, logs / f"worker-{queue}.log" if logs is not None else None)
+                        for queue in ("default", "gpu")]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="ftaas-workers", daemon=True)
 
@@ -160,8 +170,31 @@ def _prepare_packaged_model(settings: Settings) -> None:
     smollm2.ensure_built(settings.models.cache_path)
 
 
+def log_folder(settings: Settings) -> Path:
+    """Where `ftaas up` keeps its processes' logs unless --verbose."""
+    return settings.data_dir / "logs"
+
+
+def ready_block(settings: Settings, new_key: str | None, *, verbose: bool) -> str:
+    """What `ftaas up` prints once it answers: the addresses, the key, the models and where the logs are, as
+    the last lines on the terminal (the workers' output goes to their log files)."""
+    origin = f"http://{settings.api.host}:{settings.api.port}"
+    project = settings.api.default_project
+    if new_key is not None:
+        key = f"{new_key}\n{'':15}(project '{project}'; shown once: store it now)"
+    else:
+        key = f"the one shown at the first start (project '{project}'); `ftaas keys create` makes another"
+    logs = ("on this terminal (--verbose)" if verbose else
+            f"{log_folder(settings)}  (ftaas.log, worker-default.log, worker-gpu.log; --verbose shows them here)")
+    lines = ["", "ftaas is ready", f"  API          {origin}/v1", f"  API docs     {origin}/docs",
+             f"  API key      {key}", f"  base models  {', '.join(settings.models.sources())}",
+             f"  logs         {logs}", f"  data         {settings.data_dir}",
+             "  Stop with Ctrl-C (running jobs resume at the next start).", ""]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------- commands
-def run_embedded(settings: Settings) -> int:
+def run_embedded(settings: Settings, *, verbose: bool = True) -> int:
     import uvicorn
 
     from api.app import build_services, create_app
@@ -186,20 +219,24 @@ def run_embedded(settings: Settings) -> int:
     inference = attach_inference(services, settings)
     app = create_app(settings, services=services, extra_routers=[inference_router])
 
-    supervisor = WorkerSupervisor(settings)
+    supervisor = WorkerSupervisor(settings, None if verbose else log_folder(settings))
     supervisor.start()
     maintenance = Maintenance(services.db, services.store, create_celery_app(settings, with_tasks=False), settings)
     _, stop_maintenance = maintenance.start_thread()
 
-    base_url = f"http://{settings.api.host}:{settings.api.port}/v1"
-    print(f"ftaas is up: {base_url}  (docs: http://{settings.api.host}:{settings.api.port}/docs)", file=sys.stderr)
-    print(f"data directory: {settings.data_dir}", file=sys.stderr)
-    if new_key is not None:
-        print(f"API key for project '{settings.api.default_project}' (shown once, store it now):\n{new_key}",
-              file=sys.stderr, flush=True)
+    server = DrainingServer(uvicorn.Config(app, host=settings.api.host, port=settings.api.port, log_level="warning",
+                                           timeout_graceful_shutdown=30), app, inference, settings)
+
+    def announce() -> None:  # once the server answers: the block is then the terminal's last lines
+        while not server.server.started:
+            if server.server.should_exit:
+                return
+            time.sleep(0.05)
+        print(ready_block(settings, new_key, verbose=verbose), file=sys.stderr, flush=True)
+
+    threading.Thread(target=announce, name="ftaas-ready", daemon=True).start()
     try:
-        DrainingServer(uvicorn.Config(app, host=settings.api.host, port=settings.api.port, log_level="warning",
-                                      timeout_graceful_shutdown=30), app, inference, settings).run()
+        server.run()
     finally:
         app.state.draining = True
         stop_maintenance.set()

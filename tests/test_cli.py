@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,11 +37,13 @@ def test_keys_are_created_listed_and_revoked(tmp_path: Path) -> None:
     assert bad.returncode != 0
 
 
-def _start_up(data_dir: Path, port: int, model_cache_dir: Path, **env: str) -> tuple[subprocess.Popen, str]:
+def _start_up(data_dir: Path, port: int, model_cache_dir: Path, *args: str, **env: str
+              ) -> tuple[subprocess.Popen, str]:
+    """`ftaas up` as a user starts it; its terminal (stdout and stderr) as it reads once the server answers."""
     log = data_dir.parent / f"up-{port}.log"
-    process = subprocess.Popen([sys.executable, "-m", "ftaas.cli", "up", "--data-dir", str(data_dir), "--port", str(port)],
-                               env={**os.environ, "FTAAS_MODEL_CACHE_DIR": str(model_cache_dir), **env},
-                               stdout=subprocess.DEVNULL, stderr=open(log, "wb"), start_new_session=True)
+    process = subprocess.Popen([sys.executable, "-m", "ftaas.cli", "up", "--data-dir", str(data_dir), "--port", str(port),
+                                *args], env={**os.environ, "FTAAS_MODEL_CACHE_DIR": str(model_cache_dir), **env},
+                               stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -56,7 +59,7 @@ def test_up_prints_a_generated_key_once_and_honours_a_bootstrap_key(tmp_path: Pa
     data_dir, port = tmp_path / "data", free_port()
     process, output = _start_up(data_dir, port, model_cache_dir)
     try:
-        key = output.split("store it now):\n", 1)[1].split()[0]
+        key = re.search(r"API key +(sk-\S+)", output).group(1)
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"}).json()
         # Both offline base models: the demo model, and the packaged real model (its package is installed).
         assert [m["id"] for m in models["data"]] == ["ftaas-tiny", "smollm2-135m-instruct"]
@@ -65,12 +68,60 @@ def test_up_prints_a_generated_key_once_and_honours_a_bootstrap_key(tmp_path: Pa
     bootstrap = "sk-ftaas-bootstrap-" + "x" * 30
     process, output = _start_up(data_dir, port, model_cache_dir, FTAAS_BOOTSTRAP_API_KEY=bootstrap)
     try:
-        assert "store it now" not in output  # the first key stays valid and is not shown again
+        assert "store it now" not in output and "sk-" not in output  # the first key is not shown again
         for valid in (key, bootstrap):
             assert httpx.get(f"http://127.0.0.1:{port}/v1/models",
                              headers={"Authorization": f"Bearer {valid}"}).status_code == 200
     finally:
         stop_process_group(process)
+
+
+def _terminal_after_workers_started(process: subprocess.Popen, terminal: Path, logs: list[Path]) -> str:
+    """The terminal once both workers have said they are ready (in their log files, or on the terminal itself)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and process.poll() is None:
+        text = "".join(p.read_text(errors="replace") for p in [terminal, *logs] if p.is_file())
+        if text.count(" ready.") >= 2:  # Celery's "<queue>-<pid>@<host> ready." of each worker
+            time.sleep(1)  # anything printed right after it
+            return terminal.read_text(errors="replace")
+        time.sleep(0.5)
+    raise TimeoutError(terminal.read_text(errors="replace"))
+
+
+def test_up_ends_its_first_minute_with_one_block_the_key_last_and_no_worker_noise(tmp_path: Path,
+                                                                                  model_cache_dir: Path) -> None:
+    """What a new user sees: once ftaas answers, its terminal ends with one block (the API's address, its docs,
+    the one-time key, the base models, where the logs are), and stays so while the workers start: their
+    banners and warnings (Celery's SecurityWarning when run as root) go to their log files. --verbose shows
+    them on the terminal instead."""
+    data_dir, port = tmp_path / "data", free_port()
+    process, _ = _start_up(data_dir, port, model_cache_dir)
+    try:
+        logs = data_dir / "logs"
+        output = _terminal_after_workers_started(process, tmp_path / f"up-{port}.log",
+                                                 [logs / "worker-default.log", logs / "worker-gpu.log"])
+    finally:
+        stop_process_group(process)
+    block = output[output.index("ftaas is ready"):]
+    lines = [line for line in block.splitlines() if line.strip()]
+    assert lines[0] == "ftaas is ready" and lines[-1].startswith("  Stop with Ctrl-C")
+    assert f"API          http://127.0.0.1:{port}/v1" in block and f"http://127.0.0.1:{port}/docs" in block
+    assert re.search(r"API key +sk-ftaas-\S{30,}\n +\(project 'default'; shown once: store it now\)", block)
+    assert "ftaas-tiny, smollm2-135m-instruct" in block and str(logs) in block
+    for noise in ("Warning", "WARNING", "-------------- ", "[tasks]", " ready."):
+        assert noise not in output, (noise, output)
+    worker_log = (logs / "worker-gpu.log").read_text()
+    # the banner, the root warning and the INFO lines: in the file
+    assert "-------------- gpu-" in worker_log and " ready." in worker_log and "INFO" in worker_log
+    assert (logs / "ftaas.log").is_file()
+
+    port = free_port()
+    process, _ = _start_up(data_dir, port, model_cache_dir, "--verbose")
+    try:
+        output = _terminal_after_workers_started(process, tmp_path / f"up-{port}.log", [])
+    finally:
+        stop_process_group(process)
+    assert "-------------- gpu-" in output and "logs         on this terminal (--verbose)" in output
 
 
 def test_a_worker_refuses_an_unknown_queue_and_an_evicting_redis(tmp_path: Path) -> None:

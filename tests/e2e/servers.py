@@ -171,7 +171,7 @@ def start_embedded(data_dir: Path, model_cache_dir: Path, **extra_env: str) -> L
     env = {**os.environ, **FAST_RECOVERY, "FTAAS_DATA_DIR": str(data_dir), "FTAAS_MODEL_CACHE_DIR": str(model_cache_dir),
            "FTAAS_BOOTSTRAP_API_KEY": key, "FTAAS_DATABASE_URL": f"sqlite:///{data_dir / 'ftaas.db'}", **extra_env}
     server = LiveServer("embedded", port, key, env, data_dir.parent / f"{data_dir.name}.log")
-    server.spawn("up", "--port", str(port), "--data-dir", str(data_dir))
+    server.spawn("up", "--port", str(port), "--data-dir", str(data_dir), "--verbose")  # every log in one file
     server.wait_ready()
     return server
 
