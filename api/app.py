@@ -14,6 +14,7 @@ import contracts
 from api import errors
 from api.adapter_operations.router import router as adapter_operations_router
 from api.adapter_operations.service import AdapterOperationService
+from api.console.router import router as console_router
 from api.dependencies import ApiServices
 from api.files.router import router as files_router
 from api.files.service import FileService
@@ -106,7 +107,7 @@ def create_app(settings: Settings, *, services: ApiServices | None = None,
     errors.install(app)
     for router in (health_router, files_router, jobs_router, models_router, knowledge_evals_router,
                    adapter_operations_router, webhooks_router, graders_router, stored_completions_router,
-                   *extra_routers):
+                   console_router, *extra_routers):
         app.include_router(router)
     # Added last = outermost: the request id wraps everything, including 413s from the body limit; the body
     # limit runs before the check for unstorable text, which reads JSON bodies whole.

@@ -176,8 +176,8 @@ def log_folder(settings: Settings) -> Path:
 
 
 def ready_block(settings: Settings, new_key: str | None, *, verbose: bool) -> str:
-    """What `ftaas up` prints once it answers: the addresses, the key, the models and where the logs are, as
-    the last lines on the terminal (the workers' output goes to their log files)."""
+    """What `ftaas up` prints once it answers: the console's and the API's addresses, the key, the models and
+    where the logs are, as the last lines on the terminal (the workers' output goes to their log files)."""
     origin = f"http://{settings.api.host}:{settings.api.port}"
     project = settings.api.default_project
     if new_key is not None:
@@ -186,7 +186,8 @@ def ready_block(settings: Settings, new_key: str | None, *, verbose: bool) -> st
         key = f"the one shown at the first start (project '{project}'); `ftaas keys create` makes another"
     logs = ("on this terminal (--verbose)" if verbose else
             f"{log_folder(settings)}  (ftaas.log, worker-default.log, worker-gpu.log; --verbose shows them here)")
-    lines = ["", "ftaas is ready", f"  API          {origin}/v1", f"  API docs     {origin}/docs",
+    lines = ["", "ftaas is ready", f"  console      {origin}/console", f"  API          {origin}/v1",
+             f"  API docs     {origin}/docs",
              f"  API key      {key}", f"  base models  {', '.join(settings.models.sources())}",
              f"  logs         {logs}", f"  data         {settings.data_dir}",
              "  Stop with Ctrl-C (running jobs resume at the next start).", ""]

@@ -105,6 +105,7 @@ def test_up_ends_its_first_minute_with_one_block_the_key_last_and_no_worker_nois
     block = output[output.index("ftaas is ready"):]
     lines = [line for line in block.splitlines() if line.strip()]
     assert lines[0] == "ftaas is ready" and lines[-1].startswith("  Stop with Ctrl-C")
+    assert f"console      http://127.0.0.1:{port}/console" in block
     assert f"API          http://127.0.0.1:{port}/v1" in block and f"http://127.0.0.1:{port}/docs" in block
     assert re.search(r"API key +sk-ftaas-\S{30,}\n +\(project 'default'; shown once: store it now\)", block)
     assert "ftaas-tiny, smollm2-135m-instruct" in block and str(logs) in block

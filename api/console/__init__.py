@@ -1,0 +1,1 @@
+"""The web console (`/console`): a page and its assets, served by the API process from this package."""

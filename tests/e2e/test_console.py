@@ -1,0 +1,127 @@
+"""The web console (/console) in a real browser (Debian's Chromium driven by Playwright) against a live `ftaas up`:
+signing in with a key (a wrong one told plainly), the job list updating itself, a job's page following it to
+the end (its loss chart gaining points, its status reaching succeeded, without a reload), and everything a user
+wrote shown as text: script-injection payloads in metadata never run. Screenshots of each page land in the
+test's folder, and in FTAAS_CONSOLE_SCREENSHOTS where that names a folder (docs/console/ holds the committed
+ones)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.servers import LiveServer, upload_processed
+from tests.factories import training_jsonl
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PAYLOADS = {"img": "<img src=x onerror=\"alert('img')\">", "script": "<script>alert('script')</script>",
+            "quote": "\"><svg onload=alert('svg')>"}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.fail("Chromium is needed for the console's tests: `apt-get install chromium` (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # No sandbox: the tests may run as root, where Chromium refuses its sandbox.
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def _screenshot(page: Any, name: str, folder: Path) -> None:
+    targets = [folder]
+    if os.environ.get("FTAAS_CONSOLE_SCREENSHOTS"):
+        targets.append(Path(os.environ["FTAAS_CONSOLE_SCREENSHOTS"]))
+    for target in targets:
+        target.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(target / f"{name}.png"), full_page=True)
+
+
+def test_the_console_is_one_page_from_this_origin_with_a_policy_that_forbids_inline_script(
+        embedded: LiveServer) -> None:
+    origin = embedded.base_url.removesuffix("/v1")
+    page = httpx.get(f"{origin}/console")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy and "default-src 'none'" in policy
+    assert "<script>" not in page.text and "http" not in page.text.replace(origin, "")  # nothing from elsewhere
+    for asset in ("app.js", "app.css"):
+        assert httpx.get(f"{origin}/console/{asset}").status_code == 200
+    for elsewhere in ("router.py", "..%2Frouter.py", "%2E%2E/router.py"):  # only the listed assets are served
+        missing = httpx.get(f"{origin}/console/{elsewhere}")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] in ("not_found", "unknown_url")
+
+
+def test_sign_in_follow_a_job_to_the_end_and_user_text_stays_text(embedded: LiveServer, browser: Any,
+                                                                  tmp_path: Path) -> None:
+    origin = embedded.base_url.removesuffix("/v1")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(f"{origin}/console")
+
+    # A wrong key is told plainly; the right one opens the job list. Enter submits (keyboard only).
+    page.fill("#api-key", "sk-ftaas-not-a-key")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#sign-in-error:has-text('refused')")
+    _screenshot(page, "sign-in", tmp_path)
+    page.fill("#api-key", embedded.api_key)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("h1:has-text('Fine-tuning jobs')")
+    assert embedded.api_key not in page.url and not context.cookies()
+    assert page.evaluate("sessionStorage.getItem('ftaas-api-key')") == embedded.api_key
+
+    # A suffix cannot carry markup (the API refuses it); metadata can, and is shown as text.
+    client = embedded.client()
+    training = upload_processed(client, "console.jsonl", training_jsonl(12))
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=training.id, suffix="<script>x</script>")
+    job = client.fine_tuning.jobs.create(
+        model="ftaas-tiny", training_file=training.id, suffix="console", metadata=PAYLOADS,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 1}}})
+
+    # The list shows the new job without a reload; its page follows it to the end.
+    page.wait_for_selector(f"tr[data-job='{job.id}']", timeout=20_000)
+    _screenshot(page, "jobs", tmp_path)
+    page.click(f"a[href='#/jobs/{job.id}']")
+    page.wait_for_selector(f"h1:has-text('{job.id}')")
+    seen: set[int] = set()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        points = page.evaluate("(document.querySelector(\"polyline[data-series='training loss']\") || "
+                               "{getAttribute: () => '0'}).getAttribute('data-points')")
+        seen.add(int(points))
+        if page.query_selector("dd[data-status='succeeded']") and len(seen) > 1:
+            break
+        assert not page.query_selector("dd[data-status='failed']"), page.inner_text("main")
+        time.sleep(0.2)
+    assert page.query_selector("dd[data-status='succeeded']"), page.inner_text("main")
+    assert len(seen) > 1 and max(seen) >= 4, seen  # the chart gained points while the page was open
+    page.wait_for_selector("ol.events li:has-text('completed')")  # the final events arrived too
+    _screenshot(page, "job", tmp_path)
+
+    # What the user wrote is on the page as text, and nothing of it ran.
+    text = page.inner_text("main")
+    for payload in PAYLOADS.values():
+        assert payload in text
+    assert dialogs == []
+    assert page.evaluate("document.scripts.length") == 1  # app.js, nothing the payloads could add
+    assert page.evaluate("document.querySelectorAll('main img, main script, main svg[onload]').length") == 0
+
+    # A phone's screen: nothing wider than it.
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    _screenshot(page, "job-phone", tmp_path)
+    context.close()
