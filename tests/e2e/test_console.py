@@ -125,3 +125,41 @@ def test_sign_in_follow_a_job_to_the_end_and_user_text_stays_text(embedded: Live
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
     _screenshot(page, "job-phone", tmp_path)
     context.close()
+
+
+def test_files_upload_by_drop_and_by_chooser_with_their_validation_errors_by_line(embedded: LiveServer, browser: Any,
+                                                                                  tmp_path: Path) -> None:
+    """A file dropped on the page and one chosen with the file chooser are uploaded with a progress bar; a bad
+    file's errors are listed by line; a file name carrying markup is shown as text."""
+    origin = embedded.base_url.removesuffix("/v1")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(f"{origin}/console#/files")
+    page.fill("#api-key", embedded.api_key)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("h1:has-text('Files')")
+
+    good = training_jsonl(12).decode()
+    lines = good.splitlines()
+    bad = "\n".join([lines[0], lines[1], '{"messages": [', lines[3], '{"messages": []}', *lines[5:]]) + "\n"
+    name = "<img src=x onerror=alert(1)>.jsonl"
+    page.evaluate("""([content, name]) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([content], name, {type: "application/jsonl"}));
+        document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
+    }""", [bad, name])
+    page.wait_for_selector("#upload-result:has-text('Uploaded')")
+    assert page.evaluate("document.getElementById('upload-progress').value > 0")
+    row = page.wait_for_selector("tr:has(ul.errors)", timeout=30_000)
+    errors = [item.inner_text() for item in row.query_selector_all("ul.errors li")]
+    assert [e.split()[1].rstrip(":") for e in errors] == ["3", "5"], errors  # one line each, by number
+    assert name in row.inner_text()
+    assert page.evaluate("document.querySelectorAll('main img').length") == 0 and dialogs == []
+
+    page.set_input_files("#upload-file", files=[{"name": "good.jsonl", "mimeType": "application/jsonl",
+                                                "buffer": good.encode()}])
+    page.wait_for_selector("tr:has(td:has-text('good.jsonl')) .status-processed", timeout=30_000)
+    _screenshot(page, "files", tmp_path)
+    context.close()

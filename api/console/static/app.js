@@ -297,6 +297,92 @@
     });
   }
 
+
+  // --------------------------------------------------------------------------------------------- files
+  function sizeOf(bytes) {
+    if (bytes < 1024) return `${bytes} B`;
+    if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+    return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+  }
+
+  /** A file's validation outcome: each "Line N ..." message of the details on a line of its own. */
+  function outcome(file) {
+    if (file.status !== "error" || !file.status_details) return el("span", { class: `status-${file.status}` }, file.status);
+    const [head, ...rest] = file.status_details.split(/(?=\bLine \d+\b)/);
+    return el("div", {}, el("span", { class: "status-failed" }, "error"), el("div", {}, head),
+      rest.length ? el("ul", { class: "errors" }, rest.map((line) => el("li", {}, line.trim()))) : null);
+  }
+
+  /** Upload with progress (XMLHttpRequest: fetch reports no upload progress); resolves to the file object. */
+  function upload(file, purpose, progress) {
+    return new Promise((resolve, reject) => {
+      const request = new XMLHttpRequest();
+      request.open("POST", "/v1/files");
+      request.setRequestHeader("Authorization", `Bearer ${sessionStorage.getItem(KEY)}`);
+      request.upload.addEventListener("progress", (event) => {
+        if (event.lengthComputable) { progress.max = event.total; progress.value = event.loaded; }
+      });
+      request.addEventListener("load", () => {
+        let body = {};
+        try { body = JSON.parse(request.responseText); } catch (error) { /* not JSON: reported below */ }
+        if (request.status === 401) reject(new Unauthorized("unauthorized"));
+        else if (request.status >= 400) reject(new Error(body.error ? body.error.message : `${request.status}`));
+        else resolve(body);
+      });
+      request.addEventListener("error", () => reject(new Error("the upload was interrupted")));
+      const form = new FormData();
+      form.append("purpose", purpose);
+      form.append("file", file, file.name);
+      request.send(form);
+    });
+  }
+
+  async function filesView() {
+    const purpose = el("select", { id: "upload-purpose" },
+      ["fine-tune", "batch", "evals", "user_data"].map((p) => el("option", { value: p }, p)));
+    const input = el("input", { id: "upload-file", type: "file", accept: ".jsonl,.json,.txt" });
+    const progress = el("progress", { id: "upload-progress", max: 1, value: 0, "aria-label": "Upload progress" });
+    const result = el("div", { id: "upload-result", role: "status" });
+    const zone = el("div", { id: "drop-zone", class: "drop-zone", tabindex: "0", role: "button",
+                              "aria-label": "Drop a file here or press Enter to choose one" },
+      "Drop a JSONL file here, or ", el("label", { for: "upload-file", class: "link" }, "choose one"), ".");
+    const rows = el("tbody");
+    const refreshList = async () => {
+      const files = (await api("/files?limit=100")).data;
+      rows.replaceChildren(...files.map((f) => el("tr", { "data-file": f.id },
+        el("td", {}, f.filename, el("div", { class: "muted" }, f.id)), el("td", {}, f.purpose),
+        el("td", {}, sizeOf(f.bytes)), el("td", {}, when(f.created_at)), el("td", {}, outcome(f)))));
+    };
+    const send = async (file) => {
+      if (!file) return;
+      result.replaceChildren(`Uploading ${file.name}…`);
+      progress.value = 0;
+      try {
+        const uploaded = await upload(file, purpose.value, progress);
+        result.replaceChildren(`Uploaded ${uploaded.filename} as ${uploaded.id}; validating…`);
+        await refreshList();
+      } catch (error) {
+        if (error instanceof Unauthorized) { signOut("The server no longer accepts this API key."); return; }
+        result.replaceChildren(el("span", { class: "error" }, `Upload failed: ${error.message}`));
+      }
+    };
+    input.addEventListener("change", () => send(input.files[0]));
+    zone.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") input.click(); });
+    zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      zone.classList.remove("over");
+      send(event.dataTransfer.files[0]);
+    });
+    main.replaceChildren(el("h1", {}, "Files"),
+      el("div", { class: "filters" }, el("label", {}, "Purpose", purpose), input), zone, progress, result,
+      el("h2", {}, "Uploaded files"),
+      el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, el("tr", {},
+        ["File", "Purpose", "Size", "Created", "Validation"].map((name) => el("th", { scope: "col" }, name)))), rows)));
+    await poll(async () => { await refreshList(); return false; });
+  }
+
   // -------------------------------------------------------------------------------------------- router
   function route() {
     stopPolling();
@@ -304,7 +390,7 @@
     nav.hidden = false;
     signOutButton.hidden = false;
     const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
-    const view = parts[0] === "jobs" && parts[1] ? jobView(parts[1]) : jobsView();
+    const view = parts[0] === "jobs" && parts[1] ? jobView(parts[1]) : parts[0] === "files" ? filesView() : jobsView();
     view.catch((error) => {
       if (error instanceof Unauthorized) signOut("The server no longer accepts this API key.");
       else main.replaceChildren(el("p", { class: "error", role: "alert" }, error.message));
