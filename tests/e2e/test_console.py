@@ -163,3 +163,42 @@ def test_files_upload_by_drop_and_by_chooser_with_their_validation_errors_by_lin
     page.wait_for_selector("tr:has(td:has-text('good.jsonl')) .status-processed", timeout=30_000)
     _screenshot(page, "files", tmp_path)
     context.close()
+
+
+def test_the_playground_streams_the_base_and_the_tuned_model_side_by_side(embedded: LiveServer, finished_job: Any,
+                                                                          browser: Any, tmp_path: Path) -> None:
+    """Two panes, one prompt, both answers streamed at once (server-sent events, several chunks each), and the
+    request as the openai SDK call to copy; a checkpoint's link on a job's page opens it here beside its base."""
+    origin = embedded.base_url.removesuffix("/v1")
+    tuned = finished_job.fine_tuned_model
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    streams: list[str] = []
+    page.on("response", lambda response: "/v1/chat/completions" in response.url
+            and streams.append(response.headers.get("content-type", "")))
+    page.goto(f"{origin}/console#/playground?left=ftaas-tiny&right={tuned}")
+    page.fill("#api-key", embedded.api_key)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("h1:has-text('Playground')")
+    assert page.input_value("#model-0") == "ftaas-tiny" and page.input_value("#model-1") == tuned
+    page.fill("#system", "Answer briefly.")
+    page.fill("#prompt", "What is the access code of agent 3?")
+    page.fill("#max-tokens", "12")
+    page.click("#send")
+    page.wait_for_selector("section.pane[data-state='done'] >> nth=1", timeout=60_000)
+    for index in (0, 1):
+        pane = page.query_selector(f"section.pane:has(#answer-{index})")
+        assert pane.get_attribute("data-state") == "done" and int(pane.get_attribute("data-chunks")) > 2
+        assert page.inner_text(f"#answer-{index}").strip()
+    assert len(streams) == 2 and all(kind.startswith("text/event-stream") for kind in streams), streams
+    code = page.inner_text("#sdk-call")
+    assert f'model="{tuned}"' in code and "stream=True" in code and '"content": "Answer briefly."' in code
+    _screenshot(page, "playground", tmp_path)
+
+    # A checkpoint of the job opens in the playground beside the job's base model.
+    checkpoint = embedded.client().fine_tuning.jobs.checkpoints.list(finished_job.id).data[0]
+    page.goto(f"{origin}/console#/jobs/{finished_job.id}")
+    page.click(f"a:has-text('{checkpoint.fine_tuned_model_checkpoint}')")
+    page.wait_for_selector("h1:has-text('Playground')")
+    assert page.input_value("#model-1") == checkpoint.fine_tuned_model_checkpoint
+    context.close()

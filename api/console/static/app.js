@@ -286,8 +286,11 @@
         charts.append(lineChart("Reward", [{ name: "training reward", points: metricSeries(list, "train_reward_mean") },
                                            { name: "validation reward", points: metricSeries(list, "valid_reward_mean") }]));
       }
+      const compare = (model) => `#/playground?left=${encodeURIComponent(job.model)}&right=${encodeURIComponent(model)}`;
       checkpoints.replaceChildren(...points.data.map((c) => el("tr", {},
-        el("td", {}, c.step_number), el("td", {}, c.fine_tuned_model_checkpoint),
+        el("td", {}, c.step_number),
+        el("td", {}, el("a", { href: compare(c.fine_tuned_model_checkpoint), title: "Open in the playground" },
+          c.fine_tuned_model_checkpoint)),
         el("td", {}, Object.entries(c.metrics || {}).map(([k, v]) => `${k} ${v}`).join(", ")))));
       events.replaceChildren(...list.map((e) => el("li", { class: `level-${e.level}` },
         el("span", { class: "when" }, when(e.created_at)), e.message)));
@@ -383,14 +386,154 @@
     await poll(async () => { await refreshList(); return false; });
   }
 
+
+  // ---------------------------------------------------------------------------------------- playground
+  /** A value as a Python literal (for the SDK call shown to copy). */
+  function python(value, indent = "") {
+    if (value === null || value === undefined) return "None";
+    if (value === true) return "True";
+    if (value === false) return "False";
+    if (typeof value === "number") return String(value);
+    if (typeof value === "string") return JSON.stringify(value);
+    const inner = `${indent}    `;
+    if (Array.isArray(value)) {
+      return value.length ? `[\n${value.map((v) => inner + python(v, inner)).join(",\n")},\n${indent}]` : "[]";
+    }
+    const entries = Object.entries(value);
+    return entries.length
+      ? `{\n${entries.map(([k, v]) => `${inner}${JSON.stringify(k)}: ${python(v, inner)}`).join(",\n")},\n${indent}}`
+      : "{}";
+  }
+
+  function sdkCall(request) {
+    const args = Object.entries(request).filter(([k]) => k !== "model")
+      .map(([k, v]) => `    ${k}=${python(v, "    ")},`).join("\n");
+    return `from openai import OpenAI\n\nclient = OpenAI(base_url="${location.origin}/v1", api_key="<your key>")\n`
+      + `stream = client.chat.completions.create(\n    model=${python(request.model)},\n${args}\n)\n`
+      + "for chunk in stream:\n    print(chunk.choices[0].delta.content or \"\", end=\"\")\n";
+  }
+
+  /** Stream one chat completion into `output` (text appended as it arrives); tool calls shown as JSON. */
+  async function streamInto(request, output, pane) {
+    pane.setAttribute("data-state", "streaming");
+    output.textContent = "";
+    const calls = {};
+    const response = await fetch("/v1/chat/completions", {
+      method: "POST", cache: "no-store",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${sessionStorage.getItem(KEY)}` },
+      body: JSON.stringify(request),
+    });
+    if (response.status === 401) throw new Unauthorized("unauthorized");
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new Error(body.error ? body.error.message : `${response.status}`);
+    }
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    let chunks = 0;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      const events = buffer.split("\n\n");
+      buffer = events.pop();
+      for (const event of events) {
+        const data = event.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("");
+        if (!data || data === "[DONE]") continue;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(chunk.error.message);
+        const delta = (chunk.choices && chunk.choices[0] && chunk.choices[0].delta) || {};
+        if (delta.content) output.append(delta.content);
+        for (const call of delta.tool_calls || []) {
+          const entry = calls[call.index] || (calls[call.index] = { name: "", arguments: "" });
+          if (call.function && call.function.name) entry.name += call.function.name;
+          if (call.function && call.function.arguments) entry.arguments += call.function.arguments;
+        }
+        chunks += 1;
+        pane.setAttribute("data-chunks", chunks);
+      }
+    }
+    const toolCalls = Object.values(calls);
+    if (toolCalls.length) output.append(`\n[tool calls] ${JSON.stringify(toolCalls)}`);
+    pane.setAttribute("data-state", "done");
+  }
+
+  async function playgroundView(query) {
+    const models = (await api("/models")).data.map((m) => m.id);
+    const chosen = [query.get("left"), query.get("right")];
+    const panes = [0, 1].map((index) => {
+      const initial = chosen[index] || models[Math.min(index, models.length - 1)] || "";
+      const select = el("select", { id: `model-${index}` }, [...new Set([initial, ...models])].filter(Boolean)
+        .map((m) => el("option", { value: m }, m)));
+      select.value = initial;
+      const output = el("pre", { class: "answer", id: `answer-${index}`, "aria-live": "polite" });
+      const pane = el("section", { class: "pane", "aria-label": `Answer ${index + 1}` },
+        el("label", {}, `Model ${index + 1}`, select), output);
+      return { select, output, pane };
+    });
+    const system = el("textarea", { id: "system", rows: 2 });
+    const prompt = el("textarea", { id: "prompt", rows: 3, required: true });
+    const temperature = el("input", { id: "temperature", type: "number", min: 0, max: 2, step: 0.1, value: 0 });
+    const maxTokens = el("input", { id: "max-tokens", type: "number", min: 1, max: 4096, value: 64 });
+    const tools = el("textarea", { id: "tools", rows: 2, placeholder: "[{\"type\": \"function\", ...}]" });
+    const format = el("textarea", { id: "response-format", rows: 2, placeholder: "{\"type\": \"json_object\"}" });
+    const code = el("pre", { id: "sdk-call", class: "code" });
+    const problem = el("p", { class: "error", role: "alert" });
+    const requestFor = (model) => {
+      const messages = [];
+      if (system.value.trim()) messages.push({ role: "system", content: system.value });
+      messages.push({ role: "user", content: prompt.value });
+      const request = { model, messages, temperature: Number(temperature.value), max_tokens: Number(maxTokens.value),
+                        stream: true };
+      if (tools.value.trim()) request.tools = JSON.parse(tools.value);
+      if (format.value.trim()) request.response_format = JSON.parse(format.value);
+      return request;
+    };
+    const form = el("form", { class: "playground", "aria-label": "Prompt" },
+      el("label", { for: "system" }, "System prompt (optional)"), system,
+      el("label", { for: "prompt" }, "Prompt"), prompt,
+      el("div", { class: "filters" }, el("label", {}, "Temperature", temperature),
+        el("label", {}, "Max tokens", maxTokens)),
+      el("details", {}, el("summary", {}, "Tools and response format (optional, JSON)"),
+        el("label", { for: "tools" }, "tools"), tools, el("label", { for: "response-format" }, "response_format"), format),
+      el("button", { type: "submit", id: "send" }, "Send to both"), problem);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      problem.textContent = "";
+      let requests;
+      try {
+        requests = panes.map((p) => requestFor(p.select.value));
+      } catch (error) {
+        problem.textContent = `Tools or response format is not valid JSON: ${error.message}`;
+        return;
+      }
+      code.textContent = sdkCall(requests[1]);
+      // Both at once: each pane shows its answer as it streams.
+      await Promise.all(panes.map((p, index) => streamInto(requests[index], p.output, p.pane).catch((error) => {
+        if (error instanceof Unauthorized) { signOut("The server no longer accepts this API key."); return; }
+        p.pane.setAttribute("data-state", "failed");
+        p.output.textContent = `Error: ${error.message}`;
+      })));
+    });
+    main.replaceChildren(el("h1", {}, "Playground"), form,
+      el("div", { class: "panes" }, panes.map((p) => p.pane)),
+      el("h2", {}, "The same request with the openai SDK (the second model)"), code);
+    prompt.focus();
+  }
+
   // -------------------------------------------------------------------------------------------- router
   function route() {
     stopPolling();
     if (!sessionStorage.getItem(KEY)) { signInView(); return; }
     nav.hidden = false;
     signOutButton.hidden = false;
-    const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
-    const view = parts[0] === "jobs" && parts[1] ? jobView(parts[1]) : parts[0] === "files" ? filesView() : jobsView();
+    const [path, search] = location.hash.replace(/^#\/?/, "").split("?");
+    const parts = path.split("/").map(decodeURIComponent);
+    const view = parts[0] === "jobs" && parts[1] ? jobView(parts[1])
+      : parts[0] === "files" ? filesView()
+        : parts[0] === "playground" ? playgroundView(new URLSearchParams(search || ""))
+          : jobsView();
     view.catch((error) => {
       if (error instanceof Unauthorized) signOut("The server no longer accepts this API key.");
       else main.replaceChildren(el("p", { class: "error", role: "alert" }, error.message));
