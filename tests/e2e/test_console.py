@@ -202,3 +202,32 @@ def test_the_playground_streams_the_base_and_the_tuned_model_side_by_side(embedd
     page.wait_for_selector("h1:has-text('Playground')")
     assert page.input_value("#model-1") == checkpoint.fine_tuned_model_checkpoint
     context.close()
+
+
+def test_models_lists_base_and_fine_tuned_and_deletes_a_fine_tuned_one(embedded: LiveServer, browser: Any,
+                                                                      tmp_path: Path) -> None:
+    origin = embedded.base_url.removesuffix("/v1")
+    client = embedded.client()
+    training = upload_processed(client, "to-delete.jsonl", training_jsonl(10))
+    job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=training.id, suffix="deleteme", method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 5}}})
+    deadline = time.monotonic() + 180
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job.status
+        time.sleep(0.5)
+    assert job.status == "succeeded", job.error
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{origin}/console#/models")
+    page.fill("#api-key", embedded.api_key)
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f"tr[data-model='{job.fine_tuned_model}']")
+    assert page.query_selector("tr[data-model='ftaas-tiny']") and not page.query_selector(
+        "tr[data-model='ftaas-tiny'] button")  # base models cannot be deleted
+    _screenshot(page, "models", tmp_path)
+    page.once("dialog", lambda dialog: dialog.accept())  # the confirmation
+    page.click(f"button[aria-label='Delete {job.fine_tuned_model}']")
+    page.wait_for_selector(f"#models-result:has-text('Deleted {job.fine_tuned_model}')")
+    assert not page.query_selector(f"tr[data-model='{job.fine_tuned_model}']")
+    assert job.fine_tuned_model not in [m.id for m in client.models.list().data]
+    context.close()

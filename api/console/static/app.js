@@ -522,6 +522,41 @@
     prompt.focus();
   }
 
+
+  // -------------------------------------------------------------------------------------------- models
+  async function modelsView() {
+    const rows = el("tbody");
+    const result = el("p", { id: "models-result", role: "status" });
+    main.replaceChildren(el("h1", {}, "Models"),
+      el("p", { class: "muted" }, "Base models are the installation's; fine-tuned models are this project's."),
+      result,
+      el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, el("tr", {},
+        ["Model", "Owner", "Created", ""].map((name) => el("th", { scope: "col" }, name)))), rows)));
+    const remove = (id) => async () => {
+      if (!window.confirm(`Delete ${id}? Its adapter is deleted too; jobs keep their records.`)) return;
+      try {
+        await api(`/models/${encodeURIComponent(id)}`, { method: "DELETE" });
+        result.textContent = `Deleted ${id}.`;
+        await refresh();
+      } catch (error) {
+        result.textContent = `Delete failed: ${error.message}`;
+      }
+    };
+    const refresh = async () => {
+      const list = (await api("/models")).data;
+      rows.replaceChildren(...list.map((m) => {
+        const base = m.owned_by === "ftaas";
+        return el("tr", { "data-model": m.id },
+          el("td", {}, el("a", { href: `#/playground?left=${encodeURIComponent(m.id)}&right=${encodeURIComponent(m.id)}`,
+                                 title: "Open in the playground" }, m.id)),
+          el("td", {}, base ? "installation (base model)" : m.owned_by), el("td", {}, when(m.created)),
+          el("td", {}, base ? "" : el("button", { type: "button", class: "secondary", onclick: remove(m.id),
+                                                 "aria-label": `Delete ${m.id}` }, "Delete")));
+      }));
+    };
+    await poll(async () => { await refresh(); return false; });
+  }
+
   // -------------------------------------------------------------------------------------------- router
   function route() {
     stopPolling();
@@ -533,7 +568,8 @@
     const view = parts[0] === "jobs" && parts[1] ? jobView(parts[1])
       : parts[0] === "files" ? filesView()
         : parts[0] === "playground" ? playgroundView(new URLSearchParams(search || ""))
-          : jobsView();
+          : parts[0] === "models" ? modelsView()
+            : jobsView();
     view.catch((error) => {
       if (error instanceof Unauthorized) signOut("The server no longer accepts this API key.");
       else main.replaceChildren(el("p", { class: "error", role: "alert" }, error.message));
