@@ -48,6 +48,20 @@ def _screenshot(page: Any, name: str, folder: Path) -> None:
         page.screenshot(path=str(target / f"{name}.png"), full_page=True)
 
 
+def _signed_in(browser: Any, server: LiveServer, view: str, *, confirm: bool = False) -> tuple[Any, Any, list[str]]:
+    """A fresh browser context on `view` (a #/... route), signed in with the server's key by keyboard: the
+    context, its page and the messages of any dialog that opened (each dismissed, or accepted with `confirm`)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message),
+                                      dialog.accept() if confirm else dialog.dismiss()))
+    page.goto(f"{server.base_url.removesuffix('/v1')}/console{view}")
+    page.fill("#api-key", server.api_key)
+    page.keyboard.press("Enter")
+    return context, page, dialogs
+
+
 def test_the_console_is_one_page_from_this_origin_with_a_policy_that_forbids_inline_script(
         embedded: LiveServer) -> None:
     origin = embedded.base_url.removesuffix("/v1")
@@ -131,14 +145,7 @@ def test_files_upload_by_drop_and_by_chooser_with_their_validation_errors_by_lin
                                                                                   tmp_path: Path) -> None:
     """A file dropped on the page and one chosen with the file chooser are uploaded with a progress bar; a bad
     file's errors are listed by line; a file name carrying markup is shown as text."""
-    origin = embedded.base_url.removesuffix("/v1")
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    page.goto(f"{origin}/console#/files")
-    page.fill("#api-key", embedded.api_key)
-    page.keyboard.press("Enter")
+    context, page, dialogs = _signed_in(browser, embedded, "#/files")
     page.wait_for_selector("h1:has-text('Files')")
 
     good = training_jsonl(12).decode()
@@ -171,14 +178,10 @@ def test_the_playground_streams_the_base_and_the_tuned_model_side_by_side(embedd
     request as the openai SDK call to copy; a checkpoint's link on a job's page opens it here beside its base."""
     origin = embedded.base_url.removesuffix("/v1")
     tuned = finished_job.fine_tuned_model
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
+    context, page, _ = _signed_in(browser, embedded, f"#/playground?left=ftaas-tiny&right={tuned}")
     streams: list[str] = []
     page.on("response", lambda response: "/v1/chat/completions" in response.url
             and streams.append(response.headers.get("content-type", "")))
-    page.goto(f"{origin}/console#/playground?left=ftaas-tiny&right={tuned}")
-    page.fill("#api-key", embedded.api_key)
-    page.keyboard.press("Enter")
     page.wait_for_selector("h1:has-text('Playground')")
     assert page.input_value("#model-0") == "ftaas-tiny" and page.input_value("#model-1") == tuned
     page.fill("#system", "Answer briefly.")
@@ -206,7 +209,6 @@ def test_the_playground_streams_the_base_and_the_tuned_model_side_by_side(embedd
 
 def test_models_lists_base_and_fine_tuned_and_deletes_a_fine_tuned_one(embedded: LiveServer, browser: Any,
                                                                       tmp_path: Path) -> None:
-    origin = embedded.base_url.removesuffix("/v1")
     client = embedded.client()
     training = upload_processed(client, "to-delete.jsonl", training_jsonl(10))
     job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=training.id, suffix="deleteme", method={
@@ -216,18 +218,14 @@ def test_models_lists_base_and_fine_tuned_and_deletes_a_fine_tuned_one(embedded:
         assert time.monotonic() < deadline, job.status
         time.sleep(0.5)
     assert job.status == "succeeded", job.error
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.goto(f"{origin}/console#/models")
-    page.fill("#api-key", embedded.api_key)
-    page.keyboard.press("Enter")
+    context, page, dialogs = _signed_in(browser, embedded, "#/models", confirm=True)
     page.wait_for_selector(f"tr[data-model='{job.fine_tuned_model}']")
     assert page.query_selector("tr[data-model='ftaas-tiny']") and not page.query_selector(
         "tr[data-model='ftaas-tiny'] button")  # base models cannot be deleted
     _screenshot(page, "models", tmp_path)
-    page.once("dialog", lambda dialog: dialog.accept())  # the confirmation
     page.click(f"button[aria-label='Delete {job.fine_tuned_model}']")
     page.wait_for_selector(f"#models-result:has-text('Deleted {job.fine_tuned_model}')")
     assert not page.query_selector(f"tr[data-model='{job.fine_tuned_model}']")
+    assert dialogs == [f"Delete {job.fine_tuned_model}? Its adapter is deleted too; jobs keep their records."]
     assert job.fine_tuned_model not in [m.id for m in client.models.list().data]
     context.close()
