@@ -159,7 +159,8 @@ def test_files_upload_by_drop_and_by_chooser_with_their_validation_errors_by_lin
     }""", [bad, name])
     page.wait_for_selector("#upload-result:has-text('Uploaded')")
     assert page.evaluate("document.getElementById('upload-progress').value > 0")
-    row = page.wait_for_selector("tr:has(ul.errors)", timeout=30_000)
+    file_id = page.inner_text("#upload-result").split(" as ", 1)[1].split(";")[0]
+    row = page.wait_for_selector(f"tr[data-file='{file_id}']:has(ul.errors)", timeout=30_000)
     errors = [item.inner_text() for item in row.query_selector_all("ul.errors li")]
     assert [e.split()[1].rstrip(":") for e in errors] == ["3", "5"], errors  # one line each, by number
     assert name in row.inner_text()
