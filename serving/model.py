@@ -394,39 +394,7 @@ class LlamaForward:
             qkv = self._linear(h, layer, "qkv", index, batch)
             attended = self._fused_decode_attention(qkv, index, layer, batch) if fused_decode else None
             if attended is None:
-                q_size, kv_size = g.heads * g.head_dim, g.kv_heads * g.head_dim
-                cos, sin = rope[layer.rope]
-                if layer.q_norm is not None and layer.k_norm is not None:
-                    q = self._norm(qkv[:, :q_size].view(rows, g.heads, g.head_dim), layer.q_norm)
-                    k = self._norm(qkv[:, q_size:q_size + kv_size].view(rows, g.kv_heads, g.head_dim), layer.k_norm)
-                    q, k = _rope(q, cos, sin, self.rotary_dim), _rope(k, cos, sin, self.rotary_dim)
-                else:  # queries and keys rotated in one pass (elementwise: the same numbers as one by one)
-                    qk = _rope(qkv[:, :q_size + kv_size].view(rows, g.heads + g.kv_heads, g.head_dim), cos, sin,
-                               self.rotary_dim)
-                    q, k = qk[:, :g.heads], qk[:, g.heads:]
-                v = qkv[:, q_size + kv_size:].view(rows, g.kv_heads, g.head_dim)
-                keys_values = torch.stack((k, v), dim=1)  # [rows, 2, kv_heads, head_dim], as a cache stores them
-                pieces = []
-                if batch.decode_groups:
-                    staged.append(keys_values[:batch.decode_count])
-                    pieces.append(self._grouped_decode_attention(index, q[:batch.decode_count], keys_values, batch,
-                                                                 layer.window))
-                else:
-                    for row, (cache, position) in enumerate(batch.decode_caches):
-                        layer_cache = cache[index]
-                        layer_cache[:, :, position] = keys_values[row]
-                        pieces.append(self._decode_attention(q[row], layer_cache, position + 1, layer.window))
-                for start, length, slot, past in batch.prefills:
-                    layer_cache = kv[slot][index]
-                    layer_cache[:, :, past:past + length] = keys_values[start:start + length].permute(1, 2, 0, 3)
-                    if past:  # the prompt's first `past` positions came from the prefix cache
-                        keys, values = layer_cache[0, :, :past + length], layer_cache[1, :, :past + length]
-                    else:
-                        keys, values = k[start:start + length].transpose(0, 1), v[start:start + length].transpose(0, 1)
-                    pieces.append(self._prefill_attention(q[start:start + length], keys, values, past, layer.window))
-                if rows > batch.real_rows:
-                    pieces.append(q.new_zeros(rows - batch.real_rows, g.heads, g.head_dim))
-                attended = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+                attended = self._attention(qkv, index, layer, batch, kv, rope, staged)
             out = self._linear(attended.reshape(rows, -1), layer, "o", index, batch)
             if layer.attention_out_norm is not None:
                 out = self._norm(out, layer.attention_out_norm)
@@ -448,6 +416,47 @@ class LlamaForward:
         last = x[batch.logit_rows]
         last = self._norm(_pad_rows(last, self.tile_rows), self.final_norm)
         return self._dense(last, self.lm_head)[:len(batch.logit_rows)].float()
+
+    def _attention(self, qkv: torch.Tensor, index: int, layer: LayerWeights, batch: StepBatch, kv: KVCache,
+                   rope: list[tuple[torch.Tensor, torch.Tensor]], staged: list[torch.Tensor]) -> torch.Tensor:
+        """Every row's attention for one layer from its fused q/k/v product ([rows, heads, head_dim]): RoPE (per-head
+        q/k norms first where the family has them), the keys and values stored in their caches (a grouped decode's
+        appended to `staged`, stored after the last layer), decode rows against their caches, prompts against
+        themselves and their cached prefix, padding rows zero."""
+        g, rows = self.geometry, qkv.shape[0]
+        q_size, kv_size = g.heads * g.head_dim, g.kv_heads * g.head_dim
+        cos, sin = rope[layer.rope]
+        if layer.q_norm is not None and layer.k_norm is not None:
+            q = self._norm(qkv[:, :q_size].view(rows, g.heads, g.head_dim), layer.q_norm)
+            k = self._norm(qkv[:, q_size:q_size + kv_size].view(rows, g.kv_heads, g.head_dim), layer.k_norm)
+            q, k = _rope(q, cos, sin, self.rotary_dim), _rope(k, cos, sin, self.rotary_dim)
+        else:  # queries and keys rotated in one pass (elementwise: the same numbers as one by one)
+            qk = _rope(qkv[:, :q_size + kv_size].view(rows, g.heads + g.kv_heads, g.head_dim), cos, sin,
+                       self.rotary_dim)
+            q, k = qk[:, :g.heads], qk[:, g.heads:]
+        v = qkv[:, q_size + kv_size:].view(rows, g.kv_heads, g.head_dim)
+        keys_values = torch.stack((k, v), dim=1)  # [rows, 2, kv_heads, head_dim], as a cache stores them
+        pieces = []
+        if batch.decode_groups:
+            staged.append(keys_values[:batch.decode_count])
+            pieces.append(self._grouped_decode_attention(index, q[:batch.decode_count], keys_values, batch,
+                                                         layer.window))
+        else:
+            for row, (cache, position) in enumerate(batch.decode_caches):
+                layer_cache = cache[index]
+                layer_cache[:, :, position] = keys_values[row]
+                pieces.append(self._decode_attention(q[row], layer_cache, position + 1, layer.window))
+        for start, length, slot, past in batch.prefills:
+            layer_cache = kv[slot][index]
+            layer_cache[:, :, past:past + length] = keys_values[start:start + length].permute(1, 2, 0, 3)
+            if past:  # the prompt's first `past` positions came from the prefix cache
+                keys, values = layer_cache[0, :, :past + length], layer_cache[1, :, :past + length]
+            else:
+                keys, values = k[start:start + length].transpose(0, 1), v[start:start + length].transpose(0, 1)
+            pieces.append(self._prefill_attention(q[start:start + length], keys, values, past, layer.window))
+        if rows > batch.real_rows:
+            pieces.append(q.new_zeros(rows - batch.real_rows, g.heads, g.head_dim))
+        return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
     def _fused_decode_attention(self, qkv: torch.Tensor, index: int, layer: LayerWeights,
                                 batch: StepBatch) -> torch.Tensor | None:
