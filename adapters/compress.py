@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -32,19 +32,26 @@ def ternarize(tensor: torch.Tensor, density: float) -> Ternary:
     return Ternary(tuple(tensor.shape), pack_bits(mask), pack_bits(values < 0), scale)
 
 
-def compress(tensors: Mapping[str, torch.Tensor], density: float) -> tuple[dict[str, Ternary], float]:
-    """Every tensor compressed; and the compression ratio against the tensors as given (their dtype)."""
-    compressed = {name: ternarize(tensor, density) for name, tensor in tensors.items()}
+def compress(tensors: Mapping[str, torch.Tensor], density: float,
+             progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Ternary], float]:
+    """Every tensor compressed; and the compression ratio against the tensors as given (their dtype).
+    `progress(done, total)` after each tensor."""
+    compressed = {}
+    for done, (name, tensor) in enumerate(tensors.items(), start=1):
+        compressed[name] = ternarize(tensor, density)
+        if progress is not None:
+            progress(done, len(tensors))
     original = sum(t.numel() * t.element_size() for t in tensors.values())
     stored = sum(t.nbytes for t in compressed.values())
     return compressed, original / max(1, stored)
 
 
-def compress_adapter_dir(source: Path, target: Path, *, density: float) -> float:
+def compress_adapter_dir(source: Path, target: Path, *, density: float,
+                         progress: Callable[[int, int], None] | None = None) -> float:
     """Compress a peft adapter directory into `target` (created); returns the stored-size ratio of the
     weights file (dense safetensors bytes / compressed safetensors bytes)."""
     tensors = load_tensors(source)  # a compressed adapter is compressed again from its dense form
-    compressed, _ = compress(tensors, density)
+    compressed, _ = compress(tensors, density, progress)
     target.mkdir(parents=True)
     save_file(to_safetensors(compressed), str(target / COMPRESSED_WEIGHTS),
               metadata={"format": "compeft", "density": repr(density)})

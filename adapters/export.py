@@ -34,8 +34,10 @@ def base_tensor_name(module: str) -> str:
 
 
 def export_merged(base_dir: Path, adapter: LoraAdapter, out_dir: Path, *,
-                  progress: Callable[[int], None] | None = None) -> list[Path]:
-    """Write the merged model into `out_dir` (created); returns the weight files written."""
+                  progress: Callable[[int, int], None] | None = None) -> list[Path]:
+    """Write the merged model into `out_dir` (created); returns the weight files written. `progress(done,
+    total)` is called after each tensor written (total: the base model's tensors, counted from the shards'
+    headers first)."""
     shards = sorted(base_dir.glob("*.safetensors"))
     if not shards:
         raise InvalidRequest("the base model has no safetensors weights to merge into", param="model")
@@ -43,8 +45,12 @@ def export_merged(base_dir: Path, adapter: LoraAdapter, out_dir: Path, *,
     if config_file.is_file() and json.loads(config_file.read_text()).get("auto_map"):
         raise InvalidRequest("base models with custom code are not exported", param="model")
     updates = {base_tensor_name(module): factors for module, factors in adapter.modules.items()}
+    total = 0
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as reader:
+            total += len(reader.keys())
     out_dir.mkdir(parents=True)
-    written, applied = [], set()
+    written, applied, done = [], set(), 0
     for shard in shards:
         tensors: dict[str, torch.Tensor] = {}
         with safe_open(str(shard), framework="pt") as reader:
@@ -59,8 +65,9 @@ def export_merged(base_dir: Path, adapter: LoraAdapter, out_dir: Path, *,
                     tensor = (tensor.float() + factors.b.float() @ factors.a.float()).to(tensor.dtype)
                     applied.add(name)
                 tensors[name] = tensor.contiguous()
+                done += 1
                 if progress is not None:
-                    progress(1)
+                    progress(done, total)
         target = out_dir / shard.name
         save_file(tensors, str(target), metadata=metadata or {"format": "pt"})
         written.append(target)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,15 +131,16 @@ def _layer_of(module: str) -> int:
 
 def merge_adapters(adapters: Sequence[LoraAdapter], weights: Sequence[float], *, method: str = "linear",
                    density: float = 1.0, majority_sign: str = "total", seed: int = 0, rank: int | None = None,
-                   lines: tuple[float, float] | None = None, num_layers: int | None = None) -> MergeResult:
-    """The merged adapter's factors (see the module docstring)."""
+                   lines: tuple[float, float] | None = None, num_layers: int | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> MergeResult:
+    """The merged adapter's factors (see the module docstring); `progress(done, total)` after each module."""
     if len(adapters) != len(weights):
         raise InvalidRequest("give one weight per adapter", param="weights")
     modules = sorted({module for adapter in adapters for module in adapter.modules})
     target_rank = rank or max(adapter.max_rank for adapter in adapters)
     generator = torch.Generator().manual_seed(seed)
     result = MergeResult({})
-    for module in modules:
+    for done, module in enumerate(modules, start=1):
         present = [(adapter.modules[module], weight) for adapter, weight in zip(adapters, weights, strict=True)
                    if module in adapter.modules]
         if method == "linear":
@@ -155,6 +156,8 @@ def merge_adapters(adapters: Sequence[LoraAdapter], weights: Sequence[float], *,
             factors = dense_svd(merged, target_rank)
         result.modules[module] = factors
         result.truncation_error[module] = factors.error
+        if progress is not None:
+            progress(done, len(modules))
     if lines is not None:
         layers = num_layers or 1 + max(_layer_of(module) for module in modules)
         scale = lines_factors(layers, *lines)

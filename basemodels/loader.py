@@ -32,8 +32,9 @@ class BaseModelLoader:
         self.hf_offline = hf_offline
         self._open_store = open_store
 
-    def resolve(self, name: str) -> tuple[str, str | None]:
-        """(path or hub id, revision) for `from_pretrained`."""
+    def resolve(self, name: str, *, weights: bool = True) -> tuple[str, str | None]:
+        """(path or hub id, revision) for `from_pretrained`. `weights=False`: an s3:// model's folder need
+        not hold its weights (config and tokenizer files only: what a tokenizer loads)."""
         model = self.registry.get(name)
         if model is None:
             raise NotFound(f"base model {name!r} is not registered", code="model_not_found", param="model")
@@ -46,7 +47,7 @@ class BaseModelLoader:
         if parsed.scheme == "file":
             return unquote(parsed.path), None
         if parsed.scheme == "s3":
-            return str(self._fetch_s3(source)), None
+            return str(self._fetch_s3(source, weights=weights)), None
         if parsed.scheme:
             raise InvalidRequest(f"unsupported base model source {source!r}", param="model")
         hub_id, _, revision = source.partition("@")
@@ -67,18 +68,19 @@ class BaseModelLoader:
             raise InvalidRequest(f"The configuration of base model {name!r} is not available here: {exc}",
                                  code="model_not_available", param="base_model") from None
 
-    def _fetch_s3(self, source: str) -> Path:
+    def _fetch_s3(self, source: str, *, weights: bool = True) -> Path:
         if self._open_store is None:
             raise InvalidRequest("s3:// base models need S3 settings", param="model")
         parsed = urlparse(source)
-        target = self.cache_dir / "s3" / parsed.netloc / parsed.path.strip("/")
+        target = self.cache_dir / ("s3" if weights else "s3-tokenizers") / parsed.netloc / parsed.path.strip("/")
         if (target / "config.json").exists():
             return target
+        suffixes = _MODEL_FILE_SUFFIXES if weights else tuple(s for s in _MODEL_FILE_SUFFIXES if s != ".safetensors")
         store: ArtifactStore = self._open_store(f"s3://{parsed.netloc}")
         prefix = parsed.path.strip("/") + "/"
         for key in store.list_keys(prefix):
             name = key[len(prefix):]
-            if "/" not in name and name.endswith(_MODEL_FILE_SUFFIXES):
+            if "/" not in name and name.endswith(suffixes):
                 store.copy_unrecorded(key, target / name)
         return target
 
@@ -88,7 +90,7 @@ class BaseModelLoader:
 
         hf_logging.disable_progress_bar()
 
-        path, revision = self.resolve(name)
+        path, revision = self.resolve(name, weights=False)
         tokenizer = AutoTokenizer.from_pretrained(
             path, revision=revision, trust_remote_code=False, local_files_only=self.hf_offline
         )

@@ -59,8 +59,10 @@ def delete(session: Session, file: File) -> None:
     session.delete(file)
 
 
-def record_validation(session: Session, file_id: str, outcome: ValidationOutcome) -> bool:
-    """Store the outcome on a file still `uploaded`. False if it was already decided (a duplicate run)."""
+def record_validation(session: Session, file_id: str, outcome: ValidationOutcome, *,
+                      token_counts: dict[str, Any] | None = None) -> bool:
+    """Store the outcome (and a valid file's token counts) on a file still `uploaded`. False if it was already
+    decided (a duplicate run)."""
     result = session.execute(
         update(File)
         .where(File.id == file_id, File.status == FileStatus.UPLOADED)
@@ -72,6 +74,7 @@ def record_validation(session: Session, file_id: str, outcome: ValidationOutcome
             validation_errors=outcome.errors or None,
             error_count=outcome.error_count,
             item_fields=outcome.item_fields or None,
+            token_counts=token_counts,
         )
     )
     return affected_rows(result) == 1

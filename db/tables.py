@@ -80,6 +80,9 @@ class File(Base):
     data_format: Mapped[str | None] = mapped_column(String(32))
     #: reinforcement data: each item field -> the first line that lacks it (None: every line has it).
     item_fields: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: processed training files: base model -> {"examples", "tokens", "trained_tokens", "longest_example"}
+    #: under that model's tokenizer and chat template (what one epoch of a job on it would see).
+    token_counts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     example_count: Mapped[int | None] = mapped_column(Integer)
     #: [{"line": int|None, "code": str, "message": str}, ...], capped; `error_count` is exact.
     validation_errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
@@ -283,6 +286,9 @@ class AdapterOperation(LeasedWork, Base):
     result_file_id: Mapped[str | None] = mapped_column(ID)
     #: What the operation measured: compression ratio, truncation errors, exported sizes.
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: While it runs: {"stage": downloading | merging | compressing | exporting | importing | storing,
+    #: "done", "total"} (units of the stage: adapters, modules, tensors); None before it starts.
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     user_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
     created_at: Mapped[int] = mapped_column(BigInteger)

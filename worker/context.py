@@ -10,6 +10,7 @@ import os
 import socket
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
@@ -48,6 +49,16 @@ class WorkerContext:
     def loader(self) -> BaseModelLoader:
         return BaseModelLoader(self.registry, self.settings.models.cache_path, hf_offline=self.settings.models.hf_offline,
                                open_store=lambda uri: open_store(uri, self.settings.storage))
+
+    @cached_property
+    def _tokenizers(self) -> dict[str, Any]:
+        return {}
+
+    def tokenizer(self, base_model: str) -> Any:
+        """A base model's tokenizer, loaded once per process (its config and tokenizer files only)."""
+        if base_model not in self._tokenizers:
+            self._tokenizers[base_model] = self.loader.load_tokenizer(base_model)
+        return self._tokenizers[base_model]
 
     @property
     def validation_limits(self) -> ValidationLimits:

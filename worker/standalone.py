@@ -87,9 +87,10 @@ class StandaloneWork:
     def renewal(self) -> LeaseRenewal:
         return LeaseRenewal(self.renew, interval=self.ttl / 3)
 
-    def renew(self) -> None:
+    def renew(self, values: dict[str, Any] | None = None) -> None:
+        """Extend the lease, writing `values` (progress) with it; `LeaseLost` when the work is not ours."""
         with self.db.write() as session:
-            self.queue.renew(session, self.lease, ttl=self.ttl)
+            self.queue.renew(session, self.lease, ttl=self.ttl, values=values)
 
     def fail(self, error: dict[str, Any]) -> str:
         """failed (or lease-lost when someone else owns the work now)."""

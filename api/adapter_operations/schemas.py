@@ -89,6 +89,13 @@ class OperationError(BaseModel):
     param: str | None
 
 
+class OperationProgress(BaseModel):
+    stage: Literal["downloading", "merging", "compressing", "exporting", "importing", "storing"]
+    #: units of the stage: parent adapters downloaded, modules merged, tensors compressed or exported
+    done: int
+    total: int
+
+
 class AdapterOperationObject(BaseModel):
     id: str
     object: Literal["adapter_operation"] = "adapter_operation"
@@ -105,6 +112,8 @@ class AdapterOperationObject(BaseModel):
     parents: list[str]
     parameters: dict[str, Any]
     result: dict[str, Any] | None
+    #: While running: the stage and how far it got (None otherwise).
+    progress: OperationProgress | None = None
     error: OperationError | None
     metadata: dict[str, str] | None
 
@@ -116,6 +125,7 @@ class AdapterOperationObject(BaseModel):
         return cls(id=row.id, type=row.type, status=row.status, created_at=row.created_at, started_at=row.started_at,
                    finished_at=row.finished_at, base_model=row.base_model, model=row.result_model,
                    result_file=row.result_file_id, parents=parents, parameters=public, result=row.result,
+                   progress=(OperationProgress(**row.progress) if row.progress and row.status == "running" else None),
                    error=OperationError(**row.error) if row.error else None, metadata=row.user_metadata)
 
 

@@ -62,8 +62,11 @@ def test_a_compressed_adapter_directory_is_8x_smaller_and_serves(start_serving: 
     from contracts.settings import DEMO_BASE_MODEL
 
     source = make_adapter(71, r=16)
-    ratio = compress_adapter_dir(source, tmp_path / "compact", density=0.1)
+    steps: list[tuple[int, int]] = []
+    ratio = compress_adapter_dir(source, tmp_path / "compact", density=0.1, progress=lambda *step: steps.append(step))
     assert ratio >= 8
+    tensors = len(load_tensors(source))
+    assert steps == [(done, tensors) for done in range(1, tensors + 1)]  # one per tensor
     names = {p.name for p in (tmp_path / "compact").iterdir()}
     assert {"adapter_config.json", COMPRESSED_WEIGHTS} <= names and "adapter_model.safetensors" not in names
 

@@ -26,9 +26,10 @@ def test_the_exported_model_generates_what_ftaas_serves(start_serving: Any, make
     live = start_serving(serving_dtype="float32")  # the exported model generates in float32
     served_model = live.register(directory)
     base_dir = Path(loader.resolve(DEMO_BASE_MODEL)[0])
-    counted: list[int] = []
-    export_merged(base_dir, read_lora(directory), tmp_path / "merged", progress=counted.append)
-    assert sum(counted) > 0
+    counted: list[tuple[int, int]] = []
+    export_merged(base_dir, read_lora(directory), tmp_path / "merged", progress=lambda *p: counted.append(p))
+    total = counted[0][1]  # every tensor of the base, each reported once, in order
+    assert total > 0 and counted == [(done, total) for done in range(1, total + 1)]
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")

@@ -32,7 +32,10 @@ def peft_deltas(loader: Any, directory: Path) -> dict[str, torch.Tensor]:
 def test_a_linear_merge_of_adapters_of_different_ranks_is_exact(loader: Any, make_adapter: Any,
                                                                  tmp_path: Path, base_model: Any) -> None:
     first, second = make_adapter(21, r=4), make_adapter(22, r=8, targets=["q_proj", "v_proj"])
-    merged = merge_adapters([read_lora(first), read_lora(second)], [0.6, 0.4], method="linear")
+    steps: list[tuple[int, int]] = []
+    merged = merge_adapters([read_lora(first), read_lora(second)], [0.6, 0.4], method="linear",
+                            progress=lambda *step: steps.append(step))
+    assert steps == [(done, len(merged.modules)) for done in range(1, len(merged.modules) + 1)]  # one per module
     write_lora(tmp_path / "soup", merged.modules, template=json.loads((first / "adapter_config.json").read_text()))
     assert merged.max_error == 0.0
     expected_first, expected_second = peft_deltas(loader, first), peft_deltas(loader, second)

@@ -20,8 +20,9 @@ from transformers import AutoModelForCausalLM
 from adapters.lora_files import read_lora
 from contracts.settings import DEMO_BASE_MODEL
 from db import models
+from db.tables import AdapterOperation
 from storage.manifest import publish_directory, read_manifest
-from worker.adapter_operations.service import fetch_adapter, run_operation
+from worker.adapter_operations.service import Progress, fetch_adapter, run_operation
 from worker.context import WorkerContext
 
 
@@ -93,6 +94,9 @@ def test_compression_and_export(live: Any, make_adapter: Any, tmp_path: Path) ->
         assert reply(live, compact["model"])  # served from the compressed artifact
         exported = run(live, client, {"type": "export", "model": model, "format": "merged"})
         assert exported["model"] is None and exported["result_file"].startswith("file-")
+        assert exported["progress"] is None  # reported while running only
+        with live.services.db.read() as session:  # the last progress the worker wrote, with its lease, before storing
+            assert session.get(AdapterOperation, exported["id"]).progress == {"stage": "storing", "done": 0, "total": 1}
         content = client.get(f"/files/{exported['result_file']}/content").content
     with tarfile.open(fileobj=io.BytesIO(content)) as archive:
         archive.extractall(tmp_path / "export", filter="data")
@@ -194,3 +198,14 @@ def test_unreadable_adapter_files_in_an_archive_are_a_400(live: Any, make_adapte
                 "type": "import", "file": upload(client, buffer.getvalue()), "base_model": DEMO_BASE_MODEL})
             assert response.status_code == 400, (label, response.text)
             assert response.json()["error"]["param"] == "file" and response.json()["error"]["message"], label
+
+
+def test_progress_is_written_at_each_stage_at_each_stage_end_and_otherwise_at_most_once_a_second() -> None:
+    written: list[dict[str, Any]] = []
+    progress = Progress(written.append)
+    progress("downloading", 0, 1)
+    for done in range(1, 201):  # a fast loop: its first step (a new stage), its last, nothing between
+        progress("exporting", done, 200)
+    progress("storing", 0, 1)
+    assert written == [{"stage": "downloading", "done": 0, "total": 1}, {"stage": "exporting", "done": 1, "total": 200},
+                       {"stage": "exporting", "done": 200, "total": 200}, {"stage": "storing", "done": 0, "total": 1}]

@@ -42,8 +42,9 @@ class Api:
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    settings = Settings(data_dir=tmp_path, max_upload_bytes=MAX_UPLOAD, max_json_body_bytes=64 * 1024,
+def api(tmp_path: Path, model_cache_dir: Path) -> Iterator[Api]:
+    # The run's shared base models: validation counts a file's tokens under each base model's tokenizer.
+    settings = Settings(data_dir=tmp_path, model_cache_dir=model_cache_dir, max_upload_bytes=MAX_UPLOAD, max_json_body_bytes=64 * 1024,
                         max_active_jobs_per_project=3)
     services = build_services(settings)
     migrate.upgrade(services.db)

@@ -227,6 +227,33 @@ def test_uploaded_bytes_come_back_unchanged_and_results_files_are_not_uploadable
     assert_error(upload(api, purpose="fine-tune-results"), 400, param="purpose")
 
 
+def test_a_processed_training_file_carries_its_token_counts_under_each_base_model(api: Api) -> None:
+    """Counted with each base model's own tokenizer and chat template, as a job on it would encode the file: all
+    tokens, the trained (assistant) ones, the longest example; checked here against the tokenizer's own
+    chat-template tokenization and the assistant answers tokenized alone."""
+    file_id = processed_file(api)
+    file = api.client.get(f"/v1/files/{file_id}", headers=api.headers()).json()
+    assert file["status"] == "processed"
+    counts = file["token_counts"]
+    assert set(counts) == set(api.settings.models.sources())  # every base model of the installation
+    loader = WorkerContext(api.settings).loader
+    for base_model, got in counts.items():
+        tokenizer = loader.load_tokenizer(base_model)
+        lines = [json.loads(line) for line in TRAINING.decode().splitlines()]
+        lengths = [len(tokenizer.apply_chat_template(line["messages"], tokenize=True, return_dict=True)["input_ids"])
+                   for line in lines]
+        answers = [len(tokenizer(line["messages"][1]["content"], add_special_tokens=False)["input_ids"])
+                   for line in lines]
+        assert got["examples"] == 12 and got["tokens"] == sum(lengths) and got["longest_example"] == max(lengths)
+        # the answer, and the template's end-of-turn marker after it (one to three tokens per answer)
+        assert sum(answers) < got["trained_tokens"] <= sum(answers) + 3 * len(lines), (base_model, got)
+        assert got["error"] is None
+    listed = api.client.get("/v1/files", headers=api.headers()).json()["data"]
+    assert next(f for f in listed if f["id"] == file_id)["token_counts"] == counts
+    unvalidated = upload(api, purpose="user_data").json()
+    assert unvalidated["token_counts"] is None  # only training files are validated and counted
+
+
 # ---------------------------------------------------------------------------------------- pagination
 def test_file_lists_paginate_by_cursor_and_filter_by_purpose(api: Api) -> None:
     ids = [upload(api, name=f"f{i}.jsonl").json()["id"] for i in range(5)]

@@ -19,6 +19,7 @@ import shutil
 import tarfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from worker.standalone import StandaloneWork
 log = logging.getLogger(__name__)
 
 QUEUE = adapter_operations.QUEUE
+PROGRESS_EVERY_SECONDS = 1.0
 
 
 def fetch_adapter(ctx: WorkerContext, prefix: str, manifest_sha256: str, target: Path) -> Path:
@@ -71,12 +73,34 @@ def base_model_dir(ctx: WorkerContext, base_model: str) -> Path:
 
 
 
-def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path, patient: Patiently,
+class Progress:
+    """The operation's progress on its row (`progress`: stage, done, total), written with a lease renewal at
+    most every PROGRESS_EVERY_SECONDS and at each new stage; a write that finds the lease gone stops the work
+    (`LeaseLost`), so a cancelled operation stops within seconds."""
+
+    def __init__(self, write: Callable[[dict[str, Any]], None]) -> None:
+        self.write = write
+        self._stage = ""
+        self._last = 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if stage != self._stage or done == total or now - self._last >= PROGRESS_EVERY_SECONDS:
+            self._stage, self._last = stage, now
+            self.write({"stage": stage, "done": done, "total": total})
+
+    def of(self, stage: str) -> Callable[[int, int], None]:
+        """A (done, total) callback for the adapters library's loops."""
+        return lambda done, total: self(stage, done, total)
+
+
+def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path, patient: Patiently, progress: Progress,
              ) -> tuple[Path | None, Path | None, dict]:
     """Do the operation: (adapter directory to publish, file to store, measurements)."""
     params = row.params
     parents = []
     for index, parent in enumerate(params.get("parents", [])):
+        progress("downloading", index, len(params["parents"]))
         target = work / f"parent-{index}"
         parents.append(patient(lambda: fetch_adapter(ctx, parent["prefix"], parent["manifest_sha256"], target),
                                f"download adapter {index}"))
@@ -89,16 +113,18 @@ def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path, patient: Pat
             density=params.get("density", 1.0), majority_sign=params.get("majority_sign", "total"),
             seed=params.get("seed", 0), rank=params.get("rank"),
             lines=(lines["alpha"], lines["beta"]) if lines else None,
-            num_layers=int(ctx.loader.config(row.base_model)["num_hidden_layers"]) if lines else None)
+            num_layers=int(ctx.loader.config(row.base_model)["num_hidden_layers"]) if lines else None,
+            progress=progress.of("merging"))
         write_lora(out, result.modules, template=adapters[0].config)
         ranks = sorted({f.rank for f in result.modules.values()})
         return out, None, {"ranks": ranks, "max_truncation_error": round(result.max_error, 6),
                            "modules": len(result.modules)}
     if row.type == "compress":
-        ratio = compress_adapter_dir(parents[0], out, density=params["density"])
+        ratio = compress_adapter_dir(parents[0], out, density=params["density"], progress=progress.of("compressing"))
         return out, None, {"compression_ratio": round(ratio, 3), "density": params["density"],
                            "stored_bytes": (out / COMPRESSED_WEIGHTS).stat().st_size}
     if row.type == "import":
+        progress("importing", 0, 1)
         archive = work / "upload"
         patient(lambda: ctx.store.download_file(params["storage_key"], archive, sha256=params["sha256"],
                                                 size=params["bytes"]), "download the uploaded archive")
@@ -112,7 +138,8 @@ def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path, patient: Pat
     if row.type == "export":
         package = work / "export"
         if params["format"] == "merged":
-            export_merged(base_model_dir(ctx, row.base_model), read_lora(parents[0]), package)
+            export_merged(base_model_dir(ctx, row.base_model), read_lora(parents[0]), package,
+                          progress=progress.of("exporting"))
         else:  # the PEFT folder, with dense weights (a compressed model's decompressed) that PEFT loads
             package.mkdir()
             shutil.copyfile(parents[0] / CONFIG, package / CONFIG)
@@ -133,7 +160,7 @@ def run_operation(ctx: WorkerContext, operation_id: str) -> str:
         return row
 
     claimed = StandaloneWork.claim(ctx.db, QUEUE, operation_id, owner=ctx.owner, ttl=ctx.settings.work.lease_ttl_seconds,
-                                   read=detached)
+                                   read=detached, values={"progress": None})  # an earlier attempt's is stale
     if claimed is None:
         return "not-claimed"
     standalone, row = claimed
@@ -146,8 +173,11 @@ def run_operation(ctx: WorkerContext, operation_id: str) -> str:
 
     try:
         with renewal:
-            directory, file_path, result = _perform(ctx, row, work, patient)
+            progress = Progress(lambda value: patient(lambda: standalone.renew({"progress": value}),
+                                                      "report the operation's progress"))
+            directory, file_path, result = _perform(ctx, row, work, patient, progress)
             renewal.check()
+            progress("storing", 0, 1)
             _publish(ctx, standalone.lease, row, directory, file_path, result, stored, patient)
         return "succeeded"
     except Exception as exc:  # noqa: BLE001 - every outcome, bugs included, is settled by the taxonomy
