@@ -7,7 +7,10 @@ ones)."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import tarfile
 import shutil
 import time
 from collections.abc import Iterator
@@ -136,7 +139,9 @@ def test_sign_in_follow_a_job_to_the_end_and_user_text_stays_text(embedded: Live
 
     # A phone's screen: nothing wider than it.
     page.set_viewport_size({"width": 390, "height": 844})
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    wide = page.evaluate("[...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > "
+                         "window.innerWidth + 1).slice(0, 5).map((e) => e.tagName + '.' + e.className + ' ' + e.getBoundingClientRect().right)")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), wide
     _screenshot(page, "job-phone", tmp_path)
     context.close()
 
@@ -169,6 +174,8 @@ def test_files_upload_by_drop_and_by_chooser_with_their_validation_errors_by_lin
     page.set_input_files("#upload-file", files=[{"name": "good.jsonl", "mimeType": "application/jsonl",
                                                 "buffer": good.encode()}])
     page.wait_for_selector("tr:has(td:has-text('good.jsonl')) .status-processed", timeout=30_000)
+    counts = page.inner_text("tr:has(td:has-text('good.jsonl')) ul.token-counts li[data-model='ftaas-tiny']")
+    assert " tokens in 12 examples, " in counts and " trained, longest " in counts  # as the API counted them
     _screenshot(page, "files", tmp_path)
     context.close()
 
@@ -176,10 +183,11 @@ def test_files_upload_by_drop_and_by_chooser_with_their_validation_errors_by_lin
 def test_the_playground_streams_the_base_and_the_tuned_model_side_by_side(embedded: LiveServer, finished_job: Any,
                                                                           browser: Any, tmp_path: Path) -> None:
     """Two panes, one prompt, both answers streamed at once (server-sent events, several chunks each), and the
-    request as the openai SDK call to copy; a checkpoint's link on a job's page opens it here beside its base."""
+    request as the openai SDK call to copy; model output carrying markup is shown as text; a checkpoint's link on
+    a job's page opens it here beside its base."""
     origin = embedded.base_url.removesuffix("/v1")
     tuned = finished_job.fine_tuned_model
-    context, page, _ = _signed_in(browser, embedded, f"#/playground?left=ftaas-tiny&right={tuned}")
+    context, page, dialogs = _signed_in(browser, embedded, f"#/playground?left=ftaas-tiny&right={tuned}")
     streams: list[str] = []
     page.on("response", lambda response: "/v1/chat/completions" in response.url
             and streams.append(response.headers.get("content-type", "")))
@@ -198,6 +206,21 @@ def test_the_playground_streams_the_base_and_the_tuned_model_side_by_side(embedd
     code = page.inner_text("#sdk-call")
     assert f'model="{tuned}"' in code and "stream=True" in code and '"content": "Answer briefly."' in code
     _screenshot(page, "playground", tmp_path)
+
+    # Model output is text too: a JSON schema makes both models write a script-injection payload.
+    payload = PAYLOADS["img"]
+    schema = {"type": "json_schema", "json_schema": {"name": "markup", "schema": {
+        "type": "object", "properties": {"html": {"const": payload}}, "required": ["html"],
+        "additionalProperties": False}}}
+    page.click("summary:has-text('Tools and response format')")
+    page.fill("#response-format", json.dumps(schema))
+    page.fill("#max-tokens", "64")
+    page.click("#send")
+    page.wait_for_selector("section.pane[data-state='done'] >> nth=1", timeout=60_000)
+    for index in (0, 1):
+        assert json.loads(page.inner_text(f"#answer-{index}")) == {"html": payload}
+    assert dialogs == [] and page.evaluate("document.querySelectorAll('main img, main script').length") == 0
+    assert "response_format={" in page.inner_text("#sdk-call")
 
     # A checkpoint of the job opens in the playground beside the job's base model.
     checkpoint = embedded.client().fine_tuning.jobs.checkpoints.list(finished_job.id).data[0]
@@ -230,4 +253,99 @@ def test_models_lists_base_and_fine_tuned_and_deletes_a_fine_tuned_one(embedded:
     page.wait_for_selector(f"tr[data-model='{job.fine_tuned_model}']", state="detached", timeout=10_000)
     assert dialogs == [f"Delete {job.fine_tuned_model}? Its adapter is deleted too; jobs keep their records."]
     assert job.fine_tuned_model not in [m.id for m in client.models.list().data]
+    context.close()
+
+
+def test_a_jobs_knowledge_eval_report_charts_per_item_records_and_result_files(embedded: LiveServer, evaluated_job: dict,
+                                                                             browser: Any, tmp_path: Path) -> None:
+    """The job that trained with an eval attached: its page draws the report (each split's base and tuned
+    accuracy with its interval, the forgetting probes), lists every item with filters, and downloads its result
+    files; the Evals page lists the eval and opens the same report."""
+    job, report, items = evaluated_job["job"], evaluated_job["report"], evaluated_job["items"]
+    context, page, dialogs = _signed_in(browser, embedded, f"#/jobs/{job.id}")
+    section = page.wait_for_selector("section[data-report='knowledge']", timeout=30_000)
+    memorization = [split for split in report["splits"] if split["counts_toward"] == "memorization"]
+    bars = page.query_selector_all("figure[data-chart^='Memorization'] rect[data-series='tuned']")
+    assert [float(bar.get_attribute("data-value")) for bar in bars] == [s["tuned"]["accuracy"] for s in memorization]
+    whiskers = page.query_selector_all("figure[data-chart^='Memorization'] path.whisker")
+    intervals = [tuple(map(float, w.get_attribute("data-interval").split())) for w in whiskers]
+    assert intervals[1::2] == [(s["tuned"]["ci_low"], s["tuned"]["ci_high"]) for s in memorization]  # base, tuned
+    assert page.query_selector("figure[data-chart^='Forgetting'] rect[data-series='base']")
+    headline = report["summary"]["memorization"]
+    assert f"base {headline['mean_base']:.3f} → tuned {headline['mean_tuned']:.3f}" in section.inner_text()
+    label = page.get_attribute("figure[data-chart^='Generalization'] svg", "aria-label")
+    assert "tuned" in label and "[" in label  # screen readers get every value and interval
+
+    # Every item is there (paged, the count said), and the filters select by outcome.
+    records = page.locator("section.records")
+    assert f"50 of {len(items)} shown ({len(items)} in all)" in records.inner_text()
+    learned = [i for i in items if i["base"] and not i["base"]["correct"] and i["tuned"]["correct"]]
+    records.locator("select").nth(1).select_option("learned")
+    assert f"{min(50, len(learned))} of {len(learned)} shown" in records.inner_text()
+    assert len(learned) > 10  # the tuned model learned facts the base did not know
+    _screenshot(page, "job-eval", tmp_path)
+
+    # The result files download, with the key (a plain link could not carry it), as they are stored.
+    report_id = next(f for name, f in evaluated_job["files"].items() if name.endswith("-report.json"))
+    with page.expect_download() as download:
+        page.click(f"button[data-download='{report_id}']")
+    assert json.loads(Path(download.value.path()).read_text()) == report
+    assert {row.get_attribute("data-result-file") for row in page.query_selector_all("tr[data-result-file]")} == set(
+        evaluated_job["files"].values())
+
+    # The Evals page lists the eval and opens the same report.
+    page.click("nav a[href='#/evals']")
+    row = page.wait_for_selector(f"tr:has-text('job {job.id}')")
+    _screenshot(page, "evals", tmp_path)
+    row.query_selector("a").click()
+    page.wait_for_selector("#eval-report section[data-report='knowledge']", timeout=30_000)
+    assert page.query_selector("dd[data-status='succeeded']") and dialogs == []
+    context.close()
+
+
+def test_adapters_are_compressed_merged_and_exported_from_the_console(embedded: LiveServer, finished_job: Any,
+                                                                      browser: Any, tmp_path: Path) -> None:
+    """The adapter-operations API from the console: a request it refuses is told with the API's message; a
+    compression and then a merge of the model with its compressed copy make new models (opened in the
+    playground from the list); an export is a tar downloaded with the key; every operation's status follows
+    without a reload."""
+    tuned = finished_job.fine_tuned_model
+    context, page, dialogs = _signed_in(browser, embedded, f"#/adapters?model={tuned}")
+    page.wait_for_selector("h1:has-text('Adapters')")
+    pick = page.locator(f"input[type='checkbox'][value='{tuned}']")
+    assert pick.is_checked()  # opened from the model's row
+
+    def run(kind: str) -> Any:
+        page.select_option("#operation-type", kind)
+        page.click("#run-operation")
+        page.wait_for_selector("#operation-started:has-text('Started')")
+        operation = page.inner_text("#operation-started").split()[1]
+        row = page.wait_for_selector(f"tr[data-operation='{operation}'][data-status='succeeded']", timeout=120_000)
+        page.evaluate("document.getElementById('operation-started').textContent = ''")
+        return row
+
+    page.select_option("#operation-type", "merge")
+    page.click("#run-operation")
+    assert "models" in page.wait_for_selector("#operation-error:not(:empty)").inner_text()  # one model: refused
+
+    page.fill("#operation-suffix", "small")
+    compressed = run("compress").query_selector("a").inner_text()
+    assert compressed.startswith("ft:ftaas-tiny:") and ":small:" in compressed
+    page.reload()  # the new model is offered for the merge
+    page.wait_for_selector(f"input[value='{compressed}']").check()
+    page.select_option("#operation-type", "merge")
+    page.fill("#operation-suffix", "soup")
+    soup = run("merge")
+    assert ":soup:" in soup.query_selector("a").inner_text() and "ranks" in soup.inner_text()
+
+    page.uncheck(f"input[value='{compressed}']")
+    page.select_option("#operation-type", "export")
+    page.select_option("#export-format", "adapter")
+    export = run("export")
+    with page.expect_download() as download:
+        export.query_selector("button[data-download]").click()
+    with tarfile.open(fileobj=io.BytesIO(Path(download.value.path()).read_bytes())) as archive:
+        assert {Path(name).name for name in archive.getnames()} == {"adapter_config.json", "adapter_model.safetensors"}
+    _screenshot(page, "adapters", tmp_path)
+    assert dialogs == []
     context.close()
