@@ -42,13 +42,13 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
-def _screenshot(page: Any, name: str, folder: Path) -> None:
+def _screenshot(page: Any, name: str, folder: Path, *, full_page: bool = True) -> None:
     targets = [folder]
     if os.environ.get("FTAAS_CONSOLE_SCREENSHOTS"):
         targets.append(Path(os.environ["FTAAS_CONSOLE_SCREENSHOTS"]))
     for target in targets:
         target.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(target / f"{name}.png"), full_page=True)
+        page.screenshot(path=str(target / f"{name}.png"), full_page=full_page)
 
 
 def _signed_in(browser: Any, server: LiveServer, view: str, *, confirm: bool = False) -> tuple[Any, Any, list[str]]:
@@ -283,7 +283,8 @@ def test_a_jobs_knowledge_eval_report_charts_per_item_records_and_result_files(e
     records.locator("select").nth(1).select_option("learned")
     assert f"{min(50, len(learned))} of {len(learned)} shown" in records.inner_text()
     assert len(learned) > 10  # the tuned model learned facts the base did not know
-    _screenshot(page, "job-eval", tmp_path)
+    page.eval_on_selector("#eval-report", "node => node.scrollIntoView()")
+    _screenshot(page, "job-eval", tmp_path, full_page=False)  # the report's charts (the page runs long)
 
     # The result files download, with the key (a plain link could not carry it), as they are stored.
     report_id = next(f for name, f in evaluated_job["files"].items() if name.endswith("-report.json"))

@@ -13,7 +13,8 @@ from basemodels.loader import BaseModelLoader
 from contracts.settings import DEMO_BASE_MODEL
 from contracts.training.spec import LEARNED_ACCURACY, LOW_FINAL_ACCURACY, AdapterSettings, TrainingSpec
 from worker.training.control import Directive, StepMetrics
-from worker.training.data import IGNORE, encode_chat, encode_lines
+from contracts.files.formats import CHAT, PREFERENCE, REINFORCEMENT
+from worker.training.data import IGNORE, count_tokens, encode_chat, encode_lines, encode_preference
 from worker.training.rehearsal import PROMPTS as REHEARSAL_PROMPTS
 from worker.training.rehearsal import rehearsal_examples
 from worker.training.trainer import Trainer
@@ -61,6 +62,32 @@ def test_only_weighted_assistant_tokens_are_labelled(tokenizer: Any) -> None:
         {"role": "assistant", "content": "In Zelbador."},
     ]}, max_len=512)
     assert trained_text(tokenizer, example) == "In Zelbador.<|im_end|>"
+
+
+def test_token_counts_are_what_one_epoch_encodes_in_every_format_with_nothing_truncated(tokenizer: Any) -> None:
+    """A file's token counts (reported on the file object) are the encoded sequences' own lengths: all tokens
+    and the labelled ones; a preference line counts its two sequences and trains its preferred reply; a
+    reinforcement line counts its prompt and has no trained tokens of its own (its samples are trained)."""
+    lines = facts(4)
+    encoded = [encode_chat(tokenizer, json.loads(line), max_len=1 << 20)[0] for line in lines]
+    assert count_tokens([*lines, "  "], CHAT, tokenizer) == {  # blank lines are not examples
+        "examples": 4, "tokens": sum(len(e.input_ids) for e in encoded),
+        "trained_tokens": sum(e.trained_token_count for e in encoded),
+        "longest_example": max(len(e.input_ids) for e in encoded)}
+    long_line = json.dumps({"messages": [{"role": "user", "content": "word " * 3000},
+                                         {"role": "assistant", "content": "Yes."}]})
+    assert count_tokens([long_line], CHAT, tokenizer)["longest_example"] > 3000  # never cut at any max_seq_len
+
+    preference = json.dumps({"input": {"messages": [{"role": "user", "content": "Colour of the sky?"}]},
+                             "preferred_output": [{"role": "assistant", "content": "Blue."}],
+                             "non_preferred_output": [{"role": "assistant", "content": "It is green, mostly."}]})
+    pair, _ = encode_preference(tokenizer, json.loads(preference), 1 << 20)
+    assert count_tokens([preference], PREFERENCE, tokenizer) == {
+        "examples": 1, "tokens": len(pair.chosen.input_ids) + len(pair.rejected.input_ids),
+        "trained_tokens": pair.chosen.trained_token_count, "longest_example": len(pair.rejected.input_ids)}
+    prompt = json.dumps({"messages": [{"role": "user", "content": "2 + 2?"}], "answer": "4"})
+    counted = count_tokens([prompt], REINFORCEMENT, tokenizer)
+    assert counted["trained_tokens"] is None and counted["tokens"] == counted["longest_example"] > 3
 
 
 def _lora_gradients(loader: BaseModelLoader, tokenizer: Any, conversation: dict[str, Any],

@@ -249,15 +249,15 @@
   /** Horizontal bars of rates in [0, 1] with their intervals: `rows` [{label, bars: [{name, value, low, high,
    *  text}]}], one bar per series in `names`; labelled for screen readers with every value and interval. */
   function intervalChart(title, rows, names) {
-    const width = 480, left = 6, right = 64, barHeight = 10, gap = 3;
-    const rowHeight = 16 + names.length * (barHeight + gap) + 6;
+    const width = 480, left = 6, right = 74, barHeight = 14, gap = 3;
+    const rowHeight = 20 + names.length * (barHeight + gap) + 8;
     const height = rows.length * rowHeight + 20;
     const x = (value) => left + Math.min(1, Math.max(0, value)) * (width - left - right);
     const described = (bar) => (typeof bar.value !== "number" ? `${bar.name} not measured`
       : `${bar.name} ${bar.value.toFixed(3)}${typeof bar.low === "number" ? ` [${bar.low.toFixed(3)}, ${bar.high.toFixed(3)}]` : ""}`
         + (bar.text ? ` (${bar.text})` : ""));
     const summary = rows.map((row) => `${row.label}: ${row.bars.map(described).join(", ")}`).join("; ");
-    const chart = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img",
+    const chart = svg("svg", { class: "chart intervals", viewBox: `0 0 ${width} ${height}`, role: "img",
                                "aria-label": `${title}. ${summary}` });
     for (const tick of [0, 0.25, 0.5, 0.75, 1]) {
       chart.append(svg("line", { class: "axis", x1: x(tick), y1: 0, x2: x(tick), y2: height - 16 }),
@@ -265,10 +265,10 @@
     }
     rows.forEach((row, r) => {
       const top = r * rowHeight;
-      chart.append(svg("text", { x: left, y: top + 12, class: "label" }, row.label));
+      chart.append(svg("text", { x: left, y: top + 15, class: "label" }, row.label));
       row.bars.forEach((bar, b) => {
         if (typeof bar.value !== "number") return;
-        const y = top + 16 + b * (barHeight + gap);
+        const y = top + 20 + b * (barHeight + gap);
         chart.append(svg("rect", { class: `bar-${b}`, x: x(0), y, width: Math.max(1, x(bar.value) - x(0)),
                                    height: barHeight, "data-series": bar.name, "data-value": bar.value }));
         if (typeof bar.low === "number" && typeof bar.high === "number") {
@@ -276,7 +276,7 @@
           chart.append(svg("path", { class: "whisker", "data-interval": `${bar.low} ${bar.high}`,
             d: `M${x(bar.low)},${middle - 4}v8M${x(bar.low)},${middle}H${x(bar.high)}M${x(bar.high)},${middle - 4}v8` }));
         }
-        chart.append(svg("text", { x: width - right + 4, y: y + barHeight - 1 },
+        chart.append(svg("text", { x: width - right + 4, y: y + barHeight - 2 },
           `${bar.value.toFixed(2)}${bar.text ? ` ${bar.text}` : ""}`));
       });
     });
@@ -339,7 +339,7 @@
     const headline = (name, block) => (block
       ? [name, `base ${fixed(block.mean_base)} → tuned ${fixed(block.mean_tuned)} (change ${signed(block.mean_delta)})`] : null);
     const forgetting = summary.forgetting;
-    const charts = el("div", { class: "charts" });
+    const charts = el("div", { class: "charts wide" });
     for (const kind of COUNTS_TOWARD) {
       const splits = report.splits.filter((split) => split.counts_toward === kind);
       if (!splits.length) continue;
@@ -370,7 +370,7 @@
     const outcome = (item) => [item.base && item.base.correct === true, item.tuned && item.tuned.correct === true];
     const records = recordTable("Per-item records", ["Split", "Prompt", "Reference", "Base answer", "Tuned answer"], items,
       (item) => el("tr", { "data-item": item.item_id },
-        el("td", {}, `${item.dataset_id} / ${item.split_id}`),
+        el("td", { class: "split" }, `${item.dataset_id} / ${item.split_id}`),
         el("td", {}, item.prompt),
         el("td", {}, item.reference, item.reference_before ? el("div", { class: "muted" }, `before: ${item.reference_before}`) : null),
         el("td", {}, verdict(item.base)), el("td", {}, verdict(item.tuned))),
@@ -427,7 +427,7 @@
     return el("section", { class: "report", "data-report": "comparison", "aria-label": "Comparison report" },
       facts([["Candidate", report.models.candidate], ["Original", report.models.reference], ["Items", summary.items],
              ["Mean similarity", fixed(summary.mean_similarity)]]),
-      el("div", { class: "charts" }, intervalChart(`Agreement with the original, ${level} % intervals`, rows, ["rate"])),
+      el("div", { class: "charts wide" }, intervalChart(`Agreement with the original, ${level} % intervals`, rows, ["rate"])),
       el("h3", {}, "Per item"), records);
   }
 
