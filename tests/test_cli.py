@@ -41,9 +41,10 @@ def _start_up(data_dir: Path, port: int, model_cache_dir: Path, *args: str, **en
               ) -> tuple[subprocess.Popen, str]:
     """`ftaas up` as a user starts it; its terminal (stdout and stderr) as it reads once the server answers."""
     log = data_dir.parent / f"up-{port}.log"
-    process = subprocess.Popen([sys.executable, "-m", "ftaas.cli", "up", "--data-dir", str(data_dir), "--port", str(port),
-                                *args], env={**os.environ, "FTAAS_MODEL_CACHE_DIR": str(model_cache_dir), **env},
-                               stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    with log.open("wb") as terminal:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen([sys.executable, "-m", "ftaas.cli", "up", "--data-dir", str(data_dir), "--port",
+                                    str(port), *args], env={**os.environ, "FTAAS_MODEL_CACHE_DIR": str(model_cache_dir), **env},
+                                   stdout=terminal, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

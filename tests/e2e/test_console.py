@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import tarfile
 import shutil
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from basemodels.loader import BaseModelLoader
+from contracts.files.formats import CHAT, PREFERENCE, REINFORCEMENT
 from contracts.settings import DEMO_BASE_MODEL
 from contracts.training.spec import LEARNED_ACCURACY, LOW_FINAL_ACCURACY, AdapterSettings, TrainingSpec
 from worker.training.control import Directive, StepMetrics
-from contracts.files.formats import CHAT, PREFERENCE, REINFORCEMENT
 from worker.training.data import IGNORE, count_tokens, encode_chat, encode_lines, encode_preference
 from worker.training.rehearsal import PROMPTS as REHEARSAL_PROMPTS
 from worker.training.rehearsal import rehearsal_examples

@@ -102,8 +102,8 @@ def _perform(ctx: WorkerContext, row: AdapterOperation, work: Path, patient: Pat
     for index, parent in enumerate(params.get("parents", [])):
         progress("downloading", index, len(params["parents"]))
         target = work / f"parent-{index}"
-        parents.append(patient(lambda: fetch_adapter(ctx, parent["prefix"], parent["manifest_sha256"], target),
-                               f"download adapter {index}"))
+        parents.append(patient(lambda parent=parent, target=target: fetch_adapter(
+            ctx, parent["prefix"], parent["manifest_sha256"], target), f"download adapter {index}"))
     out = work / "adapter"
     if row.type in ("merge", "lines"):
         adapters = [read_lora(directory) for directory in parents]
