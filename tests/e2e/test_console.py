@@ -51,16 +51,18 @@ def _screenshot(page: Any, name: str, folder: Path, *, full_page: bool = True) -
         page.screenshot(path=str(target / f"{name}.png"), full_page=full_page)
 
 
-def _signed_in(browser: Any, server: LiveServer, view: str, *, confirm: bool = False) -> tuple[Any, Any, list[str]]:
-    """A fresh browser context on `view` (a #/... route), signed in with the server's key by keyboard: the
-    context, its page and the messages of any dialog that opened (each dismissed, or accepted with `confirm`)."""
+def _signed_in(browser: Any, server: LiveServer, view: str, *, confirm: bool = False,
+               key: str | None = None) -> tuple[Any, Any, list[str]]:
+    """A fresh browser context on `view` (a #/... route), signed in by keyboard with `key` (the server's by
+    default): the context, its page and the messages of any dialog that opened (each dismissed, or accepted with
+    `confirm`)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message),
                                       dialog.accept() if confirm else dialog.dismiss()))
     page.goto(f"{server.base_url.removesuffix('/v1')}/console{view}")
-    page.fill("#api-key", server.api_key)
+    page.fill("#api-key", key or server.api_key)
     page.keyboard.press("Enter")
     return context, page, dialogs
 
@@ -349,4 +351,26 @@ def test_adapters_are_compressed_merged_and_exported_from_the_console(embedded: 
         assert {Path(name).name for name in archive.getnames()} == {"adapter_config.json", "adapter_model.safetensors"}
     _screenshot(page, "adapters", tmp_path)
     assert dialogs == []
+    context.close()
+
+
+def test_a_key_of_another_project_sees_none_of_this_projects_work(embedded: LiveServer, finished_job: Any,
+                                                                  browser: Any) -> None:
+    """The console shows what the key's project sees through the API, nothing more: another project's key opens
+    neither the job's page nor its model, and lists neither."""
+    other = embedded.create_key("console-other")
+    context, page, _ = _signed_in(browser, embedded, f"#/jobs/{finished_job.id}", key=other)
+    assert "No such fine-tuning job" in page.wait_for_selector("main p[role='alert']").inner_text()
+    page.click("nav a[href='#/jobs']")
+    page.wait_for_selector("#jobs-count:has-text('jobs')")
+    assert not page.query_selector(f"tr[data-job='{finished_job.id}']")
+    page.click("nav a[href='#/models']")
+    page.wait_for_selector("tr[data-model='ftaas-tiny']")  # the installation's base models, and only those
+    assert not page.query_selector(f"tr[data-model='{finished_job.fine_tuned_model}']")
+    page.goto(f"{embedded.base_url.removesuffix('/v1')}/console#/playground?right={finished_job.fine_tuned_model}")
+    page.wait_for_selector("#model-1")
+    page.fill("#prompt", "Hello?")
+    page.click("#send")
+    failed = page.wait_for_selector("section.pane[data-state='failed']", timeout=30_000)
+    assert "Error:" in failed.inner_text()  # the API refuses the model to this key
     context.close()

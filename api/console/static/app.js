@@ -58,22 +58,22 @@
     return body;
   }
 
-  /** A file's content (GET /v1/files/{id}/content) as text. */
-  async function fileText(id) {
+  /** A file's content (GET /v1/files/{id}/content): the response, once it is known to be a success. */
+  async function fileContent(id) {
     const response = await fetch(`/v1/files/${encodeURIComponent(id)}/content`, {
       headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY)}` }, cache: "no-store" });
     if (response.status === 401) throw new Unauthorized("unauthorized");
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
-    return response.text();
+    return response;
+  }
+
+  async function fileText(id) {
+    return (await fileContent(id)).text();
   }
 
   /** Save a file of the project to the user's disk (fetched with the key: a plain link could not carry it). */
   async function saveFile(id, filename) {
-    const response = await fetch(`/v1/files/${encodeURIComponent(id)}/content`, {
-      headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY)}` }, cache: "no-store" });
-    if (response.status === 401) throw new Unauthorized("unauthorized");
-    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
-    const url = URL.createObjectURL(await response.blob());
+    const url = URL.createObjectURL(await (await fileContent(id)).blob());
     const link = el("a", { href: url, download: filename || id, hidden: true });
     document.body.append(link);
     link.click();
@@ -97,6 +97,7 @@
   function poll(refresh) {
     let active = true;
     let handle = null;
+    let first = true;
     const tick = async () => {
       if (!active) return;
       let done = false;
@@ -104,8 +105,13 @@
         done = await refresh();
       } catch (error) {
         if (error instanceof Unauthorized) { signOut("The server no longer accepts this API key."); return; }
+        if (first) {  // nothing to show (e.g. no such job for this key): say why instead of an empty page
+          main.replaceChildren(el("p", { class: "error", role: "alert" }, error.message));
+          return;
+        }
         announce(`Refresh failed: ${error.message}`);
       }
+      first = false;
       if (active && !done) handle = setTimeout(tick, POLL_MS);
     };
     stopPolling = () => { active = false; clearTimeout(handle); };
