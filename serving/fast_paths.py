@@ -3,8 +3,8 @@
 Why: the flags say what a CPU can do, not what wins. Machines of one kind have had an Intel Xeon with AMX
 (bf16 far faster), an AMD EPYC with AVX-512 BF16 (bf16 wins for decoding, by less) and an AMD EPYC with AVX2
 only (bf16 emulated: slower than fp32). `measured_dtype` times each candidate on the products the work
-actually runs (the model's layer shapes: one row for a decode step and a batch of rows for a prompt, `rows`
-rows for a training step's forward and backward) and takes the fastest (`bf16_wins`); bf16 must win by
+actually runs (the model's layer shapes: one row for a decode step and a batch of rows for a prompt; for
+training, a one-layer model of the family, forward and backward over `rows` tokens: `time_training`) and takes the fastest (`bf16_wins`); bf16 must win by
 `MARGIN` to be chosen, since fp32 is the exact one. For decoding, a third candidate: int8 weights with bf16
 activations (serving.model.Int8Weight), taken where bf16 does not win and int8 does (`decode_path`): on a CPU
 without native bf16 it halves the bytes a decode step reads (measured on an AVX2-only EPYC: one stream 1.7x
@@ -45,6 +45,10 @@ DecodePath = Literal["float32", "bfloat16", "int8"]
 CACHE_FILE = "fast-paths.json"
 #: bf16 is chosen only when it is at least this much faster than fp32 (fp32 is exact; a tie keeps it).
 MARGIN = 1.1
+#: For training, by this much: a one-layer pass leaves out the optimizer and the step's fixed costs, which bf16
+#: does not speed up (the demo model: one-layer passes within 0.8-1.23x of each other between runs, whole runs
+#: 1.1-1.8x slower in bf16 on a loaded 2-core Zen 4; SmolLM2-135M: 1.74x faster in bf16, whole runs too).
+TRAIN_MARGIN = 1.3
 #: Timed repetitions per candidate (the fastest is kept), after one warm-up.
 REPEATS = 5
 #: A training measurement's products have at most this many outputs (the output layer's vocabulary is cut).
@@ -169,6 +173,56 @@ def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 12
                                              for x, w in zip(inputs, frozen, strict=True)]).sum()
                     total.backward()
             timings[name] = _time(run)
+    return timings
+
+
+def time_training(config: dict[str, Any], *, rows: int) -> dict[str, float] | None:
+    """Seconds for one training pass in each precision through a one-decoder-layer model of the family, built
+    from the config with random weights (vocabulary cut to TRAIN_OUTPUTS): embeddings, a layer's attention,
+    norms and MLP, the output layer and the loss, forward and backward with the weights frozen and the gradient
+    flowing to the activations (a LoRA step's base), in fp32 or with bf16 weights under bf16 autocast (the
+    trainer's way), over `rows` tokens as two sequences. None where transformers cannot build the family from its
+    config alone (never custom code): the products are timed instead (`time_candidates`).
+
+    Why a layer and not only its products: the casts, norms, attention and activations around them weigh where
+    the shapes are small (measured on the demo model, 2-core AMD EPYC with AVX-512 BF16: its products ran 1.18x
+    faster in bf16, a whole training run 1.1-1.8x slower; its one-layer pass 7.3 ms fp32, 8.9 ms bf16), and the
+    products where they are large (SmolLM2-135M: 163 ms fp32, 116 ms bf16, as its training runs)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    values = {k: v for k, v in config.items()
+              if k not in ("architectures", "auto_map", "quantization_config", "torch_dtype", "dtype")}
+    try:
+        layer_config = AutoConfig.for_model(values.pop("model_type"), **values)
+        layer_config.num_hidden_layers = 1
+        layer_config.vocab_size = min(int(layer_config.vocab_size), TRAIN_OUTPUTS)
+        layer_config.pad_token_id = None  # may lie beyond the cut vocabulary
+        if isinstance(getattr(layer_config, "layer_types", None), list):
+            layer_config.layer_types = layer_config.layer_types[:1]
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            models = {name: AutoModelForCausalLM.from_config(layer_config, dtype=dtype).eval()
+                      for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except Exception as exc:  # noqa: BLE001 - any family transformers cannot build alone falls back to the products
+        log.info("training measured on the products only (no one-layer model of %s: %s)", config.get("model_type"), exc)
+        return None
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, layer_config.vocab_size, (2, max(1, rows // 2)), generator=generator)
+    timings = {}
+    for name, model in models.items():
+        model.requires_grad_(False)
+        embed = model.get_input_embeddings()
+
+        def run(model: Any = model, embed: Any = embed, autocast: bool = name == "bfloat16") -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = model(inputs_embeds=embed(tokens).requires_grad_(True), labels=tokens).loss
+            loss.backward()
+
+        timings[name] = _time(run)
     return timings
 
 
@@ -297,11 +351,12 @@ def measured_choice(config: dict[str, Any], work: Work, *, cache_dir: Path | Non
     with governor.working() if governor is not None else contextlib.nullcontext():
         contended = governor is not None and governor.board is not None and governor.board.active(
             OTHER[governor.kind])
-        timings = time_candidates(shapes, work, rows=rows, kernels=kernels)
+        timings = ((time_training(config, rows=rows) if work == "train" else None)
+                   or time_candidates(shapes, work, rows=rows, kernels=kernels))
         if work == "decode" and not bf16_wins(timings):  # int8 is the candidate only where bf16 lost
             timings.update(time_int8(shapes, kernels))
     chosen: DecodePath = (decode_path(timings) if work == "decode"
-                          else "bfloat16" if bf16_wins(timings) else "float32")
+                          else "bfloat16" if timings["float32"] >= timings["bfloat16"] * TRAIN_MARGIN else "float32")
     choice = DecodeChoice(chosen, uses_kernels(timings, chosen))
     record = {"path": chosen, "kernels": choice.kernels, "seconds": {k: round(v, 6) for k, v in timings.items()},
               "measured_in": round(time.perf_counter() - started, 3), "at": int(time.time())}
@@ -323,5 +378,5 @@ def measured_choice(config: dict[str, Any], work: Work, *, cache_dir: Path | Non
 def cache_key(shapes: list[tuple[int, int]], work: Work, *, rows: int = 128, kernels: bool = False) -> str:
     """The cache entry of a measurement: this machine, the work and its passes (the decode kernels' among
     them where they could be built), the model's shapes."""
-    passes = rows if work == "train" else f"1+{BATCH_ROWS}+int8" + ("+kernels" if kernels else "")
+    passes = f"layer{rows}" if work == "train" else f"1+{BATCH_ROWS}+int8" + ("+kernels" if kernels else "")
     return f"{_machine_key()}|{work}|rows={passes}|" + hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
