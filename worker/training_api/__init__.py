@@ -1,0 +1,1 @@
+"""The training API's worker side: what a worker holding a client's training model computes."""
