@@ -13,6 +13,8 @@ from fastapi import APIRouter, FastAPI
 import contracts
 from api import errors
 from api.adapter_operations.router import router as adapter_operations_router
+from api.training_api.router import router as training_api_router
+from api.training_api.service import TrainingApiService
 from api.adapter_operations.service import AdapterOperationService
 from api.console.router import router as console_router
 from api.dependencies import ApiServices
@@ -39,7 +41,9 @@ from contracts.settings import Settings
 from db.session import Database
 from storage import open_store
 
-UPLOAD_PATHS = frozenset({"/v1/files"})
+#: Paths whose bodies are not JSON and may be large: uploads, and the training API's protobuf batches (the tinker
+#: SDK splits a forward_backward into chunks of at most 5 MB).
+UPLOAD_PATHS = frozenset({"/v1/files", "/api/v1/forward_backward"})
 
 
 def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) -> ApiServices:
@@ -63,6 +67,7 @@ def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) 
         webhooks=WebhookService(db, allow_private_networks=settings.webhooks.allow_private_networks),
         knowledge_evals=evals,
         graders=GraderService(settings.graders),
+        training_api=TrainingApiService(db, registry, settings.training_api, max_rank=settings.serving.max_lora_rank),
         adapter_operations=AdapterOperationService(
             db, store, registry, BaseModelLoader(registry, settings.models.cache_path, hf_offline=settings.models.hf_offline,
                                                  open_store=lambda uri: open_store(uri, settings.storage)),
@@ -107,7 +112,7 @@ def create_app(settings: Settings, *, services: ApiServices | None = None,
     errors.install(app)
     for router in (health_router, files_router, jobs_router, models_router, knowledge_evals_router,
                    adapter_operations_router, webhooks_router, graders_router, stored_completions_router,
-                   console_router, *extra_routers):
+                   console_router, training_api_router, *extra_routers):
         app.include_router(router)
     # Added last = outermost: the request id wraps everything, including 413s from the body limit; the body
     # limit runs before the check for unstorable text, which reads JSON bodies whole.

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from api.files.service import FileService
     from api.fine_tuning.service import JobService
     from api.graders.service import GraderService
+    from api.training_api.service import TrainingApiService
     from api.knowledge_evals.service import KnowledgeEvalService
     from api.models.service import ModelService
     from api.rate_limits import RateLimitHeaders, RequestLimiter
@@ -57,6 +58,7 @@ class ApiServices:
     adapter_operations: AdapterOperationService
     webhooks: WebhookService
     graders: GraderService
+    training_api: TrainingApiService
     #: Runs the blocking part of each request (see the module docstring).
     executor: ThreadPoolExecutor
     #: Optional extras mounted by the launcher (readiness checks of the process's own dependencies).

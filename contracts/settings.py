@@ -443,6 +443,21 @@ class StoredCompletionSettings(SettingsGroup):
         default=30, ge=0, description="Stored completions older than this are deleted (0: kept until deleted).")
 
 
+class TrainingApiSettings(SettingsGroup):
+    title = "Training API (the tinker SDK's protocol)"
+    env_prefix = "training_api_"
+
+    idle_seconds: float = Field(
+        default=600.0, gt=0, description="A live training model whose session sends neither a request nor a "
+                                         "heartbeat for this long is released (its saved states stay).")
+    max_live_models_per_project: int = Field(
+        default=2, ge=1, description="Live training models (held by a worker or waiting for one) per project "
+                                     "(429 beyond).")
+    poll_seconds: float = Field(
+        default=20.0, gt=0, le=40, description="How long a client's poll for a result is held before it is told to "
+                                               "poll again (the SDK waits 45 s for an answer).")
+
+
 class GraderSettings(SettingsGroup):
     title = "Graders"
     env_prefix = "grader_"
@@ -466,8 +481,8 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "api": ApiSettings, "files": FileSettings, "rate_limits": RateLimitSettings, "work": WorkSettings,
     "training": TrainingSettings, "serving": ServingSettings, "resources": ResourceSettings,
     "stored_completions": StoredCompletionSettings,
-    "evals": EvalSettings, "graders": GraderSettings, "webhooks": WebhookSettings,
-    "tracking": TrackingSettings,
+    "evals": EvalSettings, "graders": GraderSettings, "training_api": TrainingApiSettings,
+    "webhooks": WebhookSettings, "tracking": TrackingSettings,
 }
 #: Settings of the process as a whole (not of one component): the field names of `Settings` itself.
 TOP_LEVEL = ("data_dir", "log_level")
@@ -539,6 +554,7 @@ class Settings(BaseSettings):
     stored_completions: StoredCompletionSettings = Field(default_factory=StoredCompletionSettings)
     evals: EvalSettings = Field(default_factory=EvalSettings)
     graders: GraderSettings = Field(default_factory=GraderSettings)
+    training_api: TrainingApiSettings = Field(default_factory=TrainingApiSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 

@@ -30,6 +30,9 @@ ADAPTER_OPERATION = "adop_"
 WEBHOOK_ENDPOINT = "whep_"
 WEBHOOK_EVENT = "evt_"
 CHAT_COMPLETION = "chatcmpl-"
+TRAINING_SESSION = "tsess_"
+TRAINING_REQUEST = "treq_"
+TRAINING_CHECKPOINT = "tckpt_"
 
 
 def _encode(value: int, length: int) -> str:

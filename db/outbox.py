@@ -33,7 +33,8 @@ ADVANCE_JOB = TaskRoute("ftaas.advance_job", "default")
 RUN_JOB = TaskRoute("ftaas.run_fine_tuning_job", "gpu")
 RUN_EVAL = TaskRoute("ftaas.run_knowledge_eval", "gpu")
 RUN_ADAPTER_OPERATION = TaskRoute("ftaas.run_adapter_operation", "gpu")
-ALL_ROUTES = (VALIDATE_FILE, ADVANCE_JOB, RUN_JOB, RUN_EVAL, RUN_ADAPTER_OPERATION)
+HOLD_TRAINING_MODEL = TaskRoute("ftaas.hold_training_model", "gpu")
+ALL_ROUTES = (VALIDATE_FILE, ADVANCE_JOB, RUN_JOB, RUN_EVAL, RUN_ADAPTER_OPERATION, HOLD_TRAINING_MODEL)
 
 
 @dataclass(frozen=True)

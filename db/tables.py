@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -410,3 +412,102 @@ class StoredCompletionMetadata(Base):
                                                primary_key=True)
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(512))
+
+
+# ---------------------------------------------------------------------------------------------- training API
+class TrainingSession(Base):
+    """A client's session on the training API (the tinker SDK's protocol): its training models and sampling
+    sessions are numbered within it; heartbeats keep its models held."""
+
+    __tablename__ = "training_sessions"
+    __table_args__ = (Index("ix_training_sessions_project_id_id", "project_id", "id"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    #: the last heartbeat or request (the idle timeout counts from it)
+    active_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+    tags: Mapped[list[str] | None] = mapped_column(JSON)
+    user_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+
+
+class TrainingModel(LeasedWork, Base):
+    """A LoRA training model of a session, held in memory by one worker under a lease (db.leased): queued until a
+    worker loads it, running while held, then succeeded (released: its session ended or idled) or failed (its
+    worker was lost: what it learned since its last saved state is gone, and the client is told so)."""
+
+    __tablename__ = "training_models"
+    __table_args__ = (
+        CheckConstraint(_in("status", [s.value for s in WorkStatus]), name="status"),
+        Index("ix_training_models_project_id_status", "project_id", "status"),
+        Index("ix_training_models_status_lease_expires_at", "status", "lease_expires_at"),
+    )
+
+    #: "{session id}:train:{n}": the SDK computes it itself
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(ForeignKey("training_sessions.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    base_model: Mapped[str] = mapped_column(String(128))
+    #: {"rank", "seed", "train_mlp", "train_attn", "train_unembed"}
+    lora: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: the seq_id of the last training request the holder finished (requests run in seq_id order)
+    last_seq_id: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[int | None] = mapped_column(BigInteger)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class TrainingRequest(Base):
+    """A future of the training API: a request a client submitted (to a training model, in seq_id order, or to
+    the sampler), its result once done (JSON or the SDK's protobuf), or its error."""
+
+    __tablename__ = "training_requests"
+    __table_args__ = (
+        CheckConstraint(_in("status", ["pending", "succeeded", "failed"]), name="status"),
+        # A client's retry of a training request carries the same seq_id: it is the same request.
+        UniqueConstraint("model_id", "seq_id", name="uq_training_requests_model_id_seq_id"),
+        Index("ix_training_requests_model_id_status_seq_id", "model_id", "status", "seq_id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    #: the training model it runs on (None: a sampling request)
+    model_id: Mapped[str | None] = mapped_column(String(80))
+    kind: Mapped[str] = mapped_column(String(32))
+    seq_id: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    #: "json" or "protobuf"
+    result_format: Mapped[str | None] = mapped_column(String(16))
+    result: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: {"error": message, "category": "user" | "server"}
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+
+class TrainingCheckpoint(Base):
+    """Weights a training model saved: its state (adapter and optimizer, to load and continue) or weights for
+    the sampler (an adapter published as a model of the project, served by `served_model`)."""
+
+    __tablename__ = "training_checkpoints"
+    __table_args__ = (
+        CheckConstraint(_in("kind", ["weights", "sampler_weights"]), name="kind"),
+        UniqueConstraint("project_id", "path", name="uq_training_checkpoints_project_id_path"),
+        Index("ix_training_checkpoints_model_id", "model_id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    model_id: Mapped[str] = mapped_column(String(80))
+    kind: Mapped[str] = mapped_column(String(16))
+    #: tinker://{model id}/{kind}/{name}
+    path: Mapped[str] = mapped_column(String(400))
+    storage_prefix: Mapped[str] = mapped_column(String(512))
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    with_optimizer: Mapped[bool] = mapped_column(Boolean, default=False)
+    served_model: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[int] = mapped_column(BigInteger)

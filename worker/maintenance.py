@@ -23,7 +23,7 @@ from typing import Any
 
 from contracts.errors import FTaaSError
 from contracts.settings import Settings
-from db import adapter_operations, files, jobs, knowledge_evals, outbox, stored_completions
+from db import adapter_operations, files, jobs, knowledge_evals, outbox, stored_completions, training_api
 from db.session import Database
 from storage import ArtifactStore
 from worker.sweeper import SweepReport, sweep_orphans
@@ -102,7 +102,7 @@ class Maintenance:
                     report.failed += 1
                 else:
                     report.parked += 1
-            for queue in (knowledge_evals.QUEUE, adapter_operations.QUEUE):
+            for queue in (knowledge_evals.QUEUE, adapter_operations.QUEUE, training_api.MODELS):
                 for item in queue.reap_expired_leases(session, now=now):
                     log.warning("reaper: %s %s %s (worker lost)", queue.noun, item.row.id, item.outcome)
                     if item.outcome == "failed":
@@ -113,6 +113,7 @@ class Maintenance:
             report.redispatched += len(jobs.redispatch_stale(session, older_than=stale_before))
             report.redispatched += len(knowledge_evals.redispatch_stale(session, older_than=stale_before))
             report.redispatched += len(adapter_operations.QUEUE.redispatch_stale(session, older_than=stale_before))
+            report.redispatched += len(training_api.MODELS.redispatch_stale(session, older_than=stale_before))
             report.redispatched += len(files.redispatch_stale(session, older_than=stale_before))
             outbox.purge_published(session, older_than=now - OUTBOX_RETENTION_SECONDS)
             expired_keys = files.take_expired(session, now=now)

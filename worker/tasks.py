@@ -12,7 +12,14 @@ from celery import Celery
 
 from contracts.errors import InfrastructureError
 from contracts.settings import Settings
-from db.outbox import ADVANCE_JOB, RUN_ADAPTER_OPERATION, RUN_EVAL, RUN_JOB, VALIDATE_FILE
+from db.outbox import (
+    ADVANCE_JOB,
+    HOLD_TRAINING_MODEL,
+    RUN_ADAPTER_OPERATION,
+    RUN_EVAL,
+    RUN_JOB,
+    VALIDATE_FILE,
+)
 from worker.context import WorkerContext
 
 _contexts: dict[int, WorkerContext] = {}
@@ -59,3 +66,9 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         from worker.adapter_operations.service import run_operation
 
         return run_operation(_context(settings), operation_id)
+
+    @app.task(name=HOLD_TRAINING_MODEL.name)
+    def hold_training_model(model_id: str) -> str:
+        from worker.training_api.holder import hold_model
+
+        return hold_model(_context(settings), model_id)

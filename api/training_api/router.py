@@ -1,0 +1,157 @@
+"""Routes of the training API under /api/v1: the paths, bodies and answers of the tinker SDK's protocol
+(docs/training-api.md). Authentication: the SDK sends its key in `X-API-Key` and refuses keys that do not
+start with `tml-`, so an ftaas key is given to it as `tml-<key>` (an `Authorization: Bearer` header works too).
+Errors are the OpenAI-shaped envelope every route answers with (the SDK reads any JSON body)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from api.dependencies import Caller, Services
+from api.training_api.service import TRY_AGAIN
+from contracts.errors import AuthenticationFailed, InvalidRequest
+
+router = APIRouter(prefix="/api/v1", tags=["training api"])
+KEY_PREFIX = "tml-"
+#: between looks at a pending future while its poll is held open
+LOOK_EVERY_SECONDS = 0.05
+
+
+async def get_training_caller(request: Request, services: Services) -> Caller:
+    key = request.headers.get("x-api-key")
+    if key is None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else None
+    if not key:
+        raise AuthenticationFailed(f"Send an API key in X-API-Key, as the tinker SDK does ('{KEY_PREFIX}<ftaas key>').",
+                                   code="missing_api_key")
+    return Caller(services, key.removeprefix(KEY_PREFIX),
+                  rate_limit_headers=request.scope.setdefault("state", {}).setdefault("rate_limit_headers", {}))
+
+
+TrainingCaller = Annotated[Caller, Depends(get_training_caller)]
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise InvalidRequest("the body is not JSON", param="body") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object", param="body")
+    return body
+
+
+def _ok(value: Any = None) -> Response:
+    return Response(json.dumps({} if value is None else value), media_type="application/json")
+
+
+# ------------------------------------------------------------------------------------- client and server
+@router.post("/client/config")
+async def client_config(caller: TrainingCaller) -> Response:
+    await caller.principal()
+    # Chunks of one forward_backward in order: the holder runs them in seq_id order either way, and in order
+    # none waits on a later-numbered chunk's arrival.
+    return _ok({"parallel_fwdbwd_chunks": False})
+
+
+@router.post("/client/dynamic_config")
+async def dynamic_config(caller: TrainingCaller) -> Response:
+    await caller.principal()
+    return _ok({"refresh_interval_sec": 300, "sample_cancel_enabled": False})
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    return _ok({"status": "ok"})
+
+
+@router.get("/get_server_capabilities")
+async def capabilities(services: Services, caller: TrainingCaller) -> Response:
+    await caller.principal()
+    return _ok({"supported_models": [{"model_name": name, "trainable": True, "sampleable": True}
+                                     for name in services.registry.names()]})
+
+
+@router.post("/telemetry")
+async def telemetry(caller: TrainingCaller) -> Response:
+    # The SDK's usage reports are not kept: accepted and dropped, as documented (docs/training-api.md).
+    await caller.principal()
+    return _ok({"status": "accepted"})
+
+
+# ------------------------------------------------------------------------------------------- sessions
+@router.post("/create_session")
+async def create_session(request: Request, services: Services, caller: TrainingCaller) -> Response:
+    body = await _json(request)
+    return await caller.run(lambda principal: _ok(services.training_api.create_session(principal, body)))
+
+
+@router.post("/session_heartbeat")
+async def session_heartbeat(request: Request, services: Services, caller: TrainingCaller) -> Response:
+    body = await _json(request)
+    await caller.run(lambda principal: services.training_api.heartbeat(principal, body.get("session_id")))
+    return _ok()
+
+
+@router.post("/sessions/{session_id}/finish")
+async def finish_session(session_id: str, services: Services, caller: TrainingCaller) -> Response:
+    await caller.run(lambda principal: services.training_api.finish_session(principal, session_id))
+    return _ok()
+
+
+# --------------------------------------------------------------------------------------------- models
+@router.post("/create_model")
+async def create_model(request: Request, services: Services, caller: TrainingCaller) -> Response:
+    body = await _json(request)
+    return await caller.run(lambda principal: _ok(services.training_api.create_model(principal, body)))
+
+
+@router.post("/get_info")
+async def get_info(request: Request, services: Services, caller: TrainingCaller) -> Response:
+    body = await _json(request)
+    return await caller.run(lambda principal: _ok(services.training_api.get_info(principal, body.get("model_id"))))
+
+
+@router.post("/forward_backward")
+async def forward_backward(request: Request, services: Services, caller: TrainingCaller) -> Response:
+    body = await request.body()
+    return await caller.run(lambda principal: _ok(services.training_api.forward_backward(principal, body)))
+
+
+@router.post("/optim_step")
+async def optim_step(request: Request, services: Services, caller: TrainingCaller) -> Response:
+    body = await _json(request)
+    return await caller.run(lambda principal: _ok(services.training_api.optim_step(principal, body)))
+
+
+@router.post("/save_weights_for_sampler")
+async def save_weights_for_sampler(request: Request, services: Services, caller: TrainingCaller) -> Response:
+    body = await _json(request)
+    return await caller.run(lambda principal: _ok(services.training_api.save_weights_for_sampler(principal, body)))
+
+
+# -------------------------------------------------------------------------------------------- futures
+@router.post("/retrieve_future")
+async def retrieve_future(request: Request, services: Services, caller: TrainingCaller) -> Response:
+    """Held open while the result is pending, up to FTAAS_TRAINING_API_POLL_SECONDS, then `try_again` (the
+    SDK asks again at once); a result is returned as the request's own format (JSON or protobuf)."""
+    body = await _json(request)
+    request_id = body.get("request_id")
+    principal = await caller.principal()
+    deadline = time.monotonic() + services.settings.training_api.poll_seconds
+    while True:
+        poll = await services.run_blocking(lambda: services.training_api.poll(principal, request_id))
+        if poll.result is not None:
+            media = "application/x-protobuf" if poll.result[0] == "protobuf" else "application/json"
+            return Response(poll.result[1], media_type=media)
+        if poll.error is not None:
+            return _ok(poll.error)
+        if time.monotonic() >= deadline or await request.is_disconnected():
+            return _ok({"request_id": request_id, **TRY_AGAIN})
+        await asyncio.sleep(LOOK_EVERY_SECONDS)

@@ -1,0 +1,216 @@
+"""The training API's logic, without FastAPI: sessions, training models, requests to them as futures.
+
+A training model is created queued and announced to the workers: one of them loads it and holds it
+(worker.training_api.holder), answering its requests in seq_id order. Requests are checked here, where they
+arrive (a bad one is a 400 naming what is wrong, never a failed future), then stored as futures the client polls.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from basemodels.registry import BaseModelRegistry
+from contracts.errors import InvalidRequest, NotFound, QuotaExceeded
+from contracts.settings import TrainingApiSettings
+from contracts.training_api import losses, wire
+from db import training_api as rows
+from db.projects import Principal
+from db.session import Database
+from db.states import WorkStatus
+from db.tables import TrainingModel, TrainingRequest
+
+#: What a future's poll answers while the result is not there yet (the SDK polls again at once).
+TRY_AGAIN = {"type": "try_again", "queue_state": "active"}
+ADAM_DEFAULTS = {"learning_rate": 1e-4, "beta1": 0.9, "beta2": 0.95, "eps": 1e-12, "weight_decay": 0.0,
+                 "grad_clip_norm": 0.0}
+
+
+@dataclass(frozen=True)
+class Poll:
+    """A future's state: pending, or its result (format, bytes), or its error body."""
+
+    pending: bool
+    result: tuple[str, bytes] | None = None
+    error: dict[str, Any] | None = None
+
+
+class TrainingApiService:
+    def __init__(self, db: Database, registry: BaseModelRegistry, settings: TrainingApiSettings, *,
+                 max_rank: int) -> None:
+        self.db = db
+        self.registry = registry
+        self.settings = settings
+        self.max_rank = max_rank
+
+    # ------------------------------------------------------------------------------------ sessions
+    def create_session(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        tags = body.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise InvalidRequest("tags must be a list of strings", param="tags")
+        metadata = body.get("user_metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise InvalidRequest("user_metadata must be an object", param="user_metadata")
+        with self.db.write() as session:
+            created = rows.create_session(session, principal.project_id, tags=tags, metadata=metadata)
+            return {"session_id": created.id}
+
+    def heartbeat(self, principal: Principal, session_id: Any) -> None:
+        with self.db.write() as session:
+            self._session(session, principal, session_id)
+            rows.touch_session(session, session_id)
+
+    def finish_session(self, principal: Principal, session_id: Any) -> None:
+        """The client closed its session: its models are released once their requests are done."""
+        with self.db.write() as session:
+            self._session(session, principal, session_id)
+            rows.finish_session(session, session_id)
+
+    def _session(self, session: Any, principal: Principal, session_id: Any) -> Any:
+        found = rows.get_session(session, principal.project_id, str(session_id))
+        if found is None:
+            raise NotFound(f"No training session {session_id!r}", code="session_not_found", param="session_id")
+        return found
+
+    # -------------------------------------------------------------------------------------- models
+    def create_model(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        base_model = body.get("base_model")
+        if base_model not in self.registry:
+            raise InvalidRequest(f"base_model {base_model!r} is not a base model of this installation "
+                                 f"({', '.join(self.registry.names())})", code="model_not_found", param="base_model")
+        lora = body.get("lora_config") or {}
+        rank = lora.get("rank", 32)
+        if not isinstance(rank, int) or not 1 <= rank <= self.max_rank:
+            raise InvalidRequest(f"lora_config.rank must be an integer from 1 to {self.max_rank}",
+                                 param="lora_config.rank")
+        parts = {name: bool(lora.get(name, True)) for name in ("train_mlp", "train_attn", "train_unembed")}
+        if not any(parts.values()):
+            raise InvalidRequest("train at least one of mlp, attn, unembed", param="lora_config")
+        seq = body.get("model_seq_id", 0)
+        if not isinstance(seq, int) or seq < 0:
+            raise InvalidRequest("model_seq_id must be a non-negative integer", param="model_seq_id")
+        with self.db.write() as session:
+            owner = self._session(session, principal, body.get("session_id"))
+            if owner.finished_at is not None:
+                raise InvalidRequest("the session has finished", code="session_finished", param="session_id")
+            model_id = f"{owner.id}:train:{seq}"
+            existing = rows.get_model(session, principal.project_id, model_id)
+            if existing is None:
+                if rows.live_models(session, principal.project_id) >= self.settings.max_live_models_per_project:
+                    raise QuotaExceeded(f"this project already has {self.settings.max_live_models_per_project} live "
+                                        "training models; close a session (or let it idle out) first",
+                                        code="too_many_training_models")
+                rows.add_model(session, TrainingModel(
+                    id=model_id, project_id=principal.project_id, session_id=owner.id, status=WorkStatus.QUEUED.value,
+                    base_model=base_model, lora={"rank": rank, "seed": lora.get("seed"), **parts},
+                    created_at=int(time.time()), max_attempts=1))
+            rows.touch_session(session, owner.id)
+            request = rows.first_request(session, model_id, "create_model") or rows.add_request(
+                session, project_id=principal.project_id, kind="create_model", payload=b"{}", model_id=model_id)
+            return {"request_id": request.id, "model_id": model_id}
+
+    def get_info(self, principal: Principal, model_id: Any) -> dict[str, Any]:
+        with self.db.read() as session:
+            model = self._model(session, principal, model_id)
+            return {"model_id": model.id, "model_name": model.base_model, "is_lora": True,
+                    "lora_rank": model.lora["rank"],
+                    "model_data": {"model_name": model.base_model, "tokenizer_id": model.base_model}}
+
+    def _model(self, session: Any, principal: Principal, model_id: Any) -> TrainingModel:
+        found = rows.get_model(session, principal.project_id, str(model_id))
+        if found is None:
+            raise NotFound(f"No training model {model_id!r}", code="model_not_found", param="model_id")
+        return found
+
+    # ------------------------------------------------------------------------------------ requests
+    def forward_backward(self, principal: Principal, body: bytes) -> dict[str, Any]:
+        """A protobuf ForwardBackwardRequest, checked whole (loss, settings, every datum) before it is queued."""
+        batch = wire.decode_forward_backward(body)
+        losses.settings_of(batch.loss_fn, batch.loss_fn_config)
+        if not batch.data:
+            raise InvalidRequest("forward_backward needs at least one datum", param="data")
+        for index, datum in enumerate(batch.data):
+            losses.check_datum(batch.loss_fn, index, len(datum.tokens),
+                               {name: value.shape for name, value in datum.loss_fn_inputs.items()})
+        kind = "forward" if batch.forward_only else "forward_backward"
+        return self._submit(principal, batch.model_id, batch.seq_id, kind, body)
+
+    def optim_step(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        params = {**ADAM_DEFAULTS, **(body.get("adam_params") or {})}
+        for key, value in params.items():
+            if key not in ADAM_DEFAULTS:
+                raise InvalidRequest(f"adam_params has no field {key!r}", param=f"adam_params.{key}")
+            if not isinstance(value, int | float) or value < 0:
+                raise InvalidRequest(f"adam_params.{key} must be a non-negative number", param=f"adam_params.{key}")
+        if not 0 <= params["beta1"] < 1 or not 0 <= params["beta2"] < 1:
+            raise InvalidRequest("adam_params beta1 and beta2 must be in [0, 1)", param="adam_params")
+        if body.get("optimizer_params") is not None:
+            raise InvalidRequest("only Adam is supported (adam_params)", code="unsupported_optimizer",
+                                 param="optimizer_params")
+        return self._submit(principal, body.get("model_id"), body.get("seq_id"), "optim_step",
+                            json.dumps({"adam_params": params}).encode())
+
+    def save_weights_for_sampler(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("path")
+        if name is None:
+            raise InvalidRequest("save_weights_for_sampler needs a name (path): saving for a sampling client without "
+                                 "one is not supported yet", code="unsupported", param="path")
+        return self._submit(principal, body.get("model_id"), body.get("seq_id"), "save_weights_for_sampler",
+                            json.dumps({"name": _checkpoint_name(name)}).encode())
+
+    def _submit(self, principal: Principal, model_id: Any, seq_id: Any, kind: str, payload: bytes) -> dict[str, Any]:
+        if not isinstance(seq_id, int) or seq_id < 1:
+            raise InvalidRequest("seq_id must be a positive integer (the SDK numbers a model's requests from 1)",
+                                 param="seq_id")
+        with self.db.write() as session:
+            model = self._model(session, principal, model_id)
+            if model.status not in rows.LIVE:
+                raise InvalidRequest(_gone(model), code="training_model_released", param="model_id")
+            if seq_id <= model.last_seq_id:
+                found = session.scalar(_by_seq(model.id, seq_id))
+                if found is None:
+                    raise InvalidRequest(f"seq_id {seq_id} was already used", param="seq_id")
+                return {"request_id": found.id, "model_id": model.id}
+            request = rows.add_request(session, project_id=principal.project_id, kind=kind, payload=payload,
+                                       model_id=model.id, seq_id=seq_id)
+            rows.touch_session(session, model.session_id)
+            return {"request_id": request.id, "model_id": model.id}
+
+    # ------------------------------------------------------------------------------------- futures
+    def poll(self, principal: Principal, request_id: Any) -> Poll:
+        """One look at a future (the route holds a poll open by looking again)."""
+        with self.db.read() as session:
+            request = rows.get_request(session, principal.project_id, str(request_id))
+            if request is None:
+                raise NotFound(f"No request {request_id!r}", code="request_not_found", param="request_id")
+            if request.status == rows.SUCCEEDED:
+                assert request.result_format is not None and request.result is not None
+                return Poll(False, result=(request.result_format, request.result))
+            if request.status == rows.FAILED:
+                return Poll(False, error=request.error)
+            model = rows.get_model(session, principal.project_id, request.model_id) if request.model_id else None
+            if model is not None and model.status not in rows.LIVE:
+                return Poll(False, error={"error": _gone(model), "category": "server"})
+            return Poll(True)
+
+
+def _gone(model: TrainingModel) -> str:
+    if model.status == WorkStatus.FAILED.value:
+        reason = (model.error or {}).get("message") or "its worker was lost"
+        return (f"training model {model.id} is no longer held ({reason}); what it learned since its last saved state "
+                "is lost: create a training model from that state (load_state) and continue")
+    return f"training model {model.id} was released (its session ended or idled out); load its saved state"
+
+
+def _by_seq(model_id: str, seq_id: int) -> Any:
+    return select(TrainingRequest).where(TrainingRequest.model_id == model_id, TrainingRequest.seq_id == seq_id)
+
+
+def _checkpoint_name(name: Any) -> str:
+    if not isinstance(name, str) or not name or len(name) > 128 or "/" in name or not name.isprintable():
+        raise InvalidRequest("a checkpoint name is 1-128 printable characters without '/'", param="path")
+    return name

@@ -1,0 +1,230 @@
+"""A worker holding a client's training model: load it, then answer its requests in seq_id order until its
+session ends or idles out (the training API, api.training_api).
+
+The model lives in this process's memory under a lease (db.leased via worker.standalone): base weights frozen,
+a LoRA adapter trained by the client's forward_backward and optim_step calls, gradients accumulating between
+optimizer steps as the client's loop expects. A lease that is lost (this worker stopped, or the reaper gave up on
+it) ends the model: with max_attempts 1 it is failed rather than started over elsewhere, since a fresh adapter
+in its place would silently drop what the loop had trained; the client is told to load its last saved state.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from contracts.errors import UserError
+from contracts.training_api import losses, wire
+from db import ids, models
+from db import training_api as rows
+from db.tables import Project, TrainingCheckpoint, TrainingModel, TrainingSession
+from storage import layout
+from storage.manifest import publish_directory
+from worker.context import WorkerContext
+from worker.outages import patiently
+from worker.standalone import StandaloneWork
+from worker.training_api.losses import loss_sum, target_logprobs
+
+log = logging.getLogger(__name__)
+#: between looks for the next request while the client computes
+IDLE_LOOK_SECONDS = 0.02
+#: LoRA's alpha: the update is scaled by alpha / rank, so 1 at every rank (the learning rate means the same
+#: whatever the rank)
+ALPHA_PER_RANK = 1.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_id: str
+    project_id: str
+    project_name: str
+    session_id: str
+    base_model: str
+    lora: dict[str, Any]
+
+
+def target_modules(model: torch.nn.Module, lora: dict[str, Any]) -> list[str]:
+    """The Linear layers the client asked to train: attention, MLP and the output layer (unembed)."""
+    chosen = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if (lora["train_unembed"] and leaf == "lm_head") or (lora["train_attn"] and "attn" in name) or (
+                lora["train_mlp"] and "mlp" in name):
+            chosen.add(leaf)
+    return sorted(chosen)
+
+
+class HeldModel:
+    """The base model with a trainable LoRA adapter and its Adam optimizer."""
+
+    def __init__(self, ctx: WorkerContext, info: ModelInfo) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        self.info = info
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        base = ctx.loader.load_model(info.base_model, device=self.device)
+        base.requires_grad_(False)
+        torch.manual_seed(int(info.lora.get("seed") or 0))
+        rank = int(info.lora["rank"])
+        config = LoraConfig(r=rank, lora_alpha=ALPHA_PER_RANK * rank, lora_dropout=0.0,
+                            target_modules=target_modules(base, info.lora))
+        self.model = get_peft_model(base, config)
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=1e-4)
+
+    def forward_backward(self, payload: bytes, *, backward: bool) -> tuple[str, bytes]:
+        batch = wire.decode_forward_backward(payload)
+        settings = losses.settings_of(batch.loss_fn, batch.loss_fn_config)
+        outputs, total = [], 0.0
+        for datum in batch.data:
+            tokens = torch.tensor(list(datum.tokens), dtype=torch.long, device=self.device)
+            inputs = {name: torch.tensor(list(value.values), device=self.device).reshape(value.shape)
+                      for name, value in datum.loss_fn_inputs.items()}
+            with torch.set_grad_enabled(backward):
+                logits = self.model(input_ids=tokens[None]).logits[0]
+                logp = target_logprobs(logits, inputs.pop("target_tokens"))
+                loss = loss_sum(batch.loss_fn, logp, inputs, settings)
+            if backward:
+                loss.backward()  # gradients add up until the client's optim_step
+            total += float(loss.detach())
+            outputs.append({"logprobs": wire.TensorValue(array.array("f", logp.detach().float().cpu().tolist()),
+                                                         (len(tokens),), "float32")})
+        return "protobuf", wire.encode_forward_backward_output(outputs, {"loss:sum": total})
+
+    def optim_step(self, payload: bytes) -> tuple[str, bytes]:
+        adam = json.loads(payload)["adam_params"]
+        for group in self.optimizer.param_groups:
+            group.update(lr=adam["learning_rate"], betas=(adam["beta1"], adam["beta2"]), eps=adam["eps"],
+                         weight_decay=adam["weight_decay"])
+        metrics: dict[str, float] = {}
+        if adam["grad_clip_norm"] > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters, adam["grad_clip_norm"])
+            metrics["grad_norm:mean"] = float(norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return "json", json.dumps({"metrics": metrics}).encode()
+
+    def save_for_sampler(self, ctx: WorkerContext, payload: bytes) -> tuple[str, bytes]:
+        """The adapter published as a model of the project (served like any fine-tuned model), and a checkpoint
+        naming it at tinker://{model}/sampler_weights/{name}."""
+        name = json.loads(payload)["name"]
+        if self.info.lora["train_unembed"]:
+            raise UserError("ftaas's engine serves adapters of the decoder layers, not of the output layer: create the "
+                            "training model with train_unembed=False to sample from its weights", code="unsupported")
+        path = f"tinker://{self.info.model_id}/sampler_weights/{name}"
+        folder = Path(tempfile.mkdtemp(prefix="ftaas-sampler-"))
+        try:
+            self.model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
+            uid = ids.new_id(ids.MODEL_UID)
+            prefix = layout.model_prefix(uid)
+            published = publish_directory(ctx.store, prefix, folder, {
+                "kind": "adapter", "base_model": self.info.base_model,
+                "training_api": {"model_id": self.info.model_id, "path": path}})
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        served = models.fine_tuned_model_name(self.info.base_model, self.info.project_name, _suffix(name), uid[4:12])
+        with ctx.db.write() as session:
+            models.add(session, name=served, uid=uid, project_id=self.info.project_id, job_id=None,
+                       base_model=self.info.base_model, storage_prefix=published.prefix,
+                       manifest_sha256=published.manifest_sha256)
+            rows.add_checkpoint(session, TrainingCheckpoint(
+                id=ids.new_id(ids.TRAINING_CHECKPOINT), project_id=self.info.project_id, model_id=self.info.model_id,
+                kind="sampler_weights", path=path, storage_prefix=published.prefix,
+                manifest_sha256=published.manifest_sha256, with_optimizer=False, served_model=served,
+                created_at=int(time.time())))
+        return "json", json.dumps({"path": path}).encode()
+
+    def run(self, ctx: WorkerContext, kind: str, payload: bytes) -> tuple[str, bytes]:
+        if kind in ("forward_backward", "forward"):
+            return self.forward_backward(payload, backward=kind == "forward_backward")
+        if kind == "optim_step":
+            return self.optim_step(payload)
+        if kind == "save_weights_for_sampler":
+            return self.save_for_sampler(ctx, payload)
+        raise UserError(f"{kind} is not supported by this server", code="unsupported")
+
+
+def _suffix(name: str) -> str:
+    """A checkpoint name as a model name's suffix (1-64 of A-Z a-z 0-9 _ . -)."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "-" for c in name)[:64]
+    return cleaned or "loop"
+
+
+def hold_model(ctx: WorkerContext, model_id: str) -> str:
+    """The task body: not-claimed, released (the session ended or idled out), failed or lease-lost."""
+    ttl = ctx.settings.work.lease_ttl_seconds
+
+    def read(session: Any, row: TrainingModel) -> ModelInfo:
+        project = session.get(Project, row.project_id)
+        return ModelInfo(row.id, row.project_id, project.name, row.session_id, row.base_model, dict(row.lora))
+
+    claimed = StandaloneWork.claim(ctx.db, rows.MODELS, model_id, owner=ctx.owner, ttl=ttl, read=read)
+    if claimed is None:
+        return "not-claimed"
+    work, info = claimed
+    renewal = work.renewal()
+    patient = patiently(ctx.outages, alive=lambda: not renewal.lost.is_set())
+    try:
+        with renewal:
+            held = HeldModel(ctx, info)
+            with ctx.db.write() as session:
+                created = rows.first_request(session, model_id, "create_model")
+                if created is not None:
+                    rows.finish_request(session, created.id, result=("json", json.dumps({"model_id": model_id}).encode()))
+            log.info("holding training model %s (%s, rank %s)", model_id, info.base_model, info.lora["rank"])
+            last = 0
+            idle = ctx.settings.training_api.idle_seconds
+            while True:
+                renewal.check()
+                with ctx.db.read() as session:
+                    request = rows.next_request(session, model_id, last)
+                    request = (request.id, request.kind, request.seq_id, request.payload) if request else None
+                    owner = session.get(TrainingSession, info.session_id)
+                    finished, active_at = owner.finished_at, owner.active_at
+                if request is None:
+                    if finished is not None or time.time() - active_at > idle:
+                        patient(lambda: _finish(ctx, work), "release the training model")
+                        return "released"
+                    time.sleep(IDLE_LOOK_SECONDS)
+                    continue
+                request_id, kind, seq_id, payload = request
+                try:
+                    outcome: dict[str, Any] = {"result": held.run(ctx, kind, payload)}
+                except UserError as exc:  # checked at the API; what only the model can find (a token id too large)
+                    outcome = {"error": {"error": exc.public_message, "category": "user"}}
+                except (IndexError, RuntimeError) as exc:
+                    outcome = {"error": {"error": f"{kind} failed: {exc}", "category": "user"}}
+                patient(lambda request_id=request_id, seq_id=seq_id, outcome=outcome: _record(
+                    ctx, work, request_id, seq_id, outcome), "record the request's result")
+                last = seq_id
+    except Exception as exc:  # noqa: BLE001 - every outcome, bugs included, is settled by the taxonomy
+        error = {"error": f"the training model is no longer held: {exc}", "category": "server"}
+        try:
+            with ctx.db.write() as session:
+                rows.fail_pending(session, model_id, error)
+        except Exception:  # the API reports the pending requests of a failed model by itself
+            log.exception("could not fail the pending requests of %s", model_id)
+        return work.settle(exc, internal_code="training_model_error")
+
+
+def _record(ctx: WorkerContext, work: StandaloneWork, request_id: str, seq_id: int, outcome: dict[str, Any]) -> None:
+    """The request's result and the model's progress in one transaction, under the lease."""
+    with ctx.db.write() as session:
+        rows.MODELS.renew(session, work.lease, ttl=work.ttl, values={"last_seq_id": seq_id})
+        rows.finish_request(session, request_id, result=outcome.get("result"), error=outcome.get("error"))
+
+
+def _finish(ctx: WorkerContext, work: StandaloneWork) -> None:
+    with ctx.db.write() as session:
+        rows.MODELS.complete(session, work.lease, {})
