@@ -489,6 +489,22 @@ class TrainingRequest(Base):
     finished_at: Mapped[float | None] = mapped_column(Float)
 
 
+class TrainingSampler(Base):
+    """A sampling session of the training API: the model its samples come from (served by the engine)."""
+
+    __tablename__ = "training_samplers"
+
+    #: "{session id}:sample:{n}"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(ForeignKey("training_sessions.id", ondelete="CASCADE"))
+    #: the model the engine samples: a base model or the model a sampler checkpoint was published as
+    served_model: Mapped[str] = mapped_column(String(320))
+    base_model: Mapped[str] = mapped_column(String(128))
+    model_path: Mapped[str | None] = mapped_column(String(400))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
 class TrainingCheckpoint(Base):
     """Weights a training model saved: its state (adapter and optimizer, to load and continue) or weights for
     the sampler (an adapter published as a model of the project, served by `served_model`)."""

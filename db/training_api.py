@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from db import ids, outbox
 from db.leased import LeasedQueue
 from db.states import WorkStatus
-from db.tables import TrainingCheckpoint, TrainingModel, TrainingRequest, TrainingSession
+from db.tables import TrainingCheckpoint, TrainingModel, TrainingRequest, TrainingSampler, TrainingSession
 
 MODELS: LeasedQueue[TrainingModel] = LeasedQueue(TrainingModel, outbox.HOLD_TRAINING_MODEL, noun="training model",
                                                  param="model_id")
@@ -150,3 +150,19 @@ def checkpoints_of(session: Session, project_id: str, model_id: str) -> list[Tra
     return list(session.scalars(select(TrainingCheckpoint).where(
         TrainingCheckpoint.project_id == project_id, TrainingCheckpoint.model_id == model_id)
         .order_by(TrainingCheckpoint.id)))
+
+
+# -------------------------------------------------------------------------------------------- samplers
+def add_sampler(session: Session, row: TrainingSampler) -> TrainingSampler:
+    """A sampling session (the same id again: the one already made, as the SDK may retry)."""
+    existing = session.get(TrainingSampler, row.id)
+    if existing is not None:
+        return existing
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_sampler(session: Session, project_id: str, sampler_id: str) -> TrainingSampler | None:
+    return session.scalar(select(TrainingSampler).where(TrainingSampler.id == sampler_id,
+                                                        TrainingSampler.project_id == project_id))

@@ -53,6 +53,9 @@ class Generation:
                     if result.finish_reason is not None:
                         continue  # generated past a stop sequence before the cancel took effect
                     delta = Delta(index)
+                    result.token_ids.append(event.token_id)
+                    if event.logprob is not None:
+                        result.token_logprobs.append(float(event.logprob))
                     if self.want_logprobs and event.logprob is not None:
                         entry = (self._token_text(event.token_id), event.logprob,
                                  [(self._token_text(t), lp) for t, lp in event.top_logprobs])

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from api.dependencies import Caller, Services
+from api.dependencies import Caller, Inference, Services
 from api.training_api.service import TRY_AGAIN
 from contracts.errors import AuthenticationFailed, InvalidRequest
 
@@ -134,6 +134,49 @@ async def optim_step(request: Request, services: Services, caller: TrainingCalle
 async def save_weights_for_sampler(request: Request, services: Services, caller: TrainingCaller) -> Response:
     body = await _json(request)
     return await caller.run(lambda principal: _ok(services.training_api.save_weights_for_sampler(principal, body)))
+
+
+# ------------------------------------------------------------------------------------------- sampling
+@router.post("/create_sampling_session")
+async def create_sampling_session(request: Request, services: Services, caller: TrainingCaller) -> Response:
+    body = await _json(request)
+    return await caller.run(lambda principal: _ok(services.training_api.create_sampling_session(principal, body)))
+
+
+@router.get("/samplers/{sampler_id}")
+async def get_sampler(sampler_id: str, services: Services, caller: TrainingCaller) -> Response:
+    return await caller.run(lambda principal: _ok(services.training_api.get_sampler(principal, sampler_id)))
+
+
+#: Sampling tasks running in this process (kept referenced until they end).
+_SAMPLING: set[asyncio.Task[None]] = set()
+
+
+@router.post("/asample")
+async def asample(request: Request, services: Services, caller: TrainingCaller, inference: Inference) -> Response:
+    """Checked and resolved at once (a bad request is a 400 here), then sampled by this process's engine in the
+    background, batched with every other request: the future's result is the SDK's SampleResponse."""
+    body = await _json(request)
+    principal = await caller.principal()
+    training_api = services.training_api
+    completion = await services.run_blocking(lambda: training_api.completion_of(principal, body))
+    resolved, parts = await services.run_blocking(lambda: inference.resolve_request(principal, completion))
+    answer = await services.run_blocking(lambda: training_api.add_sample(principal, body, completion.n))
+    loop = asyncio.get_running_loop()
+
+    async def sample() -> None:
+        try:
+            stream = await services.run_blocking(lambda: inference.start(resolved, parts, completion, loop))
+            results = await stream.collect()
+        except Exception as exc:  # noqa: BLE001 - the client's future reports every failure
+            await services.run_blocking(lambda: training_api.finish_sample(answer["request_id"], None, str(exc)))
+            return
+        await services.run_blocking(lambda: training_api.finish_sample(answer["request_id"], results))
+
+    task = asyncio.create_task(sample())
+    _SAMPLING.add(task)
+    task.add_done_callback(_SAMPLING.discard)
+    return _ok(answer)
 
 
 # -------------------------------------------------------------------------------------------- futures

@@ -16,13 +16,15 @@ from sqlalchemy import select
 
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import InvalidRequest, NotFound, QuotaExceeded
+from contracts.inference.backend import ChoiceResult
+from contracts.inference.schemas import MAX_CHOICES, CompletionRequest
 from contracts.settings import TrainingApiSettings
 from contracts.training_api import losses, wire
 from db import training_api as rows
 from db.projects import Principal
 from db.session import Database
 from db.states import WorkStatus
-from db.tables import TrainingModel, TrainingRequest
+from db.tables import TrainingModel, TrainingRequest, TrainingSampler
 
 #: What a future's poll answers while the result is not there yet (the SDK polls again at once).
 TRY_AGAIN = {"type": "try_again", "queue_state": "active"}
@@ -179,6 +181,98 @@ class TrainingApiService:
                                        model_id=model.id, seq_id=seq_id)
             rows.touch_session(session, model.session_id)
             return {"request_id": request.id, "model_id": model.id}
+
+    # ------------------------------------------------------------------------------------ sampling
+    def create_sampling_session(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        """A sampler of a base model, or of weights a training model saved for the sampler (tinker:// path)."""
+        seq = body.get("sampling_session_seq_id", 0)
+        if not isinstance(seq, int) or seq < 0:
+            raise InvalidRequest("sampling_session_seq_id must be a non-negative integer",
+                                 param="sampling_session_seq_id")
+        path, base_model = body.get("model_path"), body.get("base_model")
+        with self.db.write() as session:
+            owner = self._session(session, principal, body.get("session_id"))
+            if path is not None:
+                checkpoint = rows.get_checkpoint(session, principal.project_id, str(path))
+                if checkpoint is None or checkpoint.kind != "sampler_weights" or checkpoint.served_model is None:
+                    raise NotFound(f"No weights saved for the sampler at {path!r}", code="checkpoint_not_found",
+                                   param="model_path")
+                model = rows.get_model(session, principal.project_id, checkpoint.model_id)
+                served, base = checkpoint.served_model, model.base_model if model else ""
+            elif base_model in self.registry:
+                served = base = str(base_model)
+            else:
+                raise InvalidRequest("give a model_path (tinker://.../sampler_weights/...) or a base_model of this "
+                                     "installation", param="model_path")
+            sampler = rows.add_sampler(session, TrainingSampler(
+                id=f"{owner.id}:sample:{seq}", project_id=principal.project_id, session_id=owner.id,
+                served_model=served, base_model=base, model_path=path, created_at=int(time.time())))
+            rows.touch_session(session, owner.id)
+            return {"sampling_session_id": sampler.id}
+
+    def get_sampler(self, principal: Principal, sampler_id: str) -> dict[str, Any]:
+        with self.db.read() as session:
+            sampler = rows.get_sampler(session, principal.project_id, sampler_id)
+            if sampler is None:
+                raise NotFound(f"No sampling session {sampler_id!r}", code="sampler_not_found", param="sampler_id")
+            return {"sampler_id": sampler.id, "base_model": sampler.base_model, "model_path": sampler.model_path}
+
+    def completion_of(self, principal: Principal, body: dict[str, Any]) -> CompletionRequest:
+        """A sample request as the engine's completion request: the prompt's tokens, n samples, the sampling
+        parameters; what the engine cannot do is refused by name."""
+        with self.db.read() as session:
+            sampler = rows.get_sampler(session, principal.project_id, str(body.get("sampling_session_id")))
+            if sampler is None:
+                raise NotFound("No such sampling session", code="sampler_not_found", param="sampling_session_id")
+            served = sampler.served_model
+        for flag in ("prompt_logprobs", "record_stability_info"):
+            if body.get(flag):
+                raise InvalidRequest(f"{flag} is not supported by ftaas yet", code="unsupported", param=flag)
+        for count in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):
+            if body.get(count):
+                raise InvalidRequest(f"{count} is not supported by ftaas yet", code="unsupported", param=count)
+        tokens: list[int] = []
+        for index, chunk in enumerate((body.get("prompt") or {}).get("chunks") or []):
+            if not isinstance(chunk, dict) or chunk.get("type") != "encoded_text":
+                raise InvalidRequest("only encoded_text prompt chunks are supported (text models)",
+                                     code="unsupported", param=f"prompt.chunks.{index}")
+            tokens.extend(chunk.get("tokens") or [])
+        if not tokens or not all(isinstance(t, int) and t >= 0 for t in tokens):
+            raise InvalidRequest("the prompt needs token ids", param="prompt")
+        params = body.get("sampling_params") or {}
+        stop = params.get("stop")
+        if isinstance(stop, list) and any(not isinstance(s, str) for s in stop):
+            raise InvalidRequest("stop token ids are not supported yet; give stop strings", code="unsupported",
+                                 param="sampling_params.stop")
+        if params.get("top_k", -1) not in (-1, 0, None):
+            raise InvalidRequest("top_k is not supported by ftaas's engine (use top_p)", code="unsupported",
+                                 param="sampling_params.top_k")
+        num = body.get("num_samples", 1)
+        if not isinstance(num, int) or not 1 <= num <= MAX_CHOICES:
+            raise InvalidRequest(f"num_samples must be from 1 to {MAX_CHOICES}", param="num_samples")
+        try:
+            return CompletionRequest(model=served, prompt=tokens, n=num, max_tokens=params.get("max_tokens"),
+                                     temperature=params.get("temperature", 1.0), top_p=params.get("top_p", 1.0),
+                                     seed=params.get("seed"), stop=stop or None, logprobs=0)
+        except ValueError as exc:
+            raise InvalidRequest(f"sampling_params: {exc}", param="sampling_params") from None
+
+    def add_sample(self, principal: Principal, body: dict[str, Any], samples: int) -> dict[str, Any]:
+        with self.db.write() as session:
+            request = rows.add_request(session, project_id=principal.project_id, kind="sample",
+                                       payload=json.dumps(body).encode())
+            return {"request_id": request.id, "sample_sequence_ids": [f"{request.id}:{i}" for i in range(samples)]}
+
+    def finish_sample(self, request_id: str, results: list[ChoiceResult] | None, error: str | None = None) -> None:
+        """The sampled sequences as the SDK's SampleResponse (or the error that stopped them)."""
+        with self.db.write() as session:
+            if results is None:
+                rows.finish_request(session, request_id, error={"error": error or "sampling failed",
+                                                                "category": "server"})
+                return
+            sequences = [wire.SampledSequence(r.token_ids, r.token_logprobs if len(r.token_logprobs) == len(
+                r.token_ids) else None, "length" if r.finish_reason == "length" else "stop") for r in results]
+            rows.finish_request(session, request_id, result=("protobuf", wire.encode_sample_response(sequences)))
 
     # ------------------------------------------------------------------------------------- futures
     def poll(self, principal: Principal, request_id: Any) -> Poll:

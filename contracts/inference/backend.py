@@ -28,6 +28,9 @@ class ChoiceResult:
     logprobs: TokenLogprobs = field(default_factory=list)
     #: OpenAI-shaped tool calls parsed from the output (chat requests with tools); `text` is then the content
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    #: the generated token ids (up to a stop sequence's end), and each one's log probability (when asked for)
+    token_ids: list[int] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
 
 
 @dataclass

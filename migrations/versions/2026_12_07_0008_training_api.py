@@ -1,4 +1,4 @@
-"""The training API: sessions, training models held by workers, futures, saved weights.
+"""The training API: sessions, training models held by workers, futures, saved weights, sampling sessions.
 
 Revision ID: 0008
 Revises: 0007
@@ -87,8 +87,20 @@ def upgrade() -> None:
         sa.UniqueConstraint("project_id", "path", name="uq_training_checkpoints_project_id_path"),
     )
     op.create_index("ix_training_checkpoints_model_id", "training_checkpoints", ["model_id"])
+    op.create_table(
+        "training_samplers",
+        sa.Column("id", sa.String(80), primary_key=True),
+        sa.Column("project_id", sa.String(40), sa.ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("session_id", sa.String(40), sa.ForeignKey("training_sessions.id", ondelete="CASCADE"),
+                  nullable=False),
+        sa.Column("served_model", sa.String(320), nullable=False),
+        sa.Column("base_model", sa.String(128), nullable=False),
+        sa.Column("model_path", sa.String(400), nullable=True),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+    )
 
 
 def downgrade() -> None:
-    for table in ("training_checkpoints", "training_requests", "training_models", "training_sessions"):
+    for table in ("training_samplers", "training_checkpoints", "training_requests", "training_models",
+                  "training_sessions"):
         op.drop_table(table)

@@ -96,4 +96,29 @@ def _decoder_layers_are_served(server: LiveServer, service: Any, data: list[type
     tuned = server.client().chat.completions.create(model=served[0], **ask).choices[0].message.content
     base = server.client().chat.completions.create(model=DEMO_BASE_MODEL, **ask).choices[0].message.content
     assert tuned != base  # the engine serves the loop's adapter, not the base model
+
+    # The SDK's sampler, on the same weights through the same engine: greedy samples are the chat's answer.
+    sampler = service.create_sampling_client(model_path=path)
+    prompt = tokenizer_of(server).apply_chat_template(ask["messages"], add_generation_prompt=True, tokenize=True,
+                                                      return_dict=True)["input_ids"]
+    sampled = sampler.sample(prompt=types.ModelInput.from_ints(prompt), num_samples=2,
+                             sampling_params=types.SamplingParams(max_tokens=12, temperature=0.0)).result()
+    assert len(sampled.sequences) == 2
+    for sequence in sampled.sequences:
+        assert tokenizer_of(server).decode(sequence.tokens, skip_special_tokens=True) == tuned
+        assert sequence.logprobs is not None and len(sequence.logprobs) == len(sequence.tokens)
+        assert all(lp <= 0 for lp in sequence.logprobs)
+
+    # Another project's key sees none of it.
+    other = tinker.ServiceClient(base_url=server.base_url.removesuffix("/v1"),
+                                 api_key=f"tml-{server.create_key('training-other')}")
+    with pytest.raises(tinker.NotFoundError, match="No weights saved for the sampler"):
+        other.create_sampling_client(model_path=path).sample(
+            prompt=types.ModelInput.from_ints(prompt), num_samples=1, sampling_params=types.SamplingParams(max_tokens=2)
+        ).result()
     return before, after
+
+
+def tokenizer_of(server: LiveServer) -> Any:
+    return BaseModelLoader(BaseModelRegistry({DEMO_BASE_MODEL: DEMO_BASE_MODEL_SOURCE}),
+                           Path(server.env["FTAAS_MODEL_CACHE_DIR"])).load_tokenizer(DEMO_BASE_MODEL)
