@@ -169,7 +169,8 @@ async def asample(request: Request, services: Services, caller: TrainingCaller, 
             stream = await services.run_blocking(lambda: inference.start(resolved, parts, completion, loop))
             results = await stream.collect()
         except Exception as exc:  # noqa: BLE001 - the client's future reports every failure
-            await services.run_blocking(lambda: training_api.finish_sample(answer["request_id"], None, str(exc)))
+            message = getattr(exc, "public_message", None) or str(exc)
+            await services.run_blocking(lambda: training_api.finish_sample(answer["request_id"], None, message))
             return
         await services.run_blocking(lambda: training_api.finish_sample(answer["request_id"], results))
 
