@@ -454,6 +454,9 @@ class TrainingModel(LeasedWork, Base):
     lora: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: the seq_id of the last training request the holder finished (requests run in seq_id order)
     last_seq_id: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: a saved state the model starts from (created by load_weights): {"path", "prefix", "manifest_sha256",
+    #: "optimizer"}; None: a fresh adapter
+    initial_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(BigInteger)
     started_at: Mapped[int | None] = mapped_column(BigInteger)

@@ -25,3 +25,8 @@ def eval_prefix(eval_id: str, run: str) -> str:
     """report.json, items.jsonl, spec.json and the charts of one run of a knowledge eval. `run` is unique
     per attempt, so that a stale worker's objects never replace (or delete) those of the attempt that won."""
     return f"evals/{eval_id}/{run}/"
+
+
+def training_state_prefix(uid: str) -> str:
+    """A training model's saved state (adapter and optimizer) of the training API."""
+    return f"training-states/{uid}/"

@@ -180,6 +180,18 @@ async def asample(request: Request, services: Services, caller: TrainingCaller, 
     return _ok(answer)
 
 
+@router.post("/save_weights")
+async def save_weights(request: Request, services: Services, caller: TrainingCaller) -> Response:
+    body = await _json(request)
+    return await caller.run(lambda principal: _ok(services.training_api.save_weights(principal, body)))
+
+
+@router.post("/load_weights")
+async def load_weights(request: Request, services: Services, caller: TrainingCaller) -> Response:
+    body = await _json(request)
+    return await caller.run(lambda principal: _ok(services.training_api.load_weights(principal, body)))
+
+
 # -------------------------------------------------------------------------------------------- futures
 @router.post("/retrieve_future")
 async def retrieve_future(request: Request, services: Services, caller: TrainingCaller) -> Response:

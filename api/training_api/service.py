@@ -92,27 +92,32 @@ class TrainingApiService:
         parts = {name: bool(lora.get(name, True)) for name in ("train_mlp", "train_attn", "train_unembed")}
         if not any(parts.values()):
             raise InvalidRequest("train at least one of mlp, attn, unembed", param="lora_config")
-        seq = body.get("model_seq_id", 0)
+        return self._new_model(principal, body.get("session_id"), body.get("model_seq_id", 0), str(base_model),
+                               {"rank": rank, "seed": lora.get("seed"), **parts}, kind="create_model")
+
+    def _new_model(self, principal: Principal, session_id: Any, seq: Any, base_model: str, lora: dict[str, Any], *,
+                   kind: str, initial_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A training model numbered `seq` in the session, announced to the workers, and the future that its
+        worker answers once it holds the model (the same model asked for again: the same future)."""
         if not isinstance(seq, int) or seq < 0:
             raise InvalidRequest("model_seq_id must be a non-negative integer", param="model_seq_id")
         with self.db.write() as session:
-            owner = self._session(session, principal, body.get("session_id"))
+            owner = self._session(session, principal, session_id)
             if owner.finished_at is not None:
                 raise InvalidRequest("the session has finished", code="session_finished", param="session_id")
             model_id = f"{owner.id}:train:{seq}"
-            existing = rows.get_model(session, principal.project_id, model_id)
-            if existing is None:
+            if rows.get_model(session, principal.project_id, model_id) is None:
                 if rows.live_models(session, principal.project_id) >= self.settings.max_live_models_per_project:
                     raise QuotaExceeded(f"this project already has {self.settings.max_live_models_per_project} live "
                                         "training models; close a session (or let it idle out) first",
                                         code="too_many_training_models")
                 rows.add_model(session, TrainingModel(
                     id=model_id, project_id=principal.project_id, session_id=owner.id, status=WorkStatus.QUEUED.value,
-                    base_model=base_model, lora={"rank": rank, "seed": lora.get("seed"), **parts},
-                    created_at=int(time.time()), max_attempts=1))
+                    base_model=base_model, lora=lora, initial_state=initial_state, created_at=int(time.time()),
+                    max_attempts=1))
             rows.touch_session(session, owner.id)
-            request = rows.first_request(session, model_id, "create_model") or rows.add_request(
-                session, project_id=principal.project_id, kind="create_model", payload=b"{}", model_id=model_id)
+            request = rows.first_request(session, model_id, kind) or rows.add_request(
+                session, project_id=principal.project_id, kind=kind, payload=b"{}", model_id=model_id)
             return {"request_id": request.id, "model_id": model_id}
 
     def get_info(self, principal: Principal, model_id: Any) -> dict[str, Any]:
@@ -163,6 +168,37 @@ class TrainingApiService:
                                  "one is not supported yet", code="unsupported", param="path")
         return self._submit(principal, body.get("model_id"), body.get("seq_id"), "save_weights_for_sampler",
                             json.dumps({"name": _checkpoint_name(name)}).encode())
+
+    def save_weights(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        """The training state (adapter and optimizer) under a name: what load_weights restores."""
+        if body.get("ttl_seconds") is not None:
+            raise InvalidRequest("checkpoint TTLs are not supported yet", code="unsupported", param="ttl_seconds")
+        payload = {"name": _checkpoint_name(body.get("path")), "overwrite": bool(body.get("overwrite"))}
+        return self._submit(principal, body.get("model_id"), body.get("seq_id"), "save_weights",
+                            json.dumps(payload).encode())
+
+    def load_weights(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        """A saved state into a live training model (in its seq_id order), or, with a session, a new training
+        model created from it (the shape of the model that saved it; its optimizer's state where asked)."""
+        if body.get("weights_access_token"):
+            raise InvalidRequest("loading another account's checkpoints is not supported", code="unsupported",
+                                 param="weights_access_token")
+        with self.db.read() as session:
+            checkpoint = rows.get_checkpoint(session, principal.project_id, str(body.get("path")))
+            if checkpoint is None or checkpoint.kind != "weights":
+                raise NotFound(f"No saved state at {body.get('path')!r}", code="checkpoint_not_found", param="path")
+            source = rows.get_model(session, principal.project_id, checkpoint.model_id)
+            assert source is not None  # a checkpoint outlives nothing it came from: models are never deleted
+            state = {"path": checkpoint.path, "prefix": checkpoint.storage_prefix,
+                     "manifest_sha256": checkpoint.manifest_sha256, "optimizer": bool(body.get("optimizer"))}
+            lora, base_model = dict(source.lora), source.base_model
+        if body.get("base_model") not in (None, base_model):
+            raise InvalidRequest(f"{checkpoint.path} was saved from {base_model}", param="base_model")
+        if "session_id" not in body:
+            return self._submit(principal, body.get("model_id"), body.get("seq_id"), "load_weights",
+                                json.dumps(state).encode())
+        return self._new_model(principal, body.get("session_id"), body.get("model_seq_id", 0), base_model, lora,
+                               kind="load_weights", initial_state=state)
 
     def _submit(self, principal: Principal, model_id: Any, seq_id: Any, kind: str, payload: bytes) -> dict[str, Any]:
         if not isinstance(seq_id, int) or seq_id < 1:

@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("base_model", sa.String(128), nullable=False),
         sa.Column("lora", sa.JSON(), nullable=False),
         sa.Column("last_seq_id", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("initial_state", sa.JSON(), nullable=True),
         sa.Column("error", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("started_at", sa.BigInteger(), nullable=True),

@@ -122,3 +122,36 @@ def _decoder_layers_are_served(server: LiveServer, service: Any, data: list[type
 def tokenizer_of(server: LiveServer) -> Any:
     return BaseModelLoader(BaseModelRegistry({DEMO_BASE_MODEL: DEMO_BASE_MODEL_SOURCE}),
                            Path(server.env["FTAAS_MODEL_CACHE_DIR"])).load_tokenizer(DEMO_BASE_MODEL)
+
+
+def test_a_saved_state_resumes_exactly_in_a_new_session(server: LiveServer, model_cache_dir: Path) -> None:
+    """save_state, then the session ends (its worker lets the model go); a new session creates a training model
+    from the state with its optimizer: the next step's loss, and the loss after it, are the ones the first
+    model computed (the adapter and Adam's moments and step counts restored exactly)."""
+    tokenizer = tokenizer_of(server)
+    data = [supervised(tokenizer, q, a) for q, a in FACTS]
+    options = {"base_url": server.base_url.removesuffix("/v1"), "api_key": f"tml-{server.api_key}"}
+    adam = types.AdamParams(learning_rate=5e-3)
+
+    def step_and_look(training: Any) -> tuple[float, float]:
+        at_state = training.forward_backward(data, "cross_entropy").result().metrics["loss:sum"]
+        training.optim_step(adam).result()
+        return at_state, training.forward(data, "cross_entropy").result().metrics["loss:sum"]
+
+    with tinker.ServiceClient(**options) as service:
+        training = service.create_lora_training_client(base_model=DEMO_BASE_MODEL, rank=8)
+        for _ in range(5):
+            training.forward_backward(data, "cross_entropy").result()
+            training.optim_step(adam).result()
+        path = training.save_state("five").result().path
+        assert path.startswith("tinker://") and path.endswith("/weights/five")
+        first = step_and_look(training)
+        with pytest.raises(tinker.RequestFailedError, match="exists"):
+            training.save_state("five").result()  # not overwritten unless asked
+    with tinker.ServiceClient(**options) as service:
+        resumed = service.create_training_client_from_state_with_optimizer(path).result()
+        assert step_and_look(resumed) == first
+    with tinker.ServiceClient(**options) as service:
+        weights_only = service.create_training_client_from_state(path).result()  # Adam starts over
+        at_state, after = step_and_look(weights_only)
+        assert at_state == first[0] and after != first[1]

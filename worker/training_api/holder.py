@@ -28,7 +28,7 @@ from db import ids, models
 from db import training_api as rows
 from db.tables import Project, TrainingCheckpoint, TrainingModel, TrainingSession
 from storage import layout
-from storage.manifest import publish_directory
+from storage.manifest import download_artifact, publish_directory
 from worker.context import WorkerContext
 from worker.outages import patiently
 from worker.standalone import StandaloneWork
@@ -37,6 +37,8 @@ from worker.training_api.losses import loss_sum, target_logprobs
 log = logging.getLogger(__name__)
 #: between looks for the next request while the client computes
 IDLE_LOOK_SECONDS = 0.02
+#: A saved state's files (safetensors only: no pickles).
+ADAPTER_FILE, OPTIMIZER_FILE, STATE_FILE = "adapter_model.safetensors", "optimizer.safetensors", "state.json"
 #: LoRA's alpha: the update is scaled by alpha / rank, so 1 at every rank (the learning rate means the same
 #: whatever the rank)
 ALPHA_PER_RANK = 1.0
@@ -50,6 +52,8 @@ class ModelInfo:
     session_id: str
     base_model: str
     lora: dict[str, Any]
+    #: a saved state to start from (the model was created by load_weights)
+    initial_state: dict[str, Any] | None = None
 
 
 def target_modules(model: torch.nn.Module, lora: dict[str, Any]) -> list[str]:
@@ -145,6 +149,76 @@ class HeldModel:
                 created_at=int(time.time())))
         return "json", json.dumps({"path": path}).encode()
 
+    def save_state(self, ctx: WorkerContext, payload: bytes) -> tuple[str, bytes]:
+        """The adapter and the optimizer's state (each parameter's moments and step count), in safetensors,
+        stored as a checkpoint at tinker://{model}/weights/{name}: what `load_state` restores exactly."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        request = json.loads(payload)
+        name = request["name"]
+        path = f"tinker://{self.info.model_id}/weights/{name}"
+        with ctx.db.read() as session:
+            if rows.get_checkpoint(session, self.info.project_id, path) is not None and not request["overwrite"]:
+                raise UserError(f"{path} exists; save under another name or with overwrite", code="checkpoint_exists")
+        folder = Path(tempfile.mkdtemp(prefix="ftaas-state-"))
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()},
+                      str(folder / ADAPTER_FILE))
+            moments, steps = {}, []
+            for index, parameter in enumerate(self.parameters):
+                state = self.optimizer.state.get(parameter) or {}
+                steps.append(float(state["step"]) if "step" in state else 0.0)
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in state:
+                        moments[f"{index}.{key}"] = state[key].detach().cpu().contiguous()
+            save_file(moments or {"empty": torch.zeros(0)}, str(folder / OPTIMIZER_FILE))
+            (folder / STATE_FILE).write_text(json.dumps({"base_model": self.info.base_model, "lora": self.info.lora,
+                                                         "steps": steps, "parameters": len(self.parameters)}))
+            uid = ids.new_id(ids.MODEL_UID)
+            published = publish_directory(ctx.store, layout.training_state_prefix(uid), folder, {
+                "kind": "training_state", "base_model": self.info.base_model,
+                "training_api": {"model_id": self.info.model_id, "path": path}})
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        with ctx.db.write() as session:
+            existing = rows.get_checkpoint(session, self.info.project_id, path)
+            if existing is not None:
+                session.delete(existing)
+                session.flush()
+            rows.add_checkpoint(session, TrainingCheckpoint(
+                id=ids.new_id(ids.TRAINING_CHECKPOINT), project_id=self.info.project_id, model_id=self.info.model_id,
+                kind="weights", path=path, storage_prefix=published.prefix, manifest_sha256=published.manifest_sha256,
+                with_optimizer=True, created_at=int(time.time())))
+        return "json", json.dumps({"path": path}).encode()
+
+    def load_state(self, ctx: WorkerContext, state: dict[str, Any]) -> None:
+        """A saved state's adapter, and its optimizer's moments and step counts where `optimizer` is asked."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        folder = Path(tempfile.mkdtemp(prefix="ftaas-state-"))
+        try:
+            download_artifact(ctx.store, state["prefix"], state["manifest_sha256"], folder,
+                              allowed_suffixes=(".safetensors", ".json"))
+            saved = json.loads((folder / STATE_FILE).read_text())
+            if saved["parameters"] != len(self.parameters) or saved["lora"]["rank"] != self.info.lora["rank"]:
+                raise UserError(f"{state['path']} was saved by a training model of another shape", code="invalid_state")
+            set_peft_model_state_dict(self.model, {k: v.to(self.device) for k, v in load_file(
+                str(folder / ADAPTER_FILE)).items()})
+            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.state.clear()
+            if state["optimizer"]:
+                moments = load_file(str(folder / OPTIMIZER_FILE))
+                for index, parameter in enumerate(self.parameters):
+                    if f"{index}.exp_avg" in moments:
+                        self.optimizer.state[parameter] = {
+                            "step": torch.tensor(saved["steps"][index]),
+                            "exp_avg": moments[f"{index}.exp_avg"].to(self.device),
+                            "exp_avg_sq": moments[f"{index}.exp_avg_sq"].to(self.device)}
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def run(self, ctx: WorkerContext, kind: str, payload: bytes) -> tuple[str, bytes]:
         if kind in ("forward_backward", "forward"):
             return self.forward_backward(payload, backward=kind == "forward_backward")
@@ -152,6 +226,12 @@ class HeldModel:
             return self.optim_step(payload)
         if kind == "save_weights_for_sampler":
             return self.save_for_sampler(ctx, payload)
+        if kind == "save_weights":
+            return self.save_state(ctx, payload)
+        if kind == "load_weights":
+            state = json.loads(payload)
+            self.load_state(ctx, state)
+            return "json", json.dumps({"path": state["path"]}).encode()
         raise UserError(f"{kind} is not supported by this server", code="unsupported")
 
 
@@ -167,7 +247,8 @@ def hold_model(ctx: WorkerContext, model_id: str) -> str:
 
     def read(session: Any, row: TrainingModel) -> ModelInfo:
         project = session.get(Project, row.project_id)
-        return ModelInfo(row.id, row.project_id, project.name, row.session_id, row.base_model, dict(row.lora))
+        return ModelInfo(row.id, row.project_id, project.name, row.session_id, row.base_model, dict(row.lora),
+                         dict(row.initial_state) if row.initial_state else None)
 
     claimed = StandaloneWork.claim(ctx.db, rows.MODELS, model_id, owner=ctx.owner, ttl=ttl, read=read)
     if claimed is None:
@@ -178,10 +259,14 @@ def hold_model(ctx: WorkerContext, model_id: str) -> str:
     try:
         with renewal:
             held = HeldModel(ctx, info)
+            if info.initial_state is not None:
+                held.load_state(ctx, info.initial_state)
+            answer = {"model_id": model_id, **({"path": info.initial_state["path"]} if info.initial_state else {})}
             with ctx.db.write() as session:
-                created = rows.first_request(session, model_id, "create_model")
-                if created is not None:
-                    rows.finish_request(session, created.id, result=("json", json.dumps({"model_id": model_id}).encode()))
+                for kind in ("create_model", "load_weights"):
+                    created = rows.first_request(session, model_id, kind)
+                    if created is not None:
+                        rows.finish_request(session, created.id, result=("json", json.dumps(answer).encode()))
             log.info("holding training model %s (%s, rank %s)", model_id, info.base_model, info.lora["rank"])
             last = 0
             idle = ctx.settings.training_api.idle_seconds

@@ -1,0 +1,132 @@
+"""The training API's contract where requests arrive (no worker holds the models here): keys as the tinker SDK
+sends them, bad requests refused with a 400 naming the field before anything is queued, the per-project limit on
+live training models, futures that say "try again" while pending, projects kept apart, and a model whose worker
+was lost reported to its client instead of started over with a fresh adapter."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from tinker import types
+from tinker.proto.request_conv import forward_backward_request_to_proto
+
+from api.app import build_services, create_app
+from contracts.settings import DEMO_BASE_MODEL, Settings
+from db import migrate, projects
+from db import training_api as rows
+from db.tables import TrainingModel, TrainingRequest
+from worker.app import create_celery_app
+from worker.maintenance import Maintenance
+
+
+class Training:
+    def __init__(self, client: TestClient, key: str, other: str, services: Any, settings: Settings) -> None:
+        self.client, self.key, self.other, self.services, self.settings = client, key, other, services, settings
+
+    def post(self, path: str, body: Any = None, *, key: str | None = None, raw: bytes | None = None) -> Any:
+        headers = {"X-API-Key": f"tml-{key or self.key}"}
+        if raw is not None:
+            return self.client.post(f"/api/v1/{path}", content=raw, headers={
+                **headers, "Content-Type": "application/x-protobuf"})
+        return self.client.post(f"/api/v1/{path}", json=body or {}, headers=headers)
+
+
+@pytest.fixture
+def training(tmp_path: Path, model_cache_dir: Path) -> Iterator[Training]:
+    settings = Settings(data_dir=tmp_path, model_cache_dir=model_cache_dir, training_api_poll_seconds=0.3,
+                        training_api_max_live_models_per_project=2)
+    services = build_services(settings)
+    migrate.upgrade(services.db)
+    with services.db.write() as session:
+        _, key = projects.create_api_key(session, projects.ensure_project(session, "alpha"))
+        _, other = projects.create_api_key(session, projects.ensure_project(session, "beta"))
+    with TestClient(create_app(settings, services=services), raise_server_exceptions=False) as client:
+        yield Training(client, key, other, services, settings)
+    services.db.dispose()
+
+
+def fb_body(model_id: str, seq_id: int, loss_fn: str = "cross_entropy", inputs: dict | None = None) -> bytes:
+    datum = types.Datum(model_input=types.ModelInput.from_ints([1, 2, 3]), loss_fn_inputs=inputs if inputs is not None
+                        else {"target_tokens": [2, 3, 4], "weights": [0.0, 1.0, 1.0]})
+    request = types.ForwardBackwardRequest(forward_backward_input=types.ForwardBackwardInput(data=[datum], loss_fn=loss_fn),
+                                           model_id=model_id, seq_id=seq_id)
+    return forward_backward_request_to_proto(request).SerializeToString()
+
+
+def a_model(training: Training, seq: int = 0) -> tuple[str, str]:
+    session_id = training.post("create_session", {"tags": []}).json()["session_id"]
+    created = training.post("create_model", {"session_id": session_id, "model_seq_id": seq, "base_model": DEMO_BASE_MODEL,
+                                             "lora_config": {"rank": 8}})
+    assert created.status_code == 200, created.text
+    return session_id, created.json()["model_id"]
+
+
+def test_keys_are_accepted_as_the_sdk_sends_them_and_nothing_else(training: Training) -> None:
+    assert training.post("client/config").status_code == 200  # X-API-Key: tml-<key>
+    bearer = training.client.post("/api/v1/client/config", headers={"Authorization": f"Bearer tml-{training.key}"})
+    assert bearer.status_code == 200
+    assert training.client.post("/api/v1/client/config").json()["error"]["code"] == "missing_api_key"
+    assert training.post("client/config", key="sk-ftaas-wrong").status_code == 401
+
+
+def test_bad_requests_are_refused_by_name_before_anything_is_queued(training: Training) -> None:
+    session_id = training.post("create_session").json()["session_id"]
+    cases = [("create_model", {"session_id": session_id, "base_model": "gpt-4o"}, "base_model"),
+             ("create_model", {"session_id": session_id, "base_model": DEMO_BASE_MODEL, "lora_config": {"rank": 0}},
+              "lora_config.rank"),
+             ("create_model", {"session_id": session_id, "base_model": DEMO_BASE_MODEL, "lora_config": {
+                 "train_mlp": False, "train_attn": False, "train_unembed": False}}, "lora_config"),
+             ("create_model", {"session_id": "tsess_nope", "base_model": DEMO_BASE_MODEL}, "session_id")]
+    for path, body, param in cases:
+        refused = training.post(path, body)
+        assert refused.status_code in (400, 404) and refused.json()["error"]["param"] == param, refused.text
+    _, model_id = a_model(training)
+    for body, param in [(fb_body(model_id, 1, "gspo"), "loss_fn"),
+                        (fb_body(model_id, 1, "ppo"), "data.0.loss_fn_inputs.logprobs"),
+                        (fb_body(model_id, 1, inputs={"target_tokens": [1, 2]}), "data.0.loss_fn_inputs.target_tokens"),
+                        (fb_body(model_id, 0), "seq_id"), (b"\x01\x02garbage", "body")]:
+        refused = training.post("forward_backward", raw=body)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+    bad_adam = training.post("optim_step", {"model_id": model_id, "seq_id": 1, "adam_params": {"beta1": 1.5}})
+    assert bad_adam.status_code == 400
+    with training.services.db.read() as session:
+        assert [r.kind for r in session.query(TrainingRequest).all()] == ["create_model"]  # nothing else queued
+
+
+def test_live_models_are_limited_per_project_and_futures_wait_then_say_try_again(training: Training) -> None:
+    first = a_model(training)
+    a_model(training)
+    third = training.post("create_model", {"session_id": first[0], "model_seq_id": 5, "base_model": DEMO_BASE_MODEL})
+    assert third.status_code == 429 and third.json()["error"]["code"] == "too_many_training_models"
+    submitted = training.post("forward_backward", raw=fb_body(first[1], 1)).json()
+    again = training.post("forward_backward", raw=fb_body(first[1], 1)).json()
+    assert again == submitted  # the SDK's retry of a seq_id is the same request
+    started = time.monotonic()
+    polled = training.post("retrieve_future", {"request_id": submitted["request_id"]}).json()
+    assert polled["type"] == "try_again" and time.monotonic() - started >= 0.25  # held open, then try again
+    foreign = training.post("retrieve_future", {"request_id": submitted["request_id"]}, key=training.other)
+    assert foreign.status_code == 404
+    assert training.post("get_info", {"model_id": first[1]}, key=training.other).status_code == 404
+    assert training.post("forward_backward", raw=fb_body(first[1], 2), key=training.other).status_code == 404
+
+
+def test_a_model_whose_worker_was_lost_is_failed_and_its_client_told_to_load_its_state(training: Training) -> None:
+    _, model_id = a_model(training)
+    pending = training.post("forward_backward", raw=fb_body(model_id, 1)).json()
+    with training.services.db.write() as session:  # a worker took it, then stopped renewing its lease
+        assert rows.MODELS.claim(session, model_id, owner="gone:1", ttl=0.01) is not None
+    time.sleep(0.05)
+    settings = training.settings
+    Maintenance(training.services.db, training.services.store, create_celery_app(settings, with_tasks=False),
+                settings).reap_once()
+    with training.services.db.read() as session:
+        assert session.get(TrainingModel, model_id).status == "failed"
+    answer = training.post("retrieve_future", {"request_id": pending["request_id"]}).json()
+    assert answer["category"] == "server" and "load_state" in answer["error"]  # not started over elsewhere
+    refused = training.post("forward_backward", raw=fb_body(model_id, 2))
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "training_model_released"
