@@ -24,6 +24,12 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
         operation = owner_http.post("/adapter_operations", json={"type": "compress", "model": job.fine_tuned_model}).json()
         owner_http.post(f"/adapter_operations/{operation['id']}/cancel")
         webhook = owner_http.post("/webhooks", json={"url": "http://127.0.0.1:9/hooks"}).json()
+    origin = f"http://127.0.0.1:{embedded.port}"
+    with httpx.Client(base_url=f"{origin}/api/v1", headers={"X-API-Key": f"tml-{embedded.api_key}"}) as training:
+        session_id = training.post("/create_session", json={}).json()["session_id"]  # the training API's objects
+        sampler_id = training.post("/create_sampling_session", json={
+            "session_id": session_id, "sampling_session_seq_id": 0, "base_model": "ftaas-tiny"}).json()[
+            "sampling_session_id"]
     stored = owner.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}],
                                            max_tokens=4, store=True, metadata={"owner": "a"})
     ids_of_a = {
@@ -34,6 +40,8 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
         "file_id": [job.training_file, job.result_files[0]],
         "fine_tuning_job_id": [job.id],
         "model": [job.fine_tuned_model, checkpoint],
+        "session_id": [session_id],
+        "sampler_id": [sampler_id],
     }
 
     paths = httpx.get(f"http://127.0.0.1:{embedded.port}/openapi.json").json()["paths"]
@@ -48,9 +56,13 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
             assert len(params) == 1 and params[0] in ids_of_a, f"no tenant test for {path}; add its ids"
             for method in operations:
                 for value in ids_of_a[params[0]]:
-                    url = path.replace("/v1", "", 1).replace("{" + params[0] + "}", value)
                     body = bodies.get(path, {}) if method == "post" else None
-                    response = stranger.request(method.upper(), url, json=body)
+                    if path.startswith("/api/v1/"):  # the training API: its own prefix, keys as the tinker SDK sends
+                        response = httpx.request(method.upper(), origin + path.replace("{" + params[0] + "}", value),
+                                                 json=body, headers={"X-API-Key": f"tml-{stranger_key}"})
+                    else:
+                        url = path.replace("/v1", "", 1).replace("{" + params[0] + "}", value)
+                        response = stranger.request(method.upper(), url, json=body)
                     assert response.status_code == 404, (method, url, response.text)
                     assert response.json()["error"]["code"].endswith("not_found"), response.text
                     tested.add((method, path))
@@ -68,8 +80,8 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
             assert value not in listed
 
     every_object_operation = {(m, p) for p, ops in paths.items() if "{" in p for m in ops}
-    # jobs, files, models; evals; adapter ops; webhooks; stored completions
-    assert tested == every_object_operation and len(tested) == 11 + 8 + 2 + 3 + 4
+    # jobs, files, models; evals; adapter ops; webhooks; stored completions; training sessions and samplers
+    assert tested == every_object_operation and len(tested) == 11 + 8 + 2 + 3 + 4 + 2
     # Nothing of A's changed.
     after = owner.fine_tuning.jobs.retrieve(job.id)
     assert (after.status, after.fine_tuned_model) == ("succeeded", job.fine_tuned_model)

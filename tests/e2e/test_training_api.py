@@ -110,9 +110,9 @@ def _decoder_layers_are_served(server: LiveServer, service: Any, data: list[type
         assert all(lp <= 0 for lp in sequence.logprobs)
 
     # Another project's key sees none of it.
-    other = tinker.ServiceClient(base_url=server.base_url.removesuffix("/v1"),
-                                 api_key=f"tml-{server.create_key('training-other')}")
-    with pytest.raises(tinker.NotFoundError, match="No weights saved for the sampler"):
+    with tinker.ServiceClient(base_url=server.base_url.removesuffix("/v1"),
+                              api_key=f"tml-{server.create_key('training-other')}") as other, pytest.raises(
+            tinker.NotFoundError, match="No weights saved for the sampler"):
         other.create_sampling_client(model_path=path).sample(
             prompt=types.ModelInput.from_ints(prompt), num_samples=1, sampling_params=types.SamplingParams(max_tokens=2)
         ).result()
