@@ -86,10 +86,22 @@ async def telemetry(caller: TrainingCaller) -> Response:
 
 
 # ------------------------------------------------------------------------------------------- sessions
-@router.post("/create_session")
-async def create_session(request: Request, services: Services, caller: TrainingCaller) -> Response:
-    body = await _json(request)
-    return await caller.run(lambda principal: _ok(services.training_api.create_session(principal, body)))
+#: Routes whose JSON body goes whole to the service method of the same name, and whose answer is its result.
+JSON_ROUTES = ("create_session", "create_model", "optim_step", "save_weights_for_sampler", "save_weights",
+               "load_weights", "create_sampling_session")
+
+
+def _json_route(name: str) -> None:
+    async def handler(request: Request, services: Services, caller: TrainingCaller) -> Response:
+        body = await _json(request)
+        return await caller.run(lambda principal: _ok(getattr(services.training_api, name)(principal, body)))
+
+    handler.__name__ = name
+    router.add_api_route(f"/{name}", handler, methods=["POST"], name=name)
+
+
+for _name in JSON_ROUTES:
+    _json_route(_name)
 
 
 @router.post("/session_heartbeat")
@@ -106,12 +118,6 @@ async def finish_session(session_id: str, services: Services, caller: TrainingCa
 
 
 # --------------------------------------------------------------------------------------------- models
-@router.post("/create_model")
-async def create_model(request: Request, services: Services, caller: TrainingCaller) -> Response:
-    body = await _json(request)
-    return await caller.run(lambda principal: _ok(services.training_api.create_model(principal, body)))
-
-
 @router.post("/get_info")
 async def get_info(request: Request, services: Services, caller: TrainingCaller) -> Response:
     body = await _json(request)
@@ -124,25 +130,7 @@ async def forward_backward(request: Request, services: Services, caller: Trainin
     return await caller.run(lambda principal: _ok(services.training_api.forward_backward(principal, body)))
 
 
-@router.post("/optim_step")
-async def optim_step(request: Request, services: Services, caller: TrainingCaller) -> Response:
-    body = await _json(request)
-    return await caller.run(lambda principal: _ok(services.training_api.optim_step(principal, body)))
-
-
-@router.post("/save_weights_for_sampler")
-async def save_weights_for_sampler(request: Request, services: Services, caller: TrainingCaller) -> Response:
-    body = await _json(request)
-    return await caller.run(lambda principal: _ok(services.training_api.save_weights_for_sampler(principal, body)))
-
-
 # ------------------------------------------------------------------------------------------- sampling
-@router.post("/create_sampling_session")
-async def create_sampling_session(request: Request, services: Services, caller: TrainingCaller) -> Response:
-    body = await _json(request)
-    return await caller.run(lambda principal: _ok(services.training_api.create_sampling_session(principal, body)))
-
-
 @router.get("/samplers/{sampler_id}")
 async def get_sampler(sampler_id: str, services: Services, caller: TrainingCaller) -> Response:
     return await caller.run(lambda principal: _ok(services.training_api.get_sampler(principal, sampler_id)))
@@ -178,18 +166,6 @@ async def asample(request: Request, services: Services, caller: TrainingCaller, 
     _SAMPLING.add(task)
     task.add_done_callback(_SAMPLING.discard)
     return _ok(answer)
-
-
-@router.post("/save_weights")
-async def save_weights(request: Request, services: Services, caller: TrainingCaller) -> Response:
-    body = await _json(request)
-    return await caller.run(lambda principal: _ok(services.training_api.save_weights(principal, body)))
-
-
-@router.post("/load_weights")
-async def load_weights(request: Request, services: Services, caller: TrainingCaller) -> Response:
-    body = await _json(request)
-    return await caller.run(lambda principal: _ok(services.training_api.load_weights(principal, body)))
 
 
 # -------------------------------------------------------------------------------------------- futures
