@@ -13,8 +13,6 @@ from fastapi import APIRouter, FastAPI
 import contracts
 from api import errors
 from api.adapter_operations.router import router as adapter_operations_router
-from api.training_api.router import router as training_api_router
-from api.training_api.service import TrainingApiService
 from api.adapter_operations.service import AdapterOperationService
 from api.console.router import router as console_router
 from api.dependencies import ApiServices
@@ -33,6 +31,8 @@ from api.models.service import ModelService
 from api.rate_limits import RequestLimiter
 from api.stored_completions.router import router as stored_completions_router
 from api.stored_completions.service import StoredCompletionService
+from api.training_api.router import router as training_api_router
+from api.training_api.service import TrainingApiService
 from api.webhooks.router import router as webhooks_router
 from api.webhooks.service import WebhookService
 from basemodels.loader import BaseModelLoader

@@ -30,11 +30,11 @@ if TYPE_CHECKING:
     from api.files.service import FileService
     from api.fine_tuning.service import JobService
     from api.graders.service import GraderService
-    from api.training_api.service import TrainingApiService
     from api.knowledge_evals.service import KnowledgeEvalService
     from api.models.service import ModelService
     from api.rate_limits import RateLimitHeaders, RequestLimiter
     from api.stored_completions.service import StoredCompletionService
+    from api.training_api.service import TrainingApiService
     from api.webhooks.service import WebhookService
     from basemodels.registry import BaseModelRegistry
     from storage import ArtifactStore
