@@ -28,6 +28,9 @@ from db.tables import TrainingModel, TrainingRequest, TrainingSampler
 
 #: What a future's poll answers while the result is not there yet (the SDK polls again at once).
 TRY_AGAIN = {"type": "try_again", "queue_state": "active"}
+#: A sample still pending after this long lost the process computing it (samples are answered in seconds to
+#: minutes; the engine's own request deadline is shorter).
+SAMPLE_DEADLINE_SECONDS = 1800.0
 ADAM_DEFAULTS = {"learning_rate": 1e-4, "beta1": 0.9, "beta2": 0.95, "eps": 1e-12, "weight_decay": 0.0,
                  "grad_clip_norm": 0.0}
 
@@ -322,6 +325,10 @@ class TrainingApiService:
                 return Poll(False, result=(request.result_format, request.result))
             if request.status == rows.FAILED:
                 return Poll(False, error=request.error)
+            if request.model_id is None and time.time() - request.created_at > SAMPLE_DEADLINE_SECONDS:
+                # A sample is computed by the API process that took it; one that never finished lost that process.
+                return Poll(False, error={"error": "the sample was lost with the server process that computed it; "
+                                                   "sample again", "category": "server"})
             model = rows.get_model(session, principal.project_id, request.model_id) if request.model_id else None
             if model is not None and model.status not in rows.LIVE:
                 return Poll(False, error={"error": _gone(model), "category": "server"})

@@ -130,3 +130,16 @@ def test_a_model_whose_worker_was_lost_is_failed_and_its_client_told_to_load_its
     assert answer["category"] == "server" and "load_state" in answer["error"]  # not started over elsewhere
     refused = training.post("forward_backward", raw=fb_body(model_id, 2))
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "training_model_released"
+
+
+def test_a_sample_whose_process_was_lost_is_reported_instead_of_pending_forever(training: Training) -> None:
+    from api.training_api.service import SAMPLE_DEADLINE_SECONDS
+
+    with training.services.db.write() as session:
+        project_id = projects.ensure_project(session, "alpha").id
+        lost = rows.add_request(session, project_id=project_id, kind="sample", payload=b"{}")
+        fresh = rows.add_request(session, project_id=project_id, kind="sample", payload=b"{}")
+        lost.created_at = time.time() - SAMPLE_DEADLINE_SECONDS - 1
+    answer = training.post("retrieve_future", {"request_id": lost.id}).json()
+    assert answer["category"] == "server" and "sample again" in answer["error"]
+    assert training.post("retrieve_future", {"request_id": fresh.id}).json()["type"] == "try_again"
