@@ -78,8 +78,7 @@ def add_request(session: Session, *, project_id: str, kind: str, payload: bytes,
     """A new future (or, for a training request whose seq_id the model already has, that one). `result`:
     (format, bytes) of a request answered at once."""
     if model_id is not None and seq_id is not None:
-        existing = session.scalar(select(TrainingRequest).where(TrainingRequest.model_id == model_id,
-                                                                TrainingRequest.seq_id == seq_id))
+        existing = request_at(session, model_id, seq_id)
         if existing is not None:
             return existing
     now = time.time()
@@ -92,12 +91,17 @@ def add_request(session: Session, *, project_id: str, kind: str, payload: bytes,
             session.add(row)
             session.flush()
     except IntegrityError:  # the same seq_id, sent twice at once: the first one stands
-        found = session.scalar(select(TrainingRequest).where(TrainingRequest.model_id == model_id,
-                                                             TrainingRequest.seq_id == seq_id))
+        found = request_at(session, model_id, seq_id) if model_id is not None and seq_id is not None else None
         if found is None:
             raise
         return found
     return row
+
+
+def request_at(session: Session, model_id: str, seq_id: int) -> TrainingRequest | None:
+    """The model's request numbered `seq_id`, whatever its state."""
+    return session.scalar(select(TrainingRequest).where(TrainingRequest.model_id == model_id,
+                                                        TrainingRequest.seq_id == seq_id))
 
 
 def get_request(session: Session, project_id: str, request_id: str) -> TrainingRequest | None:

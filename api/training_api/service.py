@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import InvalidRequest, NotFound, QuotaExceeded
 from contracts.inference.backend import ChoiceResult
@@ -24,7 +22,7 @@ from db import training_api as rows
 from db.projects import Principal
 from db.session import Database
 from db.states import WorkStatus
-from db.tables import TrainingModel, TrainingRequest, TrainingSampler
+from db.tables import TrainingModel, TrainingSampler
 
 #: What a future's poll answers while the result is not there yet (the SDK polls again at once).
 TRY_AGAIN = {"type": "try_again", "queue_state": "active"}
@@ -212,7 +210,7 @@ class TrainingApiService:
             if model.status not in rows.LIVE:
                 raise InvalidRequest(_gone(model), code="training_model_released", param="model_id")
             if seq_id <= model.last_seq_id:
-                found = session.scalar(_by_seq(model.id, seq_id))
+                found = rows.request_at(session, model.id, seq_id)
                 if found is None:
                     raise InvalidRequest(f"seq_id {seq_id} was already used", param="seq_id")
                 return {"request_id": found.id, "model_id": model.id}
@@ -341,10 +339,6 @@ def _gone(model: TrainingModel) -> str:
         return (f"training model {model.id} is no longer held ({reason}); what it learned since its last saved state "
                 "is lost: create a training model from that state (load_state) and continue")
     return f"training model {model.id} was released (its session ended or idled out); load its saved state"
-
-
-def _by_seq(model_id: str, seq_id: int) -> Any:
-    return select(TrainingRequest).where(TrainingRequest.model_id == model_id, TrainingRequest.seq_id == seq_id)
 
 
 def _checkpoint_name(name: Any) -> str:

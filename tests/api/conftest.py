@@ -7,6 +7,7 @@ run against live servers in tests/e2e.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,16 +42,25 @@ class Api:
         return services
 
 
-@pytest.fixture
-def api(tmp_path: Path, model_cache_dir: Path) -> Iterator[Api]:
-    # The run's shared base models: validation counts a file's tokens under each base model's tokenizer.
-    settings = Settings(data_dir=tmp_path, model_cache_dir=model_cache_dir, max_upload_bytes=MAX_UPLOAD, max_json_body_bytes=64 * 1024,
-                        max_active_jobs_per_project=3)
+@contextmanager
+def live_app(settings: Settings) -> Iterator[tuple[TestClient, str, str]]:
+    """The API app on `settings` (migrated), with a key of project alpha and one of project beta."""
     services = build_services(settings)
     migrate.upgrade(services.db)
     with services.db.write() as session:
         _, key = projects.create_api_key(session, projects.ensure_project(session, "alpha"))
         _, other = projects.create_api_key(session, projects.ensure_project(session, "beta"))
-    with TestClient(create_app(settings, services=services), raise_server_exceptions=False) as client:
+    try:
+        with TestClient(create_app(settings, services=services), raise_server_exceptions=False) as client:
+            yield client, key, other
+    finally:
+        services.db.dispose()
+
+
+@pytest.fixture
+def api(tmp_path: Path, model_cache_dir: Path) -> Iterator[Api]:
+    # The run's shared base models: validation counts a file's tokens under each base model's tokenizer.
+    settings = Settings(data_dir=tmp_path, model_cache_dir=model_cache_dir, max_upload_bytes=MAX_UPLOAD, max_json_body_bytes=64 * 1024,
+                        max_active_jobs_per_project=3)
+    with live_app(settings) as (client, key, other):
         yield Api(client, settings, key, other)
-    services.db.dispose()

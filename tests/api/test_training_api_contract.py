@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from tinker import types
 from tinker.proto.request_conv import forward_backward_request_to_proto
 
-from api.app import build_services, create_app
 from contracts.settings import DEMO_BASE_MODEL, Settings
-from db import migrate, projects
+from db import projects
 from db import training_api as rows
 from db.tables import TrainingModel, TrainingRequest
+from tests.api.conftest import live_app
 from worker.app import create_celery_app
 from worker.maintenance import Maintenance
 
@@ -40,14 +40,8 @@ class Training:
 def training(tmp_path: Path, model_cache_dir: Path) -> Iterator[Training]:
     settings = Settings(data_dir=tmp_path, model_cache_dir=model_cache_dir, training_api_poll_seconds=0.3,
                         training_api_max_live_models_per_project=2)
-    services = build_services(settings)
-    migrate.upgrade(services.db)
-    with services.db.write() as session:
-        _, key = projects.create_api_key(session, projects.ensure_project(session, "alpha"))
-        _, other = projects.create_api_key(session, projects.ensure_project(session, "beta"))
-    with TestClient(create_app(settings, services=services), raise_server_exceptions=False) as client:
-        yield Training(client, key, other, services, settings)
-    services.db.dispose()
+    with live_app(settings) as (client, key, other):
+        yield Training(client, key, other, client.app.state.services, settings)
 
 
 def fb_body(model_id: str, seq_id: int, loss_fn: str = "cross_entropy", inputs: dict | None = None) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 from jinja2 import TemplateError
@@ -14,7 +13,7 @@ from db import files, jobs, outbox
 from db.states import FileStatus
 from worker.context import WorkerContext
 from worker.files.validation import iter_lines, validate_jsonl
-from worker.training.data import count_tokens
+from worker.training.data import TokenCount
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +44,31 @@ def validate_file(ctx: WorkerContext, file_id: str) -> str:
 def _token_counts(ctx: WorkerContext, key: str, sha256: str, size: int,
                   outcome: ValidationOutcome) -> dict[str, Any]:
     """base model -> the file's token counts under that model's tokenizer and chat template
-    (worker.training.data.count_tokens), for every base model of the installation; a model whose tokenizer
-    cannot be loaded here, or whose template cannot render the file, gets {"error": why} instead."""
+    (worker.training.data.TokenCount), for every base model of the installation, in one more pass over the
+    file; a model whose tokenizer cannot be loaded here, or whose template refuses the file, gets
+    {"error": why} instead."""
     assert outcome.data_format is not None  # a valid file has a format
-
-    def lines() -> Iterator[str]:
-        for _, raw in iter_lines(ctx.store.iter_verified(key, sha256=sha256, size=size), ctx.validation_limits.max_line_bytes):
-            yield (raw or b"").decode("utf-8")
-
     counts: dict[str, Any] = {}
+    counters: dict[str, TokenCount] = {}
     for base_model in ctx.registry.names():
         try:
-            counts[base_model] = count_tokens(lines(), outcome.data_format, ctx.tokenizer(base_model))
-        except UserError as exc:  # e.g. a chat template whose renderings are not prefixes of each other
-            counts[base_model] = {"error": exc.public_message}
-        except TemplateError as exc:  # the template refuses a conversation (e.g. roles that do not alternate)
-            counts[base_model] = {"error": f"the chat template of {base_model} refused a line: {exc}"}
+            counters[base_model] = TokenCount(outcome.data_format, ctx.tokenizer(base_model))
         except (OSError, ValueError) as exc:  # tokenizer files missing or unreadable here
             log.warning("token counts of %s under %s: %s", key, base_model, exc)
             counts[base_model] = {"error": f"the tokenizer of {base_model} could not be loaded here"}
-    return counts
+        except UserError as exc:
+            counts[base_model] = {"error": exc.public_message}
+    for _, raw in iter_lines(ctx.store.iter_verified(key, sha256=sha256, size=size),
+                             ctx.validation_limits.max_line_bytes):
+        line = (raw or b"").decode("utf-8")
+        for base_model, counter in list(counters.items()):
+            try:
+                counter.add(line)
+            except UserError as exc:  # e.g. a chat template whose renderings are not prefixes of each other
+                counts[base_model] = {"error": exc.public_message}
+                del counters[base_model]
+            except TemplateError as exc:  # the template refuses a conversation (e.g. roles that do not alternate)
+                counts[base_model] = {"error": f"the chat template of {base_model} refused a line: {exc}"}
+                del counters[base_model]
+    counts.update({base_model: counter.result() for base_model, counter in counters.items()})
+    return {base_model: counts[base_model] for base_model in ctx.registry.names()}

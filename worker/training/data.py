@@ -238,28 +238,44 @@ def encode_lines(lines: Iterable[str], data_format: str, tokenizer: Any, max_len
     return dataset
 
 
-def count_tokens(lines: Iterable[str], data_format: str, tokenizer: Any) -> dict[str, int | None]:
-    """What one epoch of a job on this tokenizer's model would see of a validated file, nothing truncated:
-    `examples`, `tokens` (every token of every encoded sequence: a preference line's two), `trained_tokens`
-    (those the loss is taken on: assistant tokens; a preference line's preferred reply; None for reinforcement
-    data, whose trained tokens are the samples drawn during the job) and `longest_example` (the most tokens of
-    one sequence: compare with the job's `max_seq_len`)."""
-    encoder = ENCODERS[data_format]
-    examples = tokens = trained = longest = 0
-    for line in lines:
+class TokenCount:
+    """What one epoch of a job on this tokenizer's model would see of a validated file, nothing truncated, fed
+    line by line (so that one pass over a file counts it under several tokenizers): `examples`, `tokens` (every
+    token of every encoded sequence: a preference line's two), `trained_tokens` (those the loss is taken on:
+    assistant tokens; a preference line's preferred reply; None for reinforcement data, whose trained tokens are
+    the samples drawn during the job) and `longest_example` (the most tokens of one sequence: compare with the
+    job's `max_seq_len`)."""
+
+    def __init__(self, data_format: str, tokenizer: Any) -> None:
+        self.data_format, self.tokenizer = data_format, tokenizer
+        self.encoder = ENCODERS[data_format]
+        self.examples = self.tokens = self.trained = self.longest = 0
+
+    def add(self, line: str) -> None:
         if not line.strip():
-            continue
-        encoded, _ = encoder(tokenizer, json.loads(line), 1 << 30)
+            return
+        encoded, _ = self.encoder(self.tokenizer, json.loads(line), 1 << 30)
         if isinstance(encoded, PreferenceExample):
             sequences = [encoded.chosen.input_ids, encoded.rejected.input_ids]
-            trained += encoded.chosen.trained_token_count
+            self.trained += encoded.chosen.trained_token_count
         elif isinstance(encoded, PromptExample):
             sequences = [encoded.prompt_ids]
         else:
             sequences = [encoded.input_ids]
-            trained += encoded.trained_token_count
-        examples += 1
-        tokens += sum(len(sequence) for sequence in sequences)
-        longest = max([longest, *(len(sequence) for sequence in sequences)])
-    return {"examples": examples, "tokens": tokens,
-            "trained_tokens": None if data_format == REINFORCEMENT else trained, "longest_example": longest}
+            self.trained += encoded.trained_token_count
+        self.examples += 1
+        self.tokens += sum(len(sequence) for sequence in sequences)
+        self.longest = max([self.longest, *(len(sequence) for sequence in sequences)])
+
+    def result(self) -> dict[str, int | None]:
+        return {"examples": self.examples, "tokens": self.tokens,
+                "trained_tokens": None if self.data_format == REINFORCEMENT else self.trained,
+                "longest_example": self.longest}
+
+
+def count_tokens(lines: Iterable[str], data_format: str, tokenizer: Any) -> dict[str, int | None]:
+    """`TokenCount` of every line."""
+    count = TokenCount(data_format, tokenizer)
+    for line in lines:
+        count.add(line)
+    return count.result()
