@@ -52,6 +52,7 @@ class TrainingApiService:
 
     # ------------------------------------------------------------------------------------ sessions
     def create_session(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        _refuse_unsupported(body, "project_id", "display_name")  # the key's project is the session's
         tags = body.get("tags") or []
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise InvalidRequest("tags must be a list of strings", param="tags")
@@ -85,6 +86,10 @@ class TrainingApiService:
         if base_model not in self.registry:
             raise InvalidRequest(f"base_model {base_model!r} is not a base model of this installation "
                                  f"({', '.join(self.registry.names())})", code="model_not_found", param="base_model")
+        _refuse_unsupported(body, "user_metadata")
+        if (body.get("optimizer_config") or {}).get("type", "adamw") != "adamw":
+            raise InvalidRequest("only Adam (adamw) is supported", code="unsupported_optimizer",
+                                 param="optimizer_config")
         lora = body.get("lora_config") or {}
         rank = lora.get("rank", 32)
         if not isinstance(rank, int) or not 1 <= rank <= self.max_rank:
@@ -163,6 +168,7 @@ class TrainingApiService:
                             json.dumps({"adam_params": params}).encode())
 
     def save_weights_for_sampler(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        _refuse_unsupported(body, "ttl_seconds", "user_metadata")
         name = body.get("path")
         if name is None:
             raise InvalidRequest("save_weights_for_sampler needs a name (path): saving for a sampling client without "
@@ -174,6 +180,7 @@ class TrainingApiService:
         """The training state (adapter and optimizer) under a name: what load_weights restores."""
         if body.get("ttl_seconds") is not None:
             raise InvalidRequest("checkpoint TTLs are not supported yet", code="unsupported", param="ttl_seconds")
+        _refuse_unsupported(body, "user_metadata")
         payload = {"name": _checkpoint_name(body.get("path")), "overwrite": bool(body.get("overwrite"))}
         return self._submit(principal, body.get("model_id"), body.get("seq_id"), "save_weights",
                             json.dumps(payload).encode())
@@ -339,6 +346,13 @@ def _gone(model: TrainingModel) -> str:
         return (f"training model {model.id} is no longer held ({reason}); what it learned since its last saved state "
                 "is lost: create a training model from that state (load_state) and continue")
     return f"training model {model.id} was released (its session ended or idled out); load its saved state"
+
+
+def _refuse_unsupported(body: dict[str, Any], *fields: str) -> None:
+    """Fields the SDK may send that ftaas does not keep or use: refused when set, never silently dropped."""
+    for name in fields:
+        if body.get(name) not in (None, {}, ""):
+            raise InvalidRequest(f"{name} is not supported by ftaas's training API yet", code="unsupported", param=name)
 
 
 def _checkpoint_name(name: Any) -> str:

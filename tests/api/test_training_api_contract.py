@@ -75,7 +75,13 @@ def test_bad_requests_are_refused_by_name_before_anything_is_queued(training: Tr
               "lora_config.rank"),
              ("create_model", {"session_id": session_id, "base_model": DEMO_BASE_MODEL, "lora_config": {
                  "train_mlp": False, "train_attn": False, "train_unembed": False}}, "lora_config"),
-             ("create_model", {"session_id": "tsess_nope", "base_model": DEMO_BASE_MODEL}, "session_id")]
+             ("create_model", {"session_id": "tsess_nope", "base_model": DEMO_BASE_MODEL}, "session_id"),
+             # what ftaas would not keep is refused, not dropped
+             ("create_model", {"session_id": session_id, "base_model": DEMO_BASE_MODEL,
+                               "user_metadata": {"run": "a"}}, "user_metadata"),
+             ("create_model", {"session_id": session_id, "base_model": DEMO_BASE_MODEL,
+                               "optimizer_config": {"type": "sgd"}}, "optimizer_config"),
+             ("create_session", {"display_name": "mine"}, "display_name")]
     for path, body, param in cases:
         refused = training.post(path, body)
         assert refused.status_code in (400, 404) and refused.json()["error"]["param"] == param, refused.text
