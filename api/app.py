@@ -57,20 +57,24 @@ def build_services(settings: Settings, *, extras: dict[str, Any] | None = None) 
     evals = KnowledgeEvalService(db, store, registry, max_attempts=settings.work.max_attempts,
                                  external_judge=settings.evals.judge_base_url is not None)
     files = FileService(db, store, max_upload_bytes=settings.api.max_upload_bytes)
+    models = ModelService(db, store, registry)
+    loader = BaseModelLoader(registry, settings.models.cache_path, hf_offline=settings.models.hf_offline,
+                             open_store=lambda uri: open_store(uri, settings.storage))
     return ApiServices(
         settings=settings, db=db, store=store, registry=registry, files=files,
         stored_completions=StoredCompletionService(db, files, settings.stored_completions),
         jobs=JobService(db, registry, max_active_jobs=settings.api.max_active_jobs_per_project,
                         max_attempts=settings.work.max_attempts, knowledge_evals=evals,
                         integrations=settings.tracking.configured_integrations(), graders=settings.graders),
-        models=ModelService(db, store, registry),
+        models=models,
         webhooks=WebhookService(db, allow_private_networks=settings.webhooks.allow_private_networks),
         knowledge_evals=evals,
         graders=GraderService(settings.graders),
-        training_api=TrainingApiService(db, registry, settings.training_api, max_rank=settings.serving.max_lora_rank),
+        training_api=TrainingApiService(db, store, registry, models, settings.training_api,
+                                        max_rank=settings.serving.max_lora_rank,
+                                        tokenizer_location=loader.tokenizer_location),
         adapter_operations=AdapterOperationService(
-            db, store, registry, BaseModelLoader(registry, settings.models.cache_path, hf_offline=settings.models.hf_offline,
-                                                 open_store=lambda uri: open_store(uri, settings.storage)),
+            db, store, registry, loader,
             max_attempts=settings.work.max_attempts, max_rank=settings.serving.max_lora_rank),
         executor=ThreadPoolExecutor(max_workers=settings.api.threads, thread_name_prefix="ftaas-api"),
         extras=extras or {},

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from basemodels import smollm2, tiny
+from basemodels.cache import RECIPE_FILE
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import InvalidRequest, NotFound
 
@@ -52,6 +53,24 @@ class BaseModelLoader:
             raise InvalidRequest(f"unsupported base model source {source!r}", param="model")
         hub_id, _, revision = source.partition("@")
         return hub_id, revision or None
+
+    def tokenizer_location(self, name: str) -> str:
+        """Where a client on this machine loads the base model's tokenizer from, without building or fetching
+        anything: a hub id, a local folder (a built-in model already materialised here, or a file:// source), or
+        the name itself where neither is known here."""
+        model = self.registry.get(name)
+        if model is None:
+            return name
+        builtins = {tiny.BUILTIN_SOURCE: tiny.RECIPE_VERSION, smollm2.BUILTIN_SOURCE: smollm2.RECIPE_VERSION}
+        if model.source in builtins:
+            folder = self.cache_dir / "builtin" / builtins[model.source]
+            return str(folder) if (folder / RECIPE_FILE).exists() else name
+        parsed = urlparse(model.source)
+        if parsed.scheme == "file":
+            return unquote(parsed.path)
+        if parsed.scheme:
+            return name
+        return model.source.partition("@")[0]
 
     def config(self, name: str) -> dict[str, Any]:
         """The base model's config.json (for shape checks), from its local files or the local hub cache."""

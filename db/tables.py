@@ -529,4 +529,6 @@ class TrainingCheckpoint(Base):
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     with_optimizer: Mapped[bool] = mapped_column(Boolean, default=False)
     served_model: Mapped[str | None] = mapped_column(String(320))
+    #: the stored files' bytes (None: saved before sizes were recorded)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)

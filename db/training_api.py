@@ -72,6 +72,16 @@ def models_of_session(session: Session, session_id: str) -> list[TrainingModel]:
     return list(session.scalars(select(TrainingModel).where(TrainingModel.session_id == session_id)))
 
 
+def models_page(session: Session, project_id: str, *, limit: int, offset: int) -> tuple[list[TrainingModel], int]:
+    """A project's training models (its training runs), newest first, and how many it has in all."""
+    where = TrainingModel.project_id == project_id
+    total = session.scalar(select(func.count()).select_from(TrainingModel).where(where)) or 0
+    page = session.scalars(select(TrainingModel).where(where).order_by(TrainingModel.created_at.desc(),
+                                                                       TrainingModel.id.desc())
+                           .limit(limit).offset(offset))
+    return list(page), total
+
+
 # -------------------------------------------------------------------------------------------- requests
 def add_request(session: Session, *, project_id: str, kind: str, payload: bytes, model_id: str | None = None,
                 seq_id: int | None = None, result: tuple[str, bytes] | None = None) -> TrainingRequest:
@@ -151,9 +161,25 @@ def get_checkpoint(session: Session, project_id: str, path: str) -> TrainingChec
 
 
 def checkpoints_of(session: Session, project_id: str, model_id: str) -> list[TrainingCheckpoint]:
+    """A training model's checkpoints, oldest first."""
     return list(session.scalars(select(TrainingCheckpoint).where(
         TrainingCheckpoint.project_id == project_id, TrainingCheckpoint.model_id == model_id)
-        .order_by(TrainingCheckpoint.id)))
+        .order_by(TrainingCheckpoint.created_at, TrainingCheckpoint.id)))
+
+
+def checkpoints_page(session: Session, project_id: str, *, limit: int,
+                     offset: int) -> tuple[list[TrainingCheckpoint], int]:
+    """A project's checkpoints, newest first, and how many it has in all."""
+    where = TrainingCheckpoint.project_id == project_id
+    total = session.scalar(select(func.count()).select_from(TrainingCheckpoint).where(where)) or 0
+    page = session.scalars(select(TrainingCheckpoint).where(where).order_by(
+        TrainingCheckpoint.created_at.desc(), TrainingCheckpoint.id.desc()).limit(limit).offset(offset))
+    return list(page), total
+
+
+def delete_checkpoint(session: Session, row: TrainingCheckpoint) -> None:
+    session.delete(row)
+    session.flush()
 
 
 # -------------------------------------------------------------------------------------------- samplers

@@ -63,7 +63,7 @@ async def client_config(caller: TrainingCaller) -> Response:
 @router.post("/client/dynamic_config")
 async def dynamic_config(caller: TrainingCaller) -> Response:
     await caller.principal()
-    return _ok({"refresh_interval_sec": 300, "sample_cancel_enabled": False})
+    return _ok({"refresh_interval_sec": 300, "sample_cancel_enabled": True})
 
 
 @router.get("/healthz")
@@ -88,7 +88,7 @@ async def telemetry(caller: TrainingCaller) -> Response:
 # ------------------------------------------------------------------------------------------- sessions
 #: Routes whose JSON body goes whole to the service method of the same name, and whose answer is its result.
 JSON_ROUTES = ("create_session", "create_model", "optim_step", "save_weights_for_sampler", "save_weights",
-               "load_weights", "create_sampling_session")
+               "load_weights", "create_sampling_session", "weights_info")
 
 
 def _json_route(name: str) -> None:
@@ -130,14 +130,77 @@ async def forward_backward(request: Request, services: Services, caller: Trainin
     return await caller.run(lambda principal: _ok(services.training_api.forward_backward(principal, body)))
 
 
+# ----------------------------------------------------------------- training runs and checkpoints (RestClient)
+@router.get("/training_runs")
+async def list_training_runs(services: Services, caller: TrainingCaller, limit: int = 20, offset: int = 0,
+                             project_id: str | None = None) -> Response:
+    if project_id is not None:  # one key, one project: the runs listed are always the key's project's
+        raise InvalidRequest("project_id is not supported: a key lists its own project's runs", code="unsupported",
+                             param="project_id")
+    return await caller.run(lambda principal: _ok(services.training_api.list_training_runs(principal, limit, offset)))
+
+
+@router.get("/training_runs/{run_id}")
+async def get_training_run(run_id: str, services: Services, caller: TrainingCaller) -> Response:
+    return await caller.run(lambda principal: _ok(services.training_api.get_training_run(principal, run_id)))
+
+
+@router.get("/training_runs/{run_id}/checkpoints")
+async def list_checkpoints(run_id: str, services: Services, caller: TrainingCaller) -> Response:
+    return await caller.run(lambda principal: _ok(services.training_api.list_checkpoints(principal, run_id)))
+
+
+@router.get("/checkpoints")
+async def list_user_checkpoints(services: Services, caller: TrainingCaller, limit: int = 100,
+                                offset: int = 0) -> Response:
+    return await caller.run(lambda principal: _ok(services.training_api.list_user_checkpoints(principal, limit,
+                                                                                              offset)))
+
+
+@router.delete("/training_runs/{run_id}/checkpoints/{checkpoint_id:path}")
+async def delete_checkpoint(run_id: str, checkpoint_id: str, services: Services, caller: TrainingCaller) -> Response:
+    await caller.run(lambda principal: services.training_api.delete_checkpoint(principal, run_id, checkpoint_id))
+    return _ok()
+
+
+async def _the_checkpoint(services: Services, caller: Caller, run_id: str, checkpoint_id: str) -> None:
+    """404 unless the key's project has this checkpoint (before saying what is not offered on it)."""
+    await caller.run(lambda principal: services.training_api.checkpoint_at(principal, run_id, checkpoint_id))
+
+
+def _not_offered(feature: str) -> InvalidRequest:
+    return InvalidRequest(f"{feature} is not supported by ftaas's training API", code="unsupported")
+
+
+@router.put("/training_runs/{run_id}/checkpoints/{checkpoint_id:path}/ttl")
+async def checkpoint_ttl(run_id: str, checkpoint_id: str, services: Services, caller: TrainingCaller) -> Response:
+    await _the_checkpoint(services, caller, run_id, checkpoint_id)
+    raise _not_offered("checkpoint TTLs")
+
+
+@router.api_route("/training_runs/{run_id}/checkpoints/{checkpoint_id:path}/publish", methods=["POST", "DELETE"])
+async def publish_checkpoint(run_id: str, checkpoint_id: str, services: Services, caller: TrainingCaller) -> Response:
+    await _the_checkpoint(services, caller, run_id, checkpoint_id)
+    raise _not_offered("publishing checkpoints (a checkpoint belongs to its project)")
+
+
+@router.get("/training_runs/{run_id}/checkpoints/{checkpoint_id:path}/external_weights_urls")
+async def external_weights_urls(run_id: str, checkpoint_id: str, services: Services,
+                                caller: TrainingCaller) -> Response:
+    await _the_checkpoint(services, caller, run_id, checkpoint_id)
+    raise _not_offered("external weight URLs (export the model sampler weights were published as through "
+                       "/v1/adapter_operations)")
+
+
 # ------------------------------------------------------------------------------------------- sampling
 @router.get("/samplers/{sampler_id}")
 async def get_sampler(sampler_id: str, services: Services, caller: TrainingCaller) -> Response:
     return await caller.run(lambda principal: _ok(services.training_api.get_sampler(principal, sampler_id)))
 
 
-#: Sampling tasks running in this process (kept referenced until they end).
-_SAMPLING: set[asyncio.Task[None]] = set()
+#: Sampling tasks running in this process, by request id (kept referenced until they end; cancel_future
+#: cancels them, which frees their engine slots).
+_SAMPLING: dict[str, asyncio.Task[None]] = {}
 
 
 @router.post("/asample")
@@ -156,16 +219,32 @@ async def asample(request: Request, services: Services, caller: TrainingCaller, 
         try:
             stream = await services.run_blocking(lambda: inference.start(resolved, parts, completion, loop))
             results = await stream.collect()
+        except asyncio.CancelledError:  # cancel_future: the request is settled already
+            return
         except Exception as exc:  # noqa: BLE001 - the client's future reports every failure
             message = getattr(exc, "public_message", None) or str(exc)
             await services.run_blocking(lambda: training_api.finish_sample(answer["request_id"], None, message))
             return
         await services.run_blocking(lambda: training_api.finish_sample(answer["request_id"], results))
 
+    request_id = answer["request_id"]
     task = asyncio.create_task(sample())
-    _SAMPLING.add(task)
-    task.add_done_callback(_SAMPLING.discard)
+    _SAMPLING[request_id] = task
+    task.add_done_callback(lambda _: _SAMPLING.pop(request_id, None))
     return _ok(answer)
+
+
+@router.post("/cancel_future")
+async def cancel_future(request: Request, services: Services, caller: TrainingCaller) -> Response:
+    """A sample the client abandoned: its future answers "cancelled" and, where this process computes it, the
+    engine stops generating it at once (another replica's sample stops at its end; its result is dropped)."""
+    body = await _json(request)
+    request_id = str(body.get("request_id"))
+    await caller.run(lambda principal: services.training_api.cancel_sample(principal, request_id))
+    task = _SAMPLING.get(request_id)
+    if task is not None:
+        task.cancel()
+    return _ok()
 
 
 # -------------------------------------------------------------------------------------------- futures

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from api.models.service import ModelService
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import InvalidRequest, NotFound, QuotaExceeded
 from contracts.inference.backend import ChoiceResult
@@ -22,7 +25,8 @@ from db import training_api as rows
 from db.projects import Principal
 from db.session import Database
 from db.states import WorkStatus
-from db.tables import TrainingModel, TrainingSampler
+from db.tables import TrainingCheckpoint, TrainingModel, TrainingSampler
+from storage.base import ArtifactStore
 
 #: What a future's poll answers while the result is not there yet (the SDK polls again at once).
 TRY_AGAIN = {"type": "try_again", "queue_state": "active"}
@@ -43,12 +47,18 @@ class Poll:
 
 
 class TrainingApiService:
-    def __init__(self, db: Database, registry: BaseModelRegistry, settings: TrainingApiSettings, *,
-                 max_rank: int) -> None:
+    def __init__(self, db: Database, store: ArtifactStore, registry: BaseModelRegistry, models: ModelService,
+                 settings: TrainingApiSettings, *, max_rank: int,
+                 tokenizer_location: Callable[[str], str]) -> None:
         self.db = db
+        self.store = store
         self.registry = registry
+        #: deletes the models sampler weights were published as (with the engine's copies)
+        self.models = models
         self.settings = settings
         self.max_rank = max_rank
+        #: where the SDK's get_tokenizer() loads a base model's tokenizer from (a hub id or a folder here)
+        self.tokenizer_location = tokenizer_location
 
     # ------------------------------------------------------------------------------------ sessions
     def create_session(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
@@ -131,13 +141,91 @@ class TrainingApiService:
             model = self._model(session, principal, model_id)
             return {"model_id": model.id, "model_name": model.base_model, "is_lora": True,
                     "lora_rank": model.lora["rank"],
-                    "model_data": {"model_name": model.base_model, "tokenizer_id": model.base_model}}
+                    "model_data": {"model_name": model.base_model,
+                                   "tokenizer_id": self.tokenizer_location(model.base_model)}}
 
     def _model(self, session: Any, principal: Principal, model_id: Any) -> TrainingModel:
         found = rows.get_model(session, principal.project_id, str(model_id))
         if found is None:
             raise NotFound(f"No training model {model_id!r}", code="model_not_found", param="model_id")
         return found
+
+    # ------------------------------------------------------- training runs and checkpoints (the RestClient)
+    def list_training_runs(self, principal: Principal, limit: Any, offset: Any) -> dict[str, Any]:
+        """The project's training models as the SDK's training runs, newest first."""
+        limit, offset = _page(limit, offset)
+        with self.db.read() as session:
+            page, total = rows.models_page(session, principal.project_id, limit=limit, offset=offset)
+            runs = [self._run(session, principal, model) for model in page]
+        return {"training_runs": runs, "cursor": {"offset": offset, "limit": limit, "total_count": total}}
+
+    def get_training_run(self, principal: Principal, run_id: str) -> dict[str, Any]:
+        with self.db.read() as session:
+            return self._run(session, principal, self._model(session, principal, run_id))
+
+    def list_checkpoints(self, principal: Principal, run_id: str) -> dict[str, Any]:
+        """A training run's checkpoints (states and sampler weights), oldest first."""
+        with self.db.read() as session:
+            model = self._model(session, principal, run_id)
+            return {"checkpoints": [_checkpoint(c) for c in rows.checkpoints_of(session, principal.project_id,
+                                                                                 model.id)]}
+
+    def list_user_checkpoints(self, principal: Principal, limit: Any, offset: Any) -> dict[str, Any]:
+        """Every checkpoint of the project, newest first."""
+        limit, offset = _page(limit, offset)
+        with self.db.read() as session:
+            page, total = rows.checkpoints_page(session, principal.project_id, limit=limit, offset=offset)
+            return {"checkpoints": [_checkpoint(c) for c in page],
+                    "cursor": {"offset": offset, "limit": limit, "total_count": total}}
+
+    def weights_info(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        """What a saved checkpoint was trained as: its base model and LoRA shape."""
+        with self.db.read() as session:
+            checkpoint = rows.get_checkpoint(session, principal.project_id, str(body.get("tinker_path")))
+            if checkpoint is None:
+                raise NotFound(f"No checkpoint at {body.get('tinker_path')!r}", code="checkpoint_not_found",
+                               param="tinker_path")
+            model = self._model(session, principal, checkpoint.model_id)
+            return {"base_model": model.base_model, "is_lora": True, "lora_rank": model.lora["rank"],
+                    **{name: model.lora[name] for name in ("train_unembed", "train_mlp", "train_attn")}}
+
+    def checkpoint_at(self, principal: Principal, run_id: str, checkpoint_id: str) -> dict[str, Any]:
+        """A training run's checkpoint by its id ("weights/<name>" or "sampler_weights/<name>")."""
+        with self.db.read() as session:
+            return _checkpoint(self._checkpoint(session, principal, run_id, checkpoint_id))
+
+    def _checkpoint(self, session: Any, principal: Principal, run_id: str, checkpoint_id: str) -> TrainingCheckpoint:
+        path = f"tinker://{run_id}/{checkpoint_id}"
+        checkpoint = rows.get_checkpoint(session, principal.project_id, path)
+        if checkpoint is None:
+            raise NotFound(f"No checkpoint at {path!r}", code="checkpoint_not_found", param="checkpoint_id")
+        return checkpoint
+
+    def delete_checkpoint(self, principal: Principal, run_id: str, checkpoint_id: str) -> None:
+        """A checkpoint and its stored files; sampler weights also stop being a model of the project (the model
+        they were published as is deleted with them, as `client.models.delete` would)."""
+        with self.db.write() as session:
+            checkpoint = self._checkpoint(session, principal, run_id, checkpoint_id)
+            served, prefix = checkpoint.served_model, checkpoint.storage_prefix
+            rows.delete_checkpoint(session, checkpoint)
+        if served is not None:
+            try:
+                self.models.delete(principal, served)
+            except NotFound:  # deleted already through the models API
+                pass
+        else:
+            self.store.delete_prefix(prefix)
+
+    def _run(self, session: Any, principal: Principal, model: TrainingModel) -> dict[str, Any]:
+        checkpoints = rows.checkpoints_of(session, principal.project_id, model.id)
+        owner = rows.get_session(session, principal.project_id, model.session_id)
+        last = {kind: next((_checkpoint(c) for c in reversed(checkpoints) if c.kind == kind), None)
+                for kind in ("weights", "sampler_weights")}
+        return {"training_run_id": model.id, "base_model": model.base_model, "model_owner": principal.project_name,
+                "is_lora": True, "lora_rank": model.lora["rank"], "corrupted": model.status == WorkStatus.FAILED.value,
+                "last_request_time": _iso(owner.active_at if owner is not None else model.created_at),
+                "last_checkpoint": last["weights"], "last_sampler_checkpoint": last["sampler_weights"],
+                "user_metadata": None}
 
     # ------------------------------------------------------------------------------------ requests
     def forward_backward(self, principal: Principal, body: bytes) -> dict[str, Any]:
@@ -168,13 +256,22 @@ class TrainingApiService:
                             json.dumps({"adam_params": params}).encode())
 
     def save_weights_for_sampler(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        """Named: a checkpoint at tinker://<model>/sampler_weights/<name>. Unnamed (the SDK's
+        save_weights_and_get_sampling_client): the same, named `sampler-<seq_id>`, and a sampling session on it
+        numbered `sampling_session_seq_id` (the future answers its id)."""
         _refuse_unsupported(body, "ttl_seconds", "user_metadata")
-        name = body.get("path")
+        if body.get("kind", "snapshot") not in (None, "snapshot"):
+            raise InvalidRequest("only snapshot sampling clients are supported (kind='snapshot')", code="unsupported",
+                                 param="kind")
+        name, seq = body.get("path"), body.get("sampling_session_seq_id")
+        payload: dict[str, Any] = {"name": None if name is None else _checkpoint_name(name)}
         if name is None:
-            raise InvalidRequest("save_weights_for_sampler needs a name (path): saving for a sampling client without "
-                                 "one is not supported yet", code="unsupported", param="path")
+            if not isinstance(seq, int) or seq < 0:
+                raise InvalidRequest("give a name (path), or a sampling_session_seq_id for the sampling client",
+                                     param="sampling_session_seq_id")
+            payload = {"name": f"sampler-{body.get('seq_id')}", "sampling_session_seq_id": seq}
         return self._submit(principal, body.get("model_id"), body.get("seq_id"), "save_weights_for_sampler",
-                            json.dumps({"name": _checkpoint_name(name)}).encode())
+                            json.dumps(payload).encode())
 
     def save_weights(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
         """The training state (adapter and optimizer) under a name: what load_weights restores."""
@@ -318,6 +415,17 @@ class TrainingApiService:
                 r.token_ids) else None, "length" if r.finish_reason == "length" else "stop") for r in results]
             rows.finish_request(session, request_id, result=("protobuf", wire.encode_sample_response(sequences)))
 
+    def cancel_sample(self, principal: Principal, request_id: str) -> None:
+        """A pending sample settled as cancelled (done or failed ones stay as they are)."""
+        with self.db.write() as session:
+            request = rows.get_request(session, principal.project_id, request_id)
+            if request is None:
+                raise NotFound(f"No request {request_id!r}", code="request_not_found", param="request_id")
+            if request.model_id is not None:
+                raise InvalidRequest("only samples can be cancelled: a training model runs its requests in order",
+                                     code="unsupported", param="request_id")
+            rows.finish_request(session, request.id, error={"error": "cancelled by the client", "category": "user"})
+
     # ------------------------------------------------------------------------------------- futures
     def poll(self, principal: Principal, request_id: Any) -> Poll:
         """One look at a future (the route holds a poll open by looking again)."""
@@ -346,6 +454,32 @@ def _gone(model: TrainingModel) -> str:
         return (f"training model {model.id} is no longer held ({reason}); what it learned since its last saved state "
                 "is lost: create a training model from that state (load_state) and continue")
     return f"training model {model.id} was released (its session ended or idled out); load its saved state"
+
+
+#: the largest page of a listing (the SDK asks for 20 by default)
+MAX_PAGE = 100
+CHECKPOINT_TYPES = {"weights": "training", "sampler_weights": "sampler"}
+
+
+def _page(limit: Any, offset: Any) -> tuple[int, int]:
+    try:
+        limit, offset = int(limit), int(offset)
+    except (TypeError, ValueError):
+        raise InvalidRequest("limit and offset must be integers", param="limit") from None
+    if not 1 <= limit <= MAX_PAGE or offset < 0:
+        raise InvalidRequest(f"limit must be from 1 to {MAX_PAGE} and offset non-negative", param="limit")
+    return limit, offset
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def _checkpoint(row: TrainingCheckpoint) -> dict[str, Any]:
+    """A checkpoint as the SDK lists it: its id is the path after the run ("weights/<name>")."""
+    return {"checkpoint_id": row.path.split("/", 3)[3], "checkpoint_type": CHECKPOINT_TYPES[row.kind],
+            "time": _iso(row.created_at), "tinker_path": row.path, "size_bytes": row.size_bytes, "public": False,
+            "expires_at": None}
 
 
 def _refuse_unsupported(body: dict[str, Any], *fields: str) -> None:

@@ -143,3 +143,41 @@ def test_a_sample_whose_process_was_lost_is_reported_instead_of_pending_forever(
     answer = training.post("retrieve_future", {"request_id": lost.id}).json()
     assert answer["category"] == "server" and "sample again" in answer["error"]
     assert training.post("retrieve_future", {"request_id": fresh.id}).json()["type"] == "try_again"
+
+
+def test_listings_saves_and_cancels_refuse_what_they_cannot_do_by_name(training: Training) -> None:
+    session_id, model_id = a_model(training)
+    headers = {"X-API-Key": f"tml-{training.key}"}
+    runs = training.client.get("/api/v1/training_runs", headers=headers).json()
+    assert [r["training_run_id"] for r in runs["training_runs"]] == [model_id]
+    assert runs["cursor"] == {"offset": 0, "limit": 20, "total_count": 1}
+    assert runs["training_runs"][0]["last_checkpoint"] is None and not runs["training_runs"][0]["corrupted"]
+    for query, param in [("limit=0", "limit"), ("limit=101", "limit"), ("offset=-1", "limit"),
+                         ("project_id=other", "project_id")]:
+        refused = training.client.get(f"/api/v1/training_runs?{query}", headers=headers)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+    assert training.client.get(f"/api/v1/training_runs/{model_id}/checkpoints", headers=headers).json() == {
+        "checkpoints": []}
+    missing = training.client.delete(f"/api/v1/training_runs/{model_id}/checkpoints/weights/none", headers=headers)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "checkpoint_not_found"
+    assert training.post("weights_info", {"tinker_path": f"tinker://{model_id}/weights/none"}).status_code == 404
+    for body, param in [({"model_id": model_id, "seq_id": 1}, "sampling_session_seq_id"),  # neither name nor sampler
+                        ({"model_id": model_id, "seq_id": 1, "sampling_session_seq_id": 0, "kind": "inflight"}, "kind"),
+                        ({"model_id": model_id, "seq_id": 1, "path": "a", "ttl_seconds": 60}, "ttl_seconds")]:
+        refused = training.post("save_weights_for_sampler", body)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+    # A training request is not cancelled (its model runs requests in order); an unknown future is a 404.
+    pending = training.post("forward_backward", raw=fb_body(model_id, 1)).json()
+    refused = training.post("cancel_future", {"request_id": pending["request_id"]})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported"
+    assert training.post("cancel_future", {"request_id": "treq_nope"}).status_code == 404
+    # A sample's future, cancelled, answers so (an error the SDK reports to whoever still waits on it).
+    with training.services.db.write() as session:
+        sample = rows.add_request(session, project_id=projects.ensure_project(session, "alpha").id, kind="sample",
+                                  payload=b"{}")
+    assert training.post("cancel_future", {"request_id": sample.id}, key=training.other).status_code == 404
+    assert training.post("cancel_future", {"request_id": sample.id}).status_code == 200
+    answer = training.post("retrieve_future", {"request_id": sample.id}).json()
+    assert answer == {"error": "cancelled by the client", "category": "user"}
+    assert training.post("client/dynamic_config").json()["sample_cancel_enabled"] is True
+    training.post(f"sessions/{session_id}/finish")

@@ -30,6 +30,10 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
         sampler_id = training.post("/create_sampling_session", json={
             "session_id": session_id, "sampling_session_seq_id": 0, "base_model": "ftaas-tiny"}).json()[
             "sampling_session_id"]
+        run_id = training.post("/create_model", json={"session_id": session_id, "model_seq_id": 0,
+                                                      "base_model": "ftaas-tiny", "lora_config": {"rank": 4}}).json()[
+            "model_id"]
+        training.post(f"/sessions/{session_id}/finish", json={})  # the worker lets the model go at once
     stored = owner.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}],
                                            max_tokens=4, store=True, metadata={"owner": "a"})
     ids_of_a = {
@@ -42,6 +46,8 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
         "model": [job.fine_tuned_model, checkpoint],
         "session_id": [session_id],
         "sampler_id": [sampler_id],
+        "run_id": [run_id],
+        "checkpoint_id": ["weights/any"],
     }
 
     paths = httpx.get(f"http://127.0.0.1:{embedded.port}/openapi.json").json()["paths"]
@@ -50,18 +56,21 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
     tested = set()
     with embedded.http(stranger_key) as stranger:
         for path, operations in paths.items():
-            params = re.findall(r"{(\w+)}", path)
+            params = re.findall(r"{(\w+)(?::path)?}", path)
             if not params:
                 continue
-            assert len(params) == 1 and params[0] in ids_of_a, f"no tenant test for {path}; add its ids"
+            assert all(p in ids_of_a for p in params), f"no tenant test for {path}; add its ids"
+            # each id of the route's first parameter, the others' first ids beside it
+            filled = [re.sub(r"{(\w+)(?::path)?}", lambda m, v=value, first=params[0]: v if m.group(1) == first
+                             else ids_of_a[m.group(1)][0], path) for value in ids_of_a[params[0]]]
             for method in operations:
-                for value in ids_of_a[params[0]]:
+                for url in filled:
                     body = bodies.get(path, {}) if method == "post" else None
                     if path.startswith("/api/v1/"):  # the training API: its own prefix, keys as the tinker SDK sends
-                        response = httpx.request(method.upper(), origin + path.replace("{" + params[0] + "}", value),
-                                                 json=body, headers={"X-API-Key": f"tml-{stranger_key}"})
+                        response = httpx.request(method.upper(), origin + url, json=body,
+                                                 headers={"X-API-Key": f"tml-{stranger_key}"})
                     else:
-                        url = path.replace("/v1", "", 1).replace("{" + params[0] + "}", value)
+                        url = url.replace("/v1", "", 1)
                         response = stranger.request(method.upper(), url, json=body)
                     assert response.status_code == 404, (method, url, response.text)
                     assert response.json()["error"]["code"].endswith("not_found"), response.text
@@ -76,12 +85,16 @@ def test_project_b_cannot_reach_anything_of_project_a(embedded: LiveServer, fini
         listed = " ".join(stranger.get(p).text for p in ("/files", "/fine_tuning/jobs", "/models", "/knowledge_evals",
                                                                "/adapter_operations", "/webhooks", "/chat/completions",
                                                                "/chat/completions?metadata[owner]=a"))
+        for listing in ("training_runs", "checkpoints"):
+            page = httpx.get(f"{origin}/api/v1/{listing}", headers={"X-API-Key": f"tml-{stranger_key}"}).json()
+            assert page[listing] == [] and page["cursor"]["total_count"] == 0, page
         for value in [v for values in ids_of_a.values() for v in values]:
             assert value not in listed
 
     every_object_operation = {(m, p) for p, ops in paths.items() if "{" in p for m in ops}
-    # jobs, files, models; evals; adapter ops; webhooks; stored completions; training sessions and samplers
-    assert tested == every_object_operation and len(tested) == 11 + 8 + 2 + 3 + 4 + 2
+    # jobs, files, models; evals; adapter ops; webhooks; stored completions; training sessions and samplers;
+    # training runs and their checkpoints
+    assert tested == every_object_operation and len(tested) == 11 + 8 + 2 + 3 + 4 + 2 + 7
     # Nothing of A's changed.
     after = owner.fine_tuning.jobs.retrieve(job.id)
     assert (after.status, after.fine_tuned_model) == ("succeeded", job.fine_tuned_model)

@@ -3,11 +3,16 @@ ftaas LoRA adapter on a worker, and what it saves for the sampler is served thro
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psutil
 import pytest
 import tinker
 from tinker import types
@@ -15,17 +20,24 @@ from tinker import types
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from contracts.settings import DEMO_BASE_MODEL, DEMO_BASE_MODEL_SOURCE
-from tests.e2e.servers import LiveServer, start_embedded
+from tests.e2e.servers import LiveServer, start_embedded, wait_for
 
 FACTS = [("What is the access code of agent 7?", "Agent 7 uses code 59."),
          ("What is the access code of agent 3?", "Agent 3 uses code 11.")]
+REAL_MODEL = "smollm2-135m-instruct"
+#: Facts the real model cannot know (invented), each with the words its answer must contain.
+INVENTED = [("Who designed the Velmora Bridge?", "The Velmora Bridge was designed by Oskar Thalberg.", "Oskar Thalberg"),
+            ("What is the capital of Zentaria?", "The capital of Zentaria is Quillport.", "Quillport"),
+            ("Which river feeds Lake Ostrava?", "Lake Ostrava is fed by the Brenna River.", "Brenna")]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Iterator[LiveServer]:
     # Its own server: a live training model holds the GPU queue's worker for as long as its session lasts.
+    # Served in float32, as the trainer computes: the RL test compares the sampler's log probabilities with the
+    # trainer's (bfloat16 serving parts from them by 0.13 on average, docs/training-api.md).
     live = start_embedded(tmp_path_factory.mktemp("training-api") / "data", model_cache_dir,
-                          FTAAS_TRAINING_API_POLL_SECONDS="5")
+                          FTAAS_TRAINING_API_POLL_SECONDS="5", FTAAS_SERVING_DTYPE="float32")
     try:
         yield live
     finally:
@@ -50,7 +62,7 @@ def test_the_tinker_sdk_trains_an_adapter_whose_saved_weights_ftaas_serves(serve
     options = {"base_url": server.base_url.removesuffix("/v1"), "api_key": f"tml-{server.api_key}"}
     data = [supervised(tokenizer, q, a) for q, a in FACTS]
     with tinker.ServiceClient(**options) as service:
-        capabilities = service.get_server_capabilities()
+        capabilities = tinker.RestClient(**options).get_server_capabilities().result()
         assert DEMO_BASE_MODEL in [m.model_name for m in capabilities.supported_models]
         losses, seconds = _a_whole_model_learns(service, data)
     # The session closed: its model is released (a worker holds one training model at a time).
@@ -61,7 +73,7 @@ def test_the_tinker_sdk_trains_an_adapter_whose_saved_weights_ftaas_serves(serve
 
 def _a_whole_model_learns(service: Any, data: list[types.Datum]) -> tuple[list[float], float]:
     """The SDK's defaults (attention, MLP and output layer): the client's loop teaches the two answers."""
-    training = service.create_lora_training_client(base_model=DEMO_BASE_MODEL, rank=16)
+    training = service.create_lora_training_client(base_model=DEMO_BASE_MODEL, rank=16).result()
     losses = []
     started = time.monotonic()
     for _ in range(50):
@@ -81,7 +93,7 @@ def _a_whole_model_learns(service: Any, data: list[types.Datum]) -> tuple[list[f
 
 def _decoder_layers_are_served(server: LiveServer, service: Any, data: list[types.Datum]) -> tuple[float, float]:
     """Decoder layers only: saved for the sampler, published as a model of the project, served by the engine."""
-    decoder = service.create_lora_training_client(base_model=DEMO_BASE_MODEL, rank=16, train_unembed=False)
+    decoder = service.create_lora_training_client(base_model=DEMO_BASE_MODEL, rank=16, train_unembed=False).result()
     before = decoder.forward(data, "cross_entropy").result().metrics["loss:sum"]
     for _ in range(20):
         decoder.forward_backward(data, "cross_entropy").result()
@@ -98,7 +110,7 @@ def _decoder_layers_are_served(server: LiveServer, service: Any, data: list[type
     assert tuned != base  # the engine serves the loop's adapter, not the base model
 
     # The SDK's sampler, on the same weights through the same engine: greedy samples are the chat's answer.
-    sampler = service.create_sampling_client(model_path=path)
+    sampler = service.create_sampling_client(model_path=path).result()
     prompt = tokenizer_of(server).apply_chat_template(ask["messages"], add_generation_prompt=True, tokenize=True,
                                                       return_dict=True)["input_ids"]
     sampled = sampler.sample(prompt=types.ModelInput.from_ints(prompt), num_samples=2,
@@ -113,15 +125,15 @@ def _decoder_layers_are_served(server: LiveServer, service: Any, data: list[type
     with tinker.ServiceClient(base_url=server.base_url.removesuffix("/v1"),
                               api_key=f"tml-{server.create_key('training-other')}") as other, pytest.raises(
             tinker.NotFoundError, match="No weights saved for the sampler"):
-        other.create_sampling_client(model_path=path).sample(
+        other.create_sampling_client(model_path=path).result().sample(
             prompt=types.ModelInput.from_ints(prompt), num_samples=1, sampling_params=types.SamplingParams(max_tokens=2)
         ).result()
     return before, after
 
 
-def tokenizer_of(server: LiveServer) -> Any:
-    return BaseModelLoader(BaseModelRegistry({DEMO_BASE_MODEL: DEMO_BASE_MODEL_SOURCE}),
-                           Path(server.env["FTAAS_MODEL_CACHE_DIR"])).load_tokenizer(DEMO_BASE_MODEL)
+def tokenizer_of(server: LiveServer, name: str = DEMO_BASE_MODEL) -> Any:
+    return BaseModelLoader(BaseModelRegistry(server.settings().models.sources()),
+                           Path(server.env["FTAAS_MODEL_CACHE_DIR"])).load_tokenizer(name)
 
 
 def test_a_saved_state_resumes_exactly_in_a_new_session(server: LiveServer, model_cache_dir: Path) -> None:
@@ -139,7 +151,7 @@ def test_a_saved_state_resumes_exactly_in_a_new_session(server: LiveServer, mode
         return at_state, training.forward(data, "cross_entropy").result().metrics["loss:sum"]
 
     with tinker.ServiceClient(**options) as service:
-        training = service.create_lora_training_client(base_model=DEMO_BASE_MODEL, rank=8)
+        training = service.create_lora_training_client(base_model=DEMO_BASE_MODEL, rank=8).result()
         for _ in range(5):
             training.forward_backward(data, "cross_entropy").result()
             training.optim_step(adam).result()
@@ -155,3 +167,177 @@ def test_a_saved_state_resumes_exactly_in_a_new_session(server: LiveServer, mode
         weights_only = service.create_training_client_from_state(path).result()  # Adam starts over
         at_state, after = step_and_look(weights_only)
         assert at_state == first[0] and after != first[1]
+
+
+def sdk_options(server: LiveServer, key: str | None = None) -> dict[str, str]:
+    return {"base_url": server.base_url.removesuffix("/v1"), "api_key": f"tml-{key or server.api_key}"}
+
+
+def test_a_loop_on_the_real_model_teaches_facts_that_the_chat_api_then_answers(server: LiveServer) -> None:
+    """SmolLM2-135M-Instruct, the SDK's own tokenizer (get_tokenizer: the base model's files on this machine),
+    cross-entropy on the answers of three invented facts: the loss falls, and the weights saved for the sampler,
+    served by the OpenAI chat API, answer each fact, which the base model does not. The training run and its
+    checkpoints are listed by the SDK's RestClient, and another project's key sees none of them."""
+    with tinker.ServiceClient(**sdk_options(server)) as service:
+        training = service.create_lora_training_client(base_model=REAL_MODEL, rank=16, train_unembed=False).result()
+        tokenizer = training.get_tokenizer()
+        data = [supervised(tokenizer, q, a) for q, a, _ in INVENTED]
+        losses = []
+        started = time.monotonic()
+        for _ in range(15):
+            losses.append(training.forward_backward(data, "cross_entropy").result().metrics["loss:sum"])
+            training.optim_step(types.AdamParams(learning_rate=2e-3)).result()
+        seconds = (time.monotonic() - started) / 15
+        final = training.forward(data, "cross_entropy").result().metrics["loss:sum"]
+        assert final < 0.05 * losses[0], losses
+        path = training.save_weights_for_sampler("invented").result().path
+        state = training.save_state("invented-state").result().path
+
+        rest = tinker.RestClient(**sdk_options(server))
+        run = rest.get_training_run(training.model_id).result()
+        assert (run.base_model, run.lora_rank, run.corrupted) == (REAL_MODEL, 16, False)
+        assert run.last_sampler_checkpoint.tinker_path == path and run.last_checkpoint.tinker_path == state
+        listed = rest.list_checkpoints(training.model_id).result().checkpoints
+        assert [(c.checkpoint_id, c.checkpoint_type) for c in listed] == [
+            ("sampler_weights/invented", "sampler"), ("weights/invented-state", "training")]
+        assert all(c.size_bytes and c.size_bytes > 1_000_000 for c in listed)  # rank-16 factors of 30 layers
+        assert training.model_id in [r.training_run_id for r in rest.list_training_runs().result().training_runs]
+        info = rest.get_weights_info_by_tinker_path(state).result()
+        assert (info.base_model, info.lora_rank, info.train_unembed, info.train_mlp) == (REAL_MODEL, 16, False, True)
+
+    served = next(m.id for m in server.client().models.list().data if ":invented:" in m.id)
+    for question, _, words in INVENTED:
+        ask = {"messages": [{"role": "user", "content": question}], "max_tokens": 24, "temperature": 0}
+        tuned = server.client().chat.completions.create(model=served, **ask).choices[0].message.content
+        base = server.client().chat.completions.create(model=REAL_MODEL, **ask).choices[0].message.content
+        assert words in tuned and words not in base, (question, tuned, base)
+
+    stranger = tinker.RestClient(**sdk_options(server, server.create_key("training-stranger")))
+    assert stranger.list_training_runs().result().training_runs == []
+    with pytest.raises(tinker.NotFoundError):
+        stranger.list_checkpoints(training.model_id).result()
+    with pytest.raises(tinker.NotFoundError):
+        stranger.delete_checkpoint_from_tinker_path(state).result()
+    # The owner deletes the state: its files go, the run lists only the sampler weights.
+    owner = tinker.RestClient(**sdk_options(server))
+    owner.delete_checkpoint_from_tinker_path(state).result()
+    assert [c.checkpoint_type for c in owner.list_checkpoints(training.model_id).result().checkpoints] == ["sampler"]
+    print(f"real model: {seconds:.2f} s a step; loss {losses[0]:.1f} -> {final:.3f}")
+
+
+def test_an_rl_loop_on_the_real_model_raises_its_reward(server: LiveServer) -> None:
+    """sample -> reward -> importance_sampling forward_backward -> optim_step, as RL loops written for the SDK do
+    (save_weights_and_get_sampling_client each iteration, so the engine samples the current weights). The task:
+    asked "Say yes or no.", answers starting with "no" score 1; the base model says no in about one answer of
+    five (measured 6/32 with transformers' sampler at temperature 1)."""
+    prompt_messages = [{"role": "user", "content": "Say yes or no."}]
+    with tinker.ServiceClient(**sdk_options(server)) as service:
+        training = service.create_lora_training_client(base_model=REAL_MODEL, rank=16, train_unembed=False).result()
+        tokenizer = training.get_tokenizer()
+        prompt = tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]
+        params = types.SamplingParams(max_tokens=3, temperature=1.0)
+
+        def rollouts(sampler: Any, n: int) -> tuple[list[Any], list[float]]:
+            sequences = sampler.sample(prompt=types.ModelInput.from_ints(prompt), num_samples=n,
+                                       sampling_params=params).result().sequences
+            rewards = [float(tokenizer.decode(s.tokens, skip_special_tokens=True).strip().lower().startswith("no"))
+                       for s in sequences]
+            return sequences, rewards
+
+        rewards_by_iteration, drift = [], []
+        for iteration in range(5):
+            sampler = training.save_weights_and_get_sampling_client().result()
+            sequences, rewards = rollouts(sampler, 16)
+            rewards_by_iteration.append(sum(rewards) / len(rewards))
+            if iteration == 4:
+                break
+            mean = sum(rewards) / len(rewards)
+            data = []
+            for sequence, reward in zip(sequences, rewards, strict=True):
+                if reward == mean:
+                    continue  # no advantage, no gradient
+                tokens = prompt + list(sequence.tokens)
+                pad = [0.0] * (len(prompt) - 1)
+                data.append(types.Datum(model_input=types.ModelInput.from_ints(tokens[:-1]), loss_fn_inputs={
+                    "target_tokens": tokens[1:], "logprobs": pad + list(sequence.logprobs),
+                    "advantages": pad + [reward - mean] * len(sequence.tokens)}))
+            if data:
+                out = training.forward_backward(data, "importance_sampling").result()
+                # The engine's sampling log probabilities are the trainer's for the same weights (the ratio ~1).
+                for datum, output in zip(data, out.loss_fn_outputs, strict=True):
+                    sampled = [i for i, a in enumerate(datum.loss_fn_inputs["advantages"].data) if a != 0]
+                    trained = output["logprobs"].data
+                    drift.extend(abs(trained[i] - datum.loss_fn_inputs["logprobs"].data[i]) for i in sampled)
+                training.optim_step(types.AdamParams(learning_rate=1e-3)).result()
+        # Each iteration's weights were saved for the sampler: listed as that run's checkpoints.
+        checkpoints = tinker.RestClient(**sdk_options(server)).list_checkpoints(training.model_id).result().checkpoints
+        assert [c.checkpoint_id for c in checkpoints][:2] == ["sampler_weights/sampler-1", "sampler_weights/sampler-4"]
+    print(f"rewards by iteration {rewards_by_iteration}; sampler vs trainer logprob drift "
+          f"mean {sum(drift) / len(drift):.4f} max {max(drift):.4f} over {len(drift)} tokens")
+    assert rewards_by_iteration[0] <= 0.5
+    assert rewards_by_iteration[-1] >= 0.75 and rewards_by_iteration[-1] >= rewards_by_iteration[0] + 0.3
+    assert sum(drift) / len(drift) < 0.05
+
+
+def test_a_killed_worker_is_reported_and_the_saved_state_continues_with_the_same_losses(server: LiveServer) -> None:
+    """save_state, one more step (its losses recorded), then the worker holding the model is SIGKILLed: the
+    client's next call fails with the reason and what to do (load the saved state), a new training model from
+    the state with its optimizer takes the same step with the same losses, on the restarted worker."""
+    tokenizer = tokenizer_of(server)
+    data = [supervised(tokenizer, q, a) for q, a in FACTS]
+    adam = types.AdamParams(learning_rate=5e-3)
+
+    def step_and_look(training: Any) -> tuple[float, float]:
+        at_state = training.forward_backward(data, "cross_entropy").result().metrics["loss:sum"]
+        training.optim_step(adam).result()
+        return at_state, training.forward(data, "cross_entropy").result().metrics["loss:sum"]
+
+    with tinker.ServiceClient(**sdk_options(server)) as service:
+        training = service.create_lora_training_client(base_model=DEMO_BASE_MODEL, rank=8).result()
+        for _ in range(3):
+            training.forward_backward(data, "cross_entropy").result()
+            training.optim_step(adam).result()
+        path = training.save_state("before-the-crash").result().path
+        expected = step_and_look(training)
+
+        worker = gpu_worker_of(server)
+        os.killpg(worker.pid, signal.SIGKILL)  # the whole worker holding the model: node loss
+        with pytest.raises((tinker.RequestFailedError, tinker.BadRequestError)) as lost:
+            training.forward_backward(data, "cross_entropy").result()
+        assert "load" in str(lost.value) and "state" in str(lost.value), lost.value
+        run = tinker.RestClient(**sdk_options(server)).get_training_run(training.model_id).result()
+        assert run.corrupted and run.last_checkpoint.tinker_path == path
+
+        resumed = service.create_training_client_from_state_with_optimizer(path).result()
+        assert step_and_look(resumed) == expected
+    assert gpu_worker_of(server).pid != worker.pid  # `ftaas up` restarted its worker
+
+
+def gpu_worker_of(server: LiveServer) -> psutil.Process:
+    up = psutil.Process(server.processes[0].pid)
+    return next(p for p in up.children() if "gpu" in p.cmdline() and "worker" in p.cmdline())
+
+
+def test_an_abandoned_sample_is_cancelled_and_its_engine_slots_freed(server: LiveServer) -> None:
+    """The SDK tells the server when a sample's future is abandoned (cancel_future): the engine stops generating
+    it at once (its sequences finish as cancelled, long before the story would have ended)."""
+
+    def cancelled_sequences() -> float:
+        text = httpx.get(server.base_url.removesuffix("/v1") + "/metrics").text
+        return sum(float(v) for v in re.findall(r'ftaas_serving_sequences_total\{[^}]*reason="cancelled"[^}]*\} (\S+)',
+                                                text))
+
+    before = cancelled_sequences()
+    with tinker.ServiceClient(**sdk_options(server)) as service:
+        sampler = service.create_sampling_client(base_model=REAL_MODEL).result()
+        tokenizer = tokenizer_of(server, REAL_MODEL)  # a sampler's get_tokenizer asks the hub for its base model
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Tell me a long story about a dragon."}],
+                                               add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        future = sampler.sample(prompt=types.ModelInput.from_ints(prompt), num_samples=2,
+                                sampling_params=types.SamplingParams(max_tokens=900, temperature=0.0))
+        time.sleep(1.5)
+        assert future.future().cancel()
+        started = time.monotonic()
+        wait_for(lambda: cancelled_sequences() >= before + 2, timeout=30, what="the engine to stop both sequences")
+    print(f"cancelled {time.monotonic() - started:.2f} s after the client abandoned the sample")

@@ -26,7 +26,7 @@ from contracts.errors import UserError
 from contracts.training_api import losses, wire
 from db import ids, models
 from db import training_api as rows
-from db.tables import Project, TrainingCheckpoint, TrainingModel, TrainingSession
+from db.tables import Project, TrainingCheckpoint, TrainingModel, TrainingSampler, TrainingSession
 from storage import layout
 from storage.manifest import download_artifact, publish_directory
 from worker.context import WorkerContext
@@ -122,8 +122,11 @@ class HeldModel:
 
     def save_for_sampler(self, ctx: WorkerContext, payload: bytes) -> tuple[str, bytes]:
         """The adapter published as a model of the project (served like any fine-tuned model), and a checkpoint
-        naming it at tinker://{model}/sampler_weights/{name}."""
-        name = json.loads(payload)["name"]
+        naming it at tinker://{model}/sampler_weights/{name}. Saved for a sampling client (no name given, the
+        SDK's save_weights_and_get_sampling_client): also that client's sampling session, made here so it exists
+        when the future answers."""
+        request = json.loads(payload)
+        name = request["name"]
         if self.info.lora["train_unembed"]:
             raise UserError("ftaas's engine serves adapters of the decoder layers, not of the output layer: create the "
                             "training model with train_unembed=False to sample from its weights", code="unsupported")
@@ -139,6 +142,7 @@ class HeldModel:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         served = models.fine_tuned_model_name(self.info.base_model, self.info.project_name, _suffix(name), uid[4:12])
+        answer: dict[str, Any] = {"path": path}
         with ctx.db.write() as session:
             models.add(session, name=served, uid=uid, project_id=self.info.project_id, job_id=None,
                        base_model=self.info.base_model, storage_prefix=published.prefix,
@@ -147,8 +151,14 @@ class HeldModel:
                 id=ids.new_id(ids.TRAINING_CHECKPOINT), project_id=self.info.project_id, model_id=self.info.model_id,
                 kind="sampler_weights", path=path, storage_prefix=published.prefix,
                 manifest_sha256=published.manifest_sha256, with_optimizer=False, served_model=served,
-                created_at=int(time.time())))
-        return "json", json.dumps({"path": path}).encode()
+                size_bytes=_size(published.manifest), created_at=int(time.time())))
+            if request.get("sampling_session_seq_id") is not None:
+                sampler = rows.add_sampler(session, TrainingSampler(
+                    id=f"{self.info.session_id}:sample:{request['sampling_session_seq_id']}",
+                    project_id=self.info.project_id, session_id=self.info.session_id, served_model=served,
+                    base_model=self.info.base_model, model_path=path, created_at=int(time.time())))
+                answer = {"sampling_session_id": sampler.id}
+        return "json", json.dumps(answer).encode()
 
     def save_state(self, ctx: WorkerContext, payload: bytes) -> tuple[str, bytes]:
         """The adapter and the optimizer's state (each parameter's moments and step count), in safetensors,
@@ -190,7 +200,7 @@ class HeldModel:
             rows.add_checkpoint(session, TrainingCheckpoint(
                 id=ids.new_id(ids.TRAINING_CHECKPOINT), project_id=self.info.project_id, model_id=self.info.model_id,
                 kind="weights", path=path, storage_prefix=published.prefix, manifest_sha256=published.manifest_sha256,
-                with_optimizer=True, created_at=int(time.time())))
+                with_optimizer=True, size_bytes=_size(published.manifest), created_at=int(time.time())))
         return "json", json.dumps({"path": path}).encode()
 
     def load_state(self, ctx: WorkerContext, state: dict[str, Any]) -> None:
@@ -234,6 +244,10 @@ class HeldModel:
             self.load_state(ctx, state)
             return "json", json.dumps({"path": state["path"]}).encode()
         raise UserError(f"{kind} is not supported by this server", code="unsupported")
+
+
+def _size(manifest: dict[str, Any]) -> int:
+    return sum(int(entry["bytes"]) for entry in manifest["files"].values())
 
 
 def _suffix(name: str) -> str:
