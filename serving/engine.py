@@ -56,6 +56,12 @@ class SamplingParams:
     stop_token_ids: frozenset[int] = frozenset()
     #: the stop tokens cannot be chosen before this many tokens were generated (vLLM's `min_tokens`)
     min_new_tokens: int = 0
+    #: the prompt's own log probabilities (computed at the first prefill, which then skips the prompt-prefix
+    #: cache), reported with the FinishEvent
+    prompt_logprobs: bool = False
+    #: the stop token that ends the sequence is reported as a TokenEvent too (`stop=True`), as token-level
+    #: clients (RL loops) train on it
+    keep_stop_token: bool = False
 
 
 class TokenConstraint(Protocol):
@@ -74,6 +80,8 @@ class TokenEvent:
     token_id: int
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+    #: the stop token that ended the sequence (reported only with `keep_stop_token`): not part of the text
+    stop: bool = False
 
 
 @dataclass
@@ -83,6 +91,8 @@ class FinishEvent:
     prompt_tokens: int
     completion_tokens: int
     error: BaseException | None = None
+    #: with `prompt_logprobs`: each prompt token's log probability given the ones before it (None for the first)
+    prompt_logprobs: list[float | None] | None = None
 
 
 Event = TokenEvent | FinishEvent
@@ -113,6 +123,8 @@ class Sequence:
         self.admitted_at = 0
         #: prompt positions copied from the prefix cache at this admission (None: not looked up yet)
         self.cached_prefix: int | None = None
+        #: with `params.prompt_logprobs`, once the first prefill computed them
+        self.prompt_logprobs: list[float | None] | None = None
         self.finished_at: float | None = None
         self.generator: torch.Generator | None = None
         if params.temperature > 0:
@@ -340,7 +352,8 @@ class Engine:
             decode_rows = [(_slot_of(s), s.generated[-1], s.position) for s in decoding]
             try:
                 prefill_rows = [self._prefill_row(s) for s in joining]  # may reserve KV memory too
-                batch = build_step(self.forward, decode_rows, prefill_rows, self.slot_adapters)
+                every_row = [_wants_prompt_logprobs(s) for s in joining]
+                batch = build_step(self.forward, decode_rows, prefill_rows, self.slot_adapters, every_row=every_row)
                 break
             except KVBudgetExceeded:
                 victim = self._preempt()
@@ -355,13 +368,22 @@ class Engine:
                     self.prefixes.store(_adapter_key(sequence), sequence.prefill_ids, self.forward.kv[sequence.slot])
         now = time.monotonic()
         finished: list[tuple[Sequence, str]] = []
-        for row, sequence in enumerate([*decoding, *joining]):
+        #: each sequence's first logits row (a prompt whose log probabilities are asked for has one per token)
+        rows = list(range(len(decoding)))
+        for sequence, (_, ids, _), wanted in zip(joining, prefill_rows, every_row, strict=True):
+            start = rows[-1] + 1 if rows else 0
+            if wanted:
+                sequence.prompt_logprobs = _prompt_logprobs(logits[start:start + len(ids) - 1], ids)
+                start += len(ids) - 1
+            rows.append(start)
+        for row, sequence in zip(rows, [*decoding, *joining], strict=True):
             event = _choose(logits[row], sequence)
             sequence.generated.append(event.token_id)
             if sequence.first_token_at is None:
                 sequence.first_token_at = now
             stop = event.token_id in sequence.params.stop_token_ids
-            if not stop:
+            if not stop or sequence.params.keep_stop_token:
+                event.stop = stop
                 sequence.sink(event)
             if not stop and sequence.constraint is not None and sequence.constraint.advance(event.token_id):
                 finished.append((sequence, "complete"))  # the grammar allows nothing more: a natural end
@@ -385,6 +407,8 @@ class Engine:
             self.forward.kv.reserve(sequence.slot, sequence.offset + len(ids))
             self.forward.kv[sequence.slot][:, :, :, :sequence.offset] = prefix
             return sequence.slot, ids, sequence.offset
+        if sequence.cached_prefix is None and _wants_prompt_logprobs(sequence):
+            sequence.cached_prefix = 0  # every prompt row computed: each one's logits are asked for
         if sequence.cached_prefix is None:  # once per admission: a step retried after a preemption keeps it
             cached, keys_values = self.prefixes.lookup(_adapter_key(sequence), ids)
             if keys_values is not None:
@@ -421,7 +445,8 @@ class Engine:
         completion = len(sequence.generated) - (1 if reason == "stop" else 0)
         reason = "stop" if reason == "complete" else reason
         try:
-            sequence.sink(FinishEvent(reason, len(sequence.prompt_ids), max(0, completion), error))
+            sequence.sink(FinishEvent(reason, len(sequence.prompt_ids), max(0, completion), error,
+                                      prompt_logprobs=sequence.prompt_logprobs))
         finally:
             if sequence.on_release is not None:
                 sequence.on_release()
@@ -456,6 +481,19 @@ def _slot_of(sequence: Sequence) -> int:
 
 def _adapter_key(sequence: Sequence) -> str | None:
     return sequence.adapter.key if sequence.adapter is not None else None
+
+
+def _wants_prompt_logprobs(sequence: Sequence) -> bool:
+    """At its first prefill only (a sequence preempted later is prefilled again without them)."""
+    return sequence.params.prompt_logprobs and sequence.prompt_logprobs is None and not sequence.generated
+
+
+def _prompt_logprobs(logits: torch.Tensor, ids: list[int]) -> list[float | None]:
+    """Each prompt token's log probability from the logits of the rows before it ([len(ids) - 1, vocab])."""
+    if len(ids) < 2:
+        return [None] * len(ids)
+    chosen = torch.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    return [None, *(float(v) for v in chosen)]
 
 
 def _choose(logits: torch.Tensor, sequence: Sequence) -> TokenEvent:

@@ -52,10 +52,12 @@ class Generation:
                 if isinstance(event, TokenEvent):
                     if result.finish_reason is not None:
                         continue  # generated past a stop sequence before the cancel took effect
-                    delta = Delta(index)
                     result.token_ids.append(event.token_id)
                     if event.logprob is not None:
                         result.token_logprobs.append(float(event.logprob))
+                    if event.stop:
+                        continue  # the stop token itself (kept for token-level clients): no text
+                    delta = Delta(index)
                     if self.want_logprobs and event.logprob is not None:
                         entry = (self._token_text(event.token_id), event.logprob,
                                  [(self._token_text(t), lp) for t, lp in event.top_logprobs])
@@ -72,6 +74,7 @@ class Generation:
                 assert isinstance(event, FinishEvent)
                 self._open -= 1
                 result.completion_tokens = event.completion_tokens
+                result.prompt_logprobs = event.prompt_logprobs
                 if event.reason == "timeout":
                     raise DeadlineExceeded("The completion did not finish within the server's request deadline.")
                 if event.reason == "error":

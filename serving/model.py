@@ -631,10 +631,11 @@ class StepBatch:
 
 def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
                prefill: Sequence[tuple[int, list[int]] | tuple[int, list[int], int]], lora: Any = None,
-               kv: KVCache | None = None) -> StepBatch:
+               kv: KVCache | None = None, every_row: Sequence[bool] = ()) -> StepBatch:
     """decode: (slot, last token, its position) per running sequence; prefill: (slot, prompt ids) or (slot,
     the prompt's ids after its first `past` positions, past) where the slot's cache holds those already
-    (cached prompt prefixes, an adapter's virtual prefix).
+    (cached prompt prefixes, an adapter's virtual prefix). Logits rows: one per decode row, and per prefill its
+    last row, or every row of it where `every_row` says so (a prompt's own log probabilities).
 
     Reserves the KV memory the step writes in `kv` (default the engine's own; raises
     serving.kvcache.KVBudgetExceeded, having reserved nothing new for the slot that did not fit, when the
@@ -649,10 +650,12 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
         tokens.append(token)
         positions.append(position)
     prefills = []
-    for slot, ids, *cached in prefill:
+    for index, (slot, ids, *cached) in enumerate(prefill):
         past = cached[0] if cached else 0
         kv.reserve(slot, past + len(ids))
         prefills.append((len(tokens), len(ids), slot, past))
+        if index < len(every_row) and every_row[index]:
+            logit_rows.extend(range(len(tokens), len(tokens) + len(ids) - 1))
         tokens.extend(ids)
         positions.extend(range(past, past + len(ids)))
         logit_rows.append(len(tokens) - 1)

@@ -25,6 +25,7 @@ from basemodels.conversations import prepare_conversation, template_renders_name
 from basemodels.loader import BaseModelLoader
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import Draining, InvalidRequest, Overloaded
+from contracts.inference.backend import TokenSampling
 from contracts.inference.schemas import ChatCompletionRequest, CompletionRequest
 from contracts.machine import ThreadGovernor
 from contracts.settings import ServingSettings
@@ -195,8 +196,10 @@ class InferenceService:
 
     # ------------------------------------------------------------------------------- generation
     def start(self, resolved: ResolvedModel, parts: list[tuple[ResolvedModel, float]],
-              request: ChatCompletionRequest | CompletionRequest, loop: asyncio.AbstractEventLoop) -> Generation:
-        """Blocking (loads the base model and adapters on first use): submit the request's sequences."""
+              request: ChatCompletionRequest | CompletionRequest, loop: asyncio.AbstractEventLoop,
+              tokens: TokenSampling | None = None) -> Generation:
+        """Blocking (loads the base model and adapters on first use): submit the request's sequences (`tokens`:
+        a token-level client's extra asks)."""
         if self._draining:
             raise Draining("This server is shutting down; retry on another replica.")
         single_threaded_torch()  # this request thread may load a model or convert an adapter
@@ -206,7 +209,8 @@ class InferenceService:
         lease = self._lease(base, resolved, parts, deadline)
         queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         try:
-            sequences = self._submit(base, resolved, parts, request, prompts, lease, deadline, loop, queue)
+            sequences = self._submit(base, resolved, parts, request, prompts, lease, deadline, loop, queue,
+                                     tokens or TokenSampling())
         except BaseException:
             if lease is not None:
                 lease.release()  # no sequence was queued, so none will release it
@@ -220,7 +224,7 @@ class InferenceService:
     def _submit(self, base: BaseEngine, resolved: ResolvedModel, parts: list[tuple[ResolvedModel, float]],
                 request: ChatCompletionRequest | CompletionRequest, prompts: list[list[int]],
                 lease: AdapterLease | None, deadline: float, loop: asyncio.AbstractEventLoop,
-                queue: asyncio.Queue[tuple[int, Event]]) -> list[Sequence]:
+                queue: asyncio.Queue[tuple[int, Event]], tokens: TokenSampling) -> list[Sequence]:
         """Check the request against the context and the server's capacity, and queue its sequences (all or
         none: a request refused here queued nothing)."""
         # An adapter's virtual prefix (prompt learning) takes positions of the context before the prompt.
@@ -263,7 +267,9 @@ class InferenceService:
                         max_new_tokens=wanted if wanted is not None else limit - len(ids),
                         temperature=request.temperature, top_p=request.top_p, seed=seed,
                         logprobs=request.logprob_count, min_new_tokens=request.min_tokens,
-                        stop_token_ids=frozenset() if request.ignore_eos else base.stop_token_ids)
+                        stop_token_ids=(frozenset() if request.ignore_eos else base.stop_token_ids) | frozenset(
+                            tokens.stop_token_ids),
+                        prompt_logprobs=tokens.prompt_logprobs, keep_stop_token=tokens.keep_stop_token)
                     sequences.append(Sequence(ids, params, event_sink(loop, queue, index),
                                               adapter=lease.weights if lease else None, deadline=deadline,
                                               label=label, on_release=release, constraint=constraints[index]))

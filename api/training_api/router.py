@@ -210,14 +210,14 @@ async def asample(request: Request, services: Services, caller: TrainingCaller, 
     body = await _json(request)
     principal = await caller.principal()
     training_api = services.training_api
-    completion = await services.run_blocking(lambda: training_api.completion_of(principal, body))
+    completion, tokens = await services.run_blocking(lambda: training_api.completion_of(principal, body))
     resolved, parts = await services.run_blocking(lambda: inference.resolve_request(principal, completion))
     answer = await services.run_blocking(lambda: training_api.add_sample(principal, body, completion.n))
     loop = asyncio.get_running_loop()
 
     async def sample() -> None:
         try:
-            stream = await services.run_blocking(lambda: inference.start(resolved, parts, completion, loop))
+            stream = await services.run_blocking(lambda: inference.start(resolved, parts, completion, loop, tokens))
             results = await stream.collect()
         except asyncio.CancelledError:  # cancel_future: the request is settled already
             return
@@ -225,7 +225,8 @@ async def asample(request: Request, services: Services, caller: TrainingCaller, 
             message = getattr(exc, "public_message", None) or str(exc)
             await services.run_blocking(lambda: training_api.finish_sample(answer["request_id"], None, message))
             return
-        await services.run_blocking(lambda: training_api.finish_sample(answer["request_id"], results))
+        await services.run_blocking(lambda: training_api.finish_sample(
+            answer["request_id"], results, last_n=body.get("prompt_logprobs_last_n")))
 
     request_id = answer["request_id"]
     task = asyncio.create_task(sample())

@@ -17,7 +17,7 @@ from typing import Any
 from api.models.service import ModelService
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import InvalidRequest, NotFound, QuotaExceeded
-from contracts.inference.backend import ChoiceResult
+from contracts.inference.backend import ChoiceResult, TokenSampling
 from contracts.inference.schemas import MAX_CHOICES, CompletionRequest
 from contracts.settings import TrainingApiSettings
 from contracts.training_api import losses, wire
@@ -358,20 +358,24 @@ class TrainingApiService:
                 raise NotFound(f"No sampling session {sampler_id!r}", code="sampler_not_found", param="sampler_id")
             return {"sampler_id": sampler.id, "base_model": sampler.base_model, "model_path": sampler.model_path}
 
-    def completion_of(self, principal: Principal, body: dict[str, Any]) -> CompletionRequest:
-        """A sample request as the engine's completion request: the prompt's tokens, n samples, the sampling
-        parameters; what the engine cannot do is refused by name."""
+    def completion_of(self, principal: Principal, body: dict[str, Any]) -> tuple[CompletionRequest, TokenSampling]:
+        """A sample request as the engine's completion request (the prompt's tokens, n samples, the sampling
+        parameters) and its token-level asks (prompt log probabilities, stop token ids; the stop token kept in
+        each sample, as RL loops train on it); what the engine cannot do is refused by name."""
         with self.db.read() as session:
             sampler = rows.get_sampler(session, principal.project_id, str(body.get("sampling_session_id")))
             if sampler is None:
                 raise NotFound("No such sampling session", code="sampler_not_found", param="sampling_session_id")
             served = sampler.served_model
-        for flag in ("prompt_logprobs", "record_stability_info"):
-            if body.get(flag):
-                raise InvalidRequest(f"{flag} is not supported by ftaas yet", code="unsupported", param=flag)
+        if body.get("record_stability_info"):
+            raise InvalidRequest("record_stability_info is not supported by ftaas yet", code="unsupported",
+                                 param="record_stability_info")
         for count in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):
             if body.get(count):
                 raise InvalidRequest(f"{count} is not supported by ftaas yet", code="unsupported", param=count)
+        if body.get("target_prompt_logprobs") is not None:
+            raise InvalidRequest("target_prompt_logprobs is not supported by ftaas yet", code="unsupported",
+                                 param="target_prompt_logprobs")
         tokens: list[int] = []
         for index, chunk in enumerate((body.get("prompt") or {}).get("chunks") or []):
             if not isinstance(chunk, dict) or chunk.get("type") != "encoded_text":
@@ -380,10 +384,21 @@ class TrainingApiService:
             tokens.extend(chunk.get("tokens") or [])
         if not tokens or not all(isinstance(t, int) and t >= 0 for t in tokens):
             raise InvalidRequest("the prompt needs token ids", param="prompt")
+        last_n = body.get("prompt_logprobs_last_n")
+        if last_n is not None and (not body.get("prompt_logprobs") or not isinstance(last_n, int)
+                                   or not 1 <= last_n <= len(tokens) - 1):
+            raise InvalidRequest("prompt_logprobs_last_n needs prompt_logprobs and is from 1 to the prompt's length - 1",
+                                 param="prompt_logprobs_last_n")
         params = body.get("sampling_params") or {}
         stop = params.get("stop")
-        if isinstance(stop, list) and any(not isinstance(s, str) for s in stop):
-            raise InvalidRequest("stop token ids are not supported yet; give stop strings", code="unsupported",
+        stop_strings: list[str] | str | None = stop
+        stop_ids: tuple[int, ...] = ()
+        if isinstance(stop, list) and stop and all(isinstance(s, int) and not isinstance(s, bool) for s in stop):
+            stop_strings, stop_ids = None, tuple(stop)
+            if any(s < 0 for s in stop_ids):
+                raise InvalidRequest("stop token ids must be non-negative", param="sampling_params.stop")
+        elif isinstance(stop, list) and any(not isinstance(s, str) for s in stop):
+            raise InvalidRequest("stop is a string, a list of strings or a list of token ids",
                                  param="sampling_params.stop")
         if params.get("top_k", -1) not in (-1, 0, None):
             raise InvalidRequest("top_k is not supported by ftaas's engine (use top_p)", code="unsupported",
@@ -392,11 +407,13 @@ class TrainingApiService:
         if not isinstance(num, int) or not 1 <= num <= MAX_CHOICES:
             raise InvalidRequest(f"num_samples must be from 1 to {MAX_CHOICES}", param="num_samples")
         try:
-            return CompletionRequest(model=served, prompt=tokens, n=num, max_tokens=params.get("max_tokens"),
-                                     temperature=params.get("temperature", 1.0), top_p=params.get("top_p", 1.0),
-                                     seed=params.get("seed"), stop=stop or None, logprobs=0)
+            completion = CompletionRequest(model=served, prompt=tokens, n=num, max_tokens=params.get("max_tokens"),
+                                           temperature=params.get("temperature", 1.0), top_p=params.get("top_p", 1.0),
+                                           seed=params.get("seed"), stop=stop_strings or None, logprobs=0)
         except ValueError as exc:
             raise InvalidRequest(f"sampling_params: {exc}", param="sampling_params") from None
+        return completion, TokenSampling(prompt_logprobs=bool(body.get("prompt_logprobs")), stop_token_ids=stop_ids,
+                                         keep_stop_token=True)
 
     def add_sample(self, principal: Principal, body: dict[str, Any], samples: int) -> dict[str, Any]:
         with self.db.write() as session:
@@ -404,8 +421,10 @@ class TrainingApiService:
                                        payload=json.dumps(body).encode())
             return {"request_id": request.id, "sample_sequence_ids": [f"{request.id}:{i}" for i in range(samples)]}
 
-    def finish_sample(self, request_id: str, results: list[ChoiceResult] | None, error: str | None = None) -> None:
-        """The sampled sequences as the SDK's SampleResponse (or the error that stopped them)."""
+    def finish_sample(self, request_id: str, results: list[ChoiceResult] | None, error: str | None = None, *,
+                      last_n: int | None = None) -> None:
+        """The sampled sequences as the SDK's SampleResponse (or the error that stopped them); `last_n`: only the
+        prompt's last n log probabilities are reported (the SDK's prompt_logprobs_last_n; ftaas computes all)."""
         with self.db.write() as session:
             if results is None:
                 rows.finish_request(session, request_id, error={"error": error or "sampling failed",
@@ -413,7 +432,12 @@ class TrainingApiService:
                 return
             sequences = [wire.SampledSequence(r.token_ids, r.token_logprobs if len(r.token_logprobs) == len(
                 r.token_ids) else None, "length" if r.finish_reason == "length" else "stop") for r in results]
-            rows.finish_request(session, request_id, result=("protobuf", wire.encode_sample_response(sequences)))
+            prompt_logprobs = results[0].prompt_logprobs if results else None  # every sample has the same prompt
+            if prompt_logprobs is not None and last_n:
+                unscored: list[float | None] = [None] * (len(prompt_logprobs) - last_n)
+                prompt_logprobs = unscored + prompt_logprobs[-last_n:]
+            rows.finish_request(session, request_id, result=("protobuf", wire.encode_sample_response(
+                sequences, prompt_logprobs=prompt_logprobs)))
 
     def cancel_sample(self, principal: Principal, request_id: str) -> None:
         """A pending sample settled as cancelled (done or failed ones stay as they are)."""

@@ -28,9 +28,25 @@ class ChoiceResult:
     logprobs: TokenLogprobs = field(default_factory=list)
     #: OpenAI-shaped tool calls parsed from the output (chat requests with tools); `text` is then the content
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    #: the generated token ids (up to a stop sequence's end), and each one's log probability (when asked for)
+    #: the generated token ids (up to a stop sequence's end; the stop token too where TokenSampling keeps it),
+    #: and each one's log probability (when asked for)
     token_ids: list[int] = field(default_factory=list)
     token_logprobs: list[float] = field(default_factory=list)
+    #: the prompt's log probabilities (None for its first token), where TokenSampling asks for them
+    prompt_logprobs: list[float | None] | None = None
+
+
+@dataclass(frozen=True)
+class TokenSampling:
+    """What a token-level client (the training API's sampler) asks beyond a completion request."""
+
+    #: the prompt's own log probabilities, each token's given the ones before it
+    prompt_logprobs: bool = False
+    #: token ids that end a sample, besides the model's own end-of-turn tokens
+    stop_token_ids: tuple[int, ...] = ()
+    #: the stop token that ended a sample is part of its token ids, with its log probability (RL loops train on
+    #: it: a model that never sees it learns never to stop)
+    keep_stop_token: bool = False
 
 
 @dataclass
@@ -71,9 +87,9 @@ class InferenceBackend(Protocol):
         caller and handed back to `start`."""
 
     def start(self, resolved: Any, parts: Any, request: ChatCompletionRequest | CompletionRequest,
-              loop: asyncio.AbstractEventLoop) -> GenerationStream:
+              loop: asyncio.AbstractEventLoop, tokens: TokenSampling | None = None) -> GenerationStream:
         """Blocking (loads models on first use): submit the request's sequences; events are delivered on
-        `loop`."""
+        `loop`. `tokens`: a token-level client's extra asks."""
 
     def render_metrics(self) -> tuple[bytes, str]:
         """The Prometheus exposition of the engine's metrics, and its content type."""

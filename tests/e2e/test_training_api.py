@@ -120,6 +120,18 @@ def _decoder_layers_are_served(server: LiveServer, service: Any, data: list[type
         assert tokenizer_of(server).decode(sequence.tokens, skip_special_tokens=True) == tuned
         assert sequence.logprobs is not None and len(sequence.logprobs) == len(sequence.tokens)
         assert all(lp <= 0 for lp in sequence.logprobs)
+    # A stop token id ends a sample, and is its last token (RL loops train on it).
+    first = sampled.sequences[0]
+    stopped = sampler.sample(prompt=types.ModelInput.from_ints(prompt), num_samples=1, sampling_params=types.SamplingParams(
+        max_tokens=12, temperature=0.0, stop=[first.tokens[2]])).result().sequences[0]
+    through = first.tokens.index(first.tokens[2]) + 1  # its first occurrence
+    assert (stopped.tokens, stopped.stop_reason) == (first.tokens[:through], "stop")
+    # The prompt's log probabilities (compute_logprobs, as KL penalties use them) are the trainer's own.
+    scored = sampler.compute_logprobs(types.ModelInput.from_ints(data[0].model_input.to_ints()
+                                                                  + [data[0].loss_fn_inputs["target_tokens"].data[-1]]))
+    scored = scored.result()
+    trained = decoder.forward([data[0]], "cross_entropy").result().loss_fn_outputs[0]["logprobs"].data
+    assert scored[0] is None and scored[1:] == pytest.approx(trained, abs=1e-3)
 
     # Another project's key sees none of it.
     with tinker.ServiceClient(base_url=server.base_url.removesuffix("/v1"),

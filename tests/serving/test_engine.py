@@ -200,3 +200,44 @@ def test_min_tokens_holds_back_the_stop_tokens_until_enough_were_generated(engin
     assert at_once.finish.reason == "stop" and at_once.finish.completion_tokens == 0
     assert len(kept.tokens) >= 5 and first not in kept.tokens[:5]
     assert kept.finish.reason in ("stop", "length")
+
+
+def test_prompt_logprobs_are_the_models_own_and_a_kept_stop_token_is_reported(
+        engine_factory, tokenizer: Any, base_model: Any, make_adapter: AdapterFactory) -> None:
+    """A token-level client's asks (the training API's sampler): each prompt token's log probability given the
+    ones before it, equal to peft's model on the same adapter (also with a cached prefix of the same prompt
+    in the engine, which such a sequence does not use), and the stop token that ends a sample reported with its
+    log probability instead of dropped."""
+    import torch
+    from peft import PeftModel
+
+    engine = engine_factory(slots=4)
+    directory = make_adapter(21)
+    adapter = read_adapter(directory, engine.forward, key="21", max_rank=16)
+    prompt = _prompts(tokenizer, 1, seed=5)[0]
+    warm, warm_sink = _sequence(prompt, adapter, max_new=3)  # the prompt's prefix cached for this adapter
+    engine.submit([warm])
+    assert warm_sink.done.wait(60)
+
+    sink = Collector()
+    engine.submit([Sequence(prompt, SamplingParams(max_new_tokens=4, temperature=0.0, logprobs=0,
+                                                   prompt_logprobs=True), sink, adapter=adapter)])
+    assert sink.done.wait(60) and sink.finish is not None
+    scored = sink.finish.prompt_logprobs
+    assert scored is not None and len(scored) == len(prompt) and scored[0] is None
+    reference_model = PeftModel.from_pretrained(base_model, directory)
+    with torch.no_grad():
+        logits = reference_model(input_ids=torch.tensor([prompt])).logits[0].float()
+    reference_model.unload()
+    expected = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
+    assert torch.allclose(torch.tensor(scored[1:]), expected, atol=1e-3), (scored[1:5], expected[:5])
+    assert sink.tokens == warm_sink.tokens + [sink.tokens[3]]  # the same greedy tokens: generation unchanged
+
+    stop_at = warm_sink.tokens[1]
+    kept = Collector()
+    engine.submit([Sequence(prompt, SamplingParams(max_new_tokens=5, temperature=0.0, logprobs=0,
+                                                   stop_token_ids=frozenset({stop_at}), keep_stop_token=True),
+                            kept, adapter=adapter)])
+    assert kept.done.wait(60) and kept.finish is not None
+    assert kept.tokens == warm_sink.tokens[:2] and kept.logprobs[1] == pytest.approx(warm_sink.logprobs[1])
+    assert (kept.finish.reason, kept.finish.completion_tokens) == ("stop", 1)
