@@ -80,6 +80,11 @@ class LiveServer:
         """The server's configuration, parsed from the environment it was started with."""
         return Settings(**{k[len("FTAAS_"):].lower(): v for k, v in self.env.items() if k.startswith("FTAAS_")})
 
+    def gpu_worker(self) -> psutil.Process:
+        """The GPU-queue worker process that `ftaas up` started (and restarts when it dies)."""
+        up = psutil.Process(self.processes[0].pid)
+        return next(p for p in up.children() if "gpu" in p.cmdline() and "worker" in p.cmdline())
+
     def database(self) -> Database:
         return Database(self.env["FTAAS_DATABASE_URL"], pool_size=1)
 

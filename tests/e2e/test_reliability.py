@@ -7,7 +7,6 @@ import io
 import os
 import signal
 
-import psutil
 import pytest
 import torch
 from sqlalchemy import select
@@ -30,11 +29,6 @@ def job_row(server: LiveServer, job_id: str) -> FineTuningJob:
         database.dispose()
 
 
-def gpu_worker_of(server: LiveServer) -> psutil.Process:
-    up = psutil.Process(server.processes[0].pid)
-    return next(p for p in up.children() if "gpu" in p.cmdline() and "worker" in p.cmdline())
-
-
 def test_a_job_whose_worker_is_sigkilled_resumes_from_its_checkpoint(embedded: LiveServer) -> None:
     client = embedded.client()
     file = client.files.wait_for_processing(
@@ -46,7 +40,7 @@ def test_a_job_whose_worker_is_sigkilled_resumes_from_its_checkpoint(embedded: L
     job = client.fine_tuning.jobs.create(model="ftaas-tiny", training_file=file.id, seed=31, method=method)
     wait_for(lambda: any(True for _ in client.fine_tuning.jobs.checkpoints.list(job.id)),
              what="the first epoch checkpoint")
-    worker = gpu_worker_of(embedded)
+    worker = embedded.gpu_worker()
     os.killpg(worker.pid, signal.SIGKILL)  # the whole worker (main process and pool child): node loss
     assert client.fine_tuning.jobs.retrieve(job.id).status == "running"  # nobody has noticed yet
 
@@ -66,7 +60,7 @@ def test_a_job_whose_worker_is_sigkilled_resumes_from_its_checkpoint(embedded: L
     assert rows == list(csv.DictReader(io.StringIO(client.files.content(twin.result_files[0]).text)))
     expected, actual = embedded.adapter_of(twin.fine_tuned_model), embedded.adapter_of(job.fine_tuned_model)
     assert all(torch.allclose(expected[k], actual[k], atol=1e-6) for k in expected)
-    assert gpu_worker_of(embedded).pid != worker.pid  # `ftaas up` restarted its worker
+    assert embedded.gpu_worker().pid != worker.pid  # `ftaas up` restarted its worker
 
 
 def test_duplicate_deliveries_train_a_job_exactly_once(cluster: LiveServer) -> None:

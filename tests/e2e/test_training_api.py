@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 import tinker
 from tinker import types
@@ -313,7 +312,7 @@ def test_a_killed_worker_is_reported_and_the_saved_state_continues_with_the_same
         path = training.save_state("before-the-crash").result().path
         expected = step_and_look(training)
 
-        worker = gpu_worker_of(server)
+        worker = server.gpu_worker()
         os.killpg(worker.pid, signal.SIGKILL)  # the whole worker holding the model: node loss
         with pytest.raises((tinker.RequestFailedError, tinker.BadRequestError)) as lost:
             training.forward_backward(data, "cross_entropy").result()
@@ -323,12 +322,7 @@ def test_a_killed_worker_is_reported_and_the_saved_state_continues_with_the_same
 
         resumed = service.create_training_client_from_state_with_optimizer(path).result()
         assert step_and_look(resumed) == expected
-    assert gpu_worker_of(server).pid != worker.pid  # `ftaas up` restarted its worker
-
-
-def gpu_worker_of(server: LiveServer) -> psutil.Process:
-    up = psutil.Process(server.processes[0].pid)
-    return next(p for p in up.children() if "gpu" in p.cmdline() and "worker" in p.cmdline())
+    assert server.gpu_worker().pid != worker.pid  # `ftaas up` restarted its worker
 
 
 def test_an_abandoned_sample_is_cancelled_and_its_engine_slots_freed(server: LiveServer) -> None:
