@@ -151,6 +151,10 @@ def check_fits_base(modules: dict[str, ModuleShape], base_config: dict[str, Any]
                 "down_proj": (hidden, inter)}
     for module, shape in modules.items():
         match = _MODULE.search(module)
+        if match is None and module.rsplit(".", 1)[-1] == "lm_head":
+            raise InvalidRequest("adapter operations take LoRA on the decoder layers' projections; this adapter also "
+                                 "trains the output layer (lm_head), which the engine serves but merges, compression "
+                                 "and imports do not handle yet", code="unsupported_adapter", param=param)
         if match is None or int(match.group(1)) >= layers:
             raise InvalidRequest(f"module {module} does not exist in the base model", code="adapter_base_mismatch",
                                  param=param)

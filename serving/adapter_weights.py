@@ -67,9 +67,13 @@ class AdapterWeights:
     #: Prompt learning: the keys and values of the virtual tokens, [layers, 2, kv_heads, tokens, head_dim] as a
     #: KV cache holds them (RoPE applied where the model applies it), or None
     prefix: torch.Tensor | None = None
+    #: LoRA on the output layer (lm_head, "unembed"): a [hidden, rank], b [rank, vocabulary] with the scale folded
+    #: in, added to the logits of the rows that carry the adapter; None: the base model's output layer
+    unembed: GroupFactors | None = None
 
     @property
     def has_lora(self) -> bool:
+        """LoRA factors on decoder layers (the output layer's are `unembed`)."""
         return any(self.layers)
 
     @property
@@ -92,6 +96,8 @@ class AdapterWeights:
             for s in scaled.values():
                 tensors += [s.inputs, s.outputs]
         tensors.append(self.prefix)
+        if self.unembed is not None:
+            tensors += [self.unembed.a, self.unembed.b]
         for tensor in tensors:
             if tensor is not None:
                 total += tensor.numel() * tensor.element_size()
@@ -161,4 +167,8 @@ def compose(parts: list[tuple[AdapterWeights, float]], *, key: str, max_rank: in
             groups[group] = GroupFactors(a=torch.cat([f.a for f, _ in present], 1).contiguous(),
                                          b=torch.cat([f.b * w for f, w in present], 0).contiguous(), magnitude=None)
         layers.append(groups)
-    return AdapterWeights(key=key, layers=layers, uses_dora=False, group_sizes=sizes)
+    heads = [(adapter.unembed, weight) for adapter, weight in parts if adapter.unembed is not None]
+    unembed = None if not heads else GroupFactors(a=torch.cat([f.a for f, _ in heads], 1).contiguous(),
+                                                  b=torch.cat([f.b * w for f, w in heads], 0).contiguous(),
+                                                  magnitude=None)
+    return AdapterWeights(key=key, layers=layers, uses_dora=False, group_sizes=sizes, unembed=unembed)

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 _KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.(lora_A\.weight|lora_B\.weight|"
                   r"lora_magnitude_vector(?:\.weight)?)$")
+#: LoRA on the output layer (what peft names lm_head; the tinker SDK's "unembed")
+_UNEMBED = re.compile(r"(?:^|\.)lm_head\.(lora_A|lora_B)\.weight$")
 
 
 def read_lora(config: dict[str, Any], tensors: dict[str, torch.Tensor], forward: LlamaForward, *, key: str,
@@ -31,8 +33,16 @@ def read_lora(config: dict[str, Any], tensors: dict[str, torch.Tensor], forward:
     # Long on purpose: the factors of every layer and fused group checked and stacked in one walk.
     g = forward.geometry
     modules: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    head: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
+        if (unembed := _UNEMBED.search(name)) is not None:
+            head[unembed.group(1)] = tensor
+            continue
         match = _KEY.search(name)
+        if match is None and name.endswith("lm_head.base_layer.weight"):
+            raise unsupported("the adapter stores the output layer's own weights (lm_head.base_layer: peft saves them "
+                              "for a tied output layer unless saved with save_embedding_layers=False); ftaas serves "
+                              "the output layer's LoRA factors on the base model's weights")
         if match is None:
             raise unsupported(f"adapter tensor {name!r} does not belong to a servable decoder module")
         layer, module, part = int(match.group(1)), match.group(2), match.group(3).split(".")[0]
@@ -93,10 +103,35 @@ def read_lora(config: dict[str, Any], tensors: dict[str, torch.Tensor], forward:
                 a=torch.cat(a_blocks, 1).to(dtype).contiguous(), b=b_full.to(dtype).contiguous(),
                 magnitude=torch.cat(magnitudes).to(dtype) if any_magnitude else None,
             )
-    if not any(layers):
+    unembed = _unembed(config, head, forward, max_rank=max_rank) if head else None
+    if not any(layers) and unembed is None:
         raise unsupported("the adapter has no LoRA factors")
     return AdapterWeights(key=key, layers=layers, uses_dora=uses_dora,
-                          group_sizes={group: len(members) for group, members in forward.members.items()})
+                          group_sizes={group: len(members) for group, members in forward.members.items()},
+                          unembed=unembed)
+
+
+def _unembed(config: dict[str, Any], head: dict[str, torch.Tensor], forward: LlamaForward, *,
+             max_rank: int) -> GroupFactors:
+    """The output layer's LoRA factors, checked against the base model's output layer (vocabulary x hidden)."""
+    if set(head) != {"lora_A", "lora_B"}:
+        raise unsupported("lm_head: lora_A and lora_B are both required")
+    if config.get("use_dora"):
+        raise unsupported("DoRA on the output layer (lm_head) cannot be batch-served")
+    a, b = head["lora_A"].float(), head["lora_B"].float()
+    rank, hidden, vocabulary = int(a.shape[0]), forward.geometry.hidden, forward.geometry.vocab
+    if a.shape != (rank, hidden) or b.shape != (vocabulary, rank):
+        raise InvalidRequest(f"lm_head: factor shapes {tuple(a.shape)}/{tuple(b.shape)} do not fit the base model "
+                             f"({vocabulary}x{hidden})", code="adapter_base_mismatch", param="model")
+    if rank > max_rank:
+        raise InvalidRequest(f"adapter rank {rank} exceeds the served maximum {max_rank} "
+                             "(FTAAS_SERVING_MAX_LORA_RANK)", code="adapter_rank_too_high", param="model")
+    alpha = float(pattern_value(config.get("alpha_pattern") or {}, "lm_head",
+                                float(config.get("lora_alpha", config.get("r", 8)))))
+    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    # Kept in float32: the products are one row per sequence and step, and the logits are float32.
+    device = forward.device
+    return GroupFactors(a=a.T.contiguous().to(device), b=(b.T * scale).contiguous().to(device), magnitude=None)
 
 
 def rank_classes(max_rank: int) -> list[int]:

@@ -415,7 +415,10 @@ class LlamaForward:
                 cache.select(3, position).copy_(every_layer[:, row])
         last = x[batch.logit_rows]
         last = self._norm(_pad_rows(last, self.tile_rows), self.final_norm)
-        return self._dense(last, self.lm_head)[:len(batch.logit_rows)].float()
+        logits = self._dense(last, self.lm_head)[:len(batch.logit_rows)].float()
+        for rows, factors in batch.unembed_rows:  # output-layer LoRA, per adapter, on its rows' logits
+            logits[rows] += (last[rows].float() @ factors.a) @ factors.b
+        return logits
 
     def _attention(self, qkv: torch.Tensor, index: int, layer: LayerWeights, batch: StepBatch, kv: KVCache,
                    rope: list[tuple[torch.Tensor, torch.Tensor]], staged: list[torch.Tensor]) -> torch.Tensor:
@@ -627,6 +630,8 @@ class StepBatch:
     window_masks: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     #: group -> its rows' keys and values of every layer, copied once per step when small enough
     group_copies: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: (logits rows, output-layer LoRA factors) per adapter that has them among the step's rows
+    unembed_rows: list[tuple[torch.Tensor, Any]] = field(default_factory=list)
 
 
 def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
@@ -644,8 +649,11 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
     tokens: list[int] = []
     positions: list[int] = []
     logit_rows: list[int] = []
+    #: the slot of each logits row (output-layer adapters)
+    logit_slots: list[int] = []
     for slot, token, position in decode:
         kv.reserve(slot, position + 1)
+        logit_slots.append(slot)
         logit_rows.append(len(tokens))
         tokens.append(token)
         positions.append(position)
@@ -659,6 +667,7 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
         tokens.extend(ids)
         positions.extend(range(past, past + len(ids)))
         logit_rows.append(len(tokens) - 1)
+        logit_slots += [slot] * (len(logit_rows) - len(logit_slots))
     real = len(tokens)
     padded = -(-real // forward.tile_rows) * forward.tile_rows
     tokens.extend([0] * (padded - real))
@@ -684,6 +693,12 @@ def build_step(forward: LlamaForward, decode: list[tuple[int, int, int]],
                 and lora.slot_key[decode[0][0]] is not None:
             batch.decode_shared_slot = decode[0][0]
         batch.decode_dora = any(lora.has_dora[slot] for slot, _, _ in decode)
+        heads: dict[int, list[int]] = {}
+        for row, slot in enumerate(logit_slots):
+            if lora.unembed[slot] is not None:
+                heads.setdefault(slot, []).append(row)
+        batch.unembed_rows = [(torch.tensor(rows, dtype=torch.long, device=device), lora.unembed[slot])
+                              for slot, rows in heads.items()]
         batch.lora_prefills = [p for p in prefills if lora.slot_class[p[2]] is not None]
         slots = [slot for slot, _, _ in decode] + [slot for _, _, slot, _ in prefills]
         batch.scaled_inputs = frozenset().union(*(lora.scaled_inputs[slot] for slot in slots))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from serving.adapter_weights import AdapterWeights
+from serving.adapter_weights import AdapterWeights, GroupFactors
 from serving.lora import rank_classes
 
 if TYPE_CHECKING:
@@ -62,6 +62,9 @@ class SlotAdapters:
         #: per slot: the groups whose inputs / outputs its adapter scales (empty: no IA3)
         self.scaled_inputs: list[frozenset[str]] = [frozenset()] * slots
         self.scaled_outputs: list[frozenset[str]] = [frozenset()] * slots
+        #: per slot: its adapter's output-layer (lm_head) LoRA factors, or None (few rows a step need them: one
+        #: logits row per sequence, so they stay the adapter's own tensors, not slot buffers)
+        self.unembed: list[GroupFactors | None] = [None] * slots
 
     # ----------------------------------------------------------------------------------- buffers
     def _allocate(self, rank: int) -> None:
@@ -94,6 +97,7 @@ class SlotAdapters:
         self._clear(slot)
         if adapter is None:
             return
+        self.unembed[slot] = adapter.unembed
         if adapter.has_lora:
             rank = self.class_of(adapter)
             self._allocate(rank)
@@ -135,6 +139,7 @@ class SlotAdapters:
         self.has_dora[slot] = False
         self.slot_key[slot] = None
         self.scaled_inputs[slot] = self.scaled_outputs[slot] = frozenset()
+        self.unembed[slot] = None
 
     def move(self, source: int, target: int) -> None:
         """Give `target` the adapter of `source` (exact copies) and clear `source`."""
@@ -154,6 +159,7 @@ class SlotAdapters:
         self.has_dora[target] = self.has_dora[source]
         self.slot_key[target] = self.slot_key[source]
         self.scaled_inputs[target], self.scaled_outputs[target] = self.scaled_inputs[source], self.scaled_outputs[source]
+        self.unembed[target] = self.unembed[source]
         self._clear(source)
 
     # ----------------------------------------------------------------------------------- products

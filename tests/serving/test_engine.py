@@ -19,6 +19,7 @@ from tests.serving.conftest import PEFT_KINDS, AdapterFactory, forward_for, peft
 ADAPTER_KINDS: list[dict[str, Any]] = [
     {}, {"r": 4}, {"r": 16}, {"rslora": True}, {"dora": True}, {"targets": ["q_proj", "v_proj"]},
     {"targets": ["gate_proj", "up_proj", "down_proj"]}, {"rank_pattern": {"o_proj": 2}},
+    {"targets": ["q_proj", "lm_head"]},  # the output layer's LoRA (the tinker SDK's train_unembed)
 ]
 
 

@@ -82,7 +82,8 @@ def test_ia3_prompt_and_prefix_adapters_compute_what_peft_computes(base_model: A
 @pytest.mark.parametrize("options", [
     {}, {"rslora": True}, {"dora": True}, {"targets": ["q_proj", "v_proj"], "r": 4},
     {"rank_pattern": {"down_proj": 16}, "alpha_pattern": {"o_proj": 3.0}},
-], ids=["lora", "rslora", "dora", "qv-only", "rank-and-alpha-patterns"])
+    {"targets": ["q_proj", "v_proj", "lm_head"]}, {"targets": ["lm_head"], "r": 4, "rslora": True},
+], ids=["lora", "rslora", "dora", "qv-only", "rank-and-alpha-patterns", "with-output-layer", "output-layer-only"])
 def test_adapter_logits_match_peft(base_model: Any, tokenizer: Any, make_adapter: AdapterFactory,
                                    options: dict[str, Any]) -> None:
     directory = make_adapter(11, **options)

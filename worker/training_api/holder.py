@@ -127,9 +127,6 @@ class HeldModel:
         when the future answers."""
         request = json.loads(payload)
         name = request["name"]
-        if self.info.lora["train_unembed"]:
-            raise UserError("ftaas's engine serves adapters of the decoder layers, not of the output layer: create the "
-                            "training model with train_unembed=False to sample from its weights", code="unsupported")
         path = f"tinker://{self.info.model_id}/sampler_weights/{name}"
         folder = Path(tempfile.mkdtemp(prefix="ftaas-sampler-"))
         try:
