@@ -42,6 +42,17 @@ def get_session(session: Session, project_id: str, session_id: str) -> TrainingS
                                                         TrainingSession.project_id == project_id))
 
 
+def sessions_page(session: Session, project_id: str, *, limit: int, offset: int) -> list[TrainingSession]:
+    """A project's sessions, newest first."""
+    return list(session.scalars(select(TrainingSession).where(TrainingSession.project_id == project_id).order_by(
+        TrainingSession.created_at.desc(), TrainingSession.id.desc()).limit(limit).offset(offset)))
+
+
+def samplers_of_session(session: Session, session_id: str) -> list[TrainingSampler]:
+    return list(session.scalars(select(TrainingSampler).where(TrainingSampler.session_id == session_id)
+                                .order_by(TrainingSampler.created_at, TrainingSampler.id)))
+
+
 def touch_session(session: Session, session_id: str) -> None:
     """A heartbeat or a request: the session's models are in use."""
     session.execute(update(TrainingSession).where(TrainingSession.id == session_id).values(active_at=time.time()))

@@ -111,6 +111,16 @@ async def session_heartbeat(request: Request, services: Services, caller: Traini
     return _ok()
 
 
+@router.get("/sessions")
+async def list_sessions(services: Services, caller: TrainingCaller, limit: int = 20, offset: int = 0) -> Response:
+    return await caller.run(lambda principal: _ok(services.training_api.list_sessions(principal, limit, offset)))
+
+
+@router.get("/sessions/{session_id}")
+async def get_session(session_id: str, services: Services, caller: TrainingCaller) -> Response:
+    return await caller.run(lambda principal: _ok(services.training_api.get_session(principal, session_id)))
+
+
 @router.post("/sessions/{session_id}/finish")
 async def finish_session(session_id: str, services: Services, caller: TrainingCaller) -> Response:
     await caller.run(lambda principal: services.training_api.finish_session(principal, session_id))

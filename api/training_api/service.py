@@ -84,6 +84,21 @@ class TrainingApiService:
             self._session(session, principal, session_id)
             rows.finish_session(session, session_id)
 
+    def list_sessions(self, principal: Principal, limit: Any, offset: Any) -> dict[str, Any]:
+        limit, offset = _page(limit, offset)
+        with self.db.read() as session:
+            return {"sessions": [s.id for s in rows.sessions_page(session, principal.project_id, limit=limit,
+                                                                  offset=offset)]}
+
+    def get_session(self, principal: Principal, session_id: str) -> dict[str, Any]:
+        """A session's training runs and samplers, in the order they were made."""
+        with self.db.read() as session:
+            owner = self._session(session, principal, session_id)
+            models = sorted(rows.models_of_session(session, owner.id), key=lambda m: (m.created_at, m.id))
+            return {"training_run_ids": [m.id for m in models],
+                    "sampler_ids": [s.id for s in rows.samplers_of_session(session, owner.id)],
+                    "user_metadata": owner.user_metadata}
+
     def _session(self, session: Any, principal: Principal, session_id: Any) -> Any:
         found = rows.get_session(session, principal.project_id, str(session_id))
         if found is None:
@@ -93,18 +108,20 @@ class TrainingApiService:
     # -------------------------------------------------------------------------------------- models
     def create_model(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
         base_model = body.get("base_model")
-        if base_model not in self.registry:
+        if not isinstance(base_model, str) or base_model not in self.registry:
             raise InvalidRequest(f"base_model {base_model!r} is not a base model of this installation "
                                  f"({', '.join(self.registry.names())})", code="model_not_found", param="base_model")
         _refuse_unsupported(body, "user_metadata")
-        if (body.get("optimizer_config") or {}).get("type", "adamw") != "adamw":
+        if _object(body, "optimizer_config").get("type", "adamw") != "adamw":
             raise InvalidRequest("only Adam (adamw) is supported", code="unsupported_optimizer",
                                  param="optimizer_config")
-        lora = body.get("lora_config") or {}
+        lora = _object(body, "lora_config")
         rank = lora.get("rank", 32)
         if not isinstance(rank, int) or not 1 <= rank <= self.max_rank:
             raise InvalidRequest(f"lora_config.rank must be an integer from 1 to {self.max_rank}",
                                  param="lora_config.rank")
+        if lora.get("seed") is not None and (not isinstance(lora["seed"], int) or isinstance(lora["seed"], bool)):
+            raise InvalidRequest("lora_config.seed must be an integer", param="lora_config.seed")
         parts = {name: bool(lora.get(name, True)) for name in ("train_mlp", "train_attn", "train_unembed")}
         if not any(parts.values()):
             raise InvalidRequest("train at least one of mlp, attn, unembed", param="lora_config")
@@ -241,11 +258,11 @@ class TrainingApiService:
         return self._submit(principal, batch.model_id, batch.seq_id, kind, body)
 
     def optim_step(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
-        params = {**ADAM_DEFAULTS, **(body.get("adam_params") or {})}
+        params = {**ADAM_DEFAULTS, **_object(body, "adam_params")}
         for key, value in params.items():
             if key not in ADAM_DEFAULTS:
                 raise InvalidRequest(f"adam_params has no field {key!r}", param=f"adam_params.{key}")
-            if not isinstance(value, int | float) or value < 0:
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < float("inf"):
                 raise InvalidRequest(f"adam_params.{key} must be a non-negative number", param=f"adam_params.{key}")
         if not 0 <= params["beta1"] < 1 or not 0 <= params["beta2"] < 1:
             raise InvalidRequest("adam_params beta1 and beta2 must be in [0, 1)", param="adam_params")
@@ -340,7 +357,7 @@ class TrainingApiService:
                                    param="model_path")
                 model = rows.get_model(session, principal.project_id, checkpoint.model_id)
                 served, base = checkpoint.served_model, model.base_model if model else ""
-            elif base_model in self.registry:
+            elif isinstance(base_model, str) and base_model in self.registry:
                 served = base = str(base_model)
             else:
                 raise InvalidRequest("give a model_path (tinker://.../sampler_weights/...) or a base_model of this "
@@ -377,19 +394,24 @@ class TrainingApiService:
             raise InvalidRequest("target_prompt_logprobs is not supported by ftaas yet", code="unsupported",
                                  param="target_prompt_logprobs")
         tokens: list[int] = []
-        for index, chunk in enumerate((body.get("prompt") or {}).get("chunks") or []):
+        chunks = _object(body, "prompt").get("chunks") or []
+        if not isinstance(chunks, list):
+            raise InvalidRequest("prompt.chunks must be a list", param="prompt.chunks")
+        for index, chunk in enumerate(chunks):
             if not isinstance(chunk, dict) or chunk.get("type") != "encoded_text":
                 raise InvalidRequest("only encoded_text prompt chunks are supported (text models)",
                                      code="unsupported", param=f"prompt.chunks.{index}")
+            if not isinstance(chunk.get("tokens") or [], list):
+                raise InvalidRequest("a chunk's tokens are a list of token ids", param=f"prompt.chunks.{index}.tokens")
             tokens.extend(chunk.get("tokens") or [])
-        if not tokens or not all(isinstance(t, int) and t >= 0 for t in tokens):
+        if not tokens or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens):
             raise InvalidRequest("the prompt needs token ids", param="prompt")
         last_n = body.get("prompt_logprobs_last_n")
         if last_n is not None and (not body.get("prompt_logprobs") or not isinstance(last_n, int)
                                    or not 1 <= last_n <= len(tokens) - 1):
             raise InvalidRequest("prompt_logprobs_last_n needs prompt_logprobs and is from 1 to the prompt's length - 1",
                                  param="prompt_logprobs_last_n")
-        params = body.get("sampling_params") or {}
+        params = _object(body, "sampling_params")
         stop = params.get("stop")
         stop_strings: list[str] | str | None = stop
         stop_ids: tuple[int, ...] = ()
@@ -504,6 +526,16 @@ def _checkpoint(row: TrainingCheckpoint) -> dict[str, Any]:
     return {"checkpoint_id": row.path.split("/", 3)[3], "checkpoint_type": CHECKPOINT_TYPES[row.kind],
             "time": _iso(row.created_at), "tinker_path": row.path, "size_bytes": row.size_bytes, "public": False,
             "expires_at": None}
+
+
+def _object(body: dict[str, Any], name: str) -> dict[str, Any]:
+    """An object field of a body (absent or null: empty); anything else is a 400 naming it."""
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{name} must be an object", param=name)
+    return value
 
 
 def _refuse_unsupported(body: dict[str, Any], *fields: str) -> None:

@@ -158,6 +158,9 @@ def test_listings_saves_and_cancels_refuse_what_they_cannot_do_by_name(training:
         assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
     assert training.client.get(f"/api/v1/training_runs/{model_id}/checkpoints", headers=headers).json() == {
         "checkpoints": []}
+    assert training.client.get("/api/v1/sessions", headers=headers).json() == {"sessions": [session_id]}
+    assert training.client.get(f"/api/v1/sessions/{session_id}", headers=headers).json() == {
+        "training_run_ids": [model_id], "sampler_ids": [], "user_metadata": None}
     missing = training.client.delete(f"/api/v1/training_runs/{model_id}/checkpoints/weights/none", headers=headers)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "checkpoint_not_found"
     assert training.post("weights_info", {"tinker_path": f"tinker://{model_id}/weights/none"}).status_code == 404
@@ -181,3 +184,47 @@ def test_listings_saves_and_cancels_refuse_what_they_cannot_do_by_name(training:
     assert answer == {"error": "cancelled by the client", "category": "user"}
     assert training.post("client/dynamic_config").json()["sample_cancel_enabled"] is True
     training.post(f"sessions/{session_id}/finish")
+
+
+#: Fields the SDK's JSON bodies carry, and values of every wrong kind (the fuzzing below).
+FIELDS = ["session_id", "model_id", "seq_id", "model_seq_id", "base_model", "lora_config", "optimizer_config",
+          "adam_params", "path", "kind", "sampling_session_seq_id", "sampling_session_id", "model_path", "prompt",
+          "sampling_params", "num_samples", "request_id", "tinker_path", "tags", "user_metadata", "optimizer",
+          "overwrite", "prompt_logprobs", "prompt_logprobs_last_n", "ttl_seconds", "display_name", "project_id"]
+ODD_VALUES = [None, -1, 0, 10**30, 1.5, True, "", "x" * 300, "tinker://a/b/c", [], [1, "a"], {}, {"rank": "x"},
+              {"chunks": [{"type": "encoded_text", "tokens": ["a"]}]}, {"stop": [1.5], "max_tokens": -3}]
+
+
+def test_no_body_of_any_shape_makes_a_server_error(training: Training) -> None:
+    """Every route of the training API, every field the SDK sends, values of every wrong kind (and bodies that
+    are not objects): a 4xx in the error shape, never a 5xx. Seeded: the same 1,500 requests each run."""
+    import random
+
+    session_id, model_id = a_model(training)
+    training.post("create_sampling_session", {"session_id": session_id, "sampling_session_seq_id": 0,
+                                              "base_model": DEMO_BASE_MODEL})
+    from api.training_api.router import router
+
+    routes = [r.path.removeprefix("/api/v1/") for r in router.routes if "POST" in getattr(r, "methods", ())
+              and "{" not in r.path and r.path not in ("/api/v1/forward_backward", "/api/v1/telemetry")]
+    assert len(routes) >= 15, routes
+    rng = random.Random(32)
+    valid = {"session_id": session_id, "model_id": model_id, "seq_id": 1, "base_model": DEMO_BASE_MODEL}
+    answers = []
+    for _ in range(1500):
+        route = rng.choice(routes)
+        body: Any = dict(valid) if rng.random() < 0.5 else {}
+        for field in rng.sample(FIELDS, rng.randint(1, 4)):
+            body[field] = rng.choice(ODD_VALUES)
+        if rng.random() < 0.05:
+            body = rng.choice([[], "x", 3, None])
+        answer = training.post(route, body)
+        answers.append(answer.status_code)
+        assert answer.status_code < 500, (route, body, answer.text)
+        if answer.status_code >= 400:
+            assert answer.json()["error"]["message"], (route, body, answer.text)
+    for query in ("limit=abc", "offset=x", "limit=1e9", "limit=-5"):
+        for listing in ("training_runs", "checkpoints", "sessions"):
+            answer = training.client.get(f"/api/v1/{listing}?{query}", headers={"X-API-Key": f"tml-{training.key}"})
+            assert 400 <= answer.status_code < 500 and answer.json()["error"]["message"], (listing, query, answer.text)
+    assert sum(400 <= s < 500 for s in answers) > 1000  # mostly refused, as such bodies should be
