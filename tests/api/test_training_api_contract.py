@@ -228,3 +228,32 @@ def test_no_body_of_any_shape_makes_a_server_error(training: Training) -> None:
             answer = training.client.get(f"/api/v1/{listing}?{query}", headers={"X-API-Key": f"tml-{training.key}"})
             assert 400 <= answer.status_code < 500 and answer.json()["error"]["message"], (listing, query, answer.text)
     assert sum(400 <= s < 500 for s in answers) > 1000  # mostly refused, as such bodies should be
+
+
+def test_no_forward_backward_body_makes_a_server_error(training: Training) -> None:
+    """The protobuf route: valid requests cut short, with bytes flipped, or holding odd inputs (every loss, shapes
+    and token ids that do not fit): 4xx or a queued request, never a 5xx. Seeded."""
+    import random
+
+    _, model_id = a_model(training)
+    rng = random.Random(7)
+    inputs = [{"target_tokens": [2, 3, 4]}, {"target_tokens": [2, 3, 4], "weights": [1.0, 1.0]},
+              {"target_tokens": [-1, 3, 2**31 - 1], "weights": [float("nan"), 1.0, 1.0]},
+              {"target_tokens": [2, 3, 4], "logprobs": [0.0, 0.0, 0.0], "advantages": [1.0, -1.0, 0.5]},
+              {"target_tokens": [[2, 3, 4]], "advantages": [1.0, 2.0, 3.0], "logprobs": [1.0, 1.0, 1.0]}, {}]
+    seq, statuses = 1, []
+    for _ in range(300):
+        loss = rng.choice(["cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "", "x" * 200])
+        try:
+            body = fb_body(model_id, rng.choice([seq, 0, -3, 2**31 - 1]), loss, rng.choice(inputs))
+        except (ValueError, TypeError):  # the SDK itself refuses to build it
+            continue
+        if rng.random() < 0.5:
+            cut = rng.randrange(len(body))
+            body = body[:cut] + bytes([rng.randrange(256)]) + body[cut + 1:] if rng.random() < 0.5 else body[:cut]
+        answer = training.post("forward_backward", raw=body)
+        assert answer.status_code < 500, (loss, body, answer.text)
+        statuses.append(answer.status_code)
+        if answer.status_code == 200:
+            seq += 1
+    assert statuses.count(200) >= 10 and statuses.count(400) >= 100, statuses  # both kinds were exercised
