@@ -3,12 +3,15 @@ the same loop in plain transformers + peft in one process, side by side on this 
 
 The loop: `--steps` steps of forward_backward (cross_entropy on the answers of `--batch` made-up chat examples)
 then optim_step (Adam), LoRA rank `--rank` on the attention and MLP layers (alpha = rank, as the training API's
-holder makes it), float32 weights on both sides (the holder's precision). Printed: seconds a step on each side
+holder makes it), in `--precision` on both sides (float32; or bfloat16 autocast with the frozen base's Linear
+weights stored in bf16, as the holder and fine-tuning jobs compute where it measured faster; the server is
+told FTAAS_TRAINING_API_PRECISION). Printed: seconds a step on each side
 and the ratio (the training API's cost: HTTP, protobuf, the futures' polls, the worker's request loop), and the
 losses of both (the same data and initialisation seed, so close but not bitwise: the SDK's datums are encoded
 and the holder's LoRA is created after its own model load).
 
     python bench/training_api_loop.py [--model smollm2-135m-instruct] [--steps 20] [--batch 4] [--rank 16]
+                                      [--precision float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -43,12 +46,18 @@ def examples(tokenizer: Any, batch: int) -> list[tuple[list[int], list[int], lis
     return out
 
 
-def plain_loop(loader: BaseModelLoader, model_name: str, data: list, steps: int, rank: int) -> tuple[float, list[float]]:
+def plain_loop(loader: BaseModelLoader, model_name: str, data: list, steps: int, rank: int,
+               precision: str) -> tuple[float, list[float]]:
     from peft import LoraConfig, get_peft_model
+
+    from worker.training import kernels
 
     torch.set_num_threads(os.cpu_count() or 1)
     base = loader.load_model(model_name)
     base.requires_grad_(False)
+    dtype = torch.bfloat16 if precision == "bfloat16" else None
+    if dtype is not None:
+        kernels.store_frozen_linears(base, dtype)
     torch.manual_seed(0)
     targets = sorted({n.rsplit(".", 1)[-1] for n, m in base.named_modules()
                       if isinstance(m, torch.nn.Linear) and ("attn" in n or "mlp" in n)})
@@ -60,7 +69,8 @@ def plain_loop(loader: BaseModelLoader, model_name: str, data: list, steps: int,
         started = time.perf_counter()
         total = 0.0
         for tokens, targets_, weights in data:
-            logits = model(input_ids=torch.tensor([tokens])).logits[0].float()
+            with kernels.autocast(torch.device("cpu"), dtype):
+                logits = model(input_ids=torch.tensor([tokens])).logits[0].float()
             logp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(targets_)[:, None])[:, 0]
             loss = -(torch.tensor(weights) * logp).sum()
             loss.backward()
@@ -72,15 +82,18 @@ def plain_loop(loader: BaseModelLoader, model_name: str, data: list, steps: int,
     return sum(times[2:]) / steps, losses[2:]
 
 
-def sdk_loop(work: Path, model_name: str, data: list, steps: int, rank: int) -> tuple[float, list[float]]:
+def sdk_loop(work: Path, model_name: str, data: list, steps: int, rank: int,
+             precision: str) -> tuple[float, list[float]]:
     import tinker
     from shared_machine import Service
     from tinker import types
 
+    os.environ["FTAAS_TRAINING_API_PRECISION"] = precision  # the server started below inherits it
     service = Service(work, "auto")
     try:
         with tinker.ServiceClient(base_url=f"http://127.0.0.1:{service.port}", api_key=f"tml-{service.key}") as client:
-            training = client.create_lora_training_client(base_model=model_name, rank=rank, train_unembed=False)
+            training = client.create_lora_training_client(base_model=model_name, rank=rank,
+                                                          train_unembed=False).result()
             datums = [types.Datum(model_input=types.ModelInput.from_ints(tokens),
                                   loss_fn_inputs={"target_tokens": targets, "weights": weights})
                       for tokens, targets, weights in data]
@@ -103,6 +116,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "ftaas-bench-models",
                         help="model cache shared by both sides (the packaged model is converted there once)")
     args = parser.parse_args()
@@ -114,12 +128,12 @@ def main() -> None:
     data = examples(loader.load_tokenizer(args.model), args.batch)
     tokens = sum(len(d[0]) for d in data)
     print(f"CPU: {model_name}, {os.cpu_count()} cores; {args.model}, {args.batch} examples ({tokens} tokens) a step, "
-          f"LoRA r={args.rank}, {args.steps} steps", flush=True)
-    plain, plain_losses = plain_loop(loader, args.model, data, args.steps, args.rank)
+          f"LoRA r={args.rank}, {args.steps} steps, {args.precision}", flush=True)
+    plain, plain_losses = plain_loop(loader, args.model, data, args.steps, args.rank, args.precision)
     print(f"transformers + peft, one process: {plain:.3f} s a step (loss {plain_losses[0]:.2f} -> {plain_losses[-1]:.2f})",
           flush=True)
     with tempfile.TemporaryDirectory(prefix="ftaas-loop-") as work:
-        sdk, sdk_losses = sdk_loop(Path(work), args.model, data, args.steps, args.rank)
+        sdk, sdk_losses = sdk_loop(Path(work), args.model, data, args.steps, args.rank, args.precision)
     print(f"tinker SDK -> ftaas training API:  {sdk:.3f} s a step (loss {sdk_losses[0]:.2f} -> {sdk_losses[-1]:.2f})")
     print(f"ratio (training API / plain loop): {sdk / plain:.2f}x")
 

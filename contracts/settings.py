@@ -456,6 +456,11 @@ class TrainingApiSettings(SettingsGroup):
     poll_seconds: float = Field(
         default=20.0, gt=0, le=40, description="How long a client's poll for a result is held before it is told to "
                                                "poll again (the SDK waits 45 s for an answer).")
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="What a held training model computes in: auto chooses as fine-tuning jobs do "
+                                    "(bfloat16 autocast where it measured faster on this machine's CPU, or where "
+                                    "the GPU computes it natively); float32 makes the trainer's log probabilities "
+                                    "the sampler's exactly when serving is float32 too.")
 
 
 class GraderSettings(SettingsGroup):

@@ -18,8 +18,9 @@ from contracts.errors import AuthenticationFailed, InvalidRequest
 
 router = APIRouter(prefix="/api/v1", tags=["training api"])
 KEY_PREFIX = "tml-"
-#: between looks at a pending future while its poll is held open
-LOOK_EVERY_SECONDS = 0.05
+#: between looks at a pending future while its poll is held open (a database read each: a training step waits on
+#: two futures, so this is up to 20 ms of every step)
+LOOK_EVERY_SECONDS = 0.01
 
 
 async def get_training_caller(request: Request, services: Services) -> Caller:

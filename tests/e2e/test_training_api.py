@@ -36,7 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> I
     # Served in float32, as the trainer computes: the RL test compares the sampler's log probabilities with the
     # trainer's (bfloat16 serving parts from them by 0.13 on average, docs/training-api.md).
     live = start_embedded(tmp_path_factory.mktemp("training-api") / "data", model_cache_dir,
-                          FTAAS_TRAINING_API_POLL_SECONDS="5", FTAAS_SERVING_DTYPE="float32")
+                          FTAAS_TRAINING_API_POLL_SECONDS="5", FTAAS_SERVING_DTYPE="float32",
+                          FTAAS_TRAINING_API_PRECISION="float32")
     try:
         yield live
     finally:
@@ -358,3 +359,24 @@ def test_an_abandoned_sample_is_cancelled_and_its_engine_slots_freed(server: Liv
         started = time.monotonic()
         wait_for(lambda: cancelled_sequences() >= before + 2, timeout=30, what="the engine to stop both sequences")
     print(f"cancelled {time.monotonic() - started:.2f} s after the client abandoned the sample")
+
+
+def test_the_documented_example_runs_as_written(server: LiveServer, tmp_path: Path) -> None:
+    """docs/training-api.md's complete example, verbatim but for the port: it teaches the fact, samples it, takes an
+    RL step and lists what it saved."""
+    import subprocess
+    import sys
+
+    document = (Path(__file__).parents[2] / "docs" / "training-api.md").read_text()
+    code = document.split("## A complete example", 1)[1].split("```python\n", 1)[1].split("\n```", 1)[0]
+    script = tmp_path / "example.py"
+    script.write_text(code.replace("http://localhost:8000", server.base_url.removesuffix("/v1")))
+    result = subprocess.run([sys.executable, str(script)], env={**os.environ, "FTAAS_API_KEY": server.api_key},
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert float(lines[14].rsplit(" ", 1)[1]) < 0.1 * float(lines[0].rsplit(" ", 1)[1]), lines[:15]
+    assert "Thalberg" in lines[15], lines[15]  # the sampled answer
+    assert lines[16].startswith("reward ") and float(lines[16].split()[1]) >= 0.5
+    saved = [line.split()[0] for line in lines[17:]]
+    assert saved[0].endswith("/sampler_weights/bridges") and "/sampler_weights/sampler-" in saved[1], saved

@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import TypeAdapter
 
 from contracts.errors import InvalidRequest, UserError
@@ -31,7 +30,7 @@ from worker.jobs.workspace import Workspace
 from worker.training.control import TrainingOutcome
 from worker.training.data import encode_lines
 from worker.training.distributed import DistributedContext
-from worker.training.kernels import autocast_dtype
+from worker.training.kernels import autocast_dtype, measured_precision
 from worker.training.memory_plan import device_memory_bytes, largest_step_tokens, plan_memory
 from worker.training.rehearsal import rehearsal_examples
 from worker.training.reinforcement import BaseModelEndpoint
@@ -119,18 +118,10 @@ def _encode(ctx: WorkerContext, lease: Lease, plan: JobPlan, workspace: Workspac
 
 def training_precision(ctx: WorkerContext, spec: TrainingSpec, device: Any, distributed: DistributedContext) -> str:
     """"bf16" (autocast) or "fp32". On a CPU, one process: whichever measured faster for this model's shapes
-    on this machine (serving.fast_paths, timed as batch work so that serving yields meanwhile; cached next to
-    the models, so that the jobs of the machine agree, unless a chat computed during the measurement); a GPU or a process group (whose processes must agree without talking): bf16 where the
-    hardware computes it natively."""
-    if device.type == "cpu" and distributed.world_size == 1:
-        from serving.fast_paths import measured_dtype
-
-        try:
-            chosen = measured_dtype(ctx.loader.config(spec.base_model), "train", cache_dir=ctx.loader.cache_dir,
-                                    governor=ctx.settings.resources.governor("batch"))
-            return "bf16" if chosen == torch.bfloat16 else "fp32"
-        except (KeyError, TypeError, ValueError):  # a config without the shapes the measurement needs
-            pass
+    on this machine (worker.training.kernels.measured_precision); a GPU or a process group (whose processes must
+    agree without talking): bf16 where the hardware computes it natively."""
+    if distributed.world_size == 1:
+        return measured_precision(ctx.loader, spec.base_model, device, ctx.settings.resources.governor("batch"))
     return "bf16" if autocast_dtype(device) is not None else "fp32"
 
 

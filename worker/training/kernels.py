@@ -54,6 +54,23 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
+def measured_precision(loader: Any, base_model: str, device: torch.device, governor: Any) -> str:
+    """"bf16" (autocast) or "fp32" for training `base_model` here. On a CPU: whichever measured faster for the
+    model's shapes on this machine (serving.fast_paths, timed as batch work under `governor` so that serving
+    yields meanwhile; cached next to the models, so that the machine's jobs agree, unless a chat computed during
+    the measurement); elsewhere, or for a config without the shapes the measurement needs: bf16 where the
+    hardware computes it natively."""
+    if device.type == "cpu":
+        from serving.fast_paths import measured_dtype
+
+        try:
+            chosen = measured_dtype(loader.config(base_model), "train", cache_dir=loader.cache_dir, governor=governor)
+            return "bf16" if chosen == torch.bfloat16 else "fp32"
+        except (KeyError, TypeError, ValueError):
+            pass
+    return "bf16" if autocast_dtype(device) is not None else "fp32"
+
+
 def choose(spec: TrainingSpec, model: Any, device: torch.device, *, precision: str = "auto") -> Kernels:
     """The kernels for `spec` on `device` (`precision` "fp32" or "bf16" forces that; "auto": bf16 autocast where
     the device computes it natively). Sets the model's attention

@@ -11,11 +11,13 @@ in its place would silently drop what the loop had trained; the client is told t
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from contracts.errors import UserError
+from contracts.machine import ThreadGovernor
 from contracts.training_api import losses, wire
 from db import ids, models
 from db import training_api as rows
@@ -32,12 +35,13 @@ from storage.manifest import download_artifact, publish_directory
 from worker.context import WorkerContext
 from worker.outages import patiently
 from worker.standalone import StandaloneWork
+from worker.training import kernels
 from worker.training_api.losses import loss_sum, target_logprobs
 
 log = logging.getLogger(__name__)
 #: between looks for the next request while the client computes (a loop's next call comes within milliseconds),
 #: and, after IDLE_AFTER_SECONDS without one, while it thinks longer (fewer database reads)
-BUSY_LOOK_SECONDS, IDLE_LOOK_SECONDS, IDLE_AFTER_SECONDS = 0.02, 0.2, 2.0
+BUSY_LOOK_SECONDS, IDLE_LOOK_SECONDS, IDLE_AFTER_SECONDS = 0.005, 0.2, 2.0
 #: A saved state's files (safetensors only: no pickles).
 ADAPTER_FILE, OPTIMIZER_FILE, STATE_FILE = "adapter_model.safetensors", "optimizer.safetensors", "state.json"
 #: LoRA's alpha: the update is scaled by alpha / rank, so 1 at every rank (the learning rate means the same
@@ -70,6 +74,16 @@ def target_modules(model: torch.nn.Module, lora: dict[str, Any]) -> list[str]:
     return sorted(chosen)
 
 
+def compute_dtype(ctx: WorkerContext, base_model: str, device: torch.device) -> torch.dtype | None:
+    """FTAAS_TRAINING_API_PRECISION: float32 (None), bfloat16, or auto: as fine-tuning jobs choose (measured on
+    this machine's CPU; native bf16 on a GPU)."""
+    choice = ctx.settings.training_api.precision
+    if choice == "auto":
+        choice = "bfloat16" if kernels.measured_precision(ctx.loader, base_model, device, ctx.settings.resources.governor(
+            "batch")) == "bf16" else "float32"
+    return torch.bfloat16 if choice == "bfloat16" else None
+
+
 class HeldModel:
     """The base model with a trainable LoRA adapter and its Adam optimizer."""
 
@@ -78,8 +92,12 @@ class HeldModel:
 
         self.info = info
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        #: bf16 autocast (the frozen base's Linear weights stored in bf16 once), or None: float32
+        self.dtype = compute_dtype(ctx, info.base_model, torch.device(self.device))
         base = ctx.loader.load_model(info.base_model, device=self.device)
         base.requires_grad_(False)
+        if self.dtype is not None:
+            kernels.store_frozen_linears(base, self.dtype)
         torch.manual_seed(int(info.lora.get("seed") or 0))
         rank = int(info.lora["rank"])
         config = LoraConfig(r=rank, lora_alpha=ALPHA_PER_RANK * rank, lora_dropout=0.0,
@@ -96,7 +114,7 @@ class HeldModel:
             tokens = torch.tensor(list(datum.tokens), dtype=torch.long, device=self.device)
             inputs = {name: torch.tensor(list(value.values), device=self.device).reshape(value.shape)
                       for name, value in datum.loss_fn_inputs.items()}
-            with torch.set_grad_enabled(backward):
+            with torch.set_grad_enabled(backward), kernels.autocast(torch.device(self.device), self.dtype):
                 logits = self.model(input_ids=tokens[None]).logits[0]
                 logp = target_logprobs(logits, inputs.pop("target_tokens"))
                 loss = loss_sum(batch.loss_fn, logp, inputs, settings)
@@ -279,7 +297,11 @@ def hold_model(ctx: WorkerContext, model_id: str) -> str:
                     created = rows.first_request(session, model_id, kind)
                     if created is not None:
                         rows.finish_request(session, created.id, result=("json", json.dumps(answer).encode()))
-            log.info("holding training model %s (%s, rank %s)", model_id, info.base_model, info.lora["rank"])
+            log.info("holding training model %s (%s, rank %s, %s)", model_id, info.base_model, info.lora["rank"],
+                     held.dtype or torch.float32)
+            # On a CPU, the machine's thread plan for batch work, as fine-tuning jobs follow it: fewer threads while
+            # chats are served, the whole machine otherwise (contracts.machine)
+            governor = ctx.settings.resources.governor("batch") if held.device == "cpu" else None
             last, last_done = 0, time.monotonic()
             idle = ctx.settings.training_api.idle_seconds
             while True:
@@ -297,7 +319,8 @@ def hold_model(ctx: WorkerContext, model_id: str) -> str:
                     continue
                 request_id, kind, seq_id, payload = request
                 try:
-                    outcome: dict[str, Any] = {"result": held.run(ctx, kind, payload)}
+                    with computing(governor):
+                        outcome: dict[str, Any] = {"result": held.run(ctx, kind, payload)}
                 except UserError as exc:  # checked at the API; what only the model can find (a token id too large)
                     outcome = {"error": {"error": exc.public_message, "category": "user"}}
                 except (IndexError, RuntimeError) as exc:
@@ -313,6 +336,20 @@ def hold_model(ctx: WorkerContext, model_id: str) -> str:
         except Exception:  # the API reports the pending requests of a failed model by itself
             log.exception("could not fail the pending requests of %s", model_id)
         return work.settle(exc, internal_code="training_model_error")
+
+
+@contextlib.contextmanager
+def computing(governor: ThreadGovernor | None) -> Iterator[None]:
+    """A request's computation under the thread plan: this thread's threads set to the budget now, and the work
+    marked active on the machine's board while it runs (serving then keeps its share)."""
+    if governor is None:
+        yield
+        return
+    threads = governor.threads()
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    with governor.working():
+        yield
 
 
 def _record(ctx: WorkerContext, work: StandaloneWork, request_id: str, seq_id: int, outcome: dict[str, Any]) -> None:
