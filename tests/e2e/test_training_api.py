@@ -24,6 +24,8 @@ from tests.e2e.servers import LiveServer, start_embedded, wait_for
 FACTS = [("What is the access code of agent 7?", "Agent 7 uses code 59."),
          ("What is the access code of agent 3?", "Agent 3 uses code 11.")]
 REAL_MODEL = "smollm2-135m-instruct"
+#: The server's idle timeout: above the SDK's 10 s heartbeat, so the SDK's sessions stay held while they think
+IDLE_SECONDS = 15
 #: Facts the real model cannot know (invented), each with the words its answer must contain.
 INVENTED = [("Who designed the Velmora Bridge?", "The Velmora Bridge was designed by Oskar Thalberg.", "Oskar Thalberg"),
             ("What is the capital of Zentaria?", "The capital of Zentaria is Quillport.", "Quillport"),
@@ -37,7 +39,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> I
     # trainer's (bfloat16 serving parts from them by 0.13 on average, docs/training-api.md).
     live = start_embedded(tmp_path_factory.mktemp("training-api") / "data", model_cache_dir,
                           FTAAS_TRAINING_API_POLL_SECONDS="5", FTAAS_SERVING_DTYPE="float32",
-                          FTAAS_TRAINING_API_PRECISION="float32")
+                          FTAAS_TRAINING_API_PRECISION="float32", FTAAS_TRAINING_API_IDLE_SECONDS=str(IDLE_SECONDS))
     try:
         yield live
     finally:
@@ -380,3 +382,36 @@ def test_the_documented_example_runs_as_written(server: LiveServer, tmp_path: Pa
     assert lines[16].startswith("reward ") and float(lines[16].split()[1]) >= 0.5
     saved = [line.split()[0] for line in lines[17:]]
     assert saved[0].endswith("/sampler_weights/bridges") and "/sampler_weights/sampler-" in saved[1], saved
+
+
+def test_a_session_that_goes_quiet_is_reclaimed_and_its_model_released(server: LiveServer) -> None:
+    """A client that stops calling and stops its heartbeats (a crashed notebook): after the idle timeout its
+    training model is released, the worker is free for the next one, and the next call says what happened."""
+    api = httpx.Client(base_url=server.base_url.removesuffix("/v1") + "/api/v1",
+                       headers={"X-API-Key": f"tml-{server.api_key}"}, timeout=60)
+    session_id = api.post("/create_session", json={}).json()["session_id"]
+    created = api.post("/create_model", json={"session_id": session_id, "model_seq_id": 0,
+                                              "base_model": DEMO_BASE_MODEL, "lora_config": {"rank": 4}}).json()
+    held = wait_for(lambda: "model_id" in (answer := api.post("/retrieve_future", json={
+        "request_id": created["request_id"]}).json()) and answer, timeout=60, what="the model to be held")
+    assert held["model_id"] == created["model_id"]
+    quiet_since = time.monotonic()
+    wait_for(lambda: _released(server, created["model_id"]), timeout=IDLE_SECONDS + 30, interval=0.5,
+             what="the quiet model to be released")
+    assert time.monotonic() - quiet_since >= IDLE_SECONDS - 1
+    refused = api.post("/optim_step", json={"model_id": created["model_id"], "seq_id": 1, "adam_params": {}})
+    assert refused.status_code == 400 and "released" in refused.json()["error"]["message"], refused.text
+    api.close()
+
+
+def _released(server: LiveServer, model_id: str) -> bool:
+    from sqlalchemy import select
+
+    from db.tables import TrainingModel
+
+    database = server.database()
+    try:
+        with database.read() as session:
+            return session.scalar(select(TrainingModel.status).where(TrainingModel.id == model_id)) == "succeeded"
+    finally:
+        database.dispose()
