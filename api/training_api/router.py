@@ -145,6 +145,7 @@ async def forward_backward(request: Request, services: Services, caller: Trainin
 @router.get("/training_runs")
 async def list_training_runs(services: Services, caller: TrainingCaller, limit: int = 20, offset: int = 0,
                              project_id: str | None = None) -> Response:
+    await caller.principal()
     if project_id is not None:  # one key, one project: the runs listed are always the key's project's
         raise InvalidRequest("project_id is not supported: a key lists its own project's runs", code="unsupported",
                              param="project_id")
@@ -227,10 +228,18 @@ async def asample(request: Request, services: Services, caller: TrainingCaller, 
     loop = asyncio.get_running_loop()
 
     async def sample() -> None:
+        # Shielded: a cancel_future arriving while the sequences are being submitted cancels them once they are
+        # (the thread submitting them cannot be interrupted).
+        starting = asyncio.ensure_future(services.run_blocking(
+            lambda: inference.start(resolved, parts, completion, loop, tokens)))
         try:
-            stream = await services.run_blocking(lambda: inference.start(resolved, parts, completion, loop, tokens))
-            results = await stream.collect()
+            stream = await asyncio.shield(starting)
+            results = await stream.collect()  # cancelled here, the stream cancels its sequences
         except asyncio.CancelledError:  # cancel_future: the request is settled already
+            if starting.done():
+                _cancel_started(starting)
+            else:
+                starting.add_done_callback(_cancel_started)
             return
         except Exception as exc:  # noqa: BLE001 - the client's future reports every failure
             message = getattr(exc, "public_message", None) or str(exc)
@@ -244,6 +253,12 @@ async def asample(request: Request, services: Services, caller: TrainingCaller, 
     _SAMPLING[request_id] = task
     task.add_done_callback(lambda _: _SAMPLING.pop(request_id, None))
     return _ok(answer)
+
+
+def _cancel_started(starting: asyncio.Future[Any]) -> None:
+    """The sequences a cancelled sample submitted (where submitting them succeeded), cancelled."""
+    if not starting.cancelled() and starting.exception() is None:
+        starting.result().cancel()
 
 
 @router.post("/cancel_future")
