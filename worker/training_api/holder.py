@@ -288,6 +288,11 @@ def hold_model(ctx: WorkerContext, model_id: str) -> str:
     patient = patiently(ctx.outages, alive=lambda: not renewal.lost.is_set())
     try:
         with renewal:
+            with ctx.db.read() as session:
+                ended = session.get(TrainingSession, info.session_id).finished_at is not None
+            if ended:  # closed while the model waited for a worker: nothing will use it
+                patient(lambda: _finish(ctx, work), "release the training model")
+                return "released"
             held = HeldModel(ctx, info)
             if info.initial_state is not None:
                 held.load_state(ctx, info.initial_state)
