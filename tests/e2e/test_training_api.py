@@ -198,58 +198,6 @@ def sdk_options(server: LiveServer, key: str | None = None) -> dict[str, str]:
     return {"base_url": server.base_url.removesuffix("/v1"), "api_key": f"tml-{key or server.api_key}"}
 
 
-def test_a_loop_on_the_real_model_teaches_facts_that_the_chat_api_then_answers(server: LiveServer) -> None:
-    """SmolLM2-135M-Instruct, the SDK's own tokenizer (get_tokenizer: the base model's files on this machine),
-    cross-entropy on the answers of three invented facts: the loss falls, and the weights saved for the sampler,
-    served by the OpenAI chat API, answer each fact, which the base model does not. The training run and its
-    checkpoints are listed by the SDK's RestClient, and another project's key sees none of them."""
-    with tinker.ServiceClient(**sdk_options(server)) as service:
-        training = service.create_lora_training_client(base_model=REAL_MODEL, rank=16, train_unembed=False).result()
-        tokenizer = training.get_tokenizer()
-        data = [supervised(tokenizer, q, a) for q, a, _ in INVENTED]
-        losses = []
-        started = time.monotonic()
-        for _ in range(15):
-            losses.append(training.forward_backward(data, "cross_entropy").result().metrics["loss:sum"])
-            training.optim_step(types.AdamParams(learning_rate=2e-3)).result()
-        seconds = (time.monotonic() - started) / 15
-        final = training.forward(data, "cross_entropy").result().metrics["loss:sum"]
-        assert final < 0.05 * losses[0], losses
-        path = training.save_weights_for_sampler("invented").result().path
-        state = training.save_state("invented-state").result().path
-
-        rest = tinker.RestClient(**sdk_options(server))
-        run = rest.get_training_run(training.model_id).result()
-        assert (run.base_model, run.lora_rank, run.corrupted) == (REAL_MODEL, 16, False)
-        assert run.last_sampler_checkpoint.tinker_path == path and run.last_checkpoint.tinker_path == state
-        listed = rest.list_checkpoints(training.model_id).result().checkpoints
-        assert [(c.checkpoint_id, c.checkpoint_type) for c in listed] == [
-            ("sampler_weights/invented", "sampler"), ("weights/invented-state", "training")]
-        assert all(c.size_bytes and c.size_bytes > 1_000_000 for c in listed)  # rank-16 factors of 30 layers
-        assert training.model_id in [r.training_run_id for r in rest.list_training_runs().result().training_runs]
-        info = rest.get_weights_info_by_tinker_path(state).result()
-        assert (info.base_model, info.lora_rank, info.train_unembed, info.train_mlp) == (REAL_MODEL, 16, False, True)
-
-    served = next(m.id for m in server.client().models.list().data if ":invented:" in m.id)
-    for question, _, words in INVENTED:
-        ask = {"messages": [{"role": "user", "content": question}], "max_tokens": 24, "temperature": 0}
-        tuned = server.client().chat.completions.create(model=served, **ask).choices[0].message.content
-        base = server.client().chat.completions.create(model=REAL_MODEL, **ask).choices[0].message.content
-        assert words in tuned and words not in base, (question, tuned, base)
-
-    stranger = tinker.RestClient(**sdk_options(server, server.create_key("training-stranger")))
-    assert stranger.list_training_runs().result().training_runs == []
-    with pytest.raises(tinker.NotFoundError):
-        stranger.list_checkpoints(training.model_id).result()
-    with pytest.raises(tinker.NotFoundError):
-        stranger.delete_checkpoint_from_tinker_path(state).result()
-    # The owner deletes the state: its files go, the run lists only the sampler weights.
-    owner = tinker.RestClient(**sdk_options(server))
-    owner.delete_checkpoint_from_tinker_path(state).result()
-    assert [c.checkpoint_type for c in owner.list_checkpoints(training.model_id).result().checkpoints] == ["sampler"]
-    print(f"real model: {seconds:.2f} s a step; loss {losses[0]:.1f} -> {final:.3f}")
-
-
 def test_an_rl_loop_on_the_real_model_raises_its_reward(server: LiveServer) -> None:
     """sample -> reward -> importance_sampling forward_backward -> optim_step, as RL loops written for the SDK do
     (save_weights_and_get_sampling_client each iteration, so the engine samples the current weights). The task:
@@ -363,9 +311,14 @@ def test_an_abandoned_sample_is_cancelled_and_its_engine_slots_freed(server: Liv
     print(f"cancelled {time.monotonic() - started:.2f} s after the client abandoned the sample")
 
 
-def test_the_documented_example_runs_as_written(server: LiveServer, tmp_path: Path) -> None:
-    """docs/training-api.md's complete example, verbatim but for the port: it teaches the fact, samples it, takes an
-    RL step and lists what it saved."""
+def test_the_documented_example_teaches_the_real_model_facts_that_the_chat_api_then_answers(
+        server: LiveServer, tmp_path: Path) -> None:
+    """docs/training-api.md's complete example, run as written but for the port: the SDK's defaults (rank 16 on
+    attention, MLP and the output layer) on SmolLM2-135M-Instruct, its own tokenizer (get_tokenizer: the base
+    model's files on this machine), cross-entropy on the answers of two invented facts; it samples, takes an RL
+    step and lists what it saved. Then: the loss fell; the weights it saved for the sampler, served by the OpenAI
+    chat API, answer each fact, which the base model does not; the SDK's RestClient describes the run and its
+    checkpoints and deletes one; another project's key sees none of it."""
     import subprocess
     import sys
 
@@ -373,15 +326,51 @@ def test_the_documented_example_runs_as_written(server: LiveServer, tmp_path: Pa
     code = document.split("## A complete example", 1)[1].split("```python\n", 1)[1].split("\n```", 1)[0]
     script = tmp_path / "example.py"
     script.write_text(code.replace("http://localhost:8000", server.base_url.removesuffix("/v1")))
+    started = time.monotonic()
     result = subprocess.run([sys.executable, str(script)], env={**os.environ, "FTAAS_API_KEY": server.api_key},
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
+    seconds = time.monotonic() - started
     lines = result.stdout.splitlines()
-    assert float(lines[14].rsplit(" ", 1)[1]) < 0.1 * float(lines[0].rsplit(" ", 1)[1]), lines[:15]
+    losses = [float(line.rsplit(" ", 1)[1]) for line in lines[:15]]
+    assert losses[-1] < 0.1 * losses[0], lines[:15]
     assert "Thalberg" in lines[15], lines[15]  # the sampled answer
     assert lines[16].startswith("reward ") and float(lines[16].split()[1]) >= 0.5
     saved = [line.split()[0] for line in lines[17:]]
-    assert saved[0].endswith("/sampler_weights/bridges") and "/sampler_weights/sampler-" in saved[1], saved
+    run_id = saved[0].removeprefix("tinker://").split("/", 1)[0]
+    assert saved[:2] == [f"tinker://{run_id}/sampler_weights/facts", f"tinker://{run_id}/weights/facts-state"], saved
+    assert saved[2].startswith(f"tinker://{run_id}/sampler_weights/sampler-"), saved  # the RL step's sampler
+
+    served = next(m.id for m in server.client().models.list().data if ":facts:" in m.id)
+    for question, _, words in INVENTED[:2]:
+        ask = {"messages": [{"role": "user", "content": question}], "max_tokens": 24, "temperature": 0}
+        tuned = server.client().chat.completions.create(model=served, **ask).choices[0].message.content
+        base = server.client().chat.completions.create(model=REAL_MODEL, **ask).choices[0].message.content
+        assert words in tuned and words not in base, (question, tuned, base)
+
+    rest = tinker.RestClient(**sdk_options(server))
+    run = rest.get_training_run(run_id).result()
+    assert (run.base_model, run.lora_rank, run.corrupted) == (REAL_MODEL, 16, False)
+    assert (run.last_sampler_checkpoint.tinker_path, run.last_checkpoint.tinker_path) == (saved[2], saved[1])
+    assert run_id in [r.training_run_id for r in rest.list_training_runs().result().training_runs]
+    listed = rest.list_checkpoints(run_id).result().checkpoints
+    assert [c.checkpoint_type for c in listed] == ["sampler", "training", "sampler"]
+    assert all(c.size_bytes and c.size_bytes > 1_000_000 for c in listed)  # rank-16 factors of 30 layers
+    info = rest.get_weights_info_by_tinker_path(saved[1]).result()
+    assert (info.base_model, info.lora_rank, info.train_unembed, info.train_mlp) == (REAL_MODEL, 16, True, True)
+
+    stranger = tinker.RestClient(**sdk_options(server, server.create_key("training-stranger")))
+    assert stranger.list_training_runs().result().training_runs == []
+    with pytest.raises(tinker.NotFoundError):
+        stranger.list_checkpoints(run_id).result()
+    with pytest.raises(tinker.NotFoundError):
+        stranger.delete_checkpoint_from_tinker_path(saved[2]).result()
+    # The owner deletes the RL step's sampler weights: the checkpoint and the model they were published as go.
+    rl_model = next(m.id for m in server.client().models.list().data if ":" + saved[2].rsplit("/", 1)[1] + ":" in m.id)
+    rest.delete_checkpoint_from_tinker_path(saved[2]).result()
+    assert [c.tinker_path for c in rest.list_checkpoints(run_id).result().checkpoints] == saved[:2]
+    assert rl_model not in [m.id for m in server.client().models.list().data]
+    print(f"the documented example on the real model: {seconds:.0f} s; loss {losses[0]:.1f} -> {losses[-1]:.3f}")
 
 
 def test_a_session_that_goes_quiet_is_reclaimed_and_its_model_released(server: LiveServer) -> None:
