@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import checkpoints, jobs
-from db.tables import Model
+from db.tables import AdapterOperation, Model, TrainingCheckpoint
 
 
 def fine_tuned_model_name(base_model: str, project_name: str, suffix: str | None, name_id: str) -> str:
@@ -40,6 +40,26 @@ def get(session: Session, project_id: str, name: str) -> Model | None:
 
 def list_for_project(session: Session, project_id: str) -> list[Model]:
     return list(session.scalars(select(Model).where(Model.project_id == project_id).order_by(Model.created_at, Model.id)))
+
+
+def provenance(session: Session, project_id: str, rows: list[Model]) -> dict[str, dict[str, str]]:
+    """Where each of the project's models came from: its fine-tuning job, the training API checkpoint it was
+    published from (the run and the tinker:// path), or the adapter operation that made it."""
+    made: dict[str, dict[str, str]] = {row.id: {"type": "fine_tuning_job", "fine_tuning_job": row.job_id}
+                                        for row in rows if row.job_id is not None}
+    names = [row.id for row in rows if row.job_id is None]
+    if names:
+        for checkpoint in session.scalars(select(TrainingCheckpoint).where(
+                TrainingCheckpoint.project_id == project_id, TrainingCheckpoint.served_model.in_(names))):
+            assert checkpoint.served_model is not None
+            made[checkpoint.served_model] = {"type": "training_api", "training_run": checkpoint.model_id,
+                                             "checkpoint": checkpoint.path}
+        for operation in session.scalars(select(AdapterOperation).where(
+                AdapterOperation.project_id == project_id, AdapterOperation.result_model.in_(names))):
+            assert operation.result_model is not None
+            made[operation.result_model] = {"type": "adapter_operation", "adapter_operation": operation.id,
+                                            "operation": operation.type}
+    return made
 
 
 def delete(session: Session, model: Model) -> None:

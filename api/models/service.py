@@ -24,8 +24,11 @@ class ModelService:
     def list(self, principal: Principal) -> list[ModelObject]:
         listed = [ModelObject(id=name, created=0, owned_by=SYSTEM_OWNER) for name in self.registry.names()]
         with self.db.read() as session:
-            for row in models.list_for_project(session, principal.project_id):
-                listed.append(ModelObject(id=row.id, created=row.created_at, owned_by=principal.project_id))
+            rows = models.list_for_project(session, principal.project_id)
+            made = models.provenance(session, principal.project_id, rows)
+            for row in rows:
+                listed.append(ModelObject(id=row.id, created=row.created_at, owned_by=principal.project_id,
+                                          base_model=row.base_model, provenance=made.get(row.id)))
         return listed
 
     def retrieve(self, principal: Principal, name: str) -> ModelObject:
@@ -34,11 +37,15 @@ class ModelService:
         with self.db.read() as session:
             row = models.get(session, principal.project_id, name)
             if row is not None:
-                return ModelObject(id=row.id, created=row.created_at, owned_by=principal.project_id)
+                return ModelObject(id=row.id, created=row.created_at, owned_by=principal.project_id,
+                                   base_model=row.base_model,
+                                   provenance=models.provenance(session, principal.project_id, [row]).get(row.id))
             checkpoint = checkpoints.by_model_name(session, principal.project_id, name)
             if checkpoint is not None:
                 return ModelObject(id=checkpoint.model_name, created=checkpoint.created_at,
-                                   owned_by=principal.project_id)
+                                   owned_by=principal.project_id, provenance={
+                                       "type": "fine_tuning_checkpoint", "fine_tuning_job": checkpoint.job_id,
+                                       "step": checkpoint.step_number})
         raise _not_found(name)
 
     def delete(self, principal: Principal, name: str) -> None:

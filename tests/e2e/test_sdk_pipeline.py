@@ -75,7 +75,12 @@ def test_upload_fine_tune_follow_and_manage_the_model(live: LiveServer) -> None:
     assert listed[0] == "ftaas-tiny" and job.fine_tuned_model in listed
     model = client.models.retrieve(job.fine_tuned_model)
     assert (model.id, model.object) == (job.fine_tuned_model, "model")
-    assert client.models.retrieve(checkpoints[-1].fine_tuned_model_checkpoint).id.endswith(":ckpt-step-3")
+    # ftaas's extensions: the base model and where the model came from (absent from base models' objects)
+    assert (model.base_model, model.provenance) == ("ftaas-tiny", {"type": "fine_tuning_job", "fine_tuning_job": job.id})
+    assert "provenance" not in client.models.retrieve("ftaas-tiny").model_dump()
+    checkpoint = client.models.retrieve(checkpoints[-1].fine_tuned_model_checkpoint)
+    assert checkpoint.id.endswith(":ckpt-step-3")
+    assert checkpoint.provenance == {"type": "fine_tuning_checkpoint", "fine_tuning_job": job.id, "step": 3}
 
     if live.kind == "embedded":  # serving runs in-process under `ftaas up`
         reply = client.chat.completions.create(model=job.fine_tuned_model, temperature=0, max_tokens=12,

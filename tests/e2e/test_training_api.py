@@ -70,6 +70,17 @@ def test_the_tinker_sdk_trains_an_adapter_whose_saved_weights_ftaas_serves(serve
     # The session closed: its model is released (a worker holds one training model at a time).
     with tinker.ServiceClient(**options) as service:
         before, after = _decoder_layers_are_served(server, service, data)
+    # What the loop saved is an ftaas model like any other: knowledge evals and adapter operations take it (run by
+    # the worker, free again now that the session has closed).
+    client = server.client()
+    tuned = next(m.id for m in client.models.list().data if ":decoder-facts:" in m.id)
+    started = [client.post("/knowledge_evals", body={"model": tuned, "suites": ["fictional_people?size=1"]},
+                           cast_to=object)["id"],
+               client.post("/adapter_operations", body={"type": "compress", "model": tuned}, cast_to=object)["id"]]
+    for route, work_id in zip(("/knowledge_evals", "/adapter_operations"), started, strict=True):
+        done = wait_for(lambda route=route, work_id=work_id: (w := client.get(f"{route}/{work_id}", cast_to=object))[
+            "status"] in ("succeeded", "failed", "cancelled") and w, timeout=180, interval=0.5, what=route)
+        assert done["status"] == "succeeded", done
     print(f"step {seconds:.3f} s; loss {losses[0]:.2f} -> {losses[-1]:.3f}; decoder-only {before:.1f} -> {after:.1f}")
 
 
@@ -113,9 +124,9 @@ def _decoder_layers_are_served(server: LiveServer, service: Any, data: list[type
         decoder.optim_step(types.AdamParams(learning_rate=2e-3)).result()
     after = decoder.forward(data, "cross_entropy").result().metrics["loss:sum"]
     assert after < 0.85 * before
-    path = decoder.save_weights_for_sampler("facts").result().path
-    assert path.startswith("tinker://") and path.endswith("/sampler_weights/facts")
-    served = [m.id for m in server.client().models.list().data if ":facts:" in m.id]
+    path = decoder.save_weights_for_sampler("decoder-facts").result().path
+    assert path.startswith("tinker://") and path.endswith("/sampler_weights/decoder-facts")
+    served = [m.id for m in server.client().models.list().data if ":decoder-facts:" in m.id]
     assert len(served) == 1
     ask = {"messages": [{"role": "user", "content": FACTS[0][0]}], "max_tokens": 12, "temperature": 0}
     tuned = server.client().chat.completions.create(model=served[0], **ask).choices[0].message.content
@@ -341,7 +352,11 @@ def test_the_documented_example_teaches_the_real_model_facts_that_the_chat_api_t
     assert saved[:2] == [f"tinker://{run_id}/sampler_weights/facts", f"tinker://{run_id}/weights/facts-state"], saved
     assert saved[2].startswith(f"tinker://{run_id}/sampler_weights/sampler-"), saved  # the RL step's sampler
 
-    served = next(m.id for m in server.client().models.list().data if ":facts:" in m.id)
+    published = next(m for m in server.client().models.list().data if m.id.startswith(f"ft:{REAL_MODEL}:")
+                     and ":facts:" in m.id)
+    assert (published.base_model, published.provenance) == (REAL_MODEL, {
+        "type": "training_api", "training_run": run_id, "checkpoint": saved[0]})
+    served = published.id
     for question, _, words in INVENTED[:2]:
         ask = {"messages": [{"role": "user", "content": question}], "max_tokens": 24, "temperature": 0}
         tuned = server.client().chat.completions.create(model=served, **ask).choices[0].message.content
