@@ -151,14 +151,13 @@ def check_fits_base(modules: dict[str, ModuleShape], base_config: dict[str, Any]
                 "down_proj": (hidden, inter)}
     for module, shape in modules.items():
         match = _MODULE.search(module)
-        if match is None and module.rsplit(".", 1)[-1] == "lm_head":
-            raise InvalidRequest("adapter operations take LoRA on the decoder layers' projections; this adapter also "
-                                 "trains the output layer (lm_head), which the engine serves but merges, compression "
-                                 "and imports do not handle yet", code="unsupported_adapter", param=param)
-        if match is None or int(match.group(1)) >= layers:
+        if module.rsplit(".", 1)[-1] == "lm_head":  # the output layer (the tinker SDK's "unembed")
+            out, fan_in = int(base_config["vocab_size"]), hidden
+        elif match is None or int(match.group(1)) >= layers:
             raise InvalidRequest(f"module {module} does not exist in the base model", code="adapter_base_mismatch",
                                  param=param)
-        out, fan_in = expected[match.group(3)]
+        else:
+            out, fan_in = expected[match.group(3)]
         if shape.out != out or shape.fan_in != fan_in:
             raise InvalidRequest(f"module {module}: the factors fit a {shape.out}x{shape.fan_in} weight, the base "
                                  f"model's is {out}x{fan_in}", code="adapter_base_mismatch", param=param)

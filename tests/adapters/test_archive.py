@@ -78,11 +78,12 @@ def test_a_well_formed_archive_unpacks_in_a_folder_or_at_the_root(tmp_path: Path
         check_fits_base(adapter, {**config, "num_hidden_layers": 2}, max_rank=32)
     with pytest.raises(InvalidRequest, match="weight, the base model's is"):
         check_fits_base(adapter, {**config, "hidden_size": 64, "num_attention_heads": 2}, max_rank=32)
-    # The output layer's LoRA (the tinker SDK's train_unembed): served, but not merged or compressed yet
+    # The output layer's LoRA (the tinker SDK's train_unembed) fits a vocabulary x hidden weight
     head = ModuleShape(out=int(config["vocab_size"]), rank=8, fan_in=int(config["hidden_size"]))
-    with pytest.raises(InvalidRequest, match=r"output layer \(lm_head\)") as refused:
-        check_fits_base({**adapter, "base_model.model.lm_head": head}, config, max_rank=32)
-    assert refused.value.code == "unsupported_adapter"
+    check_fits_base({**adapter, "base_model.model.lm_head": head}, config, max_rank=32)
+    with pytest.raises(InvalidRequest, match="lm_head: the factors fit") as refused:
+        check_fits_base({**adapter, "base_model.model.lm_head": head}, {**config, "vocab_size": 7}, max_rank=32)
+    assert refused.value.code == "adapter_base_mismatch"
 
 
 def test_path_tricks_links_and_pickles_are_refused(tmp_path: Path, make_adapter: Any) -> None:

@@ -64,3 +64,40 @@ def test_only_targeted_weights_change_and_a_misfit_adapter_writes_nothing(loader
     with pytest.raises(InvalidRequest, match="does not have"):
         export_merged(base_dir, misfit, tmp_path / "misfit")
     assert not (tmp_path / "misfit").exists()
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["own-output-layer", "tied-output-layer"])
+def test_an_output_layer_adapter_is_folded_in_and_a_tied_output_layer_untied(loader: Any, make_adapter: Any,
+                                                                              tmp_path: Path, tied: bool) -> None:
+    """LoRA on the output layer (the tinker SDK's train_unembed): the exported model computes what peft does.
+    On a base whose output layer is its input embeddings (SmolLM2's case; here the demo model made so), the
+    export unties them: its own output layer, the embeddings unchanged, `tie_word_embeddings` false."""
+    import json
+    import shutil
+
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+
+    base_dir = Path(loader.resolve(DEMO_BASE_MODEL)[0])
+    if tied:
+        tied_dir = tmp_path / "tied-base"
+        shutil.copytree(base_dir, tied_dir)
+        tensors = load_file(str(tied_dir / "model.safetensors"))
+        del tensors["lm_head.weight"]
+        save_file(tensors, str(tied_dir / "model.safetensors"), metadata={"format": "pt"})
+        config = json.loads((tied_dir / "config.json").read_text())
+        (tied_dir / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+        base_dir = tied_dir
+    directory = make_adapter(63, r=4, targets=["q_proj", "lm_head"])
+    export_merged(base_dir, read_lora(directory), tmp_path / "merged")
+
+    ids = torch.tensor([AutoTokenizer.from_pretrained(base_dir)(PROMPTS[0])["input_ids"]])
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                                          str(directory)).eval()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    with torch.inference_mode():
+        expected, ours = reference(ids).logits, merged(ids).logits
+    assert torch.allclose(ours, expected, atol=1e-4), (ours - expected).abs().max()
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    assert torch.equal(merged.get_input_embeddings().weight, base.get_input_embeddings().weight)
+    assert json.loads((tmp_path / "merged" / "config.json").read_text()).get("tie_word_embeddings") is False or not tied

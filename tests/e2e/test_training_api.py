@@ -70,10 +70,10 @@ def test_the_tinker_sdk_trains_an_adapter_whose_saved_weights_ftaas_serves(serve
     # The session closed: its model is released (a worker holds one training model at a time).
     with tinker.ServiceClient(**options) as service:
         before, after = _decoder_layers_are_served(server, service, data)
-    # What the loop saved is an ftaas model like any other: knowledge evals and adapter operations take it (run by
-    # the worker, free again now that the session has closed).
+    # What the loop saved with the SDK's defaults (its output layer's LoRA too) is an ftaas model like any other:
+    # knowledge evals and adapter operations take it (run by the worker, free again now the session closed).
     client = server.client()
-    tuned = next(m.id for m in client.models.list().data if ":decoder-facts:" in m.id)
+    tuned = next(m.id for m in client.models.list().data if ":whole:" in m.id)
     started = [client.post("/knowledge_evals", body={"model": tuned, "suites": ["fictional_people?size=1"]},
                            cast_to=object)["id"],
                client.post("/adapter_operations", body={"type": "compress", "model": tuned}, cast_to=object)["id"]]
