@@ -59,8 +59,10 @@ class AdapterOperationService(LeasedWorkService[AdapterOperation]):
         entry = manifest["files"].get(CONFIG)
         if entry is None:
             raise InvalidRequest(f"{name} has no adapter configuration.", code="unsupported_adapter", param=param)
-        check_lora_config(json.loads(self.store.get_bytes(found["prefix"] + CONFIG,
-                                                          sha256=entry["sha256"])), param)
+        config = check_lora_config(json.loads(self.store.get_bytes(found["prefix"] + CONFIG,
+                                                                   sha256=entry["sha256"])), param)
+        # LiNeS scales each module by its decoder layer's depth; the output layer has none
+        found["output_layer"] = "lm_head" in str(config.get("target_modules") or "")
         return found
 
     # ------------------------------------------------------------------------------------- create
@@ -90,6 +92,13 @@ class AdapterOperationService(LeasedWorkService[AdapterOperation]):
             params = {"parents": parents, "format": request.format, "name": f"{name}-{request.format}"}
         else:
             params, parents = self._checked_import(principal, request), []
+        lines = getattr(request, "lines", None)
+        if lines is not None and any(p.get("output_layer") for p in parents):
+            raise InvalidRequest("LiNeS scales each module by its decoder layer's depth; this adapter also trains the "
+                                 "output layer (lm_head), which has none: merge without lines", code="unsupported_adapter",
+                                 param="lines")
+        for parent in parents:
+            parent.pop("output_layer", None)  # checked; not part of what the worker fetches
         base_model = parents[0]["base_model"] if parents else request.base_model
         result_model = None
         if request.type != "export":

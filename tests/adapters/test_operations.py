@@ -209,3 +209,21 @@ def test_progress_is_written_at_each_stage_at_each_stage_end_and_otherwise_at_mo
     progress("storing", 0, 1)
     assert written == [{"stage": "downloading", "done": 0, "total": 1}, {"stage": "exporting", "done": 1, "total": 200},
                        {"stage": "exporting", "done": 200, "total": 200}, {"stage": "storing", "done": 0, "total": 1}]
+
+
+def test_output_layer_adapters_merge_and_serve_and_lines_is_refused_for_them(live: Any, make_adapter: Any) -> None:
+    """LoRA on the output layer (what the training API trains by default) is a module like the others: a merge
+    keeps it and serves; LiNeS, which scales by decoder-layer depth, is refused at creation for it. The merged
+    model's provenance names the operation."""
+    head = live.register(make_adapter(83, r=4, targets=["q_proj", "lm_head"]), "head")
+    plain = live.register(make_adapter(84, r=4), "plain")
+    with http(live) as client:
+        merged = run(live, client, {"type": "merge", "models": [head, plain], "suffix": "with-head"})
+        assert reply(live, merged["model"]) != reply(live, plain)
+        refused = client.post("/adapter_operations", json={"type": "merge", "models": [head, plain],
+                                                            "lines": {"alpha": 0.5, "beta": 0.5}})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "lines", refused.text
+        assert refused.json()["error"]["code"] == "unsupported_adapter"
+        model = client.get(f"/models/{merged['model']}").json()
+        assert model["provenance"] == {"type": "adapter_operation", "adapter_operation": merged["id"],
+                                       "operation": "merge"}
