@@ -248,6 +248,10 @@ def test_models_lists_base_and_fine_tuned_and_deletes_a_fine_tuned_one(embedded:
     page.wait_for_selector(f"tr[data-model='{job.fine_tuned_model}']")
     assert page.query_selector("tr[data-model='ftaas-tiny']") and not page.query_selector(
         "tr[data-model='ftaas-tiny'] button")  # base models cannot be deleted
+    # where the model came from: its job, linked to the job's page
+    made = page.inner_text(f"tr[data-model='{job.fine_tuned_model}'] td.provenance")
+    assert made == f"job {job.id}", made
+    assert page.get_attribute(f"tr[data-model='{job.fine_tuned_model}'] td.provenance a", "href") == f"#/jobs/{job.id}"
     _screenshot(page, "models", tmp_path)
     page.click(f"button[aria-label='Delete {job.fine_tuned_model}']")
     page.wait_for_selector(f"#models-result:has-text('Deleted {job.fine_tuned_model}')")

@@ -872,6 +872,22 @@
 
 
   // -------------------------------------------------------------------------------------------- models
+  /** Where a fine-tuned model came from (the API's `provenance`), as text with a link where the console has a page. */
+  function madeBy(model) {
+    const made = model.provenance;
+    if (!made) return "";
+    if (made.type === "fine_tuning_job" || made.type === "fine_tuning_checkpoint") {
+      const step = made.type === "fine_tuning_checkpoint" ? ` (checkpoint at step ${made.step})` : "";
+      return el("span", {}, "job ", el("a", { href: `#/jobs/${encodeURIComponent(made.fine_tuning_job)}` },
+                                       made.fine_tuning_job), step);
+    }
+    if (made.type === "adapter_operation") {
+      return el("span", {}, `${made.operation} `, el("a", { href: "#/adapters" }, made.adapter_operation));
+    }
+    if (made.type === "training_api") return `training API run ${made.training_run} (${made.checkpoint})`;
+    return made.type;
+  }
+
   async function modelsView() {
     const rows = el("tbody");
     const result = el("p", { id: "models-result", role: "status" });
@@ -879,7 +895,7 @@
       el("p", { class: "muted" }, "Base models are the installation's; fine-tuned models are this project's."),
       result,
       el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, el("tr", {},
-        ["Model", "Owner", "Created", ""].map((name) => el("th", { scope: "col" }, name)))), rows)));
+        ["Model", "Owner", "Made by", "Created", ""].map((name) => el("th", { scope: "col" }, name)))), rows)));
     const remove = (id) => async () => {
       if (!window.confirm(`Delete ${id}? Its adapter is deleted too; jobs keep their records.`)) return;
       try {
@@ -897,7 +913,8 @@
         return el("tr", { "data-model": m.id },
           el("td", {}, el("a", { href: `#/playground?left=${encodeURIComponent(m.id)}&right=${encodeURIComponent(m.id)}`,
                                  title: "Open in the playground" }, m.id)),
-          el("td", {}, base ? "installation (base model)" : m.owned_by), el("td", {}, when(m.created)),
+          el("td", {}, base ? "installation (base model)" : m.owned_by), el("td", { class: "provenance" }, madeBy(m)),
+          el("td", {}, when(m.created)),
           el("td", {}, base ? "" : el("div", { class: "actions" },
             el("a", { href: `#/adapters?model=${encodeURIComponent(m.id)}`, "aria-label": `Merge, compress or export ${m.id}` },
               "Merge, compress, export"),
