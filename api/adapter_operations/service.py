@@ -53,8 +53,8 @@ class AdapterOperationService(LeasedWorkService[AdapterOperation]):
                                      code="model_not_adapter", param=param)
             raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
                            code="model_not_found", param=param)
-        found = {"model": name, "base_model": location.base_model, "prefix": location.storage_prefix,
-                 "manifest_sha256": location.manifest_sha256}
+        found: dict[str, Any] = {"model": name, "base_model": location.base_model, "prefix": location.storage_prefix,
+                                 "manifest_sha256": location.manifest_sha256}
         manifest = read_manifest(self.store, found["prefix"], found["manifest_sha256"])
         entry = manifest["files"].get(CONFIG)
         if entry is None:
