@@ -42,6 +42,12 @@ def get_session(session: Session, project_id: str, session_id: str) -> TrainingS
                                                         TrainingSession.project_id == project_id))
 
 
+def sessions_active_at(session: Session, session_ids: list[str]) -> dict[str, float]:
+    """When each of these sessions last saw a request or a heartbeat."""
+    return dict(session.execute(select(TrainingSession.id, TrainingSession.active_at)
+                                .where(TrainingSession.id.in_(session_ids))).tuples().all())
+
+
 def sessions_page(session: Session, project_id: str, *, limit: int, offset: int) -> list[TrainingSession]:
     """A project's sessions, newest first."""
     return list(session.scalars(select(TrainingSession).where(TrainingSession.project_id == project_id).order_by(
@@ -173,9 +179,18 @@ def get_checkpoint(session: Session, project_id: str, path: str) -> TrainingChec
 
 def checkpoints_of(session: Session, project_id: str, model_id: str) -> list[TrainingCheckpoint]:
     """A training model's checkpoints, oldest first."""
-    return list(session.scalars(select(TrainingCheckpoint).where(
-        TrainingCheckpoint.project_id == project_id, TrainingCheckpoint.model_id == model_id)
-        .order_by(TrainingCheckpoint.created_at, TrainingCheckpoint.id)))
+    return checkpoints_of_models(session, project_id, [model_id]).get(model_id, [])
+
+
+def checkpoints_of_models(session: Session, project_id: str,
+                          model_ids: list[str]) -> dict[str, list[TrainingCheckpoint]]:
+    """The checkpoints of each of these training models, oldest first, in one query."""
+    found: dict[str, list[TrainingCheckpoint]] = {}
+    for row in session.scalars(select(TrainingCheckpoint).where(
+            TrainingCheckpoint.project_id == project_id, TrainingCheckpoint.model_id.in_(model_ids))
+            .order_by(TrainingCheckpoint.created_at, TrainingCheckpoint.id)):
+        found.setdefault(row.model_id, []).append(row)
+    return found
 
 
 def checkpoints_page(session: Session, project_id: str, *, limit: int,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.models.service import ModelService
+from api.pagination import check_limit
 from basemodels.registry import BaseModelRegistry
 from contracts.errors import InvalidRequest, NotFound, QuotaExceeded
 from contracts.inference.backend import ChoiceResult, TokenSampling
@@ -84,7 +85,7 @@ class TrainingApiService:
             self._session(session, principal, session_id)
             rows.finish_session(session, session_id)
 
-    def list_sessions(self, principal: Principal, limit: Any, offset: Any) -> dict[str, Any]:
+    def list_sessions(self, principal: Principal, limit: int, offset: int) -> dict[str, Any]:
         limit, offset = _page(limit, offset)
         with self.db.read() as session:
             return {"sessions": [s.id for s in rows.sessions_page(session, principal.project_id, limit=limit,
@@ -168,17 +169,17 @@ class TrainingApiService:
         return found
 
     # ------------------------------------------------------- training runs and checkpoints (the RestClient)
-    def list_training_runs(self, principal: Principal, limit: Any, offset: Any) -> dict[str, Any]:
+    def list_training_runs(self, principal: Principal, limit: int, offset: int) -> dict[str, Any]:
         """The project's training models as the SDK's training runs, newest first."""
         limit, offset = _page(limit, offset)
         with self.db.read() as session:
             page, total = rows.models_page(session, principal.project_id, limit=limit, offset=offset)
-            runs = [self._run(session, principal, model) for model in page]
+            runs = self._runs(session, principal, page)
         return {"training_runs": runs, "cursor": {"offset": offset, "limit": limit, "total_count": total}}
 
     def get_training_run(self, principal: Principal, run_id: str) -> dict[str, Any]:
         with self.db.read() as session:
-            return self._run(session, principal, self._model(session, principal, run_id))
+            return self._runs(session, principal, [self._model(session, principal, run_id)])[0]
 
     def list_checkpoints(self, principal: Principal, run_id: str) -> dict[str, Any]:
         """A training run's checkpoints (states and sampler weights), oldest first."""
@@ -187,7 +188,7 @@ class TrainingApiService:
             return {"checkpoints": [_checkpoint(c) for c in rows.checkpoints_of(session, principal.project_id,
                                                                                  model.id)]}
 
-    def list_user_checkpoints(self, principal: Principal, limit: Any, offset: Any) -> dict[str, Any]:
+    def list_user_checkpoints(self, principal: Principal, limit: int, offset: int) -> dict[str, Any]:
         """Every checkpoint of the project, newest first."""
         limit, offset = _page(limit, offset)
         with self.db.read() as session:
@@ -233,16 +234,22 @@ class TrainingApiService:
         else:
             self.store.delete_prefix(prefix)
 
-    def _run(self, session: Any, principal: Principal, model: TrainingModel) -> dict[str, Any]:
-        checkpoints = rows.checkpoints_of(session, principal.project_id, model.id)
-        owner = rows.get_session(session, principal.project_id, model.session_id)
-        last = {kind: next((_checkpoint(c) for c in reversed(checkpoints) if c.kind == kind), None)
-                for kind in ("weights", "sampler_weights")}
-        return {"training_run_id": model.id, "base_model": model.base_model, "model_owner": principal.project_name,
+    def _runs(self, session: Any, principal: Principal, models: list[TrainingModel]) -> list[dict[str, Any]]:
+        """Training models as the SDK's training runs (their checkpoints and sessions read in one query each)."""
+        checkpoints = rows.checkpoints_of_models(session, principal.project_id, [m.id for m in models])
+        active_at = rows.sessions_active_at(session, [m.session_id for m in models])
+        runs = []
+        for model in models:
+            saved = checkpoints.get(model.id, [])
+            last = {kind: next((_checkpoint(c) for c in reversed(saved) if c.kind == kind), None)
+                    for kind in ("weights", "sampler_weights")}
+            runs.append({
+                "training_run_id": model.id, "base_model": model.base_model, "model_owner": principal.project_name,
                 "is_lora": True, "lora_rank": model.lora["rank"], "corrupted": model.status == WorkStatus.FAILED.value,
-                "last_request_time": _iso(owner.active_at if owner is not None else model.created_at),
+                "last_request_time": _iso(active_at.get(model.session_id, model.created_at)),
                 "last_checkpoint": last["weights"], "last_sampler_checkpoint": last["sampler_weights"],
-                "user_metadata": None}
+                "user_metadata": None})
+        return runs
 
     # ------------------------------------------------------------------------------------ requests
     def forward_backward(self, principal: Principal, body: bytes) -> dict[str, Any]:
@@ -292,9 +299,7 @@ class TrainingApiService:
 
     def save_weights(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
         """The training state (adapter and optimizer) under a name: what load_weights restores."""
-        if body.get("ttl_seconds") is not None:
-            raise InvalidRequest("checkpoint TTLs are not supported yet", code="unsupported", param="ttl_seconds")
-        _refuse_unsupported(body, "user_metadata")
+        _refuse_unsupported(body, "ttl_seconds", "user_metadata")
         payload = {"name": _checkpoint_name(body.get("path")), "overwrite": bool(body.get("overwrite"))}
         return self._submit(principal, body.get("model_id"), body.get("seq_id"), "save_weights",
                             json.dumps(payload).encode())
@@ -507,14 +512,11 @@ MAX_PAGE = 100
 CHECKPOINT_TYPES = {"weights": "training", "sampler_weights": "sampler"}
 
 
-def _page(limit: Any, offset: Any) -> tuple[int, int]:
-    try:
-        limit, offset = int(limit), int(offset)
-    except (TypeError, ValueError):
-        raise InvalidRequest("limit and offset must be integers", param="limit") from None
-    if not 1 <= limit <= MAX_PAGE or offset < 0:
-        raise InvalidRequest(f"limit must be from 1 to {MAX_PAGE} and offset non-negative", param="limit")
-    return limit, offset
+def _page(limit: int, offset: int) -> tuple[int, int]:
+    """A listing's page (the routes parse both as integers)."""
+    if offset < 0:
+        raise InvalidRequest("offset must be non-negative", param="limit")
+    return check_limit(limit, maximum=MAX_PAGE), offset
 
 
 def _iso(seconds: float) -> str:
