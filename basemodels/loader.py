@@ -20,6 +20,8 @@ from contracts.errors import InvalidRequest, NotFound
 if TYPE_CHECKING:
     from storage.base import ArtifactStore
 
+#: The models built from recipes into the cache (basemodels.cache), by their registry source.
+BUILTINS = {tiny.BUILTIN_SOURCE: tiny, smollm2.BUILTIN_SOURCE: smollm2}
 #: Files copied from an s3:// model directory; anything else (pickles, code) is ignored.
 _MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".tiktoken")
 
@@ -40,10 +42,8 @@ class BaseModelLoader:
         if model is None:
             raise NotFound(f"base model {name!r} is not registered", code="model_not_found", param="model")
         source = model.source
-        if source == tiny.BUILTIN_SOURCE:
-            return str(tiny.ensure_built(self.cache_dir)), None
-        if source == smollm2.BUILTIN_SOURCE:
-            return str(smollm2.ensure_built(self.cache_dir)), None
+        if source in BUILTINS:
+            return str(BUILTINS[source].ensure_built(self.cache_dir)), None
         parsed = urlparse(source)
         if parsed.scheme == "file":
             return unquote(parsed.path), None
@@ -61,9 +61,8 @@ class BaseModelLoader:
         model = self.registry.get(name)
         if model is None:
             return name
-        builtins = {tiny.BUILTIN_SOURCE: tiny.RECIPE_VERSION, smollm2.BUILTIN_SOURCE: smollm2.RECIPE_VERSION}
-        if model.source in builtins:
-            folder = self.cache_dir / "builtin" / builtins[model.source]
+        if model.source in BUILTINS:
+            folder = self.cache_dir / "builtin" / BUILTINS[model.source].RECIPE_VERSION
             return str(folder) if (folder / RECIPE_FILE).exists() else name
         parsed = urlparse(model.source)
         if parsed.scheme == "file":

@@ -43,8 +43,9 @@ class AdapterOperationService(LeasedWorkService[AdapterOperation]):
         self.max_rank = max_rank
 
     # ------------------------------------------------------------------------------------ parents
-    def _parent(self, principal: Principal, name: str, param: str) -> dict[str, Any]:
-        """A fine-tuned model or checkpoint of the project, as the worker will fetch it."""
+    def _parent(self, principal: Principal, name: str, param: str, *, lines: bool = False) -> dict[str, Any]:
+        """A fine-tuned model or checkpoint of the project, as the worker will fetch it. `lines`: LiNeS will scale
+        its modules by decoder-layer depth, which an output-layer (lm_head) LoRA has none of (refused)."""
         with self.db.read() as session:
             location = models.find_adapter(session, principal.project_id, name)
         if location is None:
@@ -53,23 +54,26 @@ class AdapterOperationService(LeasedWorkService[AdapterOperation]):
                                      code="model_not_adapter", param=param)
             raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
                            code="model_not_found", param=param)
-        found: dict[str, Any] = {"model": name, "base_model": location.base_model, "prefix": location.storage_prefix,
-                                 "manifest_sha256": location.manifest_sha256}
+        found = {"model": name, "base_model": location.base_model, "prefix": location.storage_prefix,
+                 "manifest_sha256": location.manifest_sha256}
         manifest = read_manifest(self.store, found["prefix"], found["manifest_sha256"])
         entry = manifest["files"].get(CONFIG)
         if entry is None:
             raise InvalidRequest(f"{name} has no adapter configuration.", code="unsupported_adapter", param=param)
         config = check_lora_config(json.loads(self.store.get_bytes(found["prefix"] + CONFIG,
                                                                    sha256=entry["sha256"])), param)
-        # LiNeS scales each module by its decoder layer's depth; the output layer has none
-        found["output_layer"] = "lm_head" in str(config.get("target_modules") or "")
+        if lines and "lm_head" in str(config.get("target_modules") or ""):
+            raise InvalidRequest("LiNeS scales each module by its decoder layer's depth; this adapter also trains the "
+                                 "output layer (lm_head), which has none: merge without lines", code="unsupported_adapter",
+                                 param="lines")
         return found
 
     # ------------------------------------------------------------------------------------- create
     def create(self, principal: Principal, request: Any) -> AdapterOperation:
         params: dict[str, Any]
         if isinstance(request, MergeRequest):
-            parents = [self._parent(principal, name, f"models.{i}") for i, name in enumerate(request.models)]
+            parents = [self._parent(principal, name, f"models.{i}", lines=request.lines is not None)
+                       for i, name in enumerate(request.models)]
             bases = {p["base_model"] for p in parents}
             if len(bases) > 1:
                 raise InvalidRequest(f"The models are fine-tunes of different base models ({', '.join(sorted(bases))}); "
@@ -80,7 +84,7 @@ class AdapterOperationService(LeasedWorkService[AdapterOperation]):
                       "majority_sign": request.majority_sign, "seed": request.seed, "rank": request.rank,
                       "lines": request.lines.model_dump() if request.lines else None}
         elif request.type == "lines":
-            parents = [self._parent(principal, request.model, "model")]
+            parents = [self._parent(principal, request.model, "model", lines=True)]
             params = {"parents": parents, "weights": [1.0], "method": "linear",
                       "lines": request.lines.model_dump()}
         elif request.type == "compress":
@@ -92,13 +96,6 @@ class AdapterOperationService(LeasedWorkService[AdapterOperation]):
             params = {"parents": parents, "format": request.format, "name": f"{name}-{request.format}"}
         else:
             params, parents = self._checked_import(principal, request), []
-        lines = getattr(request, "lines", None)
-        if lines is not None and any(p.get("output_layer") for p in parents):
-            raise InvalidRequest("LiNeS scales each module by its decoder layer's depth; this adapter also trains the "
-                                 "output layer (lm_head), which has none: merge without lines", code="unsupported_adapter",
-                                 param="lines")
-        for parent in parents:
-            parent.pop("output_layer", None)  # checked; not part of what the worker fetches
         base_model = parents[0]["base_model"] if parents else request.base_model
         result_model = None
         if request.type != "export":
