@@ -12,6 +12,7 @@ rules: LoRA factor names, one A and one B per module, ranks that match the confi
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,15 @@ def pattern_value(patterns: dict[str, Any], name: str, default: Any) -> Any:
         if re.match(rf"(.*\.)?({pattern})$", name):
             return value
     return default
+
+
+def lora_scale(config: dict[str, Any], module: str, rank: int) -> float:
+    """The factor PEFT multiplies a LoRA module's B @ A by: alpha / rank, or alpha / sqrt(rank) with rsLoRA; alpha
+    is the module's `alpha_pattern` entry, else `lora_alpha`, else `r`."""
+    default = config.get("lora_alpha")
+    alpha = float(pattern_value(config.get("alpha_pattern") or {}, module,
+                                default if default is not None else config.get("r", 8)))
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
 
 def _unsupported(message: str, param: str) -> InvalidRequest:

@@ -18,7 +18,6 @@ A module targeted by some parents only is merged with zero updates for the other
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from adapters.files import (
     check_lora_config,
     load_tensors,
     lora_module_shapes,
-    pattern_value,
+    lora_scale,
     read_config,
 )
 from adapters.merge import Factors, combine, concat_factors, dense_svd, lines_factors, lowrank_svd
@@ -69,18 +68,13 @@ def read_lora(directory: Path, *, param: str = "adapters") -> LoraAdapter:
         raise InvalidRequest(f"the adapter files cannot be read: {exc}", code="invalid_adapter",
                              param=param) from None
     lora_module_shapes(config, {name: tuple(t.shape) for name, t in tensors.items()}, param=param)
-    rank_default, alpha_default = int(config.get("r", 8)), config.get("lora_alpha")
     modules = {}
     for name in sorted(tensors):
         if not name.endswith(".lora_A.weight"):
             continue
         module = name.removesuffix(".lora_A.weight")
         a, b = tensors[name].float(), tensors[f"{module}.lora_B.weight"].float()
-        rank = int(a.shape[0])
-        alpha = float(pattern_value(config.get("alpha_pattern") or {}, module,
-                                    alpha_default if alpha_default is not None else rank_default))
-        scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-        modules[module] = Factors(b * scale, a)
+        modules[module] = Factors(b * lora_scale(config, module, int(a.shape[0])), a)
     return LoraAdapter(config, modules)
 
 

@@ -7,13 +7,12 @@ the summed rank (serving.adapter_weights.compose), so they are exact and cost no
 
 from __future__ import annotations
 
-import math
 import re
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from adapters.files import pattern_value
+from adapters.files import lora_scale
 from contracts.errors import InvalidRequest
 from serving.adapter_weights import AdapterWeights, GroupFactors, mismatch, unsupported
 
@@ -49,9 +48,6 @@ def read_lora(config: dict[str, Any], tensors: dict[str, torch.Tensor], forward:
         if module not in forward.module_group or layer >= g.layers:
             raise mismatch(f"adapter tensor {name!r} targets a module the base model does not have")
         modules.setdefault((layer, module), {})[part] = tensor
-    use_rslora = bool(config.get("use_rslora"))
-    alpha_default = float(config.get("lora_alpha", config.get("r", 8)))
-    alpha_pattern: dict[str, float] = config.get("alpha_pattern") or {}
 
     layers: list[dict[str, GroupFactors]] = [{} for _ in range(g.layers)]
     uses_dora = False
@@ -85,8 +81,7 @@ def read_lora(config: dict[str, Any], tensors: dict[str, torch.Tensor], forward:
                                          f"do not fit the base model ({out}x{fan_in})",
                                          code="adapter_base_mismatch", param="model")
                 block = "self_attn" if forward.module_group[module] in ("qkv", "o") else "mlp"
-                alpha = float(pattern_value(alpha_pattern, f"model.layers.{layer}.{block}.{module}", alpha_default))
-                scale = alpha / math.sqrt(rank) if use_rslora else alpha / rank
+                scale = lora_scale(config, f"model.layers.{layer}.{block}.{module}", rank)
                 a_blocks.append(a.T)
                 b_full[offset:offset + rank, out_offset:out_offset + out] = b.T * scale
                 if "lora_magnitude_vector" in part:
@@ -126,9 +121,7 @@ def _unembed(config: dict[str, Any], head: dict[str, torch.Tensor], forward: Lla
     if rank > max_rank:
         raise InvalidRequest(f"adapter rank {rank} exceeds the served maximum {max_rank} "
                              "(FTAAS_SERVING_MAX_LORA_RANK)", code="adapter_rank_too_high", param="model")
-    alpha = float(pattern_value(config.get("alpha_pattern") or {}, "lm_head",
-                                float(config.get("lora_alpha", config.get("r", 8)))))
-    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    scale = lora_scale(config, "lm_head", rank)
     # Kept in float32: the products are one row per sequence and step, and the logits are float32.
     device = forward.device
     return GroupFactors(a=a.T.contiguous().to(device), b=(b.T * scale).contiguous().to(device), magnitude=None)

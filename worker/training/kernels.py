@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from basemodels.loader import BaseModelLoader
+from contracts.machine import ThreadGovernor
 from contracts.training.spec import TrainingSpec
 from worker.training import attention
 from worker.training.loss import head_computes_logits
@@ -54,7 +56,8 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
-def measured_precision(loader: Any, base_model: str, device: torch.device, governor: Any) -> str:
+def measured_precision(loader: BaseModelLoader, base_model: str, device: torch.device,
+                       governor: ThreadGovernor) -> str:
     """"bf16" (autocast) or "fp32" for training `base_model` here. On a CPU: whichever measured faster for the
     model's shapes on this machine (serving.fast_paths, timed as batch work under `governor` so that serving
     yields meanwhile; cached next to the models, so that the machine's jobs agree, unless a chat computed during
