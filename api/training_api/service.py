@@ -116,7 +116,7 @@ class TrainingApiService:
         if _object(body, "optimizer_config").get("type", "adamw") != "adamw":
             raise InvalidRequest("only Adam (adamw) is supported", code="unsupported_optimizer",
                                  param="optimizer_config")
-        lora = _object(body, "lora_config")
+        lora = _object(body, "lora_config", known=("rank", "seed", "train_unembed", "train_mlp", "train_attn"))
         rank = lora.get("rank", 32)
         if not isinstance(rank, int) or not 1 <= rank <= self.max_rank:
             raise InvalidRequest(f"lora_config.rank must be an integer from 1 to {self.max_rank}",
@@ -416,7 +416,7 @@ class TrainingApiService:
                                    or not 1 <= last_n <= len(tokens) - 1):
             raise InvalidRequest("prompt_logprobs_last_n needs prompt_logprobs and is from 1 to the prompt's length - 1",
                                  param="prompt_logprobs_last_n")
-        params = _object(body, "sampling_params")
+        params = _object(body, "sampling_params", known=("max_tokens", "seed", "stop", "temperature", "top_k", "top_p"))
         stop = params.get("stop")
         stop_strings: list[str] | str | None = stop
         stop_ids: tuple[int, ...] = ()
@@ -530,13 +530,17 @@ def _checkpoint(row: TrainingCheckpoint) -> dict[str, Any]:
             "expires_at": None}
 
 
-def _object(body: dict[str, Any], name: str) -> dict[str, Any]:
-    """An object field of a body (absent or null: empty); anything else is a 400 naming it."""
+def _object(body: dict[str, Any], name: str, *, known: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """An object field of a body (absent or null: empty); anything else, or a field outside `known`, is a 400
+    naming it (nothing sent is silently dropped)."""
     value = body.get(name)
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise InvalidRequest(f"{name} must be an object", param=name)
+    for field in value:
+        if known is not None and field not in known:
+            raise InvalidRequest(f"{name} has no field {field!r} (it has {', '.join(known)})", param=f"{name}.{field}")
     return value
 
 

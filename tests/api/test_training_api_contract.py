@@ -81,6 +81,8 @@ def test_bad_requests_are_refused_by_name_before_anything_is_queued(training: Tr
                                "user_metadata": {"run": "a"}}, "user_metadata"),
              ("create_model", {"session_id": session_id, "base_model": DEMO_BASE_MODEL,
                                "optimizer_config": {"type": "sgd"}}, "optimizer_config"),
+             ("create_model", {"session_id": session_id, "base_model": DEMO_BASE_MODEL,
+                               "lora_config": {"rank": 8, "alpha": 16}}, "lora_config.alpha"),
              ("create_session", {"display_name": "mine"}, "display_name")]
     for path, body, param in cases:
         refused = training.post(path, body)

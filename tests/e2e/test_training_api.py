@@ -396,15 +396,22 @@ def test_a_session_that_goes_quiet_is_reclaimed_and_its_model_released(server: L
     session_id = api.post("/create_session", json={}).json()["session_id"]
     created = api.post("/create_model", json={"session_id": session_id, "model_seq_id": 0,
                                               "base_model": DEMO_BASE_MODEL, "lora_config": {"rank": 4}}).json()
+    quiet_since = time.monotonic()  # the session's last call (polling a future is not activity)
     held = wait_for(lambda: "model_id" in (answer := api.post("/retrieve_future", json={
         "request_id": created["request_id"]}).json()) and answer, timeout=60, what="the model to be held")
     assert held["model_id"] == created["model_id"]
-    quiet_since = time.monotonic()
     wait_for(lambda: _released(server, created["model_id"]), timeout=IDLE_SECONDS + 30, interval=0.5,
              what="the quiet model to be released")
     assert time.monotonic() - quiet_since >= IDLE_SECONDS - 1
     refused = api.post("/optim_step", json={"model_id": created["model_id"], "seq_id": 1, "adam_params": {}})
     assert refused.status_code == 400 and "released" in refused.json()["error"]["message"], refused.text
+    # A sampling parameter the engine does not know is refused by name, not dropped (the SDK's own types have
+    # none; a raw client can send one).
+    sampler = api.post("/create_sampling_session", json={"session_id": session_id, "sampling_session_seq_id": 0,
+                                                         "base_model": DEMO_BASE_MODEL}).json()["sampling_session_id"]
+    refused = api.post("/asample", json={"sampling_session_id": sampler, "num_samples": 1, "prompt": {
+        "chunks": [{"type": "encoded_text", "tokens": [1, 2]}]}, "sampling_params": {"max_tokens": 2, "min_p": 0.1}})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "sampling_params.min_p", refused.text
     api.close()
 
 
