@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts.machine import CHECK_INTERVAL_SECONDS
 from tests.e2e.servers import start_embedded, upload_processed, wait_for
 from tests.factories import training_jsonl
 
@@ -63,6 +64,10 @@ def test_a_chat_and_a_training_job_share_the_cores_and_the_job_takes_them_back_a
         talker.start()
         try:
             assert answered.wait(60)
+            # Steps that began before the chat was on the board (checked every CHECK_INTERVAL_SECONDS) may end,
+            # and be recorded, a little later: under a full suite's load one did after the first answer (a step on
+            # 2 threads inside the window). The window starts once those are recorded.
+            time.sleep(4 * CHECK_INTERVAL_SECONDS)
             started = max(threads_by_step(client, job.id))
             deadline = time.monotonic() + 4
             while time.monotonic() < deadline:
