@@ -189,11 +189,13 @@ def test_the_kernels_use_torchs_openmp_with_the_calling_threads_count(products: 
         products = kernels.load(__import__("pathlib").Path({str(tmp_path)!r}))
         runtimes = {{line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}}
         w, x = torch.randn(4096, 576).to(torch.bfloat16), torch.randn(1, 576).to(torch.bfloat16)
-        def tasks(): return len(os.listdir("/proc/self/task"))
+        def tasks(): return set(os.listdir("/proc/self/task"))
         counts = []
         def run(threads):
             set_torch_threads(threads)
-            before = tasks(); products.bf16(x, w); counts.append(tasks() - before)
+            # threads started by the call, counted by id: the previous Python thread, joined, may still be
+            # leaving /proc/self/task meanwhile (join returns before the OS thread is gone)
+            before = tasks(); products.bf16(x, w); counts.append(len(tasks() - before))
         for threads in (1, 2):
             worker = threading.Thread(target=run, args=(threads,)); worker.start(); worker.join()
         print(len(runtimes), counts)
