@@ -12,8 +12,9 @@ fp32's speed, 16 streams and the first token no slower). And for the bf16 or int
 decode kernels (serving.kernels, compiled for this CPU) compute one row faster than the library's products:
 the engine then takes them for products of few rows (`DecodeChoice`).
 
-A measurement costs 0.1-0.4 s; its result is cached per machine (CPU model, cores, torch version), model
-shapes and work in `<cache>/fast-paths.json`, so a process pays it once per machine and model. GPUs are not
+A measurement costs 0.1-0.4 s on a Zen 4 (about 1.3 s on a slow AVX2-only EPYC, where int8 weights are timed
+too); its result is cached per machine (CPU model, cores, torch version), model shapes and work in
+`<cache>/fast-paths.json`, so a process pays it once per machine and model. GPUs are not
 measured: bf16 where the device supports it.
 """
 
@@ -55,6 +56,7 @@ REPEATS = 5
 TRAIN_OUTPUTS = 4096
 #: Rows of a decode measurement's batch pass (a prompt's prefill, concurrent streams).
 BATCH_ROWS = 64
+WEIGHT_BLOCK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,17 @@ def _machine_key() -> str:
     except OSError:
         pass
     return f"{model}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+
+
+def _weights(shapes: list[tuple[int, int]], generator: torch.Generator) -> list[torch.Tensor]:
+    """Random fp32 weights of `shapes` ([out, in] each, scaled as trained weights are). A block of rows is drawn
+    and repeated: a product's time depends on the bytes it reads, not on their values, and drawing the output
+    layer's 28 M values alone took 0.3-0.6 s of a measurement that should take a few hundred milliseconds."""
+    weights = []
+    for inp, out in shapes:
+        block = torch.randn(min(out, WEIGHT_BLOCK_ROWS), inp, generator=generator) * 0.02
+        weights.append(block.repeat(-(-out // block.shape[0]), 1)[:out].contiguous())
+    return weights
 
 
 def _time(run: Callable[[], Any]) -> float:
@@ -133,7 +146,7 @@ def time_candidates(shapes: list[tuple[int, int]], work: Work, *, rows: int = 12
     generator = torch.Generator().manual_seed(0)
     if work == "train":
         shapes = [(inp, min(out, TRAIN_OUTPUTS)) for inp, out in shapes]
-    weights = [torch.randn(out, inp, generator=generator) * 0.02 for inp, out in shapes]
+    weights = _weights(shapes, generator)
     timings: dict[str, float] = {}
     with torch.inference_mode(work == "decode"):
         for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
@@ -235,8 +248,7 @@ def time_int8(shapes: list[tuple[int, int]], kernels: Products | None = None) ->
     from serving.model import Int8Weight
 
     generator = torch.Generator().manual_seed(0)
-    quantized = [Int8Weight.of((torch.randn(out, inp, generator=generator) * 0.02).to(torch.bfloat16))
-                 for inp, out in shapes]
+    quantized = [Int8Weight.of(w.to(torch.bfloat16)) for w in _weights(shapes, generator)]
     with torch.inference_mode():
         inputs = [torch.randn(1, inp, generator=generator).to(torch.bfloat16) for inp, _ in shapes]
         batch = [torch.randn(BATCH_ROWS, inp, generator=generator).to(torch.bfloat16) for inp, _ in shapes[:-1]]
