@@ -100,7 +100,8 @@ def test_the_measured_decode_precision_is_the_faster_engine_on_this_machine(real
         assert not bf16_clearly_worse, (fp32, bf16)
     else:
         assert not bf16_clearly_better, (fp32, bf16)
-    assert measuring < 3.0  # the module's 0.1-0.4 s, with room for a loaded test machine
+    # the module's 0.1-0.4 s on a Zen 4, 2.2 s alone on a slow AVX2-only VM (4.2 s in its full-suite run)
+    assert measuring < 6.0
 
 
 def test_the_measured_training_precision_is_the_faster_trainer_on_this_machine(loader: Any, tokenizer: Any,
@@ -192,8 +193,23 @@ def test_a_measurement_is_timed_as_its_kind_of_work_and_not_kept_when_the_other_
     config = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 256}
     board = ActivityBoard(tmp_path / "board")
     governor = ThreadGovernor(plan_threads(2, sharing=True), "serving", board)
-    board.mark("batch")  # a training job computes
-    fast_paths.measured_dtype(config, "decode", cache_dir=tmp_path / "contended", governor=governor)
+    import threading
+
+    measured = threading.Event()
+
+    def training_job() -> None:  # a training job computes, marking the board as its steps do (a mark ages out)
+        while not measured.is_set():
+            board.mark("batch")
+            measured.wait(0.2)
+
+    board.mark("batch")
+    job = threading.Thread(target=training_job)
+    job.start()
+    try:
+        fast_paths.measured_dtype(config, "decode", cache_dir=tmp_path / "contended", governor=governor)
+    finally:
+        measured.set()
+        job.join()
     assert board.active("serving")  # marked while it was timed
     assert not (tmp_path / "contended" / fast_paths.CACHE_FILE).exists()
     (tmp_path / "board" / "batch.active").unlink()  # the job has finished
