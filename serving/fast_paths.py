@@ -56,6 +56,7 @@ REPEATS = 5
 TRAIN_OUTPUTS = 4096
 #: Rows of a decode measurement's batch pass (a prompt's prefill, concurrent streams).
 BATCH_ROWS = 64
+#: Random rows drawn per candidate weight, repeated to its shape (`_weights`).
 WEIGHT_BLOCK_ROWS = 256
 
 
@@ -99,7 +100,7 @@ def _weights(shapes: list[tuple[int, int]], generator: torch.Generator) -> list[
     weights = []
     for inp, out in shapes:
         block = torch.randn(min(out, WEIGHT_BLOCK_ROWS), inp, generator=generator) * 0.02
-        weights.append(block.repeat(-(-out // block.shape[0]), 1)[:out].contiguous())
+        weights.append(block.repeat(-(-out // block.shape[0]), 1)[:out])  # leading rows: contiguous
     return weights
 
 
