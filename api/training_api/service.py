@@ -515,7 +515,7 @@ CHECKPOINT_TYPES = {"weights": "training", "sampler_weights": "sampler"}
 def _page(limit: int, offset: int) -> tuple[int, int]:
     """A listing's page (the routes parse both as integers)."""
     if offset < 0:
-        raise InvalidRequest("offset must be non-negative", param="limit")
+        raise InvalidRequest("offset must be non-negative", param="offset")
     return check_limit(limit, maximum=MAX_PAGE), offset
 
 

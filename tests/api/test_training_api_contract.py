@@ -154,7 +154,7 @@ def test_listings_saves_and_cancels_refuse_what_they_cannot_do_by_name(training:
     assert [r["training_run_id"] for r in runs["training_runs"]] == [model_id]
     assert runs["cursor"] == {"offset": 0, "limit": 20, "total_count": 1}
     assert runs["training_runs"][0]["last_checkpoint"] is None and not runs["training_runs"][0]["corrupted"]
-    for query, param in [("limit=0", "limit"), ("limit=101", "limit"), ("offset=-1", "limit"),
+    for query, param in [("limit=0", "limit"), ("limit=101", "limit"), ("offset=-1", "offset"),
                          ("project_id=other", "project_id")]:
         refused = training.client.get(f"/api/v1/training_runs?{query}", headers=headers)
         assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
