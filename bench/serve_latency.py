@@ -179,13 +179,23 @@ def llama_cpp_missing() -> str | None:
     return None
 
 
-def measure_llama_cpp(args: argparse.Namespace, outtype: str) -> dict[str, Any]:
+def measure_llama_cpp(args: argparse.Namespace, outtype: str, plain: bool = False) -> dict[str, Any]:
     """One stream of llama.cpp (llama-cpp-python) on a GGUF of the same weights: `args.tokens` greedy tokens
     after a fresh prefill of the same prompt (its KV cache reset, so no prefix is reused), on as many threads
-    as torch uses here."""
+    as torch uses here. `plain`: without llama.cpp's extra buffer types (its AMX and repacked weight layouts;
+    `use_extra_bufts`), for a machine where they crash (`main` retries so)."""
     import llama_cpp
     from transformers import AutoTokenizer
 
+    if plain:  # llama-cpp-python's Llama has no argument for it: its default model parameters, changed
+        defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+        def without_extra_buffers() -> Any:
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        llama_cpp.llama.llama_cpp.llama_model_default_params = without_extra_buffers  # type: ignore[attr-defined]
     model_dir = smollm2.ensure_built(CACHE)
     prompt = prompts(AutoTokenizer.from_pretrained(model_dir), 1)[0]
     llm = llama_cpp.Llama(model_path=str(gguf_file(model_dir, outtype)), n_ctx=512, n_batch=512,
@@ -202,7 +212,8 @@ def measure_llama_cpp(args: argparse.Namespace, outtype: str) -> dict[str, Any]:
 
     once(4)  # warm-up
     seconds = statistics.median(once(args.tokens) for _ in range(args.repeats))
-    return {"rows": [{"name": f"llama.cpp {llama_cpp.__version__}, {outtype} GGUF, 1 request", "streams": 1,
+    variant = ", no extra buffer types" if plain else ""
+    return {"rows": [{"name": f"llama.cpp {llama_cpp.__version__}, {outtype} GGUF{variant}, 1 request", "streams": 1,
                       "tokens_per_second": args.tokens / seconds}]}
 
 
@@ -251,7 +262,7 @@ def measure_quality(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     candidates = [("bf16", "model", False), ("int8 weights, bf16 activations", "int8", False)]
     if products is not None:
-        candidates += [("bf16, decode kernels", "model", True), ("int8 weights, decode kernels", "int8", True)]
+        candidates += [("bf16, decode kernels", "model", True), ("int8 weights, decode kernels (int8 activations)", "int8", True)]
     for label, weights, kernels in candidates:
         forward = forward_of(torch.bfloat16, weights, kernels)
         agree = total = identical = 0
@@ -293,7 +304,7 @@ def measure(args: argparse.Namespace, key: str) -> dict[str, Any]:
     kind, dtype_name, *rest = key.split(":")
     mode = rest[0] if rest else ""
     if kind == "llamacpp":
-        return measure_llama_cpp(args, dtype_name)
+        return measure_llama_cpp(args, dtype_name, plain=mode == "plain")
     if kind == "quality":
         return measure_quality(args)
     tile_rows = 64 if mode == "invariant" else 1
@@ -396,7 +407,12 @@ def main() -> int:
         done = subprocess.run([sys.executable, __file__, *forwarded, "--measure", key], capture_output=True,
                               text=True, check=False)
         if done.returncode != 0 or "\n@@" not in done.stdout:
-            print(f"  {key}: failed\n{done.stderr[-3000:]}", flush=True)
+            died = f" (killed by signal {-done.returncode})" if done.returncode < 0 else ""
+            print(f"  {key}: failed{died}\n{done.stderr[-3000:]}", flush=True)
+            if key.startswith("llamacpp:") and done.returncode < 0 and not key.endswith(":plain"):
+                # Seen: llama.cpp 0.3.36 built natively on a Xeon with AMX crashed (a protection fault in
+                # libggml-cpu) on q8_0 with its AMX weight buffers; without them it runs.
+                keys.insert(keys.index(key) + 1, key + ":plain")
             continue
         result = json.loads(done.stdout.rsplit("\n@@", 1)[1])
         for row in result.get("rows", []):

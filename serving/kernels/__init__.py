@@ -84,7 +84,10 @@ class Products:
         return None if failed else out
 
     def int8(self, x: torch.Tensor, values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
-        """(x [rows, k] @ values.T) * scales: values int8 [n, k] contiguous, scales float32 [n]; in x's dtype."""
+        """(x [rows, k] @ values.T) * scales: values int8 [n, k] contiguous, scales float32 [n]; in x's dtype. x
+        is quantized to int8 per block of 32 (scale max|x| / 127, as llama.cpp's q8_0 quantizes activations) and
+        each block's products summed exactly in int32: on a CPU without an int8 or bf16 dot product into float32
+        (AVX2) widening each weight to float32 cost more than reading it (docs/serving.md, "Decode kernels")."""
         rows, k = x.shape
         if (rows > MAX_ROWS or k % INNER_MULTIPLE or x.dtype not in _DTYPES or values.dtype != torch.int8
                 or scales.dtype != torch.float32 or x.device.type != "cpu" or not values.is_contiguous()):

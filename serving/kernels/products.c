@@ -6,8 +6,9 @@
  * measured on one row, they read weights at 17-23 GB/s where this machine streams 31-34 (docs/serving.md,
  * "Decode kernels"). Sums are in float32; each result is rounded once to the output's type.
  *
- * Weights: bfloat16, or int8 with one float scale per output row (y = scale[j] * sum x * w). Activations and
- * results: bfloat16 or float32 (`xf32`). Every function returns 0, or -1 where it cannot compute the shapes
+ * Weights: bfloat16, or int8 with one float scale per output row (y = scale[j] * sum x * w; the activations then
+ * quantized to int8 per block of 32, as llama.cpp's q8_0 multiplies). Activations and results: bfloat16 or
+ * float32 (`xf32`). Every function returns 0, or -1 where it cannot compute the shapes
  * (then the caller uses the library product). Threads: OpenMP, the process's runtime (torch's), with the
  * calling thread's thread count, so the caller's budget of threads holds here too.
  */
@@ -39,6 +40,15 @@ static inline void store(void* y, int yf32, int64_t index, float value) {
     else ((uint16_t*)y)[index] = to_bf16(value);
 }
 
+#if defined(__AVX2__)
+static inline float vsum8(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
 /* The instruction set this file was compiled for (the caller logs it). */
 const char* ftaas_products_isa(void) {
 #if defined(__AVX512BF16__)
@@ -63,28 +73,17 @@ static inline vec load_bf16(const uint16_t* p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
 static inline vec load_f32(const float* p) { return _mm512_loadu_ps(p); }
-static inline vec load_i8(const int8_t* p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
-}
 #elif defined(__AVX2__) && defined(__FMA__)
 #define LANES 8
 typedef __m256 vec;
 static inline vec vzero(void) { return _mm256_setzero_ps(); }
 static inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
-static inline float vsum(vec a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+static inline float vsum(vec a) { return vsum8(a); }
 static inline vec load_bf16(const uint16_t* p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
 static inline vec load_f32(const float* p) { return _mm256_loadu_ps(p); }
-static inline vec load_i8(const int8_t* p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
-}
 #endif
 
 /* Block of 4 activation rows (the registers of their sums): rows r0..r0+nr-1 of x, as float32 in xs. */
@@ -134,7 +133,6 @@ static inline __attribute__((always_inline)) void rows_bf16_native(const uint16_
         for (int r = 0; r < nr; r++) out[r] = vsum(vadd(acc[r][0], acc[r][1]));                              \
     }
 ROWS_CONVERTED(rows_bf16_converted, uint16_t, load_bf16)
-ROWS_CONVERTED(rows_i8, int8_t, load_i8)
 #endif
 
 /* Each row function called with a constant row count: the compiler keeps every sum in a register. */
@@ -147,10 +145,10 @@ static void to_f32(const void* x, int xf32, int64_t count, float* out) {
     else for (int64_t i = 0; i < count; i++) out[i] = from_bf16(((const uint16_t*)x)[i]);
 }
 
-/* The products that widen weights to float32 as they read them: bf16 weights (`scales` NULL) or int8 weights
- * times each output row's scale. The activations are widened once per thread. */
-static int widened_products(const void* x, int64_t rows, int xf32, const void* w, const float* scales, int64_t n,
-                            int64_t k, void* y) {
+/* The products that widen bf16 weights to float32 as they read them (a CPU without a bf16 dot product, or float32
+ * activations). The activations are widened once per thread. */
+static int widened_products(const void* x, int64_t rows, int xf32, const uint16_t* w, int64_t n, int64_t k,
+                            void* y) {
     int failed = 0;
     #pragma omp parallel reduction(|:failed)
     {
@@ -163,11 +161,9 @@ static int widened_products(const void* x, int64_t rows, int xf32, const void* w
             if (!xs) continue;
             for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
                 int nr = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
-#define WIDENED_BF16(c) rows_bf16_converted(xs + r0 * k, c, (const uint16_t*)w + j * k, k, out)
-#define WIDENED_INT8(c) rows_i8(xs + r0 * k, c, (const int8_t*)w + j * k, k, out)
-                if (scales) BY_ROWS(WIDENED_INT8, nr);
-                else BY_ROWS(WIDENED_BF16, nr);
-                for (int r = 0; r < nr; r++) store(y, xf32, (r0 + r) * n + j, scales ? out[r] * scales[j] : out[r]);
+#define WIDENED_BF16(c) rows_bf16_converted(xs + r0 * k, c, w + j * k, k, out)
+                BY_ROWS(WIDENED_BF16, nr);
+                for (int r = 0; r < nr; r++) store(y, xf32, (r0 + r) * n + j, out[r]);
             }
         }
         free(xs);
@@ -198,20 +194,108 @@ int ftaas_products_bf16(const void* x, int64_t rows, int xf32, const uint16_t* w
         return 0;
     }
 #endif
-    return widened_products(x, rows, xf32, w, NULL, n, k, y);
+    return widened_products(x, rows, xf32, w, n, k, y);
 #endif
 }
 
-/* y [rows, n] = (x [rows, k] @ w.T) * scales, w int8 [n, k], scales float32 [n]; x and y bf16, or float32
- * where xf32. k % 32 == 0. */
+#if defined(__AVX2__) && defined(__FMA__)
+/* int8 weights times int8 activations, as llama.cpp's q8_0 multiplies: the activations quantized per block of
+ * 32 (scale max|x| / 127, values rounded to nearest), each block's products summed exactly in int32, then
+ * scaled in float32. A CPU without a bf16 or int8 dot product into float32 (AVX2) spends two thirds of a
+ * widened product's instructions converting weights; this reads 32 weights per instruction instead of 8. */
+
+/* The activations' blocks, and each block's scale repeated 8 times (one per int32 lane its sums fill). */
+static void quantize_blocks(const void* x, int xf32, int64_t count, int8_t* q, float* lane_scales) {
+    for (int64_t b = 0; b < count / 32; b++) {
+        float values[32], top = 0.0f;
+        for (int i = 0; i < 32; i++) {
+            values[i] = xf32 ? ((const float*)x)[b * 32 + i] : from_bf16(((const uint16_t*)x)[b * 32 + i]);
+            top = fmaxf(top, fabsf(values[i]));
+        }
+        float inverse = top > 0.0f ? 127.0f / top : 0.0f;
+        for (int i = 0; i < 32; i++) q[b * 32 + i] = (int8_t)lrintf(values[i] * inverse);
+        for (int i = 0; i < 8; i++) lane_scales[b * 8 + i] = top / 127.0f;
+    }
+}
+
+/* Eight int32 sums of 4 products each of a block of 32: w (int8, never -128) times x (int8). The unsigned-by-
+ * signed instructions take |w| and x with w's sign. */
+static inline __m256i block_sums(__m256i w, __m256i x) {
+    __m256i magnitude = _mm256_sign_epi8(w, w), signed_x = _mm256_sign_epi8(x, w);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), magnitude, signed_x);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), magnitude, signed_x);
+#else
+    /* pairs of |w| x <= 2 * 127 * 127: no int16 saturation */
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed_x), _mm256_set1_epi16(1));
+#endif
+}
+
+static inline __attribute__((always_inline)) void rows_q8(const int8_t* xq, const float* lanes, int nr,
+                                                          const int8_t* wj, int64_t k, float* out) {
+    int64_t i = 0;
+    float partial[ROW_BLOCK] = {0};
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    __m512 wide[ROW_BLOCK];
+    for (int r = 0; r < ROW_BLOCK; r++) wide[r] = _mm512_setzero_ps();
+    for (; i + 64 <= k; i += 64) {
+        __m512i w = _mm512_loadu_si512((const void*)(wj + i));
+        __m512i magnitude = _mm512_abs_epi8(w);
+        __mmask64 negative = _mm512_movepi8_mask(w);
+        for (int r = 0; r < nr; r++) {
+            __m512i x = _mm512_loadu_si512((const void*)(xq + r * k + i));
+            __m512i signed_x = _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x);
+#if defined(__AVX512VNNI__)
+            __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), magnitude, signed_x);
+#else
+            __m512i sums = _mm512_madd_epi16(_mm512_maddubs_epi16(magnitude, signed_x), _mm512_set1_epi16(1));
+#endif
+            wide[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_loadu_ps(lanes + (r * k + i) / 4), wide[r]);
+        }
+    }
+    for (int r = 0; r < nr; r++) partial[r] = _mm512_reduce_add_ps(wide[r]);
+#endif
+    __m256 acc[ROW_BLOCK];
+    for (int r = 0; r < ROW_BLOCK; r++) acc[r] = _mm256_setzero_ps();
+    for (; i < k; i += 32) {
+        __m256i w = _mm256_loadu_si256((const __m256i*)(wj + i));
+        for (int r = 0; r < nr; r++) {
+            __m256i sums = block_sums(w, _mm256_loadu_si256((const __m256i*)(xq + r * k + i)));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_loadu_ps(lanes + (r * k + i) / 4), acc[r]);
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = partial[r] + vsum8(acc[r]);
+}
+#endif
+
+/* y [rows, n] = (q8(x) [rows, k] @ w.T) * scales, w int8 [n, k], scales float32 [n]; x and y bf16, or float32
+ * where xf32; the activations x quantized per block of 32 first (`quantize_blocks`). k % 32 == 0. -1 where this
+ * CPU has no AVX2. */
 int ftaas_products_int8(const void* x, int64_t rows, int xf32, const int8_t* w, const float* scales, int64_t n,
-                        int64_t k, void* y) {
-#if !defined(LANES)
+                           int64_t k, void* y) {
+#if !(defined(__AVX2__) && defined(__FMA__))
     (void)x; (void)rows; (void)xf32; (void)w; (void)scales; (void)n; (void)k; (void)y;
     return -1;
 #else
     if (k % 32 || rows < 1 || rows > MAX_ROWS) return -1;
-    return widened_products(x, rows, xf32, w, scales, n, k, y);
+    int8_t* xq = malloc(rows * k);
+    float* lanes = malloc(rows * k / 4 * sizeof(float));
+    if (!xq || !lanes) { free(xq); free(lanes); return -1; }
+    quantize_blocks(x, xf32, rows * k, xq, lanes);
+    #pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < n; j++) {
+        float out[ROW_BLOCK];
+        for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+            int nr = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
+#define QUANTIZED(c) rows_q8(xq + r0 * k, lanes + r0 * k / 4, c, w + j * k, k, out)
+            BY_ROWS(QUANTIZED, nr);
+            for (int r = 0; r < nr; r++) store(y, xf32, (r0 + r) * n + j, out[r] * scales[j]);
+        }
+    }
+    free(xq);
+    free(lanes);
+    return 0;
 #endif
 }
 

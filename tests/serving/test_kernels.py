@@ -66,17 +66,46 @@ def test_a_bf16_product_is_the_exact_sum_rounded_once(products: kernels.Products
         assert ((out32.double() - exact).abs() <= _sum_bound(x, w) + 1e-30).all()
 
 
-def test_an_int8_product_is_the_exact_sum_times_the_rows_scale(products: kernels.Products) -> None:
+def _quantized_blocks(x: torch.Tensor) -> torch.Tensor:
+    """x as the int8 kernel multiplies it, float64 [rows, k]: per block of 32, values rounded to nearest (ties to
+    even) at 127 / max|x|, times max|x| / 127 (llama.cpp's q8_0 activations), each step in float32 as in C."""
+    blocks = x.float().reshape(x.shape[0], -1, 32)
+    top = blocks.abs().amax(-1, keepdim=True)
+    inverse = torch.where(top > 0, torch.tensor(127.0) / top, torch.zeros_like(top))
+    values = torch.round(blocks * inverse)
+    assert values.abs().max() <= 127
+    return (values.double() * (top / 127.0).double()).reshape(x.shape)
+
+
+@pytest.mark.parametrize("inner", [32, 96, 576, 1536])
+def test_an_int8_product_is_the_exact_sum_of_int8_activation_blocks_times_the_rows_scale(
+        products: kernels.Products, inner: int) -> None:
+    """Activations quantized per block of 32 (an AVX-512 build multiplies 64 at a time: 96 ends in a half)."""
     generator = torch.Generator().manual_seed(8)
-    values = torch.randint(-127, 128, (130, 576), generator=generator, dtype=torch.int8)
+    values = torch.randint(-127, 128, (130, inner), generator=generator, dtype=torch.int8)
     scales = torch.rand(130, generator=generator) * 0.01
-    for rows in (1, 3, 8):
-        x = torch.randn(rows, 576, generator=generator).to(torch.bfloat16)
-        exact = (x.double() @ values.double().T) * scales.double()
-        out = products.int8(x, values, scales)
+    for rows in (1, 3, 5, 8):
+        x = torch.randn(rows, inner, generator=generator)
+        x[0, :32] = 0.0  # an all-zero block: scale 0, no division by it
+        quantized = _quantized_blocks(x)
+        exact = (quantized @ values.double().T) * scales.double()
+        # the blocks' sums are exact int32; their scaled float32 sum loses at most the usual bound
+        bound = _sum_bound(quantized, values.double()) * scales.double() * 1.01 + 1e-30
+        out32 = products.int8(x, values, scales)
+        assert out32 is not None and out32.dtype == torch.float32
+        assert ((out32.double() - exact).abs() <= bound).all(), (out32.double() - exact).abs().max()
+        bf16 = x.to(torch.bfloat16)
+        exact16 = (_quantized_blocks(bf16) @ values.double().T) * scales.double()
+        out = products.int8(bf16, values, scales)
         assert out is not None and out.dtype == torch.bfloat16
-        bound = _bf16_ulp(exact) / 2 + _sum_bound(x, values.double()) * scales.double() * 1.01 + 1e-30
-        assert ((out.double() - exact).abs() <= bound).all()
+        assert ((out.double() - exact16).abs() <= _bf16_ulp(exact16) / 2 + bound).all()
+    # what quantizing the activations costs against the weight-only product: under 1 % of the sum's scale
+    x = torch.randn(1, inner, generator=generator)
+    weight_only = (x.double() @ values.double().T) * scales.double()
+    out = products.int8(x, values, scales)
+    assert out is not None
+    magnitude = (x.double().abs() @ values.double().abs().T) * scales.double()
+    assert ((out.double() - weight_only).abs() <= 0.01 * magnitude).all()
 
 
 def test_a_rows_result_does_not_depend_on_the_rows_beside_it(products: kernels.Products) -> None:
