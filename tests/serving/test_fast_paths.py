@@ -143,13 +143,16 @@ def test_the_decode_rule_takes_bf16_where_it_wins_then_int8_weights_then_fp32() 
     assert fast_paths.decode_path(no_kernel) == "float32"
 
 
-def test_the_decode_kernels_are_taken_where_they_compute_one_row_faster() -> None:
-    """The decode kernels' one-row pass (`<path>_kernel`) against the library's (`<path>`); a batch's rows are
-    the library's either way."""
+def test_the_decode_kernels_are_taken_unless_their_products_are_clearly_slower() -> None:
+    """The decode kernels' one-row pass (`<path>_kernel`) against the library's (`<path>`): taken where not
+    MARGIN slower (the pass times products only; the kernels also fuse the rest of a decode row's layer); a
+    batch's rows are the library's either way."""
     timings = {"float32": 10.0, "float32_batch": 3.0, "bfloat16": 5.0, "bfloat16_batch": 1.1,
                "bfloat16_kernel": 3.3}
     assert fast_paths.decode_path(timings) == "bfloat16" and fast_paths.uses_kernels(timings, "bfloat16")
-    assert not fast_paths.uses_kernels({**timings, "bfloat16_kernel": 5.0}, "bfloat16")  # a tie: the library
+    assert fast_paths.uses_kernels({**timings, "bfloat16_kernel": 5.0}, "bfloat16")  # a tie: the kernels
+    assert fast_paths.uses_kernels({**timings, "bfloat16_kernel": 5.0 * fast_paths.MARGIN}, "bfloat16")
+    assert not fast_paths.uses_kernels({**timings, "bfloat16_kernel": 5.0 * fast_paths.MARGIN * 1.01}, "bfloat16")
     library_only = {k: v for k, v in timings.items() if not k.endswith("_kernel")}  # no C compiler here
     assert not fast_paths.uses_kernels(library_only, "bfloat16")
     # bf16 can win on the kernels where the library's one-row products would not have made it win
