@@ -6,7 +6,7 @@ core. On a 2-core machine a chat stream and a training job then ran four threads
 parallel region each OpenMP team waited for a thread the other process had descheduled: one chat stream fell
 from 41.9 to 4.8 tokens/s while a job trained (docs/benchmarks.md, "One machine, serving and training"). With a
 plan, each kind of work has a thread budget for when it computes alone and one for when it shares the machine,
-and each process sets its threads, between units of work (an engine iteration, a training step), to the budget
+and each process sets its threads, between units of work (an engine iteration, a training step's layer), to the budget
 that applies now.
 
 Two kinds of work: `serving` (the API process's engine: a person waits on it) and `batch` (training jobs,

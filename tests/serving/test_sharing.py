@@ -158,3 +158,52 @@ def test_the_trainer_takes_its_budget_before_every_step_and_reports_it(loader: A
     assert recorder.metrics[0].as_event_data()["threads"] == 2 and "step_seconds" in recorder.metrics[0].as_event_data()
     time.sleep(WINDOW + 0.1)
     assert not board.active("batch")  # the run's marks stopped with it
+
+
+@pytest.mark.parametrize("starts_in", ["forward", "backward"])
+def test_a_step_under_way_yields_at_the_next_layer_when_serving_starts(loader: Any, tokenizer: Any, tmp_path: Path,
+                                                                       starts_in: str) -> None:
+    """A chat that starts in the middle of a training step: the step's thread drops to its shared budget at the
+    next decoder layer (worker.training.thread_budget), in the forward or the backward pass, not at the next
+    step (a step begun on both cores took 18 s beside a chat, measured)."""
+    from tests.worker.test_training import Recorder, facts, spec
+    from worker.training.data import encode_lines
+    from worker.training.thread_budget import repeated_layers
+    from worker.training.trainer import Trainer
+
+    board = ActivityBoard(tmp_path / "board", window=30)  # one step: no mark ages out during it
+    serving = ThreadGovernor(plan_threads(2, sharing=True), "serving", board, interval=0)
+    model = loader.load_model(DEMO_BASE_MODEL)
+    layers = repeated_layers(model)
+    assert len(layers) >= 2
+    seen: list[tuple[str, int]] = []
+
+    def chat_starts(*args: Any) -> None:
+        if not seen:
+            seen.append(("before the chat", torch.get_num_threads()))
+            serving.threads()  # the engine computes from here on
+
+    if starts_in == "forward":
+        layers[0].register_forward_pre_hook(lambda module, args: chat_starts())  # before the trainer's hook
+        layers[-1].register_forward_hook(lambda module, args, out: seen.append(("last layer", torch.get_num_threads())))
+    else:
+        def in_backward(module: Any, args: Any, out: Any) -> None:
+            first = out[0] if isinstance(out, tuple) else out
+            if not first.requires_grad:  # the final pass over the training data computes no gradient
+                return
+            if module is layers[-1]:  # the backward pass reaches the last layer first
+                first.register_hook(lambda grad: chat_starts())
+            else:  # the first layer's output gradient comes after the trainer's hooks of the layers above
+                first.register_hook(lambda grad: seen.append(("first layer", torch.get_num_threads())))
+
+        layers[-1].register_forward_hook(in_backward)
+        layers[0].register_forward_hook(in_backward)
+    data = encode_lines(facts(2), "chat", tokenizer, 128)
+    before = torch.get_num_threads()
+    try:
+        Trainer(spec(n_epochs=1, batch_size=2), model, tokenizer, data.examples, [], Recorder(), tmp_path / "run",
+                governor=ThreadGovernor(plan_threads(2, sharing=True), "batch", board, interval=0)).run()
+    finally:
+        torch.set_num_threads(before)
+    assert seen[0] == ("before the chat", 2)
+    assert seen[1][1] == 1, seen  # the same step, a layer later

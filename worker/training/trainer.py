@@ -25,7 +25,6 @@ equal the single-process gradient.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
@@ -48,6 +47,7 @@ from worker.training.objectives import Objectives, reference_distributions
 from worker.training.optimization import Schedule, build_optimizer
 from worker.training.reinforcement import GroupPolicyOptimization
 from worker.training.self_play import STATE_FILE, SelfPlay
+from worker.training.thread_budget import follow_budget_within_steps
 
 if TYPE_CHECKING:
     from graders.grading import GradingContext
@@ -68,7 +68,8 @@ class Trainer:
         `device`: where training runs, default where the model is; under FSDP the model may be loaded on the
         CPU and its shards are moved there. `precision` "fp32" turns bf16 autocast off. `grading`: how a
         reinforcement job's grader runs (its examples are then `PromptExample`s). `governor`: this process's
-        threads, looked up before every step (contracts.machine: fewer while serving computes on the machine);
+        threads, looked up before every step and at every decoder layer within one (contracts.machine: fewer
+        while serving computes on the machine; worker.training.thread_budget);
         None: the threads are left as they are."""
         self.governor = governor
         if not train:
@@ -172,9 +173,15 @@ class Trainer:
             self.validation.position = self.loop.valid_cursor
             if self.self_play is not None and (resume_from / STATE_FILE).exists():
                 self.self_play.restore(json.loads((resume_from / STATE_FILE).read_text()))
-        working = self.governor.working() if self.governor is not None else contextlib.nullcontext()
-        with working:
+        if self.governor is None:
             return self._run()
+        handles = follow_budget_within_steps(self.network, self.governor)
+        try:
+            with self.governor.working():
+                return self._run()
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _run(self) -> TrainingOutcome:
         history: list[StepMetrics] = []
