@@ -195,7 +195,7 @@ def measure_llama_cpp(args: argparse.Namespace, outtype: str, plain: bool = Fals
             params.use_extra_bufts = False
             return params
 
-        llama_cpp.llama.llama_cpp.llama_model_default_params = without_extra_buffers  # type: ignore[attr-defined]
+        llama_cpp.llama.llama_cpp.llama_model_default_params = without_extra_buffers  # type: ignore[attr-defined]  # untyped module
     model_dir = smollm2.ensure_built(CACHE)
     prompt = prompts(AutoTokenizer.from_pretrained(model_dir), 1)[0]
     llm = llama_cpp.Llama(model_path=str(gguf_file(model_dir, outtype)), n_ctx=512, n_batch=512,
@@ -301,6 +301,9 @@ def native_bf16(device: str) -> bool:
 def measure(args: argparse.Namespace, key: str) -> dict[str, Any]:
     """One measurement, in a process of its own (see `main`): `generate:<dtype>`, `engine:<dtype>:<mode>` or
     `profile:<dtype>:<mode>`, mode `invariant` (64-row tiles) or `unpadded`."""
+    # The kernels' flags name the architecture; they are part of the compiled library's cache key.
+    decode_kernels.FLAGS = tuple(f"-march={args.kernels_march}" if flag.startswith("-march") else flag
+                                 for flag in decode_kernels.FLAGS)
     kind, dtype_name, *rest = key.split(":")
     mode = rest[0] if rest else ""
     if kind == "llamacpp":
@@ -366,6 +369,9 @@ def main() -> int:
     parser.add_argument("--quality", action="store_true",
                         help="also bf16 and int8 weights against fp32: top-token agreement and logit error")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--kernels-march", default="native",
+                        help="compile the decode kernels for this -march (x86-64-v3: the AVX2 code an AVX2-only CPU "
+                             "runs), to compare instruction sets on one machine")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement, JSON on stdout
     args = parser.parse_args()
     if args.measure:
@@ -396,7 +402,7 @@ def main() -> int:
         keys += [f"profile:{d}:{m}" for d in dtypes for m in args.modes.split(",")
                  if not (m == "kernels" and d != "bfloat16")]
     forwarded = ["--tokens", str(args.tokens), "--streams", str(args.streams), "--repeats", str(args.repeats),
-                 "--device", device, "--model", args.model]
+                 "--device", device, "--model", args.model, "--kernels-march", args.kernels_march]
     print(f"{'SmolLM2-135M-Instruct' if args.model == 'smollm2' else 'random Llama, 1.1B'} on {device} "
           f"({torch.get_num_threads()} threads), {args.tokens} greedy tokens, median of {args.repeats}, "
           "each configuration in its own process", flush=True)
