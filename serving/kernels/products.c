@@ -113,26 +113,25 @@ static inline __attribute__((always_inline)) void rows_bf16_native(const uint16_
 #endif
 
 #if defined(LANES)
-/* Any weights converted to float32 as they are read, activations already float32 (xs, [nr, k]). */
-#define ROWS_CONVERTED(name, wtype, loader)                                                                  \
-    static inline __attribute__((always_inline)) void name(const float* xs, int nr, const wtype* wj, int64_t k, float* out) {                     \
-        vec acc[ROW_BLOCK][2];                                                                               \
-        for (int r = 0; r < ROW_BLOCK; r++) acc[r][0] = acc[r][1] = vzero();                                 \
-        int64_t i = 0;                                                                                       \
-        for (; i + 2 * LANES <= k; i += 2 * LANES) {                                                         \
-            vec w0 = loader(wj + i), w1 = loader(wj + i + LANES);                                            \
-            for (int r = 0; r < nr; r++) {                                                                   \
-                acc[r][0] = vfma(load_f32(xs + r * k + i), w0, acc[r][0]);                                   \
-                acc[r][1] = vfma(load_f32(xs + r * k + i + LANES), w1, acc[r][1]);                           \
-            }                                                                                                \
-        }                                                                                                    \
-        for (; i < k; i += LANES) {                                                                          \
-            vec w0 = loader(wj + i);                                                                         \
-            for (int r = 0; r < nr; r++) acc[r][0] = vfma(load_f32(xs + r * k + i), w0, acc[r][0]);          \
-        }                                                                                                    \
-        for (int r = 0; r < nr; r++) out[r] = vsum(vadd(acc[r][0], acc[r][1]));                              \
+/* bf16 weights widened to float32 as they are read, activations already float32 (xs, [nr, k]). */
+static inline __attribute__((always_inline)) void rows_bf16_converted(const float* xs, int nr, const uint16_t* wj,
+                                                                      int64_t k, float* out) {
+    vec acc[ROW_BLOCK][2];
+    for (int r = 0; r < ROW_BLOCK; r++) acc[r][0] = acc[r][1] = vzero();
+    int64_t i = 0;
+    for (; i + 2 * LANES <= k; i += 2 * LANES) {
+        vec w0 = load_bf16(wj + i), w1 = load_bf16(wj + i + LANES);
+        for (int r = 0; r < nr; r++) {
+            acc[r][0] = vfma(load_f32(xs + r * k + i), w0, acc[r][0]);
+            acc[r][1] = vfma(load_f32(xs + r * k + i + LANES), w1, acc[r][1]);
+        }
     }
-ROWS_CONVERTED(rows_bf16_converted, uint16_t, load_bf16)
+    for (; i < k; i += LANES) {
+        vec w0 = load_bf16(wj + i);
+        for (int r = 0; r < nr; r++) acc[r][0] = vfma(load_f32(xs + r * k + i), w0, acc[r][0]);
+    }
+    for (int r = 0; r < nr; r++) out[r] = vsum(vadd(acc[r][0], acc[r][1]));
+}
 #endif
 
 /* Each row function called with a constant row count: the compiler keeps every sum in a register. */
@@ -273,7 +272,7 @@ static inline __attribute__((always_inline)) void rows_q8(const int8_t* xq, cons
  * where xf32; the activations x quantized per block of 32 first (`quantize_blocks`). k % 32 == 0. -1 where this
  * CPU has no AVX2. */
 int ftaas_products_int8(const void* x, int64_t rows, int xf32, const int8_t* w, const float* scales, int64_t n,
-                           int64_t k, void* y) {
+                        int64_t k, void* y) {
 #if !(defined(__AVX2__) && defined(__FMA__))
     (void)x; (void)rows; (void)xf32; (void)w; (void)scales; (void)n; (void)k; (void)y;
     return -1;

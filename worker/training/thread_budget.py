@@ -24,24 +24,26 @@ def repeated_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(max(lists, key=len)) if lists else []
 
 
+def apply_budget(governor: ThreadGovernor) -> None:
+    """The calling thread's torch threads set to `governor.threads()` (torch's setting is per thread)."""
+    threads = governor.threads()
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+
+
 def follow_budget_within_steps(model: torch.nn.Module, governor: ThreadGovernor) -> list[RemovableHandle]:
     """Hooks that set the calling thread's torch threads to `governor.threads()` as each decoder layer begins
     its forward and as the gradient reaches its output in the backward pass (on a CPU, autograd runs the
     backward pass in the thread that called it, so the setting applies to the same thread). The lookup is a
     clock read except every CHECK_INTERVAL_SECONDS. Remove the returned handles when the run ends."""
 
-    def apply() -> None:
-        threads = governor.threads()
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
-
     def before_forward(module: torch.nn.Module, args: Any) -> None:
-        apply()
+        apply_budget(governor)
 
     def after_forward(module: torch.nn.Module, args: Any, output: Any) -> None:
         first = output[0] if isinstance(output, tuple) and output else output
         if isinstance(first, torch.Tensor) and first.requires_grad:
-            first.register_hook(lambda grad: apply())
+            first.register_hook(lambda grad: apply_budget(governor))
 
     handles = []
     for layer in repeated_layers(model):

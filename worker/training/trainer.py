@@ -47,7 +47,7 @@ from worker.training.objectives import Objectives, reference_distributions
 from worker.training.optimization import Schedule, build_optimizer
 from worker.training.reinforcement import GroupPolicyOptimization
 from worker.training.self_play import STATE_FILE, SelfPlay
-from worker.training.thread_budget import follow_budget_within_steps
+from worker.training.thread_budget import apply_budget, follow_budget_within_steps
 
 if TYPE_CHECKING:
     from graders.grading import GradingContext
@@ -200,9 +200,7 @@ class Trainer:
                 examples = (self.self_play.pairs_at(indices) if self.self_play is not None and round_index is not None
                             else [self.train_examples[i] for i in indices])
                 if self.governor is not None:
-                    threads = self.governor.threads()
-                    if threads != torch.get_num_threads():
-                        torch.set_num_threads(threads)
+                    apply_budget(self.governor)
                 started = time.perf_counter()
                 metrics = self._step(epoch, batch_index, examples)
                 metrics.step_seconds = time.perf_counter() - started

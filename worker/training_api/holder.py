@@ -36,6 +36,7 @@ from worker.context import WorkerContext
 from worker.outages import patiently
 from worker.standalone import StandaloneWork
 from worker.training import kernels
+from worker.training.thread_budget import apply_budget
 from worker.training_api.losses import loss_sum, target_logprobs
 
 log = logging.getLogger(__name__)
@@ -350,9 +351,7 @@ def computing(governor: ThreadGovernor | None) -> Iterator[None]:
     if governor is None:
         yield
         return
-    threads = governor.threads()
-    if threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
+    apply_budget(governor)
     with governor.working():
         yield
 
